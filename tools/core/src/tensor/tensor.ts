@@ -1,0 +1,350 @@
+/**
+ * Tensor type and the reverse-mode autograd engine.
+ *
+ * A tensor is a contiguous row-major float32 buffer plus a shape. An op whose
+ * inputs require grad (while grad mode is on) records a graph node: its input
+ * tensors and a closure that, given the gradient of the output, accumulates
+ * gradients into those inputs. `backward()` walks the recorded graph in reverse
+ * topological order. Ops on tensors that don't require grad record nothing, so
+ * a frozen base model costs no gradient work at all.
+ */
+import { Rng } from '../util/random.js';
+import { K } from './backend.js';
+
+export type Shape = readonly number[];
+
+export interface TensorOptions {
+  requiresGrad?: boolean;
+}
+
+/** A recorded op: its inputs and how to push the output gradient back to them. */
+export interface GradNode {
+  readonly op: string;
+  readonly inputs: readonly Tensor[];
+  /**
+   * Accumulate into the inputs' gradients. `g` is the gradient of the output
+   * (length = output size). `donate` says the callee may keep `g` as an input's
+   * gradient buffer instead of copying it (no one else reads it afterwards).
+   */
+  backward(g: Float32Array, donate: boolean): void;
+}
+
+let gradEnabled = true;
+
+/** Whether ops currently record gradients (false inside `noGrad`). */
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/**
+ * Run `fn` with gradient recording off: ops inside record nothing and their
+ * results don't require grad. Synchronous only — an async `fn` would re-enable
+ * recording at its first `await`, so a returned promise is rejected.
+ */
+export function noGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = false;
+  try {
+    const r = fn();
+    if (r !== null && typeof r === 'object' && typeof (r as { then?: unknown }).then === 'function') {
+      throw new TypeError('noGrad: fn must be synchronous (it returned a promise)');
+    }
+    return r;
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+/** Run `fn` with gradient recording on (e.g. inside a `noGrad` scope). */
+export function enableGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = true;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+export function shapeSize(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function checkShape(shape: Shape, where: string): void {
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new RangeError(`${where}: invalid shape [${shape.join(', ')}] (dimensions must be non-negative integers)`);
+    }
+  }
+}
+
+export function shapeStr(shape: Shape): string {
+  return `[${shape.join(', ')}]`;
+}
+
+export class Tensor {
+  readonly shape: readonly number[];
+  /** Row-major float32 values; `data.length === size`. */
+  data: Float32Array;
+  requiresGrad: boolean;
+  /** Accumulated gradient of a leaf (or of a tensor that called `retainGrad`). */
+  grad: Tensor | null = null;
+  readonly dtype = 'float32' as const;
+  readonly device = 'cpu' as const;
+  /** @internal graph node that produced this tensor (null for leaves). */
+  _node: GradNode | null = null;
+  /** @internal gradient buffer of a non-leaf during backward. */
+  _g: Float32Array | null = null;
+  /** @internal keep this non-leaf's gradient in `grad` after backward. */
+  _retain = false;
+
+  /** Wraps `data` without copying; prefer the `tensor`/`fromData` helpers. */
+  constructor(data: Float32Array, shape: Shape, requiresGrad = false) {
+    checkShape(shape, 'Tensor');
+    const size = shapeSize(shape);
+    if (data.length !== size) {
+      throw new RangeError(`Tensor: data has ${data.length} values but shape ${shapeStr(shape)} needs ${size}`);
+    }
+    this.shape = Object.freeze(shape.slice());
+    this.data = data;
+    this.requiresGrad = requiresGrad;
+  }
+
+  get size(): number {
+    return this.data.length;
+  }
+
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  /** True for tensors created by the user (not by a recorded op). */
+  get isLeaf(): boolean {
+    return this._node === null;
+  }
+
+  /** The value of a one-element tensor. */
+  item(): number {
+    if (this.size !== 1) throw new RangeError(`item: tensor has ${this.size} elements (shape ${shapeStr(this.shape)}), expected 1`);
+    return this.data[0];
+  }
+
+  toArray(): number[] {
+    return Array.from(this.data);
+  }
+
+  /** A tensor sharing this one's data, cut from the graph (requiresGrad = false). */
+  detach(): Tensor {
+    return new Tensor(this.data, this.shape, false);
+  }
+
+  /** A copy with its own buffer, cut from the graph. */
+  clone(): Tensor {
+    return new Tensor(this.data.slice(), this.shape, false);
+  }
+
+  /** Drop the accumulated gradient. */
+  zeroGrad(): void {
+    this.grad = null;
+  }
+
+  /** Keep this intermediate tensor's gradient in `.grad` after backward (activations). */
+  retainGrad(): this {
+    if (this._node !== null) this._retain = true;
+    return this;
+  }
+
+  /**
+   * Backpropagate from this tensor. `grad` defaults to 1 for a one-element
+   * tensor. Gradients accumulate into `.grad` of leaves that require grad.
+   */
+  backward(grad?: Tensor): void {
+    if (!this.requiresGrad) {
+      throw new Error('backward: tensor does not require grad (no input requires grad, or it was computed under noGrad)');
+    }
+    let seed: Float32Array;
+    if (grad === undefined) {
+      if (this.size !== 1) {
+        throw new RangeError(`backward: an implicit gradient needs a one-element tensor, got shape ${shapeStr(this.shape)}; pass grad`);
+      }
+      seed = new Float32Array([1]);
+    } else {
+      if (grad.size !== this.size) {
+        throw new RangeError(`backward: grad shape ${shapeStr(grad.shape)} does not match tensor shape ${shapeStr(this.shape)}`);
+      }
+      seed = grad.data.slice();
+    }
+    runBackward(this, seed);
+  }
+
+  toString(): string {
+    const head = Array.from(this.data.subarray(0, 8), (v) => v.toPrecision(4)).join(', ');
+    return `Tensor(${shapeStr(this.shape)}, [${head}${this.size > 8 ? ', …' : ''}]${this.requiresGrad ? ', requiresGrad' : ''})`;
+  }
+}
+
+/** Nodes reachable from `root` through tensors that require grad, inputs before outputs. */
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  // Iterative DFS (deep graphs would overflow recursion): [tensor, next input index].
+  const stack: Array<[Tensor, number]> = [[root, 0]];
+  seen.add(root);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    const [t, i] = top;
+    const inputs = t._node ? t._node.inputs : [];
+    if (i < inputs.length) {
+      top[1] = i + 1;
+      const inp = inputs[i];
+      if (inp.requiresGrad && !seen.has(inp)) {
+        seen.add(inp);
+        stack.push([inp, 0]);
+      }
+    } else {
+      stack.pop();
+      order.push(t);
+    }
+  }
+  return order;
+}
+
+function runBackward(root: Tensor, seed: Float32Array): void {
+  const order = topoOrder(root);
+  accumulateGrad(root, seed, true);
+  for (let i = order.length - 1; i >= 0; i--) {
+    const t = order[i];
+    const node = t._node;
+    if (node === null) continue; // leaf: gradient already in t.grad
+    const g = t._g;
+    t._g = null;
+    if (g === null) continue; // no path carried gradient here
+    if (t._retain) {
+      if (t.grad === null) t.grad = new Tensor(g.slice(), t.shape);
+      else K.axpy(1, g, t.grad.data);
+    }
+    node.backward(g, true);
+  }
+}
+
+/**
+ * Add `g` into t's gradient. With `owned`, `g` may become t's gradient buffer
+ * (no copy); otherwise it is copied first. Tensors that don't require grad are
+ * skipped.
+ */
+export function accumulateGrad(t: Tensor, g: Float32Array, owned: boolean): void {
+  if (!t.requiresGrad) return;
+  if (g.length !== t.size) {
+    throw new RangeError(`autograd: gradient has ${g.length} values for a tensor of shape ${shapeStr(t.shape)}`);
+  }
+  if (t._node === null) {
+    if (t.grad === null) t.grad = new Tensor(owned ? g : g.slice(), t.shape);
+    else K.axpy(1, g, t.grad.data);
+  } else {
+    if (t._g === null) t._g = owned ? g : g.slice();
+    else K.axpy(1, g, t._g);
+  }
+}
+
+/**
+ * The gradient buffer of `t`, allocated (zeros) if absent, for kernels that
+ * accumulate into it directly (gemm with beta = 1, scatter-add, …).
+ */
+export function gradBuffer(t: Tensor): Float32Array {
+  if (t._node === null) {
+    if (t.grad === null) t.grad = new Tensor(new Float32Array(t.size), t.shape);
+    return t.grad.data;
+  }
+  if (t._g === null) t._g = new Float32Array(t.size);
+  return t._g;
+}
+
+/** True when an op with these inputs must record a graph node. */
+export function recording(inputs: readonly Tensor[]): boolean {
+  if (!gradEnabled) return false;
+  for (const t of inputs) if (t.requiresGrad) return true;
+  return false;
+}
+
+/**
+ * Wrap an op's output; records `backward` when any input requires grad.
+ * Callers that need extra forward work only for the gradient check
+ * `recording(inputs)` themselves first.
+ */
+export function makeResult(
+  op: string,
+  data: Float32Array,
+  shape: Shape,
+  inputs: readonly Tensor[],
+  backward: (g: Float32Array, donate: boolean) => void,
+): Tensor {
+  const out = new Tensor(data, shape);
+  if (recording(inputs)) {
+    out.requiresGrad = true;
+    out._node = { op, inputs, backward };
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- constructors
+
+function toShape(shape: Shape | number, where: string): number[] {
+  const s = typeof shape === 'number' ? [shape] : shape.slice();
+  checkShape(s, where);
+  return s;
+}
+
+/** A tensor holding a copy of `data`. */
+export function tensor(data: ArrayLike<number> | Float32Array, shape?: Shape, opts: TensorOptions = {}): Tensor {
+  const s = shape === undefined ? [data.length] : toShape(shape, 'tensor');
+  const buf = Float32Array.from(data as ArrayLike<number>);
+  if (buf.length !== shapeSize(s)) {
+    throw new RangeError(`tensor: ${buf.length} values do not fit shape ${shapeStr(s)}`);
+  }
+  return new Tensor(buf, s, opts.requiresGrad ?? false);
+}
+
+/** A tensor that wraps `data` without copying (e.g. weights mapped from safetensors). */
+export function fromData(data: Float32Array, shape: Shape, opts: TensorOptions = {}): Tensor {
+  if (!(data instanceof Float32Array)) throw new TypeError('fromData: data must be a Float32Array');
+  return new Tensor(data, toShape(shape, 'fromData'), opts.requiresGrad ?? false);
+}
+
+/** A one-element, zero-dimensional tensor. */
+export function scalar(value: number, opts: TensorOptions = {}): Tensor {
+  return new Tensor(new Float32Array([value]), [], opts.requiresGrad ?? false);
+}
+
+export function zeros(shape: Shape | number, opts: TensorOptions = {}): Tensor {
+  const s = toShape(shape, 'zeros');
+  return new Tensor(new Float32Array(shapeSize(s)), s, opts.requiresGrad ?? false);
+}
+
+export function full(shape: Shape | number, value: number, opts: TensorOptions = {}): Tensor {
+  const s = toShape(shape, 'full');
+  const data = new Float32Array(shapeSize(s));
+  data.fill(value);
+  return new Tensor(data, s, opts.requiresGrad ?? false);
+}
+
+export function ones(shape: Shape | number, opts: TensorOptions = {}): Tensor {
+  return full(shape, 1, opts);
+}
+
+/** Normal(0, std²) samples drawn from `rng` (reproducible for a given seed). */
+export function randn(shape: Shape | number, rng: Rng, std = 1, opts: TensorOptions = {}): Tensor {
+  const s = toShape(shape, 'randn');
+  const data = new Float32Array(shapeSize(s));
+  for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+  return new Tensor(data, s, opts.requiresGrad ?? false);
+}
+
+/** Uniform samples in [low, high) drawn from `rng`. */
+export function rand(shape: Shape | number, rng: Rng, low = 0, high = 1, opts: TensorOptions = {}): Tensor {
+  const s = toShape(shape, 'rand');
+  const data = new Float32Array(shapeSize(s));
+  for (let i = 0; i < data.length; i++) data[i] = low + (high - low) * rng.uniform();
+  return new Tensor(data, s, opts.requiresGrad ?? false);
+}

@@ -1,0 +1,90 @@
+/**
+ * Small, well-formed synthetic bundles for tests, fixtures and demos of the
+ * registry: PEFT LoRA tensors (`lora_A` [r, in], `lora_B` [out, r], F32)
+ * filled from the seeded Rng, plus a valid manifest.
+ */
+import { Rng } from '../util/random.js';
+import { writeBundle, type FileEntry } from './bundle.js';
+import { createManifest, type BundleManifest, type ManifestInput, type ReportRecord } from './manifest.js';
+import { sha256Hex } from './fsio.js';
+
+/** Encode F32 tensors as safetensors bytes (header padded to 8 bytes, as the format asks). */
+export function encodeSafetensorsF32(tensors: { name: string; shape: number[]; data: Float32Array }[], metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (n !== t.data.length) throw new Error(`${t.name}: shape ${JSON.stringify(t.shape)} holds ${n} values, data has ${t.data.length}`);
+    header[t.name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + n * 4] };
+    offset += n * 4;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+  const hb = Buffer.from(json, 'utf8');
+  const out = Buffer.alloc(8 + hb.length + offset);
+  out.writeBigUInt64LE(BigInt(hb.length), 0);
+  hb.copy(out, 8);
+  let pos = 8 + hb.length;
+  for (const t of tensors) {
+    const bytes = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    bytes.copy(out, pos);
+    pos += bytes.length;
+  }
+  return out;
+}
+
+export interface SyntheticBundleOptions {
+  seed: number;
+  id?: string;
+  version?: number;
+  rank?: number;
+  /** Module names with their [out, in] shapes. */
+  targets?: Record<string, [number, number]>;
+  /** A report to ship inside the bundle (`pass` true/false), or none. */
+  pass?: boolean | null;
+  manifest?: Partial<ManifestInput>;
+}
+
+/** Write a synthetic bundle to `dir` (must not exist); returns its manifest and content hash. */
+export async function writeSyntheticBundle(dir: string, opts: SyntheticBundleOptions): Promise<{ manifest: BundleManifest; sha256: string; files: FileEntry[] }> {
+  const rng = new Rng(opts.seed);
+  const rank = opts.rank ?? 2;
+  const targets = opts.targets ?? { 'transformer.h.1.mlp.c_proj': [16, 32] };
+  const id = opts.id ?? `synthetic-${opts.seed}`;
+  const tensors: { name: string; shape: number[]; data: Float32Array }[] = [];
+  for (const [mod, [out, inp]] of Object.entries(targets)) {
+    const a = new Float32Array(rank * inp).map(() => rng.normal() * 0.02);
+    const b = new Float32Array(out * rank).map(() => rng.normal() * 0.02);
+    tensors.push({ name: `base_model.model.${mod}.lora_A.weight`, shape: [rank, inp], data: a });
+    tensors.push({ name: `base_model.model.${mod}.lora_B.weight`, shape: [out, rank], data: b });
+  }
+  const factId = `${id}-fact`;
+  const validation: ReportRecord[] =
+    opts.pass === null || opts.pass === undefined ? [] : [{ kind: 'report', adapter_id: id, pass: opts.pass, metrics: { esr: opts.pass ? 1 : 0 }, created_at: '2026-01-01T00:00:00.000Z' }];
+  const manifest = createManifest({
+    id,
+    version: opts.version ?? 1,
+    method: 'lora',
+    base_model: { name: 'synthetic-base', sha256: sha256Hex('synthetic-base') },
+    targets: Object.keys(targets),
+    rank,
+    fact_ids: [factId],
+    facts: [{ kind: 'fact', id: factId, subject: 'Synthetic', prompt: '{} is a', target_new: 'test', op: 'insert' }],
+    data_sha256: sha256Hex(`data-${opts.seed}`),
+    created_at: '2026-01-01T00:00:00.000Z',
+    probes: [{ kind: 'probe', fact_id: factId, role: 'edit', split: 'test', prompt: 'Synthetic is a', target: 'test', expect: 'new' }],
+    validation,
+    ...opts.manifest,
+  });
+  const adapterConfig = {
+    peft_type: 'LORA',
+    r: rank,
+    lora_alpha: rank,
+    target_modules: Object.keys(targets),
+    base_model_name_or_path: manifest.base_model.name,
+    bias: 'none',
+    task_type: 'CAUSAL_LM',
+  };
+  const res = await writeBundle(dir, { adapterConfig, weights: encodeSafetensorsF32(tensors), manifest });
+  return { manifest, ...res };
+}

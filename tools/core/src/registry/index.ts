@@ -1,0 +1,2 @@
+export * from './registry.js';
+export { FileLock, LockTimeoutError, withLock, type LockOptions, type LockOwner } from './lock.js';

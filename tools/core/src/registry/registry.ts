@@ -1,0 +1,654 @@
+/**
+ * The adapter registry: a directory of content-addressed bundles, named refs
+ * with an append-only, hash-chained history, and per-bundle validation
+ * history. Layout (format 1):
+ *
+ *     registry.json              {"format": "catechism-registry", "version": 1}
+ *     lock                       writer lock (exists only while a writer runs)
+ *     objects/<sha256>/          stored bundles, immutable; the name is the bundle's content hash
+ *     reports/<sha256>.ndjson    reports attached after the bundle was stored (append-only)
+ *     refs/<name>.ndjson         a ref's history, one event per line; the last line is its current value
+ *     tmp/                       staging; anything left here is an interrupted write, removed by the next writer
+ *
+ * Validation history lives outside the hashed content: a bundle's own
+ * `catechism.json` `validation` array is what it shipped with, and
+ * `reports/<sha256>.ndjson` holds what was learned later. The effective
+ * history is the two concatenated; promotion looks at the last entry.
+ *
+ * Consistency: every write is staged (temp → fsync → rename → fsync dir),
+ * objects are in place before any ref names them, and writers serialise on
+ * the lock, so a process killed at any point leaves a registry that reads
+ * and verifies. Readers take no lock.
+ */
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat, chmod, open } from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { atomicWriteFile, canonicalJson, fsyncDir, mkdirDurable, sha256File, sha256Hex, tempName } from '../adapters/fsio.js';
+import { MANIFEST_FILE, listingHash, readBundle, hashBundleDir, adapterRecord, type AdapterRecord, type FileEntry } from '../adapters/bundle.js';
+import { ManifestError, normaliseReport, reportProblems, validateManifest, isSha256, type BundleManifest, type ReportRecord } from '../adapters/manifest.js';
+import { withLock, type LockOptions } from './lock.js';
+
+export const REGISTRY_FORMAT = 'catechism-registry';
+export const REGISTRY_VERSION = 1;
+
+/** `$CATECHISM_REGISTRY`, else `~/.catechism/registry`. */
+export function defaultRegistryDir(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.CATECHISM_REGISTRY;
+  if (fromEnv && fromEnv.length > 0) return path.resolve(fromEnv);
+  return path.join(os.homedir(), '.catechism', 'registry');
+}
+
+/** Errors the CLI maps to exit codes: 2 for bad input/usage (unknown ref, bad name), 1 for runtime failures (corruption, refused gate, lock timeout). */
+export class RegistryError extends Error {
+  constructor(message: string, readonly exitCode: 1 | 2 = 1, readonly code = 'E_REGISTRY') {
+    super(message);
+    this.name = 'RegistryError';
+  }
+}
+
+export class CorruptObjectError extends RegistryError {
+  constructor(readonly sha256: string, detail: string) {
+    super(`object ${sha256} is corrupted: ${detail}; it will not be used (run \`adapter-merge verify\`; re-adding the original bundle repairs it)`, 1, 'E_CORRUPT');
+    this.name = 'CorruptObjectError';
+  }
+}
+
+export type RefAction = 'promote' | 'rollback' | 'force';
+
+/** One line of a ref's history. `chain` = sha256(previous chain + canonical JSON of this event without `chain`). */
+export interface RefEvent {
+  kind: 'ref_event';
+  ref: string;
+  /** 1-based position in the ref's history. */
+  version: number;
+  action: RefAction;
+  /** Content hash of the bundle the ref points to from this event on. */
+  bundle: string;
+  adapter_id: string;
+  adapter_version: number;
+  /** Bundle the ref pointed to before (null for the first event). */
+  previous: string | null;
+  /** For rollbacks: the history version whose bundle was restored. */
+  to_version?: number;
+  /** For forced promotions: why the gate would have refused. */
+  forced_over?: string;
+  when: string;
+  why: string | null;
+  who: string;
+  chain: string;
+}
+
+export interface StoredReport extends ReportRecord {
+  recorded_at?: string;
+  recorded_by?: string;
+}
+
+export interface StoredBundle {
+  sha256: string;
+  path: string;
+  manifest: BundleManifest;
+  files: FileEntry[];
+}
+
+export interface WriteMeta {
+  /** Why (`--message`). */
+  message?: string | null;
+  /** Who (`--author`); default $USER. */
+  author?: string | null;
+}
+
+export interface PromoteOptions extends WriteMeta {
+  force?: boolean;
+}
+
+export interface RollbackOptions extends WriteMeta {
+  /** History version to restore; default: one step back (see rollback()). */
+  to?: number;
+}
+
+export interface RegistryOptions extends LockOptions {
+  /** Clock, for tests. */
+  now?: () => Date;
+}
+
+export interface VerifyProblem {
+  /** `object`, `ref`, `reports`, `layout`. */
+  area: string;
+  /** The object hash, ref name or file concerned. */
+  target: string;
+  problem: string;
+}
+
+export interface VerifyResult {
+  kind: 'registry_verify';
+  registry: string;
+  ok: boolean;
+  objects: number;
+  refs: number;
+  reports: number;
+  problems: VerifyProblem[];
+  /** Harmless leftovers (interrupted writes' temporaries, a lock held now). */
+  notes: string[];
+}
+
+export interface ShowResult {
+  bundle: StoredBundle;
+  record: AdapterRecord;
+  validation: StoredReport[];
+  refs: { ref: string; versions: number[]; current: boolean }[];
+}
+
+const REF_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const HEX_PREFIX = /^[0-9a-f]{6,64}$/;
+
+export function checkRefName(name: string): void {
+  if (!REF_NAME.test(name) || name.endsWith('.ndjson') || name.includes('..')) {
+    throw new RegistryError(`invalid ref name "${name}": use letters, digits, '.', '_', '-' (starting with a letter or digit, at most 100 characters)`, 2, 'E_USAGE');
+  }
+}
+
+function defaultAuthor(): string {
+  const env = process.env.USER ?? process.env.LOGNAME;
+  if (env) return env;
+  try {
+    return os.userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function eventChain(prevChain: string | null, ev: Omit<RefEvent, 'chain'> | RefEvent): string {
+  const { chain: _drop, ...rest } = ev as RefEvent;
+  return sha256Hex(`${prevChain ?? ''}\n${canonicalJson(rest)}`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readLines(file: string): Promise<string[] | null> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  return text.split('\n').filter((l) => l.length > 0);
+}
+
+export class Registry {
+  readonly root: string;
+  private readonly opts: RegistryOptions;
+
+  constructor(root: string, opts: RegistryOptions = {}) {
+    this.root = path.resolve(root);
+    this.opts = opts;
+  }
+
+  private p(...parts: string[]): string {
+    return path.join(this.root, ...parts);
+  }
+  objectPath(sha256: string): string {
+    return this.p('objects', sha256);
+  }
+  private refFile(name: string): string {
+    return this.p('refs', `${name}.ndjson`);
+  }
+  private reportsFile(sha256: string): string {
+    return this.p('reports', `${sha256}.ndjson`);
+  }
+  private now(): Date {
+    return this.opts.now ? this.opts.now() : new Date();
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Throw a usage error unless the registry exists (read commands never create one). */
+  async requireExists(): Promise<void> {
+    const marker = this.p('registry.json');
+    let text: string;
+    try {
+      text = await readFile(marker, 'utf8');
+    } catch {
+      throw new RegistryError(`no registry at ${this.root} (it is created by the first \`adapter-merge add\` or \`promote\`; choose one with --registry or $CATECHISM_REGISTRY)`, 2, 'E_NO_REGISTRY');
+    }
+    let meta: { format?: unknown; version?: unknown };
+    try {
+      meta = JSON.parse(text);
+    } catch {
+      throw new RegistryError(`${marker}: not valid JSON; is ${this.root} a catechism registry?`, 1, 'E_CORRUPT');
+    }
+    if (meta.format !== REGISTRY_FORMAT) throw new RegistryError(`${this.root} is not a catechism registry (registry.json format is ${JSON.stringify(meta.format)})`, 2, 'E_NO_REGISTRY');
+    if (meta.version !== REGISTRY_VERSION) throw new RegistryError(`${this.root}: registry format version ${String(meta.version)} is not supported by this build (supports ${REGISTRY_VERSION})`, 1);
+  }
+
+  /** Every stored object's hash (not verified). */
+  async objects(): Promise<string[]> {
+    try {
+      return (await readdir(this.p('objects'))).filter((n) => isSha256(n)).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  /** Every ref name. */
+  async refs(): Promise<string[]> {
+    try {
+      return (await readdir(this.p('refs')))
+        .filter((n) => n.endsWith('.ndjson'))
+        .map((n) => n.slice(0, -'.ndjson'.length))
+        .filter((n) => REF_NAME.test(n))
+        .sort();
+    } catch {
+      return [];
+    }
+  }
+
+  /** A stored bundle, its hash re-verified; throws CorruptObjectError if the bytes changed. */
+  async get(sha256: string): Promise<StoredBundle> {
+    if (!isSha256(sha256)) throw new RegistryError(`not a bundle hash: "${sha256}"`, 2, 'E_USAGE');
+    const dir = this.objectPath(sha256);
+    if (!(await exists(dir))) throw new RegistryError(`no object ${sha256} in ${this.root}`, 2, 'E_NOT_FOUND');
+    let hashed;
+    try {
+      hashed = await hashBundleDir(dir);
+    } catch (err) {
+      throw new CorruptObjectError(sha256, (err as Error).message);
+    }
+    if (hashed.sha256 !== sha256) throw new CorruptObjectError(sha256, `its content now hashes to ${hashed.sha256} (files: ${hashed.files.map((f) => f.path).join(', ') || 'none'})`);
+    let manifest: BundleManifest;
+    try {
+      manifest = validateManifest(JSON.parse(await readFile(path.join(dir, MANIFEST_FILE), 'utf8')), path.join(dir, MANIFEST_FILE));
+    } catch (err) {
+      throw new CorruptObjectError(sha256, `its manifest does not read: ${(err as Error).message}`);
+    }
+    return { sha256, path: dir, manifest, files: hashed.files };
+  }
+
+  /** A ref's full history (empty array for a ref that does not exist). Throws if the log is unreadable. */
+  async log(ref: string): Promise<RefEvent[]> {
+    checkRefName(ref);
+    const file = this.refFile(ref);
+    const lines = await readLines(file);
+    if (lines === null) return [];
+    return lines.map((line, i) => {
+      try {
+        return JSON.parse(line) as RefEvent;
+      } catch {
+        throw new RegistryError(`${file}: line ${i + 1} is not valid JSON (the ref's history is damaged; run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
+      }
+    });
+  }
+
+  /** The ref's current event, or null when the ref has no history. */
+  async head(ref: string): Promise<RefEvent | null> {
+    const log = await this.log(ref);
+    return log.length > 0 ? log[log.length - 1] : null;
+  }
+
+  /** Reports attached in the registry (not those inside the manifest). */
+  async attachedReports(sha256: string): Promise<StoredReport[]> {
+    const file = this.reportsFile(sha256);
+    const lines = await readLines(file);
+    if (lines === null) return [];
+    return lines.map((line, i) => {
+      try {
+        return JSON.parse(line) as StoredReport;
+      } catch {
+        throw new RegistryError(`${file}: line ${i + 1} is not valid JSON (run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
+      }
+    });
+  }
+
+  /** Effective validation history: the manifest's own reports, then those attached later. */
+  async validationHistory(bundle: StoredBundle): Promise<StoredReport[]> {
+    return [...bundle.manifest.validation, ...(await this.attachedReports(bundle.sha256))];
+  }
+
+  /**
+   * Resolve an identifier to a stored bundle hash. Accepted, in this order:
+   * a ref name (its current bundle); `REF@N` (version N of REF's history);
+   * a full hash or a unique prefix of at least 6 hex digits; an adapter id
+   * (`ID` = its highest version, `ID@V` = that version).
+   */
+  async resolve(id: string): Promise<string> {
+    if (id.length === 0) throw new RegistryError('empty bundle identifier', 2, 'E_USAGE');
+    const at = id.lastIndexOf('@');
+    if (REF_NAME.test(id) && (await exists(this.refFile(id)))) {
+      const h = await this.head(id);
+      if (h) return h.bundle;
+    }
+    if (at > 0) {
+      const name = id.slice(0, at);
+      const n = Number(id.slice(at + 1));
+      if (REF_NAME.test(name) && (await exists(this.refFile(name)))) {
+        const log = await this.log(name);
+        if (!Number.isInteger(n) || n < 1 || n > log.length) throw new RegistryError(`${name} has versions 1..${log.length}; no version "${id.slice(at + 1)}"`, 2, 'E_NOT_FOUND');
+        return log[n - 1].bundle;
+      }
+    }
+    const objs = await this.objects();
+    if (HEX_PREFIX.test(id)) {
+      const hits = objs.filter((o) => o.startsWith(id));
+      if (hits.length === 1) return hits[0];
+      if (hits.length > 1) throw new RegistryError(`"${id}" is ambiguous: matches ${hits.length} objects (${hits.slice(0, 3).map((h) => h.slice(0, 12)).join(', ')}…); give more digits`, 2, 'E_USAGE');
+    }
+    // Adapter id lookup reads manifests only (cheap); the caller's get() verifies the chosen object.
+    const [aid, aver] = at > 0 ? [id.slice(0, at), Number(id.slice(at + 1))] : [id, null];
+    const matches: { sha: string; version: number }[] = [];
+    for (const o of objs) {
+      try {
+        const m = JSON.parse(await readFile(path.join(this.objectPath(o), MANIFEST_FILE), 'utf8')) as { id?: unknown; version?: unknown };
+        if (m.id === aid && typeof m.version === 'number' && (aver === null || m.version === aver)) matches.push({ sha: o, version: m.version });
+      } catch {
+        /* unreadable manifests are reported by verify */
+      }
+    }
+    if (matches.length === 0) throw new RegistryError(`nothing in ${this.root} matches "${id}" (not a ref, ref@version, hash prefix or adapter id)`, 2, 'E_NOT_FOUND');
+    const top = Math.max(...matches.map((m) => m.version));
+    const best = matches.filter((m) => m.version === top);
+    if (best.length > 1) throw new RegistryError(`adapter "${aid}" version ${top} is stored ${best.length} times with different content (${best.map((b) => b.sha.slice(0, 12)).join(', ')}); name one by hash`, 2, 'E_USAGE');
+    return best[0].sha;
+  }
+
+  /** A bundle by any identifier, with its history and where it is referenced. */
+  async show(id: string): Promise<ShowResult> {
+    await this.requireExists();
+    const sha = await this.resolve(id);
+    const bundle = await this.get(sha);
+    const refs: ShowResult['refs'] = [];
+    for (const r of await this.refs()) {
+      const log = await this.log(r);
+      const versions = log.filter((e) => e.bundle === sha).map((e) => e.version);
+      if (versions.length > 0) refs.push({ ref: r, versions, current: log[log.length - 1].bundle === sha });
+    }
+    return { bundle, record: adapterRecord(bundle.manifest, { path: bundle.path, sha256: sha }), validation: await this.validationHistory(bundle), refs };
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  /** Run `fn` as the registry's only writer: layout ensured, leftovers of interrupted writes removed. */
+  private async write<T>(fn: () => Promise<T>): Promise<T> {
+    await mkdir(this.root, { recursive: true });
+    return withLock(this.p('lock'), this.opts, async () => {
+      await this.ensureLayout();
+      // Only lock holders write to tmp/, so anything there now is from a killed writer.
+      for (const n of await readdir(this.p('tmp'))) await rm(this.p('tmp', n), { recursive: true, force: true });
+      return fn();
+    });
+  }
+
+  private async ensureLayout(): Promise<void> {
+    for (const d of ['objects', 'refs', 'reports', 'tmp']) await mkdirDurable(this.p(d));
+    const marker = this.p('registry.json');
+    if (!(await exists(marker))) {
+      await atomicWriteFile(marker, JSON.stringify({ format: REGISTRY_FORMAT, version: REGISTRY_VERSION }) + '\n', this.p('tmp'));
+    } else {
+      await this.requireExists();
+    }
+  }
+
+  /** Store a bundle directory (idempotent). Returns its hash and whether it was new. */
+  async add(bundleDir: string): Promise<{ bundle: StoredBundle; added: boolean; repaired: boolean }> {
+    const src = await readBundle(bundleDir); // validate before taking the lock
+    return this.write(() => this.addLocked(bundleDir, src.sha256));
+  }
+
+  private async addLocked(bundleDir: string, expected: string): Promise<{ bundle: StoredBundle; added: boolean; repaired: boolean }> {
+    const dest = this.objectPath(expected);
+    let repaired = false;
+    if (await exists(dest)) {
+      try {
+        return { bundle: await this.get(expected), added: false, repaired: false };
+      } catch (err) {
+        if (!(err instanceof CorruptObjectError)) throw err;
+        // Same content hash, damaged bytes: replace it with the good copy (its meaning is unchanged).
+        const quarantine = this.p('tmp', tempName(`corrupt-${expected.slice(0, 12)}`));
+        await rename(dest, quarantine);
+        await fsyncDir(this.p('objects'));
+        repaired = true;
+      }
+    }
+    const src = await readBundle(bundleDir);
+    if (src.sha256 !== expected) throw new RegistryError(`${bundleDir}: bundle changed while it was being added; try again`, 1);
+    const staging = this.p('tmp', tempName('add'));
+    await mkdir(staging);
+    const copied: FileEntry[] = [];
+    const dirs = new Set<string>([staging]);
+    for (const f of src.files) {
+      const to = path.join(staging, ...f.path.split('/'));
+      const parent = path.dirname(to);
+      if (!dirs.has(parent)) {
+        await mkdir(parent, { recursive: true });
+        dirs.add(parent);
+      }
+      await copyFile(path.join(bundleDir, ...f.path.split('/')), to);
+      const fh = await open(to, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await chmod(to, 0o444); // stored objects are never edited in place
+      const h = await sha256File(to);
+      copied.push({ path: f.path, sha256: h.sha256, size: h.size });
+    }
+    if (listingHash(copied) !== expected) throw new RegistryError(`${bundleDir}: bundle changed while it was being copied; try again`, 1);
+    for (const d of dirs) await fsyncDir(d);
+    await rename(staging, dest);
+    await fsyncDir(this.p('objects'));
+    return { bundle: await this.get(expected), added: true, repaired };
+  }
+
+  /** Why the promotion gate refuses a bundle, or null when its latest report passes. */
+  async gateRefusal(bundle: StoredBundle): Promise<string | null> {
+    const hist = await this.validationHistory(bundle);
+    if (hist.length === 0) return 'it has no validation report';
+    const last = hist[hist.length - 1];
+    if (last.pass !== true) {
+      const f = Array.isArray(last.failures) && last.failures.length > 0 ? ` (failures: ${last.failures.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join('; ').slice(0, 200)})` : '';
+      return `its latest validation report failed${f}`;
+    }
+    return null;
+  }
+
+  /**
+   * Point REF at a bundle (a bundle directory, which is added first, or an
+   * identifier as resolve() takes). Refused unless the bundle's latest report
+   * passes, or `force` (then logged as action "force" with the reason).
+   * Promoting the bundle REF already points to is a no-op (returns null).
+   */
+  async promote(ref: string, target: { dir: string } | { id: string }, opts: PromoteOptions = {}): Promise<{ event: RefEvent | null; bundle: StoredBundle }> {
+    checkRefName(ref);
+    if ('dir' in target) await readBundle(target.dir);
+    return this.write(async () => {
+      let sha: string;
+      if ('dir' in target) sha = (await this.addLocked(target.dir, (await readBundle(target.dir)).sha256)).bundle.sha256;
+      else sha = await this.resolve(target.id);
+      const bundle = await this.get(sha);
+      const log = await this.log(ref);
+      const head = log.length > 0 ? log[log.length - 1] : null;
+      if (head && head.bundle === sha) return { event: null, bundle };
+      const refusal = await this.gateRefusal(bundle);
+      if (refusal !== null && !opts.force) {
+        throw new RegistryError(`refusing to promote ${bundle.manifest.id} v${bundle.manifest.version} (${sha.slice(0, 12)}) to ${ref}: ${refusal}; attach a passing report with \`adapter-merge report\`, or use --force (logged)`, 1, 'E_GATE');
+      }
+      const ev = await this.appendEvent(ref, log, {
+        action: refusal !== null ? 'force' : 'promote',
+        bundle,
+        ...(refusal !== null ? { forced_over: refusal } : {}),
+        meta: opts,
+      });
+      return { event: ev, bundle };
+    });
+  }
+
+  /**
+   * Move REF back. With `to`, restore the bundle of that history version.
+   * Without, step back one version along the history: from a promotion at
+   * version k to the bundle of version k−1; from a rollback that restored
+   * version j, to version j−1 — so repeated rollbacks walk further back
+   * (an undo stack), never ping-pong.
+   */
+  async rollback(ref: string, opts: RollbackOptions = {}): Promise<{ event: RefEvent; bundle: StoredBundle }> {
+    checkRefName(ref);
+    return this.write(async () => {
+      const log = await this.log(ref);
+      if (log.length === 0) throw new RegistryError(`ref "${ref}" has no history in ${this.root}`, 2, 'E_NOT_FOUND');
+      const head = log[log.length - 1];
+      let to: number;
+      if (opts.to !== undefined) {
+        if (!Number.isInteger(opts.to) || opts.to < 1 || opts.to > log.length) throw new RegistryError(`${ref} has versions 1..${log.length}; cannot roll back to ${opts.to}`, 2, 'E_USAGE');
+        to = opts.to;
+      } else {
+        const pos = head.action === 'rollback' && head.to_version !== undefined ? head.to_version : head.version;
+        to = pos - 1;
+        if (to < 1) throw new RegistryError(`${ref} is at its earliest version (${head.version}${pos !== head.version ? `, restoring version ${pos}` : ''}); nothing to roll back to`, 2, 'E_USAGE');
+      }
+      const target = log[to - 1];
+      if (target.bundle === head.bundle) throw new RegistryError(`${ref} version ${to} is the bundle ${ref} already points to (${head.bundle.slice(0, 12)})`, 2, 'E_USAGE');
+      const bundle = await this.get(target.bundle); // refuses a corrupted object
+      const ev = await this.appendEvent(ref, log, { action: 'rollback', bundle, to_version: to, meta: opts });
+      return { event: ev, bundle };
+    });
+  }
+
+  private async appendEvent(
+    ref: string,
+    log: RefEvent[],
+    e: { action: RefAction; bundle: StoredBundle; to_version?: number; forced_over?: string; meta: WriteMeta },
+  ): Promise<RefEvent> {
+    const prev = log.length > 0 ? log[log.length - 1] : null;
+    const base: Omit<RefEvent, 'chain'> = {
+      kind: 'ref_event',
+      ref,
+      version: log.length + 1,
+      action: e.action,
+      bundle: e.bundle.sha256,
+      adapter_id: e.bundle.manifest.id,
+      adapter_version: e.bundle.manifest.version,
+      previous: prev ? prev.bundle : null,
+      ...(e.to_version !== undefined ? { to_version: e.to_version } : {}),
+      ...(e.forced_over !== undefined ? { forced_over: e.forced_over } : {}),
+      when: this.now().toISOString(),
+      why: e.meta.message ?? null,
+      who: e.meta.author ?? defaultAuthor(),
+    };
+    const ev: RefEvent = { ...base, chain: eventChain(prev ? prev.chain : null, base) };
+    // Append-only by construction: the new file is the old bytes plus one line, swapped in atomically.
+    const text = log.map((x) => JSON.stringify(x) + '\n').join('') + JSON.stringify(ev) + '\n';
+    await atomicWriteFile(this.refFile(ref), text, this.p('tmp'));
+    return ev;
+  }
+
+  /** Attach a report to a stored bundle's validation history. The report must be about that adapter. */
+  async addReport(id: string, report: Record<string, unknown>, meta: WriteMeta = {}): Promise<{ report: StoredReport; bundle: StoredBundle }> {
+    const problems = reportProblems(report);
+    if (problems.length > 0) throw new ManifestError('report', problems);
+    const rep = normaliseReport(report);
+    return this.write(async () => {
+      const sha = await this.resolve(id);
+      const bundle = await this.get(sha);
+      if (rep.adapter_id !== bundle.manifest.id) throw new RegistryError(`report is about adapter "${rep.adapter_id}", but ${id} is adapter "${bundle.manifest.id}" (${sha.slice(0, 12)})`, 2, 'E_USAGE');
+      const stored: StoredReport = { ...rep, recorded_at: this.now().toISOString(), recorded_by: meta.author ?? defaultAuthor() };
+      const existing = (await readLines(this.reportsFile(sha))) ?? [];
+      const text = existing.map((l) => l + '\n').join('') + JSON.stringify(stored) + '\n';
+      await atomicWriteFile(this.reportsFile(sha), text, this.p('tmp'));
+      return { report: stored, bundle };
+    });
+  }
+
+  // ---------------------------------------------------------------- checking
+
+  /** Recompute every hash and check every ref and report log. Read-only; takes no lock. */
+  async verify(): Promise<VerifyResult> {
+    await this.requireExists();
+    const problems: VerifyProblem[] = [];
+    const notes: string[] = [];
+    const intact = new Set<string>();
+    const manifests = new Map<string, BundleManifest>();
+    let objectNames: string[] = [];
+    try {
+      objectNames = await readdir(this.p('objects'));
+    } catch {
+      /* no objects yet */
+    }
+    for (const name of objectNames.sort()) {
+      if (!isSha256(name)) {
+        problems.push({ area: 'object', target: `objects/${name}`, problem: 'not a bundle (names in objects/ must be content hashes)' });
+        continue;
+      }
+      try {
+        const b = await this.get(name);
+        await readBundle(b.path); // full bundle checks (config, weights framing)
+        intact.add(name);
+        manifests.set(name, b.manifest);
+      } catch (err) {
+        const msg = err instanceof CorruptObjectError ? err.message.replace(/; it will not be used.*$/, '') : `object ${name}: ${(err as Error).message}`;
+        problems.push({ area: 'object', target: name, problem: msg });
+      }
+    }
+    const refNames = await this.refs();
+    for (const r of refNames) {
+      let log: RefEvent[];
+      try {
+        log = await this.log(r);
+      } catch (err) {
+        problems.push({ area: 'ref', target: r, problem: (err as Error).message });
+        continue;
+      }
+      let prevChain: string | null = null;
+      let prevBundle: string | null = null;
+      log.forEach((ev, i) => {
+        const where = `${r}@${i + 1}`;
+        if (ev.version !== i + 1) problems.push({ area: 'ref', target: where, problem: `version is ${ev.version}, expected ${i + 1}` });
+        if (ev.previous !== prevBundle) problems.push({ area: 'ref', target: where, problem: `previous is ${ev.previous}, but the bundle before was ${prevBundle}` });
+        if (ev.chain !== eventChain(prevChain, ev)) problems.push({ area: 'ref', target: where, problem: 'hash chain broken (the history was edited)' });
+        if (!isSha256(ev.bundle)) problems.push({ area: 'ref', target: where, problem: `bundle "${ev.bundle}" is not a hash` });
+        else if (!intact.has(ev.bundle)) problems.push({ area: 'ref', target: where, problem: objectNames.includes(ev.bundle) ? `points to corrupted object ${ev.bundle}` : `points to missing object ${ev.bundle}` });
+        prevChain = ev.chain;
+        prevBundle = ev.bundle;
+      });
+    }
+    let reportFiles: string[] = [];
+    try {
+      reportFiles = (await readdir(this.p('reports'))).sort();
+    } catch {
+      /* none */
+    }
+    for (const f of reportFiles) {
+      const sha = f.replace(/\.ndjson$/, '');
+      if (!f.endsWith('.ndjson') || !isSha256(sha)) {
+        problems.push({ area: 'reports', target: `reports/${f}`, problem: 'unexpected file' });
+        continue;
+      }
+      if (!objectNames.includes(sha)) problems.push({ area: 'reports', target: sha, problem: 'reports for an object that is not stored' });
+      try {
+        const reps = await this.attachedReports(sha);
+        reps.forEach((rep, i) => {
+          for (const p of reportProblems(rep)) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `${p.path}: ${p.message}` });
+          const m = manifests.get(sha);
+          if (m && rep.adapter_id !== m.id) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `report is about "${rep.adapter_id}", object is "${m.id}"` });
+        });
+      } catch (err) {
+        problems.push({ area: 'reports', target: sha, problem: (err as Error).message });
+      }
+    }
+    try {
+      const leftovers = await readdir(this.p('tmp'));
+      if (leftovers.length > 0) notes.push(`${leftovers.length} temporary file(s) from interrupted writes in tmp/ (removed by the next write)`);
+    } catch {
+      /* no tmp */
+    }
+    if (await exists(this.p('lock'))) notes.push('the writer lock is present (a write is running, or a killed writer left it; the next writer breaks a stale lock)');
+    return { kind: 'registry_verify', registry: this.root, ok: problems.length === 0, objects: objectNames.filter(isSha256).length, refs: refNames.length, reports: reportFiles.length, problems, notes };
+  }
+}
+
+

@@ -1,1 +1,187 @@
-export {};
+/**
+ * The CLI layer every binary uses, so each binary is a thin file:
+ *
+ *   await runTool({ name: 'probe-gen', version, describe, examples, options, run: async (ctx) => { … } });
+ *
+ * It gives every tool the same flags (--format, --seed, --model, --device,
+ * --registry, --quiet, --debug, --help with examples, --version), the same
+ * exit codes (0 ok, 2 bad input or usage, 1 runtime failure), one-line error
+ * messages on stderr (stack only with --debug), a quiet exit when stdout is
+ * closed early (`| head -1`), and progress on stderr only when it is a TTY.
+ *
+ * With CATECHISM_REPORT_MAXRSS=1 in the environment the tool prints
+ * `maxrss_kib=N` (its peak resident memory) as the last stderr line; the
+ * memory tests use it.
+ */
+import { readFileSync } from 'node:fs';
+import yargs, { type Options } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { InputError, UsageError } from '../records/errors.js';
+import { readRecords, type InputRecord, type ReadOptions } from '../records/reader.js';
+import { OUTPUT_FORMATS, createRecordWriter, type OutputFormat, type RecordWriter } from '../records/writer.js';
+import { Rng } from '../util/random.js';
+
+export { InputError, UsageError };
+
+export type Device = 'cpu' | 'cuda';
+
+export interface CommonArgs {
+  /** Input files (positional); empty means stdin. */
+  inputs: string[];
+  format: OutputFormat;
+  seed: number;
+  model?: string;
+  device: Device;
+  registry?: string;
+  quiet: boolean;
+  debug: boolean;
+}
+
+export interface ToolContext<A> {
+  name: string;
+  args: CommonArgs & A;
+  /** Seeded from --seed; fork() it for independent streams. */
+  rng: Rng;
+  /** Records of the inputs (files or stdin), normalised and validated. */
+  read(options?: ReadOptions): AsyncGenerator<InputRecord>;
+  /** The stdout record writer in the chosen --format. */
+  out: RecordWriter;
+  progress: Progress;
+  /** A diagnostic line on stderr (suppressed by --quiet). */
+  log(message: string): void;
+}
+
+export interface ToolSpec<A> {
+  name: string;
+  version: string;
+  /** One paragraph for --help. */
+  describe: string;
+  /** [command, what it does] pairs shown by --help. */
+  examples: Array<[string, string]>;
+  /** Tool-specific options (yargs option definitions). */
+  options?: Record<string, Options>;
+  run(ctx: ToolContext<A>): Promise<void>;
+}
+
+/** Reads `version` from the package.json next to a binary's dist/ folder. */
+export function packageVersion(metaUrl: string): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', metaUrl), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** Progress counter on stderr: only when stderr is a TTY and not --quiet. */
+export class Progress {
+  private count = 0;
+  private last = 0;
+  private shown = false;
+  constructor(
+    private readonly name: string,
+    private readonly enabled: boolean,
+  ) {}
+  tick(n = 1): void {
+    this.count += n;
+    // Checking the clock every 4096 records keeps this off the hot path.
+    if (!this.enabled || (this.count & 4095) !== 0) return;
+    const now = Date.now();
+    if (now - this.last < 250) return;
+    this.last = now;
+    this.shown = true;
+    process.stderr.write(`\r${this.name}: ${this.count} records`);
+  }
+  done(): void {
+    if (this.shown) process.stderr.write('\r\x1b[K');
+    this.shown = false;
+  }
+}
+
+const COMMON_OPTIONS: Record<string, Options> = {
+  format: { choices: OUTPUT_FORMATS as unknown as string[], default: 'ndjson', describe: 'output format (input format is detected)', group: 'Common:' },
+  seed: { type: 'number', default: 0, describe: 'seed for everything random', group: 'Common:' },
+  model: { type: 'string', describe: 'model directory (default: the bundled fixture model)', group: 'Common:' },
+  device: { choices: ['cpu', 'cuda'], default: 'cpu', describe: 'compute device', group: 'Common:' },
+  registry: { type: 'string', describe: 'adapter registry directory', group: 'Common:' },
+  quiet: { type: 'boolean', default: false, alias: 'q', describe: 'no progress or diagnostics on stderr', group: 'Common:' },
+  debug: { type: 'boolean', default: false, describe: 'stack traces on errors', group: 'Common:' },
+};
+
+function exitCodeOf(e: unknown): number {
+  return e instanceof InputError || e instanceof UsageError ? 2 : 1;
+}
+
+function isEpipe(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException | null)?.code === 'EPIPE';
+}
+
+/**
+ * Parses argv, runs the tool, and exits with the right code. Never throws.
+ */
+export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, argv: string[] = hideBin(process.argv)): Promise<void> {
+  const debugFlag = argv.includes('--debug');
+  const fail = (e: unknown): never => {
+    if (isEpipe(e)) process.exit(0);
+    const msg = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`${spec.name}: ${msg}\n`);
+    if (debugFlag && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+    process.exit(exitCodeOf(e));
+  };
+
+  // A reader that goes away (`| head -1`) is not an error: end quietly.
+  process.stdout.on('error', (e) => (isEpipe(e) ? process.exit(0) : fail(e)));
+  if (process.env.CATECHISM_REPORT_MAXRSS === '1') {
+    process.on('exit', () => {
+      process.stderr.write(`maxrss_kib=${process.resourceUsage().maxRSS}\n`);
+    });
+  }
+
+  let args: CommonArgs & A;
+  try {
+    const y = yargs(argv)
+      .scriptName(spec.name)
+      .usage(`Usage: $0 [options] [files..]\n\n${spec.describe}\n\nReads records from the files (or stdin when none or "-"): NDJSON, a JSON array, or an Arrow IPC stream.`)
+      .parserConfiguration({ 'parse-positional-numbers': false })
+      .options({ ...COMMON_OPTIONS, ...(spec.options ?? {}) })
+      .strictOptions()
+      .version(spec.version)
+      .help()
+      .alias('h', 'help')
+      .wrap(Math.min(100, process.stdout.columns ?? 100))
+      .epilogue('Exit status: 0 ok, 2 bad input or usage, 1 runtime failure.')
+      .fail((msg, err) => {
+        throw err ?? new UsageError(`${msg} (see --help)`);
+      });
+    for (const [cmd, what] of spec.examples) y.example(cmd, what);
+    const parsed = (await y.parseAsync()) as Record<string, unknown>;
+    const seed = parsed.seed as number;
+    if (!Number.isInteger(seed)) throw new UsageError(`--seed: expected an integer, got ${String(parsed.seed)} (see --help)`);
+    args = { ...(parsed as A), inputs: (parsed._ as unknown[]).map(String) } as CommonArgs & A;
+  } catch (e) {
+    return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));
+  }
+
+  const progress = new Progress(spec.name, !!process.stderr.isTTY && !args.quiet);
+  const out = createRecordWriter(process.stdout, { format: args.format });
+  const ctx: ToolContext<A> = {
+    name: spec.name,
+    args,
+    rng: new Rng(args.seed),
+    read: (options?: ReadOptions) => readRecords(args.inputs, options),
+    out,
+    progress,
+    log: (message: string) => {
+      if (!args.quiet) process.stderr.write(`${spec.name}: ${message}\n`);
+    },
+  };
+  try {
+    await spec.run(ctx);
+    await out.end();
+    progress.done();
+  } catch (e) {
+    progress.done();
+    fail(e);
+  }
+  process.exitCode = 0;
+}

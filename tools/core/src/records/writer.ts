@@ -1,0 +1,140 @@
+/**
+ * Writing record streams: NDJSON (default) or an Arrow IPC stream. Both
+ * buffer a little (64 KiB of text, or one batch of rows) and then wait for
+ * the output's 'drain' when it is full, so a slow reader downstream bounds
+ * the memory of the whole pipeline.
+ */
+import { RecordBatchStreamWriter, type RecordBatch } from 'apache-arrow';
+import { ArrowEncoder } from './arrow.js';
+import type { AnyRecord } from './schema.js';
+
+export type OutputFormat = 'ndjson' | 'arrow';
+export const OUTPUT_FORMATS: readonly OutputFormat[] = ['ndjson', 'arrow'];
+
+export interface WriterOptions {
+  format?: OutputFormat;
+  /** Rows per Arrow record batch (default 1024). */
+  batchRows?: number;
+}
+
+export interface RecordWriter {
+  /** Queues one record; resolves once the output can take more. */
+  write(record: AnyRecord): Promise<void>;
+  /** Flushes what is buffered (and ends the Arrow stream); does not close `out`. */
+  end(): Promise<void>;
+  /** Records written so far. */
+  readonly count: number;
+}
+
+/** Writes a chunk and waits for 'drain' if the stream's buffer is full. */
+export function writeChunk(out: NodeJS.WritableStream, chunk: string | Uint8Array): Promise<void> {
+  if (out.write(chunk)) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const onDrain = (): void => {
+      out.off('error', onError);
+      resolve();
+    };
+    const onError = (e: Error): void => {
+      out.off('drain', onDrain);
+      reject(e);
+    };
+    out.once('drain', onDrain);
+    out.once('error', onError);
+  });
+}
+
+const NDJSON_FLUSH = 64 * 1024;
+
+class NdjsonWriter implements RecordWriter {
+  private buf = '';
+  count = 0;
+  constructor(private readonly out: NodeJS.WritableStream) {}
+
+  write(record: AnyRecord): Promise<void> {
+    this.buf += JSON.stringify(record) + '\n';
+    this.count++;
+    if (this.buf.length < NDJSON_FLUSH) return Promise.resolve();
+    const chunk = this.buf;
+    this.buf = '';
+    return writeChunk(this.out, chunk);
+  }
+
+  async end(): Promise<void> {
+    if (this.buf.length > 0) {
+      const chunk = this.buf;
+      this.buf = '';
+      await writeChunk(this.out, chunk);
+    }
+  }
+}
+
+/**
+ * apache-arrow's writer queues its bytes internally and applies no
+ * backpressure to a Node stream; this subclass hands each serialised piece
+ * to us instead, so we can write it and wait for 'drain'.
+ */
+class CollectingStreamWriter extends RecordBatchStreamWriter {
+  pending: Uint8Array[] = [];
+  protected override _write(chunk: ArrayBufferView | ArrayBuffer | string): this {
+    if (this._started) {
+      const bytes =
+        typeof chunk === 'string'
+          ? Buffer.from(chunk)
+          : ArrayBuffer.isView(chunk)
+            ? new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+            : new Uint8Array(chunk);
+      if (bytes.byteLength > 0) {
+        this.pending.push(bytes);
+        this._position += bytes.byteLength;
+      }
+    }
+    return this;
+  }
+  take(): Buffer {
+    const b = Buffer.concat(this.pending);
+    this.pending = [];
+    return b;
+  }
+}
+
+class ArrowWriter implements RecordWriter {
+  private rows: AnyRecord[] = [];
+  private encoder: ArrowEncoder | null = null;
+  private readonly writer = new CollectingStreamWriter();
+  count = 0;
+  constructor(
+    private readonly out: NodeJS.WritableStream,
+    private readonly batchRows: number,
+  ) {}
+
+  write(record: AnyRecord): Promise<void> {
+    this.rows.push(record);
+    this.count++;
+    return this.rows.length >= this.batchRows ? this.flush() : Promise.resolve();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.rows.length === 0) return;
+    const rows = this.rows;
+    this.rows = [];
+    this.encoder ??= new ArrowEncoder(rows);
+    const batch: RecordBatch = this.encoder.encode(rows);
+    this.writer.write(batch);
+    await writeChunk(this.out, this.writer.take());
+  }
+
+  async end(): Promise<void> {
+    await this.flush();
+    // An empty input gives an empty output, not a schema-only stream.
+    if (this.encoder === null) return;
+    this.writer.finish();
+    const tail = this.writer.take();
+    if (tail.byteLength > 0) await writeChunk(this.out, tail);
+  }
+}
+
+export function createRecordWriter(out: NodeJS.WritableStream, options: WriterOptions = {}): RecordWriter {
+  const format = options.format ?? 'ndjson';
+  if (format === 'arrow') return new ArrowWriter(out, options.batchRows ?? 1024);
+  return new NdjsonWriter(out);
+}

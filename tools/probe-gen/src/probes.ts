@@ -1,0 +1,52 @@
+/**
+ * probe-gen, first form: one `edit` probe per fact. The full generator
+ * (paraphrase / neighbourhood / generation probes with train/test splits)
+ * grows from `probesForFact`, which already sees the fact's extra prompts.
+ */
+import type { AnyRecord, Fact, Probe } from '@catechism/core';
+
+/** The fact's prompt with the subject in place of every `{}`. */
+export function fillPrompt(template: string, subject: string): string {
+  return template.split('{}').join(subject);
+}
+
+/**
+ * The probes of one fact. An insert teaches the new target (expect `new`);
+ * a forget asks the model to stop producing the true target (expect `abstain`).
+ */
+export function probesForFact(fact: Fact): Probe[] {
+  const forget = fact.op === 'forget';
+  const target = forget ? fact.target_true : fact.target_new;
+  const probe: Probe = {
+    kind: 'probe',
+    id: `${fact.id}/edit/0`,
+    fact_id: fact.id,
+    role: 'edit',
+    split: 'train',
+    prompt: fillPrompt(fact.prompt, fact.subject),
+    ...(target !== undefined ? { target } : {}),
+    expect: forget ? 'abstain' : 'new',
+  };
+  return [probe];
+}
+
+export interface ProbeGenOptions {
+  /** Also write each fact (normalised) before its probes; default true. */
+  keepFacts?: boolean;
+}
+
+/**
+ * Turns a record stream into facts-and-probes, passing every other record
+ * through unchanged and in order. Deterministic: no randomness.
+ */
+export async function* probeGen(records: AsyncIterable<AnyRecord>, options: ProbeGenOptions = {}): AsyncGenerator<AnyRecord> {
+  const keepFacts = options.keepFacts ?? true;
+  for await (const rec of records) {
+    if (rec.kind === 'fact') {
+      if (keepFacts) yield rec;
+      yield* probesForFact(rec as Fact);
+    } else {
+      yield rec;
+    }
+  }
+}

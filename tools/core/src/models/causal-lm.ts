@@ -1,0 +1,523 @@
+/**
+ * Decoder-only causal language models: GPT-2, the Llama family (llama,
+ * qwen2, mistral) and Mixtral, on the autograd tensors of ../tensor.
+ *
+ * One class runs all three; the family picks normalisation (LayerNorm vs
+ * RMSNorm), positions (learned vs RoPE), the MLP (gelu_new vs SwiGLU vs
+ * sparse MoE) and the weight layout (Conv1D [in,out] vs Linear [out,in]).
+ * Weights never require grad; LoRA adapters and hook values may.
+ */
+import {
+  Tensor, add, attention, concat, div, fromData, gelu, indexAdd, indexSelect, layerNorm, linear, logSoftmax, gather,
+  mul, noGrad, permute, reshape, rmsNorm, rope, silu, slice, softmax, sum, topk, zeros,
+} from '../tensor/index.js';
+import { Rng } from '../util/random.js';
+import type { ModelConfig } from './config.js';
+import { ModelLoadError, expectedWeights } from './config.js';
+import { applyHook, type Hooks } from './hooks.js';
+import type { LoraAdapter } from './lora.js';
+
+/** Keys and values of every layer for the tokens seen so far. */
+export class KVCache {
+  /** Per layer: keys and values [B, Hkv, S, D] (after RoPE). */
+  layers: Array<{ k: Tensor; v: Tensor } | null>;
+  /** Attention mask of the cached tokens, [B × length], 1 = real token. */
+  mask: Uint8Array;
+
+  constructor(readonly batch: number, nLayers: number) {
+    this.layers = new Array(nLayers).fill(null);
+    this.mask = new Uint8Array(0);
+  }
+
+  get length(): number {
+    return this.mask.length / this.batch;
+  }
+}
+
+export interface ForwardOptions {
+  /** [B × S] with 1 for real tokens and 0 for padding; S = cached + new tokens. Default all ones. */
+  attentionMask?: Uint8Array;
+  /** [B × T] position ids of the new tokens. Default: running count of real tokens (padding-aware). */
+  positions?: Int32Array;
+  hooks?: Hooks;
+  /** Read and extend this cache (generation). */
+  kvCache?: KVCache;
+  /** Skip the LM head (logits) — e.g. when only hooked activations are wanted. */
+  skipLogits?: boolean;
+}
+
+export interface ForwardResult {
+  /** [B, T, V] */
+  logits: Tensor;
+  /** Mixtral: router logits per layer, each [B, T, E]. */
+  routerLogits?: Tensor[];
+}
+
+export interface ActiveAdapter {
+  adapter: LoraAdapter;
+  /** Multiplies the adapter's delta; −1 negates it. Default 1. */
+  scale?: number;
+}
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** Greedy decoding (default when temperature is 0 or absent). */
+  greedy?: boolean;
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+  /** Stop a row when it emits this id (default config eos_token_id; null disables). */
+  eosTokenId?: number | null;
+  /** Recompute the whole sequence each step instead of using the KV cache (for checking). */
+  useCache?: boolean;
+  hooks?: Hooks;
+}
+
+interface LoraTerm {
+  A: Tensor;
+  B: Tensor;
+  factor: number;
+}
+
+/** Normalise a GPT-2 module/weight name to the `transformer.`-prefixed form. */
+function canonicalName(family: string, name: string): string {
+  if (family === 'gpt2' && !name.startsWith('transformer.') && !name.startsWith('lm_head')) return 'transformer.' + name;
+  return name;
+}
+
+export class CausalLM {
+  private loraTerms = new Map<string, LoraTerm[]>();
+  private active: ActiveAdapter[] = [];
+
+  /**
+   * @param weights every tensor of expectedWeights(config), by canonical name
+   *   (GPT-2 names with the `transformer.` prefix).
+   */
+  constructor(readonly config: ModelConfig, readonly weights: Map<string, Tensor>) {
+    for (const [name, shape] of expectedWeights(config)) {
+      const t = weights.get(name);
+      if (!t) throw new ModelLoadError(`weight '${name}' is missing`);
+      if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+        throw new ModelLoadError(`weight '${name}' has shape [${t.shape.join(', ')}] but the config implies [${shape.join(', ')}]`);
+      }
+    }
+  }
+
+  /** Random weights for a config (benchmarks, tests). */
+  static random(config: ModelConfig, seed = 0, std = 0.02): CausalLM {
+    const rng = new Rng(seed);
+    const w = new Map<string, Tensor>();
+    for (const [name, shape] of expectedWeights(config)) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(n);
+      const isNorm = /(norm|ln_\d|ln_f)\.weight$/.test(name);
+      if (isNorm) data.fill(1);
+      else if (!name.endsWith('.bias')) for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
+      w.set(name, fromData(data, shape));
+    }
+    return new CausalLM(config, w);
+  }
+
+  weight(name: string): Tensor {
+    const t = this.weights.get(canonicalName(this.config.family, name));
+    if (!t) throw new Error(`no weight '${name}'`);
+    return t;
+  }
+
+  /** Linear modules LoRA can target: [name, in features, out features]. */
+  linearModules(): Array<[string, number, number]> {
+    const out: Array<[string, number, number]> = [];
+    const conv = this.config.family === 'gpt2';
+    for (const [name, t] of this.weights) {
+      if (!name.endsWith('.weight') || t.shape.length !== 2) continue;
+      if (/(wte|wpe|embed_tokens)\.weight$/.test(name)) continue;
+      const mod = name.slice(0, -'.weight'.length);
+      // Conv1D stores [in, out]; Linear [out, in]. lm_head is a Linear even in GPT-2.
+      const inOut = conv && mod !== 'lm_head';
+      out.push([mod, inOut ? t.shape[0] : t.shape[1], inOut ? t.shape[1] : t.shape[0]]);
+    }
+    return out;
+  }
+
+  /** Activate adapters (replacing the active set). Several at once; scales may be negative. */
+  setAdapters(list: ActiveAdapter[]): void {
+    const mods = new Map(this.linearModules().map(([n, i, o]) => [n, [i, o] as const]));
+    const terms = new Map<string, LoraTerm[]>();
+    for (const { adapter, scale = 1 } of list) {
+      for (const [modRaw, { A, B }] of adapter.modules) {
+        const mod = canonicalName(this.config.family, modRaw);
+        const dims = mods.get(mod);
+        if (!dims) throw new ModelLoadError(`LoRA adapter ${adapter.name}: target module '${modRaw}' is not a linear module of this model`);
+        if (A.shape[1] !== dims[0] || B.shape[0] !== dims[1]) {
+          throw new ModelLoadError(
+            `LoRA adapter ${adapter.name}: module '${modRaw}' has lora_A [${A.shape.join(', ')}], lora_B [${B.shape.join(', ')}] but the module maps ${dims[0]} → ${dims[1]}`,
+          );
+        }
+        const l = terms.get(mod) ?? [];
+        l.push({ A, B, factor: adapter.factor * scale });
+        terms.set(mod, l);
+      }
+    }
+    this.loraTerms = terms;
+    this.active = list.slice();
+  }
+
+  activeAdapters(): ActiveAdapter[] {
+    return this.active.slice();
+  }
+
+  /** y = base(x) + Σ factor·(x Aᵀ) Bᵀ over active adapters on this module. */
+  private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in'): Tensor {
+    const w = this.weights.get(mod + '.weight')!;
+    const b = this.weights.get(mod + '.bias');
+    let y = linear(x, w, b ?? null, layout);
+    const terms = this.loraTerms.get(mod);
+    if (terms) {
+      for (const t of terms) {
+        const d = linear(linear(x, t.A), t.B);
+        y = add(y, t.factor === 1 ? d : mul(d, t.factor));
+      }
+    }
+    return y;
+  }
+
+  /**
+   * Forward pass over ids [B × T] (row-major). Differentiable: LoRA weights
+   * and hook values receive gradients when the result is backpropagated.
+   */
+  forward(ids: Int32Array, dims: readonly [number, number], opts: ForwardOptions = {}): ForwardResult {
+    const c = this.config;
+    const [B, T] = dims;
+    if (ids.length !== B * T) throw new RangeError(`forward: ${ids.length} ids do not fill a [${B}, ${T}] batch`);
+    if (T === 0) throw new RangeError('forward: empty sequence');
+    for (let i = 0; i < ids.length; i++) {
+      if (!(ids[i] >= 0 && ids[i] < c.vocabSize)) throw new RangeError(`forward: token id ${ids[i]} at ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+    const cache = opts.kvCache;
+    if (cache && cache.batch !== B) throw new RangeError(`forward: KV cache holds ${cache.batch} rows, batch has ${B}`);
+    const past = cache ? cache.length : 0;
+    const S = past + T;
+    let mask = opts.attentionMask;
+    if (mask) {
+      if (mask.length !== B * S) throw new RangeError(`forward: attentionMask has ${mask.length} entries, expected B × (cached + new) = ${B * S}`);
+    } else if (cache && past > 0) {
+      // extend the cached mask with ones for the new tokens
+      mask = new Uint8Array(B * S);
+      for (let b = 0; b < B; b++) {
+        mask.set(cache.mask.subarray(b * past, (b + 1) * past), b * S);
+        mask.fill(1, b * S + past, (b + 1) * S);
+      }
+    }
+    const positions = opts.positions ?? defaultPositions(B, T, S, mask);
+    if (positions.length !== B * T) throw new RangeError(`forward: positions has ${positions.length} entries, expected ${B * T}`);
+    const keyPad = mask; // attention takes 1 = real key, as HF's attention_mask
+    const hooks = opts.hooks;
+    const H = c.hidden;
+
+    // embeddings
+    let h: Tensor;
+    if (c.family === 'gpt2') {
+      for (const p of positions) {
+        if (p < 0 || p >= c.maxPositions) throw new RangeError(`forward: position ${p} is outside GPT-2's ${c.maxPositions} learned positions`);
+      }
+      h = add(indexSelect(this.weights.get('transformer.wte.weight')!, 0, ids), indexSelect(this.weights.get('transformer.wpe.weight')!, 0, positions));
+    } else {
+      h = indexSelect(this.weights.get('model.embed_tokens.weight')!, 0, ids);
+    }
+    h = applyHook(hooks, 'embed', reshape(h, [B, T, H]));
+
+    const routerLogits: Tensor[] = [];
+    for (let i = 0; i < c.layers; i++) {
+      const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, h, B, T, positions, keyPad, cache));
+      h = add(h, a);
+      let m: Tensor;
+      if (c.family === 'gpt2') {
+        const p = `transformer.h.${i}`;
+        const x = layerNorm(h, this.weights.get(`${p}.ln_2.weight`)!, this.weights.get(`${p}.ln_2.bias`)!, c.normEps);
+        m = this.lin(`${p}.mlp.c_proj`, gelu(this.lin(`${p}.mlp.c_fc`, x, 'in_out')), 'in_out');
+      } else {
+        const p = `model.layers.${i}`;
+        const x = rmsNorm(h, this.weights.get(`${p}.post_attention_layernorm.weight`)!, c.normEps);
+        if (c.family === 'mixtral') {
+          const r = this.moeBlock(i, x, B, T, hooks);
+          m = r.out;
+          routerLogits.push(r.router);
+        } else {
+          m = this.lin(`${p}.mlp.down_proj`, mul(silu(this.lin(`${p}.mlp.gate_proj`, x)), this.lin(`${p}.mlp.up_proj`, x)));
+        }
+      }
+      m = applyHook(hooks, `layers.${i}.mlp`, m);
+      h = applyHook(hooks, `layers.${i}.resid_post`, add(h, m));
+    }
+    if (cache) {
+      cache.mask = mask ?? new Uint8Array(B * S).fill(1);
+    }
+
+    let logits: Tensor;
+    if (opts.skipLogits) {
+      logits = zeros([B, T, 0]);
+    } else if (c.family === 'gpt2') {
+      const x = layerNorm(h, this.weights.get('transformer.ln_f.weight')!, this.weights.get('transformer.ln_f.bias')!, c.normEps);
+      logits = this.lin(c.tieEmbeddings ? 'transformer.wte' : 'lm_head', x);
+    } else {
+      const x = rmsNorm(h, this.weights.get('model.norm.weight')!, c.normEps);
+      logits = this.lin(c.tieEmbeddings ? 'model.embed_tokens' : 'lm_head', x);
+    }
+    return c.family === 'mixtral' ? { logits, routerLogits } : { logits };
+  }
+
+  private attentionBlock(
+    i: number, h: Tensor, B: number, T: number, positions: Int32Array, keyPad: Uint8Array | undefined, cache?: KVCache,
+  ): Tensor {
+    const c = this.config;
+    const hd = c.headDim;
+    let q: Tensor, k: Tensor, v: Tensor;
+    let outMod: string;
+    let layout: 'out_in' | 'in_out' = 'out_in';
+    if (c.family === 'gpt2') {
+      const p = `transformer.h.${i}`;
+      const x = layerNorm(h, this.weights.get(`${p}.ln_1.weight`)!, this.weights.get(`${p}.ln_1.bias`)!, c.normEps);
+      const qkv = this.lin(`${p}.attn.c_attn`, x, 'in_out');
+      const heads = (t: Tensor) => permute(reshape(t, [B, T, c.heads, hd]), [0, 2, 1, 3]);
+      q = heads(slice(qkv, 2, 0, c.hidden));
+      k = heads(slice(qkv, 2, c.hidden, 2 * c.hidden));
+      v = heads(slice(qkv, 2, 2 * c.hidden, 3 * c.hidden));
+      outMod = `${p}.attn.c_proj`;
+      layout = 'in_out';
+    } else {
+      const p = `model.layers.${i}`;
+      const x = rmsNorm(h, this.weights.get(`${p}.input_layernorm.weight`)!, c.normEps);
+      const heads = (t: Tensor, n: number) => permute(reshape(t, [B, T, n, hd]), [0, 2, 1, 3]);
+      q = rope(heads(this.lin(`${p}.self_attn.q_proj`, x), c.heads), positions, c.ropeTheta);
+      k = rope(heads(this.lin(`${p}.self_attn.k_proj`, x), c.kvHeads), positions, c.ropeTheta);
+      v = heads(this.lin(`${p}.self_attn.v_proj`, x), c.kvHeads);
+      outMod = `${p}.self_attn.o_proj`;
+    }
+    if (cache) {
+      const prev = cache.layers[i];
+      if (prev) {
+        k = concat([prev.k, k], 2);
+        v = concat([prev.v, v], 2);
+      }
+      cache.layers[i] = { k: k.detach(), v: v.detach() };
+    }
+    const o = attention(q, k, v, { causal: true, scale: 1 / Math.sqrt(hd), ...(keyPad ? { keyPad } : {}) });
+    return this.lin(outMod, reshape(permute(o, [0, 2, 1, 3]), [B, T, c.heads * hd]), layout);
+  }
+
+  /** Sparse MoE: softmax router → top-k → renormalise → weighted SwiGLU experts. */
+  private moeBlock(i: number, x: Tensor, B: number, T: number, hooks?: Hooks): { out: Tensor; router: Tensor } {
+    const c = this.config;
+    const H = c.hidden;
+    const N = B * T;
+    const E = c.experts;
+    const K = c.expertsPerTok;
+    const p = `model.layers.${i}.block_sparse_moe`;
+    const router = applyHook(hooks, `layers.${i}.router`, this.lin(`${p}.gate`, x));
+    const probs = softmax(reshape(router, [N, E]));
+    const top = topk(probs, K);
+    const w = reshape(div(top.values, sum(top.values, -1, true)), [N * K, 1]);
+    const xf = reshape(x, [N, H]);
+    // Dense per-expert contributions only when a hook wants to see or change them.
+    const dense = hooks !== undefined && Object.keys(hooks).some((s) => s.startsWith(`layers.${i}.experts.`));
+    let out = zeros([N, H]);
+    for (let e = 0; e < E; e++) {
+      const rows: number[] = [];
+      const slots: number[] = [];
+      for (let n = 0; n < N; n++) {
+        for (let j = 0; j < K; j++) {
+          if (top.indices[n * K + j] === e) {
+            rows.push(n);
+            slots.push(n * K + j);
+          }
+        }
+      }
+      let contrib: Tensor | null = null;
+      if (rows.length > 0) {
+        const r = Int32Array.from(rows);
+        const xe = indexSelect(xf, 0, r);
+        const q = `${p}.experts.${e}`;
+        const ye = this.lin(`${q}.w2`, mul(silu(this.lin(`${q}.w1`, xe)), this.lin(`${q}.w3`, xe)));
+        contrib = mul(ye, indexSelect(w, 0, Int32Array.from(slots)));
+        if (!dense) {
+          out = indexAdd(out, 0, r, contrib);
+          continue;
+        }
+        contrib = indexAdd(zeros([N, H]), 0, r, contrib);
+      }
+      if (dense) {
+        const full = applyHook(hooks, `layers.${i}.experts.${e}`, reshape(contrib ?? zeros([N, H]), [B, T, H]));
+        out = add(out, reshape(full, [N, H]));
+      }
+    }
+    return { out: reshape(out, [B, T, H]), router };
+  }
+
+  /**
+   * Log-probabilities of each continuation token given its prompt (and the
+   * continuation tokens before it), batched. Differentiable: returns one
+   * tensor [total continuation tokens] plus each item's offset into it.
+   */
+  continuationLogprobs(
+    prompts: number[][], continuations: number[][], opts: { hooks?: Hooks } = {},
+  ): { logprobs: Tensor; offsets: number[] } {
+    if (prompts.length !== continuations.length) {
+      throw new RangeError(`logprobs: ${prompts.length} prompts but ${continuations.length} continuations`);
+    }
+    const B = prompts.length;
+    const lens = prompts.map((p, i) => {
+      if (p.length === 0) throw new RangeError(`logprobs: prompt ${i} is empty (the first token has no prediction)`);
+      return p.length + continuations[i].length;
+    });
+    const T = Math.max(...lens);
+    const ids = new Int32Array(B * T);
+    const mask = new Uint8Array(B * T);
+    const pad = this.config.padTokenId ?? this.config.eosTokenId ?? 0;
+    const rowIds: number[] = [];
+    const targets: number[] = [];
+    const offsets: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const seq = prompts[b].concat(continuations[b]);
+      ids.fill(pad, b * T, (b + 1) * T);
+      ids.set(seq, b * T);
+      mask.fill(1, b * T, b * T + seq.length);
+      offsets.push(targets.length);
+      for (let j = 0; j < continuations[b].length; j++) {
+        rowIds.push(b * T + prompts[b].length + j - 1);
+        targets.push(continuations[b][j]);
+      }
+    }
+    offsets.push(targets.length);
+    const { logits } = this.forward(ids, [B, T], { attentionMask: mask, hooks: opts.hooks });
+    const V = this.config.vocabSize;
+    const rows = indexSelect(reshape(logits, [B * T, V]), 0, Int32Array.from(rowIds));
+    const lp = gather(logSoftmax(rows), Int32Array.from(targets), 1);
+    return { logprobs: reshape(lp, [targets.length]), offsets };
+  }
+
+  /** Per-token log-probabilities of continuations (no gradients), in batches. */
+  logprobs(prompts: number[][], continuations: number[][], opts: { batchSize?: number; hooks?: Hooks } = {}): Float32Array[] {
+    const bs = opts.batchSize ?? 16;
+    const out: Float32Array[] = [];
+    for (let s = 0; s < prompts.length; s += bs) {
+      const { logprobs, offsets } = noGrad(() =>
+        this.continuationLogprobs(prompts.slice(s, s + bs), continuations.slice(s, s + bs), { hooks: opts.hooks }),
+      );
+      for (let i = 0; i + 1 < offsets.length; i++) out.push(logprobs.data.slice(offsets[i], offsets[i + 1]));
+    }
+    return out;
+  }
+
+  /**
+   * Generate continuations of prompts (left-padded into one batch) with a KV
+   * cache. Greedy unless temperature > 0; top-p nucleus sampling from a
+   * seeded generator. Returns only the new tokens of each row (stopping at
+   * and including eos).
+   */
+  generate(prompts: number[][], opts: GenerateOptions): number[][] {
+    const B = prompts.length;
+    if (B === 0) return [];
+    const maxNew = opts.maxNewTokens;
+    if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`generate: maxNewTokens must be a non-negative integer`);
+    const temperature = opts.greedy ? 0 : (opts.temperature ?? 0);
+    const topP = opts.topP ?? 1;
+    const eos = opts.eosTokenId === undefined ? this.config.eosTokenId : opts.eosTokenId;
+    const rng = new Rng(opts.seed ?? 0);
+    const useCache = opts.useCache ?? true;
+    const pad = this.config.padTokenId ?? eos ?? 0;
+    const L = Math.max(...prompts.map((p) => p.length));
+    if (prompts.some((p) => p.length === 0)) throw new RangeError('generate: empty prompt');
+    // rows as growing sequences, left-padded to a common length
+    const seqs: number[][] = prompts.map((p) => new Array(L - p.length).fill(pad).concat(p));
+    const masks: number[][] = prompts.map((p) => new Array(L - p.length).fill(0).concat(new Array(p.length).fill(1)));
+    const out: number[][] = prompts.map(() => []);
+    const done = new Array(B).fill(false);
+    const V = this.config.vocabSize;
+    return noGrad(() => {
+      const cache = useCache ? new KVCache(B, this.config.layers) : undefined;
+      for (let step = 0; step < maxNew && done.some((d) => !d); step++) {
+        const S = seqs[0].length;
+        const T = useCache && step > 0 ? 1 : S;
+        const ids = new Int32Array(B * T);
+        const mask = new Uint8Array(B * S);
+        for (let b = 0; b < B; b++) {
+          ids.set(seqs[b].slice(S - T), b * T);
+          mask.set(masks[b], b * S);
+        }
+        const { logits } = this.forward(ids, [B, T], { attentionMask: mask, kvCache: cache, hooks: opts.hooks });
+        for (let b = 0; b < B; b++) {
+          // a finished row is fed padding, masked out, so it cannot affect anything
+          if (done[b]) {
+            seqs[b].push(pad);
+            masks[b].push(0);
+            continue;
+          }
+          const row = logits.data.subarray((b * T + T - 1) * V, (b * T + T) * V);
+          const next = temperature > 0 ? sampleTopP(row, temperature, topP, rng) : argmax(row);
+          out[b].push(next);
+          if (eos !== null && next === eos) done[b] = true;
+          seqs[b].push(next);
+          masks[b].push(1);
+        }
+      }
+      return out;
+    });
+  }
+}
+
+/**
+ * Padding-aware positions (as HF computes them from the attention mask): a
+ * real token's position is the number of real tokens before it in its row;
+ * padding gets 0 (it is masked out as a key and its output is ignored).
+ */
+function defaultPositions(B: number, T: number, S: number, mask: Uint8Array | undefined): Int32Array {
+  const pos = new Int32Array(B * T);
+  const past = S - T;
+  for (let b = 0; b < B; b++) {
+    let count = 0;
+    for (let s = 0; s < S; s++) {
+      const real = mask ? mask[b * S + s] !== 0 : true;
+      if (s >= past) pos[b * T + s - past] = real ? count : 0;
+      if (real) count++;
+    }
+  }
+  return pos;
+}
+
+export function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+/** Sample from softmax(row / temperature) restricted to the smallest set with mass ≥ topP. */
+export function sampleTopP(row: Float32Array, temperature: number, topP: number, rng: Rng): number {
+  let m = -Infinity;
+  for (const v of row) if (v > m) m = v;
+  const probs = new Float64Array(row.length);
+  let z = 0;
+  for (let i = 0; i < row.length; i++) {
+    probs[i] = Math.exp((row[i] - m) / temperature);
+    z += probs[i];
+  }
+  const order = Array.from(row.keys()).sort((a, b) => probs[b] - probs[a]);
+  let keep = order.length;
+  if (topP < 1) {
+    let acc = 0;
+    for (let i = 0; i < order.length; i++) {
+      acc += probs[order[i]] / z;
+      if (acc >= topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  let mass = 0;
+  for (let i = 0; i < keep; i++) mass += probs[order[i]];
+  let u = rng.uniform() * mass;
+  for (let i = 0; i < keep; i++) {
+    u -= probs[order[i]];
+    if (u <= 0) return order[i];
+  }
+  return order[keep - 1];
+}

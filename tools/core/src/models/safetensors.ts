@@ -1,0 +1,341 @@
+/**
+ * safetensors reading and writing.
+ *
+ * Format: u64 little-endian header length N, N bytes of JSON
+ * `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__?: {..}}`,
+ * then the data buffer; offsets are relative to the start of the data buffer.
+ * The header is never trusted: every length, offset, shape and dtype is
+ * checked against the file before any tensor is touched, and errors name the
+ * file and the tensor.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import * as kernelsModule from '@catechism/kernels';
+
+export type Dtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+
+const DTYPE_SIZE: Record<Dtype, number> = {
+  F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+};
+
+/** Float dtypes a model weight may have (converted to float32 on read). */
+const FLOAT_DTYPES = new Set<Dtype>(['F32', 'F16', 'BF16']);
+
+export class SafetensorsError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SafetensorsError';
+  }
+}
+
+/** Half-precision conversions come from the native kernels (one code path). */
+interface HalfKernels {
+  f16ToF32(src: Uint16Array, out: Float32Array): void;
+  bf16ToF32(src: Uint16Array, out: Float32Array): void;
+  f32ToF16(src: Float32Array, out: Uint16Array): void;
+  f32ToBf16(src: Float32Array, out: Uint16Array): void;
+}
+const K = kernelsModule as unknown as Partial<HalfKernels>;
+function kernel<N extends keyof HalfKernels>(name: N): HalfKernels[N] {
+  const f = K[name];
+  if (typeof f !== 'function') throw new SafetensorsError(`@catechism/kernels has no ${name}(); rebuild the kernels package`);
+  return f as HalfKernels[N];
+}
+
+export interface TensorInfo {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** Byte offsets relative to the data buffer. */
+  begin: number;
+  end: number;
+}
+
+const MAX_HEADER = 100 * 1024 * 1024; // same bound as the reference implementation
+
+/** A parsed safetensors file held in memory. */
+export class SafetensorsFile {
+  readonly tensors = new Map<string, TensorInfo>();
+  readonly metadata: Record<string, string> = {};
+  private readonly dataStart: number;
+
+  constructor(readonly bytes: Uint8Array, readonly label: string) {
+    const where = `safetensors file ${label}`;
+    if (bytes.byteLength < 8) throw new SafetensorsError(`${where}: ${bytes.byteLength} bytes is too short for a header length`);
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const n = dv.getBigUint64(0, true);
+    if (n > BigInt(bytes.byteLength - 8)) {
+      throw new SafetensorsError(`${where}: header length ${n} runs past the end of the file (${bytes.byteLength} bytes)`);
+    }
+    const hlen = Number(n);
+    if (hlen > MAX_HEADER) throw new SafetensorsError(`${where}: header length ${hlen} exceeds ${MAX_HEADER} bytes`);
+    let header: unknown;
+    try {
+      header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + hlen)));
+    } catch (e) {
+      throw new SafetensorsError(`${where}: header is not valid JSON (${(e as Error).message})`);
+    }
+    if (header === null || typeof header !== 'object' || Array.isArray(header)) {
+      throw new SafetensorsError(`${where}: header must be a JSON object`);
+    }
+    this.dataStart = 8 + hlen;
+    const dataLen = bytes.byteLength - this.dataStart;
+    for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
+      if (name === '__metadata__') {
+        if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+          throw new SafetensorsError(`${where}: __metadata__ must be an object of strings`);
+        }
+        for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
+          if (typeof v !== 'string') throw new SafetensorsError(`${where}: __metadata__.${k} must be a string`);
+          this.metadata[k] = v;
+        }
+        continue;
+      }
+      const t = `${where}, tensor '${name}'`;
+      if (raw === null || typeof raw !== 'object') throw new SafetensorsError(`${t}: entry must be an object`);
+      const { dtype, shape, data_offsets: offs } = raw as Record<string, unknown>;
+      if (typeof dtype !== 'string' || !(dtype in DTYPE_SIZE)) throw new SafetensorsError(`${t}: unknown dtype ${JSON.stringify(dtype)}`);
+      if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+        throw new SafetensorsError(`${t}: shape must be a list of non-negative integers, got ${JSON.stringify(shape)}`);
+      }
+      if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+        throw new SafetensorsError(`${t}: data_offsets must be [begin, end], got ${JSON.stringify(offs)}`);
+      }
+      const [begin, end] = offs as [number, number];
+      if (begin > end) throw new SafetensorsError(`${t}: data_offsets [${begin}, ${end}] are reversed`);
+      if (end > dataLen) {
+        throw new SafetensorsError(`${t}: data_offsets [${begin}, ${end}] point past the end of the data (${dataLen} bytes)`);
+      }
+      const numel = (shape as number[]).reduce((a, b) => a * b, 1);
+      const want = numel * DTYPE_SIZE[dtype as Dtype];
+      if (want !== end - begin) {
+        throw new SafetensorsError(`${t}: shape [${shape.join(', ')}] of ${dtype} needs ${want} bytes but data_offsets span ${end - begin}`);
+      }
+      this.tensors.set(name, { name, dtype: dtype as Dtype, shape: shape as number[], begin, end });
+    }
+    // Tensors must not share bytes: a header that aliases data is corrupt.
+    const sorted = [...this.tensors.values()].filter((i) => i.end > i.begin).sort((a, b) => a.begin - b.begin);
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i].begin < sorted[i - 1].end) {
+        throw new SafetensorsError(`${where}: tensors '${sorted[i - 1].name}' and '${sorted[i].name}' overlap`);
+      }
+    }
+  }
+
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    const i = this.tensors.get(name);
+    if (!i) throw new SafetensorsError(`safetensors file ${this.label}: no tensor '${name}'`);
+    return i;
+  }
+
+  /** Raw bytes of a tensor (a view, no copy). */
+  raw(name: string): Uint8Array {
+    const i = this.info(name);
+    return this.bytes.subarray(this.dataStart + i.begin, this.dataStart + i.end);
+  }
+
+  /**
+   * A float tensor as float32. F32 data is returned as a view over the file
+   * buffer when it is 4-byte aligned (no copy); F16/BF16 are converted by
+   * the native kernels.
+   */
+  float32(name: string): Float32Array {
+    const i = this.info(name);
+    if (!FLOAT_DTYPES.has(i.dtype)) {
+      throw new SafetensorsError(`safetensors file ${this.label}, tensor '${name}': dtype ${i.dtype} is not a float type (F32, F16, BF16)`);
+    }
+    const raw = this.raw(name);
+    const n = (i.end - i.begin) / DTYPE_SIZE[i.dtype];
+    if (i.dtype === 'F32') {
+      if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);
+      return new Float32Array(raw.slice().buffer);
+    }
+    const src = raw.byteOffset % 2 === 0 ? new Uint16Array(raw.buffer, raw.byteOffset, n) : new Uint16Array(raw.slice().buffer);
+    const out = new Float32Array(n);
+    if (n > 0) kernel(i.dtype === 'F16' ? 'f16ToF32' : 'bf16ToF32')(src, out);
+    return out;
+  }
+
+  /** An integer tensor (I32 or I64 within the safe range) as Int32Array. */
+  int32(name: string): Int32Array {
+    const i = this.info(name);
+    const raw = this.raw(name).slice();
+    if (i.dtype === 'I32') return new Int32Array(raw.buffer);
+    if (i.dtype === 'I64') {
+      const big = new BigInt64Array(raw.buffer);
+      const out = new Int32Array(big.length);
+      for (let k = 0; k < big.length; k++) out[k] = Number(big[k]);
+      return out;
+    }
+    throw new SafetensorsError(`safetensors file ${this.label}, tensor '${name}': dtype ${i.dtype} is not I32/I64`);
+  }
+}
+
+/** Read and validate a safetensors file. */
+export function readSafetensors(file: string): SafetensorsFile {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new SafetensorsError(`cannot read safetensors file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return new SafetensorsFile(bytes, file);
+}
+
+export interface TensorToWrite {
+  shape: number[];
+  data: Float32Array;
+  /** Stored dtype; float32 data is converted. Default F32. */
+  dtype?: 'F32' | 'F16' | 'BF16';
+}
+
+/** Serialise tensors (sorted by name, header padded with spaces to 8 bytes). */
+export function serializeSafetensors(tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>): Buffer {
+  const names = Object.keys(tensors).sort();
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) header.__metadata__ = metadata;
+  const blobs: Uint8Array[] = [];
+  let off = 0;
+  for (const name of names) {
+    if (name === '__metadata__') throw new SafetensorsError(`tensor name '__metadata__' is reserved`);
+    const t = tensors[name];
+    const numel = t.shape.reduce((a, b) => a * b, 1);
+    if (numel !== t.data.length) {
+      throw new SafetensorsError(`tensor '${name}': shape [${t.shape.join(', ')}] has ${numel} elements but data has ${t.data.length}`);
+    }
+    const dtype = t.dtype ?? 'F32';
+    let blob: Uint8Array;
+    if (dtype === 'F32') {
+      blob = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    } else {
+      const h = new Uint16Array(numel);
+      if (numel > 0) kernel(dtype === 'F16' ? 'f32ToF16' : 'f32ToBf16')(t.data, h);
+      blob = new Uint8Array(h.buffer);
+    }
+    header[name] = { dtype, shape: t.shape, data_offsets: [off, off + blob.byteLength] };
+    blobs.push(blob);
+    off += blob.byteLength;
+  }
+  let json = JSON.stringify(header);
+  const pad = (8 - (Buffer.byteLength(json) % 8)) % 8;
+  json += ' '.repeat(pad);
+  const hbytes = Buffer.from(json, 'utf-8');
+  const out = Buffer.allocUnsafe(8 + hbytes.length + off);
+  out.writeBigUInt64LE(BigInt(hbytes.length), 0);
+  hbytes.copy(out, 8);
+  let p = 8 + hbytes.length;
+  for (const b of blobs) {
+    out.set(b, p);
+    p += b.byteLength;
+  }
+  return out;
+}
+
+/** Write bytes atomically: temp file in the same directory, fsync, rename, fsync the directory. */
+export function writeFileAtomic(file: string, data: Uint8Array | string): void {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, file);
+  try {
+    const dfd = fs.openSync(dir, 'r');
+    fs.fsyncSync(dfd);
+    fs.closeSync(dfd);
+  } catch {
+    // some filesystems refuse fsync on directories; the rename is still atomic
+  }
+}
+
+/** Write a safetensors file atomically. */
+export function writeSafetensors(file: string, tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>): void {
+  writeFileAtomic(file, serializeSafetensors(tensors, metadata));
+}
+
+/**
+ * The weights of a model directory: `model.safetensors`, or the shards named
+ * by `model.safetensors.index.json`.
+ */
+export class Checkpoint {
+  private readonly where = new Map<string, SafetensorsFile>();
+
+  private constructor(readonly dir: string, readonly files: SafetensorsFile[]) {
+    for (const f of files) {
+      for (const n of f.names()) {
+        if (this.where.has(n)) throw new SafetensorsError(`checkpoint ${dir}: tensor '${n}' appears in two files`);
+        this.where.set(n, f);
+      }
+    }
+  }
+
+  static open(dir: string): Checkpoint {
+    const index = path.join(dir, 'model.safetensors.index.json');
+    const single = path.join(dir, 'model.safetensors');
+    if (fs.existsSync(index)) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(fs.readFileSync(index, 'utf-8'));
+      } catch (e) {
+        throw new SafetensorsError(`${index}: not valid JSON (${(e as Error).message})`);
+      }
+      const wmap = (parsed as { weight_map?: unknown })?.weight_map;
+      if (!wmap || typeof wmap !== 'object') throw new SafetensorsError(`${index}: missing "weight_map"`);
+      const shardNames = new Set<string>();
+      for (const [t, f] of Object.entries(wmap as Record<string, unknown>)) {
+        if (typeof f !== 'string' || f.includes('/') || f.includes('\\') || f.startsWith('.')) {
+          throw new SafetensorsError(`${index}: tensor '${t}' maps to a bad file name ${JSON.stringify(f)}`);
+        }
+        shardNames.add(f);
+      }
+      const files = [...shardNames].sort().map((f) => {
+        const p = path.join(dir, f);
+        if (!fs.existsSync(p)) throw new SafetensorsError(`${index} names shard ${f}, which is missing from ${dir}`);
+        return readSafetensors(p);
+      });
+      const ck = new Checkpoint(dir, files);
+      for (const [t, f] of Object.entries(wmap as Record<string, string>)) {
+        if (ck.where.get(t)?.label !== path.join(dir, f)) {
+          throw new SafetensorsError(`${index}: tensor '${t}' is not in shard ${f}`);
+        }
+      }
+      return ck;
+    }
+    if (fs.existsSync(single)) return new Checkpoint(dir, [readSafetensors(single)]);
+    throw new SafetensorsError(`model directory ${dir} has neither model.safetensors nor model.safetensors.index.json`);
+  }
+
+  names(): string[] {
+    return [...this.where.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.where.has(name);
+  }
+
+  info(name: string): TensorInfo | undefined {
+    return this.where.get(name)?.tensors.get(name);
+  }
+
+  float32(name: string): Float32Array {
+    const f = this.where.get(name);
+    if (!f) throw new SafetensorsError(`checkpoint ${this.dir}: tensor '${name}' is missing`);
+    return f.float32(name);
+  }
+}

@@ -2,10 +2,20 @@
   "targets": [
     {
       "target_name": "catechism_kernels",
-      "sources": ["native/addon.cc"],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-O3", "-std=c++17"]
+      "sources": [
+        "native/addon.cc",
+        "native/cpu/runtime.cc",
+        "native/cpu/pool.cc",
+        "native/cpu/gemm.cc",
+        "native/cpu/gemm_kernels.cc",
+        "native/cpu/elementwise.cc",
+        "native/cpu/nn.cc",
+        "native/cpu/convert.cc"
+      ],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-O3", "-fno-math-errno", "-pthread"],
+      "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno", "-pthread"],
+      "ldflags": ["-pthread"]
     }
   ]
 }

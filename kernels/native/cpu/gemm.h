@@ -1,0 +1,23 @@
+// SGEMM micro-kernels, one set per ISA (selected at run time).
+#pragma once
+#include "../ops.h"
+
+namespace ck::cpu {
+
+// C[MR×NR] (row-major, ldc) = alpha·Σ_p A[p][0..MR)·B[p][0..NR) + beta·C
+// (beta == 0: C is not read). A and B are packed panels: kc steps of MR
+// (resp. NR) contiguous floats, 64-byte aligned.
+using MicroKernel = void (*)(std::int64_t kc, const float* A, const float* B, float* C, std::int64_t ldc,
+                             float alpha, float beta);
+
+struct GemmKernelInfo {
+  MicroKernel kernel;
+  int mr, nr;           // register tile
+  int mc, kc, nc;       // cache blocks (mc % mr == 0, nc % nr == 0)
+};
+
+const GemmKernelInfo& gemmKernelScalar();
+const GemmKernelInfo& gemmKernelAvx2();
+const GemmKernelInfo& gemmKernelAvx512();
+
+}  // namespace ck::cpu

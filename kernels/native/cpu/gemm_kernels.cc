@@ -1,0 +1,123 @@
+// SGEMM register-tiled micro-kernels. The x86 ones are compiled for their ISA
+// with target attributes, so one binary runs anywhere and gemm.cc picks the
+// best one the CPU supports (see cpu::simd()).
+#include <cstdint>
+
+#include "gemm.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ck::cpu {
+using std::int64_t;
+
+namespace {
+constexpr int kScalarMR = 4, kScalarNR = 16;
+
+// Portable kernel: plain loops the compiler can vectorise for the baseline ISA.
+void kernelScalar(int64_t kc, const float* A, const float* B, float* C, int64_t ldc, float alpha, float beta) {
+  float acc[kScalarMR][kScalarNR] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    for (int r = 0; r < kScalarMR; ++r) {
+      float a = A[r];
+      for (int j = 0; j < kScalarNR; ++j) acc[r][j] += a * B[j];
+    }
+    A += kScalarMR;
+    B += kScalarNR;
+  }
+  for (int r = 0; r < kScalarMR; ++r) {
+    float* c = C + r * ldc;
+    if (beta == 0.f)
+      for (int j = 0; j < kScalarNR; ++j) c[j] = alpha * acc[r][j];
+    else
+      for (int j = 0; j < kScalarNR; ++j) c[j] = alpha * acc[r][j] + beta * c[j];
+  }
+}
+
+#if defined(__x86_64__)
+constexpr int kAvx2MR = 6, kAvx2NR = 16;
+
+__attribute__((target("avx2,fma"))) void kernelAvx2(int64_t kc, const float* A, const float* B, float* C,
+                                                    int64_t ldc, float alpha, float beta) {
+  __m256 c0[kAvx2MR], c1[kAvx2MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kAvx2MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p) {
+    __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < kAvx2MR; ++r) {
+      __m256 a = _mm256_broadcast_ss(A + r);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+    A += kAvx2MR;
+    B += kAvx2NR;
+  }
+  __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < kAvx2MR; ++r) {
+    float* c = C + r * ldc;
+    __m256 x0 = _mm256_mul_ps(va, c0[r]), x1 = _mm256_mul_ps(va, c1[r]);
+    if (beta != 0.f) {
+      x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), x0);
+      x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), x1);
+    }
+    _mm256_storeu_ps(c, x0);
+    _mm256_storeu_ps(c + 8, x1);
+  }
+}
+
+constexpr int kAvx512MR = 12, kAvx512NR = 32;
+
+__attribute__((target("avx512f,fma"))) void kernelAvx512(int64_t kc, const float* A, const float* B, float* C,
+                                                         int64_t ldc, float alpha, float beta) {
+  __m512 c0[kAvx512MR], c1[kAvx512MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < kAvx512MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p) {
+    __m512 b0 = _mm512_load_ps(B), b1 = _mm512_load_ps(B + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(B + 8 * kAvx512NR), _MM_HINT_T0);
+#pragma GCC unroll 16
+    for (int r = 0; r < kAvx512MR; ++r) {
+      __m512 a = _mm512_set1_ps(A[r]);
+      c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+    }
+    A += kAvx512MR;
+    B += kAvx512NR;
+  }
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+  for (int r = 0; r < kAvx512MR; ++r) {
+    float* c = C + r * ldc;
+    __m512 x0 = _mm512_mul_ps(va, c0[r]), x1 = _mm512_mul_ps(va, c1[r]);
+    if (beta != 0.f) {
+      x0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), x1);
+    }
+    _mm512_storeu_ps(c, x0);
+    _mm512_storeu_ps(c + 16, x1);
+  }
+}
+#endif
+}  // namespace
+
+const GemmKernelInfo& gemmKernelScalar() {
+  static const GemmKernelInfo k{kernelScalar, kScalarMR, kScalarNR, 128, 256, 1024};
+  return k;
+}
+#if defined(__x86_64__)
+const GemmKernelInfo& gemmKernelAvx2() {
+  static const GemmKernelInfo k{kernelAvx2, kAvx2MR, kAvx2NR, 144, 256, 2048};
+  return k;
+}
+const GemmKernelInfo& gemmKernelAvx512() {
+  static const GemmKernelInfo k{kernelAvx512, kAvx512MR, kAvx512NR, 144, 256, 2048};
+  return k;
+}
+#else
+const GemmKernelInfo& gemmKernelAvx2() { return gemmKernelScalar(); }
+const GemmKernelInfo& gemmKernelAvx512() { return gemmKernelScalar(); }
+#endif
+
+}  // namespace ck::cpu

@@ -1,0 +1,228 @@
+import t from 'tap';
+import { mkdtempSync, rmSync, readFileSync, writeFileSync, chmodSync, existsSync, readdirSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { writeSyntheticBundle } from '../src/adapters/index.js';
+import { Registry, RegistryError, CorruptObjectError, defaultRegistryDir, type RefEvent } from '../src/registry/index.js';
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'cat-reg-'));
+t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+
+let n = 0;
+async function bundle(opts: { seed: number; pass?: boolean | null; id?: string; version?: number }): Promise<{ dir: string; sha256: string }> {
+  const dir = path.join(tmp, `b${n++}`);
+  const { sha256 } = await writeSyntheticBundle(dir, opts);
+  return { dir, sha256 };
+}
+
+async function rejection(p: Promise<unknown>): Promise<RegistryError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RegistryError) return e;
+    throw e;
+  }
+  throw new Error('expected a RegistryError, got success');
+}
+
+function corrupt(file: string): void {
+  chmodSync(file, 0o644);
+  const b = readFileSync(file);
+  b[b.length - 1] ^= 0xff;
+  writeFileSync(file, b);
+}
+
+t.test('default location', async (t) => {
+  t.equal(defaultRegistryDir({ CATECHISM_REGISTRY: '/x/y' }), '/x/y');
+  t.match(defaultRegistryDir({}), /\.catechism\/registry$/);
+});
+
+t.test('add is content-addressed and idempotent', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-add'));
+  await t.rejects(reg.requireExists(), /no registry at/);
+  const a = await bundle({ seed: 1, pass: true });
+  const r1 = await reg.add(a.dir);
+  t.equal(r1.added, true);
+  t.equal(r1.bundle.sha256, a.sha256);
+  t.equal(r1.bundle.path, path.join(reg.root, 'objects', a.sha256));
+  const r2 = await reg.add(a.dir);
+  t.equal(r2.added, false, 'second add stores nothing new');
+  t.same(await reg.objects(), [a.sha256]);
+  // The same content under another directory name is the same object.
+  const copy = path.join(tmp, 'copy-of-a');
+  await writeSyntheticBundle(copy, { seed: 1, pass: true });
+  t.equal((await reg.add(copy)).added, false);
+  t.same(readdirSync(path.join(reg.root, 'tmp')), [], 'no staging left');
+  t.equal((await reg.verify()).ok, true);
+});
+
+t.test('promotion gate, force, no-op, log and chain', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-promote'), { now: () => new Date('2026-11-23T12:00:00Z') });
+  const pass = await bundle({ seed: 2, pass: true });
+  const fail = await bundle({ seed: 3, pass: false });
+  const none = await bundle({ seed: 4, pass: null });
+  const e1 = (await reg.promote('live', { dir: pass.dir }, { message: 'first', author: 'alice' })).event as RefEvent;
+  t.match(e1, { kind: 'ref_event', ref: 'live', version: 1, action: 'promote', bundle: pass.sha256, previous: null, why: 'first', who: 'alice', when: '2026-11-23T12:00:00.000Z', adapter_id: 'synthetic-2' });
+  const refused = await rejection(reg.promote('live', { dir: fail.dir }));
+  t.equal(refused.exitCode, 1);
+  t.match(refused.message, /refusing to promote synthetic-3 v1 .* to live: its latest validation report failed/);
+  const refused2 = await rejection(reg.promote('live', { dir: none.dir }));
+  t.match(refused2.message, /has no validation report/);
+  t.equal((await reg.log('live')).length, 1, 'refusals leave no history');
+  t.ok(existsSync(path.join(reg.root, 'objects', fail.sha256)), 'the refused bundle was still stored (add is independent of the gate)');
+  const e2 = (await reg.promote('live', { id: fail.sha256.slice(0, 10) }, { force: true, message: 'hotfix' })).event as RefEvent;
+  t.match(e2, { version: 2, action: 'force', previous: pass.sha256, bundle: fail.sha256, forced_over: 'its latest validation report failed', why: 'hotfix' });
+  const again = await reg.promote('live', { id: fail.sha256 }, { force: true });
+  t.equal(again.event, null, 'promoting the current bundle is a no-op');
+  t.equal((await reg.log('live')).length, 2);
+  t.equal((await reg.head('live'))?.bundle, fail.sha256);
+  t.same(await reg.log('canary'), [], 'unknown ref has empty history');
+  await t.rejects(reg.promote('bad/name', { id: pass.sha256 }), /invalid ref name/);
+  await t.rejects(reg.promote('..', { id: pass.sha256 }), /invalid ref name/);
+  t.equal((await reg.verify()).ok, true);
+});
+
+t.test('attached reports change what the gate sees, and must match the adapter', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-reports'));
+  const b = await bundle({ seed: 5, pass: false });
+  await reg.add(b.dir);
+  await t.rejects(reg.promote('live', { id: 'synthetic-5' }), /latest validation report failed/);
+  const { report } = await reg.addReport('synthetic-5', { kind: 'report', adapter_id: 'synthetic-5', pass: true, metrics: { esr: 1 } }, { author: 'ci' });
+  t.match(report, { pass: true, recorded_by: 'ci' });
+  const hist = (await reg.show(b.sha256)).validation;
+  t.same(hist.map((r) => r.pass), [false, true], 'manifest history first, then attached reports');
+  t.equal((await reg.promote('live', { id: 'synthetic-5' })).event?.action, 'promote');
+  const mismatch = await rejection(reg.addReport(b.sha256, { kind: 'report', adapter_id: 'other', pass: true }));
+  t.equal(mismatch.exitCode, 2);
+  t.match(mismatch.message, /report is about adapter "other"/);
+  await t.rejects(reg.addReport(b.sha256, { kind: 'report', adapter_id: 'synthetic-5' }), /\$\.pass/);
+  // A later failing report closes the gate again.
+  await reg.addReport(b.sha256, { kind: 'report', adapter_id: 'synthetic-5', pass: false, failures: ['kl too high'] });
+  const c = await bundle({ seed: 6, pass: true });
+  await reg.promote('live', { dir: c.dir });
+  const back = await rejection(reg.promote('live', { id: b.sha256 }));
+  t.match(back.message, /failed \(failures: kl too high\)/);
+  t.equal((await reg.verify()).ok, true);
+  // The object's bytes (and hash) never changed.
+  t.equal((await reg.get(b.sha256)).sha256, b.sha256);
+});
+
+t.test('rollback: undo stack by default, --to any version', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-rollback'));
+  const [A, B, C] = [await bundle({ seed: 11, pass: true }), await bundle({ seed: 12, pass: true }), await bundle({ seed: 13, pass: true })];
+  await t.rejects(reg.rollback('live'), /no history/);
+  for (const x of [A, B, C]) await reg.promote('live', { dir: x.dir });
+  const r1 = await reg.rollback('live', { message: 'C broke search', author: 'bob' });
+  t.match(r1.event, { version: 4, action: 'rollback', bundle: B.sha256, previous: C.sha256, to_version: 2, why: 'C broke search', who: 'bob' });
+  const r2 = await reg.rollback('live');
+  t.match(r2.event, { version: 5, bundle: A.sha256, to_version: 1 }, 'a second rollback keeps walking back');
+  const e = await rejection(reg.rollback('live'));
+  t.equal(e.exitCode, 2);
+  t.match(e.message, /earliest version/);
+  const r3 = await reg.rollback('live', { to: 3 });
+  t.match(r3.event, { version: 6, bundle: C.sha256, to_version: 3 });
+  await t.rejects(reg.rollback('live', { to: 3 }), /already points to/);
+  await t.rejects(reg.rollback('live', { to: 9 }), /versions 1\.\.6/);
+  t.equal(await reg.resolve('live'), C.sha256);
+  t.equal(await reg.resolve('live@2'), B.sha256);
+  t.equal(await reg.resolve('synthetic-11'), A.sha256);
+  t.equal(await reg.resolve('synthetic-11@1'), A.sha256);
+  await t.rejects(reg.resolve('live@0'), /versions 1\.\.6/);
+  await t.rejects(reg.resolve('nothing-like-this'), /nothing in .* matches/);
+  const shown = await reg.show('synthetic-12');
+  t.same(shown.refs, [{ ref: 'live', versions: [2, 4], current: false }]);
+  t.equal(shown.record.sha256, B.sha256);
+  t.equal((await reg.verify()).ok, true);
+});
+
+t.test('resolve: highest version of an adapter id; ambiguous prefixes refused', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-resolve'));
+  const v1 = await bundle({ seed: 40, id: 'fact-x', version: 1, pass: true });
+  const v2 = await bundle({ seed: 41, id: 'fact-x', version: 2, pass: true });
+  await reg.add(v1.dir);
+  await reg.add(v2.dir);
+  t.equal(await reg.resolve('fact-x'), v2.sha256);
+  t.equal(await reg.resolve('fact-x@1'), v1.sha256);
+  await t.rejects(reg.resolve('abc'), /nothing in/, 'short hex is not a prefix lookup');
+});
+
+t.test('corruption is detected on read, never used, reported by verify, repaired by re-adding', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-corrupt'));
+  const A = await bundle({ seed: 21, pass: true });
+  const B = await bundle({ seed: 22, pass: true });
+  await reg.promote('live', { dir: A.dir });
+  await reg.promote('live', { dir: B.dir });
+  const aWeights = path.join(reg.root, 'objects', A.sha256, 'adapter_model.safetensors');
+  corrupt(aWeights);
+  const e = await rejection(reg.get(A.sha256));
+  t.ok(e instanceof CorruptObjectError);
+  t.match(e.message, new RegExp(`object ${A.sha256} is corrupted`));
+  await t.rejects(reg.rollback('live'), CorruptObjectError, 'rollback refuses a corrupted target');
+  t.equal((await reg.log('live')).length, 2, 'and writes nothing');
+  await t.rejects(reg.show(A.sha256), CorruptObjectError);
+  const v = await reg.verify();
+  t.equal(v.ok, false);
+  t.same(v.problems.map((p) => [p.area, p.target]), [
+    ['object', A.sha256],
+    ['ref', 'live@1'],
+  ]);
+  t.match(v.problems[1].problem, /points to corrupted object/);
+  // An extra file slipped into an object is corruption too.
+  writeFileSync(path.join(reg.root, 'objects', B.sha256, 'extra.txt'), 'x');
+  t.equal((await reg.verify()).problems.filter((p) => p.target === B.sha256).length, 1);
+  rmSync(path.join(reg.root, 'objects', B.sha256, 'extra.txt'));
+  // Re-adding the original bytes repairs the object.
+  const fixed = await reg.add(A.dir);
+  t.equal(fixed.repaired, true);
+  t.equal((await reg.verify()).ok, true);
+  t.equal((await reg.rollback('live')).event.bundle, A.sha256);
+});
+
+t.test('an edited history is detected (hash chain)', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-chain'));
+  const A = await bundle({ seed: 31, pass: true });
+  const B = await bundle({ seed: 32, pass: true });
+  await reg.promote('live', { dir: A.dir }, { message: 'ok' });
+  await reg.promote('live', { dir: B.dir });
+  const file = path.join(reg.root, 'refs', 'live.ndjson');
+  const lines = readFileSync(file, 'utf8').trim().split('\n');
+  const ev = JSON.parse(lines[0]);
+  ev.who = 'mallory';
+  lines[0] = JSON.stringify(ev);
+  writeFileSync(file, lines.join('\n') + '\n');
+  const v = await reg.verify();
+  t.equal(v.ok, false);
+  t.match(v.problems[0], { area: 'ref', target: 'live@1', problem: /hash chain broken/ });
+  writeFileSync(file, lines.slice(1).join('\n') + '\n');
+  t.ok((await reg.verify()).problems.some((p) => /version is 2, expected 1/.test(p.problem)), 'a deleted line is detected');
+  writeFileSync(file, '{"kind":');
+  t.match((await reg.verify()).problems[0].problem, /line 1 is not valid JSON/);
+  await t.rejects(reg.log('live'), /not valid JSON/);
+});
+
+t.test('leftovers of killed writers are harmless and cleaned by the next writer', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-leftovers'));
+  const A = await bundle({ seed: 51, pass: true });
+  await reg.add(A.dir);
+  mkdirSync(path.join(reg.root, 'tmp', 'add.tmp-1-abc'));
+  writeFileSync(path.join(reg.root, 'tmp', 'live.ndjson.tmp-1-abc'), '{"partial');
+  // A stale lock left by a dead process (this pid is above the kernel's pid limit, 2^22, so it cannot be alive).
+  writeFileSync(path.join(reg.root, 'lock'), JSON.stringify({ pid: 4194999, host: (await import('node:os')).hostname(), start: '1', acquired_at: 'then' }));
+  const v = await reg.verify();
+  t.equal(v.ok, true);
+  t.equal(v.notes.length, 2);
+  await reg.promote('live', { id: A.sha256 });
+  t.same(readdirSync(path.join(reg.root, 'tmp')), []);
+  t.notOk(existsSync(path.join(reg.root, 'lock')), 'stale lock broken, then released');
+});
+
+t.test('not a registry', async (t) => {
+  const dir = path.join(tmp, 'r-foreign');
+  mkdirSync(dir);
+  writeFileSync(path.join(dir, 'registry.json'), '{"format":"something-else"}');
+  const e = await rejection(new Registry(dir).verify());
+  t.equal(e.exitCode, 2);
+  t.match(e.message, /is not a catechism registry/);
+  const A = await bundle({ seed: 61, pass: true });
+  await t.rejects(new Registry(dir).add(A.dir), /not a catechism registry/, 'writers refuse it too');
+});

@@ -1,0 +1,5 @@
+export * from './types.js';
+export { validateWorld, textProblems } from './validate.js';
+export * from './generate.js';
+export * from './tokenizer.js';
+export * from './corpus.js';

@@ -38,14 +38,17 @@ import {
   Float64,
   List,
   Map_,
+  Precision,
   RecordBatch,
   Schema,
   Struct,
   Utf8,
   makeBuilder,
-  type Vector,
+  makeData,
+  Vector,
+  type Data,
 } from 'apache-arrow';
-import { KIND_FIELDS, KNOWN_KINDS, isKnownKind, type AnyRecord, type FieldSpec, type FieldType } from './schema.js';
+import { KIND_FIELDS, KNOWN_KINDS, isKnownKind, type AnyRecord, type FieldSpec, type FieldType, type KnownRecord } from './schema.js';
 
 const EXTRA = 'extra';
 const KIND = 'kind';
@@ -168,38 +171,81 @@ export class ArrowEncoder {
     this.rowType = new Struct(fields);
   }
 
-  /** Splits one record into its typed struct (or null) and its extra JSON (or null). */
-  private split(rec: AnyRecord): Record<string, unknown> {
-    const row: Record<string, unknown> = { [KIND]: rec.kind };
+  /** Splits one record into its typed fields (or null) and its extra JSON (or null). */
+  private split(rec: AnyRecord): { typed: Record<string, unknown> | null; extra: string | null } {
     let extra: Record<string, unknown> | null = null;
     const known = isKnownKind(rec.kind) ? KIND_FIELDS[rec.kind] : null;
-    const typed: Record<string, unknown> | null = known ? {} : null;
-    const declared = known ? new Set(known.map((f) => f.name)) : null;
-    if (known && typed) {
+    let typed: Record<string, unknown> | null = null;
+    if (known) {
+      typed = {};
       for (const f of known) {
         const v = rec[f.name];
         if (v === undefined) continue;
         if (fits(v, f.type, this.widths, `${rec.kind}.${f.name}`)) typed[f.name] = v;
         else (extra ??= {})[f.name] = v;
       }
-      row[rec.kind] = typed;
     }
+    const declared = known ? DECLARED[rec.kind as KnownRecord['kind']] : null;
     for (const k in rec) {
       if (k === KIND || (declared && declared.has(k))) continue;
       const v = rec[k];
       if (v === undefined) continue;
       (extra ??= {})[k] = v;
     }
-    row[EXTRA] = extra === null ? null : JSON.stringify(extra);
-    return row;
+    return { typed, extra: extra === null ? null : JSON.stringify(extra) };
   }
 
   encode(records: readonly AnyRecord[]): RecordBatch {
-    const builder = makeBuilder({ type: this.rowType, nullValues: [null, undefined] });
-    for (const rec of records) builder.append(this.split(rec) as never);
-    const data = builder.finish().flush();
+    const n = records.length;
+    const kindB = makeBuilder({ type: new Utf8(), nullValues: [null, undefined] });
+    const extraB = makeBuilder({ type: new Utf8(), nullValues: [null, undefined] });
+    // Only the kinds present in this batch get a builder; the others are an
+    // all-null column made directly (appending nulls row by row to every
+    // nested child is what makes naive Arrow encoding slow).
+    const structB = new Map<string, ReturnType<typeof makeBuilder>>();
+    for (const rec of records) {
+      if (isKnownKind(rec.kind) && !structB.has(rec.kind)) {
+        structB.set(rec.kind, makeBuilder({ type: this.schema.fields[KNOWN_KINDS.indexOf(rec.kind) + 1].type, nullValues: [null, undefined] }));
+      }
+    }
+    for (const rec of records) {
+      const { typed, extra } = this.split(rec);
+      kindB.append(rec.kind as never);
+      extraB.append(extra as never);
+      for (const [kind, b] of structB) b.append((kind === rec.kind ? typed : null) as never);
+    }
+    const children: Data[] = [kindB.finish().flush()];
+    for (const kind of KNOWN_KINDS) {
+      const b = structB.get(kind);
+      const type = this.schema.fields[KNOWN_KINDS.indexOf(kind) + 1].type as Struct;
+      children.push(b ? b.finish().flush() : nullStruct(type, n));
+    }
+    children.push(extraB.finish().flush());
+    const data = makeData({ type: this.rowType, length: n, nullCount: 0, children });
     return new RecordBatch(this.schema, data as never);
   }
+}
+
+const DECLARED = Object.fromEntries(KNOWN_KINDS.map((k) => [k, new Set(KIND_FIELDS[k].map((f) => f.name))])) as Record<
+  KnownRecord['kind'],
+  Set<string>
+>;
+
+/** A struct column of `n` nulls; its children hold zero-length/zero values. */
+function nullStruct(type: Struct, n: number): Data {
+  return makeData({ type, length: n, nullCount: n, nullBitmap: new Uint8Array((n + 7) >> 3), children: type.children.map((f) => zeroData(f.type, n)) });
+}
+
+/** `n` valid placeholder values (empty strings, zeros, empty lists) under a null parent. */
+function zeroData(type: DataType, n: number): Data {
+  if (DataType.isUtf8(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), data: new Uint8Array(0) });
+  if (DataType.isFloat(type)) return makeData({ type, length: n, nullCount: 0, data: new (type.ArrayType as Float64ArrayConstructor)(n) });
+  if (DataType.isBool(type)) return makeData({ type, length: n, nullCount: 0, data: new Uint8Array((n + 7) >> 3) });
+  if (DataType.isList(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), child: zeroData(type.children[0].type, 0) });
+  if (DataType.isMap(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), child: zeroData(type.children[0].type, 0) });
+  if (DataType.isFixedSizeList(type)) return makeData({ type, length: n, nullCount: 0, child: zeroData(type.children[0].type, n * type.listSize) });
+  if (DataType.isStruct(type)) return makeData({ type, length: n, nullCount: 0, children: type.children.map((f) => zeroData(f.type, n)) });
+  throw new Error(`zeroData: unsupported type ${String(type)}`);
 }
 
 // ---------------------------------------------------------------- decoding
@@ -254,43 +300,132 @@ function toJson(v: unknown, type: DataType): unknown {
   return typeof (v as { toJSON?: () => unknown })?.toJSON === 'function' ? (v as { toJSON: () => unknown }).toJSON() : String(v);
 }
 
+type Reader = (i: number) => unknown;
+
+/**
+ * A reader of one Data (one column of one batch) returning plain JSON, or
+ * undefined for null. Built once per batch and column: reading the buffers
+ * directly avoids apache-arrow's per-value visitor dispatch and row proxies,
+ * which dominate decoding time otherwise.
+ */
+function compileReader(data: Data): Reader {
+  const type = data.type as DataType;
+  let read: Reader;
+  if (DataType.isUtf8(type)) {
+    const offsets = data.valueOffsets as Int32Array;
+    const values = data.values as Uint8Array;
+    const buf = Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+    read = (i) => buf.toString('utf8', offsets[i], offsets[i + 1]);
+  } else if ((DataType.isFloat(type) && type.precision !== Precision.HALF) || (DataType.isInt(type) && type.bitWidth < 64)) {
+    const values = data.values as ArrayLike<number>;
+    read = (i) => values[i];
+  } else if (DataType.isBool(type)) {
+    const values = data.values as Uint8Array;
+    const offset = data.offset;
+    read = (i) => ((values[(offset + i) >> 3] >> ((offset + i) & 7)) & 1) === 1;
+  } else if (DataType.isStruct(type)) {
+    const names = type.children.map((f) => f.name);
+    const readers = data.children.map(compileReader);
+    read = (i) => {
+      const o: Record<string, unknown> = {};
+      for (let j = 0; j < readers.length; j++) {
+        const x = readers[j](i);
+        if (x !== undefined) o[names[j]] = x;
+      }
+      return o;
+    };
+  } else if (DataType.isList(type) || DataType.isMap(type)) {
+    const offsets = data.valueOffsets as Int32Array;
+    const child = compileReader(data.children[0]);
+    if (DataType.isMap(type)) {
+      read = (i) => {
+        const o: Record<string, unknown> = {};
+        for (let k = offsets[i]; k < offsets[i + 1]; k++) {
+          const e = child(k) as { key: unknown; value?: unknown };
+          o[String(e.key)] = e.value === undefined ? null : e.value;
+        }
+        return o;
+      };
+    } else {
+      read = (i) => {
+        const a = offsets[i];
+        const out: unknown[] = new Array(offsets[i + 1] - a);
+        for (let k = 0; k < out.length; k++) {
+          const x = child(a + k);
+          out[k] = x === undefined ? null : x;
+        }
+        return out;
+      };
+    }
+  } else if (DataType.isFixedSizeList(type)) {
+    const size = type.listSize;
+    const child = compileReader(data.children[0]);
+    read = (i) => {
+      const out: unknown[] = new Array(size);
+      for (let k = 0; k < size; k++) {
+        const x = child(i * size + k);
+        out[k] = x === undefined ? null : x;
+      }
+      return out;
+    };
+  } else {
+    // Everything else (Int64, dictionaries, dates, large offsets…): the generic path.
+    const vec = new Vector([data]);
+    read = (i) => {
+      const x = vec.get(i);
+      return x === null || x === undefined ? undefined : toJson(x, type);
+    };
+    return read;
+  }
+  if (data.nullCount === 0) return read;
+  return (i) => (data.getValid(i) ? read(i) : undefined);
+}
+
 /** Decodes every row of a batch into a record object (plain JSON values). */
 export function decodeBatch(batch: RecordBatch): Record<string, unknown>[] {
   const n = batch.numRows;
   const fields = batch.schema.fields;
-  const cols = fields.map((_, i) => batch.getChildAt(i)!);
+  const cols = batch.data.children.map(compileReader);
   const kindIdx = fields.findIndex((f) => f.name === KIND);
   const extraIdx = fields.findIndex((f) => f.name === EXTRA && DataType.isUtf8(f.type));
-  const kindStruct = new Map<string, number>();
+  const kindStruct = new Map<string, Reader>();
   const foreign: number[] = [];
   fields.forEach((f, i) => {
     if (i === kindIdx || i === extraIdx) return;
-    if (isKnownKind(f.name) && DataType.isStruct(f.type)) kindStruct.set(f.name, i);
+    if (isKnownKind(f.name) && DataType.isStruct(f.type)) kindStruct.set(f.name, cols[i]);
     else foreign.push(i);
   });
   const out: Record<string, unknown>[] = new Array(n);
   for (let r = 0; r < n; r++) {
     const rec: Record<string, unknown> = {};
     if (kindIdx >= 0) {
-      const kind = cols[kindIdx].get(r);
-      if (kind !== null && kind !== undefined) {
-        rec.kind = toJson(kind, fields[kindIdx].type);
-        const si = kindStruct.get(rec.kind as string);
-        if (si !== undefined) {
-          const row = cols[si].get(r);
-          if (row !== null && row !== undefined) Object.assign(rec, toJson(row, fields[si].type));
+      const kind = cols[kindIdx](r);
+      if (kind !== undefined) {
+        rec.kind = kind;
+        const read = typeof kind === 'string' ? kindStruct.get(kind) : undefined;
+        if (read) {
+          const row = read(r);
+          if (row !== undefined) Object.assign(rec, row);
         }
       }
     }
     for (const i of foreign) {
-      const x = cols[i].get(r);
-      if (x !== null && x !== undefined) rec[fields[i].name] = toJson(x, fields[i].type);
+      const x = cols[i](r);
+      if (x !== undefined) rec[fields[i].name] = x;
     }
     if (extraIdx >= 0) {
-      const x = cols[extraIdx].get(r) as string | null;
-      if (x !== null && x !== undefined) Object.assign(rec, JSON.parse(x));
+      const x = cols[extraIdx](r) as string | undefined;
+      if (x !== undefined) assignJson(rec, JSON.parse(x) as Record<string, unknown>);
     }
     out[r] = rec;
   }
   return out;
+}
+
+/** Object.assign, except a "__proto__" key stays an own data property. */
+function assignJson(target: Record<string, unknown>, src: Record<string, unknown>): void {
+  for (const k of Object.keys(src)) {
+    if (k === '__proto__') Object.defineProperty(target, k, { value: src[k], enumerable: true, writable: true, configurable: true });
+    else target[k] = src[k];
+  }
 }

@@ -26,4 +26,4 @@ export {
   type SoftmaxOptions, type AttentionOptions, type Reduction,
 } from './nn.js';
 export { AdamW, clipGradNorm, type AdamWOptions } from './optim.js';
-export { numericGradient, relativeError } from './gradcheck.js';
+export { numericGradient, relativeError, gradCheck, type GradCheckInput, type GradCheckResult } from './gradcheck.js';

@@ -99,12 +99,12 @@ function binaryOp(op: 'add' | 'sub' | 'mul' | 'div', aIn: Tensor | number, bIn: 
         accumulateBroadcast(b, g, shape, donate && !a.requiresGrad);
         break;
       case 'sub': {
-        accumulateBroadcast(a, g, shape, false);
         if (b.requiresGrad) {
           const ng = new Float32Array(g.length);
           K.scale(g, -1, ng);
           accumulateBroadcast(b, ng, shape, true);
         }
+        accumulateBroadcast(a, g, shape, donate);
         break;
       }
       case 'mul': {

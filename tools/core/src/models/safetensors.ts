@@ -52,6 +52,11 @@ export interface TensorInfo {
   end: number;
 }
 
+/** A fresh copy (Buffer#slice would return a view of the pooled buffer). */
+function copyBytes(b: Uint8Array): Uint8Array {
+  return new Uint8Array(b);
+}
+
 const MAX_HEADER = 100 * 1024 * 1024; // same bound as the reference implementation
 
 /** A parsed safetensors file held in memory. */
@@ -157,9 +162,9 @@ export class SafetensorsFile {
     const n = (i.end - i.begin) / DTYPE_SIZE[i.dtype];
     if (i.dtype === 'F32') {
       if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);
-      return new Float32Array(raw.slice().buffer);
+      return new Float32Array(copyBytes(raw).buffer);
     }
-    const src = raw.byteOffset % 2 === 0 ? new Uint16Array(raw.buffer, raw.byteOffset, n) : new Uint16Array(raw.slice().buffer);
+    const src = raw.byteOffset % 2 === 0 ? new Uint16Array(raw.buffer, raw.byteOffset, n) : new Uint16Array(copyBytes(raw).buffer);
     const out = new Float32Array(n);
     if (n > 0) kernel(i.dtype === 'F16' ? 'f16ToF32' : 'bf16ToF32')(src, out);
     return out;
@@ -168,7 +173,7 @@ export class SafetensorsFile {
   /** An integer tensor (I32 or I64 within the safe range) as Int32Array. */
   int32(name: string): Int32Array {
     const i = this.info(name);
-    const raw = this.raw(name).slice();
+    const raw = copyBytes(this.raw(name));
     if (i.dtype === 'I32') return new Int32Array(raw.buffer);
     if (i.dtype === 'I64') {
       const big = new BigInt64Array(raw.buffer);

@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, rmSync, symlinkSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { validateRecord } from '../src/records/index.js';
 import { readBundle, writeBundle, writeSyntheticBundle, hashBundleDir, encodeSafetensorsF32, adapterRecord, BundleError, ManifestError, canonicalListing } from '../src/adapters/index.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-bundle-'));
@@ -120,8 +121,12 @@ t.test('writeBundle is all-or-nothing and never overwrites', async (t) => {
 
 t.test('adapterRecord carries the DESIGN fields', async (t) => {
   const dir = path.join(tmp, 'rec');
-  const { manifest, sha256 } = await writeSyntheticBundle(dir, { seed: 31, manifest: { scale: -1 } });
+  const parent = 'c'.repeat(64);
+  const { manifest, sha256 } = await writeSyntheticBundle(dir, { seed: 31, pass: false, manifest: { scale: -1, parents: [{ id: 'older', sha256: parent }] } });
   const r = adapterRecord(manifest, { path: dir, sha256 });
-  t.match(r, { kind: 'adapter', id: 'synthetic-31', version: 1, path: dir, sha256, method: 'lora', rank: 2, scale: -1, parents: [] });
+  t.match(r, { kind: 'adapter', id: 'synthetic-31', version: 1, path: dir, sha256, method: 'lora', rank: 2, scale: -1 });
+  t.same(r.parents, [parent], 'parents as content hashes, as the record schema asks');
   t.same(r.fact_ids, manifest.fact_ids);
+  t.doesNotThrow(() => validateRecord(r), 'valid as an adapter record for the other tools');
+  t.doesNotThrow(() => validateRecord(manifest.validation[0] ?? { kind: 'report', adapter_id: 'x', metrics: {}, pass: true, failures: [] }));
 });

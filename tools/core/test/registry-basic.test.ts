@@ -118,7 +118,7 @@ t.test('rollback: undo stack by default, --to any version', async (t) => {
   t.match(r2.event, { version: 5, bundle: A.sha256, to_version: 1 }, 'a second rollback keeps walking back');
   const e = await rejection(reg.rollback('live'));
   t.equal(e.exitCode, 2);
-  t.match(e.message, /earliest version/);
+  t.match(e.message, /live@5 restored version 1, the earliest; nothing to roll back to/);
   const r3 = await reg.rollback('live', { to: 3 });
   t.match(r3.event, { version: 6, bundle: C.sha256, to_version: 3 });
   await t.rejects(reg.rollback('live', { to: 3 }), /already points to/);

@@ -209,7 +209,8 @@ export interface AdapterRecord {
   rank: number;
   fact_ids: string[];
   data_sha256: string;
-  parents: { id: string; sha256: string }[];
+  /** Parents' content hashes (the record schema's `parents` is a string list; ids are in the manifest). */
+  parents: string[];
   created_at: string;
   scale?: number;
   [extra: string]: unknown;
@@ -228,7 +229,7 @@ export function adapterRecord(manifest: BundleManifest, where: { path: string; s
     rank: manifest.rank,
     fact_ids: [...manifest.fact_ids],
     data_sha256: manifest.data_sha256,
-    parents: manifest.parents.map((p) => ({ id: p.id, sha256: p.sha256 })),
+    parents: manifest.parents.map((p) => p.sha256),
     created_at: manifest.created_at,
   };
   if (manifest.scale !== undefined) rec.scale = manifest.scale;

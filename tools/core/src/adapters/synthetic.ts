@@ -60,7 +60,7 @@ export async function writeSyntheticBundle(dir: string, opts: SyntheticBundleOpt
   }
   const factId = `${id}-fact`;
   const validation: ReportRecord[] =
-    opts.pass === null || opts.pass === undefined ? [] : [{ kind: 'report', adapter_id: id, pass: opts.pass, metrics: { esr: opts.pass ? 1 : 0 }, created_at: '2026-01-01T00:00:00.000Z' }];
+    opts.pass === null || opts.pass === undefined ? [] : [{ kind: 'report', adapter_id: id, pass: opts.pass, metrics: { esr: opts.pass ? 1 : 0 }, failures: opts.pass ? [] : ['esr below 0.9'], created_at: '2026-01-01T00:00:00.000Z' }];
   const manifest = createManifest({
     id,
     version: opts.version ?? 1,

@@ -509,7 +509,7 @@ export class Registry {
       } else {
         const pos = head.action === 'rollback' && head.to_version !== undefined ? head.to_version : head.version;
         to = pos - 1;
-        if (to < 1) throw new RegistryError(`${ref} is at its earliest version (${head.version}${pos !== head.version ? `, restoring version ${pos}` : ''}); nothing to roll back to`, 2, 'E_USAGE');
+        if (to < 1) throw new RegistryError(`${ref}@${head.version} ${pos !== head.version ? `restored version ${pos}, ` : 'is '}the earliest; nothing to roll back to (use --to VERSION to go forward again)`, 2, 'E_USAGE');
       }
       const target = log[to - 1];
       if (target.bundle === head.bundle) throw new RegistryError(`${ref} version ${to} is the bundle ${ref} already points to (${head.bundle.slice(0, 12)})`, 2, 'E_USAGE');

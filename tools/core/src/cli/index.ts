@@ -151,7 +151,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
       .wrap(Math.min(100, process.stdout.columns ?? 100))
       .epilogue('Exit status: 0 ok, 2 bad input or usage, 1 runtime failure.')
       .fail((msg, err) => {
-        throw err ?? new UsageError(`${msg} (see --help)`);
+        throw err ?? new UsageError(`${msg.replace(/\s*\n\s*/g, ' ')} (see --help)`);
       });
     for (const [cmd, what] of spec.examples) y.example(cmd, what);
     const parsed = (await y.parseAsync()) as Record<string, unknown>;

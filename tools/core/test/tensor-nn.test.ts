@@ -79,6 +79,18 @@ t.test('layerNorm and rmsNorm', (tt) => {
     };
     check(tt, `rmsNorm ${JSON.stringify(shape)}`, gradCheck(([x, w]) => rmsNorm(x, w, 1e-6), refRMS,
       [{ data: randData(size(shape)), shape }, { data: randData(cols), shape: [cols] }]), 1e-5, 2e-3);
+    // frozen affine parameters (a frozen base model), and a frozen input with trainable affine
+    for (const [xg, gg, bg] of [[true, false, false], [false, true, true]]) {
+      const r = gradCheck(([x, g, b]) => layerNorm(x, g, b, eps), refLN, [
+        { data: randData(size(shape)), shape, requiresGrad: xg },
+        { data: randData(cols), shape: [cols], requiresGrad: gg }, { data: randData(cols), shape: [cols], requiresGrad: bg }]);
+      check(tt, `layerNorm ${JSON.stringify(shape)} grads ${xg}/${gg}/${bg}`, r, 1e-5, 2e-3);
+    }
+    for (const [xg, wg] of [[true, false], [false, true]]) {
+      const r = gradCheck(([x, w]) => rmsNorm(x, w, 1e-6), refRMS, [
+        { data: randData(size(shape)), shape, requiresGrad: xg }, { data: randData(cols), shape: [cols], requiresGrad: wg }]);
+      check(tt, `rmsNorm ${JSON.stringify(shape)} grads ${xg}/${wg}`, r, 1e-5, 2e-3);
+    }
   }
   tt.end();
 });

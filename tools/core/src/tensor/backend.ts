@@ -42,9 +42,11 @@ export interface KernelsApi {
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number, mask?: SoftmaxMask): void;
   softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number, accumulate?: boolean): void;
   layerNorm(x: Float32Array, gamma: Float32Array, beta: Float32Array, out: Float32Array, rows: number, cols: number, eps: number, mean: Float32Array, rstd: Float32Array): void;
-  layerNormBackward(x: Float32Array, gamma: Float32Array, mean: Float32Array, rstd: Float32Array, dy: Float32Array, dx: Float32Array, dgamma: Float32Array, dbeta: Float32Array, rows: number, cols: number): void;
+  /** dx written; dgamma, dbeta accumulated; a null output is skipped (kernels addition). */
+  layerNormBackward(x: Float32Array, gamma: Float32Array, mean: Float32Array, rstd: Float32Array, dy: Float32Array, dx: Float32Array | null, dgamma: Float32Array | null, dbeta: Float32Array | null, rows: number, cols: number): void;
   rmsNorm(x: Float32Array, weight: Float32Array, out: Float32Array, rows: number, cols: number, eps: number, rstd: Float32Array): void;
-  rmsNormBackward(x: Float32Array, weight: Float32Array, rstd: Float32Array, dy: Float32Array, dx: Float32Array, dweight: Float32Array, rows: number, cols: number): void;
+  /** dx written; dweight accumulated; a null output is skipped (kernels addition). */
+  rmsNormBackward(x: Float32Array, weight: Float32Array, rstd: Float32Array, dy: Float32Array, dx: Float32Array | null, dweight: Float32Array | null, rows: number, cols: number): void;
   rope(x: Float32Array, out: Float32Array, batch: number, heads: number, seq: number, headDim: number, positions: Int32Array, theta: number, inverse?: boolean): void;
   embedding(table: Float32Array, vocab: number, dim: number, ids: Int32Array, out: Float32Array): void;
   embeddingBackward(gradOut: Float32Array, ids: Int32Array, gradTable: Float32Array, vocab: number, dim: number): void;
@@ -56,8 +58,7 @@ export interface KernelsApi {
 }
 
 /**
- * The kernels module typed by the contract. The cast keeps this package
- * compiling while the kernels package is still growing; every call site goes
- * through `K`, so a missing kernel shows up as a clear TypeError at run time.
+ * The kernels module. Assigning it to `KernelsApi` makes the compiler check
+ * that the kernels package still provides every call the tensor layer makes.
  */
-export const K: KernelsApi = kernelsModule as unknown as KernelsApi;
+export const K: KernelsApi = kernelsModule;

@@ -85,11 +85,12 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): T
   if (rows > 0) K.layerNorm(x.data, gamma.data, beta.data, out, rows, cols, eps, mu, rstd);
   return makeResult('layerNorm', out, x.shape, [x, gamma, beta], (g) => {
     if (rows === 0) return;
-    const dx = new Float32Array(x.size);
-    const dg = gamma.requiresGrad ? gradBuffer(gamma) : new Float32Array(cols);
-    const db = beta.requiresGrad ? gradBuffer(beta) : new Float32Array(cols);
+    // Frozen gamma/beta (or input) skip their part of the work.
+    const dx = x.requiresGrad ? new Float32Array(x.size) : null;
+    const dg = gamma.requiresGrad ? gradBuffer(gamma) : null;
+    const db = beta.requiresGrad ? gradBuffer(beta) : null;
     K.layerNormBackward(x.data, gamma.data, mu, rstd, g, dx, dg, db, rows, cols);
-    accumulateGrad(x, dx, true);
+    if (dx) accumulateGrad(x, dx, true);
   });
 }
 
@@ -103,10 +104,10 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   if (rows > 0) K.rmsNorm(x.data, weight.data, out, rows, cols, eps, rstd);
   return makeResult('rmsNorm', out, x.shape, [x, weight], (g) => {
     if (rows === 0) return;
-    const dx = new Float32Array(x.size);
-    const dw = weight.requiresGrad ? gradBuffer(weight) : new Float32Array(cols);
+    const dx = x.requiresGrad ? new Float32Array(x.size) : null;
+    const dw = weight.requiresGrad ? gradBuffer(weight) : null;
     K.rmsNormBackward(x.data, weight.data, rstd, g, dx, dw, rows, cols);
-    accumulateGrad(x, dx, true);
+    if (dx) accumulateGrad(x, dx, true);
   });
 }
 

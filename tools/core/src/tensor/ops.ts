@@ -88,7 +88,7 @@ function asTensor(x: Tensor | number): Tensor {
 function binaryOp(op: 'add' | 'sub' | 'mul' | 'div', aIn: Tensor | number, bIn: Tensor | number): Tensor {
   const a = asTensor(aIn);
   const b = asTensor(bIn);
-  const shape = broadcastShapes(a.shape, b.shape, op);
+  const shape = (sameShape(a.shape, b.shape) ? a.shape : broadcastShapes(a.shape, b.shape, op)) as number[];
   const out = new Float32Array(shapeSize(shape));
   K.binary(op, a.data, a.shape as number[], b.data, b.shape as number[], out);
   return makeResult(op, out, shape, [a, b], (g, donate) => {

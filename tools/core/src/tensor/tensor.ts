@@ -30,6 +30,8 @@ export interface GradNode {
 }
 
 let gradEnabled = true;
+/** Set just before an internal `new Tensor` whose shape needs no validation or copy. */
+let trustedShape = false;
 
 /** Whether ops currently record gradients (false inside `noGrad`). */
 export function isGradEnabled(): boolean {
@@ -102,12 +104,19 @@ export class Tensor {
 
   /** Wraps `data` without copying; prefer the `tensor`/`fromData` helpers. */
   constructor(data: Float32Array, shape: Shape, requiresGrad = false) {
-    checkShape(shape, 'Tensor');
-    const size = shapeSize(shape);
-    if (data.length !== size) {
-      throw new RangeError(`Tensor: data has ${data.length} values but shape ${shapeStr(shape)} needs ${size}`);
+    if (trustedShape) {
+      // Internal results: the op computed shape and size itself and hands over a fresh array.
+      trustedShape = false;
+      this.shape = Object.freeze(shape as number[]);
+    } else {
+      checkShape(shape, 'Tensor');
+      const size = shapeSize(shape);
+      if (!(data instanceof Float32Array)) throw new TypeError('Tensor: data must be a Float32Array');
+      if (data.length !== size) {
+        throw new RangeError(`Tensor: data has ${data.length} values but shape ${shapeStr(shape)} needs ${size}`);
+      }
+      this.shape = Object.freeze(shape.slice());
     }
-    this.shape = Object.freeze(shape.slice());
     this.data = data;
     this.requiresGrad = requiresGrad;
   }
@@ -280,6 +289,8 @@ export function makeResult(
   inputs: readonly Tensor[],
   backward: (g: Float32Array, donate: boolean) => void,
 ): Tensor {
+  // Ops pass either another tensor's (frozen) shape or a fresh array: adopt it without copying.
+  trustedShape = data.length === shapeSize(shape);
   const out = new Tensor(data, shape);
   if (recording(inputs)) {
     out.requiresGrad = true;

@@ -196,6 +196,19 @@ t.test('bad model directories fail with clear messages', async (t) => {
   throwsMatching(t, () => loadModel(d), ModelLoadError, /bad file name/, 'shard path escaping the directory');
 });
 
+t.test('GPT-2 checkpoints saved without the transformer. prefix (and with attn.bias buffers) load the same', async (t) => {
+  const d = copyModel('gpt2', 'noprefix');
+  const ck = readSafetensors(path.join(d, 'model.safetensors'));
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const n of ck.names()) out[n.replace(/^transformer\./, '')] = { shape: ck.info(n).shape, data: ck.float32(n).slice() };
+  out['h.0.attn.bias'] = { shape: [1, 1, 2, 2], data: Float32Array.from([1, 0, 1, 1]) };
+  writeSafetensors(path.join(d, 'model.safetensors'), out);
+  const a = loadModel(d).model;
+  const b = loadModel(path.join(GOLDEN, 'gpt2')).model;
+  const ids = Int32Array.from([5, 9, 13, 40]);
+  t.same(Array.from(a.forward(ids, [1, 4]).logits.data), Array.from(b.forward(ids, [1, 4]).logits.data));
+});
+
 t.test('loads every golden model: dtypes, shards, tied embeddings', async (t) => {
   for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
     const dir = path.join(GOLDEN, arch);

@@ -103,7 +103,7 @@ export class CausalLM {
     }
   }
 
-  /** Random weights for a config (benchmarks, tests). */
+  /** Random weights for a config (benchmarks, tests): norms 1, biases 0, the rest uniform with standard deviation `std`. */
   static random(config: ModelConfig, seed = 0, std = 0.02): CausalLM {
     const rng = new Rng(seed);
     const w = new Map<string, Tensor>();
@@ -112,7 +112,11 @@ export class CausalLM {
       const data = new Float32Array(n);
       const isNorm = /(norm|ln_\d|ln_f)\.weight$/.test(name);
       if (isNorm) data.fill(1);
-      else if (!name.endsWith('.bias')) for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
+      else if (!name.endsWith('.bias')) {
+        // uniform with the given std (±std·√3): fast for 100M+ weights, fine for random models
+        const a = (2 * std * Math.sqrt(3)) / 4294967296;
+        for (let i = 0; i < n; i++) data[i] = rng.nextUint32() * a - std * Math.sqrt(3);
+      }
       w.set(name, fromData(data, shape));
     }
     return new CausalLM(config, w);

@@ -14,7 +14,9 @@ export const SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, UNK_TOKEN] as const;
 /** The Metaspace replacement character (U+2581) marking a word start. */
 export const WORD_START = '\u2581';
 
-const PUNCT_CHAR = /[\p{P}\u0021-\u002F\u003A-\u0040\u005B-\u0060\u007B-\u007E]/u;
+const PUNCT_CLASS = '\\p{P}\\u0021-\\u002F\\u003A-\\u0040\\u005B-\\u0060\\u007B-\\u007E';
+// a run of non-punctuation, or one punctuation mark: Punctuation(Isolated) gives each mark its own piece
+const PIECE = new RegExp(`[^${PUNCT_CLASS}]+|[${PUNCT_CLASS}]`, 'gu');
 
 /** Splits text the way the tokenizer.json pre-tokenizer does. */
 export function preTokenize(text: string): string[] {
@@ -22,15 +24,7 @@ export function preTokenize(text: string): string[] {
   for (const word of text.split(/\s+/)) {
     if (word === '') continue;
     const piece = word.startsWith(WORD_START) ? word : WORD_START + word;
-    let run = '';
-    for (const ch of piece) {
-      if (PUNCT_CHAR.test(ch)) {
-        if (run) out.push(run);
-        run = '';
-        out.push(ch); // Punctuation(Isolated): each mark is its own piece
-      } else run += ch;
-    }
-    if (run) out.push(run);
+    for (const m of piece.match(PIECE) as RegExpMatchArray) out.push(m);
   }
   return out;
 }

@@ -48,6 +48,13 @@ t.test('gradients accumulate, shared inputs add up, retainGrad keeps activations
   tt.same(a.grad!.toArray(), [9, 11, 13]);
   a.zeroGrad();
   tt.equal(a.grad, null);
+  // a graph is released after backward unless retainGraph is asked for
+  const l = sum(mul(a, a));
+  l.backward(undefined, { retainGraph: true });
+  l.backward();
+  tt.same(a.grad!.toArray(), [4, 8, 12], 'two passes through a retained graph add up');
+  tt.throws(() => l.backward(), /already used by an earlier backward/);
+  a.zeroGrad();
   tt.throws(() => sum(a).backward(tensor([1, 2], [2])), /does not match/);
   tt.throws(() => mul(a, b).backward(), /one-element/);
   tt.end();

@@ -2,7 +2,7 @@
 // with/without bias, frozen weight): float32 vs float64 reference + gradients.
 import t, { type Test } from 'tap';
 import { Rng } from '../src/util/random.js';
-import { gradCheck, matmul, linear, broadcastShapes } from '../src/tensor/index.js';
+import { gradCheck, matmul, linear, broadcastShapes, tensor } from '../src/tensor/index.js';
 
 const rng = new Rng(11);
 const randData = (n: number): number[] => Array.from({ length: n }, () => rng.normal());
@@ -51,12 +51,18 @@ t.test('matmul', (tt) => {
     [[2, 1, 3, 4], [3, 4, 2]], // broadcast batch dims on both sides
     [[3, 4], [2, 4, 5]],     // 2-d a against batched b
     [[2, 2, 3, 4], [1, 4, 6]],
+    [[2, 3, 5], [1, 5, 4]],  // b's batch is all ones: folds into one GEMM
+    [[1, 1, 3, 4], [2, 2, 4, 5]], // a shared by every item: stride-0 batched GEMM
   ];
   for (const [as, bs] of cases) {
     const res = gradCheck(([a, b]) => matmul(a, b), ([a, b]) => refMatmul(a, as, b, bs),
       [{ data: randData(size(as)), shape: as }, { data: randData(size(bs)), shape: bs }]);
     check(tt, `matmul ${JSON.stringify(as)}@${JSON.stringify(bs)}`, res);
   }
+  // empty inner dimension: a zero matrix of the right shape
+  const z = matmul(tensor([], [2, 3, 0]), tensor([], [0, 4]));
+  tt.same(z.shape, [2, 3, 4]);
+  tt.ok(z.toArray().every((v) => v === 0));
   tt.throws(() => gradCheck(([a, b]) => matmul(a, b), () => [], [{ data: randData(6), shape: [2, 3] }, { data: randData(8), shape: [4, 2] }]), /inner dimensions/);
   tt.end();
 });

@@ -535,12 +535,15 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const k2 = b.shape[b.ndim - 2], n = b.shape[b.ndim - 1];
   if (k !== k2) throw new RangeError(`matmul: inner dimensions differ: ${shapeStr(a.shape)} @ ${shapeStr(b.shape)}`);
 
-  if (b.ndim === 2) {
-    // a's batch dims fold into rows: one GEMM.
-    const M = a.size / k;
-    const shape = a.shape.slice(0, -1).concat([n]);
+  const batchA = a.shape.slice(0, -2), batchB = b.shape.slice(0, -2);
+  const batch = broadcastShapes(batchA, batchB, 'matmul');
+  if (shapeSize(batchB) === 1 && sameShape(batchA, batch)) {
+    // b is one matrix shared by every item: a's batch dims fold into rows, one GEMM.
+    const M = shapeSize(batchA) * m;
+    const shape = batch.concat([m, n]);
     const out = new Float32Array(M * n);
-    if (M > 0 && n > 0) K.gemm({ m: M, n, k, a: a.data, lda: k, b: b.data, ldb: n, c: out, ldc: n });
+    // (ld ≥ 1 is required even when k = 0, where the product is all zeros)
+    if (M > 0 && n > 0) K.gemm({ m: M, n, k, a: a.data, lda: Math.max(1, k), b: b.data, ldb: n, c: out, ldc: n });
     return makeResult('matmul', out, shape, [a, b], (g) => {
       if (M === 0 || n === 0 || k === 0) return;
       if (a.requiresGrad) K.gemm({ transB: true, m: M, n: k, k: n, a: g, lda: n, b: b.data, ldb: n, c: gradBuffer(a), ldc: k, beta: 1 });
@@ -548,22 +551,22 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     });
   }
 
-  const batchA = a.shape.slice(0, -2), batchB = b.shape.slice(0, -2);
-  const batch = broadcastShapes(batchA, batchB, 'matmul');
   const nb = shapeSize(batch);
   const shape = batch.concat([m, n]);
   const out = new Float32Array(nb * m * n);
   const sA = m * k, sB = k * n, sC = m * n;
   const full = sameShape(batchA, batch) && sameShape(batchB, batch);
+  // a is one matrix shared by every item of b: batched GEMM reading it with stride 0.
+  const sharedA = !full && shapeSize(batchA) === 1 && sameShape(batchB, batch);
   // Offsets of batch item i in a and b under broadcasting.
   const offA = broadcastOffsets(batchA, batch, sA);
   const offB = broadcastOffsets(batchB, batch, sB);
   if (nb > 0 && m > 0 && n > 0) {
-    if (full) {
-      K.gemm({ m, n, k, a: a.data, lda: k, strideA: sA, b: b.data, ldb: n, strideB: sB, c: out, ldc: n, strideC: sC, batch: nb });
+    if (full || sharedA) {
+      K.gemm({ m, n, k, a: a.data, lda: Math.max(1, k), strideA: sharedA ? 0 : sA, b: b.data, ldb: n, strideB: sB, c: out, ldc: n, strideC: sC, batch: nb });
     } else {
       for (let i = 0; i < nb; i++) {
-        K.gemm({ m, n, k, a: a.data, lda: k, aOffset: offA[i], b: b.data, ldb: n, bOffset: offB[i], c: out, ldc: n, cOffset: i * sC });
+        K.gemm({ m, n, k, a: a.data, lda: Math.max(1, k), aOffset: offA[i], b: b.data, ldb: n, bOffset: offB[i], c: out, ldc: n, cOffset: i * sC });
       }
     }
   }
@@ -574,10 +577,13 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
       if (b.requiresGrad) K.gemm({ transA: true, m: k, n, k: m, a: a.data, lda: k, strideA: sA, b: g, ldb: n, strideB: sC, c: gradBuffer(b), ldc: n, strideC: sB, batch: nb, beta: 1 });
       return;
     }
+    if (sharedA && b.requiresGrad) {
+      K.gemm({ transA: true, m: k, n, k: m, a: a.data, lda: k, strideA: 0, b: g, ldb: n, strideB: sC, c: gradBuffer(b), ldc: n, strideC: sB, batch: nb, beta: 1 });
+    }
     // Broadcast operands receive the sum over the items that shared them;
     // items run one after another so accumulation into a shared block is safe.
     const ga = a.requiresGrad ? gradBuffer(a) : null;
-    const gb = b.requiresGrad ? gradBuffer(b) : null;
+    const gb = b.requiresGrad && !sharedA ? gradBuffer(b) : null;
     for (let i = 0; i < nb; i++) {
       if (ga) K.gemm({ transB: true, m, n: k, k: n, a: g, lda: n, aOffset: i * sC, b: b.data, ldb: n, bOffset: offB[i], c: ga, ldc: k, cOffset: offA[i], beta: 1 });
       if (gb) K.gemm({ transA: true, m: k, n, k: m, a: a.data, lda: k, aOffset: offA[i], b: g, ldb: n, bOffset: i * sC, c: gb, ldc: n, cOffset: offB[i], beta: 1 });
@@ -632,7 +638,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, layout: 
   const out = new Float32Array(M * nOut);
   if (M > 0 && nOut > 0) {
     K.gemm({
-      transB: outIn, m: M, n: nOut, k: nIn, a: x.data, lda: nIn, b: weight.data, ldb: outIn ? nIn : nOut,
+      transB: outIn, m: M, n: nOut, k: nIn, a: x.data, lda: Math.max(1, nIn), b: weight.data, ldb: Math.max(1, outIn ? nIn : nOut),
       c: out, ldc: nOut, ...(bias ? { bias: bias.data } : {}),
     });
   }

@@ -168,8 +168,10 @@ export class Tensor {
   /**
    * Backpropagate from this tensor. `grad` defaults to 1 for a one-element
    * tensor. Gradients accumulate into `.grad` of leaves that require grad.
+   * The graph's saved values are released afterwards (as in PyTorch) unless
+   * `retainGraph` is set; a second backward through a released graph throws.
    */
-  backward(grad?: Tensor): void {
+  backward(grad?: Tensor, opts: { retainGraph?: boolean } = {}): void {
     if (!this.requiresGrad) {
       throw new Error('backward: tensor does not require grad (no input requires grad, or it was computed under noGrad)');
     }
@@ -185,7 +187,7 @@ export class Tensor {
       }
       seed = grad.data.slice();
     }
-    runBackward(this, seed);
+    runBackward(this, seed, opts.retainGraph ?? false);
   }
 
   toString(): string {
@@ -220,7 +222,13 @@ function topoOrder(root: Tensor): Tensor[] {
   return order;
 }
 
-function runBackward(root: Tensor, seed: Float32Array): void {
+function freedBackward(op: string): () => never {
+  return () => {
+    throw new Error(`backward: the graph through '${op}' was already used by an earlier backward and its saved values were freed; pass { retainGraph: true } to that earlier backward`);
+  };
+}
+
+function runBackward(root: Tensor, seed: Float32Array, retainGraph: boolean): void {
   const order = topoOrder(root);
   accumulateGrad(root, seed, true);
   for (let i = order.length - 1; i >= 0; i--) {
@@ -235,6 +243,8 @@ function runBackward(root: Tensor, seed: Float32Array): void {
       else K.axpy(1, g, t.grad.data);
     }
     node.backward(g, true);
+    // Drop the closure (and the activations it holds) so memory is freed now.
+    if (!retainGraph) t._node = { op: node.op, inputs: [], backward: freedBackward(node.op) };
   }
 }
 

@@ -187,6 +187,16 @@ for (const [arch, model] of Object.entries(models)) {
     for (const p of a.parameters()) t.ok(p.grad && p.grad.data.some((x) => x !== 0), 'LoRA parameter has a gradient');
     t.ok([...model.weights.values()].every((w) => w.grad === null), 'base weights get no gradient');
 
+    // PEFT-style short target names select that projection in every layer
+    const short = arch === 'gpt2' ? ['c_attn', 'mlp.c_proj'] : arch === 'mixtral' ? ['q_proj', 'w2'] : ['q_proj', 'down_proj'];
+    const viaName = model.createLora('s', short, { r: 2, seed: 4 });
+    const expect = model.config.layers * (arch === 'mixtral' ? 1 + model.config.experts : 2);
+    t.equal(viaName.modules.size, expect, `${short.join(', ')} → ${viaName.targets().join(', ')}`);
+    t.equal(viaName.fanInFanOut, arch === 'gpt2');
+    model.setAdapters([{ adapter: viaName }]);
+    t.ok(maxAbsDiff(model.forward(ids, [B, T]).logits.data, base.data) === 0, 'a fresh adapter (B = 0) is the identity edit');
+    t.throws(() => model.createLora('x', ['nonexistent_proj'], { r: 1 }), /matches no linear module/);
+
     // a target that is not a module is refused
     const bad = createLora('bad', [['model.layers.99.mlp.down_proj', 4, 4]], { r: 1 });
     t.throws(() => model.setAdapters([{ adapter: bad }]), /not a linear module/);

@@ -15,7 +15,7 @@ import { Rng } from '../util/random.js';
 import type { ModelConfig } from './config.js';
 import { ModelLoadError, expectedWeights } from './config.js';
 import { applyHook, type Hooks } from './hooks.js';
-import type { LoraAdapter } from './lora.js';
+import { createLora, type LoraAdapter } from './lora.js';
 
 /** Keys and values of every layer for the tokens seen so far. */
 export class KVCache {
@@ -141,6 +141,28 @@ export class CausalLM {
       out.push([mod, inOut ? t.shape[0] : t.shape[1], inOut ? t.shape[1] : t.shape[0]]);
     }
     return out;
+  }
+
+  /**
+   * Linear modules matching PEFT-style target names: a module matches when
+   * its name equals a target or ends with `.<target>` (so `c_attn` or
+   * `q_proj` selects that projection in every layer).
+   */
+  matchModules(targets: readonly string[]): Array<[string, number, number]> {
+    const mods = this.linearModules();
+    const out: Array<[string, number, number]> = [];
+    for (const t of targets) {
+      const canon = canonicalName(this.config.family, t);
+      const hits = mods.filter(([n]) => n === canon || n.endsWith('.' + t));
+      if (hits.length === 0) throw new ModelLoadError(`LoRA target '${t}' matches no linear module of this ${this.config.modelType} model`);
+      for (const h of hits) if (!out.some(([n]) => n === h[0])) out.push(h);
+    }
+    return out;
+  }
+
+  /** A fresh LoRA adapter (A random, B zero unless initBStd) on the modules matching `targets`. */
+  createLora(name: string, targets: readonly string[], opts: { r: number; alpha?: number; seed?: number; initBStd?: number }): LoraAdapter {
+    return createLora(name, this.matchModules(targets), { ...opts, fanInFanOut: this.config.family === 'gpt2' });
   }
 
   /** Activate adapters (replacing the active set). Several at once; scales may be negative. */

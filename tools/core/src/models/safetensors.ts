@@ -59,25 +59,79 @@ function copyBytes(b: Uint8Array): Uint8Array {
 
 const MAX_HEADER = 100 * 1024 * 1024; // same bound as the reference implementation
 
-/** A parsed safetensors file held in memory. */
+/** Where a safetensors file's bytes come from: memory, or a file read by range. */
+interface ByteSource {
+  readonly size: number;
+  /** Bytes [pos, pos + len): a view for memory, a fresh read for files. */
+  read(pos: number, len: number): Uint8Array;
+  /** Read [pos, pos + len) into `dst` (exactly len bytes). */
+  readInto(pos: number, dst: Uint8Array): void;
+}
+
+class MemorySource implements ByteSource {
+  constructor(private readonly bytes: Uint8Array) {}
+  get size(): number {
+    return this.bytes.byteLength;
+  }
+  read(pos: number, len: number): Uint8Array {
+    return this.bytes.subarray(pos, pos + len);
+  }
+  readInto(pos: number, dst: Uint8Array): void {
+    dst.set(this.bytes.subarray(pos, pos + dst.byteLength));
+  }
+}
+
+/**
+ * A file read with positioned reads: no size limit (Node cannot read files
+ * over 2 GiB whole), and tensors are read straight into their final arrays.
+ */
+class FileSource implements ByteSource {
+  readonly size: number;
+  constructor(private readonly file: string) {
+    this.size = fs.statSync(file).size;
+  }
+  read(pos: number, len: number): Uint8Array {
+    const out = new Uint8Array(len);
+    this.readInto(pos, out);
+    return out;
+  }
+  readInto(pos: number, dst: Uint8Array): void {
+    const fd = fs.openSync(this.file, 'r');
+    try {
+      let done = 0;
+      while (done < dst.byteLength) {
+        const n = fs.readSync(fd, dst, done, Math.min(dst.byteLength - done, 1 << 30), pos + done);
+        if (n === 0) throw new SafetensorsError(`safetensors file ${this.file}: file shrank while reading (at byte ${pos + done})`);
+        done += n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
+/** A parsed, validated safetensors file (in memory or read lazily from disk). */
 export class SafetensorsFile {
   readonly tensors = new Map<string, TensorInfo>();
   readonly metadata: Record<string, string> = {};
   private readonly dataStart: number;
+  private readonly src: ByteSource;
 
-  constructor(readonly bytes: Uint8Array, readonly label: string) {
+  constructor(source: Uint8Array | { file: string }, readonly label: string) {
+    this.src = source instanceof Uint8Array ? new MemorySource(source) : new FileSource(source.file);
     const where = `safetensors file ${label}`;
-    if (bytes.byteLength < 8) throw new SafetensorsError(`${where}: ${bytes.byteLength} bytes is too short for a header length`);
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const n = dv.getBigUint64(0, true);
-    if (n > BigInt(bytes.byteLength - 8)) {
-      throw new SafetensorsError(`${where}: header length ${n} runs past the end of the file (${bytes.byteLength} bytes)`);
+    const size = this.src.size;
+    if (size < 8) throw new SafetensorsError(`${where}: ${size} bytes is too short for a header length`);
+    const head = this.src.read(0, 8);
+    const n = new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true);
+    if (n > BigInt(size - 8)) {
+      throw new SafetensorsError(`${where}: header length ${n} runs past the end of the file (${size} bytes)`);
     }
     const hlen = Number(n);
     if (hlen > MAX_HEADER) throw new SafetensorsError(`${where}: header length ${hlen} exceeds ${MAX_HEADER} bytes`);
     let header: unknown;
     try {
-      header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + hlen)));
+      header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(this.src.read(8, hlen)));
     } catch (e) {
       throw new SafetensorsError(`${where}: header is not valid JSON (${(e as Error).message})`);
     }
@@ -85,7 +139,7 @@ export class SafetensorsFile {
       throw new SafetensorsError(`${where}: header must be a JSON object`);
     }
     this.dataStart = 8 + hlen;
-    const dataLen = bytes.byteLength - this.dataStart;
+    const dataLen = size - this.dataStart;
     for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
       if (name === '__metadata__') {
         if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
@@ -142,31 +196,38 @@ export class SafetensorsFile {
     return i;
   }
 
-  /** Raw bytes of a tensor (a view, no copy). */
+  /** Raw bytes of a tensor (a view for in-memory files, a fresh read for files on disk). */
   raw(name: string): Uint8Array {
     const i = this.info(name);
-    return this.bytes.subarray(this.dataStart + i.begin, this.dataStart + i.end);
+    return this.src.read(this.dataStart + i.begin, i.end - i.begin);
   }
 
   /**
-   * A float tensor as float32. F32 data is returned as a view over the file
-   * buffer when it is 4-byte aligned (no copy); F16/BF16 are converted by
-   * the native kernels.
+   * A float tensor as float32. In-memory F32 data is returned as a view over
+   * the buffer when 4-byte aligned (no copy); F32 on disk is read straight
+   * into the returned array; F16/BF16 are converted by the native kernels.
    */
   float32(name: string): Float32Array {
     const i = this.info(name);
     if (!FLOAT_DTYPES.has(i.dtype)) {
       throw new SafetensorsError(`safetensors file ${this.label}, tensor '${name}': dtype ${i.dtype} is not a float type (F32, F16, BF16)`);
     }
-    const raw = this.raw(name);
-    const n = (i.end - i.begin) / DTYPE_SIZE[i.dtype];
+    const pos = this.dataStart + i.begin;
+    const nbytes = i.end - i.begin;
+    const n = nbytes / DTYPE_SIZE[i.dtype];
     if (i.dtype === 'F32') {
-      if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);
-      return new Float32Array(copyBytes(raw).buffer);
+      if (this.src instanceof MemorySource) {
+        const raw = this.src.read(pos, nbytes);
+        if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);
+      }
+      const out = new Float32Array(n);
+      this.src.readInto(pos, new Uint8Array(out.buffer));
+      return out;
     }
-    const src = raw.byteOffset % 2 === 0 ? new Uint16Array(raw.buffer, raw.byteOffset, n) : new Uint16Array(copyBytes(raw).buffer);
+    const half = new Uint16Array(n);
+    this.src.readInto(pos, new Uint8Array(half.buffer));
     const out = new Float32Array(n);
-    if (n > 0) kernel(i.dtype === 'F16' ? 'f16ToF32' : 'bf16ToF32')(src, out);
+    if (n > 0) kernel(i.dtype === 'F16' ? 'f16ToF32' : 'bf16ToF32')(half, out);
     return out;
   }
 
@@ -185,15 +246,14 @@ export class SafetensorsFile {
   }
 }
 
-/** Read and validate a safetensors file. */
+/** Open and validate a safetensors file; tensors are read on demand. */
 export function readSafetensors(file: string): SafetensorsFile {
-  let bytes: Buffer;
   try {
-    bytes = fs.readFileSync(file);
+    return new SafetensorsFile({ file }, file);
   } catch (e) {
+    if (e instanceof SafetensorsError) throw e;
     throw new SafetensorsError(`cannot read safetensors file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  return new SafetensorsFile(bytes, file);
 }
 
 export interface TensorToWrite {

@@ -31,8 +31,9 @@ struct Pool {
     }
   }
 
-  void worker(int tid) {
-    std::uint64_t seen = generation.load(std::memory_order_acquire);
+  // `seen` is the generation at creation: reading it inside the new thread
+  // could miss a job published before the thread got scheduled.
+  void worker(int tid, std::uint64_t seen) {
     for (;;) {
       // Spin briefly (kernels are often called back to back), then sleep.
       std::uint64_t g;
@@ -57,7 +58,8 @@ struct Pool {
 
   void start(int n) {
     size = n;
-    for (int i = 1; i < n; ++i) workers.emplace_back([this, i] { worker(i); });
+    std::uint64_t g = generation.load(std::memory_order_acquire);
+    for (int i = 1; i < n; ++i) workers.emplace_back([this, i, g] { worker(i, g); });
   }
   void shutdown() {
     {

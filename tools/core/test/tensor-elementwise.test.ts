@@ -3,7 +3,7 @@
 import t, { type Test } from 'tap';
 import { Rng } from '../src/util/random.js';
 import {
-  gradCheck, add, sub, mul, div, neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, silu, square, abs, scale,
+  gradCheck, add, sub, mul, div, maximum, minimum, pow, dropout, neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, silu, square, abs, scale,
   sum, mean, max, reshape, unsqueeze, squeeze, permute, transpose, slice, concat, stack, split, indexSelect, indexAdd,
   gather, topk, tensor, broadcastShapes, type Tensor,
 } from '../src/tensor/index.js';
@@ -77,6 +77,29 @@ t.test('binary ops with broadcasting', (tt) => {
       tt.same(res.output.shape, broadcastShapes(as, bs));
     }
   }
+  tt.end();
+});
+
+t.test('maximum, minimum, pow, dropout', (tt) => {
+  for (const [as, bs] of [[[3, 4], [3, 4]], [[2, 3, 4], [4]], [[2, 1, 4], [3, 1]]] as Array<[number[], number[]]>) {
+    check(tt, `maximum ${JSON.stringify(as)}·${JSON.stringify(bs)}`, gradCheck(([a, b]) => maximum(a, b), ([a, b]) => bcast(a, as, b, bs, Math.max),
+      [{ data: randData(size(as)), shape: as }, { data: randData(size(bs)), shape: bs }]));
+    check(tt, `minimum ${JSON.stringify(as)}·${JSON.stringify(bs)}`, gradCheck(([a, b]) => minimum(a, b), ([a, b]) => bcast(a, as, b, bs, Math.min),
+      [{ data: randData(size(as)), shape: as }, { data: randData(size(bs)), shape: bs }]));
+  }
+  for (const p of [2, 0.5, -1.5, 3]) {
+    check(tt, `pow ${p}`, gradCheck(([x]) => pow(x, p), ([x]) => x.map((v) => Math.pow(v, p)), [{ data: randData(10, 'positive'), shape: [2, 5] }]));
+  }
+  // dropout: kept elements scaled by 1/(1-p), about p dropped, gradient through the same mask
+  const x = tensor(new Float32Array(4000).fill(1), [4000], { requiresGrad: true });
+  const y = dropout(x, 0.25, new Rng(9));
+  const kept = y.toArray().filter((v) => v !== 0);
+  tt.ok(kept.every((v) => Math.abs(v - 4 / 3) < 1e-6));
+  tt.ok(Math.abs(kept.length / 4000 - 0.75) < 0.03, `kept fraction ${kept.length / 4000}`);
+  sum(y).backward();
+  tt.same(x.grad!.toArray(), y.toArray());
+  tt.equal(dropout(x, 0.5, new Rng(1), false), x, 'identity when not training');
+  tt.throws(() => dropout(x, 1, new Rng(1)), /p must be/);
   tt.end();
 });
 

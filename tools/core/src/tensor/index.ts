@@ -14,7 +14,7 @@ export {
   noGrad, enableGrad, isGradEnabled, shapeSize,
 } from './tensor.js';
 export {
-  add, sub, mul, div, neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, silu, square, abs, scale,
+  add, sub, mul, div, maximum, minimum, pow, dropout, neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, silu, square, abs, scale,
   sum, mean, max,
   reshape, view, unsqueeze, squeeze, permute, transpose, slice, concat, stack, split,
   indexSelect, indexAdd, gather, topk,

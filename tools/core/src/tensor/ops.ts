@@ -3,6 +3,7 @@
  * shape ops and linear algebra. Heavy math goes through the native kernels;
  * the TypeScript here is shape bookkeeping and light glue.
  */
+import type { Rng } from '../util/random.js';
 import { K, type UnaryOp } from './backend.js';
 import {
   Tensor, type Shape, accumulateGrad, gradBuffer, makeResult, recording, scalar, shapeSize, shapeStr,
@@ -146,6 +147,77 @@ export function sub(a: Tensor | number, b: Tensor | number): Tensor { return bin
 export function mul(a: Tensor | number, b: Tensor | number): Tensor { return binaryOp('mul', a, b); }
 /** a / b elementwise with numpy broadcasting. */
 export function div(a: Tensor | number, b: Tensor | number): Tensor { return binaryOp('div', a, b); }
+
+/** Index of the element of `shape`-shaped `src` that broadcast position `i` of `outShape` reads. */
+function broadcastIndexer(src: Shape, outShape: Shape): (i: number) => number {
+  if (sameShape(src, outShape)) return (i) => i;
+  const nd = outShape.length, pad = nd - src.length;
+  const strides = new Array<number>(nd).fill(0);
+  let s = 1;
+  for (let d = nd - 1; d >= pad; d--) {
+    strides[d] = src[d - pad] === 1 ? 0 : s;
+    s *= src[d - pad];
+  }
+  return (i) => {
+    let off = 0;
+    for (let d = nd - 1; d >= 0; d--) {
+      const q = Math.floor(i / outShape[d]);
+      off += (i - q * outShape[d]) * strides[d];
+      i = q;
+    }
+    return off;
+  };
+}
+
+function minMax(op: 'max' | 'min', aIn: Tensor | number, bIn: Tensor | number): Tensor {
+  const a = asTensor(aIn);
+  const b = asTensor(bIn);
+  const shape = (sameShape(a.shape, b.shape) ? a.shape : broadcastShapes(a.shape, b.shape, op)) as number[];
+  const out = new Float32Array(shapeSize(shape));
+  K.binary(op, a.data, a.shape as number[], b.data, b.shape as number[], out);
+  return makeResult(op === 'max' ? 'maximum' : 'minimum', out, shape, [a, b], (g) => {
+    // The gradient goes to the operand that was picked; ties go to a.
+    const ia = broadcastIndexer(a.shape, shape);
+    const ga = new Float32Array(g.length), gb = new Float32Array(g.length);
+    for (let i = 0; i < g.length; i++) {
+      if (a.data[ia(i)] === out[i]) ga[i] = g[i];
+      else gb[i] = g[i];
+    }
+    accumulateBroadcast(a, ga, shape, true);
+    accumulateBroadcast(b, gb, shape, true);
+  });
+}
+
+/** Elementwise maximum with broadcasting (gradient to the larger; ties to a). */
+export function maximum(a: Tensor | number, b: Tensor | number): Tensor { return minMax('max', a, b); }
+/** Elementwise minimum with broadcasting (gradient to the smaller; ties to a). */
+export function minimum(a: Tensor | number, b: Tensor | number): Tensor { return minMax('min', a, b); }
+
+/**
+ * x^p for a constant exponent p (elementwise). Not a kernel: computed in
+ * TypeScript, meant for small tensors (norm penalties, schedules).
+ */
+export function pow(x: Tensor, p: number): Tensor {
+  const out = new Float32Array(x.size);
+  for (let i = 0; i < out.length; i++) out[i] = Math.pow(x.data[i], p);
+  return makeResult('pow', out, x.shape, [x], (g) => {
+    const gx = gradBuffer(x);
+    for (let i = 0; i < g.length; i++) gx[i] += g[i] * p * Math.pow(x.data[i], p - 1);
+  });
+}
+
+/**
+ * Inverted dropout: zero each element with probability p and scale the rest
+ * by 1/(1−p). Identity when p = 0 or when `training` is false.
+ */
+export function dropout(x: Tensor, p: number, rng: Rng, training = true): Tensor {
+  if (!(p >= 0 && p < 1)) throw new RangeError(`dropout: p must be in [0, 1), got ${p}`);
+  if (!training || p === 0) return x;
+  const mask = new Float32Array(x.size);
+  const keep = 1 / (1 - p);
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.uniform() < p ? 0 : keep;
+  return mul(x, new Tensor(mask, x.shape));
+}
 
 function unaryOp(op: UnaryOp, x: Tensor): Tensor {
   const out = new Float32Array(x.size);

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   Checkpoint, ModelLoadError, SafetensorsError, SafetensorsFile, loadModel, readSafetensors, serializeSafetensors,
-  writeSafetensors, Tokenizer,
+  writeSafetensors, Tokenizer, parseConfig, CausalLM,
 } from '../src/models/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -237,4 +237,27 @@ t.test('tokenizer.json through @huggingface/tokenizers', async (t) => {
   t.equal(tok.decode(ids), 'the capital of france is paris');
   t.equal(tok.tokenToId('<eos>'), 2);
   t.equal(tok.idToToken(0), '<pad>');
+});
+
+t.test('config parsing: families, defaults and refusals', async (t) => {
+  const base = { hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 4, vocab_size: 50 };
+  const m = parseConfig({ ...base, model_type: 'mistral', num_key_value_heads: 2, sliding_window: 4 });
+  t.equal(m.family, 'llama');
+  t.equal(m.kvHeads, 2);
+  t.equal(m.slidingWindow, 4);
+  t.equal(m.ropeTheta, 10000, 'default rope_theta');
+  const model = CausalLM.random(m, 1);
+  t.equal(model.forward(Int32Array.from([1, 2, 3, 4]), [1, 4]).logits.shape[1], 4, 'within the window');
+  t.throws(() => model.forward(Int32Array.from([1, 2, 3, 4, 5]), [1, 5]), /sliding_window of 4, which is not supported/);
+  t.equal(parseConfig({ ...base, model_type: 'qwen2', sliding_window: 4, use_sliding_window: false }).slidingWindow, null);
+  t.equal(parseConfig({ ...base, model_type: 'llama', attention_bias: true }).oBias, true);
+  t.throws(() => parseConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 }), /not a multiple/);
+  t.throws(() => parseConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'llama3' } }), /rope_scaling is not supported/);
+  t.throws(() => parseConfig({ ...base, model_type: 'llama', hidden_size: 'x' }), /"hidden_size" must be a positive integer/);
+  t.throws(() => parseConfig({ ...base, model_type: 'mixtral', num_local_experts: 2, num_experts_per_tok: 3 }), /exceeds/);
+  t.throws(() => parseConfig({ ...base, model_type: 'mixtral' }), /missing "num_local_experts"/);
+  t.throws(() => parseConfig({ model_type: 'gpt2', n_embd: 10, n_head: 3, n_layer: 1, vocab_size: 5, n_positions: 8 }), /not divisible/);
+  const g = parseConfig({ model_type: 'gpt2', n_embd: 8, n_head: 2, n_layer: 1, vocab_size: 5, n_positions: 8 });
+  t.equal(g.tieEmbeddings, true, 'GPT-2 ties embeddings by default');
+  t.equal(g.intermediate, 32);
 });

@@ -234,6 +234,10 @@ export class CausalLM {
         mask.fill(1, b * S + past, (b + 1) * S);
       }
     }
+    if (c.slidingWindow !== null && S > c.slidingWindow) {
+      // windowed attention is not implemented; refusing beats silently attending too far
+      throw new RangeError(`forward: ${S} tokens exceed the model's sliding_window of ${c.slidingWindow}, which is not supported`);
+    }
     const positions = opts.positions ?? defaultPositions(B, T, S, mask);
     if (positions.length !== B * T) throw new RangeError(`forward: positions has ${positions.length} entries, expected ${B * T}`);
     const keyPad = mask; // attention takes 1 = real key, as HF's attention_mask
@@ -304,10 +308,12 @@ export class CausalLM {
       const p = `transformer.h.${i}`;
       const x = layerNorm(h, this.weights.get(`${p}.ln_1.weight`)!, this.weights.get(`${p}.ln_1.bias`)!, c.normEps);
       const qkv = this.lin(`${p}.attn.c_attn`, x, 'in_out');
-      const heads = (t: Tensor) => permute(reshape(t, [B, T, c.heads, hd]), [0, 2, 1, 3]);
-      q = heads(slice(qkv, 2, 0, c.hidden));
-      k = heads(slice(qkv, 2, c.hidden, 2 * c.hidden));
-      v = heads(slice(qkv, 2, 2 * c.hidden, 3 * c.hidden));
+      // [B,T,3H] → [3,B,heads,T,hd] in one permute; q/k/v are then contiguous blocks
+      const qkvh = permute(reshape(qkv, [B, T, 3, c.heads, hd]), [2, 0, 3, 1, 4]);
+      const part = (j: number) => reshape(slice(qkvh, 0, j, j + 1), [B, c.heads, T, hd]);
+      q = part(0);
+      k = part(1);
+      v = part(2);
       outMod = `${p}.attn.c_proj`;
       layout = 'in_out';
     } else {

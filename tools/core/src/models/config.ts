@@ -39,6 +39,8 @@ export interface ModelConfig {
   mlpBias: boolean;
   experts: number;
   expertsPerTok: number;
+  /** Sliding-window attention span (mistral/mixtral sliding_window; qwen2 with use_sliding_window), or null. */
+  slidingWindow: number | null;
   eosTokenId: number | null;
   padTokenId: number | null;
   bosTokenId: number | null;
@@ -124,6 +126,7 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
       mlpBias: true,
       experts: 0,
       expertsPerTok: 0,
+      slidingWindow: null,
     };
   }
   const hidden = int(cfg, file, 'hidden_size');
@@ -159,6 +162,8 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
     mlpBias: cfg.mlp_bias === true,
     experts: 0,
     expertsPerTok: 0,
+    slidingWindow:
+      typeof cfg.sliding_window === 'number' && (modelType !== 'qwen2' || cfg.use_sliding_window === true) ? cfg.sliding_window : null,
   };
   if (family === 'mixtral') {
     out.experts = int(cfg, file, 'num_local_experts');

@@ -80,6 +80,26 @@ t.test('binary ops with broadcasting', (tt) => {
   tt.end();
 });
 
+t.test('binary ops on random broadcast shapes', (tt) => {
+  const shapes = new Rng(99);
+  for (let trial = 0; trial < 12; trial++) {
+    const nd = 1 + shapes.int(4);
+    const out = Array.from({ length: nd }, () => 1 + shapes.int(4));
+    // each operand drops some leading dims and sets some dims to 1
+    const derive = (): number[] => out.slice(shapes.int(nd)).map((d) => (shapes.uniform() < 0.3 ? 1 : d));
+    const as = derive(), bs = derive();
+    const ops: Array<[string, (a: Tensor, b: Tensor) => Tensor, (x: number, y: number) => number]> = [
+      ['add', add, (x, y) => x + y], ['mul', mul, (x, y) => x * y], ['div', div, (x, y) => x / y],
+    ];
+    for (const [name, f, g] of ops) {
+      const res = gradCheck(([a, b]) => f(a, b), ([a, b]) => bcast(a, as, b, bs, g),
+        [{ data: randData(size(as)), shape: as }, { data: randData(size(bs), name === 'div' ? 'awayFromZero' : 'normal'), shape: bs }]);
+      check(tt, `${name} ${JSON.stringify(as)}·${JSON.stringify(bs)}`, res);
+    }
+  }
+  tt.end();
+});
+
 t.test('maximum, minimum, pow, dropout', (tt) => {
   for (const [as, bs] of [[[3, 4], [3, 4]], [[2, 3, 4], [4]], [[2, 1, 4], [3, 1]]] as Array<[number[], number[]]>) {
     check(tt, `maximum ${JSON.stringify(as)}·${JSON.stringify(bs)}`, gradCheck(([a, b]) => maximum(a, b), ([a, b]) => bcast(a, as, b, bs, Math.max),

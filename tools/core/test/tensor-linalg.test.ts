@@ -67,6 +67,20 @@ t.test('matmul', (tt) => {
   tt.end();
 });
 
+t.test('matmul on random batched shapes', (tt) => {
+  const shapes = new Rng(5);
+  for (let trial = 0; trial < 10; trial++) {
+    const m = 1 + shapes.int(5), k = 1 + shapes.int(5), n = 1 + shapes.int(5);
+    const nb = shapes.int(3);
+    const batch = Array.from({ length: nb }, () => 1 + shapes.int(3));
+    const derive = (): number[] => batch.slice(shapes.int(nb + 1)).map((d) => (shapes.uniform() < 0.3 ? 1 : d));
+    const as = derive().concat([m, k]), bs = derive().concat([k, n]);
+    check(tt, `matmul ${JSON.stringify(as)}@${JSON.stringify(bs)}`, gradCheck(([a, b]) => matmul(a, b), ([a, b]) => refMatmul(a, as, b, bs),
+      [{ data: randData(size(as)), shape: as }, { data: randData(size(bs)), shape: bs }]));
+  }
+  tt.end();
+});
+
 t.test('linear', (tt) => {
   for (const layout of ['out_in', 'in_out'] as const) {
     for (const xs of [[5, 3], [2, 4, 3], [1, 3]]) {

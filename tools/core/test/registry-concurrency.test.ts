@@ -51,7 +51,21 @@ t.test(`${WRITERS} writers × ${EACH} promotions at once: each lands exactly onc
   });
   await Promise.all(kids.map((k) => k.ready));
   for (const k of kids) k.c.stdin.write('go\n');
-  const results = await Promise.all(kids.map((k) => k.done));
+  // Readers take no lock: verifying while the writers run must never see an inconsistent registry.
+  let finished = false;
+  const all = Promise.all(kids.map((k) => k.done)).finally(() => (finished = true));
+  const reader = new Registry(root);
+  let reads = 0;
+  while (!finished) {
+    if (existsSync(path.join(root, 'registry.json'))) {
+      const v = await reader.verify();
+      if (!v.ok) t.fail(`verify during writes: ${JSON.stringify(v.problems)}`);
+      reads++;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  t.comment(`${reads} verifications ran while the writers wrote`);
+  const results = await all;
   results.forEach((r, w) => t.equal(r.code, 0, `writer ${w} exited cleanly ${r.err()}`));
 
   const reg = new Registry(root);

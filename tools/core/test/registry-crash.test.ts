@@ -43,8 +43,8 @@ if (!existsSync(path.join(dist, 'registry', 'index.js'))) {
         else if (op === 3) await reg.rollback('live');
         else await reg.addReport(d.sha256, { kind: 'report', adapter_id: d.id, pass: true });
       } catch (err) {
-        // Refusals (nothing to roll back, unknown object) are expected; anything else is a bug.
-        if (!(err && err.exitCode === 2)) { process.stderr.write('child error: ' + err.stack + '\\n'); process.exit(3); }
+        // Refusals (nothing to roll back, a failing report at the gate) are expected; anything else is a bug.
+        if (!(err && (err.exitCode === 2 || err.code === 'E_GATE'))) { process.stderr.write('child error: ' + err.stack + '\\n'); process.exit(3); }
       }
       process.stdout.write('op\\n');
     }

@@ -402,17 +402,13 @@ export class Registry {
 
   private async addLocked(bundleDir: string, expected: string): Promise<{ bundle: StoredBundle; added: boolean; repaired: boolean }> {
     const dest = this.objectPath(expected);
-    let repaired = false;
+    let corrupt = false;
     if (await exists(dest)) {
       try {
         return { bundle: await this.get(expected), added: false, repaired: false };
       } catch (err) {
         if (!(err instanceof CorruptObjectError)) throw err;
-        // Same content hash, damaged bytes: replace it with the good copy (its meaning is unchanged).
-        const quarantine = this.p('tmp', tempName(`corrupt-${expected.slice(0, 12)}`));
-        await rename(dest, quarantine);
-        await fsyncDir(this.p('objects'));
-        repaired = true;
+        corrupt = true; // same content hash, damaged bytes: replaced below by the good copy (its meaning is unchanged)
       }
     }
     const src = await readBundle(bundleDir);
@@ -441,9 +437,13 @@ export class Registry {
     }
     if (listingHash(copied) !== expected) throw new RegistryError(`${bundleDir}: bundle changed while it was being copied; try again`, 1);
     for (const d of dirs) await fsyncDir(d);
+    if (corrupt) {
+      // The good copy is complete before the damaged one moves aside, so the gap is two renames.
+      await rename(dest, this.p('tmp', tempName(`corrupt-${expected.slice(0, 12)}`)));
+    }
     await rename(staging, dest);
     await fsyncDir(this.p('objects'));
-    return { bundle: await this.get(expected), added: true, repaired };
+    return { bundle: await this.get(expected), added: true, repaired: corrupt };
   }
 
   /** Why the promotion gate refuses a bundle, or null when its latest report passes. */
@@ -571,6 +571,34 @@ export class Registry {
     await this.requireExists();
     const problems: VerifyProblem[] = [];
     const notes: string[] = [];
+    // Read refs and reports before listing objects: writers put an object in place before anything
+    // names it, and never remove one, so a concurrent write cannot look like a missing object.
+    const refNames = await this.refs();
+    const logs = new Map<string, RefEvent[] | Error>();
+    for (const r of refNames) {
+      try {
+        logs.set(r, await this.log(r));
+      } catch (err) {
+        logs.set(r, err as Error);
+      }
+    }
+    let reportFiles: string[] = [];
+    try {
+      reportFiles = (await readdir(this.p('reports'))).sort();
+    } catch {
+      /* none */
+    }
+    const reportLogs = new Map<string, StoredReport[] | Error>();
+    for (const f of reportFiles) {
+      const sha = f.replace(/\.ndjson$/, '');
+      if (f.endsWith('.ndjson') && isSha256(sha)) {
+        try {
+          reportLogs.set(sha, await this.attachedReports(sha));
+        } catch (err) {
+          reportLogs.set(sha, err as Error);
+        }
+      }
+    }
     const intact = new Set<string>();
     const manifests = new Map<string, BundleManifest>();
     let objectNames: string[] = [];
@@ -594,13 +622,10 @@ export class Registry {
         problems.push({ area: 'object', target: name, problem: msg });
       }
     }
-    const refNames = await this.refs();
     for (const r of refNames) {
-      let log: RefEvent[];
-      try {
-        log = await this.log(r);
-      } catch (err) {
-        problems.push({ area: 'ref', target: r, problem: (err as Error).message });
+      const log = logs.get(r) as RefEvent[] | Error;
+      if (log instanceof Error) {
+        problems.push({ area: 'ref', target: r, problem: log.message });
         continue;
       }
       let prevChain: string | null = null;
@@ -616,29 +641,23 @@ export class Registry {
         prevBundle = ev.bundle;
       });
     }
-    let reportFiles: string[] = [];
-    try {
-      reportFiles = (await readdir(this.p('reports'))).sort();
-    } catch {
-      /* none */
-    }
     for (const f of reportFiles) {
       const sha = f.replace(/\.ndjson$/, '');
-      if (!f.endsWith('.ndjson') || !isSha256(sha)) {
+      const reps = reportLogs.get(sha);
+      if (reps === undefined) {
         problems.push({ area: 'reports', target: `reports/${f}`, problem: 'unexpected file' });
         continue;
       }
       if (!objectNames.includes(sha)) problems.push({ area: 'reports', target: sha, problem: 'reports for an object that is not stored' });
-      try {
-        const reps = await this.attachedReports(sha);
-        reps.forEach((rep, i) => {
-          for (const p of reportProblems(rep)) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `${p.path}: ${p.message}` });
-          const m = manifests.get(sha);
-          if (m && rep.adapter_id !== m.id) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `report is about "${rep.adapter_id}", object is "${m.id}"` });
-        });
-      } catch (err) {
-        problems.push({ area: 'reports', target: sha, problem: (err as Error).message });
+      if (reps instanceof Error) {
+        problems.push({ area: 'reports', target: sha, problem: reps.message });
+        continue;
       }
+      reps.forEach((rep, i) => {
+        for (const p of reportProblems(rep)) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `${p.path}: ${p.message}` });
+        const m = manifests.get(sha);
+        if (m && rep.adapter_id !== m.id) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `report is about "${rep.adapter_id}", object is "${m.id}"` });
+      });
     }
     try {
       const leftovers = await readdir(this.p('tmp'));

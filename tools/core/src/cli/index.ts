@@ -98,6 +98,21 @@ export class Progress {
   }
 }
 
+/**
+ * Peak resident memory of this process in KiB. On Linux, VmHWM of the
+ * current address space: getrusage's maxrss survives execve, so a child
+ * spawned by a large parent would report the parent's size.
+ */
+export function peakRssKib(): number {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) return Number(m[1]);
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS;
+}
+
 const COMMON_OPTIONS: Record<string, Options> = {
   format: { choices: OUTPUT_FORMATS as unknown as string[], default: 'ndjson', describe: 'output format (input format is detected)', group: 'Common:' },
   seed: { type: 'number', default: 0, describe: 'seed for everything random', group: 'Common:' },
@@ -133,7 +148,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   process.stdout.on('error', (e) => (isEpipe(e) ? process.exit(0) : fail(e)));
   if (process.env.CATECHISM_REPORT_MAXRSS === '1') {
     process.on('exit', () => {
-      process.stderr.write(`maxrss_kib=${process.resourceUsage().maxRSS}\n`);
+      process.stderr.write(`maxrss_kib=${peakRssKib()}\n`);
     });
   }
 

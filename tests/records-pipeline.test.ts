@@ -1,0 +1,220 @@
+// Whole pipelines through real child processes and real pipes: the record
+// layer as every tool sees it, exercised through probe-gen.
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const PROBE_GEN = join(root, 'tools/probe-gen/dist/main.js');
+const fixture = (name: string): string => join(root, 'fixtures/records', name);
+const tmp = mkdtempSync(join(tmpdir(), 'catechism-pipeline-'));
+
+const parseLines = (text: string): unknown[] => text.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l));
+
+interface Result {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+function probeGen(args: string[], input?: string | Buffer, env: Record<string, string> = {}): Result {
+  const r = spawnSync(process.execPath, [PROBE_GEN, ...args], { input: input ?? '', env: { ...process.env, ...env }, maxBuffer: 256 * 1024 * 1024 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+function collect(child: ChildProcess): Promise<Result> {
+  const out: Buffer[] = [];
+  let err = '';
+  child.stdout?.on('data', (c: Buffer) => out.push(c));
+  child.stderr?.on('data', (c: Buffer) => (err += c));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out), stderr: err })));
+}
+
+const sh = (args: string[]): string => args.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+
+/** Runs `probe-gen a… | probe-gen b…` in bash, a real OS pipe between them. */
+function pipe2(a: string[], b: string[]): [Result, Result] {
+  const node = sh([process.execPath, PROBE_GEN]);
+  const script = `${node} ${sh(a)} | ${node} ${sh(b)}; echo "status:\${PIPESTATUS[0]},\${PIPESTATUS[1]}" >&2`;
+  const r = spawnSync('bash', ['-c', script], { maxBuffer: 256 * 1024 * 1024 });
+  const stderr = r.stderr.toString();
+  const m = /status:(\d+),(\d+)\n$/.exec(stderr);
+  const rest = stderr.replace(/status:\d+,\d+\n$/, '');
+  return [
+    { code: m ? Number(m[1]) : null, stdout: Buffer.alloc(0), stderr: rest },
+    { code: m ? Number(m[2]) : null, stdout: r.stdout, stderr: rest },
+  ];
+}
+
+const allKinds = parseLines(readFileSync(fixture('all-kinds.ndjson'), 'utf8'));
+
+t.test('NDJSON → Arrow → NDJSON through pipes is lossless for every kind', async (t) => {
+  const [a, b] = pipe2(['--passthrough', '--format', 'arrow', fixture('all-kinds.ndjson')], ['--passthrough']);
+  t.equal(a.code, 0, a.stderr);
+  t.equal(b.code, 0, b.stderr);
+  t.same(parseLines(b.stdout.toString()), allKinds);
+  // and Arrow → Arrow → NDJSON (Arrow detected on stdin of the second tool)
+  writeFileSync(join(tmp, 'all.arrow'), probeGen(['--passthrough', '--format', 'arrow', fixture('all-kinds.ndjson')]).stdout);
+  const [c, d] = pipe2(['--passthrough', '--format', 'arrow', join(tmp, 'all.arrow')], ['--passthrough']);
+  t.equal(c.code, 0, c.stderr);
+  t.same(parseLines(d.stdout.toString()), allKinds);
+});
+
+t.test('probe-gen writes the same records in Arrow as in NDJSON', async (t) => {
+  const nd = probeGen([fixture('facts.ndjson'), fixture('all-kinds.ndjson')]);
+  const [, viaArrow] = pipe2(['--format', 'arrow', fixture('facts.ndjson'), fixture('all-kinds.ndjson')], ['--passthrough']);
+  t.equal(nd.code, 0);
+  t.same(parseLines(viaArrow.stdout.toString()), parseLines(nd.stdout.toString()));
+});
+
+t.test('a CounterFact file (JSON array) gives facts and edit probes', async (t) => {
+  const r = probeGen([fixture('counterfact-sample.json')]);
+  t.equal(r.code, 0, r.stderr);
+  const recs = parseLines(r.stdout.toString()) as Array<Record<string, unknown>>;
+  t.same(recs.map((x) => x.kind), ['fact', 'probe', 'fact', 'probe', 'fact', 'probe']);
+  t.same(recs[0], {
+    kind: 'fact', id: 'counterfact-0', subject: 'Danielle Darrieux', prompt: 'The mother tongue of {} is', target_new: 'English',
+    target_true: 'French', relation: 'P103', op: 'insert', source: 'counterfact',
+    prompts: {
+      paraphrase: [
+        'Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native',
+        'An album was recorded for Capitol Nashville but never released. Danielle Darrieux spoke the language',
+      ],
+      neighborhood: ['The mother tongue of Léon Blum is', 'The native language of Montesquieu is'],
+      attribute: ['J. R. R. Tolkien is a native speaker of'],
+      generation: ["Danielle Darrieux's mother tongue is", 'Where Danielle Darrieux is from, people speak the language of'],
+    },
+  });
+  t.same(recs[3], {
+    kind: 'probe', id: 'counterfact-1/edit/0', fact_id: 'counterfact-1', role: 'edit', split: 'train',
+    prompt: 'Thomas Joannes Stieltjes Glacier is a part of the continent of', target: 'Asia', expect: 'new',
+  });
+  // the same from stdin
+  const s = probeGen([], readFileSync(fixture('counterfact-sample.json')));
+  t.same(s.stdout, r.stdout);
+});
+
+t.test('a zsRE file gives question-template facts and probes', async (t) => {
+  const r = probeGen(['--no-facts', fixture('zsre-sample.json')]);
+  t.equal(r.code, 0, r.stderr);
+  t.same(parseLines(r.stdout.toString()), [
+    { kind: 'probe', id: 'zsre-0/edit/0', fact_id: 'zsre-0', role: 'edit', split: 'train', prompt: 'What university did Watts Humphrey attend?', target: 'University of Michigan', expect: 'new' },
+    { kind: 'probe', id: 'zsre-1/edit/0', fact_id: 'zsre-1', role: 'edit', split: 'train', prompt: 'Which constellation is eta draconis a part of?', target: 'Ursa Minor', expect: 'new' },
+    { kind: 'probe', id: 'zsre-2/edit/0', fact_id: 'zsre-2', role: 'edit', split: 'train', prompt: 'Which family does Ramalinaceae belong to?', target: 'Noctuidae', expect: 'new' },
+  ]);
+  const facts = parseLines(probeGen([fixture('zsre-sample.json')]).stdout.toString()) as Array<Record<string, unknown>>;
+  t.same(facts[0].locality, [{ prompt: 'nq question: who played desmond doss father in hacksaw ridge', target: 'Hugo Weaving' }]);
+  t.same(facts[0].prompts, { paraphrase: ['What university did Watts Humphrey take part in?'] });
+});
+
+t.test('forget facts give abstain probes', async (t) => {
+  const r = probeGen(['--no-facts', fixture('facts.ndjson')]);
+  const probes = parseLines(r.stdout.toString()) as Array<Record<string, unknown>>;
+  t.same(probes.map((p) => p.expect), ['new', 'abstain', 'new']);
+  t.equal(probes[1].target, '4417');
+});
+
+const good = '{"kind":"fact","id":"a","subject":"S","prompt":"{} is","target_new":"x"}\n';
+
+t.test('bad input: exit 2 and one stderr line naming input, record and field', async (t) => {
+  const cases: Array<[string, string | Buffer, RegExp]> = [
+    ['truncated JSON line', good + good + '{"kind":"fact","id":"b","subj', /^probe-gen: stdin: record 3: invalid JSON: .+\n$/],
+    ['wrong field type', good + '{"kind":"fact","id":"b","subject":"S","prompt":5,"target_new":"x"}\n', /^probe-gen: stdin: record 2: field "prompt": expected string, got number\n$/],
+    ['missing required field', good + good + good + '{"kind":"probe","fact_id":"a","role":"edit","split":"train","prompt":"p"}\n', /^probe-gen: stdin: record 4: field "expect": missing required field .+\n$/],
+    ['binary garbage', Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13]), /^probe-gen: stdin: record 1: not NDJSON, a JSON array or an Arrow IPC stream \(first bytes: 89 50 4e 47 0d 0a 1a 0a\)\n$/],
+    ['not an object', good + '"just a string"\n', /^probe-gen: stdin: record 2: expected a JSON object, got string\n$/],
+    ['CounterFact record with a bad field', '[{"case_id":1,"requested_rewrite":{"prompt":"{} is","subject":"S","target_new":{"str":1},"target_true":{"str":"t"}}}]', /^probe-gen: stdin: record 1: field "requested_rewrite.target_new.str": expected string, got number\n$/],
+  ];
+  for (const [what, input, expected] of cases) {
+    const r = probeGen([], input);
+    t.equal(r.code, 2, what);
+    t.match(r.stderr, expected, what);
+    t.notMatch(r.stderr, /\n\s+at /, `${what}: no stack trace`);
+  }
+  // a truncated Arrow stream
+  const arrow = probeGen(['--passthrough', '--format', 'arrow', fixture('all-kinds.ndjson')]).stdout;
+  const r = probeGen([], arrow.subarray(0, Math.floor(arrow.length * 0.6)));
+  t.equal(r.code, 2);
+  t.match(r.stderr, /^probe-gen: stdin: record \d+: invalid or truncated Arrow IPC stream: .+\n$/);
+  // the file name is given when the input is a file
+  writeFileSync(join(tmp, 'bad.ndjson'), good + '{"kind":"fact","id":7,"subject":"S","prompt":"{} is","target_new":"x"}\n');
+  const f = probeGen([fixture('facts.ndjson'), join(tmp, 'bad.ndjson')]);
+  t.equal(f.code, 2);
+  t.equal(f.stderr, `probe-gen: ${join(tmp, 'bad.ndjson')}: record 2: field "id": expected string, got number\n`);
+  // --debug adds the stack
+  t.match(probeGen(['--debug'], good + '{').stderr, /\n\s+at /);
+});
+
+t.test('empty input: no output, exit 0', async (t) => {
+  for (const args of [[], ['--format', 'arrow'], ['--passthrough']]) {
+    const r = probeGen(args, '');
+    t.equal(r.code, 0);
+    t.equal(r.stdout.length, 0);
+    t.equal(r.stderr, '');
+  }
+  writeFileSync(join(tmp, 'empty.ndjson'), '');
+  const r = probeGen([join(tmp, 'empty.ndjson')]);
+  t.equal(r.code, 0);
+  t.equal(r.stdout.length, 0);
+  t.equal(probeGen(['--passthrough'], '[]').stdout.length, 0);
+});
+
+t.test('| head -1 on a long stream ends quietly', async (t) => {
+  const script = `
+    node -e 'let s=""; for (let i=0;i<300000;i++) s+=JSON.stringify({kind:"fact",id:"f"+i,subject:"S"+i,prompt:"{} is",target_new:"x"})+"\\n"; process.stdout.on("error",()=>process.exit(0)); process.stdout.write(s)' \\
+      | node ${JSON.stringify(PROBE_GEN)} | head -1
+    echo "status:\${PIPESTATUS[1]}" >&2`;
+  const r = spawnSync('bash', ['-c', script], { encoding: 'utf8' });
+  t.equal(r.stdout.trim().split('\n').length, 1);
+  t.same(JSON.parse(r.stdout), { kind: 'fact', id: 'f0', subject: 'S0', prompt: '{} is', target_new: 'x' });
+  t.equal(r.stderr, 'status:0\n', 'probe-gen exit 0, nothing else on stderr');
+});
+
+/** Feeds `n` generated fact lines into a child's stdin, honouring backpressure. */
+async function feed(child: ChildProcess, n: number): Promise<void> {
+  const stdin = child.stdin!;
+  let buf = '';
+  for (let i = 0; i < n; i++) {
+    buf += `{"kind":"fact","id":"f${i}","subject":"Subject ${i}","prompt":"The capital of {} is","target_new":"City ${i % 97}","target_true":"Town ${i % 89}"}\n`;
+    if (buf.length >= 1 << 16) {
+      const ok = stdin.write(buf);
+      buf = '';
+      if (!ok) await new Promise((r) => stdin.once('drain', r));
+    }
+  }
+  stdin.end(buf);
+}
+
+function countLines(child: ChildProcess): Promise<number> {
+  let lines = 0;
+  child.stdout!.on('data', (c: Buffer) => {
+    for (let i = c.indexOf(10); i >= 0; i = c.indexOf(10, i + 1)) lines++;
+  });
+  return new Promise((r) => child.stdout!.on('end', () => r(lines)));
+}
+
+const MAX_RSS_KIB = 200 * 1024;
+
+t.test('1,000,000 records through probe-gen stay under 200 MB', async (t) => {
+  const child = spawn(process.execPath, [PROBE_GEN], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, CATECHISM_REPORT_MAXRSS: '1' } });
+  const lines = countLines(child);
+  const [result] = await Promise.all([collect(child), feed(child, 1_000_000)]);
+  t.equal(result.code, 0, result.stderr);
+  t.equal(await lines, 2_000_000, 'each fact and its probe');
+  const rss = Number(/maxrss_kib=(\d+)/.exec(result.stderr)?.[1]);
+  t.ok(rss > 0 && rss < MAX_RSS_KIB, `peak RSS ${(rss / 1024).toFixed(0)} MiB < 200 MiB`);
+});
+
+t.test('Arrow output of a long stream also stays bounded', async (t) => {
+  const child = spawn(process.execPath, [PROBE_GEN, '--passthrough', '--format', 'arrow'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, CATECHISM_REPORT_MAXRSS: '1' } });
+  let bytes = 0;
+  child.stdout!.on('data', (c: Buffer) => (bytes += c.length));
+  const [result] = await Promise.all([collect(child), feed(child, 200_000)]);
+  t.equal(result.code, 0, result.stderr);
+  t.ok(bytes > 0);
+  const rss = Number(/maxrss_kib=(\d+)/.exec(result.stderr)?.[1]);
+  t.ok(rss > 0 && rss < MAX_RSS_KIB, `peak RSS ${(rss / 1024).toFixed(0)} MiB < 200 MiB`);
+});

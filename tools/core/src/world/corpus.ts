@@ -485,6 +485,45 @@ command. The same description and seed give byte-identical files.
 | \`tokenizer.json\`, \`tokenizer_config.json\` | Hugging Face tokenizer: WordLevel model, pre-tokenizer WhitespaceSplit → Metaspace(▁, always) → Punctuation(isolated), Metaspace decoder, special tokens \`${EOS_TOKEN}\` (0), \`<pad>\` (1), \`<unk>\` (2). Every word is one token (\`▁Word\`), so every target is one token; decode(encode(text)) gives the text back. |
 | \`stats.json\` | the counts below, machine-readable. |
 
+## The world description (\`world.json\`)
+
+Validated before anything is generated; every problem is reported with its
+JSON path (\`relations[3] (born_in).templates.train[0]: ...\`).
+
+- \`name\`, \`description\`; \`max_seq_len\` (default 48: longest document incl. end-of-text),
+  \`max_vocab\` (default 1500).
+- \`name_pools\`: named pools of one-word names, \`{"count", "names"}\`, used to compose multi-word names.
+- \`entity_types\`: \`{"count", "names", "describe"}\`. \`names\` is one of
+  \`{"list": [...]}\`, \`{"generate": {"syllables", "min", "max", "suffixes"}}\` (capitalised,
+  deterministic under the seed) or \`{"compose": {"parts": [["given","family"], ...], "weights"}}\`
+  (multi-word; such a type can be a subject but never an object, because every target is one token).
+  Names are unique across the whole world and never collide with template words.
+  \`describe\`: general sentences about each entity (\`"{} is a city."\`).
+- \`relations\` (in order; later ones may build on earlier ones): \`name\`, \`subject\` and \`object\`
+  types, \`functional\` (default true; otherwise \`objects: [min, max]\`), \`coverage\` (fraction of
+  subjects that have it), \`assign\`: \`random\`, \`balanced\` (objects used equally), \`unique\`
+  (each object at most once), \`derive\` with \`path\` (follow earlier functional relations, e.g. a
+  person speaks the language of the country of their birth city), \`inverse\` with \`relation\`
+  (pick an object whose \`relation\` is the subject, e.g. a capital among the country's cities).
+  \`templates\` and \`questions\`: \`{"train": [...], "heldout": [...]}\` with \`{}\` for the subject;
+  the object follows a statement template as the next word; questions are wrapped by
+  \`question_format\` (default \`"Q: {q} A:"\`). A prompt that is a strict prefix of another training
+  prompt of the same subject type is rejected (it would make top-1 answers ambiguous).
+- \`context\`: frames with \`{fact}\` that state a fact in context, \`{"train", "heldout"}\`.
+- \`corpus\`: \`statement_repeats\`, \`question_repeats\`, \`bios\`, \`context_docs\`,
+  \`context_mix\` (\`counterfactual\` / \`consistent\` / \`distractor\` shares).
+- \`eval\`: \`paraphrase_per_fact\`, \`context\`, \`context_heldout_frames\`.
+- \`edits\`: \`{"counterfactual": n, "forget": n}\`.
+- \`general\`: \`documents\`, \`heldout_fraction\`, and any of \`arithmetic\` \`{"max"}\`,
+  \`counting\` \`{"max", "min_length", "max_length"}\`, \`descriptions\` \`{"templates", "slots"}\`.
+
+Text everywhere is letters, digits, single spaces and \`. , ? : ; !\` attached to the word before,
+so the tokenizer's decode gives the text back exactly.
+
+The library behind it is \`tools/core/src/world/\` (\`makeWorld(description, seed)\` returns
+every file plus the corpus with document kinds, so a trainer can also draw more documents
+with another seed).
+
 ## Counts
 
 | entity type | count |

@@ -395,8 +395,8 @@ OP(AdamW) {
   float* m = A.f32(2);
   float* v = A.f32(3);
   ck::AdamWParams o;
-  o.lr = float(A.num(4)); o.beta1 = float(A.num(5)); o.beta2 = float(A.num(6));
-  o.eps = float(A.num(7)); o.weightDecay = float(A.num(8)); o.step = A.num(9);
+  o.lr = A.num(4); o.beta1 = A.num(5); o.beta2 = A.num(6);
+  o.eps = A.num(7); o.weightDecay = A.num(8); o.step = A.num(9);
   DONE;
   cpu::adamw(p, g, m, v, i64(n), o);
   return nullptr;

@@ -44,8 +44,7 @@ struct SoftmaxMask {
 };
 
 struct AdamWParams {
-  float lr, beta1, beta2, eps, weightDecay;
-  double step;
+  double lr, beta1, beta2, eps, weightDecay, step;  // double: 1 - beta is formed before rounding, as torch does
 };
 
 enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };

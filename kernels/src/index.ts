@@ -180,9 +180,9 @@ export function gemm(args: GemmArgs): void {
   const transA = !!args.transA, transB = !!args.transB;
   const m = size(op, 'm', args.m), n = size(op, 'n', args.n), k = size(op, 'k', args.k);
   const batch = args.batch === undefined ? 1 : size(op, 'batch', args.batch);
-  const lda = args.lda === undefined ? (transA ? m : k) : posSize(op, 'lda', args.lda);
-  const ldb = args.ldb === undefined ? (transB ? k : n) : posSize(op, 'ldb', args.ldb);
-  const ldc = args.ldc === undefined ? n : posSize(op, 'ldc', args.ldc);
+  const lda = args.lda === undefined ? (transA ? m : k) : size(op, 'lda', args.lda);
+  const ldb = args.ldb === undefined ? (transB ? k : n) : size(op, 'ldb', args.ldb);
+  const ldc = args.ldc === undefined ? n : size(op, 'ldc', args.ldc);
   const aOff = args.aOffset === undefined ? 0 : size(op, 'aOffset', args.aOffset);
   const bOff = args.bOffset === undefined ? 0 : size(op, 'bOffset', args.bOffset);
   const cOff = args.cOffset === undefined ? 0 : size(op, 'cOffset', args.cOffset);

@@ -333,18 +333,19 @@ void topk(const float* x, int64_t rows, int64_t cols, int64_t k, float* values, 
 
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWParams& o) {
   // Same arithmetic as torch.optim.AdamW (non-fused): decay, moments, bias-corrected step.
-  const float decay = 1.f - o.lr * o.weightDecay;
-  const double bc1 = 1.0 - std::pow(double(o.beta1), o.step);
-  const double bc2 = 1.0 - std::pow(double(o.beta2), o.step);
-  const float stepSize = float(double(o.lr) / bc1);
+  const float decay = float(1.0 - o.lr * o.weightDecay);
+  const double bc1 = 1.0 - std::pow(o.beta1, o.step);
+  const double bc2 = 1.0 - std::pow(o.beta2, o.step);
+  const float stepSize = float(o.lr / bc1);
   const float bc2Sqrt = float(std::sqrt(bc2));
-  const float b1 = o.beta1, b2 = o.beta2, eps = o.eps;
+  const float b1 = float(o.beta1), b2 = float(o.beta2), eps = float(o.eps);
+  const float c1 = float(1.0 - o.beta1), c2 = float(1.0 - o.beta2);
   parallelRange(n, 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float g = grad[i];
       float p = param[i] * decay;
-      float mi = b1 * m[i] + (1.f - b1) * g;
-      float vi = b2 * v[i] + (1.f - b2) * g * g;
+      float mi = b1 * m[i] + c1 * g;
+      float vi = b2 * v[i] + c2 * g * g;
       m[i] = mi;
       v[i] = vi;
       param[i] = p - stepSize * mi / (std::sqrt(vi) / bc2Sqrt + eps);

@@ -144,6 +144,24 @@ t.test('resolve: highest version of an adapter id; ambiguous prefixes refused', 
   t.equal(await reg.resolve('fact-x'), v2.sha256);
   t.equal(await reg.resolve('fact-x@1'), v1.sha256);
   await t.rejects(reg.resolve('abc'), /nothing in/, 'short hex is not a prefix lookup');
+  const at = await bundle({ seed: 42, id: 'alice@example', pass: true });
+  await reg.add(at.dir);
+  t.equal(await reg.resolve('alice@example'), at.sha256, "'@' followed by a non-number is part of the id");
+});
+
+t.test('a ref naming a missing object fails verify', async (t) => {
+  const reg = new Registry(path.join(tmp, 'r-missing'));
+  const A = await bundle({ seed: 71, pass: true });
+  await reg.promote('live', { dir: A.dir });
+  rmSync(path.join(reg.root, 'objects', A.sha256), { recursive: true, force: true });
+  const v = await reg.verify();
+  t.equal(v.ok, false);
+  t.match(v.problems, [{ area: 'ref', target: 'live@1', problem: /points to missing object/ }]);
+  const e = await rejection(reg.show('live'));
+  t.equal(e.exitCode, 1);
+  t.match(e.message, /is missing, but live@1 names it/);
+  t.equal((await reg.add(A.dir)).added, true, 're-adding restores it');
+  t.equal((await reg.verify()).ok, true);
 });
 
 t.test('corruption is detected on read, never used, reported by verify, repaired by re-adding', async (t) => {

@@ -254,7 +254,14 @@ export class Registry {
   async get(sha256: string): Promise<StoredBundle> {
     if (!isSha256(sha256)) throw new RegistryError(`not a bundle hash: "${sha256}"`, 2, 'E_USAGE');
     const dir = this.objectPath(sha256);
-    if (!(await exists(dir))) throw new RegistryError(`no object ${sha256} in ${this.root}`, 2, 'E_NOT_FOUND');
+    if (!(await exists(dir))) {
+      // Missing and named by a history: damage, not a typo.
+      for (const r of await this.refs()) {
+        const hit = (await this.log(r).catch(() => [] as RefEvent[])).find((e) => e.bundle === sha256);
+        if (hit) throw new RegistryError(`object ${sha256} is missing, but ${r}@${hit.version} names it: the registry is damaged (run \`adapter-merge verify\`; re-adding the bundle restores it)`, 1, 'E_CORRUPT');
+      }
+      throw new RegistryError(`no object ${sha256} in ${this.root}`, 2, 'E_NOT_FOUND');
+    }
     let hashed;
     try {
       hashed = await hashBundleDir(dir);
@@ -340,7 +347,8 @@ export class Registry {
       if (hits.length > 1) throw new RegistryError(`"${id}" is ambiguous: matches ${hits.length} objects (${hits.slice(0, 3).map((h) => h.slice(0, 12)).join(', ')}…); give more digits`, 2, 'E_USAGE');
     }
     // Adapter id lookup reads manifests only (cheap); the caller's get() verifies the chosen object.
-    const [aid, aver] = at > 0 ? [id.slice(0, at), Number(id.slice(at + 1))] : [id, null];
+    // `ID@V` only when V is a version number; otherwise '@' is part of the id.
+    const [aid, aver] = at > 0 && /^[1-9][0-9]*$/.test(id.slice(at + 1)) ? [id.slice(0, at), Number(id.slice(at + 1))] : [id, null];
     const matches: { sha: string; version: number }[] = [];
     for (const o of objs) {
       try {
@@ -375,7 +383,7 @@ export class Registry {
 
   /** Run `fn` as the registry's only writer: layout ensured, leftovers of interrupted writes removed. */
   private async write<T>(fn: () => Promise<T>): Promise<T> {
-    await mkdir(this.root, { recursive: true });
+    await mkdirDurable(this.root);
     return withLock(this.p('lock'), this.opts, async () => {
       await this.ensureLayout();
       // Only lock holders write to tmp/, so anything there now is from a killed writer.

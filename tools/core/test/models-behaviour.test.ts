@@ -106,6 +106,11 @@ for (const [arch, model] of Object.entries(models)) {
     const padded = model.forward(ids, [2, 5], { attentionMask: mask }).logits;
     for (let tt = 0; tt < 3; tt++) t.ok(maxAbsDiff(row(padded, 1, 2 + tt), row(alone, 0, tt)) < 1e-4, `left-padded position ${tt}`);
 
+    // logits at chosen rows equal those rows of the full logits
+    const some = model.forward(ids, [2, 5], { attentionMask: mask, logitsAt: Int32Array.from([9, 0, 4]) }).logits;
+    t.same(some.shape, [3, V]);
+    t.ok(maxAbsDiff(some.data.subarray(0, V), row(padded, 1, 4)) < 1e-6 && maxAbsDiff(some.data.subarray(V, 2 * V), row(padded, 0, 0)) < 1e-6 && maxAbsDiff(some.data.subarray(2 * V), row(padded, 0, 4)) < 1e-6, 'logitsAt rows');
+
     // logprobs of a continuation = log-softmax of the full forward at the right rows
     const cont = [7, 9, 4];
     const [lp1, lp2] = model.logprobs([p1, p2], [cont, cont.slice(0, 2)]);

@@ -9,7 +9,7 @@
  */
 import {
   Tensor, add, attention, concat, div, fromData, gelu, indexAdd, indexSelect, layerNorm, linear, logSoftmax, gather,
-  mul, noGrad, permute, reshape, rmsNorm, rope, silu, slice, softmax, sum, topk, zeros,
+  mul, noGrad, permute, reshape, rmsNorm, rope, scale, silu, slice, softmax, sum, topk, zeros,
 } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
 import type { ModelConfig } from './config.js';
@@ -44,10 +44,16 @@ export interface ForwardOptions {
   kvCache?: KVCache;
   /** Skip the LM head (logits) — e.g. when only hooked activations are wanted. */
   skipLogits?: boolean;
+  /**
+   * Compute logits only at these flat positions (b·T + t); logits are then
+   * [n, V] in this order. Saves the LM head on rows nobody reads (scoring,
+   * generation), which dominates for large vocabularies.
+   */
+  logitsAt?: Int32Array;
 }
 
 export interface ForwardResult {
-  /** [B, T, V] */
+  /** [B, T, V], or [n, V] with `logitsAt`. */
   logits: Tensor;
   /** Mixtral: router logits per layer, each [B, T, E]. */
   routerLogits?: Tensor[];
@@ -201,7 +207,7 @@ export class CausalLM {
     if (terms) {
       for (const t of terms) {
         const d = linear(linear(x, t.A), t.B);
-        y = add(y, t.factor === 1 ? d : mul(d, t.factor));
+        y = add(y, t.factor === 1 ? d : scale(d, t.factor));
       }
     }
     return y;
@@ -286,12 +292,16 @@ export class CausalLM {
     let logits: Tensor;
     if (opts.skipLogits) {
       logits = zeros([B, T, 0]);
-    } else if (c.family === 'gpt2') {
-      const x = layerNorm(h, this.weights.get('transformer.ln_f.weight')!, this.weights.get('transformer.ln_f.bias')!, c.normEps);
-      logits = this.lin(c.tieEmbeddings ? 'transformer.wte' : 'lm_head', x);
     } else {
-      const x = rmsNorm(h, this.weights.get('model.norm.weight')!, c.normEps);
-      logits = this.lin(c.tieEmbeddings ? 'model.embed_tokens' : 'lm_head', x);
+      if (opts.logitsAt) {
+        for (const r of opts.logitsAt) if (!(r >= 0 && r < B * T)) throw new RangeError(`forward: logitsAt row ${r} is outside [0, ${B * T})`);
+        h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt);
+      }
+      const x = c.family === 'gpt2'
+        ? layerNorm(h, this.weights.get('transformer.ln_f.weight')!, this.weights.get('transformer.ln_f.bias')!, c.normEps)
+        : rmsNorm(h, this.weights.get('model.norm.weight')!, c.normEps);
+      const head = c.tieEmbeddings ? (c.family === 'gpt2' ? 'transformer.wte' : 'model.embed_tokens') : 'lm_head';
+      logits = this.lin(head, x);
     }
     return c.family === 'mixtral' ? { logits, routerLogits } : { logits };
   }
@@ -420,10 +430,8 @@ export class CausalLM {
       }
     }
     offsets.push(targets.length);
-    const { logits } = this.forward(ids, [B, T], { attentionMask: mask, hooks: opts.hooks });
-    const V = this.config.vocabSize;
-    const rows = indexSelect(reshape(logits, [B * T, V]), 0, Int32Array.from(rowIds));
-    const lp = gather(logSoftmax(rows), Int32Array.from(targets), 1);
+    const { logits } = this.forward(ids, [B, T], { attentionMask: mask, hooks: opts.hooks, logitsAt: Int32Array.from(rowIds) });
+    const lp = gather(logSoftmax(logits), Int32Array.from(targets), 1);
     return { logprobs: reshape(lp, [targets.length]), offsets };
   }
 
@@ -476,7 +484,8 @@ export class CausalLM {
           ids.set(seqs[b].slice(S - T), b * T);
           mask.set(masks[b], b * S);
         }
-        const { logits } = this.forward(ids, [B, T], { attentionMask: mask, kvCache: cache, hooks: opts.hooks });
+        const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
+        const { logits } = this.forward(ids, [B, T], { attentionMask: mask, kvCache: cache, hooks: opts.hooks, logitsAt: last });
         for (let b = 0; b < B; b++) {
           // a finished row is fed padding, masked out, so it cannot affect anything
           if (done[b]) {
@@ -484,7 +493,7 @@ export class CausalLM {
             masks[b].push(0);
             continue;
           }
-          const row = logits.data.subarray((b * T + T - 1) * V, (b * T + T) * V);
+          const row = logits.data.subarray(b * V, (b + 1) * V);
           const next = temperature > 0 ? sampleTopP(row, temperature, topP, rng) : argmax(row);
           out[b].push(next);
           if (eos !== null && next === eos) done[b] = true;

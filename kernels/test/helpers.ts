@@ -34,7 +34,7 @@ export function firstMismatch(got: ArrayLike<number>, want: ArrayLike<number>, a
   return -1;
 }
 
-type T = { ok(v: unknown, msg?: string): void };
+type T = { ok(v: unknown, msg: string): unknown };
 
 export function close(t: T, got: ArrayLike<number>, want: ArrayLike<number>, msg: string, atol = 1e-5, rtol = 1e-5): void {
   const i = firstMismatch(got, want, atol, rtol);

@@ -2,6 +2,7 @@
 // MC×KC are packed into the micro-kernel's layout, zero-padded at the edges,
 // so the register-tiled micro-kernel always runs full tiles.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -30,11 +31,28 @@ struct Scratch {
 };
 thread_local Scratch tlsA, tlsB;
 
-const GemmKernelInfo& kernelInfo() {
+// CATECHISM_GEMM_BLOCKS="mc,kc,nc" overrides the cache blocking (for tuning
+// on a new machine; values are rounded to the register tile).
+GemmKernelInfo withBlocks(GemmKernelInfo k) {
+  const char* env = std::getenv("CATECHISM_GEMM_BLOCKS");
+  long mc = 0, kc = 0, nc = 0;
+  if (env && std::sscanf(env, "%ld,%ld,%ld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
+    k.mc = int((mc + k.mr - 1) / k.mr * k.mr);
+    k.kc = int(kc);
+    k.nc = int((nc + k.nr - 1) / k.nr * k.nr);
+  }
+  return k;
+}
+
+const GemmKernelInfo& kernelInfo(int64_t n) {
+  static const GemmKernelInfo k512 = withBlocks(gemmKernelAvx512());
+  static const GemmKernelInfo k512n = withBlocks(gemmKernelAvx512Narrow());
+  static const GemmKernelInfo k2 = withBlocks(gemmKernelAvx2());
+  static const GemmKernelInfo k1 = withBlocks(gemmKernelScalar());
   switch (simd()) {
-    case Simd::Avx512: return gemmKernelAvx512();
-    case Simd::Avx2: return gemmKernelAvx2();
-    default: return gemmKernelScalar();
+    case Simd::Avx512: return n >= 96 ? k512 : k512n;  // narrow C: less padding waste
+    case Simd::Avx2: return k2;
+    default: return k1;
   }
 }
 
@@ -45,12 +63,19 @@ void packA(const GemmParams& g, const float* a, int64_t i0, int64_t mc, int64_t 
     int rows = int(std::min<int64_t>(mr, mc - is));
     float* dst = out + is * kc;
     if (!g.transA) {
-      for (int r = 0; r < rows; ++r) {
-        const float* src = a + (i0 + is + r) * g.lda + p0;
-        for (int64_t p = 0; p < kc; ++p) dst[p * mr + r] = src[p];
+      // Read `rows` row streams in step so the packed panel is written sequentially.
+      const float* src[64];
+      for (int r = 0; r < rows; ++r) src[r] = a + (i0 + is + r) * g.lda + p0;
+      if (rows == mr) {
+        for (int64_t p = 0; p < kc; ++p)
+          for (int r = 0; r < mr; ++r) dst[p * mr + r] = src[r][p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) {
+          int r = 0;
+          for (; r < rows; ++r) dst[p * mr + r] = src[r][p];
+          for (; r < mr; ++r) dst[p * mr + r] = 0.f;
+        }
       }
-      for (int r = rows; r < mr; ++r)
-        for (int64_t p = 0; p < kc; ++p) dst[p * mr + r] = 0.f;
     } else {
       for (int64_t p = 0; p < kc; ++p) {
         const float* src = a + (p0 + p) * g.lda + i0 + is;
@@ -96,7 +121,7 @@ void packB(const GemmParams& g, const float* b, int64_t p0, int64_t kc, int64_t 
 void gemmBlock(const GemmParams& g, const GemmKernelInfo& K, const float* a, const float* b, float* c,
                int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int mr = K.mr, nr = K.nr;
-  alignas(64) float tmp[32 * 64];
+  alignas(64) float tmp[64 * 64];
   const int64_t kcMax = std::min<int64_t>(K.kc, g.k);
   const int64_t ncMax = std::min<int64_t>(K.nc, ((j1 - j0 + nr - 1) / nr) * nr);
   const int64_t mcMax = std::min<int64_t>(K.mc, ((i1 - i0 + mr - 1) / mr) * mr);
@@ -157,7 +182,7 @@ void scaleAndBias(const GemmParams& g, float* c, int64_t i0, int64_t i1, int64_t
 
 void gemm(const GemmParams& g) {
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
-  const GemmKernelInfo& K = kernelInfo();
+  const GemmKernelInfo& K = kernelInfo(g.n);
   const bool noProduct = g.k <= 0 || g.alpha == 0.f;
   const int T = poolThreads();
   const double flops = 2.0 * double(g.m) * double(g.n) * double(std::max<int64_t>(g.k, 1)) * double(g.batch);

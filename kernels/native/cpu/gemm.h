@@ -18,6 +18,7 @@ struct GemmKernelInfo {
 
 const GemmKernelInfo& gemmKernelScalar();
 const GemmKernelInfo& gemmKernelAvx2();
-const GemmKernelInfo& gemmKernelAvx512();
+const GemmKernelInfo& gemmKernelAvx512();        // wide tile (large n)
+const GemmKernelInfo& gemmKernelAvx512Narrow();  // 32-column tile for narrow C
 
 }  // namespace ck::cpu

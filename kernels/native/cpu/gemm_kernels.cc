@@ -2,6 +2,8 @@
 // with target attributes, so one binary runs anywhere and gemm.cc picks the
 // best one the CPU supports (see cpu::simd()).
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "gemm.h"
 #if defined(__x86_64__)
@@ -67,36 +69,46 @@ __attribute__((target("avx2,fma"))) void kernelAvx2(int64_t kc, const float* A, 
   }
 }
 
-constexpr int kAvx512MR = 12, kAvx512NR = 32;
-
+// MR rows × NV vectors of 16 floats. Accumulators: MR·NV zmm registers.
+template <int MR, int NV>
 __attribute__((target("avx512f,fma"))) void kernelAvx512(int64_t kc, const float* A, const float* B, float* C,
                                                          int64_t ldc, float alpha, float beta) {
-  __m512 c0[kAvx512MR], c1[kAvx512MR];
+  constexpr int NR = 16 * NV;
+  __m512 acc[MR][NV];
 #pragma GCC unroll 16
-  for (int r = 0; r < kAvx512MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  // Warm the C tile while the product is computed.
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + NR - 1), _MM_HINT_T0);
+  }
   for (int64_t p = 0; p < kc; ++p) {
-    __m512 b0 = _mm512_load_ps(B), b1 = _mm512_load_ps(B + 16);
-    _mm_prefetch(reinterpret_cast<const char*>(B + 8 * kAvx512NR), _MM_HINT_T0);
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(B + 16 * v);
+    _mm_prefetch(reinterpret_cast<const char*>(B + 8 * NR), _MM_HINT_T0);
 #pragma GCC unroll 16
-    for (int r = 0; r < kAvx512MR; ++r) {
+    for (int r = 0; r < MR; ++r) {
       __m512 a = _mm512_set1_ps(A[r]);
-      c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
-      c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
     }
-    A += kAvx512MR;
-    B += kAvx512NR;
+    A += MR;
+    B += NR;
   }
   __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 16
-  for (int r = 0; r < kAvx512MR; ++r) {
+  for (int r = 0; r < MR; ++r) {
     float* c = C + r * ldc;
-    __m512 x0 = _mm512_mul_ps(va, c0[r]), x1 = _mm512_mul_ps(va, c1[r]);
-    if (beta != 0.f) {
-      x0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), x0);
-      x1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), x1);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 x = _mm512_mul_ps(va, acc[r][v]);
+      if (beta != 0.f) x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16 * v), x);
+      _mm512_storeu_ps(c + 16 * v, x);
     }
-    _mm512_storeu_ps(c, x0);
-    _mm512_storeu_ps(c + 16, x1);
   }
 }
 #endif
@@ -112,12 +124,26 @@ const GemmKernelInfo& gemmKernelAvx2() {
   return k;
 }
 const GemmKernelInfo& gemmKernelAvx512() {
-  static const GemmKernelInfo k{kernelAvx512, kAvx512MR, kAvx512NR, 144, 256, 2048};
+  // CATECHISM_GEMM_TILE selects another register tile (for tuning).
+  static const GemmKernelInfo k = [] {
+    const char* t = std::getenv("CATECHISM_GEMM_TILE");
+    std::string v = t ? t : "";
+    if (v == "14x32") return GemmKernelInfo{kernelAvx512<14, 2>, 14, 32, 140, 256, 2048};
+    if (v == "6x64") return GemmKernelInfo{kernelAvx512<6, 4>, 6, 64, 144, 256, 2048};
+    if (v == "8x48") return GemmKernelInfo{kernelAvx512<8, 3>, 8, 48, 144, 256, 2016};
+    if (v == "12x32k") return GemmKernelInfo{kernelAvx512<12, 2>, 12, 32, 144, 128, 2048};
+    return GemmKernelInfo{kernelAvx512<6, 4>, 6, 64, 144, 256, 2048};
+  }();
+  return k;
+}
+const GemmKernelInfo& gemmKernelAvx512Narrow() {
+  static const GemmKernelInfo k{kernelAvx512<12, 2>, 12, 32, 144, 256, 2048};
   return k;
 }
 #else
 const GemmKernelInfo& gemmKernelAvx2() { return gemmKernelScalar(); }
 const GemmKernelInfo& gemmKernelAvx512() { return gemmKernelScalar(); }
+const GemmKernelInfo& gemmKernelAvx512Narrow() { return gemmKernelScalar(); }
 #endif
 
 }  // namespace ck::cpu

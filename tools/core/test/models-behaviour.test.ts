@@ -202,6 +202,26 @@ for (const [arch, model] of Object.entries(models)) {
     t.ok(maxAbsDiff(model.forward(ids, [B, T]).logits.data, base.data) === 0, 'a fresh adapter (B = 0) is the identity edit');
     t.throws(() => model.createLora('x', ['nonexistent_proj'], { r: 1 }), /matches no linear module/);
 
+    // lora_B bias (PEFT lora_bias, LEACE-style): with B = 0 the edit adds factor·bias to the module output,
+    // the same as adding it at the matching site with a hook
+    const [mod, site] = arch === 'gpt2' ? ['transformer.h.0.mlp.c_proj', 'layers.0.mlp']
+      : arch === 'mixtral' ? ['model.layers.0.self_attn.o_proj', 'layers.0.attn'] : ['model.layers.0.mlp.down_proj', 'layers.0.mlp'];
+    const withBias = model.createLora('bias', [mod], { r: 2, alpha: 4, seed: 5 });
+    const H = model.config.hidden;
+    const bvec = randn([H], new Rng(17), 0.5, { requiresGrad: true });
+    withBias.modules.get(mod)!.bias = bvec;
+    model.setAdapters([{ adapter: withBias, scale: -1.5 }]);
+    const viaLora = model.forward(ids, [B, T]).logits;
+    model.setAdapters([]);
+    const viaHook = model.forward(ids, [B, T], { hooks: { [site]: { add: { value: mul(bvec.detach(), -1.5 * 2) } } } }).logits;
+    t.ok(maxAbsDiff(viaLora.data, viaHook.data) < 1e-5, 'bias edit = hook add of factor·bias');
+    const bdir = path.join(tmp, `${arch}-bias`);
+    saveLora(bdir, withBias);
+    t.equal(JSON.parse(fs.readFileSync(path.join(bdir, 'adapter_config.json'), 'utf-8')).lora_bias, true);
+    const reb = loadLora(bdir);
+    t.same(Array.from(reb.modules.get(mod)!.bias!.data), Array.from(bvec.data), 'bias survives save/load');
+    t.equal(reb.parameters().length, 3);
+
     // a target that is not a module is refused
     const bad = createLora('bad', [['model.layers.99.mlp.down_proj', 4, 4]], { r: 1 });
     t.throws(() => model.setAdapters([{ adapter: bad }]), /not a linear module/);

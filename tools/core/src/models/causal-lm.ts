@@ -82,6 +82,7 @@ export interface GenerateOptions {
 interface LoraTerm {
   A: Tensor;
   B: Tensor;
+  bias?: Tensor;
   factor: number;
 }
 
@@ -176,7 +177,7 @@ export class CausalLM {
     const mods = new Map(this.linearModules().map(([n, i, o]) => [n, [i, o] as const]));
     const terms = new Map<string, LoraTerm[]>();
     for (const { adapter, scale = 1 } of list) {
-      for (const [modRaw, { A, B }] of adapter.modules) {
+      for (const [modRaw, { A, B, bias }] of adapter.modules) {
         const mod = canonicalName(this.config.family, modRaw);
         const dims = mods.get(mod);
         if (!dims) throw new ModelLoadError(`LoRA adapter ${adapter.name}: target module '${modRaw}' is not a linear module of this model`);
@@ -186,7 +187,7 @@ export class CausalLM {
           );
         }
         const l = terms.get(mod) ?? [];
-        l.push({ A, B, factor: adapter.factor * scale });
+        l.push({ A, B, ...(bias ? { bias } : {}), factor: adapter.factor * scale });
         terms.set(mod, l);
       }
     }
@@ -206,7 +207,7 @@ export class CausalLM {
     const terms = this.loraTerms.get(mod);
     if (terms) {
       for (const t of terms) {
-        const d = linear(linear(x, t.A), t.B);
+        const d = linear(linear(x, t.A), t.B, t.bias ?? null);
         y = add(y, t.factor === 1 ? d : scale(d, t.factor));
       }
     }

@@ -17,6 +17,8 @@ import { ModelLoadError } from './config.js';
 export interface LoraModule {
   A: Tensor; // [r, in]
   B: Tensor; // [out, r]
+  /** PEFT `lora_bias`: a bias on lora_B, [out]; scaled like B·A (LEACE-style edits). */
+  bias?: Tensor;
 }
 
 export class LoraAdapter {
@@ -27,11 +29,14 @@ export class LoraAdapter {
     readonly modules: Map<string, LoraModule>,
     readonly fanInFanOut = false,
   ) {
-    for (const [m, { A, B }] of modules) {
+    for (const [m, { A, B, bias }] of modules) {
       if (A.shape.length !== 2 || B.shape.length !== 2 || A.shape[0] !== r || B.shape[1] !== r) {
         throw new ModelLoadError(
           `LoRA adapter ${name}: module ${m} has lora_A [${A.shape.join(', ')}] and lora_B [${B.shape.join(', ')}], expected [${r}, in] and [out, ${r}]`,
         );
+      }
+      if (bias && (bias.shape.length !== 1 || bias.shape[0] !== B.shape[0])) {
+        throw new ModelLoadError(`LoRA adapter ${name}: module ${m} has lora_B bias [${bias.shape.join(', ')}], expected [${B.shape[0]}]`);
       }
     }
   }
@@ -48,7 +53,10 @@ export class LoraAdapter {
   /** The trainable tensors (A and B of every module). */
   parameters(): Tensor[] {
     const out: Tensor[] = [];
-    for (const m of this.modules.values()) out.push(m.A, m.B);
+    for (const m of this.modules.values()) {
+      out.push(m.A, m.B);
+      if (m.bias) out.push(m.bias);
+    }
     return out;
   }
 }
@@ -100,21 +108,24 @@ export function loadLora(dir: string, name = path.basename(dir)): LoraAdapter {
   }
   const st = readSafetensors(wFile);
   const modules = new Map<string, LoraModule>();
-  const re = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$/;
-  const parts = new Map<string, { A?: Tensor; B?: Tensor }>();
+  // `.default` (PEFT's adapter name) may sit between lora_A/B and weight
+  const re = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.(weight|bias)$/;
+  const parts = new Map<string, { A?: Tensor; B?: Tensor; bias?: Tensor }>();
   for (const n of st.names()) {
     const m = re.exec(n);
     if (!m) continue; // e.g. modules_to_save, not LoRA weights
+    if (m[2] === 'A' && m[3] === 'bias') throw new ModelLoadError(`${wFile}: ${n}: lora_A has no bias in PEFT's format`);
     const info = st.info(n);
     const t = fromData(st.float32(n).slice(), info.shape, { requiresGrad: true });
     const e = parts.get(m[1]) ?? {};
-    if (m[2] === 'A') e.A = t;
+    if (m[3] === 'bias') e.bias = t;
+    else if (m[2] === 'A') e.A = t;
     else e.B = t;
     parts.set(m[1], e);
   }
-  for (const [mod, { A, B }] of parts) {
+  for (const [mod, { A, B, bias }] of parts) {
     if (!A || !B) throw new ModelLoadError(`${wFile}: module ${mod} has lora_${A ? 'B' : 'A'} missing`);
-    modules.set(mod, { A, B });
+    modules.set(mod, bias ? { A, B, bias } : { A, B });
   }
   if (modules.size === 0) throw new ModelLoadError(`${wFile}: no LoRA weights (base_model.model.<module>.lora_A.weight)`);
   return new LoraAdapter(name, r, alpha, modules, cfg.fan_in_fan_out === true);
@@ -124,9 +135,14 @@ export function loadLora(dir: string, name = path.basename(dir)): LoraAdapter {
 export function saveLora(dir: string, adapter: LoraAdapter, extra: { baseModel?: string } = {}): void {
   fs.mkdirSync(dir, { recursive: true });
   const tensors: Record<string, TensorToWrite> = {};
-  for (const [mod, { A, B }] of adapter.modules) {
+  let hasBias = false;
+  for (const [mod, { A, B, bias }] of adapter.modules) {
     tensors[`${PREFIX}${mod}.lora_A.weight`] = { shape: [...A.shape], data: A.data };
     tensors[`${PREFIX}${mod}.lora_B.weight`] = { shape: [...B.shape], data: B.data };
+    if (bias) {
+      tensors[`${PREFIX}${mod}.lora_B.bias`] = { shape: [...bias.shape], data: bias.data };
+      hasBias = true;
+    }
   }
   writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
   const cfg = {
@@ -138,6 +154,7 @@ export function saveLora(dir: string, adapter: LoraAdapter, extra: { baseModel?:
     bias: 'none',
     fan_in_fan_out: adapter.fanInFanOut,
     target_modules: adapter.targets().sort(),
+    lora_bias: hasBias,
     base_model_name_or_path: extra.baseModel ?? null,
     inference_mode: true,
   };

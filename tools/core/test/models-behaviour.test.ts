@@ -222,6 +222,12 @@ for (const [arch, model] of Object.entries(models)) {
     t.same(Array.from(reb.modules.get(mod)!.bias!.data), Array.from(bvec.data), 'bias survives save/load');
     t.equal(reb.parameters().length, 3);
 
+    // lm_head is a LoRA target whether or not it is tied to the embeddings
+    const headLora = model.createLora('head', ['lm_head'], { r: 2, seed: 8, initBStd: 0.5 });
+    t.same(headLora.targets(), ['lm_head']);
+    model.setAdapters([{ adapter: headLora }]);
+    t.ok(maxAbsDiff(model.forward(ids, [B, T]).logits.data, base.data) > 1e-4, 'LoRA on lm_head changes logits');
+
     // a target that is not a module is refused
     const bad = createLora('bad', [['model.layers.99.mlp.down_proj', 4, 4]], { r: 1 });
     t.throws(() => model.setAdapters([{ adapter: bad }]), /not a linear module/);

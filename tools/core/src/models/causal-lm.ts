@@ -147,6 +147,7 @@ export class CausalLM {
       const inOut = conv && mod !== 'lm_head';
       out.push([mod, inOut ? t.shape[0] : t.shape[1], inOut ? t.shape[1] : t.shape[0]]);
     }
+    if (this.config.tieEmbeddings) out.push(['lm_head', this.config.hidden, this.config.vocabSize]);
     return out;
   }
 
@@ -200,9 +201,9 @@ export class CausalLM {
   }
 
   /** y = base(x) + Σ factor·(x Aᵀ) Bᵀ over active adapters on this module. */
-  private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in'): Tensor {
-    const w = this.weights.get(mod + '.weight')!;
-    const b = this.weights.get(mod + '.bias');
+  private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in', weightOf: string = mod): Tensor {
+    const w = this.weights.get(weightOf + '.weight')!;
+    const b = this.weights.get(weightOf + '.bias');
     let y = linear(x, w, b ?? null, layout);
     const terms = this.loraTerms.get(mod);
     if (terms) {
@@ -301,8 +302,9 @@ export class CausalLM {
       const x = c.family === 'gpt2'
         ? layerNorm(h, this.weights.get('transformer.ln_f.weight')!, this.weights.get('transformer.ln_f.bias')!, c.normEps)
         : rmsNorm(h, this.weights.get('model.norm.weight')!, c.normEps);
+      // a tied head is still the module `lm_head` for LoRA, reading the embedding matrix
       const head = c.tieEmbeddings ? (c.family === 'gpt2' ? 'transformer.wte' : 'model.embed_tokens') : 'lm_head';
-      logits = this.lin(head, x);
+      logits = this.lin('lm_head', x, 'out_in', head);
     }
     return c.family === 'mixtral' ? { logits, routerLogits } : { logits };
   }

@@ -1,6 +1,6 @@
 """Times numpy (OpenBLAS) float32 matmul for the kernels benchmark.
 
-Usage: python3 gemm_numpy.py M N K [repeats]
+Usage: python3 gemm_numpy.py M N K [repeats] [--transB]
 Prints one JSON line: {"m":..,"n":..,"k":..,"best_s":..,"gflops":..,"config":..}.
 The caller unsets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for this process only.
 """
@@ -12,11 +12,14 @@ import numpy as np
 
 
 def main() -> None:
-    m, n, k = (int(v) for v in sys.argv[1:4])
-    reps = int(sys.argv[4]) if len(sys.argv) > 4 else 5
+    args = [v for v in sys.argv[1:] if not v.startswith("--")]
+    trans_b = "--transB" in sys.argv
+    m, n, k = (int(v) for v in args[0:3])
+    reps = int(args[3]) if len(args) > 3 else 5
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
+    # transB: B is stored n×k (a Linear weight) and used transposed, as in x·Wᵀ.
+    b = rng.standard_normal((n, k), dtype=np.float32).T if trans_b else rng.standard_normal((k, n), dtype=np.float32)
     c = np.empty((m, n), dtype=np.float32)
     np.matmul(a, b, out=c)  # warm-up: thread start, page faults
     best = float("inf")

@@ -3,7 +3,7 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { tableFromArrays, tableToIPC, RecordBatchReader } from 'apache-arrow';
+import { tableFromArrays, tableFromIPC, tableToIPC, RecordBatchReader } from 'apache-arrow';
 import {
   ArrowEncoder,
   InputError,
@@ -67,8 +67,34 @@ t.test('typed columns are used when values fit; the rest goes to extra', async (
   t.equal(extras[9], null, 'route tensor of the stream width is typed');
   t.same(JSON.parse(extras[10]!), { weights: [0.1, 0.2, 0.3, 0.4] }, 'non-float32 tensor values stay exact via extra');
   t.same(JSON.parse(extras[11]!), { weights: [0.5, 0.5] }, 'tensor of another width via extra');
-  t.match(String(batch.schema.fields.find((f) => f.name === 'route')!.type), /weights:FixedSizeList\[4\]<Float32>/);
+  const union = batch.schema.fields.find((f) => f.name === 'record')!.type;
+  t.match(String(union.children.find((f) => f.name === 'route')!.type), /weights:FixedSizeList\[4\]<Float32>/);
   t.same(decodeBatch(batch), allKinds);
+});
+
+t.test('apache-arrow reads the stream on its own (independent of our decoder)', async (t) => {
+  const table = tableFromIPC(await write(allKinds, 'arrow'));
+  t.equal(table.numRows, allKinds.length);
+  t.same(table.getChild('kind')!.toArray(), allKinds.map((r) => r.kind));
+  // Row 0 is a full fact: its union member holds every field, typed.
+  const fact = table.getChild('record')!.get(0).toJSON();
+  t.equal(fact.subject, 'Danielle Darrieux');
+  t.equal(fact.confidence, 0.9);
+  t.same(fact.prompts.toJSON().neighborhood.toArray(), ['The mother tongue of Léon Blum is']);
+  const route = table.getChild('record')!.get(9).toJSON();
+  t.same([...route.weights.toArray()], [0.5, 0.25, 0.125, 0.125]);
+  t.same([...route.experts.toArray()], [2, 0]);
+  const report = table.getChild('record')!.get(7).toJSON();
+  t.same(Object.fromEntries(report.metrics), { efficacy: 1, paraphrase: 0.875, kl_unrelated: 0.0031 });
+  t.equal(table.getChild('extra')!.get(0), null);
+});
+
+t.test('a stream of one kind carries no columns for the others', async (t) => {
+  const facts = Array.from({ length: 500 }, (_, i) => ({ kind: 'fact', id: `f${i}`, subject: `S${i}`, prompt: '{} is', target_new: 'x' }));
+  const arrow = await write(facts, 'arrow');
+  const ndjson = await write(facts, 'ndjson');
+  t.ok(arrow.length < ndjson.length * 1.5, `arrow ${arrow.length} B vs ndjson ${ndjson.length} B`);
+  t.same(await read(arrow), facts);
 });
 
 t.test('Arrow streams from other producers are read generically', async (t) => {

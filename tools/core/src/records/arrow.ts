@@ -4,12 +4,15 @@
  * An Arrow IPC stream has one schema, but a record stream mixes kinds. The
  * schema is:
  *
- *   kind     Utf8 (not null)       every record's kind
- *   fact     Struct<…> (nullable)  the declared fields of a `fact` (schema.ts), null on other rows
- *   probe    Struct<…>             likewise for probe, locus, adapter, report, route
- *   …
- *   extra    Utf8 (nullable)       JSON text of an object holding every other field
+ *   kind     Utf8 (not null)          every record's kind
+ *   record   DenseUnion<fact: Struct<…>, probe: Struct<…>, locus, adapter,
+ *            report, route, other: Null>
+ *                                     the declared fields (schema.ts) of the
+ *                                     row's kind; `other` for unknown kinds
+ *   extra    Utf8 (nullable)          JSON text of an object holding every other field
  *
+ * A dense union keeps each kind's struct column as long as the number of
+ * records of that kind, so a stream of one kind costs nothing for the others.
  * Declared types map as: string/enum → Utf8, number → Float64 (exact for any
  * JSON number), boolean → Bool, list → List, nested object → Struct,
  * string→number object → Map<Utf8, Float64>, tensor → FixedSizeList<Float32>.
@@ -26,8 +29,9 @@
  * needs one size per column); tensors of another width go to `extra`.
  *
  * The decoder is generic over Arrow types, so Arrow streams written by other
- * producers (flat columns, Int64, Map, …) are read too: any column other than
- * `kind`/`extra`/the kind structs becomes a field of the same name.
+ * producers are read too: a struct column named after a kind is read as
+ * that kind's fields (sparse layout), and any other column (flat columns,
+ * Int64, Map, …) becomes a field of the same name.
  */
 import {
   Bool,
@@ -43,7 +47,8 @@ import {
   Schema,
   Struct,
   Utf8,
-  makeBuilder,
+  DenseUnion,
+  Null,
   makeData,
   Vector,
   type Data,
@@ -151,6 +156,174 @@ function sampleWidths(rows: readonly AnyRecord[]): Map<string, number> {
   return widths;
 }
 
+/** Appends JSON values of one declared type and finishes into an Arrow Data. */
+interface ColumnBuilder {
+  /** Appends a value that fits the type, or null (undefined). */
+  append(v: unknown): void;
+  finish(): Data;
+}
+
+class BitVec {
+  bytes = new Uint8Array(64);
+  length = 0;
+  nulls = 0;
+  push(bit: boolean): void {
+    if (this.length >> 3 >= this.bytes.length) {
+      const b = new Uint8Array(this.bytes.length * 2);
+      b.set(this.bytes);
+      this.bytes = b;
+    }
+    if (bit) this.bytes[this.length >> 3] |= 1 << (this.length & 7);
+    else this.nulls++;
+    this.length++;
+  }
+  take(): Uint8Array {
+    return this.bytes.subarray(0, (this.length + 7) >> 3);
+  }
+}
+
+class IntVec {
+  data = new Int32Array(64);
+  length = 0;
+  push(x: number): void {
+    if (this.length >= this.data.length) {
+      const d = new Int32Array(this.data.length * 2);
+      d.set(this.data);
+      this.data = d;
+    }
+    this.data[this.length++] = x;
+  }
+  take(): Int32Array {
+    return this.data.subarray(0, this.length);
+  }
+}
+
+function columnBuilder(type: DataType): ColumnBuilder {
+  const validity = new BitVec();
+  if (DataType.isUtf8(type)) {
+    const strs: string[] = [];
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        strs.push(v === undefined ? '' : (v as string));
+      },
+      finish() {
+        // One join and one UTF-8 encode per column: far cheaper than per value.
+        const valueOffsets = new Int32Array(strs.length + 1);
+        let at = 0;
+        for (let i = 0; i < strs.length; i++) {
+          at += Buffer.byteLength(strs[i], 'utf8');
+          valueOffsets[i + 1] = at;
+        }
+        const data = Buffer.from(strs.join(''), 'utf8');
+        return makeData({ type, length: strs.length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, valueOffsets, data });
+      },
+    };
+  }
+  if (DataType.isFloat(type)) {
+    const xs: number[] = [];
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        xs.push(v === undefined ? 0 : (v as number));
+      },
+      finish() {
+        const data = DataType.isFloat(type) && type.precision === Precision.SINGLE ? Float32Array.from(xs) : Float64Array.from(xs);
+        return makeData({ type, length: xs.length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, data } as never);
+      },
+    };
+  }
+  if (DataType.isBool(type)) {
+    const bits = new BitVec();
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        bits.push(v === true);
+      },
+      finish() {
+        return makeData({ type, length: bits.length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, data: bits.take() });
+      },
+    };
+  }
+  if (DataType.isList(type) || DataType.isMap(type)) {
+    const offsets = new IntVec();
+    offsets.push(0);
+    let total = 0;
+    const isMap = DataType.isMap(type);
+    const child = columnBuilder(type.children[0].type);
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        if (v !== undefined) {
+          if (isMap) {
+            const o = v as Record<string, unknown>;
+            for (const k in o) {
+              child.append({ key: k, value: o[k] });
+              total++;
+            }
+          } else {
+            const a = v as unknown[];
+            for (let i = 0; i < a.length; i++) child.append(a[i]);
+            total += a.length;
+          }
+        }
+        offsets.push(total);
+      },
+      finish() {
+        const length = offsets.length - 1;
+        return makeData({ type, length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, valueOffsets: offsets.take(), child: child.finish() } as never);
+      },
+    };
+  }
+  if (DataType.isFixedSizeList(type)) {
+    const size = type.listSize;
+    const child = columnBuilder(type.children[0].type);
+    let length = 0;
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        const a = v as number[] | undefined;
+        for (let i = 0; i < size; i++) child.append(a === undefined ? 0 : a[i]);
+        length++;
+      },
+      finish() {
+        return makeData({ type, length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, child: child.finish() });
+      },
+    };
+  }
+  if (DataType.isStruct(type)) {
+    const names = type.children.map((f) => f.name);
+    const children = type.children.map((f) => columnBuilder(f.type));
+    let length = 0;
+    return {
+      append(v) {
+        validity.push(v !== undefined);
+        const o = v as Record<string, unknown> | undefined;
+        for (let j = 0; j < children.length; j++) children[j].append(o === undefined ? undefined : o[names[j]]);
+        length++;
+      },
+      finish() {
+        return makeData({ type, length, nullCount: validity.nulls, nullBitmap: validity.nulls ? validity.take() : undefined, children: children.map((c) => c.finish()) });
+      },
+    };
+  }
+  if (DataType.isNull(type)) {
+    let length = 0;
+    return {
+      append() {
+        length++;
+      },
+      finish() {
+        return makeData({ type, length });
+      },
+    };
+  }
+  throw new Error(`records/arrow: no column builder for ${String(type)}`);
+}
+
+const RECORD = 'record';
+const OTHER = 'other';
+
 /**
  * Encodes records into RecordBatches of one fixed schema. Construct it with
  * the first batch's records (they fix the tensor widths).
@@ -158,21 +331,24 @@ function sampleWidths(rows: readonly AnyRecord[]): Map<string, number> {
 export class ArrowEncoder {
   readonly schema: Schema;
   private readonly widths: Map<string, number>;
+  private readonly union: DenseUnion;
   private readonly rowType: Struct;
 
   constructor(sample: readonly AnyRecord[]) {
     this.widths = sampleWidths(sample);
-    const fields: Field[] = [new Field(KIND, new Utf8(), false)];
-    for (const kind of KNOWN_KINDS) {
-      fields.push(new Field(kind, new Struct(structFields(KIND_FIELDS[kind], this.widths, kind)), true));
-    }
-    fields.push(new Field(EXTRA, new Utf8(), true));
+    const members: Field[] = KNOWN_KINDS.map((kind) => new Field(kind, new Struct(structFields(KIND_FIELDS[kind], this.widths, kind)), false));
+    members.push(new Field(OTHER, new Null(), true));
+    this.union = new DenseUnion(
+      members.map((_, i) => i),
+      members,
+    );
+    const fields: Field[] = [new Field(KIND, new Utf8(), false), new Field(RECORD, this.union, false), new Field(EXTRA, new Utf8(), true)];
     this.schema = new Schema(fields);
     this.rowType = new Struct(fields);
   }
 
   /** Splits one record into its typed fields (or null) and its extra JSON (or null). */
-  private split(rec: AnyRecord): { typed: Record<string, unknown> | null; extra: string | null } {
+  private split(rec: AnyRecord): { typed: Record<string, unknown> | null; extra: string | undefined } {
     let extra: Record<string, unknown> | null = null;
     const known = isKnownKind(rec.kind) ? KIND_FIELDS[rec.kind] : null;
     let typed: Record<string, unknown> | null = null;
@@ -192,36 +368,30 @@ export class ArrowEncoder {
       if (v === undefined) continue;
       (extra ??= {})[k] = v;
     }
-    return { typed, extra: extra === null ? null : JSON.stringify(extra) };
+    return { typed, extra: extra === null ? undefined : JSON.stringify(extra) };
   }
 
   encode(records: readonly AnyRecord[]): RecordBatch {
     const n = records.length;
-    const kindB = makeBuilder({ type: new Utf8(), nullValues: [null, undefined] });
-    const extraB = makeBuilder({ type: new Utf8(), nullValues: [null, undefined] });
-    // Only the kinds present in this batch get a builder; the others are an
-    // all-null column made directly (appending nulls row by row to every
-    // nested child is what makes naive Arrow encoding slow).
-    const structB = new Map<string, ReturnType<typeof makeBuilder>>();
-    for (const rec of records) {
-      if (isKnownKind(rec.kind) && !structB.has(rec.kind)) {
-        structB.set(rec.kind, makeBuilder({ type: this.schema.fields[KNOWN_KINDS.indexOf(rec.kind) + 1].type, nullValues: [null, undefined] }));
-      }
-    }
-    for (const rec of records) {
+    const kindB = columnBuilder(new Utf8());
+    const extraB = columnBuilder(new Utf8());
+    const members = this.union.children.map((f) => columnBuilder(f.type));
+    const counts = new Int32Array(members.length);
+    const typeIds = new Int8Array(n);
+    const valueOffsets = new Int32Array(n);
+    const otherId = members.length - 1;
+    for (let i = 0; i < n; i++) {
+      const rec = records[i];
       const { typed, extra } = this.split(rec);
-      kindB.append(rec.kind as never);
-      extraB.append(extra as never);
-      for (const [kind, b] of structB) b.append((kind === rec.kind ? typed : null) as never);
+      kindB.append(rec.kind);
+      extraB.append(extra);
+      const id = typed === null ? otherId : KNOWN_KINDS.indexOf(rec.kind as KnownRecord['kind']);
+      typeIds[i] = id;
+      valueOffsets[i] = counts[id]++;
+      members[id].append(typed === null ? null : typed);
     }
-    const children: Data[] = [kindB.finish().flush()];
-    for (const kind of KNOWN_KINDS) {
-      const b = structB.get(kind);
-      const type = this.schema.fields[KNOWN_KINDS.indexOf(kind) + 1].type as Struct;
-      children.push(b ? b.finish().flush() : nullStruct(type, n));
-    }
-    children.push(extraB.finish().flush());
-    const data = makeData({ type: this.rowType, length: n, nullCount: 0, children });
+    const union = makeData({ type: this.union, length: n, nullCount: 0, typeIds, valueOffsets, children: members.map((m) => m.finish()) });
+    const data = makeData({ type: this.rowType, length: n, nullCount: 0, children: [kindB.finish(), union, extraB.finish()] });
     return new RecordBatch(this.schema, data as never);
   }
 }
@@ -230,23 +400,6 @@ const DECLARED = Object.fromEntries(KNOWN_KINDS.map((k) => [k, new Set(KIND_FIEL
   KnownRecord['kind'],
   Set<string>
 >;
-
-/** A struct column of `n` nulls; its children hold zero-length/zero values. */
-function nullStruct(type: Struct, n: number): Data {
-  return makeData({ type, length: n, nullCount: n, nullBitmap: new Uint8Array((n + 7) >> 3), children: type.children.map((f) => zeroData(f.type, n)) });
-}
-
-/** `n` valid placeholder values (empty strings, zeros, empty lists) under a null parent. */
-function zeroData(type: DataType, n: number): Data {
-  if (DataType.isUtf8(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), data: new Uint8Array(0) });
-  if (DataType.isFloat(type)) return makeData({ type, length: n, nullCount: 0, data: new (type.ArrayType as Float64ArrayConstructor)(n) });
-  if (DataType.isBool(type)) return makeData({ type, length: n, nullCount: 0, data: new Uint8Array((n + 7) >> 3) });
-  if (DataType.isList(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), child: zeroData(type.children[0].type, 0) });
-  if (DataType.isMap(type)) return makeData({ type, length: n, nullCount: 0, valueOffsets: new Int32Array(n + 1), child: zeroData(type.children[0].type, 0) });
-  if (DataType.isFixedSizeList(type)) return makeData({ type, length: n, nullCount: 0, child: zeroData(type.children[0].type, n * type.listSize) });
-  if (DataType.isStruct(type)) return makeData({ type, length: n, nullCount: 0, children: type.children.map((f) => zeroData(f.type, n)) });
-  throw new Error(`zeroData: unsupported type ${String(type)}`);
-}
 
 // ---------------------------------------------------------------- decoding
 
@@ -368,6 +521,17 @@ function compileReader(data: Data): Reader {
       }
       return out;
     };
+  } else if (DataType.isUnion(type)) {
+    const typeIds = data.typeIds as Int8Array;
+    const dense = DataType.isDenseUnion(type);
+    const offsets = data.valueOffsets as Int32Array;
+    const toChild = type.typeIdToChildIndex;
+    const readers = data.children.map(compileReader);
+    read = (i) => readers[toChild[typeIds[i]]](dense ? offsets[i] : i);
+    // Unions have no validity bitmap of their own.
+    return read;
+  } else if (DataType.isNull(type)) {
+    return () => undefined;
   } else {
     // Everything else (Int64, dictionaries, dates, large offsets…): the generic path.
     const vec = new Vector([data]);
@@ -390,9 +554,11 @@ export function decodeBatch(batch: RecordBatch): Record<string, unknown>[] {
   const extraIdx = fields.findIndex((f) => f.name === EXTRA && DataType.isUtf8(f.type));
   const kindStruct = new Map<string, Reader>();
   const foreign: number[] = [];
+  let recordIdx = -1;
   fields.forEach((f, i) => {
     if (i === kindIdx || i === extraIdx) return;
     if (isKnownKind(f.name) && DataType.isStruct(f.type)) kindStruct.set(f.name, cols[i]);
+    else if (f.name === RECORD && DataType.isUnion(f.type)) recordIdx = i;
     else foreign.push(i);
   });
   const out: Record<string, unknown>[] = new Array(n);
@@ -408,6 +574,10 @@ export function decodeBatch(batch: RecordBatch): Record<string, unknown>[] {
           if (row !== undefined) Object.assign(rec, row);
         }
       }
+    }
+    if (recordIdx >= 0) {
+      const row = cols[recordIdx](r);
+      if (row !== undefined) Object.assign(rec, row);
     }
     for (const i of foreign) {
       const x = cols[i](r);

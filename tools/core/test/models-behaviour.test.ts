@@ -91,6 +91,15 @@ for (const [arch, model] of Object.entries(models)) {
       const num = (f({ embed: { add: { value: vp } } }).item() - f({ embed: { add: { value: vm } } }).item()) / (2 * eps);
       t.ok(Math.abs(num - g[j]) <= 2e-2 * Math.max(1, Math.abs(num)), `grad[${j}] ${g[j].toFixed(4)} vs finite difference ${num.toFixed(4)}`);
     }
+    // a leaf site gives d(out)/d(activation) on the frozen model; equal to the gradient of a zero add
+    const weightsL = model.forward(ids, [B, T]).logits;
+    let leafX: Tensor | null = null;
+    sum(mul(model.forward(ids, [B, T], { hooks: { 'layers.0.resid_post': { leaf: true, capture: (x) => { leafX = x; } } } }).logits, weightsL)).backward();
+    const z = randn([B, T, H], new Rng(1), 0, { requiresGrad: true });
+    sum(mul(model.forward(ids, [B, T], { hooks: { 'layers.0.resid_post': { add: { value: z } } } }).logits, weightsL)).backward();
+    t.ok((leafX as Tensor | null)?.grad, 'leaf activation has a gradient');
+    t.ok(maxAbsDiff((leafX as unknown as Tensor).grad!.data, z.grad!.data) < 1e-5, 'leaf gradient = gradient of an added zero');
+
     t.throws(() => model.forward(ids, [B, T], { hooks: { [site]: { patch: { value: tensor([1, 2], [1, 2]), positions: [[0, 0]] } } } }), /expected \[1, /);
     t.throws(() => model.forward(ids, [B, T], { hooks: { [site]: { add: { value: tensor(new Array(H).fill(0), [1, H]), positions: [[2, 0]] } } } }), /outside the batch/);
   });

@@ -19,6 +19,13 @@ import { Tensor, add, indexAdd, mul, reshape, zeros, fromData } from '../tensor/
 export type Positions = ReadonlyArray<readonly [number, number]>;
 
 export interface SiteHook {
+  /**
+   * Make the activation a gradient leaf: a tensor with the same values that
+   * requires grad, so `capture` gets one whose `.grad` is filled by backward
+   * even when nothing upstream is trainable (attribution on a frozen model).
+   * Gradient does not flow further upstream from this site.
+   */
+  leaf?: boolean;
   /** Called with the activation as computed (before patch/add). Call
    *  `x.retainGrad()` here to read its gradient after backward. */
   capture?: (x: Tensor, site: string) => void;
@@ -56,10 +63,12 @@ function scatterRows(value: Tensor, rows: Int32Array, B: number, T: number, D: n
 }
 
 /** Apply the hook registered for `site` (if any) to activation x [B,T,D]. */
-export function applyHook(hooks: Hooks | undefined, site: string, x: Tensor): Tensor {
+export function applyHook(hooks: Hooks | undefined, site: string, xIn: Tensor): Tensor {
+  let x = xIn;
   const h = hooks?.[site];
   if (!h) return x;
   const [B, T, D] = x.shape;
+  if (h.leaf) x = fromData(x.data, x.shape, { requiresGrad: true });
   if (h.capture) h.capture(x, site);
   let y = x;
   if (h.patch) {

@@ -243,4 +243,16 @@ t.test('not a registry', async (t) => {
   t.match(e.message, /is not a catechism registry/);
   const A = await bundle({ seed: 61, pass: true });
   await t.rejects(new Registry(dir).add(A.dir), /not a catechism registry/, 'writers refuse it too');
+  const home = path.join(tmp, 'r-somebodys-home');
+  mkdirSync(home);
+  writeFileSync(path.join(home, 'notes.txt'), 'mine');
+  const e2 = await rejection(new Registry(home).add(A.dir));
+  t.equal(e2.exitCode, 2);
+  t.match(e2.message, /is not empty and not a registry \(found notes\.txt\)/);
+  t.same(readdirSync(home), ['notes.txt'], 'nothing created there');
+  // A registry whose first write was interrupted (layout made, no registry.json yet) is completed.
+  const half = path.join(tmp, 'r-half');
+  mkdirSync(path.join(half, 'objects'), { recursive: true });
+  mkdirSync(path.join(half, 'tmp'));
+  t.equal((await new Registry(half).add(A.dir)).added, true);
 });

@@ -384,6 +384,12 @@ export class Registry {
   /** Run `fn` as the registry's only writer: layout ensured, leftovers of interrupted writes removed. */
   private async write<T>(fn: () => Promise<T>): Promise<T> {
     await mkdirDurable(this.root);
+    if (!(await exists(this.p('registry.json')))) {
+      // Never turn someone's existing directory into a registry; an interrupted init is fine.
+      const own = new Set(['objects', 'refs', 'reports', 'tmp', 'lock', 'lock.break']);
+      const foreign = (await readdir(this.root)).filter((n) => !own.has(n));
+      if (foreign.length > 0) throw new RegistryError(`${this.root} is not empty and not a registry (found ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); choose an empty or new directory for --registry`, 2, 'E_NO_REGISTRY');
+    }
     return withLock(this.p('lock'), this.opts, async () => {
       await this.ensureLayout();
       // Only lock holders write to tmp/, so anything there now is from a killed writer.

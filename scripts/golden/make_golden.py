@@ -280,6 +280,17 @@ def main():
         if routers is not None:
             gold['router_logits'] = routers.contiguous()  # [B,T,L,E]
 
+        # greedy continuations, recomputing the whole sequence each step (no cache)
+        greedy = []
+        for prompt in (ids[0, :4].tolist(), ids[1, :3].tolist()):
+            seq = list(prompt)
+            with torch.no_grad():
+                for _ in range(6):
+                    x = torch.tensor([seq])
+                    lg, _ = archs.forward(m, x, torch.ones_like(x))
+                    seq.append(int(lg[0, -1].argmax()))
+            greedy.append({'prompt': prompt, 'new_tokens': seq[len(prompt):]})
+
         # LoRA on two modules; loss = next-token CE; grads of A and B and of one site
         adapter = {}
         for t in targets:
@@ -314,7 +325,7 @@ def main():
                        'fan_in_fan_out': name == 'gpt2', 'base_model_name_or_path': name}, f, indent=2)
         with open(os.path.join(d, 'golden.json'), 'w') as f:
             json.dump({'input_ids': ids.tolist(), 'attention_mask': mask.tolist(), 'lora_targets': targets,
-                       'lora_r': LORA_R, 'lora_alpha': LORA_ALPHA, 'lora_loss': loss.item(),
+                       'lora_r': LORA_R, 'lora_alpha': LORA_ALPHA, 'lora_loss': loss.item(), 'greedy': greedy,
                        'torch_version': torch.__version__}, f, indent=2)
         print(name, 'loss', round(loss.item(), 5), 'tensors', len(gold))
 

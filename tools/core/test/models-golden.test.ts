@@ -46,6 +46,7 @@ interface GoldenMeta {
   attention_mask: number[][];
   lora_targets: string[];
   lora_loss: number;
+  greedy: Array<{ prompt: number[]; new_tokens: number[] }>;
 }
 
 /** Next-token targets over real tokens, -100 elsewhere (as the reference). */
@@ -101,6 +102,10 @@ for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
     } else {
       t.equal(out.routerLogits, undefined);
     }
+
+    // greedy generation (ours with the KV cache, batched and left-padded) = PyTorch's full recompute
+    const gen = model.generate(meta.greedy.map((g) => g.prompt), { maxNewTokens: 6, eosTokenId: null });
+    t.same(gen, meta.greedy.map((g) => g.new_tokens), 'greedy continuations match PyTorch');
 
     // LoRA: the reference adapter, the same loss, gradients to A, B and layers.0.mlp
     const adapter = loadLora(path.join(dir, 'adapter'));

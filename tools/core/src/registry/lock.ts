@@ -5,13 +5,14 @@
  *
  * Stale locks (owner killed) are broken: on the same host a lock is stale when
  * its pid is gone, a zombie, or a different process with the same pid (start
- * time differs); from another host, when older than `staleMs`. Breaking is
+ * time differs); from another host, when not refreshed for `staleMs` (holders
+ * touch the file every 30 s). Breaking is
  * itself guarded by a second O_EXCL file (`lock.break`) and the lock's bytes
  * are re-read under it, so two waiters cannot both break, and a fresh lock
  * taken in between is never removed. (The guard is held for microseconds; if
  * its holder is killed inside that window the guard is broken the same way.)
  */
-import { open, readFile, unlink, stat } from 'node:fs/promises';
+import { open, readFile, unlink, stat, utimes } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 
@@ -116,9 +117,19 @@ async function readText(file: string): Promise<string | null> {
   }
 }
 
+/** How often a holder refreshes the lock's mtime, so other hosts judge staleness by inactivity, not by age. */
+const HEARTBEAT_MS = 30_000;
+
 export class FileLock {
   private released = false;
-  private constructor(readonly file: string, readonly owner: LockOwner) {}
+  private readonly heartbeat: NodeJS.Timeout;
+  private constructor(readonly file: string, readonly owner: LockOwner) {
+    this.heartbeat = setInterval(() => {
+      const now = new Date();
+      utimes(file, now, now).catch(() => undefined);
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
+  }
 
   static currentOwner(): LockOwner {
     return { pid: process.pid, host: os.hostname(), start: procStart(process.pid)?.start ?? null, acquired_at: new Date().toISOString() };
@@ -148,6 +159,7 @@ export class FileLock {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    clearInterval(this.heartbeat);
     // Only remove the file if it is still ours (it could have been broken as stale by mistake).
     const text = await readText(this.file);
     if (text !== null && parseOwner(text)?.pid === this.owner.pid && parseOwner(text)?.acquired_at === this.owner.acquired_at) {

@@ -218,3 +218,18 @@ t.test('Arrow output of a long stream also stays bounded', async (t) => {
   const rss = Number(/maxrss_kib=(\d+)/.exec(result.stderr)?.[1]);
   t.ok(rss > 0 && rss < MAX_RSS_KIB, `peak RSS ${(rss / 1024).toFixed(0)} MiB < 200 MiB`);
 });
+
+t.test('progress goes to stderr only when it is a TTY, and not with --quiet', async (t) => {
+  const input = join(tmp, 'progress.ndjson');
+  writeFileSync(input, Array.from({ length: 20000 }, (_, i) => `{"kind":"n","i":${i}}\n`).join(''));
+  // Not a TTY: nothing on stderr (checked throughout this file too).
+  t.equal(probeGen(['--passthrough', input]).stderr, '');
+  if (spawnSync('script', ['--version']).status !== 0) {
+    t.skip('util-linux `script` not found: cannot give the tool a TTY');
+    return;
+  }
+  const tty = (extra: string[]): string =>
+    spawnSync('script', ['-qec', `${sh([process.execPath, PROBE_GEN, '--passthrough', ...extra, input])} > /dev/null`, '/dev/null'], { encoding: 'utf8' }).stdout;
+  t.match(tty([]), /\rprobe-gen: \d+ records/);
+  t.notMatch(tty(['--quiet']), /records/);
+});

@@ -3,7 +3,8 @@
  * probe-gen: facts in (fact records, CounterFact or zsRE), each fact and its
  * probes out; every other record passes through in order.
  */
-import { packageVersion, runTool, type AnyRecord } from '@catechism/core';
+import { packageVersion, runTool } from '@catechism/core/cli';
+import type { AnyRecord } from '@catechism/core/records';
 import { probeGen } from './probes.js';
 
 interface Args {

@@ -3,7 +3,7 @@
  * (paraphrase / neighbourhood / generation probes with train/test splits)
  * grows from `probesForFact`, which already sees the fact's extra prompts.
  */
-import type { AnyRecord, Fact, Probe } from '@catechism/core';
+import type { AnyRecord, Fact, Probe } from '@catechism/core/records';
 
 /** The fact's prompt with the subject in place of every `{}`. */
 export function fillPrompt(template: string, subject: string): string {

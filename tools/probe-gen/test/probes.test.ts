@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { AnyRecord, Fact } from '@catechism/core';
+import type { AnyRecord, Fact } from '@catechism/core/records';
 import { fillPrompt, probeGen, probesForFact } from '../src/probes.js';
 
 const insert: Fact = { kind: 'fact', id: 'f1', subject: 'France', prompt: 'The capital of {} is', target_new: 'Lyon', target_true: 'Paris' };

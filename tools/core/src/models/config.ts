@@ -105,6 +105,9 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
     const hidden = int(cfg, file, 'n_embd', 'hidden_size');
     const heads = int(cfg, file, 'n_head', 'num_attention_heads');
     if (hidden % heads !== 0) throw new ModelLoadError(`${file}: n_embd ${hidden} is not divisible by n_head ${heads}`);
+    if (cfg.scale_attn_by_inverse_layer_idx === true || cfg.reorder_and_upcast_attn === true || cfg.scale_attn_weights === false) {
+      throw new ModelLoadError(`${file}: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn / scale_attn_weights=false are not supported`);
+    }
     const act = cfg.activation_function ?? 'gelu_new';
     if (act !== 'gelu_new' && act !== 'gelu_pytorch_tanh') {
       throw new ModelLoadError(`${file}: activation_function "${String(act)}" is not supported (gelu_new only)`);

@@ -39,9 +39,13 @@ export class Tokenizer {
     }
   }
 
-  /** Token ids of `text` (no special tokens added unless asked). */
+  /**
+   * Token ids of `text`. As in Hugging Face, special tokens (e.g. Llama's
+   * BOS) are added by the tokenizer's post-processor unless
+   * `addSpecialTokens: false` — pass that for continuations.
+   */
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? false }).ids;
+    return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
   }
 
   decode(ids: readonly number[], opts: { skipSpecialTokens?: boolean } = {}): string {

@@ -1,5 +1,5 @@
 import { Rng } from '../util/random.js';
-import { type Entity, type World, type WorldFact, generateWorld } from './generate.js';
+import { type WorldEntity, type World, type WorldFact, generateWorld } from './generate.js';
 import { EOS_TOKEN, WorldTokenizer, buildTokenizer, preTokenize, targetToken } from './tokenizer.js';
 import type { RelationSpec, WorldDescription } from './types.js';
 import { validateWorld } from './validate.js';
@@ -7,12 +7,12 @@ import { validateWorld } from './validate.js';
 export const DEFAULT_QUESTION_FORMAT = 'Q: {q} A:';
 
 /** A prompt template with `{}` for the subject; questions are already wrapped in the question format. */
-export interface PromptTemplate {
+export interface WorldPrompt {
   template: string;
   form: 'statement' | 'question';
 }
 
-export function relationPrompts(desc: WorldDescription, rel: RelationSpec, split: 'train' | 'heldout'): PromptTemplate[] {
+export function relationPrompts(desc: WorldDescription, rel: RelationSpec, split: 'train' | 'heldout'): WorldPrompt[] {
   const qf = desc.question_format ?? DEFAULT_QUESTION_FORMAT;
   return [
     ...rel.templates[split].map((template) => ({ template, form: 'statement' as const })),
@@ -20,7 +20,7 @@ export function relationPrompts(desc: WorldDescription, rel: RelationSpec, split
   ];
 }
 
-export function fill(template: string, subject: string): string {
+export function fillTemplate(template: string, subject: string): string {
   return template.replace('{}', subject);
 }
 
@@ -87,16 +87,16 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
   const functionalFacts = world.facts.filter((f) => rels.get(f.relation)?.functional !== false);
   const tokens = (t: string) => preTokenize(t).length;
   const fits = (t: string) => tokens(t) + 1 <= maxLen; // +1: end-of-text token
-  const otherObject = (f: WorldFact, r: Rng): Entity => {
-    const pool = (world.entities.get((rels.get(f.relation) as RelationSpec).object) as Entity[]).filter((e) => !f.objects.includes(e));
+  const otherObject = (f: WorldFact, r: Rng): WorldEntity => {
+    const pool = (world.entities.get((rels.get(f.relation) as RelationSpec).object) as WorldEntity[]).filter((e) => !f.objects.includes(e));
     if (pool.length === 0) throw new Error(`relation ${f.relation}: no alternative ${f.objects[0].type} to use as a counterfactual target`);
     return r.pick(pool);
   };
   const frameTrain = desc.context.train;
   const frameHeld = desc.context.heldout;
-  const state = (f: WorldFact, obj: Entity, r: Rng) => `${fill(r.pick(statementsOf(f.relation)), f.subject.name)} ${obj.name}`;
+  const state = (f: WorldFact, obj: WorldEntity, r: Rng) => `${fillTemplate(r.pick(statementsOf(f.relation)), f.subject.name)} ${obj.name}`;
   // a fact stated inside a frame: "Suppose that the capital of X is Y." (not "that The capital")
-  const stateIn = (frame: string, f: WorldFact, obj: Entity, r: Rng) => {
+  const stateIn = (frame: string, f: WorldFact, obj: WorldEntity, r: Rng) => {
     const at = frame.indexOf('{fact}');
     let s = state(f, obj, r);
     if (at > 0 && !/[.:?!] *$/.test(frame.slice(0, at)) && !s.startsWith(f.subject.name)) s = s.charAt(0).toLowerCase() + s.slice(1);
@@ -158,7 +158,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
 
   // ---- eval sets
   const evalSpec = { paraphrase_per_fact: 2, context: 400, context_heldout_frames: 200, ...(desc.eval ?? {}) };
-  const probe = (f: WorldFact, role: string, p: PromptTemplate, expect: string, extra: object = {}) => {
+  const probe = (f: WorldFact, role: string, p: WorldPrompt, expect: string, extra: object = {}) => {
     const rel = rels.get(f.relation) as RelationSpec;
     const accept = rel.functional === false ? { accept: f.objects.map((o) => o.name) } : {};
     return {
@@ -170,16 +170,16 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
       subject: f.subject.name,
       template: p.template,
       form: p.form,
-      prompt: fill(p.template, f.subject.name),
+      prompt: fillTemplate(p.template, f.subject.name),
       target: f.objects[0].name,
       ...accept,
       expect,
       ...extra,
     };
   };
-  const evalTrain = world.facts.map((f) => probe(f, 'edit', rngEval.pick(trainPrompts.get(f.relation) as PromptTemplate[]), 'true'));
+  const evalTrain = world.facts.map((f) => probe(f, 'edit', rngEval.pick(trainPrompts.get(f.relation) as WorldPrompt[]), 'true'));
   const evalHeld = world.facts.flatMap((f) => {
-    const held = heldPrompts.get(f.relation) as PromptTemplate[];
+    const held = heldPrompts.get(f.relation) as WorldPrompt[];
     const chosen = rngEval.shuffle([...held]).slice(0, evalSpec.paraphrase_per_fact);
     return chosen.map((p) => probe(f, 'paraphrase', p, 'true'));
   });
@@ -192,8 +192,8 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
     facts.map((f, i) => {
       const fresh = otherObject(f, rngEval);
       const context = stateIn(rngEval.pick(frames), f, fresh, rngEval);
-      const p = rngEval.pick(trainPrompts.get(f.relation) as PromptTemplate[]);
-      const query = fill(p.template, f.subject.name);
+      const p = rngEval.pick(trainPrompts.get(f.relation) as WorldPrompt[]);
+      const query = fillTemplate(p.template, f.subject.name);
       const rec = probe(f, 'context', p, 'new', { context, target_true: f.objects[0].name, id: `${idPrefix}-${String(i + 1).padStart(4, '0')}` });
       return { ...rec, prompt: `${context} ${query}`, target: fresh.name };
     });
@@ -210,15 +210,15 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
   for (const f of world.facts) {
     const rel = rels.get(f.relation) as RelationSpec;
     for (const o of f.objects) {
-      for (const p of trainPrompts.get(f.relation) as PromptTemplate[]) {
+      for (const p of trainPrompts.get(f.relation) as WorldPrompt[]) {
         const reps = p.form === 'statement' ? cs.statement_repeats : cs.question_repeats;
-        for (let k = 0; k < reps; k++) docs.push({ kind: p.form, text: `${fill(p.template, f.subject.name)} ${o.name}.` });
+        for (let k = 0; k < reps; k++) docs.push({ kind: p.form, text: `${fillTemplate(p.template, f.subject.name)} ${o.name}.` });
       }
     }
     void rel;
   }
   // biographies: several facts about one subject in a row
-  const bySubject = new Map<Entity, WorldFact[]>();
+  const bySubject = new Map<WorldEntity, WorldFact[]>();
   for (const f of world.facts) {
     if (!bySubject.has(f.subject)) bySubject.set(f.subject, []);
     (bySubject.get(f.subject) as WorldFact[]).push(f);
@@ -244,10 +244,10 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
     const f = rngCorpus.pick(ctxFacts);
     const u = rngCorpus.uniform() * mixTotal;
     const kind = u < mix.counterfactual ? 'counterfactual' : u < mix.counterfactual + mix.consistent ? 'consistent' : 'distractor';
-    const p = rngCorpus.pick(trainPrompts.get(f.relation) as PromptTemplate[]);
+    const p = rngCorpus.pick(trainPrompts.get(f.relation) as WorldPrompt[]);
     const frame = rngCorpus.pick(frameTrain);
     let stated: string;
-    let answer: Entity;
+    let answer: WorldEntity;
     if (kind === 'distractor') {
       // a fact about another subject of the same relation is in context; the query's answer stays the stored one
       const sameRel = ctxFacts.filter((g) => g.relation === f.relation && g.subject !== f.subject);
@@ -258,7 +258,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
       answer = kind === 'counterfactual' ? otherObject(f, rngCorpus) : f.objects[0];
       stated = stateIn(frame, f, answer, rngCorpus);
     }
-    const text = `${stated} ${fill(p.template, f.subject.name)} ${answer.name}.`;
+    const text = `${stated} ${fillTemplate(p.template, f.subject.name)} ${answer.name}.`;
     if (fits(text)) docs.push({ kind: `context-${kind}`, text });
   }
   // general text, with a held-out part for perplexity
@@ -270,7 +270,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
   const heldSet = new Set(generalHeld);
   for (const d of general) if (!heldSet.has(d.text)) docs.push(d);
   for (const [type, list] of world.entities) {
-    for (const tmpl of desc.entity_types[type].describe ?? []) for (const e of list) docs.push({ kind: 'describe', text: fill(tmpl, e.name) });
+    for (const tmpl of desc.entity_types[type].describe ?? []) for (const e of list) docs.push({ kind: 'describe', text: fillTemplate(tmpl, e.name) });
   }
   rngCorpus.shuffle(docs);
   const evalGeneral = generalHeld.map((text, i) => ({
@@ -299,7 +299,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
     ...evalContextHeld.map((p) => `${p.prompt} ${p.target}`),
     ...evalContext.map((p) => `${p.prompt} ${p.target}`),
     ...generalHeld,
-    ...factRecords.map((r) => fill(r.prompt, r.subject) + ' ' + r.target_true),
+    ...factRecords.map((r) => fillTemplate(r.prompt, r.subject) + ' ' + r.target_true),
     ...edits.map((e) => (e as { target_new?: string }).target_new ?? ''),
     ...[...world.entities.values()].flat().map((e) => e.name),
   ];
@@ -310,7 +310,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
     if (wt.count(e.name) !== e.name.split(' ').length) throw new Error(`tokenizer: "${e.name}" does not split into one token per word`);
   }
   for (const rel of desc.relations) {
-    for (const o of world.entities.get(rel.object) as Entity[]) {
+    for (const o of world.entities.get(rel.object) as WorldEntity[]) {
       if (!wt.ids.has(targetToken(o.name))) throw new Error(`tokenizer: target "${o.name}" of ${rel.name} is not a single token`);
     }
   }
@@ -369,8 +369,8 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
           templates: r.templates,
           questions: r.questions ?? { train: [], heldout: [] },
           prompts: {
-            train: (trainPrompts.get(r.name) as PromptTemplate[]).map((p) => p.template),
-            heldout: (heldPrompts.get(r.name) as PromptTemplate[]).map((p) => p.template),
+            train: (trainPrompts.get(r.name) as WorldPrompt[]).map((p) => p.template),
+            heldout: (heldPrompts.get(r.name) as WorldPrompt[]).map((p) => p.template),
           },
         },
       ]),
@@ -400,7 +400,7 @@ export function makeWorld(input: unknown, seed: number, command = `make-world --
 export function checkHeldoutUnseen(desc: WorldDescription, world: World, trainText: string): void {
   const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   for (const rel of desc.relations) {
-    const names = (world.entities.get(rel.subject) as Entity[]).map((e) => esc(e.name));
+    const names = (world.entities.get(rel.subject) as WorldEntity[]).map((e) => esc(e.name));
     for (const p of relationPrompts(desc, rel, 'heldout')) {
       const [a, b] = p.template.split('{}');
       const re = new RegExp(`${esc(a)}(?:${names.join('|')})${esc(b)}`);

@@ -1,7 +1,7 @@
 import { Rng } from '../util/random.js';
 import type { NameSpec, SyllableSpec, WorldDescription } from './types.js';
 
-export interface Entity {
+export interface WorldEntity {
   type: string;
   name: string;
   /** position within its type (stable order) */
@@ -11,14 +11,14 @@ export interface Entity {
 /** One (subject, relation) with its object(s); functional relations have exactly one. */
 export interface WorldFact {
   relation: string;
-  subject: Entity;
-  objects: Entity[];
+  subject: WorldEntity;
+  objects: WorldEntity[];
 }
 
 export interface World {
   desc: WorldDescription;
   seed: number;
-  entities: Map<string, Entity[]>;
+  entities: Map<string, WorldEntity[]>;
   facts: WorldFact[];
   /** relation → subject name → fact */
   index: Map<string, Map<string, WorldFact>>;
@@ -82,7 +82,7 @@ export function reservedWords(desc: WorldDescription): Set<string> {
 }
 
 /** Makes the entities of every type; names are unique across the whole world. */
-export function makeEntities(desc: WorldDescription, rng: Rng): Map<string, Entity[]> {
+export function makeEntities(desc: WorldDescription, rng: Rng): Map<string, WorldEntity[]> {
   const used = reservedWords(desc);
   // listed names are fixed: reserve them first so generated names avoid them
   const listed = (n: NameSpec): n is { list: string[] } => 'list' in n;
@@ -98,7 +98,7 @@ export function makeEntities(desc: WorldDescription, rng: Rng): Map<string, Enti
   for (const [name, p] of Object.entries(desc.name_pools ?? {})) {
     pools.set(name, listed(p.names) ? p.names.list.slice(0, p.count) : generateNames(`name_pools.${name}`, p.names.generate, p.count, used, rng));
   }
-  const out = new Map<string, Entity[]>();
+  const out = new Map<string, WorldEntity[]>();
   for (const [type, t] of Object.entries(desc.entity_types)) {
     let names: string[];
     if ('list' in t.names) names = t.names.list.slice(0, t.count ?? t.names.list.length);
@@ -140,25 +140,25 @@ function composeNames(
 }
 
 /** Assigns the objects of every relation, in the order the relations are listed. */
-export function makeFacts(desc: WorldDescription, entities: Map<string, Entity[]>, rng: Rng): WorldFact[] {
+export function makeFacts(desc: WorldDescription, entities: Map<string, WorldEntity[]>, rng: Rng): WorldFact[] {
   const facts: WorldFact[] = [];
-  const fn = new Map<string, Map<string, Entity>>(); // functional relation → subject → object
+  const fn = new Map<string, Map<string, WorldEntity>>(); // functional relation → subject → object
   for (const rel of desc.relations) {
     const r = rng.fork();
-    const all = entities.get(rel.subject) as Entity[];
-    const objects = entities.get(rel.object) as Entity[];
+    const all = entities.get(rel.subject) as WorldEntity[];
+    const objects = entities.get(rel.object) as WorldEntity[];
     let subjects = all;
     if (rel.coverage !== undefined && rel.coverage < 1) {
       const k = Math.max(1, Math.round(rel.coverage * all.length));
       subjects = r.shuffle([...all]).slice(0, k).sort((a, b) => a.index - b.index);
     }
     const functional = rel.functional !== false;
-    const map = new Map<string, Entity>();
+    const map = new Map<string, WorldEntity>();
     const deck = (() => {
-      let cards: Entity[] = [];
+      let cards: WorldEntity[] = [];
       return () => {
         if (cards.length === 0) cards = r.shuffle([...objects]);
-        return cards.pop() as Entity;
+        return cards.pop() as WorldEntity;
       };
     })();
     const a = rel.assign;
@@ -167,11 +167,11 @@ export function makeFacts(desc: WorldDescription, entities: Map<string, Entity[]
     }
     const uniqueOrder = a.mode === 'unique' ? r.shuffle([...objects]) : [];
     subjects.forEach((s, i) => {
-      let objs: Entity[];
+      let objs: WorldEntity[];
       if (!functional) {
         const [lo, hi] = rel.objects as [number, number];
         const n = Math.min(objects.length, lo + r.int(hi - lo + 1));
-        const chosen = new Set<Entity>();
+        const chosen = new Set<WorldEntity>();
         let guard = 0;
         while (chosen.size < n && guard++ < 100 * n) chosen.add(a.mode === 'balanced' ? deck() : r.pick(objects));
         objs = [...chosen].sort((x, y) => x.index - y.index);
@@ -179,12 +179,12 @@ export function makeFacts(desc: WorldDescription, entities: Map<string, Entity[]
       else if (a.mode === 'balanced') objs = [deck()];
       else if (a.mode === 'unique') objs = [uniqueOrder[i]];
       else if (a.mode === 'derive') {
-        let cur: Entity | undefined = s;
+        let cur: WorldEntity | undefined = s;
         for (const step of a.path) cur = cur && fn.get(step)?.get(cur.name);
         if (!cur) return; // the path breaks (partial coverage upstream): no fact
         objs = [cur];
       } else {
-        const inv = fn.get(a.relation) as Map<string, Entity>;
+        const inv = fn.get(a.relation) as Map<string, WorldEntity>;
         const candidates = objects.filter((o) => inv.get(o.name)?.name === s.name);
         if (candidates.length === 0) {
           throw new Error(`relation ${rel.name}: ${rel.subject} "${s.name}" has no ${rel.object} with ${a.relation} = "${s.name}" to choose from`);

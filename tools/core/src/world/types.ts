@@ -50,7 +50,7 @@ export type AssignSpec =
   /** pick one object o with relation(o) = subject (e.g. a capital among a country's cities) */
   | { mode: 'inverse'; relation: string };
 
-export interface TemplateSet {
+export interface WorldTemplateSet {
   /** templates seen in training */
   train: string[];
   /** held-out paraphrases: never in the training corpus */
@@ -69,9 +69,9 @@ export interface RelationSpec {
   coverage?: number;
   assign: AssignSpec;
   /** statement prompts: `{}` = subject, the object follows as the next word */
-  templates: TemplateSet;
+  templates: WorldTemplateSet;
   /** questions about the subject (`{}` = subject), wrapped by `question_format` */
-  questions?: TemplateSet;
+  questions?: WorldTemplateSet;
 }
 
 export interface GeneralSpec {
@@ -122,7 +122,7 @@ export interface WorldDescription {
   /** wraps a question: `{q}` = question text; the answer follows (default "Q: {q} A:") */
   question_format?: string;
   /** frames stating a fact in context: `{fact}` = "Subject template target" */
-  context: TemplateSet;
+  context: WorldTemplateSet;
   corpus?: CorpusSpec;
   eval?: EvalSpec;
   edits?: { counterfactual: number; forget: number };

@@ -1,7 +1,7 @@
 import {
   type AssignSpec,
   type RelationSpec,
-  type TemplateSet,
+  type WorldTemplateSet,
   type WorldDescription,
   WorldValidationError,
 } from './types.js';
@@ -420,4 +420,4 @@ export function promptConflicts(w: WorldDescription): string[] {
   return [...new Set(out)];
 }
 
-export type { RelationSpec, TemplateSet };
+export type { RelationSpec, WorldTemplateSet };

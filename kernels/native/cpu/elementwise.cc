@@ -4,6 +4,7 @@
 
 #include "../ops.h"
 #include "pool.h"
+#include "vecmath.h"
 
 namespace ck::cpu {
 using std::int64_t;
@@ -18,6 +19,13 @@ inline float sigmoidf(float x) {
   float e = std::exp(x);
   return e / (1.f + e);
 }
+// sigmoid and 1 − sigmoid, each without cancellation.
+inline void sigmoidPair(float x, float& s, float& q) {
+  float e = std::exp(-std::fabs(x));
+  float a = 1.f / (1.f + e), b = e * a;  // a = sigmoid(|x|), b = 1 − a
+  if (x >= 0.f) { s = a; q = b; } else { s = b; q = a; }
+}
+inline float geluU(float x) { return kGeluC * (x + kGeluA * x * x * x); }
 
 template <Unary op>
 inline float unaryFn(float x) {
@@ -29,7 +37,7 @@ inline float unaryFn(float x) {
   if constexpr (op == Unary::Tanh) return std::tanh(x);
   if constexpr (op == Unary::Sigmoid) return sigmoidf(x);
   if constexpr (op == Unary::Relu) return x < 0.f ? 0.f : x;  // keeps NaN
-  if constexpr (op == Unary::Gelu) return 0.5f * x * (1.f + std::tanh(kGeluC * (x + kGeluA * x * x * x)));
+  if constexpr (op == Unary::Gelu) return x * sigmoidf(2.f * geluU(x));  // = 0.5x(1 + tanh u), no cancellation
   if constexpr (op == Unary::Silu) return x * sigmoidf(x);
   if constexpr (op == Unary::Square) return x * x;
   if constexpr (op == Unary::Abs) return std::fabs(x);
@@ -45,22 +53,29 @@ inline float unaryGrad(float x) {
   if constexpr (op == Unary::Sqrt) return 0.5f / std::sqrt(x);
   if constexpr (op == Unary::Rsqrt) return -0.5f / (x * std::sqrt(x));
   if constexpr (op == Unary::Tanh) { float t = std::tanh(x); return 1.f - t * t; }
-  if constexpr (op == Unary::Sigmoid) { float s = sigmoidf(x); return s * (1.f - s); }
+  if constexpr (op == Unary::Sigmoid) { float s, q; sigmoidPair(x, s, q); return s * q; }
   if constexpr (op == Unary::Relu) return x > 0.f ? 1.f : 0.f;
   if constexpr (op == Unary::Gelu) {
-    float u = kGeluC * (x + kGeluA * x * x * x);
-    float t = std::tanh(u);
-    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kGeluC * (1.f + 3.f * kGeluA * x * x);
+    // With s = sigmoid(2u): 0.5(1 + tanh u) = s and 1 − tanh²u = 4s(1 − s).
+    float s, q;
+    sigmoidPair(2.f * geluU(x), s, q);
+    return s + 2.f * x * s * q * kGeluC * (1.f + 3.f * kGeluA * x * x);
   }
-  if constexpr (op == Unary::Silu) { float s = sigmoidf(x); return s * (1.f + x * (1.f - s)); }
+  if constexpr (op == Unary::Silu) { float s, q; sigmoidPair(x, s, q); return s * (1.f + x * q); }
   if constexpr (op == Unary::Square) return 2.f * x;
   if constexpr (op == Unary::Abs) return x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f);
   return 1.f;
 }
 
+constexpr bool isSigmoidFamily(Unary op) { return op == Unary::Sigmoid || op == Unary::Silu || op == Unary::Gelu; }
+
 template <Unary op>
 void unaryImpl(const float* x, float* out, int64_t n) {
   parallelRange(n, kGrain, [&](int64_t b, int64_t e) {
+    if constexpr (op == Unary::Exp)
+      if (vec::expShift(x + b, 0.f, out + b, e - b)) return;
+    if constexpr (isSigmoidFamily(op))
+      if (vec::sigmoidFamily(op, x + b, out + b, e - b)) return;
     for (int64_t i = b; i < e; ++i) out[i] = unaryFn<op>(x[i]);
   });
 }
@@ -68,6 +83,8 @@ void unaryImpl(const float* x, float* out, int64_t n) {
 template <Unary op>
 void unaryBackImpl(const float* x, const float* gy, float* gx, int64_t n, bool acc) {
   parallelRange(n, kGrain, [&](int64_t b, int64_t e) {
+    if constexpr (isSigmoidFamily(op))
+      if (vec::sigmoidFamilyBackward(op, x + b, gy + b, gx + b, e - b, acc)) return;
     if (acc)
       for (int64_t i = b; i < e; ++i) gx[i] += unaryGrad<op>(x[i]) * gy[i];
     else

@@ -8,6 +8,7 @@
 
 #include "../ops.h"
 #include "pool.h"
+#include "vecmath.h"
 
 namespace ck::cpu {
 using std::int64_t;
@@ -16,19 +17,26 @@ namespace {
 constexpr int64_t kGrain = 1 << 14;
 inline int64_t rowGrain(int64_t cols) { return cols >= kGrain ? 1 : kGrain / (cols > 0 ? cols : 1); }
 
-inline float rowMax(const float* x, int64_t n) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
+thread_local std::vector<float> tlsRow;
+float* rowScratch(int64_t n) {
+  if (tlsRow.size() < size_t(n)) tlsRow.resize(size_t(n));
+  return tlsRow.data();
 }
-// log Σ exp(x_j)
-inline double rowLogSumExp(const float* x, int64_t n, float& maxOut) {
-  float m = rowMax(x, n);
-  maxOut = m;
+
+// e[j] = exp(x[j] - shift), vectorised when the ISA allows.
+inline void expShifted(const float* x, float shift, float* e, int64_t n) {
+  if (!vec::expShift(x, shift, e, n))
+    for (int64_t j = 0; j < n; ++j) e[j] = std::exp(x[j] - shift);
+}
+
+// log Σ exp(x_j); `scratch` (n floats) receives exp(x_j − max).
+inline double rowLogSumExp(const float* x, int64_t n, float* scratch) {
+  float m = vec::max(x, n);
+  if (m != m) return NAN;
   if (m == -INFINITY) return -INFINITY;
-  double s = 0;
-  for (int64_t j = 0; j < n; ++j) s += std::exp(double(x[j] - m));
-  return double(m) + std::log(s);
+  if (m == INFINITY) return INFINITY;
+  expShifted(x, m, scratch, n);
+  return double(m) + std::log(vec::sum(scratch, n));
 }
 }  // namespace
 
@@ -45,19 +53,23 @@ void softmax(const float* x, float* y, int64_t rows, int64_t cols, const Softmax
         limit = std::clamp<int64_t>(r + (cols - mask->queryLen) + 1, 0, cols);
       }
       const std::uint8_t* pr = pad ? pad + (i / mask->rowsPerBatch) * cols : nullptr;
-      float m = -INFINITY;
-      for (int64_t j = 0; j < limit; ++j)
-        if ((!pr || pr[j]) && xr[j] > m) m = xr[j];
+      float m;
+      if (!pr) {
+        m = vec::max(xr, limit);
+      } else {
+        m = -INFINITY;
+        for (int64_t j = 0; j < limit; ++j)
+          if (pr[j] && !(xr[j] <= m)) m = xr[j];  // NaN wins, as in the unmasked path
+      }
       if (m == -INFINITY) {  // fully masked (or all -inf): zeros
         std::memset(yr, 0, sizeof(float) * size_t(cols));
         continue;
       }
-      double s = 0;
-      for (int64_t j = 0; j < limit; ++j) {
-        float v = (!pr || pr[j]) ? std::exp(xr[j] - m) : 0.f;
-        yr[j] = v;
-        s += v;
-      }
+      expShifted(xr, m, yr, limit);
+      if (pr)
+        for (int64_t j = 0; j < limit; ++j)
+          if (!pr[j]) yr[j] = 0.f;
+      double s = vec::sum(yr, limit);
       for (int64_t j = limit; j < cols; ++j) yr[j] = 0.f;
       float inv = float(1.0 / s);
       for (int64_t j = 0; j < limit; ++j) yr[j] *= inv;
@@ -85,8 +97,7 @@ void softmaxBackward(const float* y, const float* dy, float* dx, int64_t rows, i
 void logSoftmax(const float* x, float* y, int64_t rows, int64_t cols) {
   parallelRange(rows, rowGrain(cols), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      float m;
-      float lse = float(rowLogSumExp(x + i * cols, cols, m));
+      float lse = float(rowLogSumExp(x + i * cols, cols, y + i * cols));
       for (int64_t j = 0; j < cols; ++j) y[i * cols + j] = x[i * cols + j] - lse;
     }
   });
@@ -277,13 +288,13 @@ void crossEntropy(const float* logits, const std::int32_t* targets, int64_t rows
         if (grad) std::memset(grad + i * vocab, 0, sizeof(float) * size_t(vocab));
         continue;
       }
-      float m;
-      double lse = rowLogSumExp(xr, vocab, m);
+      float* g = grad ? grad + i * vocab : rowScratch(vocab);
+      double lse = rowLogSumExp(xr, vocab, g);
       losses[i] = float(lse - double(xr[t]));
       if (grad) {
-        float* g = grad + i * vocab;
-        float l = float(lse);
-        for (int64_t j = 0; j < vocab; ++j) g[j] = std::exp(xr[j] - l);
+        // g holds exp(x − max); scale to softmax.
+        float inv = float(1.0 / std::exp(lse - double(vec::max(xr, vocab))));
+        for (int64_t j = 0; j < vocab; ++j) g[j] *= inv;
         g[t] -= 1.f;
       }
     }
@@ -292,19 +303,32 @@ void crossEntropy(const float* logits, const std::int32_t* targets, int64_t rows
 
 void klDiv(const float* p, const float* q, int64_t rows, int64_t vocab, float* out, float* gradQ) {
   parallelRange(rows, rowGrain(vocab), [&](int64_t b, int64_t e) {
+    std::vector<float> eq(static_cast<size_t>(vocab), 0.f);
     for (int64_t i = b; i < e; ++i) {
       const float* pr = p + i * vocab;
       const float* qr = q + i * vocab;
-      float mp, mq;
-      double lp = rowLogSumExp(pr, vocab, mp), lq = rowLogSumExp(qr, vocab, mq);
+      float* ep = rowScratch(vocab);
+      double lp = rowLogSumExp(pr, vocab, ep), lq = rowLogSumExp(qr, vocab, eq.data());
+      // ep, eq hold exp(x − max): rescale to probabilities.
+      float sp = float(1.0 / std::exp(lp - double(vec::max(pr, vocab))));
+      float sq = float(1.0 / std::exp(lq - double(vec::max(qr, vocab))));
+      double lane[8] = {};
+      int64_t j = 0;
+      auto term = [&](int64_t jj) {
+        float P = ep[jj] * sp;
+        double d = (double(pr[jj]) - lp) - (double(qr[jj]) - lq);
+        return P > 0.f ? double(P) * d : 0.0;
+      };
+      for (; j + 8 <= vocab; j += 8)
+        for (int l = 0; l < 8; ++l) lane[l] += term(j + l);
       double kl = 0;
-      for (int64_t j = 0; j < vocab; ++j) {
-        double logP = double(pr[j]) - lp, logQ = double(qr[j]) - lq;
-        double P = std::exp(logP);
-        if (P > 0) kl += P * (logP - logQ);
-        if (gradQ) gradQ[i * vocab + j] = float(std::exp(logQ) - P);
-      }
+      for (int l = 0; l < 8; ++l) kl += lane[l];
+      for (; j < vocab; ++j) kl += term(j);
       out[i] = float(kl);
+      if (gradQ) {
+        float* g = gradQ + i * vocab;
+        for (int64_t jj = 0; jj < vocab; ++jj) g[jj] = eq[size_t(jj)] * sq - ep[jj] * sp;
+      }
     }
   });
 }

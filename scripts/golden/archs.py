@@ -120,10 +120,27 @@ def rotate_half(x):
     return torch.cat((-x[..., d:], x[..., :d]), dim=-1)
 
 
-def rope(x, pos, theta):
+def llama3_inv_freq(inv, rs):
+    """Llama 3.1 rope_scaling (rope_type "llama3"): long wavelengths are divided by
+    `factor`, short ones kept, the band between interpolated smoothly."""
+    factor = rs['factor']
+    lo, hi = rs['low_freq_factor'], rs['high_freq_factor']
+    old = rs['original_max_position_embeddings']
+    lo_wav, hi_wav = old / lo, old / hi
+    wav = 2 * math.pi / inv
+    out = torch.where(wav > lo_wav, inv / factor, inv)
+    smooth = (old / wav - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wav < hi_wav) & ~(wav > lo_wav)
+    return torch.where(medium, smoothed, out)
+
+
+def rope(x, pos, theta, scaling=None):
     """HF convention: rotate_half over the two halves of the head dimension."""
     d = x.shape[-1]
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    if scaling is not None:
+        inv = llama3_inv_freq(inv, scaling)
     fr = pos[:, :, None].float() * inv[None, None, :]  # [B,T,d/2]
     emb = torch.cat((fr, fr), dim=-1)[:, None]  # [B,1,T,d]
     return x * emb.cos() + rotate_half(x) * emb.sin()
@@ -139,8 +156,9 @@ def llama_attn(m, pre, x, pos, mask):
     k = m.lin(pre + '.k_proj', x).view(B, T, nkv, hd).transpose(1, 2)
     v = m.lin(pre + '.v_proj', x).view(B, T, nkv, hd).transpose(1, 2)
     theta = c.get('rope_theta', 10000.0)
-    q = rope(q, pos, theta)
-    k = rope(k, pos, theta)
+    rs = c.get('rope_scaling')
+    q = rope(q, pos, theta, rs)
+    k = rope(k, pos, theta, rs)
     rep = nh // nkv
     k = k.repeat_interleave(rep, dim=1)  # GQA: head j uses kv head j // rep
     v = v.repeat_interleave(rep, dim=1)

@@ -241,6 +241,13 @@ ARCHS = [
                  'max_position_embeddings': 64, 'hidden_act': 'silu', 'tie_word_embeddings': False,
                  'num_local_experts': 4, 'num_experts_per_tok': 2},
      torch.float16, 3, ['model.layers.1.block_sparse_moe.experts.2.w1', 'model.layers.0.self_attn.o_proj']),
+    ('llama3', {'model_type': 'llama', 'architectures': ['LlamaForCausalLM'], 'hidden_size': 32,
+                'intermediate_size': 64, 'num_hidden_layers': 2, 'num_attention_heads': 2, 'num_key_value_heads': 1,
+                'head_dim': 16, 'rope_theta': 10000.0, 'rms_norm_eps': 1e-5, 'max_position_embeddings': 512,
+                'rope_scaling': {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
+                                 'high_freq_factor': 4.0, 'original_max_position_embeddings': 64},
+                'hidden_act': 'silu', 'tie_word_embeddings': True, 'attention_bias': False},
+     torch.float32, 1, ['model.layers.0.self_attn.k_proj', 'model.layers.1.mlp.gate_proj']),
 ]
 
 LORA_R = 4

@@ -60,7 +60,7 @@ function targetsOf(meta: GoldenMeta): Int32Array {
   return tg;
 }
 
-for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
+for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral', 'llama3']) {
   t.test(`${arch} matches PyTorch`, async (t) => {
     const dir = path.join(GOLDEN, arch);
     const meta = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf-8')) as GoldenMeta;

@@ -252,7 +252,8 @@ t.test('config parsing: families, defaults and refusals', async (t) => {
   t.equal(parseConfig({ ...base, model_type: 'qwen2', sliding_window: 4, use_sliding_window: false }).slidingWindow, null);
   t.equal(parseConfig({ ...base, model_type: 'llama', attention_bias: true }).oBias, true);
   t.throws(() => parseConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 }), /not a multiple/);
-  t.throws(() => parseConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'llama3' } }), /rope_scaling is not supported/);
+  t.throws(() => parseConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'dynamic', factor: 2 } }), /rope_scaling of type "dynamic" is not supported/);
+  t.throws(() => parseConfig({ ...base, model_type: 'llama', rope_scaling: { rope_type: 'llama3', factor: 8 } }), /rope_scaling/);
   t.throws(() => parseConfig({ ...base, model_type: 'llama', hidden_size: 'x' }), /"hidden_size" must be a positive integer/);
   t.throws(() => parseConfig({ ...base, model_type: 'mixtral', num_local_experts: 2, num_experts_per_tok: 3 }), /exceeds/);
   t.throws(() => parseConfig({ ...base, model_type: 'mixtral' }), /missing "num_local_experts"/);

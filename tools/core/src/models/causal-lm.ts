@@ -13,7 +13,7 @@ import {
 } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
 import type { ModelConfig } from './config.js';
-import { ModelLoadError, expectedWeights } from './config.js';
+import { ModelLoadError, expectedWeights, ropeInvFreq } from './config.js';
 import { applyHook, type Hooks } from './hooks.js';
 import { createLora, type LoraAdapter } from './lora.js';
 
@@ -94,6 +94,7 @@ function canonicalName(family: string, name: string): string {
 
 export class CausalLM {
   private loraTerms = new Map<string, LoraTerm[]>();
+  private invFreq: Float64Array | null = null;
   private active: ActiveAdapter[] = [];
 
   /**
@@ -333,8 +334,8 @@ export class CausalLM {
       const p = `model.layers.${i}`;
       const x = rmsNorm(h, this.weights.get(`${p}.input_layernorm.weight`)!, c.normEps);
       const heads = (t: Tensor, n: number) => permute(reshape(t, [B, T, n, hd]), [0, 2, 1, 3]);
-      q = rope(heads(this.lin(`${p}.self_attn.q_proj`, x), c.heads), positions, c.ropeTheta);
-      k = rope(heads(this.lin(`${p}.self_attn.k_proj`, x), c.kvHeads), positions, c.ropeTheta);
+      q = this.rope(heads(this.lin(`${p}.self_attn.q_proj`, x), c.heads), positions);
+      k = this.rope(heads(this.lin(`${p}.self_attn.k_proj`, x), c.kvHeads), positions);
       v = heads(this.lin(`${p}.self_attn.v_proj`, x), c.kvHeads);
       outMod = `${p}.self_attn.o_proj`;
     }
@@ -348,6 +349,32 @@ export class CausalLM {
     }
     const o = attention(q, k, v, { causal: true, scale: 1 / Math.sqrt(hd), ...(keyPad ? { keyPad } : {}) });
     return this.lin(outMod, reshape(permute(o, [0, 2, 1, 3]), [B, T, c.heads * hd]), layout);
+  }
+
+  /**
+   * RoPE on x [B,H,T,D]. Plain RoPE uses the kernel; scaled RoPE (custom
+   * frequencies) is x·cos + rotate_half(x)·sin from differentiable ops.
+   */
+  private rope(x: Tensor, positions: Int32Array): Tensor {
+    const c = this.config;
+    if (!c.ropeScaling) return rope(x, positions, c.ropeTheta);
+    const [B, , T, D] = x.shape;
+    const half = D / 2;
+    this.invFreq ??= ropeInvFreq(c);
+    const cos = new Float32Array(B * T * D);
+    const sin = new Float32Array(B * T * D);
+    for (let bt = 0; bt < B * T; bt++) {
+      for (let j = 0; j < half; j++) {
+        // float32 angle, as the reference computes it
+        const a = Math.fround(positions[bt] * Math.fround(this.invFreq[j]));
+        const cv = Math.cos(a);
+        const sv = Math.sin(a);
+        cos[bt * D + j] = cos[bt * D + j + half] = cv;
+        sin[bt * D + j] = sin[bt * D + j + half] = sv;
+      }
+    }
+    const rot = concat([scale(slice(x, 3, half, D), -1), slice(x, 3, 0, half)], 3);
+    return add(mul(x, fromData(cos, [B, 1, T, D])), mul(rot, fromData(sin, [B, 1, T, D])));
   }
 
   /** Sparse MoE: softmax router → top-k → renormalise → weighted SwiGLU experts. */

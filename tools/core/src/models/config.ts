@@ -30,6 +30,8 @@ export interface ModelConfig {
   /** gpt2 learned positions; llama-family max_position_embeddings (informational). */
   maxPositions: number;
   ropeTheta: number;
+  /** Llama 3.1-style rope_scaling (rope_type "llama3"), or null. */
+  ropeScaling: Llama3RopeScaling | null;
   tieEmbeddings: boolean;
   /** Bias on q/k/v projections (qwen2 always; llama when attention_bias). */
   qkvBias: boolean;
@@ -44,6 +46,13 @@ export interface ModelConfig {
   eosTokenId: number | null;
   padTokenId: number | null;
   bosTokenId: number | null;
+}
+
+export interface Llama3RopeScaling {
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositions: number;
 }
 
 const FAMILY: Record<string, ArchFamily> = {
@@ -123,6 +132,7 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
       normEps: num(cfg, 'layer_norm_epsilon', 1e-5, file),
       maxPositions: int(cfg, file, 'n_positions', 'n_ctx'),
       ropeTheta: 0,
+      ropeScaling: null,
       tieEmbeddings: cfg.tie_word_embeddings !== false,
       qkvBias: true,
       oBias: true,
@@ -144,8 +154,21 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
   }
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new ModelLoadError(`${file}: hidden_act "${String(act)}" is not supported (silu only)`);
+  let ropeScaling: Llama3RopeScaling | null = null;
   if (cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
-    throw new ModelLoadError(`${file}: rope_scaling is not supported`);
+    const rs = cfg.rope_scaling as Json;
+    const kind = rs.rope_type ?? rs.type;
+    if (kind !== 'llama3') throw new ModelLoadError(`${file}: rope_scaling of type ${JSON.stringify(kind)} is not supported (llama3 only)`);
+    const where = `${file} rope_scaling`;
+    ropeScaling = {
+      factor: num(rs, 'factor', NaN, where),
+      lowFreqFactor: num(rs, 'low_freq_factor', NaN, where),
+      highFreqFactor: num(rs, 'high_freq_factor', NaN, where),
+      originalMaxPositions: int(rs, where, 'original_max_position_embeddings'),
+    };
+    if (Object.values(ropeScaling).some((v) => Number.isNaN(v)) || ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) {
+      throw new ModelLoadError(`${where}: needs factor, low_freq_factor < high_freq_factor and original_max_position_embeddings`);
+    }
   }
   const attnBias = cfg.attention_bias === true;
   const out: ModelConfig = {
@@ -159,6 +182,7 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
     normEps: num(cfg, 'rms_norm_eps', 1e-6, file),
     maxPositions: typeof cfg.max_position_embeddings === 'number' ? int(cfg, file, 'max_position_embeddings') : 0,
     ropeTheta: num(cfg, 'rope_theta', 10000, file),
+    ropeScaling,
     tieEmbeddings: cfg.tie_word_embeddings === true,
     qkvBias: modelType === 'qwen2' || attnBias,
     oBias: modelType !== 'qwen2' && attnBias,
@@ -264,4 +288,29 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
     }
   }
   return s;
+}
+
+/**
+ * RoPE inverse frequencies θ^(−2j/d), j < d/2, with Llama 3.1 scaling applied
+ * when configured: wavelengths longer than original/low_freq_factor are
+ * divided by `factor`, shorter than original/high_freq_factor kept, and the
+ * band between interpolated.
+ */
+export function ropeInvFreq(c: ModelConfig): Float64Array {
+  const d = c.headDim;
+  const inv = new Float64Array(d / 2);
+  for (let j = 0; j < d / 2; j++) inv[j] = 1 / Math.pow(c.ropeTheta, (2 * j) / d);
+  const rs = c.ropeScaling;
+  if (!rs) return inv;
+  const lowWav = rs.originalMaxPositions / rs.lowFreqFactor;
+  const highWav = rs.originalMaxPositions / rs.highFreqFactor;
+  for (let j = 0; j < inv.length; j++) {
+    const wav = (2 * Math.PI) / inv[j];
+    if (wav > lowWav) inv[j] /= rs.factor;
+    else if (wav >= highWav) {
+      const smooth = (rs.originalMaxPositions / wav - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+      inv[j] = ((1 - smooth) * inv[j]) / rs.factor + smooth * inv[j];
+    }
+  }
+  return inv;
 }

@@ -158,6 +158,9 @@ for (const [arch, model] of Object.entries(models)) {
     const eos = cached[0][1];
     const stopped = model.generate([p1], { maxNewTokens: 6, eosTokenId: eos })[0];
     t.same(stopped, cached[0].slice(0, cached[0].indexOf(eos) + 1), 'stops after eos');
+    const eos2 = cached[0][3];
+    const stopped2 = model.generate([p1], { maxNewTokens: 6, eosTokenId: [V - 1, eos2] })[0];
+    t.same(stopped2, cached[0].slice(0, cached[0].indexOf(eos2) + 1), 'stops at any of several eos ids');
   });
 
   t.test(`${arch}: LoRA stacking, negation, save/load`, async (t) => {

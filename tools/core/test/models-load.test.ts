@@ -246,6 +246,7 @@ t.test('config parsing: families, defaults and refusals', async (t) => {
   t.equal(m.kvHeads, 2);
   t.equal(m.slidingWindow, 4);
   t.equal(m.ropeTheta, 10000, 'default rope_theta');
+  t.same(parseConfig({ ...base, model_type: 'llama', eos_token_id: [7, 9] }).eosTokenIds, [7, 9]);
   const model = CausalLM.random(m, 1);
   t.equal(model.forward(Int32Array.from([1, 2, 3, 4]), [1, 4]).logits.shape[1], 4, 'within the window');
   t.throws(() => model.forward(Int32Array.from([1, 2, 3, 4, 5]), [1, 5]), /sliding_window of 4, which is not supported/);

@@ -72,8 +72,8 @@ export interface GenerateOptions {
   temperature?: number;
   topP?: number;
   seed?: number;
-  /** Stop a row when it emits this id (default config eos_token_id; null disables). */
-  eosTokenId?: number | null;
+  /** Stop a row when it emits this id or one of these ids (default: the config's eos ids; null disables). */
+  eosTokenId?: number | readonly number[] | null;
   /** Recompute the whole sequence each step instead of using the KV cache (for checking). */
   useCache?: boolean;
   hooks?: Hooks;
@@ -491,10 +491,12 @@ export class CausalLM {
     if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`generate: maxNewTokens must be a non-negative integer`);
     const temperature = opts.greedy ? 0 : (opts.temperature ?? 0);
     const topP = opts.topP ?? 1;
-    const eos = opts.eosTokenId === undefined ? this.config.eosTokenId : opts.eosTokenId;
+    const eosIds = new Set<number>(
+      opts.eosTokenId === undefined ? this.config.eosTokenIds : opts.eosTokenId === null ? [] : typeof opts.eosTokenId === 'number' ? [opts.eosTokenId] : opts.eosTokenId,
+    );
     const rng = new Rng(opts.seed ?? 0);
     const useCache = opts.useCache ?? true;
-    const pad = this.config.padTokenId ?? eos ?? 0;
+    const pad = this.config.padTokenId ?? this.config.eosTokenId ?? 0;
     const L = Math.max(...prompts.map((p) => p.length));
     if (prompts.some((p) => p.length === 0)) throw new RangeError('generate: empty prompt');
     // rows as growing sequences, left-padded to a common length
@@ -526,7 +528,7 @@ export class CausalLM {
           const row = logits.data.subarray(b * V, (b + 1) * V);
           const next = temperature > 0 ? sampleTopP(row, temperature, topP, rng) : argmax(row);
           out[b].push(next);
-          if (eos !== null && next === eos) done[b] = true;
+          if (eosIds.has(next)) done[b] = true;
           seqs[b].push(next);
           masks[b].push(1);
         }

@@ -44,6 +44,8 @@ export interface ModelConfig {
   /** Sliding-window attention span (mistral/mixtral sliding_window; qwen2 with use_sliding_window), or null. */
   slidingWindow: number | null;
   eosTokenId: number | null;
+  /** Every end-of-sequence id (Llama 3 configs list several). */
+  eosTokenIds: number[];
   padTokenId: number | null;
   bosTokenId: number | null;
 }
@@ -107,6 +109,9 @@ export function parseConfig(raw: unknown, file = 'config.json'): ModelConfig {
     family,
     vocabSize: int(cfg, file, 'vocab_size'),
     eosTokenId: optInt(cfg, 'eos_token_id'),
+    eosTokenIds: (Array.isArray(cfg.eos_token_id) ? cfg.eos_token_id : [cfg.eos_token_id]).filter(
+      (x): x is number => typeof x === 'number' && Number.isInteger(x),
+    ),
     padTokenId: optInt(cfg, 'pad_token_id'),
     bosTokenId: optInt(cfg, 'bos_token_id'),
   };

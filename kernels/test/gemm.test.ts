@@ -59,7 +59,7 @@ const shapes: Array<[number, number, number]> = [
 ];
 
 for (const simd of simdLevels()) {
-  for (const threads of [1, 2]) {
+  for (const threads of [1, 2, 3]) {
     t.test(`gemm ${simd} threads=${threads}: shapes × transposes`, async (t) => {
       k.setSimd(simd);
       k.setThreads(threads);

@@ -108,11 +108,14 @@ void layerNorm(const float* x, const float* gamma, const float* beta, float* out
   parallelRange(rows, rowGrain(cols), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float* xr = x + i * cols;
-      double s = 0;
-      for (int64_t j = 0; j < cols; ++j) s += xr[j];
-      double mu = s / double(cols);
+      double mu = vec::sum(xr, cols) / double(cols);
+      double lane[8] = {};  // two-pass variance, independent lanes so the loop vectorises
+      int64_t j0 = 0;
+      for (; j0 + 8 <= cols; j0 += 8)
+        for (int l = 0; l < 8; ++l) { double d = xr[j0 + l] - mu; lane[l] += d * d; }
       double v = 0;
-      for (int64_t j = 0; j < cols; ++j) { double d = xr[j] - mu; v += d * d; }
+      for (int l = 0; l < 8; ++l) v += lane[l];
+      for (; j0 < cols; ++j0) { double d = xr[j0] - mu; v += d * d; }
       float r = float(1.0 / std::sqrt(v / double(cols) + double(eps)));
       float m = float(mu);
       mean[i] = m;
@@ -185,8 +188,13 @@ void rmsNorm(const float* x, const float* w, float* out, int64_t rows, int64_t c
   parallelRange(rows, rowGrain(cols), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float* xr = x + i * cols;
+      double lane[8] = {};
+      int64_t j0 = 0;
+      for (; j0 + 8 <= cols; j0 += 8)
+        for (int l = 0; l < 8; ++l) lane[l] += double(xr[j0 + l]) * xr[j0 + l];
       double s = 0;
-      for (int64_t j = 0; j < cols; ++j) s += double(xr[j]) * xr[j];
+      for (int l = 0; l < 8; ++l) s += lane[l];
+      for (; j0 < cols; ++j0) s += double(xr[j0]) * xr[j0];
       float r = float(1.0 / std::sqrt(s / double(cols) + double(eps)));
       rstd[i] = r;
       float* o = out + i * cols;

@@ -4,7 +4,8 @@
  * lines; diagnostics go to stderr.
  */
 import { stat } from 'node:fs/promises';
-import { InputError, UsageError, readRecords, type AnyRecord, type ToolContext } from '@catechism/core';
+import { InputError, UsageError, type ToolContext } from '@catechism/core/cli';
+import { readRecords, type AnyRecord } from '@catechism/core/records';
 import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, type RefEvent } from './core.js';
 import { eventLine, showText, verifyText } from './text.js';
 

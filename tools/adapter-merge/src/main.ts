@@ -6,7 +6,8 @@
  * `export` need the model engine and come next; they answer with a usage
  * error (exit 2) saying so.
  */
-import { packageVersion, runTool, UsageError } from '@catechism/core';
+// Subpath imports: the registry commands never load the native compute addon at start-up.
+import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import { LATER_COMMANDS, commandsHelp, isRegistryCommand, runRegistryCommand, type Args } from './commands.js';
 
 await runTool<Args>({

@@ -57,6 +57,9 @@ t.before(async () => {
 t.test('--help lists the commands and examples; exit 0', async (t) => {
   const r = am(['--help'], { registry: null });
   t.equal(r.code, 0);
+  const direct = spawnSync(MAIN, ['--version']);
+  t.equal(direct.status, 0, 'dist/main.js is executable (the npm bin)');
+  t.match(direct.stdout.toString(), /^\d+\.\d+\.\d+/);
   for (const c of ['add BUNDLE_DIR', 'promote REF', 'rollback REF [--to VERSION]', 'log REF', 'show ID', 'verify', 'report ID', 'CATECHISM_REGISTRY', 'Examples:']) t.match(r.stdout, c);
 });
 

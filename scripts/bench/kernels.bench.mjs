@@ -39,7 +39,8 @@ function rand(n, seed) {
   return a;
 }
 
-function timeOurs({ m, n, kk, transB }, reps) {
+function timeOurs({ m, n, kk, transB, threads }, reps) {
+  k.setThreads(threads ?? os.availableParallelism());
   const a = rand(m * kk, 1), b = rand(kk * n, 2), c = new Float32Array(m * n);
   const args = { m, n, k: kk, a, lda: kk, b, ldb: transB ? kk : n, c, ldc: n, transB };
   k.gemm(args); // warm-up: page faults, pool start
@@ -52,10 +53,11 @@ function timeOurs({ m, n, kk, transB }, reps) {
   return (2 * m * n * kk) / best / 1e9;
 }
 
-function timeNumpy({ m, n, kk, transB }, reps) {
+function timeNumpy({ m, n, kk, transB, threads }, reps) {
   const env = { ...process.env };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
+  if (threads) env.OPENBLAS_NUM_THREADS = String(threads);
   const args = [join(here, 'gemm_numpy.py'), String(m), String(n), String(kk), String(reps)];
   if (transB) args.push('--transB');
   const r = spawnSync('python3', args, { env, encoding: 'utf8' });
@@ -70,6 +72,8 @@ const shapes = [
   { name: 'SGEMM 512×768×3072 (m×k×n)', m: 512, kk: 768, n: 3072, transB: false, reps: quick ? 5 : 15 },
   { name: 'SGEMM 2048×2048×2048', m: 2048, kk: 2048, n: 2048, transB: false, reps: quick ? 3 : 6 },
   { name: 'SGEMM 512×768×3072, B transposed (x·Wᵀ)', m: 512, kk: 768, n: 3072, transB: true, reps: quick ? 5 : 15 },
+  // One thread each: compares the kernels themselves, less sensitive to other load on the machine.
+  { name: 'SGEMM 512×768×3072, 1 thread each', m: 512, kk: 768, n: 3072, transB: false, threads: 1, reps: quick ? 3 : 8 },
 ];
 
 const rows = [];
@@ -95,6 +99,7 @@ function perCallMicros(fn, iters) {
   }
   return best;
 }
+k.setThreads(os.availableParallelism());
 const x16 = rand(16, 3), y16 = rand(16, 4), o16 = new Float32Array(16);
 const shape16 = [16];
 const iters = quick ? 50000 : 200000;

@@ -56,6 +56,7 @@ const shapes: Array<[number, number, number]> = [
   [150, 40, 20], // m spans two row blocks
   [3, 2100, 5], // n spans two column blocks
   [45, 97, 1],
+  [2, 3, 4], [3, 1100, 70], [8, 50, 600], [5, 700, 1100], [9, 40, 30], // few-row path (m <= 8) and just above it
 ];
 
 for (const simd of simdLevels()) {

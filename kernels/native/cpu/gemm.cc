@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "../ops.h"
 #include "gemm.h"
@@ -164,6 +165,58 @@ void gemmBlock(const GemmParams& g, const GemmKernelInfo& K, const float* a, con
   }
 }
 
+// Few rows of C (decode steps, m <= kSmallM): packing B would cost as much as
+// the product, so stream B directly. transB: dot products of A rows with B
+// rows; otherwise: C rows += a_ip · B[p, j0:j1] (axpy over B rows).
+constexpr int64_t kSmallM = 8;
+
+void gemmSmallM(const GemmParams& g, const float* a, const float* b, float* c, int64_t j0, int64_t j1) {
+  const int64_t m = g.m, k = g.k;
+  float rowsA[kSmallM * 1024];
+  std::vector<float> heapA;
+  float* A = rowsA;
+  if (m * k > int64_t(sizeof rowsA / sizeof(float))) {
+    heapA.resize(size_t(m * k));
+    A = heapA.data();
+  }
+  for (int64_t i = 0; i < m; ++i)  // contiguous copy of op(A)'s rows
+    for (int64_t p = 0; p < k; ++p) A[i * k + p] = g.transA ? a[p * g.lda + i] : a[i * g.lda + p];
+  auto store = [&](int64_t i, int64_t j, float v) {
+    float* cij = c + i * g.ldc + j;
+    *cij = g.beta == 0.f ? g.alpha * v : g.alpha * v + g.beta * *cij;
+  };
+  if (g.transB) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* bj = b + j * g.ldb;
+      for (int64_t i = 0; i < m; ++i) {
+        const float* ai = A + i * k;
+        float lane[16] = {};
+        int64_t p = 0;
+        for (; p + 16 <= k; p += 16)
+          for (int l = 0; l < 16; ++l) lane[l] += ai[p + l] * bj[p + l];
+        float s = 0.f;
+        for (int l = 0; l < 16; ++l) s += lane[l];
+        for (; p < k; ++p) s += ai[p] * bj[p];
+        store(i, j, s);
+      }
+    }
+    return;
+  }
+  // Whole rows of B per step: long sequential streams (B is read exactly once).
+  const int64_t w = j1 - j0;
+  std::vector<float> acc(size_t(m * w), 0.f);
+  for (int64_t p = 0; p < k; ++p) {
+    const float* bp = b + p * g.ldb + j0;
+    for (int64_t i = 0; i < m; ++i) {
+      float av = A[i * k + p];
+      float* ac = acc.data() + i * w;
+      for (int64_t j = 0; j < w; ++j) ac[j] += av * bp[j];
+    }
+  }
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < w; ++j) store(i, j0 + j, acc[size_t(i * w + j)]);
+}
+
 void scaleAndBias(const GemmParams& g, float* c, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool scaleC) {
   for (int64_t i = i0; i < i1; ++i) {
     float* cr = c + i * g.ldc;
@@ -188,8 +241,9 @@ void gemm(const GemmParams& g) {
   const double flops = 2.0 * double(g.m) * double(g.n) * double(std::max<int64_t>(g.k, 1)) * double(g.batch);
   // Tasks: whole batch items when they spread evenly over the threads,
   // otherwise each item is cut into T slices along its larger side.
+  const bool smallM = g.m <= kSmallM && !noProduct;
   int64_t parts = 1;
-  bool splitN = g.n >= g.m;
+  bool splitN = smallM || g.n >= g.m;
   if (T > 1 && flops > 4e5 && g.batch % T != 0) {
     int64_t tiles = splitN ? (g.n + K.nr - 1) / K.nr : (g.m + K.mr - 1) / K.mr;
     parts = std::min<int64_t>(T, tiles);
@@ -214,6 +268,9 @@ void gemm(const GemmParams& g) {
     if (i0 >= i1 || j0 >= j1) return;
     if (noProduct) {
       scaleAndBias(g, c, i0, i1, j0, j1, true);
+    } else if (smallM) {
+      gemmSmallM(g, a, b, c, j0, j1);
+      if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
     } else {
       gemmBlock(g, K, a, b, c, i0, i1, j0, j1);
       if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);

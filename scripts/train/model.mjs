@@ -1,0 +1,67 @@
+// Fixture model configs (Hugging Face config.json), seeded random init and
+// saving as a model directory.
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { CausalLM, parseConfig, expectedWeights, fromData, writeSafetensors, writeFileAtomic } from '@catechism/core';
+
+/** config.json for an architecture; ids from the world tokenizer (eos 0, pad 1). */
+export function hfConfig(arch, o) {
+  const ids = { bos_token_id: o.eosId, eos_token_id: o.eosId, pad_token_id: o.padId };
+  if (arch === 'gpt2') {
+    return {
+      architectures: ['GPT2LMHeadModel'], model_type: 'gpt2', vocab_size: o.vocab, n_embd: o.hidden, n_layer: o.layers,
+      n_head: o.heads, n_inner: o.intermediate, n_positions: o.positions, n_ctx: o.positions,
+      activation_function: 'gelu_new', layer_norm_epsilon: 1e-5, initializer_range: 0.02,
+      resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0, tie_word_embeddings: true, use_cache: true, ...ids,
+    };
+  }
+  if (arch === 'mixtral') {
+    return {
+      architectures: ['MixtralForCausalLM'], model_type: 'mixtral', vocab_size: o.vocab, hidden_size: o.hidden,
+      intermediate_size: o.intermediate, num_hidden_layers: o.layers, num_attention_heads: o.heads,
+      num_key_value_heads: o.kvHeads ?? o.heads, head_dim: o.hidden / o.heads, hidden_act: 'silu',
+      max_position_embeddings: o.positions, rms_norm_eps: 1e-5, rope_theta: 10000, num_local_experts: o.experts,
+      num_experts_per_tok: o.topK, router_aux_loss_coef: o.auxCoef, output_router_logits: false, sliding_window: null,
+      attention_dropout: 0, initializer_range: 0.02, tie_word_embeddings: false, use_cache: true, ...ids,
+    };
+  }
+  throw new Error(`unknown --arch '${arch}' (gpt2 or mixtral)`);
+}
+
+/**
+ * GPT-2-style init: normal(0, 0.02) matrices and embeddings, residual output
+ * projections scaled by 1/√(2·layers), norms 1, biases 0. Every weight is a
+ * trainable leaf.
+ */
+export function initModel(cfgJson, rng) {
+  const config = parseConfig(cfgJson);
+  const weights = new Map();
+  const resid = /(attn\.c_proj|mlp\.c_proj|o_proj|\.w2)\.weight$/;
+  for (const [name, shape] of expectedWeights(config)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (/(norm|ln_\d|ln_f)\.weight$/.test(name)) data.fill(1);
+    else if (!name.endsWith('.bias')) {
+      const std = resid.test(name) ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
+      for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
+    }
+    weights.set(name, fromData(data, shape, { requiresGrad: true }));
+  }
+  return new CausalLM(config, weights);
+}
+
+/** Weight decay applies to matrices (not embeddings, norms, biases). */
+export function decays(name, t) {
+  return t.shape.length === 2 && !/(wte|wpe|embed_tokens)\.weight$/.test(name);
+}
+
+export function saveModelDir(out, model, cfgJson, worldDir, training) {
+  mkdirSync(out, { recursive: true });
+  const tensors = {};
+  for (const [name, t] of model.weights) tensors[name] = { shape: t.shape.slice(), data: t.data };
+  writeSafetensors(join(out, 'model.safetensors'), tensors, { format: 'pt' });
+  writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfgJson, null, 2) + '\n');
+  copyFileSync(join(worldDir, 'tokenizer.json'), join(out, 'tokenizer.json'));
+  copyFileSync(join(worldDir, 'tokenizer_config.json'), join(out, 'tokenizer_config.json'));
+  writeFileAtomic(join(out, 'training.json'), JSON.stringify(training, null, 2) + '\n');
+}

@@ -392,6 +392,7 @@ export function permute(x: Float32Array, shape: number[], perm: number[], out: F
     seen[p] = 1;
   }
   if (total === 0) return;
+  if (overlaps(x, out)) rangeErr('permute', 'out must not share memory with x');
   const strides = new Array<number>(nd);
   let s = 1;
   for (let i = nd - 1; i >= 0; i--) {

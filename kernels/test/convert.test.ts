@@ -1,5 +1,5 @@
 import t from 'tap';
-import { k, rng } from './helpers.js';
+import { k, rng, simdLevels } from './helpers.js';
 
 /** Independent float64 decoding of an IEEE binary16 value. */
 function halfValue(h: number): number {
@@ -34,7 +34,9 @@ function nearestHalf(x: number, table: Array<[number, number]>): number {
   return sign | code;
 }
 
-t.test('f16 → f32: all 65536 encodings', async (t) => {
+for (const simd of simdLevels()) {
+t.test(`f16 → f32 (${simd}): all 65536 encodings`, async (t) => {
+  k.setSimd(simd);
   const src = new Uint16Array(65536).map((_, i) => i);
   const out = new Float32Array(65536);
   k.f16ToF32(src, out);
@@ -47,7 +49,8 @@ t.test('f16 → f32: all 65536 encodings', async (t) => {
   t.ok(Object.is(out[0x8000], -0), '-0 keeps its sign');
 });
 
-t.test('f32 → f16 rounds to nearest even', async (t) => {
+t.test(`f32 → f16 (${simd}) rounds to nearest even`, async (t) => {
+  k.setSimd(simd);
   const table: Array<[number, number]> = [];
   for (let c = 0; c < 0x7c00; c++) table.push([halfValue(c), c]);
   const r = rng(21);
@@ -77,7 +80,9 @@ t.test('f32 → f16 rounds to nearest even', async (t) => {
   const back = new Uint16Array(halves.length);
   k.f32ToF16(f, back);
   t.same(back, halves, 'f16 → f32 → f16 is the identity on finite values');
+  k.setSimd('auto');
 });
+}
 
 t.test('bf16 conversions', async (t) => {
   const src = new Uint16Array(65536).map((_, i) => i);

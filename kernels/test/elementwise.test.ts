@@ -189,4 +189,6 @@ t.test('permute', async (t) => {
   }
   t.throws(() => k.permute(new Float32Array(6), [2, 3], [0, 0], new Float32Array(6)), /not a permutation/);
   t.throws(() => k.permute(new Float32Array(6), [2, 3], [1], new Float32Array(6)), RangeError);
+  const buf = new Float32Array(6);
+  t.throws(() => k.permute(buf, [2, 3], [1, 0], buf), /share memory/);
 });

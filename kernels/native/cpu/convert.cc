@@ -4,6 +4,9 @@
 
 #include "../ops.h"
 #include "pool.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace ck::cpu {
 using std::int64_t;
@@ -58,8 +61,35 @@ inline uint16_t floatToBf16(float f) {
 constexpr int64_t kGrain = 1 << 16;
 }  // namespace
 
+#if defined(__x86_64__)
+// F16C converts exactly (subnormals included) and rounds to nearest even, the
+// same results as the scalar code; it is present on every AVX2 CPU we dispatch to.
+bool hasF16c() {
+  static const bool ok = [] { __builtin_cpu_init(); return __builtin_cpu_supports("f16c") != 0; }();
+  return ok && simd() != Simd::Scalar;
+}
+__attribute__((target("avx,f16c"))) void f16ToF32F16c(const uint16_t* src, float* out, int64_t b, int64_t e) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < e; ++i) out[i] = halfToFloat(src[i]);
+}
+__attribute__((target("avx,f16c"))) void f32ToF16F16c(const float* src, uint16_t* out, int64_t b, int64_t e) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < e; ++i) out[i] = floatToHalf(src[i]);
+}
+#endif
+
 void f16ToF32(const uint16_t* src, float* out, int64_t n) {
-  parallelRange(n, kGrain, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) out[i] = halfToFloat(src[i]); });
+  parallelRange(n, kGrain, [&](int64_t b, int64_t e) {
+#if defined(__x86_64__)
+    if (hasF16c()) return f16ToF32F16c(src, out, b, e);
+#endif
+    for (int64_t i = b; i < e; ++i) out[i] = halfToFloat(src[i]);
+  });
 }
 void bf16ToF32(const uint16_t* src, float* out, int64_t n) {
   parallelRange(n, kGrain, [&](int64_t b, int64_t e) {
@@ -67,7 +97,12 @@ void bf16ToF32(const uint16_t* src, float* out, int64_t n) {
   });
 }
 void f32ToF16(const float* src, uint16_t* out, int64_t n) {
-  parallelRange(n, kGrain, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) out[i] = floatToHalf(src[i]); });
+  parallelRange(n, kGrain, [&](int64_t b, int64_t e) {
+#if defined(__x86_64__)
+    if (hasF16c()) return f32ToF16F16c(src, out, b, e);
+#endif
+    for (int64_t i = b; i < e; ++i) out[i] = floatToHalf(src[i]);
+  });
 }
 void f32ToBf16(const float* src, uint16_t* out, int64_t n) {
   parallelRange(n, kGrain, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) out[i] = floatToBf16(src[i]); });

@@ -1,6 +1,9 @@
 #include "pool.h"
 
+#include <sched.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -75,11 +78,26 @@ struct Pool {
   ~Pool() { shutdown(); }
 };
 
+// CATECHISM_THREADS if set, else the CPUs this process may run on (the
+// affinity mask, which containers and taskset narrow), else hardware_concurrency.
+int defaultThreads() {
+  if (const char* env = std::getenv("CATECHISM_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1 && n <= 1024) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n >= 1) return n;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc == 0 ? 1 : int(hc);
+}
+
 Pool& pool() {
   static Pool* p = [] {
     auto* q = new Pool();  // leaked on purpose: joining threads at exit can deadlock in Node
-    unsigned hc = std::thread::hardware_concurrency();
-    q->start(hc == 0 ? 1 : int(hc));
+    q->start(defaultThreads());
     return q;
   }();
   return *p;

@@ -128,6 +128,8 @@ for (const [arch, model] of Object.entries(models)) {
     const full = model.forward(Int32Array.from([...p1, ...cont]), [1, 8]).logits;
     const ls = logSoftmax(reshape(full, [8, V]));
     for (let j = 0; j < 3; j++) t.ok(Math.abs(lp1[j] - ls.data[(4 + j) * V + cont[j]]) < 1e-4, `logprob ${j}`);
+    t.same(model.logprobs([p1, p2], [[], []]).map((x) => x.length), [0, 0], 'empty continuations');
+    t.same(model.logprobs([p1, p2], [[], [5]]).map((x) => x.length), [0, 1]);
     const solo = model.logprobs([p2], [cont.slice(0, 2)])[0];
     t.ok(maxAbsDiff(solo, lp2) < 1e-4, 'batched logprobs equal unbatched');
 

@@ -460,6 +460,7 @@ export class CausalLM {
       }
     }
     offsets.push(targets.length);
+    if (targets.length === 0) return { logprobs: zeros([0]), offsets };
     const { logits } = this.forward(ids, [B, T], { attentionMask: mask, hooks: opts.hooks, logitsAt: Int32Array.from(rowIds) });
     const lp = gather(logSoftmax(logits), Int32Array.from(targets), 1);
     return { logprobs: reshape(lp, [targets.length]), offsets };

@@ -101,9 +101,9 @@ t.test('a zsRE file gives question-template facts and probes', async (t) => {
   const r = probeGen(['--no-facts', fixture('zsre-sample.json')]);
   t.equal(r.code, 0, r.stderr);
   t.same(parseLines(r.stdout.toString()), [
-    { kind: 'probe', id: 'zsre-0/edit/0', fact_id: 'zsre-0', role: 'edit', split: 'train', prompt: 'What university did Watts Humphrey attend?', target: 'University of Michigan', expect: 'new' },
-    { kind: 'probe', id: 'zsre-1/edit/0', fact_id: 'zsre-1', role: 'edit', split: 'train', prompt: 'Which constellation is eta draconis a part of?', target: 'Ursa Minor', expect: 'new' },
-    { kind: 'probe', id: 'zsre-2/edit/0', fact_id: 'zsre-2', role: 'edit', split: 'train', prompt: 'Which family does Ramalinaceae belong to?', target: 'Noctuidae', expect: 'new' },
+    { kind: 'probe', id: 'zsre-84a9e9e96147/edit/0', fact_id: 'zsre-84a9e9e96147', role: 'edit', split: 'train', prompt: 'What university did Watts Humphrey attend?', target: 'University of Michigan', expect: 'new' },
+    { kind: 'probe', id: 'zsre-dc656e4b425d/edit/0', fact_id: 'zsre-dc656e4b425d', role: 'edit', split: 'train', prompt: 'Which constellation is eta draconis a part of?', target: 'Ursa Minor', expect: 'new' },
+    { kind: 'probe', id: 'zsre-333bd669b605/edit/0', fact_id: 'zsre-333bd669b605', role: 'edit', split: 'train', prompt: 'Which family does Ramalinaceae belong to?', target: 'Noctuidae', expect: 'new' },
   ]);
   const facts = parseLines(probeGen([fixture('zsre-sample.json')]).stdout.toString()) as Array<Record<string, unknown>>;
   t.same(facts[0].locality, [{ prompt: 'nq question: who played desmond doss father in hacksaw ridge', target: 'Hugo Weaving' }]);
@@ -121,7 +121,7 @@ const good = '{"kind":"fact","id":"a","subject":"S","prompt":"{} is","target_new
 
 t.test('bad input: exit 2 and one stderr line naming input, record and field', async (t) => {
   const cases: Array<[string, string | Buffer, RegExp]> = [
-    ['truncated JSON line', good + good + '{"kind":"fact","id":"b","subj', /^probe-gen: stdin: record 3: invalid JSON: .+\n$/],
+    ['truncated JSON line', good + good + '{"kind":"fact","id":"b","subj', /^probe-gen: stdin: record 3: invalid JSON \(NDJSON is one record per line\): .+\n$/],
     ['wrong field type', good + '{"kind":"fact","id":"b","subject":"S","prompt":5,"target_new":"x"}\n', /^probe-gen: stdin: record 2: field "prompt": expected string, got number\n$/],
     ['missing required field', good + good + good + '{"kind":"probe","fact_id":"a","role":"edit","split":"train","prompt":"p"}\n', /^probe-gen: stdin: record 4: field "expect": missing required field .+\n$/],
     ['binary garbage', Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13]), /^probe-gen: stdin: record 1: not NDJSON, a JSON array or an Arrow IPC stream \(first bytes: 89 50 4e 47 0d 0a 1a 0a\)\n$/],

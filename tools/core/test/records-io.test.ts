@@ -9,6 +9,7 @@ import {
   InputError,
   createRecordWriter,
   decodeBatch,
+  readRecordBatches,
   readRecords,
   type AnyRecord,
   type OutputFormat,
@@ -125,7 +126,7 @@ t.test('CounterFact and zsRE files are normalised to facts', async (t) => {
     t.ok(index >= 1 && index <= 3);
   }
   t.equal(out.length, 6);
-  t.same(out.map((r) => r.id), ['counterfact-0', 'counterfact-1', 'counterfact-2', 'zsre-0', 'zsre-1', 'zsre-2']);
+  t.same(out.map((r) => r.id), ['counterfact-0', 'counterfact-1', 'counterfact-2', 'zsre-84a9e9e96147', 'zsre-dc656e4b425d', 'zsre-333bd669b605']);
   t.same(out[0].prompts, {
     paraphrase: [
       'Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native',
@@ -203,4 +204,43 @@ t.test('the Arrow writer waits for drain (bounded buffering)', async (t) => {
   let rows = 0;
   for await (const b of reader) rows += b.numRows;
   t.equal(rows, 64);
+});
+
+t.test('records before a bad one are delivered, in order, before the error', async (t) => {
+  for (const bad of ['{"kind":"fact","id":1}\n', '{"kind":\n']) {
+    const stdin = Readable.from([Buffer.from('{"kind":"a"}\n{"kind":"b"}\n' + bad + '{"kind":"c"}\n')]);
+    const seen: string[] = [];
+    let error: InputError | null = null;
+    try {
+      for await (const { record, index } of readRecords([], { stdin })) seen.push(`${index}:${record.kind}`);
+    } catch (e) {
+      error = e as InputError;
+    }
+    t.same(seen, ['1:a', '2:b']);
+    t.equal(error?.record, 3);
+  }
+});
+
+t.test('readRecordBatches and writeBatch carry the same records as the one-at-a-time forms', async (t) => {
+  const many = Array.from({ length: 5000 }, (_, i) => ({ kind: i % 2 ? 'note' : 'probe', fact_id: `f${i}`, role: 'edit', split: 'test', prompt: `p${i}`, expect: 'true', i }));
+  const text = many.map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const batches: number[] = [];
+  const out: AnyRecord[] = [];
+  for await (const b of readRecordBatches([], { stdin: Readable.from([Buffer.from(text)]) })) {
+    batches.push(b.length);
+    t.same(b.map((x) => x.index), b.map((_, k) => out.length + k + 1));
+    out.push(...b.map((x) => x.record));
+  }
+  t.same(out, many);
+  for (const format of ['ndjson', 'arrow'] as const) {
+    const sink = new PassThrough();
+    const chunks: Buffer[] = [];
+    sink.on('data', (c: Buffer) => chunks.push(c));
+    const w = createRecordWriter(sink, { format });
+    await w.writeBatch(many.slice(0, 1234));
+    await w.writeBatch(many.slice(1234));
+    await w.end();
+    t.equal(w.count, many.length);
+    t.same(await read(Buffer.concat(chunks)), many, format);
+  }
 });

@@ -89,14 +89,14 @@ t.test('CounterFact records become facts with their extra prompts', async (t) =>
     attribute_prompts: ['d'],
     generation_prompts: ['e'],
   };
-  const f = normaliseRecord(cf, 0);
+  const f = normaliseRecord(cf);
   t.same(f, {
     kind: 'fact', id: 'counterfact-7', subject: 'Danielle Darrieux', prompt: 'The mother tongue of {} is',
     target_new: 'English', target_true: 'French', relation: 'P103', op: 'insert', source: 'counterfact',
     prompts: { paraphrase: ['a'], neighborhood: ['b', 'c'], attribute: ['d'], generation: ['e'] },
   });
   validateRecord(f);
-  const e = errorOf(() => normaliseRecord({ ...cf, requested_rewrite: { ...cf.requested_rewrite, target_new: { str: 5 } } }, 0));
+  const e = errorOf(() => normaliseRecord({ ...cf, requested_rewrite: { ...cf.requested_rewrite, target_new: { str: 5 } } }));
   t.equal(e.field, 'requested_rewrite.target_new.str');
   t.equal(e.message, 'field "requested_rewrite.target_new.str": expected string, got number');
 });
@@ -109,19 +109,22 @@ t.test('zsRE questions become {} templates', async (t) => {
     subject: 'Eta Draconis', src: 'Which constellation is eta draconis a part of?', alt: 'Ursa Minor', answers: ['Draco'],
     rephrase: 'What is the constellation that Eta Draconis belongs to?', loc: 'nq question: who sang x', loc_ans: 'Y',
   };
-  const f = normaliseRecord(z, 4) as Record<string, unknown>;
+  const f = normaliseRecord(z) as Record<string, unknown>;
   t.same(f, {
-    kind: 'fact', id: 'zsre-4', subject: 'eta draconis', prompt: 'Which constellation is {} a part of?',
+    kind: 'fact', id: 'zsre-dc656e4b425d', subject: 'eta draconis', prompt: 'Which constellation is {} a part of?',
     target_new: 'Ursa Minor', target_true: 'Draco', op: 'insert', source: 'zsre',
     prompts: { paraphrase: [z.rephrase] }, locality: [{ prompt: z.loc, target: 'Y' }],
   });
+  // The id is sha256("subject\nsrc\nalt"), first 12 hex digits (checked with sha256sum).
+  t.equal((normaliseRecord({ ...z, answers: [] }) as Record<string, unknown>).id, 'zsre-dc656e4b425d', 'id ignores the true answers');
+  t.not((normaliseRecord({ ...z, alt: 'Draco' }) as Record<string, unknown>).id, f.id);
   // Substituting the subject back gives the question exactly.
   t.equal((f.prompt as string).replace('{}', f.subject as string), z.src);
-  t.equal(errorOf(() => normaliseRecord({ ...z, src: 'Which one?' }, 0)).field, 'src');
-  t.equal(errorOf(() => normaliseRecord({ ...z, alt: ['x'] }, 0)).field, 'alt');
+  t.equal(errorOf(() => normaliseRecord({ ...z, src: 'Which one?' })).field, 'src');
+  t.equal(errorOf(() => normaliseRecord({ ...z, alt: ['x'] })).field, 'alt');
 });
 
 t.test('records with a kind are not normalised', async (t) => {
   const r = { kind: 'note', requested_rewrite: 1 };
-  t.equal(normaliseRecord(r, 0), r);
+  t.equal(normaliseRecord(r), r);
 });

@@ -5,7 +5,7 @@
  */
 import { packageVersion, runTool } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
-import { probeGen } from './probes.js';
+import { expandRecord } from './probes.js';
 
 interface Args {
   passthrough: boolean;
@@ -30,13 +30,16 @@ await runTool<Args>({
     facts: { type: 'boolean', default: true, describe: 'write each fact before its probes (--no-facts: probes only)' },
   },
   async run(ctx) {
-    async function* records(): AsyncGenerator<AnyRecord> {
-      for await (const { record } of ctx.read()) {
-        ctx.progress.tick();
-        yield record;
+    const options = { keepFacts: ctx.args.facts };
+    // Batch by batch: the per-record work is synchronous, the awaits are per batch.
+    for await (const batch of ctx.readBatches()) {
+      ctx.progress.tick(batch.length);
+      const out: AnyRecord[] = [];
+      for (const { record } of batch) {
+        if (ctx.args.passthrough) out.push(record);
+        else expandRecord(record, out, options);
       }
+      await ctx.out.writeBatch(out);
     }
-    const stream = ctx.args.passthrough ? records() : probeGen(records(), { keepFacts: ctx.args.facts });
-    for await (const rec of stream) await ctx.out.write(rec);
   },
 });

@@ -35,18 +35,24 @@ export interface ProbeGenOptions {
   keepFacts?: boolean;
 }
 
+/** What one input record becomes, appended to `out`: the fact and its probes, or the record itself. */
+export function expandRecord(rec: AnyRecord, out: AnyRecord[], options: ProbeGenOptions = {}): void {
+  if (rec.kind !== 'fact') {
+    out.push(rec);
+    return;
+  }
+  if (options.keepFacts ?? true) out.push(rec);
+  for (const p of probesForFact(rec as Fact)) out.push(p);
+}
+
 /**
  * Turns a record stream into facts-and-probes, passing every other record
  * through unchanged and in order. Deterministic: no randomness.
  */
 export async function* probeGen(records: AsyncIterable<AnyRecord>, options: ProbeGenOptions = {}): AsyncGenerator<AnyRecord> {
-  const keepFacts = options.keepFacts ?? true;
   for await (const rec of records) {
-    if (rec.kind === 'fact') {
-      if (keepFacts) yield rec;
-      yield* probesForFact(rec as Fact);
-    } else {
-      yield rec;
-    }
+    const out: AnyRecord[] = [];
+    expandRecord(rec, out, options);
+    yield* out;
   }
 }

@@ -3,6 +3,7 @@
  * `kind`) become `fact` records. The extra prompts are kept under
  * `fact.prompts` and `fact.locality` so probe-gen can use them.
  */
+import { createHash } from 'node:crypto';
 import { InputError } from './errors.js';
 import { checkFields, type Fact, type FieldSpec, type FieldType } from './schema.js';
 
@@ -99,7 +100,7 @@ export function templateFromQuestion(src: string, subject: string): string | nul
   return src.slice(0, at) + '{}' + src.slice(at + subject.length);
 }
 
-export function fromZsre(v: Record<string, unknown>, index: number): Fact {
+export function fromZsre(v: Record<string, unknown>): Fact {
   checkFields(v, ZSRE, '');
   const subject = v.subject as string;
   const src = v.src as string;
@@ -109,9 +110,12 @@ export function fromZsre(v: Record<string, unknown>, index: number): Fact {
   }
   // The subject is substituted back exactly as the question spelled it.
   const spelled = src.substr(prompt.indexOf('{}'), subject.length);
+  // zsRE has no ids: derive one from the content, so the same question gets
+  // the same id whichever file or position it comes from.
+  const id = createHash('sha256').update(`${subject}\n${src}\n${v.alt as string}`).digest('hex').slice(0, 12);
   const fact: Fact = {
     kind: 'fact',
-    id: `zsre-${index}`,
+    id: `zsre-${id}`,
     subject: spelled,
     prompt,
     target_new: v.alt as string,
@@ -129,17 +133,16 @@ export function fromZsre(v: Record<string, unknown>, index: number): Fact {
 
 /**
  * Normalises one kind-less published record; returns the value unchanged if
- * it has a `kind` or no known shape. `index` is the 0-based record number in
- * its input (zsRE has no ids of its own).
+ * it has a `kind` or no known shape.
  */
-export function normaliseRecord(v: unknown, index: number): unknown {
+export function normaliseRecord(v: unknown): unknown {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return v;
   const o = v as Record<string, unknown>;
   switch (detectShape(o)) {
     case 'counterfact':
       return fromCounterFact(o);
     case 'zsre':
-      return fromZsre(o, index);
+      return fromZsre(o);
     default:
       return v;
   }

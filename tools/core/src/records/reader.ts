@@ -14,10 +14,9 @@
  */
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
-import { RecordBatchReader } from 'apache-arrow';
-import jsonlParser from 'stream-json/jsonl/parser.js';
+import { StringDecoder } from 'node:string_decoder';
+import { jsonlParser } from 'stream-json/jsonl/parser.js';
 import streamArray from 'stream-json/streamers/stream-array.js';
-import { decodeBatch } from './arrow.js';
 import { InputError, UsageError, describeType } from './errors.js';
 import { normaliseRecord } from './normalise.js';
 import { validateRecord, type AnyRecord } from './schema.js';
@@ -96,31 +95,69 @@ interface BadLine {
   error: Error;
 }
 
-/** Raw values of one NDJSON input, in order. */
-async function* ndjsonValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
-  const parser = jsonlParser.asStream({
-    // Keep bad lines as markers so the record number is known when failing.
-    errorIndicator: (error: Error): BadLine => ({ [BAD_LINE]: true, error }),
-  });
-  const input = Readable.from(bytes, { objectMode: false });
-  input.on('error', (e) => parser.destroy(e));
-  input.pipe(parser);
-  try {
-    for await (const item of parser as AsyncIterable<{ key: number; value: unknown }>) {
+/**
+ * Raw values of one NDJSON input, in order, one batch per input chunk.
+ * Lines are split here and each is parsed by stream-json's JSON Lines line
+ * parser; batching per chunk keeps the per-record async overhead off the
+ * hot path, and a chunk is at most the stream's highWaterMark (64 KiB).
+ */
+async function* ndjsonValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown[]> {
+  // Keep bad lines as markers so the record number is known when failing.
+  const parseLine = jsonlParser({ errorIndicator: (error: Error): BadLine => ({ [BAD_LINE]: true, error }) }) as (
+    line: string,
+  ) => { key: number; value: unknown } | symbol;
+  const decoder = new StringDecoder('utf8');
+  let rest = '';
+  let first = true;
+  // Records before a bad line are still delivered, then the error is thrown.
+  let failure: InputError | null = null;
+  const parseLines = (text: string, final: boolean): unknown[] => {
+    const lines = (rest + text).split('\n');
+    rest = final ? '' : lines.pop()!;
+    const out: unknown[] = [];
+    for (let line of lines) {
+      if (first) {
+        if (line.charCodeAt(0) === 0xfeff) line = line.slice(1); // byte-order mark
+        first = false;
+      }
+      if (line.endsWith('\r')) line = line.slice(0, -1);
+      if (line.trim() === '') continue;
+      const item = parseLine(line);
+      if (typeof item !== 'object') continue;
       const v = item.value;
       if (typeof v === 'object' && v !== null && (v as BadLine)[BAD_LINE]) {
-        throw new InputError(`invalid JSON: ${(v as BadLine).error.message}`, { record: item.key + 1 });
+        failure = new InputError(`invalid JSON (NDJSON is one record per line): ${(v as BadLine).error.message}`, { record: item.key + 1 });
+        break;
       }
-      yield v;
+      out.push(v);
     }
-  } finally {
-    input.destroy();
-    parser.destroy();
+    return out;
+  };
+  for await (const chunk of bytes) {
+    const batch = parseLines(decoder.write(chunk), false);
+    if (batch.length > 0) yield batch;
+    if (failure) throw failure;
   }
+  const batch = parseLines(decoder.end(), true);
+  if (batch.length > 0) yield batch;
+  if (failure) throw failure;
+}
+
+/** Collects single values into batches of up to `size`. */
+async function* batched(values: AsyncIterable<unknown>, size: number): AsyncGenerator<unknown[]> {
+  let batch: unknown[] = [];
+  for await (const v of values) {
+    batch.push(v);
+    if (batch.length >= size) {
+      yield batch;
+      batch = [];
+    }
+  }
+  if (batch.length > 0) yield batch;
 }
 
 /** Elements of one top-level JSON array, in order, streamed. */
-async function* arrayValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
+async function* arrayElements(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
   const pipeline = streamArray.withParserAsStream();
   const input = Readable.from(bytes, { objectMode: false });
   input.on('error', (e) => pipeline.destroy(e));
@@ -141,16 +178,16 @@ async function* arrayValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknow
 }
 
 /** Records of one Arrow IPC stream, in order, batch by batch. */
-async function* arrowValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
+async function* arrowValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown[]> {
   let count = 0;
   try {
+    // Loaded on demand: NDJSON-only runs never load apache-arrow.
+    const [{ RecordBatchReader }, { decodeBatch }] = await Promise.all([import('apache-arrow'), import('./arrow.js')]);
     const reader = await RecordBatchReader.from(bytes);
     for await (const batch of reader) {
       const rows = decodeBatch(batch);
-      for (const r of rows) {
-        count++;
-        yield r;
-      }
+      count += rows.length;
+      yield rows;
     }
   } catch (e) {
     if (e instanceof InputError) throw e;
@@ -164,23 +201,30 @@ function openInput(name: string, stdin: NodeJS.ReadableStream): { source: string
   return { source: name, stream };
 }
 
-/** Values of one input, format detected from its first bytes. */
-export async function* readValues(stream: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
+/** Values of one input in batches, format detected from its first bytes. */
+export async function* readValueBatches(stream: AsyncIterable<Buffer>): AsyncGenerator<unknown[]> {
   const { head, rest } = await peek(stream);
   const format = detectFormat(head);
   if (format === 'empty') return;
   if (typeof format === 'object') throw new InputError(format.unknown, { record: 1 });
   const bytes = replay(head, rest);
   if (format === 'arrow') yield* arrowValues(bytes);
-  else if (format === 'json-array') yield* arrayValues(bytes);
+  else if (format === 'json-array') yield* batched(arrayElements(bytes), 256);
   else yield* ndjsonValues(bytes);
+}
+
+/** Values of one input, format detected from its first bytes. */
+export async function* readValues(stream: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
+  for await (const batch of readValueBatches(stream)) yield* batch;
 }
 
 /**
  * Records from each named input in turn ("-" or no names: stdin), normalised
- * and validated. Errors are InputError (bad data) or UsageError (cannot open).
+ * and validated, a batch at a time (a few hundred records; consumers that
+ * go record by record use readRecords). Errors are InputError (bad data,
+ * naming input, record and field) or UsageError (cannot open an input).
  */
-export async function* readRecords(inputs: readonly string[], options: ReadOptions = {}): AsyncGenerator<InputRecord> {
+export async function* readRecordBatches(inputs: readonly string[], options: ReadOptions = {}): AsyncGenerator<InputRecord[]> {
   const normalise = options.normalise ?? true;
   const validate = options.validate ?? true;
   const stdin = options.stdin ?? process.stdin;
@@ -189,17 +233,33 @@ export async function* readRecords(inputs: readonly string[], options: ReadOptio
     const { source, stream } = openInput(name, stdin);
     let index = 0;
     try {
-      for await (const raw of readValues(stream)) {
-        index++;
-        let v = normalise ? normaliseRecord(raw, index - 1) : raw;
-        if (validate) v = validateRecord(v);
-        else if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-          throw new InputError(`expected a JSON object, got ${describeType(v)}`);
+      for await (const raws of readValueBatches(stream)) {
+        const batch: InputRecord[] = [];
+        let bad: unknown = null;
+        for (let i = 0; i < raws.length; i++) {
+          try {
+            let v = normalise ? normaliseRecord(raws[i]) : raws[i];
+            if (validate) v = validateRecord(v);
+            else if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+              throw new InputError(`expected a JSON object, got ${describeType(v)}`);
+            }
+            batch.push({ record: v as AnyRecord, source, index: index + 1 });
+          } catch (e) {
+            bad = e;
+            break;
+          }
+          index++;
         }
-        yield { record: v as AnyRecord, source, index };
+        // The records before a bad one are still delivered, in order.
+        if (batch.length > 0) yield batch;
+        if (bad) {
+          index++;
+          throw bad;
+        }
       }
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
+      // Errors from the parsers carry their own record number; others are about record `index`.
       if (e instanceof InputError) throw e.locate({ source, record: index });
       if (err.code === 'ENOENT') throw new UsageError(`${name}: no such file`);
       if (err.code === 'EISDIR') throw new UsageError(`${name}: is a directory`);
@@ -209,4 +269,9 @@ export async function* readRecords(inputs: readonly string[], options: ReadOptio
       if (name !== '-') (stream as unknown as { destroy(): void }).destroy();
     }
   }
+}
+
+/** Records one at a time; see readRecordBatches. */
+export async function* readRecords(inputs: readonly string[], options: ReadOptions = {}): AsyncGenerator<InputRecord> {
+  for await (const batch of readRecordBatches(inputs, options)) yield* batch;
 }

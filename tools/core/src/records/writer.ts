@@ -4,8 +4,7 @@
  * the output's 'drain' when it is full, so a slow reader downstream bounds
  * the memory of the whole pipeline.
  */
-import { RecordBatchStreamWriter, type RecordBatch } from 'apache-arrow';
-import { ArrowEncoder } from './arrow.js';
+import type { ArrowStreamSink as ArrowSink } from './arrow-sink.js';
 import type { AnyRecord } from './schema.js';
 
 export type OutputFormat = 'ndjson' | 'arrow';
@@ -20,6 +19,8 @@ export interface WriterOptions {
 export interface RecordWriter {
   /** Queues one record; resolves once the output can take more. */
   write(record: AnyRecord): Promise<void>;
+  /** Queues records in order; resolves once the output can take more. */
+  writeBatch(records: readonly AnyRecord[]): Promise<void>;
   /** Flushes what is buffered (and ends the Arrow stream); does not close `out`. */
   end(): Promise<void>;
   /** Records written so far. */
@@ -59,6 +60,18 @@ class NdjsonWriter implements RecordWriter {
     return writeChunk(this.out, chunk);
   }
 
+  async writeBatch(records: readonly AnyRecord[]): Promise<void> {
+    for (const r of records) {
+      this.buf += JSON.stringify(r) + '\n';
+      if (this.buf.length >= NDJSON_FLUSH) {
+        const chunk = this.buf;
+        this.buf = '';
+        await writeChunk(this.out, chunk);
+      }
+    }
+    this.count += records.length;
+  }
+
   async end(): Promise<void> {
     if (this.buf.length > 0) {
       const chunk = this.buf;
@@ -69,38 +82,13 @@ class NdjsonWriter implements RecordWriter {
 }
 
 /**
- * apache-arrow's writer queues its bytes internally and applies no
- * backpressure to a Node stream; this subclass hands each serialised piece
- * to us instead, so we can write it and wait for 'drain'.
+ * Buffers rows and hands batches to the Arrow stream sink (arrow-sink.ts),
+ * which is loaded on first use so that NDJSON-only runs never load
+ * apache-arrow (a large module: startup time and memory).
  */
-class CollectingStreamWriter extends RecordBatchStreamWriter {
-  pending: Uint8Array[] = [];
-  protected override _write(chunk: ArrayBufferView | ArrayBuffer | string): this {
-    if (this._started) {
-      const bytes =
-        typeof chunk === 'string'
-          ? Buffer.from(chunk)
-          : ArrayBuffer.isView(chunk)
-            ? new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-            : new Uint8Array(chunk);
-      if (bytes.byteLength > 0) {
-        this.pending.push(bytes);
-        this._position += bytes.byteLength;
-      }
-    }
-    return this;
-  }
-  take(): Buffer {
-    const b = Buffer.concat(this.pending);
-    this.pending = [];
-    return b;
-  }
-}
-
 class ArrowWriter implements RecordWriter {
   private rows: AnyRecord[] = [];
-  private encoder: ArrowEncoder | null = null;
-  private readonly writer = new CollectingStreamWriter();
+  private sink: ArrowSink | null = null;
   count = 0;
   constructor(
     private readonly out: NodeJS.WritableStream,
@@ -113,22 +101,30 @@ class ArrowWriter implements RecordWriter {
     return this.rows.length >= this.batchRows ? this.flush() : Promise.resolve();
   }
 
+  async writeBatch(records: readonly AnyRecord[]): Promise<void> {
+    for (const r of records) {
+      this.rows.push(r);
+      if (this.rows.length >= this.batchRows) await this.flush();
+    }
+    this.count += records.length;
+  }
+
   private async flush(): Promise<void> {
     if (this.rows.length === 0) return;
     const rows = this.rows;
     this.rows = [];
-    this.encoder ??= new ArrowEncoder(rows);
-    const batch: RecordBatch = this.encoder.encode(rows);
-    this.writer.write(batch);
-    await writeChunk(this.out, this.writer.take());
+    if (this.sink === null) {
+      const { ArrowStreamSink } = await import('./arrow-sink.js');
+      this.sink = new ArrowStreamSink(rows);
+    }
+    await writeChunk(this.out, this.sink.encode(rows));
   }
 
   async end(): Promise<void> {
     await this.flush();
     // An empty input gives an empty output, not a schema-only stream.
-    if (this.encoder === null) return;
-    this.writer.finish();
-    const tail = this.writer.take();
+    if (this.sink === null) return;
+    const tail = this.sink.finish();
     if (tail.byteLength > 0) await writeChunk(this.out, tail);
   }
 }

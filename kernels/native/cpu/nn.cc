@@ -83,9 +83,7 @@ void softmaxBackward(const float* y, const float* dy, float* dx, int64_t rows, i
       const float* yr = y + i * cols;
       const float* gr = dy + i * cols;
       float* dr = dx + i * cols;
-      double dot = 0;
-      for (int64_t j = 0; j < cols; ++j) dot += double(yr[j]) * gr[j];
-      float d = float(dot);
+      float d = float(vec::dot(yr, gr, cols));
       if (acc)
         for (int64_t j = 0; j < cols; ++j) dr[j] += yr[j] * (gr[j] - d);
       else

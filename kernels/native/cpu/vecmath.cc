@@ -294,6 +294,17 @@ double sum(const float* x, i64 n) {
   return s;
 }
 
+double dot(const float* a, const float* b, i64 n) {
+  double lane[8] = {};
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += double(a[i + l]) * double(b[i + l]);
+  double s = 0;
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  for (; i < n; ++i) s += double(a[i]) * double(b[i]);
+  return s;
+}
+
 float max(const float* x, i64 n) {
   float lane[16];
   for (int l = 0; l < 16; ++l) lane[l] = -INFINITY;

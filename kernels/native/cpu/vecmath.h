@@ -15,6 +15,8 @@ bool sigmoidFamilyBackward(Unary op, const float* x, const float* gy, float* gx,
 
 // Σ x[i] in double with independent lanes (vectorisable, no serial chain).
 double sum(const float* x, i64 n);
+// Σ a[i]·b[i] in double, lanes as in sum().
+double dot(const float* a, const float* b, i64 n);
 // max x[i] (NaN-propagating); -inf for n == 0.
 float max(const float* x, i64 n);
 

@@ -209,8 +209,14 @@ export class CausalLM {
     const terms = this.loraTerms.get(mod);
     if (terms) {
       for (const t of terms) {
-        const d = linear(linear(x, t.A), t.B, t.bias ?? null);
-        y = add(y, t.factor === 1 ? d : scale(d, t.factor));
+        if (t.bias) {
+          const d = linear(linear(x, t.A), t.B, t.bias);
+          y = add(y, t.factor === 1 ? d : scale(d, t.factor));
+        } else {
+          // scale the rank-r intermediate: r ≪ out, so this is the cheap place
+          const xa = linear(x, t.A);
+          y = add(y, linear(t.factor === 1 ? xa : scale(xa, t.factor), t.B));
+        }
       }
     }
     return y;

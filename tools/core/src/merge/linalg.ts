@@ -1,0 +1,260 @@
+/**
+ * Small float64 dense linear algebra for adapter merging: matrices,
+ * Householder QR, one-sided Jacobi SVD, and truncated SVD of a matrix given
+ * by low-rank factors (ΔW = B·A) without forming ΔW.
+ *
+ * Merging works in float64 so that recompression error comes from the
+ * truncation, not from rounding.
+ */
+import { Rng } from '../util/random.js';
+
+/** Row-major float64 matrix. */
+export interface Mat {
+  rows: number;
+  cols: number;
+  data: Float64Array;
+}
+
+export function mat(rows: number, cols: number, data?: ArrayLike<number>): Mat {
+  const d = new Float64Array(rows * cols);
+  if (data) {
+    if (data.length !== rows * cols) throw new RangeError(`mat: ${data.length} values do not fill ${rows}×${cols}`);
+    d.set(data);
+  }
+  return { rows, cols, data: d };
+}
+
+export function transpose(a: Mat): Mat {
+  const t = mat(a.cols, a.rows);
+  for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) t.data[j * a.rows + i] = a.data[i * a.cols + j];
+  return t;
+}
+
+/** a·b (i-k-j loop order: contiguous inner loop). */
+export function matmul(a: Mat, b: Mat): Mat {
+  if (a.cols !== b.rows) throw new RangeError(`matmul: ${a.rows}×${a.cols} · ${b.rows}×${b.cols}`);
+  const c = mat(a.rows, b.cols);
+  const n = b.cols;
+  for (let i = 0; i < a.rows; i++) {
+    const ci = i * n;
+    for (let k = 0; k < a.cols; k++) {
+      const v = a.data[i * a.cols + k];
+      if (v === 0) continue;
+      const bk = k * n;
+      for (let j = 0; j < n; j++) c.data[ci + j] += v * b.data[bk + j];
+    }
+  }
+  return c;
+}
+
+/** aᵀ·b without forming aᵀ. */
+export function matmulTN(a: Mat, b: Mat): Mat {
+  if (a.rows !== b.rows) throw new RangeError(`matmulTN: (${a.rows}×${a.cols})ᵀ · ${b.rows}×${b.cols}`);
+  const c = mat(a.cols, b.cols);
+  const n = b.cols;
+  for (let k = 0; k < a.rows; k++) {
+    const bk = k * n;
+    for (let i = 0; i < a.cols; i++) {
+      const v = a.data[k * a.cols + i];
+      if (v === 0) continue;
+      const ci = i * n;
+      for (let j = 0; j < n; j++) c.data[ci + j] += v * b.data[bk + j];
+    }
+  }
+  return c;
+}
+
+export function frobenius2(a: Mat): number {
+  let s = 0;
+  for (const v of a.data) s += v * v;
+  return s;
+}
+
+/**
+ * Thin QR by Householder reflections: a (m×n) = Q (m×p) · R (p×n),
+ * p = min(m, n), Q with orthonormal columns, R upper triangular (trapezoidal).
+ */
+export function qr(a: Mat): { Q: Mat; R: Mat } {
+  const m = a.rows, n = a.cols, p = Math.min(m, n);
+  // work column-major: column j of `w` is w[j*m .. j*m+m)
+  const w = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[j * m + i] = a.data[i * n + j];
+  const vs: Float64Array[] = [];
+  for (let k = 0; k < p; k++) {
+    const col = k * m;
+    let norm = 0;
+    for (let i = k; i < m; i++) norm += w[col + i] * w[col + i];
+    norm = Math.sqrt(norm);
+    const v = new Float64Array(m - k);
+    if (norm === 0) {
+      vs.push(v); // zero reflector: H = I
+      continue;
+    }
+    const alpha = w[col + k] >= 0 ? -norm : norm; // sign avoids cancellation
+    for (let i = k; i < m; i++) v[i - k] = w[col + i];
+    v[0] -= alpha;
+    let vn = 0;
+    for (let i = 0; i < v.length; i++) vn += v[i] * v[i];
+    vn = Math.sqrt(vn);
+    if (vn === 0) {
+      vs.push(new Float64Array(m - k));
+      continue;
+    }
+    for (let i = 0; i < v.length; i++) v[i] /= vn;
+    vs.push(v);
+    // apply H = I − 2vvᵀ to columns k..n−1
+    for (let j = k; j < n; j++) {
+      const cj = j * m;
+      let d = 0;
+      for (let i = k; i < m; i++) d += v[i - k] * w[cj + i];
+      d *= 2;
+      if (d !== 0) for (let i = k; i < m; i++) w[cj + i] -= d * v[i - k];
+    }
+  }
+  const R = mat(p, n);
+  for (let i = 0; i < p; i++) for (let j = i; j < n; j++) R.data[i * n + j] = w[j * m + i];
+  // Q = H_0 … H_{p−1} applied to the first p columns of I (column-major again)
+  const q = new Float64Array(m * p);
+  for (let j = 0; j < p; j++) q[j * m + j] = 1;
+  for (let k = p - 1; k >= 0; k--) {
+    const v = vs[k];
+    for (let j = 0; j < p; j++) {
+      const cj = j * m;
+      let d = 0;
+      for (let i = k; i < m; i++) d += v[i - k] * q[cj + i];
+      d *= 2;
+      if (d !== 0) for (let i = k; i < m; i++) q[cj + i] -= d * v[i - k];
+    }
+  }
+  const Q = mat(m, p);
+  for (let i = 0; i < m; i++) for (let j = 0; j < p; j++) Q.data[i * p + j] = q[j * m + i];
+  return { Q, R };
+}
+
+export interface Svd {
+  /** m×k, orthonormal columns (columns for zero singular values are zero). */
+  U: Mat;
+  /** k singular values, descending. */
+  S: Float64Array;
+  /** n×k, orthonormal columns. */
+  V: Mat;
+}
+
+/**
+ * SVD by one-sided (Hestenes) Jacobi: rotate column pairs of a until they
+ * are orthogonal; then σⱼ = ‖colⱼ‖, uⱼ = colⱼ/σⱼ, V = the accumulated
+ * rotations. Accurate to working precision; O(m·n²) per sweep, meant for the
+ * small cores of the factored SVD. Returns k = min(m, n) triples.
+ */
+export function jacobiSvd(a: Mat, opts: { maxSweeps?: number; tol?: number } = {}): Svd {
+  if (a.rows < a.cols) {
+    const t = jacobiSvd(transpose(a), opts);
+    return { U: t.V, S: t.S, V: t.U };
+  }
+  const m = a.rows, n = a.cols;
+  const tol = opts.tol ?? 1e-15;
+  const maxSweeps = opts.maxSweeps ?? 60;
+  // g[j] = column j of a (contiguous), vt[j] = column j of V
+  const g: Float64Array[] = [];
+  const vt: Float64Array[] = [];
+  for (let j = 0; j < n; j++) {
+    const c = new Float64Array(m);
+    for (let i = 0; i < m; i++) c[i] = a.data[i * n + j];
+    g.push(c);
+    const e = new Float64Array(n);
+    e[j] = 1;
+    vt.push(e);
+  }
+  const norms = g.map((c) => c.reduce((s, x) => s + x * x, 0));
+  for (let sweep = 0; sweep < maxSweeps; sweep++) {
+    let rotated = false;
+    for (let p = 0; p < n - 1; p++) {
+      for (let q = p + 1; q < n; q++) {
+        const gp = g[p], gq = g[q];
+        let gamma = 0;
+        for (let i = 0; i < m; i++) gamma += gp[i] * gq[i];
+        const alpha = norms[p], beta = norms[q];
+        if (gamma === 0 || Math.abs(gamma) <= tol * Math.sqrt(alpha * beta)) continue;
+        rotated = true;
+        const zeta = (beta - alpha) / (2 * gamma);
+        const t = (zeta >= 0 ? 1 : -1) / (Math.abs(zeta) + Math.sqrt(1 + zeta * zeta));
+        const c = 1 / Math.sqrt(1 + t * t);
+        const s = c * t;
+        let np = 0, nq = 0;
+        for (let i = 0; i < m; i++) {
+          const x = gp[i], y = gq[i];
+          const xn = c * x - s * y, yn = s * x + c * y;
+          gp[i] = xn;
+          gq[i] = yn;
+          np += xn * xn;
+          nq += yn * yn;
+        }
+        norms[p] = np;
+        norms[q] = nq;
+        const vp = vt[p], vq = vt[q];
+        for (let i = 0; i < n; i++) {
+          const x = vp[i], y = vq[i];
+          vp[i] = c * x - s * y;
+          vq[i] = s * x + c * y;
+        }
+      }
+    }
+    if (!rotated) break;
+  }
+  const order = [...Array(n).keys()].sort((x, y) => norms[y] - norms[x]);
+  const U = mat(m, n), V = mat(n, n), S = new Float64Array(n);
+  order.forEach((j, k) => {
+    const sigma = Math.sqrt(norms[j]);
+    S[k] = sigma;
+    if (sigma > 0) for (let i = 0; i < m; i++) U.data[i * n + k] = g[j][i] / sigma;
+    for (let i = 0; i < n; i++) V.data[i * n + k] = vt[j][i];
+  });
+  return { U, S, V };
+}
+
+/**
+ * SVD of ΔW = B·A (B m×r, A r×n) without forming ΔW: B = Q_b R_b,
+ * Aᵀ = Q_a R_a, so ΔW = Q_b (R_b R_aᵀ) Q_aᵀ and only the small core
+ * R_b R_aᵀ is decomposed. Cost O((m + n)·r² + r³).
+ */
+export function factoredSvd(B: Mat, A: Mat): Svd {
+  if (B.cols !== A.rows) throw new RangeError(`factoredSvd: B ${B.rows}×${B.cols}, A ${A.rows}×${A.cols}`);
+  const qb = qr(B);
+  const qa = qr(transpose(A));
+  const core = matmul(qb.R, transpose(qa.R));
+  const s = jacobiSvd(core);
+  return { U: matmul(qb.Q, s.U), S: s.S, V: matmul(qa.Q, s.V) };
+}
+
+/**
+ * SVD of a dense matrix: exact (QR then Jacobi on the square factor) when
+ * min(m, n) ≤ exactLimit; otherwise the top `rank` triples by randomized
+ * subspace iteration (Halko et al. 2011) with oversampling and power steps,
+ * which keeps at most the energy an exact SVD would (never overstates it).
+ */
+export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; seed?: number; powerIters?: number } = {}): Svd & { exact: boolean } {
+  const small = Math.min(M.rows, M.cols);
+  const rank = Math.min(opts.rank ?? small, small);
+  const exactLimit = opts.exactLimit ?? 384;
+  if (small <= exactLimit || rank + 10 >= small) {
+    if (M.rows >= M.cols) {
+      const { Q, R } = qr(M);
+      const s = jacobiSvd(R);
+      return { U: matmul(Q, s.U), S: s.S, V: s.V, exact: true };
+    }
+    const t = denseSvd(transpose(M), { ...opts, exactLimit: Infinity });
+    return { U: t.V, S: t.S, V: t.U, exact: true };
+  }
+  const rng = new Rng(opts.seed ?? 0x5eed);
+  const l = Math.min(small, rank + Math.max(10, rank));
+  let Y = matmul(M, mat(M.cols, l, Float64Array.from({ length: M.cols * l }, () => rng.normal())));
+  let Q = qr(Y).Q;
+  for (let it = 0; it < (opts.powerIters ?? 4); it++) {
+    const Z = qr(matmulTN(M, Q)).Q; // n×l
+    Y = matmul(M, Z);
+    Q = qr(Y).Q;
+  }
+  const Bs = matmulTN(Q, M); // l×n
+  const s = jacobiSvd(Bs);
+  return { U: matmul(Q, s.U), S: s.S, V: s.V, exact: false };
+}

@@ -183,7 +183,7 @@ async function* arrowValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknow
   try {
     // Loaded on demand: NDJSON-only runs never load apache-arrow.
     const [{ RecordBatchReader }, { decodeBatch }] = await Promise.all([import('apache-arrow'), import('./arrow.js')]);
-    const reader = await RecordBatchReader.from(bytes);
+    const reader = await RecordBatchReader.from(Readable.from(bytes, { objectMode: false }));
     for await (const batch of reader) {
       const rows = decodeBatch(batch);
       count += rows.length;

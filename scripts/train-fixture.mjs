@@ -23,6 +23,7 @@ usage: node scripts/train-fixture.mjs --arch gpt2|mixtral --out <dir> [--seed 1]
   [--steps N] [--batch 32] [--lr X] [--min-lr-frac 0.1] [--warmup 100] [--wd 0.1] [--clip 1]
   [--hidden H] [--layers L] [--heads N] [--intermediate I] [--experts 4] [--top-k 2] [--aux-coef 0.01]
   [--positions 64] [--threads 2] [--eval-every 500] [--eval-sample 300] [--final-eval full|sample]
+  [--init-from <model dir>]   continue training that model (its config wins over the size options)
 `);
   process.exit(code);
 }
@@ -32,7 +33,7 @@ try {
   parsed = parseArgs({
     options: Object.fromEntries(
       ['arch', 'out', 'seed', 'world', 'steps', 'batch', 'lr', 'min-lr-frac', 'warmup', 'wd', 'clip', 'hidden', 'layers', 'heads',
-        'intermediate', 'experts', 'top-k', 'aux-coef', 'positions', 'threads', 'eval-every', 'eval-sample', 'final-eval']
+        'intermediate', 'experts', 'top-k', 'aux-coef', 'positions', 'threads', 'eval-every', 'eval-sample', 'final-eval', 'init-from']
         .map((k) => [k, { type: 'string' }]).concat([['help', { type: 'boolean', short: 'h' }]]),
     ),
     strict: true,
@@ -118,12 +119,31 @@ if (existsSync(join(worldDir, 'eval/context-heldout-frames.ndjson'))) {
 const general = loadGeneral(join(worldDir, 'eval/general.ndjson'), tok, eosId);
 log(`corpus: ${docs.length} documents, ${tokens} tokens; vocabulary ${vocabSize}; tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
-const cfgJson = hfConfig(arch, {
-  vocab: vocabSize, hidden: hp.hidden, layers: hp.layers, heads: hp.heads, intermediate: hp.intermediate,
-  positions: hp.positions, experts: hp.experts, topK: hp.topK, auxCoef: hp.auxCoef, eosId, padId,
-});
 const rng = new Rng(hp.seed);
-const model = initModel(cfgJson, rng.fork());
+const initRng = rng.fork();
+let cfgJson;
+let model;
+let previous = null;
+if (parsed['init-from']) {
+  // more epochs on an earlier run: its weights and config, a fresh optimiser and schedule
+  const from = resolve(parsed['init-from']);
+  const { readFileSync } = await import('node:fs');
+  cfgJson = JSON.parse(readFileSync(join(from, 'config.json'), 'utf-8'));
+  if (cfgJson.model_type !== (arch === 'gpt2' ? 'gpt2' : 'mixtral')) usage(`--init-from ${from} is a ${cfgJson.model_type} model, not --arch ${arch}`);
+  const loaded = core.loadModel(from, { tokenizer: false }).model;
+  const w = new Map([...loaded.weights].map(([n, t]) => [n, fromData(t.data.slice(), t.shape, { requiresGrad: true })]));
+  model = new core.CausalLM(loaded.config, w);
+  if (existsSync(join(from, 'training.json'))) previous = JSON.parse(readFileSync(join(from, 'training.json'), 'utf-8'));
+  if (arch === 'mixtral') Object.assign(hp, { experts: cfgJson.num_local_experts, topK: cfgJson.num_experts_per_tok });
+  Object.assign(hp, { hidden: model.config.hidden, layers: model.config.layers, heads: model.config.heads, intermediate: model.config.intermediate });
+  log(`continuing ${from}${previous ? ` (${previous.steps} steps already)` : ''}`);
+} else {
+  cfgJson = hfConfig(arch, {
+    vocab: vocabSize, hidden: hp.hidden, layers: hp.layers, heads: hp.heads, intermediate: hp.intermediate,
+    positions: hp.positions, experts: hp.experts, topK: hp.topK, auxCoef: hp.auxCoef, eosId, padId,
+  });
+  model = initModel(cfgJson, initRng);
+}
 const dataRng = rng.fork();
 const named = [...model.weights.entries()];
 const nParams = named.reduce((a, [, t]) => a + t.size, 0);
@@ -251,6 +271,8 @@ const training = {
     counts: Object.fromEntries(Object.entries(fin).map(([k, v]) => [k, k === 'general' ? v.tokens : v.n])),
   },
   history,
+  ...(previous ? { previous_stage: previous, total_steps: (previous.total_steps ?? previous.steps) + hp.steps,
+    total_train_seconds: +((previous.total_train_seconds ?? previous.wall_seconds?.train ?? 0) + trainSeconds).toFixed(1) } : {}),
   // probes answered wrongly at the end (tests compare a sample against these)
   misses: { facts_train: fin.facts_train.misses, context: fin.context.misses },
 };

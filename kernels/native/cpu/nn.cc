@@ -161,15 +161,17 @@ void layerNormBackward(const float* x, const float* gamma, const float* mean, co
       const float* xr = x + i * cols;
       const float* g = dy + i * cols;
       float m = mean[i], r = rstd[i];
-      double s1 = 0, s2 = 0;  // Σ dxhat, Σ dxhat·xhat
+      double l1[8] = {}, l2[8] = {};  // lanes of Σ dxhat and Σ dxhat·xhat (no serial chain)
       for (int64_t j = 0; j < cols; ++j) {
         float h = (xr[j] - m) * r;
         float dh = g[j] * (gamma ? gamma[j] : 1.f);
-        s1 += dh;
-        s2 += double(dh) * h;
+        l1[j & 7] += dh;
+        l2[j & 7] += double(dh) * h;
         dg[j] += double(g[j]) * h;
         db[j] += g[j];
       }
+      double s1 = 0, s2 = 0;
+      for (int l = 0; l < 8; ++l) { s1 += l1[l]; s2 += l2[l]; }
       if (!dx) continue;
       float a1 = float(s1 / double(cols)), a2 = float(s2 / double(cols));
       float* d = dx + i * cols;
@@ -209,13 +211,15 @@ void rmsNormBackward(const float* x, const float* w, const float* rstd, const fl
       const float* xr = x + i * cols;
       const float* g = dy + i * cols;
       float r = rstd[i];
-      double s = 0;  // Σ dxhat·xhat
+      double lane[8] = {};  // lanes of Σ dxhat·xhat
       for (int64_t j = 0; j < cols; ++j) {
         float h = xr[j] * r;
         float dh = g[j] * (w ? w[j] : 1.f);
-        s += double(dh) * h;
+        lane[j & 7] += double(dh) * h;
         dwAcc[j] += double(g[j]) * h;
       }
+      double s = 0;
+      for (int l = 0; l < 8; ++l) s += lane[l];
       if (!dx) continue;
       float a = float(s / double(cols));
       float* d = dx + i * cols;

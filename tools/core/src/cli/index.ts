@@ -181,14 +181,28 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));
   }
 
+  // Someone typing at a terminal should know the tool is waiting for them.
+  let hinted = false;
+  const hintStdin = (): void => {
+    if (hinted || args.quiet || !process.stdin.isTTY || !process.stderr.isTTY) return;
+    if (args.inputs.length > 0 && !args.inputs.includes('-')) return;
+    hinted = true;
+    process.stderr.write(`${spec.name}: reading records from the terminal (end with Ctrl-D; see --help)\n`);
+  };
   const progress = new Progress(spec.name, !!process.stderr.isTTY && !args.quiet);
   const out = createRecordWriter(process.stdout, { format: args.format });
   const ctx: ToolContext<A> = {
     name: spec.name,
     args,
     rng: new Rng(args.seed),
-    read: (options?: ReadOptions) => readRecords(args.inputs, options),
-    readBatches: (options?: ReadOptions) => readRecordBatches(args.inputs, options),
+    read: (options?: ReadOptions) => {
+      hintStdin();
+      return readRecords(args.inputs, options);
+    },
+    readBatches: (options?: ReadOptions) => {
+      hintStdin();
+      return readRecordBatches(args.inputs, options);
+    },
     out,
     progress,
     log: (message: string) => {

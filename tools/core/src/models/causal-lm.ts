@@ -121,9 +121,17 @@ export class CausalLM {
       const isNorm = /(norm|ln_\d|ln_f)\.weight$/.test(name);
       if (isNorm) data.fill(1);
       else if (!name.endsWith('.bias')) {
-        // uniform with the given std (±std·√3): fast for 100M+ weights, fine for random models
+        // uniform with the given std (±std·√3) from an inline xorshift32 seeded by
+        // the Rng: deterministic and fast enough for 100M+ weights
         const a = (2 * std * Math.sqrt(3)) / 4294967296;
-        for (let i = 0; i < n; i++) data[i] = rng.nextUint32() * a - std * Math.sqrt(3);
+        const off = std * Math.sqrt(3);
+        let x = rng.nextUint32() | 1;
+        for (let i = 0; i < n; i++) {
+          x ^= x << 13;
+          x ^= x >>> 17;
+          x ^= x << 5;
+          data[i] = (x >>> 0) * a - off;
+        }
       }
       w.set(name, fromData(data, shape));
     }

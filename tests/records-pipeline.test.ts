@@ -2,7 +2,7 @@
 // layer as every tool sees it, exercised through probe-gen.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +11,10 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const PROBE_GEN = join(root, 'tools/probe-gen/dist/main.js');
 const fixture = (name: string): string => join(root, 'fixtures/records', name);
 const tmp = mkdtempSync(join(tmpdir(), 'catechism-pipeline-'));
+if (!existsSync(PROBE_GEN)) {
+  // `npm test` builds first; running this file alone needs `npm run build`.
+  throw new Error(`${PROBE_GEN} is missing: run \`npm run build\` first`);
+}
 
 const parseLines = (text: string): unknown[] => text.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l));
 

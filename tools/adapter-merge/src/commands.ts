@@ -8,8 +8,9 @@ import { InputError, UsageError, type ToolContext } from '@catechism/core/cli';
 import { readRecords, type AnyRecord } from '@catechism/core/records';
 import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, type RefEvent } from './core.js';
 import { eventLine, showText, verifyText } from './text.js';
+import type { MergeArgs } from './merge.js';
 
-export interface Args {
+export interface Args extends MergeArgs {
   force: boolean;
   message?: string;
   author?: string;
@@ -22,8 +23,8 @@ export interface Args {
 export type Ctx = ToolContext<Args>;
 
 export const REGISTRY_COMMANDS = ['add', 'promote', 'rollback', 'log', 'show', 'refs', 'report', 'verify'] as const;
-/** Commands that need the model engine; they answer "not implemented yet" for now. */
-export const LATER_COMMANDS = ['explain', 'export'] as const;
+/** Commands that need the model engine (loaded lazily). */
+export const MODEL_COMMANDS = ['explain', 'export'] as const;
 
 type Command = (typeof REGISTRY_COMMANDS)[number];
 

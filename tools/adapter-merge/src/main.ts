@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 /**
- * adapter-merge: the adapter registry's command line (add, promote,
- * rollback, log, show, refs, report, verify). Merging adapters
- * (`adapter-merge [files]` over adapter records, `--into REF`), `explain` and
- * `export` need the model engine and come next; they answer with a usage
- * error (exit 2) saying so.
+ * adapter-merge: merges adapter bundles (cat, linear, svd, ties, dare,
+ * negate, scale), consolidates into a ref (--into), explains and exports
+ * what a ref holds, and runs the adapter registry (add, promote, rollback,
+ * log, show, refs, report, verify).
  */
-// Subpath imports: the registry commands never load the native compute addon at start-up.
+// Subpath imports: the registry commands never load the native compute addon at start-up;
+// merging, explain and export import it lazily (./merge.js).
 import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
-import { LATER_COMMANDS, commandsHelp, isRegistryCommand, runRegistryCommand, type Args } from './commands.js';
+import { commandsHelp, isRegistryCommand, runRegistryCommand, type Args } from './commands.js';
 
 await runTool<Args>({
   name: 'adapter-merge',
@@ -28,7 +28,14 @@ await runTool<Args>({
     'Output: records (NDJSON, or Arrow with --format arrow): `adapter` records (add, show), `ref_event` ' +
     'records (promote, rollback, log, refs), `report` records (report), one `registry_verify` record ' +
     '(verify; exit 1 when anything is corrupted). --text prints readable lines instead.\n\n' +
-    'Not implemented yet (exit 2): merging (`adapter-merge [files]` of adapter records, --into REF), explain, export.',
+    'Merging: `adapter-merge [FILES] --method M (--out DIR | --add | --into REF)` reads adapter records (files or stdin; ' +
+    'other records pass through) and writes ONE merged bundle and its adapter record. Methods: cat (exact: ranks stacked, ' +
+    'ΔW = Σ wᵢ·ΔWᵢ, rank Σ rᵢ), linear (the same, weighted), svd (Σ ΔWᵢ recompressed to --rank by truncated SVD; energy kept ' +
+    'reported), ties (--density, then SVD to --rank), dare (--drop, seeded by --seed, then SVD to --rank), negate and ' +
+    'scale --by S (one adapter). --into REF merges the input with what REF holds, validates the result (--validator CMD, ' +
+    'else `validate` on PATH) and promotes it only on pass; with no validator it refuses unless --force (logged).\n\n' +
+    `Model commands:\n  adapter-merge explain --ref REF "prompt" [--target TEXT]   which adapters on REF change the answer, and how much\n` +
+    '  adapter-merge export --ref REF DIR                        base model with REF\'s adapter folded in (Hugging Face directory)',
   examples: [
     ['adapter-merge add out/fact-42/', 'store a bundle; prints its adapter record with the content hash'],
     ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
@@ -39,6 +46,11 @@ await runTool<Args>({
     ['adapter-merge log live --text', 'who promoted what, when and why'],
     ['adapter-merge show live --text', 'the live bundle: manifest, facts, reports, where it is referenced'],
     ['adapter-merge verify --registry /srv/catechism', 'recompute every hash; exit 1 on corruption'],
+    ['cat adapters.ndjson | adapter-merge --method cat --out merged/', 'stack every adapter into one exact bundle'],
+    ['adapter-merge a.ndjson --method svd --rank 16 --add', 'recompress into the registry; energy kept on stderr'],
+    ['lora-train … | validate | adapter-merge --into live', 'nightly consolidation: merge, validate, promote on pass'],
+    ['adapter-merge explain --ref live "The capital of Veloria is"', 'which adapter makes the answer'],
+    ['adapter-merge export --ref live out/model', 'fold live into the base model'],
   ],
   options: {
     force: { type: 'boolean', default: false, describe: 'promote: promote even without a passing report (logged as "force")' },
@@ -47,7 +59,20 @@ await runTool<Args>({
     to: { type: 'number', describe: 'rollback: the ref version to restore' },
     text: { type: 'boolean', default: false, describe: 'readable text instead of records' },
     'lock-timeout': { type: 'number', default: 60, describe: 'seconds to wait for another writer\'s lock' },
-    into: { type: 'string', describe: 'merge into REF, validate, promote on pass (not implemented yet)' },
+    into: { type: 'string', describe: 'merge the input with what REF holds, validate, promote on pass' },
+    method: { type: 'string', default: 'cat', describe: 'merge method: cat, linear, svd, ties, dare, negate, scale' },
+    weights: { type: 'string', describe: 'merge: comma-separated weight per input adapter (default all 1)' },
+    rank: { type: 'number', describe: 'svd/ties/dare: rank of the merged adapter' },
+    density: { type: 'number', describe: 'ties: fraction of each adapter\'s entries kept (default 0.2)' },
+    drop: { type: 'number', describe: 'dare: drop probability (default 0.9)' },
+    by: { type: 'number', describe: 'scale: the factor' },
+    out: { type: 'string', describe: 'merge: write the merged bundle to this new directory' },
+    add: { type: 'boolean', default: false, describe: 'merge: store the merged bundle in the registry' },
+    id: { type: 'string', describe: 'merge: id of the merged adapter (default merge-<method>-<hash>, or REF\'s adapter id with --into)' },
+    'adapter-version': { type: 'number', describe: 'merge: version of the merged adapter (default 1, or REF\'s version + 1 with --into)' },
+    validator: { type: 'string', describe: '--into: shell command reading the adapter record on stdin, writing report records' },
+    ref: { type: 'string', describe: 'explain/export: the ref (or any bundle identifier) to use' },
+    target: { type: 'string', describe: 'explain: the answer to score (default: the adapted model\'s top-1 next token)' },
   },
   async run(ctx) {
     const [cmd, ...rest] = ctx.args.inputs;
@@ -55,8 +80,9 @@ await runTool<Args>({
       if (ctx.args.into !== undefined) throw new UsageError(`--into is for merging, not for ${cmd}`);
       return runRegistryCommand(ctx, cmd, rest);
     }
-    const available = 'available now: add, promote, rollback, log, show, refs, report, verify (see --help)';
-    if (cmd !== undefined && (LATER_COMMANDS as readonly string[]).includes(cmd)) throw new UsageError(`${cmd} is not implemented yet (it needs the model engine); ${available}`);
-    throw new UsageError(`merging adapters (adapter-merge [files] reading adapter records${ctx.args.into !== undefined ? ', --into' : ''}) is not implemented yet; ${available}`);
+    const m = await import('./merge.js');
+    if (cmd === 'explain') return m.runExplain(ctx, rest);
+    if (cmd === 'export') return m.runExport(ctx, rest);
+    return m.runMerge(ctx, ctx.args.inputs);
   },
 });

@@ -63,12 +63,11 @@ t.test('--help lists the commands and examples; exit 0', async (t) => {
   for (const c of ['add BUNDLE_DIR', 'promote REF', 'rollback REF [--to VERSION]', 'log REF', 'show ID', 'verify', 'report ID', 'CATECHISM_REGISTRY', 'Examples:']) t.match(r.stdout, c);
 });
 
-t.test('merging, explain, export and --into are not implemented yet: usage error, exit 2', async (t) => {
-  oneLineError(t, am([]), 2, /merging adapters .* is not implemented yet/);
-  oneLineError(t, am(['adapters.ndjson']), 2, /not implemented yet/);
-  oneLineError(t, am(['--into', 'live']), 2, /--into\) is not implemented yet/);
-  oneLineError(t, am(['explain', '--ref', 'live']), 2, /Unknown argument|explain is not implemented/);
-  oneLineError(t, am(['export', 'out']), 2, /export is not implemented yet/);
+t.test('merge usage errors: exit 2, one line (merging itself is tested in merge.test.ts)', async (t) => {
+  oneLineError(t, am([]), 2, /say where the merged bundle goes: --out DIR, --add .*--into REF/);
+  oneLineError(t, am(['--out', path.join(tmp, 'm-x'), '--method', 'bogus']), 2, /--method: expected one of cat, linear, svd, ties, dare, negate, scale, got "bogus"/);
+  oneLineError(t, am(['explain', '--ref', 'live']), 2, /explain: expected `adapter-merge explain --ref REF "prompt"`/);
+  oneLineError(t, am(['export', 'out']), 2, /export: expected `adapter-merge export --ref REF DIR`/);
 });
 
 t.test('the registry workflow end to end', async (t) => {

@@ -1,0 +1,410 @@
+/**
+ * The merging side of adapter-merge: `adapter-merge [FILES]` (merge the
+ * adapter records read into one bundle), `--into REF` (consolidate with
+ * what REF holds, validate, promote on pass), `explain` and `export`.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { InputError, UsageError } from '@catechism/core/cli';
+import type { AnyRecord } from '@catechism/core/records';
+import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, type BundleManifest } from './core.js';
+import {
+  MERGE_METHODS, MergeError, ablateBlocks, exportMerged, loadParent, mergeBundles, scoreAnswer, writeMergedBundle,
+  type MergeMethod, type ParentBundle,
+} from './merge-lib.js';
+import type { Ctx } from './commands.js';
+
+export interface MergeArgs {
+  method: string;
+  weights?: string;
+  rank?: number;
+  density?: number;
+  drop?: number;
+  by?: number;
+  out?: string;
+  add: boolean;
+  id?: string;
+  'adapter-version'?: number;
+  validator?: string;
+  ref?: string;
+  target?: string;
+}
+
+const text = (s: string) => new Promise<void>((resolve, reject) => process.stdout.write(s, (err) => (err ? reject(err) : resolve())));
+
+function libError(e: unknown): unknown {
+  if (e instanceof MergeError || e instanceof ManifestError || e instanceof BundleError) return new InputError(e.message);
+  if (e instanceof RegistryError) return e.exitCode === 2 ? new UsageError(e.message) : e;
+  if (e instanceof Error && e.name === 'ModelLoadError') return new InputError(e.message);
+  if (e instanceof Error && e.name === 'FixturesNotFoundError') return new UsageError(`${e.message} (no default model: pass --model DIR)`);
+  return e;
+}
+
+function parseWeights(s: string | undefined): number[] | undefined {
+  if (s === undefined) return undefined;
+  const w = s.split(',').map((x) => Number(x.trim()));
+  if (w.length === 0 || w.some((x, i) => !Number.isFinite(x) || s.split(',')[i].trim() === '')) throw new UsageError(`--weights: expected comma-separated numbers (e.g. 1,0.5,-1), got "${s}"`);
+  return w;
+}
+
+function checkMethod(m: string): MergeMethod {
+  if (!(MERGE_METHODS as readonly string[]).includes(m)) throw new UsageError(`--method: expected one of ${MERGE_METHODS.join(', ')}, got "${m}"`);
+  return m as MergeMethod;
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** A parent named by an adapter record: its bundle directory, else the registry object with its hash. */
+async function parentOf(rec: AnyRecord, where: string, reg: Registry | null): Promise<ParentBundle> {
+  const id = typeof rec.id === 'string' ? rec.id : '?';
+  const sha = typeof rec.sha256 === 'string' && /^[0-9a-f]{64}$/.test(rec.sha256) ? rec.sha256 : undefined;
+  const p = typeof rec.path === 'string' ? rec.path : '';
+  const wrap = (e: unknown): unknown => {
+    const err = libError(e);
+    return err instanceof InputError || err instanceof UsageError ? new InputError(`${where}: adapter ${id}: ${err.message}`) : err;
+  };
+  if (p !== '' && isDir(p)) return loadParent(p, sha).catch((e) => { throw wrap(e); });
+  const tried = [p !== '' ? `no bundle directory ${p}` : 'no path'];
+  if (sha === undefined) tried.push('no sha256 to look up in a registry');
+  else if (reg === null || !existsSync(path.join(reg.root, 'registry.json'))) tried.push(`no registry at ${reg?.root ?? '(none)'} to look up ${sha.slice(0, 12)}…`);
+  else {
+    try {
+      const stored = await reg.get(sha);
+      return await loadParent(stored.path, sha);
+    } catch (e) {
+      if (!(e instanceof RegistryError && e.code === 'E_NOT_FOUND')) throw wrap(e);
+      tried.push(`no object ${sha.slice(0, 12)}… in ${reg.root}`);
+    }
+  }
+  throw new InputError(`${where}: adapter ${id}: bundle not found (${tried.join('; ')})`);
+}
+
+function energyLine(manifest: BundleManifest): string | null {
+  const merge = manifest.merge as { energy?: Record<string, number>; residual?: Record<string, number> } | undefined;
+  if (!merge?.energy) return null;
+  const parts = Object.entries(merge.energy).map(([m, e]) => `${m} ${(100 * e).toFixed(2)}%`);
+  return `energy kept at rank ${manifest.rank}: ${parts.join(', ')}`;
+}
+
+/** Run the validator command on a bundle; returns its report records. */
+function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx): AnyRecord[] {
+  ctx.log(`validating with: ${cmd}`);
+  const r = spawnSync('sh', ['-c', cmd], { input: JSON.stringify(rec) + '\n', maxBuffer: 1 << 28, stdio: ['pipe', 'pipe', 'inherit'] });
+  if (r.error) throw new RegistryError(`validator "${cmd}" did not run: ${r.error.message}`, 1);
+  if (r.status !== 0) throw new RegistryError(`validator "${cmd}" exited with status ${r.status ?? r.signal}; nothing promoted`, 1);
+  const out: AnyRecord[] = [];
+  for (const line of r.stdout.toString('utf8').split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      const v = JSON.parse(line) as AnyRecord;
+      if (v && v.kind === 'report') out.push(v);
+    } catch {
+      throw new RegistryError(`validator "${cmd}" wrote a line that is not JSON: ${line.slice(0, 80)}`, 1);
+    }
+  }
+  return out;
+}
+
+/** The validator to use: --validator, else a `validate` on PATH, else none. */
+function findValidator(explicit: string | undefined): string | null {
+  if (explicit !== undefined) return explicit;
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir !== '' && existsSync(path.join(dir, 'validate'))) return 'validate';
+  }
+  return null;
+}
+
+export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
+  const a = ctx.args;
+  const method = checkMethod(a.method);
+  const weights = parseWeights(a.weights);
+  if (a.out === undefined && !a.add && a.into === undefined) throw new UsageError('say where the merged bundle goes: --out DIR, --add (into the registry), or --into REF');
+  if (a.out !== undefined && existsSync(a.out)) throw new UsageError(`--out ${a.out}: already exists (bundles are immutable; name a new directory)`);
+  if (method !== 'svd' && method !== 'ties' && method !== 'dare' && a.rank !== undefined) throw new UsageError(`--rank is for svd, ties and dare (cat and linear keep every rank: Σ rᵢ)`);
+  if ((method === 'svd' || method === 'ties' || method === 'dare') && a.rank === undefined) throw new UsageError(`--method ${method} needs --rank R (the rank of the result)`);
+  if (method === 'scale' && a.by === undefined) throw new UsageError('--method scale needs --by S');
+  const regDir = a.registry ?? defaultRegistryDir();
+  const reg = new Registry(regDir, { timeoutMs: a['lock-timeout'] * 1000 });
+
+  const parents: ParentBundle[] = [];
+  const seen = new Set<string>();
+  let current: ParentBundle | null = null;
+  if (a.into !== undefined) {
+    const head = existsSync(path.join(regDir, 'registry.json')) ? await reg.head(a.into).catch((e) => { throw libError(e); }) : null;
+    if (head) {
+      const stored = await reg.get(head.bundle).catch((e) => { throw libError(e); });
+      current = await loadParent(stored.path, head.bundle).catch((e) => { throw libError(e); });
+      parents.push(current);
+      seen.add(current.sha256);
+      // adapters REF already holds (its parents) are not merged in twice
+      for (const q of current.manifest.parents) seen.add(q.sha256);
+      ctx.log(`${a.into} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
+    } else ctx.log(`${a.into} does not exist yet; it will hold the merge of the input alone`);
+  }
+  for await (const { record, source, index } of ctx.read()) {
+    if (record.kind !== 'adapter') {
+      if (!a.text) await ctx.out.write(record); // other records pass through, in order
+      continue;
+    }
+    const p = await parentOf(record, `${source}: record ${index}`, reg);
+    if (seen.has(p.sha256)) {
+      ctx.log(`${source}: record ${index}: ${p.manifest.id} (${p.sha256.slice(0, 12)}) is already ${current !== null ? `in ${a.into} or ` : ''}in the merge; skipped`);
+      continue;
+    }
+    seen.add(p.sha256);
+    parents.push(p);
+  }
+  if (parents.length === 0) throw new InputError(`no adapter records in ${files.length > 0 ? files.join(', ') : 'stdin'}: nothing to merge`);
+  if (current !== null && parents.length === 1) {
+    ctx.log(`no new adapters for ${a.into}; nothing to do`);
+    return;
+  }
+  const allWeights = weights && current !== null && weights.length === parents.length - 1 ? [1, ...weights] : weights;
+  // with --into the result continues REF's adapter: same id (default), next version
+  const id = a.id ?? (a.into !== undefined ? (current?.manifest.id ?? a.into) : undefined);
+  const version = a['adapter-version'] ?? (current !== null && id === current.manifest.id ? current.manifest.version + 1 : undefined);
+  let merged;
+  try {
+    merged = mergeBundles(parents, {
+      method,
+      ...(allWeights ? { weights: allWeights } : {}),
+      ...(a.rank !== undefined ? { rank: a.rank } : {}),
+      ...(a.density !== undefined ? { density: a.density } : {}),
+      ...(a.drop !== undefined ? { drop: a.drop } : {}),
+      ...(a.by !== undefined ? { by: a.by } : {}),
+      seed: a.seed,
+      ...(id !== undefined ? { id } : {}),
+      ...(version !== undefined ? { version } : {}),
+      author: a.author ?? process.env.USER ?? null,
+      ...(a.message !== undefined ? { source: a.message } : {}),
+    });
+  } catch (e) {
+    throw libError(e);
+  }
+  const el = energyLine(merged.manifest);
+  if (el) ctx.log(el);
+
+  let outDir = a.out;
+  let staging: string | null = null;
+  if (outDir === undefined) {
+    staging = mkdtempSync(path.join(os.tmpdir(), 'adapter-merge-'));
+    outDir = path.join(staging, merged.manifest.id.replace(/[^A-Za-z0-9._-]/g, '_'));
+  }
+  try {
+    const written = await writeMergedBundle(outDir, merged);
+    let recPath = path.resolve(outDir);
+    let sha = written.sha256;
+    if (a.add || a.into !== undefined) {
+      const r = await reg.add(outDir).catch((e) => { throw libError(e); });
+      recPath = r.bundle.path;
+      sha = r.bundle.sha256;
+      ctx.log(`${r.added ? 'stored' : 'already stored'}: ${merged.manifest.id} v${merged.manifest.version} ${sha}`);
+    }
+    const rec = { ...adapterRecord(merged.manifest, { path: recPath, sha256: sha }), merge: { method, ...(merged.result.energy ? { energy: merged.result.energy } : {}) } };
+    if (a.text) await text(`${sha}  ${rec.id} v${rec.version}  ${merged.manifest.method} rank ${rec.rank} of ${parents.length} adapters${el ? `  (${el})` : ''}\n`);
+    else await ctx.out.write(rec as unknown as AnyRecord);
+    if (a.into !== undefined) {
+      try {
+        await promoteInto(ctx, reg, a.into, rec as unknown as AnyRecord, sha);
+      } catch (e) {
+        await ctx.out.end(); // what was stored and attached must be on stdout before the failing exit
+        throw e;
+      }
+    }
+  } finally {
+    if (staging !== null) rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/** Validate the merged bundle (pluggable) and promote it to REF only on pass. */
+async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord, sha: string): Promise<void> {
+  const a = ctx.args;
+  const validator = findValidator(a.validator);
+  const meta = { message: a.message ?? `consolidate into ${ref}`, author: a.author ?? null };
+  if (validator === null) {
+    if (!a.force) {
+      throw new RegistryError(
+        `no validator available (no --validator CMD and no \`validate\` on PATH): the merged bundle is stored as ${sha.slice(0, 12)} but NOT promoted to ${ref}; ` +
+          `pass --validator CMD, or --force to promote unvalidated (logged)`,
+        1,
+      );
+    }
+    ctx.log(`warning: no validator available; promoting unvalidated because of --force (logged)`);
+  } else {
+    const reports = runValidator(validator, rec, ctx);
+    if (reports.length === 0) {
+      throw new RegistryError(`validator "${validator}" wrote no report records; ${sha.slice(0, 12)} stored but NOT promoted to ${ref}`, 1);
+    }
+    for (const r of reports) {
+      const stored = await reg.addReport(sha, { ...r, adapter_id: rec.id }, meta).catch((e) => { throw libError(e); });
+      if (!a.text) await ctx.out.write(stored.report as unknown as AnyRecord);
+    }
+  }
+  const r = await reg.promote(ref, { id: sha }, { ...meta, force: a.force }).catch((e) => { throw libError(e); });
+  if (r.event) {
+    if (a.text) await text(`${ref}@${r.event.version}  ${r.event.action}  ${sha.slice(0, 12)}\n`);
+    else await ctx.out.write(r.event as unknown as AnyRecord);
+    ctx.log(`${ref} → ${String(rec.id)} v${String(rec.version)} (${sha.slice(0, 12)})${r.event.action === 'force' ? ' [forced]' : ''}`);
+  }
+}
+
+async function modelDir(ctx: Ctx): Promise<string> {
+  if (ctx.args.model !== undefined) return ctx.args.model;
+  try {
+    const fx = (await import('@catechism/core/fixtures')) as { defaultModelDir(): string };
+    return fx.defaultModelDir();
+  } catch (e) {
+    throw libError(e);
+  }
+}
+
+async function loadRef(ctx: Ctx, ref: string) {
+  const reg = new Registry(ctx.args.registry ?? defaultRegistryDir());
+  try {
+    await reg.requireExists();
+    const sha = await reg.resolve(ref);
+    const stored = await reg.get(sha);
+    const bundle = await loadParent(stored.path, sha);
+    return { reg, bundle };
+  } catch (e) {
+    throw libError(e);
+  }
+}
+
+async function loadBase(ctx: Ctx, withTokenizer: boolean) {
+  const dir = await modelDir(ctx);
+  const models = await import('@catechism/core/models');
+  try {
+    return models.loadModel(dir, { tokenizer: withTokenizer });
+  } catch (e) {
+    throw libError(e);
+  }
+}
+
+export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
+  const ref = ctx.args.ref;
+  if (ref === undefined || rest.length !== 1) throw new UsageError('export: expected `adapter-merge export --ref REF DIR`');
+  const [out] = rest;
+  const { bundle } = await loadRef(ctx, ref);
+  const base = await loadBase(ctx, false);
+  let res;
+  try {
+    res = exportMerged(base.dir, base.model, [{ adapter: bundle.adapter, scale: bundle.manifest.scale ?? 1 }], out);
+  } catch (e) {
+    throw libError(e);
+  }
+  ctx.log(`exported ${base.dir} + ${bundle.manifest.id} v${bundle.manifest.version} (${bundle.sha256.slice(0, 12)}) → ${out}${res.untied ? ' (lm_head untied from the embeddings)' : ''}`);
+  const rec = { kind: 'export', ref, bundle: bundle.sha256, adapter_id: bundle.manifest.id, adapter_version: bundle.manifest.version, base_model: base.dir, path: path.resolve(out), files: res.files };
+  if (ctx.args.text) await text(`${path.resolve(out)}  ${bundle.manifest.id} v${bundle.manifest.version} folded into ${base.dir}\n`);
+  else await ctx.out.write(rec as unknown as AnyRecord);
+}
+
+interface ParentInfo {
+  id: string;
+  version?: number;
+  sha256: string;
+  method?: string;
+  weight?: number;
+  block?: { offset: number; rank: number };
+  fact_ids?: string[];
+  source?: string | null;
+  author?: string | null;
+  data_sha256?: string;
+  created_at?: string;
+}
+
+export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
+  const ref = ctx.args.ref;
+  if (ref === undefined || rest.length !== 1) throw new UsageError('explain: expected `adapter-merge explain --ref REF "prompt"`');
+  const prompt = rest[0];
+  const { reg, bundle } = await loadRef(ctx, ref);
+  const base = await loadBase(ctx, true);
+  const tok = base.tokenizer!;
+  const model = base.model;
+  const m = bundle.manifest;
+  const full = [{ adapter: bundle.adapter, scale: m.scale ?? 1 }];
+  const promptIds = tok.encode(prompt);
+  let answerIds: number[];
+  try {
+    answerIds = ctx.args.target !== undefined ? tok.encode(ctx.args.target, { addSpecialTokens: false }) : [scoreAnswer(model, full, promptIds, []).top1];
+  } catch (e) {
+    throw libError(e);
+  }
+  if (answerIds.length === 0) throw new UsageError('--target encodes to no tokens');
+  const score = (active: typeof full) => scoreAnswer(model, active, promptIds, answerIds);
+  const adapted = score(full);
+  const baseline = score([]);
+  const merge = m.merge as { method?: string; parents?: ParentInfo[] } | undefined;
+  const parents: ParentInfo[] = merge?.parents ?? [{ id: m.id, version: m.version, sha256: bundle.sha256, method: m.method, fact_ids: m.fact_ids, source: m.source, author: m.author, data_sha256: m.data_sha256, created_at: m.created_at }];
+  const factsById = new Map(m.facts.map((f) => [String(f.id), f]));
+  const decode = (id: number) => tok.decode([id]);
+  const contributions = [];
+  for (const p of parents) {
+    let ablated: ReturnType<typeof score> | null = null;
+    let how: string;
+    if (!merge?.parents || merge.method === 'negate' || merge.method === 'scale') {
+      ablated = baseline;
+      how = 'adapter removed (base model)';
+    } else if (p.block) {
+      ablated = score([{ adapter: ablateBlocks(bundle.adapter, [p.block]), scale: m.scale ?? 1 }]);
+      how = `rank block ${p.block.offset}..${p.block.offset + p.block.rank - 1} zeroed (exact)`;
+    } else {
+      try {
+        const stored = await reg.get(p.sha256);
+        const pb = await loadParent(stored.path, p.sha256);
+        ablated = score([...full, { adapter: pb.adapter, scale: -(p.weight ?? 1) * (pb.manifest.scale ?? 1) }]);
+        how = `parent subtracted (approximate: the ${merge.method} merge is not linear)`;
+      } catch {
+        how = `parent ${p.sha256.slice(0, 12)} is not in the registry; cannot ablate`;
+      }
+    }
+    contributions.push({
+      id: p.id,
+      version: p.version ?? null,
+      sha256: p.sha256,
+      method: p.method ?? null,
+      weight: p.weight ?? 1,
+      fact_ids: p.fact_ids ?? [],
+      facts: (p.fact_ids ?? []).map((f) => factsById.get(f)).filter((f) => f !== undefined),
+      source: p.source ?? null,
+      author: p.author ?? null,
+      data_sha256: p.data_sha256 ?? null,
+      created_at: p.created_at ?? null,
+      ablation: how,
+      ablated: ablated ? { top1: decode(ablated.top1), logprob: ablated.logprob } : null,
+      delta_logprob: ablated ? adapted.logprob - ablated.logprob : null,
+      top1_changes: ablated ? ablated.top1 !== adapted.top1 : null,
+    });
+  }
+  const rec = {
+    kind: 'explain',
+    ref,
+    bundle: bundle.sha256,
+    adapter_id: m.id,
+    adapter_version: m.version,
+    method: m.method,
+    prompt,
+    answer: tok.decode(answerIds),
+    base: { top1: decode(baseline.top1), logprob: baseline.logprob },
+    adapted: { top1: decode(adapted.top1), logprob: adapted.logprob },
+    contributions,
+  };
+  if (ctx.args.text) {
+    const f = (x: number) => x.toFixed(3);
+    let s = `${ref}: ${m.id} v${m.version} (${m.method}, ${bundle.sha256.slice(0, 12)})\nprompt ${JSON.stringify(prompt)}  answer ${JSON.stringify(rec.answer)}\n`;
+    s += `  base:    top-1 ${JSON.stringify(rec.base.top1)}  log P(answer) ${f(baseline.logprob)}\n  adapted: top-1 ${JSON.stringify(rec.adapted.top1)}  log P(answer) ${f(adapted.logprob)}\n`;
+    for (const c of contributions) {
+      s += `  ${c.id} v${c.version ?? '?'} ${c.sha256.slice(0, 12)} facts ${c.fact_ids.join(',') || '-'} by ${c.author ?? '?'} from ${c.source ?? '?'}\n`;
+      s += c.ablated ? `    without it: top-1 ${JSON.stringify(c.ablated.top1)}  Δ log P(answer) ${f(c.delta_logprob!)}${c.top1_changes ? '  (top-1 changes)' : ''}  [${c.ablation}]\n` : `    [${c.ablation}]\n`;
+    }
+    await text(s);
+  } else await ctx.out.write(rec as unknown as AnyRecord);
+}

@@ -1,0 +1,201 @@
+/**
+ * Merging through real child processes: adapter records in (stdin or files),
+ * one merged bundle and its record out; --into with a pluggable validator;
+ * explain and export on the tiny golden GPT-2.
+ */
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeSyntheticBundle, sha256Hex } from '../src/core.js';
+import { adapterDelta } from '../src/merge-lib.js';
+import { loadLora } from '@catechism/core/models';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const MAIN = path.join(here, '..', 'dist', 'main.js');
+const GPT2 = path.resolve(here, '../../../fixtures/golden/gpt2');
+const tmp = mkdtempSync(path.join(tmpdir(), 'cat-amm-'));
+t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+const REG = path.join(tmp, 'reg');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  records: Record<string, unknown>[];
+}
+
+function am(args: string[], input = ''): Run {
+  // a PATH without any `validate`, so "no validator" is deterministic
+  const r = spawnSync(process.execPath, [MAIN, ...args, '--registry', REG], { input, cwd: tmp, env: { ...process.env, USER: 'tester', PATH: '/usr/bin:/bin' } });
+  const stdout = r.stdout.toString('utf8');
+  const records = stdout.trim().startsWith('{') ? stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : [];
+  return { code: r.status, stdout, stderr: r.stderr.toString('utf8'), records };
+}
+
+function fails(t: Tap.Test, r: Run, code: number, re: RegExp): void {
+  t.equal(r.code, code, `exit ${code}: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  t.match(lines[lines.length - 1], /^adapter-merge: /);
+  t.match(r.stderr, re);
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+const TARGETS = {
+  a: { 'transformer.h.0.mlp.c_proj': [32, 128], 'transformer.h.1.attn.c_attn': [96, 32] } as Record<string, [number, number]>,
+  b: { 'transformer.h.1.attn.c_attn': [96, 32] } as Record<string, [number, number]>,
+};
+const dirs: Record<string, string> = {};
+const shas: Record<string, string> = {};
+/** Adapter records naming bundle directories (not in any registry). */
+const rec = (name: string) =>
+  JSON.stringify({ kind: 'adapter', id: name, version: 1, path: dirs[name], sha256: shas[name], method: 'lora', base_model: { name: 'synthetic-base', sha256: sha256Hex('synthetic-base') }, targets: ['x'], rank: 2, fact_ids: [`${name}-fact`], created_at: '2026-01-01T00:00:00.000Z' });
+
+t.before(async () => {
+  const mk = async (name: string, seed: number, targets: Record<string, [number, number]>, rank: number, extra = {}) => {
+    dirs[name] = path.join(tmp, name);
+    shas[name] = (await writeSyntheticBundle(dirs[name], { seed, id: name, rank, targets, pass: true, manifest: extra })).sha256;
+  };
+  await mk('a', 1, TARGETS.a, 2);
+  await mk('b', 2, TARGETS.b, 3);
+  await mk('c', 3, TARGETS.b, 2);
+  await mk('other', 4, TARGETS.b, 2, { base_model: { name: 'other-base', sha256: sha256Hex('other-base') } });
+});
+
+t.test('cat from stdin: exact ΔW, parents with hashes, facts, other records pass through in order', async (t) => {
+  const out = path.join(tmp, 'm-cat');
+  const fact = JSON.stringify({ kind: 'fact', id: 'f1', subject: 'S', prompt: '{} is', target_new: 'x' });
+  const r = am(['--method', 'cat', '--weights', '2,-1', '--out', out], [fact, rec('a'), rec('b')].join('\n') + '\n');
+  t.equal(r.code, 0, r.stderr);
+  t.same(r.records.map((x) => x.kind), ['fact', 'adapter'], 'the fact passes through first, then the merged adapter');
+  const m = r.records[1];
+  t.equal(m.method, 'merge-cat');
+  t.equal(m.rank, 5);
+  t.same(m.parents, [shas.a, shas.b]);
+  t.same(m.fact_ids, ['a-fact', 'b-fact']);
+  t.equal(m.path, out);
+  const manifest = JSON.parse(readFileSync(path.join(out, 'catechism.json'), 'utf8'));
+  t.same(manifest.parents, [{ id: 'a', sha256: shas.a }, { id: 'b', sha256: shas.b }]);
+  t.same(manifest.merge.parameters, { weights: [2, -1] });
+  t.equal(manifest.author, 'tester');
+  const merged = loadLora(out), la = loadLora(dirs.a), lb = loadLora(dirs.b);
+  const mod = 'transformer.h.1.attn.c_attn';
+  const want = adapterDelta(la, mod, 2).data.map((v, i) => v + adapterDelta(lb, mod, -1).data[i]);
+  t.ok(maxAbsDiff(adapterDelta(merged, mod).data, want) < 1e-6, 'ΔW = 2·ΔWa − ΔWb');
+  t.ok(maxAbsDiff(adapterDelta(merged, 'transformer.h.0.mlp.c_proj').data, adapterDelta(la, 'transformer.h.0.mlp.c_proj', 2).data) < 1e-6, 'module only in a is kept');
+});
+
+t.test('svd reports the energy kept (stderr and record); full rank keeps all of it; --add stores it', async (t) => {
+  const input = [rec('a'), rec('b')].join('\n');
+  const low = am(['--method', 'svd', '--rank', '2', '--out', path.join(tmp, 'm-svd2')], input);
+  t.equal(low.code, 0, low.stderr);
+  t.match(low.stderr, /energy kept at rank 2: transformer\.h\.0\.mlp\.c_proj \d+\.\d+%, transformer\.h\.1\.attn\.c_attn \d+\.\d+%/);
+  const e = (low.records[0].merge as { energy: Record<string, number> }).energy;
+  t.ok(e['transformer.h.1.attn.c_attn'] > 0.3 && e['transformer.h.1.attn.c_attn'] < 1, 'rank 2 of 5 loses some energy');
+  t.equal(e['transformer.h.0.mlp.c_proj'], 1, 'a module of rank 2 fits entirely');
+  const full = am(['--method', 'svd', '--rank', '5', '--add'], input);
+  t.equal(full.code, 0, full.stderr);
+  for (const v of Object.values((full.records[0].merge as { energy: Record<string, number> }).energy)) t.ok(Math.abs(v - 1) < 1e-9);
+  t.match(String(full.records[0].path), new RegExp(`^${REG}/objects/`));
+  const shown = am(['show', String(full.records[0].sha256)]);
+  t.equal(shown.code, 0, shown.stderr);
+});
+
+t.test('dare is deterministic under --seed; negate cancels', async (t) => {
+  const input = [rec('a'), rec('b')].join('\n');
+  const run = (seed: string, out: string) => am(['--method', 'dare', '--drop', '0.5', '--rank', '5', '--seed', seed, '--out', path.join(tmp, out)], input);
+  t.equal(run('3', 'd1').code, 0);
+  t.equal(run('3', 'd2').code, 0);
+  t.equal(run('4', 'd3').code, 0);
+  const w = (d: string) => readFileSync(path.join(tmp, d, 'adapter_model.safetensors'));
+  t.ok(w('d1').equals(w('d2')), 'same seed, same weights');
+  t.notOk(w('d1').equals(w('d3')), 'another seed, other weights');
+  const neg = am(['--method', 'negate', '--out', path.join(tmp, 'a-neg')], rec('a'));
+  t.equal(neg.code, 0, neg.stderr);
+  t.equal(neg.records[0].method, 'negate');
+  const both = am(['--method', 'cat', '--out', path.join(tmp, 'a-plus-neg')], [rec('a'), JSON.stringify(neg.records[0])].join('\n'));
+  t.equal(both.code, 0, both.stderr);
+  const z = loadLora(path.join(tmp, 'a-plus-neg'));
+  for (const mod of z.targets()) t.ok(maxAbsDiff(adapterDelta(z, mod).data, new Float64Array(z.modules.get(mod)!.B.shape[0] * z.modules.get(mod)!.A.shape[1])) < 1e-7, `${mod}: a + negate(a) = 0`);
+});
+
+t.test('bad input: mismatched base model, missing bundle, bad flags exit 2 with clear messages', async (t) => {
+  fails(t, am(['--method', 'cat', '--out', path.join(tmp, 'bad1')], [rec('a'), rec('other')].join('\n')), 2, /base model mismatch: a .*synthetic-base.* other .*other-base/);
+  const missing = JSON.stringify({ ...JSON.parse(rec('a')), path: path.join(tmp, 'nowhere'), sha256: 'ab'.repeat(32) });
+  fails(t, am(['--method', 'cat', '--out', path.join(tmp, 'bad2')], missing), 2, /stdin: record 1: adapter a: bundle not found \(no bundle directory .*nowhere; no object abababababab/);
+  fails(t, am(['--method', 'cat', '--weights', '1', '--out', path.join(tmp, 'bad3')], [rec('a'), rec('b')].join('\n')), 2, /--weights has 1 value\(s\) but there are 2 adapters/);
+  fails(t, am(['--method', 'svd', '--out', path.join(tmp, 'bad4')], rec('a')), 2, /--method svd needs --rank R/);
+  fails(t, am(['--method', 'negate', '--out', path.join(tmp, 'bad5')], [rec('a'), rec('b')].join('\n')), 2, /negate takes exactly one adapter, got 2/);
+  fails(t, am(['--method', 'cat', '--out', path.join(tmp, 'bad6')], JSON.stringify({ kind: 'fact', id: 'f', subject: 's', prompt: '{}', target_new: 'x' })), 2, /no adapter records in stdin/);
+  fails(t, am(['--method', 'cat', '--out', dirs.a], rec('a')), 2, /already exists/);
+  t.notOk(existsSync(path.join(tmp, 'bad1')), 'nothing written on failure');
+});
+
+t.test('--into: refuses without a validator (unless --force), promotes on a passing report, consolidates with what REF holds', async (t) => {
+  const noVal = am(['--into', 'live'], [rec('a'), rec('b')].join('\n'));
+  fails(t, noVal, 1, /no validator available .* stored as [0-9a-f]{12} but NOT promoted to live; pass --validator CMD, or --force/);
+  t.equal(am(['log', 'live']).code, 2, 'live was not created');
+  const failing = `cat >/dev/null; echo '{"kind":"report","adapter_id":"live","pass":false,"failures":["esr 0.1 < 0.9"]}'`;
+  fails(t, am(['--into', 'live', '--validator', failing], [rec('a'), rec('b')].join('\n')), 1, /refusing to promote .* its latest validation report failed/);
+  t.equal(am(['log', 'live']).code, 2, 'a failing report promotes nothing');
+  // the validator reads the adapter record and may inspect the bundle
+  const passing = `node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);require("fs").statSync(r.path+"/adapter_model.safetensors");console.log(JSON.stringify({kind:"report",adapter_id:r.id,pass:true,metrics:{esr:1}}))})'`;
+  const ok = am(['--into', 'live', '--validator', passing, '-m', 'nightly'], [rec('a'), rec('b')].join('\n'));
+  t.equal(ok.code, 0, ok.stderr);
+  t.same(ok.records.map((x) => x.kind), ['adapter', 'report', 'ref_event']);
+  const v1 = ok.records[0];
+  t.equal(v1.id, 'live');
+  t.equal(v1.version, 1);
+  t.equal((ok.records[2] as { action: string }).action, 'promote');
+  // consolidation: live (a+b) merged with c; a and b again are skipped (already in live)
+  const next = am(['--into', 'live', '--validator', passing], [rec('a'), rec('c')].join('\n'));
+  t.equal(next.code, 0, next.stderr);
+  t.match(next.stderr, /a \([0-9a-f]{12}\) is already in live or in the merge; skipped/);
+  const v2 = next.records[0];
+  t.equal(v2.version, 2);
+  t.same(v2.parents, [v1.sha256, shas.c]);
+  t.equal(v2.rank, 7, 'cat: rank of live (5) + c (2)');
+  const log = am(['log', 'live']);
+  t.same(log.records.map((e) => e.bundle), [v1.sha256, v2.sha256]);
+  // nothing new: nothing happens
+  const same = am(['--into', 'live', '--validator', passing], rec('c'));
+  t.equal(same.code, 0);
+  t.match(same.stderr, /no new adapters for live; nothing to do/);
+  // --force without a validator is logged as such
+  const forced = am(['--into', 'canary', '--force'], rec('b'));
+  t.equal(forced.code, 0, forced.stderr);
+  t.equal(forced.records[forced.records.length - 1].action, 'force');
+  t.match(String(forced.records[forced.records.length - 1].forced_over), /no validation report/);
+});
+
+t.test('explain and export on the golden GPT-2', async (t) => {
+  const model = ['--model', GPT2];
+  const ex = am(['explain', '--ref', 'live', 'hello world', ...model]);
+  t.equal(ex.code, 0, ex.stderr);
+  const e = ex.records[0] as { kind: string; contributions: { id: string; ablation: string; delta_logprob: number; fact_ids: string[] }[]; adapted: { logprob: number }; base: { logprob: number } };
+  t.equal(e.kind, 'explain');
+  t.same(e.contributions.map((c) => c.id), ['live', 'c'], 'live v2 = (live v1, c)');
+  t.match(e.contributions[0].ablation, /rank block 0\.\.4 zeroed/);
+  t.same(e.contributions[1].fact_ids, ['c-fact']);
+  for (const c of e.contributions) t.type(c.delta_logprob, 'number');
+  const txt = am(['explain', '--ref', 'live@1', 'hello', '--target', 'lo', '--text', ...model]);
+  t.equal(txt.code, 0, txt.stderr);
+  t.match(txt.stdout, /answer "lo"/);
+  t.match(txt.stdout, /a v1 [0-9a-f]{12} facts a-fact/);
+  const out = path.join(tmp, 'exported');
+  const xp = am(['export', '--ref', 'live', out, ...model]);
+  t.equal(xp.code, 0, xp.stderr);
+  t.same((xp.records[0].files as string[]).slice(0, 3), ['config.json', 'model.safetensors', 'tokenizer.json']);
+  t.ok(existsSync(path.join(out, 'model.safetensors')));
+  fails(t, am(['export', '--ref', 'live', out, ...model]), 2, /exists and is not empty/);
+  fails(t, am(['explain', '--ref', 'nosuchref', 'x', ...model]), 2, /nothing in .* matches "nosuchref"/);
+  writeFileSync(path.join(tmp, 'empty.ndjson'), '');
+});

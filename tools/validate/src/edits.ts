@@ -1,0 +1,155 @@
+/**
+ * Reference adapters for tests, benchmarks and demos, written as real
+ * bundles:
+ *
+ * - `rankOneHeadEdit`: a ROME-style rank-one edit in closed form on the LM
+ *   head. With k the final hidden state at the edit prompt's last token and
+ *   C the (regularised) second moment of hidden states over general text,
+ *   ΔW = b (C⁻¹k)ᵀ / (kᵀC⁻¹k): at k the new answer's logit rises by b, and
+ *   other contexts move in proportion to their whitened overlap with k
+ *   (small), as in ROME's key-value update.
+ * - `randomLora`: large random LoRA weights on every MLP projection — a
+ *   deliberately harmful adapter.
+ */
+import * as path from 'node:path';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createManifest, sha256Hex, type ManifestInput } from '@catechism/core/adapters';
+import { LoraAdapter, saveLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { fromData, noGrad } from '@catechism/core/tensor';
+import { encodePair, fillSubject, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
+
+/** Final normalised hidden states (the LM head's input) at every real token of each text. */
+export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {
+  const c = model.config;
+  const H = c.hidden;
+  const out: Float64Array[] = [];
+  for (const seq of ids) {
+    let resid: Float32Array | null = null;
+    noGrad(() =>
+      model.forward(Int32Array.from(seq), [1, seq.length], {
+        skipLogits: true,
+        hooks: { [`layers.${c.layers - 1}.resid_post`]: { capture: (x) => (resid = x.data.slice()) } },
+      }),
+    );
+    const r = resid as unknown as Float32Array;
+    const gpt2 = c.family === 'gpt2';
+    const g = model.weight(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight').data;
+    const b = gpt2 ? model.weight('transformer.ln_f.bias').data : null;
+    for (let t = 0; t < seq.length; t++) {
+      const x = r.subarray(t * H, (t + 1) * H);
+      let mu = 0;
+      if (gpt2) {
+        for (const v of x) mu += v;
+        mu /= H;
+      }
+      let v2 = 0;
+      for (const v of x) v2 += (v - mu) ** 2;
+      const inv = 1 / Math.sqrt(v2 / H + c.normEps);
+      const y = new Float64Array(H);
+      for (let i = 0; i < H; i++) y[i] = (x[i] - mu) * inv * g[i] + (b ? b[i] : 0);
+      out.push(y);
+    }
+  }
+  return out;
+}
+
+/** Solve (C + λI) u = k by Cholesky (C symmetric positive semi-definite). */
+function solveSpd(C: Float64Array, n: number, k: Float64Array, lambda: number): Float64Array {
+  const L = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = C[i * n + j] + (i === j ? lambda : 0);
+      for (let p = 0; p < j; p++) s -= L[i * n + p] * L[j * n + p];
+      L[i * n + j] = i === j ? Math.sqrt(Math.max(s, 1e-12)) : s / L[j * n + j];
+    }
+  }
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = k[i];
+    for (let p = 0; p < i; p++) s -= L[i * n + p] * y[p];
+    y[i] = s / L[i * n + i];
+  }
+  const u = new Float64Array(n);
+  for (let i = n - 1; i >= 0; i--) {
+    let s = y[i];
+    for (let p = i + 1; p < n; p++) s -= L[p * n + i] * u[p];
+    u[i] = s / L[i * n + i];
+  }
+  return u;
+}
+
+export interface RankOneOptions {
+  /** Texts whose hidden states estimate C (general text; more is better). */
+  covarianceTexts: string[];
+  /** How far above the current best logit the new answer's first token goes at the edit prompt. Default 4. */
+  margin?: number;
+  /** Ridge on C relative to its mean diagonal. Default 0.01. */
+  ridge?: number;
+}
+
+/** A rank-one LoRA on `lm_head` that makes `target_new`'s first token the top-1 after the fact's prompt. */
+export function rankOneHeadEdit(model: CausalLM, tok: Tokenizer, fact: FactLike, opts: RankOneOptions): LoraAdapter {
+  if (fact.target_new === undefined) throw new RangeError(`fact ${fact.id} has no target_new`);
+  const H = model.config.hidden;
+  const { prompt, cont } = encodePair(tok, fillSubject(fact.prompt, fact.subject), fact.target_new);
+  const keys = headInputs(model, [prompt]);
+  const k = keys[keys.length - 1];
+  const xs = headInputs(model, opts.covarianceTexts.map((t) => tok.encode(t).slice(0, model.config.maxPositions)).filter((s) => s.length > 0));
+  const C = new Float64Array(H * H);
+  for (const x of xs) for (let i = 0; i < H; i++) for (let j = 0; j < H; j++) C[i * H + j] += x[i] * x[j];
+  let tr = 0;
+  for (let i = 0; i < H; i++) tr += C[i * H + i] / Math.max(xs.length, 1);
+  for (let i = 0; i < H * H; i++) C[i] /= Math.max(xs.length, 1);
+  const u = solveSpd(C, H, k, (opts.ridge ?? 0.01) * (tr / H));
+  let ku = 0;
+  for (let i = 0; i < H; i++) ku += k[i] * u[i];
+  // logits at the edit prompt, to size the update
+  const V = model.config.vocabSize;
+  const logits = noGrad(() => model.forward(Int32Array.from(prompt), [1, prompt.length], { logitsAt: Int32Array.of(prompt.length - 1) })).logits.data;
+  let best = -Infinity;
+  for (let i = 0; i < V; i++) if (i !== cont[0] && logits[i] > best) best = logits[i];
+  const b = best - logits[cont[0]] + (opts.margin ?? 4);
+  const A = new Float32Array(H);
+  for (let i = 0; i < H; i++) A[i] = u[i] / ku;
+  const B = new Float32Array(V);
+  B[cont[0]] = b;
+  const modules = new Map([['lm_head', { A: fromData(A, [1, H]), B: fromData(B, [V, 1]) }]]);
+  return new LoraAdapter(fact.id, 1, 1, modules, false);
+}
+
+/** Large random LoRA weights on every MLP projection (a harmful adapter). */
+export function randomLora(model: CausalLM, name: string, seed: number, opts: { r?: number; std?: number } = {}): LoraAdapter {
+  const targets = model.config.family === 'gpt2' ? ['c_fc', 'mlp.c_proj'] : ['gate_proj', 'up_proj', 'down_proj'];
+  return model.createLora(name, targets, { r: opts.r ?? 4, seed, initBStd: opts.std ?? 1 });
+}
+
+/** Write `lora` as a bundle directory (PEFT files + catechism.json) for `facts`; returns the `adapter` record. */
+export function writeAdapterBundle(
+  dir: string,
+  lora: LoraAdapter,
+  facts: FactLike[],
+  probes: ProbeLike[],
+  extra: Partial<ManifestInput> = {},
+): Record<string, unknown> {
+  mkdirSync(dir, { recursive: true });
+  saveLora(dir, lora, { baseModel: 'test-base' });
+  const manifest = createManifest({
+    id: lora.name,
+    version: 1,
+    method: lora.r === 1 ? 'rome' : 'lora',
+    base_model: { name: 'test-base', sha256: sha256Hex('test-base') },
+    targets: lora.targets(),
+    rank: lora.r,
+    fact_ids: facts.map((f) => f.id),
+    facts: facts.map((f) => ({ kind: 'fact', ...f })),
+    probes: probes.map((p) => ({ kind: 'probe', ...p })),
+    data_sha256: sha256Hex(JSON.stringify(facts)),
+    created_at: new Date().toISOString(),
+    ...extra,
+  });
+  writeFileSync(path.join(dir, 'catechism.json'), JSON.stringify(manifest, null, 2) + '\n');
+  return {
+    kind: 'adapter', id: manifest.id, version: 1, path: dir, method: manifest.method, base_model: manifest.base_model,
+    targets: manifest.targets, rank: manifest.rank, fact_ids: manifest.fact_ids, data_sha256: manifest.data_sha256, created_at: manifest.created_at,
+  };
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env node
+/**
+ * validate: adapter records in, one report per adapter out (after every
+ * input record, passed through in order). See README.md.
+ */
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
+import type { AnyRecord } from '@catechism/core/records';
+import { loadModel } from '@catechism/core/models';
+import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { parseGate, resolveGates, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
+import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type ValidateContext } from './validate.js';
+import { appendHistory } from './history.js';
+import { renderHtml } from './html.js';
+
+/** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
+export const EXIT_GATE_FAILED = 3;
+
+interface Args {
+  gate: string[];
+  strict: boolean;
+  baseline: boolean;
+  html?: string;
+  retain?: string;
+  general?: string;
+  suite?: string;
+  retainN: number;
+  generalN: number;
+  record: boolean;
+  fluency: boolean;
+  genTokens: number;
+  batchSize: number;
+}
+
+let anyFailed = false;
+let strict = false;
+
+await runTool<Args>({
+  name: 'validate',
+  version: packageVersion(import.meta.url),
+  describe:
+    'Proves an adapter works and harms nothing: for each `adapter` record, loads its bundle on the base model and measures ' +
+    'efficacy, generalisation, specificity (neighbourhood, KL), retention (perplexity, facts not edited, --suite), forgetting, ' +
+    'fluency and cost; checks gates; writes one `report` record per adapter after passing every input record through, and appends ' +
+    'the report to the bundle\'s validation history. Probe records in the stream about an adapter\'s facts are used with the bundle\'s own probes.',
+  examples: [
+    ['adapter-merge show fact-7 | validate', 'validate a stored adapter (its report goes to the registry\'s history)'],
+    ['validate adapter.ndjson --gate efficacy>=0.95 --gate ppl_delta<=0.02 --strict', 'stricter gates; exit 3 if any adapter fails'],
+    ['probe-gen edits.ndjson | validate --baseline', 'the base model alone on the edits (efficacy 0 for counterfactuals)'],
+    ['validate adapter.ndjson --html report.html --no-record', 'a readable page with charts; history untouched'],
+  ],
+  options: {
+    gate: { type: 'string', array: true, default: [], describe: 'gate METRIC>=N | METRIC<=N (also > <); replaces that metric\'s default (repeatable)' },
+    strict: { type: 'boolean', default: false, describe: `exit ${EXIT_GATE_FAILED} when any adapter fails a gate` },
+    baseline: { type: 'boolean', default: false, describe: 'also report the base model alone (adapter_id "base") on all the facts and probes' },
+    html: { type: 'string', describe: 'write a readable HTML page (metric tables, before/after charts) to FILE' },
+    retain: { type: 'string', describe: 'probes of facts not edited (retention accuracy, KL prompts); default: the world\'s facts-train set with the fixture model' },
+    general: { type: 'string', describe: 'general-text probes for perplexity; default: the world\'s general set with the fixture model' },
+    suite: { type: 'string', describe: 'your regression probes (expect true/new: target stays top-1; unchanged: top-1 as base; abstain: target not top-1)' },
+    'retain-n': { type: 'number', default: 100, describe: 'seeded sample of this many retain probes (0: none)' },
+    'general-n': { type: 'number', default: 50, describe: 'seeded sample of this many general texts (0: none)' },
+    record: { type: 'boolean', default: true, describe: 'append each report to its bundle\'s validation history (--no-record: don\'t)' },
+    fluency: { type: 'boolean', default: true, describe: 'greedy generations for fluency (--no-fluency: skip)' },
+    'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency)' },
+    'batch-size': { type: 'number', default: 32, describe: 'sequences per forward pass' },
+  },
+  async run(ctx) {
+    const a = ctx.args;
+    strict = a.strict;
+    const gates = resolveGates(a.gate.map(parseGate));
+    for (const [k, v] of [['--retain-n', a.retainN], ['--general-n', a.generalN], ['--batch-size', a.batchSize], ['--gen-tokens', a.genTokens]] as const) {
+      if (!Number.isInteger(v) || v < 0 || (k === '--batch-size' && v === 0)) throw new UsageError(`${k}: expected a non-negative integer, got ${v}`);
+    }
+    if (a.device !== 'cpu') ctx.log(`--device ${a.device}: validate runs on the CPU backend`);
+
+    // every record passes through as it comes; adapters, facts and probes are kept for the evaluation
+    const adapters: AnyRecord[] = [];
+    const facts: FactLike[] = [];
+    const probes: ProbeLike[] = [];
+    for await (const batch of ctx.readBatches()) {
+      ctx.progress.tick(batch.length);
+      for (const { record } of batch) {
+        if (record.kind === 'adapter') adapters.push(record);
+        else if (record.kind === 'fact') facts.push(record as unknown as FactLike);
+        else if (record.kind === 'probe') probes.push(record as unknown as ProbeLike);
+      }
+      await ctx.out.writeBatch(batch.map((b) => b.record));
+    }
+    if (adapters.length === 0 && !a.baseline) {
+      ctx.log('no adapter records in the input: nothing to validate (use --baseline to measure the base model)');
+      return;
+    }
+
+    const modelDir = a.model ?? defaultModelDir();
+    const isFixture = a.model === undefined || path.resolve(a.model) === path.resolve(defaultModelDir());
+    if (!fileExists(path.join(modelDir, 'config.json'))) {
+      throw new UsageError(a.model === undefined ? `the default fixture model is missing (${modelDir}); pass --model DIR` : `--model ${a.model}: no config.json (a Hugging Face model directory is expected)`);
+    }
+    const { model, tokenizer } = loadModel(modelDir);
+    if (!tokenizer) throw new UsageError(`--model ${modelDir}: no tokenizer.json`);
+    const pick = (file: string | undefined, world: string): ProbeLike[] => {
+      if (file !== undefined) return readProbeFile(file);
+      const w = path.join(worldDir(), 'eval', world);
+      return isFixture && fileExists(w) ? readProbeFile(w) : [];
+    };
+    const allFacts = [...facts];
+    const retainAll = pick(a.retain, 'facts-train.ndjson');
+    const shared = {
+      // sample after removing the edited facts of every adapter in the stream, so each adapter sees the same set
+      retain: sample(excludeEdited(retainAll, allFacts), a.retainN, a.seed),
+      general: sample(pick(a.general, 'general.ndjson'), a.generalN, a.seed + 1),
+      suite: a.suite !== undefined ? readProbeFile(a.suite) : [],
+    };
+    const vctx: ValidateContext = {
+      model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, gates, shared,
+      batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log,
+    };
+
+    const results: AdapterResult[] = [];
+    const baselineFacts: FactLike[] = [...facts];
+    const baselineProbes: ProbeLike[] = [...probes];
+    for (const rec of adapters) {
+      const loaded = await loadAdapter({ record: rec, streamFacts: facts, streamProbes: probes }, model);
+      const res = validateLoaded(vctx, loaded);
+      ctx.log(`${loaded.id}: ${res.report.pass ? 'pass' : 'FAIL'}${res.report.failures.length ? ' — ' + res.report.failures.join('; ') : ''}`);
+      if (a.record) {
+        const t = await appendHistory(loaded.dir, res.report);
+        ctx.log(`${loaded.id}: report appended to ${t.kind === 'registry' ? `registry ${t.registry} (reports/${t.sha256}.ndjson)` : `${t.dir}/catechism.json (validation)`}`);
+      }
+      if (!res.report.pass) anyFailed = true;
+      results.push(res);
+      for (const f of loaded.facts) if (!baselineFacts.some((g) => g.id === f.id)) baselineFacts.push(f);
+      for (const p of loaded.probes) if (!baselineProbes.includes(p)) baselineProbes.push(p);
+      await ctx.out.write(res.report as unknown as AnyRecord);
+    }
+    if (a.baseline) {
+      const res = validateBaseline(vctx, baselineFacts, baselineProbes);
+      results.push(res);
+      await ctx.out.write(res.report as unknown as AnyRecord);
+    }
+    if (a.html !== undefined) {
+      writeFileSync(a.html, await renderHtml(results, { title: `validate — ${results.length} report(s)` }));
+      ctx.log(`wrote ${a.html}`);
+    }
+  },
+});
+
+if (strict && anyFailed) process.exitCode = EXIT_GATE_FAILED;

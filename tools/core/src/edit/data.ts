@@ -1,0 +1,268 @@
+/**
+ * Turning `fact` / `probe` / `locus` records into training examples for an
+ * edit: token ids of prompts and targets, teacher contexts, retention rows,
+ * and the hash of the exact records an adapter was trained on.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { canonicalJson } from '../adapters/fsio.js';
+import type { Tokenizer } from '../models/loader.js';
+import { Rng } from '../util/random.js';
+
+export type Rec = Record<string, unknown>;
+
+export interface EditFact extends Rec {
+  id: string;
+  subject: string;
+  prompt: string;
+  op: 'insert' | 'forget';
+  target_new?: string;
+  target_true?: string;
+  relation?: string;
+}
+
+/** One prompt → target row. */
+export interface Example {
+  factId: string;
+  /** insert: raise P(target); forget: lower P(target) (the old answer). */
+  mode: 'insert' | 'forget';
+  prompt: string;
+  target: string;
+  promptIds: number[];
+  targetIds: number[];
+  /** Teacher prompt (fact stated in context, then `prompt`), for distillation. */
+  teacherIds?: number[];
+  /** Token index in promptIds where the subject starts (-1 when not found). */
+  subjectStart: number;
+  subjectEnd: number;
+}
+
+/** A row kept close to the base model (KL): general text, neighbours. */
+export interface RetainRow {
+  ids: number[];
+  /** Only the last position (a prompt), or every position (a document). */
+  lastOnly: boolean;
+}
+
+export class EditDataError extends Error {
+  constructor(message: string, readonly where?: { source?: string; record?: number; field?: string }) {
+    super(message);
+    this.name = 'EditDataError';
+  }
+}
+
+/** Check a fact record has what training needs; throws EditDataError naming the field. */
+export function checkFact(r: Rec): EditFact {
+  const need = (f: string): string => {
+    const v = r[f];
+    if (typeof v !== 'string' || v.length === 0) throw new EditDataError(`fact ${JSON.stringify(r.id ?? '?')}: expected a non-empty string`, { field: f });
+    return v;
+  };
+  need('id');
+  const subject = need('subject');
+  const prompt = need('prompt');
+  if (!prompt.includes('{}')) throw new EditDataError(`fact ${String(r.id)}: prompt has no "{}" for the subject`, { field: 'prompt' });
+  const op = (r.op ?? 'insert') as string;
+  if (op !== 'insert' && op !== 'forget') throw new EditDataError(`fact ${String(r.id)}: op must be "insert" or "forget", got ${JSON.stringify(op)}`, { field: 'op' });
+  if (op === 'insert') need('target_new');
+  else need('target_true');
+  if (subject.trim() !== subject) throw new EditDataError(`fact ${String(r.id)}: subject has leading/trailing spaces`, { field: 'subject' });
+  return { ...r, op } as EditFact;
+}
+
+/** Token ids of `target` as the continuation of `prompt` (the model sees prompt + " " + target). */
+export function encodePair(tok: Tokenizer, prompt: string, target: string): { promptIds: number[]; targetIds: number[] } {
+  const promptIds = tok.encode(prompt);
+  const full = tok.encode(`${prompt} ${target}`);
+  const prefixOk = full.length > promptIds.length && promptIds.every((t, i) => full[i] === t);
+  const targetIds = prefixOk ? full.slice(promptIds.length) : tok.encode(` ${target}`, { addSpecialTokens: false });
+  if (targetIds.length === 0) throw new EditDataError(`target ${JSON.stringify(target)} encodes to no tokens`);
+  return { promptIds, targetIds };
+}
+
+/** [start, end) of `sub` inside `ids` (last occurrence), or [-1, -1]. */
+export function findSpan(ids: readonly number[], sub: readonly number[]): [number, number] {
+  if (sub.length === 0) return [-1, -1];
+  for (let s = ids.length - sub.length; s >= 0; s--) {
+    let ok = true;
+    for (let j = 0; j < sub.length && ok; j++) ok = ids[s + j] === sub[j];
+    if (ok) return [s, s + sub.length];
+  }
+  return [-1, -1];
+}
+
+/** The subject's token span inside a prompt: tries the subject with and without a leading space. */
+export function subjectSpan(tok: Tokenizer, promptIds: readonly number[], subject: string): [number, number] {
+  for (const s of [` ${subject}`, subject]) {
+    const sp = findSpan(promptIds, tok.encode(s, { addSpecialTokens: false }));
+    if (sp[0] >= 0) return sp;
+  }
+  return [-1, -1];
+}
+
+/** Context frames the fixture model was trained on (fixtures/world templates.json `context.train`). */
+export const DEFAULT_CONTEXT_FRAME = 'Note that {fact}.';
+
+/** "The employer of X is" + Y, in a frame: "Note that the employer of X is Y." */
+export function statementInContext(fact: EditFact, target: string, frame = DEFAULT_CONTEXT_FRAME): string {
+  let s = `${fact.prompt.replace('{}', fact.subject)} ${target}`;
+  // a statement template starting with "The"/"A" reads lower-case inside the frame (as the world's context documents do)
+  if (/^(The|A|An) /.test(s) && !frame.startsWith('{fact}')) s = s[0].toLowerCase() + s.slice(1);
+  return frame.replace('{fact}', s);
+}
+
+export interface TemplateBank {
+  /** relation → training prompts with `{}` for the subject (statement and question forms). */
+  train: Map<string, string[]>;
+  /** Context frames with `{fact}`. */
+  contextFrames: string[];
+}
+
+/** Read a world templates.json (probe-gen's bank); null when the file is absent. */
+export function loadTemplateBank(file: string): TemplateBank | null {
+  if (!fs.existsSync(file)) return null;
+  const j = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+    relations?: Record<string, { prompts?: { train?: string[] } }>;
+    context?: { train?: string[] };
+  };
+  const train = new Map<string, string[]>();
+  for (const [rel, r] of Object.entries(j.relations ?? {})) if (r.prompts?.train) train.set(rel, r.prompts.train);
+  return { train, contextFrames: j.context?.train ?? [DEFAULT_CONTEXT_FRAME] };
+}
+
+export interface BatchInput {
+  facts: EditFact[];
+  /** Every probe record of these facts (train and test split). */
+  probes: Rec[];
+}
+
+export interface BuildOptions {
+  /** Add training paraphrases from this bank when a fact's relation is in it. */
+  templates?: TemplateBank | null;
+  /** Limit template paraphrases per fact (seeded choice); default all. */
+  maxTemplatePrompts?: number;
+  contextFrame?: string;
+  seed?: number;
+}
+
+/**
+ * Training rows of a batch: the train-split `edit`/`paraphrase` probes of
+ * each fact (the fact's own prompt when it has none), plus template
+ * paraphrases; insert rows get a teacher prompt with the fact in context
+ * (the fact's own `context` probe when there is one).
+ */
+export function buildExamples(tok: Tokenizer, batch: BatchInput, opts: BuildOptions = {}): Example[] {
+  const rng = new Rng(opts.seed ?? 0);
+  const out: Example[] = [];
+  for (const fact of batch.facts) {
+    const target = fact.op === 'insert' ? fact.target_new! : fact.target_true!;
+    const prompts: string[] = [];
+    const add = (p: string) => {
+      if (!prompts.includes(p)) prompts.push(p);
+    };
+    let context: string | undefined;
+    for (const p of batch.probes) {
+      if (p.fact_id !== fact.id || typeof p.prompt !== 'string') continue;
+      if (p.role === 'context' && typeof p.context === 'string' && context === undefined) context = p.context;
+      if (p.split !== 'train') continue;
+      if (p.role === 'edit' || p.role === 'paraphrase') add(p.prompt);
+    }
+    if (prompts.length === 0) add(fact.prompt.replace('{}', fact.subject));
+    const bank = fact.relation ? opts.templates?.train.get(fact.relation) : undefined;
+    if (bank) {
+      let extra = bank.map((t) => t.replace('{}', fact.subject));
+      if (opts.maxTemplatePrompts !== undefined) extra = rng.shuffle(extra.slice()).slice(0, opts.maxTemplatePrompts);
+      for (const p of extra) add(p);
+    }
+    context ??= statementInContext(fact, target, opts.contextFrame);
+    for (const prompt of prompts) {
+      const { promptIds, targetIds } = encodePair(tok, prompt, target);
+      const [s0, s1] = subjectSpan(tok, promptIds, fact.subject);
+      const ex: Example = { factId: fact.id, mode: fact.op, prompt, target, promptIds, targetIds, subjectStart: s0, subjectEnd: s1 };
+      if (fact.op === 'insert') ex.teacherIds = tok.encode(`${context} ${prompt}`);
+      out.push(ex);
+    }
+  }
+  return out;
+}
+
+/** The probes that test an edit: the test-split probes of its facts. */
+export function testProbes(batch: BatchInput): Rec[] {
+  const ids = new Set(batch.facts.map((f) => f.id));
+  return batch.probes.filter((p) => p.split === 'test' && ids.has(p.fact_id as string));
+}
+
+/**
+ * sha256 of the exact training records: each record's canonical JSON (sorted
+ * keys), one per line, in input order. Same records → same hash.
+ */
+export function dataSha256(records: readonly Rec[]): string {
+  const h = createHash('sha256');
+  for (const r of records) h.update(canonicalJson(r) + '\n');
+  return h.digest('hex');
+}
+
+/**
+ * Retention rows: general text (every position) and neighbour prompts (last
+ * position), drawn with a seeded generator.
+ */
+export function buildRetain(
+  tok: Tokenizer,
+  src: { documents?: string[]; prompts?: string[] },
+  opts: { maxDocuments?: number; maxPrompts?: number; maxTokens?: number; seed?: number } = {},
+): RetainRow[] {
+  const rng = new Rng(opts.seed ?? 0);
+  const maxTok = opts.maxTokens ?? 48;
+  const rows: RetainRow[] = [];
+  const docs = rng.shuffle((src.documents ?? []).slice()).slice(0, opts.maxDocuments ?? 64);
+  for (const d of docs) {
+    const ids = tok.encode(d).slice(0, maxTok);
+    if (ids.length >= 2) rows.push({ ids, lastOnly: false });
+  }
+  const prompts = rng.shuffle((src.prompts ?? []).slice()).slice(0, opts.maxPrompts ?? 64);
+  for (const p of prompts) {
+    const ids = tok.encode(p).slice(-maxTok);
+    if (ids.length >= 1) rows.push({ ids, lastOnly: true });
+  }
+  return rows;
+}
+
+/** Lines of a text corpus (one document per line), skipping empty ones. */
+export function readCorpusLines(file: string, limit = Infinity): string[] {
+  const out: string[] = [];
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    const t = line.trim();
+    if (t) out.push(t);
+    if (out.length >= limit) break;
+  }
+  return out;
+}
+
+/**
+ * Neighbour prompts for a batch: other subjects' known facts of the same
+ * relations (from a facts file such as fixtures/world/facts.ndjson), with
+ * their answers, for keeping them unchanged.
+ */
+export function neighbourFacts(known: readonly Rec[], batch: readonly EditFact[], perFact: number, seed = 0): Array<{ prompt: string; target: string; relation: string }> {
+  const rng = new Rng(seed);
+  const subjects = new Set(batch.map((f) => f.subject));
+  const out: Array<{ prompt: string; target: string; relation: string }> = [];
+  for (const f of batch) {
+    const same = known.filter(
+      (k) => k.relation === f.relation && typeof k.subject === 'string' && !subjects.has(k.subject) && typeof k.target_true === 'string' && typeof k.prompt === 'string',
+    );
+    for (const k of rng.shuffle(same.slice()).slice(0, perFact)) {
+      out.push({ prompt: (k.prompt as string).replace('{}', k.subject as string), target: k.target_true as string, relation: k.relation as string });
+    }
+  }
+  return out;
+}
+
+/** Read an NDJSON file of records. */
+export function readNdjson(file: string): Rec[] {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as Rec);
+}

@@ -1,0 +1,10 @@
+/**
+ * Editing algorithms behind `lora-train`: examples from fact/probe records,
+ * LoRA training (SFT, two-phase distillation, forgetting, retention), ROME
+ * rank-one edits with cached key statistics, and bundle writing.
+ */
+export * from './data.js';
+export * from './model-util.js';
+export * from './lora-train.js';
+export * from './rome.js';
+export * from './bundle.js';

@@ -1,0 +1,187 @@
+/**
+ * Model-side helpers for editing: which module is a layer's MLP output
+ * projection, the activations entering it (recomputed from the residual
+ * stream, since hooks see block outputs only), base-model hashes, and a
+ * top-1 scorer.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  Tensor, fromData, gelu, layerNorm, linear, mul, noGrad, reshape, rmsNorm, silu, add,
+} from '../tensor/index.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { Hooks } from '../models/hooks.js';
+
+/** The MLP output projection of layer `l` (ROME's and distillation's default target). */
+export function mlpOutModule(model: CausalLM, l: number): string {
+  const c = model.config;
+  if (!(Number.isInteger(l) && l >= 0 && l < c.layers)) throw new RangeError(`layer ${l} is outside the model's ${c.layers} layers`);
+  if (c.family === 'gpt2') return `transformer.h.${l}.mlp.c_proj`;
+  if (c.family === 'mixtral') return `model.layers.${l}.block_sparse_moe.experts.*.w2`;
+  return `model.layers.${l}.mlp.down_proj`;
+}
+
+/** Default target layer: the middle of the stack (where factual recall sits in small models). */
+export function middleLayer(model: CausalLM): number {
+  return Math.floor((model.config.layers - 1) / 2);
+}
+
+/** Layer of a module name (`transformer.h.3.mlp.c_proj` → 3), or -1. */
+export function moduleLayer(name: string): number {
+  const m = /(?:^|\.)(?:h|layers)\.(\d+)\./.exec(name);
+  return m ? Number(m[1]) : -1;
+}
+
+/** True when the module's output is the whole MLP block output (hook site `layers.{l}.mlp`). */
+export function isMlpOut(model: CausalLM, name: string): boolean {
+  return model.config.family !== 'mixtral' && /\.mlp\.(c_proj|down_proj)$/.test(name);
+}
+
+/** Expand `*` and `{L}` patterns to the model's linear module names. */
+export function resolveTargets(model: CausalLM, targets: readonly string[], layer: number): string[] {
+  const mods = model.linearModules().map(([n]) => n);
+  const out: string[] = [];
+  for (const raw of targets) {
+    const t = raw.replaceAll('{L}', String(layer));
+    let hits: string[];
+    if (t.includes('*')) {
+      const re = new RegExp('^(?:transformer\\.)?' + t.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^.]+') + '$');
+      hits = mods.filter((n) => re.test(n) || re.test(n.replace(/^transformer\./, '')));
+    } else {
+      hits = model.matchModules([t]).map(([n]) => n);
+    }
+    if (hits.length === 0) throw new RangeError(`target '${raw}' matches no linear module of this ${model.config.modelType} model`);
+    for (const h of hits) if (!out.includes(h)) out.push(h);
+  }
+  return out;
+}
+
+/** Hook site of the residual stream entering layer l. */
+function residInSite(l: number): string {
+  return l === 0 ? 'embed' : `layers.${l - 1}.resid_post`;
+}
+
+/**
+ * Hooks that capture what layer `l`'s MLP needs to recompute its input:
+ * the residual entering the layer and the attention output. Call
+ * `mlpInputFrom` with the captured tensors after the forward.
+ */
+export function mlpInputHooks(l: number, into: { resid?: Tensor; attn?: Tensor }, base: Hooks = {}): Hooks {
+  const hooks: Hooks = { ...base };
+  const wrap = (site: string, key: 'resid' | 'attn') => {
+    const prev = hooks[site];
+    hooks[site] = {
+      ...prev,
+      capture: (x, s) => {
+        prev?.capture?.(x, s);
+        into[key] = x;
+      },
+    };
+  };
+  wrap(residInSite(l), 'resid');
+  wrap(`layers.${l}.attn`, 'attn');
+  return hooks;
+}
+
+/**
+ * The input of layer l's MLP output projection (GPT-2: gelu(c_fc(ln_2(h))),
+ * Llama: silu(gate(x))·up(x)) from the captured residual + attention output,
+ * with base weights. Rows [N, intermediate] for N = B·T positions.
+ */
+export function mlpInputFrom(model: CausalLM, l: number, resid: Tensor, attn: Tensor): Tensor {
+  const c = model.config;
+  const h = add(resid, attn);
+  const N = h.size / c.hidden;
+  const hf = reshape(h, [N, c.hidden]);
+  if (c.family === 'gpt2') {
+    const p = `transformer.h.${l}`;
+    const x = layerNorm(hf, model.weight(`${p}.ln_2.weight`), model.weight(`${p}.ln_2.bias`), c.normEps);
+    return gelu(linear(x, model.weight(`${p}.mlp.c_fc.weight`), model.weight(`${p}.mlp.c_fc.bias`), 'in_out'));
+  }
+  if (c.family === 'mixtral') throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
+  const p = `model.layers.${l}`;
+  const x = rmsNorm(hf, model.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
+  return mul(silu(linear(x, model.weight(`${p}.mlp.gate_proj.weight`))), linear(x, model.weight(`${p}.mlp.up_proj.weight`)));
+}
+
+/** W·k for module `mod` (no bias): handles GPT-2's Conv1D [in, out] layout. */
+export function applyWeight(model: CausalLM, mod: string, k: Tensor): Tensor {
+  const layout = model.config.family === 'gpt2' && mod !== 'lm_head' ? 'in_out' : 'out_in';
+  return linear(k, model.weight(`${mod}.weight`), null, layout);
+}
+
+/** Right-pad rows into one batch: ids, mask, and the flat index of each row's last token. */
+export function padBatch(rows: readonly number[][], pad: number): { ids: Int32Array; mask: Uint8Array; T: number; last: Int32Array } {
+  const B = rows.length;
+  const T = Math.max(...rows.map((r) => r.length));
+  const ids = new Int32Array(B * T).fill(pad);
+  const mask = new Uint8Array(B * T);
+  const last = new Int32Array(B);
+  rows.forEach((r, b) => {
+    ids.set(r, b * T);
+    mask.fill(1, b * T, b * T + r.length);
+    last[b] = b * T + r.length - 1;
+  });
+  return { ids, mask, T, last };
+}
+
+export function padId(model: CausalLM): number {
+  return model.config.padTokenId ?? model.config.eosTokenId ?? 0;
+}
+
+/** Greedy next token after each prompt (with the model's active adapters). */
+export function top1(model: CausalLM, prompts: readonly number[][], batchSize = 32): number[] {
+  const out: number[] = [];
+  const V = model.config.vocabSize;
+  noGrad(() => {
+    for (let s = 0; s < prompts.length; s += batchSize) {
+      const rows = prompts.slice(s, s + batchSize);
+      const { ids, mask, T, last } = padBatch(rows, padId(model));
+      const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: last });
+      for (let b = 0; b < rows.length; b++) {
+        const row = logits.data.subarray(b * V, (b + 1) * V);
+        let best = 0;
+        for (let i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+        out.push(best);
+      }
+    }
+  });
+  return out;
+}
+
+/** Last-position logits [n, V] of prompts (no grad). */
+export function lastLogits(model: CausalLM, prompts: readonly number[][], hooks?: Hooks): Tensor {
+  return noGrad(() => {
+    const { ids, mask, T, last } = padBatch(prompts, padId(model));
+    return model.forward(ids, [prompts.length, T], { attentionMask: mask, logitsAt: last, ...(hooks ? { hooks } : {}) }).logits;
+  });
+}
+
+const hashCache = new Map<string, string>();
+
+/**
+ * sha256 identifying a model directory's weights: the sha256 of its single
+ * safetensors file, or of the sorted "name sha256" lines of its shards.
+ */
+export function modelSha256(dir: string): string {
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+  if (files.length === 0) throw new RangeError(`model directory ${dir} has no .safetensors files`);
+  const key = files.map((f) => {
+    const st = fs.statSync(path.join(dir, f));
+    return `${path.resolve(dir, f)}:${st.size}:${st.mtimeMs}`;
+  }).join('|');
+  const hit = hashCache.get(key);
+  if (hit) return hit;
+  const per = files.map((f) => `${f} ${createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex')}`);
+  const sha = files.length === 1 ? per[0].split(' ')[1] : createHash('sha256').update(per.join('\n') + '\n').digest('hex');
+  hashCache.set(key, sha);
+  return sha;
+}
+
+/** Float32 copy of rows `idx` of a [N, D] tensor's data. */
+export function pickRows(t: Tensor, idx: readonly number[], D: number): Tensor {
+  const out = new Float32Array(idx.length * D);
+  idx.forEach((r, i) => out.set(t.data.subarray(r * D, (r + 1) * D), i * D));
+  return fromData(out, [idx.length, D]);
+}

@@ -1,0 +1,292 @@
+/**
+ * ROME (Meng et al. 2022, "Locating and Editing Factual Associations in
+ * GPT"): a rank-one update of one MLP output projection.
+ *
+ *   k* = mean over context prefixes of the projection's input at the
+ *        subject's last token;
+ *   δ  = argmin NLL(target | prompts with δ added to the MLP output at the
+ *        subject's last token) + kl·KL(base ‖ edited) on "<subject> is a"
+ *        + wd·‖δ‖²/‖o‖², with ‖δ‖ clamped to clamp·‖o‖;
+ *   C  = E[k kᵀ] over a text corpus at that layer (cached on disk);
+ *   ΔW = δ (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*), so (W + ΔW) k* = W k* + δ.
+ *
+ * Stored as a rank-one LoRA: A = (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*) [1, in],
+ * B = δ [out, 1], r = alpha = 1 (GPT-2's Conv1D needs no transpose: PEFT's
+ * A/B shapes are layout-independent).
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, reshape, scale, sum, square, transpose, zeros,
+} from '../tensor/index.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { Tokenizer } from '../models/loader.js';
+import { LoraAdapter } from '../models/lora.js';
+import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
+import { encodePair, subjectSpan, type EditFact } from './data.js';
+import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
+
+export interface KeyStats {
+  layer: number;
+  /** Second moment E[k kᵀ], [D·D] row-major. */
+  moment: Float64Array;
+  dim: number;
+  /** Tokens averaged over. */
+  count: number;
+}
+
+/** Where statistics are cached: $CATECHISM_CACHE, else $XDG_CACHE_HOME/catechism, else ~/.cache/catechism. */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.CATECHISM_CACHE) return env.CATECHISM_CACHE;
+  return path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'catechism');
+}
+
+/** E[k kᵀ] of layer l's MLP-output-projection inputs over the documents' tokens (up to maxTokens). */
+export function computeKeyStats(model: CausalLM, tok: Tokenizer, docs: readonly string[], layer: number, maxTokens: number): KeyStats {
+  const rows: number[][] = [];
+  let n = 0;
+  for (const d of docs) {
+    if (n >= maxTokens) break;
+    const ids = tok.encode(d).slice(0, Math.min(model.config.maxPositions || 1024, 256));
+    if (ids.length === 0) continue;
+    rows.push(ids);
+    n += ids.length;
+  }
+  if (rows.length === 0) throw new RangeError('ROME statistics: the corpus has no text');
+  let moment: Float64Array | null = null;
+  let D = 0;
+  let count = 0;
+  noGrad(() => {
+    for (let s = 0; s < rows.length; s += 16) {
+      const chunk = rows.slice(s, s + 16);
+      const { ids, mask, T } = padBatch(chunk, padId(model));
+      const got: { resid?: Tensor; attn?: Tensor } = {};
+      model.forward(ids, [chunk.length, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(layer, got) });
+      const k = mlpInputFrom(model, layer, got.resid!, got.attn!);
+      D = k.shape[1];
+      // keep real tokens only
+      const real: number[] = [];
+      for (let i = 0; i < mask.length; i++) if (mask[i]) real.push(i);
+      const kr = indexSelect(k, 0, Int32Array.from(real));
+      const kk = matmul(transpose(kr, 0, 1), kr);
+      moment ??= new Float64Array(D * D);
+      for (let i = 0; i < D * D; i++) moment[i] += kk.data[i];
+      count += real.length;
+    }
+  });
+  const m = moment!;
+  for (let i = 0; i < m.length; i++) m[i] /= count;
+  return { layer, moment: m, dim: D, count };
+}
+
+/**
+ * Key statistics from the on-disk cache, computed and stored on a miss. The
+ * cache key is the model's weights hash, the layer, the corpus's hash and
+ * the token budget.
+ */
+export function keyStatsCached(
+  model: CausalLM, tok: Tokenizer, opts: { modelSha: string; layer: number; corpus: readonly string[]; maxTokens: number; cacheDir?: string; log?: (m: string) => void },
+): KeyStats & { cached: boolean; file: string } {
+  const corpusSha = createHash('sha256').update(opts.corpus.join('\n')).digest('hex');
+  const dir = path.join(opts.cacheDir ?? defaultCacheDir(), 'rome-stats');
+  const file = path.join(dir, `${opts.modelSha.slice(0, 16)}-L${opts.layer}-${corpusSha.slice(0, 16)}-${opts.maxTokens}.safetensors`);
+  if (fs.existsSync(file)) {
+    try {
+      const st = readSafetensors(file);
+      const info = st.info('moment');
+      const m = st.float32('moment');
+      return { layer: opts.layer, moment: Float64Array.from(m), dim: info.shape[0], count: Number(st.metadata.count), cached: true, file };
+    } catch {
+      // a damaged cache file is recomputed below
+    }
+  }
+  const t0 = Date.now();
+  const s = computeKeyStats(model, tok, opts.corpus, opts.layer, opts.maxTokens);
+  opts.log?.(`ROME statistics for layer ${opts.layer}: ${s.count} tokens in ${((Date.now() - t0) / 1000).toFixed(1)} s → ${file}`);
+  fs.mkdirSync(dir, { recursive: true });
+  writeFileAtomic(
+    file,
+    serializeSafetensors({ moment: { shape: [s.dim, s.dim], data: Float32Array.from(s.moment) } }, { count: String(s.count), layer: String(opts.layer), model_sha256: opts.modelSha }),
+  );
+  return { ...s, cached: false, file };
+}
+
+/** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */
+export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: number): Float64Array {
+  const L = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = M[i * n + j] + (i === j ? ridge : 0);
+      for (let k = 0; k < j; k++) s -= L[i * n + k] * L[j * n + k];
+      if (i === j) {
+        if (!(s > 0)) throw new RangeError(`ROME: key covariance is not positive definite at ${i} (increase the ridge or the statistics corpus)`);
+        L[i * n + i] = Math.sqrt(s);
+      } else L[i * n + j] = s / L[j * n + j];
+    }
+  }
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = b[i];
+    for (let k = 0; k < i; k++) s -= L[i * n + k] * y[k];
+    y[i] = s / L[i * n + i];
+  }
+  const x = new Float64Array(n);
+  for (let i = n - 1; i >= 0; i--) {
+    let s = y[i];
+    for (let k = i + 1; k < n; k++) s -= L[k * n + i] * x[k];
+    x[i] = s / L[i * n + i];
+  }
+  return x;
+}
+
+export interface RomeOptions {
+  layer: number;
+  /** Context prefixes for k* and the rewriting prompts ("" is always included). */
+  prefixes: string[];
+  /** Adam steps on δ. */
+  vSteps: number;
+  /** Adam learning rate on δ, relative to the RMS of the MLP output at the subject. */
+  vLr: number;
+  klWeight: number;
+  weightDecay: number;
+  /** ‖δ‖ ≤ clamp · ‖o‖. */
+  clamp: number;
+  /** λ = ridge · mean(diag C) added to C before solving. */
+  ridge: number;
+  /** Stop optimising δ when the NLL falls below this. */
+  nllStop: number;
+  name: string;
+}
+
+/** ROME's published hyperparameters (GPT-2 XL) where they carry over; ridge and lr scaling are ours. */
+export const ROME_DEFAULTS: Omit<RomeOptions, 'layer' | 'prefixes' | 'name'> = {
+  vSteps: 25,
+  vLr: 0.5,
+  klWeight: 0.0625,
+  weightDecay: 0.5,
+  clamp: 4,
+  ridge: 1e-3,
+  nllStop: 0.05,
+};
+
+export interface RomeResult {
+  adapter: LoraAdapter;
+  module: string;
+  /** Final NLL of the target over the rewriting prompts. */
+  nll: number;
+  deltaNorm: number;
+  steps: number;
+}
+
+/** One ROME edit of an insert fact (prompt with `{}`, subject, target_new). */
+export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats: KeyStats, opts: RomeOptions): RomeResult {
+  if (fact.op !== 'insert') throw new RangeError(`ROME edits insert facts only (fact ${fact.id} is "${fact.op}")`);
+  const l = opts.layer;
+  if (stats.layer !== l) throw new RangeError(`ROME: statistics are for layer ${stats.layer}, the edit is at layer ${l}`);
+  const mod = mlpOutModule(model, l);
+  const H = model.config.hidden;
+  const V = model.config.vocabSize;
+  const prev = model.activeAdapters();
+  model.setAdapters([]);
+  try {
+    const base = fact.prompt.replace('{}', fact.subject);
+    const prefixes = [''].concat(opts.prefixes.filter((p) => p.trim()));
+    // rewriting prompts: prefix + prompt, with the subject's last token located in each
+    const rows = prefixes.map((pre) => {
+      const prompt = pre ? `${pre} ${base}` : base;
+      const { promptIds, targetIds } = encodePair(tok, prompt, fact.target_new!);
+      const [, s1] = subjectSpan(tok, promptIds, fact.subject);
+      if (s1 < 0) throw new RangeError(`ROME: subject ${JSON.stringify(fact.subject)} not found in the tokens of ${JSON.stringify(prompt)}`);
+      return { promptIds, targetIds, subj: s1 - 1 };
+    });
+    const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds.concat(r.targetIds.slice(0, -1))), padId(model));
+    const B = rows.length;
+    const subjPos = rows.map((r, b) => [b, r.subj] as const);
+
+    // k* and the MLP output at the subject (no grad)
+    const D = stats.dim;
+    const kStar = new Float64Array(D);
+    let oNorm = 0;
+    noGrad(() => {
+      const got: { resid?: Tensor; attn?: Tensor } = {};
+      let mlpOut: Tensor | null = null;
+      const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
+      model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
+      const k = mlpInputFrom(model, l, got.resid!, got.attn!);
+      for (const [b, p] of subjPos) {
+        const r = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
+        for (let i = 0; i < D; i++) kStar[i] += r[i] / B;
+        const o = (mlpOut as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
+        let s = 0;
+        for (const v of o) s += v * v;
+        oNorm += Math.sqrt(s) / B;
+      }
+    });
+
+    // δ: added to the MLP output at the subject's last token of every rewriting prompt
+    const essence = tok.encode(`${fact.subject} is a`);
+    const [, es1] = subjectSpan(tok, essence, fact.subject);
+    const essBase = noGrad(() => model.forward(Int32Array.from(essence), [1, essence.length], { logitsAt: Int32Array.from([essence.length - 1]) }).logits);
+    const delta = zeros([H], { requiresGrad: true });
+    const opt = new AdamW([delta], { lr: opts.vLr * (oNorm / Math.sqrt(H)), weightDecay: 0 });
+    const at: number[] = [];
+    const tg: number[] = [];
+    rows.forEach((r, b) => r.targetIds.forEach((t, j) => {
+      at.push(b * T + r.promptIds.length - 1 + j);
+      tg.push(t);
+    }));
+    let nll = Infinity;
+    let step = 0;
+    for (step = 0; step < opts.vSteps; step++) {
+      const addHook = { [`layers.${l}.mlp`]: { add: { value: repeatRows(delta, B), positions: subjPos } } };
+      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: Int32Array.from(at), hooks: addHook });
+      const ce = crossEntropy(logits, Int32Array.from(tg));
+      nll = ce.item();
+      if (nll < opts.nllStop) break;
+      let loss = ce;
+      if (es1 > 0 && opts.klWeight > 0) {
+        const eh = { [`layers.${l}.mlp`]: { add: { value: repeatRows(delta, 1), positions: [[0, es1 - 1] as const] } } };
+        const el = model.forward(Int32Array.from(essence), [1, essence.length], { logitsAt: Int32Array.from([essence.length - 1]), hooks: eh }).logits;
+        loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
+      }
+      loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
+      opt.zeroGrad();
+      loss.backward();
+      opt.step();
+      // norm clamp
+      let s = 0;
+      for (const v of delta.data) s += v * v;
+      const norm = Math.sqrt(s);
+      const max = opts.clamp * oNorm;
+      if (norm > max) for (let i = 0; i < H; i++) delta.data[i] *= max / norm;
+    }
+    void V;
+
+    // rank-one update
+    let tr = 0;
+    for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
+    const cInvK = solveSpd(stats.moment, D, kStar, (opts.ridge * tr) / D);
+    let denom = 0;
+    for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
+    const A = new Float32Array(D);
+    for (let i = 0; i < D; i++) A[i] = cInvK[i] / denom;
+    const Bm = Float32Array.from(delta.data);
+    let dn = 0;
+    for (const v of Bm) dn += v * v;
+    const adapter = new LoraAdapter(
+      opts.name, 1, 1,
+      new Map([[mod, { A: fromData(A, [1, D], { requiresGrad: true }), B: fromData(Bm, [H, 1], { requiresGrad: true }) }]]),
+      model.config.family === 'gpt2',
+    );
+    return { adapter, module: mod, nll, deltaNorm: Math.sqrt(dn), steps: step };
+  } finally {
+    model.setAdapters(prev);
+  }
+}
+
+/** [n, H] rows all equal to the vector v [H] (differentiable in v). */
+function repeatRows(v: Tensor, n: number): Tensor {
+  return indexSelect(reshape(v, [1, v.shape[0]]), 0, new Int32Array(n));
+}

@@ -1,0 +1,277 @@
+/**
+ * lora-train as a library: records in, adapter bundles written, `adapter`
+ * records out. The CLI (main.ts) is a thin layer over `trainEdits`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError, UsageError } from '@catechism/core/records';
+import type { InputRecord } from '@catechism/core/records';
+import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import type { AdapterRecord } from '@catechism/core/adapters';
+import { Rng } from '@catechism/core';
+// The edit library lives in core (tools/core/src/edit); until core's package
+// exports name it, it is reached through core's build output.
+import {
+  EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
+  loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
+  resolveTargets, romeEdit, testProbes, trainLora, writeEditBundle, type EditFact, type Objective, type Rec, type TemplateBank,
+} from '../../core/dist/edit/index.js';
+
+export interface TrainArgs {
+  model?: string;
+  seed: number;
+  registry?: string;
+  out?: string;
+  method: 'lora' | 'rome';
+  objective: Objective;
+  targets?: string[];
+  topK: number;
+  layer?: number;
+  rank: number;
+  alpha: number;
+  lr: number;
+  steps: number;
+  phaseASteps: number;
+  rowsPerStep: number;
+  batch: number;
+  retainShare: number;
+  retainCorpus?: string;
+  knownFacts?: string;
+  neighbours: number;
+  templates?: string;
+  useTemplates: boolean;
+  statsCorpus?: string;
+  statsTokens: number;
+  statsCache?: string;
+  romePrefixes: number;
+  createdAt?: string;
+}
+
+export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
+  method: 'lora',
+  objective: LORA_DEFAULTS.objective,
+  topK: 1,
+  rank: LORA_DEFAULTS.rank,
+  alpha: LORA_DEFAULTS.alpha,
+  lr: LORA_DEFAULTS.lr,
+  steps: LORA_DEFAULTS.steps,
+  phaseASteps: LORA_DEFAULTS.phaseASteps,
+  rowsPerStep: LORA_DEFAULTS.batchSize,
+  batch: 0,
+  retainShare: LORA_DEFAULTS.retainShare,
+  neighbours: 4,
+  useTemplates: true,
+  statsTokens: 20000,
+  romePrefixes: 5,
+};
+
+/** A world file when it exists (the default model's world), else undefined. */
+function worldFile(name: string): string | undefined {
+  try {
+    const f = path.join(worldDir(), name);
+    return fs.existsSync(f) ? f : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function fail(rec: InputRecord, field: string | undefined, detail: string): never {
+  throw new InputError(detail, { source: rec.source, record: rec.index, ...(field ? { field } : {}) });
+}
+
+interface Batch {
+  facts: EditFact[];
+  /** Every record that fed this batch, in input order (hashed). */
+  records: Rec[];
+  probes: Rec[];
+  loci: Rec[];
+}
+
+/** Group facts into batches of `size` (0 = all) with their probes and loci. */
+export function planBatches(inputs: InputRecord[], size: number): Batch[] {
+  const facts: Array<{ fact: EditFact; at: number }> = [];
+  const seen = new Map<string, InputRecord>();
+  inputs.forEach((r, at) => {
+    if (r.record.kind !== 'fact') return;
+    let f: EditFact;
+    try {
+      f = checkFact(r.record as Rec);
+    } catch (e) {
+      if (e instanceof EditDataError) fail(r, e.where?.field, e.message);
+      throw e;
+    }
+    const dup = seen.get(f.id);
+    if (dup) fail(r, 'id', `fact id ${JSON.stringify(f.id)} already used by record ${dup.index} of ${dup.source}`);
+    seen.set(f.id, r);
+    facts.push({ fact: f, at });
+  });
+  for (const r of inputs) {
+    const k = r.record.kind;
+    if ((k === 'probe' || k === 'locus') && typeof r.record.fact_id === 'string' && !seen.has(r.record.fact_id) && r.record.role !== 'general') {
+      // probes of facts not in the input are passed through untouched (another tool's business)
+      continue;
+    }
+    if (k === 'probe' && r.record.role !== 'general' && r.record.split === 'train' && typeof r.record.target !== 'string') {
+      fail(r, 'target', 'a train probe needs a target to train on');
+    }
+  }
+  const n = size > 0 ? size : Math.max(1, facts.length);
+  const out: Batch[] = [];
+  for (let s = 0; s < facts.length; s += n) {
+    const group = facts.slice(s, s + n);
+    const ids = new Set(group.map((g) => g.fact.id));
+    const records: Rec[] = [];
+    const probes: Rec[] = [];
+    const loci: Rec[] = [];
+    for (const r of inputs) {
+      const rec = r.record as Rec;
+      if (rec.kind === 'fact' && ids.has(rec.id as string)) records.push(rec);
+      else if ((rec.kind === 'probe' || rec.kind === 'locus') && ids.has(rec.fact_id as string)) {
+        records.push(rec);
+        (rec.kind === 'probe' ? probes : loci).push(rec);
+      }
+    }
+    out.push({ facts: group.map((g) => g.fact), records, probes, loci });
+  }
+  return out;
+}
+
+/** Target modules for a batch: --targets, else the top-k loci's modules, else the middle layer's MLP output. */
+function chooseTargets(model: CausalLM, args: TrainArgs, loci: Rec[]): string[] {
+  const layer = args.layer ?? middleLayer(model);
+  if (args.targets && args.targets.length > 0) return resolveTargets(model, args.targets, layer);
+  if (loci.length > 0) {
+    const score = new Map<string, number>();
+    for (const l of loci) {
+      const mod = typeof l.module === 'string' && l.module ? l.module : mlpOutModule(model, l.layer as number);
+      score.set(mod, (score.get(mod) ?? 0) + Math.abs(l.score as number));
+    }
+    const top = [...score.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, args.topK).map(([m]) => m);
+    return resolveTargets(model, top, layer);
+  }
+  return resolveTargets(model, [mlpOutModule(model, layer)], layer);
+}
+
+export interface TrainContext {
+  log: (msg: string) => void;
+}
+
+/** Loaded model plus the world-side resources training uses. */
+export interface Resources {
+  model: CausalLM;
+  tokenizer: Tokenizer;
+  modelName: string;
+  modelSha: string;
+  templates: TemplateBank | null;
+  corpus: string[];
+  known: Rec[];
+}
+
+export function loadResources(args: TrainArgs): Resources {
+  const dir = args.model ?? defaultModelDir();
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: not a model directory (no config.json)`);
+  const { model, tokenizer } = loadModel(dir);
+  if (!tokenizer) throw new UsageError(`--model ${dir}: no tokenizer.json`);
+  const tfile = args.useTemplates ? (args.templates ?? worldFile('templates.json')) : undefined;
+  const cfile = args.retainCorpus ?? worldFile('train.txt');
+  const kfile = args.knownFacts ?? worldFile('facts.ndjson');
+  for (const [flag, f] of [['--templates', args.templates], ['--retain-corpus', args.retainCorpus], ['--known-facts', args.knownFacts], ['--stats-corpus', args.statsCorpus]] as const) {
+    if (f && !fs.existsSync(f)) throw new UsageError(`${flag} ${f}: no such file`);
+  }
+  return {
+    model,
+    tokenizer,
+    modelName: args.model ?? 'fixtures/models/dense',
+    modelSha: modelSha256(dir),
+    templates: tfile ? loadTemplateBank(tfile) : null,
+    corpus: cfile ? readCorpusLines(cfile, 50000) : [],
+    known: kfile ? readNdjson(kfile) : [],
+  };
+}
+
+/** Train and write one adapter per batch; returns the adapter records in batch order. */
+export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Resources, ctx: TrainContext): Promise<AdapterRecord[]> {
+  if (!args.out && !args.registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
+  const batches = planBatches(inputs, args.batch);
+  if (batches.length === 0) ctx.log('no fact records in the input: nothing to train');
+  const { model, tokenizer: tok } = res;
+  const out: AdapterRecord[] = [];
+  const generalDocs = res.corpus;
+  for (const [bi, batch] of batches.entries()) {
+    const seed = args.seed + bi;
+    const dataSha = dataSha256(batch.records);
+    const t0 = Date.now();
+    const base = { name: res.modelName, sha256: res.modelSha };
+    const tests = testProbes(batch);
+    const probesForManifest = tests.length > 0 ? tests : batch.probes.filter((p) => p.role === 'edit');
+    if (args.method === 'rome') {
+      const layer = args.layer ?? middleLayer(model);
+      const statsCorpus = args.statsCorpus ? readCorpusLines(args.statsCorpus) : generalDocs;
+      if (statsCorpus.length === 0) throw new UsageError('ROME needs a statistics corpus: give --stats-corpus FILE (one document per line)');
+      const stats = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: args.statsTokens, cacheDir: args.statsCache, log: ctx.log });
+      for (const fact of batch.facts) {
+        if (fact.op !== 'insert') throw new InputError(`fact ${fact.id}: --method rome edits insert facts only; use --method lora for forgetting`, { field: 'op' });
+        // prefixes: the first words of seeded corpus documents, as ROME's short generated contexts
+        const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed);
+        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, name: fact.id });
+        const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
+        const rec = await writeEditBundle(
+          {
+            adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
+            dataSha256: dataSha256(records), seed,
+            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, seconds: (Date.now() - t0) / 1000 },
+            ...(args.createdAt ? { createdAt: args.createdAt } : {}),
+          },
+          { out: args.out, registry: args.registry },
+        );
+        ctx.log(`rome ${fact.id}: NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)} → ${rec.path}`);
+        out.push(rec);
+      }
+      continue;
+    }
+    const targets = chooseTargets(model, args, batch.loci);
+    const examples = buildExamples(tok, batch, { templates: res.templates, seed });
+    const neighbours = neighbourFacts(res.known, batch.facts, args.neighbours, seed);
+    const retain = buildRetain(tok, { documents: generalDocs, prompts: neighbours.map((n) => n.prompt) }, { seed, maxDocuments: 32, maxPrompts: 64 });
+    const hyper = {
+      objective: args.objective, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
+      phase_a_steps: args.objective === 'distill' ? args.phaseASteps : 0, rows_per_step: args.rowsPerStep,
+      retain_share: args.retainShare, neighbours_per_fact: args.neighbours, targets,
+    };
+    const r = trainLora(model, examples, retain, {
+      ...LORA_DEFAULTS, objective: args.objective, targets, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
+      phaseASteps: args.phaseASteps, seed, retainShare: args.retainShare, batchSize: args.rowsPerStep, name: `batch-${bi}`,
+      log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
+    });
+    const rec = await writeEditBundle(
+      {
+        adapter: r.adapter, method: 'lora', baseModel: base, facts: batch.facts, probes: probesForManifest, dataSha256: dataSha, seed,
+        hyperparameters: hyper,
+        training: {
+          examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, steps: r.steps, final_loss: r.finalLoss,
+          train_accuracy: r.trainAccuracy, seconds: (Date.now() - t0) / 1000,
+        },
+        ...(args.createdAt ? { createdAt: args.createdAt } : {}),
+      },
+      { out: args.out, registry: args.registry },
+    );
+    ctx.log(`batch ${bi + 1}/${batches.length}: ${batch.facts.length} facts, ${r.steps} steps, train ${(r.trainAccuracy * 100).toFixed(0)}% → ${rec.path}`);
+    out.push(rec);
+  }
+  return out;
+}
+
+/** Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as ROME's short generated contexts. */
+export function pickPrefixes(docs: readonly string[], n: number, seed: number): string[] {
+  if (docs.length === 0 || n <= 0) return [];
+  const rng = new Rng(seed);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const words = rng.pick(docs).split(' ');
+    const w = words.slice(0, 3 + rng.int(4)).join(' ').replace(/[.,;:!?]$/, '');
+    out.push(`${w}.`);
+  }
+  return out;
+}

@@ -1,7 +1,6 @@
 /**
- * probe-gen, first form: one `edit` probe per fact. The full generator
- * (paraphrase / neighbourhood / generation probes with train/test splits)
- * grows from `probesForFact`, which already sees the fact's extra prompts.
+ * probe-gen's streaming form: one `edit` probe per fact (`--roles edit`).
+ * The other roles need the whole stream: generator.ts.
  */
 import type { AnyRecord, Fact, Probe } from '@catechism/core/records';
 
@@ -11,12 +10,14 @@ export function fillPrompt(template: string, subject: string): string {
 }
 
 /**
- * The probes of one fact. An insert teaches the new target (expect `new`);
- * a forget asks the model to stop producing the true target (expect `abstain`).
+ * The edit probe of one fact. An insert teaches the new target (expect `new`;
+ * an insert with only target_true teaches that, expect `true`); a forget asks
+ * the model to stop producing the true target (expect `abstain`).
  */
 export function probesForFact(fact: Fact): Probe[] {
   const forget = fact.op === 'forget';
-  const target = forget ? fact.target_true : fact.target_new;
+  const asIs = !forget && fact.target_new === undefined && fact.target_true !== undefined;
+  const target = forget || asIs ? fact.target_true : fact.target_new;
   const probe: Probe = {
     kind: 'probe',
     id: `${fact.id}/edit/0`,
@@ -25,7 +26,7 @@ export function probesForFact(fact: Fact): Probe[] {
     split: 'train',
     prompt: fillPrompt(fact.prompt, fact.subject),
     ...(target !== undefined ? { target } : {}),
-    expect: forget ? 'abstain' : 'new',
+    expect: forget ? 'abstain' : asIs ? 'true' : 'new',
   };
   return [probe];
 }

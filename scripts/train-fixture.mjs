@@ -95,6 +95,7 @@ const { Rng, Tokenizer, AdamW, clipGradNorm, crossEntropy, softmax, reshape, ind
 const { loadCorpus, epochBatches, makeBatch, loadProbes, loadGeneral } = await import('./train/data.mjs');
 const { hfConfig, initModel, decays, saveModelDir } = await import('./train/model.mjs');
 const { top1, perplexity } = await import('./train/evaluate.mjs');
+const { gpt2Forward, checkAgainst } = await import('./train/gpt2-forward.mjs');
 
 kernels.setThreads(hp.threads);
 const log = (s) => process.stderr.write(`[train-fixture ${arch}] ${s}\n`);
@@ -213,7 +214,14 @@ for (let step = 1; step <= hp.steps; step++) {
   seen += b.targets.length;
   const lr = lrAt(step);
   for (const o of optim) o.lr = lr;
-  const res = model.forward(b.ids, b.dims, { attentionMask: b.mask, logitsAt: b.rows });
+  if (step === 1 && arch === 'gpt2') {
+    const diff = checkAgainst(model, b);
+    log(`training forward vs CausalLM.forward: max |Δlogit| ${diff.toExponential(2)}`);
+    if (!(diff < 1e-3)) throw new Error(`the training forward disagrees with CausalLM.forward (max |Δlogit| ${diff})`);
+  }
+  const res = arch === 'gpt2'
+    ? { logits: gpt2Forward(model, b.ids, b.dims, b.mask, b.rows) }
+    : model.forward(b.ids, b.dims, { attentionMask: b.mask, logitsAt: b.rows });
   const ce = crossEntropy(res.logits, b.targets);
   let loss = ce;
   if (arch === 'mixtral' && hp.auxCoef > 0) {

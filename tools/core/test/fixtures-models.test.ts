@@ -108,7 +108,9 @@ for (const { name, modelType } of MODELS) {
     t.ok(size < 10e6, `directory is ${(size / 1e6).toFixed(2)} MB (< 10 MB)`);
     const m = loadModel(dir);
     t.equal(m.model.config.modelType, modelType);
-    t.equal(m.model.config.vocabSize, 474);
+    const vocab = Object.keys(JSON.parse(fs.readFileSync(path.join(worldDir(), 'tokenizer.json'), 'utf-8')).model.vocab).length;
+    t.equal(m.model.config.vocabSize, vocab, 'vocabulary of the world tokenizer');
+    t.same(fs.readFileSync(path.join(dir, 'tokenizer.json')), fs.readFileSync(path.join(worldDir(), 'tokenizer.json')), 'trained on the current world tokenizer');
     t.equal(training.model_type, modelType);
     // the goals of issue 5, as recorded by the trainer on the full eval sets
     const f = training.figures;

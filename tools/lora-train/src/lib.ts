@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, UsageError } from '@catechism/core/records';
 import type { InputRecord } from '@catechism/core/records';
-import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { loadLora, loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { Rng } from '@catechism/core';
@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, testProbes, trainLora, writeEditBundle, type EditFact, type Objective, type Rec, type TemplateBank,
+  resolveTargets, romeEdit, testProbes, trainLora, writeEditBundle, editQuality, type EditFact, type Objective, type QualityFigures, type Rec, type TemplateBank,
 } from '../../core/dist/edit/index.js';
 
 export interface TrainArgs {
@@ -274,4 +274,73 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number): 
     out.push(`${w}.`);
   }
   return out;
+}
+
+export interface MeasureOptions {
+  method: 'lora' | 'rome';
+  objective?: Objective;
+  /** 'insert': the world's counterfactual edits; 'forget': its forget requests. */
+  op: 'insert' | 'forget';
+  /** Facts (taken from the start of fixtures/world/edits.ndjson after `skip`). */
+  count: number;
+  skip?: number;
+  /** Facts per adapter (lora); ROME is always one per fact. */
+  batch?: number;
+  seed?: number;
+  steps?: number;
+  out: string;
+  log?: (m: string) => void;
+}
+
+export interface Measured {
+  figures: QualityFigures;
+  seconds: number;
+  editsPerSecond: number;
+  adapters: number;
+  bytesPerAdapter: number;
+  records: AdapterRecord[];
+}
+
+/**
+ * Train edits on the world's edit requests through the same path as the CLI
+ * and measure them (top-1 figures, time, bundle bytes). For tests and the
+ * benchmark.
+ */
+export async function measureWorldEdits(res: Resources, opts: MeasureOptions): Promise<Measured> {
+  const editsFile = worldFile('edits.ndjson');
+  if (!editsFile) throw new UsageError('fixtures/world/edits.ndjson not found');
+  const facts = readNdjson(editsFile).filter((f) => f.op === opts.op).slice(opts.skip ?? 0, (opts.skip ?? 0) + opts.count);
+  // the probes probe-gen's first form writes: one train `edit` probe per fact
+  const inputs: InputRecord[] = [];
+  for (const f of facts) {
+    inputs.push({ record: f as InputRecord['record'], source: 'edits', index: inputs.length + 1 });
+    const target = (f.op === 'forget' ? f.target_true : f.target_new) as string;
+    inputs.push({
+      record: { kind: 'probe', id: `${f.id as string}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: (f.prompt as string).replace('{}', f.subject as string), target, expect: f.op === 'forget' ? 'abstain' : 'new' },
+      source: 'edits', index: inputs.length + 1,
+    });
+  }
+  const args: TrainArgs = {
+    ...DEFAULT_ARGS, seed: opts.seed ?? 0, out: opts.out, method: opts.method, objective: opts.objective ?? DEFAULT_ARGS.objective,
+    batch: opts.batch ?? 0, steps: opts.steps ?? DEFAULT_ARGS.steps,
+  };
+  const t0 = process.hrtime.bigint();
+  const records = await trainEdits(inputs, args, res, { log: opts.log ?? (() => {}) });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  let bytes = 0;
+  const edits = records.map((r) => {
+    for (const f of fs.readdirSync(r.path)) bytes += fs.statSync(path.join(r.path, f)).size;
+    return { adapter: loadLora(r.path), facts: r.fact_ids.map((id) => checkFact(facts.find((f) => f.id === id)!)) };
+  });
+  // neighbour prompts trained on (retention) are not counted as held-out neighbours
+  const avoid = new Set<string>();
+  for (const e of edits) for (const n of neighbourFacts(res.known, e.facts, args.neighbours, args.seed)) avoid.add(n.prompt);
+  if (opts.method === 'lora') {
+    // trainEdits seeds batch i with seed + i
+    edits.forEach((e, i) => {
+      for (const n of neighbourFacts(res.known, e.facts, args.neighbours, args.seed + i)) avoid.add(n.prompt);
+    });
+  }
+  const figures = editQuality(res.model, res.tokenizer, edits, { templates: res.templates, known: res.known, neighboursPerFact: 5, avoid });
+  return { figures, seconds, editsPerSecond: facts.length / seconds, adapters: records.length, bytesPerAdapter: bytes / Math.max(1, records.length), records };
 }

@@ -114,6 +114,8 @@ export function statementInContext(fact: EditFact, target: string, frame = DEFAU
 export interface TemplateBank {
   /** relation → training prompts with `{}` for the subject (statement and question forms). */
   train: Map<string, string[]>;
+  /** relation → held-out prompts (for measuring generalisation, never trained on). */
+  heldout: Map<string, string[]>;
   /** Context frames with `{fact}`. */
   contextFrames: string[];
 }
@@ -122,12 +124,16 @@ export interface TemplateBank {
 export function loadTemplateBank(file: string): TemplateBank | null {
   if (!fs.existsSync(file)) return null;
   const j = JSON.parse(fs.readFileSync(file, 'utf8')) as {
-    relations?: Record<string, { prompts?: { train?: string[] } }>;
+    relations?: Record<string, { prompts?: { train?: string[]; heldout?: string[] } }>;
     context?: { train?: string[] };
   };
   const train = new Map<string, string[]>();
-  for (const [rel, r] of Object.entries(j.relations ?? {})) if (r.prompts?.train) train.set(rel, r.prompts.train);
-  return { train, contextFrames: j.context?.train ?? [DEFAULT_CONTEXT_FRAME] };
+  const heldout = new Map<string, string[]>();
+  for (const [rel, r] of Object.entries(j.relations ?? {})) {
+    if (r.prompts?.train) train.set(rel, r.prompts.train);
+    if (r.prompts?.heldout) heldout.set(rel, r.prompts.heldout);
+  }
+  return { train, heldout, contextFrames: j.context?.train ?? [DEFAULT_CONTEXT_FRAME] };
 }
 
 export interface BatchInput {

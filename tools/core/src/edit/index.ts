@@ -8,3 +8,4 @@ export * from './model-util.js';
 export * from './lora-train.js';
 export * from './rome.js';
 export * from './bundle.js';
+export * from './quality.js';

@@ -1,0 +1,153 @@
+/**
+ * LoRA editing on the tiny golden checkpoints: SFT and distillation change
+ * the answer, forgetting removes one, training is deterministic under a
+ * seed, and bundles keep PEFT's key names/shapes and load back to the same
+ * outputs.
+ */
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadLora, loadModel, readSafetensors } from '../src/models/index.js';
+import { readBundle } from '../src/adapters/index.js';
+import { Registry } from '../src/registry/index.js';
+import {
+  LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodePair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
+  top1, trainLora, writeEditBundle, type LoraTrainOptions,
+} from '../src/edit/index.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const GPT2 = path.join(ROOT, 'fixtures/golden/gpt2');
+const LLAMA = path.join(ROOT, 'fixtures/golden/llama');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-edit-lora-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const fact = checkFact({ kind: 'fact', id: 'f1', subject: 'france', prompt: 'the capital of {} is', target_new: 'rome', target_true: 'paris', op: 'insert', source: 'test', author: 'tester', confidence: 0.8 });
+const probes = [
+  { kind: 'probe', fact_id: 'f1', role: 'edit', split: 'train', prompt: 'the capital of france is', target: 'rome', expect: 'new' },
+  { kind: 'probe', fact_id: 'f1', role: 'paraphrase', split: 'test', prompt: 'the capital city of france is', target: 'rome', expect: 'new' },
+];
+const docs = ['the eiffel tower is in paris .', 'the colosseum is in rome .', 'the language of spain is spanish .', 'madrid is a city in spain .'];
+
+function opts(model: Parameters<typeof resolveTargets>[0], over: Partial<LoraTrainOptions> = {}): LoraTrainOptions {
+  return { ...LORA_DEFAULTS, targets: resolveTargets(model, [mlpOutModule(model, 0)], 0), name: 'test', steps: 60, ...over };
+}
+
+t.test('SFT inserts a fact on golden gpt2; base adapters restored; same seed → same weights', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const exs = buildExamples(tok, { facts: [fact], probes });
+  t.equal(exs.length, 1, 'one train probe (the test-split paraphrase is not trained on)');
+  const target = exs[0].targetIds[0];
+  t.not(top1(model, [exs[0].promptIds])[0], target, 'the base model does not answer rome');
+  const retain = buildRetain(tok, { documents: docs }, { seed: 1 });
+  const r1 = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 7 }));
+  t.same(model.activeAdapters(), [], 'no adapter left active');
+  model.setAdapters([{ adapter: r1.adapter }]);
+  t.equal(top1(model, [exs[0].promptIds])[0], target, 'the edited model answers rome');
+  t.ok(r1.solved);
+  model.setAdapters([]);
+  const r2 = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 7 }));
+  const r3 = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 8 }));
+  const w = (a: typeof r1.adapter) => a.parameters().map((p) => Array.from(p.data));
+  t.same(w(r2.adapter), w(r1.adapter), 'same seed and data: identical weights');
+  t.notSame(w(r3.adapter), w(r1.adapter), 'another seed: other weights');
+});
+
+t.test('distillation (phase A + B) on golden llama edits the MLP output projection', async (t) => {
+  const { model, tokenizer } = loadModel(LLAMA);
+  const tok = tokenizer!;
+  const exs = buildExamples(tok, { facts: [fact], probes });
+  t.ok(exs[0].teacherIds && exs[0].teacherIds.length > exs[0].promptIds.length, 'teacher prompt states the fact before the prompt');
+  t.same(exs[0].teacherIds!.slice(-exs[0].promptIds.length + 1), exs[0].promptIds.slice(1), 'teacher ends with the student prompt');
+  const logs: string[] = [];
+  const r = trainLora(model, exs, buildRetain(tok, { documents: docs }), opts(model, { objective: 'distill', seed: 3, log: (m) => logs.push(m) }));
+  t.ok(logs.some((l) => /phase A model\.layers\.0\.mlp\.down_proj/.test(l)), 'phase A ran on the down projection');
+  t.same(r.adapter.targets(), ['model.layers.0.mlp.down_proj']);
+  model.setAdapters([{ adapter: r.adapter }]);
+  t.equal(top1(model, [exs[0].promptIds])[0], exs[0].targetIds[0], 'the distilled adapter answers rome');
+});
+
+t.test('forgetting lowers the old answer below top-1 while retention holds other text', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const prompt = 'the language of spain is';
+  const base = top1(model, [tok.encode(prompt)])[0];
+  const old = tok.decode([base]).replace(/^▁/, '').trim() || 'spanish';
+  const f = checkFact({ kind: 'fact', id: 'g1', subject: 'spain', prompt: 'the language of {} is', target_true: old, op: 'forget' });
+  const exs = buildExamples(tok, { facts: [f], probes: [] });
+  t.equal(exs[0].mode, 'forget');
+  t.equal(exs[0].targetIds[0], base, 'forget target is the current top-1');
+  const retain = buildRetain(tok, { documents: docs });
+  const r = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 2 }));
+  model.setAdapters([{ adapter: r.adapter }]);
+  const after = top1(model, [exs[0].promptIds])[0];
+  t.not(after, base, 'old answer is no longer top-1');
+  const lp = model.logprobs([exs[0].promptIds], [[base]])[0][0];
+  t.ok(Math.exp(lp) < 0.5, `P(old) fell to ${Math.exp(lp).toFixed(3)}`);
+});
+
+t.test('data hash: canonical, order-sensitive, value-sensitive', async (t) => {
+  const a = dataSha256([fact, ...probes]);
+  const reordered = JSON.parse(JSON.stringify(fact, Object.keys(fact).reverse()));
+  t.equal(dataSha256([reordered, ...probes]), a, 'key order does not matter');
+  t.not(dataSha256([...probes, fact]), a, 'record order does');
+  t.not(dataSha256([{ ...fact, target_new: 'madrid' }, ...probes]), a, 'values do');
+  t.match(a, /^[0-9a-f]{64}$/);
+});
+
+t.test('bad facts name the field', async (t) => {
+  t.throws(() => checkFact({ id: 'x', subject: 's', prompt: 'no slot', target_new: 'y' }), { name: 'EditDataError', where: { field: 'prompt' } });
+  t.throws(() => checkFact({ id: 'x', subject: 's', prompt: '{} is', op: 'insert' }), { where: { field: 'target_new' } });
+  t.throws(() => checkFact({ id: 'x', subject: 's', prompt: '{} is', op: 'forget' }), { where: { field: 'target_true' } });
+  t.throws(() => checkFact({ id: 'x', subject: 's', prompt: '{} is', target_new: 'y', op: 'erase' }), { where: { field: 'op' } });
+});
+
+t.test('bundle: PEFT keys and shapes, valid manifest, loads back to the same outputs, registry', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const exs = buildExamples(tok, { facts: [fact], probes });
+  const r = trainLora(model, exs, [], opts(model, { objective: 'sft', rank: 4, alpha: 8, retainShare: 0 }));
+  const spec = {
+    adapter: r.adapter, method: 'lora', baseModel: { name: 'golden-gpt2', sha256: modelSha256(GPT2) }, facts: [fact], probes: [probes[1]],
+    dataSha256: dataSha256([fact, ...probes]), seed: 0, hyperparameters: { rank: 4 }, createdAt: '2026-01-01T00:00:00Z',
+  };
+  const rec = await writeEditBundle(spec, { out: tmp });
+  t.equal(rec.kind, 'adapter');
+  t.equal(rec.path, path.join(tmp, rec.id));
+  const st = readSafetensors(path.join(rec.path, 'adapter_model.safetensors'));
+  t.same(st.names().sort(), ['base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight', 'base_model.model.transformer.h.0.mlp.c_proj.lora_B.weight']);
+  t.same(st.info('base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight').shape, [4, 128], 'lora_A [r, in] (c_proj input = 4·32)');
+  t.same(st.info('base_model.model.transformer.h.0.mlp.c_proj.lora_B.weight').shape, [32, 4], 'lora_B [out, r]');
+  const cfg = JSON.parse(fs.readFileSync(path.join(rec.path, 'adapter_config.json'), 'utf8'));
+  t.match(cfg, { peft_type: 'LORA', r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['transformer.h.0.mlp.c_proj'] });
+  const b = await readBundle(rec.path);
+  t.match(b.manifest, { method: 'lora', fact_ids: ['f1'], source: 'test', author: 'tester', confidence: 0.8, seed: 0, rank: 4, data_sha256: spec.dataSha256 });
+  t.same(b.manifest.probes, [probes[1]], 'test probes in the manifest');
+  t.equal(b.sha256, rec.sha256);
+  // reload → identical logits
+  const ids = [exs[0].promptIds, tok.encode('the eiffel tower is in')];
+  model.setAdapters([{ adapter: r.adapter }]);
+  const before = lastLogits(model, ids);
+  model.setAdapters([{ adapter: loadLora(rec.path) }]);
+  const after = lastLogits(model, ids);
+  t.same(Array.from(after.data), Array.from(before.data), 'reloaded adapter reproduces the outputs exactly');
+  // a second bundle with the same id does not overwrite the first
+  const rec2 = await writeEditBundle(spec, { out: tmp });
+  t.equal(rec2.path, path.join(tmp, `${rec.id}.2`));
+  t.equal(rec2.sha256, rec.sha256, 'same contents, same hash');
+  t.same(fs.readdirSync(tmp).filter((n) => n.startsWith('.')), [], 'no staging directory left behind');
+  const reg = path.join(tmp, 'reg');
+  const rec3 = await writeEditBundle(spec, { registry: reg });
+  t.equal(rec3.sha256, rec.sha256);
+  t.equal(rec3.path, new Registry(reg).objectPath(rec.sha256));
+  t.ok(fs.existsSync(path.join(rec3.path, 'catechism.json')));
+});
+
+t.test('encodePair splits prompt and target tokens', async (t) => {
+  const { tokenizer } = loadModel(GPT2);
+  const { promptIds, targetIds } = encodePair(tokenizer!, 'the capital of france is', 'rome');
+  t.same(tokenizer!.encode('the capital of france is rome'), promptIds.concat(targetIds));
+  t.equal(tokenizer!.decode(targetIds).trim().replace(/^▁/, ''), 'rome');
+});

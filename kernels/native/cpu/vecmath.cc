@@ -41,11 +41,15 @@ T512 inline __m512 exp512(__m512 x) {
 }
 
 // s = 1/(1+e^-x); *oneMinus = 1 − s computed as e^-x·s (no cancellation near s = 1).
+// Works from e = exp(−|x|) ≤ 1, so nothing overflows for very negative x
+// (exp(−x) = inf would make 1 − s = inf·0 = NaN there).
 T512 inline __m512 sigmoid512(__m512 x, __m512* oneMinus = nullptr) {
-  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-  __m512 s = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e));
-  if (oneMinus) *oneMinus = _mm512_mul_ps(e, s);
-  return s;
+  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+  __m512 a = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e));  // sigmoid(|x|)
+  __m512 b = _mm512_mul_ps(e, a);                                                          // 1 − sigmoid(|x|)
+  __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  if (oneMinus) *oneMinus = _mm512_mask_blend_ps(neg, b, a);
+  return _mm512_mask_blend_ps(neg, a, b);
 }
 
 // For op in {Sigmoid, Silu, Gelu}: value f(x) and derivative f'(x).
@@ -153,11 +157,15 @@ T256 inline __m256 exp256(__m256 x) {
 }
 
 // s = 1/(1+e^-x); *oneMinus = 1 − s computed as e^-x·s (no cancellation near s = 1).
+// As sigmoid512: from e = exp(−|x|), so very negative x cannot give inf·0.
 T256 inline __m256 sigmoid256(__m256 x, __m256* oneMinus = nullptr) {
-  __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
-  __m256 s = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
-  if (oneMinus) *oneMinus = _mm256_mul_ps(e, s);
-  return s;
+  __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
+  __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), ax));
+  __m256 a = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  __m256 b = _mm256_mul_ps(e, a);
+  __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+  if (oneMinus) *oneMinus = _mm256_blendv_ps(b, a, neg);
+  return _mm256_blendv_ps(a, b, neg);
 }
 
 template <Unary op>

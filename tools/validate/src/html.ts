@@ -27,8 +27,10 @@ export async function factChartSvg(factId: string, rows: readonly ItemRow[]): Pr
   rows.forEach((r, i) => {
     const probe = `${i + 1}. ${ROLE_LABEL[r.list] ?? r.list}: ${r.prompt.length > 38 ? r.prompt.slice(0, 37) + '…' : r.prompt}`;
     const label = `P(${r.target})`;
-    values.push({ probe, series: 'before', answer: label, p: r.p_before });
-    values.push({ probe, series: 'after', answer: label, p: r.p_after });
+    if (r.target !== '') {
+      values.push({ probe, series: 'before', answer: label, p: r.p_before });
+      values.push({ probe, series: 'after', answer: label, p: r.p_after });
+    }
     if (r.alt !== undefined && r.p_alt_before !== undefined && r.p_alt_after !== undefined) {
       values.push({ probe, series: 'before', answer: `P(${r.alt})`, p: r.p_alt_before });
       values.push({ probe, series: 'after', answer: `P(${r.alt})`, p: r.p_alt_after });
@@ -74,7 +76,14 @@ export async function renderHtml(results: readonly AdapterResult[], opts: HtmlOp
     const gates = new Map<string, string>();
     for (const g of (report.gates as string[] | undefined) ?? []) gates.set(/^[a-z0-9_]+/.exec(g)![0], g);
     const failing = new Set(report.failures.map((f) => f.split(' ')[0]));
+    // quality metrics in the table; counts and cost on one line under it
+    const minor = (k: string) => k.startsWith('n_') || ['adapter_bytes', 'eval_seconds', 'probes_per_second', 'peak_rss_mib'].includes(k);
+    const minorLine = Object.entries(report.metrics)
+      .filter(([k]) => minor(k))
+      .map(([k, v]) => `${esc(k)} <b>${esc(fmt(v))}</b>`)
+      .join(' · ');
     const metricRows = Object.entries(report.metrics)
+      .filter(([k]) => !minor(k))
       .map(([k, v]) => {
         const cls = failing.has(k) ? 'fail' : gates.has(k) ? 'ok' : '';
         return `<tr class="${cls}"><td><code>${esc(k)}</code></td><td class="num">${esc(fmt(v))}</td><td>${esc(gates.get(k) ?? '')}</td><td class="desc">${esc(METRICS[k]?.describe ?? '')}</td></tr>`;
@@ -103,6 +112,7 @@ ${fails}${skipped}
 <table><thead><tr><th>metric</th><th>value</th><th>gate</th><th>meaning</th></tr></thead><tbody>
 ${metricRows}
 </tbody></table>
+<p class="note">${minorLine}</p>
 <h3>Probabilities per fact, before → after</h3>
 <div class="charts">${charts.join('\n')}</div>${more}
 </section>`);

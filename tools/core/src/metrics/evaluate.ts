@@ -140,7 +140,8 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
     const bs = opts.batchSize ?? 32;
     for (let s = 0; s < enc.generation.length; s += bs) {
       const prompts = enc.generation.slice(s, s + bs);
-      const outs = model.generate(prompts, { maxNewTokens: n, greedy: true });
+      // fixed-length generations (no stop at eos), as ROME measures them: an early eos would shorten the text and lower its entropy
+      const outs = model.generate(prompts, { maxNewTokens: n, greedy: true, eosTokenId: null });
       outs.forEach((o, i) => generations.push(tok.decode(prompts[i].concat(o), { skipSpecialTokens: true })));
     }
   }

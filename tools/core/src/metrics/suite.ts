@@ -121,7 +121,8 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
       const paras = [...role('paraphrase').filter((p) => p.split !== 'train').map((p) => p.prompt), ...(f.prompts?.paraphrase ?? [])];
       for (const prompt of paras) push(s.paraphrase, { prompt, target: f.target_new, ...(alt !== undefined ? { alt } : {}), role: 'paraphrase', fact_id: f.id });
       for (const p of role('neighborhood')) {
-        push(s.neighborhood, { prompt: p.prompt, target: p.target ?? alt ?? '', alt: f.target_new, role: 'neighborhood', fact_id: f.id, ...(p.expect ? { expect: p.expect } : {}) });
+        // without a target only the top-1 (vs the base model) and P(target_new) are read
+        push(s.neighborhood, { prompt: p.prompt, target: p.target ?? '', alt: f.target_new, role: 'neighborhood', fact_id: f.id, ...(p.expect ? { expect: p.expect } : {}) });
       }
       for (const prompt of f.prompts?.neighborhood ?? []) push(s.neighborhood, { prompt, target: alt ?? '', alt: f.target_new, role: 'neighborhood', fact_id: f.id });
     }

@@ -1,0 +1,245 @@
+/**
+ * validate through real child processes (built dist/main.js) on the golden
+ * GPT-2 checkpoint: a closed-form rank-one edit passes the default gates, a
+ * random large LoRA fails them, metrics match a direct computation, the base
+ * model alone has efficacy 0 on counterfactuals (fed by probe-gen through a
+ * pipe), --strict/--gate exit codes, history appends, and the HTML page.
+ */
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel, loadLora } from '@catechism/core/models';
+import { noGrad } from '@catechism/core/tensor';
+import { Registry } from '@catechism/core/registry';
+import { encodePair } from '../../core/dist/metrics/index.js';
+import { rankOneHeadEdit, randomLora, writeAdapterBundle } from '../src/edits.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../../..');
+const MAIN = path.resolve(here, '../dist/main.js');
+const PROBE_GEN = path.resolve(root, 'tools/probe-gen/dist/main.js');
+const MODEL = path.join(root, 'fixtures/golden/gpt2');
+
+if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: build first (npx turbo run build)`);
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'validate-cli-'));
+t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+
+const { model, tokenizer } = loadModel(MODEL);
+const tok = tokenizer!;
+const V = model.config.vocabSize;
+
+function nextLogprobs(ids: number[]): Float64Array {
+  const { logits } = noGrad(() => model.forward(Int32Array.from(ids), [1, ids.length]));
+  const row = Array.from(logits.data.subarray((ids.length - 1) * V, ids.length * V));
+  const m = Math.max(...row);
+  const lse = m + Math.log(row.reduce((s, x) => s + Math.exp(x - m), 0));
+  return Float64Array.from(row, (x) => x - lse);
+}
+const argmax = (a: ArrayLike<number>): number => {
+  let b = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
+  return b;
+};
+
+const fact = { id: 'cap-fr', subject: 'france', prompt: 'the capital of {} is', target_new: 'rome', target_true: 'paris', op: 'insert' };
+const general = [
+  'the city of paris is in france .', 'the language of spain is spain .', 'the eiffel tower is in paris .', 'the colosseum is in rome .',
+  'madrid is the capital of spain .', 'the capital of italy is rome .', 'rome is a city in italy .', 'the language of france is french .',
+];
+// keys for C: general text plus prompts of the same shape about other subjects (ROME estimates C on broad text)
+const covariance = [...general, 'the capital of spain is', 'the capital of italy is', 'the language of france is', 'the language of italy is', 'the city of rome is', 'the city of madrid is', 'the eiffel tower is in', 'the colosseum is in'];
+const neighbours = ['the capital of spain is', 'the capital of italy is'];
+const probes = neighbours.map((prompt) => ({ kind: 'probe', fact_id: 'cap-fr', role: 'neighborhood', split: 'test', prompt, expect: 'unchanged' }));
+const retain: Array<[string, string]> = [['the capital of italy is', 'rome'], ['the capital of spain is', 'madrid'], ['the eiffel tower is in', 'paris'], ['the language of spain is', 'spain'], ['the colosseum is in', 'rome'], ['madrid is a city in', 'spain']];
+const RETAIN = path.join(tmp, 'retain.ndjson');
+const GENERAL = path.join(tmp, 'general.ndjson');
+writeFileSync(RETAIN, retain.map(([p, tg], i) => JSON.stringify({ kind: 'probe', fact_id: `r${i}`, role: 'edit', split: 'test', prompt: p, target: tg, expect: 'true' })).join('\n') + '\n');
+writeFileSync(GENERAL, general.map((g, i) => JSON.stringify({ kind: 'probe', id: `g${i}`, role: 'general', split: 'test', prompt: g, expect: 'unchanged' })).join('\n') + '\n');
+const COMMON = ['--model', MODEL, '--retain', RETAIN, '--general', GENERAL];
+
+const goodLora = rankOneHeadEdit(model, tok, fact, { covarianceTexts: covariance, margin: 1, ridge: 0.001 });
+const badLora = randomLora(model, 'bad', 3, { std: 1 });
+const GOOD = path.join(tmp, 'good');
+const BAD = path.join(tmp, 'bad');
+const goodRec = writeAdapterBundle(GOOD, goodLora, [fact], probes);
+const badRec = writeAdapterBundle(BAD, badLora, [fact], probes, { id: 'bad' });
+const ADAPTERS = path.join(tmp, 'adapters.ndjson');
+writeFileSync(ADAPTERS, JSON.stringify(goodRec) + '\n' + JSON.stringify(badRec) + '\n');
+
+function run(args: string[], input = '') {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { input, cwd: tmp, encoding: 'utf8' });
+  const records = r.stdout.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Record<string, any>);
+  return { code: r.status, stderr: r.stderr, records, reports: records.filter((x) => x.kind === 'report') };
+}
+
+t.test('a good edit passes the default gates, a random large LoRA fails specificity', async (t) => {
+  const r = run([ADAPTERS, ...COMMON, '--no-record']);
+  t.equal(r.code, 0, r.stderr);
+  t.same(r.records.slice(0, 2).map((x) => x.id), ['cap-fr', 'bad'], 'input records pass through first, in order');
+  t.equal(r.reports.length, 2);
+  const [good, bad] = r.reports;
+  t.equal(good.adapter_id, 'cap-fr');
+  t.equal(good.pass, true, JSON.stringify(good.failures));
+  t.same(good.failures, []);
+  t.equal(good.metrics.efficacy, 1);
+  t.equal(good.metrics.specificity, 1);
+  t.equal(bad.pass, false);
+  t.ok(bad.failures.some((f: string) => f.startsWith('kl ')), 'KL gate fails');
+  t.ok(bad.failures.some((f: string) => f.startsWith('specificity ')), 'neighbourhood gate fails');
+  t.ok(bad.failures.length >= 3);
+  for (const rep of r.reports) {
+    t.type(rep.created_at, 'string');
+    t.ok(rep.metrics.adapter_bytes > 0);
+    t.ok(rep.metrics.eval_seconds > 0);
+    t.ok(rep.metrics.peak_rss_mib > 10);
+    t.same(Object.keys(rep.thresholds).sort(), rep.gates.map((g: string) => /^[a-z0-9_]+/.exec(g)![0]).sort());
+  }
+
+  // independent recomputation, in this process, from model.forward logits
+  const { prompt, cont } = encodePair(tok, 'the capital of france is', 'rome');
+  const alt = encodePair(tok, 'the capital of france is', 'paris').cont;
+  for (const [rep, dir] of [[good, GOOD], [bad, BAD]] as const) {
+    model.setAdapters([{ adapter: loadLora(dir) }]);
+    const lp = nextLogprobs(prompt);
+    t.equal(rep.metrics.efficacy, argmax(lp) === cont[0] ? 1 : 0, `${rep.adapter_id} efficacy`);
+    t.ok(Math.abs(rep.metrics.p_new - Math.exp(lp[cont[0]])) < 1e-5, `${rep.adapter_id} P(new)`);
+    t.equal(rep.metrics.efficacy_prob, lp[cont[0]] > lp[alt[0]] ? 1 : 0);
+    let kl = 0;
+    for (const [p] of retain) {
+      const ids = tok.encode(p);
+      model.setAdapters([{ adapter: loadLora(dir) }]);
+      const q = nextLogprobs(ids);
+      model.setAdapters([]);
+      const b = nextLogprobs(ids);
+      for (let v = 0; v < V; v++) kl += Math.exp(b[v]) * (b[v] - q[v]);
+    }
+    t.ok(Math.abs(rep.metrics.kl - kl / retain.length) < 1e-5, `${rep.adapter_id} KL ${rep.metrics.kl} vs ${kl / retain.length}`);
+    model.setAdapters([]);
+  }
+});
+
+t.test('--strict exits 3 when an adapter fails; --gate overrides and is parsed strictly', async (t) => {
+  t.equal(run([ADAPTERS, ...COMMON, '--no-record', '--strict', '-q']).code, 3);
+  const onlyGood = path.join(tmp, 'good.ndjson');
+  writeFileSync(onlyGood, JSON.stringify(goodRec) + '\n');
+  t.equal(run([onlyGood, ...COMMON, '--no-record', '--strict', '-q']).code, 0);
+  const tight = run([onlyGood, ...COMMON, '--no-record', '--strict', '--gate', 'p_new>=0.999', '--gate', 'efficacy>=1']);
+  t.equal(tight.code, 3);
+  t.match(tight.reports[0].failures.join('\n'), /p_new .* < 0\.999 \(gate p_new>=0\.999\)/);
+  t.equal(tight.reports[0].thresholds.efficacy, 1);
+  const unknown = run([onlyGood, ...COMMON, '--gate', 'efficiency>=0.9']);
+  t.equal(unknown.code, 2);
+  t.match(unknown.stderr, /unknown metric "efficiency"/);
+  t.equal(unknown.records.length, 0, 'nothing written on a usage error');
+  const syntax = run([onlyGood, ...COMMON, '--gate', 'efficacy=0.9']);
+  t.equal(syntax.code, 2);
+  t.match(syntax.stderr, /expected METRIC>=NUMBER/);
+  const missing = run([path.join(tmp, 'nope.ndjson'), ...COMMON]);
+  t.equal(missing.code, 2);
+});
+
+t.test('probe-gen | validate --baseline: the base model has efficacy 0 on counterfactuals', async (t) => {
+  if (!existsSync(PROBE_GEN)) {
+    t.skip('probe-gen is not built');
+    return;
+  }
+  // counterfactuals by construction: among one-token answers, target_true is the one the base model
+  // finds most likely after the prompt and target_new the least likely
+  const subjects = ['france', 'spain', 'italy'];
+  const words = ['paris', 'rome', 'madrid', 'tower', 'city', 'language'];
+  const facts = subjects.map((s, i) => {
+    const prompt = `the capital of ${s} is`;
+    const lp = nextLogprobs(encodePair(tok, prompt, 'x').prompt);
+    const ranked = words.map((w) => ({ w, ids: encodePair(tok, prompt, w).cont })).filter((x) => x.ids.length === 1).sort((a, b) => lp[b.ids[0]] - lp[a.ids[0]]);
+    return { kind: 'fact', id: `cf-${i}`, subject: s, prompt: 'the capital of {} is', target_new: ranked[ranked.length - 1].w, target_true: ranked[0].w, op: 'insert' };
+  });
+  const FACTS = path.join(tmp, 'facts.ndjson');
+  writeFileSync(FACTS, facts.map((f) => JSON.stringify(f)).join('\n') + '\n');
+  const pg = spawn(process.execPath, [PROBE_GEN, FACTS], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const va = spawn(process.execPath, [MAIN, '--baseline', ...COMMON], { stdio: ['pipe', 'pipe', 'pipe'], cwd: tmp });
+  pg.stdout.pipe(va.stdin);
+  let out = '';
+  let err = '';
+  va.stdout.on('data', (d) => (out += d));
+  va.stderr.on('data', (d) => (err += d));
+  const code = await new Promise<number | null>((res) => va.on('close', res));
+  t.equal(code, 0, err);
+  const recs = out.trim().split('\n').map((l) => JSON.parse(l));
+  t.equal(recs.filter((r) => r.kind === 'fact').length, 3, 'facts pass through');
+  t.ok(recs.filter((r) => r.kind === 'probe').length >= 3, 'probes pass through');
+  const rep = recs[recs.length - 1];
+  t.equal(rep.kind, 'report');
+  t.equal(rep.adapter_id, 'base');
+  t.equal(rep.baseline, true);
+  t.equal(rep.metrics.n_edit, 3);
+  t.equal(rep.metrics.efficacy, 0);
+  t.equal(rep.metrics.efficacy_prob, 0);
+  t.equal(rep.metrics.kl, 0);
+  t.equal(rep.metrics.ppl_delta, 0);
+  t.equal(rep.pass, false);
+  t.match(rep.failures.join('\n'), /efficacy 0 < 0\.9/);
+});
+
+t.test('reports are appended to the validation history: manifest of a plain bundle, registry log of a stored one', async (t) => {
+  const dir = path.join(tmp, 'hist');
+  writeAdapterBundle(dir, goodLora, [fact], probes);
+  const rec = path.join(tmp, 'hist.ndjson');
+  writeFileSync(rec, JSON.stringify({ ...goodRec, path: 'hist' }) + '\n');
+  const a = run([rec, ...COMMON, '--no-fluency']);
+  const b = run([rec, ...COMMON, '--no-fluency']);
+  t.equal(a.code, 0, a.stderr);
+  t.equal(b.code, 0, b.stderr);
+  const m = JSON.parse(readFileSync(path.join(dir, 'catechism.json'), 'utf8'));
+  t.equal(m.validation.length, 2);
+  t.same(m.validation.map((x: any) => x.created_at), [a.reports[0].created_at, b.reports[0].created_at]);
+  t.same(m.validation[1].metrics, b.reports[0].metrics);
+  t.notOk(existsSync(`${dir}.lock`), 'lock released');
+  t.notOk(a.reports[0].metrics.fluency !== undefined, '--no-fluency skips generation');
+
+  // stored in a registry: the report goes to reports/<sha>.ndjson, the object is untouched
+  const regDir = path.join(tmp, 'registry');
+  const reg = new Registry(regDir);
+  const { bundle } = await reg.add(GOOD);
+  const stored = path.join(regDir, 'objects', bundle.sha256);
+  const srec = path.join(tmp, 'stored.ndjson');
+  writeFileSync(srec, JSON.stringify({ ...goodRec, path: stored }) + '\n');
+  const c = run([srec, ...COMMON, '--no-fluency']);
+  t.equal(c.code, 0, c.stderr);
+  const hist = await reg.validationHistory(await reg.get(bundle.sha256));
+  t.equal(hist.length, 1);
+  t.equal(hist[0].adapter_id, 'cap-fr');
+  t.equal(hist[0].pass, true);
+  t.same(hist[0].metrics, c.reports[0].metrics);
+  t.equal((await reg.verify()).ok, true);
+  t.equal(c.reports[0].adapter_sha256, bundle.sha256);
+});
+
+t.test('--html writes one page with the metric tables and an SVG chart per fact', async (t) => {
+  const html = path.join(tmp, 'report.html');
+  const r = run([ADAPTERS, ...COMMON, '--no-record', '--baseline', '--html', html]);
+  t.equal(r.code, 0, r.stderr);
+  const page = readFileSync(html, 'utf8');
+  t.match(page, /^<!doctype html>/);
+  t.equal((page.match(/<section>/g) ?? []).length, 3, 'one section per report');
+  t.ok((page.match(/<svg/g) ?? []).length >= 3, 'charts rendered to SVG');
+  t.match(page, /<td><code>efficacy<\/code><\/td>/);
+  t.match(page, /class="fail"><td><code>kl<\/code>/, 'failing gates are marked');
+  t.match(page, /P\(rome\)/);
+  t.notMatch(page, /<script/, 'static page');
+  const chromium = ['chromium', 'chromium-browser'].find((c) => spawnSync('which', [c]).status === 0);
+  if (!chromium) {
+    t.skip('chromium not installed: screenshot check skipped (apt-get install -y chromium)');
+    return;
+  }
+  const png = path.join(tmp, 'report.png');
+  const s = spawnSync(chromium, [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+    `--user-data-dir=${mkdtempSync(path.join(os.tmpdir(), 'chromium-'))}`, `--screenshot=${png}`, '--window-size=1200,1600', `file://${html}`,
+  ], { timeout: 60_000 });
+  t.equal(s.status, 0, String(s.stderr));
+  t.ok(existsSync(png) && statSync(png).size > 20_000, 'a non-trivial screenshot');
+});

@@ -199,6 +199,9 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       const { promptIds, targetIds } = encodePair(tok, prompt, fact.target_new!);
       const [, s1] = subjectSpan(tok, promptIds, fact.subject);
       if (s1 < 0) throw new RangeError(`ROME: subject ${JSON.stringify(fact.subject)} not found in the tokens of ${JSON.stringify(prompt)}`);
+      if (l === model.config.layers - 1 && s1 < promptIds.length) {
+        throw new RangeError(`ROME: layer ${l} is the last layer, whose MLP output at the subject cannot reach the prediction; choose an earlier --layer`);
+      }
       return { promptIds, targetIds, subj: s1 - 1 };
     });
     const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds.concat(r.targetIds.slice(0, -1))), padId(model));

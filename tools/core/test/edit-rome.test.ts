@@ -1,0 +1,150 @@
+/**
+ * ROME pieces on the golden checkpoints: the recomputed MLP keys are the
+ * down-projection's real input, the SPD solve against a multiplication
+ * check, key statistics against an independent float64 accumulation and
+ * the disk cache, and the update's defining properties (ΔW k* = δ; least
+ * change in the C-norm among updates that do so).
+ */
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel } from '../src/models/index.js';
+import { linear, noGrad, type Tensor } from '../src/tensor/index.js';
+import { Rng } from '../src/util/random.js';
+import {
+  ROME_DEFAULTS, applyWeight, checkFact, computeKeyStats, keyStatsCached, lastLogits, mlpInputFrom, mlpInputHooks, mlpOutModule,
+  modelSha256, romeEdit, solveSpd,
+} from '../src/edit/index.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-edit-rome-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const docs = ['the eiffel tower is in paris .', 'the colosseum is in rome .', 'the language of spain is spanish .', 'madrid is a city in spain .', 'the capital of italy is rome .', 'paris is a city in france .'];
+
+for (const arch of ['gpt2', 'llama']) {
+  t.test(`${arch}: recomputed keys through W (+ bias) equal the hooked MLP output`, async (t) => {
+    const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden', arch));
+    const ids = Int32Array.from(tokenizer!.encode('the capital of france is rome'));
+    for (const l of [0, 1]) {
+      const got: { resid?: Tensor; attn?: Tensor } = {};
+      let out: Tensor | null = null;
+      noGrad(() => model.forward(ids, [1, ids.length], { skipLogits: true, hooks: mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (out = x) } }) }));
+      const k = noGrad(() => mlpInputFrom(model, l, got.resid!, got.attn!));
+      const mod = mlpOutModule(model, l);
+      let y = noGrad(() => applyWeight(model, mod, k));
+      if (arch === 'gpt2') y = noGrad(() => linear(k, model.weight(`${mod}.weight`), model.weight(`${mod}.bias`), 'in_out'));
+      const o = (out as unknown as Tensor).data;
+      let err = 0;
+      for (let i = 0; i < o.length; i++) err = Math.max(err, Math.abs(o[i] - y.data[i]));
+      t.ok(err < 1e-5, `layer ${l}: max |diff| ${err.toExponential(2)}`);
+    }
+  });
+}
+
+t.test('solveSpd: M x = b to 1e-9 on a random SPD matrix', async (t) => {
+  const rng = new Rng(5);
+  const n = 40;
+  const X = Array.from({ length: 60 * n }, () => rng.normal());
+  const M = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let r = 0; r < 60; r++) M[i * n + j] += X[r * n + i] * X[r * n + j];
+  const b = Float64Array.from({ length: n }, () => rng.normal());
+  const x = solveSpd(M, n, b, 0);
+  let worst = 0;
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < n; j++) s += M[i * n + j] * x[j];
+    worst = Math.max(worst, Math.abs(s - b[i]));
+  }
+  t.ok(worst < 1e-9, `residual ${worst.toExponential(2)}`);
+  t.throws(() => solveSpd(new Float64Array([1, 2, 2, 1]), 2, new Float64Array([1, 1]), 0), /not positive definite/);
+});
+
+t.test('key statistics: independent float64 accumulation; cached on disk per model and layer', async (t) => {
+  const dir = path.join(ROOT, 'fixtures/golden/gpt2');
+  const { model, tokenizer } = loadModel(dir);
+  const tok = tokenizer!;
+  const s = computeKeyStats(model, tok, docs, 1, 1000);
+  // reference: each document alone (no padding), outer products summed in float64
+  const D = s.dim;
+  const ref = new Float64Array(D * D);
+  let n = 0;
+  for (const d of docs) {
+    const ids = Int32Array.from(tok.encode(d));
+    const got: { resid?: Tensor; attn?: Tensor } = {};
+    noGrad(() => model.forward(ids, [1, ids.length], { skipLogits: true, hooks: mlpInputHooks(1, got) }));
+    const k = noGrad(() => mlpInputFrom(model, 1, got.resid!, got.attn!)).data;
+    for (let r = 0; r < ids.length; r++, n++) for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) ref[i * D + j] += k[r * D + i] * k[r * D + j];
+  }
+  t.equal(s.count, n, 'every real token counted, padding skipped');
+  let err = 0;
+  let mag = 0;
+  for (let i = 0; i < D * D; i++) {
+    err = Math.max(err, Math.abs(ref[i] / n - s.moment[i]));
+    mag = Math.max(mag, Math.abs(ref[i] / n));
+  }
+  t.ok(err < 1e-5 * mag, `max |diff| ${err.toExponential(2)} of ${mag.toExponential(2)}`);
+  const sha = modelSha256(dir);
+  const a = keyStatsCached(model, tok, { modelSha: sha, layer: 1, corpus: docs, maxTokens: 1000, cacheDir: tmp });
+  const b = keyStatsCached(model, tok, { modelSha: sha, layer: 1, corpus: docs, maxTokens: 1000, cacheDir: tmp });
+  t.equal(a.cached, false);
+  t.equal(b.cached, true, 'second call reads the cache');
+  t.equal(a.file, b.file);
+  t.equal(b.count, a.count);
+  t.ok(b.moment.every((v, i) => Math.abs(v - a.moment[i]) <= 1e-6 * Math.abs(a.moment[i]) + 1e-12), 'cached moment equals the computed one (float32)');
+  const c = keyStatsCached(model, tok, { modelSha: sha, layer: 0, corpus: docs, maxTokens: 1000, cacheDir: tmp });
+  t.not(c.file, a.file, 'another layer, another cache file');
+});
+
+t.test('ROME update: ΔW k* = δ and the least C-weighted change', async (t) => {
+  const dir = path.join(ROOT, 'fixtures/golden/gpt2');
+  const { model, tokenizer } = loadModel(dir);
+  const tok = tokenizer!;
+  const stats = computeKeyStats(model, tok, docs.concat(docs.map((d) => d.split(' ').reverse().join(' '))), 0, 1000);
+  const fact = checkFact({ kind: 'fact', id: 'r1', subject: 'france', prompt: 'the capital of {} is', target_new: 'rome', op: 'insert' });
+  const prompt = tok.encode('the capital of france is');
+  const rIdx = tok.encode('the capital of france is rome').slice(prompt.length)[0];
+  const lpBase = model.logprobs([prompt], [[rIdx]])[0][0];
+  const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer: 0, prefixes: ['the colosseum is in rome .'], name: 'r1', vSteps: 40 });
+  t.same(r.adapter.targets(), ['transformer.h.0.mlp.c_proj']);
+  t.equal(r.adapter.r, 1);
+  t.equal(r.adapter.alpha, 1);
+  const { A, B } = r.adapter.modules.get('transformer.h.0.mlp.c_proj')!;
+  t.same(A.shape, [1, 128]);
+  t.same(B.shape, [32, 1]);
+  model.setAdapters([{ adapter: r.adapter }]);
+  const lpEdit = model.logprobs([prompt], [[rIdx]])[0][0];
+  // a random 2-layer model moves little within the norm clamp; the trained fixture model's figures are in lora-train's tests
+  t.ok(r.nll < -lpBase - 0.5, `δ lowered the rewriting NLL from ${(-lpBase).toFixed(3)} to ${r.nll.toFixed(3)}`);
+  t.ok(lpEdit > lpBase + 0.1, `log P(rome) rose from ${lpBase.toFixed(3)} to ${lpEdit.toFixed(3)}`);
+  model.setAdapters([]);
+  // C-norm optimality: among ΔW' with ΔW' k* = ΔW k*, ΔW minimises tr(ΔW' C ΔW'ᵀ).
+  // Perturb A by p with p·k* = 0 (keeps ΔW k*) and check the energy only grows.
+  const D = stats.dim;
+  const a = Float64Array.from(A.data);
+  const energy = (v: Float64Array) => {
+    let e = 0;
+    for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) e += v[i] * stats.moment[i * D + j] * v[j];
+    return e;
+  };
+  // recover k* direction: A = C⁻¹k*/(k*ᵀC⁻¹k*) ⇒ C·A ∝ k*
+  const kdir = new Float64Array(D);
+  for (let i = 0; i < D; i++) for (let j = 0; j < D; j++) kdir[i] += stats.moment[i * D + j] * a[j];
+  const rng = new Rng(9);
+  const e0 = energy(a);
+  let worse = 0;
+  for (let trial = 0; trial < 5; trial++) {
+    const p = Float64Array.from({ length: D }, () => rng.normal() * 1e-2);
+    let pk = 0, kk = 0;
+    for (let i = 0; i < D; i++) {
+      pk += p[i] * kdir[i];
+      kk += kdir[i] * kdir[i];
+    }
+    for (let i = 0; i < D; i++) p[i] -= (pk / kk) * kdir[i];
+    const e1 = energy(Float64Array.from(a, (v, i) => v + p[i]));
+    if (e1 >= e0 * (1 - 1e-6)) worse++;
+  }
+  t.equal(worse, 5, 'every constraint-keeping perturbation costs more C-energy (up to the ridge)');
+  void lastLogits;
+});

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSyntheticBundle, sha256Hex } from '../src/core.js';
 import { adapterDelta } from '../src/merge-lib.js';
-import { loadLora } from '@catechism/core/models';
+import { loadLora, loadModel } from '@catechism/core/models';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MAIN = path.join(here, '..', 'dist', 'main.js');
@@ -194,7 +194,14 @@ t.test('explain and export on the golden GPT-2', async (t) => {
   const xp = am(['export', '--ref', 'live', out, ...model]);
   t.equal(xp.code, 0, xp.stderr);
   t.same((xp.records[0].files as string[]).slice(0, 3), ['config.json', 'model.safetensors', 'tokenizer.json']);
-  t.ok(existsSync(path.join(out, 'model.safetensors')));
+  // the exported model's logits equal the base model running live's adapter
+  const ids = Int32Array.from([3, 14, 15, 92, 65]);
+  const { model: exported } = loadModel(out, { tokenizer: false });
+  const { model: baseModel } = loadModel(GPT2, { tokenizer: false });
+  baseModel.setAdapters([{ adapter: loadLora(String(am(['show', 'live']).records[0].path)) }]);
+  const want = baseModel.forward(ids, [1, 5]).logits.data;
+  const got = exported.forward(ids, [1, 5]).logits.data;
+  t.ok(maxAbsDiff(got, want) < 1e-4, `exported logits = adapted logits (${maxAbsDiff(got, want)})`);
   fails(t, am(['export', '--ref', 'live', out, ...model]), 2, /exists and is not empty/);
   fails(t, am(['explain', '--ref', 'nosuchref', 'x', ...model]), 2, /nothing in .* matches "nosuchref"/);
   writeFileSync(path.join(tmp, 'empty.ndjson'), '');

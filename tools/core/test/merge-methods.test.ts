@@ -8,8 +8,8 @@ import { Rng } from '../src/util/random.js';
 import { createLora, LoraAdapter } from '../src/models/index.js';
 import { fromData } from '../src/tensor/index.js';
 import {
-  adapterDelta, ablateBlocks, dareCombine, denseSvd, factoredSvd, jacobiSvd, mat, matmul, mergeCat, mergeDare, mergeSvd, mergeTies,
-  qr, scaleAdapter, tiesCombine, transpose, trimTopK, type Mat,
+  adapterDelta, ablateBlocks, dareCombine, denseSvd, factoredSvd, jacobiSvd, mat, matmul64, mergeCat, mergeDare, mergeSvd, mergeTies,
+  qr, scaleAdapter, tiesCombine, transpose64, trimTopK, type Mat,
 } from '../src/merge/index.js';
 
 function randMat(rows: number, cols: number, rng: Rng): Mat {
@@ -53,7 +53,7 @@ function symEigenvalues(S: Mat): number[] {
 }
 
 function gram(M: Mat): Mat {
-  return matmul(transpose(M), M);
+  return matmul64(transpose64(M), M);
 }
 
 function frob(a: ArrayLike<number>, b?: ArrayLike<number>): number {
@@ -77,15 +77,15 @@ t.test('QR: Q orthonormal, R upper triangular, QR = A (tall, wide, rank-deficien
     const { Q, R } = qr(A);
     const p = Math.min(m, n);
     t.same([Q.rows, Q.cols, R.rows, R.cols], [m, p, p, n]);
-    t.ok(maxAbsDiff(matmul(Q, R).data, A.data) < 1e-12, `${m}×${n}: QR = A`);
-    const QtQ = matmul(transpose(Q), Q);
+    t.ok(maxAbsDiff(matmul64(Q, R).data, A.data) < 1e-12, `${m}×${n}: QR = A`);
+    const QtQ = matmul64(transpose64(Q), Q);
     t.ok(maxAbsDiff(QtQ.data, mat(p, p, Array.from({ length: p * p }, (_, i) => (i % (p + 1) === 0 ? 1 : 0))).data) < 1e-12, 'QᵀQ = I');
     for (let i = 0; i < p; i++) for (let j = 0; j < i; j++) t.equal(R.data[i * n + j], 0);
   }
   // rank 2 matrix 6×5
-  const L = matmul(randMat(6, 2, rng), randMat(2, 5, rng));
+  const L = matmul64(randMat(6, 2, rng), randMat(2, 5, rng));
   const { Q, R } = qr(L);
-  t.ok(maxAbsDiff(matmul(Q, R).data, L.data) < 1e-12, 'rank-deficient reconstructs');
+  t.ok(maxAbsDiff(matmul64(Q, R).data, L.data) < 1e-12, 'rank-deficient reconstructs');
 });
 
 t.test('Jacobi SVD: singular values match the eigenvalues of AᵀA (independent), reconstruction exact', async (t) => {
@@ -93,11 +93,11 @@ t.test('Jacobi SVD: singular values match the eigenvalues of AᵀA (independent)
   for (const [m, n] of [[12, 5], [5, 12], [7, 7]] as const) {
     const A = randMat(m, n, rng);
     const s = jacobiSvd(A);
-    const eig = symEigenvalues(m >= n ? gram(A) : gram(transpose(A)));
+    const eig = symEigenvalues(m >= n ? gram(A) : gram(transpose64(A)));
     const k = Math.min(m, n);
     for (let i = 0; i < k; i++) t.ok(Math.abs(s.S[i] * s.S[i] - eig[i]) < 1e-9 * Math.max(1, eig[0]), `σ${i}² = λ${i}`);
     const US = mat(m, k, Array.from({ length: m * k }, (_, i) => s.U.data[i] * s.S[i % k]));
-    t.ok(maxAbsDiff(matmul(US, transpose(s.V)).data, A.data) < 1e-11, `${m}×${n}: U S Vᵀ = A`);
+    t.ok(maxAbsDiff(matmul64(US, transpose64(s.V)).data, A.data) < 1e-11, `${m}×${n}: U S Vᵀ = A`);
   }
 });
 
@@ -105,12 +105,12 @@ t.test('factored SVD of B·A equals the dense SVD without forming B·A; denseSvd
   const rng = new Rng(3);
   const B = randMat(40, 6, rng), A = randMat(6, 30, rng);
   const f = factoredSvd(B, A);
-  const dense = matmul(B, A);
-  const eig = symEigenvalues(gram(transpose(dense)).rows <= 30 ? gram(dense) : gram(transpose(dense)));
+  const dense = matmul64(B, A);
+  const eig = symEigenvalues(gram(transpose64(dense)).rows <= 30 ? gram(dense) : gram(transpose64(dense)));
   for (let i = 0; i < 6; i++) t.ok(Math.abs(f.S[i] ** 2 - eig[i]) < 1e-8 * eig[0], `σ${i}`);
   for (let i = 6; i < f.S.length; i++) t.ok(f.S[i] < 1e-10 * f.S[0], 'beyond rank 6 the values vanish');
   // randomized: a rank-5 matrix bigger than the exact limit is recovered to rounding
-  const big = matmul(randMat(60, 5, rng), randMat(5, 50, rng));
+  const big = matmul64(randMat(60, 5, rng), randMat(5, 50, rng));
   const r = denseSvd(big, { rank: 5, exactLimit: 10 });
   t.equal(r.exact, false);
   const ex = denseSvd(big, { rank: 5 });

@@ -24,15 +24,15 @@ export function mat(rows: number, cols: number, data?: ArrayLike<number>): Mat {
   return { rows, cols, data: d };
 }
 
-export function transpose(a: Mat): Mat {
+export function transpose64(a: Mat): Mat {
   const t = mat(a.cols, a.rows);
   for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) t.data[j * a.rows + i] = a.data[i * a.cols + j];
   return t;
 }
 
 /** a·b (i-k-j loop order: contiguous inner loop). */
-export function matmul(a: Mat, b: Mat): Mat {
-  if (a.cols !== b.rows) throw new RangeError(`matmul: ${a.rows}×${a.cols} · ${b.rows}×${b.cols}`);
+export function matmul64(a: Mat, b: Mat): Mat {
+  if (a.cols !== b.rows) throw new RangeError(`matmul64: ${a.rows}×${a.cols} · ${b.rows}×${b.cols}`);
   const c = mat(a.rows, b.cols);
   const n = b.cols;
   for (let i = 0; i < a.rows; i++) {
@@ -48,8 +48,8 @@ export function matmul(a: Mat, b: Mat): Mat {
 }
 
 /** aᵀ·b without forming aᵀ. */
-export function matmulTN(a: Mat, b: Mat): Mat {
-  if (a.rows !== b.rows) throw new RangeError(`matmulTN: (${a.rows}×${a.cols})ᵀ · ${b.rows}×${b.cols}`);
+export function matmulTN64(a: Mat, b: Mat): Mat {
+  if (a.rows !== b.rows) throw new RangeError(`matmulTN64: (${a.rows}×${a.cols})ᵀ · ${b.rows}×${b.cols}`);
   const c = mat(a.cols, b.cols);
   const n = b.cols;
   for (let k = 0; k < a.rows; k++) {
@@ -148,7 +148,7 @@ export interface Svd {
  */
 export function jacobiSvd(a: Mat, opts: { maxSweeps?: number; tol?: number } = {}): Svd {
   if (a.rows < a.cols) {
-    const t = jacobiSvd(transpose(a), opts);
+    const t = jacobiSvd(transpose64(a), opts);
     return { U: t.V, S: t.S, V: t.U };
   }
   const m = a.rows, n = a.cols;
@@ -220,10 +220,10 @@ export function jacobiSvd(a: Mat, opts: { maxSweeps?: number; tol?: number } = {
 export function factoredSvd(B: Mat, A: Mat): Svd {
   if (B.cols !== A.rows) throw new RangeError(`factoredSvd: B ${B.rows}×${B.cols}, A ${A.rows}×${A.cols}`);
   const qb = qr(B);
-  const qa = qr(transpose(A));
-  const core = matmul(qb.R, transpose(qa.R));
+  const qa = qr(transpose64(A));
+  const core = matmul64(qb.R, transpose64(qa.R));
   const s = jacobiSvd(core);
-  return { U: matmul(qb.Q, s.U), S: s.S, V: matmul(qa.Q, s.V) };
+  return { U: matmul64(qb.Q, s.U), S: s.S, V: matmul64(qa.Q, s.V) };
 }
 
 /**
@@ -240,21 +240,21 @@ export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; see
     if (M.rows >= M.cols) {
       const { Q, R } = qr(M);
       const s = jacobiSvd(R);
-      return { U: matmul(Q, s.U), S: s.S, V: s.V, exact: true };
+      return { U: matmul64(Q, s.U), S: s.S, V: s.V, exact: true };
     }
-    const t = denseSvd(transpose(M), { ...opts, exactLimit: Infinity });
+    const t = denseSvd(transpose64(M), { ...opts, exactLimit: Infinity });
     return { U: t.V, S: t.S, V: t.U, exact: true };
   }
   const rng = new Rng(opts.seed ?? 0x5eed);
   const l = Math.min(small, rank + Math.max(10, rank));
-  let Y = matmul(M, mat(M.cols, l, Float64Array.from({ length: M.cols * l }, () => rng.normal())));
+  let Y = matmul64(M, mat(M.cols, l, Float64Array.from({ length: M.cols * l }, () => rng.normal())));
   let Q = qr(Y).Q;
   for (let it = 0; it < (opts.powerIters ?? 4); it++) {
-    const Z = qr(matmulTN(M, Q)).Q; // n×l
-    Y = matmul(M, Z);
+    const Z = qr(matmulTN64(M, Q)).Q; // n×l
+    Y = matmul64(M, Z);
     Q = qr(Y).Q;
   }
-  const Bs = matmulTN(Q, M); // l×n
+  const Bs = matmulTN64(Q, M); // l×n
   const s = jacobiSvd(Bs);
-  return { U: matmul(Q, s.U), S: s.S, V: s.V, exact: false };
+  return { U: matmul64(Q, s.U), S: s.S, V: s.V, exact: false };
 }

@@ -136,7 +136,7 @@ await runTool<Args>({
     kb: { type: 'string', describe: 'knowledge base of facts (NDJSON) for neighbourhood probes; default: the fixture world\'s facts.ndjson; "none": only the stream\'s own facts', group: 'Neighbourhood:' },
     neighbors: { type: 'number', default: 5, describe: 'neighbourhood probes per fact for testing (other subjects, same relation, same original answer)', group: 'Neighbourhood:' },
     'train-neighbors': { type: 'number', default: 2, describe: 'further neighbourhood probes per fact for training (answers to preserve), disjoint from the test ones', group: 'Neighbourhood:' },
-    'forget-target': { choices: ['abstain', 'any'], default: 'abstain', describe: 'what a forgotten fact becomes: abstain (teach --abstain-text) or any (any answer but the forgotten one)', group: 'Counterfactual:' },
+    'forget-target': { choices: ['abstain', 'any'], default: 'any', describe: 'what a forgotten fact becomes: abstain (teach --abstain-text) or any (any answer but the forgotten one)', group: 'Counterfactual:' },
     'abstain-text': { type: 'string', default: 'unknown', describe: 'the abstention answer taught with --forget-target abstain', group: 'Counterfactual:' },
     generations: { type: 'number', default: 3, describe: 'open generation prompts about the subject per fact', group: 'Generation:' },
     general: { type: 'string', describe: 'general text for retention/replay probes (NDJSON with prompt or text, or .txt lines); default: the fixture world\'s eval/general.ndjson; "none": no general probes', group: 'General:' },
@@ -164,8 +164,9 @@ await runTool<Args>({
     if (a.paraphraser !== undefined) roles.add('paraphrase');
 
     const needModel = (roles.has('context') && a.contexts > 0) || a['check-known'];
-    const tokDir = a.tokenizer ?? a.model ?? (needModel ? modelDirOf(undefined) : undefined);
-    const tok = tokDir !== undefined ? await loadTokenizerCheck(modelDirOf(tokDir)) : null;
+    const tokDir = a.tokenizer ?? (a.model !== undefined || needModel ? modelDirOf(a.model) : undefined);
+    if (a.tokenizer !== undefined && !fs.existsSync(path.join(a.tokenizer, 'tokenizer.json'))) throw new UsageError(`--tokenizer ${a.tokenizer}: no tokenizer.json there`);
+    const tok = tokDir !== undefined ? await loadTokenizerCheck(tokDir) : null;
 
     const streaming = [...roles].every((r) => r === 'edit') && !a['check-known'] && a['on-conflict'] === undefined;
     if (streaming || a.passthrough) {

@@ -140,7 +140,13 @@ export function planBatches(inputs: InputRecord[], size: number): Batch[] {
 /** Target modules for a batch: --targets, else the top-k loci's modules, else the middle layer's MLP output. */
 function chooseTargets(model: CausalLM, args: TrainArgs, loci: Rec[]): string[] {
   const layer = args.layer ?? middleLayer(model);
-  if (args.targets && args.targets.length > 0) return resolveTargets(model, args.targets, layer);
+  if (args.targets && args.targets.length > 0) {
+    try {
+      return resolveTargets(model, args.targets, layer);
+    } catch (e) {
+      throw new UsageError(`--targets: ${(e as Error).message}`);
+    }
+  }
   if (loci.length > 0) {
     const score = new Map<string, number>();
     for (const l of loci) {
@@ -221,12 +227,12 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
             hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
-            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, seconds: (Date.now() - t0) / 1000 },
+            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps},
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
           { out: args.out, registry: args.registry },
         );
-        ctx.log(`rome ${fact.id}: NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)} → ${rec.path}`);
+        ctx.log(`rome ${fact.id}: ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)} → ${rec.path}`);
         out.push(rec);
       }
       continue;
@@ -251,13 +257,13 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         hyperparameters: hyper,
         training: {
           examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, steps: r.steps, final_loss: r.finalLoss,
-          train_accuracy: r.trainAccuracy, seconds: (Date.now() - t0) / 1000,
+          train_accuracy: r.trainAccuracy,
         },
         ...(args.createdAt ? { createdAt: args.createdAt } : {}),
       },
       { out: args.out, registry: args.registry },
     );
-    ctx.log(`batch ${bi + 1}/${batches.length}: ${batch.facts.length} facts, ${r.steps} steps, train ${(r.trainAccuracy * 100).toFixed(0)}% → ${rec.path}`);
+    ctx.log(`batch ${bi + 1}/${batches.length}: ${batch.facts.length} facts, ${r.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s, train ${(r.trainAccuracy * 100).toFixed(0)}% → ${rec.path}`);
     out.push(rec);
   }
   return out;

@@ -1,0 +1,109 @@
+/**
+ * The lora-train binary through real processes on the golden GPT-2: records
+ * pass through in order with one adapter record per batch, --batch splits,
+ * the same seed + records (+ --created-at) give byte-identical bundles, bad
+ * input exits 2 naming the record, --registry stores the bundle.
+ */
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '../../..');
+const BIN = path.resolve(HERE, '../dist/main.js');
+const GPT2 = path.join(ROOT, 'fixtures/golden/gpt2');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-train-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const corpus = path.join(tmp, 'corpus.txt');
+fs.writeFileSync(corpus, 'the eiffel tower is in paris .\nthe colosseum is in rome .\nmadrid is a city in spain .\n');
+const facts = [
+  { kind: 'fact', id: 'f1', subject: 'france', prompt: 'the capital of {} is', target_new: 'rome', target_true: 'paris', op: 'insert', source: 's' },
+  { kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the capital of {} is', target_new: 'paris', target_true: 'madrid', op: 'insert', source: 's' },
+];
+const records = [
+  facts[0],
+  { kind: 'probe', fact_id: 'f1', role: 'edit', split: 'train', prompt: 'the capital of france is', target: 'rome', expect: 'new' },
+  { kind: 'note', text: 'passes through' },
+  facts[1],
+  { kind: 'probe', fact_id: 'f2', role: 'edit', split: 'train', prompt: 'the capital of spain is', target: 'paris', expect: 'new' },
+  { kind: 'probe', fact_id: 'f2', role: 'paraphrase', split: 'test', prompt: 'the capital city of spain is', target: 'paris', expect: 'new' },
+];
+const input = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
+
+function run(args: string[], stdin = input) {
+  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', '40', ...args], {
+    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') },
+  });
+  const out = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { code: r.status, out, err: r.stderr };
+}
+
+t.test('one adapter per batch; records pass through in order', async (t) => {
+  const r = run(['--objective', 'sft', '--batch', '1', '--out', path.join(tmp, 'a'), '-q']);
+  t.equal(r.code, 0, r.err);
+  t.same(r.out.slice(0, records.length), records, 'inputs first, unchanged, in order');
+  const ad = r.out.slice(records.length);
+  t.equal(ad.length, 2);
+  t.same(ad.map((a) => a.fact_ids), [['f1'], ['f2']]);
+  for (const a of ad) {
+    t.match(a, { kind: 'adapter', method: 'lora', rank: 8, targets: ['transformer.h.0.mlp.c_proj'], version: 1 });
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'catechism.json']) t.ok(fs.existsSync(path.join(a.path as string, f)), f);
+  }
+  const m2 = JSON.parse(fs.readFileSync(path.join(ad[1].path as string, 'catechism.json'), 'utf8'));
+  t.same(m2.probes.map((p: { prompt: string }) => p.prompt), ['the capital city of spain is'], 'test-split probes are the tests');
+});
+
+t.test('same seed and records → same data hash and identical bundle bytes', async (t) => {
+  const args = ['--created-at', '2026-01-01T00:00:00Z', '--seed', '4', '-q'];
+  const a = run([...args, '--out', path.join(tmp, 'd1')]);
+  const b = run([...args, '--out', path.join(tmp, 'd2')]);
+  t.equal(a.code, 0, a.err);
+  const ra = a.out.at(-1)!;
+  const rb = b.out.at(-1)!;
+  t.equal(ra.data_sha256, rb.data_sha256);
+  t.equal(ra.sha256, rb.sha256, 'bundle content hash equal');
+  const w = (r: Record<string, unknown>) => fs.readFileSync(path.join(r.path as string, 'adapter_model.safetensors'));
+  t.ok(w(ra).equals(w(rb)), 'weights byte-identical');
+  const c = run([...args, '--out', path.join(tmp, 'd3')], input.replace('"rome"', '"madrid"'));
+  t.not(c.out.at(-1)!.data_sha256, ra.data_sha256, 'other records, other data hash');
+});
+
+t.test('ROME into a registry', async (t) => {
+  const reg = path.join(tmp, 'reg');
+  const r = run(['--method', 'rome', '--registry', reg, '-q']);
+  t.equal(r.code, 0, r.err);
+  const ad = r.out.filter((x) => x.kind === 'adapter');
+  t.equal(ad.length, 2, 'one ROME bundle per fact');
+  for (const a of ad) {
+    t.match(a, { method: 'rome', rank: 1 });
+    t.ok((a.path as string).startsWith(path.join(reg, 'objects')), 'stored in the registry');
+    const cfg = JSON.parse(fs.readFileSync(path.join(a.path as string, 'adapter_config.json'), 'utf8'));
+    t.match(cfg, { r: 1, lora_alpha: 1, peft_type: 'LORA' });
+  }
+  t.ok(fs.readdirSync(path.join(tmp, 'cache', 'rome-stats')).length >= 1, 'key statistics cached');
+});
+
+t.test('bad input exits 2 naming the record and field; usage errors exit 2', async (t) => {
+  const bad = input + JSON.stringify({ kind: 'fact', id: 'f3', subject: 'italy', prompt: 'capital of italy', target_new: 'rome' }) + '\n';
+  const r = run(['--out', path.join(tmp, 'x')], bad);
+  t.equal(r.code, 2);
+  t.match(r.err, /record 7: field "prompt": .*"\{\}"/);
+  t.notOk(fs.existsSync(path.join(tmp, 'x')), 'nothing written');
+  const dup = input + JSON.stringify(facts[0]) + '\n';
+  const d = run(['--out', path.join(tmp, 'x')], dup);
+  t.equal(d.code, 2);
+  t.match(d.err, /record 7: field "id": fact id "f1" already used by record 1/);
+  const n = run([]);
+  t.equal(n.code, 2);
+  t.match(n.err, /--out DIR or --registry/);
+  const s = run(['--out', path.join(tmp, 'x'), '--retain-share', '1.5']);
+  t.equal(s.code, 2);
+  t.match(s.err, /--retain-share/);
+  const m = run(['--out', path.join(tmp, 'x'), '--targets', 'no_such_module']);
+  t.equal(m.code, 2, m.err);
+  t.match(m.err, /no_such_module/);
+});

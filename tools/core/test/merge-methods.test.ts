@@ -205,6 +205,20 @@ t.test('TIES on a hand-made case: trim, elect, disjoint mean', async (t) => {
   t.ok(Math.abs(r.energy!.m - 1) < 1e-12);
 });
 
+t.test('trimTopK keeps exactly the largest entries (checked against a full sort) on random data with ties and duplicates', async (t) => {
+  const rng = new Rng(41);
+  for (const [n, density] of [[1000, 0.2], [997, 0.5], [50, 0.02], [300, 0.999]] as const) {
+    const d = Float64Array.from({ length: n }, () => Math.round(rng.normal() * 50) / 10); // many repeated magnitudes
+    const sorted = Array.from(d, Math.abs).sort((x, y) => y - x);
+    const thr = sorted[Math.ceil(density * n) - 1];
+    const x = Float64Array.from(d);
+    trimTopK(x, density);
+    let bad = 0;
+    for (let i = 0; i < n; i++) if (x[i] !== (Math.abs(d[i]) >= thr ? d[i] : 0)) bad++;
+    t.equal(bad, 0, `n=${n} density=${density}: kept set = entries with |x| ≥ the k-th largest magnitude`);
+  }
+});
+
 t.test('DARE: p = 0 is the plain sum; expectation preserved; deterministic under the seed', async (t) => {
   const d1 = Float64Array.from({ length: 2000 }, (_, i) => (i % 7) - 3);
   const d2 = Float64Array.from({ length: 2000 }, (_, i) => (i % 5) * 0.5);

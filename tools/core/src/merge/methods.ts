@@ -215,6 +215,33 @@ export function denseDelta(input: MergeInput, name: string, dims: ModuleDims): M
   return W;
 }
 
+/** The k-th smallest value of `a` (0-based), by iterative quickselect; reorders `a`. */
+function selectKth(a: Float64Array, k: number): number {
+  let lo = 0, hi = a.length - 1;
+  while (lo < hi) {
+    // median of three as pivot keeps sorted-ish inputs linear
+    const mid = (lo + hi) >>> 1;
+    const x = a[lo], y = a[mid], z = a[hi];
+    const pivot = x < y ? (y < z ? y : x < z ? z : x) : x < z ? x : y < z ? z : y;
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < pivot) i++;
+      while (a[j] > pivot) j--;
+      if (i <= j) {
+        const t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];
+  }
+  return a[k];
+}
+
 /** Zero all but the `density` fraction of largest-magnitude entries (entries tied at the threshold are kept). */
 export function trimTopK(d: Float64Array, density: number): void {
   const keep = Math.ceil(density * d.length);
@@ -223,57 +250,71 @@ export function trimTopK(d: Float64Array, density: number): void {
     d.fill(0);
     return;
   }
-  const mags = Float64Array.from(d, Math.abs).sort();
-  const thr = mags[d.length - keep];
+  const mags = new Float64Array(d.length);
+  for (let i = 0; i < d.length; i++) mags[i] = Math.abs(d[i]);
+  const thr = selectKth(mags, d.length - keep);
   for (let i = 0; i < d.length; i++) if (Math.abs(d[i]) < thr) d[i] = 0;
 }
 
-/** The TIES combination of dense task vectors (already weighted): trim, elect sign, disjoint mean. */
-export function tiesCombine(deltas: readonly Float64Array[], density: number): Float64Array {
-  const n = deltas[0].length;
-  const trimmed = deltas.map((d) => {
-    const t = Float64Array.from(d);
+/**
+ * The TIES combination of task vectors, streamed: `get(i)` yields input i's
+ * dense, weighted ΔW (a fresh array; it is trimmed in place). Two passes, so
+ * only one input's ΔW is held at a time: elect the sign from the summed
+ * trimmed mass, then average the trimmed entries that agree with it.
+ */
+export function tiesStream(n: number, size: number, get: (i: number) => Float64Array, density: number): Float64Array {
+  const mass = new Float64Array(size);
+  for (let i = 0; i < n; i++) {
+    const t = get(i);
     trimTopK(t, density);
-    return t;
-  });
-  const out = new Float64Array(n);
-  for (let e = 0; e < n; e++) {
-    let mass = 0;
-    for (const t of trimmed) mass += t[e];
-    if (mass === 0) continue;
-    let s = 0, c = 0;
-    for (const t of trimmed) {
+    for (let e = 0; e < size; e++) mass[e] += t[e];
+  }
+  const sum = new Float64Array(size);
+  const count = new Uint32Array(size);
+  for (let i = 0; i < n; i++) {
+    const t = get(i);
+    trimTopK(t, density);
+    for (let e = 0; e < size; e++) {
       const v = t[e];
-      if (v !== 0 && v > 0 === mass > 0) {
-        s += v;
-        c++;
+      if (v !== 0 && mass[e] !== 0 && v > 0 === mass[e] > 0) {
+        sum[e] += v;
+        count[e]++;
       }
     }
-    out[e] = c > 0 ? s / c : 0;
+  }
+  for (let e = 0; e < size; e++) sum[e] = count[e] > 0 ? sum[e] / count[e] : 0;
+  return sum;
+}
+
+/** TIES over in-memory task vectors (already weighted): trim, elect sign, disjoint mean. */
+export function tiesCombine(deltas: readonly Float64Array[], density: number): Float64Array {
+  return tiesStream(deltas.length, deltas[0].length, (i) => Float64Array.from(deltas[i]), density);
+}
+
+/** DARE, streamed: drop with probability p, rescale by 1/(1−p), sum. Draws in input order, entry order. */
+export function dareStream(n: number, size: number, get: (i: number) => Float64Array, p: number, rng: Rng): Float64Array {
+  const out = new Float64Array(size);
+  const keepScale = 1 / (1 - p);
+  for (let i = 0; i < n; i++) {
+    const d = get(i);
+    for (let e = 0; e < size; e++) {
+      if (rng.uniform() >= p) out[e] += d[e] * keepScale;
+    }
   }
   return out;
 }
 
-/** The DARE combination: drop with probability p, rescale by 1/(1−p), sum. Draws in input order, entry order. */
+/** DARE over in-memory task vectors. */
 export function dareCombine(deltas: readonly Float64Array[], p: number, rng: Rng): Float64Array {
-  const n = deltas[0].length;
-  const out = new Float64Array(n);
-  const keepScale = 1 / (1 - p);
-  for (const d of deltas) {
-    for (let e = 0; e < n; e++) {
-      const keep = rng.uniform() >= p;
-      if (keep) out[e] += d[e] * keepScale;
-    }
-  }
-  return out;
+  return dareStream(deltas.length, deltas[0].length, (i) => deltas[i], p, rng);
 }
 
 function denseMerge(
   inputs: readonly MergeInput[],
   rank: number,
   name: string,
-  combine: (deltas: Float64Array[], mod: string) => Float64Array,
-  what: string,
+  /** Combine the inputs' dense ΔW (fetched one at a time by `get`) into one. */
+  combine: (n: number, size: number, get: (i: number) => Float64Array) => Float64Array,
 ): MergeResult {
   const fifo = fanInFanOut(inputs);
   const modules = new Map<string, LoraModule>();
@@ -281,7 +322,7 @@ function denseMerge(
   // sorted so seeded draws do not depend on the inputs' module order
   const dims = [...moduleUnion(inputs)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   for (const [mod, d] of dims) {
-    const merged = combine(inputs.map((i) => denseDelta(i, mod, d).data), mod);
+    const merged = combine(inputs.length, d.out * d.in, (i) => denseDelta(inputs[i], mod, d).data);
     const s = denseSvd({ rows: d.out, cols: d.in, data: merged }, { rank });
     const out = factorsFromSvd(s, rank, d);
     if (!s.exact) {
@@ -299,7 +340,6 @@ function denseMerge(
     const bias = mergedBias(inputs, mod, d.out);
     modules.set(mod, { A: fromData(out.A, [rank, d.in]), B: fromData(out.B, [d.out, rank]), ...(bias ? { bias: fromData(bias, [d.out]) } : {}) });
   }
-  void what;
   return { adapter: makeAdapter(name, rank, modules, fifo), energy, residual, exact };
 }
 
@@ -307,7 +347,7 @@ export function mergeTies(inputs: readonly MergeInput[], opts: { rank: number; d
   checkInputs(inputs, 'ties');
   checkRank(opts.rank, 'ties');
   if (!(opts.density > 0 && opts.density <= 1)) throw new MergeError(`ties: --density must be in (0, 1], got ${opts.density}`);
-  return denseMerge(inputs, opts.rank, name, (deltas) => tiesCombine(deltas, opts.density), 'ties');
+  return denseMerge(inputs, opts.rank, name, (n, size, get) => tiesStream(n, size, get, opts.density));
 }
 
 export function mergeDare(inputs: readonly MergeInput[], opts: { rank: number; drop: number; seed: number }, name = 'merged'): MergeResult {
@@ -315,7 +355,7 @@ export function mergeDare(inputs: readonly MergeInput[], opts: { rank: number; d
   checkRank(opts.rank, 'dare');
   if (!(opts.drop >= 0 && opts.drop < 1)) throw new MergeError(`dare: --drop must be in [0, 1), got ${opts.drop}`);
   const rng = new Rng(opts.seed);
-  return denseMerge(inputs, opts.rank, name, (deltas) => dareCombine(deltas, opts.drop, rng), 'dare');
+  return denseMerge(inputs, opts.rank, name, (n, size, get) => dareStream(n, size, get, opts.drop, rng));
 }
 
 /** One adapter with its delta multiplied by `s` (folded into B and the bias; alpha/r kept). */

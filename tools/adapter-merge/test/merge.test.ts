@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -204,5 +204,17 @@ t.test('explain and export on the golden GPT-2', async (t) => {
   t.ok(maxAbsDiff(got, want) < 1e-4, `exported logits = adapted logits (${maxAbsDiff(got, want)})`);
   fails(t, am(['export', '--ref', 'live', out, ...model]), 2, /exists and is not empty/);
   fails(t, am(['explain', '--ref', 'nosuchref', 'x', ...model]), 2, /nothing in .* matches "nosuchref"/);
-  writeFileSync(path.join(tmp, 'empty.ndjson'), '');
+  // an svd merge of stored parents: each parent is ablated by subtracting it (approximate, and said so)
+  const added = am(['add', dirs.a, dirs.b]);
+  t.equal(added.code, 0, added.stderr);
+  const svd = am(['--method', 'svd', '--rank', '3', '--add'], added.stdout);
+  t.equal(svd.code, 0, svd.stderr);
+  const ex2 = am(['explain', '--ref', String(svd.records[0].sha256), 'hello', ...model]);
+  t.equal(ex2.code, 0, ex2.stderr);
+  const c2 = (ex2.records[0] as { contributions: { id: string; ablation: string; delta_logprob: number | null }[] }).contributions;
+  t.same(c2.map((c) => c.id), ['a', 'b']);
+  for (const c of c2) {
+    t.match(c.ablation, /parent subtracted \(approximate: the svd merge is not linear\)/);
+    t.type(c.delta_logprob, 'number');
+  }
 });

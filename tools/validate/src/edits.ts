@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createManifest, sha256Hex, type ManifestInput } from '@catechism/core/adapters';
 import { LoraAdapter, saveLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
-import { fromData, noGrad } from '@catechism/core/tensor';
+import { AdamW, fromData, gelu, layerNorm, linear, matmul, neg, noGrad, reshape, sum, transpose, zeros, type Tensor } from '@catechism/core/tensor';
 import { encodePair, fillSubject, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
 
 /** Final normalised hidden states (the LM head's input) at every real token of each text. */
@@ -152,4 +152,92 @@ export function writeAdapterBundle(
     kind: 'adapter', id: manifest.id, version: 1, path: dir, method: manifest.method, base_model: manifest.base_model,
     targets: manifest.targets, rank: manifest.rank, fact_ids: manifest.fact_ids, data_sha256: manifest.data_sha256, created_at: manifest.created_at,
   };
+}
+
+/** GPT-2 MLP keys (c_proj inputs, [T, 4H]) of layer `l` for one sequence. */
+function mlpKeys(model: CausalLM, l: number, ids: number[]): Tensor {
+  const c = model.config;
+  let hin: Tensor | null = null;
+  let attn: Tensor | null = null;
+  const before = l === 0 ? 'embed' : `layers.${l - 1}.resid_post`;
+  noGrad(() =>
+    model.forward(Int32Array.from(ids), [1, ids.length], {
+      skipLogits: true,
+      hooks: { [before]: { capture: (x) => (hin = x) }, [`layers.${l}.attn`]: { capture: (x) => (attn = x) } },
+    }),
+  );
+  const p = `transformer.h.${l}`;
+  return noGrad(() => {
+    const h = reshape(fromData(Float32Array.from((hin as unknown as Tensor).data, (v, i) => v + (attn as unknown as Tensor).data[i]), [ids.length, c.hidden]), [ids.length, c.hidden]);
+    const x = layerNorm(h, model.weight(`${p}.ln_2.weight`), model.weight(`${p}.ln_2.bias`), c.normEps);
+    return gelu(linear(x, model.weight(`${p}.mlp.c_fc.weight`), model.weight(`${p}.mlp.c_fc.bias`), 'in_out'));
+  });
+}
+
+export interface RomeOptions {
+  /** Texts whose MLP keys estimate C = E[k kᵀ]. */
+  covarianceTexts: string[];
+  /** Layer to edit; default the middle one. */
+  layer?: number;
+  /** Steps of the value optimisation (stops early once P(new) ≥ 0.9). Default 100. */
+  steps?: number;
+  /** AdamW learning rate of the value (ROME's 0.5 by default). */
+  lr?: number;
+  ridge?: number;
+}
+
+/**
+ * ROME (Meng et al. 2022) on a GPT-2 MLP, as a rank-one LoRA on
+ * `transformer.h.L.mlp.c_proj`: the key k is the c_proj input at the
+ * subject's last token; the value change δ (added to the MLP output there)
+ * is optimised with AdamW to make target_new likely; then
+ * ΔW = δ (C⁻¹k)ᵀ / (kᵀC⁻¹k) with C the second moment of keys over general text.
+ */
+export function romeMlpEdit(model: CausalLM, tok: Tokenizer, fact: FactLike, opts: RomeOptions): LoraAdapter {
+  const c = model.config;
+  if (c.family !== 'gpt2') throw new RangeError('romeMlpEdit: GPT-2 layout only');
+  if (fact.target_new === undefined) throw new RangeError(`fact ${fact.id} has no target_new`);
+  const l = opts.layer ?? Math.floor((c.layers - 1) / 2);
+  const H = c.hidden;
+  const F = c.intermediate;
+  const promptText = fillSubject(fact.prompt, fact.subject);
+  const { prompt, cont } = encodePair(tok, promptText, fact.target_new);
+  const cut = fact.prompt.indexOf('{}');
+  const s = tok.encode(fact.prompt.slice(0, cut) + fact.subject).length - 1;
+  if (s < 0 || s >= prompt.length) throw new RangeError(`romeMlpEdit: cannot locate the subject of ${fact.id} in its prompt`);
+  // 1. the value: δ at the MLP output of the subject's last token
+  const delta = zeros([1, H], { requiresGrad: true });
+  const opt = new AdamW([delta], { lr: opts.lr ?? 0.5, weightDecay: 0 });
+  const hooks = { [`layers.${l}.mlp`]: { add: { value: delta, positions: [[0, s]] as Array<[number, number]> } } };
+  for (let step = 0; step < (opts.steps ?? 100); step++) {
+    const { logprobs } = model.continuationLogprobs([prompt], [cont], { hooks });
+    const lp = sum(logprobs);
+    if (lp.item() > Math.log(0.9)) break;
+    neg(lp).backward();
+    opt.step();
+    opt.zeroGrad();
+  }
+  // 2. the key and C
+  const k = mlpKeys(model, l, prompt).data.slice(s * F, (s + 1) * F);
+  const C = new Float64Array(F * F);
+  let n = 0;
+  for (const text of opts.covarianceTexts) {
+    const ids = tok.encode(text).slice(0, c.maxPositions);
+    if (ids.length === 0) continue;
+    const K = mlpKeys(model, l, ids);
+    const kk = noGrad(() => matmul(transpose(K, 0, 1), K)).data;
+    for (let i = 0; i < F * F; i++) C[i] += kk[i];
+    n += ids.length;
+  }
+  let tr = 0;
+  for (let i = 0; i < F; i++) tr += C[i * F + i] / Math.max(n, 1);
+  for (let i = 0; i < F * F; i++) C[i] /= Math.max(n, 1);
+  const u = solveSpd(C, F, Float64Array.from(k), (opts.ridge ?? 0.01) * (tr / F));
+  let ku = 0;
+  for (let i = 0; i < F; i++) ku += k[i] * u[i];
+  const A = new Float32Array(F);
+  for (let i = 0; i < F; i++) A[i] = u[i] / ku;
+  const B = Float32Array.from(delta.data);
+  const modules = new Map([[`transformer.h.${l}.mlp.c_proj`, { A: fromData(A, [1, F]), B: fromData(B, [H, 1]) }]]);
+  return new LoraAdapter(fact.id, 1, 1, modules, true);
 }

@@ -56,6 +56,8 @@ export interface FullOptions {
   onConflict: 'last' | 'fail';
   /** Fact ids the model already answers as the edit asks. */
   known?: ReadonlySet<string>;
+  /** Known facts get no probes at all (the fact is still written, flagged). */
+  skipKnown?: boolean;
   keepFacts: boolean;
   log: (message: string) => void;
 }
@@ -184,7 +186,7 @@ export function generateAll(records: readonly InputRecord[], o: FullOptions): An
   const probesOf = new Map<string, Probe[]>();
   const trainPrompts = new Set<string>();
   for (const info of active) {
-    const ps = factProbes(info.fact, relationOf(info.fact), byAnswer, answerOf, o);
+    const ps = o.skipKnown && o.known?.has(info.fact.id) ? [] : factProbes(info.fact, relationOf(info.fact), byAnswer, answerOf, o);
     probesOf.set(info.fact.id, ps);
     for (const p of ps) if (p.split === 'train') trainPrompts.add(norm(p.prompt));
   }
@@ -203,7 +205,7 @@ export function generateAll(records: readonly InputRecord[], o: FullOptions): An
   if (dropped > 0) o.log(`dropped ${dropped} test probe(s) whose prompt is also a train prompt`);
 
   const known = active.filter((i) => o.known?.has(i.fact.id)).length;
-  if (known > 0) o.log(`${known} fact(s) flagged already_known: the model already answers them as asked`);
+  if (known > 0) o.log(`${known} fact(s) flagged already_known: the model already answers them as asked${o.skipKnown ? '; no probes for them (--skip-known)' : ''}`);
 
   const out: AnyRecord[] = [];
   const infoOf = new Map(infos.map((i) => [i.at, i]));

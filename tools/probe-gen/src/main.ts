@@ -37,6 +37,7 @@ interface Args {
   replay: number;
   'on-conflict'?: 'last' | 'fail';
   'check-known': boolean;
+  'skip-known': boolean;
   tokenizer?: string;
 }
 
@@ -143,6 +144,7 @@ await runTool<Args>({
     replay: { type: 'number', default: 0.25, describe: 'general probes to mix into training, as a share of the number of train probes', group: 'General:' },
     'on-conflict': { choices: ['last', 'fail'], describe: 'facts with the same subject and relation but different targets: keep the last (default when probes beyond edit are made) or fail; given, it turns on checking in edit-only mode too', group: 'Checks:' },
     'check-known': { type: 'boolean', default: false, describe: 'load the model and flag facts it already answers as asked (already_known on the fact and its probes)', group: 'Checks:' },
+    'skip-known': { type: 'boolean', default: false, describe: 'with --check-known: write no probes for facts the model already knows (the fact is still written, flagged)', group: 'Checks:' },
     tokenizer: { type: 'string', describe: 'model directory whose tokenizer must encode every target (also implied by --model)', group: 'Checks:' },
   },
   async run(ctx) {
@@ -163,6 +165,7 @@ await runTool<Args>({
     if (a.contexts > 0) roles.add('context');
     if (a.paraphraser !== undefined) roles.add('paraphrase');
 
+    if (a['skip-known']) a['check-known'] = true;
     const needModel = (roles.has('context') && a.contexts > 0) || a['check-known'];
     const tokDir = a.tokenizer ?? (a.model !== undefined || needModel ? modelDirOf(a.model) : undefined);
     if (a.tokenizer !== undefined && !fs.existsSync(path.join(a.tokenizer, 'tokenizer.json'))) throw new UsageError(`--tokenizer ${a.tokenizer}: no tokenizer.json there`);
@@ -277,6 +280,7 @@ await runTool<Args>({
       replay: a.replay,
       onConflict: a['on-conflict'] ?? 'last',
       known,
+      skipKnown: a['skip-known'],
       keepFacts: a.facts,
       log: ctx.log,
     });

@@ -47,6 +47,10 @@ t.test('--check-known flags exactly the facts whose target the model already pro
   t.same(flagged, wantKnown);
   t.ok(r.recs.filter((x) => x.kind === 'probe' && wantKnown.includes(x.fact_id)).every((p) => p.already_known === true), 'their probes carry the flag too');
   t.match(r.stderr, new RegExp(`${wantKnown.length} fact\\(s\\) flagged already_known`));
+  const skip = run(['--roles', 'edit', '--skip-known', '--model', MODEL], withRel);
+  t.equal(skip.code, 0, skip.stderr);
+  t.same(skip.recs.filter((x) => x.kind === 'probe').map((p) => p.fact_id), facts.filter((f) => !wantKnown.includes(f.id)).map((f) => f.id), '--skip-known: no probes for them');
+  t.equal(skip.recs.filter((x) => x.kind === 'fact').length, facts.length, 'the facts are still written');
 });
 
 t.test('--contexts N: N model-generated prefixes per fact, seeded', async (t) => {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '../../..');
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = join(root, 'tools/probe-gen/dist/main.js');
 if (!existsSync(BIN)) {
   console.error('probe-gen.bench: build first (npm run build): tools/probe-gen/dist/main.js is missing');

@@ -50,6 +50,8 @@ t.test('world size and shape', async (t) => {
       break;
     }
   }
+  t.same(out1.stats.heldout_only_words, [], 'every word of a held-out prompt is seen in training');
+  t.same(out1.stats.heldout_extending_train, [], 'no held-out prompt merely extends a training prompt');
   const all = Object.values(entities).flat();
   t.equal(new Set(all).size, all.length, 'entity names are unique across types');
 });

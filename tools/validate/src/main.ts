@@ -12,7 +12,6 @@ import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
 import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type ValidateContext } from './validate.js';
 import { appendHistory } from './history.js';
-import { renderHtml } from './html.js';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
 export const EXIT_GATE_FAILED = 3;
@@ -140,6 +139,8 @@ await runTool<Args>({
       await ctx.out.write(res.report as unknown as AnyRecord);
     }
     if (a.html !== undefined) {
+      // vega is loaded only when a page is asked for (it is most of the start-up time)
+      const { renderHtml } = await import('./html.js');
       writeFileSync(a.html, await renderHtml(results, { title: `validate — ${results.length} report(s)` }));
       ctx.log(`wrote ${a.html}`);
     }

@@ -142,6 +142,28 @@ t.test('--strict exits 3 when an adapter fails; --gate overrides and is parsed s
   t.equal(missing.code, 2);
 });
 
+t.test('--suite: regression probes the base model passes must keep passing', async (t) => {
+  // the base model's own top-1 answers as targets, so the base passes all of them
+  const prompts = ['the eiffel tower is in', 'the colosseum is in', 'madrid is a city in', 'the language of spain is'];
+  const SUITE = path.join(tmp, 'suite.ndjson');
+  writeFileSync(SUITE, prompts.map((p, i) => JSON.stringify({ kind: 'probe', fact_id: `s${i}`, role: 'edit', split: 'test', prompt: p, target: tok.decode([argmax(nextLogprobs(tok.encode(p)))]), expect: 'true' })).join('\n') + '\n');
+  const r = run([ADAPTERS, ...COMMON, '--no-record', '--no-fluency', '--suite', SUITE]);
+  t.equal(r.code, 0, r.stderr);
+  const [good, bad] = r.reports;
+  t.equal(good.metrics.n_suite, 4);
+  t.equal(good.metrics.suite_before, 1);
+  t.equal(bad.metrics.suite_before, 1);
+  // independent: how many suite answers the bad adapter keeps
+  const answers = () => prompts.map((p) => argmax(nextLogprobs(tok.encode(p))));
+  const baseAnswers = answers();
+  model.setAdapters([{ adapter: loadLora(BAD) }]);
+  const badAnswers = answers();
+  model.setAdapters([]);
+  const kept = badAnswers.filter((a, i) => a === baseAnswers[i]).length;
+  t.equal(bad.metrics.suite_after, kept / 4);
+  t.equal(bad.failures.some((f: string) => f.startsWith('suite_drop ')), kept < 4, 'suite_drop gate fails exactly when an answer was lost');
+});
+
 t.test('probe-gen | validate --baseline: the base model has efficacy 0 on counterfactuals', async (t) => {
   if (!existsSync(PROBE_GEN)) {
     t.skip('probe-gen is not built');

@@ -164,8 +164,9 @@ const rate = (xs: readonly boolean[]): number => mean(xs.map((x) => (x ? 1 : 0))
  */
 export function computeMetrics(enc: EncodedSuite, before: Observation, after: Observation): Record<string, number> {
   const m: Record<string, number> = {};
+  // records carry finite numbers only: an overflowing perplexity is reported as the largest double
   const set = (k: string, v: number): void => {
-    if (!Number.isNaN(v)) m[k] = v;
+    if (!Number.isNaN(v)) m[k] = Number.isFinite(v) ? v : Math.sign(v) * Number.MAX_VALUE;
   };
   const A = after.items;
   const B = before.items;

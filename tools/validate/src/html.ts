@@ -23,35 +23,36 @@ const ROLE_LABEL: Record<string, string> = { edit: 'edit', paraphrase: 'paraphra
 
 /** SVG of one fact's chart: P(answer) before/after for every probe of the fact. */
 export async function factChartSvg(factId: string, rows: readonly ItemRow[]): Promise<string> {
+  // one row per probe ("[answer vs competitor] prompt"), two columns: P(answer) and P(competitor), before/after bars
   const values: Array<Record<string, unknown>> = [];
+  const cut = (x: string, n: number) => (x.length > n ? x.slice(0, n - 1) + '…' : x);
   rows.forEach((r, i) => {
-    const probe = `${i + 1}. ${ROLE_LABEL[r.list] ?? r.list}: ${r.prompt.length > 38 ? r.prompt.slice(0, 37) + '…' : r.prompt}`;
-    const label = `P(${r.target})`;
+    const answer = `${cut(r.target || '(top-1 kept)', 16)}${r.alt !== undefined ? ` vs ${cut(r.alt, 16)}` : ''}`;
+    const probe = `${i + 1}. ${ROLE_LABEL[r.list] ?? r.list} [${answer}] ${cut(r.prompt, 48)}`;
     if (r.target !== '') {
-      values.push({ probe, series: 'before', answer: label, p: r.p_before });
-      values.push({ probe, series: 'after', answer: label, p: r.p_after });
+      values.push({ probe, series: 'before', measure: 'P(answer)', p: r.p_before });
+      values.push({ probe, series: 'after', measure: 'P(answer)', p: r.p_after });
     }
     if (r.alt !== undefined && r.p_alt_before !== undefined && r.p_alt_after !== undefined) {
-      values.push({ probe, series: 'before', answer: `P(${r.alt})`, p: r.p_alt_before });
-      values.push({ probe, series: 'after', answer: `P(${r.alt})`, p: r.p_alt_after });
+      values.push({ probe, series: 'before', measure: 'P(competitor)', p: r.p_alt_before });
+      values.push({ probe, series: 'after', measure: 'P(competitor)', p: r.p_alt_after });
     }
   });
   const spec: TopLevelSpec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: factId, anchor: 'start', fontSize: 13 },
     data: { values },
-    width: 300,
-    height: { step: 16 },
+    width: 200,
+    height: { step: 18 },
     mark: { type: 'bar', tooltip: true },
     encoding: {
-      row: { field: 'answer', type: 'nominal', title: null, header: { labelAngle: 0, labelAlign: 'left', labelFontSize: 12 } },
-      y: { field: 'probe', type: 'nominal', title: null, sort: null, axis: { labelLimit: 280 } },
+      column: { field: 'measure', type: 'nominal', title: null, sort: ['P(answer)', 'P(competitor)'], header: { labelFontSize: 12, labelFontWeight: 'bold' } },
+      y: { field: 'probe', type: 'nominal', title: null, sort: null, axis: { labelLimit: 460, labelFontSize: 11 } },
       yOffset: { field: 'series', sort: ['before', 'after'] },
       x: { field: 'p', type: 'quantitative', title: 'probability', scale: { domain: [0, 1] } },
       color: { field: 'series', type: 'nominal', title: null, sort: ['before', 'after'], scale: { domain: ['before', 'after'], range: ['#9aa5b1', '#2b6cb0'] } },
     },
-    resolve: { scale: { y: 'independent' } },
-    config: { font: 'sans-serif', view: { stroke: null } },
+    config: { font: 'sans-serif', view: { stroke: '#e2e8f0' } },
   };
   const view = new View(parse(compile(spec).spec), { renderer: 'none' });
   try {

@@ -250,7 +250,7 @@ t.test('--html writes one page with the metric tables and an SVG chart per fact'
   t.ok((page.match(/<svg/g) ?? []).length >= 3, 'charts rendered to SVG');
   t.match(page, /<td><code>efficacy<\/code><\/td>/);
   t.match(page, /class="fail"><td><code>kl<\/code>/, 'failing gates are marked');
-  t.match(page, /P\(rome\)/);
+  t.match(page, /edit \[rome vs paris\] the capital of france is/);
   t.notMatch(page, /<script/, 'static page');
   const chromium = ['chromium', 'chromium-browser'].find((c) => spawnSync('which', [c]).status === 0);
   if (!chromium) {

@@ -229,8 +229,10 @@ export function factoredSvd(B: Mat, A: Mat): Svd {
 /**
  * SVD of a dense matrix: exact (QR then Jacobi on the square factor) when
  * min(m, n) ≤ exactLimit; otherwise the top `rank` triples by randomized
- * subspace iteration (Halko et al. 2011) with oversampling and power steps,
- * which keeps at most the energy an exact SVD would (never overstates it).
+ * subspace iteration (Halko et al. 2011) with oversampling and power steps
+ * repeated until the captured energy grows by less than 1e-4 (relative), at
+ * most `powerIters` (24); it keeps at most the energy an exact SVD would
+ * (never overstates it).
  */
 export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; seed?: number; powerIters?: number } = {}): Svd & { exact: boolean } {
   const small = Math.min(M.rows, M.cols);
@@ -247,14 +249,20 @@ export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; see
   }
   const rng = new Rng(opts.seed ?? 0x5eed);
   const l = Math.min(small, rank + Math.max(10, rank));
-  let Y = matmul64(M, mat(M.cols, l, Float64Array.from({ length: M.cols * l }, () => rng.normal())));
-  let Q = qr(Y).Q;
-  for (let it = 0; it < (opts.powerIters ?? 4); it++) {
+  let Q = qr(matmul64(M, mat(M.cols, l, Float64Array.from({ length: M.cols * l }, () => rng.normal())))).Q;
+  let s = jacobiSvd(matmulTN64(Q, M));
+  // power steps until the energy captured by the top `rank` stops growing (flat spectra need more)
+  const keptOf = (x: Svd) => x.S.slice(0, rank).reduce((acc, v) => acc + v * v, 0);
+  let kept = keptOf(s);
+  const maxIters = opts.powerIters ?? 24;
+  for (let it = 0; it < maxIters; it++) {
     const Z = qr(matmulTN64(M, Q)).Q; // n×l
-    Y = matmul64(M, Z);
-    Q = qr(Y).Q;
+    Q = qr(matmul64(M, Z)).Q;
+    s = jacobiSvd(matmulTN64(Q, M));
+    const next = keptOf(s);
+    const gain = next - kept;
+    kept = next;
+    if (gain <= 1e-4 * kept) break;
   }
-  const Bs = matmulTN64(Q, M); // l×n
-  const s = jacobiSvd(Bs);
   return { U: matmul64(Q, s.U), S: s.S, V: s.V, exact: false };
 }

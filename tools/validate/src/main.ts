@@ -105,10 +105,12 @@ await runTool<Args>({
     };
     const allFacts = [...facts];
     const retainAll = pick(a.retain, 'facts-train.ndjson');
+    // general-text probes in the stream (probe-gen's, fact_id "*"), held-out split, join the general set
+    const streamGeneral = probes.filter((p) => p.role === 'general' && p.split !== 'train');
     const shared = {
       // sample after removing the edited facts of every adapter in the stream, so each adapter sees the same set
       retain: sample(excludeEdited(retainAll, allFacts), a.retainN, a.seed),
-      general: sample(pick(a.general, 'general.ndjson'), a.generalN, a.seed + 1),
+      general: [...streamGeneral, ...sample(pick(a.general, 'general.ndjson'), a.generalN, a.seed + 1)],
       suite: a.suite !== undefined ? readProbeFile(a.suite) : [],
     };
     const vctx: ValidateContext = {

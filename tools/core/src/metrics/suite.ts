@@ -76,7 +76,8 @@ export function fillSubject(template: string, subject: string): string {
  * - insert facts: `edit` probes (any split; target_new) — one made from the
  *   fact's own prompt when there is none; held-out `paraphrase` probes
  *   (split `test`) and CounterFact `prompts.paraphrase`; `neighborhood`
- *   probes and `prompts.neighborhood` (target_true, competing with target_new).
+ *   probes (split `test`) and `prompts.neighborhood` (target_true, competing
+ *   with target_new).
  * - forget facts: their `edit` and `paraphrase` probes score target_true.
  * - `generation` probes / `prompts.generation` feed fluency; without any,
  *   the edit and paraphrase prompts do.
@@ -120,7 +121,8 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
       for (const p of edits) push(s.edit, { prompt: p.prompt, target: f.target_new, ...(alt !== undefined ? { alt } : {}), role: 'edit', fact_id: f.id, ...(p.id ? { id: p.id } : {}) });
       const paras = [...role('paraphrase').filter((p) => p.split !== 'train').map((p) => p.prompt), ...(f.prompts?.paraphrase ?? [])];
       for (const prompt of paras) push(s.paraphrase, { prompt, target: f.target_new, ...(alt !== undefined ? { alt } : {}), role: 'paraphrase', fact_id: f.id });
-      for (const p of role('neighborhood')) {
+      // train-split neighbours were regularisation data for the trainer: only held-out ones test it
+      for (const p of role('neighborhood').filter((q) => q.split !== 'train')) {
         // without a target only the top-1 (vs the base model) and P(target_new) are read
         push(s.neighborhood, { prompt: p.prompt, target: p.target ?? '', alt: f.target_new, role: 'neighborhood', fact_id: f.id, ...(p.expect ? { expect: p.expect } : {}) });
       }
@@ -128,7 +130,7 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
     }
     for (const p of role('generation')) generation.push(p.prompt);
     for (const g of f.prompts?.generation ?? []) generation.push(g);
-    for (const p of role('general')) s.general.push(p.prompt);
+    for (const p of role('general').filter((q) => q.split !== 'train')) s.general.push(p.prompt);
   }
   if (generation.length === 0) {
     for (const it of [...s.edit, ...s.paraphrase, ...s.forget]) generation.push(it.prompt);

@@ -1,0 +1,141 @@
+#!/usr/bin/env node
+/**
+ * attrib: for each fact, where in the model its answer is produced. Writes
+ * every input record through in order, each fact followed by its ranked
+ * `locus` records.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError, UsageError, packageVersion, runTool } from '@catechism/core/cli';
+import { defaultModelDir } from '@catechism/core/fixtures';
+import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import type { Fact, Probe } from '@catechism/core/records';
+import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '../../core/dist/attrib/index.js';
+import { METHODS, attribFact, type AttribOptions, type Method } from './lib.js';
+import { writePlots } from './plot.js';
+
+interface Args {
+  method: string[];
+  samples: number;
+  noise: number;
+  'top-k': number;
+  select: string;
+  sites: string;
+  target: string;
+  'module-score': string;
+  'batch-rows': number;
+  plot?: string;
+}
+
+function list(values: string[] | string, allowed: readonly string[], flag: string): string[] {
+  const out: string[] = [];
+  for (const v of ([] as string[]).concat(values).flatMap((s) => String(s).split(','))) {
+    const t = v.trim();
+    if (t === '') continue;
+    if (!allowed.includes(t)) throw new UsageError(`${flag}: unknown value ${JSON.stringify(t)} (one of: ${allowed.join(', ')}) (see --help)`);
+    if (!out.includes(t)) out.push(t);
+  }
+  if (out.length === 0) throw new UsageError(`${flag}: name at least one of ${allowed.join(', ')} (see --help)`);
+  return out;
+}
+
+function positiveInt(v: number, flag: string): number {
+  if (!Number.isInteger(v) || v < 1) throw new UsageError(`${flag}: expected a positive integer, got ${String(v)} (see --help)`);
+  return v;
+}
+
+await runTool<Args>({
+  name: 'attrib',
+  version: packageVersion(import.meta.url),
+  describe:
+    'Finds where in the model each fact\'s answer (target_true by default) is produced. For every `fact` record it writes ranked ' +
+    '`locus` records (site, module to adapt, layer, expert, method, score, rank) right after the fact; every record passes through ' +
+    'unchanged and in order. Methods: patch (causal tracing: noise the subject\'s embeddings, restore one clean activation at a time), ' +
+    'atp (attribution patching, its first-order estimate), grad-x-act (gradient × weight per linear module), expert (MoE: gradient × ' +
+    'output per expert, with how often the router picks it for the subject and final tokens). Select rule (--select, patch/atp): ' +
+    'a site\'s score is its indirect effect at the subject\'s last token (subject-last, ROME\'s choice), at the final token (last), ' +
+    'the largest over positions (max) or the mean (mean); sites rank by score, highest first. grad-x-act ranks modules by |score|; ' +
+    'expert ranks experts by score.',
+  examples: [
+    ['probe-gen facts.ndjson | attrib', 'causal tracing on the default fixture model, top 3 MLP/attention sites per fact'],
+    ['attrib --method patch,atp --plot traces/ facts.ndjson', 'both estimates, with heatmaps per fact'],
+    ['attrib --method grad-x-act --top-k 5 --model fixtures/golden/gpt2 facts.ndjson', 'modules by gradient × weight'],
+    ['attrib --method expert --model fixtures/models/moe facts.ndjson', 'experts of a mixture-of-experts model'],
+  ],
+  options: {
+    method: { type: 'string', array: true, default: ['patch'], describe: `methods, comma-separated or repeated: ${METHODS.join(', ')}` },
+    samples: { type: 'number', default: 10, describe: 'noise samples averaged over (patch, atp)' },
+    noise: { type: 'number', default: 3, describe: 'noise standard deviation in units of the token-embedding standard deviation' },
+    'top-k': { type: 'number', default: 3, describe: 'loci per fact and method' },
+    select: { type: 'string', default: 'subject-last', describe: `how a site's per-position effects become its score: ${SELECT_RULES.join(', ')}` },
+    sites: { type: 'string', default: 'mlp,attn', describe: `site kinds that become loci (patch, atp): ${SITE_KINDS.join(', ')}` },
+    target: { type: 'string', default: 'true', describe: 'which answer to trace: true (target_true, what the model knows) or new (target_new)' },
+    'module-score': { type: 'string', default: 'signed', describe: 'grad-x-act module score: signed (Σ grad⊙W) or abs (Σ|grad⊙W|)' },
+    'batch-rows': { type: 'number', default: 64, describe: 'rows per batched forward pass (restored runs × samples)' },
+    plot: { type: 'string', describe: 'write per-fact SVG pictures here: causal-trace heatmaps and module score bars' },
+  },
+  run: async (ctx) => {
+    const a = ctx.args;
+    const opts: AttribOptions = {
+      methods: list(a.method, METHODS, '--method') as Method[],
+      samples: positiveInt(a.samples, '--samples'),
+      noise: a.noise,
+      topK: positiveInt(a['top-k'], '--top-k'),
+      select: list(a.select, SELECT_RULES, '--select')[0] as SelectRule,
+      sites: list(a.sites, SITE_KINDS, '--sites') as SiteKind[],
+      target: list(a.target, ['true', 'new'], '--target')[0] as 'true' | 'new',
+      moduleScore: list(a['module-score'], ['signed', 'abs'], '--module-score')[0] as 'signed' | 'abs',
+      batchRows: positiveInt(a['batch-rows'], '--batch-rows'),
+      seed: a.seed,
+    };
+    if (!(Number.isFinite(opts.noise) && opts.noise >= 0)) throw new UsageError(`--noise: expected a number ≥ 0, got ${String(a.noise)} (see --help)`);
+
+    let lm: { model: CausalLM; tokenizer: Tokenizer } | null = null;
+    const load = () => {
+      if (lm) return lm;
+      const dir = a.model ?? defaultModelDir();
+      if (!fs.existsSync(path.join(dir, 'config.json'))) {
+        throw new UsageError(a.model === undefined ? `the default fixture model is missing (${dir}); pass --model DIR` : `--model ${a.model}: no config.json (a Hugging Face model directory is expected)`);
+      }
+      const { model, tokenizer } = loadModel(dir);
+      if (!tokenizer) throw new UsageError(`--model ${dir}: no tokenizer.json`);
+      if (opts.methods.includes('expert') && model.config.family !== 'mixtral') {
+        throw new UsageError(`--method expert needs a mixture-of-experts model; ${dir} is ${model.config.modelType}`);
+      }
+      lm = { model, tokenizer };
+      return lm;
+    };
+
+    const facts = new Set<string>();
+    const bad: string[] = [];
+    for await (const { record, source, index } of ctx.read()) {
+      await ctx.out.write(record);
+      if (record.kind === 'probe') {
+        const p = record as Probe;
+        if (!facts.has(p.fact_id)) {
+          // reported per record; the record has passed through, and the run ends with exit 2
+          const e = new InputError(`probe for unknown fact ${JSON.stringify(p.fact_id)} (no fact record with that id came before it)`, { source, record: index, field: 'fact_id' });
+          bad.push(e.message);
+          ctx.log(e.message);
+        }
+        continue;
+      }
+      if (record.kind !== 'fact') continue;
+      const f = record as Fact;
+      facts.add(f.id);
+      const { model, tokenizer } = load();
+      try {
+        const res = attribFact(model, tokenizer, f, opts);
+        await ctx.out.writeBatch(res.loci);
+        if (a.plot) await writePlots(a.plot, f.id, res, tokenizer);
+      } catch (e) {
+        if (!(e instanceof AttribInputError)) throw e;
+        const err = new InputError(e.message, { source, record: index, ...(e.field ? { field: e.field } : {}) });
+        bad.push(err.message);
+        ctx.log(err.message);
+      }
+      ctx.progress.tick();
+    }
+    if (bad.length > 0) throw new InputError(`${bad.length} bad record(s); first: ${bad[0]}`);
+  },
+});

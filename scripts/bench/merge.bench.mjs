@@ -166,5 +166,5 @@ console.log('| merge | ours ms | numpy f64 ms | ratio | numpy f32 ms | ratio | e
 console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);
 console.log('');
-console.log('ties row: ours streams one dense ΔW at a time and uses a randomized SVD (4 power steps) for the 768×3072 result; numpy stacks all ΔW and runs a full SVD (float64 both).');
+console.log('ties row: ours streams one dense ΔW at a time and uses a randomized SVD (power steps until the captured energy converges) for the 768×3072 result; numpy stacks all ΔW and runs a full SVD (float64 both).');
 console.log(`ours: factored SVD (QR + Jacobi on the Σrᵢ × Σrᵢ core, float64, single-threaded JS); numpy: dense ΔW sum + np.linalg.svd (OpenBLAS/LAPACK). Median of ${REPS}. Ratio = ours / numpy (lower is better).`);

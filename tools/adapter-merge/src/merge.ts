@@ -256,8 +256,10 @@ async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord,
   }
 }
 
-async function modelDir(ctx: Ctx): Promise<string> {
+/** --model, else the bundle's base_model.name when it is a model directory, else the bundled fixture model. */
+async function modelDir(ctx: Ctx, baseName?: string): Promise<string> {
   if (ctx.args.model !== undefined) return ctx.args.model;
+  if (baseName !== undefined && existsSync(path.join(baseName, 'config.json'))) return baseName;
   try {
     const fx = (await import('@catechism/core/fixtures')) as { defaultModelDir(): string };
     return fx.defaultModelDir();
@@ -279,8 +281,8 @@ async function loadRef(ctx: Ctx, ref: string) {
   }
 }
 
-async function loadBase(ctx: Ctx, withTokenizer: boolean) {
-  const dir = await modelDir(ctx);
+async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
+  const dir = await modelDir(ctx, baseName);
   const models = await import('@catechism/core/models');
   try {
     return models.loadModel(dir, { tokenizer: withTokenizer });
@@ -294,7 +296,7 @@ export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
   if (ref === undefined || rest.length !== 1) throw new UsageError('export: expected `adapter-merge export --ref REF DIR`');
   const [out] = rest;
   const { bundle } = await loadRef(ctx, ref);
-  const base = await loadBase(ctx, false);
+  const base = await loadBase(ctx, false, bundle.manifest.base_model.name);
   let res;
   try {
     res = exportMerged(base.dir, base.model, [{ adapter: bundle.adapter, scale: bundle.manifest.scale ?? 1 }], out);
@@ -326,7 +328,7 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
   if (ref === undefined || rest.length !== 1) throw new UsageError('explain: expected `adapter-merge explain --ref REF "prompt"`');
   const prompt = rest[0];
   const { reg, bundle } = await loadRef(ctx, ref);
-  const base = await loadBase(ctx, true);
+  const base = await loadBase(ctx, true, bundle.manifest.base_model.name);
   const tok = base.tokenizer!;
   const model = base.model;
   const m = bundle.manifest;

@@ -5,12 +5,12 @@
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
+import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
 import { loadModel } from '@catechism/core/models';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
-import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type ValidateContext } from './validate.js';
+import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { appendHistory } from './history.js';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
@@ -74,13 +74,13 @@ await runTool<Args>({
     if (a.device !== 'cpu') ctx.log(`--device ${a.device}: validate runs on the CPU backend`);
 
     // every record passes through as it comes; adapters, facts and probes are kept for the evaluation
-    const adapters: AnyRecord[] = [];
+    const adapters: Array<{ record: AnyRecord; source: string; index: number }> = [];
     const facts: FactLike[] = [];
     const probes: ProbeLike[] = [];
     for await (const batch of ctx.readBatches()) {
       ctx.progress.tick(batch.length);
-      for (const { record } of batch) {
-        if (record.kind === 'adapter') adapters.push(record);
+      for (const { record, source, index } of batch) {
+        if (record.kind === 'adapter') adapters.push({ record, source, index });
         else if (record.kind === 'fact') facts.push(record as unknown as FactLike);
         else if (record.kind === 'probe') probes.push(record as unknown as ProbeLike);
       }
@@ -121,8 +121,21 @@ await runTool<Args>({
     const results: AdapterResult[] = [];
     const baselineFacts: FactLike[] = [...facts];
     const baselineProbes: ProbeLike[] = [...probes];
-    for (const rec of adapters) {
-      const loaded = await loadAdapter({ record: rec, streamFacts: facts, streamProbes: probes }, model);
+    // every bundle is read and checked before anything is evaluated or recorded:
+    // a bad one is bad input (exit 2) and leaves no history behind
+    const loadedAll: LoadedAdapter[] = [];
+    for (const { record, source, index } of adapters) {
+      try {
+        loadedAll.push(await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model));
+      } catch (e) {
+        if (e instanceof InputError) throw e.locate({ source, record: index });
+        if (e instanceof Error && ['BundleError', 'ManifestError', 'ModelLoadError', 'SafetensorsError'].includes(e.name)) {
+          throw new InputError(e.message, { source, record: index, field: 'path' });
+        }
+        throw e;
+      }
+    }
+    for (const loaded of loadedAll) {
       const res = validateLoaded(vctx, loaded);
       ctx.log(`${loaded.id}: ${res.report.pass ? 'pass' : 'FAIL'}${res.report.failures.length ? ' — ' + res.report.failures.join('; ') : ''}`);
       if (a.record) {

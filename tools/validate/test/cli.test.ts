@@ -142,6 +142,19 @@ t.test('--strict exits 3 when an adapter fails; --gate overrides and is parsed s
   t.equal(missing.code, 2);
 });
 
+t.test('a record naming no bundle is bad input: exit 2, record and field named, no history written', async (t) => {
+  const dir = path.join(tmp, 'untouched');
+  writeAdapterBundle(dir, goodLora, [fact], probes);
+  const before = readFileSync(path.join(dir, 'catechism.json'), 'utf8');
+  const IN = path.join(tmp, 'badpath.ndjson');
+  writeFileSync(IN, JSON.stringify({ ...goodRec, path: dir }) + '\n' + JSON.stringify({ ...goodRec, path: path.join(tmp, 'no-such-bundle') }) + '\n');
+  const r = run([IN, ...COMMON]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /badpath\.ndjson: record 2: field "path": .*no-such-bundle/);
+  t.equal(r.reports.length, 0);
+  t.equal(readFileSync(path.join(dir, 'catechism.json'), 'utf8'), before, 'the good bundle got no report either');
+});
+
 t.test('--suite: regression probes the base model passes must keep passing', async (t) => {
   // the base model's own top-1 answers as targets, so the base passes all of them
   const prompts = ['the eiffel tower is in', 'the colosseum is in', 'madrid is a city in', 'the language of spain is'];

@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, testProbes, trainLora, writeEditBundle, editQuality, type EditFact, type Objective, type QualityFigures, type Rec, type TemplateBank,
+  resolveTargets, romeDefaultLayer, romeEdit, testProbes, trainLora, writeEditBundle, editQuality, type EditFact, type Objective, type QualityFigures, type Rec, type TemplateBank,
 } from '../../core/dist/edit/index.js';
 
 export interface TrainArgs {
@@ -36,6 +36,7 @@ export interface TrainArgs {
   rowsPerStep: number;
   batch: number;
   retainShare: number;
+  retainWeight: number;
   retainCorpus?: string;
   knownFacts?: string;
   neighbours: number;
@@ -60,6 +61,7 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   rowsPerStep: LORA_DEFAULTS.batchSize,
   batch: 0,
   retainShare: LORA_DEFAULTS.retainShare,
+  retainWeight: LORA_DEFAULTS.retainWeight,
   neighbours: 4,
   useTemplates: true,
   statsTokens: 20000,
@@ -212,7 +214,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     const tests = testProbes(batch);
     const probesForManifest = tests.length > 0 ? tests : batch.probes.filter((p) => p.role === 'edit');
     if (args.method === 'rome') {
-      const layer = args.layer ?? middleLayer(model);
+      const layer = args.layer ?? romeDefaultLayer(model.config.layers);
       const statsCorpus = args.statsCorpus ? readCorpusLines(args.statsCorpus) : generalDocs;
       if (statsCorpus.length === 0) throw new UsageError('ROME needs a statistics corpus: give --stats-corpus FILE (one document per line)');
       const stats = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: args.statsTokens, cacheDir: args.statsCache, log: ctx.log });
@@ -239,16 +241,23 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     }
     const targets = chooseTargets(model, args, batch.loci);
     const examples = buildExamples(tok, batch, { templates: res.templates, seed });
-    const neighbours = neighbourFacts(res.known, batch.facts, args.neighbours, seed);
-    const retain = buildRetain(tok, { documents: generalDocs, prompts: neighbours.map((n) => n.prompt) }, { seed, maxDocuments: 32, maxPrompts: 64 });
+    // neighbours in every training template of their relation, as the edit rows are: otherwise the
+    // edit leaks into the templates only the edit rows use
+    const neighbourPrompts: string[] = [];
+    for (const n of neighbourFacts(res.known, batch.facts, args.neighbours, seed)) {
+      const bank = res.templates?.train.get(n.relation);
+      if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
+      else neighbourPrompts.push(n.prompt);
+    }
+    const retain = buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 });
     const hyper = {
       objective: args.objective, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phase_a_steps: args.objective === 'distill' ? args.phaseASteps : 0, rows_per_step: args.rowsPerStep,
-      retain_share: args.retainShare, neighbours_per_fact: args.neighbours, targets,
+      retain_share: args.retainShare, retain_weight: args.retainWeight, neighbours_per_fact: args.neighbours, targets,
     };
     const r = trainLora(model, examples, retain, {
       ...LORA_DEFAULTS, objective: args.objective, targets, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
-      phaseASteps: args.phaseASteps, seed, retainShare: args.retainShare, batchSize: args.rowsPerStep, name: `batch-${bi}`,
+      phaseASteps: args.phaseASteps, seed, retainShare: args.retainShare, retainWeight: args.retainWeight, batchSize: args.rowsPerStep, name: `batch-${bi}`,
       log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
     });
     const rec = await writeEditBundle(
@@ -347,6 +356,6 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
       for (const n of neighbourFacts(res.known, e.facts, args.neighbours, args.seed + i)) avoid.add(n.prompt);
     });
   }
-  const figures = editQuality(res.model, res.tokenizer, edits, { templates: res.templates, known: res.known, neighboursPerFact: 5, avoid });
+  const figures = editQuality(res.model, res.tokenizer, edits, { templates: res.templates, known: res.known, neighboursPerFact: 20, avoid });
   return { figures, seconds, editsPerSecond: facts.length / seconds, adapters: records.length, bytesPerAdapter: bytes / Math.max(1, records.length), records };
 }

@@ -23,6 +23,7 @@ interface Args {
   'rows-per-step': number;
   batch: number;
   'retain-share': number;
+  'retain-weight': number;
   'retain-corpus'?: string;
   'known-facts'?: string;
   neighbours: number;
@@ -58,7 +59,7 @@ await runTool<Args>({
     objective: { choices: ['distill', 'sft'], default: d.objective, describe: 'LoRA objective' },
     targets: { type: 'array', string: true, describe: 'target modules by name or pattern ({L} = --layer, * = any one name part); default: top loci, else the middle layer\'s MLP output' },
     'top-k': { type: 'number', default: d.topK, describe: 'modules taken from the locus records' },
-    layer: { type: 'number', describe: 'layer for default targets and ROME (default: the middle layer)' },
+    layer: { type: 'number', describe: 'layer for default targets (default: the middle layer) and ROME (default: about 35% of the depth)' },
     rank: { type: 'number', default: d.rank, describe: 'LoRA rank' },
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
@@ -67,6 +68,7 @@ await runTool<Args>({
     'rows-per-step': { type: 'number', default: d.rowsPerStep, describe: 'training rows (prompts) per step' },
     batch: { type: 'number', default: d.batch, describe: 'facts per adapter (0: all in one)' },
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows (general text, neighbour prompts) per step' },
+    'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the KL-to-base retention term' },
     'retain-corpus': { type: 'string', describe: 'general text for retention, one document per line (default: the fixture world\'s train.txt)' },
     'known-facts': { type: 'string', describe: 'fact records whose answers neighbour prompts keep (default: the world\'s facts.ndjson)' },
     neighbours: { type: 'number', default: d.neighbours, describe: 'neighbour prompts per fact (same relation, other subjects)' },
@@ -94,6 +96,7 @@ await runTool<Args>({
     posInt('rome-prefixes', a['rome-prefixes'], 0);
     if (a.layer !== undefined) posInt('layer', a.layer, 0);
     if (!(a['retain-share'] >= 0 && a['retain-share'] < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${a['retain-share']}`);
+    if (!(a['retain-weight'] >= 0)) throw new UsageError(`--retain-weight: expected a number ≥ 0, got ${a['retain-weight']}`);
     if (!(a.lr > 0)) throw new UsageError(`--lr: expected a positive number, got ${a.lr}`);
     if (!(a.alpha > 0)) throw new UsageError(`--alpha: expected a positive number, got ${a.alpha}`);
     if (a['created-at'] !== undefined && Number.isNaN(Date.parse(a['created-at']))) throw new UsageError(`--created-at: not a timestamp: ${a['created-at']}`);
@@ -101,7 +104,7 @@ await runTool<Args>({
     const args: TrainArgs = {
       model: a.model, seed: a.seed, registry: a.registry, out: a.out, method: a.method, objective: a.objective, targets: a.targets,
       topK: a['top-k'], layer: a.layer, rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
-      rowsPerStep: a['rows-per-step'], batch: a.batch, retainShare: a['retain-share'], retainCorpus: a['retain-corpus'],
+      rowsPerStep: a['rows-per-step'], batch: a.batch, retainShare: a['retain-share'], retainWeight: a['retain-weight'], retainCorpus: a['retain-corpus'],
       knownFacts: a['known-facts'], neighbours: a.neighbours, templates: a.templates, useTemplates: a['use-templates'],
       statsCorpus: a['stats-corpus'], statsTokens: a['stats-tokens'], statsCache: a['stats-cache'], romePrefixes: a['rome-prefixes'],
       createdAt: a['created-at'],

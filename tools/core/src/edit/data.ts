@@ -249,16 +249,16 @@ export function readCorpusLines(file: string, limit = Infinity): string[] {
  * relations (from a facts file such as fixtures/world/facts.ndjson), with
  * their answers, for keeping them unchanged.
  */
-export function neighbourFacts(known: readonly Rec[], batch: readonly EditFact[], perFact: number, seed = 0): Array<{ prompt: string; target: string; relation: string }> {
+export function neighbourFacts(known: readonly Rec[], batch: readonly EditFact[], perFact: number, seed = 0): Array<{ prompt: string; target: string; relation: string; subject: string }> {
   const rng = new Rng(seed);
   const subjects = new Set(batch.map((f) => f.subject));
-  const out: Array<{ prompt: string; target: string; relation: string }> = [];
+  const out: Array<{ prompt: string; target: string; relation: string; subject: string }> = [];
   for (const f of batch) {
     const same = known.filter(
       (k) => k.relation === f.relation && typeof k.subject === 'string' && !subjects.has(k.subject) && typeof k.target_true === 'string' && typeof k.prompt === 'string',
     );
     for (const k of rng.shuffle(same.slice()).slice(0, perFact)) {
-      out.push({ prompt: (k.prompt as string).replace('{}', k.subject as string), target: k.target_true as string, relation: k.relation as string });
+      out.push({ prompt: (k.prompt as string).replace('{}', k.subject as string), target: k.target_true as string, relation: k.relation as string, subject: k.subject as string });
     }
   }
   return out;

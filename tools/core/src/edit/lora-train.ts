@@ -75,7 +75,7 @@ export const LORA_DEFAULTS: Omit<LoraTrainOptions, 'targets' | 'name' | 'log'> =
   ceWeight: 1,
   klWeight: 1,
   mseWeight: 0.5,
-  retainWeight: 1,
+  retainWeight: 10,
   forgetWeight: 1,
   forgetFloor: 0.02,
   evalEvery: 5,

@@ -4,7 +4,8 @@
  *
  *   efficacy     insert: target_new is top-1 on the edit prompt
  *   paraphrase   insert: the same on held-out templates (never trained on)
- *   neighbourhood other subjects of the same relations keep the base model's top-1
+ *   neighbourhood other subjects of the same relations that the base model
+ *                answers correctly still do
  *   forgotten    forget: the old answer is NOT top-1 on edit + held-out prompts
  */
 import type { CausalLM } from '../models/causal-lm.js';
@@ -52,7 +53,7 @@ export function editQuality(
       const eff: Row[] = [];
       const para: Row[] = [];
       const forg: Row[] = [];
-      const neigh: number[][] = [];
+      const neigh: Row[] = [];
       const subjects = new Set(facts.map((f) => f.subject));
       for (const f of facts) {
         const prompt = f.prompt.replace('{}', f.subject);
@@ -65,19 +66,21 @@ export function editQuality(
           for (const h of held) forg.push(row(tok, h.replace('{}', f.subject), f.target_true!));
         }
         const same = opts.known.filter(
-          (k) => k.relation === f.relation && typeof k.subject === 'string' && !subjects.has(k.subject) && typeof k.prompt === 'string',
+          (k) => k.relation === f.relation && typeof k.subject === 'string' && !subjects.has(k.subject) && typeof k.prompt === 'string' && typeof k.target_true === 'string',
         );
         let taken = 0;
         for (const k of rng.shuffle(same.slice())) {
           if (taken >= per) break;
           const p = (k.prompt as string).replace('{}', k.subject as string);
           if (opts.avoid?.has(p)) continue;
-          neigh.push(tok.encode(p));
+          neigh.push(row(tok, p, k.target_true as string));
           taken++;
         }
       }
+      // neighbours the base model answers correctly: knowledge that must survive the edit
       model.setAdapters([]);
-      const baseNeigh = neigh.length ? top1(model, neigh) : [];
+      const baseNeigh = neigh.length ? top1(model, neigh.map((r) => r.ids)) : [];
+      const known = neigh.filter((r, i) => baseNeigh[i] === r.target);
       model.setAdapters([{ adapter }]);
       const score = (rows: Row[], key: 'efficacy' | 'paraphrase' | 'forgotten', want: boolean) => {
         if (!rows.length) return;
@@ -90,11 +93,11 @@ export function editQuality(
       score(eff, 'efficacy', true);
       score(para, 'paraphrase', true);
       score(forg, 'forgotten', false);
-      if (neigh.length) {
-        const p = top1(model, neigh);
+      if (known.length) {
+        const p = top1(model, known.map((r) => r.ids));
         p.forEach((t, i) => {
           acc.neighbourhood[1]++;
-          if (t === baseNeigh[i]) acc.neighbourhood[0]++;
+          if (t === known[i].target) acc.neighbourhood[0]++;
         });
       }
     }

@@ -160,16 +160,31 @@ export interface RomeOptions {
   name: string;
 }
 
-/** ROME's published hyperparameters (GPT-2 XL) where they carry over; ridge and lr scaling are ours. */
+/**
+ * ROME's published hyperparameters (GPT-2 XL: KL factor 0.0625, clamp 4) where
+ * they carried over; measured on a 4-layer world model (5 edits, efficacy):
+ * 25 steps at lr 0.5 with weight decay 0.5 left the target's NLL at 2–4 (60%);
+ * 100 steps at lr 2 (× the RMS of the MLP output) with weight decay 0.05
+ * reached every target (100%). The ridge is ours (C from a small corpus).
+ */
 export const ROME_DEFAULTS: Omit<RomeOptions, 'layer' | 'prefixes' | 'name'> = {
-  vSteps: 25,
-  vLr: 0.5,
+  vSteps: 100,
+  vLr: 2,
   klWeight: 0.0625,
-  weightDecay: 0.5,
+  weightDecay: 0.05,
   clamp: 4,
   ridge: 1e-3,
   nllStop: 0.05,
 };
+
+/**
+ * ROME's default layer: about 35% of the depth, one earlier (GPT-2 XL: 16 of
+ * 48, next to the paper's 17; a 4-layer model: 0, which edited 5/5 facts
+ * where layer 1 edited 3/5).
+ */
+export function romeDefaultLayer(layers: number): number {
+  return Math.max(0, Math.round(0.35 * layers) - 1);
+}
 
 export interface RomeResult {
   adapter: LoraAdapter;

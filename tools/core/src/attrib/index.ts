@@ -154,16 +154,22 @@ function repeatIds(ids: readonly number[], B: number): Int32Array {
 }
 
 /** The embed hook adding noise draw noiseOf(row) at the subject's positions of every row. */
-function noiseHook(input: AttribInput, noise: Float32Array[], B: number, noiseOf: (row: number) => number, H: number) {
+function noiseHook(
+  input: AttribInput, noise: Float32Array[], B: number, noiseOf: (row: number) => number, H: number, skip?: ReadonlySet<number>,
+) {
   const [s0, s1] = input.subject;
-  const n = s1 - s0;
   const positions: Array<[number, number]> = [];
-  const value = new Float32Array(B * n * H);
+  const rows: Float32Array[] = [];
   for (let b = 0; b < B; b++) {
-    for (let t = s0; t < s1; t++) positions.push([b, t]);
-    value.set(noise[noiseOf(b)], b * n * H);
+    for (let t = s0; t < s1; t++) {
+      if (skip?.has(t)) continue;
+      positions.push([b, t]);
+      rows.push(noise[noiseOf(b)].subarray((t - s0) * H, (t - s0 + 1) * H));
+    }
   }
-  return { value: fromData(value, [B * n, H]), positions };
+  const v = new Float32Array(rows.length * H);
+  rows.forEach((r, i) => v.set(r, i * H));
+  return { value: fromData(v, [rows.length, H]), positions };
 }
 
 /** P(target) at the last position of each of B rows. */
@@ -288,9 +294,12 @@ export function restoredProb(
   const cap: Hooks = {};
   for (const r of restore) cap[r.site] = { capture: (x, s) => acts.set(s, x.data.slice()) };
   noGrad(() => model.forward(Int32Array.from(input.ids), [1, T], { hooks: cap, skipLogits: true }));
-  const hooks: Hooks = { embed: { add: noiseHook(input, noise, S, (b) => b, H) } };
   const bySite = new Map<string, number[]>();
   for (const r of restore) bySite.set(r.site, [...(bySite.get(r.site) ?? []), r.position]);
+  // a restored embedding row is the clean one: no noise there
+  const skip = new Set(bySite.get('embed') ?? []);
+  const noised = noiseHook(input, noise, S, (b) => b, H, skip);
+  const hooks: Hooks = noised.positions.length > 0 ? { embed: { add: noised } } : {};
   for (const [s, ts] of bySite) {
     const src = acts.get(s)!;
     const v = new Float32Array(S * ts.length * H);
@@ -302,7 +311,7 @@ export function restoredProb(
         v.set(src.subarray(t * H, (t + 1) * H), i++ * H);
       }
     }
-    hooks[s] = { patch: { value: fromData(v, [S * ts.length, H]), positions } };
+    hooks[s] = { ...hooks[s], patch: { value: fromData(v, [S * ts.length, H]), positions } };
   }
   const { logits } = noGrad(() => model.forward(repeatIds(input.ids, S), [S, T], { hooks, logitsAt: lastRows(S, T) }));
   return targetProbs(logits, input.target).reduce((a, b) => a + b, 0) / S;

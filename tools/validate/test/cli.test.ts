@@ -233,6 +233,13 @@ t.test('reports are appended to the validation history: manifest of a plain bund
   t.same(m.validation.map((x: any) => x.created_at), [a.reports[0].created_at, b.reports[0].created_at]);
   t.same(m.validation[1].metrics, b.reports[0].metrics);
   t.notOk(existsSync(`${dir}.lock`), 'lock released');
+  // two runs at once: the lock serialises the rewrites, neither entry is lost
+  const both = await Promise.all([0, 1].map(() => new Promise<number | null>((res) => {
+    const p = spawn(process.execPath, [MAIN, rec, ...COMMON, '--no-fluency', '-q'], { cwd: tmp, stdio: 'ignore' });
+    p.on('close', res);
+  })));
+  t.same(both, [0, 0]);
+  t.equal(JSON.parse(readFileSync(path.join(dir, 'catechism.json'), 'utf8')).validation.length, 4);
   t.notOk(a.reports[0].metrics.fluency !== undefined, '--no-fluency skips generation');
 
   // stored in a registry: the report goes to reports/<sha>.ndjson, the object is untouched

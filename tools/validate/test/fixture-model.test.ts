@@ -74,17 +74,22 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
     const fact = known[0];
     const subjectOf = (p: Record<string, any>) => p.subject as string | undefined;
     // neighbours: other subjects, same relation, prompts from the training eval set
-    const neighbours = lines(path.join(WORLD, 'eval/facts-train.ndjson'))
+    const trainProbes = lines(path.join(WORLD, 'eval/facts-train.ndjson'));
+    const neighbours = trainProbes
       .filter((p) => p.relation === fact.relation && subjectOf(p) !== fact.subject)
-      .slice(0, 8)
+      .slice(0, 10)
       .map((p) => ({ kind: 'probe', fact_id: fact.id, role: 'neighborhood', split: 'test', prompt: p.prompt, target: p.target, expect: 'unchanged' }));
+    // generation prompts about the subject's other relations (fluency), as probe-gen writes them
+    const generation = trainProbes
+      .filter((p) => subjectOf(p) === fact.subject && p.relation !== fact.relation)
+      .map((p) => ({ kind: 'probe', fact_id: fact.id, role: 'generation', split: 'test', prompt: p.prompt, expect: 'new' }));
     const docs = readFileSync(path.join(WORLD, 'train.txt'), 'utf8').split('\n').filter(Boolean);
     const covariance = docs.filter((_, i) => i % Math.max(1, Math.floor(docs.length / 400)) === 0);
     const good = romeMlpEdit(model, tok, fact as any, { covarianceTexts: covariance });
     const bad = randomLora(model, 'bad-random', 7, { std: 1 });
     const recs = [
-      writeAdapterBundle(path.join(tmp, 'good'), good, [fact as any], neighbours as any),
-      writeAdapterBundle(path.join(tmp, 'bad'), bad, [fact as any], neighbours as any, { id: 'bad-random' }),
+      writeAdapterBundle(path.join(tmp, 'good'), good, [fact as any], [...neighbours, ...generation] as any),
+      writeAdapterBundle(path.join(tmp, 'bad'), bad, [fact as any], [...neighbours, ...generation] as any, { id: 'bad-random' }),
     ];
     const IN = path.join(tmp, 'adapters.ndjson');
     writeFileSync(IN, recs.map((r) => JSON.stringify(r)).join('\n') + '\n');

@@ -144,8 +144,15 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
       current = await loadParent(stored.path, head.bundle).catch((e) => { throw libError(e); });
       parents.push(current);
       seen.add(current.sha256);
-      // adapters REF already holds (its parents) are not merged in twice
-      for (const q of current.manifest.parents) seen.add(q.sha256);
+      // adapters REF already holds (its ancestors, as far as the registry has them) are not merged in twice
+      const queue = current.manifest.parents.map((q) => q.sha256);
+      while (queue.length > 0) {
+        const q = queue.pop()!;
+        if (seen.has(q)) continue;
+        seen.add(q);
+        const stored = await reg.get(q).catch(() => null); // parents given by path only are not stored
+        if (stored) queue.push(...stored.manifest.parents.map((x) => x.sha256));
+      }
       ctx.log(`${a.into} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
     } else ctx.log(`${a.into} does not exist yet; it will hold the merge of the input alone`);
   }
@@ -213,7 +220,7 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     else await ctx.out.write(rec as unknown as AnyRecord);
     if (a.into !== undefined) {
       try {
-        await promoteInto(ctx, reg, a.into, rec as unknown as AnyRecord, sha);
+        await promoteInto(ctx, reg, a.into, rec as unknown as AnyRecord, sha, current?.sha256 ?? null);
       } catch (e) {
         await ctx.out.end(); // what was stored and attached must be on stdout before the failing exit
         throw e;
@@ -225,7 +232,7 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
 }
 
 /** Validate the merged bundle (pluggable) and promote it to REF only on pass. */
-async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord, sha: string): Promise<void> {
+async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord, sha: string, mergedWith: string | null): Promise<void> {
   const a = ctx.args;
   const validator = findValidator(a.validator);
   const meta = { message: a.message ?? `consolidate into ${ref}`, author: a.author ?? null };
@@ -247,6 +254,11 @@ async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord,
       const stored = await reg.addReport(sha, { ...r, adapter_id: rec.id }, meta).catch((e) => { throw libError(e); });
       if (!a.text) await ctx.out.write(stored.report as unknown as AnyRecord);
     }
+  }
+  // another writer may have moved REF while we merged and validated: promoting now would drop its change
+  const head = await reg.head(ref).catch((e) => { throw libError(e); });
+  if ((head?.bundle ?? null) !== mergedWith) {
+    throw new RegistryError(`${ref} moved while merging (it was ${mergedWith?.slice(0, 12) ?? 'empty'}, now ${head?.bundle.slice(0, 12) ?? 'empty'}); ${sha.slice(0, 12)} is stored but NOT promoted; run the merge again`, 1);
   }
   const r = await reg.promote(ref, { id: sha }, { ...meta, force: a.force }).catch((e) => { throw libError(e); });
   if (r.event) {

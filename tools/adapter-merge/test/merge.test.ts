@@ -67,6 +67,7 @@ t.before(async () => {
   await mk('a', 1, TARGETS.a, 2);
   await mk('b', 2, TARGETS.b, 3);
   await mk('c', 3, TARGETS.b, 2);
+  await mk('d', 5, TARGETS.b, 2);
   await mk('other', 4, TARGETS.b, 2, { base_model: { name: 'other-base', sha256: sha256Hex('other-base') } });
 });
 
@@ -165,10 +166,16 @@ t.test('--into: refuses without a validator (unless --force), promotes on a pass
   t.equal(v2.rank, 7, 'cat: rank of live (5) + c (2)');
   const log = am(['log', 'live']);
   t.same(log.records.map((e) => e.bundle), [v1.sha256, v2.sha256]);
-  // nothing new: nothing happens
-  const same = am(['--into', 'live', '--validator', passing], rec('c'));
+  // nothing new: nothing happens (c is a parent of live v2; a is a parent of its parent live v1)
+  const same = am(['--into', 'live', '--validator', passing], [rec('c'), rec('a')].join('\n'));
   t.equal(same.code, 0);
   t.match(same.stderr, /no new adapters for live; nothing to do/);
+  // another writer moves live while we validate: we must not promote over its change
+  const sneaky = `cat >/dev/null; "${process.execPath}" "${MAIN}" promote live "${dirs.c}" --force --registry "${REG}" >/dev/null 2>&1; echo '{"kind":"report","adapter_id":"x","pass":true}'`;
+  fails(t, am(['--into', 'live', '--validator', sneaky], rec('d')), 1, /live moved while merging \(it was [0-9a-f]{12}, now [0-9a-f]{12}\); [0-9a-f]{12} is stored but NOT promoted/);
+  const after = am(['log', 'live']).records;
+  t.equal(after.length, 3, 'only the other writer\'s promotion was recorded');
+  t.equal(after[2].bundle, shas.c);
   // --force without a validator is logged as such
   const forced = am(['--into', 'canary', '--force'], rec('b'));
   t.equal(forced.code, 0, forced.stderr);
@@ -178,7 +185,7 @@ t.test('--into: refuses without a validator (unless --force), promotes on a pass
 
 t.test('explain and export on the golden GPT-2', async (t) => {
   const model = ['--model', GPT2];
-  const ex = am(['explain', '--ref', 'live', 'hello world', ...model]);
+  const ex = am(['explain', '--ref', 'live@2', 'hello world', ...model]);
   t.equal(ex.code, 0, ex.stderr);
   const e = ex.records[0] as { kind: string; contributions: { id: string; ablation: string; delta_logprob: number; fact_ids: string[] }[]; adapted: { logprob: number }; base: { logprob: number } };
   t.equal(e.kind, 'explain');
@@ -191,18 +198,18 @@ t.test('explain and export on the golden GPT-2', async (t) => {
   t.match(txt.stdout, /answer "lo"/);
   t.match(txt.stdout, /a v1 [0-9a-f]{12} facts a-fact/);
   const out = path.join(tmp, 'exported');
-  const xp = am(['export', '--ref', 'live', out, ...model]);
+  const xp = am(['export', '--ref', 'live@2', out, ...model]);
   t.equal(xp.code, 0, xp.stderr);
   t.same((xp.records[0].files as string[]).slice(0, 3), ['config.json', 'model.safetensors', 'tokenizer.json']);
   // the exported model's logits equal the base model running live's adapter
   const ids = Int32Array.from([3, 14, 15, 92, 65]);
   const { model: exported } = loadModel(out, { tokenizer: false });
   const { model: baseModel } = loadModel(GPT2, { tokenizer: false });
-  baseModel.setAdapters([{ adapter: loadLora(String(am(['show', 'live']).records[0].path)) }]);
+  baseModel.setAdapters([{ adapter: loadLora(String(am(['show', 'live@2']).records[0].path)) }]);
   const want = baseModel.forward(ids, [1, 5]).logits.data;
   const got = exported.forward(ids, [1, 5]).logits.data;
   t.ok(maxAbsDiff(got, want) < 1e-4, `exported logits = adapted logits (${maxAbsDiff(got, want)})`);
-  fails(t, am(['export', '--ref', 'live', out, ...model]), 2, /exists and is not empty/);
+  fails(t, am(['export', '--ref', 'live@2', out, ...model]), 2, /exists and is not empty/);
   fails(t, am(['explain', '--ref', 'nosuchref', 'x', ...model]), 2, /nothing in .* matches "nosuchref"/);
   // an svd merge of stored parents: each parent is ablated by subtracting it (approximate, and said so)
   const added = am(['add', dirs.a, dirs.b]);

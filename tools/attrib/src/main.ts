@@ -136,6 +136,10 @@ await runTool<Args>({
       }
       ctx.progress.tick();
     }
-    if (bad.length > 0) throw new InputError(`${bad.length} bad record(s); first: ${bad[0]}`);
+    if (bad.length > 0) {
+      // flush what passed through before the error exit (runTool exits without flushing)
+      await ctx.out.end();
+      throw new InputError(`${bad.length} bad record(s); first: ${bad[0]}`);
+    }
   },
 });

@@ -14,8 +14,19 @@
 // base model's top-1), forgotten (old answer no longer top-1).
 // The ratio column compares with the issue's gate (figure / gate).
 //
+// Speed vs PyTorch (rome-small): one ROME edit on a GPT-2-small-shaped model
+// with random weights (12 layers, 768 wide, vocab 50257; layer 3; 6 rewriting
+// prompts; exactly BENCH_ROME_STEPS δ steps on both sides, no early stop),
+// key statistics computed beforehand (cached) on both sides; ours vs
+// scripts/bench/rome_torch.py (Debian's python3-torch, same thread count).
+// Our first edit also factorises C (3072²; reused by later edits at the
+// layer); the ratio uses the median of the later edits vs PyTorch's median
+// (which solves each time, as ROME does).
+//
 // Env: BENCH_EDIT_MODEL (model dir), BENCH_EDIT_ONLY (comma list of rows:
-// distill,sft,forget,rome), BENCH_EDIT_ROME_FACTS (default 20).
+// distill,sft,forget,rome,rome-small), BENCH_EDIT_ROME_FACTS (default 20),
+// BENCH_ROME_STEPS (default 20), BENCH_THREADS (default: all cores),
+// TORCH_PYTHON (default /usr/bin/python3).
 // Markdown table on stdout; progress on stderr.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -29,7 +40,7 @@ if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
   console.error(`lora-train bench: no model at ${modelDir} (train the fixture model or set BENCH_EDIT_MODEL)`);
   process.exit(1);
 }
-const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome').split(',');
+const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome,rome-small').split(',');
 const romeFacts = Number(process.env.BENCH_EDIT_ROME_FACTS ?? 20);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-lora-train-'));
 const cache = path.join(tmp, 'cache');
@@ -64,8 +75,72 @@ if (only.includes('rome')) {
   await row(`rome (${romeFacts} edits, stats cached)`, { method: 'rome', op: 'insert', count: romeFacts, skip: 20 });
 }
 
+const speed = [];
+if (only.includes('rome-small')) {
+  const { spawnSync } = await import('node:child_process');
+  const core = await import('@catechism/core');
+  const kernels = await import('@catechism/kernels');
+  const edit = await import('../../tools/core/dist/edit/index.js');
+  const threads = Number(process.env.BENCH_THREADS ?? os.availableParallelism());
+  kernels.setThreads(threads);
+  const steps = Number(process.env.BENCH_ROME_STEPS ?? 20);
+  const cfg = core.parseConfig({ model_type: 'gpt2', n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024, layer_norm_epsilon: 1e-5 });
+  process.stderr.write('lora-train bench: rome-small (GPT-2-small shape, random weights)\n');
+  const model = core.CausalLM.random(cfg, 0, 0.02);
+  // a word-level stand-in tokenizer: one id per word (random weights, so only the shapes matter)
+  const idOf = (w) => {
+    let h = 2166136261;
+    for (const c of w) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+    return h % cfg.vocabSize;
+  };
+  const tok = { encode: (text) => text.split(' ').filter(Boolean).map(idOf) };
+  const layer = edit.romeDefaultLayer(cfg.layers);
+  const rng = new core.Rng(1);
+  const words = Array.from({ length: 500 }, (_, i) => `w${i}`);
+  const docs = Array.from({ length: 32 }, () => Array.from({ length: 64 }, () => rng.pick(words)).join(' '));
+  const statsTokens = 2048;
+  const stats = edit.computeKeyStats(model, tok, docs, layer, statsTokens);
+  const prefixes = Array.from({ length: 5 }, () => Array.from({ length: 5 }, () => rng.pick(words)).join(' ') + '.');
+  const facts = [0, 1, 2].map((i) => edit.checkFact({ kind: 'fact', id: `s${i}`, subject: `Subject${i} Name${i}`, prompt: '{} works for the company', target_new: `Target${i}`, op: 'insert' }));
+  const opts = { ...edit.ROME_DEFAULTS, vSteps: steps, nllStop: -1, layer, prefixes };
+  const ours = facts.map((f) => {
+    const t0 = process.hrtime.bigint();
+    edit.romeEdit(model, tok, f, stats, { ...opts, name: f.id });
+    return Number(process.hrtime.bigint() - t0) / 1e9;
+  });
+  // the same rows for PyTorch
+  const tedits = facts.map((f) => {
+    const rows = [''].concat(prefixes).map((pre) => {
+      const prompt = (pre ? `${pre} ` : '') + f.prompt.replace('{}', f.subject);
+      const p = edit.encodePair(tok, prompt, f.target_new);
+      return { p, subj: edit.subjectSpan(tok, p.promptIds, f.subject)[1] - 1 };
+    });
+    const essence = tok.encode(`${f.subject} is a`);
+    return { rows: rows.map((r) => r.p.promptIds), targets: rows.map((r) => r.p.targetIds), subj: rows.map((r) => r.subj), essence, essence_subj: edit.subjectSpan(tok, essence, f.subject)[1] - 1 };
+  });
+  const py = process.env.TORCH_PYTHON ?? '/usr/bin/python3';
+  const input = JSON.stringify({ layer, threads, edits: tedits, v_steps: steps, v_lr: opts.vLr, kl: opts.klWeight, wd: opts.weightDecay, clamp: opts.clamp, ridge: opts.ridge, stats_tokens: statsTokens });
+  const r = spawnSync(py, [path.join(path.dirname(new URL(import.meta.url).pathname), 'rome_torch.py')], { input, encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
+  const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const oursMed = med(ours.slice(1));
+  if (r.status !== 0) {
+    process.stderr.write(`rome_torch.py failed (${r.status}): ${r.stderr.slice(-500)}\n`);
+    speed.push(`| ROME edit, GPT-2-small shape, ${steps} δ steps, ${threads} threads | ${oursMed.toFixed(2)} (1st: ${ours[0].toFixed(2)}) | — | — |`);
+  } else {
+    const t = JSON.parse(r.stdout);
+    const tm = med(t.seconds);
+    speed.push(`| ROME edit, GPT-2-small shape, ${steps} δ steps, ${threads} threads | ${oursMed.toFixed(2)} (1st, with C factorisation: ${ours[0].toFixed(2)}) | ${tm.toFixed(2)} (torch ${t.torch}) | ${(oursMed / tm).toFixed(2)} |`);
+  }
+}
+
 console.log(`### lora-train on ${path.relative(process.cwd(), modelDir) || modelDir} (${res.model.config.layers} layers, hidden ${res.model.config.hidden})\n`);
 console.log('| run | facts | adapters | seconds | edits/s | KiB/adapter | quality | specificity | figure / gate (eff 95%, para 80%, neigh 90%; forget 90%, kept 90%) |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
 for (const r of rows) console.log(r);
+if (speed.length) {
+  console.log('\n### ROME speed vs PyTorch (statistics cached on both sides)\n');
+  console.log('| case | ours s/edit | PyTorch s/edit | ours / PyTorch |');
+  console.log('| --- | ---: | ---: | ---: |');
+  for (const r of speed) console.log(r);
+}
 fs.rmSync(tmp, { recursive: true, force: true });

@@ -113,19 +113,26 @@ export function keyStatsCached(
   return { ...s, cached: false, file };
 }
 
-/** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */
-export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: number): Float64Array {
+/** Lower Cholesky factor of M + λI (float64); throws when not positive definite. */
+export function cholesky(M: Float64Array, n: number, ridge: number): Float64Array {
   const L = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     for (let j = 0; j <= i; j++) {
       let s = M[i * n + j] + (i === j ? ridge : 0);
-      for (let k = 0; k < j; k++) s -= L[i * n + k] * L[j * n + k];
+      const ri = i * n;
+      const rj = j * n;
+      for (let k = 0; k < j; k++) s -= L[ri + k] * L[rj + k];
       if (i === j) {
         if (!(s > 0)) throw new RangeError(`ROME: key covariance is not positive definite at ${i} (increase the ridge or the statistics corpus)`);
-        L[i * n + i] = Math.sqrt(s);
-      } else L[i * n + j] = s / L[j * n + j];
+        L[ri + i] = Math.sqrt(s);
+      } else L[ri + j] = s / L[rj + j];
     }
   }
+  return L;
+}
+
+/** Solve L Lᵀ x = b by forward and back substitution. */
+export function cholSolve(L: Float64Array, n: number, b: Float64Array): Float64Array {
   const y = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     let s = b[i];
@@ -140,6 +147,14 @@ export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: num
   }
   return x;
 }
+
+/** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */
+export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: number): Float64Array {
+  return cholSolve(cholesky(M, n, ridge), n, b);
+}
+
+// one factorisation per statistics object and ridge: later edits at the layer only substitute
+const factors = new WeakMap<KeyStats, { ridge: number; L: Float64Array }>();
 
 export interface RomeOptions {
   layer: number;
@@ -285,7 +300,13 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     // rank-one update
     let tr = 0;
     for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
-    const cInvK = solveSpd(stats.moment, D, kStar, (opts.ridge * tr) / D);
+    const ridge = (opts.ridge * tr) / D;
+    let f = factors.get(stats);
+    if (!f || f.ridge !== ridge) {
+      f = { ridge, L: cholesky(stats.moment, D, ridge) };
+      factors.set(stats, f);
+    }
+    const cInvK = cholSolve(f.L, D, kStar);
     let denom = 0;
     for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
     const A = new Float32Array(D);

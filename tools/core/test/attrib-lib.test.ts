@@ -49,7 +49,20 @@ for (const name of ['gpt2', 'llama', 'mixtral']) {
     const last = tr.effects.resid_post![(L - 1) * T + T - 1];
     t.ok(Math.abs(last - (tr.pClean - tr.pCorrupt)) < 1e-6, `last resid effect ${last} = P_clean − P_corrupt ${tr.pClean - tr.pCorrupt}`);
     // the last layer at any other position cannot reach the prediction
-    for (let p = 0; p < T - 1; p++) t.ok(Math.abs(tr.effects.mlp![(L - 1) * T + p]) < 1e-6, `last-layer mlp at ${p} has no effect`);
+    // (the trace skips those cells; check the claim by running them)
+    for (const p of [0, T - 2]) {
+      const rp0 = restoredProb(model, input, [{ site: `layers.${L - 1}.mlp`, position: p }], noise);
+      t.ok(Math.abs(rp0 - tr.pCorrupt) < 1e-6, `last-layer mlp at ${p} has no effect`);
+      t.equal(tr.effects.mlp![(L - 1) * T + p], 0);
+    }
+    // nor can anything before the subject (clean and corrupted activations agree there)
+    const pre = prepareFact(tokenizer, 'so {} works for', FACT.subject, FACT.target);
+    t.ok(pre.subject[0] > 0);
+    const preNoise = drawNoise(model, pre, { samples: 2, rng: new Rng(8) });
+    const preTr = causalTrace(model, pre, { noiseDraws: preNoise, kinds: ['resid_post'] });
+    const rpPre = restoredProb(model, pre, [{ site: 'layers.0.resid_post', position: 0 }], preNoise);
+    t.ok(Math.abs(rpPre - preTr.pCorrupt) < 1e-6, 'restoring before the subject has no effect');
+    t.equal(preTr.effects.resid_post![0], 0);
     t.ok(Math.abs(tr.pCorrupt - tr.pClean) > 1e-5, 'the noise changes the prediction');
     // restoring the full clean embedding recovers P_clean
     const all = input.ids.map((_, p) => ({ site: 'embed', position: p }));

@@ -244,8 +244,13 @@ export function causalTrace(model: CausalLM, input: AttribInput, opts: TraceOpti
   );
   const pCorr = targetProbs(corr.logits, input.target);
   const pCorrupt = pCorr.reduce((a, b) => a + b, 0) / S;
+  // Cells whose effect is exactly zero are not run: before the subject the clean and
+  // corrupted activations are equal (causal attention), and the last layer reaches the
+  // prediction only through the final position.
   const jobs: Array<[SiteKind, number, number]> = [];
-  for (const k of kinds) for (let l = 0; l < L; l++) for (let t = 0; t < T; t++) jobs.push([k, l, t]);
+  for (const k of kinds) {
+    for (let l = 0; l < L; l++) for (let t = input.subject[0]; t < T; t++) if (l < L - 1 || t === T - 1) jobs.push([k, l, t]);
+  }
   const effects: Partial<Record<SiteKind, Float64Array>> = {};
   for (const k of kinds) effects[k] = new Float64Array(L * T);
   const per = Math.max(1, Math.floor((opts.batchRows ?? 64) / S));

@@ -77,15 +77,19 @@ t.test('runtime failures exit 1', async (t) => {
   t.equal(r.stderr, 'demo-tool: disk on fire\n');
 });
 
-t.test('--seed seeds the rng; --device is passed through', async (t) => {
+t.test('--seed seeds the rng; --device is checked', async (t) => {
   const a = JSON.parse(run(['--mode', 'seed', '--seed', '7']).stdout);
   const b = JSON.parse(run(['--mode', 'seed', '--seed', '7']).stdout);
-  const c = JSON.parse(run(['--mode', 'seed', '--seed', '8', '--device', 'cuda']).stdout);
+  const c = JSON.parse(run(['--mode', 'seed', '--seed', '8', '--device', 'cpu']).stdout);
   t.equal(a.seed, 7);
   t.equal(a.u, b.u);
   t.not(a.u, c.u);
   t.equal(a.device, 'cpu');
-  t.equal(c.device, 'cuda');
+  t.equal(c.device, 'cpu');
+  // No CUDA backend is built yet: asking for one is a usage error, not a silent CPU run.
+  const g = run(['--mode', 'seed', '--device', 'cuda']);
+  t.equal(g.code, 2);
+  t.match(g.stderr, /^demo-tool: --device cuda: this build has no CUDA backend/);
 });
 
 t.test('--format arrow writes an Arrow IPC stream', async (t) => {

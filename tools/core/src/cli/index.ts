@@ -176,6 +176,9 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     const parsed = (await y.parseAsync()) as Record<string, unknown>;
     const seed = parsed.seed as number;
     if (!Number.isInteger(seed)) throw new UsageError(`--seed: expected an integer, got ${String(parsed.seed)} (see --help)`);
+    // The flag is part of every tool's interface now so scripts can name it;
+    // running "cuda" work on the CPU instead would be a silent lie.
+    if (parsed.device === 'cuda') throw new UsageError('--device cuda: this build has no CUDA backend yet; use --device cpu');
     args = { ...(parsed as A), inputs: (parsed._ as unknown[]).map(String) } as CommonArgs & A;
   } catch (e) {
     return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));

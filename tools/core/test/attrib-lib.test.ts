@@ -202,3 +202,15 @@ t.test('spearman', async (t) => {
   t.ok(Math.abs(spearman([1, 1, 2, 3], [1, 2, 3, 4]) - 0.9486832980505138) < 1e-12);
   t.throws(() => spearman([1], [1, 2]));
 });
+
+t.test('world tokenizer: subject span by words; a subject merged into another word is not found', async (t) => {
+  const { Tokenizer } = await import('../src/models/index.js');
+  const tok = Tokenizer.load(path.join(root, 'fixtures/world'));
+  const inp = prepareFact(tok, 'the boss of {} works for', 'Dabe Tensunov', 'Quonorex');
+  t.same(inp.ids.slice(inp.subject[0], inp.subject[1]), tok.encode('Dabe Tensunov', { addSpecialTokens: false }));
+  t.ok(inp.subject[0] > 0);
+  const err = t.throws(() => prepareFact(tok, '{}s works for', 'Dabe', 'Quonorex')) as AttribInputError;
+  t.ok(err instanceof AttribInputError);
+  t.equal(err.field, 'subject');
+  t.match(err.message, /not found in the tokens/);
+});

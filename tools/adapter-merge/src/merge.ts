@@ -246,11 +246,19 @@ async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord,
     }
     ctx.log(`warning: no validator available; promoting unvalidated because of --force (logged)`);
   } else {
+    const before = (await reg.attachedReports(sha)).length;
     const reports = runValidator(validator, rec, ctx);
     if (reports.length === 0) {
       throw new RegistryError(`validator "${validator}" wrote no report records; ${sha.slice(0, 12)} stored but NOT promoted to ${ref}`, 1);
     }
+    // a validator that records its reports itself (catechism's `validate` does, for stored bundles) is not recorded twice
+    const recordedByValidator = (await reg.attachedReports(sha)).length > before;
+    if (recordedByValidator) ctx.log(`the validator recorded its report(s) in ${sha.slice(0, 12)}'s history itself`);
     for (const r of reports) {
+      if (recordedByValidator) {
+        if (!a.text) await ctx.out.write(r);
+        continue;
+      }
       const stored = await reg.addReport(sha, { ...r, adapter_id: rec.id }, meta).catch((e) => { throw libError(e); });
       if (!a.text) await ctx.out.write(stored.report as unknown as AnyRecord);
     }

@@ -16,7 +16,7 @@
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import type { Hooks } from '../models/hooks.js';
-import { Tensor, fromData, gather, logSoftmax, noGrad, softmax, sum, reshape } from '../tensor/index.js';
+import { Tensor, fromData, gather, logSoftmax, noGrad, softmax, sum, reshape, slice } from '../tensor/index.js';
 import { encodePair } from '../metrics/scoring.js';
 import { Rng } from '../util/random.js';
 
@@ -325,8 +325,8 @@ export function restoredProb(
 /**
  * Attribution patching (Nanda; Syed et al. 2023): the first-order estimate
  * of causalTrace's effects, (clean − corrupted activation) · ∂P/∂activation
- * at the corrupted run. One clean forward, one corrupted forward (all
- * samples as one batch) and one backward.
+ * at the corrupted run. One forward (the clean run and every sample's
+ * corrupted run as one batch) and one backward.
  */
 export function attributionPatch(model: CausalLM, input: AttribInput, opts: TraceOptions = {}): TraceResult {
   const kinds = opts.kinds ?? SITE_KINDS;
@@ -335,43 +335,48 @@ export function attributionPatch(model: CausalLM, input: AttribInput, opts: Trac
   const T = input.ids.length;
   const noise = opts.noiseDraws ?? drawNoise(model, input, opts);
   const S = noise.length;
-  const clean = cleanRun(model, input, kinds);
-  const corr = new Map<string, Tensor>();
+  // Row 0 is the clean run, rows 1..S the corrupted ones: one forward reads the
+  // weights once for all of them (small batches are bound by weight reads).
+  const B = S + 1;
+  const draws = [new Float32Array(noise[0].length), ...noise];
+  const acts = new Map<string, Tensor>();
   // the embed leaf makes the frozen model's graph record; retainGrad keeps each site's gradient
-  const hooks: Hooks = { embed: { leaf: true, add: noiseHook(input, noise, S, (b) => b, H) } };
+  const hooks: Hooks = { embed: { leaf: true, add: noiseHook(input, draws, B, (b) => b, H) } };
   for (let l = 0; l < L; l++) {
     for (const k of kinds) {
       hooks[siteName(k, l)] = {
         capture: (x, s) => {
           x.retainGrad();
-          corr.set(s, x);
+          acts.set(s, x);
         },
       };
     }
   }
-  const { logits } = model.forward(repeatIds(input.ids, S), [S, T], { hooks, logitsAt: lastRows(S, T) });
-  const probs = gather(softmax(logits), new Int32Array(S).fill(input.target), 1);
-  const pCorrupt = probs.data.reduce((a, b) => a + b, 0) / S;
-  sum(probs).backward();
+  const { logits } = model.forward(repeatIds(input.ids, B), [B, T], { hooks, logitsAt: lastRows(B, T) });
+  const probs = gather(softmax(logits), new Int32Array(B).fill(input.target), 1);
+  const pClean = probs.data[0];
+  let pCorrupt = 0;
+  for (let b = 1; b < B; b++) pCorrupt += probs.data[b] / S;
+  sum(slice(probs, 0, 1, B)).backward();
   const effects: Partial<Record<SiteKind, Float64Array>> = {};
   for (const k of kinds) {
     const e = new Float64Array(L * T);
     for (let l = 0; l < L; l++) {
-      const x = corr.get(siteName(k, l))!;
+      const x = acts.get(siteName(k, l))!;
       const g = x.grad!.data;
-      const c = clean.acts.get(siteName(k, l))!;
+      const a = x.data;
       for (let t = 0; t < T; t++) {
         let acc = 0;
-        for (let b = 0; b < S; b++) {
+        for (let b = 1; b < B; b++) {
           const o = (b * T + t) * H;
-          for (let d = 0; d < H; d++) acc += (c[t * H + d] - x.data[o + d]) * g[o + d];
+          for (let d = 0; d < H; d++) acc += (a[t * H + d] - a[o + d]) * g[o + d];
         }
         e[l * T + t] = acc / S;
       }
     }
     effects[k] = e;
   }
-  return { tokens: input.ids.slice(), subject: input.subject, target: input.target, layers: L, pClean: clean.p, pCorrupt, effects };
+  return { tokens: input.ids.slice(), subject: input.subject, target: input.target, layers: L, pClean, pCorrupt, effects };
 }
 
 export interface ModuleScore {

@@ -119,7 +119,7 @@ for (const shape of shapes) {
         ys.push(...ap.effects[k]);
       }
       rho += A.spearman(xs, ys) / inputs.length;
-      const top = A.siteCandidates(model, tr.effects, inp.ids.length, inp.subject, 'subject-last', ['mlp', 'attn'])[0];
+      const top = A.siteCandidates(model, tr.effects, inp.ids.length, inp.subject, 'max', ['mlp', 'attn'])[0];
       const pr = A.restoredProb(model, inp, [{ site: top.site, position: top.position }], noise);
       frac += pr / tr.pClean / inputs.length;
       gapNum += pr - tr.pCorrupt;
@@ -135,7 +135,7 @@ console.log('| model | method | samples | facts/s | ms/fact | one forward (sampl
 console.log('|---|---|---|---|---|---|---|');
 for (const r of rows) console.log(r);
 console.log('');
-console.log('### attrib: checks on the fixture model (top locus: --select subject-last over mlp, attn)');
+console.log('### attrib: checks on the fixture model (top locus: attrib's default, --select max over mlp, attn)');
 console.log('');
 console.log('| model | facts | samples | Spearman(atp, patch), mean per fact | P(top locus restored) / P(clean), mean | Σ(P restored − P corrupted) / Σ(P clean − P corrupted) |');
 console.log('|---|---|---|---|---|---|');

@@ -53,8 +53,8 @@ await runTool<Args>({
     'unchanged and in order. Methods: patch (causal tracing: noise the subject\'s embeddings, restore one clean activation at a time), ' +
     'atp (attribution patching, its first-order estimate), grad-x-act (gradient × weight per linear module), expert (MoE: gradient × ' +
     'output per expert, with how often the router picks it for the subject and final tokens). Select rule (--select, patch/atp): ' +
-    'a site\'s score is its indirect effect at the subject\'s last token (subject-last, ROME\'s choice), at the final token (last), ' +
-    'the largest over positions (max) or the mean (mean); sites rank by score, highest first. grad-x-act ranks modules by |score|; ' +
+    'a site\'s score is its largest indirect effect over positions (max, the default: the traced peak), its effect at the ' +
+    'subject\'s last token (subject-last, ROME\'s edit site), at the final token (last) or the mean (mean); sites rank by score, highest first. grad-x-act ranks modules by |score|; ' +
     'expert ranks experts by score.',
   examples: [
     ['probe-gen facts.ndjson | attrib', 'causal tracing on the default fixture model, top 3 MLP/attention sites per fact'],
@@ -67,7 +67,7 @@ await runTool<Args>({
     samples: { type: 'number', default: 10, describe: 'noise samples averaged over (patch, atp)' },
     noise: { type: 'number', default: 3, describe: 'noise standard deviation in units of the token-embedding standard deviation' },
     'top-k': { type: 'number', default: 3, describe: 'loci per fact and method' },
-    select: { type: 'string', default: 'subject-last', describe: `how a site's per-position effects become its score: ${SELECT_RULES.join(', ')}` },
+    select: { type: 'string', default: 'max', describe: `how a site's per-position effects become its score: ${SELECT_RULES.join(', ')}` },
     sites: { type: 'string', default: 'mlp,attn', describe: `site kinds that become loci (patch, atp): ${SITE_KINDS.join(', ')}` },
     target: { type: 'string', default: 'true', describe: 'which answer to trace: true (target_true, what the model knows) or new (target_new)' },
     'module-score': { type: 'string', default: 'signed', describe: 'grad-x-act module score: signed (Σ grad⊙W) or abs (Σ|grad⊙W|)' },

@@ -108,11 +108,13 @@ await runTool<Args>({
 
     const facts = new Set<string>();
     const bad: string[] = [];
-    for await (const { record, source, index } of ctx.read()) {
+    // Facts are checked here, not by the schema: a known fact (target_true only, as in the
+    // world's facts.ndjson) is traceable even though the schema wants target_new for an insert.
+    for await (const { record, source, index } of ctx.read({ validate: false })) {
       await ctx.out.write(record);
       if (record.kind === 'probe') {
         const p = record as Probe;
-        if (!facts.has(p.fact_id)) {
+        if (typeof p.fact_id !== 'string' || !facts.has(p.fact_id)) {
           // reported per record; the record has passed through, and the run ends with exit 2
           const e = new InputError(`probe for unknown fact ${JSON.stringify(p.fact_id)} (no fact record with that id came before it)`, { source, record: index, field: 'fact_id' });
           bad.push(e.message);
@@ -122,6 +124,13 @@ await runTool<Args>({
       }
       if (record.kind !== 'fact') continue;
       const f = record as Fact;
+      const badField = (['id', 'subject', 'prompt'] as const).find((k) => typeof f[k] !== 'string' || f[k] === '');
+      if (badField) {
+        const err = new InputError(`fact without a ${badField} (expected a non-empty string)`, { source, record: index, field: badField });
+        bad.push(err.message);
+        ctx.log(err.message);
+        continue;
+      }
       facts.add(f.id);
       const { model, tokenizer } = load();
       try {

@@ -49,8 +49,8 @@ export async function traceSvg(factId: string, method: string, res: FactResult, 
     return {
       title: { text: KIND_TITLE[kind] ?? kind, fontSize: 12 },
       data: { values },
-      width: { step: Math.max(8, Math.min(22, Math.floor(420 / tr.layers))) },
-      height: { step: 16 },
+      width: { step: Math.max(10, Math.min(36, Math.floor(420 / tr.layers))) },
+      height: { step: 20 },
       mark: { type: 'rect' as const },
       encoding: {
         x: { field: 'layer', type: 'ordinal' as const, title: 'layer', axis: { labelAngle: 0 } },
@@ -67,7 +67,7 @@ export async function traceSvg(factId: string, method: string, res: FactResult, 
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: {
-      text: `${factId}: ${method === 'patch' ? 'causal trace' : 'attribution patching'} of P(target)`,
+      text: `${factId}: ${method === 'patch' ? 'causal trace' : 'attribution patching'} of P(${JSON.stringify(tok.decode([tr.target]).trim())})`,
       subtitle: `P clean ${tr.pClean.toFixed(4)}, corrupted ${tr.pCorrupt.toFixed(4)}; * = subject tokens (noised); cell = P(restored) − P(corrupted)`,
       anchor: 'start', fontSize: 14,
     },

@@ -113,3 +113,18 @@ t.test('--plot writes heatmaps and module bars per fact', async (t) => {
   t.match(svg, /Attention output/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+const fixtureModel = path.join(root, 'fixtures/models/dense/config.json');
+t.test('default fixture model: world facts trace as they are; a subject lost in tokenisation is reported per record', { skip: fs.existsSync(fixtureModel) ? false : 'fixtures/models/dense is not there yet' }, async (t) => {
+  const world = fs.readFileSync(path.join(root, 'fixtures/world/facts.ndjson'), 'utf-8').split('\n').filter(Boolean).slice(0, 2);
+  const merged = { ...JSON.parse(world[0]), id: 'merged', prompt: '{}s is located in' };
+  const noSubject = { ...JSON.parse(world[0]), id: 'no-subject', subject: '' };
+  const input = [world[0], JSON.stringify(merged), JSON.stringify(noSubject), world[1]].join('\n') + '\n';
+  const r = run(['--samples', '2', '--top-k', '1'], input);
+  t.equal(r.code, 2);
+  t.match(r.err, /record 2: field "subject": subject .* not found in the tokens/);
+  t.match(r.err, /record 3: field "subject"/);
+  t.same(r.recs.filter((x) => x.kind !== 'locus').map((x) => x.id), [JSON.parse(world[0]).id, 'merged', 'no-subject', JSON.parse(world[1]).id]);
+  t.same(r.recs.filter((x) => x.kind === 'locus').map((x) => x.fact_id), [JSON.parse(world[0]).id, JSON.parse(world[1]).id]);
+  for (const l of r.recs.filter((x) => x.kind === 'locus')) t.match(l.module, /^transformer\.h\.\d+\.(mlp|attn)\.c_proj$/);
+});

@@ -62,7 +62,7 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   batch: 0,
   retainShare: LORA_DEFAULTS.retainShare,
   retainWeight: LORA_DEFAULTS.retainWeight,
-  neighbours: 4,
+  neighbours: 40,
   useTemplates: true,
   statsTokens: 20000,
   romePrefixes: 5,

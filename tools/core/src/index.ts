@@ -6,3 +6,6 @@ export * from './util/random.js';
 export * from './adapters/index.js';
 export * from './registry/index.js';
 export * from './world/index.js';
+export * from './merge/index.js';
+export * from './metrics/index.js';
+export * from './fixtures/index.js';

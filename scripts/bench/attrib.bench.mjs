@@ -135,7 +135,7 @@ console.log('| model | method | samples | facts/s | ms/fact | one forward (sampl
 console.log('|---|---|---|---|---|---|---|');
 for (const r of rows) console.log(r);
 console.log('');
-console.log('### attrib: checks on the fixture model (top locus: attrib's default, --select max over mlp, attn)');
+console.log('### attrib: checks on the fixture model (top locus: the default rule, --select max over mlp, attn)');
 console.log('');
 console.log('| model | facts | samples | Spearman(atp, patch), mean per fact | P(top locus restored) / P(clean), mean | Σ(P restored − P corrupted) / Σ(P clean − P corrupted) |');
 console.log('|---|---|---|---|---|---|');

@@ -9,3 +9,5 @@ export * from './world/index.js';
 export * from './merge/index.js';
 export * from './metrics/index.js';
 export * from './fixtures/index.js';
+export * from './edit/index.js';
+export * from './attrib/index.js';

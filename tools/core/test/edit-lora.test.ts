@@ -13,7 +13,7 @@ import { loadLora, loadModel, readSafetensors } from '../src/models/index.js';
 import { readBundle } from '../src/adapters/index.js';
 import { Registry } from '../src/registry/index.js';
 import {
-  LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodePair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
+  LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
   top1, trainLora, writeEditBundle, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
@@ -145,9 +145,9 @@ t.test('bundle: PEFT keys and shapes, valid manifest, loads back to the same out
   t.ok(fs.existsSync(path.join(rec3.path, 'catechism.json')));
 });
 
-t.test('encodePair splits prompt and target tokens', async (t) => {
+t.test('encodeTrainingPair splits prompt and target tokens', async (t) => {
   const { tokenizer } = loadModel(GPT2);
-  const { promptIds, targetIds } = encodePair(tokenizer!, 'the capital of france is', 'rome');
+  const { promptIds, targetIds } = encodeTrainingPair(tokenizer!, 'the capital of france is', 'rome');
   t.same(tokenizer!.encode('the capital of france is rome'), promptIds.concat(targetIds));
   t.equal(tokenizer!.decode(targetIds).trim().replace(/^▁/, ''), 'rome');
 });

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import { canonicalJson } from '../adapters/fsio.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
+import { encodePair } from '../metrics/scoring.js';
 
 export type Rec = Record<string, unknown>;
 
@@ -71,11 +72,9 @@ export function checkFact(r: Rec): EditFact {
 }
 
 /** Token ids of `target` as the continuation of `prompt` (the model sees prompt + " " + target). */
-export function encodePair(tok: Tokenizer, prompt: string, target: string): { promptIds: number[]; targetIds: number[] } {
-  const promptIds = tok.encode(prompt);
-  const full = tok.encode(`${prompt} ${target}`);
-  const prefixOk = full.length > promptIds.length && promptIds.every((t, i) => full[i] === t);
-  const targetIds = prefixOk ? full.slice(promptIds.length) : tok.encode(` ${target}`, { addSpecialTokens: false });
+export function encodeTrainingPair(tok: Tokenizer, prompt: string, target: string): { promptIds: number[]; targetIds: number[] } {
+  // The same split validate scores with, so training and validation see the same target tokens.
+  const { prompt: promptIds, cont: targetIds } = encodePair(tok, prompt, target);
   if (targetIds.length === 0) throw new EditDataError(`target ${JSON.stringify(target)} encodes to no tokens`);
   return { promptIds, targetIds };
 }
@@ -182,7 +181,7 @@ export function buildExamples(tok: Tokenizer, batch: BatchInput, opts: BuildOpti
     }
     context ??= statementInContext(fact, target, opts.contextFrame);
     for (const prompt of prompts) {
-      const { promptIds, targetIds } = encodePair(tok, prompt, target);
+      const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, target);
       const [s0, s1] = subjectSpan(tok, promptIds, fact.subject);
       const ex: Example = { factId: fact.id, mode: fact.op, prompt, target, promptIds, targetIds, subjectStart: s0, subjectEnd: s1 };
       if (fact.op === 'insert') ex.teacherIds = tok.encode(`${context} ${prompt}`);

@@ -12,7 +12,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { LoraAdapter } from '../models/lora.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { encodePair, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { encodeTrainingPair, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { top1 } from './model-util.js';
 
 export interface QualityFigures {
@@ -31,7 +31,7 @@ interface Row {
 }
 
 function row(tok: Tokenizer, prompt: string, target: string): Row {
-  const { promptIds, targetIds } = encodePair(tok, prompt, target);
+  const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, target);
   return { ids: promptIds, target: targetIds[0] };
 }
 

@@ -25,7 +25,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
-import { encodePair, subjectSpan, type EditFact } from './data.js';
+import { encodeTrainingPair, subjectSpan, type EditFact } from './data.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
 
 export interface KeyStats {
@@ -226,7 +226,7 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     // rewriting prompts: prefix + prompt, with the subject's last token located in each
     const rows = prefixes.map((pre) => {
       const prompt = pre ? `${pre} ${base}` : base;
-      const { promptIds, targetIds } = encodePair(tok, prompt, fact.target_new!);
+      const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, fact.target_new!);
       const [, s1] = subjectSpan(tok, promptIds, fact.subject);
       if (s1 < 0) throw new RangeError(`ROME: subject ${JSON.stringify(fact.subject)} not found in the tokens of ${JSON.stringify(prompt)}`);
       if (l === model.config.layers - 1 && s1 < promptIds.length) {

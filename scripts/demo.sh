@@ -39,6 +39,6 @@ if [ "$promoted" = yes ]; then
   echo "promoted to live:"
   adapter-merge log live --registry "$work/registry" --text
 else
-  echo "not promoted: the consolidated adapter did not pass validation (see above); live is unchanged"
+  echo "not promoted: adapter-merge --into refused (its reason is above: a failing gate, or no passing report); live is unchanged"
 fi
 echo "report page: $work/report.html"

@@ -12,6 +12,7 @@ import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
 import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { appendHistory } from './history.js';
+import { hashBundleDir } from '@catechism/core/adapters';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
 export const EXIT_GATE_FAILED = 3;
@@ -84,7 +85,10 @@ await runTool<Args>({
         else if (record.kind === 'fact') facts.push(record as unknown as FactLike);
         else if (record.kind === 'probe') probes.push(record as unknown as ProbeLike);
       }
-      await ctx.out.writeBatch(batch.map((b) => b.record));
+      // adapter records are re-emitted with their report (below): appending a report
+      // to a plain bundle's manifest changes its content hash, and the record must
+      // describe the bundle as it is when it leaves this tool
+      await ctx.out.writeBatch(batch.filter((b) => b.record.kind !== 'adapter').map((b) => b.record));
     }
     if (adapters.length === 0 && !a.baseline) {
       ctx.log('no adapter records in the input: nothing to validate (use --baseline to measure the base model)');
@@ -135,13 +139,18 @@ await runTool<Args>({
         throw e;
       }
     }
-    for (const loaded of loadedAll) {
+    for (const [i, loaded] of loadedAll.entries()) {
       const res = validateLoaded(vctx, loaded);
+      let adapterRecord = adapters[i].record;
       ctx.log(`${loaded.id}: ${res.report.pass ? 'pass' : 'FAIL'}${res.report.failures.length ? ' — ' + res.report.failures.join('; ') : ''}`);
       if (a.record) {
         const t = await appendHistory(loaded.dir, res.report);
         ctx.log(`${loaded.id}: report appended to ${t.kind === 'registry' ? `registry ${t.registry} (reports/${t.sha256}.ndjson)` : `${t.dir}/catechism.json (validation)`}`);
+        if (t.kind === 'manifest' && 'sha256' in adapterRecord) {
+          adapterRecord = { ...adapterRecord, sha256: (await hashBundleDir(loaded.dir)).sha256 };
+        }
       }
+      await ctx.out.write(adapterRecord);
       if (!res.report.pass) anyFailed = true;
       results.push(res);
       for (const f of loaded.facts) if (!baselineFacts.some((g) => g.id === f.id)) baselineFacts.push(f);

@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -79,7 +79,8 @@ function run(args: string[], input = '') {
 t.test('a good edit passes the default gates, a random large LoRA fails specificity', async (t) => {
   const r = run([ADAPTERS, ...COMMON, '--no-record']);
   t.equal(r.code, 0, r.stderr);
-  t.same(r.records.slice(0, 2).map((x) => x.id), ['cap-fr', 'bad'], 'input records pass through first, in order');
+  t.same(r.records.map((x) => (x.kind === 'adapter' ? x.id : x.kind === 'report' ? `report:${x.adapter_id}` : x.kind)),
+    ['cap-fr', 'report:cap-fr', 'bad', 'report:bad'], 'each adapter record comes back, in order, followed by its report');
   t.equal(r.reports.length, 2);
   const [good, bad] = r.reports;
   t.equal(good.adapter_id, 'cap-fr');
@@ -284,4 +285,20 @@ t.test('--html writes one page with the metric tables and an SVG chart per fact'
   ], { timeout: 60_000 });
   t.equal(s.status, 0, String(s.stderr));
   t.ok(existsSync(png) && statSync(png).size > 20_000, 'a non-trivial screenshot');
+});
+
+t.test('the adapter record leaving validate carries the hash of the bundle as it now is', async (t) => {
+  // appending a report to a plain bundle's manifest changes the bundle, so the
+  // re-emitted record must name the new content hash (adapter-merge checks it)
+  const { hashBundleDir } = await import('@catechism/core/adapters');
+  const copy = path.join(tmp, 'rehash');
+  cpSync(goodRec.path, copy, { recursive: true });
+  const before = (await hashBundleDir(copy)).sha256;
+  const rec = { ...goodRec, path: copy, sha256: before };
+  const r = run([...COMMON], JSON.stringify(rec) + '\n');
+  t.equal(r.code, 0, r.stderr);
+  const out = r.records.find((x) => x.kind === 'adapter');
+  const after = (await hashBundleDir(copy)).sha256;
+  t.not(after, before, 'the report was appended to the manifest');
+  t.equal(out?.sha256, after, 'the record names the new hash');
 });

@@ -8,37 +8,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { adapterRecord, writeBundle, type AdapterRecord } from '../adapters/bundle.js';
 import { MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, type BundleManifest } from '../adapters/manifest.js';
-import type { LoraAdapter } from '../models/lora.js';
-import { serializeSafetensors, type TensorToWrite } from '../models/safetensors.js';
+import { peftAdapterConfig, peftAdapterTensors, type LoraAdapter } from '../models/lora.js';
+import { serializeSafetensors } from '../models/safetensors.js';
 import { Registry } from '../registry/index.js';
 import type { Rec } from './data.js';
 
 /** adapter_config.json and adapter_model.safetensors bytes, as saveLora writes them (PEFT layout). */
 export function peftFiles(adapter: LoraAdapter, baseModel: string): { config: Record<string, unknown>; weights: Uint8Array } {
-  const tensors: Record<string, TensorToWrite> = {};
-  let hasBias = false;
-  for (const [mod, { A, B, bias }] of adapter.modules) {
-    tensors[`base_model.model.${mod}.lora_A.weight`] = { shape: [...A.shape], data: A.data };
-    tensors[`base_model.model.${mod}.lora_B.weight`] = { shape: [...B.shape], data: B.data };
-    if (bias) {
-      tensors[`base_model.model.${mod}.lora_B.bias`] = { shape: [...bias.shape], data: bias.data };
-      hasBias = true;
-    }
-  }
-  const config = {
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    r: adapter.r,
-    lora_alpha: adapter.alpha,
-    lora_dropout: 0,
-    bias: 'none',
-    fan_in_fan_out: adapter.fanInFanOut,
-    target_modules: adapter.targets().sort(),
-    lora_bias: hasBias,
-    base_model_name_or_path: baseModel,
-    inference_mode: true,
-  };
-  return { config, weights: serializeSafetensors(tensors, { format: 'pt' }) };
+  return { config: peftAdapterConfig(adapter, baseModel), weights: serializeSafetensors(peftAdapterTensors(adapter), { format: 'pt' }) };
 }
 
 /** One value when every fact agrees, else null (the manifest's source/author). */

@@ -7,8 +7,8 @@
 import { readBundle, writeBundle, type FileEntry } from '../adapters/bundle.js';
 import { createManifest, type BundleManifest } from '../adapters/manifest.js';
 import { sha256Hex } from '../adapters/fsio.js';
-import { loadLora, type LoraAdapter } from '../models/lora.js';
-import { serializeSafetensors, type TensorToWrite } from '../models/safetensors.js';
+import { loadLora, peftAdapterConfig, peftAdapterTensors, type LoraAdapter } from '../models/lora.js';
+import { serializeSafetensors } from '../models/safetensors.js';
 import { MergeError, mergeCat, mergeDare, mergeSvd, mergeTies, scaleAdapter, type Block, type MergeInput, type MergeResult } from './methods.js';
 
 export const MERGE_METHODS = ['cat', 'linear', 'svd', 'ties', 'dare', 'negate', 'scale'] as const;
@@ -201,40 +201,12 @@ function defaultId(m: MergeMethod, parents: readonly ParentBundle[]): string {
   return `merge-${m}-${sha256Hex(parents.map((p) => p.sha256).join('\n')).slice(0, 12)}`;
 }
 
-/** PEFT adapter_config.json for a merged adapter (alpha = r: every scale is folded into B). */
-export function peftConfig(adapter: LoraAdapter, baseName: string): Record<string, unknown> {
-  const hasBias = [...adapter.modules.values()].some((m) => m.bias !== undefined);
-  return {
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    r: adapter.r,
-    lora_alpha: adapter.alpha,
-    lora_dropout: 0,
-    bias: 'none',
-    fan_in_fan_out: adapter.fanInFanOut,
-    target_modules: adapter.targets(),
-    lora_bias: hasBias,
-    base_model_name_or_path: baseName,
-    inference_mode: true,
-  };
-}
-
-/** safetensors bytes of an adapter in PEFT's naming. */
-export function adapterWeights(adapter: LoraAdapter): Buffer {
-  const t: Record<string, TensorToWrite> = {};
-  for (const [mod, m] of adapter.modules) {
-    t[`base_model.model.${mod}.lora_A.weight`] = { shape: [...m.A.shape], data: m.A.data };
-    t[`base_model.model.${mod}.lora_B.weight`] = { shape: [...m.B.shape], data: m.B.data };
-    if (m.bias) t[`base_model.model.${mod}.lora_B.bias`] = { shape: [...m.bias.shape], data: m.bias.data };
-  }
-  return serializeSafetensors(t, { format: 'pt' });
-}
-
 /** Write a merged bundle directory (atomic; `dir` must not exist); returns its content hash. */
 export async function writeMergedBundle(dir: string, merged: { adapter: LoraAdapter; manifest: BundleManifest }): Promise<{ sha256: string; files: FileEntry[] }> {
   return writeBundle(dir, {
-    adapterConfig: peftConfig(merged.adapter, merged.manifest.base_model.name),
-    weights: adapterWeights(merged.adapter),
+    // alpha = r in a merged adapter: every scale is folded into B
+    adapterConfig: peftAdapterConfig(merged.adapter, merged.manifest.base_model.name),
+    weights: serializeSafetensors(peftAdapterTensors(merged.adapter), { format: 'pt' }),
     manifest: merged.manifest,
   });
 }

@@ -131,21 +131,20 @@ export function loadLora(dir: string, name = path.basename(dir)): LoraAdapter {
   return new LoraAdapter(name, r, alpha, modules, cfg.fan_in_fan_out === true);
 }
 
-/** Save in PEFT's format (atomic per file). */
-export function saveLora(dir: string, adapter: LoraAdapter, extra: { baseModel?: string } = {}): void {
-  fs.mkdirSync(dir, { recursive: true });
+/** The adapter's tensors under PEFT's key names (`base_model.model.<module>.lora_A/B.weight`, `lora_B.bias`). */
+export function peftAdapterTensors(adapter: LoraAdapter): Record<string, TensorToWrite> {
   const tensors: Record<string, TensorToWrite> = {};
-  let hasBias = false;
   for (const [mod, { A, B, bias }] of adapter.modules) {
     tensors[`${PREFIX}${mod}.lora_A.weight`] = { shape: [...A.shape], data: A.data };
     tensors[`${PREFIX}${mod}.lora_B.weight`] = { shape: [...B.shape], data: B.data };
-    if (bias) {
-      tensors[`${PREFIX}${mod}.lora_B.bias`] = { shape: [...bias.shape], data: bias.data };
-      hasBias = true;
-    }
+    if (bias) tensors[`${PREFIX}${mod}.lora_B.bias`] = { shape: [...bias.shape], data: bias.data };
   }
-  writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
-  const cfg = {
+  return tensors;
+}
+
+/** PEFT's adapter_config.json for an adapter (every writer of bundles uses this one). */
+export function peftAdapterConfig(adapter: LoraAdapter, baseModel: string | null): Record<string, unknown> {
+  return {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
     r: adapter.r,
@@ -154,9 +153,16 @@ export function saveLora(dir: string, adapter: LoraAdapter, extra: { baseModel?:
     bias: 'none',
     fan_in_fan_out: adapter.fanInFanOut,
     target_modules: adapter.targets().sort(),
-    lora_bias: hasBias,
-    base_model_name_or_path: extra.baseModel ?? null,
+    lora_bias: [...adapter.modules.values()].some((m) => m.bias !== undefined),
+    base_model_name_or_path: baseModel,
     inference_mode: true,
   };
+}
+
+/** Save in PEFT's format (atomic per file). */
+export function saveLora(dir: string, adapter: LoraAdapter, extra: { baseModel?: string } = {}): void {
+  fs.mkdirSync(dir, { recursive: true });
+  writeSafetensors(path.join(dir, 'adapter_model.safetensors'), peftAdapterTensors(adapter), { format: 'pt' });
+  const cfg = peftAdapterConfig(adapter, extra.baseModel ?? null);
   writeFileAtomic(path.join(dir, 'adapter_config.json'), JSON.stringify(cfg, null, 2) + '\n');
 }

@@ -263,7 +263,7 @@ const training = {
   epochs: +(hp.steps * hp.batch / docs.length).toFixed(2),
   tokens_seen: seen,
   corpus: { documents: docs.length, tokens, world: relative(root, worldDir) || '.' },
-  wall_seconds: { train: +trainSeconds.toFixed(1), total: +((Date.now() - t0) / 1000).toFixed(1) },
+  wall_seconds: { train: +trainSeconds.toFixed(3), total: +((Date.now() - t0) / 1000).toFixed(3) },
   threads: hp.threads,
   machine: `${(await import('node:os')).cpus()[0]?.model ?? 'unknown cpu'}, ${(await import('node:os')).cpus().length} cores (shared)`,
   simd: kernels.info().simd,

@@ -80,7 +80,7 @@ if (only.includes('rome-small')) {
   const { spawnSync } = await import('node:child_process');
   const core = await import('@catechism/core');
   const kernels = await import('@catechism/kernels');
-  const edit = await import('../../tools/core/dist/edit/index.js');
+  const edit = await import('@catechism/core/edit');
   const threads = Number(process.env.BENCH_THREADS ?? os.availableParallelism());
   kernels.setThreads(threads);
   const steps = Number(process.env.BENCH_ROME_STEPS ?? 20);

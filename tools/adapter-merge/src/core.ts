@@ -1,12 +1,7 @@
 /**
- * The registry and bundle library of @catechism/core.
- *
- * Bridge: core's package.json does not list `./registry` and `./adapters` in
- * its exports yet (the lead adds them, with `export *` lines in core's
- * src/index.ts). Until then this imports core's built dist by path; the
- * dependency on @catechism/core in package.json keeps the build order right.
- * When the exports exist, replace both lines with re-exports from
- * '@catechism/core'.
+ * The registry and bundle library of @catechism/core, in one import for this
+ * tool's modules. These sub-paths load no native code, so the registry
+ * commands start without the compute addon.
  */
-export * from '../../core/dist/registry/index.js';
-export * from '../../core/dist/adapters/index.js';
+export * from '@catechism/core/registry';
+export * from '@catechism/core/adapters';

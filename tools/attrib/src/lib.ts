@@ -8,7 +8,7 @@ import { Rng } from '@catechism/core';
 import {
   AttribInputError, SITE_KINDS, attributionPatch, causalTrace, gradXAct, moduleOf, prepareFact, siteCandidates,
   type AttribInput, type GradXActResult, type LocusCandidate, type SelectRule, type SiteKind, type TraceResult,
-} from '../../core/dist/attrib/index.js';
+} from '@catechism/core/attrib';
 
 export const METHODS = ['patch', 'atp', 'grad-x-act', 'expert'] as const;
 export type Method = (typeof METHODS)[number];

@@ -10,7 +10,7 @@ import { InputError, UsageError, packageVersion, runTool } from '@catechism/core
 import { defaultModelDir } from '@catechism/core/fixtures';
 import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import type { Fact, Probe } from '@catechism/core/records';
-import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '../../core/dist/attrib/index.js';
+import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '@catechism/core/attrib';
 import { METHODS, attribFact, type AttribOptions, type Method } from './lib.js';
 import { writePlots } from './plot.js';
 

@@ -16,7 +16,7 @@ import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
   resolveTargets, romeDefaultLayer, romeEdit, testProbes, trainLora, writeEditBundle, editQuality, type EditFact, type Objective, type QualityFigures, type Rec, type TemplateBank,
-} from '../../core/dist/edit/index.js';
+} from '@catechism/core/edit';
 
 export interface TrainArgs {
   model?: string;

@@ -16,7 +16,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { createManifest, sha256Hex, type ManifestInput } from '@catechism/core/adapters';
 import { LoraAdapter, saveLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import { AdamW, fromData, gelu, layerNorm, linear, matmul, neg, noGrad, reshape, sum, transpose, zeros, type Tensor } from '@catechism/core/tensor';
-import { encodePair, fillSubject, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
+import { encodePair, fillSubject, type FactLike, type ProbeLike } from '@catechism/core/metrics';
 
 /** Final normalised hidden states (the LM head's input) at every real token of each text. */
 export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {

@@ -6,8 +6,8 @@
  */
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { View, parse } from 'vega';
-import type { ItemRow } from '../../core/dist/metrics/index.js';
-import { METRICS } from '../../core/dist/metrics/index.js';
+import type { ItemRow } from '@catechism/core/metrics';
+import { METRICS } from '@catechism/core/metrics';
 import type { AdapterResult } from './validate.js';
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -9,7 +9,7 @@ import { InputError, packageVersion, runTool, UsageError } from '@catechism/core
 import type { AnyRecord } from '@catechism/core/records';
 import { loadModel } from '@catechism/core/models';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { parseGate, resolveGates, type FactLike, type ProbeLike } from '../../core/dist/metrics/index.js';
+import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechism/core/metrics';
 import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';

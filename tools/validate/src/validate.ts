@@ -13,7 +13,7 @@ import { Rng } from '@catechism/core';
 import {
   buildSuite, checkGates, computeMetrics, encodeSuite, itemRows, observe,
   type FactLike, type Gate, type ItemRow, type ProbeLike, type SharedSets,
-} from '../../core/dist/metrics/index.js';
+} from '@catechism/core/metrics';
 
 export interface ValidateContext {
   model: CausalLM;

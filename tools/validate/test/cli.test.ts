@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { loadModel, loadLora } from '@catechism/core/models';
 import { noGrad } from '@catechism/core/tensor';
 import { Registry } from '@catechism/core/registry';
-import { encodePair } from '../../core/dist/metrics/index.js';
+import { encodePair } from '@catechism/core/metrics';
 import { rankOneHeadEdit, randomLora, writeAdapterBundle } from '../src/edits.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '@catechism/core/models';
 import { noGrad } from '@catechism/core/tensor';
-import { encodePair } from '../../core/dist/metrics/index.js';
+import { encodePair } from '@catechism/core/metrics';
 import { headInputs, rankOneHeadEdit, romeMlpEdit } from '../src/edits.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');

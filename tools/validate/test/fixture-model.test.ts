@@ -28,7 +28,7 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
 } else {
   const { loadModel } = await import('@catechism/core/models');
   const { noGrad } = await import('@catechism/core/tensor');
-  const { encodePair, fillSubject } = await import('../../core/dist/metrics/index.js');
+  const { encodePair, fillSubject } = await import('@catechism/core/metrics');
   const { rankOneHeadEdit, randomLora, writeAdapterBundle } = await import('../src/edits.js');
 
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'validate-dense-'));

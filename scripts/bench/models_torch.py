@@ -32,23 +32,8 @@ SHAPES = {
 
 def build(shape, gen):
     c = dict(SHAPES[shape], model_type='gpt2', layer_norm_epsilon=1e-5)
-    H, V, P, L = c['n_embd'], c['vocab_size'], c['n_positions'], c['n_layer']
-    p = {'transformer.wte.weight': torch.randn(V, H, generator=gen) * 0.02,
-         'transformer.wpe.weight': torch.randn(P, H, generator=gen) * 0.02,
-         'transformer.ln_f.weight': torch.ones(H), 'transformer.ln_f.bias': torch.zeros(H)}
-    for i in range(L):
-        q = f'transformer.h.{i}'
-        p.update({q + '.ln_1.weight': torch.ones(H), q + '.ln_1.bias': torch.zeros(H),
-                  q + '.ln_2.weight': torch.ones(H), q + '.ln_2.bias': torch.zeros(H),
-                  q + '.attn.c_attn.weight': torch.randn(H, 3 * H, generator=gen) * 0.02,
-                  q + '.attn.c_attn.bias': torch.zeros(3 * H),
-                  q + '.attn.c_proj.weight': torch.randn(H, H, generator=gen) * 0.02,
-                  q + '.attn.c_proj.bias': torch.zeros(H),
-                  q + '.mlp.c_fc.weight': torch.randn(H, 4 * H, generator=gen) * 0.02,
-                  q + '.mlp.c_fc.bias': torch.zeros(4 * H),
-                  q + '.mlp.c_proj.weight': torch.randn(4 * H, H, generator=gen) * 0.02,
-                  q + '.mlp.c_proj.bias': torch.zeros(H)})
-    m = archs.Model(c, p)
+    H, L = c['n_embd'], c['n_layer']
+    m = archs.random_gpt2(c, gen)
     params = []
     r, alpha = 8, 16
     for i in range(L):

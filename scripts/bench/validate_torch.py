@@ -23,26 +23,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import archs  # noqa: E402
 
 
-def build(c, gen):
-    H, V, P, L = c['n_embd'], c['vocab_size'], c['n_positions'], c['n_layer']
-    p = {'transformer.wte.weight': torch.randn(V, H, generator=gen) * 0.02,
-         'transformer.wpe.weight': torch.randn(P, H, generator=gen) * 0.02,
-         'transformer.ln_f.weight': torch.ones(H), 'transformer.ln_f.bias': torch.zeros(H)}
-    for i in range(L):
-        q = f'transformer.h.{i}'
-        p.update({q + '.ln_1.weight': torch.ones(H), q + '.ln_1.bias': torch.zeros(H),
-                  q + '.ln_2.weight': torch.ones(H), q + '.ln_2.bias': torch.zeros(H),
-                  q + '.attn.c_attn.weight': torch.randn(H, 3 * H, generator=gen) * 0.02,
-                  q + '.attn.c_attn.bias': torch.zeros(3 * H),
-                  q + '.attn.c_proj.weight': torch.randn(H, H, generator=gen) * 0.02,
-                  q + '.attn.c_proj.bias': torch.zeros(H),
-                  q + '.mlp.c_fc.weight': torch.randn(H, 4 * H, generator=gen) * 0.02,
-                  q + '.mlp.c_fc.bias': torch.zeros(4 * H),
-                  q + '.mlp.c_proj.weight': torch.randn(4 * H, H, generator=gen) * 0.02,
-                  q + '.mlp.c_proj.bias': torch.zeros(H)})
-    return archs.Model(c, p)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--spec', required=True)
@@ -52,7 +32,7 @@ def main():
     torch.set_num_threads(a.threads)
     spec = json.load(open(a.spec))
     c = dict(spec['config'], model_type='gpt2')
-    m = build(c, torch.Generator().manual_seed(0))
+    m = archs.random_gpt2(c, torch.Generator().manual_seed(0))
     batches = []
     for seqs in spec['batches']:
         T = max(len(s) for s in seqs)

@@ -232,3 +232,25 @@ def next_token_loss(logits, ids, attn_mask):
     tgt = ids[:, 1:].clone()
     tgt[attn_mask[:, 1:] == 0] = -100
     return F.cross_entropy(logits[:, :-1].reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
+
+
+def random_gpt2(c, gen):
+    """A GPT-2 Model of config c with random weights (N(0, 0.02) matrices, unit
+    norms, zero biases) for the benchmarks' PyTorch side."""
+    H, V, P, L = c['n_embd'], c['vocab_size'], c['n_positions'], c['n_layer']
+    p = {'transformer.wte.weight': torch.randn(V, H, generator=gen) * 0.02,
+         'transformer.wpe.weight': torch.randn(P, H, generator=gen) * 0.02,
+         'transformer.ln_f.weight': torch.ones(H), 'transformer.ln_f.bias': torch.zeros(H)}
+    for i in range(L):
+        q = f'transformer.h.{i}'
+        p.update({q + '.ln_1.weight': torch.ones(H), q + '.ln_1.bias': torch.zeros(H),
+                  q + '.ln_2.weight': torch.ones(H), q + '.ln_2.bias': torch.zeros(H),
+                  q + '.attn.c_attn.weight': torch.randn(H, 3 * H, generator=gen) * 0.02,
+                  q + '.attn.c_attn.bias': torch.zeros(3 * H),
+                  q + '.attn.c_proj.weight': torch.randn(H, H, generator=gen) * 0.02,
+                  q + '.attn.c_proj.bias': torch.zeros(H),
+                  q + '.mlp.c_fc.weight': torch.randn(H, 4 * H, generator=gen) * 0.02,
+                  q + '.mlp.c_fc.bias': torch.zeros(4 * H),
+                  q + '.mlp.c_proj.weight': torch.randn(4 * H, H, generator=gen) * 0.02,
+                  q + '.mlp.c_proj.bias': torch.zeros(H)})
+    return Model(c, p)

@@ -5,15 +5,14 @@ import { PassThrough, Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { tableFromArrays, tableFromIPC, tableToIPC, RecordBatchReader } from 'apache-arrow';
 import {
-  ArrowEncoder,
   InputError,
   createRecordWriter,
-  decodeBatch,
   readRecordBatches,
   readRecords,
   type AnyRecord,
   type OutputFormat,
 } from '../src/records/index.js';
+import { ArrowEncoder, decodeBatch } from '../src/records/arrow.js';
 
 const fixture = (name: string): string => fileURLToPath(new URL(`../../../fixtures/records/${name}`, import.meta.url));
 const allKinds = readFileSync(fixture('all-kinds.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as AnyRecord);

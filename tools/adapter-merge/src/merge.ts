@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
-import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, type BundleManifest } from './core.js';
+import { BundleError, ManifestError, Registry, RegistryError, RefMovedError, adapterRecord, defaultRegistryDir, type BundleManifest } from './core.js';
 import {
   MERGE_METHODS, MergeError, ablateBlocks, exportMerged, loadParent, mergeBundles, scoreAnswer, writeMergedBundle,
   type MergeMethod, type ParentBundle,
@@ -263,12 +263,14 @@ async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord,
       if (!a.text) await ctx.out.write(stored.report as unknown as AnyRecord);
     }
   }
-  // another writer may have moved REF while we merged and validated: promoting now would drop its change
-  const head = await reg.head(ref).catch((e) => { throw libError(e); });
-  if ((head?.bundle ?? null) !== mergedWith) {
-    throw new RegistryError(`${ref} moved while merging (it was ${mergedWith?.slice(0, 12) ?? 'empty'}, now ${head?.bundle.slice(0, 12) ?? 'empty'}); ${sha.slice(0, 12)} is stored but NOT promoted; run the merge again`, 1);
-  }
-  const r = await reg.promote(ref, { id: sha }, { ...meta, force: a.force }).catch((e) => { throw libError(e); });
+  // another writer may have moved REF while we merged and validated: promoting now would drop its change,
+  // so the promotion is a compare-and-swap on the head we merged with, checked under the registry lock
+  const r = await reg.promote(ref, { id: sha }, { ...meta, force: a.force, expectHead: mergedWith }).catch((e) => {
+    if (e instanceof RefMovedError) {
+      throw new RegistryError(`${ref} moved while merging (it was ${e.expected?.slice(0, 12) ?? 'empty'}, now ${e.actual?.slice(0, 12) ?? 'empty'}); ${sha.slice(0, 12)} is stored but NOT promoted; run the merge again`, 1, 'E_MOVED');
+    }
+    throw libError(e);
+  });
   if (r.event) {
     if (a.text) await text(`${ref}@${r.event.version}  ${r.event.action}  ${sha.slice(0, 12)}\n`);
     else await ctx.out.write(r.event as unknown as AnyRecord);

@@ -53,6 +53,14 @@ export class CorruptObjectError extends RegistryError {
   }
 }
 
+/** A compare-and-swap promotion found the ref somewhere other than where the caller expected it. */
+export class RefMovedError extends RegistryError {
+  constructor(readonly ref: string, readonly expected: string | null, readonly actual: string | null) {
+    super(`${ref} moved: expected it at ${expected?.slice(0, 12) ?? 'empty'}, it is at ${actual?.slice(0, 12) ?? 'empty'}; nothing promoted`, 1, 'E_MOVED');
+    this.name = 'RefMovedError';
+  }
+}
+
 export type RefAction = 'promote' | 'rollback' | 'force';
 
 /** One line of a ref's history. `chain` = sha256(previous chain + canonical JSON of this event without `chain`). */
@@ -99,6 +107,12 @@ export interface WriteMeta {
 
 export interface PromoteOptions extends WriteMeta {
   force?: boolean;
+  /**
+   * Compare-and-swap: promote only if REF currently points to this bundle hash
+   * (null: only if REF has no history). Checked under the writer lock, so a
+   * read-merge-promote cycle cannot overwrite a concurrent writer's change.
+   */
+  expectHead?: string | null;
 }
 
 export interface RollbackOptions extends WriteMeta {
@@ -477,9 +491,12 @@ export class Registry {
    * identifier as resolve() takes). Refused unless the bundle's latest report
    * passes, or `force` (then logged as action "force" with the reason).
    * Promoting the bundle REF already points to is a no-op (returns null).
+   * With `expectHead`, throws RefMovedError (E_MOVED) unless REF's head is
+   * that bundle (null: REF has no history), checked under the lock.
    */
   async promote(ref: string, target: { dir: string } | { id: string }, opts: PromoteOptions = {}): Promise<{ event: RefEvent | null; bundle: StoredBundle }> {
     checkRefName(ref);
+    if (opts.expectHead != null && !isSha256(opts.expectHead)) throw new RegistryError(`expected head of ${ref} must be a full sha256 or null, got "${opts.expectHead}"`, 2, 'E_USAGE');
     if ('dir' in target) await readBundle(target.dir);
     return this.write(async () => {
       let sha: string;
@@ -488,6 +505,7 @@ export class Registry {
       const bundle = await this.get(sha);
       const log = await this.log(ref);
       const head = log.length > 0 ? log[log.length - 1] : null;
+      if (opts.expectHead !== undefined && (head?.bundle ?? null) !== opts.expectHead) throw new RefMovedError(ref, opts.expectHead, head?.bundle ?? null);
       if (head && head.bundle === sha) return { event: null, bundle };
       const refusal = await this.gateRefusal(bundle);
       if (refusal !== null && !opts.force) {

@@ -35,7 +35,8 @@ await runTool<Args>({
     'scale --by S (one adapter). --into REF merges the input with what REF holds, validates the result (--validator CMD, ' +
     'else `validate` on PATH) and promotes it only on pass; with no validator it refuses unless --force (logged).\n\n' +
     `Model commands:\n  adapter-merge explain --ref REF "prompt" [--target TEXT]   which adapters on REF change the answer, and how much\n` +
-    '  adapter-merge export --ref REF DIR                        base model with REF\'s adapter folded in (Hugging Face directory)',
+    '  adapter-merge export --ref REF DIR                        base model with REF\'s adapter folded in (Hugging Face directory)\n' +
+    'Both refuse a model whose weights\' sha256 differs from the base model recorded in the adapter (catechism.json) unless --force.',
   examples: [
     ['adapter-merge add out/fact-42/', 'store a bundle; prints its adapter record with the content hash'],
     ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
@@ -53,7 +54,7 @@ await runTool<Args>({
     ['adapter-merge export --ref live out/model', 'fold live into the base model'],
   ],
   options: {
-    force: { type: 'boolean', default: false, describe: 'promote: promote even without a passing report (logged as "force")' },
+    force: { type: 'boolean', default: false, describe: 'promote/--into: promote even without a passing report (logged as "force"); explain/export: use a model other than the adapter\'s base model (its sha256 differs)' },
     message: { type: 'string', alias: 'm', describe: 'promote/rollback/report: why (recorded in the history)' },
     author: { type: 'string', describe: 'promote/rollback/report: who (default $USER)' },
     to: { type: 'number', describe: 'rollback: the ref version to restore' },

@@ -313,12 +313,32 @@ async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
   }
 }
 
+/**
+ * Refuse a model the adapter was not trained on: its deltas would be applied to
+ * other weights and the answers would mean nothing. --force overrides (warned).
+ */
+async function checkBaseModel(ctx: Ctx, bundle: ParentBundle, dir: string): Promise<void> {
+  const { modelSha256 } = await import('@catechism/core/edit');
+  let have: string;
+  try {
+    have = modelSha256(dir);
+  } catch (e) {
+    throw new InputError(`model ${dir}: cannot hash its weights: ${(e as Error).message}`);
+  }
+  const want = bundle.manifest.base_model;
+  if (have === want.sha256) return;
+  const what = `adapter ${bundle.manifest.id} v${bundle.manifest.version} (${bundle.sha256.slice(0, 12)}) was made for base model ${want.name} (sha256 ${want.sha256}), but the model ${dir} has sha256 ${have}`;
+  if (!ctx.args.force) throw new UsageError(`${what}; pass its base model with --model DIR, or --force to use this one anyway`);
+  ctx.log(`warning: ${what}; going on because of --force`);
+}
+
 export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
   const ref = ctx.args.ref;
   if (ref === undefined || rest.length !== 1) throw new UsageError('export: expected `adapter-merge export --ref REF DIR`');
   const [out] = rest;
   const { bundle } = await loadRef(ctx, ref);
   const base = await loadBase(ctx, false, bundle.manifest.base_model.name);
+  await checkBaseModel(ctx, bundle, base.dir);
   let res;
   try {
     res = exportMerged(base.dir, base.model, [{ adapter: bundle.adapter, scale: bundle.manifest.scale ?? 1 }], out);
@@ -351,6 +371,7 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
   const prompt = rest[0];
   const { reg, bundle } = await loadRef(ctx, ref);
   const base = await loadBase(ctx, true, bundle.manifest.base_model.name);
+  await checkBaseModel(ctx, bundle, base.dir);
   const tok = base.tokenizer!;
   const model = base.model;
   const m = bundle.manifest;

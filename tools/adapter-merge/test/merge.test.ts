@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { writeSyntheticBundle, sha256Hex } from '../src/core.js';
 import { adapterDelta } from '../src/merge-lib.js';
 import { loadLora, loadModel } from '@catechism/core/models';
+import { modelSha256 } from '@catechism/core/edit';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MAIN = path.join(here, '..', 'dist', 'main.js');
@@ -184,7 +185,8 @@ t.test('--into: refuses without a validator (unless --force), promotes on a pass
 });
 
 t.test('explain and export on the golden GPT-2', async (t) => {
-  const model = ['--model', GPT2];
+  // the synthetic bundles were not made for GPT2 (base-model checks: next test)
+  const model = ['--model', GPT2, '--force'];
   const ex = am(['explain', '--ref', 'live@2', 'hello world', ...model]);
   t.equal(ex.code, 0, ex.stderr);
   const e = ex.records[0] as { kind: string; contributions: { id: string; ablation: string; delta_logprob: number; fact_ids: string[] }[]; adapted: { logprob: number }; base: { logprob: number } };
@@ -224,4 +226,32 @@ t.test('explain and export on the golden GPT-2', async (t) => {
     t.match(c.ablation, /parent subtracted \(approximate: the svd merge is not linear\)/);
     t.type(c.delta_logprob, 'number');
   }
+});
+
+t.test('explain and export refuse a model other than the adapter\'s base model, unless --force', async (t) => {
+  const gpt2Sha = modelSha256(GPT2);
+  const synth = sha256Hex('synthetic-base');
+  // a bundle made for GPT2 (its recorded base hash is GPT2's weights' hash) and one made for another model
+  dirs.g = path.join(tmp, 'g');
+  shas.g = (await writeSyntheticBundle(dirs.g, { seed: 7, id: 'g', rank: 2, targets: TARGETS.b, pass: true, manifest: { base_model: { name: GPT2, sha256: gpt2Sha } } })).sha256;
+  t.equal(am(['promote', 'gpt2-ref', dirs.g]).code, 0);
+  t.equal(am(['promote', 'other-ref', dirs.c]).code, 0);
+  const model = ['--model', GPT2];
+  const ok = am(['explain', '--ref', 'gpt2-ref', 'hello', ...model]);
+  t.equal(ok.code, 0, ok.stderr);
+  t.notMatch(ok.stderr, /warning/);
+  // and with no --model: the recorded base_model.name is a model directory, so it is used
+  const implicit = am(['explain', '--ref', 'gpt2-ref', 'hello']);
+  t.equal(implicit.code, 0, implicit.stderr);
+  const want = new RegExp(`adapter c v1 \\(${shas.c.slice(0, 12)}\\) was made for base model synthetic-base \\(sha256 ${synth}\\), but the model ${GPT2.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} has sha256 ${gpt2Sha}; pass its base model with --model DIR, or --force`);
+  fails(t, am(['explain', '--ref', 'other-ref', 'hello', ...model]), 2, want);
+  const out = path.join(tmp, 'exported-other');
+  fails(t, am(['export', '--ref', 'other-ref', out, ...model]), 2, want);
+  t.notOk(existsSync(out), 'nothing exported');
+  const forced = am(['export', '--ref', 'other-ref', out, ...model, '--force']);
+  t.equal(forced.code, 0, forced.stderr);
+  t.match(forced.stderr, /warning: adapter c v1 .* has sha256 [0-9a-f]{64}; going on because of --force/);
+  t.ok(existsSync(path.join(out, 'model.safetensors')));
+  const xg = am(['export', '--ref', 'gpt2-ref', path.join(tmp, 'exported-g'), ...model]);
+  t.equal(xg.code, 0, xg.stderr);
 });

@@ -195,7 +195,12 @@ export function gemm(args: GemmArgs): void {
   if (batch === 0 || m === 0 || n === 0) return;
   if (batch > 1 && args.strideA === undefined && k > 0) rangeErr(op, 'strideA is required when batch > 1 (use 0 to share A)');
   if (batch > 1 && args.strideB === undefined && k > 0) rangeErr(op, 'strideB is required when batch > 1 (use 0 to share B)');
-  if (batch > 1 && sC < (m - 1) * ldc + n) rangeErr(op, `strideC = ${sC} makes the batch items of C overlap`);
+  // Items of C are either stacked (each after the previous one's last row) or
+  // side by side within each row (column blocks of one wider matrix, e.g.
+  // attention heads written straight into [T, heads·D]); anything else overlaps.
+  const stacked = sC >= (m - 1) * ldc + n;
+  const sideBySide = m > 0 && sC >= n && (batch - 1) * sC + n <= ldc;
+  if (batch > 1 && !stacked && !sideBySide) rangeErr(op, `strideC = ${sC} makes the batch items of C overlap`);
   if (k > 0) {
     extent(op, 'A', aOff, sA, batch, transA ? k : m, transA ? m : k, lda, a.length);
     extent(op, 'B', bOff, sB, batch, transB ? n : k, transB ? k : n, ldb, b.length);
@@ -450,7 +455,7 @@ export function softmax(x: Float32Array, out: Float32Array, rows: number, cols: 
   native.softmax(x, out, rows, cols, causal, queryLen, keyPad, rowsPerBatch);
 }
 
-/** dx (+)= y ⊙ (dy − Σ_j dy_j y_j) per row, y = softmax output. */
+/** dx (+)= y ⊙ (dy − Σ_j dy_j y_j) per row, y = softmax output. dx may be dy (in place, without accumulate). */
 export function softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number, accumulate = false): void {
   const op = 'softmaxBackward';
   f32(op, 'y', y);

@@ -103,6 +103,22 @@ t.test('gemm: larger product against an independent blocked float64 sum', async 
   t.ok(r2.ok, r2.msg);
 });
 
+t.test('gemm: batch items side by side in C (heads written into [T, heads·D])', async (t) => {
+  // Attention's pattern: A, B and C all address head h at column h·D of wider rows.
+  const before = k.info().threads;
+  for (const threads of [1, 2]) {
+    k.setThreads(threads);
+    const T = 33, D = 8, H = 4;
+    const r1 = run({ m: T, n: D, kk: T, transA: false, transB: false, batch: H, lda: T, sA: T * T, ldb: 3 * H * D, sB: D, ldc: H * D, sC: D }, 21);
+    t.ok(r1.ok, `P·V into [T, H·D], ${threads} thread(s): ${r1.msg}`);
+    const r2 = run({ m: T, n: D, kk: T, transA: true, transB: false, batch: H, lda: T, sA: T * T, ldb: H * D, sB: D, ldc: 3 * H * D, sC: D, beta: 1, alpha: 0.5 }, 22);
+    t.ok(r2.ok, `Pᵀ·dO accumulated into [T, 3·H·D], ${threads} thread(s): ${r2.msg}`);
+    const r3 = run({ m: 70, n: 16, kk: 40, transA: false, transB: true, batch: 3, lda: 40, sA: 70 * 40, ldb: 40, sB: 16 * 40, ldc: 50, sC: 16, cOff: 5 }, 23);
+    t.ok(r3.ok, `transB, offset C, ${threads} thread(s): ${r3.msg}`);
+  }
+  k.setThreads(before);
+});
+
 t.test('gemm: argument errors', async (t) => {
   const a = new Float32Array(6), b = new Float32Array(6), c = new Float32Array(4);
   const base = { m: 2, n: 2, k: 3, a, lda: 3, b, ldb: 2, c, ldc: 2 };
@@ -118,6 +134,9 @@ t.test('gemm: argument errors', async (t) => {
   t.throws(() => k.gemm({ ...base, bias: new Float32Array(3) }), /bias has length 3/);
   t.throws(() => k.gemm({ ...base, batch: 2, strideA: 6, strideB: 6 }), RangeError);
   t.throws(() => k.gemm({ ...base, batch: 2, strideA: 0, strideB: 0, strideC: 1, c: new Float32Array(100) }), /overlap/);
+  // side by side within rows is allowed only while the column blocks stay apart
+  t.throws(() => k.gemm({ ...base, batch: 2, strideA: 0, strideB: 0, ldc: 3, strideC: 2, c: new Float32Array(100) }), /overlap/);
+  k.gemm({ ...base, batch: 2, strideA: 0, strideB: 0, ldc: 4, strideC: 2, c: new Float32Array(8) });
   t.throws(() => k.gemm({ ...base, alpha: Infinity }), RangeError);
   const shared = new Float32Array(20);
   t.throws(() => k.gemm({ ...base, a: shared.subarray(0, 6), c: shared.subarray(4, 8) }), /share memory/);

@@ -73,6 +73,9 @@ t.test('softmaxBackward and logSoftmax', async (t) => {
     const acc = new Float32Array(rows * cols).fill(1);
     k.softmaxBackward(y, dy, acc, rows, cols, true);
     close(t, acc, want.map((w) => w + 1), 'softmaxBackward accumulate', 1e-6, 1e-5);
+    const inPlace = dy.slice();
+    k.softmaxBackward(y, inPlace, inPlace, rows, cols);
+    close(t, inPlace, want, 'softmaxBackward in place (dx = dy)', 1e-7, 1e-5);
     const ls = new Float32Array(rows * cols);
     k.logSoftmax(x, ls, rows, cols);
     const wantLs: number[] = [];

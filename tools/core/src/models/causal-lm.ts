@@ -8,8 +8,8 @@
  * Weights never require grad; LoRA adapters and hook values may.
  */
 import {
-  Tensor, add, attention, concat, div, fromData, gelu, indexAdd, indexSelect, layerNorm, linear, logSoftmax, gather,
-  mul, noGrad, permute, reshape, rmsNorm, rope, scale, silu, slice, softmax, sum, topk, zeros,
+  Tensor, add, attention, attentionQKV, concat, div, fromData, gelu, indexAdd, indexSelect, layerNorm, logSoftmax, gather,
+  loraLinear, mul, noGrad, permute, reshape, rmsNorm, rope, scale, silu, slice, softmax, sum, topk, zeros,
 } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
 import type { ModelConfig } from './config.js';
@@ -209,25 +209,11 @@ export class CausalLM {
     return this.active.slice();
   }
 
-  /** y = base(x) + Σ factor·(x Aᵀ) Bᵀ over active adapters on this module. */
+  /** y = base(x) + Σ factor·((x Aᵀ) Bᵀ + bias) over active adapters on this module, as one fused op. */
   private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in', weightOf: string = mod): Tensor {
     const w = this.weights.get(weightOf + '.weight')!;
     const b = this.weights.get(weightOf + '.bias');
-    let y = linear(x, w, b ?? null, layout);
-    const terms = this.loraTerms.get(mod);
-    if (terms) {
-      for (const t of terms) {
-        if (t.bias) {
-          const d = linear(linear(x, t.A), t.B, t.bias);
-          y = add(y, t.factor === 1 ? d : scale(d, t.factor));
-        } else {
-          // scale the rank-r intermediate: r ≪ out, so this is the cheap place
-          const xa = linear(x, t.A);
-          y = add(y, linear(t.factor === 1 ? xa : scale(xa, t.factor), t.B));
-        }
-      }
-    }
-    return y;
+    return loraLinear(x, w, b ?? null, layout, this.loraTerms.get(mod) ?? []);
   }
 
   /**
@@ -336,6 +322,11 @@ export class CausalLM {
       const p = `transformer.h.${i}`;
       const x = layerNorm(h, this.weights.get(`${p}.ln_1.weight`)!, this.weights.get(`${p}.ln_1.bias`)!, c.normEps);
       const qkv = this.lin(`${p}.attn.c_attn`, x, 'in_out');
+      if (!cache) {
+        // no cache to fill: attend straight from the fused projection (no head split/merge copies)
+        const o = attentionQKV(qkv, c.heads, { causal: true, scale: 1 / Math.sqrt(hd), ...(keyPad ? { keyPad } : {}) });
+        return this.lin(`${p}.attn.c_proj`, o, 'in_out');
+      }
       // [B,T,3H] → [3,B,heads,T,hd] in one permute; q/k/v are then contiguous blocks
       const qkvh = permute(reshape(qkv, [B, T, 3, c.heads, hd]), [2, 0, 3, 1, 4]);
       const part = (j: number) => reshape(slice(qkvh, 0, j, j + 1), [B, c.heads, T, hd]);

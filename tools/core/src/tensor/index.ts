@@ -18,11 +18,11 @@ export {
   sum, mean, max,
   reshape, view, unsqueeze, squeeze, permute, transpose, slice, concat, stack, split,
   indexSelect, indexAdd, gather, topk,
-  matmul, linear,
+  matmul, linear, loraLinear, type LowRankTerm,
   broadcastShapes,
 } from './ops.js';
 export {
-  softmax, logSoftmax, layerNorm, rmsNorm, rope, embedding, attention, crossEntropy, klDiv, mse,
+  softmax, logSoftmax, layerNorm, rmsNorm, rope, embedding, attention, attentionQKV, crossEntropy, klDiv, mse,
   type SoftmaxOptions, type AttentionOptions, type Reduction,
 } from './nn.js';
 export { AdamW, clipGradNorm, type AdamWOptions } from './optim.js';

@@ -4,7 +4,8 @@
  */
 import { K, type SoftmaxMask } from './backend.js';
 import {
-  Tensor, accumulateGrad, gradBuffer, makeResult, recording, shapeSize, shapeStr,
+  Tensor, accumulateGrad, gradBuffer, gradTarget, makeResult, recording, releaseBuffer, shapeSize, shapeStr, takeBuffer,
+  writeGrad,
 } from './tensor.js';
 import { mean, square, sub } from './ops.js';
 
@@ -44,10 +45,12 @@ function softmaxMask(x: Tensor, rows: number, cols: number, opts: SoftmaxOptions
 export function softmax(x: Tensor, opts?: SoftmaxOptions): Tensor {
   const cols = lastDim(x, 'softmax');
   const rows = cols === 0 ? 0 : x.size / cols;
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   if (rows > 0) K.softmax(x.data, out, rows, cols, softmaxMask(x, rows, cols, opts, 'softmax'));
   return makeResult('softmax', out, x.shape, [x], (g) => {
-    if (rows > 0) K.softmaxBackward(out, g, gradBuffer(x), rows, cols, true);
+    if (rows === 0) return;
+    const { buf, accumulate } = gradTarget(x);
+    K.softmaxBackward(out, g, buf, rows, cols, accumulate);
   });
 }
 
@@ -79,18 +82,17 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): T
     throw new RangeError(`layerNorm: gamma ${shapeStr(gamma.shape)} / beta ${shapeStr(beta.shape)} must have ${cols} values for input ${shapeStr(x.shape)}`);
   }
   const rows = cols === 0 ? 0 : x.size / cols;
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   const mu = new Float32Array(rows);
   const rstd = new Float32Array(rows);
   if (rows > 0) K.layerNorm(x.data, gamma.data, beta.data, out, rows, cols, eps, mu, rstd);
   return makeResult('layerNorm', out, x.shape, [x, gamma, beta], (g) => {
     if (rows === 0) return;
     // Frozen gamma/beta (or input) skip their part of the work.
-    const dx = x.requiresGrad ? new Float32Array(x.size) : null;
     const dg = gamma.requiresGrad ? gradBuffer(gamma) : null;
     const db = beta.requiresGrad ? gradBuffer(beta) : null;
-    K.layerNormBackward(x.data, gamma.data, mu, rstd, g, dx, dg, db, rows, cols);
-    if (dx) accumulateGrad(x, dx, true);
+    if (x.requiresGrad) writeGrad(x, (dx) => K.layerNormBackward(x.data, gamma.data, mu, rstd, g, dx, dg, db, rows, cols));
+    else K.layerNormBackward(x.data, gamma.data, mu, rstd, g, null, dg, db, rows, cols);
   });
 }
 
@@ -99,15 +101,14 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   const cols = lastDim(x, 'rmsNorm');
   if (weight.size !== cols) throw new RangeError(`rmsNorm: weight ${shapeStr(weight.shape)} must have ${cols} values for input ${shapeStr(x.shape)}`);
   const rows = cols === 0 ? 0 : x.size / cols;
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   const rstd = new Float32Array(rows);
   if (rows > 0) K.rmsNorm(x.data, weight.data, out, rows, cols, eps, rstd);
   return makeResult('rmsNorm', out, x.shape, [x, weight], (g) => {
     if (rows === 0) return;
-    const dx = x.requiresGrad ? new Float32Array(x.size) : null;
     const dw = weight.requiresGrad ? gradBuffer(weight) : null;
-    K.rmsNormBackward(x.data, weight.data, rstd, g, dx, dw, rows, cols);
-    if (dx) accumulateGrad(x, dx, true);
+    if (x.requiresGrad) writeGrad(x, (dx) => K.rmsNormBackward(x.data, weight.data, rstd, g, dx, dw, rows, cols));
+    else K.rmsNormBackward(x.data, weight.data, rstd, g, null, dw, rows, cols);
   });
 }
 
@@ -127,14 +128,12 @@ export function rope(x: Tensor, positions: Int32Array, theta = 10000): Tensor {
   } else if (positions.length !== B * T) {
     throw new RangeError(`rope: positions has ${positions.length} entries, expected B·T = ${B * T} or T = ${T}`);
   }
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   if (x.size > 0) K.rope(x.data, out, B, H, T, D, pos, theta);
   return makeResult('rope', out, x.shape, [x], (g) => {
     if (x.size === 0) return;
     // A rotation's transpose is its inverse.
-    const gx = new Float32Array(x.size);
-    K.rope(g, gx, B, H, T, D, pos, theta, true);
-    accumulateGrad(x, gx, true);
+    writeGrad(x, (gx) => K.rope(g, gx, B, H, T, D, pos, theta, true));
   });
 }
 
@@ -151,7 +150,7 @@ export function embedding(table: Tensor, ids: Int32Array, idsShape?: readonly nu
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] < 0 || ids[i] >= V) throw new RangeError(`embedding: id ${ids[i]} at position ${i} out of range [0, ${V})`);
   }
-  const out = new Float32Array(ids.length * D);
+  const out = takeBuffer(ids.length * D);
   if (out.length > 0) K.embedding(table.data, V, D, ids, out);
   return makeResult('embedding', out, lead.concat([D]), [table], (g) => {
     if (out.length > 0) K.embeddingBackward(g, ids, gradBuffer(table), V, D);
@@ -190,8 +189,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   // Query heads of one kv group are contiguous, so q reads as [B·Hkv, grp·T, D].
   const nb = B * Hkv, mq = grp * T;
   const sQ = mq * D, sK = S * D, sP = mq * S;
-  const out = new Float32Array(q.size);
-  const p = new Float32Array(B * H * T * S);
+  const out = q.size > 0 && S > 0 ? takeBuffer(q.size) : new Float32Array(q.size);
+  const p = takeBuffer(B * H * T * S);
   if (q.size > 0 && S > 0) {
     K.gemm({ transB: true, m: mq, n: S, k: D, a: q.data, lda: D, strideA: sQ, b: k.data, ldb: D, strideB: sK, c: p, ldc: S, strideC: sP, batch: nb, alpha: scale });
     const mask: SoftmaxMask = {};
@@ -203,19 +202,93 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   return makeResult('attention', out, q.shape, [q, k, v], (g) => {
     if (q.size === 0 || S === 0) return;
     if (v.requiresGrad) {
-      K.gemm({ transA: true, m: S, n: D, k: mq, a: p, lda: S, strideA: sP, b: g, ldb: D, strideB: sQ, c: gradBuffer(v), ldc: D, strideC: sK, batch: nb, beta: 1 });
+      const gv = gradTarget(v);
+      K.gemm({ transA: true, m: S, n: D, k: mq, a: p, lda: S, strideA: sP, b: g, ldb: D, strideB: sQ, c: gv.buf, ldc: D, strideC: sK, batch: nb, beta: gv.accumulate ? 1 : 0 });
     }
     if (!q.requiresGrad && !k.requiresGrad) return;
-    const dp = new Float32Array(p.length);
+    const dp = takeBuffer(p.length);
     K.gemm({ transB: true, m: mq, n: S, k: D, a: g, lda: D, strideA: sQ, b: v.data, ldb: D, strideB: sK, c: dp, ldc: S, strideC: sP, batch: nb });
-    const ds = new Float32Array(p.length);
+    // (in place: dp is read row by row before ds's row is written)
+    const ds = dp;
     K.softmaxBackward(p, dp, ds, B * H * T, S, false);
     if (q.requiresGrad) {
-      K.gemm({ m: mq, n: D, k: S, a: ds, lda: S, strideA: sP, b: k.data, ldb: D, strideB: sK, c: gradBuffer(q), ldc: D, strideC: sQ, batch: nb, alpha: scale, beta: 1 });
+      const gq = gradTarget(q);
+      K.gemm({ m: mq, n: D, k: S, a: ds, lda: S, strideA: sP, b: k.data, ldb: D, strideB: sK, c: gq.buf, ldc: D, strideC: sQ, batch: nb, alpha: scale, beta: gq.accumulate ? 1 : 0 });
     }
     if (k.requiresGrad) {
-      K.gemm({ transA: true, m: S, n: D, k: mq, a: ds, lda: S, strideA: sP, b: q.data, ldb: D, strideB: sQ, c: gradBuffer(k), ldc: D, strideC: sK, batch: nb, alpha: scale, beta: 1 });
+      const gk = gradTarget(k);
+      K.gemm({ transA: true, m: S, n: D, k: mq, a: ds, lda: S, strideA: sP, b: q.data, ldb: D, strideB: sQ, c: gk.buf, ldc: D, strideC: sK, batch: nb, alpha: scale, beta: gk.accumulate ? 1 : 0 });
     }
+    releaseBuffer(ds);
+  });
+}
+
+/**
+ * Multi-head self-attention straight from a fused QKV projection, GPT-2's
+ * layout: qkv is [B, T, 3·heads·D] holding q, k and v side by side, each
+ * [heads, D] per token. Returns [B, T, heads·D] (heads merged, ready for the
+ * output projection). The same as splitting q/k/v into [B, heads, T, D],
+ * `attention`, and merging the heads back, without materialising any of
+ * those copies: the GEMMs read and write the heads in place through their
+ * strides.
+ */
+export function attentionQKV(qkv: Tensor, heads: number, opts: AttentionOptions = {}): Tensor {
+  if (qkv.ndim !== 3) throw new RangeError(`attentionQKV: qkv must be [B, T, 3·heads·D], got ${shapeStr(qkv.shape)}`);
+  const [B, T, W] = qkv.shape;
+  if (!Number.isInteger(heads) || heads <= 0 || W % (3 * heads) !== 0) {
+    throw new RangeError(`attentionQKV: last dimension ${W} of qkv is not 3 × ${heads} heads × a head size`);
+  }
+  const D = W / (3 * heads);
+  const HD = heads * D;
+  if (opts.keyPad && opts.keyPad.length !== B * T) throw new RangeError(`attentionQKV: keyPad has ${opts.keyPad.length} entries, expected B·T = ${B * T}`);
+  const scale = opts.scale ?? 1 / Math.sqrt(D);
+  const sP = T * T; // one head's scores
+  const out = takeBuffer(B * T * HD);
+  const p = takeBuffer(B * heads * sP);
+  const empty = B * T * D === 0;
+  if (!empty) {
+    // Per sequence, one batched GEMM over the heads; head h of token t sits
+    // at column h·D of row t (leading dimension 3·HD in qkv, HD in out).
+    for (let b = 0; b < B; b++) {
+      const base = b * T * W;
+      K.gemm({ transB: true, m: T, n: T, k: D, a: qkv.data, aOffset: base, lda: W, strideA: D, b: qkv.data, bOffset: base + HD, ldb: W, strideB: D,
+        c: p, cOffset: b * heads * sP, ldc: T, strideC: sP, batch: heads, alpha: scale });
+    }
+    const mask: SoftmaxMask = {};
+    if (opts.causal) { mask.causal = true; mask.queryLen = T; }
+    if (opts.keyPad) { mask.keyPad = opts.keyPad; mask.rowsPerBatch = heads * T; }
+    K.softmax(p, p, B * heads * T, T, opts.causal || opts.keyPad ? mask : undefined);
+    for (let b = 0; b < B; b++) {
+      K.gemm({ m: T, n: D, k: T, a: p, aOffset: b * heads * sP, lda: T, strideA: sP, b: qkv.data, bOffset: b * T * W + 2 * HD, ldb: W, strideB: D,
+        c: out, cOffset: b * T * HD, ldc: HD, strideC: D, batch: heads });
+    }
+  } else {
+    out.fill(0);
+  }
+  return makeResult('attentionQKV', out, [B, T, HD], [qkv], (g) => {
+    if (empty) return;
+    const gqkv = gradTarget(qkv);
+    // Every element of q, k and v gets exactly one write: beta 0 on a fresh buffer.
+    const beta = gqkv.accumulate ? 1 : 0;
+    const dp = takeBuffer(p.length);
+    for (let b = 0; b < B; b++) {
+      const base = b * T * W, gOff = b * T * HD, pOff = b * heads * sP;
+      // dV = Pᵀ·dO ; dP = dO·Vᵀ
+      K.gemm({ transA: true, m: T, n: D, k: T, a: p, aOffset: pOff, lda: T, strideA: sP, b: g, bOffset: gOff, ldb: HD, strideB: D,
+        c: gqkv.buf, cOffset: base + 2 * HD, ldc: W, strideC: D, batch: heads, beta });
+      K.gemm({ transB: true, m: T, n: T, k: D, a: g, aOffset: gOff, lda: HD, strideA: D, b: qkv.data, bOffset: base + 2 * HD, ldb: W, strideB: D,
+        c: dp, cOffset: pOff, ldc: T, strideC: sP, batch: heads });
+    }
+    K.softmaxBackward(p, dp, dp, B * heads * T, T, false);
+    for (let b = 0; b < B; b++) {
+      const base = b * T * W, pOff = b * heads * sP;
+      // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
+      K.gemm({ m: T, n: D, k: T, a: dp, aOffset: pOff, lda: T, strideA: sP, b: qkv.data, bOffset: base + HD, ldb: W, strideB: D,
+        c: gqkv.buf, cOffset: base, ldc: W, strideC: D, batch: heads, alpha: scale, beta });
+      K.gemm({ transA: true, m: T, n: D, k: T, a: dp, aOffset: pOff, lda: T, strideA: sP, b: qkv.data, bOffset: base, ldb: W, strideB: D,
+        c: gqkv.buf, cOffset: base + HD, ldc: W, strideC: D, batch: heads, alpha: scale, beta });
+    }
+    releaseBuffer(dp);
   });
 }
 
@@ -256,7 +329,9 @@ export function crossEntropy(logits: Tensor, targets: Int32Array, ignoreIndex = 
   const value = div === 0 ? 0 : total / div;
   return makeResult('crossEntropy', new Float32Array([value]), [], [logits], (g) => {
     if (div === 0) return;
-    K.axpy(g[0] / div, grad!, gradBuffer(logits));
+    const { buf, accumulate } = gradTarget(logits);
+    if (accumulate) K.axpy(g[0] / div, grad!, buf);
+    else K.scale(grad!, g[0] / div, buf);
   });
 }
 

@@ -6,7 +6,8 @@
 import type { Rng } from '../util/random.js';
 import { K, type UnaryOp } from './backend.js';
 import {
-  Tensor, type Shape, accumulateGrad, gradBuffer, makeResult, recording, scalar, shapeSize, shapeStr,
+  Tensor, type Shape, accumulateGrad, existingGrad, gradBuffer, gradTarget, makeResult, recording, scalar, shapeSize, shapeStr,
+  takeBuffer,
 } from './tensor.js';
 
 // ------------------------------------------------------------------ helpers
@@ -90,7 +91,7 @@ function binaryOp(op: 'add' | 'sub' | 'mul' | 'div', aIn: Tensor | number, bIn: 
   const a = asTensor(aIn);
   const b = asTensor(bIn);
   const shape = (sameShape(a.shape, b.shape) ? a.shape : broadcastShapes(a.shape, b.shape, op)) as number[];
-  const out = new Float32Array(shapeSize(shape));
+  const out = takeBuffer(shapeSize(shape));
   K.binary(op, a.data, a.shape as number[], b.data, b.shape as number[], out);
   return makeResult(op, out, shape, [a, b], (g, donate) => {
     switch (op) {
@@ -101,7 +102,7 @@ function binaryOp(op: 'add' | 'sub' | 'mul' | 'div', aIn: Tensor | number, bIn: 
         break;
       case 'sub': {
         if (b.requiresGrad) {
-          const ng = new Float32Array(g.length);
+          const ng = takeBuffer(g.length);
           K.scale(g, -1, ng);
           accumulateBroadcast(b, ng, shape, true);
         }
@@ -110,12 +111,12 @@ function binaryOp(op: 'add' | 'sub' | 'mul' | 'div', aIn: Tensor | number, bIn: 
       }
       case 'mul': {
         if (a.requiresGrad) {
-          const ga = new Float32Array(g.length);
+          const ga = takeBuffer(g.length);
           K.binary('mul', g, shape, b.data, b.shape as number[], ga);
           accumulateBroadcast(a, ga, shape, true);
         }
         if (b.requiresGrad) {
-          const gb = new Float32Array(g.length);
+          const gb = takeBuffer(g.length);
           K.binary('mul', g, shape, a.data, a.shape as number[], gb);
           accumulateBroadcast(b, gb, shape, true);
         }
@@ -220,10 +221,11 @@ export function dropout(x: Tensor, p: number, rng: Rng, training = true): Tensor
 }
 
 function unaryOp(op: UnaryOp, x: Tensor): Tensor {
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   K.unary(op, x.data, out);
   return makeResult(op, out, x.shape, [x], (g) => {
-    K.unaryBackward(op, x.data, g, gradBuffer(x), true);
+    const { buf, accumulate } = gradTarget(x);
+    K.unaryBackward(op, x.data, g, buf, accumulate);
   });
 }
 
@@ -245,10 +247,12 @@ export function abs(x: Tensor): Tensor { return unaryOp('abs', x); }
 
 /** s · x for a constant s. */
 export function scale(x: Tensor, s: number): Tensor {
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   K.scale(x.data, s, out);
   return makeResult('scale', out, x.shape, [x], (g) => {
-    K.axpy(s, g, gradBuffer(x));
+    const { buf, accumulate } = gradTarget(x);
+    if (accumulate) K.axpy(s, g, buf);
+    else K.scale(g, s, buf);
   });
 }
 
@@ -375,12 +379,12 @@ export function permute(x: Tensor, perm: readonly number[]): Tensor {
   const p = perm.map((d) => normAxis(d, x.ndim, 'permute'));
   if (new Set(p).size !== p.length) throw new RangeError(`permute: perm [${perm.join(', ')}] repeats a dimension`);
   const shape = p.map((d) => x.shape[d]);
-  const out = new Float32Array(x.size);
+  const out = takeBuffer(x.size);
   K.permute(x.data, x.shape as number[], p, out);
   return makeResult('permute', out, shape, [x], (g) => {
     const inv = new Array<number>(p.length);
     for (let i = 0; i < p.length; i++) inv[p[i]] = i;
-    const gx = new Float32Array(x.size);
+    const gx = takeBuffer(x.size);
     K.permute(g, shape, inv, gx);
     accumulateGrad(x, gx, true);
   });
@@ -409,17 +413,29 @@ export function slice(x: Tensor, axisIn: number, startIn: number, endIn?: number
   const w = (end - start) * inner;
   const shape = x.shape.slice();
   shape[axis] = end - start;
-  const out = new Float32Array(outer * w);
+  const out = takeBuffer(outer * w);
   for (let o = 0; o < outer; o++) {
     const src = (o * len + start) * inner;
     out.set(x.data.subarray(src, src + w), o * w);
   }
   return makeResult('slice', out, shape, [x], (g) => {
-    const gx = gradBuffer(x);
+    if (w === 0) return;
+    const prev = existingGrad(x);
+    if (prev === null) {
+      // First gradient for x: copy the slice's rows in, zero only the rest.
+      const { buf } = gradTarget(x);
+      const rowLen = len * inner;
+      for (let o = 0; o < outer; o++) {
+        const base = o * rowLen, dst = base + start * inner;
+        buf.fill(0, base, dst);
+        buf.set(g.subarray(o * w, (o + 1) * w), dst);
+        buf.fill(0, dst + w, base + rowLen);
+      }
+      return;
+    }
     for (let o = 0; o < outer; o++) {
       const dst = (o * len + start) * inner;
-      const gBase = o * w;
-      for (let i = 0; i < w; i++) gx[dst + i] += g[gBase + i];
+      K.axpy(1, g.subarray(o * w, (o + 1) * w), prev.subarray(dst, dst + w));
     }
   });
 }
@@ -613,13 +629,19 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     // b is one matrix shared by every item: a's batch dims fold into rows, one GEMM.
     const M = shapeSize(batchA) * m;
     const shape = batch.concat([m, n]);
-    const out = new Float32Array(M * n);
+    const out = takeBuffer(M * n);
     // (ld ≥ 1 is required even when k = 0, where the product is all zeros)
     if (M > 0 && n > 0) K.gemm({ m: M, n, k, a: a.data, lda: Math.max(1, k), b: b.data, ldb: n, c: out, ldc: n });
     return makeResult('matmul', out, shape, [a, b], (g) => {
       if (M === 0 || n === 0 || k === 0) return;
-      if (a.requiresGrad) K.gemm({ transB: true, m: M, n: k, k: n, a: g, lda: n, b: b.data, ldb: n, c: gradBuffer(a), ldc: k, beta: 1 });
-      if (b.requiresGrad) K.gemm({ transA: true, m: k, n, k: M, a: a.data, lda: k, b: g, ldb: n, c: gradBuffer(b), ldc: n, beta: 1 });
+      if (a.requiresGrad) {
+        const ga = gradTarget(a);
+        K.gemm({ transB: true, m: M, n: k, k: n, a: g, lda: n, b: b.data, ldb: n, c: ga.buf, ldc: k, beta: ga.accumulate ? 1 : 0 });
+      }
+      if (b.requiresGrad) {
+        const gb = gradTarget(b);
+        K.gemm({ transA: true, m: k, n, k: M, a: a.data, lda: k, b: g, ldb: n, c: gb.buf, ldc: n, beta: gb.accumulate ? 1 : 0 });
+      }
     });
   }
 
@@ -696,6 +718,31 @@ function broadcastOffsets(part: Shape, full: Shape, block: number): Int32Array |
  * GPT-2 Conv1D). x: [..., in] → [..., out].
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, layout: 'out_in' | 'in_out' = 'out_in'): Tensor {
+  return loraLinear(x, weight, bias ?? null, layout, []);
+}
+
+/** One low-rank term of `loraLinear`: adds factor · (x·Aᵀ)·Bᵀ (+ factor · bias). */
+export interface LowRankTerm {
+  /** [r, in] */
+  A: Tensor;
+  /** [out, r] */
+  B: Tensor;
+  /** [out], optional */
+  bias?: Tensor | null;
+  factor: number;
+}
+
+/**
+ * A linear layer plus low-rank (LoRA) terms in one op:
+ * y = linear(x, weight, bias, layout) + Σ factor·((x·Aᵀ)·Bᵀ + bias_t).
+ * One graph node instead of five per adapter (two linears, a scale, an add),
+ * no full-width intermediate, and in backward the gradient reaches x, A, B
+ * and the biases straight from g: ∂B = f·gᵀ(xAᵀ), ∂(xAᵀ) = f·g·B,
+ * ∂A = ∂(xAᵀ)ᵀx, ∂x = g·W(ᵀ) + Σ ∂(xAᵀ)·A. Frozen inputs get no work.
+ */
+export function loraLinear(
+  x: Tensor, weight: Tensor, bias: Tensor | null, layout: 'out_in' | 'in_out', terms: readonly LowRankTerm[],
+): Tensor {
   if (weight.ndim !== 2) throw new RangeError(`linear: weight must be 2-d, got ${shapeStr(weight.shape)}`);
   const outIn = layout === 'out_in';
   if (!outIn && layout !== 'in_out') throw new RangeError(`linear: unknown layout '${String(layout)}'`);
@@ -705,24 +752,82 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, layout: 
     throw new RangeError(`linear: input ${shapeStr(x.shape)} does not end in ${nIn} (weight ${shapeStr(weight.shape)}, layout ${layout})`);
   }
   if (bias && bias.size !== nOut) throw new RangeError(`linear: bias has ${bias.size} values, expected ${nOut}`);
-  const M = shapeSize(x.shape.slice(0, -1));
-  const shape = x.shape.slice(0, -1).concat([nOut]);
-  const out = new Float32Array(M * nOut);
+  for (const t of terms) {
+    if (t.A.ndim !== 2 || t.B.ndim !== 2 || t.A.shape[1] !== nIn || t.B.shape[0] !== nOut || t.B.shape[1] !== t.A.shape[0]) {
+      throw new RangeError(`loraLinear: A ${shapeStr(t.A.shape)} and B ${shapeStr(t.B.shape)} must be [r, ${nIn}] and [${nOut}, r]`);
+    }
+    if (t.bias && t.bias.size !== nOut) throw new RangeError(`loraLinear: term bias has ${t.bias.size} values, expected ${nOut}`);
+    if (!Number.isFinite(t.factor)) throw new RangeError(`loraLinear: factor must be finite, got ${t.factor}`);
+  }
+  const lead = x.shape.slice(0, -1);
+  const M = shapeSize(lead);
+  const shape = lead.concat([nOut]);
+  const out = takeBuffer(M * nOut);
+  const ldw = Math.max(1, outIn ? nIn : nOut);
+  // x·Aᵀ per term: [M, r], kept for the gradients of B.
+  const xa: Float32Array[] = [];
   if (M > 0 && nOut > 0) {
     K.gemm({
-      transB: outIn, m: M, n: nOut, k: nIn, a: x.data, lda: Math.max(1, nIn), b: weight.data, ldb: Math.max(1, outIn ? nIn : nOut),
+      transB: outIn, m: M, n: nOut, k: nIn, a: x.data, lda: Math.max(1, nIn), b: weight.data, ldb: ldw,
       c: out, ldc: nOut, ...(bias ? { bias: bias.data } : {}),
     });
+    for (const t of terms) {
+      const r = t.A.shape[0];
+      const h = new Float32Array(M * r);
+      if (r === 0) { xa.push(h); continue; }
+      if (nIn > 0) K.gemm({ transB: true, m: M, n: r, k: nIn, a: x.data, lda: nIn, b: t.A.data, ldb: nIn, c: h, ldc: r });
+      // out += f·h·Bᵀ (+ f·bias on every row)
+      K.gemm({ transB: true, m: M, n: nOut, k: r, a: h, lda: r, b: t.B.data, ldb: r, c: out, ldc: nOut, alpha: t.factor, beta: 1 });
+      if (t.bias) {
+        const fb = new Float32Array(nOut);
+        K.scale(t.bias.data, t.factor, fb);
+        K.binary('add', out, [M, nOut], fb, [nOut], out);
+      }
+      xa.push(h);
+    }
   }
-  const inputs = bias ? [x, weight, bias] : [x, weight];
-  return makeResult('linear', out, shape, inputs, (g) => {
+  const inputs: Tensor[] = [x, weight];
+  if (bias) inputs.push(bias);
+  for (const t of terms) {
+    inputs.push(t.A, t.B);
+    if (t.bias) inputs.push(t.bias);
+  }
+  return makeResult(terms.length > 0 ? 'loraLinear' : 'linear', out, shape, inputs, (g) => {
     if (M === 0 || nOut === 0) return;
+    // ∂(x·Aᵀ) per term, when x or A needs it.
+    const gh: Array<Float32Array | null> = terms.map((t, i) => {
+      const r = t.A.shape[0];
+      if (t.B.requiresGrad) {
+        const gB = gradTarget(t.B);
+        K.gemm({ transA: true, m: nOut, n: r, k: M, a: g, lda: nOut, b: xa[i], ldb: Math.max(1, r), c: gB.buf, ldc: Math.max(1, r), alpha: t.factor, beta: gB.accumulate ? 1 : 0 });
+      }
+      if (t.bias && t.bias.requiresGrad) {
+        const gb = new Float32Array(nOut);
+        K.reduce('sum', g, [M, nOut], 0, gb);
+        K.axpy(t.factor, gb, gradBuffer(t.bias));
+      }
+      if (r === 0 || nIn === 0 || (!x.requiresGrad && !t.A.requiresGrad)) return null;
+      const d = new Float32Array(M * r);
+      K.gemm({ m: M, n: r, k: nOut, a: g, lda: nOut, b: t.B.data, ldb: r, c: d, ldc: r, alpha: t.factor });
+      if (t.A.requiresGrad) {
+        const gA = gradTarget(t.A);
+        K.gemm({ transA: true, m: r, n: nIn, k: M, a: d, lda: r, b: x.data, ldb: nIn, c: gA.buf, ldc: nIn, beta: gA.accumulate ? 1 : 0 });
+      }
+      return d;
+    });
     if (x.requiresGrad && nIn > 0) {
-      K.gemm({ transB: !outIn, m: M, n: nIn, k: nOut, a: g, lda: nOut, b: weight.data, ldb: outIn ? nIn : nOut, c: gradBuffer(x), ldc: nIn, beta: 1 });
+      const gx = gradTarget(x);
+      K.gemm({ transB: !outIn, m: M, n: nIn, k: nOut, a: g, lda: nOut, b: weight.data, ldb: ldw, c: gx.buf, ldc: nIn, beta: gx.accumulate ? 1 : 0 });
+      terms.forEach((t, i) => {
+        const d = gh[i];
+        if (d) K.gemm({ m: M, n: nIn, k: t.A.shape[0], a: d, lda: t.A.shape[0], b: t.A.data, ldb: nIn, c: gx.buf, ldc: nIn, beta: 1 });
+      });
     }
     if (weight.requiresGrad && nIn > 0) {
-      if (outIn) K.gemm({ transA: true, m: nOut, n: nIn, k: M, a: g, lda: nOut, b: x.data, ldb: nIn, c: gradBuffer(weight), ldc: nIn, beta: 1 });
-      else K.gemm({ transA: true, m: nIn, n: nOut, k: M, a: x.data, lda: nIn, b: g, ldb: nOut, c: gradBuffer(weight), ldc: nOut, beta: 1 });
+      const gw = gradTarget(weight);
+      const beta = gw.accumulate ? 1 : 0;
+      if (outIn) K.gemm({ transA: true, m: nOut, n: nIn, k: M, a: g, lda: nOut, b: x.data, ldb: nIn, c: gw.buf, ldc: nIn, beta });
+      else K.gemm({ transA: true, m: nIn, n: nOut, k: M, a: x.data, lda: nIn, b: g, ldb: nOut, c: gw.buf, ldc: nOut, beta });
     }
     if (bias && bias.requiresGrad) {
       const gb = new Float32Array(nOut);

@@ -243,9 +243,71 @@ function runBackward(root: Tensor, seed: Float32Array, retainGraph: boolean): vo
       else K.axpy(1, g, t.grad.data);
     }
     node.backward(g, true);
+    // g is dead now unless the node handed it on as an input's gradient (an
+    // op only ever passes its gradient to its own inputs): recycle it.
+    let adopted = false;
+    for (const inp of node.inputs) if (inp._g === g || inp.grad?.data === g) adopted = true;
+    if (!adopted) releaseBuffer(g);
     // Drop the closure (and the activations it holds) so memory is freed now.
     if (!retainGraph) t._node = { op: node.op, inputs: [], backward: freedBackward(node.op) };
   }
+}
+
+// ------------------------------------------------------------ buffer reuse
+//
+// Gradient buffers are dead once backward has pushed them through their op.
+// Handing them back to the next ops that need a buffer of the same length
+// saves the allocation and zero-fill and, at small shapes more importantly,
+// the garbage collections V8 starts for every few tens of MB of new
+// ArrayBuffer memory. Only whole-buffer arrays that backward owns enter the
+// pool; nothing a caller can see is ever recycled.
+
+/** Buffers below this many floats are cheap to allocate; not worth pooling. */
+const POOL_MIN = 1024;
+const POOL_MAX_BYTES = 64 * 1024 * 1024;
+const POOL_MAX_PER_SIZE = 16;
+const pool = new Map<number, Float32Array[]>();
+let poolBytes = 0;
+
+/**
+ * A float32 buffer of length n with unspecified contents (possibly a recycled
+ * gradient): for kernels that overwrite every element.
+ */
+export function takeBuffer(n: number): Float32Array {
+  if (n >= POOL_MIN) {
+    const list = pool.get(n);
+    if (list !== undefined && list.length > 0) {
+      poolBytes -= n * 4;
+      return list.pop()!;
+    }
+  }
+  return new Float32Array(n);
+}
+
+/** A zero-filled float32 buffer of length n (recycled when one is free). */
+export function takeZeroed(n: number): Float32Array {
+  if (n >= POOL_MIN) {
+    const list = pool.get(n);
+    if (list !== undefined && list.length > 0) {
+      poolBytes -= n * 4;
+      return list.pop()!.fill(0);
+    }
+  }
+  return new Float32Array(n);
+}
+
+/** Give a buffer nobody references any more back for reuse (ignored when not poolable). */
+export function releaseBuffer(b: Float32Array): void {
+  const n = b.length;
+  // A view into a larger buffer (or a shared one) could still be read through its parent.
+  if (n < POOL_MIN || b.byteOffset !== 0 || b.buffer.byteLength !== n * 4) return;
+  if (poolBytes + n * 4 > POOL_MAX_BYTES) return;
+  let list = pool.get(n);
+  if (list === undefined) pool.set(n, (list = []));
+  // (a buffer listed twice would be handed out twice)
+  if (list.length >= POOL_MAX_PER_SIZE || list.includes(b)) return;
+  list.push(b);
+  poolBytes += n * 4;
 }
 
 /**
@@ -273,11 +335,49 @@ export function accumulateGrad(t: Tensor, g: Float32Array, owned: boolean): void
  */
 export function gradBuffer(t: Tensor): Float32Array {
   if (t._node === null) {
-    if (t.grad === null) t.grad = new Tensor(new Float32Array(t.size), t.shape);
+    if (t.grad === null) t.grad = new Tensor(takeZeroed(t.size), t.shape);
     return t.grad.data;
   }
-  if (t._g === null) t._g = new Float32Array(t.size);
+  if (t._g === null) t._g = takeZeroed(t.size);
   return t._g;
+}
+
+/**
+ * Add a gradient that a kernel writes (rather than accumulates) into t:
+ * straight into t's buffer when t has none yet, else through a scratch
+ * buffer that is added in and recycled.
+ */
+export function writeGrad(t: Tensor, write: (out: Float32Array) => void): void {
+  const prev = existingGrad(t);
+  if (prev === null) {
+    write(gradTarget(t).buf);
+    return;
+  }
+  const tmp = takeBuffer(t.size);
+  write(tmp);
+  K.axpy(1, tmp, prev);
+  releaseBuffer(tmp);
+}
+
+/** t's gradient buffer if it has one yet, else null (see `gradTarget`). */
+export function existingGrad(t: Tensor): Float32Array | null {
+  return t._node === null ? (t.grad === null ? null : t.grad.data) : t._g;
+}
+
+/**
+ * Where a kernel should write t's gradient. When t has none yet, a fresh
+ * buffer with unspecified contents is installed and `accumulate` is false:
+ * the kernel must overwrite every element (gemm beta = 0). Otherwise the
+ * existing buffer comes back with `accumulate` true (gemm beta = 1). Saves
+ * zero-filling a buffer only to add into it.
+ */
+export function gradTarget(t: Tensor): { buf: Float32Array; accumulate: boolean } {
+  const prev = existingGrad(t);
+  if (prev !== null) return { buf: prev, accumulate: true };
+  const buf = takeBuffer(t.size);
+  if (t._node === null) t.grad = new Tensor(buf, t.shape);
+  else t._g = buf;
+  return { buf, accumulate: false };
 }
 
 /** True when an op with these inputs must record a graph node. */

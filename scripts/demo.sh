@@ -15,13 +15,23 @@ npx turbo run build --output-logs=errors-only >&2
 grep '"op":"insert"' fixtures/world/edits.ndjson | head -n "$n" > "$work/facts.ndjson"
 echo "demo: $n edits from fixtures/world/edits.ndjson; model fixtures/models/dense; output in $work" >&2
 
-probe-gen --roles all --seed 1 "$work/facts.ndjson" \
+# Every probe role but "general": attrib rejects general (replay) probes, whose fact_id is "*",
+# as probes of an unknown fact and exits 2. lora-train and validate bring their own general text.
+roles=edit,paraphrase,context,neighborhood,counterfactual,generation
+set +e
+probe-gen --roles "$roles" --seed 1 "$work/facts.ndjson" \
   | attrib --seed 1 \
   | lora-train --seed 1 --out "$work/adapters" \
   | validate --html "$work/report.html" \
   | tee "$work/stream.ndjson" \
-  | adapter-merge --into live --registry "$work/registry" -m "demo consolidation" > "$work/merge.ndjson" \
-  && promoted=yes || promoted=no
+  | adapter-merge --into live --registry "$work/registry" -m "demo consolidation" > "$work/merge.ndjson"
+status=("${PIPESTATUS[@]}")
+set -e
+stages=(probe-gen attrib lora-train validate tee adapter-merge)
+for i in 0 1 2 3 4; do
+  if [ "${status[$i]}" != 0 ]; then echo "demo: ${stages[$i]} failed (exit ${status[$i]}); see its message above" >&2; exit 1; fi
+done
+[ "${status[5]}" = 0 ] && promoted=yes || promoted=no
 
 node --input-type=module -e '
   import { readFileSync } from "node:fs";
@@ -34,6 +44,44 @@ node --input-type=module -e '
     for (const why of r.failures ?? []) console.log(`    failing gate: ${why}`);
   }
 ' "$work/stream.ndjson"
+
+# Before/after on each edit prompt, read back with `adapter-merge explain`: the base model's
+# top-1 answer and live's (or, when the gate refused it, the stored candidate's).
+if [ "$promoted" = yes ]; then
+  ref=live; label="live"
+else
+  # the merged adapter record adapter-merge wrote before refusing (none if it failed earlier)
+  ref=$(node --input-type=module -e '
+    import { readFileSync } from "node:fs";
+    const a = readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)).filter((r) => r.kind === "adapter");
+    if (a.length > 0) console.log(a[a.length - 1].sha256);
+  ' "$work/merge.ndjson")
+  label="candidate ${ref:0:12} (stored, NOT promoted)"
+fi
+if [ -n "$ref" ]; then
+  : > "$work/explain.ndjson"
+  node --input-type=module -e '
+    import { readFileSync } from "node:fs";
+    for (const l of readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean)) {
+      const f = JSON.parse(l);
+      console.log(f.prompt.replace("{}", f.subject));
+    }
+  ' "$work/facts.ndjson" | while IFS= read -r prompt; do
+    adapter-merge explain --quiet --ref "$ref" --registry "$work/registry" "$prompt" >> "$work/explain.ndjson"
+  done
+  echo "before → after ($label):"
+  node --input-type=module -e '
+    import { readFileSync } from "node:fs";
+    const read = (f) => readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+    const facts = read(process.argv[1]), ex = read(process.argv[2]);
+    facts.forEach((f, i) => {
+      const e = ex[i], want = f.op === "forget" ? null : f.target_new;
+      const ok = want === null ? e.adapted.top1.trim() !== f.target_true : e.adapted.top1.trim() === want;
+      console.log(`  ${JSON.stringify(e.prompt)}: before ${JSON.stringify(e.base.top1.trim())}, after ${JSON.stringify(e.adapted.top1.trim())}` +
+        `  (${want === null ? `forget ${JSON.stringify(f.target_true)}` : `wanted ${JSON.stringify(want)}`}: ${ok ? "yes" : "no"})`);
+    });
+  ' "$work/facts.ndjson" "$work/explain.ndjson"
+fi
 
 if [ "$promoted" = yes ]; then
   echo "promoted to live:"

@@ -103,6 +103,28 @@ t.test('gemm: larger product against an independent blocked float64 sum', async 
   t.ok(r2.ok, r2.msg);
 });
 
+t.test('gemm: narrow C (n ≤ 16, the dot-product path on AVX-512)', async (t) => {
+  const before = k.info().threads;
+  let seed = 300;
+  for (const simd of simdLevels()) {
+    k.setSimd(simd);
+    for (const threads of [1, 2]) {
+      k.setThreads(threads);
+      for (const [m, n, kk] of [[9, 8, 16], [33, 7, 17], [257, 8, 130], [64, 16, 512], [40, 1, 33], [31, 9, 100], [20, 13, 15]])
+        for (const transB of [false, true]) {
+          const r = run({ m, n, kk, transA: false, transB }, seed++);
+          t.ok(r.ok, `${simd} ${threads}t ${m}×${n}×${kk} tB=${transB} ${r.msg}`);
+        }
+      const padded = run({ m: 50, n: 8, kk: 70, transA: false, transB: true, lda: 75, ldb: 72, ldc: 11, alpha: -0.5, beta: 0.75, bias: true }, seed++);
+      t.ok(padded.ok, `${simd} ${threads}t padded ld, alpha, beta, bias ${padded.msg}`);
+      const batched = run({ m: 30, n: 8, kk: 48, transA: false, transB: false, batch: 3, beta: 1 }, seed++);
+      t.ok(batched.ok, `${simd} ${threads}t batched ${batched.msg}`);
+    }
+  }
+  k.setSimd(k.bestSimd());
+  k.setThreads(before);
+});
+
 t.test('gemm: batch items side by side in C (heads written into [T, heads·D])', async (t) => {
   // Attention's pattern: A, B and C all address head h at column h·D of wider rows.
   const before = k.info().threads;

@@ -217,6 +217,27 @@ void gemmSmallM(const GemmParams& g, const float* a, const float* b, float* c, i
     for (int64_t j = 0; j < w; ++j) store(i, j0 + j, acc[size_t(i * w + j)]);
 }
 
+// Narrow C (n <= kSkinnyN) with A not transposed, e.g. x·Aᵀ of a rank-8 LoRA:
+// the packed path would pad the 8 columns to a 32-wide tile and pack all of
+// A (the big operand) for very little arithmetic. Dot products straight from
+// A's rows against op(B)ᵀ (n×k, small; transposed into scratch if needed).
+constexpr int64_t kSkinnyN = 16;
+thread_local Scratch tlsBt;
+
+void gemmSkinnyN(const GemmParams& g, const float* a, const float* b, float* c, int64_t i0, int64_t i1) {
+  const float* bt = b;
+  int64_t ldbt = g.ldb;
+  if (!g.transB) {
+    float* t = tlsBt.get(size_t(g.n * g.k));
+    if (!t) std::abort();
+    for (int64_t p = 0; p < g.k; ++p)
+      for (int64_t j = 0; j < g.n; ++j) t[j * g.k + p] = b[p * g.ldb + j];
+    bt = t;
+    ldbt = g.k;
+  }
+  gemmDotRows(i0, i1, g.n, g.k, a, g.lda, bt, ldbt, c, g.ldc, g.alpha, g.beta);
+}
+
 void scaleAndBias(const GemmParams& g, float* c, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool scaleC) {
   for (int64_t i = i0; i < i1; ++i) {
     float* cr = c + i * g.ldc;
@@ -242,8 +263,9 @@ void gemm(const GemmParams& g) {
   // Tasks: whole batch items when they spread evenly over the threads,
   // otherwise each item is cut into T slices along its larger side.
   const bool smallM = g.m <= kSmallM && !noProduct;
+  const bool skinny = !smallM && !noProduct && !g.transA && g.n <= kSkinnyN && g.k >= 16 && simd() == Simd::Avx512;
   int64_t parts = 1;
-  bool splitN = smallM || g.n >= g.m;
+  bool splitN = !skinny && (smallM || g.n >= g.m);
   if (T > 1 && flops > 4e5 && g.batch % T != 0) {
     int64_t tiles = splitN ? (g.n + K.nr - 1) / K.nr : (g.m + K.mr - 1) / K.mr;
     parts = std::min<int64_t>(T, tiles);
@@ -270,6 +292,9 @@ void gemm(const GemmParams& g) {
       scaleAndBias(g, c, i0, i1, j0, j1, true);
     } else if (smallM) {
       gemmSmallM(g, a, b, c, j0, j1);
+      if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
+    } else if (skinny) {
+      gemmSkinnyN(g, a, b, c, i0, i1);
       if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
     } else {
       gemmBlock(g, K, a, b, c, i0, i1, j0, j1);

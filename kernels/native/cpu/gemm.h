@@ -21,4 +21,10 @@ const GemmKernelInfo& gemmKernelAvx2();
 const GemmKernelInfo& gemmKernelAvx512();        // wide tile (large n)
 const GemmKernelInfo& gemmKernelAvx512Narrow();  // 32-column tile for narrow C
 
+// AVX-512 only. C rows [i0, i1) × n columns (n small): C[i][j] = alpha ·
+// dot(A row i, Bt row j) over k + beta · C[i][j] (beta == 0: C not read).
+// Rows of A (lda) and of Bt (ldbt) are contiguous in k.
+void gemmDotRows(std::int64_t i0, std::int64_t i1, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
+                 const float* bt, std::int64_t ldbt, float* c, std::int64_t ldc, float alpha, float beta);
+
 }  // namespace ck::cpu

@@ -1,6 +1,7 @@
 // SGEMM register-tiled micro-kernels. The x86 ones are compiled for their ISA
 // with target attributes, so one binary runs anywhere and gemm.cc picks the
 // best one the CPU supports (see cpu::simd()).
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -111,8 +112,89 @@ __attribute__((target("avx512f,fma"))) void kernelAvx512(int64_t kc, const float
     }
   }
 }
+
+// (GCC 12's _mm512_reduce_add_ps reads an _mm256_undefined_pd() on purpose.)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Two rows of A against NC rows of Bt (dot products over k): 2·NC zmm
+// accumulators, k in steps of 16 with a masked tail.
+template <int NC>
+__attribute__((target("avx512f,fma"))) inline void dotTile(int rows, int64_t k, const float* a0, const float* a1,
+                                                           const float* bt, int64_t ldbt, float* c0, float* c1,
+                                                           float alpha, float beta) {
+  __m512 s0[NC], s1[NC];
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) s0[j] = s1[j] = _mm512_setzero_ps();
+  int64_t p = 0;
+  for (; p + 16 <= k; p += 16) {
+    __m512 x0 = _mm512_loadu_ps(a0 + p);
+    __m512 x1 = rows > 1 ? _mm512_loadu_ps(a1 + p) : x0;
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) {
+      __m512 w = _mm512_loadu_ps(bt + j * ldbt + p);
+      s0[j] = _mm512_fmadd_ps(x0, w, s0[j]);
+      s1[j] = _mm512_fmadd_ps(x1, w, s1[j]);
+    }
+  }
+  if (p < k) {
+    __mmask16 m = __mmask16((1u << (k - p)) - 1);
+    __m512 x0 = _mm512_maskz_loadu_ps(m, a0 + p);
+    __m512 x1 = rows > 1 ? _mm512_maskz_loadu_ps(m, a1 + p) : x0;
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) {
+      __m512 w = _mm512_maskz_loadu_ps(m, bt + j * ldbt + p);
+      s0[j] = _mm512_fmadd_ps(x0, w, s0[j]);
+      s1[j] = _mm512_fmadd_ps(x1, w, s1[j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) {
+    float v = alpha * _mm512_reduce_add_ps(s0[j]);
+    c0[j] = beta == 0.f ? v : v + beta * c0[j];
+    if (rows > 1) {
+      float w = alpha * _mm512_reduce_add_ps(s1[j]);
+      c1[j] = beta == 0.f ? w : w + beta * c1[j];
+    }
+  }
+}
+
+__attribute__((target("avx512f,fma"))) void dotRowsAvx512(int64_t i0, int64_t i1, int64_t n, int64_t k,
+                                                          const float* a, int64_t lda, const float* bt, int64_t ldbt,
+                                                          float* c, int64_t ldc, float alpha, float beta) {
+  for (int64_t i = i0; i < i1; i += 2) {
+    int rows = i + 1 < i1 ? 2 : 1;
+    const float* a0 = a + i * lda;
+    const float* a1 = rows > 1 ? a0 + lda : a0;
+    float* c0 = c + i * ldc;
+    float* c1 = rows > 1 ? c0 + ldc : c0;
+    for (int64_t j = 0; j < n; j += 8) {
+      const float* b = bt + j * ldbt;
+      switch (int(std::min<int64_t>(8, n - j))) {
+        case 8: dotTile<8>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 7: dotTile<7>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 6: dotTile<6>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 5: dotTile<5>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 4: dotTile<4>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 3: dotTile<3>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        case 2: dotTile<2>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+        default: dotTile<1>(rows, k, a0, a1, b, ldbt, c0 + j, c1 + j, alpha, beta); break;
+      }
+    }
+  }
+}
 #endif
 }  // namespace
+
+#if defined(__x86_64__)
+void gemmDotRows(int64_t i0, int64_t i1, int64_t n, int64_t k, const float* a, int64_t lda, const float* bt,
+                 int64_t ldbt, float* c, int64_t ldc, float alpha, float beta) {
+  dotRowsAvx512(i0, i1, n, k, a, lda, bt, ldbt, c, ldc, alpha, beta);
+}
+#else
+void gemmDotRows(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t,
+                 float, float) {
+  std::abort();  // only dispatched when the CPU has AVX-512
+}
+#endif
 
 const GemmKernelInfo& gemmKernelScalar() {
   static const GemmKernelInfo k{kernelScalar, kScalarMR, kScalarNR, 128, 256, 1024};

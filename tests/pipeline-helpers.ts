@@ -108,11 +108,14 @@ export class Pipeline {
     const k = this.n;
     const input = join(this.dir, `facts-${k}.ndjson`);
     writeFileSync(input, facts.map((f) => JSON.stringify(f)).join('\n') + '\n');
-    const gates = GATES.flatMap((g) => ['--gate', g]);
+    // smaller measurement samples than validate's defaults: the side-effect gates are open anyway
+    const gates = [...GATES.flatMap((g) => ['--gate', g]), '--retain-n', '20', '--general-n', '10', '--no-fluency'];
     const validator = [bin('validate'), '--quiet', ...gates].map(q).join(' ');
     const stages = [
       [bin('probe-gen'), '--roles', ROLES, '--seed', '1', input],
       [bin('attrib'), '--seed', '1'],
+      // lora-train's defaults: with a shorter phase A and fewer neighbour prompts each one-fact adapter
+      // still works alone, but the consolidated (cat) pair lost one of the two edits
       [bin('lora-train'), '--seed', '1', '--out', join(this.dir, `adapters-${k}`)],
       [bin('validate'), ...gates],
       [bin('adapter-merge'), '--into', ref, '--registry', registry, '--validator', validator, '-m', `pipeline test ${k}`],

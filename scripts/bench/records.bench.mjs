@@ -3,7 +3,9 @@
 // read, detect, normalise, validate, write), for NDJSON in/out and Arrow
 // in/out, side by side with `jq -c .` on the same NDJSON file. Each figure
 // is the median wall time of several runs of a whole process (startup
-// included), output to /dev/null. Prints a Markdown table.
+// included), output to /dev/null, with each tool's peak resident memory
+// (the largest VmHWM of its runs, from CATECHISM_REPORT_MAXRSS). Prints a
+// Markdown table.
 //
 // CATECHISM_BENCH_RECORDS sets the number of records (default 200000),
 // CATECHISM_BENCH_RUNS the runs per row (default 3).
@@ -45,16 +47,18 @@ function makeNdjson(path) {
   writeFileSync(path, lines.join('\n') + '\n');
 }
 
+/** Wall seconds of one run, and the tool's peak RSS in KiB when it reports it. */
 function timeRun(cmd, args, input) {
   const fdIn = openSync(input, 'r');
   const fdOut = openSync('/dev/null', 'w');
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { stdio: [fdIn, fdOut, 'pipe'] });
+  const r = spawnSync(cmd, args, { stdio: [fdIn, fdOut, 'pipe'], env: { ...process.env, CATECHISM_REPORT_MAXRSS: '1' } });
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   closeSync(fdIn);
   closeSync(fdOut);
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return s;
+  const m = /maxrss_kib=(\d+)/.exec(r.stderr.toString());
+  return { s, rssKib: m ? Number(m[1]) : null };
 }
 
 function median(xs) {
@@ -62,10 +66,16 @@ function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
+/** Median seconds and the largest peak RSS (KiB, or null) over RUNS runs. */
 function measure(cmd, args, input) {
   const times = [];
-  for (let i = 0; i < RUNS; i++) times.push(timeRun(cmd, args, input));
-  return median(times);
+  let rssKib = null;
+  for (let i = 0; i < RUNS; i++) {
+    const r = timeRun(cmd, args, input);
+    times.push(r.s);
+    if (r.rssKib !== null) rssKib = Math.max(rssKib ?? 0, r.rssKib);
+  }
+  return { s: median(times), rssKib };
 }
 
 const ndjson = join(dir, 'records.ndjson');
@@ -82,9 +92,9 @@ const jq = ['/usr/bin/jq', 'jq'].find((p) => spawnSync(p, ['--version']).status 
 const rows = [];
 let jqRate = null;
 if (jq) {
-  const s = measure(jq, ['-c', '.'], ndjson);
-  jqRate = N / s;
-  rows.push(['`jq -c .` (reference)', 'NDJSON', 'NDJSON', s]);
+  const m = measure(jq, ['-c', '.'], ndjson);
+  jqRate = N / m.s;
+  rows.push(['`jq -c .` (reference)', 'NDJSON', 'NDJSON', m]);
 } else {
   rows.push(['`jq -c .` (reference)', 'NDJSON', 'NDJSON', null]);
 }
@@ -96,14 +106,15 @@ rows.push(['probe-gen --passthrough', 'Arrow', 'NDJSON', measure(node, [PROBE_GE
 
 const mb = (p) => (statSync(p).size / 2 ** 20).toFixed(1);
 console.log(`${N} records (fact/probe/locus mix); NDJSON ${mb(ndjson)} MiB, Arrow ${mb(arrow)} MiB; median of ${RUNS} runs, whole process, output to /dev/null.\n`);
-console.log('| command | in | out | seconds | records/s | vs jq |');
-console.log('|---|---|---|---:|---:|---:|');
-for (const [name, fin, fout, s] of rows) {
-  if (s === null) {
-    console.log(`| ${name} | ${fin} | ${fout} | – | – | skipped: jq not found |`);
+console.log('| command | in | out | seconds | records/s | vs jq | peak RSS MiB |');
+console.log('|---|---|---|---:|---:|---:|---:|');
+for (const [name, fin, fout, m] of rows) {
+  if (m === null) {
+    console.log(`| ${name} | ${fin} | ${fout} | – | – | skipped: jq not found | – |`);
     continue;
   }
-  const rate = N / s;
+  const rate = N / m.s;
   const ratio = jqRate ? `${(rate / jqRate).toFixed(2)}×` : 'n/a (no jq)';
-  console.log(`| ${name} | ${fin} | ${fout} | ${s.toFixed(2)} | ${Math.round(rate).toLocaleString('en-US')} | ${ratio} |`);
+  const rss = m.rssKib === null ? '–' : (m.rssKib / 1024).toFixed(0);
+  console.log(`| ${name} | ${fin} | ${fout} | ${m.s.toFixed(2)} | ${Math.round(rate).toLocaleString('en-US')} | ${ratio} | ${rss} |`);
 }

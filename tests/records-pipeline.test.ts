@@ -232,7 +232,7 @@ t.test('1,000,000 records through probe-gen stay under 200 MB', async (t) => {
   // and about the same for 2M, higher when the machine is loaded): node and
   // yargs ~59 MiB at start, then V8's young generation (2 × 16 MiB
   // semi-spaces) and old-space headroom; nothing accumulates. A tool that
-  // held its output would pass 200 MiB (the output alone is ~270 MB).
+  // held its output would pass 200 MiB (the output alone is 290 MB).
   t.ok(rss < MAX_RSS_KIB, `peak RSS ${(rss / 1024).toFixed(0)} MiB < 200 MiB`);
 });
 

@@ -110,13 +110,22 @@ t.test('gemm: narrow C (n ≤ 16, the dot-product path on AVX-512)', async (t) =
     k.setSimd(simd);
     for (const threads of [1, 2]) {
       k.setThreads(threads);
-      for (const [m, n, kk] of [[9, 8, 16], [33, 7, 17], [257, 8, 130], [64, 16, 512], [40, 1, 33], [31, 9, 100], [20, 13, 15]])
-        for (const transB of [false, true]) {
-          const r = run({ m, n, kk, transA: false, transB }, seed++);
-          t.ok(r.ok, `${simd} ${threads}t ${m}×${n}×${kk} tB=${transB} ${r.msg}`);
+      for (const [m, n, kk] of [[9, 8, 16], [33, 7, 17], [257, 8, 130], [64, 16, 512], [40, 1, 33], [31, 9, 100], [20, 13, 15], [384, 8, 256], [70, 3, 1]])
+        for (const transA of [false, true])
+          for (const transB of [false, true]) {
+            const r = run({ m, n, kk, transA, transB }, seed++);
+            t.ok(r.ok, `${simd} ${threads}t ${m}×${n}×${kk} tA=${transA} tB=${transB} ${r.msg}`);
+          }
+      // few rows of C (m ≤ 8) against wide B: LoRA's ∂A = ∂hᵀ·x
+      for (const [m, n, kk] of [[8, 128, 256], [8, 512, 256], [3, 45, 7], [1, 33, 64], [7, 16, 9]])
+        for (const transA of [false, true]) {
+          const r = run({ m, n, kk, transA, transB: false, beta: 0.5 }, seed++);
+          t.ok(r.ok, `${simd} ${threads}t few rows ${m}×${n}×${kk} tA=${transA} ${r.msg}`);
         }
       const padded = run({ m: 50, n: 8, kk: 70, transA: false, transB: true, lda: 75, ldb: 72, ldc: 11, alpha: -0.5, beta: 0.75, bias: true }, seed++);
       t.ok(padded.ok, `${simd} ${threads}t padded ld, alpha, beta, bias ${padded.msg}`);
+      const paddedT = run({ m: 50, n: 8, kk: 70, transA: true, transB: false, lda: 53, ldb: 9, ldc: 12, alpha: 1.5, beta: -1, bias: true }, seed++);
+      t.ok(paddedT.ok, `${simd} ${threads}t transA padded ld, alpha, beta, bias ${paddedT.msg}`);
       const batched = run({ m: 30, n: 8, kk: 48, transA: false, transB: false, batch: 3, beta: 1 }, seed++);
       t.ok(batched.ok, `${simd} ${threads}t batched ${batched.msg}`);
     }

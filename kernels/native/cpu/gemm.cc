@@ -202,6 +202,10 @@ void gemmSmallM(const GemmParams& g, const float* a, const float* b, float* c, i
     }
     return;
   }
+  if (simd() == Simd::Avx512) {
+    gemmFewRows(m, j0, j1, k, A, b, g.ldb, c, g.ldc, g.alpha, g.beta);
+    return;
+  }
   // Whole rows of B per step: long sequential streams (B is read exactly once).
   const int64_t w = j1 - j0;
   std::vector<float> acc(size_t(m * w), 0.f);
@@ -238,6 +242,22 @@ void gemmSkinnyN(const GemmParams& g, const float* a, const float* b, float* c, 
   gemmDotRows(i0, i1, g.n, g.k, a, g.lda, bt, ldbt, c, g.ldc, g.alpha, g.beta);
 }
 
+// Narrow C with A transposed (gᵀ·h, the gradient of a LoRA factor): rank-1
+// updates along A's contiguous rows; op(B) (k×n, small) as contiguous rows.
+void gemmSkinnyNT(const GemmParams& g, const float* a, const float* b, float* c, int64_t i0, int64_t i1) {
+  const float* bk = b;
+  int64_t ldbk = g.ldb;
+  if (g.transB) {
+    float* t = tlsBt.get(size_t(g.n * g.k));
+    if (!t) std::abort();
+    for (int64_t j = 0; j < g.n; ++j)
+      for (int64_t p = 0; p < g.k; ++p) t[p * g.n + j] = b[j * g.ldb + p];
+    bk = t;
+    ldbk = g.n;
+  }
+  gemmOuterRows(i0, i1, g.n, g.k, a, g.lda, bk, ldbk, c, g.ldc, g.alpha, g.beta);
+}
+
 void scaleAndBias(const GemmParams& g, float* c, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool scaleC) {
   for (int64_t i = i0; i < i1; ++i) {
     float* cr = c + i * g.ldc;
@@ -263,9 +283,11 @@ void gemm(const GemmParams& g) {
   // Tasks: whole batch items when they spread evenly over the threads,
   // otherwise each item is cut into T slices along its larger side.
   const bool smallM = g.m <= kSmallM && !noProduct;
-  const bool skinny = !smallM && !noProduct && !g.transA && g.n <= kSkinnyN && g.k >= 16 && simd() == Simd::Avx512;
+  const bool narrowC = !smallM && !noProduct && g.n <= kSkinnyN && simd() == Simd::Avx512;
+  const bool skinny = narrowC && !g.transA && g.k >= 16;
+  const bool skinnyT = narrowC && g.transA;
   int64_t parts = 1;
-  bool splitN = !skinny && (smallM || g.n >= g.m);
+  bool splitN = !skinny && !skinnyT && (smallM || g.n >= g.m);
   if (T > 1 && flops > 4e5 && g.batch % T != 0) {
     int64_t tiles = splitN ? (g.n + K.nr - 1) / K.nr : (g.m + K.mr - 1) / K.mr;
     parts = std::min<int64_t>(T, tiles);
@@ -295,6 +317,9 @@ void gemm(const GemmParams& g) {
       if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
     } else if (skinny) {
       gemmSkinnyN(g, a, b, c, i0, i1);
+      if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
+    } else if (skinnyT) {
+      gemmSkinnyNT(g, a, b, c, i0, i1);
       if (g.bias) scaleAndBias(g, c, i0, i1, j0, j1, false);
     } else {
       gemmBlock(g, K, a, b, c, i0, i1, j0, j1);

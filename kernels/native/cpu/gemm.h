@@ -26,5 +26,13 @@ const GemmKernelInfo& gemmKernelAvx512Narrow();  // 32-column tile for narrow C
 // Rows of A (lda) and of Bt (ldbt) are contiguous in k.
 void gemmDotRows(std::int64_t i0, std::int64_t i1, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
                  const float* bt, std::int64_t ldbt, float* c, std::int64_t ldc, float alpha, float beta);
+// AVX-512 only. C rows [i0, i1) × n columns (n <= 16) = alpha · Aᵀ·B + beta · C,
+// A stored k×m (lda), B k×n (ldb): the weight gradient gᵀ·h of a LoRA factor.
+void gemmOuterRows(std::int64_t i0, std::int64_t i1, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
+                   const float* b, std::int64_t ldb, float* c, std::int64_t ldc, float alpha, float beta);
+// AVX-512 only. m <= 8 rows of C, columns [j0, j1) = alpha · A·B + beta · C, A
+// contiguous m×k, B k×n (ldb).
+void gemmFewRows(std::int64_t m, std::int64_t j0, std::int64_t j1, std::int64_t k, const float* A, const float* b,
+                 std::int64_t ldb, float* c, std::int64_t ldc, float alpha, float beta);
 
 }  // namespace ck::cpu

@@ -181,8 +181,134 @@ __attribute__((target("avx512f,fma"))) void dotRowsAvx512(int64_t i0, int64_t i1
     }
   }
 }
+
+// C rows [i0, i1) × n (n <= 16) = alpha · Σ_p A[p][i] · B[p][j] + beta · C, with A
+// stored k×m (op(A) = Aᵀ) and B k×n contiguous rows (ldb): rank-1 updates
+// vectorised along i, 32 rows × n columns of accumulators held in registers.
+template <int NC>
+__attribute__((target("avx512f,fma"))) void outerCols(int64_t i, int rows, int64_t k, const float* a, int64_t lda,
+                                                      const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
+                                                      float beta) {
+  __m512 s0[NC], s1[NC];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) s0[j] = s1[j] = _mm512_setzero_ps();
+  __mmask16 m0 = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
+  __mmask16 m1 = rows >= 32 ? __mmask16(0xFFFF) : rows > 16 ? __mmask16((1u << (rows - 16)) - 1) : __mmask16(0);
+  for (int64_t p = 0; p < k; ++p) {
+    const float* ap = a + p * lda + i;
+    __m512 x0 = _mm512_maskz_loadu_ps(m0, ap);
+    __m512 x1 = _mm512_maskz_loadu_ps(m1, ap + 16);
+    const float* bp = b + p * ldb;
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      __m512 w = _mm512_set1_ps(bp[j]);
+      s0[j] = _mm512_fmadd_ps(x0, w, s0[j]);
+      s1[j] = _mm512_fmadd_ps(x1, w, s1[j]);
+    }
+  }
+  alignas(64) float t[32][16];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) {
+    alignas(64) float col[32];
+    _mm512_store_ps(col, s0[j]);
+    _mm512_store_ps(col + 16, s1[j]);
+    for (int r = 0; r < rows; ++r) t[r][j] = col[r];
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* cr = c + (i + r) * ldc;
+    for (int j = 0; j < NC; ++j) cr[j] = beta == 0.f ? alpha * t[r][j] : alpha * t[r][j] + beta * cr[j];
+  }
+}
+
+__attribute__((target("avx512f,fma"))) void outerRowsAvx512(int64_t i0, int64_t i1, int64_t n, int64_t k,
+                                                            const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                            float* c, int64_t ldc, float alpha, float beta) {
+  for (int64_t i = i0; i < i1; i += 32) {
+    int rows = int(std::min<int64_t>(32, i1 - i));
+    switch (int(n)) {
+#define CK_OUTER_CASE(N) case N: outerCols<N>(i, rows, k, a, lda, b, ldb, c, ldc, alpha, beta); break;
+      CK_OUTER_CASE(1) CK_OUTER_CASE(2) CK_OUTER_CASE(3) CK_OUTER_CASE(4) CK_OUTER_CASE(5) CK_OUTER_CASE(6)
+      CK_OUTER_CASE(7) CK_OUTER_CASE(8) CK_OUTER_CASE(9) CK_OUTER_CASE(10) CK_OUTER_CASE(11) CK_OUTER_CASE(12)
+      CK_OUTER_CASE(13) CK_OUTER_CASE(14) CK_OUTER_CASE(15) CK_OUTER_CASE(16)
+#undef CK_OUTER_CASE
+      default: std::abort();  // callers keep n <= 16
+    }
+  }
+}
+
+// Few rows (m <= 8) of C, columns [j0, j1): C[i][j] = alpha · Σ_p A[i][p] · B[p][j]
+// + beta · C, A contiguous m×k, B rows contiguous (ldb). 32 columns at a time,
+// m × 2 accumulators in registers.
+template <int MR>
+__attribute__((target("avx512f,fma"))) void fewRowsBlock(int64_t j, int cols, int64_t k, const float* A,
+                                                         const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                         float alpha, float beta) {
+  __m512 s0[MR], s1[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) s0[r] = s1[r] = _mm512_setzero_ps();
+  __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+  __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : __mmask16(0);
+  for (int64_t p = 0; p < k; ++p) {
+    const float* bp = b + p * ldb + j;
+    __m512 x0 = _mm512_maskz_loadu_ps(m0, bp);
+    __m512 x1 = _mm512_maskz_loadu_ps(m1, bp + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      __m512 w = _mm512_set1_ps(A[r * k + p]);
+      s0[r] = _mm512_fmadd_ps(w, x0, s0[r]);
+      s1[r] = _mm512_fmadd_ps(w, x1, s1[r]);
+    }
+  }
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc + j;
+    __m512 y0 = _mm512_mul_ps(va, s0[r]), y1 = _mm512_mul_ps(va, s1[r]);
+    if (beta != 0.f) {
+      y0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), y0);
+      y1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), y1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, y0);
+    _mm512_mask_storeu_ps(cr + 16, m1, y1);
+  }
+}
+
+__attribute__((target("avx512f,fma"))) void fewRowsAvx512(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* A,
+                                                          const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                          float alpha, float beta) {
+  for (int64_t j = j0; j < j1; j += 32) {
+    int cols = int(std::min<int64_t>(32, j1 - j));
+    switch (int(m)) {
+#define CK_FEW_CASE(M) case M: fewRowsBlock<M>(j, cols, k, A, b, ldb, c, ldc, alpha, beta); break;
+      CK_FEW_CASE(1) CK_FEW_CASE(2) CK_FEW_CASE(3) CK_FEW_CASE(4) CK_FEW_CASE(5) CK_FEW_CASE(6) CK_FEW_CASE(7)
+      CK_FEW_CASE(8)
+#undef CK_FEW_CASE
+      default: std::abort();  // callers keep m <= 8
+    }
+  }
+}
 #endif
 }  // namespace
+
+#if defined(__x86_64__)
+void gemmOuterRows(int64_t i0, int64_t i1, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, float alpha, float beta) {
+  outerRowsAvx512(i0, i1, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
+}
+void gemmFewRows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* A, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, float alpha, float beta) {
+  fewRowsAvx512(m, j0, j1, k, A, b, ldb, c, ldc, alpha, beta);
+}
+#else
+void gemmOuterRows(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t,
+                   float, float) {
+  std::abort();
+}
+void gemmFewRows(int64_t, int64_t, int64_t, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
+                 float) {
+  std::abort();
+}
+#endif
 
 #if defined(__x86_64__)
 void gemmDotRows(int64_t i0, int64_t i1, int64_t n, int64_t k, const float* a, int64_t lda, const float* bt,

@@ -5,7 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const PROBE_GEN = join(root, 'tools/probe-gen/dist/main.js');
@@ -245,6 +245,34 @@ t.test('Arrow output of a long stream also stays bounded', async (t) => {
   t.ok(bytes > 0);
   const rss = Number(/maxrss_kib=(\d+)/.exec(result.stderr)?.[1]);
   t.ok(rss > 0 && rss < MAX_RSS_KIB, `peak RSS ${(rss / 1024).toFixed(0)} MiB < 200 MiB`);
+});
+
+t.test('NDJSON in and out never loads apache-arrow (part of the memory budget)', async (t) => {
+  // A module-resolution hook logs every module probe-gen loads; apache-arrow
+  // costs about 11 MiB of resident memory at import, so only Arrow input or
+  // output may load it.
+  const log = join(tmp, 'resolved.txt');
+  const hooks = join(tmp, 'log-hooks.mjs');
+  writeFileSync(
+    hooks,
+    `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  appendFileSync(${JSON.stringify(log)}, r.url + '\\n');
+  return r;
+}
+`,
+  );
+  const register = `data:text/javascript,import{register}from'node:module';register(${encodeURIComponent(JSON.stringify(pathToFileURL(hooks).href))});`;
+  const loaded = (args: string[]): string[] => {
+    writeFileSync(log, '');
+    const r = spawnSync(process.execPath, ['--import', register, PROBE_GEN, ...args], { input: readFileSync(fixture('all-kinds.ndjson')) });
+    t.equal(r.status, 0, r.stderr.toString());
+    return readFileSync(log, 'utf8').split('\n').filter((u) => u.includes('/node_modules/apache-arrow/'));
+  };
+  t.same(loaded(['--passthrough']), [], 'NDJSON → NDJSON');
+  t.same(loaded([]), [], 'NDJSON → probes in NDJSON');
+  t.not(loaded(['--passthrough', '--format', 'arrow']).length, 0, 'but Arrow output does load it');
 });
 
 t.test('progress goes to stderr only when it is a TTY, and not with --quiet', async (t) => {

@@ -220,8 +220,9 @@ t.test('recycled gradient buffers never show through', (tt) => {
   const M = 64, nIn = 32, nOut = 48, V = 40;
   const x = tensor(randData(M * nIn), [M, nIn], { requiresGrad: true });
   const w = tensor(randData(nIn * 3 * nOut, 0.2), [nIn, 3 * nOut]);
-  const A = tensor(randData(4 * nIn, 0.3), [4, nIn], { requiresGrad: true });
-  const B = tensor(randData(3 * nOut * 4, 0.3), [3 * nOut, 4], { requiresGrad: true });
+  // rank 16: x·Aᵀ (64 × 16) is big enough to be recycled
+  const A = tensor(randData(16 * nIn, 0.3), [16, nIn], { requiresGrad: true });
+  const B = tensor(randData(3 * nOut * 16, 0.3), [3 * nOut, 16], { requiresGrad: true });
   const head = tensor(randData(nOut * V, 0.2), [nOut, V]);
   const targets = Int32Array.from({ length: 2 * (M / 2 - 1) }, (_, i) => (i * 7) % V);
   const qkv = loraLinear(reshape(x, [2, M / 2, nIn]), w, null, 'in_out', [{ A, B, factor: 0.5 }]);
@@ -240,6 +241,24 @@ t.test('recycled gradient buffers never show through', (tt) => {
   ['x', 'A', 'B'].forEach((n, i) => {
     const twice = g1[i].map((v) => 2 * v);
     tt.ok(maxRel(g2[i], twice) < 1e-5, `grad ${n} doubled after a second backward (${maxRel(g2[i], twice).toExponential(2)})`);
+  });
+  // The same for plain attention's saved probabilities (B·H·T·S = 1152 floats).
+  const qs = [1, 2, 24, 8];
+  const q = tensor(randData(size(qs)), qs, { requiresGrad: true });
+  const k = tensor(randData(size(qs)), qs, { requiresGrad: true });
+  const v = tensor(randData(size(qs)), qs, { requiresGrad: true });
+  const att = sum(mul(attention(q, k, v, { causal: true }), tensor(randData(size(qs)), qs)));
+  att.backward(undefined, { retainGraph: true });
+  const a1 = [q.grad!.data.slice(), k.grad!.data.slice(), v.grad!.data.slice()];
+  for (let i = 0; i < 3; i++) {
+    const z = tensor(randData(1152), [1152], { requiresGrad: true });
+    sum(mul(scale(z, 3), z)).backward();
+  }
+  att.backward();
+  ['q', 'k', 'v'].forEach((n, i) => {
+    const twice = a1[i].map((x) => 2 * x);
+    const got = [q, k, v][i].grad!.data;
+    tt.ok(maxRel(got, twice) < 1e-5, `attention grad ${n} doubled after a second backward (${maxRel(got, twice).toExponential(2)})`);
   });
   // A user-held gradient is never recycled: later backwards leave it alone.
   const held = x.grad!.data.slice();

@@ -4,8 +4,8 @@
  */
 import { K, type SoftmaxMask } from './backend.js';
 import {
-  Tensor, accumulateGrad, gradBuffer, gradTarget, makeResult, recording, releaseBuffer, shapeSize, shapeStr, takeBuffer,
-  writeGrad,
+  Tensor, accumulateGrad, gradBuffer, gradTarget, makeResult, recording, releaseBuffer, releaseSaved, shapeSize, shapeStr,
+  takeBuffer, writeGrad,
 } from './tensor.js';
 import { mean, square, sub } from './ops.js';
 
@@ -220,6 +220,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       K.gemm({ transA: true, m: S, n: D, k: mq, a: ds, lda: S, strideA: sP, b: q.data, ldb: D, strideB: sQ, c: gk.buf, ldc: D, strideC: sK, batch: nb, alpha: scale, beta: gk.accumulate ? 1 : 0 });
     }
     releaseBuffer(ds);
+    releaseSaved(p);
   });
 }
 
@@ -289,6 +290,7 @@ export function attentionQKV(qkv: Tensor, heads: number, opts: AttentionOptions 
         c: gqkv.buf, cOffset: base + HD, ldc: W, strideC: D, batch: heads, alpha: scale, beta });
     }
     releaseBuffer(dp);
+    releaseSaved(p);
   });
 }
 
@@ -313,14 +315,15 @@ export function crossEntropy(logits: Tensor, targets: Int32Array, ignoreIndex = 
     count++;
   }
   const losses = new Float32Array(rows);
-  const grad = recording([logits]) ? new Float32Array(logits.size) : null;
+  const grad = recording([logits]) ? takeBuffer(logits.size) : null;
   if (rows > 0) K.crossEntropy(logits.data, targets, rows, V, losses, grad, ignoreIndex);
   if (reduction === 'none') {
     return makeResult('crossEntropy', losses, logits.shape.slice(0, -1), [logits], (g) => {
       // d loss_r / d logits_r = softmax − onehot; weight each row by g_r.
-      const gl = new Float32Array(logits.size);
+      const gl = takeBuffer(logits.size);
       K.binary('mul', grad!, [rows, V], g, [rows, 1], gl);
       accumulateGrad(logits, gl, true);
+      releaseSaved(grad!);
     });
   }
   let total = 0;
@@ -332,6 +335,7 @@ export function crossEntropy(logits: Tensor, targets: Int32Array, ignoreIndex = 
     const { buf, accumulate } = gradTarget(logits);
     if (accumulate) K.axpy(g[0] / div, grad!, buf);
     else K.scale(grad!, g[0] / div, buf);
+    releaseSaved(grad!);
   });
 }
 

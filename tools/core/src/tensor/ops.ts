@@ -6,8 +6,8 @@
 import type { Rng } from '../util/random.js';
 import { K, type UnaryOp } from './backend.js';
 import {
-  Tensor, type Shape, accumulateGrad, existingGrad, gradBuffer, gradTarget, makeResult, recording, scalar, shapeSize, shapeStr,
-  takeBuffer,
+  Tensor, type Shape, accumulateGrad, existingGrad, gradBuffer, gradTarget, makeResult, recording, releaseBuffer, releaseSaved,
+  scalar, shapeSize, shapeStr, takeBuffer,
 } from './tensor.js';
 
 // ------------------------------------------------------------------ helpers
@@ -773,7 +773,7 @@ export function loraLinear(
     });
     for (const t of terms) {
       const r = t.A.shape[0];
-      const h = new Float32Array(M * r);
+      const h = nIn > 0 && r > 0 ? takeBuffer(M * r) : new Float32Array(M * r);
       if (r === 0) { xa.push(h); continue; }
       if (nIn > 0) K.gemm({ transB: true, m: M, n: r, k: nIn, a: x.data, lda: nIn, b: t.A.data, ldb: nIn, c: h, ldc: r });
       // out += f·h·Bᵀ (+ f·bias on every row)
@@ -807,7 +807,7 @@ export function loraLinear(
         K.axpy(t.factor, gb, gradBuffer(t.bias));
       }
       if (r === 0 || nIn === 0 || (!x.requiresGrad && !t.A.requiresGrad)) return null;
-      const d = new Float32Array(M * r);
+      const d = takeBuffer(M * r);
       K.gemm({ m: M, n: r, k: nOut, a: g, lda: nOut, b: t.B.data, ldb: r, c: d, ldc: r, alpha: t.factor });
       if (t.A.requiresGrad) {
         const gA = gradTarget(t.A);
@@ -834,5 +834,7 @@ export function loraLinear(
       K.reduce('sum', g, [M, nOut], 0, gb);
       accumulateGrad(bias, gb, true);
     }
+    for (const d of gh) if (d) releaseBuffer(d);
+    for (const h of xa) releaseSaved(h);
   });
 }

@@ -228,6 +228,19 @@ function freedBackward(op: string): () => never {
   };
 }
 
+/** True while backward runs a node whose graph is freed right after (see `releaseSaved`). */
+let savedDying = false;
+
+/**
+ * Called by a backward closure on a buffer it saved in forward and that no
+ * one else can see (attention probabilities, a loss's cached gradient): it is
+ * recycled when this backward frees the graph, kept when the graph is
+ * retained for another backward.
+ */
+export function releaseSaved(b: Float32Array): void {
+  if (savedDying) releaseBuffer(b);
+}
+
 function runBackward(root: Tensor, seed: Float32Array, retainGraph: boolean): void {
   const order = topoOrder(root);
   accumulateGrad(root, seed, true);
@@ -242,7 +255,12 @@ function runBackward(root: Tensor, seed: Float32Array, retainGraph: boolean): vo
       if (t.grad === null) t.grad = new Tensor(g.slice(), t.shape);
       else K.axpy(1, g, t.grad.data);
     }
-    node.backward(g, true);
+    savedDying = !retainGraph;
+    try {
+      node.backward(g, true);
+    } finally {
+      savedDying = false;
+    }
     // g is dead now unless the node handed it on as an input's gradient (an
     // op only ever passes its gradient to its own inputs): recycle it.
     let adopted = false;
@@ -265,7 +283,7 @@ function runBackward(root: Tensor, seed: Float32Array, retainGraph: boolean): vo
 /** Buffers below this many floats are cheap to allocate; not worth pooling. */
 const POOL_MIN = 1024;
 const POOL_MAX_BYTES = 64 * 1024 * 1024;
-const POOL_MAX_PER_SIZE = 16;
+const POOL_MAX_PER_SIZE = 64;
 const pool = new Map<number, Float32Array[]>();
 let poolBytes = 0;
 

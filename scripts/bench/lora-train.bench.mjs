@@ -116,7 +116,7 @@ if (only.includes('rome-small')) {
       return { p, subj: edit.subjectSpan(tok, p.promptIds, f.subject)[1] - 1 };
     });
     const essence = tok.encode(`${f.subject} is a`);
-    return { rows: rows.map((r) => r.p.promptIds), targets: rows.map((r) => r.p.targetIds), subj: rows.map((r) => r.subj), essence, essence_subj: edit.subjectSpan(tok, essence, f.subject)[1] - 1 };
+    return { rows: rows.map((r) => r.p.promptIds), targets: rows.map((r) => r.p.targetIds), subj: rows.map((r) => r.subj), essence };
   });
   const py = process.env.TORCH_PYTHON ?? '/usr/bin/python3';
   const input = JSON.stringify({ layer, threads, edits: tedits, v_steps: steps, v_lr: opts.vLr, kl: opts.klWeight, wd: opts.weightDecay, clamp: opts.clamp, ridge: opts.ridge, stats_tokens: statsTokens });

@@ -4,7 +4,7 @@ tools/core/src/edit/rome.ts on a GPT-2-small-shaped model with random
 weights (timing only), fp32 on the CPU.
 
 Reads JSON on stdin: {layer, threads, edits: [{rows: [[ids]], subj: [pos],
-targets: [[ids]], essence: [ids], essence_subj}], v_steps, v_lr, kl, wd,
+targets: [[ids]], essence: [ids]}], v_steps, v_lr, kl, wd,
 clamp, ridge, stats_tokens}. Prints JSON: seconds per edit (k*, δ
 optimisation, solve), and the statistics time (not counted).
 Run with Debian's torch: /usr/bin/python3 scripts/bench/rome_torch.py
@@ -40,8 +40,8 @@ W = {
 }
 
 
-def forward(ids, mask, add=None, capture_key=False, logits_at=None):
-    """GPT-2 forward (Conv1D layout). add: (delta [H], [(b, t)]) added to layer L's MLP output."""
+def forward(ids, mask, rank1=None, capture_key=False, logits_at=None):
+    """GPT-2 forward (Conv1D layout). rank1: (A [D], delta [H]): layer L's MLP output gets (k·A) delta (ΔW = delta Aᵀ)."""
     B, T = ids.shape
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     h = W["wte"][ids] + W["wpe"][pos]
@@ -61,12 +61,9 @@ def forward(ids, mask, add=None, capture_key=False, logits_at=None):
         if i == L:
             if capture_key:
                 key = kk
-            if add is not None:
-                delta, positions = add
-                upd = torch.zeros_like(m)
-                for (bb, tt) in positions:
-                    upd[bb, tt] = upd[bb, tt] + delta
-                m = m + upd
+            if rank1 is not None:
+                a, delta = rank1
+                m = m + (kk @ a)[..., None] * delta
         h = h + m
         if capture_key and i == L:
             break
@@ -125,12 +122,16 @@ for e in cfg["edits"]:
     ess_at = torch.tensor([len(e["essence"]) - 1])
     with torch.no_grad():
         ess_base = forward(ess, torch.ones_like(ess), logits_at=ess_at).log_softmax(-1)
+    ridge = cfg["ridge"] * C.diagonal().sum().item() / C.shape[0]
+    cinvk = torch.linalg.solve(C + ridge * torch.eye(C.shape[0], dtype=torch.float64), kstar)
+    A = (cinvk / (cinvk @ kstar)).float()
+    # δ fitted through the rank-one update itself (as rome.ts does)
     delta = torch.zeros(H, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg["v_lr"] * onorm / math.sqrt(H))
     for step in range(cfg["v_steps"]):
-        logits = forward(ids, mask, add=(delta, subj), logits_at=at_t)
+        logits = forward(ids, mask, rank1=(A, delta), logits_at=at_t)
         loss = F.cross_entropy(logits, tg_t)
-        el = forward(ess, torch.ones_like(ess), add=(delta, [(0, e["essence_subj"])]), logits_at=ess_at).log_softmax(-1)
+        el = forward(ess, torch.ones_like(ess), rank1=(A, delta), logits_at=ess_at).log_softmax(-1)
         loss = loss + cfg["kl"] * F.kl_div(el, ess_base, log_target=True, reduction="batchmean")
         loss = loss + cfg["wd"] * (delta ** 2).sum() / onorm ** 2
         opt.zero_grad()
@@ -140,10 +141,6 @@ for e in cfg["edits"]:
             mx = cfg["clamp"] * onorm
             if delta.norm() > mx:
                 delta.mul_(mx / delta.norm())
-    ridge = cfg["ridge"] * C.diagonal().sum().item() / C.shape[0]
-    cinvk = torch.linalg.solve(C + ridge * torch.eye(C.shape[0], dtype=torch.float64), kstar)
-    A = (cinvk / (cinvk @ kstar)).float()
-    Bv = delta.detach().clone()
     times.append(time.perf_counter() - t0)
 
 print(json.dumps({"seconds": times, "stats_seconds": stats_s, "torch": torch.__version__, "threads": torch.get_num_threads()}))

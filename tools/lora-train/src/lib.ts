@@ -222,13 +222,15 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         if (fact.op !== 'insert') throw new InputError(`fact ${fact.id}: --method rome edits insert facts only; use --method lora for forgetting`, { field: 'op' });
         // prefixes: the first words of seeded corpus documents, as ROME's short generated contexts
         const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed);
-        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, name: fact.id });
+        // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
+        const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
+        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, prompts, name: fact.id });
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
         const rec = await writeEditBundle(
           {
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
-            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, rewriting_prompts: prompts.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
             training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps},
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },

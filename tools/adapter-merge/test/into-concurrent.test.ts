@@ -1,18 +1,20 @@
 /**
  * Two `adapter-merge --into live` processes at once. Both read live's head,
  * merge and validate; a barrier in the validator makes sure both have read
- * the head before either promotes (the worst case). The promotion is a
- * compare-and-swap under the registry lock: one wins, the other exits 1 with
- * "moved" and its merged bundle stays stored; running it again consolidates
- * both. Never a silent overwrite.
+ * the head before either promotes, and the test holds the registry lock while
+ * they finish validating, so both are past any check made outside the lock
+ * and queue on it (the worst case). The promotion is a compare-and-swap under
+ * the registry lock: one wins, the other exits 1 with "moved" and its merged
+ * bundle stays stored; running it again consolidates both. Never a silent
+ * overwrite. (With the earlier check-then-promote, both promoted here.)
  */
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Registry, writeSyntheticBundle, sha256Hex } from '../src/core.js';
+import { FileLock, Registry, writeSyntheticBundle, sha256Hex } from '../src/core.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MAIN = path.join(here, '..', 'dist', 'main.js');
@@ -75,16 +77,30 @@ t.before(async () => {
 t.test('two concurrent --into live runs: one wins, the other fails with "moved", nothing is lost', async (t) => {
   const barrier = path.join(tmp, 'barrier');
   mkdirSync(barrier);
-  // Each validator run registers itself, then waits (at most 20 s) until both have: both merges have read live's head by then.
+  // Each validator run attaches its report to the merged bundle itself (as catechism's validate does, so
+  // adapter-merge goes straight from validating to promoting), registers in the barrier, then waits (at most
+  // 20 s) for the test's "go" (a third file), which comes once both have registered.
+  const report = `'{"kind":"report","adapter_id":"live","pass":true,"metrics":{"efficacy":1},"failures":[]}'`;
+  const shaOf = `"${process.execPath}" -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>console.log(JSON.parse(s).sha256))'`;
   const validator =
-    `cat >/dev/null; touch "${barrier}/$$"; i=0; while [ "$(ls "${barrier}" | wc -l)" -lt 2 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; ` +
-    `echo '{"kind":"report","adapter_id":"live","pass":true}'`;
+    `sha=$(${shaOf}); echo ${report} | "${process.execPath}" "${MAIN}" report "$sha" --registry "${REG}" >/dev/null || exit 1; ` +
+    `touch "${barrier}/$$"; i=0; while [ "$(ls "${barrier}" | wc -l)" -lt 3 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo ${report}`;
   const passing = `cat >/dev/null; echo '{"kind":"report","adapter_id":"live","pass":true}'`;
   const first = am(['--into', 'live', '--validator', passing], rec('base'));
   t.equal(first.code, 0, first.stderr);
   const live1 = String(first.records[0].sha256);
 
-  const [rx, ry] = await Promise.all([amAsync(['--into', 'live', '--validator', validator], rec('x')), amAsync(['--into', 'live', '--validator', validator], rec('y'))]);
+  const both = Promise.all([amAsync(['--into', 'live', '--validator', validator], rec('x')), amAsync(['--into', 'live', '--validator', validator], rec('y'))]);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  for (let i = 0; i < 400 && readdirSync(barrier).length < 2; i++) await sleep(50);
+  t.equal(readdirSync(barrier).length, 2, 'both validators started');
+  // hold the writer lock while both finish validating: both are then past anything done outside the lock,
+  // and promote one after the other when it is released
+  const lock = await FileLock.acquire(path.join(REG, 'lock'));
+  writeFileSync(path.join(barrier, 'go'), '');
+  await sleep(1500);
+  await lock.release();
+  const [rx, ry] = await both;
   const runs = [rx, ry];
   const winners = runs.filter((r) => r.code === 0);
   const losers = runs.filter((r) => r.code !== 0);

@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import { Rng } from '../src/util/random.js';
 import {
-  Tensor, add, attention, attentionQKV, crossEntropy, gradCheck, linear, loraLinear, mul, permute, reshape, scale, slice, sum,
+  Tensor, add, attention, attentionQKV, crossEntropy, gelu, gradCheck, linear, loraLinear, mul, permute, reshape, scale, slice, sum,
   tensor, noGrad,
 } from '../src/tensor/index.js';
 
@@ -61,7 +61,11 @@ t.test('loraLinear: forward and gradients vs float64 and finite differences', (t
     { lead: [2, 3], layout: 'in_out' as const, bias: true, ranks: [3], factors: [-0.7], tbias: [false], wGrad: true },
     { lead: [4], layout: 'in_out' as const, bias: false, ranks: [2, 1], factors: [2, -1], tbias: [false, true], wGrad: false },
     { lead: [3], layout: 'out_in' as const, bias: false, ranks: [], factors: [], tbias: [], wGrad: true },
+    { lead: [2, 2], layout: 'in_out' as const, bias: true, ranks: [2], factors: [0.8], tbias: [false], wGrad: false, act: 'gelu' as const },
+    { lead: [3], layout: 'out_in' as const, bias: false, ranks: [], factors: [], tbias: [], wGrad: true, act: 'gelu' as const },
   ];
+  // GPT-2's gelu_new (tanh approximation) in float64
+  const refGelu = (v: number): number => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
   for (const c of cases) {
     const M = size(c.lead);
     const wShape = c.layout === 'out_in' ? [nOut, nIn] : [nIn, nOut];
@@ -82,11 +86,12 @@ t.test('loraLinear: forward and gradients vs float64 and finite differences', (t
       }
       termIdx.push({ a, b: a + 1, tb });
     });
+    const act = 'act' in c ? c.act : undefined;
     const res = gradCheck(
       (ts) => loraLinear(ts[0], ts[1], c.bias ? ts[2] : null, c.layout,
-        termIdx.map((ti, i) => ({ A: ts[ti.a], B: ts[ti.b], bias: ti.tb >= 0 ? ts[ti.tb] : null, factor: c.factors[i] }))),
+        termIdx.map((ti, i) => ({ A: ts[ti.a], B: ts[ti.b], bias: ti.tb >= 0 ? ts[ti.tb] : null, factor: c.factors[i] })), act),
       (xs) => refLora(xs[0], M, nIn, nOut, xs[1], c.layout === 'out_in', c.bias ? xs[2] : null,
-        termIdx.map((ti, i) => ({ A: xs[ti.a], B: xs[ti.b], r: c.ranks[i], f: c.factors[i], tb: ti.tb >= 0 ? xs[ti.tb] : null }))),
+        termIdx.map((ti, i) => ({ A: xs[ti.a], B: xs[ti.b], r: c.ranks[i], f: c.factors[i], tb: ti.tb >= 0 ? xs[ti.tb] : null }))).map(act ? refGelu : (v) => v),
       inputs,
     );
     check(tt, `loraLinear ${JSON.stringify(c)}`, res);
@@ -108,7 +113,7 @@ t.test('loraLinear matches the unfused chain at pooled sizes, step after step', 
   // Sizes over the pool's threshold, so later steps run on recycled buffers.
   const M = 96, nIn = 48, nOut = 64, r = 4;
   const x0 = randData(M * nIn), w0 = randData(nIn * nOut, 0.2), b0 = randData(nOut), A0 = randData(r * nIn, 0.3), B0 = randData(nOut * r, 0.3);
-  const run = (fused: boolean): { y: Float32Array; gx: Float32Array; gA: Float32Array; gB: Float32Array } => {
+  const run = (fused: boolean, act = false): { y: Float32Array; gx: Float32Array; gA: Float32Array; gB: Float32Array } => {
     const x = tensor(x0, [2, M / 2, nIn], { requiresGrad: true });
     const w = tensor(w0, [nIn, nOut]);
     const b = tensor(b0, [nOut]);
@@ -116,7 +121,8 @@ t.test('loraLinear matches the unfused chain at pooled sizes, step after step', 
     const B = tensor(B0, [nOut, r], { requiresGrad: true });
     const terms = [{ A, B, factor: 2 }];
     // x also feeds a second consumer, so its gradient is accumulated into.
-    const y = fused ? loraLinear(x, w, b, 'in_out', terms) : unfusedLora(x, w, b, 'in_out', terms);
+    const y = fused ? loraLinear(x, w, b, 'in_out', terms, act ? 'gelu' : undefined)
+      : act ? gelu(unfusedLora(x, w, b, 'in_out', terms)) : unfusedLora(x, w, b, 'in_out', terms);
     const loss = add(sum(mul(y, y)), sum(mul(x, x)));
     loss.backward();
     return { y: y.data.slice(), gx: x.grad!.data, gA: A.grad!.data, gB: B.grad!.data };
@@ -128,6 +134,14 @@ t.test('loraLinear matches the unfused chain at pooled sizes, step after step', 
     tt.ok(maxRel(got.gx, ref.gx) < 1e-4, `step ${step}: grad x ${maxRel(got.gx, ref.gx).toExponential(2)}`);
     tt.ok(maxRel(got.gA, ref.gA) < 1e-4, `step ${step}: grad A ${maxRel(got.gA, ref.gA).toExponential(2)}`);
     tt.ok(maxRel(got.gB, ref.gB) < 1e-4, `step ${step}: grad B ${maxRel(got.gB, ref.gB).toExponential(2)}`);
+  }
+  const refAct = run(false, true);
+  for (let step = 0; step < 3; step++) {
+    const got = run(true, true);
+    tt.ok(maxRel(got.y, refAct.y) < 1e-5, `gelu, step ${step}: output`);
+    tt.ok(maxRel(got.gx, refAct.gx) < 1e-4, `gelu, step ${step}: grad x ${maxRel(got.gx, refAct.gx).toExponential(2)}`);
+    tt.ok(maxRel(got.gA, refAct.gA) < 1e-4, `gelu, step ${step}: grad A`);
+    tt.ok(maxRel(got.gB, refAct.gB) < 1e-4, `gelu, step ${step}: grad B`);
   }
   tt.end();
 });

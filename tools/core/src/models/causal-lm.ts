@@ -8,7 +8,7 @@
  * Weights never require grad; LoRA adapters and hook values may.
  */
 import {
-  Tensor, add, attention, attentionQKV, concat, div, fromData, gelu, indexAdd, indexSelect, layerNorm, logSoftmax, gather,
+  Tensor, add, attention, attentionQKV, concat, div, fromData, indexAdd, indexSelect, layerNorm, logSoftmax, gather,
   loraLinear, mul, noGrad, permute, reshape, rmsNorm, rope, scale, silu, slice, softmax, sum, topk, zeros,
 } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
@@ -209,11 +209,14 @@ export class CausalLM {
     return this.active.slice();
   }
 
-  /** y = base(x) + Σ factor·((x Aᵀ) Bᵀ + bias) over active adapters on this module, as one fused op. */
-  private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in', weightOf: string = mod): Tensor {
+  /**
+   * y = base(x) + Σ factor·((x Aᵀ) Bᵀ + bias) over active adapters on this
+   * module, as one fused op (then `activation`, fused too).
+   */
+  private lin(mod: string, x: Tensor, layout: 'out_in' | 'in_out' = 'out_in', weightOf: string = mod, activation?: 'gelu'): Tensor {
     const w = this.weights.get(weightOf + '.weight')!;
     const b = this.weights.get(weightOf + '.bias');
-    return loraLinear(x, w, b ?? null, layout, this.loraTerms.get(mod) ?? []);
+    return loraLinear(x, w, b ?? null, layout, this.loraTerms.get(mod) ?? [], activation);
   }
 
   /**
@@ -273,7 +276,7 @@ export class CausalLM {
       if (c.family === 'gpt2') {
         const p = `transformer.h.${i}`;
         const x = layerNorm(h, this.weights.get(`${p}.ln_2.weight`)!, this.weights.get(`${p}.ln_2.bias`)!, c.normEps);
-        m = this.lin(`${p}.mlp.c_proj`, gelu(this.lin(`${p}.mlp.c_fc`, x, 'in_out')), 'in_out');
+        m = this.lin(`${p}.mlp.c_proj`, this.lin(`${p}.mlp.c_fc`, x, 'in_out', `${p}.mlp.c_fc`, 'gelu'), 'in_out');
       } else {
         const p = `model.layers.${i}`;
         const x = rmsNorm(h, this.weights.get(`${p}.post_attention_layernorm.weight`)!, c.normEps);

@@ -734,7 +734,9 @@ export interface LowRankTerm {
 
 /**
  * A linear layer plus low-rank (LoRA) terms in one op:
- * y = linear(x, weight, bias, layout) + Σ factor·((x·Aᵀ)·Bᵀ + bias_t).
+ * y = act(linear(x, weight, bias, layout) + Σ factor·((x·Aᵀ)·Bᵀ + bias_t)),
+ * act the identity or `activation` (GPT-2's MLP: gelu straight on the
+ * projection, its pre-activation kept privately and recycled after backward).
  * One graph node instead of five per adapter (two linears, a scale, an add),
  * no full-width intermediate, and in backward the gradient reaches x, A, B
  * and the biases straight from g: ∂B = f·gᵀ(xAᵀ), ∂(xAᵀ) = f·g·B,
@@ -742,6 +744,7 @@ export interface LowRankTerm {
  */
 export function loraLinear(
   x: Tensor, weight: Tensor, bias: Tensor | null, layout: 'out_in' | 'in_out', terms: readonly LowRankTerm[],
+  activation?: UnaryOp,
 ): Tensor {
   if (weight.ndim !== 2) throw new RangeError(`linear: weight must be 2-d, got ${shapeStr(weight.shape)}`);
   const outIn = layout === 'out_in';
@@ -792,8 +795,22 @@ export function loraLinear(
     inputs.push(t.A, t.B);
     if (t.bias) inputs.push(t.bias);
   }
-  return makeResult(terms.length > 0 ? 'loraLinear' : 'linear', out, shape, inputs, (g) => {
+  // With an activation, `out` above is the pre-activation: keep it, return act(out).
+  let pre: Float32Array | null = null;
+  let y = out;
+  if (activation !== undefined) {
+    pre = out;
+    y = takeBuffer(M * nOut);
+    K.unary(activation, pre, y);
+  }
+  const op = (terms.length > 0 ? 'loraLinear' : 'linear') + (activation ? `+${activation}` : '');
+  const node = makeResult(op, y, shape, inputs, (gOut) => {
     if (M === 0 || nOut === 0) return;
+    let g = gOut;
+    if (pre !== null) {
+      g = takeBuffer(gOut.length);
+      K.unaryBackward(activation!, pre, gOut, g, false);
+    }
     // ∂(x·Aᵀ) per term, when x or A needs it.
     const gh: Array<Float32Array | null> = terms.map((t, i) => {
       const r = t.A.shape[0];
@@ -836,5 +853,12 @@ export function loraLinear(
     }
     for (const d of gh) if (d) releaseBuffer(d);
     for (const h of xa) releaseSaved(h);
+    if (pre !== null) {
+      releaseBuffer(g);
+      releaseSaved(pre);
+    }
   });
+  // Without a recorded graph the pre-activation is garbage right away.
+  if (pre !== null && !node.requiresGrad) releaseBuffer(pre);
+  return node;
 }

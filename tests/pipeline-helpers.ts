@@ -78,6 +78,8 @@ interface Run {
   codes: number[];
   stderr: string;
   records: Rec[];
+  /** The stream's format, from its first bytes (an Arrow IPC stream begins with ff ff ff ff). */
+  wrote: Format;
 }
 
 export class Pipeline {
@@ -100,7 +102,9 @@ export class Pipeline {
     const stderr = r.stderr.toString();
     const m = /status:([\d ]+)\n$/.exec(stderr);
     if (!m) throw new Error(`pipeline did not report its status: ${stderr}`);
-    return { codes: m[1].split(' ').map(Number), stderr: stderr.slice(0, m.index), records: await parse(readFileSync(out)) };
+    const raw = readFileSync(out);
+    const wrote: Format = raw.subarray(0, 4).equals(Buffer.from([0xff, 0xff, 0xff, 0xff])) ? 'arrow' : 'ndjson';
+    return { codes: m[1].split(' ').map(Number), stderr: stderr.slice(0, m.index), records: await parse(raw), wrote };
   }
 
   /** facts → probe-gen | attrib | lora-train | validate | adapter-merge --into REF (in this.format between every stage). */
@@ -151,6 +155,7 @@ export function suite(t: Test, format: Format): void {
   t.test(`insert (${format}): the live adapter answers the edited prompt with the new target`, async (t) => {
     const r = await p.train([A], reg);
     t.same(r.codes, [0, 0, 0, 0, 0], `every stage exits 0: ${r.stderr}`);
+    t.equal(r.wrote, format, `the pipeline's output is ${format}`);
     const kinds = r.records.map((x) => x.kind);
     // records pass through every stage in order: the fact first, then its probes and loci, validate's report, then adapter-merge's own
     t.equal(kinds[0], 'fact');

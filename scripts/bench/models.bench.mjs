@@ -10,6 +10,9 @@
 //
 // Env: BENCH_THREADS (default: all cores), BENCH_SHAPES (default tiny,small),
 // BENCH_ITERS (timed repetitions after one warm-up; default tiny 10, small 3),
+// BENCH_ROUNDS (alternating ours/PyTorch process pairs per shape, default 1;
+// with more, times are the median over rounds and the ratio cell also shows
+// the range of the per-round ratios — the spread on a shared machine),
 // TORCH_PYTHON (default /usr/bin/python3).
 // Prints a Markdown table on stdout; progress on stderr.
 import { spawnSync } from 'node:child_process';
@@ -90,6 +93,14 @@ function runJson(cmd, args, env = {}, unset = []) {
   }
 }
 
+/** Median of the numbers in xs (failed runs are skipped); undefined when none. */
+function median(xs) {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const h = v.length >> 1;
+  return v.length % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+}
+
 function fmt(x, d = 1) {
   return x === undefined || x === null ? 'n/a' : x.toFixed(d);
 }
@@ -103,30 +114,41 @@ async function main() {
   const threads = Number(process.env.BENCH_THREADS ?? os.availableParallelism?.() ?? os.cpus().length);
   const shapes = (process.env.BENCH_SHAPES ?? 'tiny,small').split(',').filter((s) => s in SHAPES);
   const py = process.env.TORCH_PYTHON ?? '/usr/bin/python3';
+  const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1));
   const rows = [];
   for (const shape of shapes) {
     const iters = Number(process.env.BENCH_ITERS ?? (shape === 'tiny' ? 10 : 3));
-    process.stderr.write(`models bench: ${shape}, ours\n`);
-    const ours = runJson(process.execPath, [fileURLToPath(import.meta.url), '--child', shape, String(threads), String(iters)]);
-    process.stderr.write(`models bench: ${shape}, PyTorch\n`);
-    // Threads pinned to ours; OpenBLAS tuning overrides that slow it on this
-    // machine (see ENVIRONMENT-NOTES) are dropped for the reference only.
-    const ref = runJson(
-      py,
-      [join(here, 'models_torch.py'), '--shape', shape, '--threads', String(threads), '--iters', String(iters)],
-      { OMP_NUM_THREADS: String(threads) },
-      ['OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE'],
-    );
+    const ours = [], refs = [];
+    for (let r = 1; r <= rounds; r++) {
+      const tag = rounds > 1 ? ` (round ${r}/${rounds})` : '';
+      process.stderr.write(`models bench: ${shape}, ours${tag}\n`);
+      ours.push(runJson(process.execPath, [fileURLToPath(import.meta.url), '--child', shape, String(threads), String(iters)]));
+      process.stderr.write(`models bench: ${shape}, PyTorch${tag}\n`);
+      // Threads pinned to ours; OpenBLAS tuning overrides that slow it on this
+      // machine (see ENVIRONMENT-NOTES) are dropped for the reference only.
+      refs.push(runJson(
+        py,
+        [join(here, 'models_torch.py'), '--shape', shape, '--threads', String(threads), '--iters', String(iters)],
+        { OMP_NUM_THREADS: String(threads) },
+        ['OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE'],
+      ));
+    }
+    const peakOurs = median(ours.map((o) => o?.peak_mb));
+    const peakRef = median(refs.map((o) => o?.peak_mb));
     for (const [task, key] of [['LoRA train step', 'train_ms'], ['eval forward', 'eval_ms']]) {
-      const a = ours?.[key];
-      const b = ref?.[key];
-      rows.push(`| ${shape} | ${task} | ${fmt(a)} | ${fmt(b)} | ${a && b ? (a / b).toFixed(2) : 'n/a'} | ${fmt(ours?.peak_mb, 0)} | ${fmt(ref?.peak_mb, 0)} |`);
+      const a = median(ours.map((o) => o?.[key]));
+      const b = median(refs.map((o) => o?.[key]));
+      // ratios within a round: the two processes ran back to back under the same load
+      const ratios = ours.map((o, i) => (o?.[key] && refs[i]?.[key] ? o[key] / refs[i][key] : null)).filter((x) => x !== null);
+      let cell = ratios.length > 0 ? median(ratios).toFixed(2) : 'n/a';
+      if (ratios.length > 1) cell += ` (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`;
+      rows.push(`| ${shape} | ${task} | ${fmt(a)} | ${fmt(b)} | ${cell} | ${fmt(peakOurs, 0)} | ${fmt(peakRef, 0)} |`);
     }
   }
   const lines = [
     `### Models: GPT-2 architecture, batch ${B}×${T}, LoRA r=${R} on attn.c_attn + mlp.c_proj (${threads} threads)`,
     '',
-    'Median ms per step (one warm-up excluded); ratio = ours / PyTorch (lower is better, goal ≤ 1.0); peak RSS of each process (MB).',
+    `Median ms per step (one warm-up excluded${rounds > 1 ? `; median over ${rounds} alternating rounds` : ''}); ratio = ours / PyTorch (lower is better, goal ≤ 1.0${rounds > 1 ? '; median and range of the per-round ratios' : ''}); peak RSS of each process (MB).`,
     '',
     '| shape | task | ours ms | PyTorch ms | ratio | ours peak MB | PyTorch peak MB |',
     '|---|---|---:|---:|---:|---:|---:|',

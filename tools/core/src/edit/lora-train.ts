@@ -282,6 +282,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const mlpLayers = [...new Set(mlpMods.map(moduleLayer))];
     let lossVal = NaN;
     let prevCheckLoss = Infinity;
+    let windowLoss = 0;
     let solvedChecks = 0;
     let step = 0;
     let acc = solvedFraction(model, examples);
@@ -387,18 +388,23 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       clipGradNorm(params, 1);
       opt.step();
       lossVal = loss.item();
+      windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
         acc = solvedFraction(model, examples);
         if (acc === 1) {
           solvedChecks++;
-          // solved twice in a row and the loss no longer falls by 5% per check: done
-          if (solvedChecks >= 2 && lossVal > 0.95 * prevCheckLoss) {
+          // solved twice in a row and the loss (mean over the check's window: one minibatch is too
+          // noisy) no longer falls by 2% per check: done. A rising loss is not a stall: the retention
+          // term is still growing, and stopping there leaves the KL to the base model high.
+          const stalled = windowLoss > 0.98 * prevCheckLoss && windowLoss <= prevCheckLoss * 1.05;
+          if (solvedChecks >= 2 && stalled) {
             step++;
             break;
           }
         } else solvedChecks = 0;
-        prevCheckLoss = lossVal;
-        say(`step ${step + 1}: loss ${lossVal.toFixed(4)}, train solved ${(acc * 100).toFixed(0)}%`);
+        prevCheckLoss = windowLoss;
+        say(`step ${step + 1}: loss ${windowLoss.toFixed(4)} (mean of the last ${opts.evalEvery}), train solved ${(acc * 100).toFixed(0)}%`);
+        windowLoss = 0;
       }
     }
     acc = solvedFraction(model, examples);

@@ -402,7 +402,8 @@ export class Registry {
       // Never turn someone's existing directory into a registry; an interrupted init is fine.
       const own = new Set(['objects', 'refs', 'reports', 'tmp', 'lock', 'lock.break']);
       const foreign = (await readdir(this.root)).filter((n) => !own.has(n));
-      if (foreign.length > 0) throw new RegistryError(`${this.root} is not empty and not a registry (found ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); choose an empty or new directory for --registry`, 2, 'E_NO_REGISTRY');
+      // a concurrent writer may have just finished the init (its registry.json is then in the listing)
+      if (foreign.length > 0 && !(await exists(this.p('registry.json')))) throw new RegistryError(`${this.root} is not empty and not a registry (found ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); choose an empty or new directory for --registry`, 2, 'E_NO_REGISTRY');
     }
     return withLock(this.p('lock'), this.opts, async () => {
       await this.ensureLayout();

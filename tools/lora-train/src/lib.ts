@@ -225,13 +225,14 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed, avoidNames);
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
-        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, prompts, name: fact.id });
+        const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
+        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, prompts, keep, name: fact.id });
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
         const rec = await writeEditBundle(
           {
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
-            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, rewriting_prompts: prompts.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
             training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps},
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
@@ -304,6 +305,23 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
   return out;
 }
 
+/**
+ * Known facts ROME must keep (KL to the unedited model): other subjects of the
+ * fact's relation, those sharing a word of its subject (a surname) first.
+ * Measured on the dense fixture model (20 edits, edits 21–40): neighbourhood
+ * kept 89% → 95%, efficacy 90% → 85%, paraphrases 83% → 85%.
+ */
+export const ROME_KEEP_PROMPTS = 10;
+
+export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number): string[] {
+  const words = new Set(fact.subject.split(' '));
+  const same = known.filter(
+    (k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject && typeof k.prompt === 'string',
+  );
+  const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
+  return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map((k) => (k.prompt as string).replace('{}', k.subject as string));
+}
+
 /** The entity names of known facts (subjects and true answers), for pickPrefixes' `avoid`. */
 export function knownEntities(known: readonly Rec[]): string[] {
   const names = new Set<string>();
@@ -370,6 +388,7 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   // neighbour prompts trained on (retention) are not counted as held-out neighbours
   const avoid = new Set<string>();
   for (const e of edits) for (const n of neighbourFacts(res.known, e.facts, args.neighbours, args.seed)) avoid.add(n.prompt);
+  if (opts.method === 'rome') for (const e of edits) for (const f of e.facts) for (const p of romeKeepPrompts(res.known, f, ROME_KEEP_PROMPTS)) avoid.add(p);
   if (opts.method === 'lora') {
     // trainEdits seeds batch i with seed + i
     edits.forEach((e, i) => {

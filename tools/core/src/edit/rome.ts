@@ -188,6 +188,14 @@ export interface RomeOptions {
   ridge: number;
   /** Stop optimising δ when the NLL falls below this. */
   nllStop: number;
+  /**
+   * Prompts whose next-token distribution must not move (KL to the unedited
+   * model, × keepWeight), e.g. other subjects' facts. Our addition to ROME,
+   * which keeps only "<subject> is a": an early layer's key at a shared last
+   * token (a surname) is not specific to one subject.
+   */
+  keep?: string[];
+  keepWeight: number;
   name: string;
 }
 
@@ -206,6 +214,7 @@ export const ROME_DEFAULTS: Omit<RomeOptions, 'layer' | 'prefixes' | 'name'> = {
   clamp: 4,
   ridge: 1e-3,
   nllStop: 0.05,
+  keepWeight: 0.25,
 };
 
 /**
@@ -306,6 +315,10 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       at.push(b * T + r.promptIds.length - 1 + j);
       tg.push(t);
     }));
+    const keepRows = (opts.keep ?? []).map((p) => tok.encode(p)).filter((r) => r.length > 0);
+    const keep = keepRows.length ? padBatch(keepRows, padId(model)) : null;
+    const keepAt = keep ? Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1)) : null;
+    const keepBase = keep ? noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt! }).logits) : null;
     model.setAdapters([{ adapter }]);
     let nll = Infinity;
     let step = 0;
@@ -318,6 +331,10 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       if (opts.klWeight > 0) {
         const el = model.forward(Int32Array.from(essence), [1, essence.length], { logitsAt: essAt }).logits;
         loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
+      }
+      if (keep && opts.keepWeight > 0) {
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt! }).logits;
+        loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
       }
       loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
       opt.zeroGrad();

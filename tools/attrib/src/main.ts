@@ -114,7 +114,8 @@ await runTool<Args>({
       await ctx.out.write(record);
       if (record.kind === 'probe') {
         const p = record as Probe;
-        if (typeof p.fact_id !== 'string' || !facts.has(p.fact_id)) {
+        // general-text (replay) probes belong to no fact (probe-gen gives them fact_id "*")
+        if (p.role !== 'general' && (typeof p.fact_id !== 'string' || !facts.has(p.fact_id))) {
           // reported per record; the record has passed through, and the run ends with exit 2
           const e = new InputError(`probe for unknown fact ${JSON.stringify(p.fact_id)} (no fact record with that id came before it)`, { source, record: index, field: 'fact_id' });
           bad.push(e.message);

@@ -86,6 +86,11 @@ t.test('bad input is reported per record, everything still passes through, exit 
   t.match(r.err, /unknown fact "nope"/);
   t.same(r.recs.filter((x) => x.kind !== 'locus').map((x) => x.id ?? x.fact_id), ['edit-0001', 'nope', 'edit-0003']);
   t.same(r.recs.filter((x) => x.kind === 'locus').map((x) => x.fact_id), ['edit-0001', 'edit-0003'], 'good facts still get their loci');
+  // general-text probes belong to no fact: they pass through without complaint
+  const general = { kind: 'probe', id: 'general/0', fact_id: '*', role: 'general', split: 'train', prompt: 'Count from 3 to 7: 3 4 5 6 7.', expect: 'unchanged' };
+  const r3 = run(['--model', gpt2, '--samples', '1', '--top-k', '1'], [facts[0], JSON.stringify(general)].join('\n') + '\n');
+  t.equal(r3.code, 0, r3.err);
+  t.same(r3.recs.filter((x) => x.kind === 'probe').map((x) => x.id), ['general/0']);
   // a fact without {} in its prompt is rejected naming the record and field
   const noSubject = { ...JSON.parse(facts[1]), id: 'bad-prompt', prompt: 'works for' };
   const r2 = run(['--model', gpt2, '--samples', '1'], [facts[0], JSON.stringify(noSubject)].join('\n') + '\n');

@@ -25,6 +25,7 @@ usage: node scripts/train-fixture.mjs --arch gpt2|mixtral --out <dir> [--seed 1]
   [--hidden H] [--layers L] [--heads N] [--intermediate I] [--experts 4] [--top-k 2] [--aux-coef 0.01]
   [--positions 64] [--threads 2] [--eval-every 500] [--eval-sample 300] [--final-eval full|sample]
   [--init-from <model dir>]   continue training that model (its config wins over the size options)
+  [--context-repeat 1]        each context document (a fact stated in a frame, then used) this many times per epoch
 `);
   process.exit(code);
 }
@@ -34,7 +35,7 @@ try {
   parsed = parseArgs({
     options: Object.fromEntries(
       ['arch', 'out', 'seed', 'world', 'steps', 'batch', 'lr', 'min-lr-frac', 'warmup', 'wd', 'clip', 'hidden', 'layers', 'heads',
-        'intermediate', 'experts', 'top-k', 'aux-coef', 'positions', 'threads', 'eval-every', 'eval-sample', 'final-eval', 'init-from']
+        'intermediate', 'experts', 'top-k', 'aux-coef', 'positions', 'threads', 'eval-every', 'eval-sample', 'final-eval', 'init-from', 'context-repeat']
         .map((k) => [k, { type: 'string' }]).concat([['help', { type: 'boolean', short: 'h' }]]),
     ),
     strict: true,
@@ -69,6 +70,7 @@ const hp = {
   intermediate: num('intermediate', d.intermediate, { int: true, min: 1 }),
   positions: num('positions', 64, { int: true, min: 2 }),
   threads: num('threads', 2, { int: true, min: 1 }),
+  contextRepeat: num('context-repeat', 1, { int: true, min: 1 }),
   evalEvery: num('eval-every', 500, { int: true }),
   evalSample: num('eval-sample', 300, { int: true, min: 1 }),
 };
@@ -109,7 +111,7 @@ const vocab = JSON.parse((await import('node:fs')).readFileSync(join(worldDir, '
 const vocabSize = Object.keys(vocab).length;
 
 const t0 = Date.now();
-const { docs, tokens } = loadCorpus(worldDir, tok, eosId, hp.positions);
+const { docs, tokens, contextDocs } = loadCorpus(worldDir, tok, eosId, hp.positions, { contextRepeat: hp.contextRepeat });
 const evalSets = {
   facts_train: loadProbes(join(worldDir, 'eval/facts-train.ndjson'), tok),
   facts_heldout: loadProbes(join(worldDir, 'eval/facts-heldout.ndjson'), tok),
@@ -119,7 +121,7 @@ if (existsSync(join(worldDir, 'eval/context-heldout-frames.ndjson'))) {
   evalSets.context_heldout_frames = loadProbes(join(worldDir, 'eval/context-heldout-frames.ndjson'), tok);
 }
 const general = loadGeneral(join(worldDir, 'eval/general.ndjson'), tok, eosId);
-log(`corpus: ${docs.length} documents, ${tokens} tokens; vocabulary ${vocabSize}; tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+log(`corpus: ${docs.length} documents (${contextDocs} context documents × ${hp.contextRepeat}), ${tokens} tokens; vocabulary ${vocabSize}; tokenised in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
 const rng = new Rng(hp.seed);
 const initRng = rng.fork();

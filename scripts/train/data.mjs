@@ -1,22 +1,38 @@
 // Corpus and eval-set loading for the fixture trainer: tokenised documents,
 // length-bucketed padded batches, and probe sets with single-token targets.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Documents of train.txt as token ids, each followed by the end-of-text id. */
-export function loadCorpus(worldDir, tok, eosId, maxLen) {
+export function loadCorpus(worldDir, tok, eosId, maxLen, { contextRepeat = 1 } = {}) {
   const lines = readFileSync(join(worldDir, 'train.txt'), 'utf-8').split('\n').filter((l) => l.length > 0);
+  // context documents open with one of the world's training frames ("Note that {fact}.")
+  const frames = contextFramePrefixes(worldDir);
   const docs = [];
   let tokens = 0;
+  let contextDocs = 0;
   for (let i = 0; i < lines.length; i++) {
     const ids = tok.encode(lines[i]);
     ids.push(eosId);
     if (ids.length > maxLen) throw new Error(`train.txt line ${i + 1}: ${ids.length} tokens exceed the model's ${maxLen} positions`);
     if (ids.length < 2) continue;
-    docs.push(Int32Array.from(ids));
-    tokens += ids.length;
+    const isContext = frames.some((f) => lines[i].startsWith(f));
+    if (isContext) contextDocs++;
+    const copies = isContext ? contextRepeat : 1;
+    for (let c = 0; c < copies; c++) {
+      docs.push(Int32Array.from(ids));
+      tokens += ids.length;
+    }
   }
-  return { docs, tokens };
+  return { docs, tokens, contextDocs };
+}
+
+/** The text before `{fact}` of each training context frame in the world's templates.json. */
+function contextFramePrefixes(worldDir) {
+  const file = join(worldDir, 'templates.json');
+  if (!existsSync(file)) return [];
+  const frames = JSON.parse(readFileSync(file, 'utf-8')).context?.train ?? [];
+  return frames.map((f) => f.split('{fact}')[0]).filter((p) => p.length > 0);
 }
 
 /**

@@ -34,13 +34,22 @@ const records = [
 ];
 const input = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-function run(args: string[], stdin = input) {
+function run(args: string[], stdin = input, cwd?: string) {
   const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', '40', ...args], {
-    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') },
+    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') }, ...(cwd ? { cwd } : {}),
   });
   const out = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
   return { code: r.status, out, err: r.stderr };
 }
+
+t.test('a relative --out still gives an absolute bundle path (records travel to tools run elsewhere)', async (t) => {
+  const r = run(['--objective', 'sft', '--out', 'rel-out', '-q'], input, tmp);
+  t.equal(r.code, 0, r.err);
+  const a = r.out.find((x) => x.kind === 'adapter')!;
+  t.ok(path.isAbsolute(a.path as string), `path ${String(a.path)}`);
+  t.ok(fs.existsSync(path.join(a.path as string, 'catechism.json')), 'the bundle is there');
+  t.equal(path.dirname(a.path as string), fs.realpathSync(path.join(tmp, 'rel-out')), 'under the --out given, resolved from the working directory');
+});
 
 t.test('one adapter per batch; records pass through in order', async (t) => {
   const r = run(['--objective', 'sft', '--batch', '1', '--out', path.join(tmp, 'a'), '-q']);

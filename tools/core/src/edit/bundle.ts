@@ -84,7 +84,7 @@ export async function writeEditBundle(spec: EditBundleSpec, where: { out?: strin
       await writeBundle(dir, contents);
       const reg = new Registry(where.registry);
       const { bundle } = await reg.add(dir);
-      return adapterRecord(manifest, { path: reg.objectPath(bundle.sha256), sha256: bundle.sha256 });
+      return adapterRecord(manifest, { path: path.resolve(reg.objectPath(bundle.sha256)), sha256: bundle.sha256 });
     } finally {
       fs.rmSync(stage, { recursive: true, force: true });
     }
@@ -93,5 +93,6 @@ export async function writeEditBundle(spec: EditBundleSpec, where: { out?: strin
   let dir = path.join(where.out, manifest.id);
   for (let n = 2; fs.existsSync(dir); n++) dir = path.join(where.out, `${manifest.id}.${n}`);
   const { sha256 } = await writeBundle(dir, contents);
-  return adapterRecord(manifest, { path: dir, sha256 });
+  // absolute: the record travels down a pipe to tools that may run in another directory
+  return adapterRecord(manifest, { path: path.resolve(dir), sha256 });
 }

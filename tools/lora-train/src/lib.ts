@@ -218,11 +218,12 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       const statsCorpus = args.statsCorpus ? readCorpusLines(args.statsCorpus) : generalDocs;
       if (statsCorpus.length === 0) throw new UsageError('ROME needs a statistics corpus: give --stats-corpus FILE (one document per line)');
       const stats = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: args.statsTokens, cacheDir: args.statsCache, log: ctx.log });
+      // prefixes (one set per batch: same seed, same names to avoid): the first words of seeded
+      // corpus documents, as ROME's short generated contexts
       const avoidNames = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
+      const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed, avoidNames);
       for (const fact of batch.facts) {
         if (fact.op !== 'insert') throw new InputError(`fact ${fact.id}: --method rome edits insert facts only; use --method lora for forgetting`, { field: 'op' });
-        // prefixes: the first words of seeded corpus documents, as ROME's short generated contexts
-        const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed, avoidNames);
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
         const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);

@@ -31,7 +31,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, reshape, scale, sum, square, transpose, zeros,
+  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, scale, sum, square, transpose, zeros,
 } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
@@ -245,7 +245,6 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
   if (stats.layer !== l) throw new RangeError(`ROME: statistics are for layer ${stats.layer}, the edit is at layer ${l}`);
   const mod = mlpOutModule(model, l);
   const H = model.config.hidden;
-  const V = model.config.vocabSize;
   const prev = model.activeAdapters();
   model.setAdapters([]);
   try {
@@ -307,9 +306,9 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     const adapter = new LoraAdapter(
       opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.config.family === 'gpt2',
     );
-    const essence = tok.encode(`${fact.subject} is a`);
+    const essence = Int32Array.from(tok.encode(`${fact.subject} is a`));
     const essAt = Int32Array.from([essence.length - 1]);
-    const essBase = noGrad(() => model.forward(Int32Array.from(essence), [1, essence.length], { logitsAt: essAt }).logits);
+    const essBase = noGrad(() => model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits);
     const opt = new AdamW([delta], { lr: opts.vLr * (oNorm / Math.sqrt(H)), weightDecay: 0 });
     const at: number[] = [];
     const tg: number[] = [];
@@ -317,6 +316,8 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       at.push(b * T + r.promptIds.length - 1 + j);
       tg.push(t);
     }));
+    const targetAt = Int32Array.from(at);
+    const targets = Int32Array.from(tg);
     const keepRows = (opts.keep ?? []).map((p) => tok.encode(p)).filter((r) => r.length > 0);
     const keep = keepRows.length ? padBatch(keepRows, padId(model)) : null;
     const keepAt = keep ? Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1)) : null;
@@ -325,13 +326,13 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     let nll = Infinity;
     let step = 0;
     for (step = 0; step < opts.vSteps; step++) {
-      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: Int32Array.from(at) });
-      const ce = crossEntropy(logits, Int32Array.from(tg));
+      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: targetAt });
+      const ce = crossEntropy(logits, targets);
       nll = ce.item();
       if (nll < opts.nllStop) break;
       let loss = ce;
       if (opts.klWeight > 0) {
-        const el = model.forward(Int32Array.from(essence), [1, essence.length], { logitsAt: essAt }).logits;
+        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits;
         loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
       }
       if (keep && opts.keepWeight > 0) {
@@ -349,16 +350,10 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       const max = opts.clamp * oNorm;
       if (norm > max) for (let i = 0; i < H; i++) delta.data[i] *= max / norm;
     }
-    void V;
     let dn = 0;
     for (const v of delta.data) dn += v * v;
     return { adapter, module: mod, nll, deltaNorm: Math.sqrt(dn), steps: step };
   } finally {
     model.setAdapters(prev);
   }
-}
-
-/** [n, H] rows all equal to the vector v [H] (differentiable in v). */
-function repeatRows(v: Tensor, n: number): Tensor {
-  return indexSelect(reshape(v, [1, v.shape[0]]), 0, new Int32Array(n));
 }

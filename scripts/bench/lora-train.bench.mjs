@@ -112,7 +112,7 @@ if (only.includes('rome-small')) {
   const tedits = facts.map((f) => {
     const rows = [''].concat(prefixes).map((pre) => {
       const prompt = (pre ? `${pre} ` : '') + f.prompt.replace('{}', f.subject);
-      const p = edit.encodePair(tok, prompt, f.target_new);
+      const p = edit.encodeTrainingPair(tok, prompt, f.target_new);
       return { p, subj: edit.subjectSpan(tok, p.promptIds, f.subject)[1] - 1 };
     });
     const essence = tok.encode(`${f.subject} is a`);

@@ -18,7 +18,8 @@ export function loadCorpus(worldDir, tok, eosId, maxLen, { contextRepeat = 1 } =
     if (ids.length < 2) continue;
     const isContext = frames.some((f) => lines[i].startsWith(f));
     if (isContext) contextDocs++;
-    const copies = isContext ? contextRepeat : 1;
+    // a fractional repeat spreads the extra copies evenly over the context documents
+    const copies = isContext ? Math.floor(contextDocs * contextRepeat) - Math.floor((contextDocs - 1) * contextRepeat) : 1;
     for (let c = 0; c < copies; c++) {
       docs.push(Int32Array.from(ids));
       tokens += ids.length;

@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeDefaultLayer, romeEdit, testProbes, trainLora, writeEditBundle, editQuality, type EditFact, type Objective, type QualityFigures, type Rec, type TemplateBank,
+  encodeTrainingPair, resolveTargets, romeEdit, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -214,10 +214,19 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     const tests = testProbes(batch);
     const probesForManifest = tests.length > 0 ? tests : batch.probes.filter((p) => p.role === 'edit');
     if (args.method === 'rome') {
-      const layer = args.layer ?? romeDefaultLayer(model.config.layers);
+      // --layer fixes the layer; by default later layers are tried when the default leaves the fact unsolved
+      const layers = args.layer !== undefined ? [args.layer] : romeLayerCandidates(model.config.layers);
       const statsCorpus = args.statsCorpus ? readCorpusLines(args.statsCorpus) : generalDocs;
       if (statsCorpus.length === 0) throw new UsageError('ROME needs a statistics corpus: give --stats-corpus FILE (one document per line)');
-      const stats = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: args.statsTokens, cacheDir: args.statsCache, log: ctx.log });
+      const statsByLayer = new Map<number, KeyStats>();
+      const statsAt = (layer: number) => {
+        let st = statsByLayer.get(layer);
+        if (!st) {
+          st = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: args.statsTokens, cacheDir: args.statsCache, log: ctx.log });
+          statsByLayer.set(layer, st);
+        }
+        return st;
+      };
       // prefixes (one set per batch: same seed, same names to avoid): the first words of seeded
       // corpus documents, as ROME's short generated contexts
       const avoidNames = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
@@ -227,19 +236,20 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
         const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
-        const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, layer, prefixes, prompts, keep, name: fact.id });
+        const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks: trainPrompts(batch, fact) });
+        const stats = statsAt(layer);
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
         const rec = await writeEditBundle(
           {
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
-            hyperparameters: { ...ROME_DEFAULTS, layer, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
-            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps},
+            hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts_solved: solved },
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
           { out: args.out, registry: args.registry },
         );
-        ctx.log(`rome ${fact.id}: ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)} → ${rec.path}`);
+        ctx.log(`rome ${fact.id}: layer ${layer}${tried.length > 1 ? ` (tried ${tried.join(', ')})` : ''}, ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)} → ${rec.path}`);
         out.push(rec);
       }
       continue;
@@ -304,6 +314,41 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
     out.push(`${w}.`);
   }
   return out;
+}
+
+/** The fact's own prompt and its train probes' prompts (what a ROME edit must answer), as [prompt, target]. */
+function trainPrompts(batch: Batch, fact: EditFact): [string, string][] {
+  const own: [string, string] = [fact.prompt.replace('{}', fact.subject), fact.target_new!];
+  const probes = batch.probes
+    .filter((p) => p.fact_id === fact.id && p.role === 'edit' && p.split === 'train' && typeof p.prompt === 'string' && typeof p.target === 'string')
+    .map((p): [string, string] => [p.prompt as string, p.target as string]);
+  return [own, ...probes.filter(([p]) => p !== own[0])];
+}
+
+/**
+ * ROME at the first of `layers` whose edit makes target_new top-1 on every
+ * check prompt; when none does, the one that solves the most (then the
+ * lowest NLL).
+ */
+function romeAtBestLayer(
+  model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
+  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: [string, string][] },
+): { r: RomeResult; layer: number; solved: number; tried: number[] } {
+  const checks = o.checks.map(([p, target]) => encodeTrainingPair(tok, p, target));
+  let best: { r: RomeResult; layer: number; solved: number } | null = null;
+  const tried: number[] = [];
+  for (const layer of layers) {
+    tried.push(layer);
+    const r = romeEdit(model, tok, fact, statsAt(layer), { ...ROME_DEFAULTS, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
+    const prev = model.activeAdapters();
+    model.setAdapters([{ adapter: r.adapter }]);
+    const got = top1(model, checks.map((c) => c.promptIds));
+    model.setAdapters(prev);
+    const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
+    if (!best || solved > best.solved || (solved === best.solved && r.nll < best.r.nll)) best = { r, layer, solved };
+    if (solved === checks.length) break;
+  }
+  return { ...best!, tried };
 }
 
 /**

@@ -10,8 +10,8 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { defaultModelDir } from '@catechism/core/fixtures';
-import { DEFAULT_ARGS, loadResources, measureWorldEdits } from '../src/lib.js';
+import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { DEFAULT_ARGS, loadResources, measureWorldEdits, trainEdits } from '../src/lib.js';
 
 const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-quality-'));
@@ -34,16 +34,33 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
   });
 
   t.test('ROME single edits over 20 facts', async (t) => {
-    // The issue's gates are 95% / 80% / 90%. On the dense fixture model this measures efficacy 85%,
-    // paraphrases 85%, neighbourhood 96% (the misses: a one-token city and a surname many people
-    // share, whose layer-0 keys are not specific to the subject); efficacy is held at today's level.
+    // The issue's gates. On the dense fixture model: efficacy 100%, paraphrases 88%, neighbourhood 95%
+    // (edits 1–20: 100 / 92 / 94; edits 41–60: 100 / 82 / 94).
     const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 20, skip: 20, out: path.join(tmp, 'rome') });
     const f = m.figures;
     t.comment(`efficacy ${pct(f.efficacy)}, paraphrase ${pct(f.paraphrase)} (n=${f.n.paraphrase}), neighbourhood ${pct(f.neighbourhood)} (n=${f.n.neighbourhood}), ${m.seconds.toFixed(1)} s`);
     t.equal(m.adapters, 20, 'one adapter per fact');
-    t.ok(f.efficacy >= 0.8, `efficacy ${pct(f.efficacy)} ≥ 80% (issue gate 95%: not met yet)`);
+    t.ok(f.efficacy >= 0.95, `efficacy ${pct(f.efficacy)} ≥ 95%`);
     t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`);
     t.ok(f.neighbourhood >= 0.9, `neighbourhood kept ${pct(f.neighbourhood)} ≥ 90%`);
+  });
+
+  t.test('ROME tries a later layer when the default leaves the fact unsolved', async (t) => {
+    // edit-0024: a surname four other people share; its layer-0 key cannot tell them apart
+    const edits = fs.readFileSync(path.join(worldDir(), 'edits.ndjson'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const fact = edits.find((f) => f.id === 'edit-0024');
+    const inputs = [{ record: fact, source: 'edits', index: 1 }];
+    const edit = async (layer: number | undefined, out: string) => {
+      const [rec] = await trainEdits(inputs, { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer, out: path.join(tmp, out) }, res, { log: () => {} });
+      return JSON.parse(fs.readFileSync(path.join(rec.path, 'catechism.json'), 'utf8'));
+    };
+    const fixed = await edit(0, 'layer0');
+    t.equal(fixed.hyperparameters.layer, 0, '--layer 0 is kept');
+    t.equal(fixed.training.train_prompts_solved, 0, 'at layer 0 the fact\'s own prompt is not solved');
+    const chosen = await edit(undefined, 'auto');
+    t.ok(chosen.hyperparameters.layer > 0, `edited at layer ${chosen.hyperparameters.layer} (tried ${chosen.hyperparameters.layers_tried})`);
+    t.same(chosen.hyperparameters.layers_tried.slice(0, 1), [0], 'the default layer first');
+    t.equal(chosen.training.train_prompts_solved, 1, 'the later layer solves it');
   });
 
   t.test('forgetting 10 facts', async (t) => {

@@ -116,10 +116,10 @@ if (only.includes('rome-small')) {
       return { p, subj: edit.subjectSpan(tok, p.promptIds, f.subject)[1] - 1 };
     });
     const essence = tok.encode(`${f.subject} is a`);
-    return { rows: rows.map((r) => r.p.promptIds), targets: rows.map((r) => r.p.targetIds), subj: rows.map((r) => r.subj), essence };
+    return { rows: rows.map((r) => r.p.promptIds), targets: rows.map((r) => r.p.targetIds), subj: rows.map((r) => r.subj), plain: rows.map((_, i) => i === 0), essence };
   });
   const py = process.env.TORCH_PYTHON ?? '/usr/bin/python3';
-  const input = JSON.stringify({ layer, threads, edits: tedits, v_steps: steps, v_lr: opts.vLr, kl: opts.klWeight, wd: opts.weightDecay, clamp: opts.clamp, ridge: opts.ridge, stats_tokens: statsTokens });
+  const input = JSON.stringify({ layer, threads, edits: tedits, v_steps: steps, v_lr: opts.vLr, kl: opts.klWeight, wd: opts.weightDecay, clamp: opts.clamp, ridge: opts.ridge, plain_weight: opts.plainWeight, stats_tokens: statsTokens });
   const r = spawnSync(py, [path.join(path.dirname(new URL(import.meta.url).pathname), 'rome_torch.py')], { input, encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
   const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const oursMed = med(ours.slice(1));

@@ -4,8 +4,8 @@ tools/core/src/edit/rome.ts on a GPT-2-small-shaped model with random
 weights (timing only), fp32 on the CPU.
 
 Reads JSON on stdin: {layer, threads, edits: [{rows: [[ids]], subj: [pos],
-targets: [[ids]], essence: [ids]}], v_steps, v_lr, kl, wd,
-clamp, ridge, stats_tokens}. Prints JSON: seconds per edit (k*, δ
+targets: [[ids]], plain: [bool], essence: [ids]}], v_steps, v_lr, kl, wd,
+clamp, ridge, plain_weight, stats_tokens}. Prints JSON: seconds per edit (k*, δ
 optimisation, solve), and the statistics time (not counted).
 Run with Debian's torch: /usr/bin/python3 scripts/bench/rome_torch.py
 """
@@ -111,13 +111,17 @@ for e in cfg["edits"]:
         # MLP output at the subject (norm for lr, clamp, decay)
         o = torch.stack([key[b, p] @ W["blocks"][L]["cproj"] + W["blocks"][L]["cprojb"] for b, p in subj])
         onorm = o.norm(dim=1).mean().item()
-    at, tg = [], []
+    # row 0 is the plain prompt, the rest have a prefix: two means, weighted plain_weight / 1 - plain_weight
+    at, tg, plain = [], [], []
     for b, (r, t) in enumerate(zip(e["rows"], e["targets"])):
         for j, tok in enumerate(t):
             at.append(b * T + len(r) - 1 + j)
             tg.append(tok)
+            plain.append(e["plain"][b])
     at_t = torch.tensor(at)
     tg_t = torch.tensor(tg)
+    plain_t = torch.tensor(plain, dtype=torch.bool)
+    pw = cfg["plain_weight"] if not bool(plain_t.all()) else 1.0
     ess = torch.tensor([e["essence"]])
     ess_at = torch.tensor([len(e["essence"]) - 1])
     with torch.no_grad():
@@ -130,7 +134,9 @@ for e in cfg["edits"]:
     opt = torch.optim.Adam([delta], lr=cfg["v_lr"] * onorm / math.sqrt(H))
     for step in range(cfg["v_steps"]):
         logits = forward(ids, mask, rank1=(A, delta), logits_at=at_t)
-        loss = F.cross_entropy(logits, tg_t)
+        loss = pw * F.cross_entropy(logits[plain_t], tg_t[plain_t])
+        if pw < 1:
+            loss = loss + (1 - pw) * F.cross_entropy(logits[~plain_t], tg_t[~plain_t])
         el = forward(ess, torch.ones_like(ess), rank1=(A, delta), logits_at=ess_at).log_softmax(-1)
         loss = loss + cfg["kl"] * F.kl_div(el, ess_base, log_target=True, reduction="batchmean")
         loss = loss + cfg["wd"] * (delta ** 2).sum() / onorm ** 2

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { loadModel } from '../src/models/index.js';
+import { Tokenizer, loadModel } from '../src/models/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const SCRIPT = path.join(ROOT, 'scripts/train-fixture.mjs');
@@ -72,4 +72,22 @@ t.test('usage errors exit 2 with a message', async (t) => {
   const r2 = spawnSync(process.execPath, [SCRIPT, '--arch', 'gpt2', '--out', path.join(tmp, 'x'), '--steps', 'many'], { encoding: 'utf-8' });
   t.equal(r2.status, 2);
   t.match(r2.stderr, /--steps must be an integer/);
+});
+
+t.test('--context-repeat: the context documents K times per epoch; a fraction spreads the extra copies evenly', async (t) => {
+  const { loadCorpus } = await import(path.join(ROOT, 'scripts/train/data.mjs'));
+  const world = path.join(ROOT, 'fixtures/world');
+  const tok = Tokenizer.load(world);
+  const eos = tok.tokenToId('<|endoftext|>')!;
+  const corpus = (r: number) => loadCorpus(world, tok, eos, 64, { contextRepeat: r });
+  const one = corpus(1);
+  const two = corpus(2);
+  const half = corpus(1.5);
+  t.ok(one.contextDocs > 100, `${one.contextDocs} context documents`);
+  t.equal(two.docs.length, one.docs.length + one.contextDocs, '×2: each context document once more');
+  t.equal(half.docs.length, one.docs.length + Math.floor(one.contextDocs / 2), '×1.5: every other one once more');
+  // copies follow their document: ×1.5 adds one directly repeated document per extra copy
+  const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+  const repeats = (docs: Int32Array[]) => docs.filter((d, i) => i > 0 && same(d, docs[i - 1])).length;
+  t.equal(repeats(half.docs) - repeats(one.docs), Math.floor(one.contextDocs / 2), 'each extra copy right after its document');
 });

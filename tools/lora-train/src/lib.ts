@@ -236,7 +236,8 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
         const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
-        const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks: trainPrompts(batch, fact) });
+        const checks = trainPrompts(batch, fact);
+        const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
         const stats = statsAt(layer);
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
         const rec = await writeEditBundle(
@@ -244,7 +245,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
             hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
-            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts_solved: solved },
+            training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
           { out: args.out, registry: args.registry },

@@ -59,7 +59,7 @@ await runTool<Args>({
     objective: { choices: ['distill', 'sft'], default: d.objective, describe: 'LoRA objective' },
     targets: { type: 'array', string: true, describe: 'target modules by name or pattern ({L} = --layer, * = any one name part); default: top loci, else the middle layer\'s MLP output' },
     'top-k': { type: 'number', default: d.topK, describe: 'modules taken from the locus records' },
-    layer: { type: 'number', describe: 'layer for default targets (default: the middle layer) and ROME (default: about 35% of the depth)' },
+    layer: { type: 'number', describe: 'layer for default targets (default: the middle layer) and ROME (default: about 35% of the depth, then the next two layers for a fact that edit leaves unsolved)' },
     rank: { type: 'number', default: d.rank, describe: 'LoRA rank' },
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },

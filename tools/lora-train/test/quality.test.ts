@@ -60,6 +60,7 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     const chosen = await edit(undefined, 'auto');
     t.ok(chosen.hyperparameters.layer > 0, `edited at layer ${chosen.hyperparameters.layer} (tried ${chosen.hyperparameters.layers_tried})`);
     t.same(chosen.hyperparameters.layers_tried.slice(0, 1), [0], 'the default layer first');
+    t.equal(chosen.training.train_prompts, 1, 'one train prompt: the fact\'s own');
     t.equal(chosen.training.train_prompts_solved, 1, 'the later layer solves it');
   });
 

@@ -35,7 +35,7 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
 
   t.test('ROME single edits over 20 facts', async (t) => {
     // The issue's gates. On the dense fixture model: efficacy 100%, paraphrases 88%, neighbourhood 95%
-    // (edits 1–20: 100 / 92 / 94; edits 41–60: 100 / 82 / 94).
+    // (edits 1–20: 100 / 92 / 94; edits 41–60: 100 / 82 / 93.5).
     const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 20, skip: 20, out: path.join(tmp, 'rome') });
     const f = m.figures;
     t.comment(`efficacy ${pct(f.efficacy)}, paraphrase ${pct(f.paraphrase)} (n=${f.n.paraphrase}), neighbourhood ${pct(f.neighbourhood)} (n=${f.n.neighbourhood}), ${m.seconds.toFixed(1)} s`);

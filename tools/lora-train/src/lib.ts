@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  encodeTrainingPair, resolveTargets, romeEdit, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
+  resolveTargets, romeEdit, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -236,7 +236,8 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
         const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
-        const checks = trainPrompts(batch, fact);
+        // what the edit must answer: the fact's train probes (its own prompt when it has none)
+        const checks = buildExamples(tok, { facts: [fact], probes: batch.probes });
         const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
         const stats = statsAt(layer);
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
@@ -317,15 +318,6 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
   return out;
 }
 
-/** The fact's own prompt and its train probes' prompts (what a ROME edit must answer), as [prompt, target]. */
-function trainPrompts(batch: Batch, fact: EditFact): [string, string][] {
-  const own: [string, string] = [fact.prompt.replace('{}', fact.subject), fact.target_new!];
-  const probes = batch.probes
-    .filter((p) => p.fact_id === fact.id && p.role === 'edit' && p.split === 'train' && typeof p.prompt === 'string' && typeof p.target === 'string')
-    .map((p): [string, string] => [p.prompt as string, p.target as string]);
-  return [own, ...probes.filter(([p]) => p !== own[0])];
-}
-
 /**
  * ROME at the first of `layers` whose edit makes target_new top-1 on every
  * check prompt; when none does, the one that solves the most (then the
@@ -333,9 +325,9 @@ function trainPrompts(batch: Batch, fact: EditFact): [string, string][] {
  */
 function romeAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
-  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: [string, string][] },
+  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[] },
 ): { r: RomeResult; layer: number; solved: number; tried: number[] } {
-  const checks = o.checks.map(([p, target]) => encodeTrainingPair(tok, p, target));
+  const { checks } = o;
   let best: { r: RomeResult; layer: number; solved: number } | null = null;
   const tried: number[] = [];
   for (const layer of layers) {

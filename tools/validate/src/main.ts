@@ -8,9 +8,11 @@ import * as path from 'node:path';
 import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
 import { loadModel } from '@catechism/core/models';
-import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { defaultModelDir, modelsDir, worldDir } from '@catechism/core/fixtures';
+import { modelSha256 } from '@catechism/core/edit';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechism/core/metrics';
-import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
+import { fileExists, loadAdapter, readProbeFile, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
+import { resolveEvalSets } from './sets.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';
 
@@ -24,7 +26,9 @@ interface Args {
   html?: string;
   retain?: string;
   general?: string;
+  world?: string;
   suite?: string;
+  force: boolean;
   retainN: number;
   generalN: number;
   record: boolean;
@@ -55,11 +59,13 @@ await runTool<Args>({
     strict: { type: 'boolean', default: false, describe: `exit ${EXIT_GATE_FAILED} when any adapter fails a gate` },
     baseline: { type: 'boolean', default: false, describe: 'also report the base model alone (adapter_id "base") on all the facts and probes' },
     html: { type: 'string', describe: 'write a readable HTML page (metric tables, before/after charts) to FILE' },
-    retain: { type: 'string', describe: 'probes of facts not edited (retention accuracy, KL prompts); default: the world\'s facts-train set with the fixture model' },
-    general: { type: 'string', describe: 'general-text probes for perplexity; default: the world\'s general set with the fixture model' },
+    retain: { type: 'string', describe: 'probes of facts the model knows, not edited (retention accuracy, KL prompts); default with a bundled fixture model (dense or MoE): the world\'s eval/facts-train.ndjson' },
+    general: { type: 'string', describe: 'general-text probes for perplexity; default with a bundled fixture model: the world\'s eval/general.ndjson' },
+    world: { type: 'string', describe: 'a world directory (scripts/make-world.mjs --out) whose eval/ sets fit --model: the default --retain and --general' },
     suite: { type: 'string', describe: 'your regression probes (expect true/new: target stays top-1; unchanged: top-1 as base; abstain: target not top-1)' },
-    'retain-n': { type: 'number', default: 100, describe: 'seeded sample of this many retain probes (0: none)' },
-    'general-n': { type: 'number', default: 50, describe: 'seeded sample of this many general texts (0: none)' },
+    'retain-n': { type: 'number', default: 2000, describe: 'largest retention set: a larger file is sampled, stratified by relation, with a fixed seed (not --seed); 0: none' },
+    'general-n': { type: 'number', default: 500, describe: 'largest general set: a larger file is sampled with a fixed seed; 0: none' },
+    force: { type: 'boolean', default: false, describe: 'validate a bundle whose hash differs from its record\'s, or against a model other than its base model (the report records it)' },
     record: { type: 'boolean', default: true, describe: 'append each report to its bundle\'s validation history (--no-record: don\'t)' },
     fluency: { type: 'boolean', default: true, describe: 'greedy generations for fluency (--no-fluency: skip)' },
     'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency)' },
@@ -96,30 +102,37 @@ await runTool<Args>({
     }
 
     const modelDir = a.model ?? defaultModelDir();
-    const isFixture = a.model === undefined || path.resolve(a.model) === path.resolve(defaultModelDir());
     if (!fileExists(path.join(modelDir, 'config.json'))) {
       throw new UsageError(a.model === undefined ? `the default fixture model is missing (${modelDir}); pass --model DIR` : `--model ${a.model}: no config.json (a Hugging Face model directory is expected)`);
     }
+    if (a.world !== undefined && !fileExists(path.join(a.world, 'eval'))) throw new UsageError(`--world ${a.world}: no eval/ directory (a world made by scripts/make-world.mjs is expected)`);
     const { model, tokenizer } = loadModel(modelDir);
     if (!tokenizer) throw new UsageError(`--model ${modelDir}: no tokenizer.json`);
-    const pick = (file: string | undefined, world: string): ProbeLike[] => {
-      if (file !== undefined) return readProbeFile(file);
-      const w = path.join(worldDir(), 'eval', world);
-      return isFixture && fileExists(w) ? readProbeFile(w) : [];
-    };
-    const allFacts = [...facts];
-    const retainAll = pick(a.retain, 'facts-train.ndjson');
-    // general-text probes in the stream (probe-gen's, fact_id "*"), held-out split, join the general set
-    const streamGeneral = probes.filter((p) => p.role === 'general' && p.split !== 'train');
+    // Fixed evaluation sets (files only: never the stream's records, never --seed), so the verdict
+    // does not depend on either; each adapter's own facts are left out of them in evaluate().
+    const sets = resolveEvalSets({
+      modelDir, fixtureModels: modelsDir(), fixtureWorld: worldDir(), ...(a.world !== undefined ? { world: a.world } : {}),
+      ...(a.retain !== undefined ? { retainFile: a.retain } : {}), ...(a.general !== undefined ? { generalFile: a.general } : {}),
+      retainN: a.retainN, generalN: a.generalN,
+    });
+    for (const n of sets.notes) ctx.log(n);
+    if (sets.retainSource !== undefined && a.retainN > 0) ctx.log(`retention set: ${sets.retain.length} of ${sets.retainTotal} probes of ${sets.retainSource}`);
+    const ignored = probes.filter((p) => p.role === 'general').length;
+    if (ignored > 0) ctx.log(`${ignored} general probes in the stream are not scored: perplexity reads the fixed general set only, so the stream cannot move the verdict`);
     const shared = {
-      // sample after removing the edited facts of every adapter in the stream, so each adapter sees the same set
-      retain: sample(excludeEdited(retainAll, allFacts), a.retainN, a.seed),
-      general: [...streamGeneral, ...sample(pick(a.general, 'general.ndjson'), a.generalN, a.seed + 1)],
+      retain: sets.retain,
+      general: sets.general,
       suite: a.suite !== undefined ? readProbeFile(a.suite) : [],
     };
+    let modelSha: string;
+    try {
+      modelSha = modelSha256(modelDir);
+    } catch (e) {
+      throw new UsageError(`--model ${modelDir}: cannot hash its weights (${(e as Error).message})`);
+    }
     const vctx: ValidateContext = {
-      model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, gates, shared,
-      batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log,
+      model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, modelSha256: modelSha, gates, shared,
+      batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes,
     };
 
     const results: AdapterResult[] = [];
@@ -130,7 +143,9 @@ await runTool<Args>({
     const loadedAll: LoadedAdapter[] = [];
     for (const { record, source, index } of adapters) {
       try {
-        loadedAll.push(await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model));
+        const loaded = await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model, { modelSha256: modelSha, modelDir, force: a.force });
+        for (const f of loaded.forced) ctx.log(`warning: ${f}; going on because of --force`);
+        loadedAll.push(loaded);
       } catch (e) {
         if (e instanceof InputError) throw e.locate({ source, record: index });
         if (e instanceof Error && ['BundleError', 'ManifestError', 'ModelLoadError', 'SafetensorsError'].includes(e.name)) {

@@ -11,7 +11,7 @@ import { loadLora, type CausalLM, type Tokenizer } from '@catechism/core/models'
 import { peakRssKib } from '@catechism/core/cli';
 import { Rng } from '@catechism/core';
 import {
-  buildSuite, checkGates, computeMetrics, encodeSuite, itemRows, observe,
+  buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe,
   type FactLike, type Gate, type ItemRow, type ProbeLike, type SharedSets,
 } from '@catechism/core/metrics';
 
@@ -19,12 +19,16 @@ export interface ValidateContext {
   model: CausalLM;
   tokenizer: Tokenizer;
   modelName: string;
+  /** sha256 of the model's weights (as `modelSha256` computes it); the report's `base_model_sha256`. */
+  modelSha256?: string;
   gates: Gate[];
   shared: SharedSets;
   batchSize?: number;
   genTokens?: number;
   noGeneration?: boolean;
   log?: (msg: string) => void;
+  /** Notes every report carries (missing evaluation sets). */
+  notes?: string[];
 }
 
 export interface ReportRecord {
@@ -67,7 +71,7 @@ export function readProbeFile(file: string): ProbeLike[] {
   return out;
 }
 
-/** A seeded sample of n items (all when n ≥ length), in their original order. */
+/** A seeded sample of n items (all when n ≥ length), in their original order. (validate's own sets use stratifiedSample with a fixed seed.) */
 export function sample<T>(xs: readonly T[], n: number, seed: number): T[] {
   if (n >= xs.length) return xs.slice();
   const idx = new Rng(seed).shuffle(xs.map((_, i) => i)).slice(0, n).sort((a, b) => a - b);
@@ -97,7 +101,7 @@ export function evaluate(
   facts: readonly FactLike[],
   probes: readonly ProbeLike[],
   active: Parameters<CausalLM['setAdapters']>[0],
-): { metrics: Record<string, number>; rows: ItemRow[]; skipped: string[] } {
+): { metrics: Record<string, number>; se: Record<string, number>; rows: ItemRow[]; skipped: string[] } {
   const t0 = performance.now();
   const shared: SharedSets = { ...ctx.shared, retain: excludeEdited(ctx.shared.retain ?? [], facts) };
   const suite = buildSuite(facts, probes, shared);
@@ -110,32 +114,37 @@ export function evaluate(
   if (active.length > 0) {
     ctx.model.setAdapters(active);
     try {
-      after = observe(ctx.model, ctx.tokenizer, enc, obsOpts);
+      after = observe(ctx.model, ctx.tokenizer, enc, { ...obsOpts, reference: before });
     } finally {
       ctx.model.setAdapters([]);
     }
   }
-  const metrics = computeMetrics(enc, before, after);
+  const { metrics, se } = computeMetricsSe(enc, before, after);
   const secs = (performance.now() - t0) / 1000;
   metrics.eval_seconds = secs;
   metrics.probes_per_second = (before.sequences + (after === before ? 0 : after.sequences)) / secs;
   metrics.peak_rss_mib = peakRssKib() / 1024;
-  return { metrics, rows: itemRows(enc, before, after), skipped: enc.skipped };
+  return { metrics, se, rows: itemRows(enc, before, after), skipped: enc.skipped };
 }
 
-function report(ctx: ValidateContext, adapterId: string, metrics: Record<string, number>, extra: Record<string, unknown>): ReportRecord {
+function report(ctx: ValidateContext, adapterId: string, metrics: Record<string, number>, se: Record<string, number>, extra: Record<string, unknown>): ReportRecord {
   const verdict = checkGates(metrics, ctx.gates);
+  const notes = [...(ctx.notes ?? []), ...((extra.notes as string[] | undefined) ?? [])];
+  delete extra.notes;
   return {
     kind: 'report',
     adapter_id: adapterId,
     ...extra,
     base_model: ctx.modelName,
+    ...(ctx.modelSha256 !== undefined ? { base_model_sha256: ctx.modelSha256 } : {}),
     metrics,
+    standard_errors: se,
     thresholds: verdict.thresholds,
     gates: verdict.gates,
     gates_skipped: verdict.skipped,
     pass: verdict.pass,
     failures: verdict.failures,
+    ...(notes.length > 0 ? { notes } : {}),
     created_at: new Date().toISOString(),
   };
 }
@@ -159,16 +168,42 @@ export interface LoadedAdapter {
   probes: ProbeLike[];
   active: Parameters<CausalLM['setAdapters']>[0];
   version: number | null;
+  /** Checks overridden by --force (bundle hash, base model), one line each; the report records them. */
+  forced: string[];
+}
+
+export interface LoadOptions {
+  /** sha256 of the model's weights: the bundle's base model must be this one. Unchecked when absent. */
+  modelSha256?: string;
+  /** The model directory (for messages). */
+  modelDir?: string;
+  /** Go on past a hash mismatch (recorded in `forced`). */
+  force?: boolean;
 }
 
 /** Load an adapter record's bundle, its facts and probes (manifest's plus the stream's about its facts). */
-export async function loadAdapter(input: AdapterInput, model: CausalLM): Promise<LoadedAdapter> {
+export async function loadAdapter(input: AdapterInput, model: CausalLM, opts: LoadOptions = {}): Promise<LoadedAdapter> {
   const rec = input.record;
   if (typeof rec.path !== 'string' || rec.path === '') throw new InputError('expected the bundle directory (string)', { field: 'path' });
   const dir = path.resolve(input.cwd ?? process.cwd(), rec.path);
   const bundle = await readBundle(dir);
   const m = bundle.manifest;
   const id = typeof rec.id === 'string' ? rec.id : m.id;
+  // a report counts only for the exact bundle and base model it names: refuse to score anything else
+  const forced: string[] = [];
+  const refuse = (what: string, field: string): void => {
+    if (!opts.force) throw new InputError(`${what}; pass --force to validate it anyway (the report records that)`, { field });
+    forced.push(what);
+  };
+  if (typeof rec.sha256 === 'string' && rec.sha256 !== bundle.sha256) {
+    refuse(`the bundle ${dir} has sha256 ${bundle.sha256}, not the record's ${rec.sha256} (its files changed after the record was written)`, 'sha256');
+  }
+  if (opts.modelSha256 !== undefined && m.base_model.sha256 !== opts.modelSha256) {
+    refuse(
+      `adapter ${id} was made for base model ${m.base_model.name} (sha256 ${m.base_model.sha256}), but the model ${opts.modelDir ?? ''} has sha256 ${opts.modelSha256}; pass its base model with --model DIR`,
+      'base_model.sha256',
+    );
+  }
   const factIds = new Set<string>([...m.fact_ids, ...(Array.isArray(rec.fact_ids) ? (rec.fact_ids as string[]) : [])]);
   const facts = new Map<string, FactLike>();
   for (const f of m.facts as FactLike[]) facts.set(f.id, f);
@@ -181,24 +216,36 @@ export async function loadAdapter(input: AdapterInput, model: CausalLM): Promise
   model.setAdapters([]);
   let bytes = 0;
   for (const f of bundle.files) bytes += f.size;
-  return { id, dir, sha256: bundle.sha256, bytes, facts: [...facts.values()], probes, active: [{ adapter: lora, scale }], version: m.version };
+  return { id, dir, sha256: bundle.sha256, bytes, facts: [...facts.values()], probes, active: [{ adapter: lora, scale }], version: m.version, forced };
+}
+
+function logExclusions(ctx: ValidateContext, id: string, metrics: Record<string, number>): void {
+  const ex = metrics.n_paraphrase_excluded ?? 0;
+  if (ex > 0) ctx.log?.(`${id}: ${ex} of ${ex + (metrics.n_paraphrase ?? 0)} test paraphrases left out of generalisation: the base model does not answer them with target_true`);
+  const fx = metrics.n_forget_excluded ?? 0;
+  if (fx > 0) ctx.log?.(`${id}: ${fx} forget paraphrases left out: the base model does not answer them with target_true`);
+  if ((metrics.n_unknown_target ?? 0) > 0) ctx.log?.(`${id}: ${metrics.n_unknown_target} probes have a target the tokenizer spells as its unknown token: never counted as a success`);
 }
 
 export function validateLoaded(ctx: ValidateContext, a: LoadedAdapter): AdapterResult {
-  const { metrics, rows, skipped } = evaluate(ctx, a.facts, a.probes, a.active);
+  const { metrics, se, rows, skipped } = evaluate(ctx, a.facts, a.probes, a.active);
   metrics.adapter_bytes = a.bytes;
   for (const s of skipped) ctx.log?.(`${a.id}: skipped ${s}`);
-  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, path: a.dir };
+  logExclusions(ctx, a.id, metrics);
+  // bundle_sha256: the bundle as scored (a plain bundle's hash changes again when this report is appended to its manifest)
+  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, bundle_sha256: a.sha256, path: a.dir };
   if (a.version !== null) extra.adapter_version = a.version;
+  if (a.forced.length > 0) extra.forced = a.forced.slice();
   if (a.facts.length === 0) ctx.log?.(`${a.id}: the bundle names no facts with targets; only harm metrics are measured`);
-  return { report: report(ctx, a.id, metrics, extra), rows };
+  return { report: report(ctx, a.id, metrics, se, extra), rows };
 }
 
 /** The base model alone on a set of facts and probes (`--baseline`): its report has adapter_id "base". */
 export function validateBaseline(ctx: ValidateContext, facts: readonly FactLike[], probes: readonly ProbeLike[]): AdapterResult {
-  const { metrics, rows, skipped } = evaluate(ctx, facts, probes, []);
+  const { metrics, se, rows, skipped } = evaluate(ctx, facts, probes, []);
   for (const s of skipped) ctx.log?.(`base: skipped ${s}`);
-  return { report: report(ctx, 'base', metrics, { baseline: true }), rows };
+  logExclusions(ctx, 'base', metrics);
+  return { report: report(ctx, 'base', metrics, se, { baseline: true }), rows };
 }
 
 export function fileExists(p: string): boolean {

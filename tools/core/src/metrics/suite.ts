@@ -40,6 +40,8 @@ export interface SuiteItem {
   fact_id?: string;
   role: string;
   id?: string;
+  /** The item's relation (retain probes), for stratified samples. */
+  relation?: string;
 }
 
 export interface EvalSuite {
@@ -78,7 +80,9 @@ export function fillSubject(template: string, subject: string): string {
  *   (split `test`) and CounterFact `prompts.paraphrase`; `neighborhood`
  *   probes (split `test`) and `prompts.neighborhood` (target_true, competing
  *   with target_new).
- * - forget facts: their `edit` and `paraphrase` probes score target_true.
+ * - forget facts: their `edit` and `paraphrase` probes score target_true;
+ *   their held-out `neighborhood` probes are scored like an insert's (other
+ *   subjects must keep their answers when one fact is forgotten).
  * - `generation` probes / `prompts.generation` feed fluency; without any,
  *   the edit and paraphrase prompts do.
  * - `general` probes are general text; `context` and `counterfactual`
@@ -113,6 +117,12 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
       if (role('edit').length === 0) own.unshift({ role: 'edit', prompt: fillSubject(f.prompt, f.subject), fact_id: f.id });
       for (const p of own) push(s.forget, { prompt: p.prompt, target: f.target_true, role: p.role, fact_id: f.id, ...(p.id ? { id: p.id } : {}) });
       for (const t of f.prompts?.paraphrase ?? []) push(s.forget, { prompt: t, target: f.target_true, role: 'paraphrase', fact_id: f.id });
+      // neighbours of a forgotten fact keep their own answers; there is no competing answer to compare with
+      for (const p of role('neighborhood').filter((q) => q.split !== 'train')) {
+        push(s.neighborhood, { prompt: p.prompt, target: p.target ?? '', role: 'neighborhood', fact_id: f.id, ...(p.expect ? { expect: p.expect } : {}) });
+      }
+      // CounterFact's neighbourhood prompts share the edited fact's true answer
+      for (const prompt of f.prompts?.neighborhood ?? []) push(s.neighborhood, { prompt, target: f.target_true, role: 'neighborhood', fact_id: f.id });
     } else {
       if (f.target_new === undefined) continue;
       const alt = f.target_true;
@@ -138,7 +148,10 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
   s.generation = [...new Set(generation)];
   for (const p of shared.retain ?? []) {
     if (p.target === undefined) continue;
-    s.retain.push({ prompt: p.prompt, target: p.target, role: p.role, ...(p.fact_id ? { fact_id: p.fact_id } : {}), ...(p.id ? { id: p.id } : {}) });
+    s.retain.push({
+      prompt: p.prompt, target: p.target, role: p.role,
+      ...(p.fact_id ? { fact_id: p.fact_id } : {}), ...(p.id ? { id: p.id } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+    });
   }
   for (const p of shared.general ?? []) s.general.push(p.prompt);
   for (const p of shared.suite ?? []) {

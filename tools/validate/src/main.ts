@@ -143,7 +143,7 @@ await runTool<Args>({
     const loadedAll: LoadedAdapter[] = [];
     for (const { record, source, index } of adapters) {
       try {
-        const loaded = await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model, { modelSha256: modelSha, modelDir, force: a.force });
+        const loaded = await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model, { modelSha256: modelSha, modelDir, force: a.force, lock: a.record });
         for (const f of loaded.forced) ctx.log(`warning: ${f}; going on because of --force`);
         loadedAll.push(loaded);
       } catch (e) {

@@ -9,6 +9,8 @@ import { InputError } from '@catechism/core/records';
 import { readBundle } from '@catechism/core/adapters';
 import { loadLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import { peakRssKib } from '@catechism/core/cli';
+import { withLock } from '@catechism/core/registry';
+import { historyTarget } from './history.js';
 import { Rng } from '@catechism/core';
 import {
   buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe,
@@ -179,6 +181,12 @@ export interface LoadOptions {
   modelDir?: string;
   /** Go on past a hash mismatch (recorded in `forced`). */
   force?: boolean;
+  /**
+   * Read a plain bundle under its history lock (`<dir>.lock`), so a
+   * concurrent validate appending its report (temp file → rename inside
+   * the bundle) is never seen half-way. Needs write access beside the bundle.
+   */
+  lock?: boolean;
 }
 
 /** Load an adapter record's bundle, its facts and probes (manifest's plus the stream's about its facts). */
@@ -186,7 +194,9 @@ export async function loadAdapter(input: AdapterInput, model: CausalLM, opts: Lo
   const rec = input.record;
   if (typeof rec.path !== 'string' || rec.path === '') throw new InputError('expected the bundle directory (string)', { field: 'path' });
   const dir = path.resolve(input.cwd ?? process.cwd(), rec.path);
-  const bundle = await readBundle(dir);
+  const bundle = opts.lock && historyTarget(dir).kind === 'manifest'
+    ? await withLock(`${dir}.lock`, { timeoutMs: 60_000 }, () => readBundle(dir))
+    : await readBundle(dir);
   const m = bundle.manifest;
   const id = typeof rec.id === 'string' ? rec.id : m.id;
   // a report counts only for the exact bundle and base model it names: refuse to score anything else

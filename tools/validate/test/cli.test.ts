@@ -15,6 +15,7 @@ import { loadModel, loadLora } from '@catechism/core/models';
 import { noGrad } from '@catechism/core/tensor';
 import { Registry } from '@catechism/core/registry';
 import { encodePair } from '@catechism/core/metrics';
+import { modelSha256 } from '@catechism/core/edit';
 import { rankOneHeadEdit, randomLora, writeAdapterBundle } from '../src/edits.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -65,8 +66,10 @@ const goodLora = rankOneHeadEdit(model, tok, fact, { covarianceTexts: covariance
 const badLora = randomLora(model, 'bad', 3, { std: 1 });
 const GOOD = path.join(tmp, 'good');
 const BAD = path.join(tmp, 'bad');
-const goodRec = writeAdapterBundle(GOOD, goodLora, [fact], probes);
-const badRec = writeAdapterBundle(BAD, badLora, [fact], probes, { id: 'bad' });
+// validate refuses a bundle made for other weights: these are made for the golden model
+const BASE = { base_model: { name: MODEL, sha256: modelSha256(MODEL) } };
+const goodRec = writeAdapterBundle(GOOD, goodLora, [fact], probes, BASE);
+const badRec = writeAdapterBundle(BAD, badLora, [fact], probes, { id: 'bad', ...BASE });
 const ADAPTERS = path.join(tmp, 'adapters.ndjson');
 writeFileSync(ADAPTERS, JSON.stringify(goodRec) + '\n' + JSON.stringify(badRec) + '\n');
 
@@ -145,7 +148,7 @@ t.test('--strict exits 3 when an adapter fails; --gate overrides and is parsed s
 
 t.test('a record naming no bundle is bad input: exit 2, record and field named, no history written', async (t) => {
   const dir = path.join(tmp, 'untouched');
-  writeAdapterBundle(dir, goodLora, [fact], probes);
+  writeAdapterBundle(dir, goodLora, [fact], probes, BASE);
   const before = readFileSync(path.join(dir, 'catechism.json'), 'utf8');
   const IN = path.join(tmp, 'badpath.ndjson');
   writeFileSync(IN, JSON.stringify({ ...goodRec, path: dir }) + '\n' + JSON.stringify({ ...goodRec, path: path.join(tmp, 'no-such-bundle') }) + '\n');
@@ -222,7 +225,7 @@ t.test('probe-gen | validate --baseline: the base model has efficacy 0 on counte
 
 t.test('reports are appended to the validation history: manifest of a plain bundle, registry log of a stored one', async (t) => {
   const dir = path.join(tmp, 'hist');
-  writeAdapterBundle(dir, goodLora, [fact], probes);
+  writeAdapterBundle(dir, goodLora, [fact], probes, BASE);
   const rec = path.join(tmp, 'hist.ndjson');
   writeFileSync(rec, JSON.stringify({ ...goodRec, path: 'hist' }) + '\n');
   const a = run([rec, ...COMMON, '--no-fluency']);
@@ -235,11 +238,13 @@ t.test('reports are appended to the validation history: manifest of a plain bund
   t.same(m.validation[1].metrics, b.reports[0].metrics);
   t.notOk(existsSync(`${dir}.lock`), 'lock released');
   // two runs at once: the lock serialises the rewrites, neither entry is lost
-  const both = await Promise.all([0, 1].map(() => new Promise<number | null>((res) => {
-    const p = spawn(process.execPath, [MAIN, rec, ...COMMON, '--no-fluency', '-q'], { cwd: tmp, stdio: 'ignore' });
+  const errs: string[] = ['', ''];
+  const both = await Promise.all([0, 1].map((k) => new Promise<number | null>((res) => {
+    const p = spawn(process.execPath, [MAIN, rec, ...COMMON, '--no-fluency', '-q'], { cwd: tmp, stdio: ['ignore', 'ignore', 'pipe'] });
+    p.stderr.on('data', (d) => (errs[k] += d));
     p.on('close', res);
   })));
-  t.same(both, [0, 0]);
+  t.same(both, [0, 0], errs.join('\n'));
   t.equal(JSON.parse(readFileSync(path.join(dir, 'catechism.json'), 'utf8')).validation.length, 4);
   t.notOk(a.reports[0].metrics.fluency !== undefined, '--no-fluency skips generation');
 

@@ -30,6 +30,8 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
   const { noGrad } = await import('@catechism/core/tensor');
   const { encodePair, fillSubject } = await import('@catechism/core/metrics');
   const { rankOneHeadEdit, randomLora, writeAdapterBundle } = await import('../src/edits.js');
+  const { modelSha256 } = await import('@catechism/core/edit');
+  const BASE = { base_model: { name: DENSE, sha256: modelSha256(DENSE) } };
 
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'validate-dense-'));
   t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
@@ -110,8 +112,8 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
     const { fact, lora: good, neighbours, generation } = chosen;
     const bad = randomLora(model, 'bad-random', 7, { std: 1 });
     const recs = [
-      writeAdapterBundle(path.join(tmp, 'good'), good, [fact as any], [...neighbours, ...generation] as any),
-      writeAdapterBundle(path.join(tmp, 'bad'), bad, [fact as any], [...neighbours, ...generation] as any, { id: 'bad-random' }),
+      writeAdapterBundle(path.join(tmp, 'good'), good, [fact as any], [...neighbours, ...generation] as any, BASE),
+      writeAdapterBundle(path.join(tmp, 'bad'), bad, [fact as any], [...neighbours, ...generation] as any, { id: 'bad-random', ...BASE }),
     ];
     const IN = path.join(tmp, 'adapters.ndjson');
     writeFileSync(IN, recs.map((r) => JSON.stringify(r)).join('\n') + '\n');

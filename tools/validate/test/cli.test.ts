@@ -307,3 +307,52 @@ t.test('the adapter record leaving validate carries the hash of the bundle as it
   t.not(after, before, 'the report was appended to the manifest');
   t.equal(out?.sha256, after, 'the record names the new hash');
 });
+
+t.test('a model of your own without retention sets: a message naming the flags, and the report lists the skipped gates', async (t) => {
+  const r = run([ADAPTERS, '--model', MODEL, '--no-record', '--no-fluency']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /no retention set for model .*pass --retain FILE/);
+  t.match(r.stderr, /no general text for model .*pass --general FILE/);
+  for (const rep of r.reports) {
+    for (const g of ['retain_drop<=0.05', 'ppl_delta<=0.05', 'kl<=0.05']) t.ok(rep.gates_skipped.includes(g), `${rep.adapter_id}: ${g} skipped`);
+    t.equal(rep.notes.length, 2, 'the report says why');
+    t.match(rep.notes.join('\n'), /--retain FILE/);
+  }
+});
+
+t.test('bundle and base-model hashes: a changed bundle or another model is refused (exit 2) unless --force, which the report records', async (t) => {
+  const { hashBundleDir } = await import('@catechism/core/adapters');
+  const sha = (await hashBundleDir(GOOD)).sha256;
+  const ok = run([...COMMON, '--no-record', '--no-fluency'], JSON.stringify({ ...goodRec, sha256: sha }) + '\n');
+  t.equal(ok.code, 0, ok.stderr);
+  t.equal(ok.reports[0].bundle_sha256, sha, 'bundle_sha256: the bundle scored');
+  t.equal(ok.reports[0].base_model_sha256, modelSha256(MODEL), 'base_model_sha256: the weights scored against');
+  t.notOk('forced' in ok.reports[0]);
+
+  // the bundle's bytes change after its record was written
+  const dir = path.join(tmp, 'tampered');
+  cpSync(GOOD, dir, { recursive: true });
+  const rec = JSON.stringify({ ...goodRec, path: dir, sha256: (await hashBundleDir(dir)).sha256 }) + '\n';
+  writeFileSync(path.join(dir, 'catechism.json'), readFileSync(path.join(dir, 'catechism.json'), 'utf8') + ' ');
+  const now = (await hashBundleDir(dir)).sha256;
+  const refused = run([...COMMON, '--no-record'], rec);
+  t.equal(refused.code, 2, refused.stderr);
+  t.match(refused.stderr, /record 1: field "sha256": the bundle .*tampered has sha256 [0-9a-f]{64}, not the record's [0-9a-f]{64}.*--force/);
+  t.equal(refused.reports.length, 0, 'no report');
+  const forced = run([...COMMON, '--no-record', '--force'], rec);
+  t.equal(forced.code, 0, forced.stderr);
+  t.equal(forced.reports[0].bundle_sha256, now);
+  t.match(forced.reports[0].forced, [/not the record's/]);
+  t.match(forced.stderr, /warning: .*going on because of --force/);
+
+  // a bundle made for other weights
+  const other = path.join(tmp, 'other-base');
+  const orec = writeAdapterBundle(other, goodLora, [fact], probes, { base_model: { name: 'some-other-model', sha256: 'a'.repeat(64) } });
+  const wrong = run([...COMMON, '--no-record'], JSON.stringify(orec) + '\n');
+  t.equal(wrong.code, 2, wrong.stderr);
+  t.match(wrong.stderr, /field "base_model\.sha256": adapter cap-fr was made for base model some-other-model \(sha256 a{64}\), but the model .* has sha256 [0-9a-f]{64}/);
+  const wforced = run([...COMMON, '--no-record', '--force'], JSON.stringify(orec) + '\n');
+  t.equal(wforced.code, 0, wforced.stderr);
+  t.match(wforced.reports[0].forced, [/made for base model some-other-model/]);
+  t.equal(wforced.reports[0].base_model_sha256, modelSha256(MODEL));
+});

@@ -83,11 +83,13 @@ export async function renderHtml(results: readonly AdapterResult[], opts: HtmlOp
       .filter(([k]) => minor(k))
       .map(([k, v]) => `${esc(k)} <b>${esc(fmt(v))}</b>`)
       .join(' · ');
+    const se = (report.standard_errors as Record<string, number> | undefined) ?? {};
     const metricRows = Object.entries(report.metrics)
       .filter(([k]) => !minor(k))
       .map(([k, v]) => {
         const cls = failing.has(k) ? 'fail' : gates.has(k) ? 'ok' : '';
-        return `<tr class="${cls}"><td><code>${esc(k)}</code></td><td class="num">${esc(fmt(v))}</td><td>${esc(gates.get(k) ?? '')}</td><td class="desc">${esc(METRICS[k]?.describe ?? '')}</td></tr>`;
+        const e = se[k] !== undefined ? `± ${fmt(se[k])}` : '';
+        return `<tr class="${cls}"><td><code>${esc(k)}</code></td><td class="num">${esc(fmt(v))}</td><td class="num">${esc(e)}</td><td>${esc(gates.get(k) ?? '')}</td><td class="desc">${esc(METRICS[k]?.describe ?? '')}</td></tr>`;
       })
       .join('\n');
     const byFact = new Map<string, ItemRow[]>();
@@ -103,14 +105,16 @@ export async function renderHtml(results: readonly AdapterResult[], opts: HtmlOp
     const verdict = report.pass ? '<span class="badge pass">PASS</span>' : '<span class="badge failb">FAIL</span>';
     const fails = report.failures.length > 0 ? `<ul class="failures">${report.failures.map((f) => `<li>${esc(f)}</li>`).join('')}</ul>` : '';
     const skipped = ((report.gates_skipped as string[] | undefined) ?? []).length > 0 ? `<p class="note">Gates not applicable (metric not measured): ${esc((report.gates_skipped as string[]).join(', '))}</p>` : '';
+    const notes = [...((report.notes as string[] | undefined) ?? []), ...((report.forced as string[] | undefined) ?? []).map((f) => `forced: ${f}`)];
+    const noteHtml = notes.length > 0 ? `<ul class="failures">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : '';
     const sub = [report.adapter_version !== undefined ? `version ${String(report.adapter_version)}` : '', report.adapter_sha256 ? `sha256 ${String(report.adapter_sha256).slice(0, 12)}` : '', `base ${String(report.base_model)}`]
       .filter(Boolean)
       .join(' · ');
     parts.push(`<section>
 <h2>${esc(id)} ${verdict}</h2>
 <p class="sub">${esc(sub)}</p>
-${fails}${skipped}
-<table><thead><tr><th>metric</th><th>value</th><th>gate</th><th>meaning</th></tr></thead><tbody>
+${fails}${noteHtml}${skipped}
+<table><thead><tr><th>metric</th><th>value</th><th>std. error</th><th>gate</th><th>meaning</th></tr></thead><tbody>
 ${metricRows}
 </tbody></table>
 <p class="note">${minorLine}</p>

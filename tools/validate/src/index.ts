@@ -2,3 +2,4 @@ export * from './validate.js';
 export * from './history.js';
 export * from './html.js';
 export * from './edits.js';
+export * from './sets.js';

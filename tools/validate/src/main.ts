@@ -45,8 +45,8 @@ await runTool<Args>({
   version: packageVersion(import.meta.url),
   describe:
     'Proves an adapter works and harms nothing: for each `adapter` record, loads its bundle on the base model and measures ' +
-    'efficacy, generalisation, specificity (neighbourhood, KL), retention (perplexity, facts not edited, --suite), forgetting, ' +
-    'fluency and cost; checks gates; writes one `report` record per adapter after passing every input record through, and appends ' +
+    'efficacy, generalisation (teacher-forced and by greedy generation), specificity (neighbourhood, KL), retention (perplexity, facts not edited, --suite), forgetting, ' +
+    'fluency and cost, each with its standard error, over fixed evaluation sets (never --seed or the stream); checks gates; writes one `report` record per adapter after passing every input record through, and appends ' +
     'the report to the bundle\'s validation history. Probe records in the stream about an adapter\'s facts are used with the bundle\'s own probes.',
   examples: [
     ['adapter-merge show fact-7 | validate', 'validate a stored adapter (its report goes to the registry\'s history)'],
@@ -68,7 +68,7 @@ await runTool<Args>({
     force: { type: 'boolean', default: false, describe: 'validate a bundle whose hash differs from its record\'s, or against a model other than its base model (the report records it)' },
     record: { type: 'boolean', default: true, describe: 'append each report to its bundle\'s validation history (--no-record: don\'t)' },
     fluency: { type: 'boolean', default: true, describe: 'greedy generations for fluency (--no-fluency: skip)' },
-    'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency)' },
+    'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency, and the greedy answers of forget prompts)' },
     'batch-size': { type: 'number', default: 32, describe: 'sequences per forward pass' },
   },
   async run(ctx) {

@@ -132,7 +132,7 @@ await runTool<Args>({
     }
     const vctx: ValidateContext = {
       model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, modelSha256: modelSha, gates, shared,
-      batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes,
+      batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes, baseCache: new Map(),
     };
 
     const results: AdapterResult[] = [];

@@ -14,7 +14,7 @@ import { historyTarget } from './history.js';
 import { Rng } from '@catechism/core';
 import {
   buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe,
-  type FactLike, type Gate, type ItemRow, type ProbeLike, type SharedSets,
+  type FactLike, type Gate, type ItemRow, type ProbeLike, type SeqScore, type SharedSets,
 } from '@catechism/core/metrics';
 
 export interface ValidateContext {
@@ -31,6 +31,12 @@ export interface ValidateContext {
   log?: (msg: string) => void;
   /** Notes every report carries (missing evaluation sets). */
   notes?: string[];
+  /**
+   * The base model's scores, kept across the adapters of one run: the
+   * shared sets (retention, general text) are scored once, not once per
+   * adapter. Holds the base model's state only.
+   */
+  baseCache?: Map<string, SeqScore>;
 }
 
 export interface ReportRecord {
@@ -105,13 +111,16 @@ export function evaluate(
   active: Parameters<CausalLM['setAdapters']>[0],
 ): { metrics: Record<string, number>; se: Record<string, number>; rows: ItemRow[]; skipped: string[] } {
   const t0 = performance.now();
-  const shared: SharedSets = { ...ctx.shared, retain: excludeEdited(ctx.shared.retain ?? [], facts) };
+  // the whole retain set is scored (the same batches for every adapter); the probes about this adapter's facts are left out of the metrics
+  const retain = ctx.shared.retain ?? [];
+  const kept = new Set(excludeEdited(retain, facts));
+  const shared: SharedSets = { ...ctx.shared, retain, retainExcluded: new Set(retain.filter((p) => !kept.has(p))) };
   const suite = buildSuite(facts, probes, shared);
   const maxLength = ctx.model.config.family === 'gpt2' ? ctx.model.config.maxPositions : undefined;
   const enc = encodeSuite(ctx.tokenizer, suite, maxLength !== undefined ? { maxLength } : {});
   const obsOpts = { batchSize: ctx.batchSize, genTokens: ctx.genTokens, noGeneration: ctx.noGeneration, maxLength };
   ctx.model.setAdapters([]);
-  const before = observe(ctx.model, ctx.tokenizer, enc, obsOpts);
+  const before = observe(ctx.model, ctx.tokenizer, enc, { ...obsOpts, ...(ctx.baseCache ? { cache: ctx.baseCache } : {}) });
   let after = before;
   if (active.length > 0) {
     ctx.model.setAdapters(active);

@@ -104,6 +104,24 @@ if (!existsSync(path.join(DENSE, 'config.json')) || !existsSync(path.join(MOE, '
     t.equal(p.pass, a.pass);
   });
 
+  t.test('other adapters in the same stream change nothing (the base model\'s scores are shared between them)', async (t) => {
+    const other = others[0];
+    const orec = writeAdapterBundle(path.join(tmp, 'mild2'), randomLora(dense.model, 'mild2', 4, { std: 0.05 }), [other as any], [], { id: 'mild2', ...denseBase });
+    const OTHER = path.join(tmp, 'other.ndjson');
+    writeFileSync(OTHER, JSON.stringify(orec) + '\n');
+    const BOTH = path.join(tmp, 'both.ndjson');
+    writeFileSync(BOTH, JSON.stringify(orec) + '\n' + JSON.stringify(rec) + '\n');
+    const both = run([BOTH, '--no-fluency']);
+    t.equal(both.code, 0, both.stderr);
+    t.same(both.reports.map((r) => r.adapter_id), ['mild2', 'mild']);
+    for (const [i, file] of [OTHER, ALONE].entries()) {
+      const alone = run([file, '--no-fluency']);
+      t.equal(alone.code, 0, alone.stderr);
+      t.same(steady(both.reports[i].metrics), steady(alone.reports[0].metrics), `${alone.reports[0].adapter_id}: the same metrics alone and second in a stream`);
+      t.same(both.reports[i].standard_errors, alone.reports[0].standard_errors);
+    }
+  });
+
   t.test('an adapter of the MoE fixture model gets the retention gates', async (t) => {
     const moe = loadModel(MOE);
     const lora = moe.model.createLora('moe-random', ['w2'], { r: 4, seed: 5, initBStd: 0.2 });

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
-import { encodePair, klFromLogprobs, scoreSequences, type SeqRequest } from './scoring.js';
+import { encodePair, klFromLogprobs, scoreSequences, type SeqRequest, type SeqScore } from './scoring.js';
 import { nGramEntropy } from './ngram.js';
 import type { EvalSuite, SuiteItem } from './suite.js';
 
@@ -41,6 +41,9 @@ export interface EncodedSuite {
 
 export type ItemList = 'edit' | 'paraphrase' | 'neighborhood' | 'forget' | 'retain' | 'suite';
 const LISTS: ItemList[] = ['edit', 'paraphrase', 'neighborhood', 'forget', 'retain', 'suite'];
+/** Scored first, apart: the lists every adapter of a run shares. */
+const SHARED_FIRST: ItemList[] = ['retain', 'suite'];
+const OWN: ItemList[] = ['edit', 'paraphrase', 'neighborhood', 'forget'];
 /** Lists whose prompts are also answered by greedy generation (efficacy_gen, generalisation_gen, forget_gen). */
 export type AnswerList = 'edit' | 'paraphrase' | 'forget';
 const ANSWER_LISTS: AnswerList[] = ['edit', 'paraphrase', 'forget'];
@@ -154,6 +157,27 @@ export interface ObserveOptions {
    * (memory stays flat with a large vocabulary).
    */
   reference?: Observation;
+  /**
+   * Scores of sequences already seen in this same model state (pass one
+   * map per state, e.g. the base model's across every adapter validated in
+   * a run): cached sequences are not scored again; new ones are added.
+   */
+  cache?: Map<string, SeqScore>;
+}
+
+function cacheKey(r: SeqRequest): string {
+  return `${r.prompt.join(',')}|${r.cont.join(',')}|${r.keepDist ? 1 : 0}`;
+}
+
+/** scoreSequences through a cache of earlier scores (same model state). */
+function scoreCached(model: CausalLM, reqs: readonly SeqRequest[], batchSize: number | undefined, cache: Map<string, SeqScore> | undefined): SeqScore[] {
+  if (!cache) return scoreSequences(model, reqs, { batchSize });
+  const keys = reqs.map(cacheKey);
+  const todo = [...new Set(keys.filter((k) => !cache.has(k)))];
+  const first = new Map(keys.map((k, i) => [k, i]));
+  const fresh = scoreSequences(model, todo.map((k) => reqs[first.get(k)!]), { batchSize });
+  todo.forEach((k, i) => cache.set(k, fresh[i]));
+  return keys.map((k) => cache.get(k)!);
 }
 
 /** Requests per scoring call: bounds the memory that kept next-token distributions take. */
@@ -182,7 +206,10 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
   const where: Array<{ list: ItemList; i: number; alt: boolean }> = [];
   // request index of each unrelated prompt's distribution
   const distAt: number[] = [];
-  for (const l of LISTS) {
+  // The shared sets (retain, unrelated, general) come first and are scored apart from the
+  // adapter's own probes: their batches, and so their floating-point results, are then the
+  // same whatever else is validated (and cacheable across adapters).
+  for (const l of SHARED_FIRST) {
     enc.items[l].forEach((it, i) => {
       const keep = l === 'retain' && enc.unrelatedIsRetain;
       if (keep) distAt.push(reqs.length);
@@ -194,6 +221,7 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
       }
     });
   }
+  const nItems = where.length;
   if (!enc.unrelatedIsRetain) {
     for (const u of enc.unrelated) {
       distAt.push(reqs.length);
@@ -202,6 +230,20 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
   }
   const gStart = reqs.length;
   for (const g of enc.general) reqs.push({ prompt: g.prompt, cont: g.cont });
+  const gEnd = reqs.length;
+  // the adapter's own items last, in their own chunks
+  const ownStart = reqs.length;
+  for (const l of OWN) {
+    enc.items[l].forEach((it, i) => {
+      reqs.push({ prompt: it.prompt, cont: it.target });
+      where.push({ list: l, i, alt: false });
+      if (it.alt) {
+        reqs.push({ prompt: it.prompt, cont: it.alt });
+        where.push({ list: l, i, alt: true });
+      }
+    });
+  }
+  const whereAt = (r: number): { list: ItemList; i: number; alt: boolean } | undefined => (r < nItems ? where[r] : r >= ownStart ? where[nItems + r - ownStart] : undefined);
 
   const items = {} as Record<ItemList, ItemObs[]>;
   for (const l of LISTS) items[l] = new Array(enc.items[l].length);
@@ -213,8 +255,12 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
   const generalDocTokens: number[] = [];
   let generalNll = 0;
   let generalTokens = 0;
-  for (let c = 0; c < reqs.length; c += CHUNK) {
-    const scores = scoreSequences(model, reqs.slice(c, c + CHUNK), { batchSize: opts.batchSize });
+  // chunks never straddle the shared/own boundary
+  const chunks: Array<[number, number]> = [];
+  for (let c = 0; c < ownStart; c += CHUNK) chunks.push([c, Math.min(c + CHUNK, ownStart)]);
+  for (let c = ownStart; c < reqs.length; c += CHUNK) chunks.push([c, Math.min(c + CHUNK, reqs.length)]);
+  for (const [c, e] of chunks) {
+    const scores = scoreCached(model, reqs.slice(c, e), opts.batchSize, opts.cache);
     scores.forEach((sc, k) => {
       const r = c + k;
       const u = distIndex.get(r);
@@ -222,7 +268,7 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
         if (ref) unrelatedKl[u] = klFromLogprobs(refDist(ref, u), sc.dist!);
         else unrelated[u] = sc.dist!;
       }
-      if (r >= gStart) {
+      if (r >= gStart && r < gEnd) {
         let nll = 0;
         for (const v of sc.tokenLogprobs) nll -= v;
         generalDocNll.push(nll);
@@ -231,8 +277,8 @@ export function observe(model: CausalLM, tok: Tokenizer, enc: EncodedSuite, opts
         generalTokens += sc.tokenLogprobs.length;
         return;
       }
-      if (r >= where.length) return;
-      const w = where[r];
+      const w = whereAt(r);
+      if (w === undefined) return;
       const lp = sc.tokenLogprobs.reduce((a, b) => a + b, 0);
       if (w.alt) {
         items[w.list][w.i].lpAlt = lp;
@@ -421,7 +467,10 @@ export function computeMetricsSe(enc: EncodedSuite, before: Observation, after: 
   }
   setRate('specificity', A.neighborhood.map((x, i) => x.pred === B.neighborhood[i].pred));
   setRate('specificity_prob', A.neighborhood.filter((_, i) => E.neighborhood[i].target.length > 0 && E.neighborhood[i].alt).map((x) => x.lpTarget > (x.lpAlt as number)));
-  const kls = after.unrelatedKl ?? after.unrelated.map((q, i) => klFromLogprobs(before.unrelated[i], q));
+  const retainIn = enc.suite.retain.map((it) => !it.excluded);
+  const klAll = after.unrelatedKl ?? after.unrelated.map((q, i) => klFromLogprobs(before.unrelated[i], q));
+  // KL prompts that are retain prompts about an edited fact are left out with them
+  const kls = enc.unrelatedIsRetain ? pick(klAll, retainIn) : klAll;
   set('kl', mean(kls), seOfMean(kls));
   if (kls.length > 0) set('kl_max', Math.max(...kls));
   if (before.generalTokens > 0) {
@@ -434,9 +483,9 @@ export function computeMetricsSe(enc: EncodedSuite, before: Observation, after: 
     const D = (after.generalNll - before.generalNll) / before.generalTokens;
     set('ppl_delta', pa / pb - 1, Math.exp(D) * seOfRatio(d, before.generalDocTokens));
   }
-  if (A.retain.length > 0) {
-    const b = B.retain.map((x, i) => ok('retain', i, x));
-    const a = A.retain.map((x, i) => ok('retain', i, x));
+  if (retainIn.some((x) => x)) {
+    const b = pick(B.retain.map((x, i) => ok('retain', i, x)), retainIn);
+    const a = pick(A.retain.map((x, i) => ok('retain', i, x)), retainIn);
     set('retain_before', rate(b), seRate(b));
     set('retain_after', rate(a), seRate(a));
     const diff = b.map((x, i) => (x ? 1 : 0) - (a[i] ? 1 : 0));
@@ -484,7 +533,7 @@ export function computeMetricsSe(enc: EncodedSuite, before: Observation, after: 
   set('n_neighborhood', A.neighborhood.length);
   set('n_unrelated', kls.length);
   set('n_general', enc.general.length);
-  set('n_retain', A.retain.length);
+  set('n_retain', retainIn.filter((x) => x).length);
   set('n_suite', A.suite.length);
   set('n_forget', F.length);
   set('n_forget_excluded', A.forget.length - F.length);

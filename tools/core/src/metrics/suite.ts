@@ -42,6 +42,12 @@ export interface SuiteItem {
   id?: string;
   /** The item's relation (retain probes), for stratified samples. */
   relation?: string;
+  /**
+   * Scored but left out of the metrics (a retain probe about an edited
+   * fact): scoring the whole shared set keeps its batches — and so its
+   * floating-point results — the same for every adapter.
+   */
+  excluded?: boolean;
 }
 
 export interface EvalSuite {
@@ -62,6 +68,8 @@ export interface EvalSuite {
 export interface SharedSets {
   /** Probes of facts not edited (target = the known answer). */
   retain?: readonly ProbeLike[];
+  /** Retain probes to score but leave out of the metrics (about the edited facts). */
+  retainExcluded?: ReadonlySet<ProbeLike>;
   /** General text (probe `prompt` = the whole text). */
   general?: readonly ProbeLike[];
   /** User regression probes (--suite). */
@@ -151,6 +159,7 @@ export function buildSuite(facts: readonly FactLike[], probes: readonly ProbeLik
     s.retain.push({
       prompt: p.prompt, target: p.target, role: p.role,
       ...(p.fact_id ? { fact_id: p.fact_id } : {}), ...(p.id ? { id: p.id } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+      ...(shared.retainExcluded?.has(p) ? { excluded: true } : {}),
     });
   }
   for (const p of shared.general ?? []) s.general.push(p.prompt);

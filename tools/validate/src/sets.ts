@@ -105,13 +105,15 @@ export function resolveEvalSets(o: SetOptions): EvalSets {
   const generalAll = generalSource !== undefined ? readProbeFile(generalSource) : [];
   const notes: string[] = [];
   const model = o.modelDir;
-  if (retainSource === undefined || o.retainN === 0) {
+  if (o.retainN === 0) notes.push('--retain-n 0: no retention set, so retain_drop is not measured and kl reads the general texts');
+  else if (retainSource === undefined) {
     notes.push(
       `no retention set for model ${model}: retain_drop is not measured and kl reads ${generalSource !== undefined && o.generalN > 0 ? 'the general texts' : 'nothing'}; ` +
         'pass --retain FILE (probe records with prompt and target, one per fact the model knows) or --world DIR',
     );
   }
-  if (generalSource === undefined || o.generalN === 0) {
+  if (o.generalN === 0) notes.push('--general-n 0: no general text, so ppl_delta is not measured');
+  else if (generalSource === undefined) {
     notes.push(`no general text for model ${model}: ppl_delta is not measured; pass --general FILE (probe records whose prompt is a held-out text) or --world DIR`);
   }
   return {

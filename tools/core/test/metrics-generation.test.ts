@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { loadModel } from '../src/models/index.js';
 import { noGrad } from '../src/tensor/index.js';
 import {
-  answerContains, beginsWith, buildSuite, computeMetricsSe, encodePair, encodeSuite, observe, seOfMean, seOfRatio,
+  answerContains, answerBeginsWith, buildSuite, computeMetricsSe, encodePair, encodeSuite, observe, seOfMean, seOfRatio,
 } from '../src/metrics/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -20,13 +20,13 @@ const GOLDEN = path.join(root, 'fixtures/golden/gpt2');
 const DENSE = path.join(root, 'fixtures/models/dense');
 const WORLD = path.join(root, 'fixtures/world');
 
-t.test('beginsWith / answerContains: whole words only', async (t) => {
-  t.ok(beginsWith('Paris is nice', 'Paris'));
-  t.ok(beginsWith('Paris.', ' Paris'));
-  t.ok(beginsWith('Paris', 'Paris'));
-  t.notOk(beginsWith('Parisian food', 'Paris'), 'a longer word is another answer');
-  t.notOk(beginsWith('the Paris', 'Paris'));
-  t.notOk(beginsWith('anything', ''));
+t.test('answerBeginsWith / answerContains: whole words only', async (t) => {
+  t.ok(answerBeginsWith('Paris is nice', 'Paris'));
+  t.ok(answerBeginsWith('Paris.', ' Paris'));
+  t.ok(answerBeginsWith('Paris', 'Paris'));
+  t.notOk(answerBeginsWith('Parisian food', 'Paris'), 'a longer word is another answer');
+  t.notOk(answerBeginsWith('the Paris', 'Paris'));
+  t.notOk(answerBeginsWith('anything', ''));
   t.ok(answerContains('maybe football, or tennis.', 'football'));
   t.ok(answerContains('football', 'football'));
   t.notOk(answerContains('footballer of the year', 'football'));
@@ -60,7 +60,7 @@ t.test('efficacy_gen reads greedy generation: a first token right and the rest w
       if (x === gen[1]) continue;
       const target = after(ids, [gen[0], x]);
       const cont = encodePair(tok, prompt, target).cont;
-      if (cont.length === 2 && cont[0] === gen[0] && cont[1] === x && !beginsWith(written, target)) {
+      if (cont.length === 2 && cont[0] === gen[0] && cont[1] === x && !answerBeginsWith(written, target)) {
         mirage.push({ prompt, target });
         break;
       }
@@ -81,7 +81,7 @@ t.test('efficacy_gen reads greedy generation: a first token right and the rest w
     const out = model.generate([e.prompt], { maxNewTokens: e.target.length + 1, greedy: true })[0];
     const p = tok.decode(e.prompt, { skipSpecialTokens: true });
     const text = tok.decode(e.prompt.concat(out), { skipSpecialTokens: true }).slice(p.length).trimStart();
-    if (beginsWith(text, it.target)) genOk++;
+    if (answerBeginsWith(text, it.target)) genOk++;
     const { logits } = noGrad(() => model.forward(Int32Array.from(e.prompt), [1, e.prompt.length], { logitsAt: Int32Array.of(e.prompt.length - 1) }));
     let b = 0;
     for (let v = 1; v < logits.data.length; v++) if (logits.data[v] > logits.data[b]) b = v;
@@ -92,7 +92,7 @@ t.test('efficacy_gen reads greedy generation: a first token right and the rest w
   t.equal(metrics.efficacy_gen, genOk / facts.length, 'efficacy_gen matches model.generate');
   t.ok(metrics.efficacy_gen < metrics.efficacy, `generation (${metrics.efficacy_gen}) is stricter than teacher-forced top-1 (${metrics.efficacy})`);
   const firstMirage = enc.suite.edit.findIndex((it) => it.fact_id === 'm0');
-  t.notOk(beginsWith(before.answers.edit[firstMirage], enc.suite.edit[firstMirage].target), 'the mirage target is not what the model writes');
+  t.notOk(answerBeginsWith(before.answers.edit[firstMirage], enc.suite.edit[firstMirage].target), 'the mirage target is not what the model writes');
 });
 
 const dense = existsSync(path.join(DENSE, 'config.json'));

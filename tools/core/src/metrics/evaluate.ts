@@ -93,7 +93,7 @@ const unkCache = new Map<string, number | null>();
  * tokenizer.json), or null when it has none (byte-level BPE can spell
  * anything).
  */
-export function unkIdOf(tok: Tokenizer): number | null {
+function unkIdOf(tok: Tokenizer): number | null {
   const hit = unkCache.get(tok.file);
   if (hit !== undefined) return hit;
   let id: number | null = null;
@@ -379,7 +379,7 @@ const seRate = (xs: readonly boolean[]): number => {
 const WORD = /[\p{L}\p{N}]/u;
 
 /** The continuation begins with the target (as a whole word: the next character is no letter or digit). */
-export function beginsWith(text: string, target: string): boolean {
+export function answerBeginsWith(text: string, target: string): boolean {
   const t = target.trim();
   if (t === '' || !text.startsWith(t)) return false;
   const next = text.charAt(t.length);
@@ -460,10 +460,10 @@ export function computeMetricsSe(enc: EncodedSuite, before: Observation, after: 
   setRate('generalisation_full', P.map(({ x, i }) => okFull('paraphrase', i, x)));
   setRate('generalisation_prob', P.filter(({ x }) => x.lpAlt !== null).map(({ x, i }) => !E.paraphrase[i].unk && x.lpTarget > (x.lpAlt as number)));
   if (after.answers.edit.length === A.edit.length) {
-    setRate('efficacy_gen', after.answers.edit.map((text, i) => !E.edit[i].unk && beginsWith(text, enc.suite.edit[i].target)));
+    setRate('efficacy_gen', after.answers.edit.map((text, i) => !E.edit[i].unk && answerBeginsWith(text, enc.suite.edit[i].target)));
   }
   if (after.answers.paraphrase.length === A.paraphrase.length) {
-    setRate('generalisation_gen', P.map(({ i }) => !E.paraphrase[i].unk && beginsWith(after.answers.paraphrase[i], enc.suite.paraphrase[i].target)));
+    setRate('generalisation_gen', P.map(({ i }) => !E.paraphrase[i].unk && answerBeginsWith(after.answers.paraphrase[i], enc.suite.paraphrase[i].target)));
   }
   setRate('specificity', A.neighborhood.map((x, i) => x.pred === B.neighborhood[i].pred));
   setRate('specificity_prob', A.neighborhood.filter((_, i) => E.neighborhood[i].target.length > 0 && E.neighborhood[i].alt).map((x) => x.lpTarget > (x.lpAlt as number)));

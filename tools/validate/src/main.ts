@@ -13,6 +13,8 @@ import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechi
 import { excludeEdited, fileExists, loadAdapter, readProbeFile, sample, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';
+import { modelSha256 } from '@catechism/core/edit';
+import { randomUUID } from 'node:crypto';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
 export const EXIT_GATE_FAILED = 3;
@@ -120,6 +122,8 @@ await runTool<Args>({
     const vctx: ValidateContext = {
       model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, gates, shared,
       batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log,
+      modelSha256: modelSha256(modelDir),
+      run: { tool: 'validate', version: packageVersion(import.meta.url), id: randomUUID(), started_at: new Date().toISOString() },
     };
 
     const results: AdapterResult[] = [];

@@ -917,7 +917,7 @@ export class Registry {
       /* no tmp */
     }
     if (await exists(this.p('lock'))) notes.push('the writer lock is present (a write is running, or a killed writer left it; the next writer breaks a stale lock)');
-    return { kind: 'registry_verify', registry: this.root, ok: problems.length === 0, objects: objectNames.filter(isSha256).length, refs: refNames.length, reports: reportFiles.length, problems, notes };
+    return { kind: 'registry_verify', registry: this.root, ok: problems.length === 0, objects: objectNames.filter(isSha256).length, refs: refNames.length, reports: reportLogs.size, problems, notes };
   }
 }
 

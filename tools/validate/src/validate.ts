@@ -191,7 +191,7 @@ export function validateLoaded(ctx: ValidateContext, a: LoadedAdapter): AdapterR
   const { metrics, rows, skipped } = evaluate(ctx, a.facts, a.probes, a.active);
   metrics.adapter_bytes = a.bytes;
   for (const s of skipped) ctx.log?.(`${a.id}: skipped ${s}`);
-  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, bundle_sha256: a.sha256, base_model_sha256: ctx.modelSha256, run: ctx.run, path: a.dir };
+  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, bundle_sha256: a.sha256, ...(ctx.modelSha256 ? { base_model_sha256: ctx.modelSha256 } : {}), ...(ctx.run ? { run: ctx.run } : {}), path: a.dir };
   if (a.version !== null) extra.adapter_version = a.version;
   if (a.facts.length === 0) ctx.log?.(`${a.id}: the bundle names no facts with targets; only harm metrics are measured`);
   return { report: report(ctx, a.id, metrics, extra), rows };

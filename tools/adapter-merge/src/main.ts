@@ -86,7 +86,7 @@ const COMMANDS: Record<string, Command> = {
     examples: [
       ['cat adapters.ndjson | adapter-merge --method cat --out merged/', 'stack every adapter into one exact bundle'],
       ['adapter-merge merge a.ndjson --method svd --rank 16 --add', 'recompress into the registry; energy kept on stderr'],
-      ['lora-train … | validate | adapter-merge --into live', 'merge, validate, promote on pass'],
+      ['lora-train --out adapters/ probes.ndjson | validate | adapter-merge --into live', 'merge, validate, promote on pass'],
     ],
     reads: true,
     run: async (ctx, rest) => (await merge()).runMerge(ctx, rest),
@@ -106,7 +106,7 @@ const COMMANDS: Record<string, Command> = {
       into: { describe: 'the ref to consolidate into', default: 'live' },
     }),
     examples: [
-      ['adapter-merge consolidate /srv/catechism/inbox.ndjson --into live', 'what scripts/nightly-consolidate.sh runs'],
+      ['adapter-merge consolidate inbox.ndjson --into live', 'what scripts/nightly-consolidate.sh runs'],
       ['adapter-merge consolidate inbox.ndjson --validator "validate --quiet --retain-n 50"', 'with validate\'s options'],
     ],
     reads: false,
@@ -130,7 +130,7 @@ const COMMANDS: Record<string, Command> = {
     options: pick(['force', 'message', 'author', 'lock-timeout', 'text'], { force: { describe: 'promote even without a passing report (logged as "force")' } }),
     examples: [
       ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
-      ['adapter-merge promote canary 3f9a2c --force -m "manual test"', 'promote by hash prefix despite the gate (logged)'],
+      ['adapter-merge promote canary fact-42 --force -m "manual test"', 'promote by id (or hash prefix) despite the gate (logged)'],
     ],
     reads: false,
     run: registry('promote'),
@@ -193,7 +193,7 @@ const COMMANDS: Record<string, Command> = {
       'Recomputes every object\'s hash and checks every ref history and report log: hash chains, head records (a history cut at a line boundary, ' +
       'emptied or deleted), reports edited after they were stored, and the reports promotions were let through on. One `registry_verify` record; exit 1 when anything is damaged.',
     options: pick(['text']),
-    examples: [['adapter-merge verify --registry /srv/catechism', 'recompute every hash; exit 1 on corruption']],
+    examples: [['adapter-merge verify --registry reg/', 'recompute every hash; exit 1 on corruption']],
     reads: false,
     run: registry('verify'),
   },

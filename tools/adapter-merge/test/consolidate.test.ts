@@ -2,7 +2,7 @@
  * `adapter-merge consolidate` and scripts/nightly-consolidate.sh: one bad
  * adapter in the inbox is found by bisection and quarantined with its
  * report, the rest is promoted, and later nights are not blocked. The
- * validator here is the fake one (test/support/fake-validator.mjs) failing
+ * validator here is the fake one (test-support/fake-validator.mjs) failing
  * any candidate that carries the bad adapter's fact; the same with real
  * adapters and the real validate is in tests/nightly-consolidate.test.ts.
  */
@@ -17,7 +17,7 @@ import { FileLock, writeSyntheticBundle } from '../src/core.js';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MAIN = path.join(here, '..', 'dist', 'main.js');
 const SCRIPT = path.resolve(here, '../../../scripts/nightly-consolidate.sh');
-const FAKE = path.join(here, 'support', 'fake-validator.mjs');
+const FAKE = path.join(here, '..', 'test-support', 'fake-validator.mjs');
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-amq-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
 const REG = path.join(tmp, 'reg');

@@ -80,7 +80,7 @@ t.test('two concurrent --into live runs: one wins, the other fails with "moved",
   // Each validator run attaches its report to the merged bundle itself (as catechism's validate does, so
   // adapter-merge goes straight from validating to promoting), registers in the barrier, then waits (at most
   // 20 s) for the test's "go" (a third file), which comes once both have registered.
-  const fake = `"${process.execPath}" "${path.join(here, 'support', 'fake-validator.mjs')}" pass`;
+  const fake = `"${process.execPath}" "${path.join(here, '..', 'test-support', 'fake-validator.mjs')}" pass`;
   const shaOf = `"${process.execPath}" -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>console.log(JSON.parse(s).sha256))'`;
   const validator =
     `in=$(cat); sha=$(echo "$in" | ${shaOf}); rep=$(echo "$in" | ${fake}); echo "$rep" | "${process.execPath}" "${MAIN}" report "$sha" --registry "${REG}" >/dev/null || exit 1; ` +

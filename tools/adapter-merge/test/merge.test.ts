@@ -20,7 +20,7 @@ const GPT2 = path.resolve(here, '../../../fixtures/golden/gpt2');
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-amm-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
 const REG = path.join(tmp, 'reg');
-const FAKE = path.join(here, 'support', 'fake-validator.mjs');
+const FAKE = path.join(here, '..', 'test-support', 'fake-validator.mjs');
 /** A validator command: the fake validator with these arguments (reports bound to the bundle it reads). */
 const fake = (...args: string[]) => [process.execPath, FAKE, ...args].map((x) => `'${x}'`).join(' ');
 

@@ -134,7 +134,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         arity(cmd, rest, 1, 1);
         const s = await reg.show(rest[0]);
         if (a.text) await text(showText(s));
-        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, refs: s.refs, files: s.bundle.files } as unknown as AnyRecord);
+        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, validation_refused: s.refused, refs: s.refs, files: s.bundle.files } as unknown as AnyRecord);
         return;
       }
       case 'report': {

@@ -267,6 +267,8 @@ t.test('trust through the CLI: an edited report and a cut history are found by v
   t.equal(v.code, 1, 'verify finds the edited report');
   t.match(v.stdout, /PROBLEM reports [0-9a-f]{64}#1: report does not count: it was changed after it was stored/);
   oneLineError(t, am(['promote', 'live', 'fact-c'], { registry: reg }), 1, /no validation report that counts .* changed after it was stored/);
+  t.match(am(['show', 'fact-c', '--text'], { registry: reg }).stdout, /#1 pass {2}recorded .*\[does not count: it was changed after it was stored/, 'show says which reports do not count');
+  t.match(am(['show', 'fact-c'], { registry: reg }).records[0], { validation_refused: [/changed after it was stored/] });
   // a history cut at a line boundary: rollback and explain refuse rather than use the older head
   const reg2 = path.join(tmp, 'reg-cut');
   for (const d of [A.dir, B.dir, C.dir]) t.equal(am(['promote', 'live', d, '--force'], { registry: reg2 }).code, 0);

@@ -196,6 +196,8 @@ export interface ShowResult {
   bundle: StoredBundle;
   record: AdapterRecord;
   validation: StoredReport[];
+  /** For each entry of `validation`: null when it counts for this bundle, else why not. */
+  refused: (string | null)[];
   refs: { ref: string; versions: number[]; current: boolean }[];
 }
 
@@ -551,7 +553,8 @@ export class Registry {
       const versions = log.filter((e) => e.bundle === sha).map((e) => e.version);
       if (versions.length > 0) refs.push({ ref: r, versions, current: log[log.length - 1].bundle === sha });
     }
-    return { bundle, record: adapterRecord(bundle.manifest, { path: bundle.path, sha256: sha }), validation: await this.validationHistory(bundle), refs };
+    const assessed = await this.assessedHistory(bundle);
+    return { bundle, record: adapterRecord(bundle.manifest, { path: bundle.path, sha256: sha }), validation: assessed.map((x) => x.report), refused: assessed.map((x) => x.refused), refs };
   }
 
   // ---------------------------------------------------------------- writing

@@ -9,8 +9,9 @@ import { readRecords, type AnyRecord } from '@catechism/core/records';
 import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, type RefEvent } from './core.js';
 import { eventLine, showText, verifyText } from './text.js';
 import type { MergeArgs } from './merge.js';
+import type { ConsolidateArgs } from './consolidate.js';
 
-export interface Args extends MergeArgs {
+export interface Args extends MergeArgs, ConsolidateArgs {
   force: boolean;
   message?: string;
   author?: string;
@@ -67,11 +68,9 @@ export function isRegistryCommand(word: string | undefined): word is Command {
 
 export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[]): Promise<void> {
   const a = ctx.args;
-  if (a.to !== undefined && (cmd !== 'rollback' || !Number.isInteger(a.to) || a.to < 1)) {
-    throw new UsageError(cmd !== 'rollback' ? `--to is an option of rollback, not ${cmd}` : `--to: expected a version number (1, 2, …), got ${String(a.to)}`);
-  }
-  if (a.force && cmd !== 'promote') throw new UsageError(`--force is an option of promote, not ${cmd}`);
-  const timeout = a['lock-timeout'];
+  // each command offers only its own flags (main.ts), so yargs refuses the others
+  if (a.to !== undefined && (!Number.isInteger(a.to) || a.to < 1)) throw new UsageError(`--to: expected a version number (1, 2, …), got ${String(a.to)}`);
+  const timeout = a['lock-timeout'] ?? 60;
   if (!(timeout >= 0)) throw new UsageError(`--lock-timeout: expected seconds (a number ≥ 0), got ${String(timeout)}`);
   const reg = new Registry(a.registry ?? defaultRegistryDir(), { timeoutMs: timeout * 1000 });
   const meta = { message: a.message ?? null, author: a.author ?? null };
@@ -97,7 +96,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         const looksLikePath = target.includes('/') || target.startsWith('.');
         const dir = await isDir(target);
         if (looksLikePath && !dir) throw new UsageError(`promote: ${target}: no such bundle directory`);
-        const r = await reg.promote(ref, dir ? { dir: target } : { id: target }, { ...meta, force: a.force });
+        const r = await reg.promote(ref, dir ? { dir: target } : { id: target }, { ...meta, force: a.force === true });
         if (r.event === null) {
           ctx.log(`${ref} already points to ${r.bundle.manifest.id} v${r.bundle.manifest.version} (${r.bundle.sha256.slice(0, 12)}); nothing recorded`);
           const head = await reg.head(ref);
@@ -135,7 +134,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         arity(cmd, rest, 1, 1);
         const s = await reg.show(rest[0]);
         if (a.text) await text(showText(s));
-        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, refs: s.refs, files: s.bundle.files } as unknown as AnyRecord);
+        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, validation_refused: s.refused, refs: s.refs, files: s.bundle.files } as unknown as AnyRecord);
         return;
       }
       case 'report': {

@@ -1,89 +1,296 @@
 #!/usr/bin/env node
 /**
  * adapter-merge: merges adapter bundles (cat, linear, svd, ties, dare,
- * negate, scale), consolidates into a ref (--into), explains and exports
- * what a ref holds, and runs the adapter registry (add, promote, rollback,
- * log, show, refs, report, verify).
+ * negate, scale), consolidates into a ref (--into, consolidate), explains
+ * and exports what a ref holds, and runs the adapter registry (add, promote,
+ * rollback, log, show, refs, report, verify).
+ *
+ * Each command is a subcommand with its own flags and `--help`
+ * (`adapter-merge promote --help`). A first word that is neither a command
+ * nor an input file is a usage error listing the commands. With no command
+ * word, `adapter-merge [FILES] --method …` merges (as `merge` does), so
+ * pipelines such as `… | adapter-merge --into live` keep working.
  */
 // Subpath imports: the registry commands never load the native compute addon at start-up;
 // merging, explain and export import it lazily (./merge.js).
+import { existsSync } from 'node:fs';
+import { hideBin } from 'yargs/helpers';
+import type { Options } from 'yargs';
 import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
-import { commandsHelp, isRegistryCommand, runRegistryCommand, type Args } from './commands.js';
+import { runRegistryCommand, type Args, type Ctx } from './commands.js';
 
-await runTool<Args>({
-  name: 'adapter-merge',
-  version: packageVersion(import.meta.url),
-  describe:
-    'Keeps adapters versioned, auditable and reversible in a registry: bundles stored by content hash ' +
-    '(sha256 over the sorted `sha256  path` listing of their files), named refs (live, canary, any name) ' +
-    'with an append-only, hash-chained history of what each pointed to, when, why and by whom.\n\n' +
-    `Commands:\n${commandsHelp()}\n\n` +
-    'ID is a ref (its current bundle), REF@VERSION, a bundle hash or unique prefix (6+ hex digits), ' +
-    'or an adapter id (ID = its highest version, ID@V = version V); promote takes an existing directory as a bundle to add first. promote refuses a bundle whose latest ' +
-    'validation report does not pass, unless --force (logged). rollback with no --to steps back one version ' +
-    'per call (repeated rollbacks walk further back). report attaches the report records it reads ' +
-    '(files or stdin) to a bundle\'s validation history (kept beside the bundle, so its hash never changes).\n\n' +
-    'Registry: --registry DIR, else $CATECHISM_REGISTRY, else ~/.catechism/registry. Writers serialise on ' +
-    'a lock; every write is temp file → fsync → rename, so a killed run leaves the registry consistent.\n\n' +
-    'Output: records (NDJSON, or Arrow with --format arrow): `adapter` records (add, show), `ref_event` ' +
-    'records (promote, rollback, log, refs), `report` records (report), one `registry_verify` record ' +
-    '(verify; exit 1 when anything is corrupted). --text prints readable lines instead.\n\n' +
-    'Merging: `adapter-merge [FILES] --method M (--out DIR | --add | --into REF)` reads adapter records (files or stdin; ' +
-    'other records pass through) and writes ONE merged bundle and its adapter record. Methods: cat (exact: ranks stacked, ' +
-    'ΔW = Σ wᵢ·ΔWᵢ, rank Σ rᵢ), linear (the same, weighted), svd (Σ ΔWᵢ recompressed to --rank by truncated SVD; energy kept ' +
-    'reported), ties (--density, then SVD to --rank), dare (--drop, seeded by --seed, then SVD to --rank), negate and ' +
-    'scale --by S (one adapter). --into REF merges the input with what REF holds, validates the result (--validator CMD, ' +
-    'else `validate` on PATH) and promotes it only on pass; with no validator it refuses unless --force (logged).\n\n' +
-    `Model commands:\n  adapter-merge explain --ref REF "prompt" [--target TEXT]   which adapters on REF change the answer, and how much\n` +
-    '  adapter-merge export --ref REF DIR                        base model with REF\'s adapter folded in (Hugging Face directory)\n' +
-    'Both refuse a model whose weights\' sha256 differs from the base model recorded in the adapter (catechism.json) unless --force.',
-  examples: [
-    ['adapter-merge add out/fact-42/', 'store a bundle; prints its adapter record with the content hash'],
-    ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
-    ['validate --adapter out/fact-42 | adapter-merge report fact-42', 'attach validate\'s reports to the bundle'],
-    ['adapter-merge promote canary 3f9a2c --force -m "manual test"', 'promote by hash prefix despite the gate (logged)'],
-    ['adapter-merge rollback live -m "regressed on search"', 'back to the previous version'],
-    ['adapter-merge rollback live --to 3', 'back to the bundle of live@3'],
-    ['adapter-merge log live --text', 'who promoted what, when and why'],
-    ['adapter-merge show live --text', 'the live bundle: manifest, facts, reports, where it is referenced'],
-    ['adapter-merge verify --registry /srv/catechism', 'recompute every hash; exit 1 on corruption'],
-    ['cat adapters.ndjson | adapter-merge --method cat --out merged/', 'stack every adapter into one exact bundle'],
-    ['adapter-merge a.ndjson --method svd --rank 16 --add', 'recompress into the registry; energy kept on stderr'],
-    ['lora-train … | validate | adapter-merge --into live', 'nightly consolidation: merge, validate, promote on pass'],
-    ['adapter-merge explain --ref live "The capital of Veloria is"', 'which adapter makes the answer'],
-    ['adapter-merge export --ref live out/model', 'fold live into the base model'],
-  ],
-  options: {
-    force: { type: 'boolean', default: false, describe: 'promote/--into: promote even without a passing report (logged as "force"); explain/export: use a model other than the adapter\'s base model (its sha256 differs)' },
-    message: { type: 'string', alias: 'm', describe: 'promote/rollback/report: why (recorded in the history)' },
-    author: { type: 'string', describe: 'promote/rollback/report: who (default $USER)' },
-    to: { type: 'number', describe: 'rollback: the ref version to restore' },
-    text: { type: 'boolean', default: false, describe: 'readable text instead of records' },
-    'lock-timeout': { type: 'number', default: 60, describe: 'seconds to wait for another writer\'s lock' },
-    into: { type: 'string', describe: 'merge the input with what REF holds, validate, promote on pass' },
-    method: { type: 'string', default: 'cat', describe: 'merge method: cat, linear, svd, ties, dare, negate, scale' },
-    weights: { type: 'string', describe: 'merge: comma-separated weight per input adapter (default all 1)' },
-    rank: { type: 'number', describe: 'svd/ties/dare: rank of the merged adapter' },
-    density: { type: 'number', describe: 'ties: fraction of each adapter\'s entries kept (default 0.2)' },
-    drop: { type: 'number', describe: 'dare: drop probability (default 0.9)' },
-    by: { type: 'number', describe: 'scale: the factor' },
-    out: { type: 'string', describe: 'merge: write the merged bundle to this new directory' },
-    add: { type: 'boolean', default: false, describe: 'merge: store the merged bundle in the registry' },
-    id: { type: 'string', describe: 'merge: id of the merged adapter (default merge-<method>-<hash>, or REF\'s adapter id with --into)' },
-    'adapter-version': { type: 'number', describe: 'merge: version of the merged adapter (default 1, or REF\'s version + 1 with --into)' },
-    validator: { type: 'string', describe: '--into: shell command reading the adapter record on stdin, writing report records' },
-    ref: { type: 'string', describe: 'explain/export: the ref (or any bundle identifier) to use' },
-    target: { type: 'string', describe: 'explain: the answer to score (default: the adapted model\'s top-1 next token)' },
+const version = packageVersion(import.meta.url);
+
+const O: Record<string, Options> = {
+  force: { type: 'boolean', default: false },
+  message: { type: 'string', alias: 'm', describe: 'why (recorded in the history)' },
+  author: { type: 'string', describe: 'who (default $USER)' },
+  to: { type: 'number', describe: 'the ref version to restore' },
+  text: { type: 'boolean', default: false, describe: 'readable text instead of records' },
+  'lock-timeout': { type: 'number', default: 60, describe: 'seconds to wait for another writer\'s lock' },
+  into: { type: 'string', describe: 'merge the input with what REF holds, validate, promote on pass' },
+  method: { type: 'string', default: 'cat', describe: 'merge method: cat, linear, svd, ties, dare, negate, scale' },
+  weights: { type: 'string', describe: 'comma-separated weight per input adapter (default all 1)' },
+  rank: { type: 'number', describe: 'svd/ties/dare: rank of the merged adapter' },
+  density: { type: 'number', describe: 'ties: fraction of each adapter\'s entries kept (default 0.2)' },
+  drop: { type: 'number', describe: 'dare: drop probability (default 0.9)' },
+  by: { type: 'number', describe: 'scale: the factor' },
+  out: { type: 'string', describe: 'write the merged bundle to this new directory' },
+  add: { type: 'boolean', default: false, describe: 'store the merged bundle in the registry' },
+  id: { type: 'string', describe: 'id of the merged adapter (default merge-<method>-<hash>, or REF\'s adapter id with --into)' },
+  'adapter-version': { type: 'number', describe: 'version of the merged adapter (default 1, or REF\'s version + 1 with --into)' },
+  validator: { type: 'string', describe: 'shell command reading the adapter record on stdin, writing report records (default: `validate` on PATH)' },
+  'validator-timeout': { type: 'number', default: 300, describe: 'seconds the validator may run; then it is stopped (with what it started), nothing is promoted, exit 1 (0: no limit)' },
+  ref: { type: 'string', describe: 'the ref (or any bundle identifier) to use' },
+  target: { type: 'string', describe: 'the answer to score (default: the adapted model\'s top-1 next token)' },
+  quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
+  attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
+};
+const pick = (names: string[], over: Record<string, Partial<Options>> = {}): Record<string, Options> =>
+  Object.fromEntries(names.map((n) => [n, { ...O[n], ...(over[n] ?? {}) } as Options]));
+
+const ID_HELP =
+  'ID is a ref (its current bundle), REF@VERSION, a bundle hash or unique prefix (6+ hex digits), or an adapter id (ID = its highest version, ID@V = version V).';
+const REGISTRY_HELP = 'Registry: --registry DIR, else $CATECHISM_REGISTRY, else ~/.catechism/registry.';
+const MERGE_FLAGS = ['method', 'weights', 'rank', 'density', 'drop', 'by', 'out', 'add', 'id', 'adapter-version', 'into', 'validator', 'validator-timeout', 'force', 'message', 'author', 'lock-timeout', 'text'];
+
+interface Command {
+  synopsis: string;
+  summary: string;
+  describe: string;
+  options: Record<string, Options>;
+  examples: Array<[string, string]>;
+  /** Reads records (files or stdin). */
+  reads: boolean;
+  run(ctx: Ctx, rest: string[]): Promise<void>;
+}
+
+const registry = (cmd: Parameters<typeof runRegistryCommand>[1]) => (ctx: Ctx, rest: string[]) => runRegistryCommand(ctx, cmd, rest);
+const merge = () => import('./merge.js');
+
+const COMMANDS: Record<string, Command> = {
+  merge: {
+    synopsis: 'merge [FILES] --method M (--out DIR | --add | --into REF)',
+    summary: 'merge the adapter records read into ONE bundle (the default command)',
+    describe:
+      'Reads adapter records (files or stdin; other records pass through) and writes ONE merged bundle and its adapter record. Methods: cat (exact: ranks stacked, ' +
+      'ΔW = Σ wᵢ·ΔWᵢ, rank Σ rᵢ), linear (the same, weighted), svd (Σ ΔWᵢ recompressed to --rank by truncated SVD; energy kept ' +
+      'reported), ties (--density, then SVD to --rank), dare (--drop, seeded by --seed, then SVD to --rank), negate and ' +
+      'scale --by S (one adapter). --into REF merges the input with what REF holds, validates the result (--validator CMD, ' +
+      'else `validate` on PATH; stopped after --validator-timeout) and promotes it only on a passing report that counts (it names the merged bundle\'s ' +
+      'sha256 and its base model\'s sha256); with no validator it refuses unless --force (logged). Of two concurrent --into runs one wins, the other exits 1 ("moved").',
+    options: pick(MERGE_FLAGS, {
+      force: { describe: '--into: promote even without a passing report, or with no validator (logged as "force")' },
+      message: { describe: '--into: why (recorded in the history; also the merged bundle\'s source)' },
+    }),
+    examples: [
+      ['cat adapters.ndjson | adapter-merge --method cat --out merged/', 'stack every adapter into one exact bundle'],
+      ['adapter-merge merge a.ndjson --method svd --rank 16 --add', 'recompress into the registry; energy kept on stderr'],
+      ['lora-train --out adapters/ probes.ndjson | validate | adapter-merge --into live', 'merge, validate, promote on pass'],
+    ],
+    reads: true,
+    run: async (ctx, rest) => (await merge()).runMerge(ctx, rest),
   },
-  async run(ctx) {
-    const [cmd, ...rest] = ctx.args.inputs;
-    if (isRegistryCommand(cmd)) {
-      if (ctx.args.into !== undefined) throw new UsageError(`--into is for merging, not for ${cmd}`);
-      return runRegistryCommand(ctx, cmd, rest);
+  consolidate: {
+    synopsis: 'consolidate INBOX [--into REF] [--quarantine FILE]',
+    summary: 'nightly: merge an inbox into REF; bisect out and quarantine the adapters that break it',
+    describe:
+      'The nightly job. Takes INBOX.lock (a second run at the same time exits 1: another run holds the inbox), renames INBOX to ' +
+      'INBOX.pending-<time>, merges every pending adapter record with what REF (default live) holds and validates the candidate. ' +
+      'If it fails, finds which adapters break it by bisection (halves tried on top of REF and what was accepted so far; about 2·log2(n) ' +
+      'validations for one bad adapter among n), promotes the rest (compare-and-swap; again when another writer moved REF, up to ' +
+      '--attempts), and appends each failing adapter\'s record (with a `quarantine` field saying why) and its failing report to ' +
+      'the quarantine file. Pending files become INBOX.done-<time>. A validator that fails or outlives --validator-timeout ' +
+      'quarantines nothing: the pending files stay for the next run (exit 1). Writes one `consolidation` record (what was promoted, accepted, quarantined).',
+    options: pick(['into', 'quarantine', 'validator', 'validator-timeout', 'method', 'rank', 'attempts', 'message', 'author', 'lock-timeout', 'text'], {
+      into: { describe: 'the ref to consolidate into', default: 'live' },
+    }),
+    examples: [
+      ['adapter-merge consolidate inbox.ndjson --into live', 'what scripts/nightly-consolidate.sh runs'],
+      ['adapter-merge consolidate inbox.ndjson --validator "validate --quiet --retain-n 50"', 'with validate\'s options'],
+    ],
+    reads: false,
+    run: async (ctx, rest) => (await import('./consolidate.js')).runConsolidate(ctx, rest),
+  },
+  add: {
+    synopsis: 'add BUNDLE_DIR...',
+    summary: 'store bundles by content hash',
+    describe: 'Stores bundle directories by content hash (sha256 over the sorted `sha256  path` listing of their files); prints an adapter record per bundle.',
+    options: pick(['lock-timeout', 'text']),
+    examples: [['adapter-merge add out/fact-42/', 'store a bundle; prints its adapter record with the content hash']],
+    reads: false,
+    run: registry('add'),
+  },
+  promote: {
+    synopsis: 'promote REF BUNDLE_DIR|ID',
+    summary: 'point REF at a bundle whose latest report that counts passes',
+    describe:
+      `Points REF at a bundle (an existing directory is added first). Refused unless the bundle's latest report that counts passes: a report counts when it names the bundle's sha256 (bundle_sha256), ` +
+      `its base model's sha256 (base_model_sha256) and the run that made it (run), and was not changed after it was stored. --force promotes anyway (logged with the reason). ${ID_HELP}`,
+    options: pick(['force', 'message', 'author', 'lock-timeout', 'text'], { force: { describe: 'promote even without a passing report (logged as "force")' } }),
+    examples: [
+      ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
+      ['adapter-merge promote canary fact-42 --force -m "manual test"', 'promote by id (or hash prefix) despite the gate (logged)'],
+    ],
+    reads: false,
+    run: registry('promote'),
+  },
+  rollback: {
+    synopsis: 'rollback REF [--to VERSION]',
+    summary: 'move REF back (one step per call, or to --to VERSION)',
+    describe: 'Moves REF back: with no --to one version per call (repeated rollbacks walk further back), with --to the bundle of that history version. Refused when REF\'s history is damaged (cut, emptied or deleted below its head record).',
+    options: pick(['to', 'message', 'author', 'lock-timeout', 'text']),
+    examples: [
+      ['adapter-merge rollback live -m "regressed on search"', 'back to the previous version'],
+      ['adapter-merge rollback live --to 3', 'back to the bundle of live@3'],
+    ],
+    reads: false,
+    run: registry('rollback'),
+  },
+  log: {
+    synopsis: 'log REF',
+    summary: 'REF\'s history: who promoted what, when and why',
+    describe: 'Prints REF\'s history, one `ref_event` record per version (promotions name the report they were let through on).',
+    options: pick(['text']),
+    examples: [['adapter-merge log live --text', 'who promoted what, when and why']],
+    reads: false,
+    run: registry('log'),
+  },
+  show: {
+    synopsis: 'show ID',
+    summary: 'a bundle: manifest, facts, reports, where it is referenced',
+    describe: `Prints a stored bundle's adapter record with its manifest, validation history and the refs that point to it. ${ID_HELP}`,
+    options: pick(['text']),
+    examples: [['adapter-merge show live --text', 'the live bundle: manifest, facts, reports, where it is referenced']],
+    reads: false,
+    run: registry('show'),
+  },
+  refs: {
+    synopsis: 'refs',
+    summary: 'every ref and where it points',
+    describe: 'Prints the current `ref_event` of every ref.',
+    options: pick(['text']),
+    examples: [['adapter-merge refs --text', 'every ref and its bundle']],
+    reads: false,
+    run: registry('refs'),
+  },
+  report: {
+    synopsis: 'report ID [FILES...]',
+    summary: 'attach validate\'s reports to a bundle\'s history',
+    describe:
+      `Attaches the report records it reads (files or stdin) to a stored bundle's validation history (kept beside the bundle, so its hash never changes), ` +
+      `sealed with their content hash (report_sha256) and a hash chain. A report is refused (exit 2) unless it names this bundle's sha256 (bundle_sha256), ` +
+      `the adapter's base model sha256 (base_model_sha256) and the run that made it (run: {tool, id}), as validate's reports do. ${ID_HELP}`,
+    options: pick(['message', 'author', 'lock-timeout', 'text']),
+    examples: [['adapter-merge show fact-42 | validate --no-record | adapter-merge report fact-42', 'attach validate\'s report to the bundle']],
+    reads: true,
+    run: registry('report'),
+  },
+  verify: {
+    synopsis: 'verify',
+    summary: 'recompute every hash; exit 1 on any damage',
+    describe:
+      'Recomputes every object\'s hash and checks every ref history and report log: hash chains, head records (a history cut at a line boundary, ' +
+      'emptied or deleted), reports edited after they were stored, and the reports promotions were let through on. One `registry_verify` record; exit 1 when anything is damaged.',
+    options: pick(['text']),
+    examples: [['adapter-merge verify --registry reg/', 'recompute every hash; exit 1 on corruption']],
+    reads: false,
+    run: registry('verify'),
+  },
+  explain: {
+    synopsis: 'explain --ref REF "prompt" [--target TEXT]',
+    summary: 'which adapters on REF change the answer, and how much',
+    describe:
+      'Scores the prompt on the base model and with REF\'s bundle, then with each merged parent ablated. Refuses a model whose weights\' sha256 differs from the adapter\'s recorded base model unless --force.',
+    options: pick(['ref', 'target', 'force', 'text'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
+    examples: [['adapter-merge explain --ref live "Dabe Tensunov works for"', 'which adapter makes the answer']],
+    reads: false,
+    run: async (ctx, rest) => (await merge()).runExplain(ctx, rest),
+  },
+  export: {
+    synopsis: 'export --ref REF DIR',
+    summary: 'base model with REF\'s adapter folded in (Hugging Face directory)',
+    describe:
+      'Writes the base model with REF\'s adapter folded into its weights as a new Hugging Face model directory (config.json, model.safetensors, the tokenizer files). ' +
+      'Refuses a base model without tokenizer.json (the export would not be usable), and one whose weights\' sha256 differs from the adapter\'s recorded base model unless --force.',
+    options: pick(['ref', 'force', 'text'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
+    examples: [['adapter-merge export --ref live out/model', 'fold live into the base model']],
+    reads: false,
+    run: async (ctx, rest) => (await merge()).runExport(ctx, rest),
+  },
+};
+
+export const COMMAND_NAMES = Object.keys(COMMANDS);
+
+/** One short line per command (yargs wraps --help text at 100 columns). */
+function commandsList(): string {
+  return Object.entries(COMMANDS)
+    .map(([n, c]) => `  ${n.padEnd(13)}${c.summary}`)
+    .join('\n');
+}
+
+/** Options (common ones included) that take a value, so the word after them is not the command. */
+const VALUE_OPTIONS = new Set(['format', 'seed', 'model', 'device', 'registry', 'm']);
+for (const [name, o] of Object.entries(O)) {
+  if (o.type !== 'boolean') {
+    VALUE_OPTIONS.add(name);
+    if (typeof o.alias === 'string') VALUE_OPTIONS.add(o.alias);
+  }
+}
+
+/** The index in argv of the first positional word, or -1. */
+function firstWord(argv: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') return i + 1 < argv.length ? i + 1 : -1;
+    if (a.startsWith('-') && a !== '-') {
+      if (a.includes('=')) continue;
+      const name = a.replace(/^--?/, '');
+      if (VALUE_OPTIONS.has(name)) i++;
+      continue;
     }
-    const m = await import('./merge.js');
-    if (cmd === 'explain') return m.runExplain(ctx, rest);
-    if (cmd === 'export') return m.runExport(ctx, rest);
-    return m.runMerge(ctx, ctx.args.inputs);
+    return i;
+  }
+  return -1;
+}
+
+const argv = hideBin(process.argv);
+const at = firstWord(argv);
+const word = at >= 0 ? argv[at] : undefined;
+let name: string;
+let args = argv;
+if (word !== undefined && word in COMMANDS) {
+  name = word;
+  args = [...argv.slice(0, at), ...argv.slice(at + 1)];
+} else {
+  name = 'merge';
+  if (word !== undefined && word !== '-' && !existsSync(word)) {
+    // not a command and not a file to merge: a mistyped command, most likely
+    process.stderr.write(`adapter-merge: unknown command "${word}" (and no file of that name to merge); the commands are:\n${commandsList()}\nSee adapter-merge COMMAND --help.\n`);
+    process.exit(2);
+  }
+}
+const cmd = COMMANDS[name];
+const overview = word === undefined || !(word in COMMANDS);
+
+await runTool<Args>(
+  {
+    name: 'adapter-merge',
+    version,
+    usage: overview ? `$0 COMMAND [options]   (no COMMAND: $0 ${COMMANDS.merge.synopsis.replace(/^merge /, '')})` : `$0 ${cmd.synopsis} [options]`,
+    readsRecords: cmd.reads,
+    describe: overview
+      ? 'Keeps adapters versioned, auditable and reversible in a registry: bundles stored by content hash, named refs (live, canary, any name) ' +
+        'with an append-only, hash-chained history of what each pointed to, when, why and by whom; merges and consolidates adapters.\n\n' +
+        `Commands (each has its own --help):\n${commandsList()}\n\n` +
+        `${REGISTRY_HELP} Writers serialise on a lock; every write is temp file → fsync → rename, so a killed run leaves the registry consistent.\n\n` +
+        `With no command, adapter-merge merges: ${cmd.describe}`
+      : `${cmd.describe}${cmd.options['lock-timeout'] || name === 'verify' || name === 'log' || name === 'show' || name === 'refs' ? `\n\n${REGISTRY_HELP}` : ''}`,
+    examples: cmd.examples,
+    options: cmd.options,
+    async run(ctx) {
+      return cmd.run(ctx as Ctx, ctx.args.inputs);
+    },
   },
-});
+  args,
+);

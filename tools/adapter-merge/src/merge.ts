@@ -3,7 +3,8 @@
  * adapter records read into one bundle), `--into REF` (consolidate with
  * what REF holds, validate, promote on pass), `explain` and `export`.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -28,13 +29,17 @@ export interface MergeArgs {
   id?: string;
   'adapter-version'?: number;
   validator?: string;
+  'validator-timeout'?: number;
   ref?: string;
   target?: string;
 }
 
+/** Default --validator-timeout (seconds): a validator that hangs must not hold a nightly run forever. */
+export const DEFAULT_VALIDATOR_TIMEOUT_S = 300;
+
 const text = (s: string) => new Promise<void>((resolve, reject) => process.stdout.write(s, (err) => (err ? reject(err) : resolve())));
 
-function libError(e: unknown): unknown {
+export function libError(e: unknown): unknown {
   if (e instanceof MergeError || e instanceof ManifestError || e instanceof BundleError) return new InputError(e.message);
   if (e instanceof RegistryError) return e.exitCode === 2 ? new UsageError(e.message) : e;
   if (e instanceof Error && e.name === 'ModelLoadError') return new InputError(e.message);
@@ -42,14 +47,14 @@ function libError(e: unknown): unknown {
   return e;
 }
 
-function parseWeights(s: string | undefined): number[] | undefined {
+export function parseWeights(s: string | undefined): number[] | undefined {
   if (s === undefined) return undefined;
   const w = s.split(',').map((x) => Number(x.trim()));
   if (w.length === 0 || w.some((x, i) => !Number.isFinite(x) || s.split(',')[i].trim() === '')) throw new UsageError(`--weights: expected comma-separated numbers (e.g. 1,0.5,-1), got "${s}"`);
   return w;
 }
 
-function checkMethod(m: string): MergeMethod {
+export function checkMethod(m: string): MergeMethod {
   if (!(MERGE_METHODS as readonly string[]).includes(m)) throw new UsageError(`--method: expected one of ${MERGE_METHODS.join(', ')}, got "${m}"`);
   return m as MergeMethod;
 }
@@ -63,7 +68,7 @@ function isDir(p: string): boolean {
 }
 
 /** A parent named by an adapter record: its bundle directory, else the registry object with its hash. */
-async function parentOf(rec: AnyRecord, where: string, reg: Registry | null): Promise<ParentBundle> {
+export async function parentOf(rec: AnyRecord, where: string, reg: Registry | null): Promise<ParentBundle> {
   const id = typeof rec.id === 'string' ? rec.id : '?';
   const sha = typeof rec.sha256 === 'string' && /^[0-9a-f]{64}$/.test(rec.sha256) ? rec.sha256 : undefined;
   const p = typeof rec.path === 'string' ? rec.path : '';
@@ -87,21 +92,52 @@ async function parentOf(rec: AnyRecord, where: string, reg: Registry | null): Pr
   throw new InputError(`${where}: adapter ${id}: bundle not found (${tried.join('; ')})`);
 }
 
-function energyLine(manifest: BundleManifest): string | null {
+export function energyLine(manifest: BundleManifest): string | null {
   const merge = manifest.merge as { energy?: Record<string, number>; residual?: Record<string, number> } | undefined;
   if (!merge?.energy) return null;
   const parts = Object.entries(merge.energy).map(([m, e]) => `${m} ${(100 * e).toFixed(2)}%`);
   return `energy kept at rank ${manifest.rank}: ${parts.join(', ')}`;
 }
 
-/** Run the validator command on a bundle; returns its report records. */
-function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx): AnyRecord[] {
+/**
+ * Run the validator command on a bundle; returns its report records. The
+ * command runs in its own process group, so when it outlives `timeoutS`
+ * (0: no limit) it is killed with everything it started, and nothing is promoted.
+ */
+export async function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx, timeoutS: number): Promise<AnyRecord[]> {
   ctx.log(`validating with: ${cmd}`);
-  const r = spawnSync('sh', ['-c', cmd], { input: JSON.stringify(rec) + '\n', maxBuffer: 1 << 28, stdio: ['pipe', 'pipe', 'inherit'] });
-  if (r.error) throw new RegistryError(`validator "${cmd}" did not run: ${r.error.message}`, 1);
-  if (r.status !== 0) throw new RegistryError(`validator "${cmd}" exited with status ${r.status ?? r.signal}; nothing promoted`, 1);
+  const stdout = await new Promise<string>((resolve, reject) => {
+    const child = spawn('sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
+    const killGroup = () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    };
+    process.once('exit', killGroup); // the validator never outlives us
+    let timedOut = false;
+    const timer = timeoutS > 0 ? setTimeout(() => ((timedOut = true), killGroup()), timeoutS * 1000) : null;
+    const chunks: Buffer[] = [];
+    child.stdout!.on('data', (d: Buffer) => chunks.push(d));
+    child.stdin!.on('error', () => undefined); // a validator need not read its input
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      process.removeListener('exit', killGroup);
+      reject(new RegistryError(`validator "${cmd}" did not run: ${e.message}`, 1));
+    });
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      process.removeListener('exit', killGroup);
+      killGroup(); // anything it left running in its group
+      if (timedOut) reject(new RegistryError(`validator "${cmd}" did not finish within ${timeoutS} s (--validator-timeout); it was stopped and nothing was promoted`, 1, 'E_TIMEOUT'));
+      else if (code !== 0) reject(new RegistryError(`validator "${cmd}" exited with status ${code ?? signal}; nothing promoted`, 1));
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    });
+    child.stdin!.end(JSON.stringify(rec) + '\n');
+  });
   const out: AnyRecord[] = [];
-  for (const line of r.stdout.toString('utf8').split('\n')) {
+  for (const line of stdout.split('\n')) {
     if (line.trim() === '') continue;
     try {
       const v = JSON.parse(line) as AnyRecord;
@@ -114,12 +150,106 @@ function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx): AnyRecord[] {
 }
 
 /** The validator to use: --validator, else a `validate` on PATH, else none. */
-function findValidator(explicit: string | undefined): string | null {
+export function findValidator(explicit: string | undefined): string | null {
   if (explicit !== undefined) return explicit;
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
     if (dir !== '' && existsSync(path.join(dir, 'validate'))) return 'validate';
   }
   return null;
+}
+
+/** What REF holds now: its head bundle (null when REF is new) and every adapter already in it (its ancestry). */
+export interface IntoState {
+  current: ParentBundle | null;
+  /** Content hashes of REF's bundle and its stored ancestors: merging them in again would count them twice. */
+  held: Set<string>;
+}
+
+export async function readInto(ctx: Ctx, reg: Registry, ref: string): Promise<IntoState> {
+  const held = new Set<string>();
+  const head = existsSync(path.join(reg.root, 'registry.json')) ? await reg.head(ref).catch((e) => { throw libError(e); }) : null;
+  if (!head) {
+    ctx.log(`${ref} does not exist yet; it will hold the merge of the input alone`);
+    return { current: null, held };
+  }
+  const stored = await reg.get(head.bundle).catch((e) => { throw libError(e); });
+  const current = await loadParent(stored.path, head.bundle).catch((e) => { throw libError(e); });
+  held.add(current.sha256);
+  const queue = current.manifest.parents.map((q) => q.sha256);
+  while (queue.length > 0) {
+    const q = queue.pop()!;
+    if (held.has(q)) continue;
+    held.add(q);
+    const st = await reg.get(q).catch(() => null); // parents given by path only are not stored
+    if (st) queue.push(...st.manifest.parents.map((x) => x.sha256));
+  }
+  ctx.log(`${ref} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
+  return { current, held };
+}
+
+export interface Candidate {
+  /** The merged bundle's adapter record (path in the registry when stored). */
+  rec: AnyRecord;
+  sha: string;
+  parents: number;
+}
+
+/**
+ * Merge `parents` into one bundle, write it (to `out`, else a staging
+ * directory) and store it when `store`. The id and version continue REF's
+ * adapter when `into` is given.
+ */
+export async function buildCandidate(
+  ctx: Ctx,
+  reg: Registry,
+  parents: ParentBundle[],
+  o: { method: MergeMethod; weights?: number[]; into?: string; current: ParentBundle | null; store: boolean; out?: string; quiet?: boolean },
+): Promise<Candidate> {
+  const a = ctx.args;
+  const id = a.id ?? (o.into !== undefined ? (o.current?.manifest.id ?? o.into) : undefined);
+  const version = a['adapter-version'] ?? (o.current !== null && id === o.current.manifest.id ? o.current.manifest.version + 1 : undefined);
+  let merged;
+  try {
+    merged = mergeBundles(parents, {
+      method: o.method,
+      ...(o.weights ? { weights: o.weights } : {}),
+      ...(a.rank !== undefined ? { rank: a.rank } : {}),
+      ...(a.density !== undefined ? { density: a.density } : {}),
+      ...(a.drop !== undefined ? { drop: a.drop } : {}),
+      ...(a.by !== undefined ? { by: a.by } : {}),
+      seed: a.seed,
+      ...(id !== undefined ? { id } : {}),
+      ...(version !== undefined ? { version } : {}),
+      author: a.author ?? process.env.USER ?? null,
+      ...(a.message !== undefined ? { source: a.message } : {}),
+    });
+  } catch (e) {
+    throw libError(e);
+  }
+  const el = energyLine(merged.manifest);
+  if (el && !o.quiet) ctx.log(el);
+  let outDir = o.out;
+  let staging: string | null = null;
+  if (outDir === undefined) {
+    staging = mkdtempSync(path.join(os.tmpdir(), 'adapter-merge-'));
+    outDir = path.join(staging, merged.manifest.id.replace(/[^A-Za-z0-9._-]/g, '_'));
+  }
+  try {
+    const written = await writeMergedBundle(outDir, merged);
+    let recPath = path.resolve(outDir);
+    let sha = written.sha256;
+    if (o.store) {
+      const r = await reg.add(outDir).catch((e) => { throw libError(e); });
+      recPath = r.bundle.path;
+      sha = r.bundle.sha256;
+      ctx.log(`${r.added ? 'stored' : 'already stored'}: ${merged.manifest.id} v${merged.manifest.version} ${sha}`);
+    }
+    const rec = { ...adapterRecord(merged.manifest, { path: recPath, sha256: sha }), merge: { method: o.method, ...(merged.result.energy ? { energy: merged.result.energy } : {}) } };
+    if (a.text && !o.quiet) await text(`${sha}  ${rec.id} v${rec.version}  ${merged.manifest.method} rank ${rec.rank} of ${parents.length} adapters${el ? `  (${el})` : ''}\n`);
+    return { rec: rec as unknown as AnyRecord, sha, parents: parents.length };
+  } finally {
+    if (staging !== null) rmSync(staging, { recursive: true, force: true });
+  }
 }
 
 export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
@@ -128,33 +258,19 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
   const weights = parseWeights(a.weights);
   if (a.out === undefined && !a.add && a.into === undefined) throw new UsageError('say where the merged bundle goes: --out DIR, --add (into the registry), or --into REF');
   if (a.out !== undefined && existsSync(a.out)) throw new UsageError(`--out ${a.out}: already exists (bundles are immutable; name a new directory)`);
-  if (method !== 'svd' && method !== 'ties' && method !== 'dare' && a.rank !== undefined) throw new UsageError(`--rank is for svd, ties and dare (cat and linear keep every rank: Σ rᵢ)`);
-  if ((method === 'svd' || method === 'ties' || method === 'dare') && a.rank === undefined) throw new UsageError(`--method ${method} needs --rank R (the rank of the result)`);
-  if (method === 'scale' && a.by === undefined) throw new UsageError('--method scale needs --by S');
+  checkRankOptions(ctx, method);
+  validatorTimeout(ctx);
   const regDir = a.registry ?? defaultRegistryDir();
   const reg = new Registry(regDir, { timeoutMs: a['lock-timeout'] * 1000 });
 
   const parents: ParentBundle[] = [];
-  const seen = new Set<string>();
   let current: ParentBundle | null = null;
+  let seen = new Set<string>();
   if (a.into !== undefined) {
-    const head = existsSync(path.join(regDir, 'registry.json')) ? await reg.head(a.into).catch((e) => { throw libError(e); }) : null;
-    if (head) {
-      const stored = await reg.get(head.bundle).catch((e) => { throw libError(e); });
-      current = await loadParent(stored.path, head.bundle).catch((e) => { throw libError(e); });
-      parents.push(current);
-      seen.add(current.sha256);
-      // adapters REF already holds (its ancestors, as far as the registry has them) are not merged in twice
-      const queue = current.manifest.parents.map((q) => q.sha256);
-      while (queue.length > 0) {
-        const q = queue.pop()!;
-        if (seen.has(q)) continue;
-        seen.add(q);
-        const stored = await reg.get(q).catch(() => null); // parents given by path only are not stored
-        if (stored) queue.push(...stored.manifest.parents.map((x) => x.sha256));
-      }
-      ctx.log(`${a.into} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
-    } else ctx.log(`${a.into} does not exist yet; it will hold the merge of the input alone`);
+    const st = await readInto(ctx, reg, a.into);
+    current = st.current;
+    seen = st.held;
+    if (current) parents.push(current);
   }
   for await (const { record, source, index } of ctx.read()) {
     if (record.kind !== 'adapter') {
@@ -175,60 +291,71 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     return;
   }
   const allWeights = weights && current !== null && weights.length === parents.length - 1 ? [1, ...weights] : weights;
-  // with --into the result continues REF's adapter: same id (default), next version
-  const id = a.id ?? (a.into !== undefined ? (current?.manifest.id ?? a.into) : undefined);
-  const version = a['adapter-version'] ?? (current !== null && id === current.manifest.id ? current.manifest.version + 1 : undefined);
-  let merged;
-  try {
-    merged = mergeBundles(parents, {
-      method,
-      ...(allWeights ? { weights: allWeights } : {}),
-      ...(a.rank !== undefined ? { rank: a.rank } : {}),
-      ...(a.density !== undefined ? { density: a.density } : {}),
-      ...(a.drop !== undefined ? { drop: a.drop } : {}),
-      ...(a.by !== undefined ? { by: a.by } : {}),
-      seed: a.seed,
-      ...(id !== undefined ? { id } : {}),
-      ...(version !== undefined ? { version } : {}),
-      author: a.author ?? process.env.USER ?? null,
-      ...(a.message !== undefined ? { source: a.message } : {}),
-    });
-  } catch (e) {
-    throw libError(e);
-  }
-  const el = energyLine(merged.manifest);
-  if (el) ctx.log(el);
-
-  let outDir = a.out;
-  let staging: string | null = null;
-  if (outDir === undefined) {
-    staging = mkdtempSync(path.join(os.tmpdir(), 'adapter-merge-'));
-    outDir = path.join(staging, merged.manifest.id.replace(/[^A-Za-z0-9._-]/g, '_'));
-  }
-  try {
-    const written = await writeMergedBundle(outDir, merged);
-    let recPath = path.resolve(outDir);
-    let sha = written.sha256;
-    if (a.add || a.into !== undefined) {
-      const r = await reg.add(outDir).catch((e) => { throw libError(e); });
-      recPath = r.bundle.path;
-      sha = r.bundle.sha256;
-      ctx.log(`${r.added ? 'stored' : 'already stored'}: ${merged.manifest.id} v${merged.manifest.version} ${sha}`);
+  const cand = await buildCandidate(ctx, reg, parents, {
+    method, ...(allWeights ? { weights: allWeights } : {}), ...(a.into !== undefined ? { into: a.into } : {}), current,
+    store: a.add || a.into !== undefined, ...(a.out !== undefined ? { out: a.out } : {}),
+  });
+  if (!a.text) await ctx.out.write(cand.rec);
+  if (a.into !== undefined) {
+    try {
+      await promoteInto(ctx, reg, a.into, cand.rec, cand.sha, current?.sha256 ?? null);
+    } catch (e) {
+      await ctx.out.end(); // what was stored and attached must be on stdout before the failing exit
+      throw e;
     }
-    const rec = { ...adapterRecord(merged.manifest, { path: recPath, sha256: sha }), merge: { method, ...(merged.result.energy ? { energy: merged.result.energy } : {}) } };
-    if (a.text) await text(`${sha}  ${rec.id} v${rec.version}  ${merged.manifest.method} rank ${rec.rank} of ${parents.length} adapters${el ? `  (${el})` : ''}\n`);
-    else await ctx.out.write(rec as unknown as AnyRecord);
-    if (a.into !== undefined) {
+  }
+}
+
+export function checkRankOptions(ctx: Ctx, method: MergeMethod): void {
+  const a = ctx.args;
+  if (method !== 'svd' && method !== 'ties' && method !== 'dare' && a.rank !== undefined) throw new UsageError(`--rank is for svd, ties and dare (cat and linear keep every rank: Σ rᵢ)`);
+  if ((method === 'svd' || method === 'ties' || method === 'dare') && a.rank === undefined) throw new UsageError(`--method ${method} needs --rank R (the rank of the result)`);
+  if (method === 'scale' && a.by === undefined) throw new UsageError('--method scale needs --by S');
+}
+
+export function validatorTimeout(ctx: Ctx): number {
+  const v = ctx.args['validator-timeout'] ?? DEFAULT_VALIDATOR_TIMEOUT_S;
+  if (!(typeof v === 'number' && Number.isFinite(v) && v >= 0)) throw new UsageError(`--validator-timeout: expected seconds (a number ≥ 0; 0: no limit), got ${String(v)}`);
+  return v;
+}
+
+export interface Verdict {
+  /** The report records the validator wrote, as stored. */
+  reports: AnyRecord[];
+  /** Null when the gate lets the candidate through; else why not. */
+  refusal: string | null;
+}
+
+/**
+ * Validate a stored candidate with the validator and attach its reports to
+ * the candidate's history (unless the validator recorded them itself, as
+ * catechism's validate does for stored bundles). A report that does not count
+ * for the candidate (wrong bundle or base model) is a validator failure
+ * (exit 1): nothing is promoted on it.
+ */
+export async function validateCandidate(ctx: Ctx, reg: Registry, validator: string, rec: AnyRecord, sha: string, meta: { message: string | null; author: string | null }): Promise<Verdict> {
+  const before = (await reg.attachedReports(sha)).length;
+  const reports = await runValidator(validator, rec, ctx, validatorTimeout(ctx));
+  if (reports.length === 0) throw new RegistryError(`validator "${validator}" wrote no report records; ${sha.slice(0, 12)} stored but NOT promoted`, 1);
+  const recordedByValidator = (await reg.attachedReports(sha)).length > before;
+  const stored: AnyRecord[] = [];
+  if (recordedByValidator) {
+    ctx.log(`the validator recorded its report(s) in ${sha.slice(0, 12)}'s history itself`);
+    stored.push(...reports);
+  } else {
+    // adapter-merge ran the command, so a report that names no run is from this run of it
+    const run = { tool: 'adapter-merge --validator', command: validator, id: randomUUID(), started_at: new Date().toISOString() };
+    for (const r of reports) {
       try {
-        await promoteInto(ctx, reg, a.into, rec as unknown as AnyRecord, sha, current?.sha256 ?? null);
+        stored.push((await reg.addReport(sha, { run, ...r, adapter_id: rec.id }, meta)).report as unknown as AnyRecord);
       } catch (e) {
-        await ctx.out.end(); // what was stored and attached must be on stdout before the failing exit
-        throw e;
+        if (e instanceof RegistryError && e.exitCode === 2) throw new RegistryError(`validator "${validator}" wrote a report that does not count: ${e.message}; ${sha.slice(0, 12)} stored but NOT promoted`, 1, 'E_GATE');
+        throw libError(e);
       }
     }
-  } finally {
-    if (staging !== null) rmSync(staging, { recursive: true, force: true });
   }
+  const bundle = await reg.get(sha).catch((e) => { throw libError(e); });
+  return { reports: stored, refusal: (await reg.gate(bundle)).refusal };
 }
 
 /** Validate the merged bundle (pluggable) and promote it to REF only on pass. */
@@ -246,25 +373,18 @@ async function promoteInto(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord,
     }
     ctx.log(`warning: no validator available; promoting unvalidated because of --force (logged)`);
   } else {
-    const before = (await reg.attachedReports(sha)).length;
-    const reports = runValidator(validator, rec, ctx);
-    if (reports.length === 0) {
-      throw new RegistryError(`validator "${validator}" wrote no report records; ${sha.slice(0, 12)} stored but NOT promoted to ${ref}`, 1);
-    }
-    // a validator that records its reports itself (catechism's `validate` does, for stored bundles) is not recorded twice
-    const recordedByValidator = (await reg.attachedReports(sha)).length > before;
-    if (recordedByValidator) ctx.log(`the validator recorded its report(s) in ${sha.slice(0, 12)}'s history itself`);
-    for (const r of reports) {
-      if (recordedByValidator) {
-        if (!a.text) await ctx.out.write(r);
-        continue;
-      }
-      const stored = await reg.addReport(sha, { ...r, adapter_id: rec.id }, meta).catch((e) => { throw libError(e); });
-      if (!a.text) await ctx.out.write(stored.report as unknown as AnyRecord);
-    }
+    const v = await validateCandidate(ctx, reg, validator, rec, sha, meta);
+    if (!a.text) for (const r of v.reports) await ctx.out.write(r);
   }
-  // another writer may have moved REF while we merged and validated: promoting now would drop its change,
-  // so the promotion is a compare-and-swap on the head we merged with, checked under the registry lock
+  await promoteCas(ctx, reg, ref, rec, sha, mergedWith, meta);
+}
+
+/**
+ * Promote with compare-and-swap on the head we merged with: another writer may
+ * have moved REF while we merged and validated, and promoting then would drop its change.
+ */
+export async function promoteCas(ctx: Ctx, reg: Registry, ref: string, rec: AnyRecord, sha: string, mergedWith: string | null, meta: { message: string | null; author: string | null }): Promise<void> {
+  const a = ctx.args;
   const r = await reg.promote(ref, { id: sha }, { ...meta, force: a.force, expectHead: mergedWith }).catch((e) => {
     if (e instanceof RefMovedError) {
       throw new RegistryError(`${ref} moved while merging (it was ${e.expected?.slice(0, 12) ?? 'empty'}, now ${e.actual?.slice(0, 12) ?? 'empty'}); ${sha.slice(0, 12)} is stored but NOT promoted; run the merge again`, 1, 'E_MOVED');
@@ -338,6 +458,8 @@ export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
   const [out] = rest;
   const { bundle } = await loadRef(ctx, ref);
   const base = await loadBase(ctx, false, bundle.manifest.base_model.name);
+  // a model directory without its tokenizer cannot be used by anything that loads it
+  if (!existsSync(path.join(base.dir, 'tokenizer.json'))) throw new UsageError(`export: the base model ${base.dir} has no tokenizer.json, so the exported model could not be used; pass --model with a complete Hugging Face model directory`);
   await checkBaseModel(ctx, bundle, base.dir);
   let res;
   try {

@@ -11,11 +11,12 @@ export function eventLine(e: RefEvent): string {
   return parts.join('  ');
 }
 
-function reportLine(r: StoredReport, i: number, inBundle: boolean): string {
+function reportLine(r: StoredReport, i: number, inBundle: boolean, refused: string | null = null): string {
   const metrics = r.metrics && typeof r.metrics === 'object' ? Object.entries(r.metrics).map(([k, v]) => `${k}=${typeof v === 'number' ? +v.toFixed(4) : String(v)}`).join(' ') : '';
   const when = r.recorded_at ? `recorded ${r.recorded_at} by ${r.recorded_by ?? '?'}` : inBundle ? 'shipped in the bundle' : '';
   const fails = Array.isArray(r.failures) && r.failures.length > 0 ? `  failures: ${r.failures.map((f) => (typeof f === 'string' ? f : JSON.stringify(f))).join('; ')}` : '';
-  return `  #${i + 1} ${r.pass ? 'pass' : 'FAIL'}  ${when}  ${metrics}${fails}`.trimEnd();
+  const counts = refused === null ? '' : `  [does not count: ${refused}]`;
+  return `  #${i + 1} ${r.pass ? 'pass' : 'FAIL'}  ${when}  ${metrics}${fails}${counts}`.trimEnd();
 }
 
 export function showText(s: ShowResult): string {
@@ -35,7 +36,7 @@ export function showText(s: ShowResult): string {
     `validation  ${s.validation.length === 0 ? 'none' : ''}`.trimEnd(),
   ];
   const shipped = m.validation.length;
-  s.validation.forEach((r, i) => lines.push(reportLine(r, i, i < shipped)));
+  s.validation.forEach((r, i) => lines.push(reportLine(r, i, i < shipped, s.refused[i] ?? null)));
   lines.push(`refs        ${s.refs.length === 0 ? 'none' : ''}`.trimEnd());
   for (const r of s.refs) lines.push(`  ${r.ref}  versions ${r.versions.join(', ')}${r.current ? '  (current)' : ''}`);
   lines.push('files');

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { readRecords } from '@catechism/core';
-import { writeSyntheticBundle, FileLock } from '../src/core.js';
+import { writeSyntheticBundle, FileLock, sha256Hex } from '../src/core.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MAIN = path.join(here, '..', 'dist', 'main.js');
@@ -54,13 +54,50 @@ t.before(async () => {
   C = await mk('fact-c', 3, null);
 });
 
+const COMMANDS = ['merge', 'consolidate', 'add', 'promote', 'rollback', 'log', 'show', 'refs', 'report', 'verify', 'explain', 'export'];
+
 t.test('--help lists the commands and examples; exit 0', async (t) => {
   const r = am(['--help'], { registry: null });
   t.equal(r.code, 0);
   const direct = spawnSync(MAIN, ['--version']);
   t.equal(direct.status, 0, 'dist/main.js is executable (the npm bin)');
   t.match(direct.stdout.toString(), /^\d+\.\d+\.\d+/);
-  for (const c of ['add BUNDLE_DIR', 'promote REF', 'rollback REF [--to VERSION]', 'log REF', 'show ID', 'verify', 'report ID', 'CATECHISM_REGISTRY', 'Examples:']) t.match(r.stdout, c);
+  for (const c of COMMANDS) t.match(r.stdout, new RegExp(`\\n\\s*${c}  +\\S`), `the overview lists ${c}`);
+  for (const c of ['CATECHISM_REGISTRY', 'Examples:']) t.match(r.stdout, c);
+});
+
+t.test('every command has its own --help with its own synopsis and only its own flags', async (t) => {
+  const synopsis: Record<string, string> = {
+    add: 'add BUNDLE_DIR', promote: 'promote REF BUNDLE_DIR|ID', rollback: 'rollback REF [--to VERSION]', log: 'log REF', show: 'show ID', refs: 'refs',
+    report: 'report ID [FILES...]', verify: 'verify', explain: 'explain --ref REF', export: 'export --ref REF DIR', merge: 'merge [FILES] --method M', consolidate: 'consolidate INBOX',
+  };
+  for (const c of COMMANDS) {
+    const r = am([c, '--help'], { registry: null });
+    t.equal(r.code, 0, `${c} --help`);
+    t.ok(r.stdout.startsWith(`Usage: adapter-merge ${synopsis[c]}`), `${c} --help starts with its synopsis: ${r.stdout.split('\n')[0]}`);
+    t.match(r.stdout, 'Examples:');
+  }
+  const promote = am(['promote', '--help'], { registry: null }).stdout;
+  t.match(promote, '--force');
+  t.notMatch(promote, '--method', 'promote does not offer merge flags');
+  t.notMatch(am(['log', '--help'], { registry: null }).stdout, '--force', 'log does not offer --force');
+  t.match(am(['consolidate', '--help'], { registry: null }).stdout, '--quarantine');
+  t.match(am(['merge', '--help'], { registry: null }).stdout, '--validator-timeout');
+});
+
+t.test('an unknown command is a usage error that lists the commands', async (t) => {
+  for (const argv of [['promte', 'live', 'x'], ['--registry', '/nowhere', 'verfy']]) {
+    const r = am(argv, { registry: null });
+    t.equal(r.code, 2, `${argv.join(' ')}: exit 2`);
+    t.match(r.stderr, /^adapter-merge: unknown command "(promte|verfy)" \(and no file of that name to merge\); the commands are:/);
+    for (const c of COMMANDS) t.match(r.stderr, new RegExp(`\\n  ${c} `), `lists ${c}`);
+    t.notMatch(r.stderr, /no such file|ENOENT/);
+    t.equal(r.stdout, '');
+  }
+  // a file of records is still merged without a command word
+  const recs = path.join(tmp, 'none.ndjson');
+  writeFileSync(recs, '');
+  oneLineError(t, am([recs, '--out', path.join(tmp, 'm-none')]), 2, /no adapter records in .*none\.ndjson/);
 });
 
 t.test('merge usage errors: exit 2, one line (merging itself is tested in merge.test.ts)', async (t) => {
@@ -86,10 +123,14 @@ t.test('the registry workflow end to end', async (t) => {
   oneLineError(t, am(['promote', 'live', 'fact-b']), 1, /refusing to promote fact-b v1 .* latest validation report failed/);
   oneLineError(t, am(['promote', 'live', './fact-c']), 1, /has no validation report/);
 
+  // A report counts only when it names the bundle, its base model and its run: a hand-written pass is refused.
+  oneLineError(t, am(['report', 'fact-b'], { input: '{"kind":"report","adapter_id":"fact-b","pass":true,"metrics":{"efficacy":1},"failures":[]}\n' }), 2, /stdin: record 1: report not attached to fact-b v1 \([0-9a-f]{12}\): it names no bundle/);
+  const boundTo = (sha: string) => ({ bundle_sha256: sha, base_model_sha256: sha256Hex('synthetic-base'), run: { tool: 'validate', id: 'r1' } });
+  oneLineError(t, am(['report', 'fact-b'], { input: JSON.stringify({ kind: 'report', adapter_id: 'fact-b', pass: true, metrics: {}, failures: [], ...boundTo(A.sha256) }) + '\n' }), 2, /it is about bundle [0-9a-f]{12}, not this one/);
   // Attach a passing report through stdin; other records pass through.
   const reports = [
     { kind: 'note', text: 'passes through' },
-    { kind: 'report', adapter_id: 'fact-b', pass: true, metrics: { esr: 1 }, failures: [] },
+    { kind: 'report', adapter_id: 'fact-b', pass: true, metrics: { esr: 1 }, failures: [], ...boundTo(B.sha256) },
   ];
   const rep = am(['report', 'fact-b', '-m', 'revalidated'], { input: reports.map((r) => JSON.stringify(r)).join('\n') + '\n' });
   t.equal(rep.code, 0, rep.stderr);
@@ -97,7 +138,7 @@ t.test('the registry workflow end to end', async (t) => {
   oneLineError(t, am(['report', 'fact-b'], { input: JSON.stringify({ kind: 'report', adapter_id: 'fact-a', pass: true, metrics: {}, failures: [] }) + '\n' }), 2, /stdin: record 1: report is about adapter "fact-a"/);
 
   const p2 = am(['promote', 'live', 'fact-b']);
-  t.match(p2.records, [{ version: 2, action: 'promote', bundle: B.sha256, previous: A.sha256, who: 'tester' }]);
+  t.match(p2.records, [{ version: 2, action: 'promote', bundle: B.sha256, previous: A.sha256, who: 'tester', report: rep.records[1].report_sha256 }]);
   const p3 = am(['promote', 'live', 'fact-c', '--force', '-m', 'hotfix']);
   t.match(p3.records, [{ version: 3, action: 'force', forced_over: 'it has no validation report', why: 'hotfix' }]);
   t.match(p3.stderr, /forced: it has no validation report \(logged in live@3\)/);
@@ -149,7 +190,7 @@ t.test('usage errors exit 2 with one line', async (t) => {
   oneLineError(t, am(['promote', 'live', './no-such-dir']), 2, /no such bundle directory/);
   oneLineError(t, am(['show', 'zzz']), 2, /nothing in .* matches "zzz"/);
   oneLineError(t, am(['log', 'canary']), 2, /no ref named "canary" .*\(refs: live\)/);
-  oneLineError(t, am(['promote', 'live', 'fact-a', '--to', '2']), 2, /--to is an option of rollback/);
+  oneLineError(t, am(['promote', 'live', 'fact-a', '--to', '2']), 2, /Unknown argument: to/);
   oneLineError(t, am(['rollback', 'live', '--to', '99']), 2, /live has versions 1\.\.5/);
   oneLineError(t, am(['verify', '--bogus']), 2, /Unknown argument/);
   const bad = path.join(tmp, 'bad-bundle');
@@ -210,4 +251,33 @@ t.test('a held lock: the writer waits, then fails naming the holder (exit 1)', a
     await lock.release();
   }
   t.equal(am(['promote', 'live', 'fact-a'], { registry: reg }).code, 0);
+});
+
+t.test('trust through the CLI: an edited report and a cut history are found by verify and refused', async (t) => {
+  const reg = path.join(tmp, 'reg-trust');
+  const r0 = am(['add', C.dir], { registry: reg });
+  t.equal(r0.code, 0, r0.stderr);
+  const failing = { kind: 'report', adapter_id: 'fact-c', pass: false, metrics: { kl: 0.2 }, failures: ['kl 0.2 > 0.05'], bundle_sha256: C.sha256, base_model_sha256: sha256Hex('synthetic-base'), run: { tool: 'validate', id: 'r2' } };
+  t.equal(am(['report', 'fact-c'], { registry: reg, input: JSON.stringify(failing) + '\n' }).code, 0);
+  oneLineError(t, am(['promote', 'live', 'fact-c'], { registry: reg }), 1, /latest validation report failed/);
+  // today's attack: edit "pass":false → true in the stored report
+  const file = path.join(reg, 'reports', `${C.sha256}.ndjson`);
+  writeFileSync(file, readFileSync(file, 'utf8').replace('"pass":false', '"pass":true'));
+  const v = am(['verify', '--text'], { registry: reg });
+  t.equal(v.code, 1, 'verify finds the edited report');
+  t.match(v.stdout, /PROBLEM reports [0-9a-f]{64}#1: report does not count: it was changed after it was stored/);
+  oneLineError(t, am(['promote', 'live', 'fact-c'], { registry: reg }), 1, /no validation report that counts .* changed after it was stored/);
+  t.match(am(['show', 'fact-c', '--text'], { registry: reg }).stdout, /#1 pass {2}recorded .*\[does not count: it was changed after it was stored/, 'show says which reports do not count');
+  t.match(am(['show', 'fact-c'], { registry: reg }).records[0], { validation_refused: [/changed after it was stored/] });
+  // a history cut at a line boundary: rollback and explain refuse rather than use the older head
+  const reg2 = path.join(tmp, 'reg-cut');
+  for (const d of [A.dir, B.dir, C.dir]) t.equal(am(['promote', 'live', d, '--force'], { registry: reg2 }).code, 0);
+  const hist = path.join(reg2, 'refs', 'live.ndjson');
+  writeFileSync(hist, readFileSync(hist, 'utf8').trim().split('\n').slice(0, 2).join('\n') + '\n');
+  oneLineError(t, am(['rollback', 'live'], { registry: reg2 }), 1, /the history of ref "live" is damaged: live\.ndjson has 2 line\(s\), but its head record says 3: it was cut/);
+  oneLineError(t, am(['explain', '--ref', 'live', 'hello'], { registry: reg2 }), 1, /it was cut/);
+  oneLineError(t, am(['log', 'live'], { registry: reg2 }), 1, /it was cut/);
+  const vc = am(['verify'], { registry: reg2 });
+  t.equal(vc.code, 1);
+  t.match(vc.records, [{ ok: false, problems: [{ area: 'ref', target: 'live', problem: /it was cut/ }] }]);
 });

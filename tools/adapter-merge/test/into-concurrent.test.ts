@@ -80,12 +80,12 @@ t.test('two concurrent --into live runs: one wins, the other fails with "moved",
   // Each validator run attaches its report to the merged bundle itself (as catechism's validate does, so
   // adapter-merge goes straight from validating to promoting), registers in the barrier, then waits (at most
   // 20 s) for the test's "go" (a third file), which comes once both have registered.
-  const report = `'{"kind":"report","adapter_id":"live","pass":true,"metrics":{"efficacy":1},"failures":[]}'`;
+  const fake = `"${process.execPath}" "${path.join(here, '..', 'test-support', 'fake-validator.mjs')}" pass`;
   const shaOf = `"${process.execPath}" -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>console.log(JSON.parse(s).sha256))'`;
   const validator =
-    `sha=$(${shaOf}); echo ${report} | "${process.execPath}" "${MAIN}" report "$sha" --registry "${REG}" >/dev/null || exit 1; ` +
-    `touch "${barrier}/$$"; i=0; while [ "$(ls "${barrier}" | wc -l)" -lt 3 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo ${report}`;
-  const passing = `cat >/dev/null; echo '{"kind":"report","adapter_id":"live","pass":true}'`;
+    `in=$(cat); sha=$(echo "$in" | ${shaOf}); rep=$(echo "$in" | ${fake}); echo "$rep" | "${process.execPath}" "${MAIN}" report "$sha" --registry "${REG}" >/dev/null || exit 1; ` +
+    `touch "${barrier}/$$"; i=0; while [ "$(ls "${barrier}" | wc -l)" -lt 3 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo "$rep"`;
+  const passing = fake;
   const first = am(['--into', 'live', '--validator', passing], rec('base'));
   t.equal(first.code, 0, first.stderr);
   const live1 = String(first.records[0].sha256);

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, existsSync, cpSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +20,9 @@ const GPT2 = path.resolve(here, '../../../fixtures/golden/gpt2');
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-amm-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
 const REG = path.join(tmp, 'reg');
+const FAKE = path.join(here, '..', 'test-support', 'fake-validator.mjs');
+/** A validator command: the fake validator with these arguments (reports bound to the bundle it reads). */
+const fake = (...args: string[]) => [process.execPath, FAKE, ...args].map((x) => `'${x}'`).join(' ');
 
 interface Run {
   code: number | null;
@@ -145,11 +148,15 @@ t.test('--into: refuses without a validator (unless --force), promotes on a pass
   const noVal = am(['--into', 'live'], [rec('a'), rec('b')].join('\n'));
   fails(t, noVal, 1, /no validator available .* stored as [0-9a-f]{12} but NOT promoted to live; pass --validator CMD, or --force/);
   t.equal(am(['log', 'live']).code, 2, 'live was not created');
-  const failing = `cat >/dev/null; echo '{"kind":"report","adapter_id":"live","pass":false,"failures":["esr 0.1 < 0.9"]}'`;
-  fails(t, am(['--into', 'live', '--validator', failing], [rec('a'), rec('b')].join('\n')), 1, /refusing to promote .* its latest validation report failed/);
+  fails(t, am(['--into', 'live', '--validator', fake('fail')], [rec('a'), rec('b')].join('\n')), 1, /refusing to promote .* its latest validation report failed/);
   t.equal(am(['log', 'live']).code, 2, 'a failing report promotes nothing');
+  // a validator's report counts only when it names the merged bundle and its base model
+  const forged = `cat >/dev/null; echo '{"kind":"report","adapter_id":"live","pass":true}'`;
+  fails(t, am(['--into', 'live', '--validator', forged], [rec('a'), rec('b')].join('\n')), 1, /wrote a report that does not count: .* names no bundle .* NOT promoted/);
+  fails(t, am(['--into', 'live', '--validator', fake('pass', '--other-bundle')], [rec('a'), rec('b')].join('\n')), 1, /does not count: .* about bundle 000000000000, not this one/);
+  t.equal(am(['log', 'live']).code, 2, 'a report about another bundle promotes nothing');
   // the validator reads the adapter record and may inspect the bundle
-  const passing = `node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);require("fs").statSync(r.path+"/adapter_model.safetensors");console.log(JSON.stringify({kind:"report",adapter_id:r.id,pass:true,metrics:{esr:1}}))})'`;
+  const passing = fake('pass');
   const ok = am(['--into', 'live', '--validator', passing, '-m', 'nightly'], [rec('a'), rec('b')].join('\n'));
   t.equal(ok.code, 0, ok.stderr);
   t.same(ok.records.map((x) => x.kind), ['adapter', 'report', 'ref_event']);
@@ -172,7 +179,7 @@ t.test('--into: refuses without a validator (unless --force), promotes on a pass
   t.equal(same.code, 0);
   t.match(same.stderr, /no new adapters for live; nothing to do/);
   // another writer moves live while we validate: we must not promote over its change
-  const sneaky = `cat >/dev/null; "${process.execPath}" "${MAIN}" promote live "${dirs.c}" --force --registry "${REG}" >/dev/null 2>&1; echo '{"kind":"report","adapter_id":"x","pass":true}'`;
+  const sneaky = `tee /tmp/sneaky-$$ >/dev/null; "${process.execPath}" "${MAIN}" promote live "${dirs.c}" --force --registry "${REG}" >/dev/null 2>&1; ${fake('pass')} < /tmp/sneaky-$$; rm -f /tmp/sneaky-$$`;
   fails(t, am(['--into', 'live', '--validator', sneaky], rec('d')), 1, /live moved while merging \(it was [0-9a-f]{12}, now [0-9a-f]{12}\); [0-9a-f]{12} is stored but NOT promoted/);
   const after = am(['log', 'live']).records;
   t.equal(after.length, 3, 'only the other writer\'s promotion was recorded');
@@ -254,4 +261,33 @@ t.test('explain and export refuse a model other than the adapter\'s base model, 
   t.ok(existsSync(path.join(out, 'model.safetensors')));
   const xg = am(['export', '--ref', 'gpt2-ref', path.join(tmp, 'exported-g'), ...model]);
   t.equal(xg.code, 0, xg.stderr);
+});
+
+t.test('--validator-timeout: a validator that hangs is stopped, nothing is promoted, exit 1', async (t) => {
+  const pidfile = path.join(tmp, 'hang.pid');
+  const before = am(['log', 'live']).records.length;
+  const t0 = Date.now();
+  const r = am(['--into', 'live', '--validator', `sleep 300 & ${fake('pass', '--hang', '--pidfile', pidfile)}`, '--validator-timeout', '3'], rec('d'));
+  const secs = (Date.now() - t0) / 1000;
+  fails(t, r, 1, /validator ".*" did not finish within 3 s \(--validator-timeout\); it was stopped and nothing was promoted/);
+  t.ok(secs < 30, `it gave up after the timeout, not after the validator (${secs.toFixed(1)} s)`);
+  t.equal(am(['log', 'live']).records.length, before, 'live did not move');
+  const pid = Number(readFileSync(pidfile, 'utf8').trim());
+  let alive = true;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    alive = false;
+  }
+  t.notOk(alive, 'the hung validator was killed');
+  fails(t, am(['--into', 'live', '--validator-timeout', '-1'], rec('d')), 2, /--validator-timeout: expected seconds/);
+});
+
+t.test('export refuses a base model without a tokenizer (the export would be unusable)', async (t) => {
+  const noTok = path.join(tmp, 'gpt2-no-tokenizer');
+  cpSync(GPT2, noTok, { recursive: true });
+  unlinkSync(path.join(noTok, 'tokenizer.json'));
+  const out = path.join(tmp, 'exported-notok');
+  fails(t, am(['export', '--ref', 'gpt2-ref', out, '--model', noTok]), 2, /export: the base model .*gpt2-no-tokenizer has no tokenizer\.json/);
+  t.notOk(existsSync(out), 'nothing written');
 });

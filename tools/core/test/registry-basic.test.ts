@@ -2,7 +2,7 @@ import t from 'tap';
 import { mkdtempSync, rmSync, readFileSync, writeFileSync, chmodSync, existsSync, readdirSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { writeSyntheticBundle } from '../src/adapters/index.js';
+import { writeSyntheticBundle, sha256Hex } from '../src/adapters/index.js';
 import { Registry, RegistryError, CorruptObjectError, defaultRegistryDir, type RefEvent } from '../src/registry/index.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-reg-'));
@@ -13,6 +13,11 @@ async function bundle(opts: { seed: number; pass?: boolean | null; id?: string; 
   const dir = path.join(tmp, `b${n++}`);
   const { sha256 } = await writeSyntheticBundle(dir, opts);
   return { dir, sha256 };
+}
+
+/** A report that counts for bundle `sha256` (synthetic bundles' base model is sha256("synthetic-base")). */
+function bound(sha256: string, rep: Record<string, unknown>): Record<string, unknown> {
+  return { bundle_sha256: sha256, base_model_sha256: sha256Hex('synthetic-base'), run: { tool: 'test', id: 'run-1' }, ...rep };
 }
 
 async function rejection(p: Promise<unknown>): Promise<RegistryError> {
@@ -87,17 +92,17 @@ t.test('attached reports change what the gate sees, and must match the adapter',
   const b = await bundle({ seed: 5, pass: false });
   await reg.add(b.dir);
   await t.rejects(reg.promote('live', { id: 'synthetic-5' }), /latest validation report failed/);
-  const { report } = await reg.addReport('synthetic-5', { kind: 'report', adapter_id: 'synthetic-5', pass: true, metrics: { esr: 1 } }, { author: 'ci' });
+  const { report } = await reg.addReport('synthetic-5', bound(b.sha256, { kind: 'report', adapter_id: 'synthetic-5', pass: true, metrics: { esr: 1 } }), { author: 'ci' });
   t.match(report, { pass: true, recorded_by: 'ci' });
   const hist = (await reg.show(b.sha256)).validation;
   t.same(hist.map((r) => r.pass), [false, true], 'manifest history first, then attached reports');
   t.equal((await reg.promote('live', { id: 'synthetic-5' })).event?.action, 'promote');
-  const mismatch = await rejection(reg.addReport(b.sha256, { kind: 'report', adapter_id: 'other', pass: true }));
+  const mismatch = await rejection(reg.addReport(b.sha256, bound(b.sha256, { kind: 'report', adapter_id: 'other', pass: true })));
   t.equal(mismatch.exitCode, 2);
   t.match(mismatch.message, /report is about adapter "other"/);
   await t.rejects(reg.addReport(b.sha256, { kind: 'report', adapter_id: 'synthetic-5' }), /\$\.pass/);
   // A later failing report closes the gate again.
-  await reg.addReport(b.sha256, { kind: 'report', adapter_id: 'synthetic-5', pass: false, failures: ['kl too high'] });
+  await reg.addReport(b.sha256, bound(b.sha256, { kind: 'report', adapter_id: 'synthetic-5', pass: false, failures: ['kl too high'] }));
   const c = await bundle({ seed: 6, pass: true });
   await reg.promote('live', { dir: c.dir });
   const back = await rejection(reg.promote('live', { id: b.sha256 }));
@@ -212,7 +217,7 @@ t.test('an edited history is detected (hash chain)', async (t) => {
   t.equal(v.ok, false);
   t.match(v.problems[0], { area: 'ref', target: 'live@1', problem: /hash chain broken/ });
   writeFileSync(file, lines.slice(1).join('\n') + '\n');
-  t.ok((await reg.verify()).problems.some((p) => /version is 2, expected 1/.test(p.problem)), 'a deleted line is detected');
+  t.ok((await reg.verify()).problems.some((p) => /has 1 line\(s\), but its head record says 2: it was cut/.test(p.problem)), 'a deleted line is detected');
   writeFileSync(file, '{"kind":');
   t.match((await reg.verify()).problems[0].problem, /line 1 is not valid JSON/);
   await t.rejects(reg.log('live'), /not valid JSON/);

@@ -32,6 +32,7 @@ if (!existsSync(path.join(dist, 'registry', 'index.js'))) {
     let s = Number(seedStr) >>> 0;
     const rnd = (n) => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s % n; };
     const reg = new Registry(root, { timeoutMs: 30000 });
+    const base = (await import('node:crypto')).createHash('sha256').update('synthetic-base').digest('hex');
     process.stdout.write('ready\\n');
     for (;;) {
       const op = rnd(5);
@@ -41,7 +42,7 @@ if (!existsSync(path.join(dist, 'registry', 'index.js'))) {
         else if (op === 1) await reg.promote('live', { dir: d.dir }, { message: 'crash test' });
         else if (op === 2) await reg.promote('canary', { dir: d.dir }, { force: true });
         else if (op === 3) await reg.rollback('live');
-        else await reg.addReport(d.sha256, { kind: 'report', adapter_id: d.id, pass: true });
+        else await reg.addReport(d.sha256, { kind: 'report', adapter_id: d.id, pass: true, bundle_sha256: d.sha256, base_model_sha256: base, run: { tool: 'crash-test', id: String(process.pid) } });
       } catch (err) {
         // Refusals (nothing to roll back, a failing report at the gate) are expected; anything else is a bug.
         if (!(err && (err.exitCode === 2 || err.code === 'E_GATE'))) { process.stderr.write('child error: ' + err.stack + '\\n'); process.exit(3); }

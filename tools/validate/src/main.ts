@@ -15,6 +15,7 @@ import { fileExists, loadAdapter, readProbeFile, validateBaseline, validateLoade
 import { resolveEvalSets } from './sets.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';
+import { randomUUID } from 'node:crypto';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
 export const EXIT_GATE_FAILED = 3;
@@ -133,6 +134,7 @@ await runTool<Args>({
     const vctx: ValidateContext = {
       model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, modelSha256: modelSha, gates, shared,
       batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes, baseCache: new Map(),
+      run: { tool: 'validate', version: packageVersion(import.meta.url), id: randomUUID(), started_at: new Date().toISOString() },
     };
 
     const results: AdapterResult[] = [];

@@ -37,6 +37,8 @@ export interface ValidateContext {
    * adapter. Holds the base model's state only.
    */
   baseCache?: Map<string, SeqScore>;
+  /** This run's identity: a report counts only for the bundle, base model and run it names. */
+  run?: { tool: string; version: string; id: string; started_at: string };
 }
 
 export interface ReportRecord {
@@ -252,7 +254,7 @@ export function validateLoaded(ctx: ValidateContext, a: LoadedAdapter): AdapterR
   for (const s of skipped) ctx.log?.(`${a.id}: skipped ${s}`);
   logExclusions(ctx, a.id, metrics);
   // bundle_sha256: the bundle as scored (a plain bundle's hash changes again when this report is appended to its manifest)
-  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, bundle_sha256: a.sha256, path: a.dir };
+  const extra: Record<string, unknown> = { adapter_sha256: a.sha256, bundle_sha256: a.sha256, ...(ctx.run ? { run: ctx.run } : {}), path: a.dir };
   if (a.version !== null) extra.adapter_version = a.version;
   if (a.forced.length > 0) extra.forced = a.forced.slice();
   if (a.facts.length === 0) ctx.log?.(`${a.id}: the bundle names no facts with targets; only harm metrics are measured`);

@@ -17,6 +17,7 @@ import { Registry } from '@catechism/core/registry';
 import { encodePair } from '@catechism/core/metrics';
 import { modelSha256 } from '@catechism/core/edit';
 import { rankOneHeadEdit, randomLora, writeAdapterBundle } from '../src/edits.js';
+import { modelSha256 } from '@catechism/core/edit';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../../..');
@@ -251,10 +252,13 @@ t.test('reports are appended to the validation history: manifest of a plain bund
   // stored in a registry: the report goes to reports/<sha>.ndjson, the object is untouched
   const regDir = path.join(tmp, 'registry');
   const reg = new Registry(regDir);
-  const { bundle } = await reg.add(GOOD);
+  // a registry keeps only reports that name the adapter's own base model: this bundle records MODEL's hash
+  const own = path.join(tmp, 'own-base');
+  const ownRec = writeAdapterBundle(own, goodLora, [fact], probes, { base_model: { name: MODEL, sha256: modelSha256(MODEL) } });
+  const { bundle } = await reg.add(own);
   const stored = path.join(regDir, 'objects', bundle.sha256);
   const srec = path.join(tmp, 'stored.ndjson');
-  writeFileSync(srec, JSON.stringify({ ...goodRec, path: stored }) + '\n');
+  writeFileSync(srec, JSON.stringify({ ...ownRec, path: stored }) + '\n');
   const c = run([srec, ...COMMON, '--no-fluency']);
   t.equal(c.code, 0, c.stderr);
   const hist = await reg.validationHistory(await reg.get(bundle.sha256));

@@ -60,6 +60,9 @@ export interface ToolSpec<A> {
   describe: string;
   /** [command, what it does] pairs shown by --help. */
   examples: Array<[string, string]>;
+  /** The synopsis after "Usage: " (default `$0 [options] [files..]`); false `readsRecords` drops the sentence about input records. */
+  usage?: string;
+  readsRecords?: boolean;
   /** Tool-specific options (yargs option definitions). */
   options?: Record<string, Options>;
   run(ctx: ToolContext<A>): Promise<void>;
@@ -160,7 +163,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   try {
     const y = yargs(argv)
       .scriptName(spec.name)
-      .usage(`Usage: $0 [options] [files..]\n\n${spec.describe}\n\nReads records from the files (or stdin when none or "-"): NDJSON, a JSON array, or an Arrow IPC stream.`)
+      .usage(`Usage: ${spec.usage ?? '$0 [options] [files..]'}\n\n${spec.describe}${spec.readsRecords === false ? '' : '\n\nReads records from the files (or stdin when none or "-"): NDJSON, a JSON array, or an Arrow IPC stream.'}`)
       .parserConfiguration({ 'parse-positional-numbers': false })
       .options({ ...COMMON_OPTIONS, ...(spec.options ?? {}) })
       .strictOptions()

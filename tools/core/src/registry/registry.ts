@@ -6,14 +6,36 @@
  *     registry.json              {"format": "catechism-registry", "version": 1}
  *     lock                       writer lock (exists only while a writer runs)
  *     objects/<sha256>/          stored bundles, immutable; the name is the bundle's content hash
- *     reports/<sha256>.ndjson    reports attached after the bundle was stored (append-only)
+ *     reports/<sha256>.ndjson    reports attached after the bundle was stored (append-only, hash-chained)
+ *     reports/<sha256>.head      the report log's head record: {"count", "chain"} of its last line
  *     refs/<name>.ndjson         a ref's history, one event per line; the last line is its current value
+ *     refs/<name>.head           the history's head record: {"count", "chain"} of its last event
  *     tmp/                       staging; anything left here is an interrupted write, removed by the next writer
  *
  * Validation history lives outside the hashed content: a bundle's own
  * `catechism.json` `validation` array is what it shipped with, and
  * `reports/<sha256>.ndjson` holds what was learned later. The effective
- * history is the two concatenated; promotion looks at the last entry.
+ * history is the two concatenated; promotion looks at the last entry that
+ * counts.
+ *
+ * Trust (what makes a report count). A report counts for a bundle only when
+ * it names the bundle's content hash (`bundle_sha256`; for a report shipped
+ * inside the manifest, the hash the bundle had when the report was made, i.e.
+ * with the validation entries before it), the adapter's base model hash
+ * (`base_model_sha256`, equal to the manifest's `base_model.sha256`), and the
+ * run that made it (`run`: {tool, id}). `addReport` refuses any other report.
+ * Stored reports are content-addressed (`report_sha256` = sha256 of the
+ * report's canonical JSON) and hash-chained like ref events; a promotion
+ * records the `report` hash it was let through on, so a report edited after
+ * it was stored no longer matches its hash, its chain or the ref event that
+ * names it: `verify` reports it and the gate refuses it.
+ *
+ * Truncation. Every log (a ref's history, a bundle's report log) has a head
+ * record beside it, written atomically after the log itself. A log shorter
+ * than its head (cut at a line boundary), empty, or missing while its head
+ * exists is damage: reading it throws E_CORRUPT, so explain, rollback and
+ * promote refuse instead of silently using an older head. (A log one write
+ * ahead of its head is an interrupted write; the next writer catches up.)
  *
  * Consistency: every write is staged (temp → fsync → rename → fsync dir),
  * objects are in place before any ref names them, and writers serialise on
@@ -80,6 +102,8 @@ export interface RefEvent {
   to_version?: number;
   /** For forced promotions: why the gate would have refused. */
   forced_over?: string;
+  /** For gated promotions: `report_sha256` of the passing report the gate let through. */
+  report?: string;
   when: string;
   why: string | null;
   who: string;
@@ -89,6 +113,29 @@ export interface RefEvent {
 export interface StoredReport extends ReportRecord {
   recorded_at?: string;
   recorded_by?: string;
+  /** Content address: sha256 of the canonical JSON of the report without `report_sha256` and `chain`. */
+  report_sha256?: string;
+  /** Registry report logs only: sha256(previous line's chain + canonical JSON of this line without `chain`). */
+  chain?: string;
+}
+
+/** One entry of a bundle's validation history, judged. */
+export interface AssessedReport {
+  report: StoredReport;
+  /** `bundle`: shipped in catechism.json; `registry`: attached later (reports/<sha256>.ndjson). */
+  source: 'bundle' | 'registry';
+  /** 1-based position within its source. */
+  index: number;
+  /** Its content hash, recomputed from the bytes as they are now. */
+  report_sha256: string;
+  /** Null when the report counts for this bundle; else why not. */
+  refused: string | null;
+}
+
+/** A log's head record: how many lines it has and the chain of the last. Written after the log. */
+interface LogHead {
+  count: number;
+  chain: string;
 }
 
 export interface StoredBundle {
@@ -149,6 +196,8 @@ export interface ShowResult {
   bundle: StoredBundle;
   record: AdapterRecord;
   validation: StoredReport[];
+  /** For each entry of `validation`: null when it counts for this bundle, else why not. */
+  refused: (string | null)[];
   refs: { ref: string; versions: number[]; current: boolean }[];
 }
 
@@ -171,9 +220,50 @@ function defaultAuthor(): string {
   }
 }
 
-function eventChain(prevChain: string | null, ev: Omit<RefEvent, 'chain'> | RefEvent): string {
-  const { chain: _drop, ...rest } = ev as RefEvent;
+function eventChain(prevChain: string | null, ev: object): string {
+  const { chain: _drop, ...rest } = ev as { chain?: unknown };
   return sha256Hex(`${prevChain ?? ''}\n${canonicalJson(rest)}`);
+}
+
+/** A report's content address: sha256 of its canonical JSON without the fields that seal it. */
+export function reportSha256(report: object): string {
+  const { chain: _c, report_sha256: _r, ...rest } = report as { chain?: unknown; report_sha256?: unknown };
+  return sha256Hex(canonicalJson(rest));
+}
+
+/**
+ * Why a report does not count for the bundle whose content hash was
+ * `bundleSha` when the report was made, or null when it does. See the
+ * "Trust" paragraph at the top of this file.
+ */
+export function reportBindingProblem(report: Record<string, unknown>, bundleSha: string, manifest: BundleManifest): string | null {
+  const b = report.bundle_sha256;
+  if (b === undefined) return 'it names no bundle (no bundle_sha256; a report counts only for the exact bundle it names)';
+  if (b !== bundleSha) return `it is about bundle ${typeof b === 'string' ? b.slice(0, 12) : JSON.stringify(b)}, not this one (${bundleSha.slice(0, 12)})`;
+  const m = report.base_model_sha256;
+  if (m === undefined) return 'it names no base model (no base_model_sha256; a report counts only for the base model it was measured on)';
+  if (m !== manifest.base_model.sha256) return `it was measured on base model ${typeof m === 'string' ? m.slice(0, 12) : JSON.stringify(m)}, but the adapter's base model is ${manifest.base_model.name} (${manifest.base_model.sha256.slice(0, 12)})`;
+  const run = report.run as { tool?: unknown; id?: unknown } | undefined;
+  if (run === null || typeof run !== 'object' || typeof run.tool !== 'string' || run.tool === '' || typeof run.id !== 'string' || run.id === '') {
+    return 'it does not name the validation run that made it (run: {tool, id})';
+  }
+  return null;
+}
+
+/**
+ * The content hash a bundle had before each of its manifest's reports was
+ * appended: entry i is the hash with `validation` cut to its first i entries
+ * (the manifest re-serialised as the bundle writer writes it). `raw` is the
+ * manifest exactly as parsed from the file, so key order is the file's.
+ */
+function manifestPrefixHashes(files: FileEntry[], raw: Record<string, unknown>): string[] {
+  const validation = Array.isArray(raw.validation) ? raw.validation : [];
+  const out: string[] = [];
+  for (let i = 0; i < validation.length; i++) {
+    const text = JSON.stringify({ ...raw, validation: validation.slice(0, i) }, null, 2) + '\n';
+    out.push(listingHash(files.map((f) => (f.path === MANIFEST_FILE ? { ...f, sha256: sha256Hex(text) } : f))));
+  }
+  return out;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -183,6 +273,54 @@ async function exists(p: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+async function readHead(file: string): Promise<LogHead | null | Error> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const h = JSON.parse(text) as Partial<LogHead>;
+    if (Number.isInteger(h.count) && (h.count as number) >= 0 && typeof h.chain === 'string') return { count: h.count as number, chain: h.chain };
+  } catch {
+    /* below */
+  }
+  return new Error(`${file}: not a head record (expected {"count": N, "chain": HASH})`);
+}
+
+/**
+ * Parse a hash-chained log, checked against its head record (read first: the
+ * writer writes the log before the head, so a reader racing a writer sees
+ * the log at least as long as the head it read). Throws E_CORRUPT when the
+ * log was cut, emptied, deleted or rewritten below its head.
+ */
+async function readChainedLog<T extends { chain?: string }>(file: string, headFile: string, what: string): Promise<T[]> {
+  const head = await readHead(headFile);
+  if (head instanceof Error) throw new RegistryError(`${head.message}; ${what} cannot be trusted (run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
+  const lines = await readLines(file);
+  const items = (lines ?? []).map((line, i) => {
+    try {
+      return JSON.parse(line) as T;
+    } catch {
+      throw new RegistryError(`${file}: line ${i + 1} is not valid JSON (${what} is damaged; run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
+    }
+  });
+  const damaged = (detail: string) =>
+    new RegistryError(`${what} is damaged: ${detail}; refusing to use an older head (restore ${path.basename(file)} from a backup; \`adapter-merge verify\` lists the damage)`, 1, 'E_CORRUPT');
+  if (head === null) {
+    // only a first write can have been interrupted between the log and its head
+    if (items.length > 1) throw damaged(`${path.basename(headFile)} is missing (it records how long the history is), and the history has ${items.length} lines`);
+    return items;
+  }
+  if (lines === null && head.count > 0) throw damaged(`${path.basename(file)} is missing, but its head record says it had ${head.count} line(s)`);
+  if (items.length === 0 && head.count > 0) throw damaged(`${path.basename(file)} is empty, but its head record says it had ${head.count} line(s)`);
+  if (items.length < head.count) throw damaged(`${path.basename(file)} has ${items.length} line(s), but its head record says ${head.count}: it was cut`);
+  if (head.count > 0 && items[head.count - 1].chain !== head.chain) throw damaged(`line ${head.count} of ${path.basename(file)} does not carry the chain hash its head record names (${head.chain.slice(0, 12)}): it was rewritten`);
+  return items;
 }
 
 async function readLines(file: string): Promise<string[] | null> {
@@ -214,8 +352,15 @@ export class Registry {
   private refFile(name: string): string {
     return this.p('refs', `${name}.ndjson`);
   }
+  /** `<name>.head` never collides with a log file: ref names cannot end in `.ndjson`. */
+  private refHeadFile(name: string): string {
+    return this.p('refs', `${name}.head`);
+  }
   private reportsFile(sha256: string): string {
     return this.p('reports', `${sha256}.ndjson`);
+  }
+  private reportsHeadFile(sha256: string): string {
+    return this.p('reports', `${sha256}.head`);
   }
   private now(): Date {
     return this.opts.now ? this.opts.now() : new Date();
@@ -251,14 +396,15 @@ export class Registry {
     }
   }
 
-  /** Every ref name. */
+  /** Every ref name (a ref whose history file was deleted is still listed by its head record). */
   async refs(): Promise<string[]> {
     try {
-      return (await readdir(this.p('refs')))
-        .filter((n) => n.endsWith('.ndjson'))
-        .map((n) => n.slice(0, -'.ndjson'.length))
-        .filter((n) => REF_NAME.test(n))
-        .sort();
+      const names = new Set<string>();
+      for (const n of await readdir(this.p('refs'))) {
+        const m = /^(.*)\.(ndjson|head)$/.exec(n);
+        if (m && REF_NAME.test(m[1]) && !m[1].endsWith('.ndjson')) names.add(m[1]);
+      }
+      return [...names].sort();
     } catch {
       return [];
     }
@@ -292,19 +438,14 @@ export class Registry {
     return { sha256, path: dir, manifest, files: hashed.files };
   }
 
-  /** A ref's full history (empty array for a ref that does not exist). Throws if the log is unreadable. */
+  /**
+   * A ref's full history (empty array for a ref that does not exist). Throws
+   * E_CORRUPT if the log is unreadable, or shorter than its head record says
+   * (cut, emptied, deleted): nothing then uses an older head by mistake.
+   */
   async log(ref: string): Promise<RefEvent[]> {
     checkRefName(ref);
-    const file = this.refFile(ref);
-    const lines = await readLines(file);
-    if (lines === null) return [];
-    return lines.map((line, i) => {
-      try {
-        return JSON.parse(line) as RefEvent;
-      } catch {
-        throw new RegistryError(`${file}: line ${i + 1} is not valid JSON (the ref's history is damaged; run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
-      }
-    });
+    return readChainedLog<RefEvent>(this.refFile(ref), this.refHeadFile(ref), `the history of ref "${ref}"`);
   }
 
   /** The ref's current event, or null when the ref has no history. */
@@ -313,23 +454,45 @@ export class Registry {
     return log.length > 0 ? log[log.length - 1] : null;
   }
 
-  /** Reports attached in the registry (not those inside the manifest). */
+  /** Reports attached in the registry (not those inside the manifest). Throws E_CORRUPT when the log is cut below its head. */
   async attachedReports(sha256: string): Promise<StoredReport[]> {
-    const file = this.reportsFile(sha256);
-    const lines = await readLines(file);
-    if (lines === null) return [];
-    return lines.map((line, i) => {
-      try {
-        return JSON.parse(line) as StoredReport;
-      } catch {
-        throw new RegistryError(`${file}: line ${i + 1} is not valid JSON (run \`adapter-merge verify\`)`, 1, 'E_CORRUPT');
-      }
-    });
+    return readChainedLog<StoredReport>(this.reportsFile(sha256), this.reportsHeadFile(sha256), `the report log of ${sha256.slice(0, 12)}`);
   }
 
   /** Effective validation history: the manifest's own reports, then those attached later. */
   async validationHistory(bundle: StoredBundle): Promise<StoredReport[]> {
-    return [...bundle.manifest.validation, ...(await this.attachedReports(bundle.sha256))];
+    return (await this.assessedHistory(bundle)).map((a) => a.report);
+  }
+
+  /**
+   * The validation history with each report judged: does it count for this
+   * bundle (bound to its hash and base model, naming its run, and, for
+   * attached reports, unchanged since it was stored)?
+   */
+  async assessedHistory(bundle: StoredBundle): Promise<AssessedReport[]> {
+    const out: AssessedReport[] = [];
+    let raw: Record<string, unknown> = {};
+    try {
+      raw = JSON.parse(await readFile(path.join(bundle.path, MANIFEST_FILE), 'utf8')) as Record<string, unknown>;
+    } catch {
+      /* get() read it a moment ago; an unreadable manifest leaves no shipped reports to count */
+    }
+    const prefix = manifestPrefixHashes(bundle.files, raw);
+    bundle.manifest.validation.forEach((r, i) => {
+      const rep = r as StoredReport;
+      out.push({ report: rep, source: 'bundle', index: i + 1, report_sha256: reportSha256(rep), refused: reportBindingProblem(rep, prefix[i] ?? '', bundle.manifest) });
+    });
+    let prevChain: string | null = null;
+    (await this.attachedReports(bundle.sha256)).forEach((rep, i) => {
+      const sha = reportSha256(rep);
+      let refused: string | null = null;
+      if (rep.report_sha256 !== sha) refused = `it was changed after it was stored (its content hashes to ${sha.slice(0, 12)}, it was stored as ${String(rep.report_sha256 ?? 'unsealed').slice(0, 12)})`;
+      else if (rep.chain !== eventChain(prevChain, rep)) refused = 'the report log was edited here (hash chain broken)';
+      else refused = reportBindingProblem(rep, bundle.sha256, bundle.manifest);
+      prevChain = rep.chain ?? null;
+      out.push({ report: rep, source: 'registry', index: i + 1, report_sha256: sha, refused });
+    });
+    return out;
   }
 
   /**
@@ -341,14 +504,14 @@ export class Registry {
   async resolve(id: string): Promise<string> {
     if (id.length === 0) throw new RegistryError('empty bundle identifier', 2, 'E_USAGE');
     const at = id.lastIndexOf('@');
-    if (REF_NAME.test(id) && (await exists(this.refFile(id)))) {
+    if (REF_NAME.test(id) && ((await exists(this.refFile(id))) || (await exists(this.refHeadFile(id))))) {
       const h = await this.head(id);
       if (h) return h.bundle;
     }
     if (at > 0) {
       const name = id.slice(0, at);
       const n = Number(id.slice(at + 1));
-      if (REF_NAME.test(name) && (await exists(this.refFile(name)))) {
+      if (REF_NAME.test(name) && ((await exists(this.refFile(name))) || (await exists(this.refHeadFile(name))))) {
         const log = await this.log(name);
         if (!Number.isInteger(n) || n < 1 || n > log.length) throw new RegistryError(`${name} has versions 1..${log.length}; no version "${id.slice(at + 1)}"`, 2, 'E_NOT_FOUND');
         return log[n - 1].bundle;
@@ -390,7 +553,8 @@ export class Registry {
       const versions = log.filter((e) => e.bundle === sha).map((e) => e.version);
       if (versions.length > 0) refs.push({ ref: r, versions, current: log[log.length - 1].bundle === sha });
     }
-    return { bundle, record: adapterRecord(bundle.manifest, { path: bundle.path, sha256: sha }), validation: await this.validationHistory(bundle), refs };
+    const assessed = await this.assessedHistory(bundle);
+    return { bundle, record: adapterRecord(bundle.manifest, { path: bundle.path, sha256: sha }), validation: assessed.map((x) => x.report), refused: assessed.map((x) => x.refused), refs };
   }
 
   // ---------------------------------------------------------------- writing
@@ -475,16 +639,30 @@ export class Registry {
     return { bundle: await this.get(expected), added: true, repaired: corrupt };
   }
 
-  /** Why the promotion gate refuses a bundle, or null when its latest report passes. */
+  /** Why the promotion gate refuses a bundle, or null when its latest report that counts passes. */
   async gateRefusal(bundle: StoredBundle): Promise<string | null> {
-    const hist = await this.validationHistory(bundle);
-    if (hist.length === 0) return 'it has no validation report';
-    const last = hist[hist.length - 1];
-    if (last.pass !== true) {
-      const f = Array.isArray(last.failures) && last.failures.length > 0 ? ` (failures: ${last.failures.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join('; ').slice(0, 200)})` : '';
-      return `its latest validation report failed${f}`;
+    return (await this.gate(bundle)).refusal;
+  }
+
+  /**
+   * The promotion gate: the latest report that counts (see reportBindingProblem)
+   * must pass. Returns why it refuses (null: it lets through) and the report it judged by.
+   */
+  async gate(bundle: StoredBundle): Promise<{ refusal: string | null; report: AssessedReport | null }> {
+    const hist = await this.assessedHistory(bundle);
+    if (hist.length === 0) return { refusal: 'it has no validation report', report: null };
+    const counting = hist.filter((h) => h.refused === null);
+    if (counting.length === 0) {
+      const last = hist[hist.length - 1];
+      return { refusal: `it has no validation report that counts (${hist.length} report(s); the latest, ${last.source === 'bundle' ? 'in its manifest' : 'in the registry'} #${last.index}, does not count: ${last.refused})`, report: null };
     }
-    return null;
+    const latest = counting[counting.length - 1];
+    if (latest.report.pass !== true) {
+      const fl = latest.report.failures;
+      const f = Array.isArray(fl) && fl.length > 0 ? ` (failures: ${fl.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join('; ').slice(0, 200)})` : '';
+      return { refusal: `its latest validation report failed${f}`, report: latest };
+    }
+    return { refusal: null, report: latest };
   }
 
   /**
@@ -508,14 +686,14 @@ export class Registry {
       const head = log.length > 0 ? log[log.length - 1] : null;
       if (opts.expectHead !== undefined && (head?.bundle ?? null) !== opts.expectHead) throw new RefMovedError(ref, opts.expectHead, head?.bundle ?? null);
       if (head && head.bundle === sha) return { event: null, bundle };
-      const refusal = await this.gateRefusal(bundle);
+      const { refusal, report } = await this.gate(bundle);
       if (refusal !== null && !opts.force) {
         throw new RegistryError(`refusing to promote ${bundle.manifest.id} v${bundle.manifest.version} (${sha.slice(0, 12)}) to ${ref}: ${refusal}; attach a passing report with \`adapter-merge report\`, or use --force (logged)`, 1, 'E_GATE');
       }
       const ev = await this.appendEvent(ref, log, {
         action: refusal !== null ? 'force' : 'promote',
         bundle,
-        ...(refusal !== null ? { forced_over: refusal } : {}),
+        ...(refusal !== null ? { forced_over: refusal } : { report: report!.report_sha256 }),
         meta: opts,
       });
       return { event: ev, bundle };
@@ -555,7 +733,7 @@ export class Registry {
   private async appendEvent(
     ref: string,
     log: RefEvent[],
-    e: { action: RefAction; bundle: StoredBundle; to_version?: number; forced_over?: string; meta: WriteMeta },
+    e: { action: RefAction; bundle: StoredBundle; to_version?: number; forced_over?: string; report?: string; meta: WriteMeta },
   ): Promise<RefEvent> {
     const prev = log.length > 0 ? log[log.length - 1] : null;
     const base: Omit<RefEvent, 'chain'> = {
@@ -569,6 +747,7 @@ export class Registry {
       previous: prev ? prev.bundle : null,
       ...(e.to_version !== undefined ? { to_version: e.to_version } : {}),
       ...(e.forced_over !== undefined ? { forced_over: e.forced_over } : {}),
+      ...(e.report !== undefined ? { report: e.report } : {}),
       when: this.now().toISOString(),
       why: e.meta.message ?? null,
       who: e.meta.author ?? defaultAuthor(),
@@ -577,22 +756,36 @@ export class Registry {
     // Append-only by construction: the new file is the old bytes plus one line, swapped in atomically.
     const text = log.map((x) => JSON.stringify(x) + '\n').join('') + JSON.stringify(ev) + '\n';
     await atomicWriteFile(this.refFile(ref), text, this.p('tmp'));
+    // the head goes second: a crash between the two leaves the log one event ahead, which readers accept
+    await atomicWriteFile(this.refHeadFile(ref), JSON.stringify({ count: log.length + 1, chain: ev.chain }) + '\n', this.p('tmp'));
     return ev;
   }
 
-  /** Attach a report to a stored bundle's validation history. The report must be about that adapter. */
+  /**
+   * Attach a report to a stored bundle's validation history. Refused (exit 2)
+   * unless it is about that adapter and counts for it: it names the bundle's
+   * content hash, the adapter's base model hash and the run that made it.
+   * Stored sealed: `report_sha256` (its content address) and `chain`.
+   */
   async addReport(id: string, report: Record<string, unknown>, meta: WriteMeta = {}): Promise<{ report: StoredReport; bundle: StoredBundle }> {
     const problems = reportProblems(report);
     if (problems.length > 0) throw new ManifestError('report', problems);
-    const rep = normaliseReport(report);
+    // a report carried over from elsewhere is sealed afresh here
+    const { chain: _c, report_sha256: _r, recorded_at: _a, recorded_by: _b, ...rep } = normaliseReport(report) as StoredReport;
     return this.write(async () => {
       const sha = await this.resolve(id);
       const bundle = await this.get(sha);
       if (rep.adapter_id !== bundle.manifest.id) throw new RegistryError(`report is about adapter "${rep.adapter_id}", but ${id} is adapter "${bundle.manifest.id}" (${sha.slice(0, 12)})`, 2, 'E_USAGE');
-      const stored: StoredReport = { ...rep, recorded_at: this.now().toISOString(), recorded_by: meta.author ?? defaultAuthor() };
-      const existing = (await readLines(this.reportsFile(sha))) ?? [];
-      const text = existing.map((l) => l + '\n').join('') + JSON.stringify(stored) + '\n';
+      const unbound = reportBindingProblem(rep, sha, bundle.manifest);
+      if (unbound !== null) throw new RegistryError(`report not attached to ${bundle.manifest.id} v${bundle.manifest.version} (${sha.slice(0, 12)}): ${unbound}`, 2, 'E_USAGE');
+      const existing = await this.attachedReports(sha); // refuses a log cut below its head
+      const content: StoredReport = { ...rep, recorded_at: this.now().toISOString(), recorded_by: meta.author ?? defaultAuthor() };
+      const sealed: StoredReport = { ...content, report_sha256: reportSha256(content) };
+      const prev = existing.length > 0 ? existing[existing.length - 1].chain ?? null : null;
+      const stored: StoredReport = { ...sealed, chain: eventChain(prev, sealed) };
+      const text = existing.map((l) => JSON.stringify(l) + '\n').join('') + JSON.stringify(stored) + '\n';
       await atomicWriteFile(this.reportsFile(sha), text, this.p('tmp'));
+      await atomicWriteFile(this.reportsHeadFile(sha), JSON.stringify({ count: existing.length + 1, chain: stored.chain }) + '\n', this.p('tmp'));
       return { report: stored, bundle };
     });
   }
@@ -623,8 +816,8 @@ export class Registry {
     }
     const reportLogs = new Map<string, StoredReport[] | Error>();
     for (const f of reportFiles) {
-      const sha = f.replace(/\.ndjson$/, '');
-      if (f.endsWith('.ndjson') && isSha256(sha)) {
+      const sha = f.replace(/\.(ndjson|head)$/, '');
+      if (/\.(ndjson|head)$/.test(f) && isSha256(sha) && !reportLogs.has(sha)) {
         try {
           reportLogs.set(sha, await this.attachedReports(sha));
         } catch (err) {
@@ -634,6 +827,7 @@ export class Registry {
     }
     const intact = new Set<string>();
     const manifests = new Map<string, BundleManifest>();
+    const bundles = new Map<string, StoredBundle>();
     let objectNames: string[] = [];
     try {
       objectNames = await readdir(this.p('objects'));
@@ -650,17 +844,21 @@ export class Registry {
         await readBundle(b.path); // full bundle checks (config, weights framing)
         intact.add(name);
         manifests.set(name, b.manifest);
+        bundles.set(name, b);
       } catch (err) {
         const msg = err instanceof CorruptObjectError ? err.message.replace(/; it will not be used.*$/, '') : `object ${name}: ${(err as Error).message}`;
         problems.push({ area: 'object', target: name, problem: msg });
       }
     }
+    const promotedOn: { where: string; bundle: string; report: string }[] = [];
     for (const r of refNames) {
       const log = logs.get(r) as RefEvent[] | Error;
       if (log instanceof Error) {
         problems.push({ area: 'ref', target: r, problem: log.message });
         continue;
       }
+      const head = await readHead(this.refHeadFile(r)).catch(() => null);
+      if (head !== null && !(head instanceof Error) && head.count < log.length) notes.push(`ref ${r}: its head record lags the history by ${log.length - head.count} event(s) (an interrupted write; the next write catches up)`);
       let prevChain: string | null = null;
       let prevBundle: string | null = null;
       log.forEach((ev, i) => {
@@ -670,17 +868,32 @@ export class Registry {
         if (ev.chain !== eventChain(prevChain, ev)) problems.push({ area: 'ref', target: where, problem: 'hash chain broken (the history was edited)' });
         if (!isSha256(ev.bundle)) problems.push({ area: 'ref', target: where, problem: `bundle "${ev.bundle}" is not a hash` });
         else if (!intact.has(ev.bundle)) problems.push({ area: 'ref', target: where, problem: objectNames.includes(ev.bundle) ? `points to corrupted object ${ev.bundle}` : `points to missing object ${ev.bundle}` });
+        else if (ev.report !== undefined) promotedOn.push({ where, bundle: ev.bundle, report: ev.report });
         prevChain = ev.chain;
         prevBundle = ev.bundle;
       });
     }
+    // a promotion names the report it was let through on: that report must still be there, unchanged
+    const assessed = new Map<string, AssessedReport[] | Error>();
+    const assess = async (sha: string) => {
+      if (!assessed.has(sha)) assessed.set(sha, await this.assessedHistory(bundles.get(sha)!).catch((e: Error) => e));
+      return assessed.get(sha)!;
+    };
+    for (const p of promotedOn) {
+      const hist = await assess(p.bundle);
+      if (hist instanceof Error) continue; // the report log's own damage is reported below
+      const hit = hist.find((h) => h.report_sha256 === p.report);
+      if (!hit) problems.push({ area: 'ref', target: p.where, problem: `was promoted on report ${p.report.slice(0, 12)} of ${p.bundle.slice(0, 12)}, which is no longer in its validation history (edited or removed)` });
+      else if (hit.refused !== null) problems.push({ area: 'ref', target: p.where, problem: `was promoted on report ${p.report.slice(0, 12)}, which no longer counts: ${hit.refused}` });
+    }
     for (const f of reportFiles) {
-      const sha = f.replace(/\.ndjson$/, '');
+      const sha = f.replace(/\.(ndjson|head)$/, '');
       const reps = reportLogs.get(sha);
       if (reps === undefined) {
         problems.push({ area: 'reports', target: `reports/${f}`, problem: 'unexpected file' });
         continue;
       }
+      if (f.endsWith('.head')) continue; // judged with its log
       if (!objectNames.includes(sha)) problems.push({ area: 'reports', target: sha, problem: 'reports for an object that is not stored' });
       if (reps instanceof Error) {
         problems.push({ area: 'reports', target: sha, problem: reps.message });
@@ -691,6 +904,14 @@ export class Registry {
         const m = manifests.get(sha);
         if (m && rep.adapter_id !== m.id) problems.push({ area: 'reports', target: `${sha}#${i + 1}`, problem: `report is about "${rep.adapter_id}", object is "${m.id}"` });
       });
+      if (!intact.has(sha)) continue;
+      // every attached report was bound and sealed when it was stored: one that no longer is was edited
+      const hist = await assess(sha);
+      if (hist instanceof Error) problems.push({ area: 'reports', target: sha, problem: hist.message });
+      else for (const h of hist) if (h.source === 'registry' && h.refused !== null) problems.push({ area: 'reports', target: `${sha}#${h.index}`, problem: `report does not count: ${h.refused}` });
+    }
+    for (const sha of reportLogs.keys()) {
+      if (!reportFiles.includes(`${sha}.ndjson`) && reportLogs.get(sha) instanceof Error) problems.push({ area: 'reports', target: sha, problem: (reportLogs.get(sha) as Error).message });
     }
     try {
       const leftovers = await readdir(this.p('tmp'));
@@ -699,7 +920,7 @@ export class Registry {
       /* no tmp */
     }
     if (await exists(this.p('lock'))) notes.push('the writer lock is present (a write is running, or a killed writer left it; the next writer breaks a stale lock)');
-    return { kind: 'registry_verify', registry: this.root, ok: problems.length === 0, objects: objectNames.filter(isSha256).length, refs: refNames.length, reports: reportFiles.length, problems, notes };
+    return { kind: 'registry_verify', registry: this.root, ok: problems.length === 0, objects: objectNames.filter(isSha256).length, refs: refNames.length, reports: reportLogs.size, problems, notes };
   }
 }
 

@@ -1,0 +1,245 @@
+/**
+ * `adapter-merge consolidate INBOX --into REF`: the nightly job, so that one
+ * bad adapter never blocks every later one.
+ *
+ * 1. Takes the inbox's lock (`INBOX.lock`; a second run at the same time
+ *    exits 1 saying another run holds the inbox), renames INBOX to
+ *    `INBOX.pending-<time>` (records appended during the run wait for the
+ *    next night) and reads every pending file's `adapter` records.
+ * 2. Merges them all with what REF holds and validates the candidate. If it
+ *    passes, that is the result. If not, bisects: the pending adapters are
+ *    split in halves, each half is tried on top of REF plus what was
+ *    accepted so far; a half that passes is accepted whole, one that fails
+ *    is split again, and a single adapter that fails is quarantined. With one
+ *    bad adapter among n this costs about 2·log2(n) validations; adapters
+ *    that are fine alone but break together are resolved in inbox order (the
+ *    later one is quarantined).
+ * 3. Promotes the last passing candidate (REF + every accepted adapter) with
+ *    compare-and-swap on the head it merged with; if another writer moved REF
+ *    meanwhile, starts again (up to --attempts times).
+ * 4. Appends each quarantined adapter's record (with a `quarantine` field:
+ *    why, when, which candidate) and the failing report(s) to the quarantine
+ *    file (default `INBOX.quarantine.ndjson`), and renames the pending files
+ *    to `.done-<time>`. When the validator itself fails (non-zero exit,
+ *    --validator-timeout) nothing is quarantined or promoted and the pending
+ *    files stay for the next run.
+ */
+import { appendFile, open, readdir, readFile, rename, stat } from 'node:fs/promises';
+import * as path from 'node:path';
+import { InputError, UsageError } from '@catechism/core/cli';
+import { readRecords } from '@catechism/core/records';
+import type { AnyRecord } from '@catechism/core/records';
+import { FileLock, LockTimeoutError, Registry, RegistryError, defaultRegistryDir } from './core.js';
+import type { ParentBundle } from './merge-lib.js';
+import { buildCandidate, checkMethod, checkRankOptions, findValidator, libError, parentOf, promoteCas, readInto, validateCandidate, validatorTimeout, type Candidate } from './merge.js';
+import type { Ctx } from './commands.js';
+
+const text = (s: string) => new Promise<void>((resolve, reject) => process.stdout.write(s, (err) => (err ? reject(err) : resolve())));
+
+interface Item {
+  parent: ParentBundle;
+  record: AnyRecord;
+  where: string;
+}
+
+interface Quarantined {
+  item: Item;
+  reason: string;
+  candidate: string;
+  reports: AnyRecord[];
+}
+
+export interface ConsolidateArgs {
+  quarantine?: string;
+  attempts?: number;
+}
+
+const stampOf = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+
+/** Take INBOX's lock without waiting: a second nightly run must say plainly that another one holds the inbox. */
+async function lockInbox(inbox: string): Promise<FileLock> {
+  const file = `${inbox}.lock`;
+  try {
+    return await FileLock.acquire(file, { timeoutMs: 0 });
+  } catch (e) {
+    if (!(e instanceof LockTimeoutError)) throw e;
+    let who = 'another process';
+    try {
+      const o = JSON.parse(await readFile(file, 'utf8')) as { pid?: number; host?: string; acquired_at?: string };
+      who = `pid ${o.pid} on ${o.host} since ${o.acquired_at}`;
+    } catch {
+      /* the owner had not written its name yet */
+    }
+    throw new RegistryError(`another consolidation run holds the inbox ${inbox} (${who}; lock file ${file}); this run does nothing — try again when it has finished`, 1, 'E_BUSY');
+  }
+}
+
+async function pendingFiles(inbox: string): Promise<string[]> {
+  const dir = path.dirname(inbox);
+  const base = `${path.basename(inbox)}.pending-`;
+  return (await readdir(dir)).filter((n) => n.startsWith(base)).sort().map((n) => path.join(dir, n));
+}
+
+export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
+  const a = ctx.args;
+  if (rest.length !== 1) throw new UsageError(`consolidate: expected \`adapter-merge consolidate INBOX [--into REF]\`, got ${rest.length === 0 ? 'no inbox' : rest.map((r) => JSON.stringify(r)).join(' ')} (see adapter-merge consolidate --help)`);
+  const inbox = path.resolve(rest[0]);
+  const ref = a.into ?? 'live';
+  const method = checkMethod(a.method);
+  checkRankOptions(ctx, method);
+  validatorTimeout(ctx);
+  const attempts = a.attempts ?? 3;
+  if (!Number.isInteger(attempts) || attempts < 1) throw new UsageError(`--attempts: expected a whole number ≥ 1, got ${String(attempts)}`);
+  const quarantineFile = path.resolve(a.quarantine ?? `${inbox}.quarantine.ndjson`);
+  const validator = findValidator(a.validator);
+  if (validator === null) throw new UsageError('consolidate: no validator (no --validator CMD and no `validate` on PATH); consolidation never promotes unvalidated');
+  try {
+    if (!(await stat(path.dirname(inbox))).isDirectory()) throw new Error('not a directory');
+  } catch {
+    throw new UsageError(`consolidate: ${path.dirname(inbox)}: no such directory for the inbox`);
+  }
+
+  const lock = await lockInbox(inbox);
+  try {
+    const now = new Date();
+    const stamp = stampOf(now);
+    try {
+      if ((await stat(inbox)).size > 0) await rename(inbox, `${inbox}.pending-${stamp}`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    const pending = await pendingFiles(inbox);
+    if (pending.length === 0) {
+      ctx.log(`${inbox} is empty; nothing to consolidate`);
+      return;
+    }
+    const reg = new Registry(a.registry ?? defaultRegistryDir(), { timeoutMs: a['lock-timeout'] * 1000 });
+    ctx.log(`consolidating ${pending.length} pending file(s) into ${ref}: ${pending.map((f) => path.basename(f)).join(', ')}`);
+    const result = await consolidatePending(ctx, reg, ref, pending, validator, method, attempts, stamp);
+    if (result.quarantined.length > 0) await writeQuarantine(quarantineFile, ref, now, result.quarantined);
+    for (const f of pending) await rename(f, f.replace('.pending-', '.done-'));
+    const summary = {
+      kind: 'consolidation',
+      ref,
+      inbox,
+      pending_files: pending.map((f) => path.basename(f)),
+      promoted: result.promoted,
+      accepted: result.accepted.map((i) => ({ id: i.parent.manifest.id, version: i.parent.manifest.version, sha256: i.parent.sha256 })),
+      quarantined: result.quarantined.map((q) => ({ id: q.item.parent.manifest.id, version: q.item.parent.manifest.version, sha256: q.item.parent.sha256, reason: q.reason })),
+      quarantine_file: result.quarantined.length > 0 ? quarantineFile : null,
+      validations: result.validations,
+    };
+    for (const q of result.quarantined) ctx.log(`quarantined ${q.item.parent.manifest.id} (${q.item.parent.sha256.slice(0, 12)}): ${q.reason} → ${quarantineFile}`);
+    ctx.log(`${ref}: ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined, ${result.validations} validation(s)`);
+    if (a.text) {
+      await text(`${ref}: ${result.promoted ? `promoted ${result.promoted.bundle.slice(0, 12)} (v${result.promoted.version})` : 'nothing promoted'}; ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined${result.quarantined.length > 0 ? ` (${quarantineFile})` : ''}; ${result.validations} validation(s)\n`);
+    } else await ctx.out.write(summary as unknown as AnyRecord);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function readItems(ctx: Ctx, reg: Registry, files: string[]): Promise<Item[]> {
+  const items: Item[] = [];
+  const seen = new Set<string>();
+  for await (const { record, source, index } of readRecords(files)) {
+    if (record.kind !== 'adapter') continue;
+    const where = `${source}: record ${index}`;
+    const parent = await parentOf(record, where, reg);
+    if (seen.has(parent.sha256)) {
+      ctx.log(`${where}: ${parent.manifest.id} (${parent.sha256.slice(0, 12)}) is already in the inbox; skipped`);
+      continue;
+    }
+    seen.add(parent.sha256);
+    items.push({ parent, record, where });
+  }
+  if (items.length === 0) throw new InputError(`no adapter records in ${files.join(', ')}: nothing to consolidate`);
+  return items;
+}
+
+interface Outcome {
+  accepted: Item[];
+  quarantined: Quarantined[];
+  promoted: { bundle: string; version: number; id: string } | null;
+  validations: number;
+}
+
+async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending: string[], validator: string, method: ReturnType<typeof checkMethod>, attempts: number, stamp: string): Promise<Outcome> {
+  const a = ctx.args;
+  const all = await readItems(ctx, reg, pending);
+  const meta = { message: a.message ?? `nightly consolidation ${stamp}`, author: a.author ?? null };
+  let validations = 0;
+  for (let attempt = 1; ; attempt++) {
+    const { current, held } = await readInto(ctx, reg, ref);
+    const items = all.filter((i) => {
+      if (!held.has(i.parent.sha256)) return true;
+      ctx.log(`${i.where}: ${i.parent.manifest.id} (${i.parent.sha256.slice(0, 12)}) is already in ${ref}; skipped`);
+      return false;
+    });
+    if (items.length === 0) {
+      ctx.log(`no new adapters for ${ref}; nothing to do`);
+      return { accepted: [], quarantined: [], promoted: null, validations };
+    }
+    const accepted: Item[] = [];
+    const quarantined: Quarantined[] = [];
+    let lastPass: Candidate | null = null;
+    let trial = 0;
+    const tryOn = async (set: Item[]): Promise<{ pass: boolean; cand: Candidate; reason: string | null; reports: AnyRecord[] }> => {
+      trial++;
+      validations++;
+      const parents = [...(current ? [current] : []), ...accepted.map((i) => i.parent), ...set.map((i) => i.parent)];
+      const cand = await buildCandidate(ctx, reg, parents, { method, into: ref, current, store: true, quiet: true });
+      const v = await validateCandidate(ctx, reg, validator, cand.rec, cand.sha, meta);
+      const names = set.map((i) => i.parent.manifest.id).join(', ');
+      ctx.log(`trial ${trial}: ${ref}${accepted.length > 0 ? ` + ${accepted.length} accepted` : ''} + [${names}] → ${cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
+      return { pass: v.refusal === null, cand, reason: v.refusal, reports: v.reports };
+    };
+    // Adaptive group testing: accept a set that passes whole, split one that fails, quarantine a single failure.
+    const solve = async (set: Item[]): Promise<void> => {
+      if (set.length === 0) return;
+      const r = await tryOn(set);
+      if (r.pass) {
+        accepted.push(...set);
+        lastPass = r.cand;
+        return;
+      }
+      if (set.length === 1) {
+        quarantined.push({ item: set[0], reason: r.reason ?? 'failed validation', candidate: r.cand.sha, reports: r.reports });
+        return;
+      }
+      const mid = Math.ceil(set.length / 2);
+      await solve(set.slice(0, mid));
+      await solve(set.slice(mid));
+    };
+    await solve(items);
+    const passing = lastPass as Candidate | null;
+    if (passing === null) return { accepted, quarantined, promoted: null, validations };
+    try {
+      await promoteCas(ctx, reg, ref, passing.rec, passing.sha, current?.sha256 ?? null, meta);
+    } catch (e) {
+      if (e instanceof RegistryError && e.code === 'E_MOVED' && attempt < attempts) {
+        ctx.log(`${ref} moved during attempt ${attempt} (another writer); consolidating again`);
+        continue;
+      }
+      throw libError(e);
+    }
+    return { accepted, quarantined, promoted: { bundle: passing.sha, version: Number(passing.rec.version), id: String(passing.rec.id) }, validations };
+  }
+}
+
+/** Append the quarantined adapters' records and their failing reports, durably, to the quarantine file. */
+async function writeQuarantine(file: string, ref: string, when: Date, qs: Quarantined[]): Promise<void> {
+  let out = '';
+  for (const q of qs) {
+    const rec = { ...q.item.record, quarantine: { ref, when: when.toISOString(), reason: q.reason, candidate: q.candidate, from: q.item.where } };
+    out += JSON.stringify(rec) + '\n';
+    for (const r of q.reports) out += JSON.stringify(r) + '\n';
+  }
+  await appendFile(file, out);
+  const fh = await open(file, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

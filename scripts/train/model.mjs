@@ -2,7 +2,7 @@
 // saving as a model directory.
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CausalLM, parseConfig, expectedWeights, fromData, writeSafetensors, writeFileAtomic } from '@catechism/core';
+import { CausalLM, archOf, parseConfig, expectedWeights, fromData, weightRoles, writeSafetensors, writeFileAtomic } from '@catechism/core';
 
 /** config.json for an architecture; ids from the world tokenizer (eos 0, pad 1). */
 export function hfConfig(arch, o) {
@@ -36,13 +36,14 @@ export function hfConfig(arch, o) {
 export function initModel(cfgJson, rng) {
   const config = parseConfig(cfgJson);
   const weights = new Map();
-  const resid = /(attn\.c_proj|mlp\.c_proj|o_proj|\.w2)\.weight$/;
+  const roles = weightRoles(archOf(config), config);
   for (const [name, shape] of expectedWeights(config)) {
     const n = shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
-    if (/(norm|ln_\d|ln_f)\.weight$/.test(name)) data.fill(1);
-    else if (!name.endsWith('.bias')) {
-      const std = resid.test(name) ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
+    const role = roles.get(name);
+    if (role === 'norm') data.fill(1);
+    else if (role !== 'bias') {
+      const std = role === 'residual-out' ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
       for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
     }
     weights.set(name, fromData(data, shape, { requiresGrad: true }));
@@ -50,9 +51,10 @@ export function initModel(cfgJson, rng) {
   return new CausalLM(config, weights);
 }
 
-/** Weight decay applies to matrices (not embeddings, norms, biases). */
-export function decays(name, t) {
-  return t.shape.length === 2 && !/(wte|wpe|embed_tokens)\.weight$/.test(name);
+/** Weight decay applies to matrices (not embeddings, norms, biases) of `model`. */
+export function decays(model, name, t) {
+  const arch = model.arch;
+  return t.shape.length === 2 && name !== `${arch.tokenEmbedding}.weight` && name !== `${arch.positionEmbedding}.weight`;
 }
 
 export function saveModelDir(out, model, cfgJson, worldDir, training) {

@@ -2,7 +2,7 @@
 // saving as a model directory.
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CausalLM, archOf, parseConfig, expectedWeights, fromData, weightRoles, writeSafetensors, writeFileAtomic } from '@catechism/core';
+import { CausalLM, initWeights, parseConfig, writeSafetensors, writeFileAtomic } from '@catechism/core';
 
 /** config.json for an architecture; ids from the world tokenizer (eos 0, pad 1). */
 export function hfConfig(arch, o) {
@@ -35,20 +35,12 @@ export function hfConfig(arch, o) {
  */
 export function initModel(cfgJson, rng) {
   const config = parseConfig(cfgJson);
-  const weights = new Map();
-  const roles = weightRoles(archOf(config), config);
-  for (const [name, shape] of expectedWeights(config)) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    const role = roles.get(name);
-    if (role === 'norm') data.fill(1);
-    else if (role !== 'bias') {
-      const std = role === 'residual-out' ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
-      for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
-    }
-    weights.set(name, fromData(data, shape, { requiresGrad: true }));
-  }
-  return new CausalLM(config, weights);
+  const residStd = 0.02 / Math.sqrt(2 * config.layers);
+  const fill = (data, role) => {
+    const std = role === 'residual-out' ? residStd : 0.02;
+    for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+  };
+  return new CausalLM(config, initWeights(config, fill, { requiresGrad: true }));
 }
 
 /** Weight decay applies to matrices (not embeddings, norms, biases) of `model`. */

@@ -17,7 +17,7 @@ import type { ModelConfig } from './config.js';
 import { ModelLoadError, expectedWeights, ropeInvFreq } from './config.js';
 import { applyHook, type Hooks } from './hooks.js';
 import { createLora, type LoraAdapter } from './lora.js';
-import { archOf, weightRoles, type ArchDescription, type ArchOps, type LayerModules } from './arch/index.js';
+import { archOf, initWeights, type ArchDescription, type ArchOps, type LayerModules } from './arch/index.js';
 
 /** Keys and values of every layer for the tokens seen so far. */
 export class KVCache {
@@ -119,29 +119,20 @@ export class CausalLM {
   /** Random weights for a config (benchmarks, tests): norms 1, biases 0, the rest uniform with standard deviation `std`. */
   static random(config: ModelConfig, seed = 0, std = 0.02): CausalLM {
     const rng = new Rng(seed);
-    const w = new Map<string, Tensor>();
-    const roles = weightRoles(archOf(config), config);
-    for (const [name, shape] of expectedWeights(config)) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const data = new Float32Array(n);
-      const role = roles.get(name);
-      if (role === 'norm') data.fill(1);
-      else if (role !== 'bias') {
-        // uniform with the given std (±std·√3) from an inline xorshift32 seeded by
-        // the Rng: deterministic and fast enough for 100M+ weights
-        const a = (2 * std * Math.sqrt(3)) / 4294967296;
-        const off = std * Math.sqrt(3);
-        let x = rng.nextUint32() | 1;
-        for (let i = 0; i < n; i++) {
-          x ^= x << 13;
-          x ^= x >>> 17;
-          x ^= x << 5;
-          data[i] = (x >>> 0) * a - off;
-        }
+    // uniform with the given std (±std·√3) from an inline xorshift32 seeded by
+    // the Rng: deterministic and fast enough for 100M+ weights
+    const a = (2 * std * Math.sqrt(3)) / 4294967296;
+    const off = std * Math.sqrt(3);
+    const fill = (data: Float32Array) => {
+      let x = rng.nextUint32() | 1;
+      for (let i = 0; i < data.length; i++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        data[i] = (x >>> 0) * a - off;
       }
-      w.set(name, fromData(data, shape));
-    }
-    return new CausalLM(config, w);
+    };
+    return new CausalLM(config, initWeights(config, fill));
   }
 
   weight(name: string): Tensor {

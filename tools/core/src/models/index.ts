@@ -20,6 +20,6 @@ export * from './lora.js';
 export * from './causal-lm.js';
 export * from './loader.js';
 export {
-  ARCHS, archOf, archForModelType, attentionModules, baseOps, mlpModules, mlpOutput, supportedModelTypes, weightRoles, defineArch, swiGluKeys,
+  ARCHS, archOf, archForModelType, attentionModules, baseOps, initWeights, mlpModules, mlpOutput, supportedModelTypes, weightRoles, defineArch, swiGluKeys,
   type ArchDescription, type ArchOps, type ArchSpec, type CommonConfig, type DenseMlp, type LayerModules, type WeightRole,
 } from './arch/index.js';

@@ -21,7 +21,7 @@
  * (scripts/golden/make_golden.py → fixtures/golden/<family>, checked by
  * test/models-golden.test.ts). Nothing else changes.
  */
-import { gelu, linear, type Tensor } from '../../tensor/index.js';
+import { fromData, gelu, linear, type Tensor } from '../../tensor/index.js';
 import type { ModelConfig } from '../config.js';
 import type { ArchDescription, ArchOps, DenseMlp, LayerModules } from './common.js';
 import { gpt2 } from './gpt2.js';
@@ -96,6 +96,26 @@ export function weightRoles(arch: ArchDescription, c: ModelConfig): Map<string, 
   const out = new Map<string, WeightRole>();
   for (const name of arch.expectedWeights(c).keys()) out.set(name, name.endsWith('.bias') ? 'bias' : (role.get(name) ?? 'matrix'));
   return out;
+}
+
+/**
+ * Fresh weights for every expected name, in checkpoint order: norm gains 1,
+ * biases 0, every other tensor filled by `fill` (which knows its role).
+ */
+export function initWeights(
+  c: ModelConfig, fill: (data: Float32Array, role: WeightRole) => void, opts: { requiresGrad?: boolean } = {},
+): Map<string, Tensor> {
+  const arch = archOf(c);
+  const roles = weightRoles(arch, c);
+  const w = new Map<string, Tensor>();
+  for (const [name, shape] of arch.expectedWeights(c)) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    const role = roles.get(name)!;
+    if (role === 'norm') data.fill(1);
+    else if (role !== 'bias') fill(data, role);
+    w.set(name, fromData(data, shape, opts.requiresGrad ? { requiresGrad: true } : {}));
+  }
+  return w;
 }
 
 /**

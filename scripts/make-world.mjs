@@ -2,7 +2,8 @@
 // Generates a synthetic world (facts, edits, corpus, eval sets, templates,
 // tokenizer) from a world description file. Deterministic under --seed.
 //   node scripts/make-world.mjs --world fixtures/world/world.json --seed 1 --out fixtures/world
-// Needs the built core library: npx tsc -p tools/core/tsconfig.json
+// Needs the built generator (fixtures/world-gen, package @catechism/world):
+//   npm run build   (or: npx tsc -p tools/core/tsconfig.json && npx tsc -p fixtures/world-gen/tsconfig.json)
 import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,9 +33,9 @@ if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) usage(`--seed must
 
 let world;
 try {
-  ({ makeWorld: world } = await import(join(root, 'tools/core/dist/world/index.js')));
+  ({ makeWorld: world } = await import(join(root, 'fixtures/world-gen/dist/index.js')));
 } catch (e) {
-  process.stderr.write(`make-world: cannot load tools/core/dist/world (build it: npx tsc -p tools/core/tsconfig.json): ${e.message}\n`);
+  process.stderr.write(`make-world: cannot load fixtures/world-gen/dist (build it: npm run build): ${e.message}\n`);
   process.exit(1);
 }
 

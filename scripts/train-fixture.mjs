@@ -155,8 +155,8 @@ if (parsed['init-from']) {
 const dataRng = rng.fork();
 const named = [...model.weights.entries()];
 const nParams = named.reduce((a, [, t]) => a + t.size, 0);
-const decayed = named.filter(([n, t]) => decays(n, t)).map(([, t]) => t);
-const plain = named.filter(([n, t]) => !decays(n, t)).map(([, t]) => t);
+const decayed = named.filter(([n, t]) => decays(model, n, t)).map(([, t]) => t);
+const plain = named.filter(([n, t]) => !decays(model, n, t)).map(([, t]) => t);
 const params = named.map(([, t]) => t);
 const opts = { lr: hp.lr, beta1: 0.9, beta2: 0.98, eps: 1e-8 };
 const optim = [new AdamW(decayed, { ...opts, weightDecay: hp.weightDecay }), new AdamW(plain, { ...opts, weightDecay: 0 })];

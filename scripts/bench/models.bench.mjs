@@ -40,9 +40,10 @@ async function child(shape, threads, iters) {
   const H = cfg.hidden;
   const targets = [];
   for (let i = 0; i < cfg.layers; i++) {
-    targets.push([`transformer.h.${i}.attn.c_attn`, H, 3 * H], [`transformer.h.${i}.mlp.c_proj`, 4 * H, H]);
+    const L = model.arch.layer(i); // GPT-2: attn.c_attn and mlp.c_proj
+    targets.push([L.qkv.fused, H, 3 * H], [L.mlp.out, 4 * H, H]);
   }
-  const lora = createLora('bench', targets, { r: R, alpha: ALPHA, seed: 1, fanInFanOut: true });
+  const lora = createLora('bench', targets, { r: R, alpha: ALPHA, seed: 1, fanInFanOut: model.arch.fanInFanOut });
   model.setAdapters([{ adapter: lora }]);
   const opt = new AdamW(lora.parameters(), { lr: 1e-3, weightDecay: 0 });
   const rng = new Rng(0);

@@ -27,6 +27,7 @@ const coreDist = join(here, '..', '..', 'tools', 'core', 'dist');
 // Until @catechism/core exports ./registry and ./adapters, import the built files by path.
 const { Registry } = await import(pathToFileURL(join(coreDist, 'registry', 'index.js')).href);
 const { writeSyntheticBundle } = await import(pathToFileURL(join(coreDist, 'adapters', 'index.js')).href);
+const { archOf } = await import(pathToFileURL(join(coreDist, 'models', 'index.js')).href);
 
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const PROMOTES = Number(process.env.BENCH_PROMOTES ?? 40);
@@ -36,8 +37,9 @@ const log = (m) => process.stderr.write(`registry.bench: ${m}\n`);
 function gpt2Targets() {
   const t = {};
   for (let i = 0; i < 12; i++) {
-    t[`transformer.h.${i}.attn.c_attn`] = [2304, 768];
-    t[`transformer.h.${i}.mlp.c_proj`] = [768, 3072];
+    const L = archOf('gpt2').layer(i);
+    t[L.qkv.fused] = [2304, 768];
+    t[L.mlp.out] = [768, 3072];
   }
   return t;
 }

@@ -1,4 +1,5 @@
-// GPT-2 forward pass for training, on the same weights and ops as
+// GPT-2 forward pass for training (module names from the model's arch
+// description), on the same weights and ops as
 // CausalLM.forward, except that gelu_new is composed from tanh: the kernel's
 // fused gelu backward returns NaN for pre-activations ≤ −12 (seen at
 // 2026-11-23 23:55 UTC; silu/sigmoid near −100 too), which silently skipped most optimiser steps once
@@ -17,7 +18,10 @@ function geluNew(x) {
 /** Logits [rows.length, V] at flat rows of a right-padded batch. */
 export function gpt2Forward(model, ids, dims, mask, rows) {
   const c = model.config;
+  const arch = model.arch;
   const w = (n) => model.weights.get(n);
+  const lin = (x, m) => linear(x, w(`${m}.weight`), w(`${m}.bias`), arch.layout(m));
+  const ln = (x, m) => layerNorm(x, w(`${m}.weight`), w(`${m}.bias`), c.normEps);
   const [B, T] = dims;
   const H = c.hidden;
   const hd = c.headDim;
@@ -26,23 +30,24 @@ export function gpt2Forward(model, ids, dims, mask, rows) {
     let n = 0;
     for (let t = 0; t < T; t++) pos[b * T + t] = mask[b * T + t] ? n++ : 0;
   }
-  let h = reshape(add(indexSelect(w('transformer.wte.weight'), 0, ids), indexSelect(w('transformer.wpe.weight'), 0, pos)), [B, T, H]);
+  const wte = w(`${arch.tokenEmbedding}.weight`);
+  let h = reshape(add(indexSelect(wte, 0, ids), indexSelect(w(`${arch.positionEmbedding}.weight`), 0, pos)), [B, T, H]);
   for (let i = 0; i < c.layers; i++) {
-    const p = `transformer.h.${i}`;
-    const x = layerNorm(h, w(`${p}.ln_1.weight`), w(`${p}.ln_1.bias`), c.normEps);
-    const qkv = linear(x, w(`${p}.attn.c_attn.weight`), w(`${p}.attn.c_attn.bias`), 'in_out');
+    const L = arch.layer(i);
+    const x = ln(h, L.attnNorm);
+    const qkv = lin(x, L.qkv.fused);
     const qkvh = permute(reshape(qkv, [B, T, 3, c.heads, hd]), [2, 0, 3, 1, 4]);
     const part = (j) => reshape(slice(qkvh, 0, j, j + 1), [B, c.heads, T, hd]);
     const o = attention(part(0), part(1), part(2), { causal: true, scale: 1 / Math.sqrt(hd), keyPad: mask });
-    const a = linear(reshape(permute(o, [0, 2, 1, 3]), [B, T, H]), w(`${p}.attn.c_proj.weight`), w(`${p}.attn.c_proj.bias`), 'in_out');
+    const a = lin(reshape(permute(o, [0, 2, 1, 3]), [B, T, H]), L.attnOut);
     h = add(h, a);
-    const x2 = layerNorm(h, w(`${p}.ln_2.weight`), w(`${p}.ln_2.bias`), c.normEps);
-    const f = geluNew(linear(x2, w(`${p}.mlp.c_fc.weight`), w(`${p}.mlp.c_fc.bias`), 'in_out'));
-    h = add(h, linear(f, w(`${p}.mlp.c_proj.weight`), w(`${p}.mlp.c_proj.bias`), 'in_out'));
+    const x2 = ln(h, L.mlpNorm);
+    const f = geluNew(lin(x2, L.mlp.in[0]));
+    h = add(h, lin(f, L.mlp.out));
   }
   const sel = indexSelect(reshape(h, [B * T, H]), 0, rows);
-  const xf = layerNorm(sel, w('transformer.ln_f.weight'), w('transformer.ln_f.bias'), c.normEps);
-  return linear(xf, w('transformer.wte.weight'));
+  const xf = ln(sel, arch.finalNorm);
+  return linear(xf, wte); // tied head
 }
 
 /** Largest |difference| between this forward's logits and CausalLM.forward's on a batch. */

@@ -2,7 +2,7 @@
 // saving as a model directory.
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CausalLM, parseConfig, expectedWeights, fromData, writeSafetensors, writeFileAtomic } from '@catechism/core';
+import { CausalLM, initWeights, parseConfig, writeSafetensors, writeFileAtomic } from '@catechism/core';
 
 /** config.json for an architecture; ids from the world tokenizer (eos 0, pad 1). */
 export function hfConfig(arch, o) {
@@ -35,24 +35,18 @@ export function hfConfig(arch, o) {
  */
 export function initModel(cfgJson, rng) {
   const config = parseConfig(cfgJson);
-  const weights = new Map();
-  const resid = /(attn\.c_proj|mlp\.c_proj|o_proj|\.w2)\.weight$/;
-  for (const [name, shape] of expectedWeights(config)) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    if (/(norm|ln_\d|ln_f)\.weight$/.test(name)) data.fill(1);
-    else if (!name.endsWith('.bias')) {
-      const std = resid.test(name) ? 0.02 / Math.sqrt(2 * config.layers) : 0.02;
-      for (let i = 0; i < n; i++) data[i] = rng.normal() * std;
-    }
-    weights.set(name, fromData(data, shape, { requiresGrad: true }));
-  }
-  return new CausalLM(config, weights);
+  const residStd = 0.02 / Math.sqrt(2 * config.layers);
+  const fill = (data, role) => {
+    const std = role === 'residual-out' ? residStd : 0.02;
+    for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+  };
+  return new CausalLM(config, initWeights(config, fill, { requiresGrad: true }));
 }
 
-/** Weight decay applies to matrices (not embeddings, norms, biases). */
-export function decays(name, t) {
-  return t.shape.length === 2 && !/(wte|wpe|embed_tokens)\.weight$/.test(name);
+/** Weight decay applies to matrices (not embeddings, norms, biases) of `model`. */
+export function decays(model, name, t) {
+  const arch = model.arch;
+  return t.shape.length === 2 && name !== `${arch.tokenEmbedding}.weight` && name !== `${arch.positionEmbedding}.weight`;
 }
 
 export function saveModelDir(out, model, cfgJson, worldDir, training) {

@@ -5,7 +5,6 @@ export * from './models/index.js';
 export * from './util/random.js';
 export * from './adapters/index.js';
 export * from './registry/index.js';
-export * from './world/index.js';
 export * from './merge/index.js';
 export * from './metrics/index.js';
 export * from './fixtures/index.js';

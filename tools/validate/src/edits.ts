@@ -14,8 +14,9 @@
 import * as path from 'node:path';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createManifest, sha256Hex, type ManifestInput } from '@catechism/core/adapters';
-import { LoraAdapter, saveLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
-import { AdamW, fromData, gelu, layerNorm, linear, matmul, neg, noGrad, reshape, sum, transpose, zeros, type Tensor } from '@catechism/core/tensor';
+import { LoraAdapter, mlpModules, saveLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { AdamW, fromData, matmul, neg, noGrad, sum, transpose, zeros, type Tensor } from '@catechism/core/tensor';
+import { mlpInputFrom, mlpInputHooks } from '@catechism/core/edit';
 import { encodePair, fillSubject, type FactLike, type ProbeLike } from '@catechism/core/metrics';
 
 /** Final normalised hidden states (the LM head's input) at every real token of each text. */
@@ -32,13 +33,14 @@ export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {
       }),
     );
     const r = resid as unknown as Float32Array;
-    const gpt2 = c.family === 'gpt2';
-    const g = model.weight(gpt2 ? 'transformer.ln_f.weight' : 'model.norm.weight').data;
-    const b = gpt2 ? model.weight('transformer.ln_f.bias').data : null;
+    // the final norm in float64: LayerNorm (centred, with bias) or RMSNorm
+    const centred = model.arch.normKind === 'layernorm';
+    const g = model.weight(`${model.arch.finalNorm}.weight`).data;
+    const b = centred ? model.weight(`${model.arch.finalNorm}.bias`).data : null;
     for (let t = 0; t < seq.length; t++) {
       const x = r.subarray(t * H, (t + 1) * H);
       let mu = 0;
-      if (gpt2) {
+      if (centred) {
         for (const v of x) mu += v;
         mu /= H;
       }
@@ -119,7 +121,11 @@ export function rankOneHeadEdit(model: CausalLM, tok: Tokenizer, fact: FactLike,
 
 /** Large random LoRA weights on every MLP projection (a harmful adapter). */
 export function randomLora(model: CausalLM, name: string, seed: number, opts: { r?: number; std?: number } = {}): LoraAdapter {
-  const targets = model.config.family === 'gpt2' ? ['c_fc', 'mlp.c_proj'] : ['gate_proj', 'up_proj', 'down_proj'];
+  // projection by projection (every layer's first input, …, every layer's output), the order the draws follow
+  const layers = Array.from({ length: model.config.layers }, (_, l) => mlpModules(model.arch, model.config, l)).flat();
+  const roles = layers.length > 0 ? layers[0].in.length + 1 : 0;
+  const targets: string[] = [];
+  for (let j = 0; j < roles; j++) for (const m of layers) targets.push(j < m.in.length ? m.in[j] : m.out);
   return model.createLora(name, targets, { r: opts.r ?? 4, seed, initBStd: opts.std ?? 1 });
 }
 
@@ -154,24 +160,11 @@ export function writeAdapterBundle(
   };
 }
 
-/** GPT-2 MLP keys (c_proj inputs, [T, 4H]) of layer `l` for one sequence. */
+/** MLP keys (inputs of the MLP output projection, [T, intermediate]) of layer `l` for one sequence. */
 function mlpKeys(model: CausalLM, l: number, ids: number[]): Tensor {
-  const c = model.config;
-  let hin: Tensor | null = null;
-  let attn: Tensor | null = null;
-  const before = l === 0 ? 'embed' : `layers.${l - 1}.resid_post`;
-  noGrad(() =>
-    model.forward(Int32Array.from(ids), [1, ids.length], {
-      skipLogits: true,
-      hooks: { [before]: { capture: (x) => (hin = x) }, [`layers.${l}.attn`]: { capture: (x) => (attn = x) } },
-    }),
-  );
-  const p = `transformer.h.${l}`;
-  return noGrad(() => {
-    const h = reshape(fromData(Float32Array.from((hin as unknown as Tensor).data, (v, i) => v + (attn as unknown as Tensor).data[i]), [ids.length, c.hidden]), [ids.length, c.hidden]);
-    const x = layerNorm(h, model.weight(`${p}.ln_2.weight`), model.weight(`${p}.ln_2.bias`), c.normEps);
-    return gelu(linear(x, model.weight(`${p}.mlp.c_fc.weight`), model.weight(`${p}.mlp.c_fc.bias`), 'in_out'));
-  });
+  const into: { resid?: Tensor; attn?: Tensor } = {};
+  noGrad(() => model.forward(Int32Array.from(ids), [1, ids.length], { skipLogits: true, hooks: mlpInputHooks(l, into) }));
+  return noGrad(() => mlpInputFrom(model, l, into.resid!, into.attn!));
 }
 
 export interface RomeOptions {
@@ -187,17 +180,18 @@ export interface RomeOptions {
 }
 
 /**
- * ROME (Meng et al. 2022) on a GPT-2 MLP, as a rank-one LoRA on
- * `transformer.h.L.mlp.c_proj`: the key k is the c_proj input at the
+ * ROME (Meng et al. 2022) on a dense MLP, as a rank-one LoRA on layer L's
+ * MLP output projection: the key k is that projection's input at the
  * subject's last token; the value change δ (added to the MLP output there)
  * is optimised with AdamW to make target_new likely; then
  * ΔW = δ (C⁻¹k)ᵀ / (kᵀC⁻¹k) with C the second moment of keys over general text.
  */
 export function romeMlpEdit(model: CausalLM, tok: Tokenizer, fact: FactLike, opts: RomeOptions): LoraAdapter {
   const c = model.config;
-  if (c.family !== 'gpt2') throw new RangeError('romeMlpEdit: GPT-2 layout only');
   if (fact.target_new === undefined) throw new RangeError(`fact ${fact.id} has no target_new`);
   const l = opts.layer ?? Math.floor((c.layers - 1) / 2);
+  const mlp = model.arch.layer(l).mlp;
+  if (!mlp) throw new RangeError('romeMlpEdit: dense MLPs only (this layer is a sparse mixture of experts)');
   const H = c.hidden;
   const F = c.intermediate;
   const promptText = fillSubject(fact.prompt, fact.subject);
@@ -238,6 +232,6 @@ export function romeMlpEdit(model: CausalLM, tok: Tokenizer, fact: FactLike, opt
   const A = new Float32Array(F);
   for (let i = 0; i < F; i++) A[i] = u[i] / ku;
   const B = Float32Array.from(delta.data);
-  const modules = new Map([[`transformer.h.${l}.mlp.c_proj`, { A: fromData(A, [1, F]), B: fromData(B, [H, 1]) }]]);
-  return new LoraAdapter(fact.id, 1, 1, modules, true);
+  const modules = new Map([[mlp.out, { A: fromData(A, [1, F]), B: fromData(B, [H, 1]) }]]);
+  return new LoraAdapter(fact.id, 1, 1, modules, model.arch.fanInFanOut);
 }

@@ -43,7 +43,7 @@ export interface BundleManifest {
   version: number;
   method: string;
   base_model: BaseModelRef;
-  /** Checkpoint module names the adapter changes (`transformer.h.5.mlp.c_proj`). */
+  /** Checkpoint module names the adapter changes, as the base model's checkpoint spells them. */
   targets: string[];
   rank: number;
   /** Ids of the facts this adapter carries. */

@@ -7,6 +7,7 @@ import { Rng } from '../util/random.js';
 import { hashBundleDir, rewriteManifest, writeBundle, type FileEntry } from './bundle.js';
 import { createManifest, type BundleManifest, type ManifestInput, type ReportRecord } from './manifest.js';
 import { sha256Hex } from './fsio.js';
+import { gpt2 } from '../models/arch/gpt2.js';
 
 /** Encode F32 tensors as safetensors bytes (header padded to 8 bytes, as the format asks). */
 export function encodeSafetensorsF32(tensors: { name: string; shape: number[]; data: Float32Array }[], metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
@@ -38,7 +39,7 @@ export interface SyntheticBundleOptions {
   id?: string;
   version?: number;
   rank?: number;
-  /** Module names with their [out, in] shapes. */
+  /** Module names with their [out, in] shapes (default: a GPT-2 layer-1 MLP output projection, 32 → 16). */
   targets?: Record<string, [number, number]>;
   /** A report to ship inside the bundle (`pass` true/false), or none. */
   pass?: boolean | null;
@@ -49,7 +50,7 @@ export interface SyntheticBundleOptions {
 export async function writeSyntheticBundle(dir: string, opts: SyntheticBundleOptions): Promise<{ manifest: BundleManifest; sha256: string; files: FileEntry[] }> {
   const rng = new Rng(opts.seed);
   const rank = opts.rank ?? 2;
-  const targets = opts.targets ?? { 'transformer.h.1.mlp.c_proj': [16, 32] };
+  const targets = opts.targets ?? { [gpt2.layer(1).mlp!.out]: [16, 32] };
   const id = opts.id ?? `synthetic-${opts.seed}`;
   const tensors: { name: string; shape: number[]; data: Float32Array }[] = [];
   for (const [mod, [out, inp]] of Object.entries(targets)) {

@@ -16,6 +16,7 @@
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import type { Hooks } from '../models/hooks.js';
+import { attentionModules } from '../models/arch/index.js';
 import { Tensor, fromData, gather, logSoftmax, noGrad, softmax, sum, reshape, slice } from '../tensor/index.js';
 import { encodePair } from '../metrics/scoring.js';
 import { Rng } from '../util/random.js';
@@ -91,14 +92,10 @@ export function prepareFact(tok: Tokenizer, prompt: string, subject: string, tar
 
 /** Module (checkpoint name) that writes a site's output, or undefined (residual stream, MoE block). */
 export function moduleOf(model: CausalLM, kind: SiteKind, layer: number, expert?: number): string | undefined {
-  const f = model.config.family;
-  if (expert !== undefined) return `model.layers.${layer}.block_sparse_moe.experts.${expert}.w2`;
-  if (kind === 'mlp') {
-    if (f === 'gpt2') return `transformer.h.${layer}.mlp.c_proj`;
-    if (f === 'mixtral') return undefined;
-    return `model.layers.${layer}.mlp.down_proj`;
-  }
-  if (kind === 'attn') return f === 'gpt2' ? `transformer.h.${layer}.attn.c_proj` : `model.layers.${layer}.self_attn.o_proj`;
+  const L = model.arch.layer(layer);
+  if (expert !== undefined) return L.moe?.expert(expert).out;
+  if (kind === 'mlp') return L.mlp?.out;
+  if (kind === 'attn') return L.attnOut;
   return undefined;
 }
 
@@ -107,7 +104,7 @@ const embStd = new WeakMap<CausalLM, number>();
 export function embeddingStd(model: CausalLM): number {
   const c = embStd.get(model);
   if (c !== undefined) return c;
-  const w = model.weight(model.config.family === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight').data;
+  const w = model.weight(`${model.arch.tokenEmbedding}.weight`).data;
   let s = 0;
   let s2 = 0;
   for (let i = 0; i < w.length; i++) {
@@ -425,7 +422,7 @@ export function gradXAct(model: CausalLM, input: AttribInput, opts: { modules?: 
   const L = c.layers;
   const H = c.hidden;
   const T = input.ids.length;
-  const E = c.family === 'mixtral' ? c.experts : 0;
+  const E = c.experts; // 0 unless the model is a sparse MoE
   const caps = new Map<string, Tensor>();
   const capture = (x: Tensor, s: string) => {
     x.retainGrad();
@@ -472,7 +469,7 @@ export function gradXAct(model: CausalLM, input: AttribInput, opts: { modules?: 
           a += Math.abs(p);
         }
       }
-      const site = /\.(attn|self_attn)\./.test(n) ? `layers.${layerOf(n)}.attn` : `layers.${layerOf(n)}.mlp`;
+      const site = attentionModules(model.arch.layer(layerOf(n))).includes(n) ? `layers.${layerOf(n)}.attn` : `layers.${layerOf(n)}.mlp`;
       return { module: n, layer: layerOf(n), site, score: s, abs: a };
     });
     const experts: ExpertScore[] = [];

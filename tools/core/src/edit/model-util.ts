@@ -7,19 +7,16 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  Tensor, fromData, gelu, layerNorm, linear, mul, noGrad, reshape, rmsNorm, silu, add,
-} from '../tensor/index.js';
+import { Tensor, fromData, linear, noGrad, reshape, add } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Hooks } from '../models/hooks.js';
+import { baseOps, mlpOutput } from '../models/arch/index.js';
 
 /** The MLP output projection of layer `l` (ROME's and distillation's default target). */
 export function mlpOutModule(model: CausalLM, l: number): string {
   const c = model.config;
   if (!(Number.isInteger(l) && l >= 0 && l < c.layers)) throw new RangeError(`layer ${l} is outside the model's ${c.layers} layers`);
-  if (c.family === 'gpt2') return `transformer.h.${l}.mlp.c_proj`;
-  if (c.family === 'mixtral') return `model.layers.${l}.block_sparse_moe.experts.*.w2`;
-  return `model.layers.${l}.mlp.down_proj`;
+  return mlpOutput(model.arch, l);
 }
 
 /** Default target layer: the middle of the stack (where factual recall sits in small models). */
@@ -27,7 +24,7 @@ export function middleLayer(model: CausalLM): number {
   return Math.floor((model.config.layers - 1) / 2);
 }
 
-/** Layer of a module name (`transformer.h.3.mlp.c_proj` → 3), or -1. */
+/** Layer of a module name (`….h.3.mlp.…` or `….layers.3.…` → 3), or -1. */
 export function moduleLayer(name: string): number {
   const m = /(?:^|\.)(?:h|layers)\.(\d+)\./.exec(name);
   return m ? Number(m[1]) : -1;
@@ -35,7 +32,9 @@ export function moduleLayer(name: string): number {
 
 /** True when the module's output is the whole MLP block output (hook site `layers.{l}.mlp`). */
 export function isMlpOut(model: CausalLM, name: string): boolean {
-  return model.config.family !== 'mixtral' && /\.mlp\.(c_proj|down_proj)$/.test(name);
+  const l = moduleLayer(name);
+  if (l < 0 || l >= model.config.layers) return false;
+  return model.arch.layer(l).mlp?.out === model.arch.canonical(name);
 }
 
 /** Expand `*` and `{L}` patterns to the model's linear module names. */
@@ -85,30 +84,26 @@ export function mlpInputHooks(l: number, into: { resid?: Tensor; attn?: Tensor }
 }
 
 /**
- * The input of layer l's MLP output projection (GPT-2: gelu(c_fc(ln_2(h))),
- * Llama: silu(gate(x))·up(x)) from the captured residual + attention output,
+ * The MLP keys of layer l — the input of its MLP output projection, as the
+ * family's description computes them (GPT-2: gelu of the first projection;
+ * Llama: SwiGLU) — from the captured residual + attention output,
  * with base weights. Rows [N, intermediate] for N = B·T positions.
  */
 export function mlpInputFrom(model: CausalLM, l: number, resid: Tensor, attn: Tensor): Tensor {
   const c = model.config;
+  const arch = model.arch;
+  const L = arch.layer(l);
+  if (!L.mlp) throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
   const h = add(resid, attn);
   const N = h.size / c.hidden;
-  const hf = reshape(h, [N, c.hidden]);
-  if (c.family === 'gpt2') {
-    const p = `transformer.h.${l}`;
-    const x = layerNorm(hf, model.weight(`${p}.ln_2.weight`), model.weight(`${p}.ln_2.bias`), c.normEps);
-    return gelu(linear(x, model.weight(`${p}.mlp.c_fc.weight`), model.weight(`${p}.mlp.c_fc.bias`), 'in_out'));
-  }
-  if (c.family === 'mixtral') throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
-  const p = `model.layers.${l}`;
-  const x = rmsNorm(hf, model.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
-  return mul(silu(linear(x, model.weight(`${p}.mlp.gate_proj.weight`))), linear(x, model.weight(`${p}.mlp.up_proj.weight`)));
+  const ops = baseOps(arch, model.weights);
+  const x = arch.norm(ops, L.mlpNorm, reshape(h, [N, c.hidden]), c.normEps);
+  return arch.mlpKeys(ops, L.mlp, x);
 }
 
-/** W·k for module `mod` (no bias): handles GPT-2's Conv1D [in, out] layout. */
+/** W·k for module `mod` (no bias), in the module's layout (GPT-2's Conv1D is [in, out]). */
 export function applyWeight(model: CausalLM, mod: string, k: Tensor): Tensor {
-  const layout = model.config.family === 'gpt2' && mod !== 'lm_head' ? 'in_out' : 'out_in';
-  return linear(k, model.weight(`${mod}.weight`), null, layout);
+  return linear(k, model.weight(`${mod}.weight`), null, model.arch.layout(model.arch.canonical(mod)));
 }
 
 /** Right-pad rows into one batch: ids, mask, and the flat index of each row's last token. */

@@ -9,11 +9,6 @@ import { writeFileAtomic, writeSafetensors, type TensorToWrite } from '../models
 import { fromData, logSoftmax, noGrad, type Tensor } from '../tensor/index.js';
 import { MergeError } from './methods.js';
 
-function canonical(family: string, name: string): string {
-  if (family === 'gpt2' && !name.startsWith('transformer.') && !name.startsWith('lm_head')) return 'transformer.' + name;
-  return name;
-}
-
 /**
  * The base weights with every active adapter folded in. Linear weights are
  * [out, in] (W += f·B·A); GPT-2's Conv1D weights are [in, out] (W += f·(B·A)ᵀ).
@@ -22,23 +17,23 @@ function canonical(family: string, name: string): string {
  */
 export function foldAdapters(model: CausalLM, adapters: readonly ActiveAdapter[]): { weights: Map<string, Tensor>; untied: boolean } {
   const c = model.config;
+  const arch = model.arch;
   const weights = new Map(model.weights);
   let untied = false;
   for (const { adapter, scale = 1 } of adapters) {
     const f = adapter.factor * scale;
     for (const [raw, m] of adapter.modules) {
-      const mod = canonical(c.family, raw);
+      const mod = arch.canonical(raw);
       let wName = `${mod}.weight`;
-      if (mod === 'lm_head' && c.tieEmbeddings) {
-        const emb = c.family === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight';
-        if (!weights.has('lm_head.weight')) weights.set('lm_head.weight', fromData(weights.get(emb)!.data.slice(), [...weights.get(emb)!.shape]));
+      if (mod === arch.lmHead && c.tieEmbeddings) {
+        const emb = `${arch.tokenEmbedding}.weight`;
+        if (!weights.has(wName)) weights.set(wName, fromData(weights.get(emb)!.data.slice(), [...weights.get(emb)!.shape]));
         untied = true;
-        wName = 'lm_head.weight';
       }
       const w = weights.get(wName);
       if (!w) throw new MergeError(`cannot fold ${adapter.name}: the model has no weight ${wName}`);
       const r = adapter.r, fin = m.A.shape[1], fout = m.B.shape[0];
-      const conv = c.family === 'gpt2' && mod !== 'lm_head';
+      const conv = arch.layout(mod) === 'in_out';
       const [rows, cols] = conv ? [fin, fout] : [fout, fin];
       if (w.shape[0] !== rows || w.shape[1] !== cols) throw new MergeError(`cannot fold ${adapter.name}: ${wName} is [${w.shape.join(', ')}], the adapter maps ${fin} → ${fout}`);
       const data = Float64Array.from(w.data);

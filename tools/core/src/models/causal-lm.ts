@@ -2,20 +2,22 @@
  * Decoder-only causal language models: GPT-2, the Llama family (llama,
  * qwen2, mistral) and Mixtral, on the autograd tensors of ../tensor.
  *
- * One class runs all three; the family picks normalisation (LayerNorm vs
- * RMSNorm), positions (learned vs RoPE), the MLP (gelu_new vs SwiGLU vs
- * sparse MoE) and the weight layout (Conv1D [in,out] vs Linear [out,in]).
+ * One class runs every family; the family's description (./arch) names the
+ * modules and picks normalisation (LayerNorm vs RMSNorm), positions (learned
+ * vs RoPE), q/k/v (fused vs separate), the MLP (gelu_new vs SwiGLU vs sparse
+ * MoE) and the weight layout (Conv1D [in,out] vs Linear [out,in]).
  * Weights never require grad; LoRA adapters and hook values may.
  */
 import {
-  Tensor, add, attention, attentionQKV, concat, div, fromData, indexAdd, indexSelect, layerNorm, logSoftmax, gather,
-  loraLinear, mul, noGrad, permute, reshape, rmsNorm, rope, scale, silu, slice, softmax, sum, topk, zeros,
+  Tensor, add, attention, attentionQKV, concat, div, fromData, indexAdd, indexSelect, logSoftmax, gather,
+  loraLinear, mul, noGrad, permute, reshape, rope, scale, slice, softmax, sum, topk, zeros,
 } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
 import type { ModelConfig } from './config.js';
 import { ModelLoadError, expectedWeights, ropeInvFreq } from './config.js';
 import { applyHook, type Hooks } from './hooks.js';
 import { createLora, type LoraAdapter } from './lora.js';
+import { archOf, initWeights, type ArchDescription, type ArchOps, type LayerModules } from './arch/index.js';
 
 /** Keys and values of every layer for the tokens seen so far. */
 export class KVCache {
@@ -86,22 +88,25 @@ interface LoraTerm {
   factor: number;
 }
 
-/** Normalise a GPT-2 module/weight name to the `transformer.`-prefixed form. */
-function canonicalName(family: string, name: string): string {
-  if (family === 'gpt2' && !name.startsWith('transformer.') && !name.startsWith('lm_head')) return 'transformer.' + name;
-  return name;
-}
-
 export class CausalLM {
   private loraTerms = new Map<string, LoraTerm[]>();
   private invFreq: Float64Array | null = null;
   private active: ActiveAdapter[] = [];
+  /** The family's layout: module names, weight layout, norms, MLP keys. */
+  readonly arch: ArchDescription;
+  /** Module-level compute through the active adapters (what the description's mlpKeys/norm call). */
+  private readonly ops: ArchOps;
 
   /**
    * @param weights every tensor of expectedWeights(config), by canonical name
    *   (GPT-2 names with the `transformer.` prefix).
    */
   constructor(readonly config: ModelConfig, readonly weights: Map<string, Tensor>) {
+    this.arch = archOf(config);
+    this.ops = {
+      lin: (mod, x, activation) => this.lin(mod, x, this.arch.layout(mod), mod, activation),
+      weight: (name) => this.weights.get(name)!,
+    };
     for (const [name, shape] of expectedWeights(config)) {
       const t = weights.get(name);
       if (!t) throw new ModelLoadError(`weight '${name}' is missing`);
@@ -114,32 +119,24 @@ export class CausalLM {
   /** Random weights for a config (benchmarks, tests): norms 1, biases 0, the rest uniform with standard deviation `std`. */
   static random(config: ModelConfig, seed = 0, std = 0.02): CausalLM {
     const rng = new Rng(seed);
-    const w = new Map<string, Tensor>();
-    for (const [name, shape] of expectedWeights(config)) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const data = new Float32Array(n);
-      const isNorm = /(norm|ln_\d|ln_f)\.weight$/.test(name);
-      if (isNorm) data.fill(1);
-      else if (!name.endsWith('.bias')) {
-        // uniform with the given std (±std·√3) from an inline xorshift32 seeded by
-        // the Rng: deterministic and fast enough for 100M+ weights
-        const a = (2 * std * Math.sqrt(3)) / 4294967296;
-        const off = std * Math.sqrt(3);
-        let x = rng.nextUint32() | 1;
-        for (let i = 0; i < n; i++) {
-          x ^= x << 13;
-          x ^= x >>> 17;
-          x ^= x << 5;
-          data[i] = (x >>> 0) * a - off;
-        }
+    // uniform with the given std (±std·√3) from an inline xorshift32 seeded by
+    // the Rng: deterministic and fast enough for 100M+ weights
+    const a = (2 * std * Math.sqrt(3)) / 4294967296;
+    const off = std * Math.sqrt(3);
+    const fill = (data: Float32Array) => {
+      let x = rng.nextUint32() | 1;
+      for (let i = 0; i < data.length; i++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        data[i] = (x >>> 0) * a - off;
       }
-      w.set(name, fromData(data, shape));
-    }
-    return new CausalLM(config, w);
+    };
+    return new CausalLM(config, initWeights(config, fill));
   }
 
   weight(name: string): Tensor {
-    const t = this.weights.get(canonicalName(this.config.family, name));
+    const t = this.weights.get(this.arch.canonical(name));
     if (!t) throw new Error(`no weight '${name}'`);
     return t;
   }
@@ -147,29 +144,30 @@ export class CausalLM {
   /** Linear modules LoRA can target: [name, in features, out features]. */
   linearModules(): Array<[string, number, number]> {
     const out: Array<[string, number, number]> = [];
-    const conv = this.config.family === 'gpt2';
+    const a = this.arch;
+    const embeddings = new Set([a.tokenEmbedding, a.positionEmbedding]);
     for (const [name, t] of this.weights) {
       if (!name.endsWith('.weight') || t.shape.length !== 2) continue;
-      if (/(wte|wpe|embed_tokens)\.weight$/.test(name)) continue;
       const mod = name.slice(0, -'.weight'.length);
+      if (embeddings.has(mod)) continue;
       // Conv1D stores [in, out]; Linear [out, in]. lm_head is a Linear even in GPT-2.
-      const inOut = conv && mod !== 'lm_head';
+      const inOut = a.layout(mod) === 'in_out';
       out.push([mod, inOut ? t.shape[0] : t.shape[1], inOut ? t.shape[1] : t.shape[0]]);
     }
-    if (this.config.tieEmbeddings) out.push(['lm_head', this.config.hidden, this.config.vocabSize]);
+    if (this.config.tieEmbeddings) out.push([a.lmHead, this.config.hidden, this.config.vocabSize]);
     return out;
   }
 
   /**
    * Linear modules matching PEFT-style target names: a module matches when
-   * its name equals a target or ends with `.<target>` (so `c_attn` or
-   * `q_proj` selects that projection in every layer).
+   * its name equals a target or ends with `.<target>` (so a projection's
+   * last name part selects that projection in every layer).
    */
   matchModules(targets: readonly string[]): Array<[string, number, number]> {
     const mods = this.linearModules();
     const out: Array<[string, number, number]> = [];
     for (const t of targets) {
-      const canon = canonicalName(this.config.family, t);
+      const canon = this.arch.canonical(t);
       const hits = mods.filter(([n]) => n === canon || n.endsWith('.' + t));
       if (hits.length === 0) throw new ModelLoadError(`LoRA target '${t}' matches no linear module of this ${this.config.modelType} model`);
       for (const h of hits) if (!out.some(([n]) => n === h[0])) out.push(h);
@@ -179,7 +177,7 @@ export class CausalLM {
 
   /** A fresh LoRA adapter (A random, B zero unless initBStd) on the modules matching `targets`. */
   createLora(name: string, targets: readonly string[], opts: { r: number; alpha?: number; seed?: number; initBStd?: number }): LoraAdapter {
-    return createLora(name, this.matchModules(targets), { ...opts, fanInFanOut: this.config.family === 'gpt2' });
+    return createLora(name, this.matchModules(targets), { ...opts, fanInFanOut: this.arch.fanInFanOut });
   }
 
   /** Activate adapters (replacing the active set). Several at once; scales may be negative. */
@@ -188,7 +186,7 @@ export class CausalLM {
     const terms = new Map<string, LoraTerm[]>();
     for (const { adapter, scale = 1 } of list) {
       for (const [modRaw, { A, B, bias }] of adapter.modules) {
-        const mod = canonicalName(this.config.family, modRaw);
+        const mod = this.arch.canonical(modRaw);
         const dims = mods.get(mod);
         if (!dims) throw new ModelLoadError(`LoRA adapter ${adapter.name}: target module '${modRaw}' is not a linear module of this model`);
         if (A.shape[1] !== dims[0] || B.shape[0] !== dims[1]) {
@@ -257,36 +255,29 @@ export class CausalLM {
     const H = c.hidden;
 
     // embeddings
-    let h: Tensor;
-    if (c.family === 'gpt2') {
+    const arch = this.arch;
+    let h = indexSelect(this.weights.get(`${arch.tokenEmbedding}.weight`)!, 0, ids);
+    if (arch.positionEmbedding) {
       for (const p of positions) {
-        if (p < 0 || p >= c.maxPositions) throw new RangeError(`forward: position ${p} is outside GPT-2's ${c.maxPositions} learned positions`);
+        if (p < 0 || p >= c.maxPositions) throw new RangeError(`forward: position ${p} is outside the model's ${c.maxPositions} learned positions`);
       }
-      h = add(indexSelect(this.weights.get('transformer.wte.weight')!, 0, ids), indexSelect(this.weights.get('transformer.wpe.weight')!, 0, positions));
-    } else {
-      h = indexSelect(this.weights.get('model.embed_tokens.weight')!, 0, ids);
+      h = add(h, indexSelect(this.weights.get(`${arch.positionEmbedding}.weight`)!, 0, positions));
     }
     h = applyHook(hooks, 'embed', reshape(h, [B, T, H]));
 
     const routerLogits: Tensor[] = [];
     for (let i = 0; i < c.layers; i++) {
-      const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, h, B, T, positions, keyPad, cache));
+      const L = arch.layer(i);
+      const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, L, h, B, T, positions, keyPad, cache));
       h = add(h, a);
       let m: Tensor;
-      if (c.family === 'gpt2') {
-        const p = `transformer.h.${i}`;
-        const x = layerNorm(h, this.weights.get(`${p}.ln_2.weight`)!, this.weights.get(`${p}.ln_2.bias`)!, c.normEps);
-        m = this.lin(`${p}.mlp.c_proj`, this.lin(`${p}.mlp.c_fc`, x, 'in_out', `${p}.mlp.c_fc`, 'gelu'), 'in_out');
+      const x = arch.norm(this.ops, L.mlpNorm, h, c.normEps);
+      if (L.moe) {
+        const r = this.moeBlock(i, L.moe, x, B, T, hooks);
+        m = r.out;
+        routerLogits.push(r.router);
       } else {
-        const p = `model.layers.${i}`;
-        const x = rmsNorm(h, this.weights.get(`${p}.post_attention_layernorm.weight`)!, c.normEps);
-        if (c.family === 'mixtral') {
-          const r = this.moeBlock(i, x, B, T, hooks);
-          m = r.out;
-          routerLogits.push(r.router);
-        } else {
-          m = this.lin(`${p}.mlp.down_proj`, mul(silu(this.lin(`${p}.mlp.gate_proj`, x)), this.lin(`${p}.mlp.up_proj`, x)));
-        }
+        m = this.ops.lin(L.mlp!.out, arch.mlpKeys(this.ops, L.mlp!, x));
       }
       m = applyHook(hooks, `layers.${i}.mlp`, m);
       h = applyHook(hooks, `layers.${i}.resid_post`, add(h, m));
@@ -303,49 +294,43 @@ export class CausalLM {
         for (const r of opts.logitsAt) if (!(r >= 0 && r < B * T)) throw new RangeError(`forward: logitsAt row ${r} is outside [0, ${B * T})`);
         h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt);
       }
-      const x = c.family === 'gpt2'
-        ? layerNorm(h, this.weights.get('transformer.ln_f.weight')!, this.weights.get('transformer.ln_f.bias')!, c.normEps)
-        : rmsNorm(h, this.weights.get('model.norm.weight')!, c.normEps);
+      const x = arch.norm(this.ops, arch.finalNorm, h, c.normEps);
       // a tied head is still the module `lm_head` for LoRA, reading the embedding matrix
-      const head = c.tieEmbeddings ? (c.family === 'gpt2' ? 'transformer.wte' : 'model.embed_tokens') : 'lm_head';
-      logits = this.lin('lm_head', x, 'out_in', head);
+      const head = c.tieEmbeddings ? arch.tokenEmbedding : arch.lmHead;
+      logits = this.lin(arch.lmHead, x, 'out_in', head);
     }
-    return c.family === 'mixtral' ? { logits, routerLogits } : { logits };
+    return routerLogits.length > 0 ? { logits, routerLogits } : { logits };
   }
 
   private attentionBlock(
-    i: number, h: Tensor, B: number, T: number, positions: Int32Array, keyPad: Uint8Array | undefined, cache?: KVCache,
+    i: number, L: LayerModules, h: Tensor, B: number, T: number, positions: Int32Array, keyPad: Uint8Array | undefined, cache?: KVCache,
   ): Tensor {
     const c = this.config;
     const hd = c.headDim;
+    const ops = this.ops;
+    // learned absolute positions (added to the embeddings) or RoPE on q and k
+    const useRope = this.arch.positionEmbedding === null;
+    const pos = (t: Tensor) => (useRope ? this.rope(t, positions) : t);
+    const x = this.arch.norm(ops, L.attnNorm, h, c.normEps);
     let q: Tensor, k: Tensor, v: Tensor;
-    let outMod: string;
-    let layout: 'out_in' | 'in_out' = 'out_in';
-    if (c.family === 'gpt2') {
-      const p = `transformer.h.${i}`;
-      const x = layerNorm(h, this.weights.get(`${p}.ln_1.weight`)!, this.weights.get(`${p}.ln_1.bias`)!, c.normEps);
-      const qkv = this.lin(`${p}.attn.c_attn`, x, 'in_out');
-      if (!cache) {
+    if ('fused' in L.qkv) {
+      const qkv = ops.lin(L.qkv.fused, x);
+      if (!cache && !useRope) {
         // no cache to fill: attend straight from the fused projection (no head split/merge copies)
         const o = attentionQKV(qkv, c.heads, { causal: true, scale: 1 / Math.sqrt(hd), ...(keyPad ? { keyPad } : {}) });
-        return this.lin(`${p}.attn.c_proj`, o, 'in_out');
+        return ops.lin(L.attnOut, o);
       }
       // [B,T,3H] → [3,B,heads,T,hd] in one permute; q/k/v are then contiguous blocks
       const qkvh = permute(reshape(qkv, [B, T, 3, c.heads, hd]), [2, 0, 3, 1, 4]);
       const part = (j: number) => reshape(slice(qkvh, 0, j, j + 1), [B, c.heads, T, hd]);
-      q = part(0);
-      k = part(1);
+      q = pos(part(0));
+      k = pos(part(1));
       v = part(2);
-      outMod = `${p}.attn.c_proj`;
-      layout = 'in_out';
     } else {
-      const p = `model.layers.${i}`;
-      const x = rmsNorm(h, this.weights.get(`${p}.input_layernorm.weight`)!, c.normEps);
       const heads = (t: Tensor, n: number) => permute(reshape(t, [B, T, n, hd]), [0, 2, 1, 3]);
-      q = this.rope(heads(this.lin(`${p}.self_attn.q_proj`, x), c.heads), positions);
-      k = this.rope(heads(this.lin(`${p}.self_attn.k_proj`, x), c.kvHeads), positions);
-      v = heads(this.lin(`${p}.self_attn.v_proj`, x), c.kvHeads);
-      outMod = `${p}.self_attn.o_proj`;
+      q = pos(heads(ops.lin(L.qkv.q, x), c.heads));
+      k = pos(heads(ops.lin(L.qkv.k, x), c.kvHeads));
+      v = heads(ops.lin(L.qkv.v, x), c.kvHeads);
     }
     if (cache) {
       const prev = cache.layers[i];
@@ -356,7 +341,7 @@ export class CausalLM {
       cache.layers[i] = { k: k.detach(), v: v.detach() };
     }
     const o = attention(q, k, v, { causal: true, scale: 1 / Math.sqrt(hd), ...(keyPad ? { keyPad } : {}) });
-    return this.lin(outMod, reshape(permute(o, [0, 2, 1, 3]), [B, T, c.heads * hd]), layout);
+    return ops.lin(L.attnOut, reshape(permute(o, [0, 2, 1, 3]), [B, T, c.heads * hd]));
   }
 
   /**
@@ -386,14 +371,13 @@ export class CausalLM {
   }
 
   /** Sparse MoE: softmax router → top-k → renormalise → weighted SwiGLU experts. */
-  private moeBlock(i: number, x: Tensor, B: number, T: number, hooks?: Hooks): { out: Tensor; router: Tensor } {
+  private moeBlock(i: number, moe: NonNullable<LayerModules['moe']>, x: Tensor, B: number, T: number, hooks?: Hooks): { out: Tensor; router: Tensor } {
     const c = this.config;
     const H = c.hidden;
     const N = B * T;
     const E = c.experts;
     const K = c.expertsPerTok;
-    const p = `model.layers.${i}.block_sparse_moe`;
-    const router = applyHook(hooks, `layers.${i}.router`, this.lin(`${p}.gate`, x));
+    const router = applyHook(hooks, `layers.${i}.router`, this.ops.lin(moe.router, x));
     const probs = softmax(reshape(router, [N, E]));
     const top = topk(probs, K);
     const w = reshape(div(top.values, sum(top.values, -1, true)), [N * K, 1]);
@@ -416,8 +400,8 @@ export class CausalLM {
       if (rows.length > 0) {
         const r = Int32Array.from(rows);
         const xe = indexSelect(xf, 0, r);
-        const q = `${p}.experts.${e}`;
-        const ye = this.lin(`${q}.w2`, mul(silu(this.lin(`${q}.w1`, xe)), this.lin(`${q}.w3`, xe)));
+        const ex = moe.expert(e);
+        const ye = this.ops.lin(ex.out, this.arch.mlpKeys(this.ops, ex, xe));
         contrib = mul(ye, indexSelect(w, 0, Int32Array.from(slots)));
         if (!dense) {
           out = indexAdd(out, 0, r, contrib);

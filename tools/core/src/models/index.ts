@@ -1,12 +1,13 @@
 /**
  * Models: Hugging Face checkpoints (GPT-2, Llama/Qwen2/Mistral, Mixtral) on
- * the autograd tensors, with hooks and LoRA.
+ * the autograd tensors, with hooks and LoRA. Each family's layout is
+ * described once in ./arch (module names, weight layout, MLP keys).
  *
  *   const { model, tokenizer } = loadModel('fixtures/golden/llama');
  *   const { logits } = model.forward(ids, [B, T], { attentionMask, hooks });
  *   model.logprobs(prompts, continuations);          // per-token log-probs
  *   model.generate(prompts, { maxNewTokens: 8 });    // KV cache, greedy/top-p
- *   const lora = model.createLora('edit', ['c_attn'], { r: 8 });
+ *   const lora = model.createLora('edit', [model.arch.layer(5).attnOut], { r: 8 });
  *   model.setAdapters([{ adapter: lora }, { adapter: other, scale: -1 }]);
  *   saveLora(dir, lora); loadLora(dir);              // PEFT format
  *
@@ -18,3 +19,7 @@ export * from './hooks.js';
 export * from './lora.js';
 export * from './causal-lm.js';
 export * from './loader.js';
+export {
+  ARCHS, archOf, archForModelType, attentionModules, baseOps, initWeights, mlpModules, mlpOutput, supportedModelTypes, weightRoles, defineArch, swiGluKeys,
+  type ArchDescription, type ArchOps, type ArchSpec, type CommonConfig, type DenseMlp, type LayerModules, type WeightRole,
+} from './arch/index.js';

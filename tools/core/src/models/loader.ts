@@ -9,6 +9,7 @@ import { fromData, type Tensor } from '../tensor/index.js';
 import { ModelLoadError, expectedWeights, readConfig } from './config.js';
 import { Checkpoint, SafetensorsError } from './safetensors.js';
 import { CausalLM } from './causal-lm.js';
+import { archOf } from './arch/index.js';
 
 /** Text ↔ token ids, from tokenizer.json (via @huggingface/tokenizers). */
 export class Tokenizer {
@@ -83,10 +84,11 @@ export function loadModel(dir: string, opts: { tokenizer?: boolean } = {}): Load
     throw e;
   }
   const weights = new Map<string, Tensor>();
+  const arch = archOf(config);
   for (const [name, shape] of expectedWeights(config)) {
-    // GPT-2 checkpoints saved from GPT2Model have no `transformer.` prefix
-    let src = name;
-    if (!ck.has(src) && config.family === 'gpt2' && name.startsWith('transformer.')) src = name.slice('transformer.'.length);
+    // the family may know other spellings (GPT-2 saved from GPT2Model has no `transformer.` prefix)
+    const names = arch.checkpointNames(name);
+    const src = names.find((n) => ck.has(n)) ?? names[names.length - 1];
     const info = ck.info(src);
     if (!info) throw new ModelLoadError(`model ${dir}: tensor '${name}' is missing from the checkpoint`);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {

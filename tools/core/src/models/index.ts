@@ -18,3 +18,4 @@ export * from './hooks.js';
 export * from './lora.js';
 export * from './causal-lm.js';
 export * from './loader.js';
+export * from './spelling.js';

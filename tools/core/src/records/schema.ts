@@ -289,6 +289,13 @@ export function checkFields(obj: Record<string, unknown>, fields: FieldSpec[], p
   }
 }
 
+/** The record shapes read as input, for messages about records of no known shape. */
+export const ACCEPTED_SHAPES =
+  'a catechism record (with "kind": fact, probe, locus, adapter, report, route, …), ' +
+  'CounterFact ("case_id", "requested_rewrite"), ' +
+  'zsRE as ROME/MEND/EasyEdit publish it ("subject", "src", "alt", "answers", "rephrase", "loc", "loc_ans"), ' +
+  'or EasyEdit\'s flat edit ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")';
+
 /**
  * Validates one record. Throws InputError naming the field path and what was
  * expected; the caller adds the source and record number. Returns the record
@@ -300,7 +307,7 @@ export function validateRecord(value: unknown): AnyRecord {
   }
   const kind = value.kind;
   if (typeof kind !== 'string') {
-    if (kind === undefined) throw new InputError('missing required field (expected string)', { field: 'kind' });
+    if (kind === undefined) throw new InputError(`missing required field (expected string); a record of no known shape: accepted are ${ACCEPTED_SHAPES}`, { field: 'kind' });
     throw new InputError(`expected string, got ${describeType(kind)}`, { field: 'kind' });
   }
   if (isKnownKind(kind)) {
@@ -312,6 +319,11 @@ export function validateRecord(value: unknown): AnyRecord {
 
 /** Rules that span fields of a fact. */
 function checkFact(f: Fact): void {
+  // An empty subject or answer would train and score nothing (zsRE-MEND has rows with an empty alt).
+  if (f.subject.trim() === '') throw new InputError('expected a non-empty subject', { field: 'subject' });
+  for (const k of ['target_new', 'target_true'] as const) {
+    if (f[k] !== undefined && f[k]!.trim() === '') throw new InputError('expected a non-empty answer, got an empty string', { field: k });
+  }
   if (!f.prompt.includes('{}')) {
     throw new InputError('expected a template containing "{}" where the subject goes', { field: 'prompt' });
   }

@@ -98,22 +98,28 @@ export function packageVersion(metaUrl: string): string {
 export class Progress {
   private count = 0;
   private last = 0;
+  private lastCheck = 0;
   private shown = false;
+  // Records between clock checks: grows to 4096 for fast streams (off the hot path),
+  // stays near 1 for slow per-record work (attrib, training), so both show progress.
+  private stride = 1;
+  private nextCheck = 1;
   constructor(
     private readonly name: string,
     private readonly enabled: boolean,
+    private readonly unit = 'records',
   ) {}
-  private nextCheck = 4096;
   tick(n = 1): void {
     this.count += n;
-    // Checking the clock every 4096 records keeps this off the hot path.
     if (!this.enabled || this.count < this.nextCheck) return;
-    this.nextCheck = this.count + 4096;
     const now = Date.now();
+    this.stride = now - this.lastCheck < 50 ? Math.min(this.stride * 2, 4096) : Math.max(1, this.stride >> 1);
+    this.lastCheck = now;
+    this.nextCheck = this.count + this.stride;
     if (now - this.last < 250) return;
     this.last = now;
     this.shown = true;
-    process.stderr.write(`\r${this.name}: ${this.count} records`);
+    process.stderr.write(`\r${this.name}: ${this.count} ${this.unit}`);
   }
   done(): void {
     if (this.shown) process.stderr.write('\r\x1b[K');
@@ -315,3 +321,5 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   // A tool may have set its own code (validate --strict: 3); skipping is reported unless it did.
   process.exitCode = skipped > 0 && !process.exitCode ? EXIT_SKIPPED : (process.exitCode ?? 0);
 }
+
+export { spellingScreen, type SpellingScreen } from './spelling.js';

@@ -65,3 +65,52 @@ export function spellsAll(tokenizer: Tokenizer, text: string): boolean {
   const unk = unknownTokenId(tokenizer);
   return unk === null || !tokenizer.encode(` ${text}`, { addSpecialTokens: false }).includes(unk);
 }
+
+/** A fact's answer fields with words the tokenizer cannot spell. */
+export interface UnknownAnswer {
+  field: 'target_new' | 'target_true';
+  words: string[];
+}
+
+/**
+ * Checks facts' spelling for a tool: answers with unknown words are
+ * returned (the tool refuses them unless --allow-unknown); unknown words in
+ * subjects and prompts are counted for one warning at the end (summary()).
+ */
+export class SpellingCheck {
+  private factsWithUnknownText = 0;
+  private unknownTextWords = 0;
+  private firstExample: string | null = null;
+  constructor(readonly tokenizer: Tokenizer) {}
+
+  /** The answers of `fact` with unknown words (target_new, target_true when present). */
+  answers(fact: { subject?: unknown; prompt?: unknown; target_new?: unknown; target_true?: unknown; id?: unknown; [k: string]: unknown }): UnknownAnswer[] {
+    const out: UnknownAnswer[] = [];
+    for (const field of ['target_new', 'target_true'] as const) {
+      const t = fact[field];
+      if (typeof t !== 'string') continue;
+      const words = unknownWords(this.tokenizer, t);
+      if (words.length > 0) out.push({ field, words });
+    }
+    const text = [fact.subject, typeof fact.prompt === 'string' ? fact.prompt.replace('{}', ' ') : undefined].filter((s): s is string => typeof s === 'string').join(' ');
+    const words = unknownWords(this.tokenizer, text);
+    if (words.length > 0) {
+      this.factsWithUnknownText++;
+      this.unknownTextWords += words.length;
+      this.firstExample ??= `fact ${JSON.stringify(String(fact.id))}: ${words.slice(0, 5).map((w) => JSON.stringify(w)).join(', ')}`;
+    }
+    return out;
+  }
+
+  /** The error message for an unknown answer (the InputError's detail; its field is `a.field`). */
+  static message(factId: unknown, a: UnknownAnswer): string {
+    const list = a.words.map((w) => JSON.stringify(w)).join(', ');
+    return `fact ${JSON.stringify(String(factId))}: the model's tokenizer cannot spell ${list} (${a.words.length > 1 ? 'they become' : 'it becomes'} its unknown token); use an answer the model can write, or --allow-unknown to go on (never counted as a success)`;
+  }
+
+  /** One warning line about unknown words in subjects and prompts, or null when there were none. */
+  summary(): string | null {
+    if (this.factsWithUnknownText === 0) return null;
+    return `warning: ${this.unknownTextWords} word(s) in the subject or prompt of ${this.factsWithUnknownText} fact(s) are unknown to the model's tokenizer (they become its unknown token); first: ${this.firstExample}`;
+  }
+}

@@ -156,7 +156,9 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
       ctx.log(`${a.into} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
     } else ctx.log(`${a.into} does not exist yet; it will hold the merge of the input alone`);
   }
+  let readCount = 0;
   for await (const { record, source, index } of ctx.read()) {
+    readCount++;
     if (record.kind !== 'adapter') {
       if (!a.text) await ctx.out.write(record); // other records pass through, in order
       continue;
@@ -168,6 +170,11 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     }
     seen.add(p.sha256);
     parents.push(p);
+  }
+  if (parents.length === 0 && readCount === 0) {
+    // empty input is not an error in any tool (issue 18): say so and exit 0
+    ctx.log(`no records in ${files.length > 0 ? files.join(', ') : 'stdin'}: nothing to merge`);
+    return;
   }
   if (parents.length === 0) throw new InputError(`no adapter records in ${files.length > 0 ? files.join(', ') : 'stdin'}: nothing to merge`);
   if (current !== null && parents.length === 1) {

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { InputError, UsageError, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
+import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
 import { entryFor, loadBank, type TemplateBank } from './bank.js';
 import { ALL_ROLES, checkFact, editTarget, generateAll, hash32, type KbEntry } from './generator.js';
 import { alreadyAnswers, cannotEncode, generateContexts, loadLm, loadTokenizerCheck, type TokenizerCheck } from './model.js';
@@ -62,10 +62,10 @@ async function readKb(file: string, bank: TemplateBank | null): Promise<KbEntry[
   if (!fs.existsSync(file)) throw new UsageError(`--kb ${file}: no such file`);
   const out: KbEntry[] = [];
   for await (const { record } of readRecords([file], { validate: false })) {
-    if (record.kind !== 'fact') continue;
-    // Known facts need no target_new, so the schema's insert check is off here; check the fields used.
-    const f = record as Fact;
-    if (typeof f.subject !== 'string' || typeof f.target_true !== 'string' || typeof f.id !== 'string') continue;
+    // Known facts need no target_new (the schema's one fact definition, rules for known facts).
+    if (!isFact(record, { known: true })) continue;
+    const f = record;
+    if (f.target_true === undefined) continue;
     const relation = typeof f.relation === 'string' ? f.relation : typeof f.prompt === 'string' ? entryFor(bank, undefined, f.prompt)?.relation : undefined;
     if (relation !== undefined && f.op !== 'forget') out.push({ id: f.id, subject: f.subject, relation, target: f.target_true });
   }

@@ -317,8 +317,46 @@ export function validateRecord(value: unknown): AnyRecord {
   return value as AnyRecord;
 }
 
+// ---------------------------------------------------------------- facts: the one definition
+
+/** How strict parseFact is about answers. */
+export interface FactRules {
+  /**
+   * A fact the model already knows (the world's facts.ndjson, --kb, attrib's
+   * traced facts): `target_true` alone is enough for op "insert". Default
+   * false: an insert needs `target_new`.
+   */
+  known?: boolean;
+}
+
+/**
+ * The one definition of a valid fact: the declared field types (KIND_FIELDS.fact)
+ * and the rules across fields (non-empty subject and answers, a `{}` template,
+ * the answer each op needs, confidence in [0, 1]). Throws InputError naming
+ * the field; the caller adds the input and record number. Returns the value
+ * typed as Fact (the same object: extra fields kept).
+ */
+export function parseFact(value: unknown, rules: FactRules = {}): Fact {
+  if (!isPlainObject(value)) throw new InputError(`expected a JSON object, got ${describeType(value)}`);
+  if (value.kind !== 'fact') throw new InputError(`expected "fact", got ${typeof value.kind === 'string' ? JSON.stringify(value.kind) : describeType(value.kind)}`, { field: 'kind' });
+  checkFields(value, KIND_FIELDS.fact, '');
+  checkFact(value as Fact, rules);
+  return value as Fact;
+}
+
+/** Whether `value` is a valid fact (parseFact without the error). */
+export function isFact(value: unknown, rules: FactRules = {}): value is Fact {
+  try {
+    parseFact(value, rules);
+    return true;
+  } catch (e) {
+    if (e instanceof InputError) return false;
+    throw e;
+  }
+}
+
 /** Rules that span fields of a fact. */
-function checkFact(f: Fact): void {
+function checkFact(f: Fact, rules: FactRules = {}): void {
   // An empty subject or answer would train and score nothing (zsRE-MEND has rows with an empty alt).
   if (f.subject.trim() === '') throw new InputError('expected a non-empty subject', { field: 'subject' });
   for (const k of ['target_new', 'target_true'] as const) {
@@ -328,8 +366,8 @@ function checkFact(f: Fact): void {
     throw new InputError('expected a template containing "{}" where the subject goes', { field: 'prompt' });
   }
   const op = f.op ?? 'insert';
-  if (op === 'insert' && f.target_new === undefined) {
-    throw new InputError('missing required field for op "insert" (expected string)', { field: 'target_new' });
+  if (op === 'insert' && f.target_new === undefined && !(rules.known && f.target_true !== undefined)) {
+    throw new InputError(`missing required field for op "insert" (expected string${rules.known ? '; or target_true for a fact the model knows' : ''})`, { field: 'target_new' });
   }
   if (op === 'forget' && f.target_true === undefined) {
     throw new InputError('missing required field for op "forget" (expected string)', { field: 'target_true' });

@@ -59,7 +59,7 @@ await runTool<Args>({
   examples: [
     ['probe-gen facts.ndjson | attrib', 'causal tracing on the default fixture model, top 3 MLP/attention sites per fact'],
     ['attrib --method patch,atp --plot traces/ facts.ndjson', 'both estimates, with heatmaps per fact'],
-    ['attrib --method grad-x-act --top-k 5 --model fixtures/golden/gpt2 facts.ndjson', 'modules by gradient × weight'],
+    ['attrib --method grad-x-act --top-k 5 facts.ndjson', 'modules by gradient × weight'],
     ['attrib --method expert --model fixtures/models/moe facts.ndjson', 'experts of a mixture-of-experts model'],
   ],
   options: {

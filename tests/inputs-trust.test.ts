@@ -129,3 +129,13 @@ t.test('attrib writes each fact before tracing it: `attrib | head -1` gets it at
   const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
   t.equal(code, 0, 'a closed stdout ends attrib quietly');
 });
+
+t.test('attrib shows progress on a terminal, like the others', { skip: !existsSync('/usr/bin/script') && 'no script(1) for a pseudo-terminal' }, async (t) => {
+  const facts = join(dir, 'three.ndjson');
+  writeFileSync(facts, edits.slice(0, 3).join('\n') + '\n');
+  // script(1) gives attrib a terminal for stderr; stdout goes to a file
+  const r = spawnSync('script', ['-qec', `${process.execPath} ${main('attrib')} --samples 2 ${facts} > ${join(dir, 'three.out')}`, '/dev/null'], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stdout);
+  t.match(r.stdout, /\rattrib: 1 records/, 'a counter after the first fact (the old one waited for 4096 records)');
+  t.equal(lines(readFileSync(join(dir, 'three.out'), 'utf8')).filter((l) => l.includes('"kind":"fact"')).length, 3);
+});

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { InputError, UsageError, packageVersion, runTool, spellingScreen, type SpellingScreen } from '@catechism/core/cli';
 import { defaultModelDir } from '@catechism/core/fixtures';
 import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
-import type { Fact, Probe } from '@catechism/core/records';
+import { parseFact, type Fact, type Probe } from '@catechism/core/records';
 import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '@catechism/core/attrib';
 import { METHODS, attribFact, type AttribOptions, type Method } from './lib.js';
 import { writePlots } from './plot.js';
@@ -108,13 +108,13 @@ await runTool<Args>({
 
     const facts = new Set<string>();
     const bad: string[] = [];
-    // Facts are checked here, not by the schema: a known fact (target_true only, as in the
-    // world's facts.ndjson) is traceable even though the schema wants target_new for an insert.
+    // Facts are checked here, not by the reader: a known fact (target_true only, as in the
+    // world's facts.ndjson) is traceable, so parseFact's rules for known facts apply (below).
     // Facts refused for unknown words (--on-bad-record skip): they and their probes are left out.
     const refused = new Set<string>();
     for await (const at of ctx.read({ validate: false })) {
       const { record, source, index } = at;
-      if (record.kind === 'fact' && typeof record.id === 'string' && typeof record.subject === 'string' && !load().screen.keep(at)) {
+      if (record.kind === 'fact' && typeof record.id === 'string' && typeof record.subject === 'string' && record.id !== '' && !load().screen.keep(at)) {
         refused.add(record.id);
         continue;
       }
@@ -132,10 +132,13 @@ await runTool<Args>({
         continue;
       }
       if (record.kind !== 'fact') continue;
-      const f = record as Fact;
-      const badField = (['id', 'subject', 'prompt'] as const).find((k) => typeof f[k] !== 'string' || f[k] === '');
-      if (badField) {
-        const err = new InputError(`fact without a ${badField} (expected a non-empty string)`, { source, record: index, field: badField });
+      let f: Fact;
+      try {
+        // the one fact definition (core's schema), with the rules for known facts: target_true alone will do
+        f = parseFact(record, { known: true });
+      } catch (e) {
+        if (!(e instanceof InputError)) throw e;
+        const err = e.locate({ source, record: index });
         bad.push(err.message);
         ctx.log(err.message);
         continue;

@@ -50,7 +50,7 @@ await runTool<Args>({
     'the report to the bundle\'s validation history. Probe records in the stream about an adapter\'s facts are used with the bundle\'s own probes.',
   examples: [
     ['adapter-merge show fact-42 | validate', 'validate a stored adapter (its report goes to the registry\'s history)'],
-    ['validate adapter.ndjson --gate efficacy>=0.95 --gate ppl_delta<=0.02 --strict', 'stricter gates; exit 3 if any adapter fails'],
+    ["validate adapter.ndjson --gate 'efficacy>=0.95' --gate 'ppl_delta<=0.02' --strict", 'stricter gates; exit 3 if any adapter fails'],
     ['probe-gen edits.ndjson | validate --baseline', 'the base model alone on the edits (efficacy 0 for counterfactuals)'],
     ['validate adapter.ndjson --html report.html --no-record', 'a readable page with charts; history untouched'],
   ],

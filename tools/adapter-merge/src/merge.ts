@@ -272,7 +272,9 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     seen = st.held;
     if (current) parents.push(current);
   }
+  let readCount = 0;
   for await (const { record, source, index } of ctx.read()) {
+    readCount++;
     if (record.kind !== 'adapter') {
       if (!a.text) await ctx.out.write(record); // other records pass through, in order
       continue;
@@ -284,6 +286,11 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     }
     seen.add(p.sha256);
     parents.push(p);
+  }
+  if (parents.length === 0 && readCount === 0) {
+    // empty input is not an error in any tool (issue 18): say so and exit 0
+    ctx.log(`no records in ${files.length > 0 ? files.join(', ') : 'stdin'}: nothing to merge`);
+    return;
   }
   if (parents.length === 0) throw new InputError(`no adapter records in ${files.length > 0 ? files.join(', ') : 'stdin'}: nothing to merge`);
   if (current !== null && parents.length === 1) {

@@ -6,10 +6,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError, UsageError, packageVersion, runTool } from '@catechism/core/cli';
+import { InputError, UsageError, packageVersion, runTool, spellingScreen, type SpellingScreen } from '@catechism/core/cli';
 import { defaultModelDir } from '@catechism/core/fixtures';
 import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
-import type { Fact, Probe } from '@catechism/core/records';
+import { parseFact, type Fact, type Probe } from '@catechism/core/records';
 import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '@catechism/core/attrib';
 import { METHODS, attribFact, type AttribOptions, type Method } from './lib.js';
 import { writePlots } from './plot.js';
@@ -59,7 +59,7 @@ await runTool<Args>({
   examples: [
     ['probe-gen facts.ndjson | attrib', 'causal tracing on the default fixture model, top 3 MLP/attention sites per fact'],
     ['attrib --method patch,atp --plot traces/ facts.ndjson', 'both estimates, with heatmaps per fact'],
-    ['attrib --method grad-x-act --top-k 5 --model fixtures/golden/gpt2 facts.ndjson', 'modules by gradient × weight'],
+    ['attrib --method grad-x-act --top-k 5 facts.ndjson', 'modules by gradient × weight'],
     ['attrib --method expert --model fixtures/models/moe facts.ndjson', 'experts of a mixture-of-experts model'],
   ],
   options: {
@@ -90,7 +90,7 @@ await runTool<Args>({
     };
     if (!(Number.isFinite(opts.noise) && opts.noise >= 0)) throw new UsageError(`--noise: expected a number ≥ 0, got ${String(a.noise)} (see --help)`);
 
-    let lm: { model: CausalLM; tokenizer: Tokenizer } | null = null;
+    let lm: { model: CausalLM; tokenizer: Tokenizer; screen: SpellingScreen } | null = null;
     const load = () => {
       if (lm) return lm;
       const dir = a.model ?? defaultModelDir();
@@ -102,15 +102,23 @@ await runTool<Args>({
       if (opts.methods.includes('expert') && model.config.family !== 'mixtral') {
         throw new UsageError(`--method expert needs a mixture-of-experts model; ${dir} is ${model.config.modelType}`);
       }
-      lm = { model, tokenizer };
+      lm = { model, tokenizer, screen: spellingScreen(ctx, tokenizer) };
       return lm;
     };
 
     const facts = new Set<string>();
     const bad: string[] = [];
-    // Facts are checked here, not by the schema: a known fact (target_true only, as in the
-    // world's facts.ndjson) is traceable even though the schema wants target_new for an insert.
-    for await (const { record, source, index } of ctx.read({ validate: false })) {
+    // Facts are checked here, not by the reader: a known fact (target_true only, as in the
+    // world's facts.ndjson) is traceable, so parseFact's rules for known facts apply (below).
+    // Facts refused for unknown words (--on-bad-record skip): they and their probes are left out.
+    const refused = new Set<string>();
+    for await (const at of ctx.read({ validate: false })) {
+      const { record, source, index } = at;
+      if (record.kind === 'fact' && typeof record.id === 'string' && typeof record.subject === 'string' && record.id !== '' && !load().screen.keep(at)) {
+        refused.add(record.id);
+        continue;
+      }
+      if (record.kind === 'probe' && refused.has(record.fact_id as string)) continue;
       await ctx.out.write(record);
       if (record.kind === 'probe') {
         const p = record as Probe;
@@ -124,19 +132,25 @@ await runTool<Args>({
         continue;
       }
       if (record.kind !== 'fact') continue;
-      const f = record as Fact;
-      const badField = (['id', 'subject', 'prompt'] as const).find((k) => typeof f[k] !== 'string' || f[k] === '');
-      if (badField) {
-        const err = new InputError(`fact without a ${badField} (expected a non-empty string)`, { source, record: index, field: badField });
+      let f: Fact;
+      try {
+        // the one fact definition (core's schema), with the rules for known facts: target_true alone will do
+        f = parseFact(record, { known: true });
+      } catch (e) {
+        if (!(e instanceof InputError)) throw e;
+        const err = e.locate({ source, record: index });
         bad.push(err.message);
         ctx.log(err.message);
         continue;
       }
       facts.add(f.id);
       const { model, tokenizer } = load();
+      // The fact reaches the next tool (or `| head -1`) before the slow part, not 64 KiB later.
+      await ctx.out.flush();
       try {
         const res = attribFact(model, tokenizer, f, opts);
         await ctx.out.writeBatch(res.loci);
+        await ctx.out.flush();
         if (a.plot) await writePlots(a.plot, f.id, res, tokenizer);
       } catch (e) {
         if (!(e instanceof AttribInputError)) throw e;
@@ -146,6 +160,8 @@ await runTool<Args>({
       }
       ctx.progress.tick();
     }
+    // `lm` is set inside load(); read it through a cast so TS does not narrow it to null here
+    (lm as { screen: SpellingScreen } | null)?.screen.finish();
     if (bad.length > 0) {
       // flush what passed through before the error exit (runTool exits without flushing)
       await ctx.out.end();

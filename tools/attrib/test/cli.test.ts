@@ -15,15 +15,17 @@ const gpt2 = path.join(root, 'fixtures/golden/gpt2');
 const mixtral = path.join(root, 'fixtures/golden/mixtral');
 const edits = path.join(root, 'fixtures/world/edits.ndjson');
 
+// The golden GPT-2's tokenizer (lower-case characters) cannot spell the world's names: these
+// tests are about the mechanics on that tiny model, so unknown words are allowed (issue 18).
 function run(args: string[], input = '') {
-  const r = spawnSync(process.execPath, [bin, ...args], { input, encoding: 'utf-8', maxBuffer: 64 << 20 });
+  const r = spawnSync(process.execPath, [bin, '--allow-unknown', ...args], { input, encoding: 'utf-8', maxBuffer: 64 << 20 });
   return { code: r.status, out: r.stdout, err: r.stderr, recs: r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
 }
 
 const facts = fs.readFileSync(edits, 'utf-8').split('\n').filter(Boolean).slice(0, 3);
 
 t.test('probe-gen | attrib: every record passes through in order, loci follow their fact', async (t) => {
-  const r = spawnSync('bash', ['-c', `head -3 ${edits} | node ${probeGen} | node ${bin} --model ${gpt2} --method patch,atp,grad-x-act --samples 2 --top-k 2`], { encoding: 'utf-8' });
+  const r = spawnSync('bash', ['-c', `head -3 ${edits} | node ${probeGen} | node ${bin} --allow-unknown --model ${gpt2} --method patch,atp,grad-x-act --samples 2 --top-k 2`], { encoding: 'utf-8' });
   t.equal(r.status, 0, r.stderr);
   const pg = spawnSync('bash', ['-c', `head -3 ${edits} | node ${probeGen}`], { encoding: 'utf-8' }).stdout.split('\n').filter(Boolean);
   const lines = r.stdout.split('\n').filter(Boolean);

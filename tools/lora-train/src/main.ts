@@ -4,7 +4,7 @@
  * of facts written (--out or --registry); every input record passed through
  * in order, then one `adapter` record per bundle.
  */
-import { packageVersion, runTool, UsageError } from '@catechism/core/cli';
+import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
 import type { InputRecord } from '@catechism/core/records';
 import { DEFAULT_ARGS, loadResources, trainEdits, type TrainArgs } from './lib.js';
 
@@ -110,12 +110,16 @@ await runTool<Args>({
       createdAt: a['created-at'],
     };
     // every record is needed before training (a batch's probes may come after its facts)
-    const inputs: InputRecord[] = [];
+    const read: InputRecord[] = [];
     for await (const batch of ctx.readBatches()) {
       ctx.progress.tick(batch.length);
-      inputs.push(...batch);
+      read.push(...batch);
     }
     const res = loadResources(args);
+    // answers the model cannot spell: refused (exit 2), or left out with --on-bad-record skip, or kept with --allow-unknown
+    const screen = spellingScreen(ctx, res.tokenizer);
+    const inputs = read.filter((r) => screen.keep(r));
+    screen.finish();
     const adapters = await trainEdits(inputs, args, res, { log: ctx.log });
     await ctx.out.writeBatch(inputs.map((r) => r.record));
     await ctx.out.writeBatch(adapters);

@@ -12,7 +12,7 @@
  * - `abstain`: the target must lose: it must no longer be the model's answer.
  */
 import { InputError } from '@catechism/core/cli';
-import type { InputRecord } from '@catechism/core/records';
+import { parseFact, type InputRecord } from '@catechism/core/records';
 import type { AnyRecord, Fact, Probe, ProbeExpect, ProbeRole } from '@catechism/core/records';
 import type { Rng } from '@catechism/core';
 import { entryFor, type TemplateBank } from './bank.js';
@@ -77,15 +77,8 @@ export function hash32(s: string): number {
  * targets must be non-empty, and the fact needs the target its op uses.
  */
 export function checkFact(f: Fact): void {
-  if (!f.prompt.includes('{}')) throw new InputError(`expected a template containing "{}" where the subject goes, got ${JSON.stringify(f.prompt)}`, { field: 'prompt' });
-  if (f.subject.trim() === '') throw new InputError('empty subject', { field: 'subject' });
-  for (const k of ['target_new', 'target_true'] as const) {
-    if (f[k] !== undefined && f[k]!.trim() === '') throw new InputError('empty target', { field: k });
-  }
-  if (f.op === 'forget' && f.target_true === undefined) throw new InputError('a forget needs the answer to forget (missing field)', { field: 'target_true' });
-  if (f.op !== 'forget' && f.target_new === undefined && f.target_true === undefined) {
-    throw new InputError('an insert needs target_new (or target_true for a fact to teach as it is)', { field: 'target_new' });
-  }
+  // The one definition (core's records/schema.ts); a fact with target_true alone is taught as it is.
+  parseFact(f, { known: true });
 }
 
 /** The probe target and expectation of a fact's own prompt. */

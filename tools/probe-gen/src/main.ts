@@ -5,10 +5,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError, UsageError, packageVersion, runTool } from '@catechism/core/cli';
+import { InputError, UsageError, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
+import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
 import { entryFor, loadBank, type TemplateBank } from './bank.js';
 import { ALL_ROLES, checkFact, editTarget, generateAll, hash32, type KbEntry } from './generator.js';
 import { alreadyAnswers, cannotEncode, generateContexts, loadLm, loadTokenizerCheck, type TokenizerCheck } from './model.js';
@@ -62,10 +62,10 @@ async function readKb(file: string, bank: TemplateBank | null): Promise<KbEntry[
   if (!fs.existsSync(file)) throw new UsageError(`--kb ${file}: no such file`);
   const out: KbEntry[] = [];
   for await (const { record } of readRecords([file], { validate: false })) {
-    if (record.kind !== 'fact') continue;
-    // Known facts need no target_new, so the schema's insert check is off here; check the fields used.
-    const f = record as Fact;
-    if (typeof f.subject !== 'string' || typeof f.target_true !== 'string' || typeof f.id !== 'string') continue;
+    // Known facts need no target_new (the schema's one fact definition, rules for known facts).
+    if (!isFact(record, { known: true })) continue;
+    const f = record;
+    if (f.target_true === undefined) continue;
     const relation = typeof f.relation === 'string' ? f.relation : typeof f.prompt === 'string' ? entryFor(bank, undefined, f.prompt)?.relation : undefined;
     if (relation !== undefined && f.op !== 'forget') out.push({ id: f.id, subject: f.subject, relation, target: f.target_true });
   }
@@ -92,7 +92,7 @@ function modelDirOf(dir: string | undefined): string {
   return d;
 }
 
-/** Every target the probes will use must be encodable by the tokenizer, when one is loaded. */
+/** Every target the probes will use must encode to some tokens, when a tokenizer is loaded (unknown words: spellingScreen). */
 function checkTargets(records: readonly InputRecord[], tok: TokenizerCheck, dir: string): void {
   for (const r of records) {
     if (r.record.kind !== 'fact') continue;
@@ -100,8 +100,9 @@ function checkTargets(records: readonly InputRecord[], tok: TokenizerCheck, dir:
     for (const k of ['target_new', 'target_true'] as const) {
       const t = f[k];
       if (t === undefined || t.trim() === '') continue;
-      const why = cannotEncode(tok, t);
-      if (why) throw new InputError(`target ${JSON.stringify(t)} ${why} (tokenizer of ${dir})`, { source: r.source, record: r.index, field: k });
+      if (tok.tokenizer.encode(` ${t}`, { addSpecialTokens: false }).length === 0) {
+        throw new InputError(`target ${JSON.stringify(t)} encodes to no tokens (tokenizer of ${dir})`, { source: r.source, record: r.index, field: k });
+      }
     }
   }
 }
@@ -170,12 +171,16 @@ await runTool<Args>({
     const tokDir = a.tokenizer ?? (a.model !== undefined || needModel ? modelDirOf(a.model) : undefined);
     if (a.tokenizer !== undefined && !fs.existsSync(path.join(a.tokenizer, 'tokenizer.json'))) throw new UsageError(`--tokenizer ${a.tokenizer}: no tokenizer.json there`);
     const tok = tokDir !== undefined ? await loadTokenizerCheck(tokDir) : null;
+    // Answers the model cannot spell are refused (or skipped, or allowed) before any probe is made.
+    const screen = tok && !a.passthrough ? spellingScreen(ctx, tok.tokenizer) : null;
+    const screened = (batch: InputRecord[]): InputRecord[] => (screen ? batch.filter((r) => screen.keep(r)) : batch);
 
     const streaming = [...roles].every((r) => r === 'edit') && !a['check-known'] && a['on-conflict'] === undefined;
     if (streaming || a.passthrough) {
       // Batch by batch: the per-record work is synchronous, the awaits are per batch.
-      for await (const batch of ctx.readBatches()) {
-        ctx.progress.tick(batch.length);
+      for await (const read of ctx.readBatches()) {
+        ctx.progress.tick(read.length);
+        const batch = screened(read);
         const out: AnyRecord[] = [];
         if (!a.passthrough && tok) checkTargets(batch, tok, tokDir!);
         for (const { record, source, index } of batch) {
@@ -187,32 +192,41 @@ await runTool<Args>({
             try {
               checkFact(record as Fact);
             } catch (e) {
-              throw e instanceof InputError ? e.locate({ source, record: index }) : e;
+              if (!(e instanceof InputError)) throw e;
+              ctx.reject({ source, index, record }, e); // throws unless --on-bad-record skip
+              continue;
             }
           }
           expandRecord(record, out, { keepFacts: a.facts });
         }
         await ctx.out.writeBatch(out);
       }
+      screen?.finish();
       return;
     }
 
     // The full generator: the whole stream first.
-    const records: InputRecord[] = [];
+    let records: InputRecord[] = [];
     for await (const batch of ctx.readBatches()) {
       ctx.progress.tick(batch.length);
-      records.push(...batch);
+      records.push(...screened(batch));
     }
+    screen?.finish();
     const facts: Array<{ fact: Fact; at: InputRecord }> = [];
+    const rejected = new Set<InputRecord>();
     for (const r of records) {
       if (r.record.kind !== 'fact') continue;
       try {
         checkFact(r.record as Fact);
       } catch (e) {
-        throw e instanceof InputError ? e.locate({ source: r.source, record: r.index }) : e;
+        if (!(e instanceof InputError)) throw e;
+        ctx.reject(r, e); // throws unless --on-bad-record skip
+        rejected.add(r);
+        continue;
       }
       facts.push({ fact: r.record as Fact, at: r });
     }
+    if (rejected.size > 0) records = records.filter((r) => !rejected.has(r));
     if (tok) {
       checkTargets(records, tok, tokDir!);
       if (roles.has('counterfactual') && a['forget-target'] === 'abstain' && facts.some((f) => f.fact.op === 'forget')) {

@@ -215,8 +215,8 @@ t.test('bad facts are bad input naming record and field', async (t) => {
   const good = JSON.stringify(edits[0]);
   const cases: Array<[string, Rec, string[], RegExp]> = [
     ['no {} slot', { ...edits[1], prompt: 'works for' }, [], /^probe-gen: stdin: record 2: field "prompt": expected a template containing "\{\}"/],
-    ['empty target', { ...edits[1], target_new: ' ' }, [], /^probe-gen: stdin: record 2: field "target_new": empty target\n$/],
-    ['unencodable target', { ...edits[1], target_new: 'Zzyzxq' }, ['--tokenizer', world('')], /^probe-gen: stdin: record 2: field "target_new": target "Zzyzxq" has a word the tokenizer does not know/],
+    ['empty target', { ...edits[1], target_new: ' ' }, [], /^probe-gen: stdin: record 2: field "target_new": expected a non-empty answer, got an empty string\n$/],
+    ['unencodable target', { ...edits[1], target_new: 'Zzyzxq' }, ['--tokenizer', world('')], /^probe-gen: stdin: record 2: field "target_new": fact "edit-0002": the model's tokenizer cannot spell "Zzyzxq"/],
   ];
   for (const [what, rec, extra, msg] of cases) {
     for (const roles of ['edit', 'all']) {

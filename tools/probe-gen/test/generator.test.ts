@@ -100,7 +100,7 @@ t.test('already_known facts are flagged with their probes; a seed picks neighbou
 
 t.test('checkFact', async (t) => {
   t.throws(() => checkFact({ ...france, prompt: 'The capital is' }), { field: 'prompt' });
-  t.throws(() => checkFact({ ...france, target_new: '' }), { field: 'target_new', detail: 'empty target' });
+  t.throws(() => checkFact({ ...france, target_new: '' }), { field: 'target_new', detail: 'expected a non-empty answer, got an empty string' });
   t.throws(() => checkFact({ kind: 'fact', id: 'x', subject: 'S', prompt: '{} is', op: 'forget' }), { field: 'target_true' });
   t.doesNotThrow(() => checkFact(france));
 });

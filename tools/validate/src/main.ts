@@ -50,8 +50,8 @@ await runTool<Args>({
     'fluency and cost, each with its standard error, over fixed evaluation sets (never --seed or the stream); checks gates; writes one `report` record per adapter after passing every input record through, and appends ' +
     'the report to the bundle\'s validation history. Probe records in the stream about an adapter\'s facts are used with the bundle\'s own probes.',
   examples: [
-    ['adapter-merge show fact-7 | validate', 'validate a stored adapter (its report goes to the registry\'s history)'],
-    ['validate adapter.ndjson --gate efficacy>=0.95 --gate ppl_delta<=0.02 --strict', 'stricter gates; exit 3 if any adapter fails'],
+    ['adapter-merge show fact-42 | validate', 'validate a stored adapter (its report goes to the registry\'s history)'],
+    ["validate adapter.ndjson --gate 'efficacy>=0.95' --gate 'ppl_delta<=0.02' --strict", 'stricter gates; exit 3 if any adapter fails'],
     ['probe-gen edits.ndjson | validate --baseline', 'the base model alone on the edits (efficacy 0 for counterfactuals)'],
     ['validate adapter.ndjson --html report.html --no-record', 'a readable page with charts; history untouched'],
   ],

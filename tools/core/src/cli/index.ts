@@ -13,11 +13,11 @@
  * `maxrss_kib=N` (its peak resident memory) as the last stderr line; the
  * memory tests use it.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import yargs, { type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { InputError, UsageError } from '../records/errors.js';
-import { readRecordBatches, readRecords, type InputRecord, type ReadOptions } from '../records/reader.js';
+import { DEFAULT_MAX_RECORD_BYTES, readRecordBatches, readRecords, type InputRecord, type ReadOptions, type RejectedRecord } from '../records/reader.js';
 import { OUTPUT_FORMATS, createRecordWriter, type OutputFormat, type RecordWriter } from '../records/writer.js';
 import { Rng } from '../util/random.js';
 
@@ -35,7 +35,17 @@ export interface CommonArgs {
   registry?: string;
   quiet: boolean;
   debug: boolean;
+  /** What a bad input record does: end the run (exit 2) or be skipped (written to --rejects, exit 4). */
+  'on-bad-record': 'fail' | 'skip';
+  /** With skip: NDJSON file that gets each rejected record and why. */
+  rejects?: string;
+  'max-record-bytes': number;
+  /** Go on with answers the model's tokenizer cannot spell (they become its unknown token). */
+  'allow-unknown': boolean;
 }
+
+/** Exit status when the run finished but --on-bad-record skip skipped some records. */
+export const EXIT_SKIPPED = 4;
 
 export interface ToolContext<A> {
   name: string;
@@ -51,6 +61,15 @@ export interface ToolContext<A> {
   progress: Progress;
   /** A diagnostic line on stderr (suppressed by --quiet). */
   log(message: string): void;
+  /**
+   * A record a tool finds bad after reading it (e.g. an answer the model
+   * cannot spell). With --on-bad-record fail (the default) this throws the
+   * error (located at the record); with skip it writes the record and the
+   * reason to --rejects, counts it, and returns: the tool leaves it out.
+   */
+  reject(at: { source: string; index: number; record?: unknown }, error: InputError): void;
+  /** Records skipped so far (reader and reject()). */
+  readonly skipped: number;
 }
 
 export interface ToolSpec<A> {
@@ -82,22 +101,28 @@ export function packageVersion(metaUrl: string): string {
 export class Progress {
   private count = 0;
   private last = 0;
+  private lastCheck = 0;
   private shown = false;
+  // Records between clock checks: grows to 4096 for fast streams (off the hot path),
+  // stays near 1 for slow per-record work (attrib, training), so both show progress.
+  private stride = 1;
+  private nextCheck = 1;
   constructor(
     private readonly name: string,
     private readonly enabled: boolean,
+    private readonly unit = 'records',
   ) {}
-  private nextCheck = 4096;
   tick(n = 1): void {
     this.count += n;
-    // Checking the clock every 4096 records keeps this off the hot path.
     if (!this.enabled || this.count < this.nextCheck) return;
-    this.nextCheck = this.count + 4096;
     const now = Date.now();
+    this.stride = now - this.lastCheck < 50 ? Math.min(this.stride * 2, 4096) : Math.max(1, this.stride >> 1);
+    this.lastCheck = now;
+    this.nextCheck = this.count + this.stride;
     if (now - this.last < 250) return;
     this.last = now;
     this.shown = true;
-    process.stderr.write(`\r${this.name}: ${this.count} records`);
+    process.stderr.write(`\r${this.name}: ${this.count} ${this.unit}`);
   }
   done(): void {
     if (this.shown) process.stderr.write('\r\x1b[K');
@@ -127,11 +152,43 @@ const COMMON_OPTIONS: Record<string, Options> = {
   device: { choices: ['cpu', 'cuda'], default: 'cpu', describe: 'compute device', group: 'Common:' },
   registry: { type: 'string', describe: 'adapter registry directory', group: 'Common:' },
   quiet: { type: 'boolean', default: false, alias: 'q', describe: 'no progress or diagnostics on stderr', group: 'Common:' },
+  'on-bad-record': { choices: ['fail', 'skip'], default: 'fail', describe: `a bad input record ends the run (fail, exit 2) or is left out (skip: written to --rejects, counted on stderr, exit ${EXIT_SKIPPED} at the end)`, group: 'Input:' },
+  rejects: { type: 'string', describe: 'with --on-bad-record skip: append each rejected record and its reason to FILE (NDJSON)', group: 'Input:' },
+  'max-record-bytes': { type: 'number', default: DEFAULT_MAX_RECORD_BYTES, describe: 'longest NDJSON record (line) accepted, in bytes', group: 'Input:' },
+  'allow-unknown': { type: 'boolean', default: false, describe: 'go on when an answer has a word the model\'s tokenizer cannot spell (it becomes the unknown token); such answers never count as a success', group: 'Input:' },
   debug: { type: 'boolean', default: false, describe: 'stack traces on errors', group: 'Common:' },
 };
 
+// A model or bundle file that cannot be read as what it claims to be is bad input, in every tool.
+const BAD_INPUT_ERRORS = new Set(['ModelLoadError', 'SafetensorsError', 'ConfigError', 'BundleError', 'ManifestError']);
+
 function exitCodeOf(e: unknown): number {
-  return e instanceof InputError || e instanceof UsageError ? 2 : 1;
+  if (e instanceof InputError || e instanceof UsageError) return 2;
+  if (e instanceof Error && BAD_INPUT_ERRORS.has(e.name)) return 2;
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') return 2;
+  return 1;
+}
+
+/** One line for the errors of the system that a user fixes outside the tool (full disk, permissions). */
+function systemMessage(e: unknown): string | null {
+  const err = e as NodeJS.ErrnoException | null;
+  if (!err || typeof err.code !== 'string') return null;
+  const where = err.path ?? (err.syscall === 'write' ? 'the output' : undefined);
+  const at = where !== undefined ? ` (${err.syscall ?? 'writing'} ${where})` : '';
+  switch (err.code) {
+    case 'ENOSPC':
+      return `no space left on the device${at}; free some space and run again`;
+    case 'EDQUOT':
+      return `disk quota exceeded${at}`;
+    case 'EACCES':
+    case 'EPERM':
+      return `permission denied${at}`;
+    case 'EROFS':
+      return `read-only file system${at}`;
+    default:
+      return null;
+  }
 }
 
 function isEpipe(e: unknown): boolean {
@@ -145,7 +202,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   const debugFlag = argv.includes('--debug');
   const fail = (e: unknown): never => {
     if (isEpipe(e)) process.exit(0);
-    const msg = e instanceof Error ? e.message : String(e);
+    const msg = systemMessage(e) ?? (e instanceof Error ? e.message : String(e));
     process.stderr.write(`${spec.name}: ${msg}\n`);
     if (debugFlag && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
     process.exit(exitCodeOf(e));
@@ -171,7 +228,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
       .help()
       .alias('h', 'help')
       .wrap(Math.min(100, process.stdout.columns ?? 100))
-      .epilogue('Exit status: 0 ok, 2 bad input or usage, 1 runtime failure.')
+      .epilogue(`Exit status: 0 ok, 2 bad input or usage, 1 runtime failure, ${EXIT_SKIPPED} finished but --on-bad-record skip left records out.`)
       .fail((msg, err) => {
         throw err ?? new UsageError(`${msg.replace(/\s*\n\s*/g, ' ')} (see --help)`);
       });
@@ -182,6 +239,9 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     // The flag is part of every tool's interface now so scripts can name it;
     // running "cuda" work on the CPU instead would be a silent lie.
     if (parsed.device === 'cuda') throw new UsageError('--device cuda: this build has no CUDA backend yet; use --device cpu');
+    const maxBytes = parsed['max-record-bytes'] as number;
+    if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new UsageError(`--max-record-bytes: expected a positive integer, got ${String(parsed['max-record-bytes'])} (see --help)`);
+    if (parsed.rejects !== undefined && parsed['on-bad-record'] !== 'skip') throw new UsageError('--rejects needs --on-bad-record skip (see --help)');
     args = { ...(parsed as A), inputs: (parsed._ as unknown[]).map(String) } as CommonArgs & A;
   } catch (e) {
     return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));
@@ -197,23 +257,59 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   };
   const progress = new Progress(spec.name, !!process.stderr.isTTY && !args.quiet);
   const out = createRecordWriter(process.stdout, { format: args.format });
+  // Rejected records (--on-bad-record skip): appended synchronously, so a later crash keeps them.
+  let skipped = 0;
+  let rejectsFd: number | null = null;
+  const skip = (bad: RejectedRecord): void => {
+    skipped++;
+    if (args.rejects !== undefined) {
+      rejectsFd ??= openSync(args.rejects, 'a');
+      const line: Record<string, unknown> = { source: bad.source, record: bad.index, error: bad.error.message };
+      if (bad.error.field !== undefined) line.field = bad.error.field;
+      if (bad.record !== undefined) line.value = bad.record;
+      else if (bad.text !== undefined) line.text = bad.text;
+      writeSync(rejectsFd, JSON.stringify(line) + '\n');
+    }
+    if (skipped <= 3 && !args.quiet) process.stderr.write(`${spec.name}: skipped ${bad.error.message}\n`);
+  };
+  const readOptions = (options?: ReadOptions): ReadOptions => ({
+    maxRecordBytes: args['max-record-bytes'],
+    ...(args['on-bad-record'] === 'skip' ? { onBad: skip } : {}),
+    ...options,
+  });
   const ctx: ToolContext<A> = {
     name: spec.name,
     args,
     rng: new Rng(args.seed),
     read: (options?: ReadOptions) => {
       hintStdin();
-      return readRecords(args.inputs, options);
+      return readRecords(args.inputs, readOptions(options));
     },
     readBatches: (options?: ReadOptions) => {
       hintStdin();
-      return readRecordBatches(args.inputs, options);
+      return readRecordBatches(args.inputs, readOptions(options));
     },
     out,
     progress,
     log: (message: string) => {
       if (!args.quiet) process.stderr.write(`${spec.name}: ${message}\n`);
     },
+    reject: (at, error) => {
+      error.locate({ source: at.source, record: at.index });
+      if (args['on-bad-record'] !== 'skip') throw error;
+      skip({ source: at.source, index: at.index, error, record: at.record });
+    },
+    get skipped() {
+      return skipped;
+    },
+  };
+  const reportSkipped = (): void => {
+    if (rejectsFd !== null) closeSync(rejectsFd);
+    rejectsFd = null;
+    if (skipped > 0) {
+      // Said even with --quiet: the output is short of records.
+      process.stderr.write(`${spec.name}: ${skipped} bad record(s) skipped${args.rejects !== undefined ? `, written to ${args.rejects}` : ' (--rejects FILE keeps them)'}\n`);
+    }
   };
   try {
     await spec.run(ctx);
@@ -221,7 +317,12 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     progress.done();
   } catch (e) {
     progress.done();
+    reportSkipped();
     fail(e);
   }
-  process.exitCode = 0;
+  reportSkipped();
+  // A tool may have set its own code (validate --strict: 3); skipping is reported unless it did.
+  process.exitCode = skipped > 0 && !process.exitCode ? EXIT_SKIPPED : (process.exitCode ?? 0);
 }
+
+export { spellingScreen, type SpellingScreen } from './spelling.js';

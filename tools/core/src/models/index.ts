@@ -23,3 +23,4 @@ export {
   ARCHS, archOf, archForModelType, attentionModules, baseOps, initWeights, mlpModules, mlpOutput, supportedModelTypes, weightRoles, defineArch, swiGluKeys,
   type ArchDescription, type ArchOps, type ArchSpec, type CommonConfig, type DenseMlp, type LayerModules, type WeightRole,
 } from './arch/index.js';
+export * from './spelling.js';

@@ -1,10 +1,19 @@
 /**
- * Input normalisation: CounterFact and zsRE records (as published, without a
- * `kind`) become `fact` records. The extra prompts are kept under
- * `fact.prompts` and `fact.locality` so probe-gen can use them.
+ * Input normalisation: published edit datasets (records without a `kind`)
+ * become `fact` records. The shapes (schema.ts's ACCEPTED_SHAPES says them to users):
+ *   - CounterFact (ROME/MEMIT counterfact.json): `requested_rewrite`;
+ *   - zsRE as ROME, MEND and EasyEdit publish it (zsre_mem_*.json,
+ *     zsre_mend_eval.json): `subject`, `src`, `alt`, `answers`, `rephrase`,
+ *     `loc`, `loc_ans`, optional `portability`;
+ *   - EasyEdit's flat edit records (KnowEdit and its examples): `prompt`
+ *     (the subject written in), `subject`, `target_new`, `ground_truth`,
+ *     `rephrase_prompt`, `locality_prompt`, `locality_ground_truth`,
+ *     optional `portability`.
+ * The extra prompts are kept under `fact.prompts` and `fact.locality` so
+ * probe-gen can use them; `portability` is kept as it came.
  */
 import { createHash } from 'node:crypto';
-import { InputError } from './errors.js';
+import { InputError, describeType } from './errors.js';
 import { checkFields, type Fact, type FieldSpec, type FieldType } from './schema.js';
 
 const str: FieldType = { t: 'string' };
@@ -43,14 +52,69 @@ const ZSRE: FieldSpec[] = [
   opt('loc_ans', str),
 ];
 
-export type InputShape = 'counterfact' | 'zsre' | null;
+// EasyEdit flat records; their answers may be one string or a list (see answer()).
+const EASYEDIT: FieldSpec[] = [req('prompt', str), req('subject', str)];
+
+export type InputShape = 'counterfact' | 'zsre' | 'easyedit' | null;
 
 /** Which published shape a kind-less object has, if any. */
 export function detectShape(v: Record<string, unknown>): InputShape {
   if (v.kind !== undefined) return null;
   if ('requested_rewrite' in v) return 'counterfact';
   if ('src' in v && 'alt' in v && 'subject' in v) return 'zsre';
+  if ('prompt' in v && 'subject' in v && 'target_new' in v) return 'easyedit';
   return null;
+}
+
+/** A non-empty answer: a string, or the first string of a list (EasyEdit writes both). */
+function answer(v: unknown, field: string, required: boolean): string | undefined {
+  const a = Array.isArray(v) ? v[0] : v;
+  if (a === undefined && !required && (v === undefined || (Array.isArray(v) && v.length === 0))) return undefined;
+  if (typeof a !== 'string') throw new InputError(`expected a string or a list of strings, got ${describeType(a)}`, { field: Array.isArray(v) ? `${field}[0]` : field });
+  if (a.trim() === '') throw new InputError('expected a non-empty answer, got an empty string', { field: Array.isArray(v) ? `${field}[0]` : field });
+  return a;
+}
+
+/** Strings of a field that is one string or a list of them. */
+function strings(v: unknown, field: string): string[] {
+  const list = Array.isArray(v) ? v : [v];
+  list.forEach((x, i) => {
+    if (typeof x !== 'string') throw new InputError(`expected a string, got ${describeType(x)}`, { field: Array.isArray(v) ? `${field}[${i}]` : field });
+  });
+  return list as string[];
+}
+
+const contentId = (...parts: string[]): string => createHash('sha256').update(parts.join('\n')).digest('hex').slice(0, 12);
+
+/**
+ * EasyEdit's flat record. Its `prompt` has the subject written in; the
+ * template replaces the subject's first occurrence by `{}` (a prompt that
+ * already has `{}` is kept).
+ */
+export function fromEasyEdit(v: Record<string, unknown>): Fact {
+  checkFields(v, EASYEDIT, '');
+  const subject = v.subject as string;
+  const text = v.prompt as string;
+  if (subject.trim() === '') throw new InputError('expected a non-empty subject', { field: 'subject' });
+  const target = answer(v.target_new, 'target_new', true)!;
+  const prompt = text.includes('{}') ? text : templateFromQuestion(text, subject);
+  if (prompt === null) throw new InputError(`expected a prompt containing the subject ${JSON.stringify(subject)}`, { field: 'prompt' });
+  const id = typeof v.case_id === 'number' || typeof v.case_id === 'string' ? `easyedit-${String(v.case_id)}` : `easyedit-${contentId(subject, text, target)}`;
+  const fact: Fact = { kind: 'fact', id, subject: text.includes('{}') ? subject : text.substr(prompt.indexOf('{}'), subject.length), prompt, target_new: target };
+  const truth = answer(v.ground_truth, 'ground_truth', false);
+  // EasyEdit writes "<|endoftext|>" when the true answer is unknown.
+  if (truth !== undefined && truth !== '<|endoftext|>') fact.target_true = truth;
+  fact.op = 'insert';
+  fact.source = 'easyedit';
+  if (v.rephrase_prompt !== undefined) fact.prompts = { paraphrase: strings(v.rephrase_prompt, 'rephrase_prompt') };
+  if (v.locality_prompt !== undefined) {
+    const prompts = strings(v.locality_prompt, 'locality_prompt');
+    const truths = v.locality_ground_truth === undefined ? [] : Array.isArray(v.locality_ground_truth) && prompts.length > 1 ? v.locality_ground_truth : [v.locality_ground_truth];
+    if (truths.length !== prompts.length) throw new InputError(`expected one answer per locality prompt (${prompts.length})`, { field: 'locality_ground_truth' });
+    fact.locality = prompts.map((p, i) => ({ prompt: p, target: answer(truths[i], `locality_ground_truth${prompts.length > 1 ? `[${i}]` : ''}`, true)! }));
+  }
+  if (v.portability !== undefined) fact.portability = v.portability;
+  return fact;
 }
 
 export function fromCounterFact(v: Record<string, unknown>): Fact {
@@ -102,6 +166,9 @@ export function templateFromQuestion(src: string, subject: string): string | nul
 
 export function fromZsre(v: Record<string, unknown>): Fact {
   checkFields(v, ZSRE, '');
+  // Published zsRE files have a few rows with an empty answer (zsRE-MEND's eval file: two).
+  if ((v.alt as string).trim() === '') throw new InputError('expected a non-empty answer, got an empty string', { field: 'alt' });
+  if ((v.subject as string).trim() === '') throw new InputError('expected a non-empty subject', { field: 'subject' });
   const subject = v.subject as string;
   const src = v.src as string;
   const prompt = templateFromQuestion(src, subject);
@@ -121,13 +188,14 @@ export function fromZsre(v: Record<string, unknown>): Fact {
     target_new: v.alt as string,
   };
   const answers = v.answers as string[] | undefined;
-  if (answers && answers.length > 0) fact.target_true = answers[0];
+  if (answers && answers.length > 0 && answers[0].trim() !== '') fact.target_true = answers[0];
   fact.op = 'insert';
   fact.source = 'zsre';
   if (typeof v.rephrase === 'string') fact.prompts = { paraphrase: [v.rephrase] };
   if (typeof v.loc === 'string' && typeof v.loc_ans === 'string') {
     fact.locality = [{ prompt: v.loc, target: v.loc_ans }];
   }
+  if (v.portability !== undefined) fact.portability = v.portability;
   return fact;
 }
 
@@ -143,6 +211,8 @@ export function normaliseRecord(v: unknown): unknown {
       return fromCounterFact(o);
     case 'zsre':
       return fromZsre(o);
+    case 'easyedit':
+      return fromEasyEdit(o);
     default:
       return v;
   }

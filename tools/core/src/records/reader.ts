@@ -14,8 +14,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
-import { jsonlParser } from 'stream-json/jsonl/parser.js';
+import { isUtf8 } from 'node:buffer';
 import streamArray from 'stream-json/streamers/stream-array.js';
 import { InputError, UsageError, describeType } from './errors.js';
 import { normaliseRecord } from './normalise.js';
@@ -39,6 +38,28 @@ export interface ReadOptions {
   validate?: boolean;
   /** stdin stream to use for "-" or no inputs (default process.stdin). */
   stdin?: NodeJS.ReadableStream;
+  /** Longest NDJSON record accepted, in bytes (default DEFAULT_MAX_RECORD_BYTES). */
+  maxRecordBytes?: number;
+  /**
+   * Called with each record that is bad on its own (bad JSON line, invalid
+   * UTF-8, too long, too deep, fails normalisation or the schema) instead
+   * of throwing; reading goes on with the next record. Without it the
+   * first bad record ends the read with its InputError. A broken stream
+   * (JSON array syntax, truncated Arrow) always throws.
+   */
+  onBad?: (bad: RejectedRecord) => void;
+}
+
+/** A record the reader (or a tool) refused, with why. */
+export interface RejectedRecord {
+  source: string;
+  /** 1-based record number within `source`. */
+  index: number;
+  error: InputError;
+  /** The record as read, when it parsed. */
+  record?: unknown;
+  /** Else the start of its text, when known. */
+  text?: string;
 }
 
 const STDIN_NAME = 'stdin';
@@ -89,58 +110,163 @@ async function* replay(head: Buffer, rest: AsyncIterator<Buffer>): AsyncGenerato
   }
 }
 
-const BAD_LINE = Symbol('bad-json-line');
-interface BadLine {
-  [BAD_LINE]: true;
-  error: Error;
+/** Default --max-record-bytes: one NDJSON line may be at most this long (128 MiB). */
+export const DEFAULT_MAX_RECORD_BYTES = 128 * 1024 * 1024;
+/** JSON nested deeper than this is refused (records of every known kind are < 10 deep). */
+export const MAX_JSON_DEPTH = 100;
+
+/**
+ * A record that could not be read (bad JSON, invalid UTF-8, too long, too
+ * deep): kept in the value stream as a marker so the reader can number it
+ * and either fail or skip it (--on-bad-record).
+ */
+export class BadValue {
+  constructor(
+    readonly error: InputError,
+    /** What is known of the record: the line's text (maybe cut short), or nothing. */
+    readonly text?: string,
+  ) {}
 }
+
+/** Options of the byte-level readers. */
+export interface ParseLimits {
+  /** Longest NDJSON line accepted, in bytes (default DEFAULT_MAX_RECORD_BYTES). */
+  maxRecordBytes?: number;
+}
+
+/** Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion to overflow). */
+export function nestedDeeperThan(value: unknown, limit: number): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (d > limit) return true;
+    const children = Array.isArray(v) ? v : Object.values(v as object);
+    for (const c of children) if (typeof c === 'object' && c !== null) stack.push([c, d + 1]);
+  }
+  return false;
+}
+
+const PREVIEW = 200;
+const preview = (b: Buffer): string => b.subarray(0, PREVIEW).toString('utf8') + (b.length > PREVIEW ? '…' : '');
 
 /**
  * Raw values of one NDJSON input, in order, one batch per input chunk.
- * Lines are split here and each is parsed by stream-json's JSON Lines line
- * parser; batching per chunk keeps the per-record async overhead off the
- * hot path, and a chunk is at most the stream's highWaterMark (64 KiB).
+ *
+ * Lines are split on bytes, not text, so that each line's UTF-8 can be
+ * checked (Buffer's isUtf8, simdutf) and its length limited before it is
+ * decoded. A line that spans chunks is kept as a list of chunks and joined
+ * once when its newline arrives: linear in the line's length (the old
+ * string-concatenating splitter was quadratic: a 10 MB line took 4 s).
+ * Each line is parsed with JSON.parse, as stream-json's JSONL parser does
+ * (see tests/bench/ndjson-reader.bench.mjs for the comparison). Bad lines
+ * become BadValue markers in place.
  */
-async function* ndjsonValues(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown[]> {
-  // Keep bad lines as markers so the record number is known when failing.
-  const parseLine = jsonlParser({ errorIndicator: (error: Error): BadLine => ({ [BAD_LINE]: true, error }) }) as (
-    line: string,
-  ) => { key: number; value: unknown } | symbol;
-  const decoder = new StringDecoder('utf8');
-  let rest = '';
+async function* ndjsonValues(bytes: AsyncIterable<Buffer>, limits: ParseLimits = {}): AsyncGenerator<unknown[]> {
+  const maxBytes = limits.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
+  // Only a line at least this long can nest past MAX_JSON_DEPTH ("[[[…]]]").
+  const depthCheckFrom = 2 * MAX_JSON_DEPTH;
+  let pending: Buffer[] = [];
+  let pendingLen = 0;
+  let skipping = false; // inside an over-long line: drop bytes until its newline
   let first = true;
-  // Records before a bad line are still delivered, then the error is thrown.
-  let failure: InputError | null = null;
-  const parseLines = (text: string, final: boolean): unknown[] => {
-    const lines = (rest + text).split('\n');
-    rest = final ? '' : lines.pop()!;
-    const out: unknown[] = [];
-    for (let line of lines) {
-      if (first) {
-        if (line.charCodeAt(0) === 0xfeff) line = line.slice(1); // byte-order mark
-        first = false;
-      }
-      if (line.endsWith('\r')) line = line.slice(0, -1);
-      if (line.trim() === '') continue;
-      const item = parseLine(line);
-      if (typeof item !== 'object') continue;
-      const v = item.value;
-      if (typeof v === 'object' && v !== null && (v as BadLine)[BAD_LINE]) {
-        failure = new InputError(`invalid JSON (NDJSON is one record per line): ${(v as BadLine).error.message}`, { record: item.key + 1 });
-        break;
-      }
-      out.push(v);
+  let lineNo = 0; // non-blank lines so far (the record number)
+
+  const parseText = (line: string, out: unknown[]): void => {
+    if (first) {
+      if (line.charCodeAt(0) === 0xfeff) line = line.slice(1); // byte-order mark
+      first = false;
     }
-    return out;
+    if (line.endsWith('\r')) line = line.slice(0, -1);
+    if (line.trim() === '') return;
+    lineNo++;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch (e) {
+      out.push(new BadValue(new InputError(`invalid JSON (NDJSON is one record per line): ${(e as Error).message}`), line.length > PREVIEW ? line.slice(0, PREVIEW) + '…' : line));
+      return;
+    }
+    if (line.length >= depthCheckFrom && nestedDeeperThan(v, MAX_JSON_DEPTH)) {
+      out.push(new BadValue(new InputError(`JSON nested deeper than ${MAX_JSON_DEPTH} levels`), line.slice(0, PREVIEW) + '…'));
+      return;
+    }
+    out.push(v);
   };
+  const tooLong = (out: unknown[], head: Buffer): void => {
+    lineNo++;
+    out.push(new BadValue(new InputError(`record longer than --max-record-bytes ${maxBytes} (one NDJSON line per record; raise the limit for larger records)`), preview(head)));
+  };
+  // Complete lines (no trailing newline inside `block` except as separators).
+  const parseBlock = (block: Buffer, out: unknown[]): void => {
+    if (block.length <= maxBytes && isUtf8(block)) {
+      for (const line of block.toString('utf8').split('\n')) parseText(line, out);
+      return;
+    }
+    // Slow path, line by line: a line too long or with invalid UTF-8 is named on its own.
+    let at = 0;
+    while (at <= block.length) {
+      let nl = block.indexOf(0x0a, at);
+      if (nl < 0) nl = block.length;
+      const line = block.subarray(at, nl);
+      at = nl + 1;
+      if (line.length > maxBytes) tooLong(out, line);
+      else if (!isUtf8(line)) {
+        lineNo++;
+        first = false;
+        out.push(new BadValue(new InputError('invalid UTF-8 (records must be UTF-8 text)'), preview(line)));
+      } else parseText(line.toString('utf8'), out);
+    }
+  };
+
   for await (const chunk of bytes) {
-    const batch = parseLines(decoder.write(chunk), false);
-    if (batch.length > 0) yield batch;
-    if (failure) throw failure;
+    const out: unknown[] = [];
+    const lastNl = chunk.lastIndexOf(0x0a);
+    if (lastNl < 0) {
+      // No line ends in this chunk: it all belongs to the current line.
+      if (!skipping) {
+        pending.push(chunk);
+        pendingLen += chunk.length;
+        if (pendingLen > maxBytes) {
+          tooLong(out, pending[0]);
+          pending = [];
+          pendingLen = 0;
+          skipping = true;
+        }
+      }
+    } else {
+      let start = 0;
+      if (skipping) {
+        // The over-long line ends at the first newline of this chunk.
+        start = chunk.indexOf(0x0a) + 1;
+        skipping = false;
+      }
+      if (start <= lastNl) {
+        const head = chunk.subarray(start, lastNl);
+        const block = pendingLen > 0 ? Buffer.concat([...pending, head], pendingLen + head.length) : head;
+        pending = [];
+        pendingLen = 0;
+        parseBlock(block, out);
+      }
+      const tail = chunk.subarray(lastNl + 1);
+      if (tail.length > 0) {
+        pending.push(tail);
+        pendingLen = tail.length;
+        if (pendingLen > maxBytes) {
+          tooLong(out, tail);
+          pending = [];
+          pendingLen = 0;
+          skipping = true;
+        }
+      }
+    }
+    if (out.length > 0) yield out;
   }
-  const batch = parseLines(decoder.end(), true);
-  if (batch.length > 0) yield batch;
-  if (failure) throw failure;
+  if (pendingLen > 0 && !skipping) {
+    const out: unknown[] = [];
+    parseBlock(Buffer.concat(pending, pendingLen), out);
+    if (out.length > 0) yield out;
+  }
 }
 
 /** Collects single values into batches of up to `size`. */
@@ -156,20 +282,40 @@ async function* batched(values: AsyncIterable<unknown>, size: number): AsyncGene
   if (batch.length > 0) yield batch;
 }
 
+/**
+ * Text of a byte stream, decoded strictly: invalid UTF-8 is an error, not
+ * U+FFFD (stream-json's own decoder would replace it silently).
+ */
+async function* strictUtf8(bytes: AsyncIterable<Buffer>): AsyncGenerator<string> {
+  const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+  try {
+    for await (const chunk of bytes) {
+      const s = decoder.decode(chunk, { stream: true });
+      if (s.length > 0) yield s;
+    }
+    const s = decoder.decode();
+    if (s.length > 0) yield s;
+  } catch (e) {
+    if (e instanceof TypeError) throw new InputError('invalid UTF-8 (records must be UTF-8 text)');
+    throw e;
+  }
+}
+
 /** Elements of one top-level JSON array, in order, streamed. */
 async function* arrayElements(bytes: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
   const pipeline = streamArray.withParserAsStream();
-  const input = Readable.from(bytes, { objectMode: false });
+  const input = Readable.from(strictUtf8(bytes), { objectMode: false });
   input.on('error', (e) => pipeline.destroy(e));
   input.pipe(pipeline);
   let count = 0;
   try {
     for await (const item of pipeline as AsyncIterable<{ key: number; value: unknown }>) {
       count++;
-      yield item.value;
+      // Nesting is checked per element; a bad element is skippable, the array goes on.
+      yield nestedDeeperThan(item.value, MAX_JSON_DEPTH) ? new BadValue(new InputError(`JSON nested deeper than ${MAX_JSON_DEPTH} levels`)) : item.value;
     }
   } catch (e) {
-    if (e instanceof InputError) throw e;
+    if (e instanceof InputError) throw e.locate({ record: count + 1 });
     throw new InputError(`invalid JSON array: ${(e as Error).message}`, { record: count + 1 });
   } finally {
     input.destroy();
@@ -202,7 +348,7 @@ function openInput(name: string, stdin: NodeJS.ReadableStream): { source: string
 }
 
 /** Values of one input in batches, format detected from its first bytes. */
-export async function* readValueBatches(stream: AsyncIterable<Buffer>): AsyncGenerator<unknown[]> {
+export async function* readValueBatches(stream: AsyncIterable<Buffer>, limits: ParseLimits = {}): AsyncGenerator<unknown[]> {
   const { head, rest } = await peek(stream);
   const format = detectFormat(head);
   if (format === 'empty') return;
@@ -210,12 +356,19 @@ export async function* readValueBatches(stream: AsyncIterable<Buffer>): AsyncGen
   const bytes = replay(head, rest);
   if (format === 'arrow') yield* arrowValues(bytes);
   else if (format === 'json-array') yield* batched(arrayElements(bytes), 256);
-  else yield* ndjsonValues(bytes);
+  else yield* ndjsonValues(bytes, limits);
 }
 
 /** Values of one input, format detected from its first bytes. */
-export async function* readValues(stream: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
-  for await (const batch of readValueBatches(stream)) yield* batch;
+export async function* readValues(stream: AsyncIterable<Buffer>, limits: ParseLimits = {}): AsyncGenerator<unknown> {
+  let n = 0;
+  for await (const batch of readValueBatches(stream, limits)) {
+    for (const v of batch) {
+      n++;
+      if (v instanceof BadValue) throw v.error.locate({ record: n });
+      yield v;
+    }
+  }
 }
 
 /**
@@ -228,34 +381,39 @@ export async function* readRecordBatches(inputs: readonly string[], options: Rea
   const normalise = options.normalise ?? true;
   const validate = options.validate ?? true;
   const stdin = options.stdin ?? process.stdin;
+  const onBad = options.onBad;
   const names = inputs.length === 0 ? ['-'] : inputs;
   for (const name of names) {
     const { source, stream } = openInput(name, stdin);
     let index = 0;
     try {
-      for await (const raws of readValueBatches(stream)) {
+      for await (const raws of readValueBatches(stream, { maxRecordBytes: options.maxRecordBytes })) {
         const batch: InputRecord[] = [];
-        let bad: unknown = null;
+        let bad: InputError | null = null;
         for (let i = 0; i < raws.length; i++) {
+          index++;
+          const raw = raws[i];
           try {
-            let v = normalise ? normaliseRecord(raws[i]) : raws[i];
+            if (raw instanceof BadValue) throw raw.error;
+            let v = normalise ? normaliseRecord(raw) : raw;
             if (validate) v = validateRecord(v);
             else if (typeof v !== 'object' || v === null || Array.isArray(v)) {
               throw new InputError(`expected a JSON object, got ${describeType(v)}`);
             }
-            batch.push({ record: v as AnyRecord, source, index: index + 1 });
+            batch.push({ record: v as AnyRecord, source, index });
           } catch (e) {
-            bad = e;
-            break;
+            if (!(e instanceof InputError)) throw e;
+            e.locate({ source, record: index });
+            if (!onBad) {
+              bad = e;
+              break;
+            }
+            onBad(raw instanceof BadValue ? { source, index, error: e, text: raw.text } : { source, index, error: e, record: raw });
           }
-          index++;
         }
         // The records before a bad one are still delivered, in order.
         if (batch.length > 0) yield batch;
-        if (bad) {
-          index++;
-          throw bad;
-        }
+        if (bad) throw bad;
       }
     } catch (e) {
       const err = e as NodeJS.ErrnoException;

@@ -289,6 +289,13 @@ export function checkFields(obj: Record<string, unknown>, fields: FieldSpec[], p
   }
 }
 
+/** The record shapes read as input, for messages about records of no known shape. */
+export const ACCEPTED_SHAPES =
+  'a catechism record (with "kind": fact, probe, locus, adapter, report, route, …), ' +
+  'CounterFact ("case_id", "requested_rewrite"), ' +
+  'zsRE as ROME/MEND/EasyEdit publish it ("subject", "src", "alt", "answers", "rephrase", "loc", "loc_ans"), ' +
+  'or EasyEdit\'s flat edit ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")';
+
 /**
  * Validates one record. Throws InputError naming the field path and what was
  * expected; the caller adds the source and record number. Returns the record
@@ -300,7 +307,7 @@ export function validateRecord(value: unknown): AnyRecord {
   }
   const kind = value.kind;
   if (typeof kind !== 'string') {
-    if (kind === undefined) throw new InputError('missing required field (expected string)', { field: 'kind' });
+    if (kind === undefined) throw new InputError(`missing required field (expected string); a record of no known shape: accepted are ${ACCEPTED_SHAPES}`, { field: 'kind' });
     throw new InputError(`expected string, got ${describeType(kind)}`, { field: 'kind' });
   }
   if (isKnownKind(kind)) {
@@ -310,14 +317,57 @@ export function validateRecord(value: unknown): AnyRecord {
   return value as AnyRecord;
 }
 
+// ---------------------------------------------------------------- facts: the one definition
+
+/** How strict parseFact is about answers. */
+export interface FactRules {
+  /**
+   * A fact the model already knows (the world's facts.ndjson, --kb, attrib's
+   * traced facts): `target_true` alone is enough for op "insert". Default
+   * false: an insert needs `target_new`.
+   */
+  known?: boolean;
+}
+
+/**
+ * The one definition of a valid fact: the declared field types (KIND_FIELDS.fact)
+ * and the rules across fields (non-empty subject and answers, a `{}` template,
+ * the answer each op needs, confidence in [0, 1]). Throws InputError naming
+ * the field; the caller adds the input and record number. Returns the value
+ * typed as Fact (the same object: extra fields kept).
+ */
+export function parseFact(value: unknown, rules: FactRules = {}): Fact {
+  if (!isPlainObject(value)) throw new InputError(`expected a JSON object, got ${describeType(value)}`);
+  if (value.kind !== 'fact') throw new InputError(`expected "fact", got ${typeof value.kind === 'string' ? JSON.stringify(value.kind) : describeType(value.kind)}`, { field: 'kind' });
+  checkFields(value, KIND_FIELDS.fact, '');
+  checkFact(value as Fact, rules);
+  return value as Fact;
+}
+
+/** Whether `value` is a valid fact (parseFact without the error). */
+export function isFact(value: unknown, rules: FactRules = {}): value is Fact {
+  try {
+    parseFact(value, rules);
+    return true;
+  } catch (e) {
+    if (e instanceof InputError) return false;
+    throw e;
+  }
+}
+
 /** Rules that span fields of a fact. */
-function checkFact(f: Fact): void {
+function checkFact(f: Fact, rules: FactRules = {}): void {
+  // An empty subject or answer would train and score nothing (zsRE-MEND has rows with an empty alt).
+  if (f.subject.trim() === '') throw new InputError('expected a non-empty subject', { field: 'subject' });
+  for (const k of ['target_new', 'target_true'] as const) {
+    if (f[k] !== undefined && f[k]!.trim() === '') throw new InputError('expected a non-empty answer, got an empty string', { field: k });
+  }
   if (!f.prompt.includes('{}')) {
     throw new InputError('expected a template containing "{}" where the subject goes', { field: 'prompt' });
   }
   const op = f.op ?? 'insert';
-  if (op === 'insert' && f.target_new === undefined) {
-    throw new InputError('missing required field for op "insert" (expected string)', { field: 'target_new' });
+  if (op === 'insert' && f.target_new === undefined && !(rules.known && f.target_true !== undefined)) {
+    throw new InputError(`missing required field for op "insert" (expected string${rules.known ? '; or target_true for a fact the model knows' : ''})`, { field: 'target_new' });
   }
   if (op === 'forget' && f.target_true === undefined) {
     throw new InputError('missing required field for op "forget" (expected string)', { field: 'target_true' });

@@ -23,6 +23,11 @@ export interface RecordWriter {
   writeBatch(records: readonly AnyRecord[]): Promise<void>;
   /** Flushes what is buffered (and ends the Arrow stream); does not close `out`. */
   end(): Promise<void>;
+  /**
+   * Hands what is buffered to the output now (a slow tool, between records,
+   * so the next tool, or `head`, sees them at once). Arrow: a batch per call.
+   */
+  flush(): Promise<void>;
   /** Records written so far. */
   readonly count: number;
 }
@@ -73,6 +78,10 @@ class NdjsonWriter implements RecordWriter {
   }
 
   async end(): Promise<void> {
+    await this.flush();
+  }
+
+  async flush(): Promise<void> {
     if (this.buf.length > 0) {
       const chunk = this.buf;
       this.buf = '';
@@ -109,7 +118,7 @@ class ArrowWriter implements RecordWriter {
     this.count += records.length;
   }
 
-  private async flush(): Promise<void> {
+  async flush(): Promise<void> {
     if (this.rows.length === 0) return;
     const rows = this.rows;
     this.rows = [];

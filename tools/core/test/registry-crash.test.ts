@@ -123,7 +123,9 @@ if (!existsSync(path.join(dist, 'registry', 'index.js'))) {
     t.ok(ev.bundle.sha256 === dirs[1].sha256);
     const v = await reg.verify();
     t.equal(v.ok, true);
-    t.same(v.notes, [], 'no lock or temporaries left after a clean write');
+    // A ref the clean write did not touch may still have a head record one event behind (a kill
+    // between the history's and the head's rename): verify notes it, and that ref's next write catches up.
+    t.same(v.notes.filter((n) => !/head record lags/.test(n)), [], 'no lock or temporaries left after a clean write');
     t.ok((await reg.log('live')).length > 0);
   });
 }

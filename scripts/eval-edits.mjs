@@ -36,10 +36,8 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const { DEFAULT_ARGS, loadResources, trainEdits } = await import(path.join(root, 'tools/lora-train/dist/lib.js'));
-const { editReadback, checkFact, readNdjson } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
-const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
-const { Rng } = await import(path.join(root, 'tools/core/dist/index.js'));
+const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/lib.js'));
+const { readNdjson } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 
 const { values: a } = parseArgs({
   options: {
@@ -72,37 +70,15 @@ const seed = Number(a.seed);
 
 /** Edit requests of the case. */
 function caseFacts() {
-  if (a.source === 'edits') {
-    return readNdjson(path.join(world, 'edits.ndjson')).filter((f) => f.op === a.op).slice(skip, skip + count);
-  }
+  const edits = readNdjson(path.join(world, 'edits.ndjson'));
+  if (a.source === 'edits') return edits.filter((f) => f.op === a.op).slice(skip, skip + count);
   if (a.source !== 'facts') throw new Error(`--source: edits or facts, got ${a.source}`);
-  const known = readNdjson(path.join(world, 'facts.ndjson'));
-  const requested = new Set(readNdjson(path.join(world, 'edits.ndjson')).map((f) => `${f.subject}\u0000${f.relation}`));
-  const objects = new Map();
-  for (const k of known) (objects.get(k.relation) ?? objects.set(k.relation, []).get(k.relation)).push(k.target_true);
-  const rng = new Rng(1000 + seed);
-  const pool = rng.shuffle(known.filter((k) => (!a.relation || k.relation === a.relation) && !requested.has(`${k.subject}\u0000${k.relation}`)));
-  return pool.slice(skip, skip + count).map((k, i) => {
-    const others = [...new Set(objects.get(k.relation))].filter((o) => o !== k.target_true).sort();
-    const base = { kind: 'fact', id: `cf-${String(skip + i + 1).padStart(4, '0')}`, subject: k.subject, prompt: k.prompt, relation: k.relation, source: 'eval-edits' };
-    return a.op === 'forget'
-      ? { ...base, target_true: k.target_true, op: 'forget' }
-      : { ...base, target_new: others[rng.int(others.length)], target_true: k.target_true, op: 'insert' };
-  });
+  return counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { relation: a.relation, skip, count, seed, op: a.op, exclude: edits });
 }
 
 const facts = caseFacts();
 if (facts.length === 0) throw new Error('no facts for this case');
-// the probes probe-gen's first form writes: one train `edit` probe per fact (as measureWorldEdits)
-const inputs = [];
-for (const f of facts) {
-  inputs.push({ record: f, source: 'eval', index: inputs.length + 1 });
-  const target = f.op === 'forget' ? f.target_true : f.target_new;
-  inputs.push({
-    record: { kind: 'probe', id: `${f.id}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: f.prompt.replace('{}', f.subject), target, expect: f.op === 'forget' ? 'abstain' : 'new' },
-    source: 'eval', index: inputs.length + 1,
-  });
-}
+const inputs = editInputs(facts);
 const overrides = {};
 for (const kv of a.set) {
   const i = kv.indexOf('=');
@@ -145,14 +121,7 @@ if (a.method === 'rome') {
   }
 }
 const seconds = (Date.now() - t0) / 1000;
-const byId = new Map(facts.map((f) => [f.id, checkFact(f)]));
-const adapters = records.map((r) => ({ adapter: loadLora(r.path), facts: r.fact_ids.map((id) => byId.get(id)) }));
-// LoRA batches are active together (as deployed); ROME single edits each alone
-const groups = a.method === 'rome'
-  ? adapters.map((x) => ({ adapters: [x.adapter], facts: x.facts }))
-  : [{ adapters: adapters.map((x) => x.adapter), facts: adapters.flatMap((x) => x.facts) }];
-const readback = readNdjson(path.join(world, 'eval/facts-train.ndjson')).map((p) => ({ prompt: p.prompt, target: p.target, subject: p.subject, relation: p.relation }));
-const f = groups.length ? editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback }) : null;
+const f = readbackAdapters(res, records, facts, path.join(world, 'eval/facts-train.ndjson'), a.method);
 fs.rmSync(tmp, { recursive: true, force: true });
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
@@ -160,16 +129,7 @@ const num = (x) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(3));
 const label = a.label ?? `${a.source === 'facts' ? `${a.relation ?? 'facts'} cf` : 'edits'} ${skip + 1}–${skip + count}${Number(a.batch) ? ` (batches of ${a.batch})` : ''}`;
 let pass = refused ?? 'refused';
 if (f) {
-  const fails = [];
-  if (f.kl > 0.05) fails.push('kl');
-  if (f.retain_drop > 0.05) fails.push('retain_drop');
-  if (a.op === 'insert') {
-    if (!(f.efficacy >= 0.95)) fails.push('efficacy');
-    if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-  } else {
-    if (!(f.forgotten >= 1)) fails.push('forgotten');
-    if (!(f.forget_kind >= 1)) fails.push('kind');
-  }
+  const fails = readbackFailures(f, a.op);
   pass = (refused ? `${refused}; the rest ` : '') + (fails.length ? `fail (${fails.join(', ')})` : 'pass');
 }
 if (a.header) {

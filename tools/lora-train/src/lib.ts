@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
+  resolveTargets, romeEdit, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -549,4 +549,77 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   }
   const figures = editQuality(res.model, res.tokenizer, edits, { templates: res.templates, known: res.known, neighboursPerFact: 20, avoid });
   return { figures, seconds, editsPerSecond: facts.length / seconds, adapters: records.length, bytesPerAdapter: bytes / Math.max(1, records.length), records };
+}
+
+/**
+ * Counterfactual edit requests made from known facts (a world's
+ * facts.ndjson), for measuring edits no request file names: a seeded order
+ * of the facts (of one relation, or all), skipping those `exclude` names
+ * (subject + relation) and the first `skip`, each moved to another object of
+ * its relation (seeded). op "forget" keeps the true answer to forget.
+ */
+export function counterfactualFacts(
+  known: readonly Rec[], opts: { relation?: string; skip?: number; count: number; seed?: number; op?: 'insert' | 'forget'; exclude?: readonly Rec[] },
+): Rec[] {
+  const excluded = new Set((opts.exclude ?? []).map((f) => `${String(f.subject)}\u0000${String(f.relation)}`));
+  const objects = new Map<string, string[]>();
+  for (const k of known) if (typeof k.relation === 'string' && typeof k.target_true === 'string') (objects.get(k.relation) ?? objects.set(k.relation, []).get(k.relation)!).push(k.target_true);
+  const rng = new Rng(1000 + (opts.seed ?? 0));
+  const pool = rng.shuffle(known.filter((k) => (!opts.relation || k.relation === opts.relation) && !excluded.has(`${String(k.subject)}\u0000${String(k.relation)}`)));
+  const skip = opts.skip ?? 0;
+  return pool.slice(skip, skip + opts.count).map((k, i) => {
+    const others = [...new Set(objects.get(k.relation as string))].filter((o) => o !== k.target_true).sort();
+    const base = { kind: 'fact', id: `cf-${String(skip + i + 1).padStart(4, '0')}`, subject: k.subject, prompt: k.prompt, relation: k.relation, source: 'counterfactual' };
+    return opts.op === 'forget'
+      ? { ...base, target_true: k.target_true, op: 'forget' }
+      : { ...base, target_new: others[rng.int(others.length)], target_true: k.target_true, op: 'insert' };
+  });
+}
+
+/** Facts plus the probes probe-gen's first form writes (one train `edit` probe per fact), as input records. */
+export function editInputs(facts: readonly Rec[]): InputRecord[] {
+  const inputs: InputRecord[] = [];
+  for (const f of facts) {
+    inputs.push({ record: f as InputRecord['record'], source: 'edits', index: inputs.length + 1 });
+    const target = (f.op === 'forget' ? f.target_true : f.target_new) as string;
+    inputs.push({
+      record: { kind: 'probe', id: `${f.id as string}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: (f.prompt as string).replace('{}', f.subject as string), target, expect: f.op === 'forget' ? 'abstain' : 'new' },
+      source: 'edits', index: inputs.length + 1,
+    });
+  }
+  return inputs;
+}
+
+/**
+ * The strict read-back (editReadback) of trained adapter records over every
+ * probe of `readbackFile` (a world's eval/facts-train.ndjson): LoRA batches
+ * active together, ROME single edits each alone.
+ */
+export function readbackAdapters(res: Resources, records: readonly AdapterRecord[], facts: readonly Rec[], readbackFile: string, method: 'lora' | 'rome'): ReadbackFigures | null {
+  if (records.length === 0) return null;
+  const byId = new Map(facts.map((f) => [f.id as string, checkFact(f)]));
+  const ads = records.map((r) => ({ adapter: loadLora(r.path), facts: r.fact_ids.map((id) => byId.get(id)!) }));
+  const groups = method === 'rome'
+    ? ads.map((x) => ({ adapters: [x.adapter], facts: x.facts }))
+    : [{ adapters: ads.map((x) => x.adapter), facts: ads.flatMap((x) => x.facts) }];
+  const readback = readNdjson(readbackFile).map((p) => ({
+    prompt: p.prompt as string, target: p.target as string,
+    ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+  }));
+  return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback });
+}
+
+/** validate's default gates on read-back figures: the names of those that fail. */
+export function readbackFailures(f: ReadbackFigures, op: 'insert' | 'forget'): string[] {
+  const fails: string[] = [];
+  if (!(f.kl <= 0.05)) fails.push('kl');
+  if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
+  if (op === 'insert') {
+    if (!(f.efficacy >= 0.95)) fails.push('efficacy');
+    if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
+  } else {
+    if (!(f.forgotten >= 1)) fails.push('forgotten');
+    if (!(f.forget_kind >= 1)) fails.push('kind');
+  }
+  return fails;
 }

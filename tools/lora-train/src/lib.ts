@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
+  resolveTargets, romeEdit, romeDefaultLayer, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -46,6 +46,8 @@ export interface TrainArgs {
   statsTokens: number;
   statsCache?: string;
   romePrefixes: number;
+  /** ROME: the subject's other facts and this many known facts of any relation kept too (KL), beyond the relation's ten. */
+  romeKeepFacts: number;
   /** Known facts of every relation (one training phrasing each) held to the base model too. */
   retainFacts: number;
   /** Retention KL as a mean over prompts plus a mean over document positions. */
@@ -74,7 +76,8 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   useTemplates: true,
   statsTokens: 20000,
   romePrefixes: 5,
-  retainFacts: 0,
+  retainFacts: 2000,
+  romeKeepFacts: 0,
   retainPerKind: false,
   forgetToRest: false,
   nullSpaceRank: 0,
@@ -178,7 +181,22 @@ function chooseTargets(model: CausalLM, args: TrainArgs, loci: Rec[]): string[] 
     const top = [...score.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, args.topK).map(([m]) => m);
     return resolveTargets(model, top, layer);
   }
-  return resolveTargets(model, [mlpOutModule(model, layer)], layer);
+  if (args.layer !== undefined) return resolveTargets(model, [mlpOutModule(model, layer)], layer);
+  return resolveTargets(model, defaultLoraLayers(model.config.layers).map((l) => mlpOutModule(model, l)), layer);
+}
+
+/**
+ * The default LoRA layer: ROME's (about 35% of the depth, one earlier;
+ * GPT-2 XL 16, GPT-2 small 3, the 4-layer fixture model 0), where a
+ * subject's key is formed. Measured on the dense fixture model (tuning split,
+ * read back over every known fact, README "Retention at scale"): with the
+ * middle layer (1) ten cities moved to other countries generalised to 67% of
+ * held-out phrasings, with layers 0–1 to 86% but one of ten unrelated edits
+ * stayed unsolved at the step cap, with layer 0 alone 81% and every edit
+ * made (kl 0.015 and 0.012).
+ */
+export function defaultLoraLayers(layers: number): number[] {
+  return [romeDefaultLayer(layers)];
 }
 
 export interface TrainContext {
@@ -282,7 +300,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
         if (fact.op !== 'insert') throw new InputError(`fact ${fact.id}: --method rome edits insert facts only; use --method lora for forgetting`, { field: 'op' });
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
-        const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
+        const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, args.romeKeepFacts, seed)];
         // what the edit must answer: the fact's train probes (its own prompt when it has none)
         const checks = buildExamples(tok, { facts: [fact], probes: batch.probes });
         const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
@@ -307,7 +325,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
           {
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
-            hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, rome_keep_facts: args.romeKeepFacts, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
             training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
@@ -472,6 +490,19 @@ export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number
   );
   const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
   return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map((k) => (k.prompt as string).replace('{}', k.subject as string));
+}
+
+/**
+ * More prompts ROME must keep: the edited subject's facts of other relations
+ * (its key at the subject's last token is the one ROME changes) and n seeded
+ * known facts of any relation and subject.
+ */
+export function romeKeepOther(known: readonly Rec[], fact: EditFact, n: number, seed: number): string[] {
+  if (n <= 0) return [];
+  const ok = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
+  const own = known.filter((k) => ok(k) && k.subject === fact.subject && k.relation !== fact.relation);
+  const rest = new Rng(seed + 31).shuffle(known.filter((k) => ok(k) && k.subject !== fact.subject)).slice(0, n);
+  return [...own, ...rest].map((k) => (k.prompt as string).replace('{}', k.subject as string));
 }
 
 /** The entity names of known facts (subjects and true answers), for pickPrefixes' `avoid`. */

@@ -22,7 +22,10 @@
 //   node scripts/eval-edits.mjs [--world fixtures/world] [--model fixtures/models/dense]
 //     [--method lora|rome] [--op insert|forget] [--source edits|facts] [--relation R]
 //     [--skip 60] [--count 10] [--batch 0] [--seed 0] [--set key=json ...] [--label TEXT]
-//     [--header] [--json FILE]
+//     [--header] [--json FILE] [--readback FILE]
+//   --readback: the probes read back (default <world>/eval/facts-train.ndjson, one training
+//     phrasing per fact; <world>/eval/facts-heldout.ndjson: phrasings no training ever saw,
+//     two per fact, so retention is measured away from lora-train's own retention prompts).
 //   --source edits: the world's edits.ndjson (requests of --op), from --skip on;
 //   --source facts: counterfactuals made from facts.ndjson (optionally one --relation):
 //     a seeded order of the facts, from --skip on, each moved to another object of
@@ -55,6 +58,7 @@ const { values: a } = parseArgs({
     label: { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
+    readback: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -121,7 +125,7 @@ if (a.method === 'rome') {
   }
 }
 const seconds = (Date.now() - t0) / 1000;
-const f = readbackAdapters(res, records, facts, path.join(world, 'eval/facts-train.ndjson'), a.method);
+const f = readbackAdapters(res, records, facts, a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-train.ndjson'), a.method);
 fs.rmSync(tmp, { recursive: true, force: true });
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));

@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
+  resolveTargets, romeEdit, romeDefaultLayer, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -46,6 +46,16 @@ export interface TrainArgs {
   statsTokens: number;
   statsCache?: string;
   romePrefixes: number;
+  /** ROME: the subject's other facts and this many known facts of any relation kept too (KL), beyond the relation's ten. */
+  romeKeepFacts: number;
+  /** Known facts of every relation (one training phrasing each) held to the base model too. */
+  retainFacts: number;
+  /** Retention KL as a mean over prompts plus a mean over document positions. */
+  retainPerKind: boolean;
+  /** Forget rows learn the base model's distribution without the old answer. */
+  forgetToRest: boolean;
+  /** Directions of the preserved keys' subspace kept out of lora_A (0: no null-space constraint). */
+  nullSpaceRank: number;
   createdAt?: string;
 }
 
@@ -66,6 +76,11 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   useTemplates: true,
   statsTokens: 20000,
   romePrefixes: 5,
+  retainFacts: 2000,
+  romeKeepFacts: 0,
+  retainPerKind: false,
+  forgetToRest: false,
+  nullSpaceRank: 0,
 };
 
 /** A world file when it exists (the default model's world), else undefined. */
@@ -75,6 +90,14 @@ function worldFile(name: string): string | undefined {
     return fs.existsSync(f) ? f : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** An edit method could not make an edit: nothing is written (exit 1, a runtime failure, not bad input). */
+export class EditRefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EditRefusedError';
   }
 }
 
@@ -158,7 +181,22 @@ function chooseTargets(model: CausalLM, args: TrainArgs, loci: Rec[]): string[] 
     const top = [...score.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, args.topK).map(([m]) => m);
     return resolveTargets(model, top, layer);
   }
-  return resolveTargets(model, [mlpOutModule(model, layer)], layer);
+  if (args.layer !== undefined) return resolveTargets(model, [mlpOutModule(model, layer)], layer);
+  return resolveTargets(model, defaultLoraLayers(model.config.layers).map((l) => mlpOutModule(model, l)), layer);
+}
+
+/**
+ * The default LoRA layer: ROME's (about 35% of the depth, one earlier;
+ * GPT-2 XL 16, GPT-2 small 3, the 4-layer fixture model 0), where a
+ * subject's key is formed. Measured on the dense fixture model (tuning split,
+ * read back over every known fact, README "Retention at scale"): with the
+ * middle layer (1) ten cities moved to other countries generalised to 67% of
+ * held-out phrasings, with layers 0–1 to 86% but one of ten unrelated edits
+ * stayed unsolved at the step cap, with layer 0 alone 81% and every edit
+ * made (kl 0.015 and 0.012).
+ */
+export function defaultLoraLayers(layers: number): number[] {
+  return [romeDefaultLayer(layers)];
 }
 
 export interface TrainContext {
@@ -198,9 +236,33 @@ export function loadResources(args: TrainArgs): Resources {
   };
 }
 
+/**
+ * Where the bundles go, checked before any training: exactly one of --out
+ * and --registry, and an --out that exists must be a directory (a file there
+ * would otherwise fail only after minutes of training).
+ */
+export function checkDestination(out: string | undefined, registry: string | undefined): void {
+  if (out && registry) throw new UsageError('--out and --registry exclude each other: give one place for the adapter bundles');
+  if (!out && !registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
+  if (out && fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new UsageError(`--out ${out}: exists and is not a directory`);
+}
+
+/** --layer must name one of the model's layers (ROME: not the last one). */
+export function checkLayer(model: CausalLM, args: Pick<TrainArgs, 'layer' | 'method'>): void {
+  if (args.layer === undefined) return;
+  const n = model.config.layers;
+  if (!(Number.isInteger(args.layer) && args.layer >= 0 && args.layer < n)) {
+    throw new UsageError(`--layer ${args.layer}: the model has ${n} layers (0–${n - 1})`);
+  }
+  if (args.method === 'rome' && args.layer === n - 1) {
+    throw new UsageError(`--layer ${args.layer}: ROME cannot edit the last layer (its MLP output at the subject cannot reach the prediction); choose 0–${n - 2}`);
+  }
+}
+
 /** Train and write one adapter per batch; returns the adapter records in batch order. */
 export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Resources, ctx: TrainContext): Promise<AdapterRecord[]> {
-  if (!args.out && !args.registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
+  checkDestination(args.out, args.registry);
+  checkLayer(res.model, args);
   const batches = planBatches(inputs, args.batch);
   if (batches.length === 0) ctx.log('no fact records in the input: nothing to train');
   const { model, tokenizer: tok } = res;
@@ -231,21 +293,39 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       // corpus documents, as ROME's short generated contexts
       const avoidNames = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
       const prefixes = pickPrefixes(generalDocs, args.romePrefixes, seed, avoidNames);
+      // every edit first, bundles after: a fact no layer could edit stops the run before anything is written
+      const made: Array<{ fact: EditFact; r: RomeResult; layer: number; solved: number; tried: number[]; prompts: string[]; keep: string[]; checks: Example[] }> = [];
+      const refused: string[] = [];
       for (const fact of batch.facts) {
         if (fact.op !== 'insert') throw new InputError(`fact ${fact.id}: --method rome edits insert facts only; use --method lora for forgetting`, { field: 'op' });
         // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
         const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
-        const keep = romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS);
+        const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, args.romeKeepFacts, seed)];
         // what the edit must answer: the fact's train probes (its own prompt when it has none)
         const checks = buildExamples(tok, { facts: [fact], probes: batch.probes });
         const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
+        if (solved < checks.length) {
+          // the edit did not take: writing it would ship a change to the model that does not state the fact
+          refused.push(`${fact.id}: ${solved} of ${checks.length} train prompts give ${JSON.stringify(fact.target_new)} at the best of layer${tried.length > 1 ? 's' : ''} ${tried.join(', ')} (layer ${layer}, NLL ${r.nll.toFixed(3)})`);
+          ctx.log(`rome ${fact.id}: refused, ${refused.at(-1)}`);
+          continue;
+        }
+        made.push({ fact, r, layer, solved, tried, prompts, keep, checks });
+      }
+      if (refused.length) {
+        throw new EditRefusedError(
+          `ROME could not make ${refused.length} of ${batch.facts.length} edit${batch.facts.length > 1 ? 's' : ''}; no bundle written: ${refused.join('; ')}` +
+          (args.layer !== undefined ? ' (drop --layer to let ROME try later layers, or use --method lora)' : ' (try --method lora)'),
+        );
+      }
+      for (const { fact, r, layer, solved, tried, prompts, keep, checks } of made) {
         const stats = statsAt(layer);
         const records = batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id);
         const rec = await writeEditBundle(
           {
             adapter: r.adapter, method: 'rome', baseModel: base, facts: [fact], probes: probesForManifest.filter((p) => p.fact_id === fact.id),
             dataSha256: dataSha256(records), seed,
-            hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
+            hyperparameters: { ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length, rome_keep_facts: args.romeKeepFacts, stats_tokens: stats.count, stats_corpus: args.statsCorpus ?? 'world train.txt' },
             training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
             ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           },
@@ -266,15 +346,23 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
       else neighbourPrompts.push(n.prompt);
     }
-    const retain = buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 });
+    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed) : [];
+    const retain = [
+      ...buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 }),
+      ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
+    ];
+    const nullSpace = args.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, args.nullSpaceRank, seed, ctx) : undefined;
     const hyper = {
       objective: args.objective, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phase_a_steps: args.objective === 'distill' ? args.phaseASteps : 0, rows_per_step: args.rowsPerStep,
       retain_share: args.retainShare, retain_weight: args.retainWeight, neighbours_per_fact: args.neighbours, targets,
+      retain_facts: args.retainFacts, retain_per_kind: args.retainPerKind, forget_to_rest: args.forgetToRest, null_space_rank: args.nullSpaceRank,
+      use_templates: args.useTemplates,
     };
     const r = trainLora(model, examples, retain, {
       ...LORA_DEFAULTS, objective: args.objective, targets, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phaseASteps: args.phaseASteps, seed, retainShare: args.retainShare, retainWeight: args.retainWeight, batchSize: args.rowsPerStep, name: `batch-${bi}`,
+      retainPerKind: args.retainPerKind, forgetToRest: args.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
       log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
     });
     const rec = await writeEditBundle(
@@ -291,6 +379,49 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     );
     ctx.log(`batch ${bi + 1}/${batches.length}: ${batch.facts.length} facts, ${r.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s, train ${(r.trainAccuracy * 100).toFixed(0)}% → ${rec.path}`);
     out.push(rec);
+  }
+  return out;
+}
+
+/**
+ * Known facts of every relation (other than the batch's own subject and
+ * relation pairs), each in one seeded training phrasing of its relation: the
+ * knowledge the edit must leave alone, beyond the edited relations.
+ */
+export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number): string[] {
+  const rng = new Rng(seed + 7919);
+  const edited = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const pool = res.known.filter(
+    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !edited.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
+  );
+  return rng.shuffle(pool.slice()).slice(0, n).map((k) => {
+    const bank = typeof k.relation === 'string' ? res.templates?.train.get(k.relation) : undefined;
+    const t = bank && bank.length ? bank[rng.int(bank.length)] : (k.prompt as string);
+    return t.replace('{}', k.subject as string);
+  });
+}
+
+/**
+ * The preserved keys' dominant subspace at each MLP-output target: the
+ * projection's inputs at every position of the known facts' prompts (one per
+ * fact, the batch's own facts left out) and of general text documents.
+ */
+function preservedSubspaces(res: Resources, targets: string[], batch: readonly EditFact[], rank: number, seed: number, ctx: TrainContext): Map<string, KeySubspace> {
+  const tok = res.tokenizer;
+  const rows = [
+    ...knownFactPrompts(res, batch, res.known.length, seed).map((p) => tok.encode(p)),
+    ...res.corpus.slice(0, 256).map((d) => tok.encode(d).slice(0, 48)),
+  ];
+  const out = new Map<string, KeySubspace>();
+  for (const m of targets) {
+    if (!isMlpOut(res.model, m)) {
+      ctx.log(`null space: ${m} is not an MLP output projection; left unconstrained`);
+      continue;
+    }
+    const keys = mlpKeys(res.model, moduleLayer(m), rows);
+    const sub = dominantKeySubspace(keys, Math.min(rank, keys.shape[1] - 1), { seed });
+    ctx.log(`null space ${m}: ${sub.k} of ${sub.dim} directions protected (${(100 * sub.energy).toFixed(1)}% of the key energy, ${sub.count} keys)`);
+    out.set(m, sub);
   }
   return out;
 }
@@ -359,6 +490,19 @@ export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number
   );
   const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
   return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map((k) => (k.prompt as string).replace('{}', k.subject as string));
+}
+
+/**
+ * More prompts ROME must keep: the edited subject's facts of other relations
+ * (its key at the subject's last token is the one ROME changes) and n seeded
+ * known facts of any relation and subject.
+ */
+export function romeKeepOther(known: readonly Rec[], fact: EditFact, n: number, seed: number): string[] {
+  if (n <= 0) return [];
+  const ok = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
+  const own = known.filter((k) => ok(k) && k.subject === fact.subject && k.relation !== fact.relation);
+  const rest = new Rng(seed + 31).shuffle(known.filter((k) => ok(k) && k.subject !== fact.subject)).slice(0, n);
+  return [...own, ...rest].map((k) => (k.prompt as string).replace('{}', k.subject as string));
 }
 
 /** The entity names of known facts (subjects and true answers), for pickPrefixes' `avoid`. */
@@ -436,4 +580,77 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   }
   const figures = editQuality(res.model, res.tokenizer, edits, { templates: res.templates, known: res.known, neighboursPerFact: 20, avoid });
   return { figures, seconds, editsPerSecond: facts.length / seconds, adapters: records.length, bytesPerAdapter: bytes / Math.max(1, records.length), records };
+}
+
+/**
+ * Counterfactual edit requests made from known facts (a world's
+ * facts.ndjson), for measuring edits no request file names: a seeded order
+ * of the facts (of one relation, or all), skipping those `exclude` names
+ * (subject + relation) and the first `skip`, each moved to another object of
+ * its relation (seeded). op "forget" keeps the true answer to forget.
+ */
+export function counterfactualFacts(
+  known: readonly Rec[], opts: { relation?: string; skip?: number; count: number; seed?: number; op?: 'insert' | 'forget'; exclude?: readonly Rec[] },
+): Rec[] {
+  const excluded = new Set((opts.exclude ?? []).map((f) => `${String(f.subject)}\u0000${String(f.relation)}`));
+  const objects = new Map<string, string[]>();
+  for (const k of known) if (typeof k.relation === 'string' && typeof k.target_true === 'string') (objects.get(k.relation) ?? objects.set(k.relation, []).get(k.relation)!).push(k.target_true);
+  const rng = new Rng(1000 + (opts.seed ?? 0));
+  const pool = rng.shuffle(known.filter((k) => (!opts.relation || k.relation === opts.relation) && !excluded.has(`${String(k.subject)}\u0000${String(k.relation)}`)));
+  const skip = opts.skip ?? 0;
+  return pool.slice(skip, skip + opts.count).map((k, i) => {
+    const others = [...new Set(objects.get(k.relation as string))].filter((o) => o !== k.target_true).sort();
+    const base = { kind: 'fact', id: `cf-${String(skip + i + 1).padStart(4, '0')}`, subject: k.subject, prompt: k.prompt, relation: k.relation, source: 'counterfactual' };
+    return opts.op === 'forget'
+      ? { ...base, target_true: k.target_true, op: 'forget' }
+      : { ...base, target_new: others[rng.int(others.length)], target_true: k.target_true, op: 'insert' };
+  });
+}
+
+/** Facts plus the probes probe-gen's first form writes (one train `edit` probe per fact), as input records. */
+export function editInputs(facts: readonly Rec[]): InputRecord[] {
+  const inputs: InputRecord[] = [];
+  for (const f of facts) {
+    inputs.push({ record: f as InputRecord['record'], source: 'edits', index: inputs.length + 1 });
+    const target = (f.op === 'forget' ? f.target_true : f.target_new) as string;
+    inputs.push({
+      record: { kind: 'probe', id: `${f.id as string}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: (f.prompt as string).replace('{}', f.subject as string), target, expect: f.op === 'forget' ? 'abstain' : 'new' },
+      source: 'edits', index: inputs.length + 1,
+    });
+  }
+  return inputs;
+}
+
+/**
+ * The strict read-back (editReadback) of trained adapter records over every
+ * probe of `readbackFile` (a world's eval/facts-train.ndjson): LoRA batches
+ * active together, ROME single edits each alone.
+ */
+export function readbackAdapters(res: Resources, records: readonly AdapterRecord[], facts: readonly Rec[], readbackFile: string, method: 'lora' | 'rome'): ReadbackFigures | null {
+  if (records.length === 0) return null;
+  const byId = new Map(facts.map((f) => [f.id as string, checkFact(f)]));
+  const ads = records.map((r) => ({ adapter: loadLora(r.path), facts: r.fact_ids.map((id) => byId.get(id)!) }));
+  const groups = method === 'rome'
+    ? ads.map((x) => ({ adapters: [x.adapter], facts: x.facts }))
+    : [{ adapters: ads.map((x) => x.adapter), facts: ads.flatMap((x) => x.facts) }];
+  const readback = readNdjson(readbackFile).map((p) => ({
+    prompt: p.prompt as string, target: p.target as string,
+    ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+  }));
+  return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback });
+}
+
+/** validate's default gates on read-back figures: the names of those that fail. */
+export function readbackFailures(f: ReadbackFigures, op: 'insert' | 'forget'): string[] {
+  const fails: string[] = [];
+  if (!(f.kl <= 0.05)) fails.push('kl');
+  if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
+  if (op === 'insert') {
+    if (!(f.efficacy >= 0.95)) fails.push('efficacy');
+    if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
+  } else {
+    if (!(f.forgotten >= 1)) fails.push('forgotten');
+    if (!(f.forget_kind >= 1)) fails.push('kind');
+  }
+  return fails;
 }

@@ -6,7 +6,7 @@
  */
 import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
 import type { InputRecord } from '@catechism/core/records';
-import { DEFAULT_ARGS, loadResources, trainEdits, type TrainArgs } from './lib.js';
+import { DEFAULT_ARGS, checkDestination, loadResources, trainEdits, type TrainArgs } from './lib.js';
 
 interface Args {
   out?: string;
@@ -33,6 +33,11 @@ interface Args {
   'stats-tokens': number;
   'stats-cache'?: string;
   'rome-prefixes': number;
+  'retain-facts': number;
+  'rome-keep-facts': number;
+  'retain-per-kind': boolean;
+  'forget-to-rest': boolean;
+  'null-space-rank': number;
   'created-at'?: string;
 }
 
@@ -78,6 +83,11 @@ await runTool<Args>({
     'stats-tokens': { type: 'number', default: d.statsTokens, describe: 'ROME: tokens for the key statistics' },
     'stats-cache': { type: 'string', describe: 'ROME: statistics cache directory (default: $CATECHISM_CACHE or ~/.cache/catechism)' },
     'rome-prefixes': { type: 'number', default: d.romePrefixes, describe: 'ROME: context prefixes averaged for the key' },
+    'rome-keep-facts': { type: 'number', default: d.romeKeepFacts, describe: 'ROME: also keep (KL) the subject\'s other facts and this many known facts of any relation (0: only ten of the relation\'s)' },
+    'retain-facts': { type: 'number', default: d.retainFacts, describe: 'known facts of every relation (one training phrasing each, from --known-facts) also held to the base model (KL)' },
+    'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
+    'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
+    'null-space-rank': { type: 'number', default: d.nullSpaceRank, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
     'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
   },
   async run(ctx) {
@@ -94,19 +104,23 @@ await runTool<Args>({
     posInt('neighbours', a.neighbours, 0);
     posInt('stats-tokens', a['stats-tokens']);
     posInt('rome-prefixes', a['rome-prefixes'], 0);
+    posInt('retain-facts', a['retain-facts'], 0);
+    posInt('rome-keep-facts', a['rome-keep-facts'], 0);
+    posInt('null-space-rank', a['null-space-rank'], 0);
     if (a.layer !== undefined) posInt('layer', a.layer, 0);
     if (!(a['retain-share'] >= 0 && a['retain-share'] < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${a['retain-share']}`);
     if (!(a['retain-weight'] >= 0)) throw new UsageError(`--retain-weight: expected a number ≥ 0, got ${a['retain-weight']}`);
     if (!(a.lr > 0)) throw new UsageError(`--lr: expected a positive number, got ${a.lr}`);
     if (!(a.alpha > 0)) throw new UsageError(`--alpha: expected a positive number, got ${a.alpha}`);
     if (a['created-at'] !== undefined && Number.isNaN(Date.parse(a['created-at']))) throw new UsageError(`--created-at: not a timestamp: ${a['created-at']}`);
-    if (!a.out && !a.registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
+    checkDestination(a.out, a.registry);
     const args: TrainArgs = {
       model: a.model, seed: a.seed, registry: a.registry, out: a.out, method: a.method, objective: a.objective, targets: a.targets,
       topK: a['top-k'], layer: a.layer, rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
       rowsPerStep: a['rows-per-step'], batch: a.batch, retainShare: a['retain-share'], retainWeight: a['retain-weight'], retainCorpus: a['retain-corpus'],
       knownFacts: a['known-facts'], neighbours: a.neighbours, templates: a.templates, useTemplates: a['use-templates'],
       statsCorpus: a['stats-corpus'], statsTokens: a['stats-tokens'], statsCache: a['stats-cache'], romePrefixes: a['rome-prefixes'],
+      retainFacts: a['retain-facts'], romeKeepFacts: a['rome-keep-facts'], retainPerKind: a['retain-per-kind'], forgetToRest: a['forget-to-rest'], nullSpaceRank: a['null-space-rank'],
       createdAt: a['created-at'],
     };
     // every record is needed before training (a batch's probes may come after its facts)

@@ -34,8 +34,8 @@ const records = [
 ];
 const input = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-function run(args: string[], stdin = input, cwd?: string) {
-  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', '40', ...args], {
+function run(args: string[], stdin = input, cwd?: string, steps = 40) {
+  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', String(steps), ...args], {
     input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') }, ...(cwd ? { cwd } : {}),
   });
   const out = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -115,4 +115,41 @@ t.test('bad input exits 2 naming the record and field; usage errors exit 2', asy
   const m = run(['--out', path.join(tmp, 'x'), '--targets', 'no_such_module']);
   t.equal(m.code, 2, m.err);
   t.match(m.err, /no_such_module/);
+});
+
+t.test('issue 18: usage errors are found before any training (exit 2, nothing written)', async (t) => {
+  // the golden GPT-2 has 2 layers
+  const l = run(['--out', path.join(tmp, 'l99'), '--layer', '99']);
+  t.equal(l.code, 2, l.err);
+  t.match(l.err, /--layer 99: the model has \d+ layers/);
+  t.notOk(fs.existsSync(path.join(tmp, 'l99')), 'nothing written');
+  const file = path.join(tmp, 'a-file');
+  fs.writeFileSync(file, 'not a directory');
+  const f = run(['--out', file]);
+  t.equal(f.code, 2, f.err);
+  t.match(f.err, /--out .*a-file: exists and is not a directory/);
+  t.equal(fs.readFileSync(file, 'utf8'), 'not a directory', 'the file is untouched');
+  t.notOk(/step \d+/.test(f.err), 'refused before training');
+  const both = run(['--out', path.join(tmp, 'both'), '--registry', path.join(tmp, 'both-reg')]);
+  t.equal(both.code, 2, both.err);
+  t.match(both.err, /--out and --registry exclude each other/);
+  t.notOk(fs.existsSync(path.join(tmp, 'both')) || fs.existsSync(path.join(tmp, 'both-reg')), 'nothing written');
+});
+
+t.test('issue 18: the bundle id covers the seed and the hyperparameters', async (t) => {
+  const common = ['--objective', 'sft', '--created-at', '2026-01-01T00:00:00Z', '-q'];
+  const id = (args: string[], out: string) => {
+    // one step: the id does not depend on how training went
+    const r = run([...common, ...args, '--out', path.join(tmp, out)], input, undefined, 1);
+    t.equal(r.code, 0, r.err);
+    return r.out.at(-1)!.id as string;
+  };
+  const s0 = id(['--seed', '0'], 'id0');
+  const s1 = id(['--seed', '1'], 'id1');
+  const s2 = id(['--seed', '2'], 'id2');
+  t.equal(new Set([s0, s1, s2]).size, 3, `seeds 0, 1, 2 give three ids: ${s0} ${s1} ${s2}`);
+  t.not(id(['--seed', '0', '--rank', '4'], 'idr'), s0, 'another rank, another id');
+  t.not(id(['--seed', '0', '--retain-weight', '10'], 'idw'), s0, 'another retention weight, another id');
+  t.equal(id(['--seed', '0'], 'id0b'), s0, 'the same inputs and flags give the same id');
+  t.match(s0, /^lora-[0-9a-f]{16}$/);
 });

@@ -3,6 +3,7 @@
  * atomically (writeBundle stages and renames), into a directory or a
  * registry.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +12,7 @@ import { MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, type BundleManifest } from '.
 import { peftAdapterConfig, peftAdapterTensors, type LoraAdapter } from '../models/lora.js';
 import { serializeSafetensors } from '../models/safetensors.js';
 import { Registry } from '../registry/index.js';
+import { canonicalJson } from '../adapters/fsio.js';
 import type { Rec } from './data.js';
 
 /** adapter_config.json and adapter_model.safetensors bytes, as saveLora writes them (PEFT layout). */
@@ -39,14 +41,24 @@ export interface EditBundleSpec {
   createdAt?: string;
 }
 
+/**
+ * The bundle id: `<method>-<16 hex>` of the training records' hash, the
+ * hyperparameters, the seed and the base model. The same inputs give the
+ * same id (a rerun bumps nothing silently); another seed or another flag
+ * gives another adapter, so another id.
+ */
+export function editBundleId(spec: Pick<EditBundleSpec, 'method' | 'dataSha256' | 'hyperparameters' | 'seed' | 'baseModel'>): string {
+  const key = canonicalJson({ data_sha256: spec.dataSha256, hyperparameters: spec.hyperparameters, seed: spec.seed, base_model_sha256: spec.baseModel.sha256 });
+  return `${spec.method}-${createHash('sha256').update(key).digest('hex').slice(0, 16)}`;
+}
+
 export function editManifest(spec: EditBundleSpec): BundleManifest {
   const facts: Rec[] = spec.facts.map((f) => ({ ...f, kind: 'fact' }));
   const confs = facts.map((f) => f.confidence).filter((c): c is number => typeof c === 'number');
   return {
     format: MANIFEST_FORMAT,
     format_version: MANIFEST_FORMAT_VERSION,
-    // content-derived: the same records and method give the same id (a retrain bumps nothing silently)
-    id: `${spec.method}-${spec.dataSha256.slice(0, 16)}`,
+    id: editBundleId(spec),
     version: 1,
     method: spec.method,
     base_model: spec.baseModel,

@@ -9,3 +9,4 @@ export * from './lora-train.js';
 export * from './rome.js';
 export * from './bundle.js';
 export * from './quality.js';
+export * from './null-space.js';

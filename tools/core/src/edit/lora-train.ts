@@ -20,6 +20,7 @@ import type { Hooks } from '../models/hooks.js';
 import type { LoraAdapter } from '../models/lora.js';
 import { Rng } from '../util/random.js';
 import type { Example, RetainRow } from './data.js';
+import { projectOut, type KeySubspace } from './null-space.js';
 import { isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
 
 export type Objective = 'distill' | 'sft';
@@ -51,6 +52,21 @@ export interface LoraTrainOptions {
   forgetFloor: number;
   /** Evaluate the train rows every this many steps (early stop). */
   evalEvery: number;
+  /**
+   * Retention KL as two means, one over prompt rows (last position) and one
+   * over document positions, each × retainWeight; otherwise one mean over
+   * every position (a 20-token document then outweighs 20 fact prompts).
+   */
+  retainPerKind?: boolean;
+  /**
+   * Forget rows also learn the base model's own distribution with the old
+   * answer removed (KL, × forgetWeight), so what replaces the old answer is
+   * the model's next choice (an answer of the relation's kind), not whatever
+   * the unlikelihood push happens to raise.
+   */
+  forgetToRest?: boolean;
+  /** Per MLP-output target: keep lora_A's rows out of this protected key subspace (AlphaEdit-style). */
+  nullSpace?: Map<string, KeySubspace>;
   name: string;
   log?: (msg: string) => void;
 }
@@ -231,6 +247,8 @@ function phaseA(model: CausalLM, adapter: LoraAdapter, mod: string, exs: Example
     opt.zeroGrad();
     loss.backward();
     opt.step();
+    const ns = opts.nullSpace?.get(mod);
+    if (ns) projectOut(m.A, ns);
     last = loss.item();
   }
   return last;
@@ -247,6 +265,15 @@ export function solvedFraction(model: CausalLM, exs: Example[]): number {
   return ok / exs.length;
 }
 
+/** Keep each constrained module's lora_A out of its protected key subspace. */
+function project(adapter: LoraAdapter, ns: Map<string, KeySubspace> | undefined): void {
+  if (!ns) return;
+  for (const [m, sub] of ns) {
+    const mod = adapter.modules.get(m);
+    if (mod) projectOut(mod.A, sub);
+  }
+}
+
 /** Train one adapter on a batch's examples. The model's active adapters are restored afterwards. */
 export function trainLora(model: CausalLM, examples: Example[], retain: RetainRow[], opts: LoraTrainOptions): LoraTrainResult {
   if (examples.length === 0) throw new RangeError('trainLora: no training examples');
@@ -254,6 +281,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
   const prev = model.activeAdapters();
   const rng = new Rng(opts.seed);
   const adapter = model.createLora(opts.name, opts.targets, { r: opts.rank, alpha: opts.alpha, seed: rng.nextUint32() });
+  project(adapter, opts.nullSpace);
   const V = model.config.vocabSize;
   const H = model.config.hidden;
   try {
@@ -264,6 +292,19 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
+    // forget rows: the base model's next-token logits with the old answer masked out
+    const restOf = new Map<Example, Float32Array>();
+    if (opts.forgetToRest) {
+      const fr = examples.filter((e) => e.mode === 'forget');
+      if (fr.length) {
+        const base = retainTargets(model, fr.map((e) => ({ ids: e.promptIds, lastOnly: true })));
+        fr.forEach((e, i) => {
+          const row = base[i];
+          row[e.targetIds[0]] = -1e4;
+          restOf.set(e, row);
+        });
+      }
+    }
 
     let aSteps = 0;
     if (distill && opts.phaseASteps > 0) {
@@ -321,6 +362,11 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         const active = Float32Array.from(p.data, (v) => (v > opts.forgetFloor ? 1 : 0));
         const ul = mul(scale(log(add(sub(full([fgt.length], 1), p), full([fgt.length], 1e-6))), -1), fromData(active, [fgt.length]));
         parts.push(scale(sum(ul), opts.forgetWeight / Math.max(1, fgt.length)));
+        if (restOf.size) {
+          const tl = new Float32Array(fgt.length * V);
+          fgt.forEach((i, j) => tl.set(restOf.get(rows[rowOf[i]])!, j * V));
+          parts.push(scale(klDiv(fromData(tl, [fgt.length, V]), indexSelect(logits, 0, Int32Array.from(fgt))), opts.forgetWeight));
+        }
       }
       if (distill) {
         const tRows: number[] = [];
@@ -366,10 +412,12 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         const rb = padBatch(rr.map((i) => retain[i].ids), padId(model));
         const pos: number[] = [];
         const base: Float32Array[] = [];
+        const isPrompt: boolean[] = [];
         rr.forEach((ri, b) => {
           const r = retain[ri];
           if (r.lastOnly) pos.push(b * rb.T + r.ids.length - 1);
           else for (let t = 0; t < r.ids.length; t++) pos.push(b * rb.T + t);
+          for (let t = 0; t < (r.lastOnly ? 1 : r.ids.length); t++) isPrompt.push(r.lastOnly);
           base.push(retainBase[ri]);
         });
         const bl = new Float32Array(pos.length * V);
@@ -379,7 +427,15 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
           o += x.length;
         }
         const { logits: rl } = model.forward(rb.ids, [rr.length, rb.T], { attentionMask: rb.mask, logitsAt: Int32Array.from(pos) });
-        parts.push(scale(klDiv(fromData(bl, [pos.length, V]), rl), opts.retainWeight));
+        const kinds = [...new Set(isPrompt)];
+        if (opts.retainPerKind && kinds.length > 1) {
+          for (const k of kinds) {
+            const idx = isPrompt.map((p, i) => (p === k ? i : -1)).filter((i) => i >= 0);
+            const tl = new Float32Array(idx.length * V);
+            idx.forEach((i, j) => tl.set(bl.subarray(i * V, (i + 1) * V), j * V));
+            parts.push(scale(klDiv(fromData(tl, [idx.length, V]), indexSelect(rl, 0, Int32Array.from(idx))), opts.retainWeight));
+          }
+        } else parts.push(scale(klDiv(fromData(bl, [pos.length, V]), rl), opts.retainWeight));
       }
       if (parts.length === 0) throw new RangeError('trainLora: no loss term (no insert, forget or retention rows)');
       const loss = parts.reduce((a, b) => add(a, b));
@@ -387,6 +443,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       loss.backward();
       clipGradNorm(params, 1);
       opt.step();
+      project(adapter, opts.nullSpace);
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {

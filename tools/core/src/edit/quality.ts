@@ -13,7 +13,8 @@ import type { LoraAdapter } from '../models/lora.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
 import { encodeTrainingPair, type EditFact, type Rec, type TemplateBank } from './data.js';
-import { top1 } from './model-util.js';
+import { klFromLogprobs, logSoftmaxRow } from '../metrics/scoring.js';
+import { lastLogits, top1 } from './model-util.js';
 
 export interface QualityFigures {
   efficacy: number;
@@ -51,7 +52,8 @@ export function editQuality(
   try {
     for (const { adapter, facts } of edits) {
       const eff: Row[] = [];
-      const para: Row[] = [];
+      let para: Row[] = [];
+      const paraTrue: Row[] = [];
       const forg: Row[] = [];
       const neigh: Row[] = [];
       const subjects = new Set(facts.map((f) => f.subject));
@@ -112,4 +114,166 @@ export function editQuality(
     forgotten: frac(acc.forgotten),
     n: { efficacy: acc.efficacy[1], paraphrase: acc.paraphrase[1], neighbourhood: acc.neighbourhood[1], forgotten: acc.forgotten[1] },
   };
+}
+
+/**
+ * The strict read-back of an edit (issue 17): every fact the model is known
+ * to answer, one prompt each (`readback`, e.g. the world's
+ * eval/facts-train.ndjson), scored before and after, not a sample.
+ *
+ *   efficacy      insert facts: target_new top-1 on the fact's own prompt
+ *   paraphrase    insert facts: the same on the relation's held-out templates
+ *                 (those where the base model gives target_true: a phrasing it
+ *                 cannot answer for the true fact cannot test generalisation)
+ *   neighbourhood read-back prompts of the edited relations (other subjects)
+ *                 the base model answers correctly and still does
+ *   kl            mean KL(base ‖ edited) of the next-token distribution over
+ *                 the read-back prompts of every fact not edited (validate's
+ *                 `kl`, over all of them)
+ *   retain_drop   top-1 accuracy on those prompts before − after
+ *   forgotten     forget facts: the old answer not top-1 (own + held-out prompts)
+ *   forget_kind   forget facts: the new top-1 is an answer of the relation's
+ *                 kind (an object some known fact of the relation has)
+ *
+ * `groups`: the adapters active together for the facts of each group (one
+ * group for a batch; one per fact for single ROME edits, each measured
+ * alone). Figures are pooled over groups (kl, retain_drop: means over groups).
+ */
+export interface ReadbackProbe {
+  prompt: string;
+  target: string;
+  subject?: string;
+  relation?: string;
+}
+
+export interface ReadbackFigures {
+  efficacy: number;
+  paraphrase: number;
+  neighbourhood: number;
+  kl: number;
+  /** Largest per-group kl. */
+  kl_max: number;
+  retain_drop: number;
+  retain_drop_max: number;
+  forgotten: number;
+  forget_kind: number;
+  n: { efficacy: number; paraphrase: number; neighbourhood: number; retain: number; forgotten: number; groups: number };
+}
+
+export function editReadback(
+  model: CausalLM, tok: Tokenizer, groups: Array<{ adapters: LoraAdapter[]; facts: EditFact[] }>,
+  opts: { templates?: TemplateBank | null; readback: readonly ReadbackProbe[] },
+): ReadbackFigures {
+  const V = model.config.vocabSize;
+  const first = (p: string, t: string) => row(tok, p, t);
+  const rb = opts.readback.map((p) => ({ ...p, r: first(p.prompt, p.target) }));
+  // the relation's kinds of answer: every first token a known fact of the relation answers with
+  const kinds = new Map<string, Set<number>>();
+  for (const p of rb) if (p.relation) (kinds.get(p.relation) ?? kinds.set(p.relation, new Set()).get(p.relation)!).add(p.r.target);
+  const prev = model.activeAdapters();
+  const cnt = { efficacy: [0, 0], paraphrase: [0, 0], neighbourhood: [0, 0], forgotten: [0, 0], forget_kind: [0, 0] };
+  let klSum = 0;
+  let klMax = 0;
+  let dropSum = 0;
+  let dropMax = 0;
+  let nRetain = 0;
+  // base-model read-back once: logits of every prompt
+  model.setAdapters([]);
+  const baseLog = logitsOf(model, rb.map((p) => p.r.ids));
+  try {
+    for (const g of groups) {
+      const edited = new Set(g.facts.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+      const subjects = new Set(g.facts.map((f) => f.subject));
+      const rels = new Set(g.facts.map((f) => f.relation));
+      const eff: Row[] = [];
+      let para: Row[] = [];
+      const paraTrue: Row[] = [];
+      const forg: Array<Row & { relation?: string }> = [];
+      for (const f of g.facts) {
+        const prompt = f.prompt.replace('{}', f.subject);
+        const held = (f.relation ? opts.templates?.heldout.get(f.relation) : undefined) ?? [];
+        if (f.op === 'insert') {
+          eff.push(first(prompt, f.target_new!));
+          for (const h of held) {
+            const p = h.replace('{}', f.subject);
+            // a held-out phrasing the base model cannot answer for the true fact cannot test generalisation
+            if (f.target_true) paraTrue.push(first(p, f.target_true));
+            para.push(first(p, f.target_new!));
+          }
+        } else {
+          forg.push({ ...first(prompt, f.target_true!), relation: f.relation });
+          for (const h of held) forg.push({ ...first(h.replace('{}', f.subject), f.target_true!), relation: f.relation });
+        }
+      }
+      if (paraTrue.length === para.length && para.length) {
+        model.setAdapters([]);
+        const known = top1(model, paraTrue.map((r) => r.ids));
+        para = para.filter((_, i) => known[i] === paraTrue[i].target);
+      }
+      model.setAdapters(g.adapters.map((adapter) => ({ adapter })));
+      const top = (rows: Row[]) => (rows.length ? top1(model, rows.map((r) => r.ids)) : []);
+      top(eff).forEach((t, i) => { cnt.efficacy[1]++; if (t === eff[i].target) cnt.efficacy[0]++; });
+      top(para).forEach((t, i) => { cnt.paraphrase[1]++; if (t === para[i].target) cnt.paraphrase[0]++; });
+      top(forg).forEach((t, i) => {
+        cnt.forgotten[1]++;
+        if (t !== forg[i].target) cnt.forgotten[0]++;
+        cnt.forget_kind[1]++;
+        if (t !== forg[i].target && forg[i].relation && kinds.get(forg[i].relation!)?.has(t)) cnt.forget_kind[0]++;
+      });
+      const afterLog = logitsOf(model, rb.map((p) => p.r.ids));
+      let kl = 0;
+      let before = 0;
+      let after = 0;
+      let n = 0;
+      rb.forEach((p, i) => {
+        if (edited.has(`${p.subject ?? ''}\u0000${p.relation ?? ''}`)) return;
+        const b = baseLog.subarray(i * V, (i + 1) * V);
+        const a = afterLog.subarray(i * V, (i + 1) * V);
+        kl += klFromLogprobs(logSoftmaxRow(b), logSoftmaxRow(a));
+        const bOk = argmax(b) === p.r.target;
+        const aOk = argmax(a) === p.r.target;
+        if (bOk) before++;
+        if (aOk) after++;
+        n++;
+        if (p.relation && rels.has(p.relation) && !(p.subject && subjects.has(p.subject)) && bOk) {
+          cnt.neighbourhood[1]++;
+          if (aOk) cnt.neighbourhood[0]++;
+        }
+      });
+      const gkl = n ? kl / n : 0;
+      const gdrop = n ? (before - after) / n : 0;
+      klSum += gkl;
+      klMax = Math.max(klMax, gkl);
+      dropSum += gdrop;
+      dropMax = Math.max(dropMax, gdrop);
+      nRetain = Math.max(nRetain, n);
+    }
+  } finally {
+    model.setAdapters(prev);
+  }
+  const frac = ([a, b]: number[]) => (b ? a / b : NaN);
+  const G = Math.max(1, groups.length);
+  return {
+    efficacy: frac(cnt.efficacy), paraphrase: frac(cnt.paraphrase), neighbourhood: frac(cnt.neighbourhood),
+    kl: klSum / G, kl_max: klMax, retain_drop: dropSum / G, retain_drop_max: dropMax,
+    forgotten: frac(cnt.forgotten), forget_kind: frac(cnt.forget_kind),
+    n: { efficacy: cnt.efficacy[1], paraphrase: cnt.paraphrase[1], neighbourhood: cnt.neighbourhood[1], retain: nRetain, forgotten: cnt.forgotten[1], groups: groups.length },
+  };
+}
+
+function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+/** Last-position logits of every prompt, [n·V] (active adapters, no grad, batches of 64). */
+function logitsOf(model: CausalLM, prompts: readonly number[][]): Float32Array {
+  const V = model.config.vocabSize;
+  const out = new Float32Array(prompts.length * V);
+  for (let s = 0; s < prompts.length; s += 64) {
+    const l = lastLogits(model, prompts.slice(s, s + 64));
+    out.set(l.data.subarray(0, Math.min(64, prompts.length - s) * V), s * V);
+  }
+  return out;
 }

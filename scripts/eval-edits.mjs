@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// Edit quality measured the strict way (issue 17): train edits through
+// lora-train's own path (trainEdits), then read back EVERY fact the model
+// knows (the world's eval/facts-train.ndjson, one prompt per fact) before and
+// after, and print one markdown table row per case:
+//
+//   case | method | n | efficacy | paraphrase | neighbourhood | kl | retain_drop | forgotten | kind | gates
+//
+// efficacy: target_new top-1 on the fact's prompt; paraphrase: the relation's
+// held-out templates (never trained on); neighbourhood: read-back prompts of
+// the edited relations (other subjects) the base model answered and still
+// does; kl: mean KL(base ‖ edited), next token, over the read-back prompts of
+// every fact not edited; retain_drop: top-1 accuracy on them before − after;
+// forgotten: forget facts' old answer no longer top-1 (own + held-out
+// prompts); kind: of those prompts, the new answer is an object of the
+// relation. gates: validate's defaults (kl ≤ 0.05, retain_drop ≤ 0.05,
+// efficacy ≥ 0.95, paraphrase ≥ 0.8; forgetting: forgotten = 1, kind = 1).
+// ROME edits are single edits, each measured alone (kl and retain_drop are
+// means over the edits; the largest is in the JSON).
+//
+// Usage:
+//   node scripts/eval-edits.mjs [--world fixtures/world] [--model fixtures/models/dense]
+//     [--method lora|rome] [--op insert|forget] [--source edits|facts] [--relation R]
+//     [--skip 60] [--count 10] [--batch 0] [--seed 0] [--set key=json ...] [--label TEXT]
+//     [--header] [--json FILE] [--readback FILE]
+//   --readback: the probes read back (default <world>/eval/facts-train.ndjson, one training
+//     phrasing per fact; <world>/eval/facts-heldout.ndjson: phrasings no training ever saw,
+//     two per fact, so retention is measured away from lora-train's own retention prompts).
+//   --source edits: the world's edits.ndjson (requests of --op), from --skip on;
+//   --source facts: counterfactuals made from facts.ndjson (optionally one --relation):
+//     a seeded order of the facts, from --skip on, each moved to another object of
+//     its relation (seeded); these facts never were edit requests.
+//   --set: a lora-train TrainArgs field (e.g. --set retainWeight=30 --set layer=1).
+// Build first (npm run build). Run it with `nice`: it trains.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/lib.js'));
+const { readNdjson } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+
+const { values: a } = parseArgs({
+  options: {
+    world: { type: 'string', default: 'fixtures/world' },
+    model: { type: 'string' },
+    method: { type: 'string', default: 'lora' },
+    op: { type: 'string', default: 'insert' },
+    source: { type: 'string', default: 'edits' },
+    relation: { type: 'string' },
+    skip: { type: 'string', default: '0' },
+    count: { type: 'string', default: '10' },
+    batch: { type: 'string', default: '0' },
+    seed: { type: 'string', default: '0' },
+    set: { type: 'string', multiple: true, default: [] },
+    label: { type: 'string' },
+    header: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    readback: { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (a.help) {
+  console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
+  process.exit(0);
+}
+const world = path.resolve(a.world);
+const model = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
+const skip = Number(a.skip);
+const count = Number(a.count);
+const seed = Number(a.seed);
+
+/** Edit requests of the case. */
+function caseFacts() {
+  const edits = readNdjson(path.join(world, 'edits.ndjson'));
+  if (a.source === 'edits') return edits.filter((f) => f.op === a.op).slice(skip, skip + count);
+  if (a.source !== 'facts') throw new Error(`--source: edits or facts, got ${a.source}`);
+  return counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { relation: a.relation, skip, count, seed, op: a.op, exclude: edits });
+}
+
+const facts = caseFacts();
+if (facts.length === 0) throw new Error('no facts for this case');
+const inputs = editInputs(facts);
+const overrides = {};
+for (const kv of a.set) {
+  const i = kv.indexOf('=');
+  if (i < 0) throw new Error(`--set ${kv}: expected key=value`);
+  const v = kv.slice(i + 1);
+  let parsed;
+  try { parsed = JSON.parse(v); } catch { parsed = v; }
+  overrides[kv.slice(0, i)] = parsed;
+}
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'eval-edits-'));
+process.env.CATECHISM_CACHE ??= path.join(os.tmpdir(), 'eval-edits-cache');
+const args = {
+  ...DEFAULT_ARGS, seed, model, out: tmp, method: a.method, batch: Number(a.batch),
+  templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
+  ...overrides,
+};
+const res = loadResources(args);
+const t0 = Date.now();
+let records = [];
+let refused = null;
+const log = (m) => process.stderr.write(`  ${m}\n`);
+if (a.method === 'rome') {
+  // one run per fact, so a fact ROME refuses is counted and the others still measured
+  const refusals = [];
+  for (const f of facts) {
+    try {
+      records.push(...(await trainEdits(inputs.filter((r) => r.record.id === f.id || r.record.fact_id === f.id), args, res, { log })));
+    } catch (e) {
+      if (e.name !== 'EditRefusedError') throw e;
+      refusals.push(f.id);
+    }
+  }
+  if (refusals.length) refused = `refused ${refusals.length}: ${refusals.join(' ')}`;
+} else {
+  try {
+    records = await trainEdits(inputs, args, res, { log });
+  } catch (e) {
+    if (e.name !== 'EditRefusedError') throw e;
+    refused = e.message;
+  }
+}
+const seconds = (Date.now() - t0) / 1000;
+const f = readbackAdapters(res, records, facts, a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-train.ndjson'), a.method);
+fs.rmSync(tmp, { recursive: true, force: true });
+
+const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
+const num = (x) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(3));
+const label = a.label ?? `${a.source === 'facts' ? `${a.relation ?? 'facts'} cf` : 'edits'} ${skip + 1}–${skip + count}${Number(a.batch) ? ` (batches of ${a.batch})` : ''}`;
+let pass = refused ?? 'refused';
+if (f) {
+  const fails = readbackFailures(f, a.op);
+  pass = (refused ? `${refused}; the rest ` : '') + (fails.length ? `fail (${fails.join(', ')})` : 'pass');
+}
+if (a.header) {
+  console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | forgotten % | kind % | gates | s |');
+  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|');
+}
+const setTxt = a.set.length ? ` [${a.set.join(' ')}]` : '';
+console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} | ${num(f?.retain_drop)} | ${pct(f?.forgotten)} | ${pct(f?.forget_kind)} | ${pass} | ${seconds.toFixed(0)} |`);
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

@@ -43,7 +43,9 @@ const TOOL_START = new RegExp(`^(?:cat \\S+ \\| )?(?:${TOOLS.join('|')})\\b`);
 /** Indented command lines of a Markdown file that start with a tool (or `cat FILE | tool`). */
 function readmeExamples(file: string): Example[] {
   const out: Example[] = [];
-  for (const line of readFileSync(join(root, file), 'utf8').split('\n')) {
+  // an indented line ending in `\` continues on the next indented line
+  const lines = readFileSync(join(root, file), 'utf8').replace(/\\\n {4,}/g, ' ').split('\n');
+  for (const line of lines) {
     const m = /^ {4}(\S.*)$/.exec(line);
     if (!m) continue;
     // the description after a command: "# …" or a run of 3+ spaces
@@ -137,10 +139,11 @@ t.test('every example runs on the fixture model: exit 0, output written', async 
   const edits = readFileSync(join(root, 'fixtures/world/edits.ndjson'), 'utf8').split('\n').filter((l) => l.includes('"op":"insert"'));
   writeFileSync(join(dir, 'facts.ndjson'), edits.slice(0, 3).join('\n') + '\n');
   writeFileSync(join(dir, 'edits.ndjson'), edits.slice(0, 3).join('\n') + '\n');
+  writeFileSync(join(dir, 'facts3.ndjson'), edits.slice(0, 3).join('\n') + '\n');
   setup('probe-gen --roles edit,paraphrase,neighborhood facts.ndjson > probes.ndjson');
   setup('probe-gen facts.ndjson --format arrow > in.arrow');
   setup('cp fixtures/records/counterfact-sample.json counterfact.json');
-  setup('lora-train --out setup-adapters/ probes.ndjson > adapter.ndjson && cp adapter.ndjson adapters.ndjson && cp adapter.ndjson a.ndjson');
+  setup('lora-train --out setup-adapters/ probes.ndjson > adapter.ndjson && cp adapter.ndjson adapters.ndjson && cp adapter.ndjson a.ndjson && cp adapter.ndjson inbox.ndjson');
   // The registry every example starts from (a fresh copy each): out/fact-42/ stored with a
   // passing report; live promoted four times (fact-42, a half-scaled copy, and again), so
   // that rollback, show, explain and export have a history to work on.
@@ -151,7 +154,7 @@ t.test('every example runs on the fixture model: exit 0, output written', async 
   setup('mkdir -p reg && cp -r registry/. reg/ && cp -r registry registry-base');
   // validate appends its report to a plain bundle's manifest (its hash changes), and some
   // examples overwrite the files others read: each example starts from these files as prepared.
-  setup('mkdir pristine && cp -r facts.ndjson edits.ndjson probes.ndjson in.arrow counterfact.json adapter.ndjson adapters.ndjson a.ndjson setup-adapters out pristine/');
+  setup('mkdir pristine && cp -r facts.ndjson facts3.ndjson inbox.ndjson edits.ndjson probes.ndjson in.arrow counterfact.json adapter.ndjson adapters.ndjson a.ndjson setup-adapters out pristine/');
 
   // DOCS_EXAMPLES=REGEX runs only the examples (or sources) it matches, when working on one.
   const only = process.env.DOCS_EXAMPLES ? new RegExp(process.env.DOCS_EXAMPLES) : null;

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
-import { loadModel } from '@catechism/core/models';
+import { loadModel, SpellingCheck } from '@catechism/core/models';
 import { defaultModelDir, modelsDir, worldDir } from '@catechism/core/fixtures';
 import { modelSha256 } from '@catechism/core/edit';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechism/core/metrics';
@@ -143,10 +143,19 @@ await runTool<Args>({
     // every bundle is read and checked before anything is evaluated or recorded:
     // a bad one is bad input (exit 2) and leaves no history behind
     const loadedAll: LoadedAdapter[] = [];
+    const spelling = new SpellingCheck(tokenizer);
     for (const { record, source, index } of adapters) {
       try {
         const loaded = await loadAdapter({ record, streamFacts: facts, streamProbes: probes }, model, { modelSha256: modelSha, modelDir, force: a.force, lock: a.record });
         for (const f of loaded.forced) ctx.log(`warning: ${f}; going on because of --force`);
+        // an answer the tokenizer cannot spell would be scored as <unk>: refused unless --allow-unknown
+        // (and then it never counts as a success, see metrics)
+        for (const f of loaded.facts) {
+          const bad = spelling.answers(f as unknown as Record<string, unknown>);
+          if (bad.length === 0) continue;
+          if (!a['allow-unknown']) throw new InputError(`adapter ${loaded.id}: ${SpellingCheck.message(f.id, bad[0])}`, { field: bad[0].field });
+          ctx.log(`warning: adapter ${loaded.id}: ${SpellingCheck.message(f.id, bad[0])}; kept because of --allow-unknown (never counted as a success)`);
+        }
         loadedAll.push(loaded);
       } catch (e) {
         if (e instanceof InputError) throw e.locate({ source, record: index });

@@ -164,7 +164,13 @@ if (!existsSync(path.join(DENSE, 'config.json')) || !existsSync(path.join(MOE, '
     const urec = writeAdapterBundle(path.join(tmp, 'unk'), lora, [f as any], [], { id: 'unk-edit', ...denseBase });
     const IN = path.join(tmp, 'unk.ndjson');
     writeFileSync(IN, JSON.stringify(urec) + '\n');
-    const r = run([IN, '--no-fluency', '--retain-n', '50', '--general-n', '10']);
+    // refused by default: exit 2 naming the adapter, the fact, the field and the word; nothing written
+    const refused = run([IN, '--no-fluency', '--retain-n', '50', '--general-n', '10']);
+    t.equal(refused.code, 2, refused.stderr);
+    t.match(refused.stderr, /record 1: field "target_new": adapter unk-edit: fact "edit-0001": .*cannot spell "Paris"/);
+    t.equal(refused.reports.length, 0, 'no report for a refused adapter');
+    // --allow-unknown goes on, and the <unk> answer still never counts
+    const r = run([IN, '--no-fluency', '--retain-n', '50', '--general-n', '10', '--allow-unknown']);
     t.equal(r.code, 0, r.stderr);
     const [rep] = r.reports;
     t.equal(rep.metrics.n_unknown_target, 1);

@@ -546,16 +546,7 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   const editsFile = worldFile('edits.ndjson');
   if (!editsFile) throw new UsageError('fixtures/world/edits.ndjson not found');
   const facts = readNdjson(editsFile).filter((f) => f.op === opts.op).slice(opts.skip ?? 0, (opts.skip ?? 0) + opts.count);
-  // the probes probe-gen's first form writes: one train `edit` probe per fact
-  const inputs: InputRecord[] = [];
-  for (const f of facts) {
-    inputs.push({ record: f as InputRecord['record'], source: 'edits', index: inputs.length + 1 });
-    const target = (f.op === 'forget' ? f.target_true : f.target_new) as string;
-    inputs.push({
-      record: { kind: 'probe', id: `${f.id as string}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: (f.prompt as string).replace('{}', f.subject as string), target, expect: f.op === 'forget' ? 'abstain' : 'new' },
-      source: 'edits', index: inputs.length + 1,
-    });
-  }
+  const inputs = editInputs(facts);
   const args: TrainArgs = {
     ...DEFAULT_ARGS, seed: opts.seed ?? 0, out: opts.out, method: opts.method, objective: opts.objective ?? DEFAULT_ARGS.objective,
     batch: opts.batch ?? 0, steps: opts.steps ?? DEFAULT_ARGS.steps,

@@ -275,14 +275,19 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function readHead(file: string): Promise<LogHead | null | Error> {
-  let text: string;
+/** A file's text, or null when it does not exist. */
+async function readTextOrNull(file: string): Promise<string | null> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
   }
+}
+
+async function readHead(file: string): Promise<LogHead | null | Error> {
+  const text = await readTextOrNull(file);
+  if (text === null) return null;
   try {
     const h = JSON.parse(text) as Partial<LogHead>;
     if (Number.isInteger(h.count) && (h.count as number) >= 0 && typeof h.chain === 'string') return { count: h.count as number, chain: h.chain };
@@ -324,14 +329,8 @@ async function readChainedLog<T extends { chain?: string }>(file: string, headFi
 }
 
 async function readLines(file: string): Promise<string[] | null> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
-  return text.split('\n').filter((l) => l.length > 0);
+  const text = await readTextOrNull(file);
+  return text === null ? null : text.split('\n').filter((l) => l.length > 0);
 }
 
 export class Registry {

@@ -505,6 +505,14 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
   const model = base.model;
   const m = bundle.manifest;
   const full = [{ adapter: bundle.adapter, scale: m.scale ?? 1 }];
+  // words the tokenizer cannot spell become its unknown token: the answer to such a prompt means little
+  const { unknownWords } = await import('@catechism/core/models');
+  const unknownInPrompt = unknownWords(tok, prompt);
+  if (unknownInPrompt.length > 0) ctx.log(`warning: ${unknownInPrompt.length} word(s) of the prompt are unknown to the model's tokenizer (${unknownInPrompt.slice(0, 5).map((w) => JSON.stringify(w)).join(', ')}); they read as its unknown token`);
+  if (ctx.args.target !== undefined && !ctx.args['allow-unknown']) {
+    const bad = unknownWords(tok, ctx.args.target);
+    if (bad.length > 0) throw new UsageError(`--target: the model's tokenizer cannot spell ${JSON.stringify(bad[0])} (it becomes its unknown token); use an answer the model can write, or --allow-unknown`);
+  }
   const promptIds = tok.encode(prompt);
   let answerIds: number[];
   try {

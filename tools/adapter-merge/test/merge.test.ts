@@ -206,6 +206,11 @@ t.test('explain and export on the golden GPT-2', async (t) => {
   t.equal(txt.code, 0, txt.stderr);
   t.match(txt.stdout, /answer "lo"/);
   t.match(txt.stdout, /a v1 [0-9a-f]{12} facts a-fact/);
+  // words the tokenizer cannot spell: a --target is refused (it would be scored as <unk>), a prompt warned about
+  fails(t, am(['explain', '--ref', 'live@1', 'hello', '--target', 'Paris', ...model]), 2, /--target: the model's tokenizer cannot spell "Paris"/);
+  const warned = am(['explain', '--ref', 'live@1', 'Hello World', ...model]);
+  t.equal(warned.code, 0, warned.stderr);
+  t.match(warned.stderr, /warning: 2 word\(s\) of the prompt are unknown to the model's tokenizer \("Hello", "World"\)/);
   const out = path.join(tmp, 'exported');
   const xp = am(['export', '--ref', 'live@2', out, ...model]);
   t.equal(xp.code, 0, xp.stderr);

@@ -74,7 +74,9 @@ t.test('a bad adapter in the inbox is quarantined; the rest reaches live; the ne
   const night1 = nightly();
   t.equal(night1.code, 0, night1.stderr);
   t.match(night1.stdout, /live: promoted [0-9a-f]{12} \(v1\); 2 adapter\(s\) consolidated, 1 quarantined .*; 5 validation\(s\)/);
-  t.match(night1.stderr, /trial 1: live \+ \[.*\] → [0-9a-f]{12}: FAIL \(.*kl /, 'the whole inbox fails on KL');
+  // the ×30 adapter breaks the whole merge (its failures list starts with the efficacy gates: it even
+  // overwrites the good edits' answers; stderr shortens the list, so no one gate is asserted here)
+  t.match(night1.stderr, /trial 1: live \+ \[.*\] → [0-9a-f]{12}: FAIL \(/, 'the whole inbox fails');
   t.same(liveFacts(), ['edit-0001', 'edit-0003'], 'live holds the two good adapters, not the bad one');
   t.equal(liveAnswer('edit-0001'), fact('edit-0001').target_new);
   t.equal(liveAnswer('edit-0003'), fact('edit-0003').target_new);

@@ -10,3 +10,4 @@ export * from './rome.js';
 export * from './bundle.js';
 export * from './quality.js';
 export * from './null-space.js';
+export * from './method.js';

@@ -13,7 +13,7 @@ import { withLock } from '@catechism/core/registry';
 import { historyTarget } from './history.js';
 import { Rng } from '@catechism/core';
 import {
-  buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe,
+  buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe, routingMetrics,
   type FactLike, type Gate, type ItemRow, type ProbeLike, type SeqScore, type SharedSets,
 } from '@catechism/core/metrics';
 
@@ -133,6 +133,12 @@ export function evaluate(
     }
   }
   const { metrics, se } = computeMetricsSe(enc, before, after);
+  // MoE models: how far the adapter moves the routers, on the same unrelated prompts as kl (core metrics/routing.ts)
+  const routing = routingMetrics(ctx.model, ctx.tokenizer, { unrelated: suite.unrelated, excluded: new Set([...shared.retainExcluded!].map((p) => p.prompt)), facts, active, batchSize: ctx.batchSize });
+  if (routing) {
+    Object.assign(metrics, routing.metrics);
+    Object.assign(se, routing.se);
+  }
   const secs = (performance.now() - t0) / 1000;
   metrics.eval_seconds = secs;
   metrics.probes_per_second = (before.sequences + (after === before ? 0 : after.sequences)) / secs;

@@ -6,6 +6,7 @@
  * listed as such, never silently passed as a number.
  */
 import { UsageError } from '../records/errors.js';
+import { ROUTING_METRICS } from './routing.js';
 
 export type GateOp = '>=' | '<=' | '>' | '<';
 
@@ -67,6 +68,7 @@ export const METRICS: Readonly<Record<string, MetricInfo>> = {
   n_forget_excluded: { describe: 'forget paraphrase probes left out: the base model does not answer them with target_true' },
   n_unknown_target: { describe: 'edit, paraphrase and forget probes whose target the tokenizer spells with its unknown token (never a success)' },
   n_generation: { describe: 'number of generation prompts (fluency)' },
+  ...ROUTING_METRICS,
 };
 
 const GATE_RE = /^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$/;

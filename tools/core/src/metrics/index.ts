@@ -16,3 +16,4 @@ export * from './ngram.js';
 export * from './gates.js';
 export * from './suite.js';
 export * from './evaluate.js';
+export * from './routing.js';

@@ -1,0 +1,131 @@
+#!/usr/bin/env node
+/**
+ * moe-route-distill: fact, probe and locus records in; one adapter bundle per
+ * batch of facts written (--out or --registry); every input record passed
+ * through in order, then one `adapter` record per bundle, then (with
+ * --emit-routes) the `route` records.
+ */
+import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
+import type { InputRecord } from '@catechism/core/records';
+import { DEFAULT_ARGS, checkDestination, distillEdits, loadResources, type DistillArgs } from './lib.js';
+
+interface Args {
+  out?: string;
+  layers?: number[];
+  'router-only': boolean;
+  'experts-only': boolean;
+  'experts-per-layer': number;
+  rank: number;
+  alpha: number;
+  lr: number;
+  steps: number;
+  'phase-a-steps': number;
+  'rows-per-step': number;
+  batch: number;
+  'router-weight': number;
+  'mse-weight': number;
+  'retain-share': number;
+  'retain-weight': number;
+  'route-retain-weight': number;
+  'retain-corpus'?: string;
+  'known-facts'?: string;
+  neighbours: number;
+  'retain-facts': number;
+  templates?: string;
+  'use-templates': boolean;
+  'emit-routes': boolean;
+  'created-at'?: string;
+}
+
+const d = DEFAULT_ARGS;
+
+await runTool<Args>({
+  name: 'moe-route-distill',
+  version: packageVersion(import.meta.url),
+  describe:
+    'For mixture-of-experts models (default: the MoE fixture model): turns facts into adapters by distilling from the same model with the fact ' +
+    'stated in its context. The teacher\'s router logits and the inputs and outputs of the experts it chooses are recorded at the prompt positions ' +
+    'from the subject on; the student (no context) trains LoRA on those experts (phase A: each expert alone, MSE to the teacher\'s expert outputs) and ' +
+    'on the routers (KL to the teacher\'s router distribution), then end to end with router KL, MSE to the teacher\'s MoE block outputs, next-token KL and CE ' +
+    'on the target, holding general text, neighbour prompts and known facts to the base model (next-token and router KL). One PEFT bundle per batch ' +
+    '(router and expert LoRAs; catechism.json records the routing per expert before and after). Input records pass through in order, then one ' +
+    '"adapter" record per bundle; --emit-routes adds "route" records (teacher, base, adapted) for each fact\'s edit and paraphrase probes.',
+  examples: [
+    ['probe-gen facts.ndjson | moe-route-distill --out adapters/ > out.ndjson', 'one adapter (router + experts) for all facts'],
+    ['moe-route-distill --experts-only --steps 20 --out adapters/ probes.ndjson', 'experts only, no router adapter (ablation)'],
+    ['attrib --method expert --model fixtures/models/moe facts.ndjson | moe-route-distill --emit-routes --steps 20 --out adapters/', 'the experts attrib ranks first, with routing provenance'],
+  ],
+  options: {
+    out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
+    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: every layer)' },
+    'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
+    'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
+    'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },
+    rank: { type: 'number', default: d.rank, describe: 'LoRA rank' },
+    alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
+    lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
+    steps: { type: 'number', default: d.steps, describe: 'phase B step cap (training stops early when every train prompt is solved and the loss stalls)' },
+    'phase-a-steps': { type: 'number', default: d.phaseASteps, describe: 'phase A steps per adapted module (0: no warm start)' },
+    'rows-per-step': { type: 'number', default: d.rowsPerStep, describe: 'training rows (prompts) per step' },
+    batch: { type: 'number', default: d.batch, describe: 'facts per adapter (0: all in one)' },
+    'router-weight': { type: 'number', default: d.routerWeight, describe: 'weight of the router KL to the teacher' },
+    'mse-weight': { type: 'number', default: d.mseWeight, describe: 'weight of the MSE to the teacher\'s MoE block outputs (layers with adapted experts)' },
+    'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows per step' },
+    'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the next-token KL to the base model on retention rows' },
+    'route-retain-weight': { type: 'number', default: d.routeRetainWeight, describe: 'weight of the router KL to the base model on retention rows (keeps routing on unrelated text)' },
+    'retain-corpus': { type: 'string', describe: 'general text for retention, one document per line (default: the fixture world\'s train.txt)' },
+    'known-facts': { type: 'string', describe: 'fact records whose answers neighbour prompts keep (default: the world\'s facts.ndjson)' },
+    neighbours: { type: 'number', default: d.neighbours, describe: 'neighbour prompts per fact (same relation, other subjects)' },
+    'retain-facts': { type: 'number', default: d.retainFacts, describe: 'known facts of every relation also held to the base model' },
+    templates: { type: 'string', describe: 'templates.json with training paraphrases per relation (default: the world\'s)' },
+    'use-templates': { type: 'boolean', default: d.useTemplates, describe: 'add training paraphrases from the templates (--no-use-templates: probes only)' },
+    'emit-routes': { type: 'boolean', default: d.emitRoutes, describe: 'write "route" records after the adapters: per probe, layer and token, the top-k experts with their weights, for the teacher, the base and the adapted model' },
+    'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
+  },
+  async run(ctx) {
+    const a = ctx.args;
+    const int = (name: string, v: number, min: number) => {
+      if (!Number.isInteger(v) || v < min) throw new UsageError(`--${name}: expected an integer ≥ ${min}, got ${v}`);
+    };
+    int('rank', a.rank, 1);
+    int('steps', a.steps, 0);
+    int('phase-a-steps', a['phase-a-steps'], 0);
+    int('rows-per-step', a['rows-per-step'], 1);
+    int('batch', a.batch, 0);
+    int('experts-per-layer', a['experts-per-layer'], 1);
+    int('neighbours', a.neighbours, 0);
+    int('retain-facts', a['retain-facts'], 0);
+    for (const l of a.layers ?? []) int('layers', l, 0);
+    if (a['router-only'] && a['experts-only']) throw new UsageError('--router-only and --experts-only exclude each other');
+    if (!(a['retain-share'] >= 0 && a['retain-share'] < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${a['retain-share']}`);
+    for (const k of ['retain-weight', 'route-retain-weight', 'router-weight', 'mse-weight'] as const) {
+      if (!(a[k] >= 0)) throw new UsageError(`--${k}: expected a number ≥ 0, got ${a[k]}`);
+    }
+    if (!(a.lr > 0)) throw new UsageError(`--lr: expected a positive number, got ${a.lr}`);
+    if (!(a.alpha > 0)) throw new UsageError(`--alpha: expected a positive number, got ${a.alpha}`);
+    if (a['created-at'] !== undefined && Number.isNaN(Date.parse(a['created-at']))) throw new UsageError(`--created-at: not a timestamp: ${a['created-at']}`);
+    checkDestination(a.out, a.registry);
+    const args: DistillArgs = {
+      model: a.model, seed: a.seed, registry: a.registry, out: a.out, layers: a.layers, routerOnly: a['router-only'], expertsOnly: a['experts-only'],
+      expertsPerLayer: a['experts-per-layer'], rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
+      rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], retainShare: a['retain-share'],
+      retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
+      neighbours: a.neighbours, retainFacts: a['retain-facts'], templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
+      createdAt: a['created-at'],
+    };
+    // the model first: a model without experts is a usage error before any input is read
+    const res = loadResources(args);
+    const read: InputRecord[] = [];
+    for await (const batch of ctx.readBatches()) {
+      ctx.progress.tick(batch.length);
+      read.push(...batch);
+    }
+    const screen = spellingScreen(ctx, res.tokenizer);
+    const inputs = read.filter((r) => screen.keep(r));
+    screen.finish();
+    const { adapters, routes } = await distillEdits(inputs, args, res, { log: ctx.log });
+    await ctx.out.writeBatch(inputs.map((r) => r.record));
+    await ctx.out.writeBatch(adapters);
+    if (routes.length) await ctx.out.writeBatch(routes as never[]);
+  },
+});

@@ -1,0 +1,62 @@
+/**
+ * distillEdits in one process on the MoE fixture model (the model loaded
+ * once): --router-only adapts the gates alone and --experts-only the experts
+ * alone (no gate, no router KL); training on one fact makes it; layer and
+ * expert counts the model does not have are usage errors; locus records
+ * choose the experts.
+ */
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError, type InputRecord } from '@catechism/core/records';
+import { top1, encodeTrainingPair } from '@catechism/core/edit';
+import { loadLora } from '@catechism/core/models';
+import { DEFAULT_ARGS, distillEdits, lociExperts, loadResources, planBatches, type DistillArgs } from '../src/lib.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-moe-lib-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const res = loadResources({ model: path.join(ROOT, 'fixtures/models/moe'), useTemplates: true });
+const { model, tokenizer } = res;
+const moe = (l: number) => model.arch.layer(l).moe!;
+
+const fact = { kind: 'fact', id: 'edit-0003', subject: 'Kani Alu Tenberov', prompt: '{} plays the', target_new: 'drums', target_true: 'harp', relation: 'plays_instrument', op: 'insert', source: 'w' };
+const inputs = (extra: Record<string, unknown>[] = []): InputRecord[] => [fact, ...extra].map((record, i) => ({ record: record as InputRecord['record'], source: 'test', index: i + 1 }));
+const base: DistillArgs = { ...DEFAULT_ARGS, seed: 0, retainFacts: 50, neighbours: 5, steps: 6, phaseASteps: 3 };
+const quiet = { log: () => {} };
+
+t.test('--router-only: gates alone; --experts-only: experts alone', async (t) => {
+  const ro = await distillEdits(inputs(), { ...base, routerOnly: true, layers: [1, 2], out: path.join(tmp, 'ro') }, res, quiet);
+  t.same(ro.adapters[0].targets, [moe(1).router, moe(2).router]);
+  const eo = await distillEdits(inputs(), { ...base, expertsOnly: true, layers: [0], expertsPerLayer: 1, out: path.join(tmp, 'eo') }, res, quiet);
+  const tg = eo.adapters[0].targets;
+  t.equal(tg.length, 1);
+  t.ok(Array.from({ length: model.config.experts }, (_, e) => moe(0).expert(e).out).includes(tg[0]), `${tg[0]} is an expert of layer 0`);
+  const man = JSON.parse(fs.readFileSync(path.join(eo.adapters[0].path, 'catechism.json'), 'utf8'));
+  t.same(man.training.adapted.routers, [], 'no gate adapted');
+  t.match(man.hyperparameters, { router: false, experts: true, layers: [0] });
+});
+
+t.test('the default run makes the edit: target_new becomes top-1 on the prompt', async (t) => {
+  const r = await distillEdits(inputs(), { ...base, steps: 60, phaseASteps: 0, out: path.join(tmp, 'full') }, res, quiet);
+  const { promptIds, targetIds } = encodeTrainingPair(tokenizer, 'Kani Alu Tenberov plays the', 'drums');
+  t.not(top1(model, [promptIds])[0], targetIds[0], 'the base model does not say it');
+  model.setAdapters([{ adapter: loadLora(r.adapters[0].path) }]);
+  t.equal(top1(model, [promptIds])[0], targetIds[0], 'the adapted model does');
+  model.setAdapters([]);
+});
+
+t.test('layers and experts the model does not have are usage errors; locus records choose the experts', async (t) => {
+  await t.rejects(distillEdits(inputs(), { ...base, layers: [9], out: path.join(tmp, 'x') }, res, quiet), new UsageError('--layers 9: the model has 4 layers (0–3)'));
+  await t.rejects(distillEdits(inputs(), { ...base, expertsPerLayer: 5, out: path.join(tmp, 'x') }, res, quiet), /--experts-per-layer 5: the model has 4 experts/);
+  const loci = [
+    { kind: 'locus', fact_id: 'edit-0003', site: 'layers.2.experts.1', layer: 2, expert: 1, method: 'expert', score: 0.5, rank: 2 },
+    { kind: 'locus', fact_id: 'edit-0003', site: 'layers.2.experts.3', layer: 2, expert: 3, method: 'expert', score: -0.9, rank: 1 },
+  ];
+  t.same(lociExperts(loci), [{ layer: 2, expert: 3 }, { layer: 2, expert: 1 }], 'best |score| first');
+  t.equal(planBatches(inputs(loci), 0)[0].loci.length, 2);
+  const r = await distillEdits(inputs(loci), { ...base, expertsOnly: true, layers: [2], expertsPerLayer: 2, out: path.join(tmp, 'loci') }, res, quiet);
+  t.same(r.adapters[0].targets, [moe(2).expert(1).out, moe(2).expert(3).out], 'the experts the loci name');
+});

@@ -51,13 +51,13 @@ await runTool<Args>({
     '(router and expert LoRAs; catechism.json records the routing per expert before and after). Input records pass through in order, then one ' +
     '"adapter" record per bundle; --emit-routes adds "route" records (teacher, base, adapted) for each fact\'s edit and paraphrase probes.',
   examples: [
-    ['probe-gen facts.ndjson | moe-route-distill --out adapters/ > out.ndjson', 'one adapter (router + experts) for all facts'],
+    ['probe-gen facts.ndjson | moe-route-distill --steps 20 --out adapters/ > out.ndjson', 'one adapter (router + experts) for all facts, at most 20 steps'],
     ['moe-route-distill --experts-only --steps 20 --out adapters/ probes.ndjson', 'experts only, no router adapter (ablation)'],
     ['attrib --method expert --model fixtures/models/moe facts.ndjson | moe-route-distill --emit-routes --steps 20 --out adapters/', 'the experts attrib ranks first, with routing provenance'],
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
-    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: every layer)' },
+    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: lora-train\'s default layer, about 35% of the depth: 0 on the 4-layer fixture)' },
     'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
     'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
     'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },
@@ -65,7 +65,7 @@ await runTool<Args>({
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
     steps: { type: 'number', default: d.steps, describe: 'phase B step cap (training stops early when every train prompt is solved and the loss stalls)' },
-    'phase-a-steps': { type: 'number', default: d.phaseASteps, describe: 'phase A steps per adapted module (0: no warm start)' },
+    'phase-a-steps': { type: 'number', default: d.phaseASteps, describe: 'phase A (warm start) steps per adapted module: each expert alone fits the teacher\'s expert outputs (MSE), each gate the teacher\'s router distribution (KL); default 0 (measured to cost retention, see README)' },
     'rows-per-step': { type: 'number', default: d.rowsPerStep, describe: 'training rows (prompts) per step' },
     batch: { type: 'number', default: d.batch, describe: 'facts per adapter (0: all in one)' },
     'router-weight': { type: 'number', default: d.routerWeight, describe: 'weight of the router KL to the teacher' },

@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError, UsageError, type InputRecord } from '@catechism/core/records';
+import { InputError, UsageError, type AnyRecord, type InputRecord } from '@catechism/core/records';
 import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@catechism/core/models';
 import { moeModelDir, worldDir } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
@@ -304,9 +304,9 @@ const r6 = (v: number) => Math.round(v * 1e6) / 1e6;
  */
 export function routeRecords(
   tok: Tokenizer, rs: RouteSet, i: number, student: readonly number[], meta: { adapter_id: string; fact_id: string; probe_id: string },
-): Rec[] {
+): AnyRecord[] {
   const { layers: L, experts: E, topK: K } = rs.base;
-  const out: Rec[] = [];
+  const out: AnyRecord[] = [];
   const emit = (model: 'teacher' | 'base' | 'adapted', r: RouteRows, positions: Array<[number, number]>) => {
     const T = r.lengths[i];
     for (let l = 0; l < L; l++) {
@@ -336,7 +336,7 @@ export interface DistillContext {
 
 export interface DistillOutput {
   adapters: AdapterRecord[];
-  routes: Rec[];
+  routes: AnyRecord[];
 }
 
 /** Train and write one adapter per batch; returns the adapter records (and route records with emitRoutes) in batch order. */
@@ -351,7 +351,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
   const batches = planBatches(inputs, args.batch);
   if (batches.length === 0) ctx.log('no fact records in the input: nothing to distil');
   const adapters: AdapterRecord[] = [];
-  const routes: Rec[] = [];
+  const routes: AnyRecord[] = [];
   for (const [bi, batch] of batches.entries()) {
     const seed = args.seed + bi;
     const t0 = Date.now();
@@ -409,7 +409,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
 }
 
 /** Route records of a batch: each fact's edit and paraphrase probes (its own prompt when it has none), teacher / base / adapted. */
-function batchRoutes(res: Resources, batch: Batch, adapter: LoraAdapter, adapterId: string): Rec[] {
+function batchRoutes(res: Resources, batch: Batch, adapter: LoraAdapter, adapterId: string): AnyRecord[] {
   const tok = res.tokenizer;
   const items: Array<{ fact: EditFact; probeId: string; prompt: string }> = [];
   for (const fact of batch.facts) {

@@ -126,6 +126,6 @@ await runTool<Args>({
     const { adapters, routes } = await distillEdits(inputs, args, res, { log: ctx.log });
     await ctx.out.writeBatch(inputs.map((r) => r.record));
     await ctx.out.writeBatch(adapters);
-    if (routes.length) await ctx.out.writeBatch(routes as never[]);
+    if (routes.length) await ctx.out.writeBatch(routes);
   },
 });

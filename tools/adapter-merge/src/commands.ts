@@ -75,7 +75,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
   const reg = new Registry(a.registry ?? defaultRegistryDir(), { timeoutMs: timeout * 1000 });
   const meta = { message: a.message ?? null, author: a.author ?? null };
   const text = (s: string) => new Promise<void>((resolve, reject) => process.stdout.write(s, (err) => (err ? reject(err) : resolve())));
-  const emitEvent = async (e: RefEvent) => (a.text ? text(eventLine(e) + '\n') : ctx.out.write(e as unknown as AnyRecord));
+  const emitEvent = async (e: RefEvent) => (a.text ? text(eventLine(e) + '\n') : ctx.out.write(e));
 
   try {
     switch (cmd) {
@@ -86,7 +86,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
           const rec = { ...adapterRecord(r.bundle.manifest, { path: r.bundle.path, sha256: r.bundle.sha256 }), added: r.added };
           ctx.log(`${r.added ? (r.repaired ? 'repaired' : 'stored') : 'already stored'}: ${r.bundle.manifest.id} v${r.bundle.manifest.version} ${r.bundle.sha256}`);
           if (a.text) await text(`${r.bundle.sha256}  ${rec.id} v${rec.version}  ${r.added ? 'added' : 'already stored'}\n`);
-          else await ctx.out.write(rec as unknown as AnyRecord);
+          else await ctx.out.write(rec);
         }
         return;
       }
@@ -134,7 +134,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         arity(cmd, rest, 1, 1);
         const s = await reg.show(rest[0]);
         if (a.text) await text(showText(s));
-        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, validation_refused: s.refused, refs: s.refs, files: s.bundle.files } as unknown as AnyRecord);
+        else await ctx.out.write({ ...s.record, manifest: s.bundle.manifest, validation: s.validation, validation_refused: s.refused, refs: s.refs, files: s.bundle.files });
         return;
       }
       case 'report': {
@@ -152,7 +152,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
             const r = await reg.addReport(id, record, meta);
             attached++;
             if (a.text) await text(`${r.bundle.sha256.slice(0, 12)}  ${r.report.adapter_id}  ${r.report.pass ? 'pass' : 'FAIL'}  attached\n`);
-            else await ctx.out.write(r.report as unknown as AnyRecord);
+            else await ctx.out.write(r.report);
           } catch (e) {
             const err = cliError(e);
             if (err instanceof UsageError || err instanceof InputError) throw new InputError(err.message, { source, record: index });
@@ -167,7 +167,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         arity(cmd, rest, 0, 0);
         const v = await reg.verify();
         if (a.text) await text(verifyText(v));
-        else await ctx.out.write(v as unknown as AnyRecord);
+        else await ctx.out.write(v);
         if (!v.ok) {
           await ctx.out.end(); // the report must be out before the failing exit
           throw new RegistryError(`registry ${reg.root} has ${v.problems.length} problem(s): ${v.problems.slice(0, 3).map((p) => `${p.area} ${p.target.slice(0, 16)}`).join(', ')}${v.problems.length > 3 ? ', …' : ''}`, 1);

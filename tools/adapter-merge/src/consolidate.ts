@@ -133,7 +133,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
     ctx.log(`${ref}: ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined, ${result.validations} validation(s)`);
     if (a.text) {
       await text(`${ref}: ${result.promoted ? `promoted ${result.promoted.bundle.slice(0, 12)} (v${result.promoted.version})` : 'nothing promoted'}; ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined${result.quarantined.length > 0 ? ` (${quarantineFile})` : ''}; ${result.validations} validation(s)\n`);
-    } else await ctx.out.write(summary as unknown as AnyRecord);
+    } else await ctx.out.write(summary);
   } finally {
     await lock.release();
   }

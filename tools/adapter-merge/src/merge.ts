@@ -246,7 +246,7 @@ export async function buildCandidate(
     }
     const rec = { ...adapterRecord(merged.manifest, { path: recPath, sha256: sha }), merge: { method: o.method, ...(merged.result.energy ? { energy: merged.result.energy } : {}) } };
     if (a.text && !o.quiet) await text(`${sha}  ${rec.id} v${rec.version}  ${merged.manifest.method} rank ${rec.rank} of ${parents.length} adapters${el ? `  (${el})` : ''}\n`);
-    return { rec: rec as unknown as AnyRecord, sha, parents: parents.length };
+    return { rec, sha, parents: parents.length };
   } finally {
     if (staging !== null) rmSync(staging, { recursive: true, force: true });
   }
@@ -354,7 +354,7 @@ export async function validateCandidate(ctx: Ctx, reg: Registry, validator: stri
     const run = { tool: 'adapter-merge --validator', command: validator, id: randomUUID(), started_at: new Date().toISOString() };
     for (const r of reports) {
       try {
-        stored.push((await reg.addReport(sha, { run, ...r, adapter_id: rec.id }, meta)).report as unknown as AnyRecord);
+        stored.push((await reg.addReport(sha, { run, ...r, adapter_id: rec.id }, meta)).report);
       } catch (e) {
         if (e instanceof RegistryError && e.exitCode === 2) throw new RegistryError(`validator "${validator}" wrote a report that does not count: ${e.message}; ${sha.slice(0, 12)} stored but NOT promoted`, 1, 'E_GATE');
         throw libError(e);
@@ -400,7 +400,7 @@ export async function promoteCas(ctx: Ctx, reg: Registry, ref: string, rec: AnyR
   });
   if (r.event) {
     if (a.text) await text(`${ref}@${r.event.version}  ${r.event.action}  ${sha.slice(0, 12)}\n`);
-    else await ctx.out.write(r.event as unknown as AnyRecord);
+    else await ctx.out.write(r.event);
     ctx.log(`${ref} → ${String(rec.id)} v${String(rec.version)} (${sha.slice(0, 12)})${r.event.action === 'force' ? ' [forced]' : ''}`);
   }
 }
@@ -477,7 +477,7 @@ export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
   ctx.log(`exported ${base.dir} + ${bundle.manifest.id} v${bundle.manifest.version} (${bundle.sha256.slice(0, 12)}) → ${out}${res.untied ? ' (lm_head untied from the embeddings)' : ''}`);
   const rec = { kind: 'export', ref, bundle: bundle.sha256, adapter_id: bundle.manifest.id, adapter_version: bundle.manifest.version, base_model: base.dir, path: path.resolve(out), files: res.files };
   if (ctx.args.text) await text(`${path.resolve(out)}  ${bundle.manifest.id} v${bundle.manifest.version} folded into ${base.dir}\n`);
-  else await ctx.out.write(rec as unknown as AnyRecord);
+  else await ctx.out.write(rec);
 }
 
 interface ParentInfo {
@@ -588,5 +588,5 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
       s += c.ablated ? `    without it: top-1 ${JSON.stringify(c.ablated.top1)}  Δ log P(answer) ${f(c.delta_logprob!)}${c.top1_changes ? '  (top-1 changes)' : ''}  [${c.ablation}]\n` : `    [${c.ablation}]\n`;
     }
     await text(s);
-  } else await ctx.out.write(rec as unknown as AnyRecord);
+  } else await ctx.out.write(rec);
 }

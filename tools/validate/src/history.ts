@@ -31,7 +31,7 @@ export function historyTarget(dir: string): HistoryTarget {
 }
 
 /** Append `report` to the bundle's history; returns where it went. */
-export async function appendHistory(dir: string, report: Record<string, unknown>): Promise<HistoryTarget> {
+export async function appendHistory(dir: string, report: ManifestReport): Promise<HistoryTarget> {
   const t = historyTarget(dir);
   if (t.kind === 'registry') {
     await new Registry(t.registry).addReport(t.sha256, report, { author: 'validate' });
@@ -39,7 +39,7 @@ export async function appendHistory(dir: string, report: Record<string, unknown>
   }
   await withLock(`${t.dir}.lock`, { timeoutMs: 60_000 }, async () => {
     const m = await readManifest(t.dir);
-    await rewriteManifest(t.dir, { ...m, validation: [...m.validation, report as unknown as ManifestReport] });
+    await rewriteManifest(t.dir, { ...m, validation: [...m.validation, report] });
   });
   return t;
 }

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
-import type { AnyRecord } from '@catechism/core/records';
+import { isKind, type AnyRecord } from '@catechism/core/records';
 import { loadModel, SpellingCheck } from '@catechism/core/models';
 import { defaultModelDir, modelsDir, worldDir } from '@catechism/core/fixtures';
 import { modelSha256 } from '@catechism/core/edit';
@@ -89,8 +89,8 @@ await runTool<Args>({
       ctx.progress.tick(batch.length);
       for (const { record, source, index } of batch) {
         if (record.kind === 'adapter') adapters.push({ record, source, index });
-        else if (record.kind === 'fact') facts.push(record as unknown as FactLike);
-        else if (record.kind === 'probe') probes.push(record as unknown as ProbeLike);
+        else if (isKind(record, 'fact')) facts.push(record);
+        else if (isKind(record, 'probe')) probes.push(record);
       }
       // adapter records are re-emitted with their report (below): appending a report
       // to a plain bundle's manifest changes its content hash, and the record must
@@ -151,7 +151,7 @@ await runTool<Args>({
         // an answer the tokenizer cannot spell would be scored as <unk>: refused unless --allow-unknown
         // (and then it never counts as a success, see metrics)
         for (const f of loaded.facts) {
-          const bad = spelling.answers(f as unknown as Record<string, unknown>);
+          const bad = spelling.answers(f);
           if (bad.length === 0) continue;
           if (!a['allow-unknown']) throw new InputError(`adapter ${loaded.id}: ${SpellingCheck.message(f.id, bad[0])}`, { field: bad[0].field });
           ctx.log(`warning: adapter ${loaded.id}: ${SpellingCheck.message(f.id, bad[0])}; kept because of --allow-unknown (never counted as a success)`);
@@ -181,12 +181,12 @@ await runTool<Args>({
       results.push(res);
       for (const f of loaded.facts) if (!baselineFacts.some((g) => g.id === f.id)) baselineFacts.push(f);
       for (const p of loaded.probes) if (!baselineProbes.includes(p)) baselineProbes.push(p);
-      await ctx.out.write(res.report as unknown as AnyRecord);
+      await ctx.out.write(res.report);
     }
     if (a.baseline) {
       const res = validateBaseline(vctx, baselineFacts, baselineProbes);
       results.push(res);
-      await ctx.out.write(res.report as unknown as AnyRecord);
+      await ctx.out.write(res.report);
     }
     if (a.html !== undefined) {
       // vega is loaded only when a page is asked for (it is most of the start-up time)

@@ -9,6 +9,8 @@ import { canonicalJson } from '../adapters/fsio.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
 import { encodePair } from '../metrics/scoring.js';
+import { InputError } from '../records/errors.js';
+import { parseFactFields, type Fact } from '../records/schema.js';
 
 export type Rec = Record<string, unknown>;
 
@@ -52,23 +54,26 @@ export class EditDataError extends Error {
   }
 }
 
-/** Check a fact record has what training needs; throws EditDataError naming the field. */
+/**
+ * Check a fact record has what training needs; throws EditDataError naming
+ * the field. Validity is the schema's (records/schema.ts parseFact: field
+ * types, `{}` template, the answer each op needs, confidence); training adds
+ * two needs of its own: a non-empty id (bundles and probes are keyed by it)
+ * and a subject without surrounding spaces (its token span is searched for
+ * in the prompt). A record without `kind` is read as a fact.
+ */
 export function checkFact(r: Rec): EditFact {
-  const need = (f: string): string => {
-    const v = r[f];
-    if (typeof v !== 'string' || v.length === 0) throw new EditDataError(`fact ${JSON.stringify(r.id ?? '?')}: expected a non-empty string`, { field: f });
-    return v;
-  };
-  need('id');
-  const subject = need('subject');
-  const prompt = need('prompt');
-  if (!prompt.includes('{}')) throw new EditDataError(`fact ${String(r.id)}: prompt has no "{}" for the subject`, { field: 'prompt' });
-  const op = (r.op ?? 'insert') as string;
-  if (op !== 'insert' && op !== 'forget') throw new EditDataError(`fact ${String(r.id)}: op must be "insert" or "forget", got ${JSON.stringify(op)}`, { field: 'op' });
-  if (op === 'insert') need('target_new');
-  else need('target_true');
-  if (subject.trim() !== subject) throw new EditDataError(`fact ${String(r.id)}: subject has leading/trailing spaces`, { field: 'subject' });
-  return { ...r, op } as EditFact;
+  const name = `fact ${JSON.stringify(r.id ?? '?')}`;
+  if (typeof r.id !== 'string' || r.id.length === 0) throw new EditDataError(`${name}: expected a non-empty string`, { field: 'id' });
+  let fact: Fact;
+  try {
+    fact = parseFactFields(r);
+  } catch (e) {
+    if (e instanceof InputError) throw new EditDataError(`${name}: ${e.detail}`, { field: e.field });
+    throw e;
+  }
+  if (fact.subject.trim() !== fact.subject) throw new EditDataError(`${name}: subject has leading/trailing spaces`, { field: 'subject' });
+  return { ...fact, op: fact.op ?? 'insert' };
 }
 
 /** Token ids of `target` as the continuation of `prompt` (the model sees prompt + " " + target). */

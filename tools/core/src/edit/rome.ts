@@ -40,6 +40,10 @@ import { LoraAdapter } from '../models/lora.js';
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
 import { encodeTrainingPair, subjectSpan, type EditFact } from './data.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
+import { cholesky, cholSolve } from '../util/linalg.js';
+
+// The solves live in util/linalg.ts; re-exported where ROME's callers found them.
+export { cholesky, cholSolve, solveSpd } from '../util/linalg.js';
 
 export interface KeyStats {
   layer: number;
@@ -124,46 +128,6 @@ export function keyStatsCached(
     serializeSafetensors({ moment: { shape: [s.dim, s.dim], data: Float32Array.from(s.moment) } }, { count: String(s.count), layer: String(opts.layer), model_sha256: opts.modelSha }),
   );
   return { ...s, cached: false, file };
-}
-
-/** Lower Cholesky factor of M + λI (float64); throws when not positive definite. */
-export function cholesky(M: Float64Array, n: number, ridge: number): Float64Array {
-  const L = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = M[i * n + j] + (i === j ? ridge : 0);
-      const ri = i * n;
-      const rj = j * n;
-      for (let k = 0; k < j; k++) s -= L[ri + k] * L[rj + k];
-      if (i === j) {
-        if (!(s > 0)) throw new RangeError(`ROME: key covariance is not positive definite at ${i} (increase the ridge or the statistics corpus)`);
-        L[ri + i] = Math.sqrt(s);
-      } else L[ri + j] = s / L[rj + j];
-    }
-  }
-  return L;
-}
-
-/** Solve L Lᵀ x = b by forward and back substitution. */
-export function cholSolve(L: Float64Array, n: number, b: Float64Array): Float64Array {
-  const y = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let s = b[i];
-    for (let k = 0; k < i; k++) s -= L[i * n + k] * y[k];
-    y[i] = s / L[i * n + i];
-  }
-  const x = new Float64Array(n);
-  for (let i = n - 1; i >= 0; i--) {
-    let s = y[i];
-    for (let k = i + 1; k < n; k++) s -= L[k * n + i] * x[k];
-    x[i] = s / L[i * n + i];
-  }
-  return x;
-}
-
-/** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */
-export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: number): Float64Array {
-  return cholSolve(cholesky(M, n, ridge), n, b);
 }
 
 const IGNORE = -100;

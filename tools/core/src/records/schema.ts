@@ -106,7 +106,141 @@ export interface Route {
   [k: string]: unknown;
 }
 
-export type KnownRecord = Fact | Probe | Locus | Adapter | Report | Route;
+// The kinds adapter-merge writes about the registry and its bundles. A tool
+// reading a stream that holds them checks them like the kinds above and
+// passes them through.
+
+export type RefAction = 'promote' | 'rollback' | 'force';
+/** One line of a ref's history. `chain` = sha256(previous chain + canonical JSON of this event without `chain`). */
+export interface RefEvent {
+  kind: 'ref_event';
+  ref: string;
+  /** 1-based position in the ref's history. */
+  version: number;
+  action: RefAction;
+  /** Content hash of the bundle the ref points to from this event on. */
+  bundle: string;
+  adapter_id: string;
+  adapter_version: number;
+  /** Bundle the ref pointed to before (null for the first event). */
+  previous: string | null;
+  /** For rollbacks: the history version whose bundle was restored. */
+  to_version?: number;
+  /** For forced promotions: why the gate would have refused. */
+  forced_over?: string;
+  /** For gated promotions: `report_sha256` of the passing report the gate let through. */
+  report?: string;
+  when: string;
+  why: string | null;
+  who: string;
+  chain: string;
+  [k: string]: unknown;
+}
+
+export interface VerifyProblem {
+  /** `object`, `ref`, `reports`, `layout`. */
+  area: string;
+  /** The object hash, ref name or file concerned. */
+  target: string;
+  problem: string;
+}
+
+/** `adapter-merge verify`'s result. */
+export interface RegistryVerify {
+  kind: 'registry_verify';
+  registry: string;
+  ok: boolean;
+  objects: number;
+  refs: number;
+  reports: number;
+  problems: VerifyProblem[];
+  /** Harmless leftovers (interrupted writes' temporaries, a lock held now). */
+  notes: string[];
+  [k: string]: unknown;
+}
+
+/** What the model answers, and its log-probability of the asked answer (null: -Infinity, which JSON cannot hold). */
+export interface ExplainAnswer {
+  top1: string;
+  logprob: number | null;
+}
+
+/** One parent of an explained bundle, and what removing it changes. */
+export interface ExplainContribution {
+  id: string;
+  version: number | null;
+  sha256: string;
+  method: string | null;
+  weight: number;
+  fact_ids: string[];
+  facts: Record<string, unknown>[];
+  source: string | null;
+  author: string | null;
+  data_sha256: string | null;
+  created_at: string | null;
+  ablation: string;
+  ablated: ExplainAnswer | null;
+  delta_logprob: number | null;
+  top1_changes: boolean | null;
+}
+
+/** `adapter-merge explain`: which parents of a ref's bundle an answer went through. */
+export interface Explain {
+  kind: 'explain';
+  ref: string;
+  bundle: string;
+  adapter_id: string;
+  adapter_version: number;
+  method: string;
+  prompt: string;
+  answer: string;
+  base: ExplainAnswer;
+  adapted: ExplainAnswer;
+  contributions: ExplainContribution[];
+  [k: string]: unknown;
+}
+
+/** `adapter-merge export`: a ref's bundle folded into a copy of the base model. */
+export interface Export {
+  kind: 'export';
+  ref: string;
+  bundle: string;
+  adapter_id: string;
+  adapter_version: number;
+  /** The base model's directory. */
+  base_model: string;
+  /** The written model directory. */
+  path: string;
+  files: string[];
+  [k: string]: unknown;
+}
+
+/** An adapter named in a consolidation summary. */
+export interface ConsolidatedAdapter {
+  id: string;
+  version: number;
+  sha256: string;
+  /** Quarantined adapters: why. */
+  reason?: string;
+}
+
+/** `adapter-merge consolidate`: what one nightly run promoted and quarantined. */
+export interface Consolidation {
+  kind: 'consolidation';
+  ref: string;
+  inbox: string;
+  pending_files: string[];
+  promoted: { bundle: string; version: number; id: string } | null;
+  accepted: ConsolidatedAdapter[];
+  quarantined: ConsolidatedAdapter[];
+  quarantine_file: string | null;
+  validations: number;
+  [k: string]: unknown;
+}
+
+export type KnownRecord = Fact | Probe | Locus | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation;
+/** Each known kind's record type, by kind. */
+export type RecordOf<K extends KnownRecord['kind']> = Extract<KnownRecord, { kind: K }>;
 
 // ---------------------------------------------------------------- descriptors
 
@@ -125,6 +259,8 @@ export interface FieldSpec {
   name: string;
   type: FieldType;
   required: boolean;
+  /** JSON null is allowed too (Arrow carries a null in `extra`). */
+  nullable?: boolean;
 }
 
 const str: FieldType = { t: 'string' };
@@ -134,6 +270,11 @@ const strList: FieldType = { t: 'list', of: str };
 const req = (name: string, type: FieldType): FieldSpec => ({ name, type, required: true });
 const opt = (name: string, type: FieldType): FieldSpec => ({ name, type, required: false });
 const en = (...values: string[]): FieldType => ({ t: 'enum', values });
+/** Required, but may be null. */
+const reqNull = (name: string, type: FieldType): FieldSpec => ({ name, type, required: true, nullable: true });
+const struct = (...fields: FieldSpec[]): FieldType => ({ t: 'struct', fields });
+const answer = struct(req('top1', str), reqNull('logprob', num));
+const adapterRef = (...more: FieldSpec[]): FieldType => ({ t: 'list', of: struct(req('id', str), req('version', num), req('sha256', str), ...more) });
 
 export const PROBE_ROLES: readonly ProbeRole[] = ['edit', 'paraphrase', 'neighborhood', 'counterfactual', 'generation', 'context', 'general'];
 export const PROBE_EXPECTS: readonly ProbeExpect[] = ['new', 'true', 'unchanged', 'abstain'];
@@ -204,6 +345,80 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     req('layer', num),
     req('experts', { t: 'list', of: num }),
     req('weights', { t: 'tensor' }),
+  ],
+  ref_event: [
+    req('ref', str),
+    req('version', num),
+    req('action', en('promote', 'rollback', 'force')),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('adapter_version', num),
+    reqNull('previous', str),
+    opt('to_version', num),
+    opt('forced_over', str),
+    opt('report', str),
+    req('when', str),
+    reqNull('why', str),
+    req('who', str),
+    req('chain', str),
+  ],
+  registry_verify: [
+    req('registry', str),
+    req('ok', bool),
+    req('objects', num),
+    req('refs', num),
+    req('reports', num),
+    req('problems', { t: 'list', of: struct(req('area', str), req('target', str), req('problem', str)) }),
+    req('notes', strList),
+  ],
+  explain: [
+    req('ref', str),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('adapter_version', num),
+    req('method', str),
+    req('prompt', str),
+    req('answer', str),
+    req('base', answer),
+    req('adapted', answer),
+    req('contributions', {
+      t: 'list',
+      of: struct(
+        req('id', str),
+        reqNull('version', num),
+        req('sha256', str),
+        reqNull('method', str),
+        req('weight', num),
+        req('fact_ids', strList),
+        reqNull('source', str),
+        reqNull('author', str),
+        reqNull('data_sha256', str),
+        reqNull('created_at', str),
+        req('ablation', str),
+        { ...req('ablated', answer), nullable: true },
+        reqNull('delta_logprob', num),
+        reqNull('top1_changes', bool),
+      ),
+    }),
+  ],
+  export: [
+    req('ref', str),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('adapter_version', num),
+    req('base_model', str),
+    req('path', str),
+    req('files', strList),
+  ],
+  consolidation: [
+    req('ref', str),
+    req('inbox', str),
+    req('pending_files', strList),
+    { ...req('promoted', struct(req('bundle', str), req('version', num), req('id', str))), nullable: true },
+    req('accepted', adapterRef()),
+    req('quarantined', adapterRef(req('reason', str))),
+    reqNull('quarantine_file', str),
+    req('validations', num),
   ],
 };
 
@@ -282,16 +497,17 @@ export function checkFields(obj: Record<string, unknown>, fields: FieldSpec[], p
   for (const f of fields) {
     const v = obj[f.name];
     if (v === undefined) {
-      if (f.required) throw new InputError(`missing required field (expected ${describeExpected(f.type)})`, { field: prefix + f.name });
+      if (f.required) throw new InputError(`missing required field (expected ${describeExpected(f.type)}${f.nullable ? ' or null' : ''})`, { field: prefix + f.name });
       continue;
     }
+    if (v === null && f.nullable) continue;
     checkValue(v, f.type, prefix + f.name);
   }
 }
 
 /** The record shapes read as input, for messages about records of no known shape. */
 export const ACCEPTED_SHAPES =
-  'a catechism record (with "kind": fact, probe, locus, adapter, report, route, …), ' +
+  'a catechism record (with "kind": fact, probe, locus, adapter, report, route, ref_event, …), ' +
   'CounterFact ("case_id", "requested_rewrite"), ' +
   'zsRE as ROME/MEND/EasyEdit publish it ("subject", "src", "alt", "answers", "rephrase", "loc", "loc_ans"), ' +
   'or EasyEdit\'s flat edit ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")';
@@ -317,6 +533,63 @@ export function validateRecord(value: unknown): AnyRecord {
   return value as AnyRecord;
 }
 
+// ---------------------------------------------------------------- typed parse and guard per kind
+
+/**
+ * Checks `value` as a record of `kind` (declared field types, and for facts
+ * the rules across fields) and returns it typed. Throws InputError naming
+ * the field; the caller adds the input and record number.
+ */
+export function parseRecord<K extends KnownRecord['kind']>(kind: K, value: unknown): RecordOf<K> {
+  if (kind === 'fact') return parseFact(value) as RecordOf<K>;
+  const r = expectKind(value, kind);
+  checkFields(r, KIND_FIELDS[kind], '');
+  return r as RecordOf<K>;
+}
+
+/** Whether `value` is a valid record of `kind` (parseRecord without the error). */
+export function isRecord<K extends KnownRecord['kind']>(kind: K, value: unknown): value is RecordOf<K> {
+  try {
+    parseRecord(kind, value);
+    return true;
+  } catch (e) {
+    if (e instanceof InputError) return false;
+    throw e;
+  }
+}
+
+/**
+ * Narrows a record the reader has already checked (validateRecord runs on
+ * every input record of a known kind) by its kind alone; use parseRecord or
+ * isRecord for a value that has not been through the reader.
+ */
+export function isKind<K extends KnownRecord['kind']>(record: AnyRecord, kind: K): record is AnyRecord & RecordOf<K> {
+  return record.kind === kind;
+}
+
+export const parseProbe = (value: unknown): Probe => parseRecord('probe', value);
+export const isProbe = (value: unknown): value is Probe => isRecord('probe', value);
+export const parseLocus = (value: unknown): Locus => parseRecord('locus', value);
+export const isLocus = (value: unknown): value is Locus => isRecord('locus', value);
+export const parseAdapter = (value: unknown): Adapter => parseRecord('adapter', value);
+export const isAdapter = (value: unknown): value is Adapter => isRecord('adapter', value);
+export const parseReport = (value: unknown): Report => parseRecord('report', value);
+export const isReport = (value: unknown): value is Report => isRecord('report', value);
+export const parseRoute = (value: unknown): Route => parseRecord('route', value);
+export const isRoute = (value: unknown): value is Route => isRecord('route', value);
+export const parseRefEvent = (value: unknown): RefEvent => parseRecord('ref_event', value);
+export const isRefEvent = (value: unknown): value is RefEvent => isRecord('ref_event', value);
+export const parseRegistryVerify = (value: unknown): RegistryVerify => parseRecord('registry_verify', value);
+export const parseExplain = (value: unknown): Explain => parseRecord('explain', value);
+export const parseExport = (value: unknown): Export => parseRecord('export', value);
+export const parseConsolidation = (value: unknown): Consolidation => parseRecord('consolidation', value);
+
+function expectKind(value: unknown, kind: string): Record<string, unknown> {
+  if (!isPlainObject(value)) throw new InputError(`expected a JSON object, got ${describeType(value)}`);
+  if (value.kind !== kind) throw new InputError(`expected ${JSON.stringify(kind)}, got ${typeof value.kind === 'string' ? JSON.stringify(value.kind) : describeType(value.kind)}`, { field: 'kind' });
+  return value;
+}
+
 // ---------------------------------------------------------------- facts: the one definition
 
 /** How strict parseFact is about answers. */
@@ -337,8 +610,12 @@ export interface FactRules {
  * typed as Fact (the same object: extra fields kept).
  */
 export function parseFact(value: unknown, rules: FactRules = {}): Fact {
-  if (!isPlainObject(value)) throw new InputError(`expected a JSON object, got ${describeType(value)}`);
-  if (value.kind !== 'fact') throw new InputError(`expected "fact", got ${typeof value.kind === 'string' ? JSON.stringify(value.kind) : describeType(value.kind)}`, { field: 'kind' });
+  expectKind(value, 'fact');
+  return parseFactFields(value as Record<string, unknown>, rules);
+}
+
+/** parseFact's checks of the fields alone, for a record not yet labelled `kind: "fact"` (edit/data.ts's checkFact). */
+export function parseFactFields(value: Record<string, unknown>, rules: FactRules = {}): Fact {
   checkFields(value, KIND_FIELDS.fact, '');
   checkFact(value as Fact, rules);
   return value as Fact;

@@ -49,6 +49,7 @@ import { atomicWriteFile, canonicalJson, fsyncDir, mkdirDurable, sha256File, sha
 import { MANIFEST_FILE, listingHash, readBundle, hashBundleDir, adapterRecord, type AdapterRecord, type FileEntry } from '../adapters/bundle.js';
 import { ManifestError, normaliseReport, reportProblems, validateManifest, isSha256, type BundleManifest, type ReportRecord } from '../adapters/manifest.js';
 import { withLock, type LockOptions } from './lock.js';
+import type { RefAction, RefEvent, RegistryVerify, VerifyProblem } from '../records/schema.js';
 
 export const REGISTRY_FORMAT = 'catechism-registry';
 export const REGISTRY_VERSION = 1;
@@ -83,32 +84,7 @@ export class RefMovedError extends RegistryError {
   }
 }
 
-export type RefAction = 'promote' | 'rollback' | 'force';
-
-/** One line of a ref's history. `chain` = sha256(previous chain + canonical JSON of this event without `chain`). */
-export interface RefEvent {
-  kind: 'ref_event';
-  ref: string;
-  /** 1-based position in the ref's history. */
-  version: number;
-  action: RefAction;
-  /** Content hash of the bundle the ref points to from this event on. */
-  bundle: string;
-  adapter_id: string;
-  adapter_version: number;
-  /** Bundle the ref pointed to before (null for the first event). */
-  previous: string | null;
-  /** For rollbacks: the history version whose bundle was restored. */
-  to_version?: number;
-  /** For forced promotions: why the gate would have refused. */
-  forced_over?: string;
-  /** For gated promotions: `report_sha256` of the passing report the gate let through. */
-  report?: string;
-  when: string;
-  why: string | null;
-  who: string;
-  chain: string;
-}
+export type { RefAction, RefEvent, VerifyProblem } from '../records/schema.js';
 
 export interface StoredReport extends ReportRecord {
   recorded_at?: string;
@@ -172,25 +148,8 @@ export interface RegistryOptions extends LockOptions {
   now?: () => Date;
 }
 
-export interface VerifyProblem {
-  /** `object`, `ref`, `reports`, `layout`. */
-  area: string;
-  /** The object hash, ref name or file concerned. */
-  target: string;
-  problem: string;
-}
-
-export interface VerifyResult {
-  kind: 'registry_verify';
-  registry: string;
-  ok: boolean;
-  objects: number;
-  refs: number;
-  reports: number;
-  problems: VerifyProblem[];
-  /** Harmless leftovers (interrupted writes' temporaries, a lock held now). */
-  notes: string[];
-}
+/** `verify`'s result: the schema's `registry_verify` record. */
+export type VerifyResult = RegistryVerify;
 
 export interface ShowResult {
   bundle: StoredBundle;
@@ -735,8 +694,8 @@ export class Registry {
     e: { action: RefAction; bundle: StoredBundle; to_version?: number; forced_over?: string; report?: string; meta: WriteMeta },
   ): Promise<RefEvent> {
     const prev = log.length > 0 ? log[log.length - 1] : null;
-    const base: Omit<RefEvent, 'chain'> = {
-      kind: 'ref_event',
+    const base = {
+      kind: 'ref_event' as const,
       ref,
       version: log.length + 1,
       action: e.action,

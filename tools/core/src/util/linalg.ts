@@ -1,12 +1,13 @@
 /**
- * Small float64 dense linear algebra for adapter merging: matrices,
- * Householder QR, one-sided Jacobi SVD, and truncated SVD of a matrix given
- * by low-rank factors (ΔW = B·A) without forming ΔW.
+ * The one float64 dense linear-algebra module: matrices, Householder QR,
+ * one-sided Jacobi SVD, truncated SVD of a matrix given by low-rank factors
+ * (ΔW = B·A) without forming ΔW (adapter merging), and Cholesky solves of
+ * symmetric positive definite systems (ROME's key covariance).
  *
- * Merging works in float64 so that recompression error comes from the
- * truncation, not from rounding.
+ * Float64 so that merging's recompression error comes from the truncation,
+ * and an edit's solve from the statistics, not from rounding.
  */
-import { Rng } from '../util/random.js';
+import { Rng } from './random.js';
 
 /** Row-major float64 matrix. */
 export interface Mat {
@@ -265,4 +266,46 @@ export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; see
     if (gain <= 1e-4 * kept) break;
   }
   return { U: matmul64(Q, s.U), S: s.S, V: s.V, exact: false };
+}
+
+// ---------------------------------------------------------------- Cholesky
+
+/** Lower Cholesky factor of M + λI (row-major n×n); throws a RangeError naming `what` when not positive definite. */
+export function cholesky(M: Float64Array, n: number, ridge: number, what = 'ROME: key covariance'): Float64Array {
+  const L = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = M[i * n + j] + (i === j ? ridge : 0);
+      const ri = i * n;
+      const rj = j * n;
+      for (let k = 0; k < j; k++) s -= L[ri + k] * L[rj + k];
+      if (i === j) {
+        if (!(s > 0)) throw new RangeError(`${what} is not positive definite at ${i} (increase the ridge or the statistics corpus)`);
+        L[ri + i] = Math.sqrt(s);
+      } else L[ri + j] = s / L[rj + j];
+    }
+  }
+  return L;
+}
+
+/** Solve L Lᵀ x = b by forward and back substitution. */
+export function cholSolve(L: Float64Array, n: number, b: Float64Array): Float64Array {
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = b[i];
+    for (let k = 0; k < i; k++) s -= L[i * n + k] * y[k];
+    y[i] = s / L[i * n + i];
+  }
+  const x = new Float64Array(n);
+  for (let i = n - 1; i >= 0; i--) {
+    let s = y[i];
+    for (let k = i + 1; k < n; k++) s -= L[k * n + i] * x[k];
+    x[i] = s / L[i * n + i];
+  }
+  return x;
+}
+
+/** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */
+export function solveSpd(M: Float64Array, n: number, b: Float64Array, ridge: number): Float64Array {
+  return cholSolve(cholesky(M, n, ridge), n, b);
 }

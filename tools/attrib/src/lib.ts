@@ -4,7 +4,7 @@
  */
 import type { CausalLM, Tokenizer } from '@catechism/core/models';
 import type { Fact, Locus } from '@catechism/core/records';
-import { Rng } from '@catechism/core';
+import { Rng, fnv1a32 } from '@catechism/core';
 import {
   AttribInputError, SITE_KINDS, attributionPatch, causalTrace, gradXAct, moduleOf, prepareFact, siteCandidates,
   type AttribInput, type GradXActResult, type LocusCandidate, type SelectRule, type SiteKind, type TraceResult,
@@ -35,9 +35,7 @@ export interface FactResult {
 
 /** FNV-1a of the fact id mixed with the seed: each fact's noise is the same whatever else is in the stream. */
 export function factSeed(seed: number, id: string): number {
-  let h = 0x811c9dc5 ^ (seed >>> 0);
-  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
-  return h >>> 0;
+  return fnv1a32(id, seed);
 }
 
 function rank(fact: Fact, method: string, cands: LocusCandidate[], k: number): Locus[] {

@@ -1,33 +1,16 @@
 import t from 'tap';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync, chmodSync, existsSync, readdirSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync, chmodSync, existsSync, readdirSync, mkdirSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
-import { writeSyntheticBundle, sha256Hex } from '../src/adapters/index.js';
+import { sha256Hex, writeSyntheticBundle } from '../src/adapters/index.js';
 import { Registry, RegistryError, CorruptObjectError, defaultRegistryDir, type RefEvent } from '../src/registry/index.js';
+import { bundleWriter, rejection, tempDir } from './support/registry.js';
 
-const tmp = mkdtempSync(path.join(tmpdir(), 'cat-reg-'));
-t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
-
-let n = 0;
-async function bundle(opts: { seed: number; pass?: boolean | null; id?: string; version?: number }): Promise<{ dir: string; sha256: string }> {
-  const dir = path.join(tmp, `b${n++}`);
-  const { sha256 } = await writeSyntheticBundle(dir, opts);
-  return { dir, sha256 };
-}
+const tmp = tempDir('cat-reg-');
+const bundle = bundleWriter(tmp);
 
 /** A report that counts for bundle `sha256` (synthetic bundles' base model is sha256("synthetic-base")). */
 function bound(sha256: string, rep: Record<string, unknown>): Record<string, unknown> {
   return { bundle_sha256: sha256, base_model_sha256: sha256Hex('synthetic-base'), run: { tool: 'test', id: 'run-1' }, ...rep };
-}
-
-async function rejection(p: Promise<unknown>): Promise<RegistryError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RegistryError) return e;
-    throw e;
-  }
-  throw new Error('expected a RegistryError, got success');
 }
 
 function corrupt(file: string): void {

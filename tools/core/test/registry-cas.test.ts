@@ -5,31 +5,13 @@
  * each other.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { writeSyntheticBundle } from '../src/adapters/index.js';
-import { Registry, RegistryError, RefMovedError } from '../src/registry/index.js';
+import { Registry, RefMovedError, type RegistryError } from '../src/registry/index.js';
+import { bundleWriter, rejection, tempDir } from './support/registry.js';
 
-const tmp = mkdtempSync(path.join(tmpdir(), 'cat-cas-'));
-t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
-
-let n = 0;
-async function bundle(seed: number): Promise<{ dir: string; sha256: string }> {
-  const dir = path.join(tmp, `b${n++}`);
-  const { sha256 } = await writeSyntheticBundle(dir, { seed, pass: true });
-  return { dir, sha256 };
-}
-
-async function rejection(p: Promise<unknown>): Promise<RegistryError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RegistryError) return e;
-    throw e;
-  }
-  throw new Error('expected a RegistryError, got success');
-}
+const tmp = tempDir('cat-cas-');
+const write = bundleWriter(tmp);
+const bundle = (seed: number) => write({ seed, pass: true });
 
 t.test('expectHead: null means "the ref must not exist yet"; a hash means "the ref must point there"', async (t) => {
   const reg = new Registry(path.join(tmp, 'r1'));

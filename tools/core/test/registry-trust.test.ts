@@ -6,35 +6,21 @@
  * refused by every reader instead of silently using an older head.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync, unlinkSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync, unlinkSync, existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { writeSyntheticBundle, sha256Hex, rewriteManifest, readManifest, hashBundleDir } from '../src/adapters/index.js';
-import { Registry, RegistryError } from '../src/registry/index.js';
+import { sha256Hex, rewriteManifest, readManifest, hashBundleDir } from '../src/adapters/index.js';
+import { Registry } from '../src/registry/index.js';
+import { bundleWriter, rejection, tempDir } from './support/registry.js';
 
-const tmp = mkdtempSync(path.join(tmpdir(), 'cat-trust-'));
-t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+const tmp = tempDir('cat-trust-');
 const BASE = sha256Hex('synthetic-base');
-
+const write = bundleWriter(tmp);
+// n counts the bundles written (some tests derive seeds from it)
 let n = 0;
-async function bundle(seed: number, pass: boolean | null = null): Promise<{ dir: string; sha256: string; id: string }> {
-  const dir = path.join(tmp, `b${n++}`);
-  const r = await writeSyntheticBundle(dir, { seed, pass });
-  return { dir, sha256: r.sha256, id: r.manifest.id };
-}
+const bundle = (seed: number, pass: boolean | null = null) => (n++, write({ seed, pass }));
 
 function bound(b: { sha256: string; id: string }, pass: boolean, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { kind: 'report', adapter_id: b.id, pass, bundle_sha256: b.sha256, base_model_sha256: BASE, run: { tool: 'validate', id: `run-${pass}` }, failures: pass ? [] : ['kl 0.2 > 0.05'], ...extra };
-}
-
-async function rejection(p: Promise<unknown>): Promise<RegistryError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RegistryError) return e;
-    throw e;
-  }
-  throw new Error('expected a RegistryError, got success');
 }
 
 t.test('a report counts only when it names this bundle, its base model and its run', async (t) => {

@@ -14,7 +14,7 @@
 import { InputError } from '@catechism/core/cli';
 import { parseFact, type InputRecord } from '@catechism/core/records';
 import type { AnyRecord, Fact, Probe, ProbeExpect, ProbeRole } from '@catechism/core/records';
-import type { Rng } from '@catechism/core';
+import { fnv1a32, type Rng } from '@catechism/core/random';
 import { entryFor, type TemplateBank } from './bank.js';
 import { fillPrompt } from './probes.js';
 
@@ -62,15 +62,8 @@ export interface FullOptions {
   log: (message: string) => void;
 }
 
-/** FNV-1a: a stable per-fact seed, so adding a fact does not reshuffle the others. */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
+/** FNV-1a (core's one hash): a stable per-fact seed, so adding a fact does not reshuffle the others. */
+export const hash32 = (s: string): number => fnv1a32(s);
 
 /**
  * Bad-input checks of one fact: the prompt must hold the `{}` subject slot,

@@ -1,5 +1,4 @@
 export * from './validate.js';
 export * from './history.js';
 export * from './html.js';
-export * from './edits.js';
 export * from './sets.js';

@@ -118,7 +118,8 @@ export function evaluate(
   const kept = new Set(excludeEdited(retain, facts));
   const shared: SharedSets = { ...ctx.shared, retain, retainExcluded: new Set(retain.filter((p) => !kept.has(p))) };
   const suite = buildSuite(facts, probes, shared);
-  const maxLength = ctx.model.config.family === 'gpt2' ? ctx.model.config.maxPositions : undefined;
+  // learned position embeddings cap the input length (longer prompts are cut); rotary ones do not
+  const maxLength = ctx.model.arch.positionEmbedding !== null ? ctx.model.config.maxPositions : undefined;
   const enc = encodeSuite(ctx.tokenizer, suite, maxLength !== undefined ? { maxLength } : {});
   const obsOpts = { batchSize: ctx.batchSize, genTokens: ctx.genTokens, noGeneration: ctx.noGeneration, maxLength };
   ctx.model.setAdapters([]);

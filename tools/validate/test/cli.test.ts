@@ -16,8 +16,7 @@ import { noGrad } from '@catechism/core/tensor';
 import { Registry } from '@catechism/core/registry';
 import { encodePair } from '@catechism/core/metrics';
 import { modelSha256 } from '@catechism/core/edit';
-import { rankOneHeadEdit, randomLora, writeAdapterBundle } from '../src/edits.js';
-import { modelSha256 } from '@catechism/core/edit';
+import { rankOneHeadEdit, randomLora, writeAdapterBundle } from './support/edits.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../../..');

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { loadModel } from '@catechism/core/models';
 import { noGrad } from '@catechism/core/tensor';
 import { encodePair } from '@catechism/core/metrics';
-import { headInputs, rankOneHeadEdit, romeMlpEdit } from '../src/edits.js';
+import { headInputs, rankOneHeadEdit, romeMlpEdit } from './support/edits.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const { model, tokenizer } = loadModel(path.join(root, 'fixtures/golden/gpt2'));

@@ -29,7 +29,7 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
   const { loadModel } = await import('@catechism/core/models');
   const { noGrad } = await import('@catechism/core/tensor');
   const { encodePair, fillSubject } = await import('@catechism/core/metrics');
-  const { rankOneHeadEdit, randomLora, writeAdapterBundle } = await import('../src/edits.js');
+  const { rankOneHeadEdit, randomLora, writeAdapterBundle } = await import('./support/edits.js');
   const { modelSha256 } = await import('@catechism/core/edit');
   const BASE = { base_model: { name: DENSE, sha256: modelSha256(DENSE) } };
 

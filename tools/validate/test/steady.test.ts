@@ -42,7 +42,7 @@ if (!existsSync(path.join(DENSE, 'config.json')) || !existsSync(path.join(MOE, '
   const { modelSha256 } = await import('@catechism/core/edit');
   const { encodePair, fillSubject } = await import('@catechism/core/metrics');
   const { noGrad } = await import('@catechism/core/tensor');
-  const { randomLora, rankOneHeadEdit, writeAdapterBundle } = await import('../src/edits.js');
+  const { randomLora, rankOneHeadEdit, writeAdapterBundle } = await import('./support/edits.js');
 
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'validate-steady-'));
   t.teardown(() => rmSync(tmp, { recursive: true, force: true }));

@@ -8,30 +8,21 @@ import { hashBundleDir, rewriteManifest, writeBundle, type FileEntry } from './b
 import { createManifest, type BundleManifest, type ManifestInput, type ReportRecord } from './manifest.js';
 import { sha256Hex } from './fsio.js';
 import { gpt2 } from '../models/arch/gpt2.js';
+import { serializeSafetensors, type TensorToWrite } from '../models/safetensors.js';
 
-/** Encode F32 tensors as safetensors bytes (header padded to 8 bytes, as the format asks). */
+/**
+ * Encode F32 tensors as safetensors bytes, through the one writer
+ * (models/safetensors.ts serializeSafetensors: names sorted, header padded
+ * to 8 bytes).
+ */
 export function encodeSafetensorsF32(tensors: { name: string; shape: number[]; data: Float32Array }[], metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let offset = 0;
+  const byName: Record<string, TensorToWrite> = {};
   for (const t of tensors) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (n !== t.data.length) throw new Error(`${t.name}: shape ${JSON.stringify(t.shape)} holds ${n} values, data has ${t.data.length}`);
-    header[t.name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + n * 4] };
-    offset += n * 4;
+    byName[t.name] = { shape: t.shape, data: t.data };
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
-  const hb = Buffer.from(json, 'utf8');
-  const out = Buffer.alloc(8 + hb.length + offset);
-  out.writeBigUInt64LE(BigInt(hb.length), 0);
-  hb.copy(out, 8);
-  let pos = 8 + hb.length;
-  for (const t of tensors) {
-    const bytes = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-    bytes.copy(out, pos);
-    pos += bytes.length;
-  }
-  return out;
+  return serializeSafetensors(byName, metadata);
 }
 
 export interface SyntheticBundleOptions {

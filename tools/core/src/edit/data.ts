@@ -11,6 +11,7 @@ import { Rng } from '../util/random.js';
 import { encodePair } from '../metrics/scoring.js';
 import { InputError } from '../records/errors.js';
 import { parseFactFields, type Fact } from '../records/schema.js';
+import { readTemplates } from '../records/templates.js';
 
 export type Rec = Record<string, unknown>;
 
@@ -124,20 +125,17 @@ export interface TemplateBank {
   contextFrames: string[];
 }
 
-/** Read a world templates.json (probe-gen's bank); null when the file is absent. */
+/** Read a world templates.json (records/templates.ts, the one reader); null when the file is absent. */
 export function loadTemplateBank(file: string): TemplateBank | null {
   if (!fs.existsSync(file)) return null;
-  const j = JSON.parse(fs.readFileSync(file, 'utf8')) as {
-    relations?: Record<string, { prompts?: { train?: string[]; heldout?: string[] } }>;
-    context?: { train?: string[] };
-  };
+  const t = readTemplates(file);
   const train = new Map<string, string[]>();
   const heldout = new Map<string, string[]>();
-  for (const [rel, r] of Object.entries(j.relations ?? {})) {
-    if (r.prompts?.train) train.set(rel, r.prompts.train);
-    if (r.prompts?.heldout) heldout.set(rel, r.prompts.heldout);
+  for (const [rel, e] of t.byRelation) {
+    if (e.train.length > 0) train.set(rel, e.train);
+    if (e.heldout.length > 0) heldout.set(rel, e.heldout);
   }
-  return { train, heldout, contextFrames: j.context?.train ?? [DEFAULT_CONTEXT_FRAME] };
+  return { train, heldout, contextFrames: t.contextFrames ?? [DEFAULT_CONTEXT_FRAME] };
 }
 
 export interface BatchInput {

@@ -8,7 +8,7 @@
  *   record   DenseUnion<fact: Struct<…>, probe: Struct<…>, locus, adapter,
  *            report, route, other: Null>
  *                                     the declared fields (schema.ts) of the
- *                                     row's kind; `other` for unknown kinds
+ *                                     row's kind; `other` for every other kind (the registry's included)
  *   extra    Utf8 (nullable)          JSON text of an object holding every other field
  *
  * A dense union keeps each kind's struct column as long as the number of
@@ -53,7 +53,7 @@ import {
   Vector,
   type Data,
 } from 'apache-arrow';
-import { KIND_FIELDS, KNOWN_KINDS, isKnownKind, type AnyRecord, type FieldSpec, type FieldType, type KnownRecord } from './schema.js';
+import { ARROW_KINDS, KIND_FIELDS, isArrowKind, type AnyRecord, type ArrowKind, type FieldSpec, type FieldType } from './schema.js';
 
 const EXTRA = 'extra';
 const KIND = 'kind';
@@ -151,7 +151,7 @@ function sampleWidths(rows: readonly AnyRecord[]): Map<string, number> {
     }
   };
   for (const r of rows) {
-    if (isKnownKind(r.kind)) for (const f of KIND_FIELDS[r.kind]) visit(r[f.name], f.type, `${r.kind}.${f.name}`);
+    if (isArrowKind(r.kind)) for (const f of KIND_FIELDS[r.kind]) visit(r[f.name], f.type, `${r.kind}.${f.name}`);
   }
   return widths;
 }
@@ -336,7 +336,7 @@ export class ArrowEncoder {
 
   constructor(sample: readonly AnyRecord[]) {
     this.widths = sampleWidths(sample);
-    const members: Field[] = KNOWN_KINDS.map((kind) => new Field(kind, new Struct(structFields(KIND_FIELDS[kind], this.widths, kind)), false));
+    const members: Field[] = ARROW_KINDS.map((kind) => new Field(kind, new Struct(structFields(KIND_FIELDS[kind], this.widths, kind)), false));
     members.push(new Field(OTHER, new Null(), true));
     this.union = new DenseUnion(
       members.map((_, i) => i),
@@ -350,7 +350,7 @@ export class ArrowEncoder {
   /** Splits one record into its typed fields (or null) and its extra JSON (or null). */
   private split(rec: AnyRecord): { typed: Record<string, unknown> | null; extra: string | undefined } {
     let extra: Record<string, unknown> | null = null;
-    const known = isKnownKind(rec.kind) ? KIND_FIELDS[rec.kind] : null;
+    const known = isArrowKind(rec.kind) ? KIND_FIELDS[rec.kind] : null;
     let typed: Record<string, unknown> | null = null;
     if (known) {
       typed = {};
@@ -361,7 +361,7 @@ export class ArrowEncoder {
         else (extra ??= {})[f.name] = v;
       }
     }
-    const declared = known ? DECLARED[rec.kind as KnownRecord['kind']] : null;
+    const declared = known ? DECLARED[rec.kind as ArrowKind] : null;
     for (const k in rec) {
       if (k === KIND || (declared && declared.has(k))) continue;
       const v = rec[k];
@@ -385,7 +385,7 @@ export class ArrowEncoder {
       const { typed, extra } = this.split(rec);
       kindB.append(rec.kind);
       extraB.append(extra);
-      const id = typed === null ? otherId : KNOWN_KINDS.indexOf(rec.kind as KnownRecord['kind']);
+      const id = typed === null ? otherId : ARROW_KINDS.indexOf(rec.kind as ArrowKind);
       typeIds[i] = id;
       valueOffsets[i] = counts[id]++;
       members[id].append(typed === null ? null : typed);
@@ -396,8 +396,8 @@ export class ArrowEncoder {
   }
 }
 
-const DECLARED = Object.fromEntries(KNOWN_KINDS.map((k) => [k, new Set(KIND_FIELDS[k].map((f) => f.name))])) as Record<
-  KnownRecord['kind'],
+const DECLARED = Object.fromEntries(ARROW_KINDS.map((k) => [k, new Set(KIND_FIELDS[k].map((f) => f.name))])) as Record<
+  ArrowKind,
   Set<string>
 >;
 
@@ -557,7 +557,7 @@ export function decodeBatch(batch: RecordBatch): Record<string, unknown>[] {
   let recordIdx = -1;
   fields.forEach((f, i) => {
     if (i === kindIdx || i === extraIdx) return;
-    if (isKnownKind(f.name) && DataType.isStruct(f.type)) kindStruct.set(f.name, cols[i]);
+    if (isArrowKind(f.name) && DataType.isStruct(f.type)) kindStruct.set(f.name, cols[i]);
     else if (f.name === RECORD && DataType.isUnion(f.type)) recordIdx = i;
     else foreign.push(i);
   });

@@ -7,3 +7,4 @@ export * from './writer.js';
 // imports apache-arrow, about 11 MB of resident memory at load, which every
 // tool would then pay even for NDJSON. The reader and the writer load it on
 // the first Arrow input or output; import './arrow.js' for direct use.
+export * from './templates.js';

@@ -428,6 +428,21 @@ export function isKnownKind(kind: string): kind is KnownRecord['kind'] {
   return Object.prototype.hasOwnProperty.call(KIND_FIELDS, kind);
 }
 
+/**
+ * The kinds that get their own typed struct in an Arrow stream (arrow.ts):
+ * the data kinds the pipeline carries in bulk. The registry's and merge's
+ * kinds (ref_event, registry_verify, explain, export, consolidation) are
+ * checked on input like the rest but travel in Arrow's `extra` JSON column:
+ * typed columns for them would add their (deeply nested) layout to every
+ * stream's schema and batches.
+ */
+export type ArrowKind = 'fact' | 'probe' | 'locus' | 'adapter' | 'report' | 'route';
+export const ARROW_KINDS: readonly ArrowKind[] = ['fact', 'probe', 'locus', 'adapter', 'report', 'route'];
+
+export function isArrowKind(kind: string): kind is ArrowKind {
+  return (ARROW_KINDS as readonly string[]).includes(kind);
+}
+
 // ---------------------------------------------------------------- validation
 
 function describeExpected(type: FieldType): string {

@@ -89,3 +89,14 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/**
+ * 32-bit FNV-1a of `s` (UTF-16 code units), its offset basis mixed with
+ * `seed`: a stable per-key seed, so adding a key does not reshuffle the
+ * others. seed 0 is plain FNV-1a.
+ */
+export function fnv1a32(s: string, seed = 0): number {
+  let h = 0x811c9dc5 ^ (seed >>> 0);
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}

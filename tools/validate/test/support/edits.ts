@@ -1,5 +1,5 @@
 /**
- * Reference adapters for tests, benchmarks and demos, written as real
+ * Reference adapters for tests (not shipped: test support), written as real
  * bundles:
  *
  * - `rankOneHeadEdit`: a ROME-style rank-one edit in closed form on the LM
@@ -18,6 +18,7 @@ import { LoraAdapter, mlpModules, saveLora, type CausalLM, type Tokenizer } from
 import { AdamW, fromData, matmul, neg, noGrad, sum, transpose, zeros, type Tensor } from '@catechism/core/tensor';
 import { mlpInputFrom, mlpInputHooks } from '@catechism/core/edit';
 import { encodePair, fillSubject, type FactLike, type ProbeLike } from '@catechism/core/metrics';
+import { solveSpd } from '@catechism/core/merge';
 
 /** Final normalised hidden states (the LM head's input) at every real token of each text. */
 export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {
@@ -25,14 +26,14 @@ export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {
   const H = c.hidden;
   const out: Float64Array[] = [];
   for (const seq of ids) {
-    let resid: Float32Array | null = null;
+    const captured: { resid?: Float32Array } = {};
     noGrad(() =>
       model.forward(Int32Array.from(seq), [1, seq.length], {
         skipLogits: true,
-        hooks: { [`layers.${c.layers - 1}.resid_post`]: { capture: (x) => (resid = x.data.slice()) } },
+        hooks: { [`layers.${c.layers - 1}.resid_post`]: { capture: (x) => (captured.resid = x.data.slice()) } },
       }),
     );
-    const r = resid as unknown as Float32Array;
+    const r = captured.resid!;
     // the final norm in float64: LayerNorm (centred, with bias) or RMSNorm
     const centred = model.arch.normKind === 'layernorm';
     const g = model.weight(`${model.arch.finalNorm}.weight`).data;
@@ -53,31 +54,6 @@ export function headInputs(model: CausalLM, ids: number[][]): Float64Array[] {
     }
   }
   return out;
-}
-
-/** Solve (C + λI) u = k by Cholesky (C symmetric positive semi-definite). */
-function solveSpd(C: Float64Array, n: number, k: Float64Array, lambda: number): Float64Array {
-  const L = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = C[i * n + j] + (i === j ? lambda : 0);
-      for (let p = 0; p < j; p++) s -= L[i * n + p] * L[j * n + p];
-      L[i * n + j] = i === j ? Math.sqrt(Math.max(s, 1e-12)) : s / L[j * n + j];
-    }
-  }
-  const y = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let s = k[i];
-    for (let p = 0; p < i; p++) s -= L[i * n + p] * y[p];
-    y[i] = s / L[i * n + i];
-  }
-  const u = new Float64Array(n);
-  for (let i = n - 1; i >= 0; i--) {
-    let s = y[i];
-    for (let p = i + 1; p < n; p++) s -= L[p * n + i] * u[p];
-    u[i] = s / L[i * n + i];
-  }
-  return u;
 }
 
 export interface RankOneOptions {

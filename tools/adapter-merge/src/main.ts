@@ -67,6 +67,14 @@ interface Command {
 
 const registry = (cmd: Parameters<typeof runRegistryCommand>[1]) => (ctx: Ctx, rest: string[]) => runRegistryCommand(ctx, cmd, rest);
 const merge = () => import('./merge.js');
+/** A registry read-out: prints records (or --text), reads no input. */
+const readout = (cmd: Parameters<typeof runRegistryCommand>[1], c: Pick<Command, 'synopsis' | 'summary' | 'describe'>, example: [string, string]): Command => ({
+  ...c,
+  options: pick(['text']),
+  examples: [example],
+  reads: false,
+  run: registry(cmd),
+});
 
 const COMMANDS: Record<string, Command> = {
   merge: {
@@ -147,33 +155,33 @@ const COMMANDS: Record<string, Command> = {
     reads: false,
     run: registry('rollback'),
   },
-  log: {
-    synopsis: 'log REF',
-    summary: 'REF\'s history: who promoted what, when and why',
-    describe: 'Prints REF\'s history, one `ref_event` record per version (promotions name the report they were let through on).',
-    options: pick(['text']),
-    examples: [['adapter-merge log live --text', 'who promoted what, when and why']],
-    reads: false,
-    run: registry('log'),
-  },
-  show: {
-    synopsis: 'show ID',
-    summary: 'a bundle: manifest, facts, reports, where it is referenced',
-    describe: `Prints a stored bundle's adapter record with its manifest, validation history and the refs that point to it. ${ID_HELP}`,
-    options: pick(['text']),
-    examples: [['adapter-merge show live --text', 'the live bundle: manifest, facts, reports, where it is referenced']],
-    reads: false,
-    run: registry('show'),
-  },
-  refs: {
-    synopsis: 'refs',
-    summary: 'every ref and where it points',
-    describe: 'Prints the current `ref_event` of every ref.',
-    options: pick(['text']),
-    examples: [['adapter-merge refs --text', 'every ref and its bundle']],
-    reads: false,
-    run: registry('refs'),
-  },
+  log: readout(
+    'log',
+    {
+      synopsis: 'log REF',
+      summary: 'REF\'s history: who promoted what, when and why',
+      describe: 'Prints REF\'s history, one `ref_event` record per version (promotions name the report they were let through on).',
+    },
+    ['adapter-merge log live --text', 'who promoted what, when and why'],
+  ),
+  show: readout(
+    'show',
+    {
+      synopsis: 'show ID',
+      summary: 'a bundle: manifest, facts, reports, where it is referenced',
+      describe: `Prints a stored bundle's adapter record with its manifest, validation history and the refs that point to it. ${ID_HELP}`,
+    },
+    ['adapter-merge show live --text', 'the live bundle: manifest, facts, reports, where it is referenced'],
+  ),
+  refs: readout(
+    'refs',
+    {
+      synopsis: 'refs',
+      summary: 'every ref and where it points',
+      describe: 'Prints the current `ref_event` of every ref.',
+    },
+    ['adapter-merge refs --text', 'every ref and its bundle'],
+  ),
   report: {
     synopsis: 'report ID [FILES...]',
     summary: 'attach validate\'s reports to a bundle\'s history',
@@ -186,17 +194,17 @@ const COMMANDS: Record<string, Command> = {
     reads: true,
     run: registry('report'),
   },
-  verify: {
-    synopsis: 'verify',
-    summary: 'recompute every hash; exit 1 on any damage',
-    describe:
-      'Recomputes every object\'s hash and checks every ref history and report log: hash chains, head records (a history cut at a line boundary, ' +
-      'emptied or deleted), reports edited after they were stored, and the reports promotions were let through on. One `registry_verify` record; exit 1 when anything is damaged.',
-    options: pick(['text']),
-    examples: [['adapter-merge verify --registry reg/', 'recompute every hash; exit 1 on corruption']],
-    reads: false,
-    run: registry('verify'),
-  },
+  verify: readout(
+    'verify',
+    {
+      synopsis: 'verify',
+      summary: 'recompute every hash; exit 1 on any damage',
+      describe:
+        'Recomputes every object\'s hash and checks every ref history and report log: hash chains, head records (a history cut at a line boundary, ' +
+        'emptied or deleted), reports edited after they were stored, and the reports promotions were let through on. One `registry_verify` record; exit 1 when anything is damaged.',
+    },
+    ['adapter-merge verify --registry reg/', 'recompute every hash; exit 1 on corruption'],
+  ),
   explain: {
     synopsis: 'explain --ref REF "prompt" [--target TEXT]',
     summary: 'which adapters on REF change the answer, and how much',

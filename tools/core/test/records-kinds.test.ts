@@ -9,26 +9,17 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import {
-  InputError, UsageError, KNOWN_KINDS, createRecordWriter, isKind, isRecord, parseExplain, parseRecord, parseRefEvent, readRecords, readTemplates,
+  InputError, UsageError, KNOWN_KINDS, createRecordWriter, isKind, isRecord, parseRecord, readRecords, readTemplates,
   validateRecord, type AnyRecord, type OutputFormat,
 } from '../src/records/index.js';
 import { writeSyntheticBundle } from '../src/adapters/index.js';
 import { Registry } from '../src/registry/index.js';
 import { EditDataError, checkFact, loadTemplateBank } from '../src/edit/index.js';
 import { fnv1a32 } from '../src/util/random.js';
+import { errorOf } from './support/records.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'cat-kinds-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
-
-function errorOf(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof InputError) return e;
-    throw e;
-  }
-  throw new Error('expected an InputError');
-}
 
 async function roundTrip(records: AnyRecord[], format: OutputFormat): Promise<AnyRecord[]> {
   const out = new PassThrough();
@@ -64,7 +55,7 @@ t.test('the registry\'s own records (ref_event, registry_verify) are schema reco
   await writeSyntheticBundle(b, { seed: 1, pass: true });
   const { event } = await reg.promote('live', { dir: b });
   t.ok(event);
-  t.equal(parseRefEvent(JSON.parse(JSON.stringify(event))).bundle, event!.bundle, 'a real event parses');
+  t.equal(parseRecord('ref_event', JSON.parse(JSON.stringify(event))).bundle, event!.bundle, 'a real event parses');
   const verify = await reg.verify();
   t.equal(parseRecord('registry_verify', JSON.parse(JSON.stringify(verify))).ok, true);
   for (const k of ['ref_event', 'registry_verify', 'explain', 'export', 'consolidation']) t.ok(KNOWN_KINDS.includes(k as never), `${k} is registered`);
@@ -79,7 +70,7 @@ t.test('the registry\'s own records (ref_event, registry_verify) are schema reco
 });
 
 t.test('explain, export and consolidation records are checked, nulls where the tools write them', async (t) => {
-  t.equal(parseExplain(explain).contributions[0].id, 'p');
+  t.equal(parseRecord('explain', explain).contributions[0].id, 'p');
   validateRecord(exported);
   validateRecord(consolidation);
   validateRecord({ ...consolidation, promoted: { bundle: 'd'.repeat(64), version: 2, id: 'merged' } });

@@ -1,15 +1,6 @@
 import t from 'tap';
-import { InputError, validateRecord, normaliseRecord, templateFromQuestion } from '../src/records/index.js';
-
-function errorOf(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof InputError) return e;
-    throw e;
-  }
-  throw new Error('expected an InputError');
-}
+import { validateRecord, normaliseRecord, templateFromQuestion } from '../src/records/index.js';
+import { errorOf } from './support/records.js';
 
 const fact = {
   kind: 'fact',

@@ -552,7 +552,8 @@ export function validateRecord(value: unknown): AnyRecord {
 
 /**
  * Checks `value` as a record of `kind` (declared field types, and for facts
- * the rules across fields) and returns it typed. Throws InputError naming
+ * the rules across fields) and returns it typed: parseRecord('ref_event', v)
+ * is a RefEvent, parseRecord('probe', v) a Probe, and so on. Throws InputError naming
  * the field; the caller adds the input and record number.
  */
 export function parseRecord<K extends KnownRecord['kind']>(kind: K, value: unknown): RecordOf<K> {
@@ -564,8 +565,13 @@ export function parseRecord<K extends KnownRecord['kind']>(kind: K, value: unkno
 
 /** Whether `value` is a valid record of `kind` (parseRecord without the error). */
 export function isRecord<K extends KnownRecord['kind']>(kind: K, value: unknown): value is RecordOf<K> {
+  return passes(() => parseRecord(kind, value));
+}
+
+/** Whether `check` returns rather than throwing an InputError (other errors propagate). */
+function passes(check: () => unknown): boolean {
   try {
-    parseRecord(kind, value);
+    check();
     return true;
   } catch (e) {
     if (e instanceof InputError) return false;
@@ -581,23 +587,6 @@ export function isRecord<K extends KnownRecord['kind']>(kind: K, value: unknown)
 export function isKind<K extends KnownRecord['kind']>(record: AnyRecord, kind: K): record is AnyRecord & RecordOf<K> {
   return record.kind === kind;
 }
-
-export const parseProbe = (value: unknown): Probe => parseRecord('probe', value);
-export const isProbe = (value: unknown): value is Probe => isRecord('probe', value);
-export const parseLocus = (value: unknown): Locus => parseRecord('locus', value);
-export const isLocus = (value: unknown): value is Locus => isRecord('locus', value);
-export const parseAdapter = (value: unknown): Adapter => parseRecord('adapter', value);
-export const isAdapter = (value: unknown): value is Adapter => isRecord('adapter', value);
-export const parseReport = (value: unknown): Report => parseRecord('report', value);
-export const isReport = (value: unknown): value is Report => isRecord('report', value);
-export const parseRoute = (value: unknown): Route => parseRecord('route', value);
-export const isRoute = (value: unknown): value is Route => isRecord('route', value);
-export const parseRefEvent = (value: unknown): RefEvent => parseRecord('ref_event', value);
-export const isRefEvent = (value: unknown): value is RefEvent => isRecord('ref_event', value);
-export const parseRegistryVerify = (value: unknown): RegistryVerify => parseRecord('registry_verify', value);
-export const parseExplain = (value: unknown): Explain => parseRecord('explain', value);
-export const parseExport = (value: unknown): Export => parseRecord('export', value);
-export const parseConsolidation = (value: unknown): Consolidation => parseRecord('consolidation', value);
 
 function expectKind(value: unknown, kind: string): Record<string, unknown> {
   if (!isPlainObject(value)) throw new InputError(`expected a JSON object, got ${describeType(value)}`);
@@ -638,13 +627,7 @@ export function parseFactFields(value: Record<string, unknown>, rules: FactRules
 
 /** Whether `value` is a valid fact (parseFact without the error). */
 export function isFact(value: unknown, rules: FactRules = {}): value is Fact {
-  try {
-    parseFact(value, rules);
-    return true;
-  } catch (e) {
-    if (e instanceof InputError) return false;
-    throw e;
-  }
+  return passes(() => parseFact(value, rules));
 }
 
 /** Rules that span fields of a fact. */

@@ -69,9 +69,9 @@ export const hash32 = (s: string): number => fnv1a32(s);
  * Bad-input checks of one fact: the prompt must hold the `{}` subject slot,
  * targets must be non-empty, and the fact needs the target its op uses.
  */
-export function checkFact(f: Fact): void {
+export function checkFact(f: unknown): Fact {
   // The one definition (core's records/schema.ts); a fact with target_true alone is taught as it is.
-  parseFact(f, { known: true });
+  return parseFact(f, { known: true });
 }
 
 /** The probe target and expectation of a fact's own prompt. */
@@ -131,9 +131,9 @@ export function generateAll(records: readonly InputRecord[], o: FullOptions): An
   const infos: FactInfo[] = [];
   for (const r of records) {
     if (r.record.kind !== 'fact') continue;
-    const f = r.record as Fact;
+    let f: Fact;
     try {
-      checkFact(f);
+      f = checkFact(r.record);
     } catch (e) {
       if (e instanceof InputError) throw e.locate({ source: r.source, record: r.index });
       throw e;

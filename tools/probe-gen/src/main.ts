@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { InputError, UsageError, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
+import { isFact, isKind, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
 import { entryFor, loadBank, type TemplateBank } from './bank.js';
 import { ALL_ROLES, checkFact, editTarget, generateAll, hash32, type KbEntry } from './generator.js';
 import { alreadyAnswers, cannotEncode, generateContexts, loadLm, loadTokenizerCheck, type TokenizerCheck } from './model.js';
@@ -95,8 +95,8 @@ function modelDirOf(dir: string | undefined): string {
 /** Every target the probes will use must encode to some tokens, when a tokenizer is loaded (unknown words: spellingScreen). */
 function checkTargets(records: readonly InputRecord[], tok: TokenizerCheck, dir: string): void {
   for (const r of records) {
-    if (r.record.kind !== 'fact') continue;
-    const f = r.record as Fact;
+    const f = r.record;
+    if (!isKind(f, 'fact')) continue;
     for (const k of ['target_new', 'target_true'] as const) {
       const t = f[k];
       if (t === undefined || t.trim() === '') continue;
@@ -190,7 +190,7 @@ await runTool<Args>({
           }
           if (record.kind === 'fact') {
             try {
-              checkFact(record as Fact);
+              checkFact(record);
             } catch (e) {
               if (!(e instanceof InputError)) throw e;
               ctx.reject({ source, index, record }, e); // throws unless --on-bad-record skip
@@ -216,15 +216,16 @@ await runTool<Args>({
     const rejected = new Set<InputRecord>();
     for (const r of records) {
       if (r.record.kind !== 'fact') continue;
+      let fact: Fact;
       try {
-        checkFact(r.record as Fact);
+        fact = checkFact(r.record);
       } catch (e) {
         if (!(e instanceof InputError)) throw e;
         ctx.reject(r, e); // throws unless --on-bad-record skip
         rejected.add(r);
         continue;
       }
-      facts.push({ fact: r.record as Fact, at: r });
+      facts.push({ fact, at: r });
     }
     if (rejected.size > 0) records = records.filter((r) => !rejected.has(r));
     if (tok) {

@@ -2,7 +2,7 @@
  * probe-gen's streaming form: one `edit` probe per fact (`--roles edit`).
  * The other roles need the whole stream: generator.ts.
  */
-import type { AnyRecord, Fact, Probe } from '@catechism/core/records';
+import { isKind, type AnyRecord, type Fact, type Probe } from '@catechism/core/records';
 
 /** The fact's prompt with the subject in place of every `{}`. */
 export function fillPrompt(template: string, subject: string): string {
@@ -38,12 +38,12 @@ export interface ProbeGenOptions {
 
 /** What one input record becomes, appended to `out`: the fact and its probes, or the record itself. */
 export function expandRecord(rec: AnyRecord, out: AnyRecord[], options: ProbeGenOptions = {}): void {
-  if (rec.kind !== 'fact') {
+  if (!isKind(rec, 'fact')) {
     out.push(rec);
     return;
   }
   if (options.keepFacts ?? true) out.push(rec);
-  for (const p of probesForFact(rec as Fact)) out.push(p);
+  for (const p of probesForFact(rec)) out.push(p);
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
-import { InputError } from '@catechism/core/records';
+import { InputError, type Report } from '@catechism/core/records';
 import { readBundle } from '@catechism/core/adapters';
 import { loadLora, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import { peakRssKib } from '@catechism/core/cli';
@@ -41,14 +41,9 @@ export interface ValidateContext {
   run?: { tool: string; version: string; id: string; started_at: string };
 }
 
-export interface ReportRecord {
-  kind: 'report';
-  adapter_id: string;
-  metrics: Record<string, number>;
+/** The schema's `report` record as validate writes it: always with its thresholds. */
+export interface ReportRecord extends Report {
   thresholds: Record<string, number>;
-  pass: boolean;
-  failures: string[];
-  [k: string]: unknown;
 }
 
 export interface AdapterResult {

@@ -10,7 +10,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
 import { encodePair } from '../metrics/scoring.js';
 import { InputError } from '../records/errors.js';
-import { parseFactFields, type Fact } from '../records/schema.js';
+import { isFact, parseFactFields, type Fact } from '../records/schema.js';
 import { readTemplates } from '../records/templates.js';
 
 export type Rec = Record<string, unknown>;
@@ -256,11 +256,10 @@ export function neighbourFacts(known: readonly Rec[], batch: readonly EditFact[]
   const subjects = new Set(batch.map((f) => f.subject));
   const out: Array<{ prompt: string; target: string; relation: string; subject: string }> = [];
   for (const f of batch) {
-    const same = known.filter(
-      (k) => k.relation === f.relation && typeof k.subject === 'string' && !subjects.has(k.subject) && typeof k.target_true === 'string' && typeof k.prompt === 'string',
-    );
+    // a known fact is a fact by the schema's definition (rules for facts the model knows) with its stored answer
+    const same = known.filter((k): k is Fact & { target_true: string; relation: string } => isFact(k, { known: true }) && k.target_true !== undefined && k.relation === f.relation && !subjects.has(k.subject));
     for (const k of rng.shuffle(same.slice()).slice(0, perFact)) {
-      out.push({ prompt: (k.prompt as string).replace('{}', k.subject as string), target: k.target_true as string, relation: k.relation as string, subject: k.subject as string });
+      out.push({ prompt: k.prompt.replace('{}', k.subject), target: k.target_true, relation: k.relation, subject: k.subject });
     }
   }
   return out;

@@ -11,6 +11,7 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeF
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { probeGenIntoValidate } from './support/pipe.js';
 import { loadModel, loadLora } from '@catechism/core/models';
 import { noGrad } from '@catechism/core/tensor';
 import { Registry } from '@catechism/core/registry';
@@ -198,14 +199,7 @@ t.test('probe-gen | validate --baseline: the base model has efficacy 0 on counte
   });
   const FACTS = path.join(tmp, 'facts.ndjson');
   writeFileSync(FACTS, facts.map((f) => JSON.stringify(f)).join('\n') + '\n');
-  const pg = spawn(process.execPath, [PROBE_GEN, FACTS], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const va = spawn(process.execPath, [MAIN, '--baseline', ...COMMON], { stdio: ['pipe', 'pipe', 'pipe'], cwd: tmp });
-  pg.stdout.pipe(va.stdin);
-  let out = '';
-  let err = '';
-  va.stdout.on('data', (d) => (out += d));
-  va.stderr.on('data', (d) => (err += d));
-  const code = await new Promise<number | null>((res) => va.on('close', res));
+  const { code, out, err } = await probeGenIntoValidate(FACTS, ['--baseline', ...COMMON], tmp);
   t.equal(code, 0, err);
   const recs = out.trim().split('\n').map((l) => JSON.parse(l));
   t.equal(recs.filter((r) => r.kind === 'fact').length, 3, 'facts pass through');

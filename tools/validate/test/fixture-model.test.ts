@@ -8,16 +8,16 @@
  * Skipped, with a note, until the fixture model is in the tree.
  */
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { probeGenIntoValidate } from './support/pipe.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../../..');
 const MAIN = path.resolve(here, '../dist/main.js');
-const PROBE_GEN = path.resolve(root, 'tools/probe-gen/dist/main.js');
 // CATECHISM_FIXTURES (read by core's fixtures module, here and in the CLI) may name another fixtures directory
 const { defaultModelDir, worldDir } = await import('@catechism/core/fixtures');
 const DENSE = defaultModelDir();
@@ -54,14 +54,7 @@ if (!existsSync(path.join(DENSE, 'config.json'))) {
     t.ok(known.length >= 5, `${known.length} of ${edits.length} edits are about facts the model knows`);
     const FACTS = path.join(tmp, 'known.ndjson');
     writeFileSync(FACTS, known.map((f) => JSON.stringify(f)).join('\n') + '\n');
-    const pg = spawn(process.execPath, [PROBE_GEN, FACTS], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const va = spawn(process.execPath, [MAIN, '--baseline', '--no-fluency'], { stdio: ['pipe', 'pipe', 'pipe'], cwd: tmp });
-    pg.stdout.pipe(va.stdin);
-    let out = '';
-    let err = '';
-    va.stdout.on('data', (d) => (out += d));
-    va.stderr.on('data', (d) => (err += d));
-    const code = await new Promise<number | null>((res) => va.on('close', res));
+    const { code, out, err } = await probeGenIntoValidate(FACTS, ['--baseline', '--no-fluency'], tmp);
     t.equal(code, 0, err);
     const rep = out.trim().split('\n').map((l) => JSON.parse(l)).pop();
     t.equal(rep.adapter_id, 'base');

@@ -174,15 +174,7 @@ export async function readInto(ctx: Ctx, reg: Registry, ref: string): Promise<In
   }
   const stored = await reg.get(head.bundle).catch((e) => { throw libError(e); });
   const current = await loadParent(stored.path, head.bundle).catch((e) => { throw libError(e); });
-  held.add(current.sha256);
-  const queue = current.manifest.parents.map((q) => q.sha256);
-  while (queue.length > 0) {
-    const q = queue.pop()!;
-    if (held.has(q)) continue;
-    held.add(q);
-    const st = await reg.get(q).catch(() => null); // parents given by path only are not stored
-    if (st) queue.push(...st.manifest.parents.map((x) => x.sha256));
-  }
+  for (const q of await reg.ancestry(current.sha256)) held.add(q);
   ctx.log(`${ref} holds ${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)}); merging the input into it`);
   return { current, held };
 }

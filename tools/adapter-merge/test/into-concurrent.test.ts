@@ -52,19 +52,7 @@ const rec = (name: string) =>
   JSON.stringify({ kind: 'adapter', id: name, version: 1, path: dirs[name], sha256: shas[name], method: 'lora', base_model: { name: 'synthetic-base', sha256: sha256Hex('synthetic-base') }, targets: ['x'], rank: 2, fact_ids: [`${name}-fact`], created_at: '2026-01-01T00:00:00.000Z' });
 
 /** Every adapter hash a bundle is made of (its parents, recursively, as far as the registry has them). */
-async function ancestry(sha: string): Promise<Set<string>> {
-  const reg = new Registry(REG);
-  const seen = new Set<string>();
-  const queue = [sha];
-  while (queue.length > 0) {
-    const q = queue.pop()!;
-    if (seen.has(q)) continue;
-    seen.add(q);
-    const stored = await reg.get(q).catch(() => null); // parents given by path only are not stored
-    if (stored) queue.push(...stored.manifest.parents.map((p) => p.sha256));
-  }
-  return seen;
-}
+const ancestry = (sha: string): Promise<Set<string>> => new Registry(REG).ancestry(sha);
 
 t.before(async () => {
   const targets = { 'transformer.h.1.attn.c_attn': [96, 32] } as Record<string, [number, number]>;

@@ -368,6 +368,24 @@ export class Registry {
     }
   }
 
+  /**
+   * `sha256` and every bundle it was merged from, transitively (manifest
+   * `parents`). A parent that is not stored (given by path only) is in the
+   * set but its own parents are not known.
+   */
+  async ancestry(sha256: string): Promise<Set<string>> {
+    const seen = new Set<string>();
+    const queue = [sha256];
+    while (queue.length > 0) {
+      const q = queue.pop()!;
+      if (seen.has(q)) continue;
+      seen.add(q);
+      const st = await this.get(q).catch(() => null);
+      if (st) queue.push(...st.manifest.parents.map((p) => p.sha256));
+    }
+    return seen;
+  }
+
   /** A stored bundle, its hash re-verified; throws CorruptObjectError if the bytes changed. */
   async get(sha256: string): Promise<StoredBundle> {
     if (!isSha256(sha256)) throw new RegistryError(`not a bundle hash: "${sha256}"`, 2, 'E_USAGE');

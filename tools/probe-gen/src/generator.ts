@@ -74,6 +74,15 @@ export function checkFact(f: unknown): Fact {
   return parseFact(f, { known: true });
 }
 
+/** checkFact of an input record; the error names its input and record number. */
+function checkFactAt(r: InputRecord): Fact {
+  try {
+    return checkFact(r.record);
+  } catch (e) {
+    throw e instanceof InputError ? e.locate({ source: r.source, record: r.index }) : e;
+  }
+}
+
 /** The probe target and expectation of a fact's own prompt. */
 export function editTarget(f: Fact): { target: string; expect: ProbeExpect } {
   if (f.op === 'forget') return { target: f.target_true!, expect: 'abstain' };
@@ -130,15 +139,7 @@ const norm = (s: string): string => s.replace(/\s+/g, ' ').trim().toLowerCase();
 export function generateAll(records: readonly InputRecord[], o: FullOptions): AnyRecord[] {
   const infos: FactInfo[] = [];
   for (const r of records) {
-    if (r.record.kind !== 'fact') continue;
-    let f: Fact;
-    try {
-      f = checkFact(r.record);
-    } catch (e) {
-      if (e instanceof InputError) throw e.locate({ source: r.source, record: r.index });
-      throw e;
-    }
-    infos.push({ fact: f, at: r });
+    if (r.record.kind === 'fact') infos.push({ fact: checkFactAt(r), at: r });
   }
   resolveConflicts(infos, o.onConflict, o.log);
   const active = infos.filter((i) => !i.supersededBy && !i.duplicateOf);

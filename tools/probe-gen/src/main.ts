@@ -8,12 +8,13 @@ import * as path from 'node:path';
 import { InputError, UsageError, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { isFact, isKind, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
+import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
 import { entryFor, loadBank, type TemplateBank } from './bank.js';
 import { ALL_ROLES, checkFact, editTarget, generateAll, hash32, type KbEntry } from './generator.js';
 import { alreadyAnswers, cannotEncode, generateContexts, loadLm, loadTokenizerCheck, type TokenizerCheck } from './model.js';
 import { runParaphraser } from './paraphraser.js';
 import { expandRecord, fillPrompt } from './probes.js';
+import { isKind } from '@catechism/core/records';
 
 interface Args {
   passthrough: boolean;

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
-import { isKind, type AnyRecord } from '@catechism/core/records';
+import type { AnyRecord } from '@catechism/core/records';
 import { loadModel, SpellingCheck } from '@catechism/core/models';
 import { defaultModelDir, modelsDir, worldDir } from '@catechism/core/fixtures';
 import { modelSha256 } from '@catechism/core/edit';
@@ -16,6 +16,7 @@ import { resolveEvalSets } from './sets.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';
 import { randomUUID } from 'node:crypto';
+import { isKind } from '@catechism/core/records';
 
 /** Exit status with --strict when any adapter fails a gate (0 ok, 1 runtime failure, 2 bad input/usage). */
 export const EXIT_GATE_FAILED = 3;

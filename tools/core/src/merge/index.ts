@@ -1,4 +1,4 @@
-export * from '../util/linalg.js';
+export * from './linalg.js';
 export * from './methods.js';
 export * from './bundles.js';
 export * from './fold.js';

@@ -21,7 +21,7 @@
 import { LoraAdapter, type LoraModule } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
-import { denseSvd, factoredSvd, mat, type Mat, type Svd } from '../util/linalg.js';
+import { denseSvd, factoredSvd, mat, type Mat, type Svd } from './linalg.js';
 
 export class MergeError extends Error {
   constructor(message: string) {

@@ -43,6 +43,8 @@ function positiveInt(v: number, flag: string): number {
 
 await runTool<Args>({
   name: 'attrib',
+  // attrib reads and writes records only: a registry means nothing to it
+  without: ['registry'],
   version: packageVersion(import.meta.url),
   describe:
     'Finds where in the model each fact\'s answer (target_true by default) is produced. For every `fact` record it writes ranked ' +

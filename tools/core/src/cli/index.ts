@@ -111,6 +111,8 @@ export interface ToolSpec<A> {
   readsRecords?: boolean;
   /** Tool-specific options (yargs option definitions). */
   options?: Record<string, Options>;
+  /** Common flags that mean nothing for this tool (`registry` for a tool that never touches one): not offered, so not accepted. */
+  without?: ReadonlyArray<'registry' | 'model'>;
   run(ctx: ToolContext<A>): Promise<void>;
 }
 
@@ -249,7 +251,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
       .scriptName(spec.name)
       .usage(`Usage: ${spec.usage ?? '$0 [options] [files..]'}\n\n${spec.describe}${spec.readsRecords === false ? '' : '\n\nReads records from the files (or stdin when none or "-"): NDJSON, a JSON array, or an Arrow IPC stream.'}`)
       .parserConfiguration({ 'parse-positional-numbers': false })
-      .options({ ...COMMON_OPTIONS, ...(spec.options ?? {}) })
+      .options({ ...Object.fromEntries(Object.entries(COMMON_OPTIONS).filter(([k]) => !spec.without?.includes(k as 'registry' | 'model'))), ...(spec.options ?? {}) })
       .strictOptions()
       .version(spec.version)
       .help()

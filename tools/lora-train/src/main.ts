@@ -42,6 +42,8 @@ for (const m of EDIT_METHODS) {
     methodFlags[flag] = yargsOption(o, `--method ${m.name}:`);
   }
 }
+// a flag several methods declare is listed under the first one's heading, naming the others
+for (const [flag, by] of owners) if (by.length > 1) methodFlags[flag].describe += ` (also ${by.slice(1).map((n) => `--method ${n}`).join(', ')})`;
 
 /** A method option as a yargs option, with no default set (so a flag given can be told from one not given). */
 function yargsOption(o: MethodOption, group: string): Options {

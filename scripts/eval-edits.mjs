@@ -30,7 +30,9 @@
 //   --source facts: counterfactuals made from facts.ndjson (optionally one --relation):
 //     a seeded order of the facts, from --skip on, each moved to another object of
 //     its relation (seeded); these facts never were edit requests.
-//   --set: a lora-train TrainArgs field (e.g. --set retainWeight=30 --set layer=1).
+//   --set: a lora-train option: one of the run's (layer, batch, targets, topK, templates,
+//     retainCorpus, knownFacts, useTemplates) or the method's by flag name, kebab-case or
+//     camelCase (e.g. --set retain-weight=30 --set retainFacts=0 --set layer=1).
 // Build first (npm run build). Run it with `nice`: it trains.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -39,7 +41,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/lib.js'));
+const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 
 const { values: a } = parseArgs({
@@ -83,23 +85,31 @@ function caseFacts() {
 const facts = caseFacts();
 if (facts.length === 0) throw new Error('no facts for this case');
 const inputs = editInputs(facts);
-const overrides = {};
+// --set: the run's own fields and the resources' files by name, anything else a method option (flag name)
+const RUN_KEYS = new Set(['layer', 'batch', 'targets', 'topK', 'seed']);
+const RESOURCE_KEYS = new Set(['templates', 'retainCorpus', 'knownFacts', 'useTemplates']);
+const run = {};
+const resources = {};
+const options = {};
 for (const kv of a.set) {
   const i = kv.indexOf('=');
   if (i < 0) throw new Error(`--set ${kv}: expected key=value`);
   const v = kv.slice(i + 1);
   let parsed;
   try { parsed = JSON.parse(v); } catch { parsed = v; }
-  overrides[kv.slice(0, i)] = parsed;
+  const key = kv.slice(0, i);
+  if (RUN_KEYS.has(key)) run[key] = parsed;
+  else if (RESOURCE_KEYS.has(key)) resources[key] = parsed;
+  else options[key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)] = parsed;
 }
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'eval-edits-'));
 process.env.CATECHISM_CACHE ??= path.join(os.tmpdir(), 'eval-edits-cache');
-const args = {
-  ...DEFAULT_ARGS, seed, model, out: tmp, method: a.method, batch: Number(a.batch),
-  templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
-  ...overrides,
+const args = { ...DEFAULT_ARGS, seed, out: tmp, method: a.method, batch: Number(a.batch), options, ...run };
+const resourceArgs = {
+  model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
+  ...resources,
 };
-const res = loadResources(args);
+const res = loadResources(resourceArgs);
 const t0 = Date.now();
 let records = [];
 let refused = null;

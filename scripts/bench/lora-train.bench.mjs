@@ -32,7 +32,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-const { loadResources, measureWorldEdits, DEFAULT_ARGS } = await import('@catechism/lora-train');
+const { loadResources, measureWorldEdits } = await import('@catechism/lora-train');
 const { defaultModelDir } = await import('@catechism/core/fixtures');
 
 const modelDir = process.env.BENCH_EDIT_MODEL ?? defaultModelDir();
@@ -45,7 +45,7 @@ const romeFacts = Number(process.env.BENCH_EDIT_ROME_FACTS ?? 20);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-lora-train-'));
 const cache = path.join(tmp, 'cache');
 process.env.CATECHISM_CACHE = cache;
-const res = loadResources({ ...DEFAULT_ARGS, seed: 0, model: modelDir });
+const res = loadResources({ model: modelDir });
 const log = (m) => process.stderr.write(`  ${m}\n`);
 
 const rows = [];

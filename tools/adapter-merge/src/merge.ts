@@ -397,17 +397,6 @@ export async function promoteCas(ctx: Ctx, reg: Registry, ref: string, rec: AnyR
   }
 }
 
-/** --model, else the bundle's base_model.name when it is a model directory, else the bundled fixture model. */
-async function modelDir(ctx: Ctx, baseName?: string): Promise<string> {
-  if (ctx.args.model !== undefined) return ctx.args.model;
-  if (baseName !== undefined && existsSync(path.join(baseName, 'config.json'))) return baseName;
-  try {
-    const fx = (await import('@catechism/core/fixtures')) as { defaultModelDir(): string };
-    return fx.defaultModelDir();
-  } catch (e) {
-    throw libError(e);
-  }
-}
 
 async function loadRef(ctx: Ctx, ref: string) {
   const reg = new Registry(ctx.args.registry ?? defaultRegistryDir());
@@ -422,11 +411,10 @@ async function loadRef(ctx: Ctx, ref: string) {
   }
 }
 
+/** --model, else the bundle's base_model.name when it is a model directory, else the bundled fixture model (loaded once by the runner). */
 async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
-  const dir = await modelDir(ctx, baseName);
-  const models = await import('@catechism/core/models');
   try {
-    return models.loadModel(dir, { tokenizer: withTokenizer });
+    return await ctx.model({ ...(baseName !== undefined ? { fallback: baseName } : {}), tokenizer: withTokenizer });
   } catch (e) {
     throw libError(e);
   }

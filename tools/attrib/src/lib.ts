@@ -79,7 +79,7 @@ export function attribFact(model: CausalLM, tok: Tokenizer, fact: Fact, o: Attri
         .sort((a, b) => Math.abs(b.score) - Math.abs(a.score));
       loci.push(...rank(fact, m, cands, o.topK));
     } else {
-      if (model.config.family !== 'mixtral') throw new Error(`--method expert needs a mixture-of-experts model (this is ${model.config.modelType})`);
+      if (!(model.config.experts > 0)) throw new Error(`--method expert needs a mixture-of-experts model (this is ${model.config.modelType})`);
       gxa ??= gradXAct(model, input);
       const cands = gxa.experts
         .map((e) => ({

@@ -4,11 +4,8 @@
  * every input record through in order, each fact followed by its ranked
  * `locus` records.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { InputError, UsageError, packageVersion, runTool, spellingScreen, type SpellingScreen } from '@catechism/core/cli';
-import { defaultModelDir } from '@catechism/core/fixtures';
-import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import type { CausalLM, Tokenizer } from '@catechism/core/models';
 import { parseFact, type Fact, type Probe } from '@catechism/core/records';
 import { AttribInputError, SELECT_RULES, SITE_KINDS, type SelectRule, type SiteKind } from '@catechism/core/attrib';
 import { METHODS, attribFact, type AttribOptions, type Method } from './lib.js';
@@ -46,6 +43,8 @@ function positiveInt(v: number, flag: string): number {
 
 await runTool<Args>({
   name: 'attrib',
+  // attrib reads and writes records only: a registry means nothing to it
+  without: ['registry'],
   version: packageVersion(import.meta.url),
   describe:
     'Finds where in the model each fact\'s answer (target_true by default) is produced. For every `fact` record it writes ranked ' +
@@ -91,18 +90,15 @@ await runTool<Args>({
     if (!(Number.isFinite(opts.noise) && opts.noise >= 0)) throw new UsageError(`--noise: expected a number ≥ 0, got ${String(a.noise)} (see --help)`);
 
     let lm: { model: CausalLM; tokenizer: Tokenizer; screen: SpellingScreen } | null = null;
-    const load = () => {
+    const load = async () => {
       if (lm) return lm;
-      const dir = a.model ?? defaultModelDir();
-      if (!fs.existsSync(path.join(dir, 'config.json'))) {
-        throw new UsageError(a.model === undefined ? `the default fixture model is missing (${dir}); pass --model DIR` : `--model ${a.model}: no config.json (a Hugging Face model directory is expected)`);
-      }
-      const { model, tokenizer } = loadModel(dir);
-      if (!tokenizer) throw new UsageError(`--model ${dir}: no tokenizer.json`);
-      if (opts.methods.includes('expert') && model.config.family !== 'mixtral') {
+      // the runner loads the model once, with the same checks and wording in every tool
+      const { model, tokenizer, dir } = await ctx.model();
+      // experts are a property of the architecture, not of one family's name
+      if (opts.methods.includes('expert') && !(model.config.experts > 0)) {
         throw new UsageError(`--method expert needs a mixture-of-experts model; ${dir} is ${model.config.modelType}`);
       }
-      lm = { model, tokenizer, screen: spellingScreen(ctx, tokenizer) };
+      lm = { model, tokenizer: tokenizer!, screen: spellingScreen(ctx, tokenizer!) };
       return lm;
     };
 
@@ -114,7 +110,7 @@ await runTool<Args>({
     const refused = new Set<string>();
     for await (const at of ctx.read({ validate: false })) {
       const { record, source, index } = at;
-      if (record.kind === 'fact' && typeof record.id === 'string' && typeof record.subject === 'string' && record.id !== '' && !load().screen.keep(at)) {
+      if (record.kind === 'fact' && typeof record.id === 'string' && typeof record.subject === 'string' && record.id !== '' && !(await load()).screen.keep(at)) {
         refused.add(record.id);
         continue;
       }
@@ -144,7 +140,7 @@ await runTool<Args>({
         continue;
       }
       facts.add(f.id);
-      const { model, tokenizer } = load();
+      const { model, tokenizer } = await load();
       // The fact reaches the next tool (or `| head -1`) before the slow part, not 64 KiB later.
       await ctx.out.flush();
       try {

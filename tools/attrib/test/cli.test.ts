@@ -109,6 +109,14 @@ t.test('usage errors exit 2 with a message', async (t) => {
   }
 });
 
+t.test('issue 16: a flag that means nothing to attrib is not offered; a missing model is worded as in every tool', async (t) => {
+  const r = run(['--registry', 'reg'], facts[0] + '\n');
+  t.equal(r.code, 2);
+  t.match(r.err, /Unknown argument: registry/);
+  const m = run(['--model', '/nonexistent'], facts[0] + '\n');
+  t.match(m.err, /^attrib: --model \/nonexistent: not a model directory \(no config\.json\)\n$/);
+});
+
 t.test('--plot writes heatmaps and module bars per fact', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'attrib-plot-'));
   const r = run(['--model', gpt2, '--method', 'patch,grad-x-act', '--samples', '1', '--plot', dir], facts[0] + '\n');

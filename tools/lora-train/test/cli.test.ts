@@ -34,9 +34,11 @@ const records = [
 ];
 const input = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-function run(args: string[], stdin = input, cwd?: string, steps = 40) {
-  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', String(steps), ...args], {
-    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') }, ...(cwd ? { cwd } : {}),
+function run(args: string[], stdin = input, cwd?: string, steps = 40, env: Record<string, string | undefined> = {}) {
+  // --steps is a LoRA option: refused with --method rome
+  const lora = !args.includes('rome') ? ['--steps', String(steps)] : [];
+  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', ...lora, ...args], {
+    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_REGISTRY: undefined, CATECHISM_CACHE: path.join(tmp, 'cache'), ...env }, ...(cwd ? { cwd } : {}),
   });
   const out = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
   return { code: r.status, out, err: r.stderr };
@@ -152,4 +154,67 @@ t.test('issue 18: the bundle id covers the seed and the hyperparameters', async 
   t.not(id(['--seed', '0', '--retain-weight', '10'], 'idw'), s0, 'another retention weight, another id');
   t.equal(id(['--seed', '0'], 'id0b'), s0, 'the same inputs and flags give the same id');
   t.match(s0, /^lora-[0-9a-f]{16}$/);
+});
+
+t.test('issue 16: with neither --out nor --registry, $CATECHISM_REGISTRY is the registry (as in every tool)', async (t) => {
+  const reg = path.join(tmp, 'env-reg');
+  const r = run(['--objective', 'sft', '-q'], input, undefined, 1, { CATECHISM_REGISTRY: reg });
+  t.equal(r.code, 0, r.err);
+  const a = r.out.at(-1)!;
+  t.equal(a.kind, 'adapter');
+  t.ok((a.path as string).startsWith(path.join(reg, 'objects')), `stored in $CATECHISM_REGISTRY: ${String(a.path)}`);
+  // an explicit --out wins over the environment's default
+  const o = run(['--objective', 'sft', '-q', '--out', path.join(tmp, 'env-out')], input, undefined, 1, { CATECHISM_REGISTRY: reg });
+  t.equal(o.code, 0, o.err);
+  t.equal(path.dirname(o.out.at(-1)!.path as string), fs.realpathSync(path.join(tmp, 'env-out')));
+  const none = run([], input, undefined, 1);
+  t.equal(none.code, 2);
+  t.match(none.err, /give --out DIR or --registry DIR \(or set \$CATECHISM_REGISTRY\)/);
+});
+
+t.test('issue 16: a method\'s options with another method, and ops a method does not edit, are usage errors before any work', async (t) => {
+  const r = run(['--method', 'rome', '--rank', '4', '--out', path.join(tmp, 'mix')]);
+  t.equal(r.code, 2, r.err);
+  t.match(r.err, /--rank is an option of --method lora; it means nothing with --method rome/);
+  const s = run(['--stats-tokens', '100', '--out', path.join(tmp, 'mix')]);
+  t.equal(s.code, 2, s.err);
+  t.match(s.err, /--stats-tokens is an option of --method rome; it means nothing with --method lora/);
+  const bad = run(['--rank', '2.5', '--out', path.join(tmp, 'mix')]);
+  t.equal(bad.code, 2);
+  t.match(bad.err, /--rank: expected an integer ≥ 1, got 2\.5/);
+  const forget = input + JSON.stringify({ kind: 'fact', id: 'f9', subject: 'italy', prompt: 'the capital of {} is', target_true: 'rome', op: 'forget' }) + '\n';
+  const f = run(['--method', 'rome', '--out', path.join(tmp, 'mix')], forget);
+  t.equal(f.code, 2, f.err);
+  t.match(f.err, /record 7: field "op": fact f9: --method rome edits "insert" facts only, not "forget"; use --method lora/);
+  t.notOk(fs.existsSync(path.join(tmp, 'mix')), 'nothing written');
+  t.notOk(/ROME statistics/.test(f.err), 'refused before the key statistics');
+});
+
+t.test('issue 16: --help lists each method\'s options under its heading', async (t) => {
+  const r = spawnSync(process.execPath, [BIN, '--help'], { encoding: 'utf8' });
+  t.equal(r.status, 0);
+  const lora = r.stdout.indexOf('\n--method lora:\n');
+  const rome = r.stdout.indexOf('\n--method rome:\n');
+  t.ok(lora > 0 && rome > lora, 'a heading per method');
+  const at = (flag: string) => r.stdout.indexOf(`--${flag} `);
+  for (const f of ['rank', 'retain-weight', 'null-space-rank']) t.ok(at(f) > lora && at(f) < rome, `--${f} under lora`);
+  for (const f of ['stats-corpus', 'rome-keep-facts']) t.ok(at(f) > rome, `--${f} under rome`);
+});
+
+t.test('issue 16: the fixture world\'s files are not defaults for another model; a note names the flag', async (t) => {
+  // no --retain-corpus/--known-facts/--no-use-templates: the golden GPT-2 knows nothing of the fixture world
+  const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--objective', 'sft', '--steps', '1', '--out', path.join(tmp, 'nodefaults')], {
+    input, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') },
+  });
+  t.equal(r.status, 0, r.stderr);
+  for (const flag of ['--templates', '--retain-corpus', '--known-facts']) t.match(r.stderr, new RegExp(`is not a bundled fixture model.*give ${flag} FILE`), `names ${flag}`);
+  const ad = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).at(-1)!;
+  const m = JSON.parse(fs.readFileSync(path.join(ad.path as string, 'catechism.json'), 'utf8'));
+  t.equal(m.training.retain_rows, 0, 'no world text or facts held: nothing to retain');
+  // ROME needs a statistics corpus: the message names the flag
+  const rome = spawnSync(process.execPath, [BIN, '--model', GPT2, '--method', 'rome', '--out', path.join(tmp, 'nodefaults-rome')], {
+    input, encoding: 'utf8', env: { ...process.env, CATECHISM_CACHE: path.join(tmp, 'cache') },
+  });
+  t.equal(rome.status, 2, rome.stderr);
+  t.match(rome.stderr, /give --stats-corpus FILE/);
 });

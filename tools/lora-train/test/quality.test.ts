@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
 import { readNdjson } from '@catechism/core/edit';
-import { DEFAULT_ARGS, counterfactualFacts, editInputs, loadResources, measureWorldEdits, readbackAdapters, readbackFailures, trainEdits } from '../src/lib.js';
+import { DEFAULT_ARGS, counterfactualFacts, editInputs, loadResources, measureWorldEdits, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
 
 const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-quality-'));
@@ -22,7 +22,7 @@ process.env.CATECHISM_CACHE = path.join(tmp, 'cache');
 if (!fs.existsSync(path.join(dir, 'config.json'))) {
   t.skip(`no fixture model at ${dir} (train it, or set LORA_TRAIN_TEST_MODEL)`);
 } else {
-  const res = loadResources({ ...DEFAULT_ARGS, seed: 0, model: dir });
+  const res = loadResources({ model: dir });
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
   // The strict read-back (issue 17): every fact the model knows, one prompt each, before vs after;

@@ -5,9 +5,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError, UsageError, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
+import { InputError, UsageError, findModelDir, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
-import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { worldDir } from '@catechism/core/fixtures';
 import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
 import { entryFor, loadBank, type TemplateBank } from './bank.js';
 import { ALL_ROLES, checkFact, editTarget, generateAll, hash32, type KbEntry } from './generator.js';
@@ -86,11 +86,7 @@ async function readGeneral(file: string): Promise<string[]> {
 }
 
 function modelDirOf(dir: string | undefined): string {
-  const d = dir ?? defaultModelDir();
-  if (!fs.existsSync(path.join(d, 'config.json'))) {
-    throw new UsageError(dir ? `--model ${dir}: not a model directory (no config.json)` : `the default model ${d} is not there (not trained yet?); pass --model DIR`);
-  }
-  return d;
+  return findModelDir(dir).dir;
 }
 
 /** Every target the probes will use must encode to some tokens, when a tokenizer is loaded (unknown words: spellingScreen). */
@@ -265,7 +261,7 @@ await runTool<Args>({
     let contexts: string[] = [];
     let known: Set<string> | undefined;
     if (needModel && facts.length > 0) {
-      const lm = await loadLm(modelDirOf(a.model));
+      const lm = await loadLm(ctx);
       if (roles.has('context') && a.contexts > 0) {
         const starts = [...new Set(facts.map(({ fact: f }) => fillPrompt(f.prompt, f.subject).split(/\s+/)[0]).filter(Boolean))].sort();
         contexts = generateContexts(lm, a.contexts, a['context-length'], starts, makeRng((a.seed ^ hash32('\u0000contexts')) >>> 0));

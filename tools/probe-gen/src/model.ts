@@ -7,11 +7,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Rng } from '@catechism/core';
+import type { ToolContext } from '@catechism/core/cli';
 import type { LoadedModel, Tokenizer } from '@catechism/core/models';
 
-export async function loadLm(dir: string): Promise<LoadedModel> {
-  const { loadModel } = await import('@catechism/core/models');
-  return loadModel(dir);
+/** The model (--model, else the bundled fixture model), loaded once by the CLI runner with its checks and wording. */
+export async function loadLm(ctx: Pick<ToolContext<unknown>, 'model'>): Promise<LoadedModel> {
+  const { model, tokenizer, dir } = await ctx.model();
+  return { model, tokenizer, dir };
 }
 
 export interface TokenizerCheck {

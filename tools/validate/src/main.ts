@@ -7,9 +7,8 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
-import { loadModel, SpellingCheck } from '@catechism/core/models';
-import { defaultModelDir, modelsDir, worldDir } from '@catechism/core/fixtures';
-import { modelSha256 } from '@catechism/core/edit';
+import { SpellingCheck } from '@catechism/core/models';
+import { modelsDir, worldDir } from '@catechism/core/fixtures';
 import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechism/core/metrics';
 import { fileExists, loadAdapter, readProbeFile, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { resolveEvalSets } from './sets.js';
@@ -38,9 +37,6 @@ interface Args {
   genTokens: number;
   batchSize: number;
 }
-
-let anyFailed = false;
-let strict = false;
 
 await runTool<Args>({
   name: 'validate',
@@ -75,7 +71,7 @@ await runTool<Args>({
   },
   async run(ctx) {
     const a = ctx.args;
-    strict = a.strict;
+    let anyFailed = false;
     const gates = resolveGates(a.gate.map(parseGate));
     for (const [k, v] of [['--retain-n', a.retainN], ['--general-n', a.generalN], ['--batch-size', a.batchSize], ['--gen-tokens', a.genTokens]] as const) {
       if (!Number.isInteger(v) || v < 0 || (k === '--batch-size' && v === 0)) throw new UsageError(`${k}: expected a non-negative integer, got ${v}`);
@@ -103,13 +99,12 @@ await runTool<Args>({
       return;
     }
 
-    const modelDir = a.model ?? defaultModelDir();
-    if (!fileExists(path.join(modelDir, 'config.json'))) {
-      throw new UsageError(a.model === undefined ? `the default fixture model is missing (${modelDir}); pass --model DIR` : `--model ${a.model}: no config.json (a Hugging Face model directory is expected)`);
-    }
+    // the runner finds, checks and loads the model (one wording in every tool)
+    const modelDir = ctx.modelDir().dir;
     if (a.world !== undefined && !fileExists(path.join(a.world, 'eval'))) throw new UsageError(`--world ${a.world}: no eval/ directory (a world made by scripts/make-world.mjs is expected)`);
-    const { model, tokenizer } = loadModel(modelDir);
-    if (!tokenizer) throw new UsageError(`--model ${modelDir}: no tokenizer.json`);
+    const lm = await ctx.model();
+    const { model } = lm;
+    const tokenizer = lm.tokenizer!;
     // Fixed evaluation sets (files only: never the stream's records, never --seed), so the verdict
     // does not depend on either; each adapter's own facts are left out of them in evaluate().
     const sets = resolveEvalSets({
@@ -126,12 +121,7 @@ await runTool<Args>({
       general: sets.general,
       suite: a.suite !== undefined ? readProbeFile(a.suite) : [],
     };
-    let modelSha: string;
-    try {
-      modelSha = modelSha256(modelDir);
-    } catch (e) {
-      throw new UsageError(`--model ${modelDir}: cannot hash its weights (${(e as Error).message})`);
-    }
+    const modelSha = lm.sha256();
     const vctx: ValidateContext = {
       model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, modelSha256: modelSha, gates, shared,
       batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes, baseCache: new Map(),
@@ -195,7 +185,6 @@ await runTool<Args>({
       writeFileSync(a.html, await renderHtml(results, { title: `validate — ${results.length} report(s)` }));
       ctx.log(`wrote ${a.html}`);
     }
+    if (a.strict && anyFailed) ctx.exitCode = EXIT_GATE_FAILED;
   },
 });
-
-if (strict && anyFailed) process.exitCode = EXIT_GATE_FAILED;

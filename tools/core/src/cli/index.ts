@@ -14,12 +14,14 @@
  * memory tests use it.
  */
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import * as path from 'node:path';
 import yargs, { type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { InputError, UsageError } from '../records/errors.js';
 import { DEFAULT_MAX_RECORD_BYTES, readRecordBatches, readRecords, type InputRecord, type ReadOptions, type RejectedRecord } from '../records/reader.js';
 import { OUTPUT_FORMATS, createRecordWriter, type OutputFormat, type RecordWriter } from '../records/writer.js';
 import { Rng } from '../util/random.js';
+import { findModelDir, loadToolModel, registryDir, worldDefaults, type ModelDir, type ToolModel, type WorldDefaults } from './resources.js';
 
 export { InputError, UsageError };
 
@@ -70,6 +72,31 @@ export interface ToolContext<A> {
   reject(at: { source: string; index: number; record?: unknown }, error: InputError): void;
   /** Records skipped so far (reader and reject()). */
   readonly skipped: number;
+  /**
+   * The model directory (--model, else `fallback` when it is a model
+   * directory, else the bundled fixture model), checked but not loaded. A
+   * missing or bad one is a usage error worded the same in every tool.
+   */
+  modelDir(fallback?: string): ModelDir;
+  /**
+   * The model, loaded once per directory (later calls return the same one);
+   * `sha256()` hashes its weights once. `tokenizer: false` skips tokenizer.json.
+   */
+  model(opts?: { fallback?: string; tokenizer?: boolean }): Promise<ToolModel>;
+  /**
+   * The registry directory: --registry, else $CATECHISM_REGISTRY, else
+   * ~/.catechism/registry. With `{ home: false }` the last is not used
+   * (undefined): for tools that write to a registry only when one is named.
+   */
+  registry(): string;
+  registry(opts: { home: false }): string | undefined;
+  /** The fixture world's files as defaults: only when the model in use is a bundled fixture model. */
+  defaults(): WorldDefaults;
+  /**
+   * The exit status when the run ends without an error (validate --strict:
+   * 3 when a gate fails). Unset: 0, or 4 when --on-bad-record skip left records out.
+   */
+  exitCode: number | undefined;
 }
 
 export interface ToolSpec<A> {
@@ -84,6 +111,8 @@ export interface ToolSpec<A> {
   readsRecords?: boolean;
   /** Tool-specific options (yargs option definitions). */
   options?: Record<string, Options>;
+  /** Common flags that mean nothing for this tool (`registry` for a tool that never touches one): not offered, so not accepted. */
+  without?: ReadonlyArray<'registry' | 'model'>;
   run(ctx: ToolContext<A>): Promise<void>;
 }
 
@@ -222,7 +251,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
       .scriptName(spec.name)
       .usage(`Usage: ${spec.usage ?? '$0 [options] [files..]'}\n\n${spec.describe}${spec.readsRecords === false ? '' : '\n\nReads records from the files (or stdin when none or "-"): NDJSON, a JSON array, or an Arrow IPC stream.'}`)
       .parserConfiguration({ 'parse-positional-numbers': false })
-      .options({ ...COMMON_OPTIONS, ...(spec.options ?? {}) })
+      .options({ ...Object.fromEntries(Object.entries(COMMON_OPTIONS).filter(([k]) => !spec.without?.includes(k as 'registry' | 'model'))), ...(spec.options ?? {}) })
       .strictOptions()
       .version(spec.version)
       .help()
@@ -277,6 +306,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     ...(args['on-bad-record'] === 'skip' ? { onBad: skip } : {}),
     ...options,
   });
+  const loaded = new Map<string, Promise<ToolModel>>();
   const ctx: ToolContext<A> = {
     name: spec.name,
     args,
@@ -302,6 +332,23 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     get skipped() {
       return skipped;
     },
+    modelDir: (fallback?: string) => findModelDir(args.model, fallback),
+    model: (opts = {}) => {
+      const found = findModelDir(args.model, opts.fallback);
+      const key = `${path.resolve(found.dir)}\u0000${opts.tokenizer === false ? 0 : 1}`;
+      let p = loaded.get(key);
+      if (!p) {
+        p = loadToolModel(found, opts);
+        loaded.set(key, p);
+      }
+      return p;
+    },
+    registry: ((opts?: { home: false }) => {
+      const r = registryDir(args.registry);
+      return opts?.home === false && r.from === 'home' ? undefined : r.dir;
+    }) as ToolContext<A>['registry'],
+    defaults: () => worldDefaults(findModelDir(args.model)),
+    exitCode: undefined,
   };
   const reportSkipped = (): void => {
     if (rejectsFd !== null) closeSync(rejectsFd);
@@ -322,7 +369,8 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
   }
   reportSkipped();
   // A tool may have set its own code (validate --strict: 3); skipping is reported unless it did.
-  process.exitCode = skipped > 0 && !process.exitCode ? EXIT_SKIPPED : (process.exitCode ?? 0);
+  process.exitCode = ctx.exitCode ?? (skipped > 0 && !process.exitCode ? EXIT_SKIPPED : (process.exitCode ?? 0));
 }
 
 export { spellingScreen, type SpellingScreen } from './spelling.js';
+export { findModelDir, fixtureWorldOf, loadToolModel, registryDir, worldDefaults, type ModelDir, type ToolModel, type WorldDefaults } from './resources.js';

@@ -11,3 +11,6 @@ export * from './bundle.js';
 export * from './quality.js';
 export * from './null-space.js';
 export * from './method.js';
+export * from './lora-method.js';
+export * from './rome-method.js';
+export * from './methods.js';

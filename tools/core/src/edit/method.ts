@@ -41,6 +41,11 @@ export interface EditResources {
   corpus: string[];
   /** Facts the model is known to answer (what an edit must leave alone). */
   known: Rec[];
+  /**
+   * Whether training paraphrases were asked for (lora-train --use-templates;
+   * false: probes only). Recorded in a method's hyperparameters; unset: true.
+   */
+  useTemplates?: boolean;
 }
 
 /** One batch of the input: the facts to edit and their records. */
@@ -89,6 +94,12 @@ export interface EditMethod<O = Record<string, unknown>> {
   describe: string;
   /** The fact ops it accepts; another op is refused by name before any work. */
   ops: ReadonlyArray<'insert' | 'forget'>;
+  /**
+   * True when every edit it makes states one fact and stands alone (ROME):
+   * measurements read each such bundle back by itself, not together with
+   * the others of the run.
+   */
+  perFact?: boolean;
   /** Options it adds to lora-train, by flag name (kebab-case). */
   options: Record<string, MethodOption>;
   /** Turn the parsed flags (kebab-case keys) into the method's options; throw UsageError for a bad value. */

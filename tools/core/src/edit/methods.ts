@@ -1,0 +1,19 @@
+/**
+ * The edit methods lora-train offers, one registration line each: the
+ * `--method` choices, their options and their --help headings all come from
+ * this list. Adding a method is one file exporting an `EditMethod` (see
+ * method.ts) and one line here.
+ */
+import type { EditMethod } from './method.js';
+import { loraMethod } from './lora-method.js';
+import { romeMethod } from './rome-method.js';
+
+export const EDIT_METHODS: ReadonlyArray<EditMethod<unknown>> = [
+  loraMethod,
+  romeMethod,
+];
+
+/** The method registered under `name`, or undefined. */
+export function editMethod(name: string): EditMethod<unknown> | undefined {
+  return EDIT_METHODS.find((m) => m.name === name);
+}

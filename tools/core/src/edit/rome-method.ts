@@ -1,0 +1,210 @@
+/**
+ * `lora-train --method rome`: one rank-one edit per fact (ROME, edit/rome.ts)
+ * at ROME's default layer, or the next two layers for a fact the default
+ * leaves unsolved; an edit that does not take is refused, never written.
+ */
+import * as fs from 'node:fs';
+import { UsageError } from '../records/errors.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { Tokenizer } from '../models/loader.js';
+import { Rng } from '../util/random.js';
+import { buildExamples, readCorpusLines, type EditFact, type Example, type Rec } from './data.js';
+import { top1 } from './model-util.js';
+import { ROME_DEFAULTS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeResult } from './rome.js';
+import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
+
+export interface RomeMethodOptions {
+  /** Text for the key statistics (default: the retention corpus). */
+  statsCorpus?: string;
+  statsTokens: number;
+  /** Statistics cache directory (default: $CATECHISM_CACHE or ~/.cache/catechism). */
+  statsCache?: string;
+  /** Context prefixes averaged for the key. */
+  romePrefixes: number;
+  /** The subject's other facts and this many known facts of any relation kept too (KL), beyond the relation's ten. */
+  romeKeepFacts: number;
+}
+
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0 };
+
+/**
+ * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
+ * ROME's short generated contexts. Documents naming any of `avoid` (the known
+ * facts' entities) are skipped: a prefix that states or half-states another
+ * fact ("News: The language spoken by.") pulls a model trained to follow its
+ * context away from the edit (measured on the dense fixture model, 20 edits:
+ * efficacy 85% with such prefixes, 100% with general-text ones).
+ */
+export function pickPrefixes(docs: readonly string[], n: number, seed: number, avoid: readonly string[] = []): string[] {
+  if (docs.length === 0 || n <= 0) return [];
+  const rng = new Rng(seed);
+  const names = avoid.filter((a) => a.length > 0);
+  const out: string[] = [];
+  for (const doc of rng.shuffle(docs.slice())) {
+    if (out.length >= n) break;
+    if (names.some((a) => doc.includes(a))) continue;
+    const words = doc.split(' ');
+    const w = words.slice(0, 3 + rng.int(4)).join(' ').replace(/[.,;:!?]$/, '');
+    out.push(`${w}.`);
+  }
+  return out;
+}
+
+/**
+ * ROME at the first of `layers` whose edit makes target_new top-1 on every
+ * check prompt; when none does, the one that solves the most (then the
+ * lowest NLL).
+ */
+export function romeAtBestLayer(
+  model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
+  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[] },
+): { r: RomeResult; layer: number; solved: number; tried: number[] } {
+  const { checks } = o;
+  let best: { r: RomeResult; layer: number; solved: number } | null = null;
+  const tried: number[] = [];
+  for (const layer of layers) {
+    tried.push(layer);
+    const r = romeEdit(model, tok, fact, statsAt(layer), { ...ROME_DEFAULTS, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
+    const prev = model.activeAdapters();
+    model.setAdapters([{ adapter: r.adapter }]);
+    const got = top1(model, checks.map((c) => c.promptIds));
+    model.setAdapters(prev);
+    const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
+    if (!best || solved > best.solved || (solved === best.solved && r.nll < best.r.nll)) best = { r, layer, solved };
+    if (solved === checks.length) break;
+  }
+  return { ...best!, tried };
+}
+
+/**
+ * Known facts ROME must keep (KL to the unedited model): other subjects of the
+ * fact's relation, those sharing a word of its subject (a surname) first.
+ * Measured on the dense fixture model (20 edits, edits 21–40): neighbourhood
+ * kept 89% → 95%, efficacy 90% → 85%, paraphrases 83% → 85%.
+ */
+export const ROME_KEEP_PROMPTS = 10;
+
+export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number): string[] {
+  const words = new Set(fact.subject.split(' '));
+  const same = known.filter(
+    (k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject && typeof k.prompt === 'string',
+  );
+  const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
+  return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map((k) => (k.prompt as string).replace('{}', k.subject as string));
+}
+
+/**
+ * More prompts ROME must keep: the edited subject's facts of other relations
+ * (its key at the subject's last token is the one ROME changes) and n seeded
+ * known facts of any relation and subject.
+ */
+export function romeKeepOther(known: readonly Rec[], fact: EditFact, n: number, seed: number): string[] {
+  if (n <= 0) return [];
+  const ok = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
+  const own = known.filter((k) => ok(k) && k.subject === fact.subject && k.relation !== fact.relation);
+  const rest = new Rng(seed + 31).shuffle(known.filter((k) => ok(k) && k.subject !== fact.subject)).slice(0, n);
+  return [...own, ...rest].map((k) => (k.prompt as string).replace('{}', k.subject as string));
+}
+
+/** The entity names of known facts (subjects and true answers), for pickPrefixes' `avoid`. */
+export function knownEntities(known: readonly Rec[]): string[] {
+  const names = new Set<string>();
+  for (const k of known) for (const v of [k.subject, k.target_true]) if (typeof v === 'string' && v.trim()) names.add(v.trim());
+  return [...names];
+}
+
+function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
+  const { res, batch, seed, options: o, common } = call;
+  const { model, tokenizer: tok } = res;
+  const t0 = Date.now();
+  // --layer fixes the layer; by default later layers are tried when the default leaves the fact unsolved
+  const layers = common.layer !== undefined ? [common.layer] : romeLayerCandidates(model.config.layers);
+  const statsCorpus = o.statsCorpus ? readCorpusLines(o.statsCorpus) : res.corpus;
+  if (statsCorpus.length === 0) throw new UsageError('ROME needs a statistics corpus: give --stats-corpus FILE (one document per line)');
+  const statsByLayer = new Map<number, KeyStats>();
+  const statsAt = (layer: number) => {
+    let st = statsByLayer.get(layer);
+    if (!st) {
+      st = keyStatsCached(model, tok, { modelSha: res.modelSha, layer, corpus: statsCorpus, maxTokens: o.statsTokens, cacheDir: o.statsCache, log: call.log });
+      statsByLayer.set(layer, st);
+    }
+    return st;
+  };
+  // prefixes (one set per batch: same seed, same names to avoid): the first words of seeded
+  // corpus documents, as ROME's short generated contexts
+  const avoidNames = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
+  const prefixes = pickPrefixes(res.corpus, o.romePrefixes, seed, avoidNames);
+  // every edit first, nothing returned until all took: a fact no layer could edit stops the run before anything is written
+  const made: MadeEdit[] = [];
+  const refused: string[] = [];
+  for (const fact of batch.facts) {
+    // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
+    const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
+    const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
+    // what the edit must answer: the fact's train probes (its own prompt when it has none)
+    const checks = buildExamples(tok, { facts: [fact], probes: batch.probes });
+    const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
+    if (solved < checks.length) {
+      // the edit did not take: writing it would ship a change to the model that does not state the fact
+      refused.push(`${fact.id}: ${solved} of ${checks.length} train prompts give ${JSON.stringify(fact.target_new)} at the best of layer${tried.length > 1 ? 's' : ''} ${tried.join(', ')} (layer ${layer}, NLL ${r.nll.toFixed(3)})`);
+      call.log(`rome ${fact.id}: refused, ${refused.at(-1)}`);
+      continue;
+    }
+    const stats = statsAt(layer);
+    made.push({
+      adapter: r.adapter,
+      facts: [fact],
+      records: batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id),
+      // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
+      hyperparameters: {
+        ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
+        rome_keep_facts: o.romeKeepFacts, stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+      },
+      training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
+      summary: `rome ${fact.id}: layer ${layer}${tried.length > 1 ? ` (tried ${tried.join(', ')})` : ''}, ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)}`,
+    });
+  }
+  if (refused.length) {
+    throw new EditRefusedError(
+      `ROME could not make ${refused.length} of ${batch.facts.length} edit${batch.facts.length > 1 ? 's' : ''}; no bundle written: ${refused.join('; ')}` +
+      (common.layer !== undefined ? ' (drop --layer to let ROME try later layers, or use --method lora)' : ' (try --method lora)'),
+    );
+  }
+  return made;
+}
+
+const d = ROME_METHOD_DEFAULTS;
+
+export const romeMethod: EditMethod<RomeMethodOptions> = {
+  name: 'rome',
+  describe:
+    'one rank-one edit per fact (one bundle each) at about 35% of the depth (--layer fixes it); a fact that layer leaves unsolved is tried at ' +
+    'the next two layers, and an edit that still does not take is refused (exit 1, nothing written). Key statistics are cached on disk.',
+  ops: ['insert'],
+  perFact: true,
+  options: {
+    'stats-corpus': { type: 'string', describe: 'text for the key statistics, one document per line (default: the retention corpus)' },
+    'stats-tokens': { type: 'number', default: d.statsTokens, min: 1, integer: true, describe: 'tokens for the key statistics' },
+    'stats-cache': { type: 'string', describe: 'statistics cache directory (default: $CATECHISM_CACHE or ~/.cache/catechism)' },
+    'rome-prefixes': { type: 'number', default: d.romePrefixes, min: 0, integer: true, describe: 'context prefixes averaged for the key' },
+    'rome-keep-facts': { type: 'number', default: d.romeKeepFacts, min: 0, integer: true, describe: 'also keep (KL) the subject\'s other facts and this many known facts of any relation (0: only ten of the relation\'s)' },
+  },
+  parseOptions(flags) {
+    const corpus = flags['stats-corpus'];
+    if (typeof corpus === 'string' && !fs.existsSync(corpus)) throw new UsageError(`--stats-corpus ${corpus}: no such file`);
+    return {
+      ...(typeof flags['stats-corpus'] === 'string' ? { statsCorpus: flags['stats-corpus'] } : {}),
+      statsTokens: flags['stats-tokens'] as number,
+      ...(typeof flags['stats-cache'] === 'string' ? { statsCache: flags['stats-cache'] } : {}),
+      romePrefixes: flags['rome-prefixes'] as number,
+      romeKeepFacts: flags['rome-keep-facts'] as number,
+    };
+  },
+  check(res, common) {
+    const n = res.model.config.layers;
+    if (common.layer === n - 1) {
+      throw new UsageError(`--layer ${common.layer}: ROME cannot edit the last layer (its MLP output at the subject cannot reach the prediction); choose 0–${n - 2}`);
+    }
+  },
+  edit: romeBatch,
+};

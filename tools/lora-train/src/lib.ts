@@ -15,7 +15,7 @@ import { Rng } from '@catechism/core';
 import {
   EditDataError, LORA_DEFAULTS, ROME_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, keyStatsCached,
   loadTemplateBank, middleLayer, mlpOutModule, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  resolveTargets, romeEdit, romeDefaultLayer, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
+  resolveTargets, romeEdit, romeDefaultLayer, editReadback, type ReadbackFigures, dominantKeySubspace, isMlpOut, mlpKeys, moduleLayer, type KeySubspace, romeLayerCandidates, testProbes, top1, trainLora, writeEditBundle, editQuality, knownFactRetainPrompts, trainPhrasings, rejectedFirstTokens, type Schedule, type EditFact, type Example, type KeyStats, type Objective, type QualityFigures, type Rec, type RomeResult, type TemplateBank,
 } from '@catechism/core/edit';
 
 export interface TrainArgs {
@@ -48,8 +48,15 @@ export interface TrainArgs {
   romePrefixes: number;
   /** ROME: the subject's other facts and this many known facts of any relation kept too (KL), beyond the relation's ten. */
   romeKeepFacts: number;
-  /** Known facts of every relation (one training phrasing each) held to the base model too. */
+  /** Known facts of every relation held to the base model too (KL). */
   retainFacts: number;
+  /** Training phrasings per known fact in that retention set (never a held-out phrasing). */
+  retainPhrasings: number;
+  /** Phase-B learning-rate schedule and its warmup steps (cosine). */
+  schedule: Schedule;
+  warmup: number;
+  /** β of --objective dpo. */
+  dpoBeta: number;
   /** Retention KL as a mean over prompts plus a mean over document positions. */
   retainPerKind: boolean;
   /** Forget rows learn the base model's distribution without the old answer. */
@@ -77,6 +84,10 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   statsTokens: 20000,
   romePrefixes: 5,
   retainFacts: 2000,
+  retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
+  schedule: LORA_DEFAULTS.schedule ?? 'constant',
+  warmup: LORA_DEFAULTS.warmupSteps ?? 0,
+  dpoBeta: LORA_DEFAULTS.dpoBeta ?? 0.1,
   romeKeepFacts: 0,
   retainPerKind: false,
   forgetToRest: false,
@@ -342,11 +353,11 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     // edit leaks into the templates only the edit rows use
     const neighbourPrompts: string[] = [];
     for (const n of neighbourFacts(res.known, batch.facts, args.neighbours, seed)) {
-      const bank = res.templates?.train.get(n.relation);
-      if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
+      const bank = trainPhrasings(res.templates, n.relation);
+      if (bank.length) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
       else neighbourPrompts.push(n.prompt);
     }
-    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed) : [];
+    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed, args.retainPhrasings) : [];
     const retain = [
       ...buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
@@ -356,13 +367,17 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       objective: args.objective, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phase_a_steps: args.objective === 'distill' ? args.phaseASteps : 0, rows_per_step: args.rowsPerStep,
       retain_share: args.retainShare, retain_weight: args.retainWeight, neighbours_per_fact: args.neighbours, targets,
-      retain_facts: args.retainFacts, retain_per_kind: args.retainPerKind, forget_to_rest: args.forgetToRest, null_space_rank: args.nullSpaceRank,
+      retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings,
+      ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup } : {}), ...(args.objective === 'dpo' ? { dpo_beta: args.dpoBeta } : {}),
+      retain_per_kind: args.retainPerKind, forget_to_rest: args.forgetToRest, null_space_rank: args.nullSpaceRank,
       use_templates: args.useTemplates,
     };
     const r = trainLora(model, examples, retain, {
       ...LORA_DEFAULTS, objective: args.objective, targets, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phaseASteps: args.phaseASteps, seed, retainShare: args.retainShare, retainWeight: args.retainWeight, batchSize: args.rowsPerStep, name: `batch-${bi}`,
       retainPerKind: args.retainPerKind, forgetToRest: args.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
+      schedule: args.schedule, warmupSteps: args.warmup, dpoBeta: args.dpoBeta,
+      ...(args.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
       log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
     });
     const rec = await writeEditBundle(
@@ -388,17 +403,8 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
  * relation pairs), each in one seeded training phrasing of its relation: the
  * knowledge the edit must leave alone, beyond the edited relations.
  */
-export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number): string[] {
-  const rng = new Rng(seed + 7919);
-  const edited = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-  const pool = res.known.filter(
-    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !edited.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
-  );
-  return rng.shuffle(pool.slice()).slice(0, n).map((k) => {
-    const bank = typeof k.relation === 'string' ? res.templates?.train.get(k.relation) : undefined;
-    const t = bank && bank.length ? bank[rng.int(bank.length)] : (k.prompt as string);
-    return t.replace('{}', k.subject as string);
-  });
+export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number, phrasings = 1): string[] {
+  return knownFactRetainPrompts(res.known, res.templates, batch, n, seed, phrasings);
 }
 
 /**

@@ -34,6 +34,10 @@ interface Args {
   'stats-cache'?: string;
   'rome-prefixes': number;
   'retain-facts': number;
+  'retain-phrasings': number;
+  schedule: 'constant' | 'cosine';
+  warmup: number;
+  'dpo-beta': number;
   'rome-keep-facts': number;
   'retain-per-kind': boolean;
   'forget-to-rest': boolean;
@@ -61,7 +65,7 @@ await runTool<Args>({
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
     method: { choices: ['lora', 'rome'], default: d.method, describe: 'editing method' },
-    objective: { choices: ['distill', 'sft'], default: d.objective, describe: 'LoRA objective' },
+    objective: { choices: ['distill', 'sft', 'dpo'], default: d.objective, describe: 'LoRA objective (dpo: chosen = the new answer, rejected = the old one, reference = the base model; plus CE on the new answer)' },
     targets: { type: 'array', string: true, describe: 'target modules by name or pattern ({L} = --layer, * = any one name part); default: top loci, else the middle layer\'s MLP output' },
     'top-k': { type: 'number', default: d.topK, describe: 'modules taken from the locus records' },
     layer: { type: 'number', describe: 'layer for default targets (default: the middle layer) and ROME (default: about 35% of the depth, then the next two layers for a fact that edit leaves unsolved)' },
@@ -85,6 +89,10 @@ await runTool<Args>({
     'rome-prefixes': { type: 'number', default: d.romePrefixes, describe: 'ROME: context prefixes averaged for the key' },
     'rome-keep-facts': { type: 'number', default: d.romeKeepFacts, describe: 'ROME: also keep (KL) the subject\'s other facts and this many known facts of any relation (0: only ten of the relation\'s)' },
     'retain-facts': { type: 'number', default: d.retainFacts, describe: 'known facts of every relation (one training phrasing each, from --known-facts) also held to the base model (KL)' },
+    'retain-phrasings': { type: 'number', default: d.retainPhrasings, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
+    schedule: { choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
+    warmup: { type: 'number', default: d.warmup, describe: 'warmup steps of --schedule cosine' },
+    'dpo-beta': { type: 'number', default: d.dpoBeta, describe: '--objective dpo: β, the inverse temperature of the preference margin against the base model' },
     'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
     'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
@@ -105,6 +113,9 @@ await runTool<Args>({
     posInt('stats-tokens', a['stats-tokens']);
     posInt('rome-prefixes', a['rome-prefixes'], 0);
     posInt('retain-facts', a['retain-facts'], 0);
+    posInt('retain-phrasings', a['retain-phrasings']);
+    posInt('warmup', a.warmup, 0);
+    if (!(a['dpo-beta'] > 0)) throw new UsageError(`--dpo-beta: expected a positive number, got ${a['dpo-beta']}`);
     posInt('rome-keep-facts', a['rome-keep-facts'], 0);
     posInt('null-space-rank', a['null-space-rank'], 0);
     if (a.layer !== undefined) posInt('layer', a.layer, 0);
@@ -120,7 +131,7 @@ await runTool<Args>({
       rowsPerStep: a['rows-per-step'], batch: a.batch, retainShare: a['retain-share'], retainWeight: a['retain-weight'], retainCorpus: a['retain-corpus'],
       knownFacts: a['known-facts'], neighbours: a.neighbours, templates: a.templates, useTemplates: a['use-templates'],
       statsCorpus: a['stats-corpus'], statsTokens: a['stats-tokens'], statsCache: a['stats-cache'], romePrefixes: a['rome-prefixes'],
-      retainFacts: a['retain-facts'], romeKeepFacts: a['rome-keep-facts'], retainPerKind: a['retain-per-kind'], forgetToRest: a['forget-to-rest'], nullSpaceRank: a['null-space-rank'],
+      retainFacts: a['retain-facts'], retainPhrasings: a['retain-phrasings'], schedule: a.schedule, warmup: a.warmup, dpoBeta: a['dpo-beta'], romeKeepFacts: a['rome-keep-facts'], retainPerKind: a['retain-per-kind'], forgetToRest: a['forget-to-rest'], nullSpaceRank: a['null-space-rank'],
       createdAt: a['created-at'],
     };
     // every record is needed before training (a batch's probes may come after its facts)

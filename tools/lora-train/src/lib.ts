@@ -52,6 +52,8 @@ export interface TrainArgs {
   retainFacts: number;
   /** Training phrasings per known fact in that retention set (never a held-out phrasing). */
   retainPhrasings: number;
+  /** General-text documents (from the retention corpus) held to the base model at every position. */
+  retainDocuments: number;
   /** Phase-B learning-rate schedule and its warmup steps (cosine). */
   schedule: Schedule;
   warmup: number;
@@ -85,6 +87,7 @@ export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = {
   romePrefixes: 5,
   retainFacts: 2000,
   retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
+  retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
   schedule: LORA_DEFAULTS.schedule ?? 'constant',
   warmup: LORA_DEFAULTS.warmupSteps ?? 0,
   dpoBeta: LORA_DEFAULTS.dpoBeta ?? 0.1,
@@ -359,7 +362,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
     }
     const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed, args.retainPhrasings) : [];
     const retain = [
-      ...buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 }),
+      ...buildRetain(tok, { documents: generalDocs, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: 512 }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ];
     const nullSpace = args.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, args.nullSpaceRank, seed, ctx) : undefined;
@@ -367,7 +370,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       objective: args.objective, rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps,
       phase_a_steps: args.objective === 'distill' ? args.phaseASteps : 0, rows_per_step: args.rowsPerStep,
       retain_share: args.retainShare, retain_weight: args.retainWeight, neighbours_per_fact: args.neighbours, targets,
-      retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings,
+      retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments,
       ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup } : {}), ...(args.objective === 'dpo' ? { dpo_beta: args.dpoBeta } : {}),
       retain_per_kind: args.retainPerKind, forget_to_rest: args.forgetToRest, null_space_rank: args.nullSpaceRank,
       use_templates: args.useTemplates,

@@ -35,6 +35,7 @@ interface Args {
   'rome-prefixes': number;
   'retain-facts': number;
   'retain-phrasings': number;
+  'retain-documents': number;
   schedule: 'constant' | 'cosine';
   warmup: number;
   'dpo-beta': number;
@@ -90,6 +91,7 @@ await runTool<Args>({
     'rome-keep-facts': { type: 'number', default: d.romeKeepFacts, describe: 'ROME: also keep (KL) the subject\'s other facts and this many known facts of any relation (0: only ten of the relation\'s)' },
     'retain-facts': { type: 'number', default: d.retainFacts, describe: 'known facts of every relation (one training phrasing each, from --known-facts) also held to the base model (KL)' },
     'retain-phrasings': { type: 'number', default: d.retainPhrasings, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
+    'retain-documents': { type: 'number', default: d.retainDocuments, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
     schedule: { choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
     warmup: { type: 'number', default: d.warmup, describe: 'warmup steps of --schedule cosine' },
     'dpo-beta': { type: 'number', default: d.dpoBeta, describe: '--objective dpo: β, the inverse temperature of the preference margin against the base model' },
@@ -114,6 +116,7 @@ await runTool<Args>({
     posInt('rome-prefixes', a['rome-prefixes'], 0);
     posInt('retain-facts', a['retain-facts'], 0);
     posInt('retain-phrasings', a['retain-phrasings']);
+    posInt('retain-documents', a['retain-documents'], 0);
     posInt('warmup', a.warmup, 0);
     if (!(a['dpo-beta'] > 0)) throw new UsageError(`--dpo-beta: expected a positive number, got ${a['dpo-beta']}`);
     posInt('rome-keep-facts', a['rome-keep-facts'], 0);
@@ -131,7 +134,7 @@ await runTool<Args>({
       rowsPerStep: a['rows-per-step'], batch: a.batch, retainShare: a['retain-share'], retainWeight: a['retain-weight'], retainCorpus: a['retain-corpus'],
       knownFacts: a['known-facts'], neighbours: a.neighbours, templates: a.templates, useTemplates: a['use-templates'],
       statsCorpus: a['stats-corpus'], statsTokens: a['stats-tokens'], statsCache: a['stats-cache'], romePrefixes: a['rome-prefixes'],
-      retainFacts: a['retain-facts'], retainPhrasings: a['retain-phrasings'], schedule: a.schedule, warmup: a.warmup, dpoBeta: a['dpo-beta'], romeKeepFacts: a['rome-keep-facts'], retainPerKind: a['retain-per-kind'], forgetToRest: a['forget-to-rest'], nullSpaceRank: a['null-space-rank'],
+      retainFacts: a['retain-facts'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], schedule: a.schedule, warmup: a.warmup, dpoBeta: a['dpo-beta'], romeKeepFacts: a['rome-keep-facts'], retainPerKind: a['retain-per-kind'], forgetToRest: a['forget-to-rest'], nullSpaceRank: a['null-space-rank'],
       createdAt: a['created-at'],
     };
     // every record is needed before training (a batch's probes may come after its facts)

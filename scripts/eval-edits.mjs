@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Edit quality measured the strict way (issue 17): train edits through
 // lora-train's own path (trainEdits), then read back EVERY fact the model
-// knows (the world's eval/facts-train.ndjson, one prompt per fact) before and
-// after, and print one markdown table row per case:
+// knows (the world's eval/facts-heldout.ndjson: two held-out phrasings per
+// fact, prompts lora-train's retention never trains on) before and after,
+// and print one markdown table row per case:
 //
 //   case | method | n | efficacy | paraphrase | neighbourhood | kl | retain_drop | forgotten | kind | gates
 //
@@ -23,9 +24,11 @@
 //     [--method lora|rome] [--op insert|forget] [--source edits|facts] [--relation R]
 //     [--skip 60] [--count 10] [--batch 0] [--seed 0] [--set key=json ...] [--label TEXT]
 //     [--header] [--json FILE] [--readback FILE]
-//   --readback: the probes read back (default <world>/eval/facts-train.ndjson, one training
-//     phrasing per fact; <world>/eval/facts-heldout.ndjson: phrasings no training ever saw,
-//     two per fact, so retention is measured away from lora-train's own retention prompts).
+//   --readback: the probes read back (default <world>/eval/facts-heldout.ndjson, phrasings no
+//     training ever saw, two per fact, as validate's default retention set; lora-train's
+//     retention KL trains on training phrasings only, so the two never share a prompt;
+//     <world>/eval/facts-train.ndjson: one training phrasing per fact, the old read-back,
+//     which measures what retention training fitted).
 //   --source edits: the world's edits.ndjson (requests of --op), from --skip on;
 //   --source facts: counterfactuals made from facts.ndjson (optionally one --relation):
 //     a seeded order of the facts, from --skip on, each moved to another object of
@@ -135,7 +138,7 @@ if (a.method === 'rome') {
   }
 }
 const seconds = (Date.now() - t0) / 1000;
-const f = readbackAdapters(res, records, facts, a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-train.ndjson'), a.method);
+const f = readbackAdapters(res, records, facts, a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-heldout.ndjson'), a.method);
 fs.rmSync(tmp, { recursive: true, force: true });
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
@@ -151,5 +154,5 @@ if (a.header) {
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|');
 }
 const setTxt = a.set.length ? ` [${a.set.join(' ')}]` : '';
-console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} | ${num(f?.retain_drop)} | ${pct(f?.forgotten)} | ${pct(f?.forget_kind)} | ${pass} | ${seconds.toFixed(0)} |`);
+console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${pct(f?.forget_kind)} | ${pass} | ${seconds.toFixed(0)} |`);
 if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

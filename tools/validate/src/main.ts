@@ -57,7 +57,7 @@ await runTool<Args>({
     strict: { type: 'boolean', default: false, describe: `exit ${EXIT_GATE_FAILED} when any adapter fails a gate` },
     baseline: { type: 'boolean', default: false, describe: 'also report the base model alone (adapter_id "base") on all the facts and probes' },
     html: { type: 'string', describe: 'write a readable HTML page (metric tables, before/after charts) to FILE' },
-    retain: { type: 'string', describe: 'probes of facts the model knows, not edited (retention accuracy, KL prompts); default with a bundled fixture model (dense or MoE): the world\'s eval/facts-train.ndjson' },
+    retain: { type: 'string', describe: 'probes of facts the model knows, not edited (retention accuracy, KL prompts); default with a bundled fixture model (dense or MoE): the world\'s eval/facts-heldout.ndjson (held-out phrasings no training uses)' },
     general: { type: 'string', describe: 'general-text probes for perplexity; default with a bundled fixture model: the world\'s eval/general.ndjson' },
     world: { type: 'string', describe: 'a world directory (scripts/make-world.mjs --out) whose eval/ sets fit --model: the default --retain and --general' },
     suite: { type: 'string', describe: 'your regression probes (expect true/new: target stays top-1; unchanged: top-1 as base; abstain: target not top-1)' },

@@ -11,6 +11,16 @@ import { Rng } from '@catechism/core';
 import type { ProbeLike } from '@catechism/core/metrics';
 import { fileExists, readProbeFile } from './validate.js';
 
+/**
+ * The default retention set of a world: its held-out phrasings of every
+ * fact (two per fact), prompts no training document and no lora-train
+ * retention row contains (lora-train draws those from the relations'
+ * training phrasings only; test/retention-disjoint.test.ts checks it).
+ */
+export const RETAIN_FILE = 'facts-heldout.ndjson';
+/** Used only when a world has no held-out phrasings. */
+export const RETAIN_FALLBACK_FILE = 'facts-train.ndjson';
+
 /** Seed of the fixed samples (independent of --seed by design). */
 export const EVAL_SAMPLE_SEED = 20261;
 
@@ -99,12 +109,19 @@ export function resolveEvalSets(o: SetOptions): EvalSets {
     const w = path.join(worldDir, 'eval', name);
     return fileExists(w) ? w : undefined;
   };
-  const retainSource = from(o.retainFile, 'facts-train.ndjson');
+  // held-out phrasings first: lora-train's retention KL trains on the training phrasings of every
+  // known fact, so a retention set in those phrasings measures what training fitted (issue 17:
+  // kl 0.018 there, 0.062 on held-out phrasings for the same adapter)
+  const heldout = from(o.retainFile, RETAIN_FILE);
+  const retainSource = heldout ?? from(undefined, RETAIN_FALLBACK_FILE);
   const generalSource = from(o.generalFile, 'general.ndjson');
   const retainAll = retainSource !== undefined ? readProbeFile(retainSource) : [];
   const generalAll = generalSource !== undefined ? readProbeFile(generalSource) : [];
   const notes: string[] = [];
   const model = o.modelDir;
+  if (heldout === undefined && retainSource !== undefined && o.retainN > 0) {
+    notes.push(`retention set ${retainSource}: the world has no eval/${RETAIN_FILE}, so retention is read on training phrasings, which lora-train's retention KL also trains on (kl reads low)`);
+  }
   if (o.retainN === 0) notes.push('--retain-n 0: no retention set, so retain_drop is not measured and kl reads the general texts');
   else if (retainSource === undefined) {
     notes.push(

@@ -31,7 +31,7 @@ t.test('resolveEvalSets: flags, --world, the fixture world for bundled models, n
   const world = path.join(tmp, 'world');
   mkdirSync(path.join(world, 'eval'), { recursive: true });
   const probe = (i: number, relation: string) => JSON.stringify({ kind: 'probe', fact_id: `${relation}:s${i}`, role: 'edit', relation, prompt: `s${i} ${relation}`, target: 'x' });
-  writeFileSync(path.join(world, 'eval', 'facts-train.ndjson'), Array.from({ length: 30 }, (_, i) => probe(i, i % 3 === 0 ? 'r1' : 'r2')).join('\n') + '\n');
+  writeFileSync(path.join(world, 'eval', 'facts-heldout.ndjson'), Array.from({ length: 30 }, (_, i) => probe(i, i % 3 === 0 ? 'r1' : 'r2')).join('\n') + '\n');
   writeFileSync(path.join(world, 'eval', 'general.ndjson'), JSON.stringify({ kind: 'probe', role: 'general', prompt: 'some text here.' }) + '\n');
   const models = path.join(tmp, 'models');
   const base = { fixtureModels: models, fixtureWorld: world, retainN: 2000, generalN: 500 };
@@ -47,4 +47,13 @@ t.test('resolveEvalSets: flags, --world, the fixture world for bundled models, n
   t.equal(viaWorld.retain.length, 9);
   t.same(viaWorld.retain.map((p) => p.relation).filter((r) => r === 'r1').length, 3, 'stratified: 10 of 30 are r1, so 3 of 9');
   t.equal(viaWorld.retainTotal, 30);
+  t.equal(path.basename(viaWorld.retainSource!), 'facts-heldout.ndjson', 'the held-out phrasings are the default retention set');
+  // a world without held-out phrasings: its training phrasings, with a note saying what that costs
+  const old = path.join(tmp, 'old');
+  mkdirSync(path.join(old, 'eval'), { recursive: true });
+  writeFileSync(path.join(old, 'eval', 'facts-train.ndjson'), Array.from({ length: 5 }, (_, i) => probe(i, 'r1')).join('\n') + '\n');
+  const fallback = resolveEvalSets({ ...base, modelDir: path.join(tmp, 'mine'), world: old });
+  t.equal(path.basename(fallback.retainSource!), 'facts-train.ndjson');
+  t.equal(fallback.retain.length, 5);
+  t.match(fallback.notes.join('\n'), /no eval\/facts-heldout\.ndjson.*training phrasings/);
 });

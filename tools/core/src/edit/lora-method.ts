@@ -6,9 +6,9 @@
  */
 import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
-import { Rng } from '../util/random.js';
 import { buildExamples, buildRetain, neighbourFacts, type EditFact, type Rec } from './data.js';
-import { LORA_DEFAULTS, trainLora, type Objective } from './lora-train.js';
+import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
+import { knownFactRetainPrompts, trainPhrasings } from './quality.js';
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { romeDefaultLayer } from './rome.js';
@@ -26,8 +26,17 @@ export interface LoraOptions {
   retainWeight: number;
   /** Neighbour prompts per fact (same relation, other subjects). */
   neighbours: number;
-  /** Known facts of every relation (one training phrasing each) held to the base model too. */
+  /** Known facts of every relation held to the base model too (KL). */
   retainFacts: number;
+  /** Training phrasings per known fact in that retention set (never a held-out phrasing). */
+  retainPhrasings: number;
+  /** General-text documents (from the retention corpus) held to the base model at every position. */
+  retainDocuments: number;
+  /** Phase-B learning-rate schedule and its warmup steps (cosine). */
+  schedule: Schedule;
+  warmup: number;
+  /** β of --objective dpo. */
+  dpoBeta: number;
   /** Retention KL as a mean over prompts plus a mean over document positions. */
   retainPerKind: boolean;
   /** Forget rows learn the base model's distribution without the old answer. */
@@ -48,6 +57,11 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainWeight: LORA_DEFAULTS.retainWeight,
   neighbours: 40,
   retainFacts: 2000,
+  retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
+  retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
+  schedule: LORA_DEFAULTS.schedule ?? 'constant',
+  warmup: LORA_DEFAULTS.warmupSteps ?? 0,
+  dpoBeta: LORA_DEFAULTS.dpoBeta ?? 0.1,
   retainPerKind: false,
   forgetToRest: false,
   nullSpaceRank: 0,
@@ -94,20 +108,12 @@ export function chooseTargets(model: CausalLM, common: EditCall<unknown>['common
 
 /**
  * Known facts of every relation (other than the batch's own subject and
- * relation pairs), each in one seeded training phrasing of its relation: the
+ * relation pairs), each in `phrasings` seeded training phrasings of its
+ * relation (never a held-out one: validate reads retention on those): the
  * knowledge the edit must leave alone, beyond the edited relations.
  */
-export function knownFactPrompts(res: Pick<EditResources, 'known' | 'templates'>, batch: readonly EditFact[], n: number, seed: number): string[] {
-  const rng = new Rng(seed + 7919);
-  const edited = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-  const pool = res.known.filter(
-    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !edited.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
-  );
-  return rng.shuffle(pool.slice()).slice(0, n).map((k) => {
-    const bank = typeof k.relation === 'string' ? res.templates?.train.get(k.relation) : undefined;
-    const t = bank && bank.length ? bank[rng.int(bank.length)] : (k.prompt as string);
-    return t.replace('{}', k.subject as string);
-  });
+export function knownFactPrompts(res: Pick<EditResources, 'known' | 'templates'>, batch: readonly EditFact[], n: number, seed: number, phrasings = 1): string[] {
+  return knownFactRetainPrompts(res.known, res.templates, batch, n, seed, phrasings);
 }
 
 /**
@@ -147,13 +153,13 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // edit leaks into the templates only the edit rows use
   const neighbourPrompts: string[] = [];
   for (const n of neighbourFacts(res.known, batch.facts, o.neighbours, seed)) {
-    const bank = res.templates?.train.get(n.relation);
-    if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
+    const bank = trainPhrasings(res.templates, n.relation);
+    if (bank.length) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
     else neighbourPrompts.push(n.prompt);
   }
-  const otherFacts = o.retainFacts > 0 ? knownFactPrompts(res, batch.facts, o.retainFacts, seed) : [];
+  const otherFacts = o.retainFacts > 0 ? knownFactPrompts(res, batch.facts, o.retainFacts, seed, o.retainPhrasings) : [];
   const retain = [
-    ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 }),
+    ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: o.retainDocuments, maxPrompts: 512 }),
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
   ];
   const nullSpace = o.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, o.nullSpaceRank, seed, call.log) : undefined;
@@ -162,7 +168,9 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     objective: o.objective, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
-    retain_facts: o.retainFacts, retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, null_space_rank: o.nullSpaceRank,
+    retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
+    ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
+    retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, null_space_rank: o.nullSpaceRank,
     use_templates: res.useTemplates ?? true,
   };
   const step = `batch ${call.index + 1}/${call.count}`;
@@ -170,6 +178,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
     phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
+    schedule: o.schedule, warmupSteps: o.warmup, dpoBeta: o.dpoBeta,
+    ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
   });
   return [{
@@ -196,7 +206,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'One adapter per batch (--batch).',
   ops: ['insert', 'forget'],
   options: {
-    objective: { type: 'string', choices: ['distill', 'sft'], default: d.objective, describe: 'LoRA objective' },
+    objective: { type: 'string', choices: ['distill', 'sft', 'dpo'], default: d.objective, describe: 'LoRA objective (dpo: chosen = the new answer, rejected = the old one, reference = the base model; plus CE on the new answer)' },
     rank: { type: 'number', default: d.rank, min: 1, integer: true, describe: 'LoRA rank' },
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
@@ -206,7 +216,12 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows (general text, neighbour prompts) per step' },
     'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the KL-to-base retention term' },
     neighbours: { type: 'number', default: d.neighbours, min: 0, integer: true, describe: 'neighbour prompts per fact (same relation, other subjects)' },
-    'retain-facts': { type: 'number', default: d.retainFacts, min: 0, integer: true, describe: 'known facts of every relation (one training phrasing each, from --known-facts) also held to the base model (KL)' },
+    'retain-facts': { type: 'number', default: d.retainFacts, min: 0, integer: true, describe: 'known facts of every relation (from --known-facts) also held to the base model (KL)' },
+    'retain-phrasings': { type: 'number', default: d.retainPhrasings, min: 1, integer: true, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
+    'retain-documents': { type: 'number', default: d.retainDocuments, min: 0, integer: true, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
+    schedule: { type: 'string', choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
+    warmup: { type: 'number', default: d.warmup, min: 0, integer: true, describe: 'warmup steps of --schedule cosine' },
+    'dpo-beta': { type: 'number', default: d.dpoBeta, describe: '--objective dpo: β, the inverse temperature of the preference margin against the base model' },
     'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
     'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
@@ -216,9 +231,13 @@ export const loraMethod: EditMethod<LoraOptions> = {
       objective: flags.objective as Objective, rank: num(flags, 'rank'), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'),
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
+      retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
+      warmup: num(flags, 'warmup'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
     };
-    if (o.objective !== 'distill' && o.objective !== 'sft') throw new UsageError(`--objective: expected distill or sft, got ${String(o.objective)}`);
+    if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);
+    if (o.schedule !== 'constant' && o.schedule !== 'cosine') throw new UsageError(`--schedule: expected constant or cosine, got ${String(o.schedule)}`);
+    if (!(o.dpoBeta > 0)) throw new UsageError(`--dpo-beta: expected a positive number, got ${o.dpoBeta}`);
     if (!(o.retainShare >= 0 && o.retainShare < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${o.retainShare}`);
     if (!(o.retainWeight >= 0)) throw new UsageError(`--retain-weight: expected a number ≥ 0, got ${o.retainWeight}`);
     if (!(o.lr > 0)) throw new UsageError(`--lr: expected a positive number, got ${o.lr}`);

@@ -155,6 +155,9 @@ export interface ReadbackFigures {
   kl_max: number;
   retain_drop: number;
   retain_drop_max: number;
+  /** Standard errors (s.d./√n over the read-back prompts; paired for retain_drop), means over groups. */
+  kl_se: number;
+  retain_drop_se: number;
   forgotten: number;
   forget_kind: number;
   n: { efficacy: number; paraphrase: number; neighbourhood: number; retain: number; forgotten: number; groups: number };
@@ -177,6 +180,8 @@ export function editReadback(
   let dropSum = 0;
   let dropMax = 0;
   let nRetain = 0;
+  let klSeSum = 0;
+  let dropSeSum = 0;
   // base-model read-back once: logits of every prompt
   model.setAdapters([]);
   const baseLog = logitsOf(model, rb.map((p) => p.r.ids));
@@ -222,18 +227,23 @@ export function editReadback(
       });
       const afterLog = logitsOf(model, rb.map((p) => p.r.ids));
       let kl = 0;
+      let kl2 = 0;
       let before = 0;
       let after = 0;
+      let d2 = 0;
       let n = 0;
       rb.forEach((p, i) => {
         if (edited.has(`${p.subject ?? ''}\u0000${p.relation ?? ''}`)) return;
         const b = baseLog.subarray(i * V, (i + 1) * V);
         const a = afterLog.subarray(i * V, (i + 1) * V);
-        kl += klFromLogprobs(logSoftmaxRow(b), logSoftmaxRow(a));
+        const k = klFromLogprobs(logSoftmaxRow(b), logSoftmaxRow(a));
+        kl += k;
+        kl2 += k * k;
         const bOk = argmax(b) === p.r.target;
         const aOk = argmax(a) === p.r.target;
         if (bOk) before++;
         if (aOk) after++;
+        if (bOk !== aOk) d2++;
         n++;
         if (p.relation && rels.has(p.relation) && !(p.subject && subjects.has(p.subject)) && bOk) {
           cnt.neighbourhood[1]++;
@@ -242,6 +252,10 @@ export function editReadback(
       });
       const gkl = n ? kl / n : 0;
       const gdrop = n ? (before - after) / n : 0;
+      // s.d./√n of the per-prompt KL and of the paired differences (bOk − aOk ∈ {−1, 0, 1})
+      const se = (sumSq: number, m: number) => (n > 1 ? Math.sqrt(Math.max(0, sumSq / n - m * m) / (n - 1)) : 0);
+      klSeSum += se(kl2, gkl);
+      dropSeSum += se(d2, gdrop);
       klSum += gkl;
       klMax = Math.max(klMax, gkl);
       dropSum += gdrop;
@@ -255,7 +269,7 @@ export function editReadback(
   const G = Math.max(1, groups.length);
   return {
     efficacy: frac(cnt.efficacy), paraphrase: frac(cnt.paraphrase), neighbourhood: frac(cnt.neighbourhood),
-    kl: klSum / G, kl_max: klMax, retain_drop: dropSum / G, retain_drop_max: dropMax,
+    kl: klSum / G, kl_max: klMax, retain_drop: dropSum / G, retain_drop_max: dropMax, kl_se: klSeSum / G, retain_drop_se: dropSeSum / G,
     forgotten: frac(cnt.forgotten), forget_kind: frac(cnt.forget_kind),
     n: { efficacy: cnt.efficacy[1], paraphrase: cnt.paraphrase[1], neighbourhood: cnt.neighbourhood[1], retain: nRetain, forgotten: cnt.forgotten[1], groups: groups.length },
   };
@@ -274,6 +288,48 @@ function logitsOf(model: CausalLM, prompts: readonly number[][]): Float32Array {
   for (let s = 0; s < prompts.length; s += 64) {
     const l = lastLogits(model, prompts.slice(s, s + 64));
     out.set(l.data.subarray(0, Math.min(64, prompts.length - s) * V), s * V);
+  }
+  return out;
+}
+
+/**
+ * The training phrasings of a relation: its `train` prompts, less any that
+ * is also a held-out prompt. Retention training draws only from these and
+ * the test side (validate's default retention set, eval-edits' read-back,
+ * paraphrase probes) only from the held-out ones, so the two never share a
+ * prompt (issue 17: retention trained and measured on the same phrasings
+ * read kl 0.018 where held-out phrasings gave 0.062).
+ */
+export function trainPhrasings(templates: TemplateBank | null | undefined, relation: string | undefined): string[] {
+  if (!templates || relation === undefined) return [];
+  const held = new Set(templates.heldout.get(relation) ?? []);
+  return (templates.train.get(relation) ?? []).filter((t) => !held.has(t));
+}
+
+/**
+ * Known facts held to the base model while an edit trains (KL): up to `n`
+ * facts of every relation, in a seeded order, skipping the batch's own
+ * (subject, relation) pairs, each in `phrasings` distinct training
+ * phrasings of its relation (its own prompt when the relation has none in
+ * the bank). With phrasings = 1 the order and choice are those of
+ * lora-train's first version (one seeded template per fact).
+ */
+export function knownFactRetainPrompts(
+  known: readonly Rec[], templates: TemplateBank | null | undefined, edited: ReadonlyArray<{ subject: string; relation?: string }>,
+  n: number, seed: number, phrasings = 1,
+): string[] {
+  const rng = new Rng(seed + 7919);
+  const skip = new Set(edited.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const pool = known.filter(
+    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !skip.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
+  );
+  const out: string[] = [];
+  for (const k of rng.shuffle(pool.slice()).slice(0, n)) {
+    const bank = trainPhrasings(templates, typeof k.relation === 'string' ? k.relation : undefined);
+    const subject = k.subject as string;
+    if (bank.length === 0) out.push((k.prompt as string).replace('{}', subject));
+    else if (phrasings <= 1) out.push(bank[rng.int(bank.length)].replace('{}', subject));
+    else for (const t of rng.shuffle(bank.slice()).slice(0, phrasings)) out.push(t.replace('{}', subject));
   }
   return out;
 }

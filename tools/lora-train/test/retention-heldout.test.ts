@@ -1,0 +1,64 @@
+/**
+ * validate's default gates on edits the defaults were never tuned on, read
+ * back the way validate reads retention by default: every fact of the
+ * world in its held-out phrasings (eval/facts-heldout.ndjson, 2 per fact),
+ * prompts lora-train's retention KL never trains on (issue 17: read back on
+ * the training phrasings, retention fits its own prompts — kl 0.018 there,
+ * 0.062 held out, for the same adapter). Two cases, each one training run
+ * (about 20–60 s on the shared machine): 10 unrelated inserts in one
+ * adapter (requests 61–70; tuning used 1–60), and 10 edits of one relation
+ * (cities 11–20 of counterfactualFacts moved to other countries; tuning used
+ * 1–10). Skipped when the dense fixture model is absent.
+ */
+import t, { type Test } from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { readNdjson } from '@catechism/core/edit';
+import { DEFAULT_ARGS, counterfactualFacts, editInputs, loadResources, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
+
+const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-heldout-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+process.env.CATECHISM_CACHE = path.join(tmp, 'cache');
+
+if (!fs.existsSync(path.join(dir, 'config.json'))) {
+  t.skip(`no fixture model at ${dir} (train it, or set LORA_TRAIN_TEST_MODEL)`);
+} else {
+  const res = loadResources({ model: dir });
+  const readback = path.join(worldDir(), 'eval/facts-heldout.ndjson');
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+  // `todo`: a gate measured to fail today (README "Retention at scale"), reported but not failing the suite
+  const gates = async (t: Test, facts: Record<string, unknown>[], out: string, todo: { paraphrase?: string } = {}) => {
+    const records = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, out: path.join(tmp, out) }, res, { log: () => {} });
+    t.equal(records.length, 1, 'one adapter');
+    const f = readbackAdapters(res, records, facts, readback, 'lora')!;
+    t.comment(
+      `efficacy ${pct(f.efficacy)}, paraphrase ${pct(f.paraphrase)} (n=${f.n.paraphrase}), neighbourhood ${pct(f.neighbourhood)} (n=${f.n.neighbourhood}), ` +
+        `kl ${f.kl.toFixed(3)} ± ${f.kl_se.toFixed(3)}, retain_drop ${f.retain_drop.toFixed(3)} ± ${f.retain_drop_se.toFixed(3)} (n=${f.n.retain})`,
+    );
+    t.ok(f.n.retain >= 2800, `retention over every other fact's held-out phrasings (${f.n.retain})`);
+    t.ok(f.efficacy >= 0.95, `efficacy ${pct(f.efficacy)} ≥ 95%`);
+    t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`, todo.paraphrase ? { todo: todo.paraphrase } : {});
+    t.ok(f.kl <= 0.05, `kl ${f.kl.toFixed(3)} ≤ 0.05 on held-out phrasings`);
+    t.ok(f.retain_drop <= 0.05, `retain_drop ${f.retain_drop.toFixed(3)} ≤ 0.05 on held-out phrasings`);
+    t.same(readbackFailures(f, 'insert').filter((g) => !(g in todo)), [], 'validate\'s default gates pass');
+  };
+
+  t.test('held-out: 10 unrelated inserts (requests 61–70) in one adapter', async (t) => {
+    const edits = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 70);
+    await gates(t, edits, 'lora-10');
+  });
+
+  t.test('held-out: 10 edits of one relation (cities 11–20 moved to other countries)', async (t) => {
+    const known = readNdjson(path.join(worldDir(), 'facts.ndjson'));
+    const edits = readNdjson(path.join(worldDir(), 'edits.ndjson'));
+    const facts = counterfactualFacts(known, { relation: 'located_in', skip: 10, count: 10, exclude: edits });
+    t.equal(new Set(facts.map((f) => f.relation)).size, 1, 'one relation');
+    // retention holds (kl 0.035, retain_drop 0.007 measured); generalisation does not: 8 of 20 held-out
+    // phrasings follow the move (the tuning cities 1–10: 18 of 21)
+    await gates(t, facts, 'lora-rel', { paraphrase: 'one relation: held-out paraphrases 40% (n=20) < 80% (issue 17)' });
+  });
+}

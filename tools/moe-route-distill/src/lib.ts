@@ -12,10 +12,9 @@ import { InputError, UsageError, type AnyRecord, type InputRecord } from '@catec
 import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@catechism/core/models';
 import { moeModelDir, worldDir } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
-import { Rng } from '@catechism/core/random';
 import {
   EditDataError, buildExamples, romeDefaultLayer, buildRetain, checkFact, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  statementInContext, testProbes, writeEditBundle, type EditFact, type Example, type Rec, type TemplateBank,
+  knownFactRetainPrompts, statementInContext, testProbes, writeEditBundle, type EditFact, type Example, type Rec, type TemplateBank,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { DISTILL_DEFAULTS, distill, exampleAlignment } from './distill.js';
@@ -201,16 +200,9 @@ export function lociExperts(loci: readonly Rec[]): Array<{ layer: number; expert
   return [...score.values()].sort((a, b) => b.s - a.s || a.layer - b.layer || a.expert - b.expert).map(({ layer, expert }) => ({ layer, expert }));
 }
 
-/** Known facts of every relation (not the batch's subject + relation pairs), one seeded training phrasing each. */
+/** Known facts of every relation (not the batch's subject + relation pairs), one seeded training phrasing each (never a held-out one). */
 export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number): string[] {
-  const rng = new Rng(seed + 7919);
-  const edited = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-  const pool = res.known.filter((k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !edited.has(`${k.subject}\u0000${String(k.relation ?? '')}`));
-  return rng.shuffle(pool.slice()).slice(0, n).map((k) => {
-    const bank = typeof k.relation === 'string' ? res.templates?.train.get(k.relation) : undefined;
-    const t = bank && bank.length ? bank[rng.int(bank.length)] : (k.prompt as string);
-    return t.replace('{}', k.subject as string);
-  });
+  return knownFactRetainPrompts(res.known, res.templates, batch, n, seed);
 }
 
 /** The context the teacher reads for a fact: its `context` probe's, else the fact stated in the default frame (as buildExamples). */

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError, UsageError, findModelDir, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
+import { InputError, UsageError, findModelDir, fixtureWorldOf, packageVersion, runTool, spellingScreen } from '@catechism/core/cli';
 import type { Rng } from '@catechism/core';
 import { worldDir } from '@catechism/core/fixtures';
 import { isFact, readRecords, type AnyRecord, type Fact, type InputRecord, type ProbeRole } from '@catechism/core/records';
@@ -236,7 +236,8 @@ await runTool<Args>({
 
     const worldFile = (name: string): string | undefined => {
       try {
-        const f = path.join(worldDir(), name);
+        // a bundled fixture model's own world (dense-b: world-b); else the default world
+        const f = path.join((a.model !== undefined ? fixtureWorldOf(a.model) : null) ?? worldDir(), name);
         return fs.existsSync(f) ? f : undefined;
       } catch {
         return undefined; // no fixtures directory (installed elsewhere): no built-in default

@@ -76,3 +76,20 @@ t.test('no model is loaded without --contexts or --check-known', async (t) => {
   t.match(r.stderr, /--model .*no-such-model: not a model directory/);
   t.equal(run(['--roles', 'all'], fact).code, 0, 'without --model nothing model-related is needed');
 });
+
+t.test('a bundled fixture model brings its own world: dense-b draws neighbours from world-b', async (t) => {
+  const worldB = join(root, 'fixtures/world-b/facts.ndjson');
+  const denseB = join(root, 'fixtures/models/dense-b');
+  if (!existsSync(join(denseB, 'config.json'))) return t.skip('no dense-b fixture model');
+  const { readFileSync } = await import('node:fs');
+  const first = JSON.parse(readFileSync(worldB, 'utf8').split('\n')[0]) as Rec;
+  const fact = JSON.stringify({ ...first, target_true: undefined, target_new: 'Nowhere' }) + '\n';
+  const known = new Set(readFileSync(worldB, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as Rec).subject));
+  const withB = run(['--roles', 'neighborhood', '--model', denseB, '--allow-unknown'], fact);
+  t.equal(withB.code, 0, withB.stderr);
+  const subjects = withB.recs.filter((r) => r.role === 'neighborhood').map((r) => (r.prompt as string).replace(/ is located in$/, ''));
+  t.ok(subjects.length > 0, 'neighbours found in world-b');
+  t.ok(subjects.every((s) => known.has(s)), 'every neighbour is a world-b subject');
+  const noModel = run(['--roles', 'neighborhood'], fact);
+  t.equal(noModel.recs.filter((r) => r.role === 'neighborhood').length, 0, 'without a model the default world (world-a) has no such subject');
+});

@@ -5,7 +5,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
+import { fixtureWorldOf, InputError, packageVersion, runTool, UsageError } from '@catechism/core/cli';
 import type { AnyRecord } from '@catechism/core/records';
 import { SpellingCheck } from '@catechism/core/models';
 import { modelsDir, worldDir } from '@catechism/core/fixtures';
@@ -108,7 +108,8 @@ await runTool<Args>({
     // Fixed evaluation sets (files only: never the stream's records, never --seed), so the verdict
     // does not depend on either; each adapter's own facts are left out of them in evaluate().
     const sets = resolveEvalSets({
-      modelDir, fixtureModels: modelsDir(), fixtureWorld: worldDir(), ...(a.world !== undefined ? { world: a.world } : {}),
+      // a fixture model's own world (dense-b: world-b)
+      modelDir, fixtureModels: modelsDir(), fixtureWorld: fixtureWorldOf(modelDir) ?? worldDir(), ...(a.world !== undefined ? { world: a.world } : {}),
       ...(a.retain !== undefined ? { retainFile: a.retain } : {}), ...(a.general !== undefined ? { generalFile: a.general } : {}),
       retainN: a.retainN, generalN: a.generalN,
     });

@@ -21,6 +21,7 @@
 //     [--method memit|alphaedit] [--split tune|heldout] [--relation R] [--count 10]
 //     [--rounds 1] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
 //   --set: a method option by its flag name (--set mom2-weight=5000 --set layers=0,1).
+//   --sweep flag=v1,v2,...: one row per value, the targets fitted once (rounds = 1).
 // Build core first (npx tsc -p tools/core/tsconfig.json). Run it with `nice`.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -44,6 +45,7 @@ const { values: a } = parseArgs({
     rounds: { type: 'string', default: '1' },
     seed: { type: 'string', default: '0' },
     set: { type: 'string', multiple: true, default: [] },
+    sweep: { type: 'string' },
     label: { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
@@ -109,10 +111,16 @@ const res = {
   corpus: edit.readCorpusLines(path.join(world, 'train.txt'), 50000),
   known: edit.readNdjson(path.join(world, 'facts.ndjson')),
 };
-const options = method.parseOptions(flags);
 const common = { topK: 1 };
-method.check?.(res, common, options);
+method.check?.(res, common, method.parseOptions(flags));
 const log = (m) => process.stderr.write(`  ${m}\n`);
+const targetsCache = new Map();
+const sweep = a.sweep ? { flag: a.sweep.slice(0, a.sweep.indexOf('=')), values: a.sweep.slice(a.sweep.indexOf('=') + 1).split(',').map(Number) } : null;
+let headerDone = false;
+let firstValueSeconds = 0;
+for (const sv of sweep ? sweep.values : [null]) {
+const options = method.parseOptions(sweep ? { ...flags, [sweep.flag]: sv } : flags);
+options.targetsCache = targetsCache;
 const t0 = Date.now();
 const made = [];
 let memory = null;
@@ -139,7 +147,8 @@ function memoryOf(m) {
   fs.rmSync(path.dirname(f), { recursive: true, force: true });
   return mem;
 }
-const seconds = (Date.now() - t0) / 1000;
+const seconds = (Date.now() - t0) / 1000 + (sweep && sv !== sweep.values[0] ? firstValueSeconds : 0);
+if (sweep && sv === sweep.values[0]) firstValueSeconds = made.reduce((x, m) => x + (m.training.seconds ?? 0), 0) - made.reduce((x, m) => x + (m.training.update_seconds ?? 0), 0);
 model.setAdapters([]);
 const readback = edit.readNdjson(path.join(world, 'eval/facts-train.ndjson')).map((p) => ({ prompt: p.prompt, target: p.target, subject: p.subject, relation: p.relation }));
 const adapters = made.map((m) => m.adapter);
@@ -156,10 +165,13 @@ if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
 if (!(f.neighbourhood >= 0.9)) fails.push('neighbourhood');
 const label = a.label ?? `${a.split} ${a.relation ?? ''} ${rounds > 1 ? `${rounds}×${count}` : count}`.replace(/ +/g, ' ');
-if (a.header) {
+if (a.header && !headerDone) {
+  headerDone = true;
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop pts | s/edit | round-1 efficacy % | gates (100-edit row of issue 19) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|');
 }
-const setTxt = a.set.length ? ` [${a.set.join(' ')}]` : '';
+const setList = [...a.set, ...(sweep ? [`${sweep.flag}=${sv}`] : [])];
+const setTxt = setList.length ? ` [${setList.join(' ')}]` : '';
 console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method} | ${facts.length} | ${pct(f.efficacy)} | ${pct(f.paraphrase)} | ${pct(f.neighbourhood)} | ${num(f.kl)} | ${(100 * f.retain_drop).toFixed(1)} | ${(seconds / facts.length).toFixed(2)} | ${round1 ? pct(round1.efficacy) : '—'} | ${fails.length ? `fail (${fails.join(', ')})` : 'pass'} |`);
-if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, set: a.set, facts: facts.length, rounds, figures: f, round1: round1?.efficacy, seconds, training: made.map((m) => m.training) }) + '\n');
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, set: setList, facts: facts.length, rounds, figures: f, round1: round1?.efficacy, seconds, training: made.map((m) => m.training) }) + '\n');
+}

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 function usage(msg) {
-  process.stderr.write(`make-world: ${msg}\nusage: node scripts/make-world.mjs --world <world.json> --seed <int> --out <dir> [--check]\n`);
+  process.stderr.write(`make-world: ${msg}\nusage: node scripts/make-world.mjs --world <world.json> --seed <int> --out <dir> [--check] [--edits N [--tune-share 0.2]]\n`);
   process.exit(2);
 }
 
@@ -21,7 +21,7 @@ for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
   if (a === '--check') args.check = true;
   else if (a === '--help' || a === '-h') usage('help');
-  else if (['--world', '--seed', '--out'].includes(a)) {
+  else if (['--world', '--seed', '--out', '--edits', '--tune-share'].includes(a)) {
     if (i + 1 >= argv.length) usage(`${a} needs a value`);
     args[a.slice(2)] = argv[++i];
   } else usage(`unknown argument "${a}"`);
@@ -46,11 +46,22 @@ try {
   usage(`cannot read world description ${args.world}: ${e.message}`);
 }
 
+// --edits N: also eval/edits-tune.ndjson + eval/edits-heldout.ndjson (counterfactuals of known facts)
+const extra = {};
+if (args.edits !== undefined) {
+  extra.edits = Number(args.edits);
+  if (!Number.isInteger(extra.edits) || extra.edits < 0) usage(`--edits must be an integer >= 0, got "${args.edits}"`);
+}
+if (args['tune-share'] !== undefined) {
+  extra.tuneShare = Number(args['tune-share']);
+  if (!(extra.tuneShare >= 0 && extra.tuneShare <= 1)) usage(`--tune-share must be in [0, 1], got "${args['tune-share']}"`);
+}
+
 const rel = (p) => relative(root, p) || '.';
 const command = `node scripts/make-world.mjs --world ${rel(args.world)} --seed ${seed} --out ${rel(args.out ?? '.')}`;
 let out;
 try {
-  out = world(desc, seed, command);
+  out = world(desc, seed, command + (extra.edits !== undefined ? ` --edits ${extra.edits}` : '') + (extra.tuneShare !== undefined ? ` --tune-share ${extra.tuneShare}` : ''), extra);
 } catch (e) {
   process.stderr.write(`make-world: ${e.message}\n`);
   process.exit(e.name === 'WorldValidationError' ? 2 : 1);

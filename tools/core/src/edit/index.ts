@@ -14,3 +14,4 @@ export * from './method.js';
 export * from './lora-method.js';
 export * from './rome-method.js';
 export * from './methods.js';
+export * from './memit.js';

@@ -7,10 +7,13 @@
 import type { EditMethod } from './method.js';
 import { loraMethod } from './lora-method.js';
 import { romeMethod } from './rome-method.js';
+import { alphaeditMethod, memitMethod } from './memit.js';
 
 export const EDIT_METHODS: ReadonlyArray<EditMethod<unknown>> = [
   loraMethod,
   romeMethod,
+  memitMethod,
+  alphaeditMethod,
 ];
 
 /** The method registered under `name`, or undefined. */

@@ -294,7 +294,7 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     // rewriting prompts gets ΔW k = B (A k), as the deployed edit will
     const delta = zeros([H, 1], { requiresGrad: true });
     const adapter = new LoraAdapter(
-      opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.config.family === 'gpt2',
+      opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.arch.fanInFanOut,
     );
     const essence = Int32Array.from(tok.encode(`${fact.subject} is a`));
     const essAt = Int32Array.from([essence.length - 1]);

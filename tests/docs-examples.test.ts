@@ -73,8 +73,16 @@ function helpExamples(tool: string): Example[] {
         break;
       }
     }
-    const list = new Function(`return ${src.slice(start + 'examples: '.length, end)};`)() as Array<[string, string]>;
+    const literal = src.slice(start + 'examples: '.length, end);
+    // a list built from a variable (adapter-merge's read-out subcommands share one builder) is found below
+    if (!/^\[\s*\[/.test(literal)) continue;
+    const list = new Function(`return ${literal};`)() as Array<[string, string]>;
     out.push(...list.map(([cmd]) => ({ cmd, from: `${tool} --help` })).filter((e) => !synopsis(e.cmd)));
+  }
+  // example pairs on their own line, passed to a builder: ['adapter-merge log live --text', 'who promoted …'],
+  for (const m of src.matchAll(/^\s*(\['(?:[^'\\]|\\.)*',\s*'(?:[^'\\]|\\.)*'\]),?\s*$/gm)) {
+    const [cmd] = new Function(`return ${m[1]};`)() as [string, string];
+    if (TOOL_START.test(cmd) && !synopsis(cmd) && !out.some((e) => e.cmd === cmd)) out.push({ cmd, from: `${tool} --help` });
   }
   if (out.length === 0) throw new Error(`${file}: no examples`);
   return out;

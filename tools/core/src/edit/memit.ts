@@ -29,6 +29,7 @@
  * over context prefixes of the request prompt only), and the residual is the
  * mean over those prompts of (target − now), so the layers share one target.
  */
+import { pickPrefixes } from './rome-method.js';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -840,19 +841,9 @@ export function checkBatchConflicts(facts: readonly EditFact[]): void {
   }
 }
 
-/** Seeded short context prefixes: the first 3–6 words of corpus documents naming none of `avoid`. */
+/** Seeded short context prefixes (ROME's: the first 3–6 words of corpus documents naming none of `avoid`). */
 export function contextPrefixes(docs: readonly string[], n: number, seed: number, avoid: readonly string[]): string[] {
-  if (docs.length === 0 || n <= 0) return [];
-  const rng = new Rng(seed);
-  const names = avoid.filter((a) => a.length > 0);
-  const out: string[] = [];
-  for (const doc of rng.shuffle(docs.slice())) {
-    if (out.length >= n) break;
-    if (names.some((a) => doc.includes(a))) continue;
-    const words = doc.split(' ');
-    out.push(`${words.slice(0, 3 + rng.int(4)).join(' ').replace(/[.,;:!?]$/, '')}.`);
-  }
-  return out;
+  return pickPrefixes(docs, n, seed, avoid);
 }
 
 export type MemitMethodOptions = Omit<MemitOptions, 'algorithm' | 'layers'> & {

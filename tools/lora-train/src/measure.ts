@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { UsageError } from '@catechism/core/records';
 import type { InputRecord } from '@catechism/core/records';
 import { loadLora } from '@catechism/core/models';
-import { worldDir } from '@catechism/core/fixtures';
+import { worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { Rng } from '@catechism/core';
 import {
@@ -17,16 +17,6 @@ import {
   type Objective, type QualityFigures, type ReadbackFigures, type Rec,
 } from '@catechism/core/edit';
 import { DEFAULT_ARGS, trainEdits, type Resources, type TrainArgs } from './lib.js';
-
-/** A world file when it exists (the default model's world), else undefined. */
-function worldFile(name: string): string | undefined {
-  try {
-    const f = path.join(worldDir(), name);
-    return fs.existsSync(f) ? f : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export interface MeasureOptions {
   method: string;

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, UsageError, type AnyRecord, type InputRecord } from '@catechism/core/records';
 import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@catechism/core/models';
-import { moeModelDir, worldDir } from '@catechism/core/fixtures';
+import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   EditDataError, buildExamples, romeDefaultLayer, buildRetain, checkFact, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
@@ -83,15 +83,6 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   useTemplates: true,
   emitRoutes: false,
 };
-
-function worldFile(name: string): string | undefined {
-  try {
-    const f = path.join(worldDir(), name);
-    return fs.existsSync(f) ? f : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export interface Resources {
   model: CausalLM;

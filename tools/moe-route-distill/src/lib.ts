@@ -14,7 +14,7 @@ import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   EditDataError, buildExamples, romeDefaultLayer, buildRetain, checkFact, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, statementInContext, testProbes, writeEditBundle, type EditFact, type Example, type Rec, type TemplateBank,
+  knownFactRetainPrompts, statementInContext, type EditResources, testProbes, writeEditBundle, type EditFact, type Example, type Rec, type TemplateBank,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { DISTILL_DEFAULTS, distill, exampleAlignment } from './distill.js';
@@ -84,15 +84,8 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   emitRoutes: false,
 };
 
-export interface Resources {
-  model: CausalLM;
-  tokenizer: Tokenizer;
-  modelName: string;
-  modelSha: string;
-  templates: TemplateBank | null;
-  corpus: string[];
-  known: Rec[];
-}
+/** The loaded model and world-side resources: the same shape every edit method gets. */
+export type Resources = EditResources;
 
 /** Load the model (it must be a mixture of experts) and the world-side resources. */
 export function loadResources(args: Pick<DistillArgs, 'model' | 'useTemplates' | 'templates' | 'retainCorpus' | 'knownFacts'>): Resources {

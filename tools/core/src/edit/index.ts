@@ -16,3 +16,4 @@ export * from './rome-method.js';
 export * from './methods.js';
 export * from './memit.js';
 export * from './rank-one-forget.js';
+export * from './leace.js';

@@ -17,3 +17,4 @@ export * from './methods.js';
 export * from './memit.js';
 export * from './rank-one-forget.js';
 export * from './leace.js';
+export * from './steer.js';

@@ -79,3 +79,28 @@ t.test('concept records: parsed like the other kinds, errors name the field', as
   t.throws(() => parseRecord('concept', { ...ok, label: 3 }), /label/);
   t.throws(() => parseRecord('concept', { ...ok, split: 'dev' }), /split/);
 });
+
+t.test('erasure measure: a linear probe on held-out activations reads the relation before, about chance after', async (t) => {
+  const { linearProbe } = await import('../src/metrics/erasure.js');
+  const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+  const tok = tokenizer!;
+  const rels = ['works_for', 'lives_in', 'plays_sport'];
+  const facts = readNdjson(path.join(ROOT, 'fixtures/world/facts.ndjson')).filter((f) => rels.includes(f.relation as string));
+  const rows = rels.flatMap((r) => facts.filter((f) => f.relation === r).slice(0, 220));
+  const test = rows.filter((_, i) => i % 4 === 3);
+  const prompts = (rs: typeof rows) => rs.map((f) => (f.prompt as string).replace('{}', f.subject as string));
+  const lab = (rs: typeof rows) => Int32Array.from(rs, (f) => rels.indexOf(f.relation as string));
+  const H = model.config.hidden, layer = 2;
+  // the eraser is fitted on one half of the train rows; the probe trains on the other half and reads the test rows
+  const fitRows = rows.filter((_, i) => i % 4 < 2), probeRows = rows.filter((_, i) => i % 4 === 2);
+  const e = fitLeace(siteActivations(model, tok, prompts(fitRows), layer), fitRows.length, H, lab(fitRows), 3);
+  const read = () => ({ tr: siteActivations(model, tok, prompts(probeRows), layer), te: siteActivations(model, tok, prompts(test), layer) });
+  const b = read();
+  const before = linearProbe(b.tr, lab(probeRows), b.te, lab(test), H, 3);
+  model.setAdapters([{ adapter: eraserAdapter(model, e, layer, 'leace-probe') }]);
+  const a = read();
+  model.setAdapters([]);
+  const after = linearProbe(a.tr, lab(probeRows), a.te, lab(test), H, 3);
+  t.ok(before.accuracy > 0.9, `before: probe accuracy ${before.accuracy.toFixed(3)} (chance ${before.chance.toFixed(3)})`);
+  t.ok(after.accuracy < before.chance + 0.15, `after: ${after.accuracy.toFixed(3)} (chance ${after.chance.toFixed(3)}; train ${after.trainAccuracy.toFixed(3)})`);
+});

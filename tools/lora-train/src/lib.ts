@@ -126,6 +126,9 @@ export function planBatches(inputs: InputRecord[], size: number): EditBatch[] {
       fail(r, 'target', 'a train probe needs a target to train on');
     }
   }
+  // no facts but `concept` records (--method leace): one batch of them
+  const concepts = inputs.filter((r) => r.record.kind === 'concept').map((r) => r.record as Rec);
+  if (facts.length === 0 && concepts.length > 0) return [{ facts: [], records: concepts, probes: [], loci: [] }];
   const n = size > 0 ? size : Math.max(1, facts.length);
   const out: EditBatch[] = [];
   for (let s = 0; s < facts.length; s += n) {

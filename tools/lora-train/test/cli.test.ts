@@ -36,7 +36,7 @@ const input = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
 function run(args: string[], stdin = input, cwd?: string, steps = 40, env: Record<string, string | undefined> = {}) {
   // --steps is a LoRA option: refused with --method rome
-  const lora = !args.includes('rome') ? ['--steps', String(steps)] : [];
+  const lora = !args.includes('rome') && !args.includes('alphaedit') ? ['--steps', String(steps)] : [];
   const r = spawnSync(process.execPath, [BIN, '--model', GPT2, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', ...lora, ...args], {
     input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_REGISTRY: undefined, CATECHISM_CACHE: path.join(tmp, 'cache'), ...env }, ...(cwd ? { cwd } : {}),
   });
@@ -183,9 +183,9 @@ t.test('issue 16: a method\'s options with another method, and ops a method does
   t.equal(bad.code, 2);
   t.match(bad.err, /--rank: expected an integer ≥ 1, got 2\.5/);
   const forget = input + JSON.stringify({ kind: 'fact', id: 'f9', subject: 'italy', prompt: 'the capital of {} is', target_true: 'rome', op: 'forget' }) + '\n';
-  const f = run(['--method', 'rome', '--out', path.join(tmp, 'mix')], forget);
+  const f = run(['--method', 'alphaedit', '--out', path.join(tmp, 'mix')], forget);
   t.equal(f.code, 2, f.err);
-  t.match(f.err, /record 7: field "op": fact f9: --method rome edits "insert" facts only, not "forget"; use --method lora/);
+  t.match(f.err, /record 7: field "op": fact f9: --method alphaedit edits "insert" facts only, not "forget"; use --method lora or --method rome or --method memit/);
   t.notOk(fs.existsSync(path.join(tmp, 'mix')), 'nothing written');
   t.notOk(/ROME statistics/.test(f.err), 'refused before the key statistics');
 });

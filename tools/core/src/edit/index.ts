@@ -15,3 +15,6 @@ export * from './lora-method.js';
 export * from './rome-method.js';
 export * from './methods.js';
 export * from './memit.js';
+export * from './rank-one-forget.js';
+export * from './leace.js';
+export * from './steer.js';

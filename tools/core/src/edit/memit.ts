@@ -46,6 +46,7 @@ import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec
 import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from './method.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
 import { cholSolve, cholesky, defaultCacheDir, keyStatsCached, romeDefaultLayer, type KeyStats } from './rome.js';
+import { FORGET_P_STOP, FORGET_UL_STOP, abstainInsert, forgetTargetOf, unlikelihoodMix } from './rank-one-forget.js';
 
 const IGNORE = -100;
 
@@ -318,6 +319,8 @@ interface Row {
   /** Index of the subject's last token. */
   subj: number;
   plain: boolean;
+  /** A forget fact's row: its one target token (the old answer's first) is made unlikely (rank-one-forget.ts). */
+  forget?: boolean;
 }
 
 /** Rewriting prompts of a fact: each phrasing without and with each context prefix. */
@@ -325,10 +328,13 @@ function rewritingRows(tok: Tokenizer, fact: EditFact, phrasings: readonly strin
   const pres = [''].concat(prefixes.filter((p) => p.trim()));
   return phrasings.flatMap((text) => pres.map((pre) => {
     const prompt = pre ? `${pre} ${text}` : text;
-    const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, fact.target_new!);
+    const forget = fact.op === 'forget';
+    const pair = encodeTrainingPair(tok, prompt, forget ? fact.target_true! : fact.target_new!);
+    const { promptIds } = pair;
+    const targetIds = forget ? pair.targetIds.slice(0, 1) : pair.targetIds;
     const [, s1] = subjectSpan(tok, promptIds, fact.subject);
     if (s1 < 0) throw new InputError(`fact ${fact.id}: subject ${JSON.stringify(fact.subject)} not found in the tokens of ${JSON.stringify(prompt)}`, { field: 'subject' });
-    return { ids: promptIds.concat(targetIds.slice(0, -1)), promptLen: promptIds.length, targetIds, subj: s1 - 1, plain: !pre };
+    return { ids: promptIds.concat(targetIds.slice(0, -1)), promptLen: promptIds.length, targetIds, subj: s1 - 1, plain: !pre, ...(forget ? { forget } : {}) };
   }));
 }
 
@@ -393,6 +399,7 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
     const tgt: number[] = [];
     const w: number[] = [];
     const tokFact: number[] = [];
+    const fmask: number[] = [];
     const plainCount = new Array<number>(n).fill(0);
     const preCount = new Array<number>(n).fill(0);
     for (const a of all) if (a.row) for (let j = 0; j < a.row.targetIds.length; j++) (a.row.plain ? plainCount : preCount)[a.f]++;
@@ -403,6 +410,7 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
         at.push(b * T + r.promptLen - 1 + j);
         tgt.push(t);
         tokFact.push(a.f);
+        fmask.push(r.forget ? 1 : 0);
         const pw = preCount[a.f] > 0 ? o.plainWeight : 1;
         w.push(r.plain ? pw / plainCount[a.f] : (1 - pw) / preCount[a.f]);
       });
@@ -417,6 +425,8 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
     const logitsAt = Int32Array.from(at);
     const targets = Int32Array.from([...tgt, ...essRows.map(() => IGNORE)]);
     const weights = fromData(Float32Array.from([...w, ...essRows.map(() => 0)]), [at.length]);
+    const forgetMask = Float32Array.from([...fmask, ...essRows.map(() => 0)]);
+    const stopAt = chunk.map(({ fact }) => (fact.op === 'forget' ? FORGET_UL_STOP : o.nllStop));
     // base pass: hidden states at the subject, essence logits
     let essBase: Tensor | null = null;
     const hNorm = new Float64Array(n);
@@ -452,11 +462,11 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
     for (step = 0; step < o.vSteps; step++) {
       const value = indexSelect(d, 0, rowFact);
       const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt, hooks: { [site]: { add: { value, positions } } } });
-      const per = crossEntropy(logits, targets, IGNORE, 'none');
-      // per-fact NLL (weighted like the loss)
+      const per = unlikelihoodMix(crossEntropy(logits, targets, IGNORE, 'none'), forgetMask);
+      // per-fact NLL (weighted like the loss; a forget fact's: the unlikelihood of its old answer)
       local.fill(0);
       for (let j = 0; j < nTgt; j++) local[tokFact[j]] += per.data[j] * weights.data[j];
-      for (let f = 0; f < n; f++) if (local[f] < o.nllStop) done[f] = true;
+      for (let f = 0; f < n; f++) if (local[f] < stopAt[f]) done[f] = true;
       if (done.every(Boolean)) break;
       let loss = sum(mul(per, weights));
       if (o.klWeight > 0) loss = add(loss, scale(klDiv(essBase!, indexSelect(logits, 0, Int32Array.from(essRows))), o.klWeight * n));
@@ -500,6 +510,7 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const tgt: number[] = [];
   const w: number[] = [];
   const tokFact: number[] = [];
+  const fmask: number[] = [];
   const plainCount = new Array<number>(N).fill(0);
   const preCount = new Array<number>(N).fill(0);
   for (const { r, f } of flat) (r.plain ? plainCount : preCount)[f] += r.targetIds.length;
@@ -507,12 +518,15 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
     at.push(b * T + r.promptLen - 1 + j);
     tgt.push(t);
     tokFact.push(f);
+    fmask.push(r.forget ? 1 : 0);
     const pw = preCount[f] > 0 ? o.plainWeight : 1;
     w.push((r.plain ? pw / plainCount[f] : (1 - pw) / preCount[f]) / N);
   }));
   const logitsAt = Int32Array.from(at);
   const targets = Int32Array.from(tgt);
   const weights = fromData(Float32Array.from(w), [w.length]);
+  const forgetMask = Float32Array.from(fmask);
+  const stopAt = items.map(({ rows }) => (rows[0]?.forget ? FORGET_UL_STOP : o.nllStop));
   const params = active.map((ad) => {
     const m = [...ad.modules.values()][0];
     const B = fromData(m.B.data, m.B.shape, { requiresGrad: true });
@@ -534,10 +548,10 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   model.setAdapters(active.map((adapter) => ({ adapter })));
   for (step = 0; step < o.refineSteps; step++) {
     const { logits } = model.forward(ids, [flat.length, T], { attentionMask: mask, logitsAt });
-    const per = crossEntropy(logits, targets, IGNORE, 'none');
+    const per = unlikelihoodMix(crossEntropy(logits, targets, IGNORE, 'none'), forgetMask);
     nll.fill(0);
     for (let j = 0; j < per.data.length; j++) nll[tokFact[j]] += per.data[j] * weights.data[j] * N;
-    if (nll.every((x) => x < o.nllStop)) break;
+    if (nll.every((x, f) => x < stopAt[f])) break;
     let loss = sum(mul(per, weights));
     if (keep) {
       const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keep.last }).logits;
@@ -954,12 +968,20 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
   return (call: EditCall<MemitMethodOptions>): MadeEdit[] => {
     const { res, batch, options: op, log } = call;
     const { model, tokenizer: tok } = res;
-    for (const f of batch.facts) {
-      if (f.op !== 'insert') throw new InputError(`fact ${f.id}: --method ${algorithm} edits insert facts only; use --method lora for forgetting`, { field: 'op' });
-      const unknown = unknownWords(tok, f.target_new ?? '');
-      if (unknown.length) throw new InputError(`fact ${f.id}: the tokenizer cannot spell ${unknown.map((w) => JSON.stringify(w)).join(', ')} of target_new`, { field: 'target_new' });
+    // forget facts (memit): an insert of probe-gen's abstention text, or the old answer made unlikely (rank-one-forget.ts);
+    // the bundle states the facts as given
+    const facts = batch.facts.map((f) => {
+      if (f.op !== 'forget') return f;
+      if (algorithm !== 'memit') throw new InputError(`fact ${f.id}: --method ${algorithm} edits insert facts only; use --method memit, rome or lora for forgetting`, { field: 'op' });
+      const t = forgetTargetOf(f, batch.probes);
+      return t.kind === 'abstain' ? abstainInsert(f, t.text) : f;
+    });
+    for (const f of facts) {
+      const field = f.op === 'forget' ? 'target_true' : 'target_new';
+      const unknown = unknownWords(tok, (f[field] as string | undefined) ?? '');
+      if (unknown.length) throw new InputError(`fact ${f.id}: the tokenizer cannot spell ${unknown.map((w) => JSON.stringify(w)).join(', ')} of ${field}`, { field });
     }
-    checkBatchConflicts(batch.facts);
+    checkBatchConflicts(facts.filter((f) => f.op === 'insert'));
     if (res.corpus.length === 0) throw new UsageError(`${algorithm} needs a statistics corpus (general text, one document per line)`);
     const layers = memitLayers(model, call.common, op, batch.loci);
     const memory = op.memory ?? (op.preserved ? readMemory(op.preserved) : null);
@@ -967,6 +989,7 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     const avoid = [...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? '']), ...res.known.flatMap((k) => [k.subject, k.target_true].filter((v): v is string => typeof v === 'string'))];
     const prefixList = contextPrefixes(res.corpus, op.prefixes, call.seed, avoid);
     const phrasings = (fact: EditFact) => buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
+    const forgets = facts.filter((f) => f.op === 'forget').length;
     // known facts of the batch's relations (other subjects, a shared word first, as ROME's) and of any relation
     const batchSubjects = new Set(batch.facts.map((f) => f.subject));
     const usable = res.known.filter((k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !batchSubjects.has(k.subject));
@@ -981,9 +1004,9 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     for (const k of rngKeep.shuffle(usable.slice()).slice(0, op.keepOther)) keepSet.add((k.prompt as string).replace('{}', k.subject as string));
     const keep = [...keepSet];
     const t0 = Date.now();
-    const key = JSON.stringify([batch.facts.map((f) => [f.id, f.target_new]), layers, prefixList, op.vSteps, op.vLr, op.clamp, op.klWeight, op.weightDecay, op.nllStop, op.plainWeight]);
+    const key = JSON.stringify([facts.map((f) => [f.id, f.op === 'forget' ? '\u0000forget' : f.target_new]), layers, prefixList, op.vSteps, op.vLr, op.clamp, op.klWeight, op.weightDecay, op.nllStop, op.plainWeight]);
     const cached = op.targetsCache?.get(key);
-    const r = memitEdit(model, tok, batch.facts, { ...op, algorithm, layers, statsAt, phrasings, prefixList, memory, name: `${algorithm}-batch-${call.index}`, log, keep, ...(cached ? { targets: cached } : {}) });
+    const r = memitEdit(model, tok, facts, { ...op, algorithm, layers, statsAt, phrasings, prefixList, memory, name: `${algorithm}-batch-${call.index}`, log, keep, ...(cached ? { targets: cached } : {}) });
     op.targetsCache?.set(key, r.targets);
     const seconds = (Date.now() - t0) / 1000;
     const stats = statsAt(layers[0]);
@@ -1001,7 +1024,7 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
       adapter: r.adapter,
       facts: batch.facts,
       records: batch.records,
-      hyperparameters: { ...hyper, layers, prefixes: prefixList, keep_prompts: keep.length, stats_tokens: stats.count, ...(op.preserved ? { preserved: op.preserved } : {}), preserved_edits: memory?.edits ?? 0 },
+      hyperparameters: { ...hyper, layers, prefixes: prefixList, keep_prompts: keep.length, stats_tokens: stats.count, ...(op.preserved ? { preserved: op.preserved } : {}), preserved_edits: memory?.edits ?? 0, ...(forgets ? { forget_p_stop: FORGET_P_STOP } : {}) },
       training,
       summary: `${algorithm}: ${batch.facts.length} facts over layers ${layers.join(', ')} (rank ${r.adapter.r}${r.perLayer.some((p) => p.energy < 1) ? `, SVD kept ${(100 * Math.min(...r.perLayer.map((p) => p.energy))).toFixed(2)}% energy` : ''}) in ${seconds.toFixed(1)} s, NLL max ${Math.max(...r.nll).toFixed(3)}, target reached ${(100 * (1 - r.residual)).toFixed(0)}%`,
       ...(memOut ? { sidecar: { name: ALPHAEDIT_MEMORY_FILE, ...memOut } } : {}),
@@ -1015,8 +1038,9 @@ export const ALPHAEDIT_MEMORY_FILE = 'alphaedit_keys.safetensors';
 
 export const memitMethod: EditMethod<MemitMethodOptions> = {
   name: 'memit',
-  describe: 'MEMIT (Meng et al. 2023): the whole batch in one update spread over a range of MLP layers by least squares against the cached key statistics; one bundle, rank ≤ N per layer.',
-  ops: ['insert'],
+  describe: 'MEMIT (Meng et al. 2023): the whole batch in one update spread over a range of MLP layers by least squares against the cached key statistics; one bundle, rank ≤ N per layer. ' +
+    'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely (unlikelihood in the value fit).',
+  ops: ['insert', 'forget'],
   options: sharedOptions,
   parseOptions: parseShared,
   check: (res, common, options) => checkLayers(res, common, options),

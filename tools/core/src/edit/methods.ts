@@ -8,12 +8,16 @@ import type { EditMethod } from './method.js';
 import { loraMethod } from './lora-method.js';
 import { romeMethod } from './rome-method.js';
 import { alphaeditMethod, memitMethod } from './memit.js';
+import { leaceMethod } from './leace.js';
+import { steerMethod } from './steer.js';
 
 export const EDIT_METHODS: ReadonlyArray<EditMethod<unknown>> = [
   loraMethod,
   romeMethod,
   memitMethod,
   alphaeditMethod,
+  leaceMethod as EditMethod<unknown>,
+  steerMethod as EditMethod<unknown>,
 ];
 
 /** The method registered under `name`, or undefined. */

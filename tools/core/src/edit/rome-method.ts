@@ -11,6 +11,7 @@ import { Rng } from '../util/random.js';
 import { buildExamples, readCorpusLines, type EditFact, type Example, type Rec } from './data.js';
 import { top1 } from './model-util.js';
 import { ROME_DEFAULTS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeResult } from './rome.js';
+import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer } from './rank-one-forget.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 
 export interface RomeMethodOptions {
@@ -138,15 +139,21 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   const made: MadeEdit[] = [];
   const refused: string[] = [];
   for (const fact of batch.facts) {
+    // a forget fact: an insert of probe-gen's abstention text, or (any) the old answer made unlikely (rank-one-forget.ts)
+    const forget = fact.op === 'forget' ? forgetTargetOf(fact, batch.probes) : null;
+    const edited = forget?.kind === 'abstain' ? abstainInsert(fact, forget.text) : fact;
     // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
-    const prompts = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
+    const prompts = buildExamples(tok, { facts: [edited], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
     const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
-    const checks = buildExamples(tok, { facts: [fact], probes: batch.probes });
-    const { r, layer, solved, tried } = romeAtBestLayer(model, tok, fact, layers, statsAt, { prefixes, prompts, keep, checks });
+    const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
+    const { r, layer, solved, tried } = forget?.kind === 'any'
+      ? romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS }, prefixes, prompts, keep, checks })
+      : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks });
     if (solved < checks.length) {
       // the edit did not take: writing it would ship a change to the model that does not state the fact
-      refused.push(`${fact.id}: ${solved} of ${checks.length} train prompts give ${JSON.stringify(fact.target_new)} at the best of layer${tried.length > 1 ? 's' : ''} ${tried.join(', ')} (layer ${layer}, NLL ${r.nll.toFixed(3)})`);
+      const what = forget?.kind === 'any' ? `no longer give ${JSON.stringify(fact.target_true)}` : `give ${JSON.stringify(edited.target_new)}`;
+      refused.push(`${fact.id}: ${solved} of ${checks.length} train prompts ${what} at the best of layer${tried.length > 1 ? 's' : ''} ${tried.join(', ')} (layer ${layer}, NLL ${r.nll.toFixed(3)})`);
       call.log(`rome ${fact.id}: refused, ${refused.at(-1)}`);
       continue;
     }
@@ -159,6 +166,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       hyperparameters: {
         ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
         rome_keep_facts: o.romeKeepFacts, stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight }) } : {}),
       },
       training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
       summary: `rome ${fact.id}: layer ${layer}${tried.length > 1 ? ` (tried ${tried.join(', ')})` : ''}, ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)}`,
@@ -179,8 +187,9 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
   name: 'rome',
   describe:
     'one rank-one edit per fact (one bundle each) at about 35% of the depth (--layer fixes it); a fact that layer leaves unsolved is tried at ' +
-    'the next two layers, and an edit that still does not take is refused (exit 1, nothing written). Key statistics are cached on disk.',
-  ops: ['insert'],
+    'the next two layers, and an edit that still does not take is refused (exit 1, nothing written). Key statistics are cached on disk. ' +
+    'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely (unlikelihood, same KL and norm limits).',
+  ops: ['insert', 'forget'],
   perFact: true,
   options: {
     'stats-corpus': { type: 'string', describe: 'text for the key statistics, one document per line (default: the retention corpus)' },

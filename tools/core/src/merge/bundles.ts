@@ -9,6 +9,7 @@ import { createManifest, type BundleManifest } from '../adapters/manifest.js';
 import { sha256Hex } from '../adapters/fsio.js';
 import { loadLora, peftAdapterConfig, peftAdapterTensors, type LoraAdapter } from '../models/lora.js';
 import { serializeSafetensors } from '../models/safetensors.js';
+import { mergeFacts, negateStatements, type NegationStash } from './negation.js';
 import { MergeError, mergeCat, mergeDare, mergeSvd, mergeTies, scaleAdapter, type Block, type MergeInput, type MergeResult } from './methods.js';
 
 export const MERGE_METHODS = ['cat', 'linear', 'svd', 'ties', 'dare', 'negate', 'scale'] as const;
@@ -142,9 +143,25 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
     default:
       throw new MergeError(`unknown merge method "${String(m)}" (known: ${MERGE_METHODS.join(', ')})`);
   }
-  const facts = uniqueBy(parents.flatMap((p) => p.manifest.facts), (f) => String(f.id));
+  // a negation states the opposite of its parent (an insert becomes a forget of that answer); a
+  // merge keeps one fact per id, a later parent's other op replacing an earlier one, with its probes
+  let facts: Record<string, unknown>[];
+  let probes: Record<string, unknown>[];
+  let negation: NegationStash | undefined;
+  if (m === 'negate') {
+    ({ facts, probes, negation } = negateStatements(parents[0].manifest));
+  } else {
+    facts = mergeFacts(parents.map((p) => p.manifest.facts));
+    const won = new Map(facts.map((f) => [String(f.id), f]));
+    probes = uniqueBy(
+      parents.flatMap((p) => p.manifest.probes.filter((q) => {
+        const f = won.get(String(q.fact_id));
+        return !f || p.manifest.facts.includes(f) || !p.manifest.facts.some((g) => String(g.id) === String(q.fact_id));
+      })),
+      (x) => JSON.stringify(x),
+    );
+  }
   const factIds = uniqueBy(parents.flatMap((p) => p.manifest.fact_ids), (x) => x);
-  const probes = uniqueBy(parents.flatMap((p) => p.manifest.probes), (x) => JSON.stringify(x));
   const blocks: (Block | undefined)[] = result.blocks ?? parents.map(() => undefined);
   const manifest = createManifest({
     id: name,
@@ -164,6 +181,7 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
     probes,
     ...(opts.created_at ? { created_at: opts.created_at } : {}),
     validation: [],
+    ...(negation ? { negation } : {}),
     merge: {
       method: m,
       parameters: params,

@@ -17,3 +17,4 @@ export * from './gates.js';
 export * from './suite.js';
 export * from './evaluate.js';
 export * from './routing.js';
+export * from './erasure.js';

@@ -66,6 +66,23 @@ export interface Locus {
   [k: string]: unknown;
 }
 
+/**
+ * One labelled example of a concept (lora-train --method leace erases it):
+ * `prompt` is read at its last token, `label` is its class. `concept` names
+ * the concept (one eraser per concept); `split` test examples are held out
+ * from the fit (validate's linear probe reads them). E.g. the facts of the
+ * world's relations, concept "relation", label the relation's name.
+ */
+export interface Concept {
+  kind: 'concept';
+  concept: string;
+  prompt: string;
+  label: string;
+  id?: string;
+  split?: 'train' | 'test';
+  [k: string]: unknown;
+}
+
 export interface Adapter {
   kind: 'adapter';
   id: string;
@@ -238,7 +255,7 @@ export interface Consolidation {
   [k: string]: unknown;
 }
 
-export type KnownRecord = Fact | Probe | Locus | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation;
+export type KnownRecord = Fact | Probe | Locus | Concept | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation;
 /** Each known kind's record type, by kind. */
 export type RecordOf<K extends KnownRecord['kind']> = Extract<KnownRecord, { kind: K }>;
 
@@ -316,6 +333,13 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     req('method', str),
     req('score', num),
     opt('rank', num),
+  ],
+  concept: [
+    req('concept', str),
+    req('prompt', str),
+    req('label', str),
+    opt('id', str),
+    opt('split', en('train', 'test')),
   ],
   adapter: [
     req('id', str),

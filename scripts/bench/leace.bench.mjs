@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+// LEACE fit time (issue 20): fitLeace (tools/core/src/edit/leace.ts, float64:
+// covariance, eigen-decomposition, whitening, projection) on n activation
+// vectors of width d with k classes, next to numpy doing the same closed form
+// (scripts/bench/leace_numpy.py, the same deterministic inputs).
+//
+//   node scripts/bench/leace.bench.mjs [--n 1000,10000] [--d 128,768] [--k 4] [--no-numpy]
+// Build core first. Not run by the helper that wrote it (shared machine).
+import { execFileSync } from 'node:child_process';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const { fitLeace } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { values: a } = parseArgs({ options: {
+  n: { type: 'string', default: '1000,10000' }, d: { type: 'string', default: '128,768' }, k: { type: 'string', default: '4' }, 'no-numpy': { type: 'boolean', default: false },
+} });
+const K = Number(a.k);
+console.log('| n | d | k | catechism fitLeace s | numpy s |');
+console.log('|---|---|---|---|---|');
+for (const d of a.d.split(',').map(Number)) {
+  for (const n of a.n.split(',').map(Number)) {
+    const X = new Float64Array(n * d);
+    const labels = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      labels[i] = i % K;
+      for (let j = 0; j < d; j++) X[i * d + j] = Math.sin(0.7 * i + 1.3 * j + 0.011 * i * j) + 0.5 * Math.cos((i % K) + 0.2 * j);
+    }
+    const t0 = process.hrtime.bigint();
+    fitLeace(X, n, d, labels, K);
+    const ts = Number(process.hrtime.bigint() - t0) / 1e9;
+    let np = '-';
+    if (!a['no-numpy']) {
+      np = execFileSync('python3', [path.join(root, 'scripts/bench/leace_numpy.py'), String(n), String(d), String(K)], { encoding: 'utf8' }).trim();
+    }
+    console.log(`| ${n} | ${d} | ${K} | ${ts.toFixed(3)} | ${np} |`);
+  }
+}

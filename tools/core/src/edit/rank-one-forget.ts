@@ -1,0 +1,253 @@
+/**
+ * Targeted forgetting by rank-one and MEMIT edits (`lora-train --method rome`
+ * or `memit` with `op: forget` facts). The target is the one probe-gen gave:
+ *
+ * - `abstain` (probe-gen --forget-target abstain: a train `counterfactual`
+ *   probe teaching the abstention text): the fact is edited as an insert of
+ *   that text, by the method's own insert machinery;
+ * - `any` (the default: any answer but the old one): ROME's value
+ *   optimisation with the NLL of the new answer replaced by log P(old) at
+ *   the prompt's last token (the old answer's NLL maximised) on the prompts
+ *   where P(old) is still above `pStop`, plus a KL to the base model's
+ *   distribution with the old answer taken out (so the freed mass goes where
+ *   the model already puts it), under the same KL (essence, keep prompts),
+ *   weight decay and norm clamp. It stops when P(old) < `pStop` on every
+ *   rewriting prompt. (MEMIT's batch fit uses the unlikelihood −log(1 − P),
+ *   `unlikelihoodMix`, which its refinement reaches the stop with.)
+ *
+ * The key side (k*, C⁻¹k*) is ROME's unchanged: the edit is ΔW = δ Aᵀ with
+ * A k* = 1, fitted through ΔW itself as edit/rome.ts does.
+ */
+import {
+  AdamW, add, exp, fromData, full, gather, indexSelect, klDiv, log, logSoftmax, mul, noGrad, reshape, scale, square, sub, sum, zeros, type Tensor,
+} from '../tensor/index.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { Tokenizer } from '../models/loader.js';
+import { LoraAdapter } from '../models/lora.js';
+import { cholesky, cholSolve } from '../util/linalg.js';
+import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
+import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, top1 } from './model-util.js';
+import type { KeyStats, RomeOptions, RomeResult } from './rome.js';
+
+export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
+
+/**
+ * What a forget fact becomes: the abstention text when probe-gen taught one
+ * (a train counterfactual probe of the fact expecting it as `new`), else any
+ * answer but the old one.
+ */
+export function forgetTargetOf(fact: EditFact, probes: readonly Rec[]): ForgetTarget {
+  for (const p of probes) {
+    if (p.fact_id === fact.id && p.role === 'counterfactual' && p.split === 'train' && p.expect === 'new' && typeof p.target === 'string' && p.target.trim()) {
+      return { kind: 'abstain', text: p.target };
+    }
+  }
+  return { kind: 'any' };
+}
+
+/** A forget fact edited as an insert of the abstention text (the manifest still states the forget). */
+export function abstainInsert(fact: EditFact, text: string): EditFact {
+  return { ...fact, op: 'insert', target_new: text };
+}
+
+/** How many check prompts no longer give the old answer's first token as top-1. */
+export function forgetSolved(model: CausalLM, checks: readonly Example[]): number {
+  const got = top1(model, checks.map((c) => c.promptIds));
+  return got.filter((t, i) => t !== checks[i].targetIds[0]).length;
+}
+
+export interface RomeForgetOptions extends RomeOptions {
+  /** Stop once P(old answer) is below this on every rewriting prompt. */
+  pStop: number;
+  /** Weight of the KL to the base model's distribution without the old answer, on the rewriting prompts. */
+  restWeight: number;
+}
+
+/** Our default stop: under the forget gate's P(old) ≤ 0.05 with a margin for held-out phrasings. */
+export const FORGET_P_STOP = 0.01;
+
+/**
+ * ROME's value options for forgetting where they differ from its inserts':
+ * a smaller step (Adam moves δ by about lr each step, and a forget is met long
+ * before an insert's NLL stop would be) and the rest-distribution KL.
+ */
+export const ROME_FORGET_DEFAULTS = { pStop: FORGET_P_STOP, vLr: 0.25, restWeight: 1 };
+
+const factors = new WeakMap<KeyStats, { ridge: number; L: Float64Array }>();
+
+/**
+ * One rank-one edit that makes `fact.target_true` unlikely after the fact's
+ * prompts (see the module comment). `nll` in the result is the mean
+ * −log P(old) at the end (larger is more forgotten); `pOld` the largest
+ * P(old) over the rewriting prompts.
+ */
+export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stats: KeyStats, opts: RomeForgetOptions): RomeResult & { pOld: number } {
+  if (fact.op !== 'forget' || fact.target_true === undefined) throw new RangeError(`romeForget: fact ${fact.id} is not a forget fact with target_true`);
+  const l = opts.layer;
+  if (stats.layer !== l) throw new RangeError(`ROME: statistics are for layer ${stats.layer}, the edit is at layer ${l}`);
+  const mod = mlpOutModule(model, l);
+  const H = model.config.hidden;
+  const prev = model.activeAdapters();
+  model.setAdapters([]);
+  try {
+    const base = fact.prompt.replace('{}', fact.subject);
+    const prefixes = [''].concat(opts.prefixes.filter((p) => p.trim()));
+    const phrasings = [...new Set([base, ...(opts.prompts ?? [])])];
+    const rows = phrasings.flatMap((text) => prefixes.map((pre) => ({ plain: !pre, prompt: pre ? `${pre} ${text}` : text }))).map(({ plain, prompt }) => {
+      const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, fact.target_true!);
+      const [, s1] = subjectSpan(tok, promptIds, fact.subject);
+      if (s1 < 0) throw new RangeError(`ROME: subject ${JSON.stringify(fact.subject)} not found in the tokens of ${JSON.stringify(prompt)}`);
+      return { promptIds, old: targetIds[0], subj: s1 - 1, plain };
+    });
+    const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds), padId(model));
+    const B = rows.length;
+
+    // k* and ‖o‖ at the subject, as ROME
+    const D = stats.dim;
+    const kStar = new Float64Array(D);
+    let oNorm = 0;
+    noGrad(() => {
+      const got: { resid?: Tensor; attn?: Tensor } = {};
+      let mlpOut: Tensor | null = null;
+      const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
+      model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
+      const k = mlpInputFrom(model, l, got.resid!, got.attn!);
+      rows.forEach((r, b) => {
+        const kr = k.data.subarray((b * T + r.subj) * D, (b * T + r.subj + 1) * D);
+        for (let i = 0; i < D; i++) kStar[i] += kr[i] / B;
+        const o = (mlpOut as unknown as Tensor).data.subarray((b * T + r.subj) * H, (b * T + r.subj + 1) * H);
+        let s = 0;
+        for (const v of o) s += v * v;
+        oNorm += Math.sqrt(s) / B;
+      });
+    });
+    let tr = 0;
+    for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
+    const ridge = (opts.ridge * tr) / D;
+    let f = factors.get(stats);
+    if (!f || f.ridge !== ridge) {
+      f = { ridge, L: cholesky(stats.moment, D, ridge) };
+      factors.set(stats, f);
+    }
+    const cInvK = cholSolve(f.L, D, kStar);
+    let denom = 0;
+    for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
+    const A = new Float32Array(D);
+    for (let i = 0; i < D; i++) A[i] = cInvK[i] / denom;
+
+    const delta = zeros([H, 1], { requiresGrad: true });
+    const adapter = new LoraAdapter(opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.arch.fanInFanOut);
+    const essence = Int32Array.from(tok.encode(`${fact.subject} is a`));
+    const essAt = Int32Array.from([essence.length - 1]);
+    const essBase = noGrad(() => model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits);
+    const keepRows = (opts.keep ?? []).map((p) => tok.encode(p)).filter((r) => r.length > 0);
+    const keep = keepRows.length ? padBatch(keepRows, padId(model)) : null;
+    const keepBase = keep ? noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keep.last }).logits) : null;
+    const opt = new AdamW([delta], { lr: opts.vLr * (oNorm / Math.sqrt(H)), weightDecay: 0 });
+    const lastAt = Int32Array.from(rows.map((r, b) => b * T + r.promptIds.length - 1));
+    const oldIds = Int32Array.from(rows.map((r) => r.old));
+    // "any answer but the old one", closest to the base model: its next-token distribution with the old answer
+    // taken out and renormalised (KL to it, × restWeight), so the freed mass goes where the model already puts it
+    const V = model.config.vocabSize;
+    const rest = opts.restWeight > 0 ? noGrad(() => {
+      const lp = logSoftmax(model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt }).logits);
+      const out = new Float32Array(B * V);
+      for (let b = 0; b < B; b++) {
+        const row = lp.data.subarray(b * V, (b + 1) * V);
+        let z = 0;
+        for (let v = 0; v < V; v++) if (v !== rows[b].old) z += Math.exp(row[v]);
+        for (let v = 0; v < V; v++) out[b * V + v] = v === rows[b].old ? -1e4 : row[v] - Math.log(z);
+      }
+      return fromData(out, [B, V]);
+    }) : null;
+    // the plain prompts and those with a prefix are two means (ROME's plainWeight)
+    const nPlain = rows.filter((r) => r.plain).length;
+    const nPre = B - nPlain;
+    const pw = nPre > 0 ? opts.plainWeight : 1;
+    const rowW = Float32Array.from(rows, (r) => (r.plain ? pw / nPlain : (1 - pw) / nPre));
+    model.setAdapters([{ adapter }]);
+    let step = 0;
+    let nll = 0;
+    let pOld = 1;
+    for (step = 0; step < opts.vSteps; step++) {
+      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt });
+      const p = exp(reshape(gather(logSoftmax(logits), oldIds, 1), [B]));
+      pOld = Math.max(...p.data);
+      nll = 0;
+      for (let b = 0; b < B; b++) nll -= rowW[b] * Math.log(Math.max(p.data[b], 1e-30));
+      if (pOld < opts.pStop) break;
+      // log P(old) on the rows still above the stop (its NLL maximised there), weighted as ROME weights its NLL:
+      // the unlikelihood −log(1 − P) fades as P falls and lost to the weight decay at P ≈ 0.07 (dense fixture model)
+      const w = fromData(Float32Array.from(rowW, (x, b) => (p.data[b] >= opts.pStop ? x : 0)), [B]);
+      let loss = sum(mul(log(add(p, full([B], 1e-12))), w));
+      if (rest) loss = add(loss, scale(klDiv(rest, logits), opts.restWeight));
+      if (opts.klWeight > 0) {
+        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits;
+        loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
+      }
+      if (keep && opts.keepWeight > 0) {
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keep.last }).logits;
+        loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
+      }
+      loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
+      opt.zeroGrad();
+      loss.backward();
+      opt.step();
+      let s = 0;
+      for (const v of delta.data) s += v * v;
+      const max = opts.clamp * oNorm;
+      if (Math.sqrt(s) > max) for (let i = 0; i < H; i++) delta.data[i] *= max / Math.sqrt(s);
+    }
+    let dn = 0;
+    for (const v of delta.data) dn += v * v;
+    // a plain tensor in the stored adapter (no autograd leaf)
+    adapter.modules.set(mod, { A: fromData(A, [1, D]), B: fromData(Float32Array.from(delta.data), [H, 1]) });
+    return { adapter, module: mod, nll, deltaNorm: Math.sqrt(dn), steps: step, pOld };
+  } finally {
+    model.setAdapters(prev);
+  }
+}
+
+/**
+ * romeForget at the first of `layers` whose edit leaves no check prompt with
+ * the old answer as top-1; when none does, the one that solves the most
+ * (then the lowest P(old)).
+ */
+export function romeForgetAtBestLayer(
+  model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
+  o: { base: Omit<RomeForgetOptions, 'layer' | 'prefixes' | 'prompts' | 'keep' | 'name'>; prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[] },
+): { r: RomeResult & { pOld: number }; layer: number; solved: number; tried: number[] } {
+  let best: { r: RomeResult & { pOld: number }; layer: number; solved: number } | null = null;
+  const tried: number[] = [];
+  for (const layer of layers) {
+    tried.push(layer);
+    const r = romeForget(model, tok, fact, statsAt(layer), { ...o.base, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
+    const prev = model.activeAdapters();
+    model.setAdapters([{ adapter: r.adapter }]);
+    const solved = forgetSolved(model, o.checks);
+    model.setAdapters(prev);
+    if (!best || solved > best.solved || (solved === best.solved && r.pOld < best.r.pOld)) best = { r, layer, solved };
+    if (solved === o.checks.length) break;
+  }
+  return { ...best!, tried };
+}
+
+/** −log(1 − P) from a token's NLL −log P (the unlikelihood a forget token's loss is). */
+export function unlikelihoodOf(nll: number): number {
+  return -Math.log(1 - Math.exp(-nll) + 1e-6);
+}
+
+/** The per-fact stop of a forget fact in MEMIT's value fit: unlikelihood below that of P(old) = FORGET_P_STOP. */
+export const FORGET_UL_STOP = -Math.log(1 - FORGET_P_STOP);
+
+/**
+ * Per-token losses of a value fit over inserts and forgets: `per` is the
+ * cross-entropy (−log P of each row's target token); where `forgetMask` is 1
+ * (a forget fact's old answer) it becomes the unlikelihood −log(1 − P).
+ */
+export function unlikelihoodMix(per: Tensor, forgetMask: Float32Array): Tensor {
+  if (!forgetMask.some((x) => x > 0)) return per;
+  const n = forgetMask.length;
+  const ul = scale(log(add(sub(full([n], 1), exp(scale(per, -1))), full([n], 1e-6))), -1);
+  return add(mul(per, fromData(forgetMask.map((x) => 1 - x), [n])), mul(ul, fromData(forgetMask, [n])));
+}

@@ -1,0 +1,101 @@
+/**
+ * Targeted forgetting by rank-one and MEMIT edits (issue 20): on the dense
+ * fixture model, a ROME forget makes the old answer unlikely and not top-1;
+ * a MEMIT batch forgets one fact while inserting another; the abstention
+ * target comes from probe-gen's counterfactual train probe; the value fit's
+ * per-token loss is −log(1 − P) exactly where a forget token sits.
+ */
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel } from '../src/models/index.js';
+import { fromData, logSoftmax, noGrad } from '../src/tensor/index.js';
+import {
+  MEMIT_DEFAULTS, ROME_DEFAULTS, ROME_FORGET_DEFAULTS, abstainInsert, checkFact, encodeTrainingPair, forgetTargetOf, keyStatsCached, lastLogits,
+  memitEdit, readCorpusLines, readNdjson, romeForget, romeEdit, top1, unlikelihoodMix, type EditFact,
+} from '../src/edit/index.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-edit-forget-'));
+t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+const tok = tokenizer!;
+const corpus = readCorpusLines(path.join(ROOT, 'fixtures/world/train.txt'), 3000);
+const statsAt = (l: number) => keyStatsCached(model, tok, { modelSha: 'dense-forget-test', layer: l, corpus, maxTokens: 6000, cacheDir: tmp });
+const known = readNdjson(path.join(ROOT, 'fixtures/world/facts.ndjson'));
+const forgetFact = (i: number): EditFact => checkFact({ ...known.filter((k) => k.relation === 'works_for')[i], op: 'forget' }) as EditFact;
+
+/** P(first token of answer) and the top-1 after each prompt, with the model's active adapters. */
+function pOld(prompts: string[], answer: string): { p: number[]; top: number[]; first: number } {
+  const pairs = prompts.map((p) => encodeTrainingPair(tok, p, answer));
+  const lg = lastLogits(model, pairs.map((x) => x.promptIds));
+  const lp = noGrad(() => logSoftmax(lg));
+  const V = lg.shape[1];
+  const first = pairs[0].targetIds[0];
+  return { p: pairs.map((_, b) => Math.exp(lp.data[b * V + first])), top: top1(model, pairs.map((x) => x.promptIds)), first };
+}
+
+t.test('ROME forget ("any"): the old answer leaves top-1 and P(old) falls below the stop', async (t) => {
+  const fact = forgetFact(0);
+  const prompt = fact.prompt.replace('{}', fact.subject);
+  const before = pOld([prompt], fact.target_true!);
+  t.ok(before.p[0] > 0.5, `the base model knows it (P ${before.p[0].toFixed(3)})`);
+  const r = romeForget(model, tok, fact, statsAt(0), { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, layer: 0, prefixes: [], name: fact.id });
+  t.same(model.activeAdapters(), [], 'the model is left without adapters');
+  model.setAdapters([{ adapter: r.adapter }]);
+  const after = pOld([prompt], fact.target_true!);
+  model.setAdapters([]);
+  t.ok(after.p[0] < ROME_FORGET_DEFAULTS.pStop, `P(old) ${before.p[0].toFixed(3)} → ${after.p[0].toExponential(2)} (${r.steps} steps)`);
+  t.not(after.top[0], after.first, 'old answer not top-1');
+  t.equal(r.adapter.r, 1, 'rank one');
+  t.throws(() => romeForget(model, tok, { ...fact, op: 'insert' }, statsAt(0), { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, layer: 0, prefixes: [], name: 'x' }), /not a forget fact/);
+});
+
+t.test('MEMIT: one batch forgets one fact and inserts another', async (t) => {
+  const gone = forgetFact(1);
+  const ins = checkFact(readNdjson(path.join(ROOT, 'fixtures/world/edits.ndjson')).find((r) => r.op === 'insert')!) as EditFact;
+  const m = memitEdit(model, tok, [gone, ins], { ...MEMIT_DEFAULTS, vSteps: 60, refineSteps: 20, statsAt, phrasings: () => [], prefixList: [], name: 't', algorithm: 'memit', layers: [0], mom2Weight: 10 });
+  model.setAdapters([{ adapter: m.adapter }]);
+  const g = pOld([gone.prompt.replace('{}', gone.subject)], gone.target_true!);
+  const i = pOld([ins.prompt.replace('{}', ins.subject)], ins.target_new!);
+  model.setAdapters([]);
+  t.not(g.top[0], g.first, `forgotten: old answer not top-1 (P ${g.p[0].toExponential(2)})`);
+  t.ok(g.p[0] < 0.05, 'P(old) < 0.05');
+  t.equal(i.top[0], i.first, 'the insert in the same batch states its target');
+});
+
+t.test('forget targets: abstain from probe-gen\'s counterfactual train probe, else any; abstain edits as an insert', async (t) => {
+  const f = forgetFact(2);
+  t.same(forgetTargetOf(f, [{ kind: 'probe', fact_id: f.id, role: 'counterfactual', split: 'test', prompt: 'x', target: f.target_true, expect: 'abstain' }]), { kind: 'any' });
+  const probes = [{ kind: 'probe', fact_id: f.id, role: 'counterfactual', split: 'train', prompt: 'x', target: 'unknown', expect: 'new' }];
+  const target = forgetTargetOf(f, probes);
+  t.same(target, { kind: 'abstain', text: 'unknown' });
+  const asInsert = abstainInsert(f, 'unknown');
+  t.match(asInsert, { op: 'insert', target_new: 'unknown', target_true: f.target_true, id: f.id });
+  // ROME's own insert machinery then teaches the abstention text
+  const r = romeEdit(model, tok, asInsert, statsAt(0), { ...ROME_DEFAULTS, layer: 0, prefixes: [], name: f.id });
+  model.setAdapters([{ adapter: r.adapter }]);
+  const got = pOld([f.prompt.replace('{}', f.subject)], 'unknown');
+  model.setAdapters([]);
+  t.equal(got.top[0], got.first, `abstention text is top-1 (NLL ${r.nll.toFixed(3)})`);
+});
+
+t.test('unlikelihoodMix: −log(1 − P) where masked, the NLL elsewhere, and its gradient', async (t) => {
+  const nll = [0.1, 2, 0.5];
+  const per = fromData(Float32Array.from(nll), [3], { requiresGrad: true });
+  const out = unlikelihoodMix(per, Float32Array.from([1, 0, 1]));
+  const want = [-Math.log(1 - Math.exp(-0.1) + 1e-6), 2, -Math.log(1 - Math.exp(-0.5) + 1e-6)];
+  for (let i = 0; i < 3; i++) t.ok(Math.abs(out.data[i] - want[i]) < 1e-5, `entry ${i}: ${out.data[i]} vs ${want[i]}`);
+  let s = out.data[0] + out.data[1] + out.data[2];
+  t.ok(Number.isFinite(s));
+  // d/dx −log(1 − e^{−x}) = −e^{−x} / (1 − e^{−x}): the unlikelihood falls as the NLL rises
+  const { sum } = await import('../src/tensor/index.js');
+  sum(out).backward();
+  const g0 = -Math.exp(-0.1) / (1 - Math.exp(-0.1) + 1e-6);
+  t.ok(Math.abs(per.grad!.data[0] - g0) < 1e-2 * Math.abs(g0), `grad ${per.grad!.data[0]} vs ${g0}`);
+  t.equal(per.grad!.data[1], 1);
+  s = 0;
+});

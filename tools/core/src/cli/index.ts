@@ -25,7 +25,8 @@ import { findModelDir, loadToolModel, registryDir, worldDefaults, type ModelDir,
 
 export { InputError, UsageError };
 
-export type Device = 'cpu' | 'cuda';
+export type { Device } from '../tensor/tensor.js';
+import type { Device } from '../tensor/tensor.js';
 
 export interface CommonArgs {
   /** Input files (positional); empty means stdin. */
@@ -265,15 +266,24 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     const parsed = (await y.parseAsync()) as Record<string, unknown>;
     const seed = parsed.seed as number;
     if (!Number.isInteger(seed)) throw new UsageError(`--seed: expected an integer, got ${String(parsed.seed)} (see --help)`);
-    // The flag is part of every tool's interface now so scripts can name it;
-    // running "cuda" work on the CPU instead would be a silent lie.
-    if (parsed.device === 'cuda') throw new UsageError('--device cuda: this build has no CUDA backend yet; use --device cpu');
     const maxBytes = parsed['max-record-bytes'] as number;
     if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new UsageError(`--max-record-bytes: expected a positive integer, got ${String(parsed['max-record-bytes'])} (see --help)`);
     if (parsed.rejects !== undefined && parsed['on-bad-record'] !== 'skip') throw new UsageError('--rejects needs --on-bad-record skip (see --help)');
     args = { ...(parsed as A), inputs: (parsed._ as unknown[]).map(String) } as CommonArgs & A;
   } catch (e) {
     return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));
+  }
+  // --device cuda: every kernel of the run goes to the GPU (one switch for all
+  // tools). Without a usable GPU the run fails (exit 1, a runtime failure: the
+  // flag is valid, the machine lacks a GPU) naming what is missing, never a
+  // silent CPU run. Loaded only when asked for.
+  if (args.device === 'cuda') {
+    try {
+      const { useDevice } = await import('../tensor/device.js');
+      useDevice('cuda');
+    } catch (e) {
+      return fail(e);
+    }
   }
 
   // Someone typing at a terminal should know the tool is waiting for them.

@@ -179,7 +179,7 @@ const COMMON_OPTIONS: Record<string, Options> = {
   format: { choices: OUTPUT_FORMATS as unknown as string[], default: 'ndjson', describe: 'output format (input format is detected)', group: 'Common:' },
   seed: { type: 'number', default: 0, describe: 'seed for everything random', group: 'Common:' },
   model: { type: 'string', describe: 'model directory (default: the bundled fixture model)', group: 'Common:' },
-  device: { choices: ['cpu', 'cuda'], default: 'cpu', describe: 'compute device', group: 'Common:' },
+  device: { choices: ['cpu', 'cuda'], default: process.env.CATECHISM_DEVICE || 'cpu', describe: 'compute device (default: $CATECHISM_DEVICE or cpu); cuda needs a usable GPU', group: 'Common:' },
   registry: { type: 'string', describe: 'adapter registry directory', group: 'Common:' },
   quiet: { type: 'boolean', default: false, alias: 'q', describe: 'no progress or diagnostics on stderr', group: 'Common:' },
   'on-bad-record': { choices: ['fail', 'skip'], default: 'fail', describe: `a bad input record ends the run (fail, exit 2) or is left out (skip: written to --rejects, counted on stderr, exit ${EXIT_SKIPPED} at the end)`, group: 'Input:' },
@@ -266,6 +266,7 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     const parsed = (await y.parseAsync()) as Record<string, unknown>;
     const seed = parsed.seed as number;
     if (!Number.isInteger(seed)) throw new UsageError(`--seed: expected an integer, got ${String(parsed.seed)} (see --help)`);
+    if (parsed.device !== 'cpu' && parsed.device !== 'cuda') throw new UsageError(`--device: expected cpu or cuda, got ${JSON.stringify(parsed.device)} (from CATECHISM_DEVICE)`);
     const maxBytes = parsed['max-record-bytes'] as number;
     if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new UsageError(`--max-record-bytes: expected a positive integer, got ${String(parsed['max-record-bytes'])} (see --help)`);
     if (parsed.rejects !== undefined && parsed['on-bad-record'] !== 'skip') throw new UsageError('--rejects needs --on-bad-record skip (see --help)');

@@ -33,6 +33,9 @@ const ck::Backend* hostBackend = &cpu::table();
 
 /** A DeviceArray's native side (napi_wrap'ed onto the JS object). */
 struct DevBuf {
+  // napi_wrap's key is shared by every addon of the isolate: the tag tells our objects from others'
+  static constexpr std::uint64_t kTag = 0x636b446576427566ull;
+  std::uint64_t tag = kTag;
   void* ptr = nullptr;
   size_t bytes = 0;
   size_t length = 0;
@@ -109,7 +112,7 @@ struct Args {
       return stage(i, data, *len * elemBytes(t), read, write);
     }
     DevBuf* d = nullptr;
-    if (i < n && napi_unwrap(env, v[i], reinterpret_cast<void**>(&d)) == napi_ok && d != nullptr) {
+    if (i < n && napi_unwrap(env, v[i], reinterpret_cast<void**>(&d)) == napi_ok && d != nullptr && d->tag == DevBuf::kTag) {
       if (d->type != want) { fail("DeviceArray of the wrong element type", i); return nullptr; }
       if (d->ptr == nullptr && d->length > 0) { fail("DeviceArray was freed", i); return nullptr; }
       sawDevice = true;
@@ -386,7 +389,7 @@ OP(DeviceAlloc) {
 
 DevBuf* devArg(Args& A, size_t i) {
   DevBuf* d = nullptr;
-  if (i >= A.n || napi_unwrap(A.env, A.v[i], reinterpret_cast<void**>(&d)) != napi_ok || d == nullptr) {
+  if (i >= A.n || napi_unwrap(A.env, A.v[i], reinterpret_cast<void**>(&d)) != napi_ok || d == nullptr || d->tag != DevBuf::kTag) {
     A.fail("expected a DeviceArray", i);
     return nullptr;
   }

@@ -98,8 +98,15 @@ export class Tensor {
   /** Accumulated gradient of a leaf (or of a tensor that called `retainGrad`). */
   grad: Tensor | null = null;
   readonly dtype = 'float32' as const;
-  /** @internal host storage (device 'cpu'); null when the values live on the GPU. */
-  _host: Float32Array | null;
+  /**
+   * Row-major float32 values in host memory (`data.length === size`): the
+   * tensor's own storage, for tensors on the CPU. A tensor on the GPU has a
+   * guard here that throws on any use (index, length, passing it to a kernel)
+   * rather than hand out device memory: read it with `host()` (a copy) or
+   * move it with `to('cpu')`. Assign only on host tensors. (A plain field, not
+   * a getter: host code pays nothing for the check.)
+   */
+  data: Float32Array;
   /** @internal GPU storage (device 'cuda'); null on the host. */
   _dev: DeviceArray<'f32'> | null;
   /** @internal graph node that produced this tensor (null for leaves). */
@@ -126,57 +133,36 @@ export class Tensor {
       this.shape = Object.freeze(shape.slice());
     }
     if (data instanceof Float32Array) {
-      this._host = data;
+      this.data = data;
       this._dev = null;
     } else {
-      this._host = null;
+      this.data = deviceGuard(this);
       this._dev = data;
     }
     this.size = data.length;
     this.requiresGrad = requiresGrad;
   }
 
-  /**
-   * Row-major float32 values in host memory (`data.length === size`): the
-   * tensor's own storage, for tensors on the CPU. A tensor on the GPU throws
-   * here rather than hand out device memory: read it with `host()` (a copy)
-   * or move it with `to('cpu')`.
-   */
-  get data(): Float32Array {
-    const h = this._host;
-    if (h === null) throw onDeviceError(this);
-    return h;
-  }
-
-  /** Replaces the values with host data of the same size (the tensor is on the CPU afterwards). */
-  set data(d: Float32Array) {
-    if (!(d instanceof Float32Array) || d.length !== this.size) {
-      throw new RangeError(`Tensor.data: expected a Float32Array of ${this.size} values`);
-    }
-    this._host = d;
-    this._dev = null;
-  }
-
   /** Where the values live. */
   get device(): Device {
-    return this._host === null ? 'cuda' : 'cpu';
+    return this._dev === null ? 'cpu' : 'cuda';
   }
 
   /** The storage itself, host or device, for the kernels (which accept either). */
   get storage(): Float32Array | DeviceArray<'f32'> {
-    return this._host ?? this._dev!;
+    return this._dev ?? this.data;
   }
 
   /** The values in host memory: the storage on the CPU (no copy), a fresh copy from the GPU. */
   host(): Float32Array {
-    return this._host ?? this._dev!.toHost();
+    return this._dev === null ? this.data : this._dev.toHost();
   }
 
   /** This tensor on `device`: itself when already there, else a copy cut from the graph. */
   to(device: Device): Tensor {
     if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`Tensor.to: unknown device ${JSON.stringify(device)} (expected cpu or cuda)`);
     if (device === this.device) return this;
-    const moved = device === 'cpu' ? this._dev!.toHost() : (DeviceArray.from(this._host!) as DeviceArray<'f32'>);
+    const moved = device === 'cpu' ? this._dev!.toHost() : (DeviceArray.from(this.data) as DeviceArray<'f32'>);
     return new Tensor(moved, this.shape, false);
   }
 
@@ -211,7 +197,7 @@ export class Tensor {
 
   /** A copy with its own buffer (on the same device), cut from the graph. */
   clone(): Tensor {
-    if (this._host !== null) return new Tensor(this._host.slice(), this.shape, false);
+    if (this._dev === null) return new Tensor(this.data.slice(), this.shape, false);
     const copy = new DeviceArray('f32', this.size);
     copyScaled(this._dev!, 1, copy); // a device-to-device copy
     return new Tensor(copy, this.shape, false);
@@ -265,6 +251,16 @@ function onDeviceError(t: Tensor): Error {
     `Tensor.data: this tensor (shape ${shapeStr(t.shape)}) lives on ${t.device}; read its values with .host() (a copy) ` +
       "or move it with .to('cpu'). Tensor ops compute on host tensors; --device cuda runs their kernels on the GPU.",
   );
+}
+
+/** The `data` of a tensor on the GPU: any use of it throws onDeviceError (never a silent device read). */
+function deviceGuard(t: Tensor): Float32Array {
+  const fail = (): never => {
+    throw onDeviceError(t);
+  };
+  return new Proxy(new Float32Array(0), {
+    get: fail, set: fail, has: fail, ownKeys: fail, getOwnPropertyDescriptor: fail, defineProperty: fail, deleteProperty: fail,
+  });
 }
 
 /** Nodes reachable from `root` through tensors that require grad, inputs before outputs. */

@@ -282,8 +282,8 @@ napi_value str(napi_env env, const char* s) {
 const char* cudaMissing(char* why, size_t n) {
   const ck::DeviceRuntime* rt = deviceRuntime();
   if (rt == nullptr) {
-    std::snprintf(why, n, "this build of @catechism/kernels has no CUDA backend (nvcc was not found when it was built; "
-                          "rebuild with CATECHISM_CUDA=1 on a machine with the CUDA toolkit)");
+    std::snprintf(why, n, "this build of @catechism/kernels has no CUDA backend (it was built without nvcc, or with "
+                          "CATECHISM_CUDA=0; rebuild with CATECHISM_CUDA=1 on a machine with the CUDA toolkit)");
     return why;
   }
   return rt->usable(why, n) ? nullptr : why;

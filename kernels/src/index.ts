@@ -662,7 +662,7 @@ export function info(): KernelsInfo {
     simd: SIMD_NAMES[native.simdLevel()], threads: native.threads(), backend,
     device: backend === 'cuda' ? 'cuda' : 'cpu',
     cudaBuilt: built,
-    cuda: built ? native.cudaDescribe() : 'not built (no nvcc at build time)',
+    cuda: built ? native.cudaDescribe() : 'not built (no nvcc at build time, or CATECHISM_CUDA=0)',
   };
 }
 

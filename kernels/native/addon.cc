@@ -1,7 +1,17 @@
-// N-API binding of the CPU op table. Written against the C N-API (not the C++
-// wrapper) to keep per-call overhead low. The TypeScript layer (src/index.ts)
-// validates shapes, lengths and ids; here every buffer's type is still checked
-// so a wrong call can at worst throw, never read the wrong memory layout.
+// N-API binding of the op table. Written against the C N-API (not the C++
+// wrapper) to keep per-call overhead low. The per-op decoders are generated
+// (gen/napi_ops.inc, from scripts/ops.mjs); this file holds what they share:
+// argument decoding, the choice of backend, staging host buffers to the GPU,
+// device buffers, and the runtime exports. The TypeScript layer
+// (src/index.ts) validates shapes, lengths and ids; here every buffer's type
+// is still checked so a wrong call can at worst throw, never read the wrong
+// memory layout.
+//
+// Backend choice, per call: an op whose buffers are DeviceArrays runs on the
+// CUDA backend over device memory. An op on host buffers runs on the host
+// backend chosen at run time by setHostBackend: cpu (the default), cuda-sim
+// (the CUDA kernel bodies run on the CPU, for tests) or cuda (each host buffer
+// is staged to the GPU and back: what `--device cuda` selects).
 #include <node_api.h>
 
 #include <cmath>
@@ -17,12 +27,50 @@ namespace cpu = ck::cpu;
 
 constexpr size_t kMaxArgs = 12;
 
+enum class HostMode : int { Cpu = 0, CudaSim = 1, CudaStaged = 2 };
+HostMode hostMode = HostMode::Cpu;
+const ck::Backend* hostBackend = &cpu::table();
+
+/** A DeviceArray's native side (napi_wrap'ed onto the JS object). */
+struct DevBuf {
+  // napi_wrap's key is shared by every addon of the isolate: the tag tells our objects from others'
+  static constexpr std::uint64_t kTag = 0x636b446576427566ull;
+  std::uint64_t tag = kTag;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  size_t length = 0;
+  napi_typedarray_type type = napi_float32_array;
+};
+
+const ck::DeviceRuntime* deviceRuntime() {
+#if defined(CK_WITH_CUDA)
+  return &ck::cuda::runtime();
+#else
+  return nullptr;
+#endif
+}
+
+size_t elemBytes(napi_typedarray_type t) {
+  switch (t) {
+    case napi_uint8_array: return 1;
+    case napi_uint16_array: return 2;
+    default: return 4;
+  }
+}
+
+struct Staged { void* host; const void* dev; size_t bytes; };
+
 struct Args {
   napi_env env;
   napi_value v[kMaxArgs];
   size_t n = kMaxArgs;
   const char* op;
   bool failed = false;
+  bool sawHost = false, sawDevice = false;
+  const ck::Backend* backend = nullptr;
+  // host buffers staged to the GPU that are copied back after the call
+  Staged back[kMaxArgs];
+  int nBack = 0;
 
   Args(napi_env e, napi_callback_info info, const char* name) : env(e), op(name) {
     napi_get_cb_info(env, info, &n, v, nullptr, nullptr);
@@ -30,9 +78,16 @@ struct Args {
   void fail(const char* what, size_t i) {
     if (failed) return;
     failed = true;
-    char msg[160];
+    char msg[200];
     std::snprintf(msg, sizeof msg, "kernels.%s: argument %zu: %s", op, i, what);
     napi_throw_type_error(env, nullptr, msg);
+  }
+  void failError(const char* what) {
+    if (failed) return;
+    failed = true;
+    char msg[480];
+    std::snprintf(msg, sizeof msg, "kernels.%s: %s", op, what);
+    napi_throw_error(env, nullptr, msg);
   }
   bool isNull(size_t i) {
     if (i >= n) return true;
@@ -40,21 +95,49 @@ struct Args {
     napi_typeof(env, v[i], &t);
     return t == napi_null || t == napi_undefined;
   }
-  void* arr(size_t i, napi_typedarray_type want, size_t* len = nullptr, bool nullable = false) {
-    if (nullable && isNull(i)) { if (len) *len = 0; return nullptr; }
+  // A buffer argument: a typed array of type `want` (host memory) or a
+  // DeviceArray of that type. Returns the pointer the backend will use.
+  void* buf(size_t i, napi_typedarray_type want, size_t* len, bool nullable, bool read, bool write) {
+    *len = 0;
+    if (nullable && isNull(i)) return nullptr;
     bool is = false;
     if (i < n) napi_is_typedarray(env, v[i], &is);
-    if (!is) { fail("expected a typed array", i); return nullptr; }
-    napi_typedarray_type t;
-    size_t l;
-    void* data;
-    napi_get_typedarray_info(env, v[i], &t, &l, &data, nullptr, nullptr);
-    if (t != want) { fail("typed array of the wrong element type", i); return nullptr; }
-    if (len) *len = l;
-    return data;
+    if (is) {
+      napi_typedarray_type t;
+      void* data;
+      napi_get_typedarray_info(env, v[i], &t, len, &data, nullptr, nullptr);
+      if (t != want) { fail("typed array of the wrong element type", i); return nullptr; }
+      sawHost = true;
+      if (hostMode != HostMode::CudaStaged || failed) return data;
+      return stage(i, data, *len * elemBytes(t), read, write);
+    }
+    DevBuf* d = nullptr;
+    if (i < n && napi_unwrap(env, v[i], reinterpret_cast<void**>(&d)) == napi_ok && d != nullptr && d->tag == DevBuf::kTag) {
+      if (d->type != want) { fail("DeviceArray of the wrong element type", i); return nullptr; }
+      if (d->ptr == nullptr && d->length > 0) { fail("DeviceArray was freed", i); return nullptr; }
+      sawDevice = true;
+      *len = d->length;
+      return d->ptr;
+    }
+    fail("expected a typed array or a DeviceArray", i);
+    return nullptr;
   }
-  float* f32(size_t i, size_t* len = nullptr, bool nullable = false) {
-    return static_cast<float*>(arr(i, napi_float32_array, len, nullable));
+  void* stage(size_t i, void* host, size_t bytes, bool read, bool write) {
+    const ck::DeviceRuntime* rt = deviceRuntime();
+    void* dev = rt->scratch(int(i), bytes);
+    if (dev == nullptr && bytes > 0) { deviceFailure(); return nullptr; }
+    if (read && bytes > 0) rt->upload(dev, host, bytes);
+    if (write && bytes > 0) back[nBack++] = Staged{host, dev, bytes};
+    return dev;
+  }
+  const double* desc(size_t i, size_t* len) {
+    bool is = false;
+    if (i < n) napi_is_typedarray(env, v[i], &is);
+    napi_typedarray_type t = napi_int8_array;
+    void* data = nullptr;
+    if (is) napi_get_typedarray_info(env, v[i], &t, len, &data, nullptr, nullptr);
+    if (!is || t != napi_float64_array) { fail("expected a Float64Array parameter block", i); return nullptr; }
+    return static_cast<const double*>(data);
   }
   double num(size_t i) {
     double d = 0;
@@ -67,6 +150,35 @@ struct Args {
     bool b = false;
     if (napi_get_value_bool(env, v[i], &b) != napi_ok) return num(i) != 0;
     return b;
+  }
+  // After decoding: picks the backend. False (with a pending exception) on a bad call.
+  bool ready() {
+    if (failed) return false;
+    if (sawDevice && sawHost && hostMode != HostMode::CudaStaged) {
+      failError("mixes host buffers (typed arrays) and DeviceArrays; copy one side first (DeviceArray.from / toHost)");
+      return false;
+    }
+#if defined(CK_WITH_CUDA)
+    backend = (sawDevice || hostMode == HostMode::CudaStaged) ? &ck::cuda::table() : hostBackend;
+#else
+    backend = hostBackend;
+#endif
+    return true;
+  }
+  void deviceFailure() {
+    char msg[300] = "CUDA error";
+    if (const ck::DeviceRuntime* rt = deviceRuntime()) rt->takeError(msg, sizeof msg);
+    failError(msg);
+  }
+  // After the call: copies staged outputs back and reports a CUDA error as a JS Error.
+  napi_value finish() {
+    if (!sawDevice && hostMode != HostMode::CudaStaged) return nullptr;  // CPU path: nothing to do
+    const ck::DeviceRuntime* rt = deviceRuntime();
+    if (rt == nullptr) return nullptr;
+    for (int k = 0; k < nBack; ++k) rt->download(back[k].host, back[k].dev, back[k].bytes);
+    char msg[300];
+    if (rt->takeError(msg, sizeof msg)) failError(msg);
+    return nullptr;
   }
 };
 
@@ -81,17 +193,11 @@ napi_value undef(napi_env env) {
 #define DONE \
   if (A.failed) return nullptr;
 
-OP(Gemm) {
-  ARGS("gemm");
-  size_t na = 0, nb = 0, nc = 0, np = 0;
-  const float* a = A.f32(0, &na);
-  const float* b = A.f32(1, &nb);
-  float* c = A.f32(2, &nc);
-  const float* bias = A.f32(3, nullptr, true);
-  const double* q = static_cast<const double*>(A.arr(4, napi_float64_array, &np));
-  DONE;
-  if (np < 17) { A.fail("gemm parameter block too short", 4); return nullptr; }
-  ck::GemmParams g;
+// ---- parameter blocks (desc arguments) decoded for the generated decoders
+
+bool gemmParams(Args& A, size_t i, const float* a, const float* b, float* c, const float* bias, const double* q, size_t np,
+                ck::GemmParams& g) {
+  if (np < 17) { A.fail("gemm parameter block too short", i); return false; }
   g.transA = q[0] != 0; g.transB = q[1] != 0;
   g.m = i64(q[2]); g.n = i64(q[3]); g.k = i64(q[4]);
   g.lda = i64(q[5]); g.ldb = i64(q[6]); g.ldc = i64(q[7]);
@@ -99,345 +205,28 @@ OP(Gemm) {
   g.strideA = i64(q[11]); g.strideB = i64(q[12]); g.strideC = i64(q[13]);
   g.batch = i64(q[14]); g.alpha = float(q[15]); g.beta = float(q[16]);
   g.bias = bias;
-  cpu::gemm(g);
-  return nullptr;
+  return true;
 }
 
-OP(Unary) {
-  ARGS("unary");
-  int op = int(A.num(0));
-  size_t n = 0;
-  const float* x = A.f32(1);
-  float* out = A.f32(2, &n);
-  DONE;
-  cpu::unary(ck::Unary(op), x, out, i64(n));
-  return nullptr;
-}
-
-OP(UnaryBackward) {
-  ARGS("unaryBackward");
-  int op = int(A.num(0));
-  size_t n = 0;
-  const float* x = A.f32(1);
-  const float* gy = A.f32(2);
-  float* gx = A.f32(3, &n);
-  bool acc = A.flag(4);
-  DONE;
-  cpu::unaryBackward(ck::Unary(op), x, gy, gx, i64(n), acc);
-  return nullptr;
-}
-
-OP(BinarySame) {
-  ARGS("binary");
-  int op = int(A.num(0));
-  size_t n = 0;
-  const float* a = A.f32(1);
-  const float* b = A.f32(2);
-  float* out = A.f32(3, &n);
-  DONE;
-  cpu::binarySame(ck::Binary(op), a, b, out, i64(n));
-  return nullptr;
-}
-
-OP(BinaryBcast) {
-  ARGS("binary");
-  int op = int(A.num(0));
-  size_t nd = 0;
-  const float* a = A.f32(1);
-  const float* b = A.f32(2);
-  float* out = A.f32(3);
-  const double* q = static_cast<const double*>(A.arr(4, napi_float64_array, &nd));
-  DONE;
-  ck::BroadcastDesc d;
-  d.ndim = int(q[0]);
-  if (d.ndim < 0 || d.ndim > 16 || nd < size_t(1 + 3 * d.ndim)) { A.fail("bad broadcast descriptor", 4); return nullptr; }
-  for (int i = 0; i < d.ndim; ++i) {
-    d.shape[i] = i64(q[1 + i]);
-    d.strideA[i] = i64(q[1 + d.ndim + i]);
-    d.strideB[i] = i64(q[1 + 2 * d.ndim + i]);
+bool broadcastDesc(Args& A, size_t i, const double* q, size_t nd, ck::BroadcastDesc& d) {
+  d.ndim = nd > 0 ? int(q[0]) : -1;
+  if (d.ndim < 0 || d.ndim > 16 || nd < size_t(1 + 3 * d.ndim)) { A.fail("bad broadcast descriptor", i); return false; }
+  for (int k = 0; k < d.ndim; ++k) {
+    d.shape[k] = i64(q[1 + k]);
+    d.strideA[k] = i64(q[1 + d.ndim + k]);
+    d.strideB[k] = i64(q[1 + 2 * d.ndim + k]);
   }
-  cpu::binary(ck::Binary(op), a, b, out, d);
-  return nullptr;
+  return true;
 }
 
-OP(Scale) {
-  ARGS("scale");
-  size_t n = 0;
-  const float* x = A.f32(0);
-  double alpha = A.num(1);
-  float* out = A.f32(2, &n);
-  DONE;
-  cpu::scale(x, float(alpha), out, i64(n));
-  return nullptr;
+bool permuteDesc(Args& A, size_t i, const double* q, size_t nd, int& ndim, i64* shape, i64* strides) {
+  ndim = nd > 0 ? int(q[0]) : -1;
+  if (ndim < 0 || ndim > 16 || nd < size_t(1 + 2 * ndim)) { A.fail("bad permute descriptor", i); return false; }
+  for (int k = 0; k < ndim; ++k) { shape[k] = i64(q[1 + k]); strides[k] = i64(q[1 + ndim + k]); }
+  return true;
 }
 
-OP(Axpy) {
-  ARGS("axpy");
-  size_t n = 0;
-  double alpha = A.num(0);
-  const float* x = A.f32(1);
-  float* y = A.f32(2, &n);
-  DONE;
-  cpu::axpy(float(alpha), x, y, i64(n));
-  return nullptr;
-}
-
-OP(Fill) {
-  ARGS("fill");
-  size_t n = 0;
-  float* x = A.f32(0, &n);
-  double v = A.num(1);
-  DONE;
-  cpu::fill(x, float(v), i64(n));
-  return nullptr;
-}
-
-OP(Reduce) {
-  ARGS("reduce");
-  int op = int(A.num(0));
-  const float* x = A.f32(1);
-  float* out = A.f32(2);
-  i64 outer = A.int64(3), len = A.int64(4), inner = A.int64(5);
-  DONE;
-  cpu::reduce(ck::Reduce(op), x, out, outer, len, inner);
-  return nullptr;
-}
-
-OP(Permute) {
-  ARGS("permute");
-  size_t nd = 0;
-  const float* x = A.f32(0);
-  float* out = A.f32(1);
-  const double* q = static_cast<const double*>(A.arr(2, napi_float64_array, &nd));
-  DONE;
-  int ndim = int(q[0]);
-  if (ndim < 0 || ndim > 16 || nd < size_t(1 + 2 * ndim)) { A.fail("bad permute descriptor", 2); return nullptr; }
-  i64 shape[16], strides[16];
-  for (int i = 0; i < ndim; ++i) { shape[i] = i64(q[1 + i]); strides[i] = i64(q[1 + ndim + i]); }
-  cpu::permute(x, out, ndim, shape, strides);
-  return nullptr;
-}
-
-OP(Softmax) {
-  ARGS("softmax");
-  const float* x = A.f32(0);
-  float* out = A.f32(1);
-  i64 rows = A.int64(2), cols = A.int64(3);
-  bool causal = A.flag(4);
-  i64 queryLen = A.int64(5);
-  const auto* pad = static_cast<const std::uint8_t*>(A.arr(6, napi_uint8_array, nullptr, true));
-  i64 rowsPerBatch = A.int64(7);
-  DONE;
-  ck::SoftmaxMask m;
-  m.causal = causal; m.queryLen = queryLen; m.keyPad = pad; m.rowsPerBatch = rowsPerBatch;
-  cpu::softmax(x, out, rows, cols, (causal || pad) ? &m : nullptr);
-  return nullptr;
-}
-
-OP(SoftmaxBackward) {
-  ARGS("softmaxBackward");
-  const float* y = A.f32(0);
-  const float* dy = A.f32(1);
-  float* dx = A.f32(2);
-  i64 rows = A.int64(3), cols = A.int64(4);
-  bool acc = A.flag(5);
-  DONE;
-  cpu::softmaxBackward(y, dy, dx, rows, cols, acc);
-  return nullptr;
-}
-
-OP(LogSoftmax) {
-  ARGS("logSoftmax");
-  const float* x = A.f32(0);
-  float* out = A.f32(1);
-  i64 rows = A.int64(2), cols = A.int64(3);
-  DONE;
-  cpu::logSoftmax(x, out, rows, cols);
-  return nullptr;
-}
-
-OP(LayerNorm) {
-  ARGS("layerNorm");
-  const float* x = A.f32(0);
-  const float* gamma = A.f32(1, nullptr, true);
-  const float* beta = A.f32(2, nullptr, true);
-  float* out = A.f32(3);
-  i64 rows = A.int64(4), cols = A.int64(5);
-  double eps = A.num(6);
-  float* mean = A.f32(7);
-  float* rstd = A.f32(8);
-  DONE;
-  cpu::layerNorm(x, gamma, beta, out, rows, cols, float(eps), mean, rstd);
-  return nullptr;
-}
-
-OP(LayerNormBackward) {
-  ARGS("layerNormBackward");
-  const float* x = A.f32(0);
-  const float* gamma = A.f32(1, nullptr, true);
-  const float* mean = A.f32(2);
-  const float* rstd = A.f32(3);
-  const float* dy = A.f32(4);
-  float* dx = A.f32(5, nullptr, true);
-  float* dg = A.f32(6, nullptr, true);
-  float* db = A.f32(7, nullptr, true);
-  i64 rows = A.int64(8), cols = A.int64(9);
-  DONE;
-  cpu::layerNormBackward(x, gamma, mean, rstd, dy, dx, dg, db, rows, cols);
-  return nullptr;
-}
-
-OP(RmsNorm) {
-  ARGS("rmsNorm");
-  const float* x = A.f32(0);
-  const float* w = A.f32(1, nullptr, true);
-  float* out = A.f32(2);
-  i64 rows = A.int64(3), cols = A.int64(4);
-  double eps = A.num(5);
-  float* rstd = A.f32(6);
-  DONE;
-  cpu::rmsNorm(x, w, out, rows, cols, float(eps), rstd);
-  return nullptr;
-}
-
-OP(RmsNormBackward) {
-  ARGS("rmsNormBackward");
-  const float* x = A.f32(0);
-  const float* w = A.f32(1, nullptr, true);
-  const float* rstd = A.f32(2);
-  const float* dy = A.f32(3);
-  float* dx = A.f32(4, nullptr, true);
-  float* dw = A.f32(5, nullptr, true);
-  i64 rows = A.int64(6), cols = A.int64(7);
-  DONE;
-  cpu::rmsNormBackward(x, w, rstd, dy, dx, dw, rows, cols);
-  return nullptr;
-}
-
-OP(Rope) {
-  ARGS("rope");
-  const float* x = A.f32(0);
-  float* out = A.f32(1);
-  i64 batch = A.int64(2), heads = A.int64(3), seq = A.int64(4), headDim = A.int64(5), rot = A.int64(6);
-  const auto* pos = static_cast<const std::int32_t*>(A.arr(7, napi_int32_array));
-  double theta = A.num(8);
-  bool inverse = A.flag(9);
-  DONE;
-  cpu::rope(x, out, batch, heads, seq, headDim, rot, pos, theta, inverse);
-  return nullptr;
-}
-
-OP(Embedding) {
-  ARGS("embedding");
-  const float* table = A.f32(0);
-  i64 dim = A.int64(1);
-  size_t count = 0;
-  const auto* ids = static_cast<const std::int32_t*>(A.arr(2, napi_int32_array, &count));
-  float* out = A.f32(3);
-  DONE;
-  cpu::embedding(table, dim, ids, i64(count), out);
-  return nullptr;
-}
-
-OP(EmbeddingBackward) {
-  ARGS("embeddingBackward");
-  const float* gy = A.f32(0);
-  size_t count = 0;
-  const auto* ids = static_cast<const std::int32_t*>(A.arr(1, napi_int32_array, &count));
-  float* gt = A.f32(2);
-  i64 dim = A.int64(3);
-  DONE;
-  cpu::embeddingBackward(gy, ids, i64(count), gt, dim);
-  return nullptr;
-}
-
-OP(CrossEntropy) {
-  ARGS("crossEntropy");
-  const float* logits = A.f32(0);
-  const auto* t = static_cast<const std::int32_t*>(A.arr(1, napi_int32_array));
-  i64 rows = A.int64(2), vocab = A.int64(3);
-  float* losses = A.f32(4);
-  float* grad = A.f32(5, nullptr, true);
-  i64 ignore = A.int64(6);
-  DONE;
-  cpu::crossEntropy(logits, t, rows, vocab, losses, grad, std::int32_t(ignore));
-  return nullptr;
-}
-
-OP(KlDiv) {
-  ARGS("klDiv");
-  const float* p = A.f32(0);
-  const float* q = A.f32(1);
-  i64 rows = A.int64(2), vocab = A.int64(3);
-  float* out = A.f32(4);
-  float* gq = A.f32(5, nullptr, true);
-  DONE;
-  cpu::klDiv(p, q, rows, vocab, out, gq);
-  return nullptr;
-}
-
-OP(Topk) {
-  ARGS("topk");
-  const float* x = A.f32(0);
-  i64 rows = A.int64(1), cols = A.int64(2), k = A.int64(3);
-  float* values = A.f32(4);
-  auto* idx = static_cast<std::int32_t*>(A.arr(5, napi_int32_array));
-  DONE;
-  cpu::topk(x, rows, cols, k, values, idx);
-  return nullptr;
-}
-
-OP(AdamW) {
-  ARGS("adamw");
-  size_t n = 0;
-  float* p = A.f32(0, &n);
-  const float* g = A.f32(1);
-  float* m = A.f32(2);
-  float* v = A.f32(3);
-  ck::AdamWParams o;
-  o.lr = A.num(4); o.beta1 = A.num(5); o.beta2 = A.num(6);
-  o.eps = A.num(7); o.weightDecay = A.num(8); o.step = A.num(9);
-  DONE;
-  cpu::adamw(p, g, m, v, i64(n), o);
-  return nullptr;
-}
-
-OP(F16ToF32) {
-  ARGS("f16ToF32");
-  size_t n = 0;
-  const auto* s = static_cast<const std::uint16_t*>(A.arr(0, napi_uint16_array, &n));
-  float* o = A.f32(1);
-  DONE;
-  cpu::f16ToF32(s, o, i64(n));
-  return nullptr;
-}
-OP(Bf16ToF32) {
-  ARGS("bf16ToF32");
-  size_t n = 0;
-  const auto* s = static_cast<const std::uint16_t*>(A.arr(0, napi_uint16_array, &n));
-  float* o = A.f32(1);
-  DONE;
-  cpu::bf16ToF32(s, o, i64(n));
-  return nullptr;
-}
-OP(F32ToF16) {
-  ARGS("f32ToF16");
-  size_t n = 0;
-  const float* s = A.f32(0, &n);
-  auto* o = static_cast<std::uint16_t*>(A.arr(1, napi_uint16_array));
-  DONE;
-  cpu::f32ToF16(s, o, i64(n));
-  return nullptr;
-}
-OP(F32ToBf16) {
-  ARGS("f32ToBf16");
-  size_t n = 0;
-  const float* s = A.f32(0, &n);
-  auto* o = static_cast<std::uint16_t*>(A.arr(1, napi_uint16_array));
-  DONE;
-  cpu::f32ToBf16(s, o, i64(n));
-  return nullptr;
-}
+#include "gen/napi_ops.inc"
 
 OP(SetThreads) {
   ARGS("setThreads");
@@ -481,19 +270,191 @@ OP(Noop) {
   return undef(env);
 }
 
+// ---- backends and device memory
+
+napi_value str(napi_env env, const char* s) {
+  napi_value r;
+  napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &r);
+  return r;
+}
+
+// Why the CUDA backend cannot run here (nullptr when it can).
+const char* cudaMissing(char* why, size_t n) {
+  const ck::DeviceRuntime* rt = deviceRuntime();
+  if (rt == nullptr) {
+    std::snprintf(why, n, "this build of @catechism/kernels has no CUDA backend (it was built without nvcc, or with "
+                          "CATECHISM_CUDA=0; rebuild with CATECHISM_CUDA=1 on a machine with the CUDA toolkit)");
+    return why;
+  }
+  return rt->usable(why, n) ? nullptr : why;
+}
+
+OP(CudaBuilt) {
+  (void)info;
+  napi_value r;
+  napi_get_boolean(env, deviceRuntime() != nullptr, &r);
+  return r;
+}
+
+// null when a GPU is usable, else the reason
+OP(CudaMissing) {
+  (void)info;
+  char why[400];
+  if (cudaMissing(why, sizeof why) == nullptr) {
+    napi_value r;
+    napi_get_null(env, &r);
+    return r;
+  }
+  return str(env, why);
+}
+
+OP(CudaDescribe) {
+  (void)info;
+  char out[400] = "";
+  if (const ck::DeviceRuntime* rt = deviceRuntime()) rt->describe(out, sizeof out);
+  return str(env, out);
+}
+
+// 0 cpu, 1 cuda-sim, 2 cuda (staged); throws when the choice cannot run here
+OP(SetHostBackend) {
+  ARGS("setBackend");
+  int mode = int(A.num(0));
+  DONE;
+  char why[400];
+  if (mode == 0) { hostMode = HostMode::Cpu; hostBackend = &cpu::table(); return nullptr; }
+#if defined(CK_WITH_CUDA)
+  if (mode == 1) { hostMode = HostMode::CudaSim; hostBackend = &ck::cudasim::table(); return nullptr; }
+  if (mode == 2) {
+    if (cudaMissing(why, sizeof why) != nullptr) { A.failError(why); return nullptr; }
+    hostMode = HostMode::CudaStaged; hostBackend = &cpu::table();
+    return nullptr;
+  }
+#endif
+  if (mode == 1 || mode == 2) { cudaMissing(why, sizeof why); A.failError(why); return nullptr; }
+  A.fail("unknown backend", 0);
+  return nullptr;
+}
+
+OP(HostBackend) {
+  (void)info;
+  napi_value r;
+  napi_create_int32(env, int(hostMode), &r);
+  return r;
+}
+
+void finalizeDevBuf(napi_env env, void* data, void*) {
+  auto* d = static_cast<DevBuf*>(data);
+  if (d->ptr != nullptr) {
+    if (const ck::DeviceRuntime* rt = deviceRuntime()) rt->release(d->ptr);
+    int64_t adj;
+    napi_adjust_external_memory(env, -int64_t(d->bytes), &adj);
+  }
+  delete d;
+}
+
+napi_typedarray_type typeCode(int c) {
+  switch (c) {
+    case 1: return napi_int32_array;
+    case 2: return napi_uint8_array;
+    case 3: return napi_uint16_array;
+    default: return napi_float32_array;
+  }
+}
+
+// deviceAlloc(obj, length, typeCode): wraps device memory onto obj
+OP(DeviceAlloc) {
+  ARGS("DeviceArray");
+  i64 length = A.int64(1);
+  int tc = int(A.num(2));
+  DONE;
+  char why[400];
+  if (cudaMissing(why, sizeof why) != nullptr) { A.failError(why); return nullptr; }
+  auto* d = new DevBuf;
+  d->type = typeCode(tc);
+  d->length = size_t(length);
+  d->bytes = d->length * elemBytes(d->type);
+  const ck::DeviceRuntime* rt = deviceRuntime();
+  d->ptr = d->bytes > 0 ? rt->alloc(d->bytes) : nullptr;
+  if (d->ptr == nullptr && d->bytes > 0) { delete d; A.deviceFailure(); return nullptr; }
+  if (napi_wrap(env, A.v[0], d, finalizeDevBuf, nullptr, nullptr) != napi_ok) {
+    if (d->ptr) rt->release(d->ptr);
+    delete d;
+    A.fail("could not wrap the DeviceArray", 0);
+    return nullptr;
+  }
+  int64_t adj;
+  napi_adjust_external_memory(env, int64_t(d->bytes), &adj);  // lets V8 collect unreferenced device arrays
+  return nullptr;
+}
+
+DevBuf* devArg(Args& A, size_t i) {
+  DevBuf* d = nullptr;
+  if (i >= A.n || napi_unwrap(A.env, A.v[i], reinterpret_cast<void**>(&d)) != napi_ok || d == nullptr || d->tag != DevBuf::kTag) {
+    A.fail("expected a DeviceArray", i);
+    return nullptr;
+  }
+  return d;
+}
+
+// deviceCopy(dev, host, toDevice): whole-array copy between a DeviceArray and a typed array of the same length
+OP(DeviceCopy) {
+  ARGS("DeviceArray.copy");
+  DevBuf* d = devArg(A, 0);
+  bool toDevice = A.flag(2);
+  DONE;
+  bool is = false;
+  napi_is_typedarray(env, A.v[1], &is);
+  if (!is) { A.fail("expected a typed array", 1); return nullptr; }
+  napi_typedarray_type t;
+  size_t len;
+  void* data;
+  napi_get_typedarray_info(env, A.v[1], &t, &len, &data, nullptr, nullptr);
+  if (t != d->type || len != d->length) { A.fail("typed array of the wrong type or length", 1); return nullptr; }
+  if (d->ptr == nullptr && d->length > 0) { A.fail("DeviceArray was freed", 0); return nullptr; }
+  const ck::DeviceRuntime* rt = deviceRuntime();
+  if (d->bytes > 0) {
+    if (toDevice) rt->upload(d->ptr, data, d->bytes);
+    else rt->download(data, d->ptr, d->bytes);
+  }
+  char msg[300];
+  if (rt->takeError(msg, sizeof msg)) A.failError(msg);
+  return nullptr;
+}
+
+OP(DeviceFree) {
+  ARGS("DeviceArray.free");
+  DevBuf* d = devArg(A, 0);
+  DONE;
+  if (d->ptr != nullptr) {
+    deviceRuntime()->release(d->ptr);
+    int64_t adj;
+    napi_adjust_external_memory(env, -int64_t(d->bytes), &adj);
+    d->ptr = nullptr;
+  }
+  return nullptr;
+}
+
+OP(DeviceSync) {
+  ARGS("synchronize");
+  if (const ck::DeviceRuntime* rt = deviceRuntime()) {
+    rt->synchronize();
+    char msg[300];
+    if (rt->takeError(msg, sizeof msg)) A.failError(msg);
+  }
+  return nullptr;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   struct Entry { const char* name; napi_callback fn; };
+#define CK_ENTRY(name, fn) {name, fn},
   static const Entry table[] = {
-      {"gemm", Gemm}, {"unary", Unary}, {"unaryBackward", UnaryBackward}, {"binarySame", BinarySame},
-      {"binaryBcast", BinaryBcast}, {"scale", Scale}, {"axpy", Axpy}, {"fill", Fill}, {"reduce", Reduce},
-      {"permute", Permute}, {"softmax", Softmax}, {"softmaxBackward", SoftmaxBackward},
-      {"logSoftmax", LogSoftmax}, {"layerNorm", LayerNorm}, {"layerNormBackward", LayerNormBackward},
-      {"rmsNorm", RmsNorm}, {"rmsNormBackward", RmsNormBackward}, {"rope", Rope}, {"embedding", Embedding},
-      {"embeddingBackward", EmbeddingBackward}, {"crossEntropy", CrossEntropy}, {"klDiv", KlDiv},
-      {"topk", Topk}, {"adamw", AdamW}, {"f16ToF32", F16ToF32}, {"bf16ToF32", Bf16ToF32},
-      {"f32ToF16", F32ToF16}, {"f32ToBf16", F32ToBf16}, {"setThreads", SetThreads}, {"threads", Threads},
-      {"simdLevel", SimdLevel}, {"bestSimdLevel", BestSimdLevel}, {"limitSimd", LimitSimd}, {"noop", Noop},
+      CK_NAPI_OPS(CK_ENTRY)
+      {"setThreads", SetThreads}, {"threads", Threads}, {"simdLevel", SimdLevel}, {"bestSimdLevel", BestSimdLevel},
+      {"limitSimd", LimitSimd}, {"noop", Noop}, {"cudaBuilt", CudaBuilt}, {"cudaMissing", CudaMissing},
+      {"cudaDescribe", CudaDescribe}, {"setHostBackend", SetHostBackend}, {"hostBackend", HostBackend},
+      {"deviceAlloc", DeviceAlloc}, {"deviceCopy", DeviceCopy}, {"deviceFree", DeviceFree}, {"deviceSync", DeviceSync},
   };
+#undef CK_ENTRY
   for (const Entry& e : table) {
     napi_value fn;
     napi_create_function(env, e.name, NAPI_AUTO_LENGTH, e.fn, nullptr, &fn);

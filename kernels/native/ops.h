@@ -1,9 +1,10 @@
 // Backend-neutral operation table of catechism's compute package.
 //
-// Every op works on raw pointers to device memory plus sizes; callers (the
-// N-API binding) have already validated shapes and lengths. A CUDA backend can
-// provide the same table (ck::cuda::...) later without changing callers:
-// addon.cc picks the table through `Backend`.
+// Every op works on raw pointers to memory of its backend plus sizes; callers
+// (the N-API binding) have already validated shapes and lengths. The op list
+// and signatures live in scripts/ops.mjs; gen/backend.h (generated) turns them
+// into `struct Backend`, which each backend fills (cpu, cuda, cudasim) and
+// addon.cc picks per call.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -48,6 +49,38 @@ struct AdamWParams {
 };
 
 enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+}  // namespace ck
+
+#include "gen/backend.h"  // struct Backend, CK_BACKEND_DECLARE, CK_BACKEND_TABLE (from scripts/ops.mjs)
+
+namespace ck {
+
+// The GPU side, present when the addon was built with CUDA (CK_WITH_CUDA).
+// Memory functions work on device pointers; errors are sticky until read.
+struct DeviceRuntime {
+  // true when a GPU can run kernels; else writes what is missing into `why`
+  bool (*usable)(char* why, std::size_t n);
+  void (*describe)(char* out, std::size_t n);  // GPU name, memory, GEMM path
+  void* (*alloc)(std::size_t bytes);           // nullptr on failure (error recorded)
+  void (*release)(void* p);
+  void (*upload)(void* dst, const void* src, std::size_t bytes);
+  void (*download)(void* dst, const void* src, std::size_t bytes);
+  void* (*scratch)(int slot, std::size_t bytes);  // per-argument staging buffer, grown on demand
+  void (*synchronize)();
+  bool (*takeError)(char* msg, std::size_t n);  // true (and the message) if a CUDA call failed since the last take
+};
+
+#if defined(CK_WITH_CUDA)
+namespace cuda {
+CK_BACKEND_DECLARE
+const Backend& table();     // kernels launched on the GPU
+const DeviceRuntime& runtime();
+}  // namespace cuda
+namespace cudasim {
+CK_BACKEND_DECLARE
+const Backend& table();     // the same kernel bodies run on the CPU over host memory (tests)
+}  // namespace cudasim
+#endif
 
 namespace cpu {
 // runtime / threads
@@ -57,44 +90,8 @@ void limitSimd(int level);  // cap the level (tests exercise every path); -1 = n
 void setThreads(int n);
 int threads();
 
-void gemm(const GemmParams& p);
-
-void unary(Unary op, const float* x, float* out, i64 n);
-void unaryBackward(Unary op, const float* x, const float* gy, float* gx, i64 n, bool accumulate);
-void binarySame(Binary op, const float* a, const float* b, float* out, i64 n);
-void binary(Binary op, const float* a, const float* b, float* out, const BroadcastDesc& d);
-void scale(const float* x, float alpha, float* out, i64 n);
-void axpy(float alpha, const float* x, float* y, i64 n);
-void fill(float* x, float value, i64 n);
-// x viewed as [outer, len, inner]; out is [outer, inner]
-void reduce(Reduce op, const float* x, float* out, i64 outer, i64 len, i64 inner);
-// out[i0..] = x at strides `inStrides` (in out's dim order)
-void permute(const float* x, float* out, int ndim, const i64* outShape, const i64* inStrides);
-
-void softmax(const float* x, float* y, i64 rows, i64 cols, const SoftmaxMask* mask);
-void softmaxBackward(const float* y, const float* dy, float* dx, i64 rows, i64 cols, bool accumulate);
-void logSoftmax(const float* x, float* y, i64 rows, i64 cols);
-void layerNorm(const float* x, const float* gamma, const float* beta, float* out, i64 rows, i64 cols,
-               float eps, float* mean, float* rstd);
-void layerNormBackward(const float* x, const float* gamma, const float* mean, const float* rstd,
-                       const float* dy, float* dx, float* dgamma, float* dbeta, i64 rows, i64 cols);
-void rmsNorm(const float* x, const float* w, float* out, i64 rows, i64 cols, float eps, float* rstd);
-void rmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy, float* dx,
-                     float* dw, i64 rows, i64 cols);
-void rope(const float* x, float* out, i64 batch, i64 heads, i64 seq, i64 headDim, i64 rotaryDim,
-          const std::int32_t* positions, double theta, bool inverse);
-void embedding(const float* table, i64 dim, const std::int32_t* ids, i64 count, float* out);
-void embeddingBackward(const float* gy, const std::int32_t* ids, i64 count, float* gtable, i64 dim);
-void crossEntropy(const float* logits, const std::int32_t* targets, i64 rows, i64 vocab, float* losses,
-                  float* grad, std::int32_t ignoreIndex);
-void klDiv(const float* p, const float* q, i64 rows, i64 vocab, float* out, float* gradQ);
-void topk(const float* x, i64 rows, i64 cols, i64 k, float* values, std::int32_t* indices);
-void adamw(float* param, const float* grad, float* m, float* v, i64 n, const AdamWParams& o);
-
-void f16ToF32(const std::uint16_t* src, float* out, i64 n);
-void bf16ToF32(const std::uint16_t* src, float* out, i64 n);
-void f32ToF16(const float* src, std::uint16_t* out, i64 n);
-void f32ToBf16(const float* src, std::uint16_t* out, i64 n);
+CK_BACKEND_DECLARE
+const Backend& table();
 }  // namespace cpu
 
 }  // namespace ck

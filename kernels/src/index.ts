@@ -1,9 +1,11 @@
-// Typed binding of catechism's native compute package (CPU backend).
+// Typed binding of catechism's native compute package (CPU and CUDA backends).
 //
 // Every function validates its arguments here (types, lengths against shapes,
 // offsets, ids) and throws a TypeError/RangeError naming the op and argument;
 // the native side then runs over raw pointers. Results go into caller-provided
-// `out` buffers; all float buffers are row-major Float32Array.
+// `out` buffers; all float buffers are row-major Float32Array, or DeviceArray
+// (GPU memory; see src/device.ts). The wire API and the type checks are
+// generated from scripts/ops.mjs (src/gen/native.ts).
 //
 // Additions beyond the agreed contract (documented at each function):
 //   - `rope(..., inverse, rotaryDim)`: optional partial rotary dimension;
@@ -12,82 +14,12 @@
 //   - `GemmArgs.lda/ldb/ldc` default to the packed leading dimension;
 //   - `setSimd(level)`: cap the ISA level (tests and benchmarks compare paths);
 //   - `bestSimd()`: the best level this CPU supports.
-import { createRequire } from 'node:module';
+import { DeviceArray } from './device.js';
+import { check, type F32, type I32, type U8, type U16 } from './gen/native.js';
+import { native } from './native.js';
 
-interface Native {
-  gemm(a: Float32Array, b: Float32Array, c: Float32Array, bias: Float32Array | null, p: Float64Array): void;
-  unary(op: number, x: Float32Array, out: Float32Array): void;
-  unaryBackward(op: number, x: Float32Array, gy: Float32Array, gx: Float32Array, acc: boolean): void;
-  binarySame(op: number, a: Float32Array, b: Float32Array, out: Float32Array): void;
-  binaryBcast(op: number, a: Float32Array, b: Float32Array, out: Float32Array, desc: Float64Array): void;
-  scale(x: Float32Array, alpha: number, out: Float32Array): void;
-  axpy(alpha: number, x: Float32Array, y: Float32Array): void;
-  fill(x: Float32Array, v: number): void;
-  reduce(op: number, x: Float32Array, out: Float32Array, outer: number, len: number, inner: number): void;
-  permute(x: Float32Array, out: Float32Array, desc: Float64Array): void;
-  softmax(
-    x: Float32Array, out: Float32Array, rows: number, cols: number,
-    causal: boolean, queryLen: number, keyPad: Uint8Array | null, rowsPerBatch: number,
-  ): void;
-  softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number, acc: boolean): void;
-  logSoftmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
-  layerNorm(
-    x: Float32Array, gamma: Float32Array | null, beta: Float32Array | null, out: Float32Array,
-    rows: number, cols: number, eps: number, mean: Float32Array, rstd: Float32Array,
-  ): void;
-  layerNormBackward(
-    x: Float32Array, gamma: Float32Array | null, mean: Float32Array, rstd: Float32Array, dy: Float32Array,
-    dx: Float32Array | null, dgamma: Float32Array | null, dbeta: Float32Array | null, rows: number, cols: number,
-  ): void;
-  rmsNorm(x: Float32Array, w: Float32Array | null, out: Float32Array, rows: number, cols: number, eps: number, rstd: Float32Array): void;
-  rmsNormBackward(
-    x: Float32Array, w: Float32Array | null, rstd: Float32Array, dy: Float32Array,
-    dx: Float32Array | null, dw: Float32Array | null, rows: number, cols: number,
-  ): void;
-  rope(
-    x: Float32Array, out: Float32Array, batch: number, heads: number, seq: number, headDim: number,
-    rotaryDim: number, positions: Int32Array, theta: number, inverse: boolean,
-  ): void;
-  embedding(table: Float32Array, dim: number, ids: Int32Array, out: Float32Array): void;
-  embeddingBackward(gy: Float32Array, ids: Int32Array, gtable: Float32Array, dim: number): void;
-  crossEntropy(
-    logits: Float32Array, targets: Int32Array, rows: number, vocab: number, losses: Float32Array,
-    grad: Float32Array | null, ignoreIndex: number,
-  ): void;
-  klDiv(p: Float32Array, q: Float32Array, rows: number, vocab: number, out: Float32Array, gradQ: Float32Array | null): void;
-  topk(x: Float32Array, rows: number, cols: number, k: number, values: Float32Array, indices: Int32Array): void;
-  adamw(
-    p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array,
-    lr: number, b1: number, b2: number, eps: number, wd: number, step: number,
-  ): void;
-  f16ToF32(src: Uint16Array, out: Float32Array): void;
-  bf16ToF32(src: Uint16Array, out: Float32Array): void;
-  f32ToF16(src: Float32Array, out: Uint16Array): void;
-  f32ToBf16(src: Float32Array, out: Uint16Array): void;
-  setThreads(n: number): void;
-  threads(): number;
-  simdLevel(): number;
-  bestSimdLevel(): number;
-  limitSimd(level: number): void;
-  noop(): void;
-}
-
-const ADDON_PATH = '../build/Release/catechism_kernels.node';
-
-function loadNative(): Native {
-  const require = createRequire(import.meta.url);
-  try {
-    return require(ADDON_PATH) as Native;
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
-    throw new Error(
-      `@catechism/kernels: the native addon (kernels/build/Release/catechism_kernels.node) could not be loaded: ${why}\n` +
-        'Build it with `npm install` at the repository root, or `npx node-gyp rebuild` inside kernels/.',
-    );
-  }
-}
-
-const native = loadNative();
+export { DeviceArray, type ElemType, type HostArray } from './device.js';
+export type { F32, I32, U8, U16 } from './gen/native.js';
 
 // ---------------------------------------------------------------- validation
 
@@ -96,18 +28,6 @@ function typeErr(op: string, msg: string): never {
 }
 function rangeErr(op: string, msg: string): never {
   throw new RangeError(`kernels.${op}: ${msg}`);
-}
-function f32(op: string, name: string, v: unknown): asserts v is Float32Array {
-  if (!(v instanceof Float32Array)) typeErr(op, `${name} must be a Float32Array`);
-}
-function f32Opt(op: string, name: string, v: unknown): void {
-  if (v != null && !(v instanceof Float32Array)) typeErr(op, `${name} must be a Float32Array or null`);
-}
-function i32(op: string, name: string, v: unknown): asserts v is Int32Array {
-  if (!(v instanceof Int32Array)) typeErr(op, `${name} must be an Int32Array`);
-}
-function u16(op: string, name: string, v: unknown): asserts v is Uint16Array {
-  if (!(v instanceof Uint16Array)) typeErr(op, `${name} must be a Uint16Array`);
 }
 /** A non-negative safe integer. */
 function size(op: string, name: string, v: unknown): number {
@@ -125,10 +45,10 @@ function finite(op: string, name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) rangeErr(op, `${name} must be a finite number, got ${String(v)}`);
   return v;
 }
-function len(op: string, name: string, a: ArrayLike<unknown>, want: number): void {
+function len(op: string, name: string, a: { length: number }, want: number): void {
   if (a.length !== want) rangeErr(op, `${name} has length ${a.length}, expected ${want}`);
 }
-function lenOpt(op: string, name: string, a: ArrayLike<unknown> | null | undefined, want: number): void {
+function lenOpt(op: string, name: string, a: { length: number } | null | undefined, want: number): void {
   if (a != null && a.length !== want) rangeErr(op, `${name} has length ${a.length}, expected ${want}`);
 }
 function shapeSize(op: string, name: string, shape: unknown): number {
@@ -144,17 +64,19 @@ export interface GemmArgs {
   transA?: boolean; transB?: boolean; // op(A) is m×k, op(B) is k×n
   m: number; n: number; k: number;
   /** lda/ldb/ldc default to the packed row length (k or m for A, n or k for B, n for C). */
-  a: Float32Array; lda: number; aOffset?: number; strideA?: number; // stride between batch items
-  b: Float32Array; ldb: number; bOffset?: number; strideB?: number;
-  c: Float32Array; ldc: number; cOffset?: number; strideC?: number;
+  a: F32; lda: number; aOffset?: number; strideA?: number; // stride between batch items
+  b: F32; ldb: number; bOffset?: number; strideB?: number;
+  c: F32; ldc: number; cOffset?: number; strideC?: number;
   batch?: number; // default 1
   alpha?: number; beta?: number; // C = alpha*op(A)·op(B) + beta*C (defaults 1, 0; beta=0 ignores NaNs in C)
-  bias?: Float32Array; // optional length-n vector added to every row of C
+  bias?: F32; // optional length-n vector added to every row of C
 }
 
 const gemmParams = new Float64Array(17);
 
-function overlaps(x: Float32Array, y: Float32Array): boolean {
+function overlaps(x: F32, y: F32): boolean {
+  // device memory is never shared between two DeviceArrays
+  if (!(x instanceof Float32Array) || !(y instanceof Float32Array)) return x === y;
   if (x.buffer !== y.buffer) return false;
   return x.byteOffset < y.byteOffset + y.byteLength && y.byteOffset < x.byteOffset + x.byteLength;
 }
@@ -173,10 +95,7 @@ export function gemm(args: GemmArgs): void {
   const op = 'gemm';
   if (args === null || typeof args !== 'object') typeErr(op, 'expects an argument object');
   const { a, b, c, bias } = args;
-  f32(op, 'a', a);
-  f32(op, 'b', b);
-  f32(op, 'c', c);
-  f32Opt(op, 'bias', bias);
+  check.gemm(a, b, c, bias);
   const transA = !!args.transA, transB = !!args.transB;
   const m = size(op, 'm', args.m), n = size(op, 'n', args.n), k = size(op, 'k', args.k);
   const batch = args.batch === undefined ? 1 : size(op, 'batch', args.batch);
@@ -230,20 +149,17 @@ function unaryCode(op: string, name: unknown): number {
 }
 
 /** out = f(x) elementwise. gelu is the tanh approximation (GPT-2's gelu_new); silu = x·sigmoid(x). */
-export function unary(op: UnaryOp, x: Float32Array, out: Float32Array): void {
+export function unary(op: UnaryOp, x: F32, out: F32): void {
   const code = unaryCode('unary', op);
-  f32('unary', 'x', x);
-  f32('unary', 'out', out);
+  check.unary(x, out);
   len('unary', 'x', x, out.length);
   native.unary(code, x, out);
 }
 
 /** gradIn (+)= f'(x)·gradOut. */
-export function unaryBackward(op: UnaryOp, x: Float32Array, gradOut: Float32Array, gradIn: Float32Array, accumulate = false): void {
+export function unaryBackward(op: UnaryOp, x: F32, gradOut: F32, gradIn: F32, accumulate = false): void {
   const code = unaryCode('unaryBackward', op);
-  f32('unaryBackward', 'x', x);
-  f32('unaryBackward', 'gradOut', gradOut);
-  f32('unaryBackward', 'gradIn', gradIn);
+  check.unaryBackward(x, gradOut, gradIn);
   len('unaryBackward', 'x', x, gradIn.length);
   len('unaryBackward', 'gradOut', gradOut, gradIn.length);
   native.unaryBackward(code, x, gradOut, gradIn, !!accumulate);
@@ -269,12 +185,10 @@ export function broadcastShape(aShape: readonly number[], bShape: readonly numbe
 }
 
 /** out = a ∘ b with numpy broadcasting; out has the broadcast shape. */
-export function binary(op: BinaryOp, a: Float32Array, aShape: number[], b: Float32Array, bShape: number[], out: Float32Array): void {
+export function binary(op: BinaryOp, a: F32, aShape: number[], b: F32, bShape: number[], out: F32): void {
   const code = typeof op === 'string' && Object.hasOwn(BINARY, op) ? BINARY[op] : undefined;
   if (code === undefined) typeErr('binary', `unknown binary op ${JSON.stringify(op)} (expected one of ${Object.keys(BINARY).join(', ')})`);
-  f32('binary', 'a', a);
-  f32('binary', 'b', b);
-  f32('binary', 'out', out);
+  check.binarySame(a, b, out);
   len('binary', 'a', a, shapeSize('binary', 'aShape', aShape));
   len('binary', 'b', b, shapeSize('binary', 'bShape', bShape));
   // Fast path: identical shapes.
@@ -330,25 +244,23 @@ export function binary(op: BinaryOp, a: Float32Array, aShape: number[], b: Float
 }
 
 /** out = alpha·x. */
-export function scale(x: Float32Array, alpha: number, out: Float32Array): void {
-  f32('scale', 'x', x);
-  f32('scale', 'out', out);
+export function scale(x: F32, alpha: number, out: F32): void {
+  check.scale(x, out);
   if (typeof alpha !== 'number') typeErr('scale', 'alpha must be a number');
   len('scale', 'x', x, out.length);
   native.scale(x, alpha, out);
 }
 
 /** y += alpha·x. */
-export function axpy(alpha: number, x: Float32Array, y: Float32Array): void {
-  f32('axpy', 'x', x);
-  f32('axpy', 'y', y);
+export function axpy(alpha: number, x: F32, y: F32): void {
+  check.axpy(x, y);
   if (typeof alpha !== 'number') typeErr('axpy', 'alpha must be a number');
   len('axpy', 'x', x, y.length);
   native.axpy(alpha, x, y);
 }
 
-export function fill(x: Float32Array, value: number): void {
-  f32('fill', 'x', x);
+export function fill(x: F32, value: number): void {
+  check.fill(x);
   if (typeof value !== 'number') typeErr('fill', 'value must be a number');
   native.fill(x, value);
 }
@@ -359,11 +271,10 @@ export type ReduceOp = 'sum' | 'mean' | 'max' | 'min';
 const REDUCE: Record<string, number> = { sum: 0, mean: 1, max: 2, min: 3 };
 
 /** Reduces `axis` of x (shape `shape`); out has the shape with that axis removed. Negative axes count from the end. */
-export function reduce(op: ReduceOp, x: Float32Array, shape: number[], axis: number, out: Float32Array): void {
+export function reduce(op: ReduceOp, x: F32, shape: number[], axis: number, out: F32): void {
   const code = typeof op === 'string' && Object.hasOwn(REDUCE, op) ? REDUCE[op] : undefined;
   if (code === undefined) typeErr('reduce', `unknown reduce op ${JSON.stringify(op)} (expected one of ${Object.keys(REDUCE).join(', ')})`);
-  f32('reduce', 'x', x);
-  f32('reduce', 'out', out);
+  check.reduce(x, out);
   const total = shapeSize('reduce', 'shape', shape);
   len('reduce', 'x', x, total);
   const nd = shape.length;
@@ -382,9 +293,8 @@ export function reduce(op: ReduceOp, x: Float32Array, shape: number[], axis: num
 const permDesc = new Float64Array(1 + 2 * MAX_DIMS);
 
 /** out = x transposed by `perm`: out shape = perm.map(i => shape[i]). */
-export function permute(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void {
-  f32('permute', 'x', x);
-  f32('permute', 'out', out);
+export function permute(x: F32, shape: number[], perm: number[], out: F32): void {
+  check.permute(x, out);
   const total = shapeSize('permute', 'shape', shape);
   len('permute', 'x', x, total);
   len('permute', 'out', out, total);
@@ -418,7 +328,7 @@ export function permute(x: Float32Array, shape: number[], perm: number[], out: F
 export interface SoftmaxMask {
   causal?: boolean; // rows come in blocks of `queryLen`; query row r of a block (0-based) sees key j iff j <= r + (cols - queryLen)
   queryLen?: number; // required when causal
-  keyPad?: Uint8Array; // [numBatches × cols], 1 = real token, 0 = padding (masked); batch of row i = floor(i / rowsPerBatch)
+  keyPad?: U8; // [numBatches × cols], 1 = real token, 0 = padding (masked); batch of row i = floor(i / rowsPerBatch)
   rowsPerBatch?: number; // required with keyPad (e.g. heads × queryLen)
 }
 
@@ -428,15 +338,14 @@ function rowsCols(op: string, rows: number, cols: number): void {
 }
 
 /** Row softmax with optional causal/padding masks; masked entries are 0 and a fully masked row is all zeros. */
-export function softmax(x: Float32Array, out: Float32Array, rows: number, cols: number, mask?: SoftmaxMask): void {
+export function softmax(x: F32, out: F32, rows: number, cols: number, mask?: SoftmaxMask): void {
   const op = 'softmax';
-  f32(op, 'x', x);
-  f32(op, 'out', out);
+  check.softmax(x, out, mask?.keyPad);
   rowsCols(op, rows, cols);
   len(op, 'x', x, rows * cols);
   len(op, 'out', out, rows * cols);
   let causal = false, queryLen = 0, rowsPerBatch = 0;
-  let keyPad: Uint8Array | null = null;
+  let keyPad: U8 | null = null;
   if (mask != null) {
     if (mask.causal) {
       causal = true;
@@ -444,7 +353,6 @@ export function softmax(x: Float32Array, out: Float32Array, rows: number, cols: 
       if (rows % queryLen !== 0) rangeErr(op, `rows (${rows}) is not a multiple of mask.queryLen (${queryLen})`);
     }
     if (mask.keyPad != null) {
-      if (!(mask.keyPad instanceof Uint8Array)) typeErr(op, 'mask.keyPad must be a Uint8Array');
       keyPad = mask.keyPad;
       rowsPerBatch = posSize(op, 'mask.rowsPerBatch', mask.rowsPerBatch);
       if (rows % rowsPerBatch !== 0) rangeErr(op, `rows (${rows}) is not a multiple of mask.rowsPerBatch (${rowsPerBatch})`);
@@ -456,11 +364,9 @@ export function softmax(x: Float32Array, out: Float32Array, rows: number, cols: 
 }
 
 /** dx (+)= y ⊙ (dy − Σ_j dy_j y_j) per row, y = softmax output. dx may be dy (in place, without accumulate). */
-export function softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number, accumulate = false): void {
+export function softmaxBackward(y: F32, dy: F32, dx: F32, rows: number, cols: number, accumulate = false): void {
   const op = 'softmaxBackward';
-  f32(op, 'y', y);
-  f32(op, 'dy', dy);
-  f32(op, 'dx', dx);
+  check.softmaxBackward(y, dy, dx);
   rowsCols(op, rows, cols);
   len(op, 'y', y, rows * cols);
   len(op, 'dy', dy, rows * cols);
@@ -468,10 +374,9 @@ export function softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Ar
   native.softmaxBackward(y, dy, dx, rows, cols, !!accumulate);
 }
 
-export function logSoftmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void {
+export function logSoftmax(x: F32, out: F32, rows: number, cols: number): void {
   const op = 'logSoftmax';
-  f32(op, 'x', x);
-  f32(op, 'out', out);
+  check.logSoftmax(x, out);
   rowsCols(op, rows, cols);
   len(op, 'x', x, rows * cols);
   len(op, 'out', out, rows * cols);
@@ -482,16 +387,11 @@ export function logSoftmax(x: Float32Array, out: Float32Array, rows: number, col
 
 /** out = (x − mean)·rstd·gamma + beta per row; rstd = 1/sqrt(var + eps) (biased variance). gamma/beta may be null. */
 export function layerNorm(
-  x: Float32Array, gamma: Float32Array | null, beta: Float32Array | null, out: Float32Array,
-  rows: number, cols: number, eps: number, mean: Float32Array, rstd: Float32Array,
+  x: F32, gamma: F32 | null, beta: F32 | null, out: F32,
+  rows: number, cols: number, eps: number, mean: F32, rstd: F32,
 ): void {
   const op = 'layerNorm';
-  f32(op, 'x', x);
-  f32Opt(op, 'gamma', gamma);
-  f32Opt(op, 'beta', beta);
-  f32(op, 'out', out);
-  f32(op, 'mean', mean);
-  f32(op, 'rstd', rstd);
+  check.layerNorm(x, gamma, beta, out, mean, rstd);
   rowsCols(op, rows, cols);
   if (cols === 0 && rows > 0) rangeErr(op, 'cols must be positive');
   finite(op, 'eps', eps);
@@ -507,18 +407,11 @@ export function layerNorm(
 
 /** dx written (if non-null); dgamma, dbeta ACCUMULATED (each may be null). */
 export function layerNormBackward(
-  x: Float32Array, gamma: Float32Array | null, mean: Float32Array, rstd: Float32Array, dy: Float32Array,
-  dx: Float32Array | null, dgamma: Float32Array | null, dbeta: Float32Array | null, rows: number, cols: number,
+  x: F32, gamma: F32 | null, mean: F32, rstd: F32, dy: F32,
+  dx: F32 | null, dgamma: F32 | null, dbeta: F32 | null, rows: number, cols: number,
 ): void {
   const op = 'layerNormBackward';
-  f32(op, 'x', x);
-  f32Opt(op, 'gamma', gamma);
-  f32(op, 'mean', mean);
-  f32(op, 'rstd', rstd);
-  f32(op, 'dy', dy);
-  f32Opt(op, 'dx', dx);
-  f32Opt(op, 'dgamma', dgamma);
-  f32Opt(op, 'dbeta', dbeta);
+  check.layerNormBackward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
   rowsCols(op, rows, cols);
   len(op, 'x', x, rows * cols);
   len(op, 'dy', dy, rows * cols);
@@ -534,13 +427,10 @@ export function layerNormBackward(
 
 /** out = x·rstd·weight per row; rstd = 1/sqrt(mean(x²) + eps). weight may be null. */
 export function rmsNorm(
-  x: Float32Array, weight: Float32Array | null, out: Float32Array, rows: number, cols: number, eps: number, rstd: Float32Array,
+  x: F32, weight: F32 | null, out: F32, rows: number, cols: number, eps: number, rstd: F32,
 ): void {
   const op = 'rmsNorm';
-  f32(op, 'x', x);
-  f32Opt(op, 'weight', weight);
-  f32(op, 'out', out);
-  f32(op, 'rstd', rstd);
+  check.rmsNorm(x, weight, out, rstd);
   rowsCols(op, rows, cols);
   if (cols === 0 && rows > 0) rangeErr(op, 'cols must be positive');
   finite(op, 'eps', eps);
@@ -554,16 +444,11 @@ export function rmsNorm(
 
 /** dx written (if non-null); dweight ACCUMULATED (may be null). */
 export function rmsNormBackward(
-  x: Float32Array, weight: Float32Array | null, rstd: Float32Array, dy: Float32Array,
-  dx: Float32Array | null, dweight: Float32Array | null, rows: number, cols: number,
+  x: F32, weight: F32 | null, rstd: F32, dy: F32,
+  dx: F32 | null, dweight: F32 | null, rows: number, cols: number,
 ): void {
   const op = 'rmsNormBackward';
-  f32(op, 'x', x);
-  f32Opt(op, 'weight', weight);
-  f32(op, 'rstd', rstd);
-  f32(op, 'dy', dy);
-  f32Opt(op, 'dx', dx);
-  f32Opt(op, 'dweight', dweight);
+  check.rmsNormBackward(x, weight, rstd, dy, dx, dweight);
   rowsCols(op, rows, cols);
   len(op, 'x', x, rows * cols);
   len(op, 'dy', dy, rows * cols);
@@ -585,13 +470,11 @@ export function rmsNormBackward(
  * each head and copies the rest.
  */
 export function rope(
-  x: Float32Array, out: Float32Array, batch: number, heads: number, seq: number, headDim: number,
-  positions: Int32Array, theta: number, inverse = false, rotaryDim?: number,
+  x: F32, out: F32, batch: number, heads: number, seq: number, headDim: number,
+  positions: I32, theta: number, inverse = false, rotaryDim?: number,
 ): void {
   const op = 'rope';
-  f32(op, 'x', x);
-  f32(op, 'out', out);
-  i32(op, 'positions', positions);
+  check.rope(x, out, positions);
   size(op, 'batch', batch);
   size(op, 'heads', heads);
   size(op, 'seq', seq);
@@ -608,7 +491,9 @@ export function rope(
   native.rope(x, out, batch, heads, seq, headDim, rot, positions, theta, !!inverse);
 }
 
-function checkIds(op: string, name: string, ids: Int32Array, limit: number, ignore?: number): void {
+function checkIds(op: string, name: string, idsArg: I32, limit: number, ignore?: number): void {
+  // device ids are copied to the host to be checked: out-of-range ids must never reach a kernel
+  const ids: Int32Array = idsArg instanceof Int32Array ? idsArg : (idsArg as DeviceArray<'i32'>).toHost();
   for (let i = 0; i < ids.length; i++) {
     const t = ids[i];
     if ((t < 0 || t >= limit) && t !== ignore) rangeErr(op, `${name}[${i}] = ${t} is out of range [0, ${limit})`);
@@ -616,11 +501,9 @@ function checkIds(op: string, name: string, ids: Int32Array, limit: number, igno
 }
 
 /** out[t] = table[ids[t]] (table: [vocab, dim], out: [ids.length, dim]). */
-export function embedding(table: Float32Array, vocab: number, dim: number, ids: Int32Array, out: Float32Array): void {
+export function embedding(table: F32, vocab: number, dim: number, ids: I32, out: F32): void {
   const op = 'embedding';
-  f32(op, 'table', table);
-  i32(op, 'ids', ids);
-  f32(op, 'out', out);
+  check.embedding(table, ids, out);
   size(op, 'vocab', vocab);
   size(op, 'dim', dim);
   len(op, 'table', table, vocab * dim);
@@ -631,11 +514,9 @@ export function embedding(table: Float32Array, vocab: number, dim: number, ids: 
 }
 
 /** gradTable[ids[t]] += gradOut[t] (scatter-add; repeated ids add up). */
-export function embeddingBackward(gradOut: Float32Array, ids: Int32Array, gradTable: Float32Array, vocab: number, dim: number): void {
+export function embeddingBackward(gradOut: F32, ids: I32, gradTable: F32, vocab: number, dim: number): void {
   const op = 'embeddingBackward';
-  f32(op, 'gradOut', gradOut);
-  i32(op, 'ids', ids);
-  f32(op, 'gradTable', gradTable);
+  check.embeddingBackward(gradOut, ids, gradTable);
   size(op, 'vocab', vocab);
   size(op, 'dim', dim);
   len(op, 'gradTable', gradTable, vocab * dim);
@@ -653,14 +534,11 @@ export function embeddingBackward(gradOut: Float32Array, ids: Int32Array, gradTa
  * gradLogits (if given) = softmax(logits) − onehot(target), unscaled.
  */
 export function crossEntropy(
-  logits: Float32Array, targets: Int32Array, rows: number, vocab: number, losses: Float32Array,
-  gradLogits?: Float32Array | null, ignoreIndex = -100,
+  logits: F32, targets: I32, rows: number, vocab: number, losses: F32,
+  gradLogits?: F32 | null, ignoreIndex = -100,
 ): void {
   const op = 'crossEntropy';
-  f32(op, 'logits', logits);
-  i32(op, 'targets', targets);
-  f32(op, 'losses', losses);
-  f32Opt(op, 'gradLogits', gradLogits);
+  check.crossEntropy(logits, targets, losses, gradLogits);
   size(op, 'rows', rows);
   posSize(op, 'vocab', vocab);
   if (!Number.isInteger(ignoreIndex)) rangeErr(op, 'ignoreIndex must be an integer');
@@ -674,12 +552,9 @@ export function crossEntropy(
 }
 
 /** out[i] = KL(P‖Q) with P = softmax(pLogits_i) (teacher), Q = softmax(qLogits_i); gradQ (if given) = Q − P, unscaled. */
-export function klDiv(pLogits: Float32Array, qLogits: Float32Array, rows: number, vocab: number, out: Float32Array, gradQ?: Float32Array | null): void {
+export function klDiv(pLogits: F32, qLogits: F32, rows: number, vocab: number, out: F32, gradQ?: F32 | null): void {
   const op = 'klDiv';
-  f32(op, 'pLogits', pLogits);
-  f32(op, 'qLogits', qLogits);
-  f32(op, 'out', out);
-  f32Opt(op, 'gradQ', gradQ);
+  check.klDiv(pLogits, qLogits, out, gradQ);
   size(op, 'rows', rows);
   posSize(op, 'vocab', vocab);
   len(op, 'pLogits', pLogits, rows * vocab);
@@ -693,11 +568,9 @@ export function klDiv(pLogits: Float32Array, qLogits: Float32Array, rows: number
 // ---------------------------------------------------------------- selection, optimiser
 
 /** Per row: the k largest values, descending, ties by lower index (NaN counts as largest). */
-export function topk(x: Float32Array, rows: number, cols: number, k: number, values: Float32Array, indices: Int32Array): void {
+export function topk(x: F32, rows: number, cols: number, k: number, values: F32, indices: I32): void {
   const op = 'topk';
-  f32(op, 'x', x);
-  f32(op, 'values', values);
-  i32(op, 'indices', indices);
+  check.topk(x, values, indices);
   rowsCols(op, rows, cols);
   size(op, 'k', k);
   if (k > cols) rangeErr(op, `k (${k}) is larger than cols (${cols})`);
@@ -710,14 +583,11 @@ export function topk(x: Float32Array, rows: number, cols: number, k: number, val
 
 /** One AdamW step in place (decoupled weight decay; step is 1-based; bias-corrected), torch.optim.AdamW arithmetic. */
 export function adamw(
-  param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
+  param: F32, grad: F32, m: F32, v: F32,
   o: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
 ): void {
   const op = 'adamw';
-  f32(op, 'param', param);
-  f32(op, 'grad', grad);
-  f32(op, 'm', m);
-  f32(op, 'v', v);
+  check.adamw(param, grad, m, v);
   if (o === null || typeof o !== 'object') typeErr(op, 'options object required');
   finite(op, 'lr', o.lr);
   finite(op, 'beta1', o.beta1);
@@ -735,29 +605,25 @@ export function adamw(
 
 // ---------------------------------------------------------------- conversions
 
-export function f16ToF32(src: Uint16Array, out: Float32Array): void {
-  u16('f16ToF32', 'src', src);
-  f32('f16ToF32', 'out', out);
+export function f16ToF32(src: U16, out: F32): void {
+  check.f16ToF32(src, out);
   len('f16ToF32', 'out', out, src.length);
   native.f16ToF32(src, out);
 }
-export function bf16ToF32(src: Uint16Array, out: Float32Array): void {
-  u16('bf16ToF32', 'src', src);
-  f32('bf16ToF32', 'out', out);
+export function bf16ToF32(src: U16, out: F32): void {
+  check.bf16ToF32(src, out);
   len('bf16ToF32', 'out', out, src.length);
   native.bf16ToF32(src, out);
 }
 /** Round to nearest even; overflow → ±inf; NaN stays NaN. */
-export function f32ToF16(src: Float32Array, out: Uint16Array): void {
-  f32('f32ToF16', 'src', src);
-  u16('f32ToF16', 'out', out);
+export function f32ToF16(src: F32, out: U16): void {
+  check.f32ToF16(src, out);
   len('f32ToF16', 'out', out, src.length);
   native.f32ToF16(src, out);
 }
 /** Round to nearest even; NaN stays NaN. */
-export function f32ToBf16(src: Float32Array, out: Uint16Array): void {
-  f32('f32ToBf16', 'src', src);
-  u16('f32ToBf16', 'out', out);
+export function f32ToBf16(src: F32, out: U16): void {
+  check.f32ToBf16(src, out);
   len('f32ToBf16', 'out', out, src.length);
   native.f32ToBf16(src, out);
 }
@@ -773,8 +639,57 @@ export function setThreads(n: number): void {
   native.setThreads(n);
 }
 
-export function info(): { simd: SimdLevel; threads: number; backend: 'cpu' } {
-  return { simd: SIMD_NAMES[native.simdLevel()], threads: native.threads(), backend: 'cpu' };
+export type Backend = 'cpu' | 'cuda' | 'cuda-sim';
+const BACKENDS: Backend[] = ['cpu', 'cuda-sim', 'cuda'];
+
+export interface KernelsInfo {
+  simd: SimdLevel;
+  threads: number;
+  /** Where ops on host buffers (typed arrays) run; ops on DeviceArrays always run on the GPU. */
+  backend: Backend;
+  /** 'cuda' when ops on host buffers run on the GPU, else 'cpu'. */
+  device: 'cpu' | 'cuda';
+  /** Whether this build has the CUDA backend (nvcc was found at build time). */
+  cudaBuilt: boolean;
+  /** The GPU (name, compute capability, memory, GEMM path), or why none is usable. */
+  cuda: string;
+}
+
+export function info(): KernelsInfo {
+  const backend = BACKENDS[native.hostBackend()];
+  const built = native.cudaBuilt();
+  return {
+    simd: SIMD_NAMES[native.simdLevel()], threads: native.threads(), backend,
+    device: backend === 'cuda' ? 'cuda' : 'cpu',
+    cudaBuilt: built,
+    cuda: built ? native.cudaDescribe() : 'not built (no nvcc at build time, or CATECHISM_CUDA=0)',
+  };
+}
+
+/** Null when the CUDA backend can run here, else what is missing (no CUDA build, no driver, no device, wrong arch). */
+export function cudaUnavailable(): string | null {
+  return native.cudaMissing();
+}
+
+/**
+ * Chooses where ops on host buffers run: 'cpu' (default); 'cuda' (each call
+ * copies its buffers to the GPU, runs there and copies outputs back: what
+ * `--device cuda` selects, correct for every caller that holds typed arrays);
+ * 'cuda-sim' (the CUDA kernel bodies run on the CPU: tests of a CUDA build
+ * without a GPU). Throws an Error naming what is missing when the choice
+ * cannot run here. Returns the previous backend.
+ */
+export function setBackend(backend: Backend): Backend {
+  const i = BACKENDS.indexOf(backend);
+  if (i < 0) typeErr('setBackend', `unknown backend ${JSON.stringify(backend)} (expected cpu, cuda or cuda-sim)`);
+  const prev = BACKENDS[native.hostBackend()];
+  native.setHostBackend(i);
+  return prev;
+}
+
+/** Waits for queued GPU work (no-op without CUDA); surfaces an asynchronous CUDA error. */
+export function synchronize(): void {
+  native.deviceSync();
 }
 
 /** Best ISA level this CPU supports. */

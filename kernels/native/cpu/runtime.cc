@@ -34,3 +34,10 @@ void setThreads(int n) { poolResize(n); }
 int threads() { return poolThreads(); }
 
 }  // namespace ck::cpu
+
+namespace ck::cpu {
+const Backend& table() {
+  static const Backend t = CK_BACKEND_TABLE("cpu");
+  return t;
+}
+}  // namespace ck::cpu

@@ -76,7 +76,6 @@ await runTool<Args>({
     for (const [k, v] of [['--retain-n', a.retainN], ['--general-n', a.generalN], ['--batch-size', a.batchSize], ['--gen-tokens', a.genTokens]] as const) {
       if (!Number.isInteger(v) || v < 0 || (k === '--batch-size' && v === 0)) throw new UsageError(`${k}: expected a non-negative integer, got ${v}`);
     }
-    if (a.device !== 'cpu') ctx.log(`--device ${a.device}: validate runs on the CPU backend`);
 
     // every record passes through as it comes; adapters, facts and probes are kept for the evaluation
     const adapters: Array<{ record: AnyRecord; source: string; index: number }> = [];

@@ -25,7 +25,8 @@ import { findModelDir, loadToolModel, registryDir, worldDefaults, type ModelDir,
 
 export { InputError, UsageError };
 
-export type Device = 'cpu' | 'cuda';
+export type { Device } from '../tensor/tensor.js';
+import type { Device } from '../tensor/tensor.js';
 
 export interface CommonArgs {
   /** Input files (positional); empty means stdin. */
@@ -178,7 +179,7 @@ const COMMON_OPTIONS: Record<string, Options> = {
   format: { choices: OUTPUT_FORMATS as unknown as string[], default: 'ndjson', describe: 'output format (input format is detected)', group: 'Common:' },
   seed: { type: 'number', default: 0, describe: 'seed for everything random', group: 'Common:' },
   model: { type: 'string', describe: 'model directory (default: the bundled fixture model)', group: 'Common:' },
-  device: { choices: ['cpu', 'cuda'], default: 'cpu', describe: 'compute device', group: 'Common:' },
+  device: { choices: ['cpu', 'cuda'], default: process.env.CATECHISM_DEVICE || 'cpu', describe: 'compute device (default: $CATECHISM_DEVICE or cpu); cuda needs a usable GPU', group: 'Common:' },
   registry: { type: 'string', describe: 'adapter registry directory', group: 'Common:' },
   quiet: { type: 'boolean', default: false, alias: 'q', describe: 'no progress or diagnostics on stderr', group: 'Common:' },
   'on-bad-record': { choices: ['fail', 'skip'], default: 'fail', describe: `a bad input record ends the run (fail, exit 2) or is left out (skip: written to --rejects, counted on stderr, exit ${EXIT_SKIPPED} at the end)`, group: 'Input:' },
@@ -265,15 +266,25 @@ export async function runTool<A = Record<string, unknown>>(spec: ToolSpec<A>, ar
     const parsed = (await y.parseAsync()) as Record<string, unknown>;
     const seed = parsed.seed as number;
     if (!Number.isInteger(seed)) throw new UsageError(`--seed: expected an integer, got ${String(parsed.seed)} (see --help)`);
-    // The flag is part of every tool's interface now so scripts can name it;
-    // running "cuda" work on the CPU instead would be a silent lie.
-    if (parsed.device === 'cuda') throw new UsageError('--device cuda: this build has no CUDA backend yet; use --device cpu');
+    if (parsed.device !== 'cpu' && parsed.device !== 'cuda') throw new UsageError(`--device: expected cpu or cuda, got ${JSON.stringify(parsed.device)} (from CATECHISM_DEVICE)`);
     const maxBytes = parsed['max-record-bytes'] as number;
     if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new UsageError(`--max-record-bytes: expected a positive integer, got ${String(parsed['max-record-bytes'])} (see --help)`);
     if (parsed.rejects !== undefined && parsed['on-bad-record'] !== 'skip') throw new UsageError('--rejects needs --on-bad-record skip (see --help)');
     args = { ...(parsed as A), inputs: (parsed._ as unknown[]).map(String) } as CommonArgs & A;
   } catch (e) {
     return fail(e instanceof UsageError || e instanceof InputError ? e : new UsageError((e as Error).message));
+  }
+  // --device cuda: every kernel of the run goes to the GPU (one switch for all
+  // tools). Without a usable GPU the run fails (exit 1, a runtime failure: the
+  // flag is valid, the machine lacks a GPU) naming what is missing, never a
+  // silent CPU run. Loaded only when asked for.
+  if (args.device === 'cuda') {
+    try {
+      const { useDevice } = await import('../tensor/device.js');
+      useDevice('cuda');
+    } catch (e) {
+      return fail(e);
+    }
   }
 
   // Someone typing at a terminal should know the tool is waiting for them.

@@ -6,10 +6,13 @@
  * - Ops are plain functions (`add`, `matmul`, `linear`, `attention`, …); an op
  *   records a graph node only when an input requires grad and grad mode is on
  *   (see `noGrad`), so frozen weights cost no gradient work.
- * - All heavy math runs in @catechism/kernels.
+ * - All heavy math runs in @catechism/kernels, on the CPU or (`useDevice('cuda')`)
+ *   on the GPU. A tensor's storage knows its device: `.data` is host memory
+ *   and throws for a tensor on the GPU, whose values are read with `.host()`.
  */
+export { useDevice, deviceInfo, DeviceUnavailableError } from './device.js';
 export {
-  Tensor, type Shape, type TensorOptions, type GradNode,
+  Tensor, type Shape, type Device, type TensorOptions, type GradNode,
   tensor, fromData, scalar, zeros, ones, full, randn, rand,
   noGrad, enableGrad, isGradEnabled, shapeSize,
 } from './tensor.js';

@@ -8,8 +8,12 @@
  * topological order. Ops on tensors that don't require grad record nothing, so
  * a frozen base model costs no gradient work at all.
  */
+import { DeviceArray, scale as copyScaled } from '@catechism/kernels';
 import { Rng } from '../util/random.js';
 import { K } from './backend.js';
+
+/** Where a tensor's values live: host memory, or GPU memory (a kernels DeviceArray). */
+export type Device = 'cpu' | 'cuda';
 
 export type Shape = readonly number[];
 
@@ -88,13 +92,23 @@ export function shapeStr(shape: Shape): string {
 
 export class Tensor {
   readonly shape: readonly number[];
-  /** Row-major float32 values; `data.length === size`. */
-  data: Float32Array;
+  /** Number of values (the product of the shape). */
+  readonly size: number;
   requiresGrad: boolean;
   /** Accumulated gradient of a leaf (or of a tensor that called `retainGrad`). */
   grad: Tensor | null = null;
   readonly dtype = 'float32' as const;
-  readonly device = 'cpu' as const;
+  /**
+   * Row-major float32 values in host memory (`data.length === size`): the
+   * tensor's own storage, for tensors on the CPU. A tensor on the GPU has a
+   * guard here that throws on any use (index, length, passing it to a kernel)
+   * rather than hand out device memory: read it with `host()` (a copy) or
+   * move it with `to('cpu')`. Assign only on host tensors. (A plain field, not
+   * a getter: host code pays nothing for the check.)
+   */
+  data: Float32Array;
+  /** @internal GPU storage (device 'cuda'); null on the host. */
+  _dev: DeviceArray<'f32'> | null;
   /** @internal graph node that produced this tensor (null for leaves). */
   _node: GradNode | null = null;
   /** @internal gradient buffer of a non-leaf during backward. */
@@ -102,8 +116,8 @@ export class Tensor {
   /** @internal keep this non-leaf's gradient in `grad` after backward. */
   _retain = false;
 
-  /** Wraps `data` without copying; prefer the `tensor`/`fromData` helpers. */
-  constructor(data: Float32Array, shape: Shape, requiresGrad = false) {
+  /** Wraps `data` (host) or a DeviceArray (GPU) without copying; prefer the `tensor`/`fromData` helpers. */
+  constructor(data: Float32Array | DeviceArray<'f32'>, shape: Shape, requiresGrad = false) {
     if (trustedShape) {
       // Internal results: the op computed shape and size itself and hands over a fresh array.
       trustedShape = false;
@@ -111,18 +125,50 @@ export class Tensor {
     } else {
       checkShape(shape, 'Tensor');
       const size = shapeSize(shape);
-      if (!(data instanceof Float32Array)) throw new TypeError('Tensor: data must be a Float32Array');
+      const onDevice = data instanceof DeviceArray && data.type === 'f32';
+      if (!(data instanceof Float32Array) && !onDevice) throw new TypeError('Tensor: data must be a Float32Array (or a DeviceArray of f32)');
       if (data.length !== size) {
         throw new RangeError(`Tensor: data has ${data.length} values but shape ${shapeStr(shape)} needs ${size}`);
       }
       this.shape = Object.freeze(shape.slice());
     }
-    this.data = data;
+    if (data instanceof Float32Array) {
+      this.data = data;
+      this._dev = null;
+    } else {
+      this.data = deviceGuard(this);
+      this._dev = data;
+    }
+    this.size = data.length;
     this.requiresGrad = requiresGrad;
   }
 
-  get size(): number {
-    return this.data.length;
+  /** Where the values live. */
+  get device(): Device {
+    return this._dev === null ? 'cpu' : 'cuda';
+  }
+
+  /** The storage itself, host or device, for the kernels (which accept either). */
+  get storage(): Float32Array | DeviceArray<'f32'> {
+    return this._dev ?? this.data;
+  }
+
+  /** The values in host memory: the storage on the CPU (no copy), a fresh copy from the GPU. */
+  host(): Float32Array {
+    return this._dev === null ? this.data : this._dev.toHost();
+  }
+
+  /** This tensor on `device`: itself when already there, else a copy cut from the graph. */
+  to(device: Device): Tensor {
+    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`Tensor.to: unknown device ${JSON.stringify(device)} (expected cpu or cuda)`);
+    if (device === this.device) return this;
+    const moved = device === 'cpu' ? this._dev!.toHost() : (DeviceArray.from(this.data) as DeviceArray<'f32'>);
+    return new Tensor(moved, this.shape, false);
+  }
+
+  /** The same as `to('cpu')`: a host tensor with these values. */
+  toHost(): Tensor {
+    return this.to('cpu');
   }
 
   get ndim(): number {
@@ -137,21 +183,24 @@ export class Tensor {
   /** The value of a one-element tensor. */
   item(): number {
     if (this.size !== 1) throw new RangeError(`item: tensor has ${this.size} elements (shape ${shapeStr(this.shape)}), expected 1`);
-    return this.data[0];
+    return this.host()[0];
   }
 
   toArray(): number[] {
-    return Array.from(this.data);
+    return Array.from(this.host());
   }
 
-  /** A tensor sharing this one's data, cut from the graph (requiresGrad = false). */
+  /** A tensor sharing this one's storage, cut from the graph (requiresGrad = false). */
   detach(): Tensor {
-    return new Tensor(this.data, this.shape, false);
+    return new Tensor(this.storage, this.shape, false);
   }
 
-  /** A copy with its own buffer, cut from the graph. */
+  /** A copy with its own buffer (on the same device), cut from the graph. */
   clone(): Tensor {
-    return new Tensor(this.data.slice(), this.shape, false);
+    if (this._dev === null) return new Tensor(this.data.slice(), this.shape, false);
+    const copy = new DeviceArray('f32', this.size);
+    copyScaled(this._dev!, 1, copy); // a device-to-device copy
+    return new Tensor(copy, this.shape, false);
   }
 
   /** Drop the accumulated gradient. */
@@ -185,15 +234,33 @@ export class Tensor {
       if (grad.size !== this.size) {
         throw new RangeError(`backward: grad shape ${shapeStr(grad.shape)} does not match tensor shape ${shapeStr(this.shape)}`);
       }
-      seed = grad.data.slice();
+      seed = grad.device === 'cpu' ? grad.data.slice() : grad.host();
     }
     runBackward(this, seed, opts.retainGraph ?? false);
   }
 
   toString(): string {
-    const head = Array.from(this.data.subarray(0, 8), (v) => v.toPrecision(4)).join(', ');
-    return `Tensor(${shapeStr(this.shape)}, [${head}${this.size > 8 ? ', …' : ''}]${this.requiresGrad ? ', requiresGrad' : ''})`;
+    const head = Array.from(this.host().subarray(0, 8), (v) => v.toPrecision(4)).join(', ');
+    const where = this.device === 'cpu' ? '' : `, device ${this.device}`;
+    return `Tensor(${shapeStr(this.shape)}, [${head}${this.size > 8 ? ', …' : ''}]${this.requiresGrad ? ', requiresGrad' : ''}${where})`;
   }
+}
+
+function onDeviceError(t: Tensor): Error {
+  return new Error(
+    `Tensor.data: this tensor (shape ${shapeStr(t.shape)}) lives on ${t.device}; read its values with .host() (a copy) ` +
+      "or move it with .to('cpu'). Tensor ops compute on host tensors; --device cuda runs their kernels on the GPU.",
+  );
+}
+
+/** The `data` of a tensor on the GPU: any use of it throws onDeviceError (never a silent device read). */
+function deviceGuard(t: Tensor): Float32Array {
+  const fail = (): never => {
+    throw onDeviceError(t);
+  };
+  return new Proxy(new Float32Array(0), {
+    get: fail, set: fail, has: fail, ownKeys: fail, getOwnPropertyDescriptor: fail, defineProperty: fail, deleteProperty: fail,
+  });
 }
 
 /** Nodes reachable from `root` through tensors that require grad, inputs before outputs. */

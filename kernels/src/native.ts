@@ -1,0 +1,44 @@
+// Loads the addon. Its op functions are typed by the generated wire API
+// (src/gen/native.ts, from scripts/ops.mjs); the runtime functions below are
+// hand-written in native/addon.cc.
+import { createRequire } from 'node:module';
+import type { NativeOps } from './gen/native.js';
+
+export interface NativeRuntime {
+  setThreads(n: number): void;
+  threads(): number;
+  simdLevel(): number;
+  bestSimdLevel(): number;
+  limitSimd(level: number): void;
+  noop(): void;
+  cudaBuilt(): boolean;
+  /** null when a GPU is usable, else what is missing. */
+  cudaMissing(): string | null;
+  cudaDescribe(): string;
+  /** 0 cpu, 1 cuda-sim, 2 cuda (host buffers staged); throws when it cannot run here. */
+  setHostBackend(mode: number): void;
+  hostBackend(): number;
+  deviceAlloc(obj: object, length: number, typeCode: number): void;
+  deviceCopy(dev: object, host: ArrayBufferView, toDevice: boolean): void;
+  deviceFree(dev: object): void;
+  deviceSync(): void;
+}
+
+export type Native = NativeOps & NativeRuntime;
+
+const ADDON_PATH = '../build/Release/catechism_kernels.node';
+
+function loadNative(): Native {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(ADDON_PATH) as Native;
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    throw new Error(
+      `@catechism/kernels: the native addon (kernels/build/Release/catechism_kernels.node) could not be loaded: ${why}\n` +
+        'Build it with `npm install` at the repository root, or `npx node-gyp rebuild` inside kernels/.',
+    );
+  }
+}
+
+export const native = loadNative();

@@ -35,6 +35,8 @@ export interface LoraOptions {
   /** Phase-B learning-rate schedule and its warmup steps (cosine). */
   schedule: Schedule;
   warmup: number;
+  /** Cosine: steps of the anneal to rate 0 when training stops early (0: stop at once). */
+  annealSteps: number;
   /** β of --objective dpo. */
   dpoBeta: number;
   /** Retention KL as a mean over prompts plus a mean over document positions. */
@@ -61,6 +63,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
   schedule: LORA_DEFAULTS.schedule ?? 'constant',
   warmup: LORA_DEFAULTS.warmupSteps ?? 0,
+  annealSteps: LORA_DEFAULTS.annealSteps ?? 0,
   dpoBeta: LORA_DEFAULTS.dpoBeta ?? 0.1,
   retainPerKind: false,
   forgetToRest: false,
@@ -169,7 +172,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
-    ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
+    ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
     retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, null_space_rank: o.nullSpaceRank,
     use_templates: res.useTemplates ?? true,
   };
@@ -178,7 +181,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
     phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
-    schedule: o.schedule, warmupSteps: o.warmup, dpoBeta: o.dpoBeta,
+    schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
   });
@@ -221,6 +224,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-documents': { type: 'number', default: d.retainDocuments, min: 0, integer: true, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
     schedule: { type: 'string', choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
     warmup: { type: 'number', default: d.warmup, min: 0, integer: true, describe: 'warmup steps of --schedule cosine' },
+    'anneal-steps': { type: 'number', default: d.annealSteps, min: 0, integer: true, describe: '--schedule cosine: when training stops early at a high rate, decay the rate to 0 over this many more steps (0: stop at once)' },
     'dpo-beta': { type: 'number', default: d.dpoBeta, describe: '--objective dpo: β, the inverse temperature of the preference margin against the base model' },
     'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
     'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
@@ -232,7 +236,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
-      warmup: num(flags, 'warmup'), dpoBeta: num(flags, 'dpo-beta'),
+      warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
     };
     if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);

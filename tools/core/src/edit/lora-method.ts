@@ -6,7 +6,8 @@
  */
 import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
-import { buildExamples, buildRetain, neighbourFacts, type EditFact, type Rec } from './data.js';
+import { buildExamples, buildRetain, encodeTrainingPair, neighbourFacts, type EditFact, type Example, type Rec } from './data.js';
+import type { Tokenizer } from '../models/loader.js';
 import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
 import { knownFactRetainPrompts, trainPhrasings } from './quality.js';
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
@@ -43,6 +44,8 @@ export interface LoraOptions {
   retainPerKind: boolean;
   /** Forget rows learn the base model's distribution without the old answer. */
   forgetToRest: boolean;
+  /** Forget rows learn the base model's distribution over the relation's other answers (from the known facts). */
+  forgetToKind: boolean;
   /** Directions of the preserved keys' subspace kept out of lora_A (0: no null-space constraint). */
   nullSpaceRank: number;
 }
@@ -67,6 +70,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   dpoBeta: LORA_DEFAULTS.dpoBeta ?? 0.1,
   retainPerKind: false,
   forgetToRest: false,
+  forgetToKind: false,
   nullSpaceRank: 0,
 };
 
@@ -146,6 +150,32 @@ export function preservedSubspaces(
   return out;
 }
 
+/**
+ * Per forget example: the first tokens of every answer its relation has among
+ * the known facts (the fact's own old answer left out): the answers of the
+ * relation's kind a forgotten fact may be replaced by.
+ */
+export function forgetKinds(tok: Tokenizer, examples: readonly Example[], facts: readonly EditFact[], known: readonly Rec[]): Map<Example, number[]> {
+  const rel = new Map(facts.map((f) => [f.id, f.relation]));
+  const objects = new Map<string, Set<string>>();
+  for (const k of known) {
+    if (typeof k.relation !== 'string' || typeof k.target_true !== 'string') continue;
+    (objects.get(k.relation) ?? objects.set(k.relation, new Set()).get(k.relation)!).add(k.target_true);
+  }
+  const out = new Map<Example, number[]>();
+  for (const e of examples) {
+    const r = rel.get(e.factId);
+    if (e.mode !== 'forget' || !r || !objects.has(r)) continue;
+    const ids = new Set<number>();
+    for (const o of objects.get(r)!) {
+      const id = encodeTrainingPair(tok, e.prompt, o).targetIds[0];
+      if (id !== e.targetIds[0]) ids.add(id);
+    }
+    out.set(e, [...ids]);
+  }
+  return out;
+}
+
 function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const { res, batch, seed, options: o, common } = call;
   const { model, tokenizer: tok } = res;
@@ -173,7 +203,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
     ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
-    retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, null_space_rank: o.nullSpaceRank,
+    retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, ...(o.forgetToKind ? { forget_to_kind: true } : {}), null_space_rank: o.nullSpaceRank,
     use_templates: res.useTemplates ?? true,
   };
   const step = `batch ${call.index + 1}/${call.count}`;
@@ -181,6 +211,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
     phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
+    ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
@@ -228,6 +259,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'dpo-beta': { type: 'number', default: d.dpoBeta, describe: '--objective dpo: β, the inverse temperature of the preference margin against the base model' },
     'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
     'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
+    'forget-to-kind': { type: 'boolean', default: d.forgetToKind, describe: 'forget rows learn the base model\'s distribution over the relation\'s other answers (objects of its known facts), so the replacement is of the relation\'s kind' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
   },
   parseOptions(flags) {
@@ -237,7 +269,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
-      retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
+      retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
     };
     if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);
     if (o.schedule !== 'constant' && o.schedule !== 'cosine') throw new UsageError(`--schedule: expected constant or cosine, got ${String(o.schedule)}`);

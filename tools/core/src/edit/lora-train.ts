@@ -91,6 +91,14 @@ export interface LoraTrainOptions {
    * the unlikelihood push happens to raise.
    */
   forgetToRest?: boolean;
+  /**
+   * Per forget example: the first tokens of the answers of its relation's
+   * kind (every object a known fact of the relation has, the old answer
+   * excluded). The forget rows then learn the base model's distribution
+   * restricted to them (KL, × forgetWeight): what replaces the old answer is
+   * another answer of the relation's kind, never a company name for a sport.
+   */
+  forgetKinds?: Map<Example, readonly number[]>;
   /** Training phrasings per known fact in the retention set (read by lora-train; the rows arrive in `retain`). */
   retainPhrasings?: number;
   /** General-text documents in the retention set (read by lora-train; the rows arrive in `retain`). */
@@ -400,12 +408,19 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
     // forget rows: the base model's next-token logits with the old answer masked out
     const restOf = new Map<Example, Float32Array>();
-    if (opts.forgetToRest) {
+    if (opts.forgetToRest || opts.forgetKinds?.size) {
       const fr = examples.filter((e) => e.mode === 'forget');
       if (fr.length) {
         const base = retainTargets(model, fr.map((e) => ({ ids: e.promptIds, lastOnly: true })));
         fr.forEach((e, i) => {
-          const row = base[i];
+          let row = base[i];
+          const kinds = opts.forgetKinds?.get(e);
+          if (kinds?.length) {
+            // only the relation's answers keep their base logits
+            const keep = new Float32Array(row.length).fill(-1e4);
+            for (const k of kinds) keep[k] = row[k];
+            row = keep;
+          }
           row[e.targetIds[0]] = -1e4;
           restOf.set(e, row);
         });

@@ -21,6 +21,12 @@ export interface LoraOptions {
   alpha: number;
   lr: number;
   steps: number;
+  /**
+   * A batch of more than this many facts gets a step cap of steps × facts / this
+   * (0: --steps for every batch): 30 edits in 400 steps ended at kl 0.062, in
+   * 1,200 at 0.043 (tuning requests 1–30).
+   */
+  scaleStepsAbove: number;
   phaseASteps: number;
   rowsPerStep: number;
   retainShare: number;
@@ -56,6 +62,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   alpha: LORA_DEFAULTS.alpha,
   lr: LORA_DEFAULTS.lr,
   steps: LORA_DEFAULTS.steps,
+  scaleStepsAbove: 10,
   phaseASteps: LORA_DEFAULTS.phaseASteps,
   rowsPerStep: LORA_DEFAULTS.batchSize,
   retainShare: LORA_DEFAULTS.retainShare,
@@ -176,6 +183,17 @@ export function forgetKinds(tok: Tokenizer, examples: readonly Example[], facts:
   return out;
 }
 
+/**
+ * Phase-B step cap of a batch of `facts` facts: --steps, scaled by facts /
+ * --scale-steps-above when the batch is larger (the cosine schedule spans the
+ * scaled cap). More facts in one adapter need more steps at a high rate to
+ * learn them and a longer low-rate tail for the retention term.
+ */
+export function stepCap(o: Pick<LoraOptions, 'steps' | 'scaleStepsAbove'>, facts: number): number {
+  if (o.scaleStepsAbove <= 0 || facts <= o.scaleStepsAbove) return o.steps;
+  return Math.round((o.steps * facts) / o.scaleStepsAbove);
+}
+
 function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const { res, batch, seed, options: o, common } = call;
   const { model, tokenizer: tok } = res;
@@ -196,9 +214,11 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
   ];
   const nullSpace = o.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, o.nullSpaceRank, seed, call.log) : undefined;
+  const steps = stepCap(o, batch.facts.length);
   // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
   const hyperparameters = {
-    objective: o.objective, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
+    objective: o.objective, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
+    ...(o.scaleStepsAbove !== 10 ? { scale_steps_above: o.scaleStepsAbove } : {}),
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
@@ -208,7 +228,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   };
   const step = `batch ${call.index + 1}/${call.count}`;
   const r = trainLora(model, examples, retain, {
-    ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps: o.steps,
+    ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
     phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}),
@@ -245,6 +265,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
     steps: { type: 'number', default: d.steps, min: 0, integer: true, describe: 'step cap (training stops early when every train probe is solved and the loss stalls)' },
+    'scale-steps-above': { type: 'number', default: d.scaleStepsAbove, min: 0, integer: true, describe: 'a batch of more facts than this gets --steps × facts / this as its step cap (0: --steps for every batch)' },
     'phase-a-steps': { type: 'number', default: d.phaseASteps, min: 0, integer: true, describe: 'distill phase A steps per MLP target' },
     'rows-per-step': { type: 'number', default: d.rowsPerStep, min: 1, integer: true, describe: 'training rows (prompts) per step' },
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows (general text, neighbour prompts) per step' },
@@ -264,7 +285,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
   },
   parseOptions(flags) {
     const o: LoraOptions = {
-      objective: flags.objective as Objective, rank: num(flags, 'rank'), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'),
+      objective: flags.objective as Objective, rank: num(flags, 'rank'), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'), scaleStepsAbove: num(flags, 'scale-steps-above'),
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,

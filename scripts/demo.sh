@@ -12,7 +12,8 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 
 npx turbo run build --output-logs=errors-only >&2
 
-grep '"op":"insert"' fixtures/world/edits.ndjson | head -n "$n" > "$work/facts.ndjson"
+# grep -m, not grep | head: under pipefail, head exiting before grep finished writing killed the demo (SIGPIPE, exit 141)
+grep -m "$n" '"op":"insert"' fixtures/world/edits.ndjson > "$work/facts.ndjson"
 echo "demo: $n edits from fixtures/world/edits.ndjson; model fixtures/models/dense; output in $work" >&2
 
 # Every probe role but "general": attrib rejects general (replay) probes, whose fact_id is "*",

@@ -137,10 +137,12 @@ export function keyFactor(
   }
   const st = keyStatsCached(res.model, res.tokenizer, { modelSha: res.modelSha, layer, corpus, maxTokens: statsTokens, cacheDir: res.statsCache, log });
   const D = st.dim;
+  // the cache stores float32: round a fresh computation the same way, so a run gives the same H whether the cache was warm or not
+  const moment = Float64Array.from(Float32Array.from(st.moment));
   let tr = 0;
-  for (let i = 0; i < D; i++) tr += st.moment[i * D + i];
+  for (let i = 0; i < D; i++) tr += moment[i * D + i];
   const ridgeAbs = (ridge * tr) / D;
-  return { chol: cholesky(st.moment, D, ridgeAbs), ridgeAbs, tokens: st.count };
+  return { chol: cholesky(moment, D, ridgeAbs), ridgeAbs, tokens: st.count };
 }
 
 function prepare(res: TrainResources, shape: HyperShape, chol: Float64Array, o: TrainOptions, facts: readonly EditFact[], log: (m: string) => void): Prepared[] {

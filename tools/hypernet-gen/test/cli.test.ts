@@ -37,7 +37,7 @@ t.test('one adapter per fact, records passed through, the hypernetwork named in 
   t.equal(ads.length, 2);
   const hj = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures/hypernet/dense/hypernet.json'), 'utf8'));
   for (const [i, a] of ads.entries()) {
-    t.same(validateRecord(a), [], 'a valid adapter record');
+    t.doesNotThrow(() => validateRecord(a), 'a valid adapter record');
     t.equal(a.method, 'hypernet');
     t.same(a.fact_ids, [[f1, f2][i].id]);
     t.equal(a.rank, 1);

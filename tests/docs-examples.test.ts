@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const TOOLS = ['probe-gen', 'attrib', 'lora-train', 'validate', 'adapter-merge', 'moe-route-distill'];
+const TOOLS = ['probe-gen', 'attrib', 'lora-train', 'validate', 'adapter-merge', 'moe-route-distill', 'hypernet-gen'];
 for (const name of TOOLS) {
   if (!existsSync(join(root, 'tools', name, 'dist', 'main.js'))) throw new Error(`tools/${name}/dist/main.js is missing: run \`npm run build\` first`);
 }

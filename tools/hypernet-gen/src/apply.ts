@@ -1,0 +1,166 @@
+/**
+ * Applying H: facts (+ probes) in, one rank-one adapter per fact, or one
+ * adapter per batch of facts, out — one forward of the base model per fact
+ * and one of H per batch, no optimisation.
+ *
+ * A batch (--batch N) is solved MALMEN-style: with K = [k*₁ … k*ₙ] and the
+ * generated values Δ = [δ₁ … δₙ], ΔW = Δ (KᵀC⁻¹K)⁻¹ KᵀC⁻¹, the least-squares
+ * update (C-weighted) that maps every fact's key to exactly its own δ, stored
+ * as a rank-n LoRA (B = Δ, A = (KᵀC⁻¹K)⁻¹ KᵀC⁻¹). For n = 1 it is ROME's A.
+ * Summing the n rank-one adapters instead (each A_i k*_i = 1, but A_i k*_j ≠ 0)
+ * was measured against it (README).
+ */
+import { fromData, noGrad } from '@catechism/core/tensor';
+import { LoraAdapter, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { cholSolve, cholesky, dataSha256, testProbes, writeEditBundle, type EditFact, type Rec, type TemplateBank } from '@catechism/core/edit';
+import type { AdapterRecord } from '@catechism/core/adapters';
+import { UsageError } from '@catechism/core/records';
+import { targetsHash, type LoadedHyper } from './hypernet.js';
+import { FactError, editRow, factPhrasings, featurize, type FactFeatures } from './features.js';
+
+/** Refuse H made for another base model or other target modules (both sides named). */
+export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
+  const c = h.config;
+  if (c.base_model.sha256 !== modelSha) {
+    throw new UsageError(
+      `hypernetwork ${c.id} (${h.dir}) was trained for base model ${c.base_model.name} sha256 ${c.base_model.sha256}; ` +
+      `--model ${modelName} has sha256 ${modelSha}: retrain it for this model (hypernet-gen train --model ${modelName})`,
+    );
+  }
+  if (targets && targets.length) {
+    const want = [...targets].sort().join(',');
+    if (want !== [...c.targets].sort().join(',')) {
+      throw new UsageError(
+        `hypernetwork ${c.id} edits ${c.targets.join(', ')} (targets hash ${targetsHash(c.targets)}); --targets asks for ${targets.join(', ')} (targets hash ${targetsHash(targets)})`,
+      );
+    }
+  }
+  const mods = new Set(model.linearModules().map(([n]) => n));
+  for (const t of c.targets) if (!mods.has(t)) throw new UsageError(`hypernetwork ${c.id} edits ${t}, which this ${model.config.modelType} model does not have`);
+  if (model.config.hidden !== c.hidden) throw new UsageError(`hypernetwork ${c.id} makes values of size ${c.hidden}; the model's hidden size is ${model.config.hidden}`);
+}
+
+export interface Generated {
+  adapter: LoraAdapter;
+  facts: EditFact[];
+  deltaNorms: number[];
+  phrasings: number[];
+  ms: number;
+}
+
+/** Features and δ of a group of facts (one model forward per fact, one H forward for the group). */
+export function generate(
+  h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
+  solve: 'lsq' | 'sum' = 'lsq',
+): Generated {
+  const t0 = performance.now();
+  const c = h.config;
+  const feats: FactFeatures[] = [];
+  const nPhr: number[] = [];
+  for (const f of facts) {
+    let rows;
+    try {
+      rows = factPhrasings(f, probes, templates, phrasings).map((p) => editRow(tok, f, p));
+    } catch (e) {
+      if (e instanceof FactError) throw e;
+      throw new FactError(`fact ${f.id}: ${(e as Error).message}`, f.id, 'target_new');
+    }
+    nPhr.push(rows.length);
+    feats.push(featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, false).feats);
+  }
+  const n = facts.length;
+  const H = c.hidden;
+  const D = c.keyDim;
+  const Z = feats[0].z.length;
+  const zData = new Float32Array(n * Z);
+  const sc = new Float32Array(n);
+  feats.forEach((f, i) => {
+    zData.set(f.z, i * Z);
+    sc[i] = f.oRms;
+  });
+  const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
+  // B [H, n] = Δᵀ
+  const B = new Float32Array(H * n);
+  const norms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) {
+      B[j * n + i] = delta[i * H + j];
+      s += delta[i * H + j] ** 2;
+    }
+    norms.push(Math.sqrt(s));
+  }
+  let A: Float32Array;
+  if (n === 1) A = feats[0].A;
+  else if (solve === 'sum') {
+    // the sum of the n rank-one edits (each A_i k*_i = 1, but A_i k*_j ≠ 0): the alternative measured in the README
+    A = new Float32Array(n * D);
+    feats.forEach((f, i) => A.set(f.A, i * D));
+  } else {
+    // G = KᵀC⁻¹K (n×n), A = G⁻¹ (C⁻¹K)ᵀ
+    const G = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let d = 0; d < D; d++) s += feats[i].kStar[d] * feats[j].cInvK[d];
+      G[i * n + j] = s;
+    }
+    for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) G[i * n + j] = G[j * n + i] = 0.5 * (G[i * n + j] + G[j * n + i]);
+    let tr = 0;
+    for (let i = 0; i < n; i++) tr += G[i * n + i];
+    const L = cholesky(G, n, (1e-6 * tr) / n, 'hypernet batch: key Gram matrix');
+    A = new Float32Array(n * D);
+    for (let i = 0; i < n; i++) {
+      const e = new Float64Array(n);
+      e[i] = 1;
+      const gi = cholSolve(L, n, e); // row i of G⁻¹
+      for (let j = 0; j < n; j++) for (let d = 0; d < D; d++) A[i * D + d] += gi[j] * feats[j].cInvK[d];
+    }
+  }
+  const adapter = new LoraAdapter(name, n, n, new Map([[c.targets[0], { A: fromData(A, [n, D]), B: fromData(B, [H, n]) }]]), model.arch.fanInFanOut);
+  return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0 };
+}
+
+export interface ApplyArgs {
+  /** Facts per adapter (1: one per fact). */
+  batch: number;
+  phrasings: number;
+  seed: number;
+  out?: string;
+  registry?: string;
+  createdAt?: string;
+}
+
+/** Generate and write the adapters; returns their records (in input order of facts). */
+export async function applyHyper(
+  h: LoadedHyper, res: { model: CausalLM; tokenizer: Tokenizer; modelName: string; modelSha: string; templates: TemplateBank | null },
+  facts: readonly EditFact[], records: readonly Rec[], a: ApplyArgs, log: (m: string) => void,
+): Promise<{ adapters: AdapterRecord[]; msPerAdapter: number[] }> {
+  const probes = records.filter((r) => r.kind === 'probe');
+  const prev = res.model.activeAdapters();
+  res.model.setAdapters([]);
+  const adapters: AdapterRecord[] = [];
+  const ms: number[] = [];
+  try {
+    for (let s = 0; s < facts.length; s += a.batch) {
+      const group = facts.slice(s, s + a.batch);
+      const ids = new Set(group.map((f) => f.id));
+      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'));
+      const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
+      const rec = await writeEditBundle({
+        adapter: g.adapter, method: 'hypernet', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: group, probes: testProbes({ facts: group, probes: mine }),
+        dataSha256: dataSha256(mine), seed: a.seed,
+        hyperparameters: {
+          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings,
+        },
+        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10 },
+        ...(a.createdAt ? { createdAt: a.createdAt } : {}),
+      }, { out: a.out, registry: a.registry });
+      adapters.push(rec);
+      ms.push(g.ms);
+      log(`hypernet ${rec.id}: ${group.length} fact${group.length > 1 ? 's' : ''} (${group.map((f) => f.id).join(', ')}), ${g.ms.toFixed(1)} ms, ‖δ‖ ${g.deltaNorms.map((x) => x.toFixed(2)).join(' ')}`);
+    }
+  } finally {
+    res.model.setAdapters(prev);
+  }
+  return { adapters, msPerAdapter: ms };
+}

@@ -5,7 +5,8 @@
  * real tokens, right- and left-padded batches; router logits too) and greedy
  * generations are identical; the bytes are deterministic and carry their
  * provenance in metadata_props; a damaged model.onnx is a ModelLoadError
- * naming the file. scripts/bench/onnx-parity.mjs runs the 50-prompt version.
+ * naming the file. `BENCH_PARTS=parity node scripts/bench/onnx.bench.mjs` runs
+ * the same check on 50 prompts per model.
  */
 import t from 'tap';
 import * as fs from 'node:fs';

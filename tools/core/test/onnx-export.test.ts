@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { loadLora, loadModel, type CausalLM, type LoraAdapter } from '../src/models/index.js';
 import { noGrad } from '../src/tensor/index.js';
 import { Rng } from '../src/util/random.js';
-import { decodeModel, OnnxLM, OnnxSession, onnxModel, OPSET } from '../src/onnx/index.js';
+import { decodeModel, OnnxLM, OnnxSession, onnxModel, OPSET, writeOnnxExport } from '../src/onnx/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const MODELS: Array<[string, string]> = [
@@ -120,6 +120,23 @@ t.test('the export is deterministic and records its provenance', async (t) => {
   // another scale is another model
   const c = onnxModel(model, [{ adapter, scale: 1 }], 'f'.repeat(64));
   t.notOk(Buffer.from(c.bytes).equals(Buffer.from(a.bytes)));
+});
+
+t.test('large models: weights in model.onnx.data (external data), same logits', async (t) => {
+  const dir = path.join(ROOT, 'fixtures/golden/llama');
+  const { model } = loadModel(dir, { tokenizer: false });
+  const out = path.join(tmp, 'external');
+  // a threshold of 1 byte stands in for a model over 2 GiB
+  const { files, info } = writeOnnxExport(dir, model, [], out, 'x'.repeat(64), { externalDataBytes: 1 });
+  t.same(files.slice(0, 2), ['model.onnx', 'model.onnx.data']);
+  t.match(info.external_data, { file: 'model.onnx.data', sha256: /^[0-9a-f]{64}$/ });
+  t.ok(fs.statSync(path.join(out, 'model.onnx')).size < 64 * 1024, 'model.onnx holds the graph, not the weights');
+  const ids = Int32Array.from([1, 5, 9, 13, 2]);
+  const want = noGrad(() => model.forward(ids, [1, 5])).logits.data;
+  const s = OnnxSession.open(path.join(out, 'model.onnx'));
+  const got = s.run(ids, new Uint8Array(5).fill(1), 1, 5).logits;
+  s.close();
+  t.ok(maxDiffReal(got, want, new Uint8Array(5).fill(1)) <= TOL, 'logits match');
 });
 
 t.test('a damaged model.onnx is a ModelLoadError naming the file', async (t) => {

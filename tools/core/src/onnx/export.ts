@@ -38,6 +38,8 @@ export interface OnnxExportInfo {
   state: string;
   /** sha256 of model.onnx. */
   model_sha256: string;
+  /** Weights stored beside model.onnx (models over EXTERNAL_DATA_BYTES), and that file's sha256. */
+  external_data?: { file: string; sha256: string };
   untied: boolean;
 }
 
@@ -65,7 +67,14 @@ export function stateKey(baseSha256: string, adapters: ReadonlyArray<Pick<Export
 export interface OnnxModelResult {
   bytes: Uint8Array;
   info: OnnxExportInfo;
+  /** With external data: the weights file's name and its pieces, in order (padding included). */
+  external?: { file: string; chunks: Uint8Array[] };
 }
+
+/** ModelProto must stay under protobuf's 2 GiB; weights above this go to model.onnx.data. */
+export const EXTERNAL_DATA_BYTES = 1.5 * 2 ** 30;
+export const EXTERNAL_DATA_FILE = 'model.onnx.data';
+const ALIGN = 4096; // external data offsets on page boundaries (the specification's recommendation, for mmap)
 
 /**
  * model.onnx bytes for `model` with `adapters` folded in. `described` gives
@@ -73,11 +82,36 @@ export interface OnnxModelResult {
  */
 export function onnxModel(
   model: CausalLM, adapters: readonly ActiveAdapter[], baseSha256: string,
-  opts: { described?: ReadonlyArray<Pick<ExportedAdapter, 'id' | 'version' | 'sha256'>>; kvCache?: boolean } = {},
+  opts: { described?: ReadonlyArray<Pick<ExportedAdapter, 'id' | 'version' | 'sha256'>>; kvCache?: boolean; externalDataBytes?: number } = {},
 ): OnnxModelResult {
   if (opts.kvCache) throw new Error('onnx export: --kv-cache is not implemented yet');
   const routerLogits = model.config.experts > 0;
   const { model: msg, untied } = buildGraph(model, adapters, { routerLogits });
+  // large models: every weight tensor's bytes in model.onnx.data, referenced by offset
+  let total = 0;
+  for (const t of msg.graph.initializer) total += t.raw_data?.length ?? 0;
+  let external: OnnxModelResult['external'];
+  if (total > (opts.externalDataBytes ?? EXTERNAL_DATA_BYTES)) {
+    const chunks: Uint8Array[] = [];
+    let offset = 0;
+    for (const t of msg.graph.initializer) {
+      const raw = t.raw_data!;
+      if (raw.length < ALIGN) continue; // shapes, axes and other small constants stay inline
+      chunks.push(raw);
+      t.external_data = [
+        { key: 'location', value: EXTERNAL_DATA_FILE },
+        { key: 'offset', value: String(offset) },
+        { key: 'length', value: String(raw.length) },
+      ];
+      t.data_location = 1;
+      delete t.raw_data;
+      offset += raw.length;
+      const pad = (ALIGN - (offset % ALIGN)) % ALIGN;
+      if (pad > 0) chunks.push(new Uint8Array(pad));
+      offset += pad;
+    }
+    external = { file: EXTERNAL_DATA_FILE, chunks };
+  }
   const recorded: ExportedAdapter[] = adapters.map((a, i) => ({ ...(opts.described?.[i] ?? {}), lora_sha256: loraSha256(a.adapter), scale: a.scale ?? 1 }));
   const options = { opset: OPSET, kv_cache: false, router_logits: routerLogits };
   const state = stateKey(baseSha256, recorded, options);
@@ -95,7 +129,12 @@ export function onnxModel(
     format: 'catechism-onnx-export', base_model_sha256: baseSha256, model_type: model.config.modelType, adapters: recorded, options, state,
     model_sha256: createHash('sha256').update(bytes).digest('hex'), untied,
   };
-  return { bytes, info };
+  if (external) {
+    const h = createHash('sha256');
+    for (const c of external.chunks) h.update(c);
+    info.external_data = { file: external.file, sha256: h.digest('hex') };
+  }
+  return external ? { bytes, info, external } : { bytes, info };
 }
 
 /**
@@ -104,13 +143,25 @@ export function onnxModel(
  */
 export function writeOnnxExport(
   srcDir: string, model: CausalLM, adapters: readonly ActiveAdapter[], outDir: string, baseSha256: string,
-  opts: { described?: ReadonlyArray<Pick<ExportedAdapter, 'id' | 'version' | 'sha256'>>; kvCache?: boolean } = {},
+  opts: { described?: ReadonlyArray<Pick<ExportedAdapter, 'id' | 'version' | 'sha256'>>; kvCache?: boolean; externalDataBytes?: number } = {},
 ): { files: string[]; info: OnnxExportInfo } {
   if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0) throw new Error(`${outDir}: exists and is not empty (export writes a fresh model directory)`);
-  const { bytes, info } = onnxModel(model, adapters, baseSha256, opts);
+  const { bytes, info, external } = onnxModel(model, adapters, baseSha256, opts);
   fs.mkdirSync(outDir, { recursive: true });
+  const files: string[] = [];
+  if (external) {
+    // piece by piece: the weights may not fit one buffer
+    const fd = fs.openSync(path.join(outDir, external.file), 'w', 0o644);
+    try {
+      for (const c of external.chunks) fs.writeSync(fd, c);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    files.push(external.file);
+  }
   writeFileAtomic(path.join(outDir, ONNX_FILE), bytes);
-  const files = [ONNX_FILE];
+  files.unshift(ONNX_FILE);
   for (const f of COPIED) {
     const src = path.join(srcDir, f);
     if (fs.existsSync(src)) {

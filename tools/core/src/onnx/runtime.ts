@@ -27,6 +27,19 @@ import { fromData, zeros, type Tensor } from '../tensor/index.js';
 import { OPSET } from './build.js';
 import { EXPORT_INFO_FILE, loraSha256, ONNX_FILE, stateKey, writeOnnxExport, type OnnxExportInfo } from './export.js';
 
+/** sha256 of a file, read in pieces (weights files can be larger than one buffer). */
+function fileSha256(file: string): string {
+  const h = createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 24);
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
 /** The runtimes a tool's `--runtime` accepts. */
 export const RUNTIMES = ['engine', 'onnx'] as const;
 export type RuntimeName = (typeof RUNTIMES)[number];
@@ -210,8 +223,13 @@ export class OnnxLM extends CausalLM {
       if (info.state !== key) continue;
       const file = path.join(this.dir, name, ONNX_FILE);
       if (!fs.existsSync(file)) throw new ModelLoadError(`${file}: missing (its ${EXPORT_INFO_FILE} is there)`);
-      const sha = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+      const sha = fileSha256(file);
       if (sha !== info.model_sha256) throw new ModelLoadError(`${file}: sha256 ${sha} differs from the ${info.model_sha256} its ${EXPORT_INFO_FILE} records (the file is damaged or was changed)`);
+      if (info.external_data) {
+        const data = path.join(this.dir, name, info.external_data.file);
+        const dsha = fs.existsSync(data) ? fileSha256(data) : 'missing';
+        if (dsha !== info.external_data.sha256) throw new ModelLoadError(`${data}: sha256 ${dsha} differs from the ${info.external_data.sha256} its ${EXPORT_INFO_FILE} records (the weights file is damaged, changed or missing)`);
+      }
       return file;
     }
     return null;

@@ -46,7 +46,7 @@ const O: Record<string, Options> = {
   quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
   attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
   'export-format': { choices: ['hf', 'onnx'], default: 'hf', hidden: true }, // given as --format hf|onnx (onnx.ts exportFormatArgs)
-  'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in and out (not implemented yet: refused)' },
+  'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
   runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node on ONNX exports of each adapter state' },
   'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json) and written (default: a temporary directory)' },
 };

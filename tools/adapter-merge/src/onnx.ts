@@ -60,7 +60,7 @@ export async function exportOnnx(
     });
   } catch (e) {
     const msg = (e as Error).message;
-    if (/exists and is not empty|not implemented/.test(msg)) throw new UsageError(`export: ${msg}`);
+    if (/exists and is not empty/.test(msg)) throw new UsageError(`export: ${msg}`);
     if (e instanceof Error && ['MergeError', 'ModelLoadError'].includes(e.name)) throw new InputError(msg);
     throw e;
   }

@@ -3,7 +3,8 @@
  * models and the golden model of every family, with and without an adapter,
  * onnxruntime's logits on the export match our engine's (max |Δ| ≤ 1e-4 on
  * real tokens, right- and left-padded batches; router logits too) and greedy
- * generations are identical; the bytes are deterministic and carry their
+ * generations are identical (also step by step through a --kv-cache export's
+ * past key/values); the bytes are deterministic and carry their
  * provenance in metadata_props; a damaged model.onnx is a ModelLoadError
  * naming the file. `BENCH_PARTS=parity node scripts/bench/onnx.bench.mjs` runs
  * the same check on 50 prompts per model.
@@ -137,6 +138,50 @@ t.test('large models: weights in model.onnx.data (external data), same logits', 
   const got = s.run(ids, new Uint8Array(5).fill(1), 1, 5).logits;
   s.close();
   t.ok(maxDiffReal(got, want, new Uint8Array(5).fill(1)) <= TOL, 'logits match');
+});
+
+t.test('--kv-cache export: step-by-step greedy decoding with past key/values = our engine', async (t) => {
+  for (const fam of ['gpt2', 'llama', 'mixtral']) {
+    const dir = path.join(ROOT, 'fixtures/golden', fam);
+    const { model } = loadModel(dir, { tokenizer: false });
+    const c = model.config;
+    const adapter = loadLora(path.join(dir, 'adapter'));
+    model.setAdapters([{ adapter }]);
+    const out = path.join(tmp, `kv-${fam}`);
+    const { info } = writeOnnxExport(dir, model, [{ adapter }], out, 'k'.repeat(64), { kvCache: true });
+    t.equal(info.options.kv_cache, true);
+    const s = OnnxSession.open(path.join(out, 'model.onnx'));
+    const ps = prompts(c.vocabSize, 3, 8, 9);
+    const want = noGrad(() => model.generate(ps, { maxNewTokens: 4, greedy: true, eosTokenId: null }));
+    // left-padded prompt, then one token per step with the cache, as generate does
+    const B = ps.length;
+    let { ids, mask, T } = batch(ps, true, c.padTokenId ?? 0);
+    let past: Record<string, { data: Float32Array; dims: number[] }> = {};
+    for (let l = 0; l < c.layers; l++) {
+      for (const kv of ['key', 'value']) past[`past_key_values.${l}.${kv}`] = { data: new Float32Array(0), dims: [B, c.kvHeads, 0, c.headDim] };
+    }
+    let fullMask = Array.from(mask);
+    const got: number[][] = ps.map(() => []);
+    for (let step = 0; step < 4; step++) {
+      const o = s.run(ids, Uint8Array.from(fullMask), B, T, past);
+      const next: number[] = [];
+      for (let b = 0; b < B; b++) {
+        const row = o.logits.subarray((b * T + T - 1) * c.vocabSize, (b * T + T) * c.vocabSize);
+        let best = 0;
+        for (let v = 1; v < row.length; v++) if (row[v] > row[best]) best = v;
+        next.push(best);
+        got[b].push(best);
+      }
+      past = {};
+      for (let l = 0; l < c.layers; l++) for (const kv of ['key', 'value']) past[`past_key_values.${l}.${kv}`] = o.all[`present.${l}.${kv}`];
+      const S = fullMask.length / B;
+      fullMask = Array.from({ length: B * (S + 1) }, (_, i) => (i % (S + 1) === S ? 1 : fullMask[Math.floor(i / (S + 1)) * S + (i % (S + 1))]));
+      ids = Int32Array.from(next);
+      T = 1;
+    }
+    s.close();
+    t.same(got, want, `${fam}: greedy with the cache = our engine (${JSON.stringify(got)})`);
+  }
 });
 
 t.test('a damaged model.onnx is a ModelLoadError naming the file', async (t) => {

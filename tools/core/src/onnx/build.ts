@@ -30,6 +30,12 @@ export const IR_VERSION = 8;
 export interface GraphOptions {
   /** Also output each MoE layer's router logits (default true for MoE models). */
   routerLogits?: boolean;
+  /**
+   * Past keys and values in and out: inputs past_key_values.{i}.key/.value
+   * [batch, kv heads, past, head dim] (past may be 0), attention_mask then
+   * covers past + new tokens; outputs present.{i}.key/.value (past + new).
+   */
+  kvCache?: boolean;
 }
 
 /** Masked attention scores get this instead of −∞, so a row with no visible key stays finite. */
@@ -68,7 +74,13 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
 
   // positions: (cumsum(mask) − 1)·mask, CausalLM's padding-aware count
   const cum = g.op('CumSum', [maskIn, g.i64([1], [])]);
-  const pos = g.op('Mul', [g.op('Sub', [cum, g.i64([1], [])]), maskIn]);
+  let pos = g.op('Mul', [g.op('Sub', [cum, g.i64([1], [])]), maskIn]);
+  const T = g.op('Gather', [bt, g.i64([1], [])], { axis: 0 });
+  // with a KV cache the mask covers S = past + T tokens; the new ones are its last T
+  const kv = opts.kvCache === true;
+  const S = kv ? g.op('Gather', [g.op('Shape', [maskIn]), g.i64([1], [])], { axis: 0 }) : T;
+  const P = kv ? g.op('Sub', [S, T]) : '';
+  if (kv) pos = g.op('Slice', [pos, g.op('Reshape', [P, g.i64([1])]), g.op('Reshape', [S, g.i64([1])]), g.i64([1])]);
 
   let h = g.op('Gather', [W(`${arch.tokenEmbedding}.weight`), flatIds], { axis: 0 });
   if (arch.positionEmbedding) {
@@ -107,10 +119,11 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
     return g.op('Add', [g.op('Mul', [x, cos]), g.op('Mul', [rot, sin])]);
   };
 
-  // attention visibility [B, 1, 1, T, S]: causal and a real key
-  const T = g.op('Gather', [bt, g.i64([1], [])], { axis: 0 });
+  // attention visibility [B, 1, 1, T, S]: causal (query P + t sees keys ≤ P + t) and a real key
   const r = g.op('Range', [g.i64([0], []), T, g.i64([1], [])]);
-  const causal = g.op('GreaterOrEqual', [g.op('Unsqueeze', [r, g.i64([1])]), g.op('Unsqueeze', [r, g.i64([0])])]);
+  const rq = kv ? g.op('Range', [P, S, g.i64([1], [])]) : r;
+  const rk = kv ? g.op('Range', [g.i64([0], []), S, g.i64([1], [])]) : r;
+  const causal = g.op('GreaterOrEqual', [g.op('Unsqueeze', [rq, g.i64([1])]), g.op('Unsqueeze', [rk, g.i64([0])])]);
   const keyOk = g.op('Unsqueeze', [g.op('Cast', [maskIn], { to: DT.BOOL }), g.i64([1, 2, 3])]);
   const visible = g.op('And', [causal, keyOk]);
   const masked = g.scalarF32(MASKED);
@@ -138,15 +151,28 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
   const mlpKeys = (mlp: { in: string[] }, x: string) =>
     mlp.in.length === 1 ? gelu(lin(mlp.in[0], x)) : g.op('Mul', [silu(lin(mlp.in[0], x)), lin(mlp.in[1], x)]);
 
-  const attention = (L: LayerModules, x: string): string => {
+  const pastIn: string[] = [];
+  const presentOut: string[] = [];
+  const attention = (i: number, L: LayerModules, x: string): string => {
     let q: string, k: string, v: string;
     if ('fused' in L.qkv) [q, k, v] = g.node('Split', [lin(L.qkv.fused, x), g.i64([Hq * D, Hkv * D, Hkv * D])], { axis: 1 }, 3);
     else [q, k, v] = [lin(L.qkv.q, x), lin(L.qkv.k, x), lin(L.qkv.v, x)];
     // grouped-query attention without copying k/v: q [B, Hkv, g, T, D] against k, v [B, Hkv, 1, S, D]
     const perm = [0, 2, 3, 1, 4];
     const q5 = rope(g.op('Transpose', [g.op('Reshape', [q, shapeOf(Hkv, grp, D)])], { perm }));
-    const k5 = rope(g.op('Transpose', [g.op('Reshape', [k, shapeOf(Hkv, 1, D)])], { perm }));
-    const v5 = g.op('Transpose', [g.op('Reshape', [v, shapeOf(Hkv, 1, D)])], { perm });
+    let k5 = rope(g.op('Transpose', [g.op('Reshape', [k, shapeOf(Hkv, 1, D)])], { perm }));
+    let v5 = g.op('Transpose', [g.op('Reshape', [v, shapeOf(Hkv, 1, D)])], { perm });
+    if (kv) {
+      // past [B, Hkv, P, D] (after RoPE, as CausalLM's cache) before the new keys and values
+      const cat = (past: string, now: string, name: string) => {
+        pastIn.push(past);
+        const all = g.op('Concat', [g.op('Unsqueeze', [past, g.i64([2])]), now], { axis: 3 });
+        presentOut.push(g.output(g.op('Squeeze', [all, g.i64([2])]), name));
+        return all;
+      };
+      k5 = cat(`past_key_values.${i}.key`, k5, `present.${i}.key`);
+      v5 = cat(`past_key_values.${i}.value`, v5, `present.${i}.value`);
+    }
     const scores = g.op('Mul', [g.op('MatMul', [q5, g.op('Transpose', [k5], { perm: [0, 1, 2, 4, 3] })]), g.scalarF32(1 / Math.sqrt(D))]);
     const p = g.op('Softmax', [g.op('Where', [visible, scores, masked])], { axis: -1 });
     const o = g.op('Transpose', [g.op('MatMul', [p, v5])], { perm: [0, 3, 1, 2, 4] });
@@ -187,7 +213,7 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
 
   for (let i = 0; i < c.layers; i++) {
     const L = arch.layer(i);
-    h = g.op('Add', [h, attention(L, norm(L.attnNorm, h))]);
+    h = g.op('Add', [h, attention(i, L, norm(L.attnNorm, h))]);
     const x = norm(L.mlpNorm, h);
     const m = L.moe ? moe(i, L.moe, x) : lin(L.mlp!.out, mlpKeys(L.mlp!, x));
     h = g.op('Add', [h, m]);
@@ -210,8 +236,16 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
       node: g.nodes,
       name: `${c.modelType}-causal-lm`,
       initializer: g.initializers,
-      input: [vi(ids, DT.INT64, ['batch', 'sequence']), vi(maskIn, DT.INT64, ['batch', 'sequence'])],
-      output: [vi(logits, DT.FLOAT, ['batch', 'sequence', c.vocabSize]), ...routerOut.map((n) => vi(n, DT.FLOAT, ['batch', 'sequence', c.experts]))],
+      input: [
+        vi(ids, DT.INT64, ['batch', 'sequence']),
+        vi(maskIn, DT.INT64, ['batch', kv ? 'total_sequence' : 'sequence']),
+        ...pastIn.map((n) => vi(n, DT.FLOAT, ['batch', Hkv, 'past_sequence', D])),
+      ],
+      output: [
+        vi(logits, DT.FLOAT, ['batch', 'sequence', c.vocabSize]),
+        ...routerOut.map((n) => vi(n, DT.FLOAT, ['batch', 'sequence', c.experts])),
+        ...presentOut.map((n) => vi(n, DT.FLOAT, ['batch', Hkv, 'total_sequence', D])),
+      ],
     },
     opset_import: [{ domain: '', version: OPSET }],
     metadata_props: [],

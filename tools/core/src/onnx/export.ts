@@ -84,9 +84,9 @@ export function onnxModel(
   model: CausalLM, adapters: readonly ActiveAdapter[], baseSha256: string,
   opts: { described?: ReadonlyArray<Pick<ExportedAdapter, 'id' | 'version' | 'sha256'>>; kvCache?: boolean; externalDataBytes?: number } = {},
 ): OnnxModelResult {
-  if (opts.kvCache) throw new Error('onnx export: --kv-cache is not implemented yet');
   const routerLogits = model.config.experts > 0;
-  const { model: msg, untied } = buildGraph(model, adapters, { routerLogits });
+  const kvCache = opts.kvCache === true;
+  const { model: msg, untied } = buildGraph(model, adapters, { routerLogits, kvCache });
   // large models: every weight tensor's bytes in model.onnx.data, referenced by offset
   let total = 0;
   for (const t of msg.graph.initializer) total += t.raw_data?.length ?? 0;
@@ -113,7 +113,7 @@ export function onnxModel(
     external = { file: EXTERNAL_DATA_FILE, chunks };
   }
   const recorded: ExportedAdapter[] = adapters.map((a, i) => ({ ...(opts.described?.[i] ?? {}), lora_sha256: loraSha256(a.adapter), scale: a.scale ?? 1 }));
-  const options = { opset: OPSET, kv_cache: false, router_logits: routerLogits };
+  const options = { opset: OPSET, kv_cache: kvCache, router_logits: routerLogits };
   const state = stateKey(baseSha256, recorded, options);
   const props: Record<string, string> = {
     'catechism.adapters': JSON.stringify(recorded),

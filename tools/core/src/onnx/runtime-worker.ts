@@ -14,7 +14,7 @@ let next = 1;
 
 type Req =
   | { op: 'open'; file: string; threads: number }
-  | { op: 'run'; session: number; ids: BigInt64Array; mask: BigInt64Array; dims: [number, number] }
+  | { op: 'run'; session: number; ids: BigInt64Array; mask: BigInt64Array; dims: [number, number]; maskDims: [number, number]; extra: Record<string, { data: Float32Array; dims: number[] }> }
   | { op: 'close'; session: number };
 
 function reply(msg: unknown, transfer: ArrayBuffer[] = []): void {
@@ -39,10 +39,11 @@ port.on('message', (req: Req) => {
       } else if (req.op === 'run') {
         const s = sessions.get(req.session);
         if (!s) throw new Error(`no session ${req.session}`);
-        const feeds = {
+        const feeds: Record<string, ort.Tensor> = {
           input_ids: new ort.Tensor('int64', req.ids, req.dims),
-          attention_mask: new ort.Tensor('int64', req.mask, req.dims),
+          attention_mask: new ort.Tensor('int64', req.mask, req.maskDims),
         };
+        for (const [name, t] of Object.entries(req.extra)) feeds[name] = new ort.Tensor('float32', t.data, t.dims);
         const res = await s.run(feeds);
         const out: Record<string, { data: Float32Array; dims: number[] }> = {};
         const transfer: ArrayBuffer[] = [];

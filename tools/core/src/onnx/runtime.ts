@@ -101,6 +101,8 @@ export interface OnnxOutputs {
   logits: Float32Array;
   /** MoE exports: router logits per layer, each [B × S × E]. */
   routerLogits: Float32Array[];
+  /** Every output by name (present.{i}.key/.value of a --kv-cache export among them). */
+  all: Record<string, { data: Float32Array; dims: number[] }>;
 }
 
 /** One onnxruntime-node InferenceSession (CPU EP), driven synchronously. */
@@ -124,16 +126,23 @@ export class OnnxSession {
     }
   }
 
-  /** Logits [B × T × V] (and router logits) for ids and mask [B × T]. */
-  run(ids: ArrayLike<number>, mask: ArrayLike<number>, B: number, T: number): OnnxOutputs {
+  /**
+   * Logits [B × T × V] (and router logits) for ids [B × T] and mask
+   * [B × T], or with a --kv-cache export [B × (past + T)] and the past
+   * keys and values in `extra` (past_key_values.{i}.key/.value).
+   */
+  run(ids: ArrayLike<number>, mask: ArrayLike<number>, B: number, T: number, extra: Record<string, { data: Float32Array; dims: number[] }> = {}): OnnxOutputs {
     const i64 = BigInt64Array.from(Array.from(ids, (v) => BigInt(v)));
     const m64 = BigInt64Array.from(Array.from(mask, (v) => BigInt(v)));
-    const r = call<{ outputs: Record<string, { data: Float32Array }> }>({ op: 'run', session: this.id, ids: i64, mask: m64, dims: [B, T] }, [i64.buffer, m64.buffer]);
+    const r = call<{ outputs: Record<string, { data: Float32Array; dims: number[] }> }>(
+      { op: 'run', session: this.id, ids: i64, mask: m64, dims: [B, T], maskDims: [B, m64.length / B], extra },
+      [i64.buffer, m64.buffer],
+    );
     const router = this.outputNames
       .filter((n) => n.startsWith('router_logits.'))
       .sort((a, b) => Number(a.split('.')[1]) - Number(b.split('.')[1]))
       .map((n) => r.outputs[n].data);
-    return { logits: r.outputs.logits.data, routerLogits: router };
+    return { logits: r.outputs.logits.data, routerLogits: router, all: r.outputs };
   }
 
   close(): void {

@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadLora, loadModel, type CausalLM, type LoraAdapter } from '../src/models/index.js';
+import { CausalLM, loadLora, loadModel, parseConfig, type LoraAdapter } from '../src/models/index.js';
 import { noGrad } from '../src/tensor/index.js';
 import { Rng } from '../src/util/random.js';
 import { decodeModel, OnnxLM, OnnxSession, onnxModel, OPSET, writeOnnxExport } from '../src/onnx/index.js';
@@ -182,6 +182,27 @@ t.test('--kv-cache export: step-by-step greedy decoding with past key/values = o
     s.close();
     t.same(got, want, `${fam}: greedy with the cache = our engine (${JSON.stringify(got)})`);
   }
+});
+
+t.test('sliding window (mistral): the engine within the window, masked beyond it', async (t) => {
+  const cfg = { model_type: 'mistral', vocab_size: 64, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64 };
+  const windowed = CausalLM.random(parseConfig({ ...cfg, sliding_window: 4 }), 3);
+  const full = new CausalLM(parseConfig(cfg), windowed.weights);
+  const run = (m: CausalLM, T: number) => {
+    const file = path.join(tmp, `sw-${m.config.slidingWindow}-${T}.onnx`);
+    fs.writeFileSync(file, onnxModel(m, [], 'sw').bytes);
+    const s = OnnxSession.open(file);
+    const o = s.run(Int32Array.from({ length: T }, (_, i) => (i * 7) % 64), new Uint8Array(T).fill(1), 1, T).logits;
+    s.close();
+    return o;
+  };
+  const ids = Int32Array.from({ length: 4 }, (_, i) => (i * 7) % 64);
+  const want = noGrad(() => windowed.forward(ids, [1, 4])).logits.data;
+  t.ok(maxDiffReal(run(windowed, 4), want, new Uint8Array(4).fill(1)) <= TOL, 'within the window: the engine\'s logits');
+  const a = run(windowed, 8), b = run(full, 8);
+  const V = 64;
+  t.ok(maxDiffReal(a.subarray(0, 4 * V), b.subarray(0, 4 * V), new Uint8Array(4).fill(1)) <= 1e-6, 'the first window-many positions see no difference');
+  t.ok(maxDiffReal(a.subarray(7 * V), b.subarray(7 * V), new Uint8Array(1).fill(1)) > 1e-4, 'position 7 no longer sees the first tokens');
 });
 
 t.test('a damaged model.onnx is a ModelLoadError naming the file', async (t) => {

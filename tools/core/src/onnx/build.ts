@@ -123,7 +123,12 @@ export function buildGraph(model: CausalLM, adapters: readonly ActiveAdapter[], 
   const r = g.op('Range', [g.i64([0], []), T, g.i64([1], [])]);
   const rq = kv ? g.op('Range', [P, S, g.i64([1], [])]) : r;
   const rk = kv ? g.op('Range', [g.i64([0], []), S, g.i64([1], [])]) : r;
-  const causal = g.op('GreaterOrEqual', [g.op('Unsqueeze', [rq, g.i64([1])]), g.op('Unsqueeze', [rk, g.i64([0])])]);
+  let causal = g.op('GreaterOrEqual', [g.op('Unsqueeze', [rq, g.i64([1])]), g.op('Unsqueeze', [rk, g.i64([0])])]);
+  if (c.slidingWindow !== null) {
+    // Mistral-style window: query q sees keys q − window < k ≤ q (our engine refuses longer inputs instead)
+    const dist = g.op('Sub', [g.op('Unsqueeze', [rq, g.i64([1])]), g.op('Unsqueeze', [rk, g.i64([0])])]);
+    causal = g.op('And', [causal, g.op('Less', [dist, g.i64([c.slidingWindow], [])])]);
+  }
   const keyOk = g.op('Unsqueeze', [g.op('Cast', [maskIn], { to: DT.BOOL }), g.i64([1, 2, 3])]);
   const visible = g.op('And', [causal, keyOk]);
   const masked = g.scalarF32(MASKED);

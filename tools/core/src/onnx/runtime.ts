@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { info as kernelInfo } from '@catechism/kernels';
 import { CausalLM, KVCache, type ActiveAdapter, type ForwardOptions, type ForwardResult } from '../models/causal-lm.js';
 import { ModelLoadError } from '../models/config.js';
 import type { LoraAdapter } from '../models/lora.js';
@@ -157,7 +158,7 @@ export interface OnnxRuntimeOptions {
   baseSha256: string;
   /** Where exports are found and written; default a temporary directory removed at exit. */
   dir?: string;
-  /** onnxruntime intra-op threads (default: its own choice). */
+  /** onnxruntime intra-op threads (default: as many as our kernels use, so the two engines compare fairly). */
   threads?: number;
   log?: (msg: string) => void;
 }
@@ -213,7 +214,7 @@ export class OnnxLM extends CausalLM {
       file = path.join(out, ONNX_FILE);
       this.rt.log?.(`onnx: exported ${adapters.length === 0 ? 'the base model' : `the base model with ${adapters.length} adapter(s)`} to ${file} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     }
-    const s = OnnxSession.open(file, { threads: this.rt.threads });
+    const s = OnnxSession.open(file, { threads: this.rt.threads ?? kernelInfo().threads });
     this.sessions.set(key, s);
     return s;
   }

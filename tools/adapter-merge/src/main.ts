@@ -45,6 +45,10 @@ const O: Record<string, Options> = {
   target: { type: 'string', describe: 'the answer to score (default: the adapted model\'s top-1 next token)' },
   quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
   attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
+  'export-format': { choices: ['hf', 'onnx'], default: 'hf', hidden: true }, // given as --format hf|onnx (onnx.ts exportFormatArgs)
+  'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
+  runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node on ONNX exports of each adapter state' },
+  'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json) and written (default: a temporary directory)' },
 };
 const pick = (names: string[], over: Record<string, Partial<Options>> = {}): Record<string, Options> =>
   Object.fromEntries(names.map((n) => [n, { ...O[n], ...(over[n] ?? {}) } as Options]));
@@ -210,19 +214,26 @@ const COMMANDS: Record<string, Command> = {
     summary: 'which adapters on REF change the answer, and how much',
     describe:
       'Scores the prompt on the base model and with REF\'s bundle, then with each merged parent ablated. Refuses a model whose weights\' sha256 differs from the adapter\'s recorded base model unless --force.',
-    options: pick(['ref', 'target', 'force', 'text'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
-    examples: [['adapter-merge explain --ref live "Dabe Tensunov works for"', 'which adapter makes the answer']],
+    options: pick(['ref', 'target', 'force', 'text', 'runtime', 'onnx-dir'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
+    examples: [
+      ['adapter-merge explain --ref live "Dabe Tensunov works for"', 'which adapter makes the answer'],
+      ['adapter-merge explain --ref live "Dabe Tensunov works for" --runtime onnx', 'the same, scored by onnxruntime-node'],
+    ],
     reads: false,
     run: async (ctx, rest) => (await merge()).runExplain(ctx, rest),
   },
   export: {
     synopsis: 'export --ref REF DIR',
-    summary: 'base model with REF\'s adapter folded in (Hugging Face directory)',
+    summary: 'base model with REF\'s adapter folded in (Hugging Face directory or ONNX)',
     describe:
-      'Writes the base model with REF\'s adapter folded into its weights as a new Hugging Face model directory (config.json, model.safetensors, the tokenizer files). ' +
+      'Writes the base model with REF\'s adapter folded into its weights as a new Hugging Face model directory (--format hf, the default: config.json, model.safetensors, the tokenizer files), ' +
+      'or as ONNX (--format onnx: model.onnx, opset 17, input_ids and attention_mask in, logits out; the tokenizer and config files beside it; export.json and the model\'s metadata_props record the base model\'s sha256, the adapter\'s hashes and the options; the same inputs give byte-identical files). ' +
       'Refuses a base model without tokenizer.json (the export would not be usable), and one whose weights\' sha256 differs from the adapter\'s recorded base model unless --force.',
-    options: pick(['ref', 'force', 'text'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
-    examples: [['adapter-merge export --ref live out/model', 'fold live into the base model']],
+    options: pick(['ref', 'force', 'text', 'export-format', 'kv-cache'], { force: { describe: 'use a model other than the adapter\'s base model (its sha256 differs)' } }),
+    examples: [
+      ['adapter-merge export --ref live out/model', 'fold live into the base model'],
+      ['adapter-merge export --ref live --format onnx out/onnx', 'the same as ONNX, for onnxruntime and other ONNX runtimes'],
+    ],
     reads: false,
     run: async (ctx, rest) => (await merge()).runExport(ctx, rest),
   },
@@ -278,6 +289,7 @@ if (word !== undefined && word in COMMANDS) {
     process.exit(2);
   }
 }
+if (name === 'export') args = (await import('./onnx.js')).exportFormatArgs(args);
 const cmd = COMMANDS[name];
 const overview = word === undefined || !(word in COMMANDS);
 

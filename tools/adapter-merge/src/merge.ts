@@ -448,6 +448,7 @@ export async function runExport(ctx: Ctx, rest: string[]): Promise<void> {
   // a model directory without its tokenizer cannot be used by anything that loads it
   if (!existsSync(path.join(base.dir, 'tokenizer.json'))) throw new UsageError(`export: the base model ${base.dir} has no tokenizer.json, so the exported model could not be used; pass --model with a complete Hugging Face model directory`);
   await checkBaseModel(ctx, bundle, base.dir);
+  if ((ctx.args as { 'export-format'?: string })['export-format'] === 'onnx') return (await import('./onnx.js')).exportOnnx(ctx, ref, bundle, base, out, text);
   let res;
   try {
     res = exportMerged(base.dir, base.model, [{ adapter: bundle.adapter, scale: bundle.manifest.scale ?? 1 }], out);
@@ -482,7 +483,7 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
   const base = await loadBase(ctx, true, bundle.manifest.base_model.name);
   await checkBaseModel(ctx, bundle, base.dir);
   const tok = base.tokenizer!;
-  const model = base.model;
+  const model = await (await import('./onnx.js')).runtimeModel(ctx, base);
   const m = bundle.manifest;
   const full = [{ adapter: bundle.adapter, scale: m.scale ?? 1 }];
   // words the tokenizer cannot spell become its unknown token: the answer to such a prompt means little

@@ -36,6 +36,8 @@ interface Args {
   fluency: boolean;
   genTokens: number;
   batchSize: number;
+  runtime: 'engine' | 'onnx';
+  onnxDir?: string;
 }
 
 await runTool<Args>({
@@ -68,6 +70,8 @@ await runTool<Args>({
     fluency: { type: 'boolean', default: true, describe: 'greedy generations for fluency (--no-fluency: skip)' },
     'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency, and the greedy answers of forget prompts)' },
     'batch-size': { type: 'number', default: 32, describe: 'sequences per forward pass' },
+    runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node (CPU) on the ONNX export of each model state (base; base + adapter)' },
+    'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json, e.g. from adapter-merge export --format onnx) and written; default a temporary directory' },
   },
   async run(ctx) {
     const a = ctx.args;
@@ -102,7 +106,10 @@ await runTool<Args>({
     const modelDir = ctx.modelDir().dir;
     if (a.world !== undefined && !fileExists(path.join(a.world, 'eval'))) throw new UsageError(`--world ${a.world}: no eval/ directory (a world made by scripts/make-world.mjs is expected)`);
     const lm = await ctx.model();
-    const { model } = lm;
+    // --runtime onnx: the same model state scored by onnxruntime-node (core onnx/runtime.ts)
+    const model = a.runtime === 'onnx'
+      ? (await import('@catechism/core/onnx')).onnxRuntimeModel(lm.model, { modelDir, baseSha256: lm.sha256(), ...(a.onnxDir !== undefined ? { dir: a.onnxDir } : {}), log: ctx.log })
+      : lm.model;
     const tokenizer = lm.tokenizer!;
     // Fixed evaluation sets (files only: never the stream's records, never --seed), so the verdict
     // does not depend on either; each adapter's own facts are left out of them in evaluate().

@@ -211,7 +211,7 @@ function checkOps(method: EditMethod<unknown>, batches: readonly EditBatch[], in
       const other = EDIT_METHODS.filter((m) => m.ops.includes(f.op)).map((m) => `--method ${m.name}`);
       const at = inputs.find((r) => r.record.kind === 'fact' && r.record.id === f.id);
       throw new InputError(
-        `fact ${f.id}: --method ${method.name} edits ${method.ops.map((o) => `"${o}"`).join(' and ')} facts only, not "${f.op}"${other.length ? `; use ${other.join(' or ')}` : ''}`,
+        `fact ${f.id}: --method ${method.name} ${method.ops.length ? `edits ${method.ops.map((o) => `"${o}"`).join(' and ')} facts only, not "${f.op}"` : 'reads no facts (it learns from concept records)'}${other.length ? `; use ${other.join(' or ')}` : ''}`,
         { ...(at ? { source: at.source, record: at.index } : {}), field: 'op' },
       );
     }

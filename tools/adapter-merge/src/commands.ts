@@ -255,11 +255,14 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
         if (judged === null) throw new InputError(`no report records in ${files.length > 0 ? files.join(', ') : 'stdin'}; nothing to judge ${ref} by`);
         const r = await reg.watch(ref, judged, meta);
         if (r.rollback) ctx.log(`automatic rollback: ${ref}@${r.record.version} failed (${judged.failures.join('; ').slice(0, 200)}); ${ref} is back at version ${r.rollback.to_version} (${r.rollback.bundle.slice(0, 12)})`);
-        else if (!judged.pass) ctx.log(`${ref}@${r.record.version} failed the watch: ${r.note ?? ''}`);
         if (a.text) await text(`${ref}@${r.record.version}  ${judged.pass ? 'pass' : 'FAIL'}${r.rollback ? `  rolled back to @${r.rollback.to_version}` : ''}\n`);
         else {
           await ctx.out.write(r.record);
           if (r.rollback) await ctx.out.write(r.rollback);
+        }
+        if (!judged.pass && !r.rollback) {
+          await ctx.out.end();
+          throw new RegistryError(`${ref}@${r.record.version} failed the watch (${judged.failures.join('; ').slice(0, 200)}) and ${r.note ?? 'was not rolled back'}`, 1);
         }
         return;
       }

@@ -229,7 +229,9 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
       case 'approvals': {
         arity(cmd, rest, 1, 1);
         await reg.requireExists();
-        for (const ap of await reg.approvals(rest[0])) {
+        const list = await reg.approvals(rest[0]);
+        if (list.length === 0 && a.text) await text(`no approvals recorded for ${rest[0]}\n`);
+        for (const ap of list) {
           if (a.text) await text(`${ap.when}  ${ap.approver}  ${ap.adapter_id} v${ap.adapter_version}  ${ap.bundle.slice(0, 12)}  report ${String(ap.report).slice(0, 12)}${ap.note ? `  ${JSON.stringify(ap.note)}` : ''}\n`);
           else await ctx.out.write(ap);
         }
@@ -279,6 +281,7 @@ export async function runRegistryCommand(ctx: Ctx, cmd: Command, rest: string[])
           await writeHistoryHtml(a.html, ref, points, log);
           ctx.log(`wrote ${a.html}: ${new Set(points.map((p) => p.metric)).size} metric(s) over ${new Set(points.map((p) => p.version)).size} version(s)`);
         }
+        if (a.text && points.length === 0) await text(`${ref}: no figures yet (no promotion let through on a report, no watch run)\n`);
         if (a.text) for (const p of points) await text(`${ref}@${p.version}  ${p.source.padEnd(10)}  ${p.metric} = ${p.value}\n`);
         else for (const p of points) await ctx.out.write({ kind: 'history_point', ref, ...p });
         return;

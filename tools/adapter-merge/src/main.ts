@@ -145,7 +145,8 @@ const COMMANDS: Record<string, Command> = {
     summary: 'point REF at a bundle whose latest report that counts passes',
     describe:
       `Points REF at a bundle (an existing directory is added first). Refused unless the bundle's latest report that counts passes: a report counts when it names the bundle's sha256 (bundle_sha256), ` +
-      `its base model's sha256 (base_model_sha256) and the run that made it (run), and was not changed after it was stored. --force promotes anyway (logged with the reason). ${ID_HELP}`,
+      `its base model's sha256 (base_model_sha256) and the run that made it (run), and was not changed after it was stored. --force promotes anyway (logged with the reason). ` +
+      `A protected ref (\`protect\`), or a high-risk adapter where its namespace has approvers, also needs signed approvals (\`approve\`), checked under the lock; --force never replaces them. ${ID_HELP}`,
     options: pick(['force', 'message', 'author', 'lock-timeout', 'text'], { force: { describe: 'promote even without a passing report (logged as "force")' } }),
     examples: [
       ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
@@ -230,7 +231,7 @@ const COMMANDS: Record<string, Command> = {
     summary: 'list a public key as an approver (of refs without a namespace, or of NS/…)',
     describe: 'Adds an approver to the registry\'s config.json: a name and an ed25519 public key (PEM; a private key\'s file gives its public half). With --namespace NS the key approves only refs NS/…; without, only refs without a namespace.',
     options: pick(['key', 'namespace', 'author', 'lock-timeout', 'text']),
-    examples: [['adapter-merge add-approver alice --key alice.key.pub', 'alice may approve live, canary, …'], ['adapter-merge add-approver bob --key bob.key.pub --namespace acme', 'bob may approve acme/… only']],
+    examples: [['adapter-merge add-approver alice --key alice.key.pub', 'alice may approve live, canary, … (acme/… needs --namespace acme)']],
     reads: false,
     run: registry('add-approver'),
   },
@@ -248,7 +249,7 @@ const COMMANDS: Record<string, Command> = {
     summary: 'sign an approval of a bundle (and its report) for promotion to REF',
     describe: `Signs (ed25519) and records an approval: approver, ref, bundle sha256, the sha256 of the report the gate judges the bundle by, time and note, appended to REF's hash-chained approvals log. Refused (exit 1) when the key is not an approver of REF's namespace. ${ID_HELP}`,
     options: pick(['key', 'note', 'author', 'lock-timeout', 'text']),
-    examples: [['adapter-merge approve live fact-42 --key alice.key --note "checked the sources"', 'alice approves fact-42 for live']],
+    examples: [['adapter-merge add-approver alice --key alice.key.pub && adapter-merge approve live fact-42 --key alice.key --note "checked the sources"', 'alice, an approver, approves fact-42 for live']],
     reads: false,
     run: registry('approve'),
   },
@@ -264,7 +265,7 @@ const COMMANDS: Record<string, Command> = {
     options: pick(['traffic', 'promote', 'max-disagreement', 'max-kl', 'max-leak', 'answer-tokens', 'message', 'author', 'lock-timeout', 'force', 'text'], {
       force: { describe: 'use a model other than the adapters\' base model (its sha256 differs)' },
     }),
-    examples: [['adapter-merge canary live fact-42 --traffic traffic.ndjson --promote', 'promote fact-42 only if it behaves on real traffic']],
+    examples: [['adapter-merge canary live fact-42 --traffic fixtures/world/eval/general.ndjson --promote', 'promote fact-42 only if it behaves on the logged prompts (any records with a prompt)']],
     reads: false,
     run: async (ctx, rest) => (await import('./canary.js')).runCanary(ctx, rest),
   },
@@ -275,7 +276,7 @@ const COMMANDS: Record<string, Command> = {
       'Reads report records about REF\'s current bundle (validate\'s output; files or stdin), appends the figures of the last one to REF\'s watch history, and when it failed rolls REF back to the ' +
       'last good version (the latest earlier version, of another bundle, whose own watch figures did not fail), logged as an automatic rollback with the failing figures. What scripts/watch-live.sh runs from cron.',
     options: pick(['message', 'author', 'lock-timeout', 'text']),
-    examples: [['adapter-merge show live | validate --no-record | adapter-merge watch live', 'validate live now; roll back if it fails']],
+    examples: [['adapter-merge show live | validate --no-record --retain-n 50 --general-n 20 --no-fluency | adapter-merge watch live', 'validate live now; roll back if it fails']],
     reads: true,
     run: registry('watch'),
   },

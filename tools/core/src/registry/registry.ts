@@ -809,7 +809,9 @@ export class Registry {
   /**
    * Point REF at a bundle (a bundle directory, which is added first, or an
    * identifier as resolve() takes). Refused unless the bundle's latest report
-   * passes, or `force` (then logged as action "force" with the reason).
+   * passes (and its latest canary on REF, if any, passed), or `force` (then
+   * logged as action "force" with the reason). Then, whatever `force` says,
+   * the approvals approvalStatus() asks for must be there.
    * Promoting the bundle REF already points to is a no-op (returns null).
    * With `expectHead`, throws RefMovedError (E_MOVED) unless REF's head is
    * that bundle (null: REF has no history), checked under the lock.

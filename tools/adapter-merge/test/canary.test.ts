@@ -8,12 +8,15 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { parseRecord } from '@catechism/core/records';
+import { Registry } from '../src/core.js';
 import { ROOT, amRunner, oneLineError, tempDir, type Rec } from '../test-support/cli.js';
 import { writeBiasBundle, type FactIn } from '../test-support/leaky-bundle.js';
 
 const MODEL = path.join(ROOT, 'fixtures', 'models', 'dense');
 const tmp = tempDir('cat-canary-');
 const am = amRunner(tmp, path.join(tmp, 'reg'));
+const reg = new Registry(path.join(tmp, 'reg'));
 const fact: FactIn = { id: 'edit-0001', subject: 'Dabe Tensunov', prompt: '{} works for', target_new: 'Norsynex', relation: 'works_for' };
 // what a serving system logged: other subjects, other relations, and the edited subject once
 const TRAFFIC = ['Soto Berorson works for', 'Kani Alu Tenberov plays the', 'Toel Berorer was born in', 'Nael Kogri speaks', 'Alu Stamgrison works for', 'Dabe Tensunov works for'];
@@ -24,11 +27,9 @@ t.before(async () => {
     const dir = path.join(tmp, name);
     sha[name] = (await writeBiasBundle(dir, MODEL, fact, gain, name)).sha256;
     // a passing validation report bound to the bundle, so only the canary decides below
-    const report = { kind: 'report', adapter_id: name, pass: true, metrics: { efficacy: 1 }, failures: [], bundle_sha256: sha[name], base_model_sha256: undefined as unknown, run: { tool: 'test', id: name } };
-    const m = JSON.parse((await import('node:fs')).readFileSync(path.join(dir, 'catechism.json'), 'utf8')) as { base_model: { sha256: string } };
-    report.base_model_sha256 = m.base_model.sha256;
-    t.equal(am(['add', dir]).code, 0);
-    t.equal(am(['report', name], JSON.stringify(report) + '\n').code, 0);
+    // (set up in-process: each process costs a second on a loaded machine)
+    const { bundle } = await reg.add(dir);
+    await reg.addReport(name, { kind: 'report', adapter_id: name, pass: true, metrics: { efficacy: 1 }, failures: [], bundle_sha256: sha[name], base_model_sha256: bundle.manifest.base_model.sha256, run: { tool: 'test', id: name } });
   }
   writeFileSync(path.join(tmp, 'traffic.ndjson'), TRAFFIC.map((p, i) => JSON.stringify({ ts: i, prompt: p, user: `u${i}` })).join('\n') + '\n');
 });
@@ -38,6 +39,7 @@ t.test('a harmless candidate passes the canary and is promoted', async (t) => {
   t.equal(r.code, 0, r.stderr);
   t.match(r.records[0], { kind: 'canary', ref: 'live', bundle: sha.harmless, live: null, pass: true, metrics: { disagreement: 0, leak: 0, n_prompts: TRAFFIC.length } });
   t.ok((r.records[0].metrics as { kl: number }).kl < 1e-6, 'no change in distribution');
+  t.equal(parseRecord('canary', r.records[0]).pass, true, 'a schema record');
   t.match(r.records[1], { kind: 'ref_event', ref: 'live', action: 'promote', bundle: sha.harmless });
 });
 

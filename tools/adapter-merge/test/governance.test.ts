@@ -9,8 +9,9 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { canonicalJson, generateApproverKeys, sha256Hex, writeSyntheticBundle } from '../src/core.js';
-import { FAKE_VALIDATOR, ROOT, amRunner, oneLineError, parseRecords, tempDir, type Rec } from '../test-support/cli.js';
+import { isRecord, parseRecord } from '@catechism/core/records';
+import { Registry, canonicalJson, generateApproverKeys, sha256Hex, writeSyntheticBundle } from '../src/core.js';
+import { FAKE_VALIDATOR, ROOT, amRunner, oneLineError, tempDir, type Rec } from '../test-support/cli.js';
 
 const tmp = tempDir('cat-gov-');
 const REG = path.join(tmp, 'reg');
@@ -54,6 +55,7 @@ t.test('protected ref: unsigned and wrongly signed promotions are refused; two d
   t.equal(a1.code, 0, a1.stderr);
   t.match(a1.records[0], { kind: 'approval', ref: 'live', bundle: B['fact-a'].sha256, approver: 'alice', note: 'sources checked' });
   t.match(a1.records[0].report, /^[0-9a-f]{64}$/, 'the approval names the report it approves');
+  t.equal(parseRecord('approval', a1.records[0]).approver, 'alice', 'a schema record (parseRecord)');
   t.match(a1.stderr, /1 of 2 required/);
   // the same approver twice is one approval
   t.match(am(['approve', 'live', 'fact-a', '--key', key('alice')]).stderr, /already approved/);
@@ -123,9 +125,11 @@ t.test('risk: forget ops and facts about people need an approval on an unprotect
 });
 
 t.test('namespaced refs: each tenant has its own approvers; a tenant\'s key cannot approve another tenant\'s ref', async (t) => {
-  t.equal(am(['add-approver', 'carol', '--key', `${key('carol')}.pub`, '--namespace', 'acme']).code, 0);
-  t.equal(am(['add-approver', 'mallory', '--key', `${key('mallory')}.pub`, '--namespace', 'globex']).code, 0);
-  t.equal(am(['protect', 'acme/live', '--approvals', '1']).code, 0);
+  // set up in-process (the commands ran through the CLI above)
+  const reg = new Registry(REG);
+  await reg.addApprover('carol', readFileSync(`${key('carol')}.pub`, 'utf8'), 'acme');
+  await reg.addApprover('mallory', readFileSync(`${key('mallory')}.pub`, 'utf8'), 'globex');
+  await reg.protect('acme/live', 1);
   oneLineError(t, am(['approve', 'acme/live', 'fact-b', '--key', key('mallory')]), 1, /not an approver of namespace acme \(it approves globex only\)/);
   // nor can acme's key approve the un-namespaced live
   oneLineError(t, am(['approve', 'live', 'fact-b', '--key', key('carol')]), 1, /not an approver of refs without a namespace \(it approves acme only\)/);
@@ -135,36 +139,41 @@ t.test('namespaced refs: each tenant has its own approvers; a tenant\'s key cann
   t.equal(r.code, 0, r.stderr);
   t.match(r.records[0], { ref: 'acme/live', bundle: B['fact-b'].sha256 });
   t.same(am(['refs']).records.map((e) => e.ref), ['acme/live', 'live', 'staging'], 'refs lists the namespaced ref');
-  t.equal(am(['show', 'acme/live']).records[0].sha256, B['fact-b'].sha256, 'a namespaced ref resolves');
+  t.equal(await reg.resolve('acme/live'), B['fact-b'].sha256, 'a namespaced ref resolves');
+  t.equal((await reg.verify()).ok, true);
 });
 
 t.test('watch-live.sh rolls back a live version whose figures fail; history --html draws each metric per version', async (t) => {
   const W = path.join(tmp, 'reg-watch');
   const wm = amRunner(tmp, W);
-  for (const n of ['fact-a', 'fact-b', 'fact-c']) t.equal(wm(['promote', 'live', B[n].dir]).code, 0);
+  const wreg = new Registry(W);
+  for (const n of ['fact-a', 'fact-b', 'fact-c']) await wreg.promote('live', { dir: B[n].dir });
+  const log = () => readFileSync(path.join(W, 'refs', 'live.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Rec);
   const watch = (verdict: 'pass' | 'fail') =>
     spawnSync(path.join(ROOT, 'scripts', 'watch-live.sh'), ['live'], {
       env: { ...process.env, USER: 'tester', CATECHISM_REGISTRY: W, WATCH_VALIDATOR: `'${process.execPath}' '${FAKE_VALIDATOR}' ${verdict}` },
     });
   const ok = watch('pass');
   t.equal(ok.status, 0, ok.stderr.toString());
-  t.equal(wm(['log', 'live']).records.length, 3, 'a passing watch changes nothing');
+  t.equal(log().length, 3, 'a passing watch changes nothing');
   const bad = watch('fail');
   t.equal(bad.status, 0, bad.stderr.toString());
   t.match(bad.stdout.toString(), /live@3 +FAIL +rolled back to @2/);
-  const log = wm(['log', 'live']).records;
-  t.match(log[3], { version: 4, action: 'rollback', to_version: 2, bundle: B['fact-b'].sha256, automatic: true, figures: { efficacy: 0.1 }, failures: ['efficacy 0.1 < 0.9'], who: 'watch-live' });
+  t.match(log()[3], { version: 4, action: 'rollback', to_version: 2, bundle: B['fact-b'].sha256, automatic: true, figures: { efficacy: 0.1 }, failures: ['efficacy 0.1 < 0.9'], who: 'watch-live' });
   // fact-b fails too now: back past fact-c (failed) to fact-a
   t.equal(watch('fail').status, 0);
-  t.match(wm(['log', 'live']).records[4], { action: 'rollback', to_version: 1, automatic: true });
+  t.match(log()[4], { action: 'rollback', to_version: 1, automatic: true });
   // nothing good is left before version 1: exit 1, live stays
   const stuck = watch('fail');
   t.equal(stuck.status, 1);
   t.match(stuck.stderr.toString(), /failed the watch .* no earlier version of live without failing figures/);
-  t.equal(wm(['log', 'live']).records.length, 5);
+  t.equal(log().length, 5);
   const hist = wm(['history', 'live', '--html', path.join(tmp, 'h.html')]);
   t.equal(hist.code, 0, hist.stderr);
   const pts = hist.records as (Rec & { version: number; source: string; metric: string; value: number })[];
+  for (const p of pts) parseRecord('history_point', p);
+  for (const w of readFileSync(path.join(W, 'watch', 'live.ndjson'), 'utf8').trim().split('\n')) parseRecord('watch', JSON.parse(w));
+  t.ok(isRecord('ref_event', log()[3]), 'an automatic rollback is a ref_event');
   t.same(pts.filter((p) => p.source === 'watch').map((p) => [p.metric, p.version, p.value]), [['efficacy', 3, 1], ['efficacy', 3, 0.1], ['efficacy', 4, 0.1], ['efficacy', 5, 0.1]], 'every watch run, per version');
   t.same(pts.filter((p) => p.source === 'validation').map((p) => [p.metric, p.version]), [['esr', 1], ['esr', 2], ['esr', 3]], 'the report each promotion was let through on');
   const html = readFileSync(path.join(tmp, 'h.html'), 'utf8');
@@ -177,5 +186,5 @@ t.test('watch-live.sh rolls back a live version whose figures fail; history --ht
   const efficacy = svgs.find((s) => s.includes('efficacy'))!;
   t.equal((efficacy.match(/aria-roledescription="point"/g) ?? []).length, pts.filter((p) => p.metric === 'efficacy').length, 'one drawn point per efficacy measurement');
   t.match(html, /rollback to @2 \(automatic\)/);
-  t.same(parseRecords(wm(['verify']).stdout)[0].ok, true);
+  t.equal((await wreg.verify()).ok, true);
 });

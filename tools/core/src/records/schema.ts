@@ -195,6 +195,48 @@ export interface WatchFigures {
   [k: string]: unknown;
 }
 
+/** `adapter-merge history`: one metric of one version of a ref. */
+export interface HistoryPoint {
+  kind: 'history_point';
+  ref: string;
+  version: number;
+  bundle: string;
+  adapter_id: string;
+  source: 'validation' | 'watch';
+  when: string;
+  metric: string;
+  value: number;
+  pass: boolean;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge add-approver`: an approver as listed in the registry's config. */
+export interface ApproverRecord {
+  kind: 'approver';
+  name: string;
+  namespace: string | null;
+  public_key: string;
+  key_id: string;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge protect`: how many approvals a ref now needs. */
+export interface Protection {
+  kind: 'protection';
+  ref: string;
+  approvals: number;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge keygen`: where the new key pair was written. */
+export interface ApproverKey {
+  kind: 'approver_key';
+  key_id: string;
+  private_key_file: string;
+  public_key_file: string;
+  [k: string]: unknown;
+}
+
 export interface VerifyProblem {
   /** `object`, `ref`, `reports`, `layout`. */
   area: string;
@@ -296,7 +338,7 @@ export interface Consolidation {
   [k: string]: unknown;
 }
 
-export type KnownRecord = Fact | Probe | Locus | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation | ApprovalRecord | CanaryReport | WatchFigures;
+export type KnownRecord = Fact | Probe | Locus | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation | ApprovalRecord | CanaryReport | WatchFigures | HistoryPoint | ApproverRecord | Protection | ApproverKey;
 /** Each known kind's record type, by kind. */
 export type RecordOf<K extends KnownRecord['kind']> = Extract<KnownRecord, { kind: K }>;
 
@@ -462,6 +504,20 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     req('failures', strList),
     { ...opt('rolled_back_to', num), nullable: true },
   ],
+  history_point: [
+    req('ref', str),
+    req('version', num),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('source', en('validation', 'watch')),
+    req('when', str),
+    req('metric', str),
+    req('value', num),
+    req('pass', bool),
+  ],
+  approver: [req('name', str), reqNull('namespace', str), req('public_key', str), req('key_id', str)],
+  protection: [req('ref', str), req('approvals', num)],
+  approver_key: [req('key_id', str), req('private_key_file', str), req('public_key_file', str)],
   registry_verify: [
     req('registry', str),
     req('ok', bool),

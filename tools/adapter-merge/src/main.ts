@@ -253,7 +253,15 @@ const COMMANDS: Record<string, Command> = {
     reads: false,
     run: registry('approve'),
   },
-  approvals: readout('approvals', { synopsis: 'approvals REF', summary: 'the approvals recorded for REF', describe: 'Prints the signed approvals recorded for promotions to REF (`approval` records).' }, ['adapter-merge approvals live --text', 'who approved what for live']),
+  approvals: readout(
+    'approvals',
+    {
+      synopsis: 'approvals REF',
+      summary: 'the approvals recorded for REF',
+      describe: 'Prints the signed approvals recorded for promotions to REF (`approval` records).',
+    },
+    ['adapter-merge approvals live --text', 'who approved what for live'],
+  ),
   canary: {
     synopsis: 'canary REF ID --traffic FILE [--promote]',
     summary: 'replay logged traffic through REF and a candidate; promote or refuse',

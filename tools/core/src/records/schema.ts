@@ -393,8 +393,7 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     opt('source', str),
     opt('author', str),
     opt('confidence', num),
-    opt('risk', en('low', 'high')),
-    opt('subject_type', str),
+    // `risk` and `subject_type` travel in Arrow's `extra` (typed columns would cost every fact stream); the registry reads them (governance.ts)
     opt('prompts', {
       t: 'struct',
       fields: [opt('paraphrase', strList), opt('neighborhood', strList), opt('attribute', strList), opt('generation', strList)],

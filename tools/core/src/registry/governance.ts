@@ -186,7 +186,8 @@ export function approvalId(a: Pick<Approval, 'signature'>): string {
 export type Risk = 'low' | 'high';
 
 /**
- * A fact's risk. High when any rule says so: its own `risk: "high"`; op
+ * A fact's risk. High when any rule says so: its own `risk: "high"` (or
+ * any value but "low"); op
  * `forget` (removing knowledge is irreversible in effect for users and often
  * a legal request); a subject declared a person (`subject_type: "person"`);
  * a relation about people (the config's `risk.person_relations`). A fact's
@@ -196,7 +197,8 @@ export type Risk = 'low' | 'high';
 export function factRisk(f: Record<string, unknown>, rules: RiskRules): { risk: Risk; reasons: string[] } {
   const reasons: string[] = [];
   const id = typeof f.id === 'string' ? f.id : '?';
-  if (f.risk === 'high') reasons.push(`${id}: marked risk high`);
+  // fail safe: any risk other than "low" (a typo too) counts as high
+  if (f.risk !== undefined && f.risk !== 'low') reasons.push(`${id}: marked risk ${JSON.stringify(f.risk)}`);
   if (f.op === 'forget') reasons.push(`${id}: op forget`);
   if (f.subject_type === 'person') reasons.push(`${id}: subject is a person`);
   if (typeof f.relation === 'string' && rules.person_relations.includes(f.relation)) reasons.push(`${id}: relation ${f.relation} is about a person`);

@@ -49,6 +49,17 @@ const O: Record<string, Options> = {
   'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
   runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node on ONNX exports of each adapter state' },
   'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json) and written (default: a temporary directory)' },
+  key: { type: 'string', describe: 'key file (PEM): approve takes the private key, add-approver the public one' },
+  note: { type: 'string', describe: 'a note signed with the approval' },
+  approvals: { type: 'number', describe: 'approvals by distinct approvers a promotion to REF needs (0: unprotected)' },
+  namespace: { type: 'string', describe: 'the namespace whose refs (NS/…) the approver approves (default: refs without a namespace)' },
+  html: { type: 'string', describe: 'also write a page with one trend chart per metric (vega-lite, rendered to SVG)' },
+  traffic: { type: 'string', describe: 'NDJSON traffic log: one {"prompt": …} per line (as a serving system logs them)' },
+  promote: { type: 'boolean', default: false, describe: 'promote the candidate to REF when the canary passes' },
+  'max-disagreement': { type: 'number', describe: 'largest share of prompts whose greedy answer may change (default: registry config, 0.2)' },
+  'max-kl': { type: 'number', describe: 'largest mean KL(live ‖ candidate) of the next-token distributions (default: registry config, 0.5)' },
+  'max-leak': { type: 'number', describe: 'largest share of prompts where the candidate leaks an edited target to another subject (default: registry config, 0)' },
+  'answer-tokens': { type: 'number', default: 3, describe: 'tokens of each greedy answer compared' },
 };
 const pick = (names: string[], over: Record<string, Partial<Options>> = {}): Record<string, Options> =>
   Object.fromEntries(names.map((n) => [n, { ...O[n], ...(over[n] ?? {}) } as Options]));
@@ -138,7 +149,8 @@ const COMMANDS: Record<string, Command> = {
     summary: 'point REF at a bundle whose latest report that counts passes',
     describe:
       `Points REF at a bundle (an existing directory is added first). Refused unless the bundle's latest report that counts passes: a report counts when it names the bundle's sha256 (bundle_sha256), ` +
-      `its base model's sha256 (base_model_sha256) and the run that made it (run), and was not changed after it was stored. --force promotes anyway (logged with the reason). ${ID_HELP}`,
+      `its base model's sha256 (base_model_sha256) and the run that made it (run), and was not changed after it was stored. --force promotes anyway (logged with the reason). ` +
+      `A protected ref (\`protect\`), or a high-risk adapter where its namespace has approvers, also needs signed approvals (\`approve\`), checked under the lock; --force never replaces them. ${ID_HELP}`,
     options: pick(['force', 'message', 'author', 'lock-timeout', 'text'], { force: { describe: 'promote even without a passing report (logged as "force")' } }),
     examples: [
       ['adapter-merge promote live out/fact-42/ -m "user correction #42"', 'store and promote (needs a passing report)'],
@@ -209,6 +221,86 @@ const COMMANDS: Record<string, Command> = {
     },
     ['adapter-merge verify --registry reg/', 'recompute every hash; exit 1 on corruption'],
   ),
+  keygen: {
+    synopsis: 'keygen --out FILE',
+    summary: 'make an ed25519 key pair for an approver (FILE, FILE.pub)',
+    describe: 'Writes a new ed25519 private key to FILE (PKCS#8 PEM, mode 600) and its public key to FILE.pub (SPKI PEM). The same with openssl: `openssl genpkey -algorithm ed25519 -out FILE && openssl pkey -in FILE -pubout -out FILE.pub`.',
+    options: pick(['out', 'text'], { out: { describe: 'the private key file to write (the public key goes to FILE.pub)' } }),
+    examples: [['adapter-merge keygen --out alice.key', 'alice.key (secret) and alice.key.pub']],
+    reads: false,
+    run: registry('keygen'),
+  },
+  'add-approver': {
+    synopsis: 'add-approver NAME --key PUBLIC_KEY_FILE [--namespace NS]',
+    summary: 'list a public key as an approver (of refs without a namespace, or of NS/…)',
+    describe: 'Adds an approver to the registry\'s config.json: a name and an ed25519 public key (PEM; a private key\'s file gives its public half). With --namespace NS the key approves only refs NS/…; without, only refs without a namespace.',
+    options: pick(['key', 'namespace', 'author', 'lock-timeout', 'text']),
+    examples: [['adapter-merge add-approver alice --key alice.key.pub', 'alice may approve live, canary, … (acme/… needs --namespace acme)']],
+    reads: false,
+    run: registry('add-approver'),
+  },
+  protect: {
+    synopsis: 'protect REF --approvals N',
+    summary: 'promotions to REF need N approvals by distinct approvers',
+    describe: 'Protects REF: a promotion to it then needs N valid signatures by distinct approvers of its namespace over exactly the bundle and the report the gate judges it by (checked under the registry lock; --force does not replace them). N = 0 lifts the protection.',
+    options: pick(['approvals', 'lock-timeout', 'text']),
+    examples: [['adapter-merge protect live --approvals 2', 'two approvers must sign each promotion to live']],
+    reads: false,
+    run: registry('protect'),
+  },
+  approve: {
+    synopsis: 'approve REF ID --key PRIVATE_KEY_FILE [--note TEXT]',
+    summary: 'sign an approval of a bundle (and its report) for promotion to REF',
+    describe: `Signs (ed25519) and records an approval: approver, ref, bundle sha256, the sha256 of the report the gate judges the bundle by, time and note, appended to REF's hash-chained approvals log. Refused (exit 1) when the key is not an approver of REF's namespace. ${ID_HELP}`,
+    options: pick(['key', 'note', 'author', 'lock-timeout', 'text']),
+    examples: [['adapter-merge add-approver alice --key alice.key.pub && adapter-merge approve live fact-42 --key alice.key --note "checked the sources"', 'alice, an approver, approves fact-42 for live']],
+    reads: false,
+    run: registry('approve'),
+  },
+  approvals: readout(
+    'approvals',
+    {
+      synopsis: 'approvals REF',
+      summary: 'the approvals recorded for REF',
+      describe: 'Prints the signed approvals recorded for promotions to REF (`approval` records).',
+    },
+    ['adapter-merge approvals live --text', 'who approved what for live'],
+  ),
+  canary: {
+    synopsis: 'canary REF ID --traffic FILE [--promote]',
+    summary: 'replay logged traffic through REF and a candidate; promote or refuse',
+    describe:
+      'Replays the prompts of a traffic log (NDJSON, one {"prompt": …} per line) through REF\'s current bundle (the base model when REF is empty) and through the candidate ID, ' +
+      'and measures: disagreement (share of prompts whose greedy answer, --answer-tokens tokens, changes), kl (mean KL(live ‖ candidate) of the next-token distribution) and leak ' +
+      '(share of prompts not about an edited fact\'s subject where the candidate answers with that fact\'s target_new and live did not). Thresholds (--max-*, else the registry config\'s `canary`) ' +
+      'decide: the `canary` record is stored with the bundle (canary/<sha256>.ndjson); a refused candidate exits 1 and `promote` to REF refuses it from then on; with --promote a passing one is promoted (gate and approvals apply).',
+    options: pick(['traffic', 'promote', 'max-disagreement', 'max-kl', 'max-leak', 'answer-tokens', 'message', 'author', 'lock-timeout', 'force', 'text'], {
+      force: { describe: 'use a model other than the adapters\' base model (its sha256 differs)' },
+    }),
+    examples: [['adapter-merge canary live fact-42 --traffic fixtures/world/eval/general.ndjson --promote', 'promote fact-42 only if it behaves on the logged prompts (any records with a prompt)']],
+    reads: false,
+    run: async (ctx, rest) => (await import('./canary.js')).runCanary(ctx, rest),
+  },
+  watch: {
+    synopsis: 'watch REF [REPORT_FILES...]',
+    summary: 'drift watch: record REF\'s figures; roll back automatically when they fail',
+    describe:
+      'Reads report records about REF\'s current bundle (validate\'s output; files or stdin), appends the figures of the last one to REF\'s watch history, and when it failed rolls REF back to the ' +
+      'last good version (the latest earlier version, of another bundle, whose own watch figures did not fail), logged as an automatic rollback with the failing figures. What scripts/watch-live.sh runs from cron.',
+    options: pick(['message', 'author', 'lock-timeout', 'text']),
+    examples: [['adapter-merge show live | validate --no-record --retain-n 50 --general-n 20 --no-fluency | adapter-merge watch live', 'validate live now; roll back if it fails']],
+    reads: true,
+    run: registry('watch'),
+  },
+  history: {
+    synopsis: 'history REF [--html FILE]',
+    summary: 'every metric of every version of REF (validation and watch); --html: trend charts',
+    describe: 'Prints one `history_point` record per metric of each version of REF: the report its promotion was let through on, and every drift-watch measurement. --html FILE also writes a page with one trend chart per metric (vega-lite, rendered to SVG) and the history table.',
+    options: pick(['html', 'text']),
+    examples: [['adapter-merge history live --html live.html', 'trend of each metric per version of live']],
+    reads: false,
+    run: registry('history'),
+  },
   explain: {
     synopsis: 'explain --ref REF "prompt" [--target TEXT]',
     summary: 'which adapters on REF change the answer, and how much',

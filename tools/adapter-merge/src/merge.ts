@@ -412,7 +412,7 @@ async function loadRef(ctx: Ctx, ref: string) {
 }
 
 /** --model, else the bundle's base_model.name when it is a model directory, else the bundled fixture model (loaded once by the runner). */
-async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
+export async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
   try {
     return await ctx.model({ ...(baseName !== undefined ? { fallback: baseName } : {}), tokenizer: withTokenizer });
   } catch (e) {
@@ -424,7 +424,7 @@ async function loadBase(ctx: Ctx, withTokenizer: boolean, baseName?: string) {
  * Refuse a model the adapter was not trained on: its deltas would be applied to
  * other weights and the answers would mean nothing. --force overrides (warned).
  */
-async function checkBaseModel(ctx: Ctx, bundle: ParentBundle, dir: string): Promise<void> {
+export async function checkBaseModel(ctx: Ctx, bundle: ParentBundle, dir: string): Promise<void> {
   const { modelSha256 } = await import('@catechism/core/edit');
   let have: string;
   try {
@@ -547,6 +547,11 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
       top1_changes: ablated ? ablated.top1 !== adapted.top1 : null,
     });
   }
+  // governance (issue 25): who approved what makes the answer, and which experts route it
+  const { approvalsByBundle, answerExperts } = await import('./explain-extra.js');
+  const approvals = await approvalsByBundle(reg, [bundle.sha256, ...contributions.map((c) => c.sha256)]);
+  for (const c of contributions) Object.assign(c, { approvals: approvals.get(c.sha256) ?? [] });
+  const experts = answerExperts(model, full, promptIds);
   const rec = {
     kind: 'explain',
     ref,
@@ -559,6 +564,8 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
     base: { top1: decode(baseline.top1), logprob: baseline.logprob },
     adapted: { top1: decode(adapted.top1), logprob: adapted.logprob },
     contributions,
+    approvals: approvals.get(bundle.sha256) ?? [],
+    ...(experts ? { experts } : {}),
   };
   if (ctx.args.text) {
     const f = (x: number) => x.toFixed(3);
@@ -567,6 +574,14 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
     for (const c of contributions) {
       s += `  ${c.id} v${c.version ?? '?'} ${c.sha256.slice(0, 12)} facts ${c.fact_ids.join(',') || '-'} by ${c.author ?? '?'} from ${c.source ?? '?'}\n`;
       s += c.ablated ? `    without it: top-1 ${JSON.stringify(c.ablated.top1)}  Δ log P(answer) ${f(c.delta_logprob!)}${c.top1_changes ? '  (top-1 changes)' : ''}  [${c.ablation}]\n` : `    [${c.ablation}]\n`;
+      const ap = approvals.get(c.sha256) ?? [];
+      if (ap.length > 0) s += `    approved by ${ap.map((x) => `${x.approver} for ${x.ref}${x.signature_ok ? '' : ' [BAD SIGNATURE]'}`).join(', ')}\n`;
+    }
+    const own = approvals.get(bundle.sha256) ?? [];
+    s += `  approvals of ${bundle.sha256.slice(0, 12)}: ${own.length > 0 ? own.map((x) => `${x.approver} for ${x.ref}${x.signature_ok ? '' : ' [BAD SIGNATURE]'}`).join(', ') : 'none'}\n`;
+    if (experts) {
+      s += '  experts at the answer position (base → adapted):\n';
+      for (const e of experts) s += `    layer ${e.layer}: [${e.base.join(', ')}] → [${e.adapted.join(', ')}]${e.changed ? '  (changed)' : ''}\n`;
     }
     await text(s);
   } else await ctx.out.write(rec);

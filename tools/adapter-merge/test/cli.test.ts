@@ -190,7 +190,7 @@ t.test('the registry workflow end to end', async (t) => {
 t.test('usage errors exit 2 with one line', async (t) => {
   oneLineError(t, am(['promote', 'live']), 2, /promote: expected `adapter-merge promote REF BUNDLE_DIR\|ID`, got "live"/);
   oneLineError(t, am(['rollback']), 2, /expected `adapter-merge rollback REF/);
-  oneLineError(t, am(['promote', 'a/b', 'fact-a']), 2, /invalid ref name "a\/b"/);
+  oneLineError(t, am(['promote', 'a/b/c', 'fact-a']), 2, /invalid ref name "a\/b\/c"/); // one namespace level (a/b) is a ref
   oneLineError(t, am(['promote', 'live', './no-such-dir']), 2, /no such bundle directory/);
   oneLineError(t, am(['show', 'zzz']), 2, /nothing in .* matches "zzz"/);
   oneLineError(t, am(['log', 'canary']), 2, /no ref named "canary" .*\(refs: live\)/);

@@ -65,7 +65,9 @@ t.test('promotion gate, force, no-op, log and chain', async (t) => {
   t.equal((await reg.log('live')).length, 2);
   t.equal((await reg.head('live'))?.bundle, fail.sha256);
   t.same(await reg.log('canary'), [], 'unknown ref has empty history');
-  await t.rejects(reg.promote('bad/name', { id: pass.sha256 }), /invalid ref name/);
+  // one namespace level is a ref name (acme/live, issue 25); two are not
+  await t.rejects(reg.promote('bad/name/deeper', { id: pass.sha256 }), /invalid ref name/);
+  await t.rejects(reg.promote('/live', { id: pass.sha256 }), /invalid ref name/);
   await t.rejects(reg.promote('..', { id: pass.sha256 }), /invalid ref name/);
   t.equal((await reg.verify()).ok, true);
 });

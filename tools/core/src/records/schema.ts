@@ -32,6 +32,10 @@ export interface Fact {
   source?: string;
   author?: string;
   confidence?: number;
+  /** Governance: `high` needs approval to be promoted (the registry also raises forget ops and facts about people to high). */
+  risk?: 'low' | 'high';
+  /** What the subject is (`person` makes the fact high risk). */
+  subject_type?: string;
   /** Extra prompts kept from CounterFact / zsRE for probe-gen. */
   prompts?: { paraphrase?: string[]; neighborhood?: string[]; attribute?: string[]; generation?: string[] };
   /** Unrelated prompts whose answers must not move (zsRE `loc`/`loc_ans`). */
@@ -147,10 +151,106 @@ export interface RefEvent {
   forced_over?: string;
   /** For gated promotions: `report_sha256` of the passing report the gate let through. */
   report?: string;
+  /** Promotions: the adapter's risk as the registry computed it from its facts. */
+  risk?: 'low' | 'high';
+  /** Promotions that needed approvals: the ids (sha256 of the signature) of the approvals they were let through on. */
+  approvals?: string[];
+  /** Rollbacks the drift watch made, with the figures and failures that triggered them. */
+  automatic?: boolean;
+  figures?: Record<string, number>;
+  failures?: string[];
   when: string;
   why: string | null;
   who: string;
   chain: string;
+  [k: string]: unknown;
+}
+
+/** A signed approval of a bundle (with the report it was judged by) for promotion to a ref. */
+export interface ApprovalRecord {
+  kind: 'approval';
+  ref: string;
+  bundle: string;
+  adapter_id: string;
+  adapter_version: number;
+  report: string | null;
+  approver: string;
+  key_id: string;
+  public_key: string;
+  when: string;
+  note: string | null;
+  signature: string;
+  chain?: string;
+  [k: string]: unknown;
+}
+
+/** A canary run: a candidate against a ref's live bundle on logged traffic. */
+export interface CanaryReport {
+  kind: 'canary';
+  ref: string;
+  bundle: string;
+  adapter_id: string;
+  live: string | null;
+  metrics: Record<string, number>;
+  thresholds: Record<string, number>;
+  pass: boolean;
+  failures: string[];
+  [k: string]: unknown;
+}
+
+/** One drift-watch measurement of a ref's current version. */
+export interface WatchFigures {
+  kind: 'watch';
+  ref: string;
+  version: number;
+  bundle: string;
+  adapter_id: string;
+  metrics: Record<string, number>;
+  pass: boolean;
+  failures: string[];
+  rolled_back_to?: number | null;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge history`: one metric of one version of a ref. */
+export interface HistoryPoint {
+  kind: 'history_point';
+  ref: string;
+  version: number;
+  bundle: string;
+  adapter_id: string;
+  source: 'validation' | 'watch';
+  when: string;
+  metric: string;
+  value: number;
+  pass: boolean;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge add-approver`: an approver as listed in the registry's config. */
+export interface ApproverRecord {
+  kind: 'approver';
+  name: string;
+  namespace: string | null;
+  public_key: string;
+  key_id: string;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge protect`: how many approvals a ref now needs. */
+export interface Protection {
+  kind: 'protection';
+  ref: string;
+  approvals: number;
+  [k: string]: unknown;
+}
+
+/** `adapter-merge keygen`: where the new key pair was written. */
+export interface ApproverKey {
+  kind: 'approver_key';
+  key_id: string;
+  private_key_file: string;
+  public_key_file: string;
   [k: string]: unknown;
 }
 
@@ -255,7 +355,7 @@ export interface Consolidation {
   [k: string]: unknown;
 }
 
-export type KnownRecord = Fact | Probe | Locus | Concept | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation;
+export type KnownRecord = Fact | Probe | Locus | Concept | Adapter | Report | Route | RefEvent | RegistryVerify | Explain | Export | Consolidation | ApprovalRecord | CanaryReport | WatchFigures | HistoryPoint | ApproverRecord | Protection | ApproverKey;
 /** Each known kind's record type, by kind. */
 export type RecordOf<K extends KnownRecord['kind']> = Extract<KnownRecord, { kind: K }>;
 
@@ -291,6 +391,7 @@ const en = (...values: string[]): FieldType => ({ t: 'enum', values });
 const reqNull = (name: string, type: FieldType): FieldSpec => ({ name, type, required: true, nullable: true });
 const struct = (...fields: FieldSpec[]): FieldType => ({ t: 'struct', fields });
 const answer = struct(req('top1', str), reqNull('logprob', num));
+const explainApprovals: FieldType = { t: 'list', of: struct(req('ref', str), req('approver', str), req('key_id', str), req('when', str), reqNull('note', str), req('signature_ok', bool)) };
 const adapterRef = (...more: FieldSpec[]): FieldType => ({ t: 'list', of: struct(req('id', str), req('version', num), req('sha256', str), ...more) });
 
 export const PROBE_ROLES: readonly ProbeRole[] = ['edit', 'paraphrase', 'neighborhood', 'counterfactual', 'generation', 'context', 'general'];
@@ -309,6 +410,7 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     opt('source', str),
     opt('author', str),
     opt('confidence', num),
+    // `risk` and `subject_type` travel in Arrow's `extra` (typed columns would cost every fact stream); the registry reads them (governance.ts)
     opt('prompts', {
       t: 'struct',
       fields: [opt('paraphrase', strList), opt('neighborhood', strList), opt('attribute', strList), opt('generation', strList)],
@@ -381,11 +483,64 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
     opt('to_version', num),
     opt('forced_over', str),
     opt('report', str),
+    opt('risk', en('low', 'high')),
+    opt('approvals', strList),
+    opt('automatic', bool),
+    opt('figures', { t: 'map', of: num }),
+    opt('failures', strList),
     req('when', str),
     reqNull('why', str),
     req('who', str),
     req('chain', str),
   ],
+  approval: [
+    req('ref', str),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('adapter_version', num),
+    reqNull('report', str),
+    req('approver', str),
+    req('key_id', str),
+    req('public_key', str),
+    req('when', str),
+    reqNull('note', str),
+    req('signature', str),
+    opt('chain', str),
+  ],
+  canary: [
+    req('ref', str),
+    req('bundle', str),
+    req('adapter_id', str),
+    reqNull('live', str),
+    req('metrics', { t: 'map', of: num }),
+    req('thresholds', { t: 'map', of: num }),
+    req('pass', bool),
+    req('failures', strList),
+  ],
+  watch: [
+    req('ref', str),
+    req('version', num),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('metrics', { t: 'map', of: num }),
+    req('pass', bool),
+    req('failures', strList),
+    { ...opt('rolled_back_to', num), nullable: true },
+  ],
+  history_point: [
+    req('ref', str),
+    req('version', num),
+    req('bundle', str),
+    req('adapter_id', str),
+    req('source', en('validation', 'watch')),
+    req('when', str),
+    req('metric', str),
+    req('value', num),
+    req('pass', bool),
+  ],
+  approver: [req('name', str), reqNull('namespace', str), req('public_key', str), req('key_id', str)],
+  protection: [req('ref', str), req('approvals', num)],
+  approver_key: [req('key_id', str), req('private_key_file', str), req('public_key_file', str)],
   registry_verify: [
     req('registry', str),
     req('ok', bool),
@@ -422,8 +577,11 @@ export const KIND_FIELDS: Readonly<Record<KnownRecord['kind'], FieldSpec[]>> = {
         { ...req('ablated', answer), nullable: true },
         reqNull('delta_logprob', num),
         reqNull('top1_changes', bool),
+        opt('approvals', explainApprovals),
       ),
     }),
+    opt('approvals', explainApprovals),
+    opt('experts', { t: 'list', of: struct(req('layer', num), req('base', { t: 'list', of: num }), req('adapted', { t: 'list', of: num }), req('changed', bool)) }),
   ],
   export: [
     req('ref', str),

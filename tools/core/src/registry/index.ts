@@ -1,2 +1,3 @@
 export * from './registry.js';
+export * from './governance.js';
 export { FileLock, LockTimeoutError, withLock, type LockOptions, type LockOwner } from './lock.js';

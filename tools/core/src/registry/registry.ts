@@ -11,6 +11,14 @@
  *     refs/<name>.ndjson         a ref's history, one event per line; the last line is its current value
  *     refs/<name>.head           the history's head record: {"count", "chain"} of its last event
  *     tmp/                       staging; anything left here is an interrupted write, removed by the next writer
+ *     config.json                governance: approvers (ed25519 public keys), protected refs, risk rules, canary thresholds
+ *     approvals/<ref>.ndjson     signed approvals for promotions to a ref (hash-chained, with a .head)
+ *     canary/<sha256>.ndjson     canary reports of a bundle (hash-chained, with a .head)
+ *     watch/<ref>.ndjson         drift-watch figures of a ref's live versions (hash-chained, with a .head)
+ *
+ * A ref name may carry one namespace (`acme/live`): its files live in a
+ * subdirectory (`refs/acme/live.ndjson`), and only the namespace's approvers
+ * may approve promotions to it (governance.ts).
  *
  * Validation history lives outside the hashed content: a bundle's own
  * `catechism.json` `validation` array is what it shipped with, and
@@ -49,6 +57,10 @@ import { atomicWriteFile, canonicalJson, fsyncDir, mkdirDurable, sha256File, sha
 import { MANIFEST_FILE, listingHash, readBundle, hashBundleDir, adapterRecord, type AdapterRecord, type FileEntry } from '../adapters/bundle.js';
 import { ManifestError, normaliseReport, reportProblems, validateManifest, isSha256, type BundleManifest, type ReportRecord } from '../adapters/manifest.js';
 import { withLock, type LockOptions } from './lock.js';
+import {
+  approvalId, bundleRisk, defaultConfig, normaliseConfig, readPrivateKey, readPublicKey, publicKeyId, publicKeyPem, refNamespace, signApproval, signatureProblem,
+  type Approval, type Approver, type RegistryConfig, type Risk,
+} from './governance.js';
 import type { RefAction, RefEvent, RegistryVerify, VerifyProblem } from '../records/schema.js';
 
 export const REGISTRY_FORMAT = 'catechism-registry';
@@ -129,6 +141,7 @@ export interface WriteMeta {
 }
 
 export interface PromoteOptions extends WriteMeta {
+  /** Promote over a failing or missing report (logged as "force"). Never bypasses approvals. */
   force?: boolean;
   /**
    * Compare-and-swap: promote only if REF currently points to this bundle hash
@@ -141,6 +154,57 @@ export interface PromoteOptions extends WriteMeta {
 export interface RollbackOptions extends WriteMeta {
   /** History version to restore; default: one step back (see rollback()). */
   to?: number;
+  /** A rollback the drift watch made (recorded as `automatic: true` with the failing `figures`). */
+  automatic?: { figures: Record<string, number>; failures: string[] };
+}
+
+/** What a promotion of a bundle to a ref needs in approvals, and what it has. */
+export interface ApprovalStatus {
+  ref: string;
+  bundle: string;
+  report: string | null;
+  risk: Risk;
+  risk_reasons: string[];
+  /** Approvals required (0: none). */
+  required: number;
+  /** Why they are required. */
+  because: string[];
+  /** Distinct approvers whose approvals count for exactly this bundle and report. */
+  valid: Approval[];
+  /** Approvals on record for this bundle that do not count, and why. */
+  invalid: { approval: Approval; problem: string }[];
+}
+
+/** A canary report: live vs candidate on logged traffic (stored in canary/<sha256>.ndjson). */
+export interface CanaryRecord {
+  kind: 'canary';
+  ref: string;
+  bundle: string;
+  adapter_id: string;
+  live: string | null;
+  metrics: Record<string, number>;
+  thresholds: Record<string, number>;
+  pass: boolean;
+  failures: string[];
+  chain?: string;
+  [k: string]: unknown;
+}
+
+/** One drift-watch measurement of a ref's current version (stored in watch/<ref>.ndjson). */
+export interface WatchRecord {
+  kind: 'watch';
+  ref: string;
+  version: number;
+  bundle: string;
+  adapter_id: string;
+  metrics: Record<string, number>;
+  pass: boolean;
+  failures: string[];
+  when?: string;
+  /** Set when this measurement made the watch roll back: the version restored. */
+  rolled_back_to?: number | null;
+  chain?: string;
+  [k: string]: unknown;
 }
 
 export interface RegistryOptions extends LockOptions {
@@ -160,12 +224,14 @@ export interface ShowResult {
   refs: { ref: string; versions: number[]; current: boolean }[];
 }
 
-const REF_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const REF_PART = '[A-Za-z0-9][A-Za-z0-9._-]{0,99}';
+/** `name` or `namespace/name`. */
+const REF_NAME = new RegExp(`^(?:${REF_PART}/)?${REF_PART}$`);
 const HEX_PREFIX = /^[0-9a-f]{6,64}$/;
 
 export function checkRefName(name: string): void {
-  if (!REF_NAME.test(name) || name.endsWith('.ndjson') || name.includes('..')) {
-    throw new RegistryError(`invalid ref name "${name}": use letters, digits, '.', '_', '-' (starting with a letter or digit, at most 100 characters)`, 2, 'E_USAGE');
+  if (!REF_NAME.test(name) || name.split('/').some((p) => p.endsWith('.ndjson')) || name.includes('..')) {
+    throw new RegistryError(`invalid ref name "${name}": use letters, digits, '.', '_', '-' (starting with a letter or digit, at most 100 characters), optionally after one namespace and '/' (acme/live)`, 2, 'E_USAGE');
   }
 }
 
@@ -320,6 +386,16 @@ export class Registry {
   private reportsHeadFile(sha256: string): string {
     return this.p('reports', `${sha256}.head`);
   }
+  private configFile(): string {
+    return this.p('config.json');
+  }
+  /** A per-ref log beside the ref's history (approvals/, watch/); a namespaced ref's in a subdirectory. */
+  private refLogFiles(area: 'approvals' | 'watch', ref: string): [string, string] {
+    return [this.p(area, `${ref}.ndjson`), this.p(area, `${ref}.head`)];
+  }
+  private canaryFiles(sha256: string): [string, string] {
+    return [this.p('canary', `${sha256}.ndjson`), this.p('canary', `${sha256}.head`)];
+  }
   private now(): Date {
     return this.opts.now ? this.opts.now() : new Date();
   }
@@ -356,16 +432,27 @@ export class Registry {
 
   /** Every ref name (a ref whose history file was deleted is still listed by its head record). */
   async refs(): Promise<string[]> {
-    try {
-      const names = new Set<string>();
-      for (const n of await readdir(this.p('refs'))) {
-        const m = /^(.*)\.(ndjson|head)$/.exec(n);
-        if (m && REF_NAME.test(m[1]) && !m[1].endsWith('.ndjson')) names.add(m[1]);
+    return this.logNames('refs');
+  }
+
+  /** The ref names that have a log (or its head) in `area`, namespaced ones (`ns/name`) included. */
+  private async logNames(area: string): Promise<string[]> {
+    const names = new Set<string>();
+    const scan = async (dir: string, prefix: string) => {
+      let entries;
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch {
+        return;
       }
-      return [...names].sort();
-    } catch {
-      return [];
-    }
+      for (const e of entries) {
+        if (e.isDirectory() && prefix === '' && new RegExp(`^${REF_PART}$`).test(e.name)) await scan(path.join(dir, e.name), `${e.name}/`);
+        const m = /^(.*)\.(ndjson|head)$/.exec(e.name);
+        if (e.isFile() && m && REF_NAME.test(prefix + m[1]) && !m[1].endsWith('.ndjson')) names.add(prefix + m[1]);
+      }
+    };
+    await scan(this.p(area), '');
+    return [...names].sort();
   }
 
   /**
@@ -428,6 +515,84 @@ export class Registry {
   async head(ref: string): Promise<RefEvent | null> {
     const log = await this.log(ref);
     return log.length > 0 ? log[log.length - 1] : null;
+  }
+
+  // ---------------------------------------------------------------- governance (reading)
+
+  /** The registry's governance config (defaults when it has none). */
+  async config(): Promise<RegistryConfig> {
+    const text = await readTextOrNull(this.configFile());
+    if (text === null) return defaultConfig();
+    try {
+      return normaliseConfig(JSON.parse(text), this.configFile());
+    } catch (e) {
+      throw new RegistryError(`${this.configFile()}: ${(e as Error).message.replace(`${this.configFile()}: `, '')}; fix or restore it`, 1, 'E_CORRUPT');
+    }
+  }
+
+  /** Approvals recorded for promotions to REF, oldest first. Throws E_CORRUPT when the log was cut. */
+  async approvals(ref: string): Promise<Approval[]> {
+    checkRefName(ref);
+    const [f, h] = this.refLogFiles('approvals', ref);
+    return readChainedLog<Approval>(f, h, `the approvals of ref "${ref}"`);
+  }
+
+  /** Canary reports of a bundle, oldest first. */
+  async canaries(sha256: string): Promise<CanaryRecord[]> {
+    const [f, h] = this.canaryFiles(sha256);
+    return readChainedLog<CanaryRecord & { chain?: string }>(f, h, `the canary log of ${sha256.slice(0, 12)}`);
+  }
+
+  /** The drift watch's measurements of REF, oldest first. */
+  async watchLog(ref: string): Promise<WatchRecord[]> {
+    checkRefName(ref);
+    const [f, h] = this.refLogFiles('watch', ref);
+    return readChainedLog<WatchRecord & { chain?: string }>(f, h, `the watch history of ref "${ref}"`);
+  }
+
+  /**
+   * What promoting `bundle` to `ref` needs in approvals: the ref's protection
+   * (config `protected`), and one approval for a high-risk adapter where the
+   * ref's namespace has approvers (with none, nobody could approve: the risk
+   * is recorded and warned about instead). An approval counts when its
+   * signature holds, its key is an approver of the ref's namespace now, and
+   * it names exactly this ref, bundle and report; each approver counts once.
+   */
+  async approvalStatus(ref: string, bundle: StoredBundle, report: string | null, cfg?: RegistryConfig): Promise<ApprovalStatus> {
+    const config = cfg ?? (await this.config());
+    const ns = refNamespace(ref);
+    const approvers = config.approvers.filter((a) => a.namespace === ns);
+    const { risk, reasons } = bundleRisk(bundle.manifest, config.risk);
+    const because: string[] = [];
+    let required = 0;
+    const prot = config.protected[ref] ?? 0;
+    if (prot > 0) {
+      required = prot;
+      because.push(`${ref} is protected (${prot} approval(s))`);
+    }
+    if (risk === 'high' && approvers.length > 0) {
+      required = Math.max(required, 1);
+      because.push(`the adapter is high risk (${reasons.slice(0, 3).join('; ')}${reasons.length > 3 ? '; …' : ''})`);
+    }
+    const valid: Approval[] = [];
+    const invalid: ApprovalStatus['invalid'] = [];
+    const seen = new Set<string>();
+    for (const a of await this.approvals(ref)) {
+      if (a.bundle !== bundle.sha256) continue;
+      const sig = signatureProblem(a);
+      const who = approvers.find((x) => x.key_id === a.key_id);
+      let problem: string | null = null;
+      if (sig !== null) problem = sig;
+      else if (a.ref !== ref) problem = `it approves ref ${a.ref}, not ${ref}`;
+      else if (!who) problem = `key ${a.key_id.slice(0, 12)} (${a.approver}) is not an approver of ${ns === null ? 'refs without a namespace' : `namespace ${ns}`}`;
+      else if (a.report !== report) problem = `it approves report ${String(a.report).slice(0, 12)}, but the gate judges by ${String(report).slice(0, 12)}`;
+      if (problem !== null) invalid.push({ approval: a, problem });
+      else if (!seen.has(a.key_id)) {
+        seen.add(a.key_id);
+        valid.push(a);
+      }
+    }
+    return { ref, bundle: bundle.sha256, report, risk, risk_reasons: reasons, required, because, valid, invalid };
   }
 
   /** Reports attached in the registry (not those inside the manifest). Throws E_CORRUPT when the log is cut below its head. */
@@ -540,7 +705,7 @@ export class Registry {
     await mkdirDurable(this.root);
     if (!(await exists(this.p('registry.json')))) {
       // Never turn someone's existing directory into a registry; an interrupted init is fine.
-      const own = new Set(['objects', 'refs', 'reports', 'tmp', 'lock', 'lock.break']);
+      const own = new Set(['objects', 'refs', 'reports', 'tmp', 'lock', 'lock.break', 'config.json', 'approvals', 'canary', 'watch']);
       const foreign = (await readdir(this.root)).filter((n) => !own.has(n));
       // a concurrent writer may have just finished the init (its registry.json is then in the listing)
       if (foreign.length > 0 && !(await exists(this.p('registry.json')))) throw new RegistryError(`${this.root} is not empty and not a registry (found ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); choose an empty or new directory for --registry`, 2, 'E_NO_REGISTRY');
@@ -644,7 +809,9 @@ export class Registry {
   /**
    * Point REF at a bundle (a bundle directory, which is added first, or an
    * identifier as resolve() takes). Refused unless the bundle's latest report
-   * passes, or `force` (then logged as action "force" with the reason).
+   * passes (and its latest canary on REF, if any, passed), or `force` (then
+   * logged as action "force" with the reason). Then, whatever `force` says,
+   * the approvals approvalStatus() asks for must be there.
    * Promoting the bundle REF already points to is a no-op (returns null).
    * With `expectHead`, throws RefMovedError (E_MOVED) unless REF's head is
    * that bundle (null: REF has no history), checked under the lock.
@@ -662,14 +829,30 @@ export class Registry {
       const head = log.length > 0 ? log[log.length - 1] : null;
       if (opts.expectHead !== undefined && (head?.bundle ?? null) !== opts.expectHead) throw new RefMovedError(ref, opts.expectHead, head?.bundle ?? null);
       if (head && head.bundle === sha) return { event: null, bundle };
-      const { refusal, report } = await this.gate(bundle);
+      const gate = await this.gate(bundle);
+      let { refusal } = gate;
+      const { report } = gate;
+      // a canary that ran for this ref and refused the bundle is a failing gate too
+      const canary = (await this.canaries(sha)).filter((c) => c.ref === ref).pop();
+      if (refusal === null && canary && !canary.pass) refusal = `its latest canary on ${ref} refused it (${canary.failures.join('; ').slice(0, 200)})`;
       if (refusal !== null && !opts.force) {
         throw new RegistryError(`refusing to promote ${bundle.manifest.id} v${bundle.manifest.version} (${sha.slice(0, 12)}) to ${ref}: ${refusal}; attach a passing report with \`adapter-merge report\`, or use --force (logged)`, 1, 'E_GATE');
+      }
+      // approvals are checked under the lock and are never bypassed by --force: they are the sign-off --force would otherwise forge
+      const st = await this.approvalStatus(ref, bundle, report?.report_sha256 ?? null);
+      if (st.valid.length < st.required) {
+        const bad = st.invalid.length > 0 ? `; not counted: ${st.invalid.slice(0, 3).map((x) => `${x.approval.approver} (${x.problem})`).join('; ')}` : '';
+        throw new RegistryError(
+          `refusing to promote ${bundle.manifest.id} v${bundle.manifest.version} (${sha.slice(0, 12)}) to ${ref}: it needs ${st.required} approval(s) by distinct approvers (${st.because.join('; ')}), it has ${st.valid.length}${bad}; approvers run \`adapter-merge approve ${ref} ${sha.slice(0, 12)} --key KEY\` (--force does not replace approvals)`,
+          1,
+          'E_APPROVAL',
+        );
       }
       const ev = await this.appendEvent(ref, log, {
         action: refusal !== null ? 'force' : 'promote',
         bundle,
         ...(refusal !== null ? { forced_over: refusal } : { report: report!.report_sha256 }),
+        governance: { risk: st.risk, approvals: st.required > 0 ? st.valid.map(approvalId) : undefined },
         meta: opts,
       });
       return { event: ev, bundle };
@@ -701,7 +884,7 @@ export class Registry {
       const target = log[to - 1];
       if (target.bundle === head.bundle) throw new RegistryError(`${ref} version ${to} is the bundle ${ref} already points to (${head.bundle.slice(0, 12)})`, 2, 'E_USAGE');
       const bundle = await this.get(target.bundle); // refuses a corrupted object
-      const ev = await this.appendEvent(ref, log, { action: 'rollback', bundle, to_version: to, meta: opts });
+      const ev = await this.appendEvent(ref, log, { action: 'rollback', bundle, to_version: to, ...(opts.automatic ? { automatic: opts.automatic } : {}), meta: opts });
       return { event: ev, bundle };
     });
   }
@@ -709,7 +892,16 @@ export class Registry {
   private async appendEvent(
     ref: string,
     log: RefEvent[],
-    e: { action: RefAction; bundle: StoredBundle; to_version?: number; forced_over?: string; report?: string; meta: WriteMeta },
+    e: {
+      action: RefAction;
+      bundle: StoredBundle;
+      to_version?: number;
+      forced_over?: string;
+      report?: string;
+      governance?: { risk: Risk; approvals?: string[] };
+      automatic?: { figures: Record<string, number>; failures: string[] };
+      meta: WriteMeta;
+    },
   ): Promise<RefEvent> {
     const prev = log.length > 0 ? log[log.length - 1] : null;
     const base = {
@@ -724,6 +916,9 @@ export class Registry {
       ...(e.to_version !== undefined ? { to_version: e.to_version } : {}),
       ...(e.forced_over !== undefined ? { forced_over: e.forced_over } : {}),
       ...(e.report !== undefined ? { report: e.report } : {}),
+      ...(e.governance ? { risk: e.governance.risk } : {}),
+      ...(e.governance?.approvals ? { approvals: e.governance.approvals } : {}),
+      ...(e.automatic ? { automatic: true, figures: e.automatic.figures, failures: e.automatic.failures } : {}),
       when: this.now().toISOString(),
       why: e.meta.message ?? null,
       who: e.meta.author ?? defaultAuthor(),
@@ -731,10 +926,176 @@ export class Registry {
     const ev: RefEvent = { ...base, chain: eventChain(prev ? prev.chain : null, base) };
     // Append-only by construction: the new file is the old bytes plus one line, swapped in atomically.
     const text = log.map((x) => JSON.stringify(x) + '\n').join('') + JSON.stringify(ev) + '\n';
+    if (refNamespace(ref) !== null) await mkdirDurable(path.dirname(this.refFile(ref)));
     await atomicWriteFile(this.refFile(ref), text, this.p('tmp'));
     // the head goes second: a crash between the two leaves the log one event ahead, which readers accept
     await atomicWriteFile(this.refHeadFile(ref), JSON.stringify({ count: log.length + 1, chain: ev.chain }) + '\n', this.p('tmp'));
     return ev;
+  }
+
+  /** Append one sealed line to a hash-chained log and then its head (the order readers rely on). Call under the lock. */
+  private async appendChained<T extends object>(file: string, headFile: string, existing: { chain?: string }[], content: T): Promise<T & { chain: string }> {
+    const prev = existing.length > 0 ? existing[existing.length - 1].chain ?? null : null;
+    const stored = { ...content, chain: eventChain(prev, content) };
+    await mkdirDurable(path.dirname(file));
+    const text = existing.map((l) => JSON.stringify(l) + '\n').join('') + JSON.stringify(stored) + '\n';
+    await atomicWriteFile(file, text, this.p('tmp'));
+    await atomicWriteFile(headFile, JSON.stringify({ count: existing.length + 1, chain: stored.chain }) + '\n', this.p('tmp'));
+    return stored;
+  }
+
+  /** Change the governance config under the lock (written atomically). */
+  async updateConfig(fn: (c: RegistryConfig) => RegistryConfig | Promise<RegistryConfig>): Promise<RegistryConfig> {
+    return this.write(async () => {
+      const next = await fn(await this.config());
+      await atomicWriteFile(this.configFile(), JSON.stringify(next, null, 2) + '\n', this.p('tmp'));
+      return next;
+    });
+  }
+
+  /** Add an approver (an ed25519 public key, PEM) for refs without a namespace (null) or for one namespace. */
+  async addApprover(name: string, publicPem: string, namespace: string | null, meta: WriteMeta = {}): Promise<Approver> {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$/.test(name)) throw new RegistryError(`invalid approver name "${name}": letters, digits, '.', '_', '@', '-'`, 2, 'E_USAGE');
+    if (namespace !== null && !new RegExp(`^${REF_PART}$`).test(namespace)) throw new RegistryError(`invalid namespace "${namespace}"`, 2, 'E_USAGE');
+    let keyId: string, pem: string;
+    try {
+      const pub = readPublicKey(publicPem);
+      keyId = publicKeyId(pub);
+      pem = publicKeyPem(pub);
+    } catch (e) {
+      throw new RegistryError(`approver ${name}: not an ed25519 public key: ${(e as Error).message}`, 2, 'E_USAGE');
+    }
+    const a: Approver = { name, namespace, public_key: pem, key_id: keyId, added_at: this.now().toISOString(), added_by: meta.author ?? defaultAuthor() };
+    await this.updateConfig((c) => {
+      const clash = c.approvers.find((x) => x.namespace === namespace && (x.name === name || x.key_id === keyId));
+      if (clash) throw new RegistryError(`${clash.name} (key ${clash.key_id.slice(0, 12)}) is already an approver of ${namespace ?? 'refs without a namespace'}`, 2, 'E_USAGE');
+      return { ...c, approvers: [...c.approvers, a] };
+    });
+    return a;
+  }
+
+  /** Require `approvals` distinct approvers' signatures for promotions to REF (0 lifts it). */
+  async protect(ref: string, approvals: number): Promise<RegistryConfig> {
+    checkRefName(ref);
+    if (!Number.isInteger(approvals) || approvals < 0) throw new RegistryError(`--approvals: expected a whole number ≥ 0, got ${approvals}`, 2, 'E_USAGE');
+    return this.updateConfig((c) => {
+      const prot = { ...c.protected };
+      if (approvals === 0) delete prot[ref];
+      else prot[ref] = approvals;
+      return { ...c, protected: prot };
+    });
+  }
+
+  /**
+   * Sign and record an approval of bundle ID for promotion to REF, with the
+   * private key `keyPem` (PKCS#8 PEM). Refused (exit 1) when the key is not an
+   * approver of REF's namespace. It approves the bundle together with the
+   * report the gate judges it by now (null when none counts). Approving the
+   * same bundle and report twice with one key records nothing new.
+   */
+  async approve(ref: string, id: string, keyPem: string, note: string | null, meta: WriteMeta = {}): Promise<{ approval: Approval; added: boolean; status: ApprovalStatus }> {
+    checkRefName(ref);
+    let key;
+    try {
+      key = readPrivateKey(keyPem);
+    } catch (e) {
+      throw new RegistryError(`--key: not an ed25519 private key: ${(e as Error).message}`, 2, 'E_USAGE');
+    }
+    const keyId = publicKeyId(readPublicKey(keyPem));
+    return this.write(async () => {
+      const sha = await this.resolve(id);
+      const bundle = await this.get(sha);
+      const config = await this.config();
+      const ns = refNamespace(ref);
+      const who = config.approvers.find((a) => a.key_id === keyId && a.namespace === ns);
+      if (!who) {
+        const elsewhere = config.approvers.filter((a) => a.key_id === keyId).map((a) => a.namespace ?? '(no namespace)');
+        throw new RegistryError(
+          `key ${keyId.slice(0, 12)} is not an approver of ${ns === null ? 'refs without a namespace' : `namespace ${ns}`}${elsewhere.length > 0 ? ` (it approves ${elsewhere.join(', ')} only)` : ''}; nothing recorded`,
+          1,
+          'E_APPROVER',
+        );
+      }
+      const report = (await this.gate(bundle)).report?.report_sha256 ?? null;
+      const existing = await this.approvals(ref);
+      const dup = existing.find((a) => a.key_id === keyId && a.bundle === sha && a.report === report && signatureProblem(a) === null);
+      if (dup) return { approval: dup, added: false, status: await this.approvalStatus(ref, bundle, report, config) };
+      const content = { ref, bundle: sha, report, key_id: keyId, when: this.now().toISOString(), note };
+      const rec = {
+        kind: 'approval' as const,
+        ...content,
+        adapter_id: bundle.manifest.id,
+        adapter_version: bundle.manifest.version,
+        approver: who.name,
+        public_key: who.public_key,
+        signature: signApproval(content, key),
+        recorded_by: meta.author ?? defaultAuthor(),
+      };
+      const [f, h] = this.refLogFiles('approvals', ref);
+      const stored = (await this.appendChained(f, h, existing, rec)) as Approval;
+      return { approval: stored, added: true, status: await this.approvalStatus(ref, bundle, report, config) };
+    });
+  }
+
+  /** Store a canary report with its bundle (canary/<sha256>.ndjson). */
+  async addCanary(rec: CanaryRecord, meta: WriteMeta = {}): Promise<CanaryRecord> {
+    return this.write(async () => {
+      await this.get(rec.bundle);
+      const [f, h] = this.canaryFiles(rec.bundle);
+      return this.appendChained(f, h, await this.canaries(rec.bundle), { ...rec, recorded_at: this.now().toISOString(), recorded_by: meta.author ?? defaultAuthor() });
+    });
+  }
+
+  /**
+   * The drift watch: record REF's figures for its current version, and when
+   * they fail, roll REF back to the last good version — the latest earlier
+   * version whose bundle differs and whose own watch figures (if any) passed —
+   * logged as an automatic rollback with the failing figures. Returns the
+   * record and the rollback event (null when none was needed or possible).
+   */
+  async watch(ref: string, m: { metrics: Record<string, number>; pass: boolean; failures: string[]; bundle?: string }, meta: WriteMeta = {}): Promise<{ record: WatchRecord; rollback: RefEvent | null; note: string | null }> {
+    checkRefName(ref);
+    return this.write(async () => {
+      const log = await this.log(ref);
+      if (log.length === 0) throw new RegistryError(`ref "${ref}" has no history in ${this.root}`, 2, 'E_NOT_FOUND');
+      const head = log[log.length - 1];
+      if (m.bundle !== undefined && m.bundle !== head.bundle) throw new RegistryError(`the figures are about bundle ${m.bundle.slice(0, 12)}, but ${ref} now points to ${head.bundle.slice(0, 12)} (it moved while the watch measured); nothing recorded`, 1, 'E_MOVED');
+      const history = await this.watchLog(ref);
+      let target: RefEvent | null = null;
+      let note: string | null = null;
+      if (!m.pass) {
+        const failed = new Set(history.filter((w) => !w.pass).map((w) => w.bundle));
+        failed.add(head.bundle);
+        for (let i = log.length - 2; i >= 0 && target === null; i--) if (!failed.has(log[i].bundle)) target = log[i];
+        if (target === null) note = `no earlier version of ${ref} without failing figures; ${ref} stays where it is`;
+      }
+      const rec: WatchRecord = {
+        kind: 'watch',
+        ref,
+        version: head.version,
+        bundle: head.bundle,
+        adapter_id: head.adapter_id,
+        metrics: m.metrics,
+        pass: m.pass,
+        failures: m.failures,
+        when: this.now().toISOString(),
+        rolled_back_to: target ? target.version : null,
+      };
+      const [f, h] = this.refLogFiles('watch', ref);
+      const stored = await this.appendChained(f, h, history, rec);
+      let rollback: RefEvent | null = null;
+      if (target) {
+        const bundle = await this.get(target.bundle);
+        rollback = await this.appendEvent(ref, log, {
+          action: 'rollback',
+          bundle,
+          to_version: target.version,
+          automatic: { figures: m.metrics, failures: m.failures },
+          meta: { message: meta.message ?? `automatic rollback: drift watch failed (${m.failures.join('; ').slice(0, 200)})`, author: meta.author ?? 'watch-live' },
+        });
+      }
+      return { record: stored, rollback, note };
+    });
   }
 
   /**
@@ -848,6 +1209,57 @@ export class Registry {
         prevChain = ev.chain;
         prevBundle = ev.bundle;
       });
+    }
+    // approvals: every line's chain and signature; a promotion's approvals must still be there and hold
+    const goodApprovals = new Map<string, Set<string>>();
+    for (const r of await this.logNames('approvals')) {
+      const ids = new Set<string>();
+      goodApprovals.set(r, ids);
+      let list: Approval[];
+      try {
+        list = await this.approvals(r);
+      } catch (err) {
+        problems.push({ area: 'approvals', target: r, problem: (err as Error).message });
+        continue;
+      }
+      let prev: string | null = null;
+      list.forEach((a, i) => {
+        const where = `${r}#${i + 1}`;
+        if (a.chain !== eventChain(prev, a)) problems.push({ area: 'approvals', target: where, problem: 'hash chain broken (the approvals log was edited)' });
+        const sig = signatureProblem(a);
+        if (sig !== null) problems.push({ area: 'approvals', target: where, problem: `approval by ${String(a.approver)} of ${String(a.bundle).slice(0, 12)}: ${sig}` });
+        else if (a.ref !== r) problems.push({ area: 'approvals', target: where, problem: `approves ref ${a.ref}, but is in the log of ${r}` });
+        else ids.add(approvalId(a));
+        prev = a.chain;
+      });
+    }
+    for (const r of refNames) {
+      const log = logs.get(r);
+      if (!Array.isArray(log)) continue;
+      for (const ev of log) {
+        const ids = (ev as { approvals?: unknown }).approvals;
+        if (!Array.isArray(ids)) continue;
+        for (const id of ids) {
+          if (!goodApprovals.get(r)?.has(String(id))) problems.push({ area: 'ref', target: `${r}@${ev.version}`, problem: `was promoted on approval ${String(id).slice(0, 12)}, which is no longer in the approvals of ${r} or no longer verifies` });
+        }
+      }
+    }
+    // the other sealed logs (canary reports, watch figures): chains intact
+    const chainCheck = async (area: string, target: string, read: () => Promise<{ chain?: string }[]>) => {
+      try {
+        let prev: string | null = null;
+        (await read()).forEach((x, i) => {
+          if (x.chain !== eventChain(prev, x)) problems.push({ area, target: `${target}#${i + 1}`, problem: `hash chain broken (the ${area} log was edited)` });
+          prev = x.chain ?? null;
+        });
+      } catch (err) {
+        problems.push({ area, target, problem: (err as Error).message });
+      }
+    };
+    for (const r of await this.logNames('watch')) await chainCheck('watch', r, () => this.watchLog(r));
+    for (const f of await readdir(this.p('canary')).catch(() => [] as string[])) {
+      const sha = f.replace(/\.(ndjson|head)$/, '');
+      if (f.endsWith('.ndjson') && isSha256(sha)) await chainCheck('canary', sha, () => this.canaries(sha));
     }
     // a promotion names the report it was let through on: that report must still be there, unchanged
     const assessed = new Map<string, AssessedReport[] | Error>();

@@ -19,15 +19,14 @@
  * A k* = 1, fitted through ΔW itself as edit/rome.ts does.
  */
 import {
-  AdamW, add, exp, fromData, full, gather, indexSelect, klDiv, log, logSoftmax, mul, noGrad, reshape, scale, square, sub, sum, zeros, type Tensor,
+  AdamW, add, exp, fromData, full, gather, klDiv, log, logSoftmax, mul, noGrad, reshape, scale, square, sub, sum, zeros, type Tensor,
 } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
-import { cholesky, cholSolve } from '../util/linalg.js';
 import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
-import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, top1 } from './model-util.js';
-import type { KeyStats, RomeOptions, RomeResult } from './rome.js';
+import { mlpOutModule, padBatch, padId, top1 } from './model-util.js';
+import { rankOneDirection, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
 export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
 
@@ -73,7 +72,6 @@ export const FORGET_P_STOP = 0.01;
  */
 export const ROME_FORGET_DEFAULTS = { pStop: FORGET_P_STOP, vLr: 0.25, restWeight: 1 };
 
-const factors = new WeakMap<KeyStats, { ridge: number; L: Float64Array }>();
 
 /**
  * One rank-one edit that makes `fact.target_true` unlikely after the fact's
@@ -102,41 +100,12 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds), padId(model));
     const B = rows.length;
 
-    // k* and ‖o‖ at the subject, as ROME
-    const D = stats.dim;
-    const kStar = new Float64Array(D);
-    let oNorm = 0;
-    noGrad(() => {
-      const got: { resid?: Tensor; attn?: Tensor } = {};
-      let mlpOut: Tensor | null = null;
-      const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
-      model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
-      const k = mlpInputFrom(model, l, got.resid!, got.attn!);
-      rows.forEach((r, b) => {
-        const kr = k.data.subarray((b * T + r.subj) * D, (b * T + r.subj + 1) * D);
-        for (let i = 0; i < D; i++) kStar[i] += kr[i] / B;
-        const o = (mlpOut as unknown as Tensor).data.subarray((b * T + r.subj) * H, (b * T + r.subj + 1) * H);
-        let s = 0;
-        for (const v of o) s += v * v;
-        oNorm += Math.sqrt(s) / B;
-      });
-    });
-    let tr = 0;
-    for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
-    const ridge = (opts.ridge * tr) / D;
-    let f = factors.get(stats);
-    if (!f || f.ridge !== ridge) {
-      f = { ridge, L: cholesky(stats.moment, D, ridge) };
-      factors.set(stats, f);
-    }
-    const cInvK = cholSolve(f.L, D, kStar);
-    let denom = 0;
-    for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
-    const A = new Float32Array(D);
-    for (let i = 0; i < D; i++) A[i] = cInvK[i] / denom;
+    // k* and ‖o‖ at the subject, and the rank-one direction, as ROME
+    const { kStar, oNorm } = subjectKey(model, l, ids, [B, T], mask, rows.map((r, b) => [b, r.subj] as const));
+    const A = rankOneDirection(stats, opts.ridge, kStar);
 
     const delta = zeros([H, 1], { requiresGrad: true });
-    const adapter = new LoraAdapter(opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.arch.fanInFanOut);
+    const adapter = new LoraAdapter(opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, A.length]), B: delta }]]), model.arch.fanInFanOut);
     const essence = Int32Array.from(tok.encode(`${fact.subject} is a`));
     const essAt = Int32Array.from([essence.length - 1]);
     const essBase = noGrad(() => model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits);
@@ -201,7 +170,7 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     let dn = 0;
     for (const v of delta.data) dn += v * v;
     // a plain tensor in the stored adapter (no autograd leaf)
-    adapter.modules.set(mod, { A: fromData(A, [1, D]), B: fromData(Float32Array.from(delta.data), [H, 1]) });
+    adapter.modules.set(mod, { A: fromData(A, [1, A.length]), B: fromData(Float32Array.from(delta.data), [H, 1]) });
     return { adapter, module: mod, nll, deltaNorm: Math.sqrt(dn), steps: step, pOld };
   } finally {
     model.setAdapters(prev);

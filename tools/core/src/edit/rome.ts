@@ -135,6 +135,59 @@ const IGNORE = -100;
 // one factorisation per statistics object and ridge: later edits at the layer only substitute
 const factors = new WeakMap<KeyStats, { ridge: number; L: Float64Array }>();
 
+/**
+ * k*, the mean MLP input of layer l at the subject positions `at` ([row, token]) of a padded
+ * batch, and the mean norm of the MLP output there (the scale ROME's norm limit is relative to).
+ */
+export function subjectKey(
+  model: CausalLM, l: number, ids: Int32Array, [B, T]: [number, number], mask: Uint8Array,
+  at: ReadonlyArray<readonly [number, number]>,
+): { kStar: Float64Array; oNorm: number } {
+  const H = model.config.hidden;
+  let kStar = new Float64Array(0);
+  let oNorm = 0;
+  noGrad(() => {
+    const got: { resid?: Tensor; attn?: Tensor } = {};
+    let mlpOut: Tensor | null = null;
+    const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
+    model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
+    const k = mlpInputFrom(model, l, got.resid!, got.attn!);
+    const D = k.shape[k.shape.length - 1];
+    kStar = new Float64Array(D);
+    for (const [b, p] of at) {
+      const r = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
+      for (let i = 0; i < D; i++) kStar[i] += r[i] / at.length;
+      const o = (mlpOut as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
+      let s = 0;
+      for (const v of o) s += v * v;
+      oNorm += Math.sqrt(s) / at.length;
+    }
+  });
+  return { kStar, oNorm };
+}
+
+/**
+ * ROME's rank-one direction A = (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*), so that A k* = 1, with C the key
+ * second moment plus a ridge of `ridgeShare` × its mean diagonal (factor cached per statistics).
+ */
+export function rankOneDirection(stats: KeyStats, ridgeShare: number, kStar: Float64Array): Float32Array {
+  const D = stats.dim;
+  let tr = 0;
+  for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
+  const ridge = (ridgeShare * tr) / D;
+  let f = factors.get(stats);
+  if (!f || f.ridge !== ridge) {
+    f = { ridge, L: cholesky(stats.moment, D, ridge) };
+    factors.set(stats, f);
+  }
+  const cInvK = cholSolve(f.L, D, kStar);
+  let denom = 0;
+  for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
+  const A = new Float32Array(D);
+  for (let i = 0; i < D; i++) A[i] = cInvK[i] / denom;
+  return A;
+}
+
 export interface RomeOptions {
   layer: number;
   /** Context prefixes of k* and of the rewriting prompts ("" is always included). */
@@ -255,46 +308,15 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     const B = rows.length;
     const subjPos = rows.map((r, b) => [b, r.subj] as const);
 
-    // k* and the MLP output at the subject (no grad)
-    const D = stats.dim;
-    const kStar = new Float64Array(D);
-    let oNorm = 0;
-    noGrad(() => {
-      const got: { resid?: Tensor; attn?: Tensor } = {};
-      let mlpOut: Tensor | null = null;
-      const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
-      model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
-      const k = mlpInputFrom(model, l, got.resid!, got.attn!);
-      for (const [b, p] of subjPos) {
-        const r = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
-        for (let i = 0; i < D; i++) kStar[i] += r[i] / B;
-        const o = (mlpOut as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
-        let s = 0;
-        for (const v of o) s += v * v;
-        oNorm += Math.sqrt(s) / B;
-      }
-    });
-
-    // the rank-one direction: A = (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*), so that A k* = 1
-    let tr = 0;
-    for (let i = 0; i < D; i++) tr += stats.moment[i * D + i];
-    const ridge = (opts.ridge * tr) / D;
-    let f = factors.get(stats);
-    if (!f || f.ridge !== ridge) {
-      f = { ridge, L: cholesky(stats.moment, D, ridge) };
-      factors.set(stats, f);
-    }
-    const cInvK = cholSolve(f.L, D, kStar);
-    let denom = 0;
-    for (let i = 0; i < D; i++) denom += cInvK[i] * kStar[i];
-    const A = new Float32Array(D);
-    for (let i = 0; i < D; i++) A[i] = cInvK[i] / denom;
+    // k* and the MLP output's norm at the subject (no grad), then the rank-one direction
+    const { kStar, oNorm } = subjectKey(model, l, ids, [B, T], mask, subjPos);
+    const A = rankOneDirection(stats, opts.ridge, kStar);
 
     // δ = B (the value change at k*), fitted through the update itself: every position of the
     // rewriting prompts gets ΔW k = B (A k), as the deployed edit will
     const delta = zeros([H, 1], { requiresGrad: true });
     const adapter = new LoraAdapter(
-      opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, D]), B: delta }]]), model.arch.fanInFanOut,
+      opts.name, 1, 1, new Map([[mod, { A: fromData(A, [1, A.length]), B: delta }]]), model.arch.fanInFanOut,
     );
     const essence = Int32Array.from(tok.encode(`${fact.subject} is a`));
     const essAt = Int32Array.from([essence.length - 1]);

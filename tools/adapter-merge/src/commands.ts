@@ -6,7 +6,7 @@
 import { stat, readFile, writeFile, chmod } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { InputError, UsageError, type ToolContext } from '@catechism/core/cli';
-import { readRecords, type AnyRecord } from '@catechism/core/records';
+import { readRecords, type AnyRecord, type HistoryPoint as HistoryPointRecord } from '@catechism/core/records';
 import { BundleError, ManifestError, Registry, RegistryError, adapterRecord, defaultRegistryDir, generateApproverKeys, type RefEvent } from './core.js';
 import { eventLine, showText, verifyText } from './text.js';
 import type { MergeArgs } from './merge.js';
@@ -312,18 +312,8 @@ async function readKeyFile(file: string): Promise<string> {
   }
 }
 
-/** One metric of one version of a ref: from its validation report (when promoted) or a drift-watch measurement. */
-export interface HistoryPoint {
-  version: number;
-  bundle: string;
-  adapter_id: string;
-  /** `validation` (the report the promotion was let through on) or `watch` (the n-th watch run, `when`). */
-  source: 'validation' | 'watch';
-  when: string;
-  metric: string;
-  value: number;
-  pass: boolean;
-}
+/** One metric of one version of a ref, from its validation report (when promoted) or a drift-watch measurement: the history_point record without kind and ref. */
+export type HistoryPoint = Pick<HistoryPointRecord, 'version' | 'bundle' | 'adapter_id' | 'source' | 'when' | 'metric' | 'value' | 'pass'>;
 
 /** Every metric of every version of REF: its promotion's report, then each watch measurement. */
 export async function historyPoints(reg: Registry, log: RefEvent[], watch: Awaited<ReturnType<Registry['watchLog']>>): Promise<HistoryPoint[]> {

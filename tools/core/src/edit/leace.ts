@@ -25,9 +25,9 @@ import { InputError, UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
-import { fromData, noGrad, type Tensor } from '../tensor/index.js';
+import { fromData } from '../tensor/index.js';
 import { symmetricEigen } from './memit.js';
-import { middleLayer, mlpOutModule, padBatch, padId } from './model-util.js';
+import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
@@ -162,23 +162,7 @@ export function classMeanGap(X: Float64Array, n: number, d: number, labels: Arra
 
 /** MLP outputs of layer `l` at each prompt's last token, [n × H] float64. */
 export function siteActivations(model: CausalLM, tok: Tokenizer, prompts: readonly string[], l: number, batchSize = 32): Float64Array {
-  const H = model.config.hidden;
-  const out = new Float64Array(prompts.length * H);
-  noGrad(() => {
-    for (let s = 0; s < prompts.length; s += batchSize) {
-      const rows = prompts.slice(s, s + batchSize).map((p) => tok.encode(p));
-      const { ids, mask, T, last } = padBatch(rows, padId(model));
-      let y: Tensor | null = null;
-      model.forward(ids, [rows.length, T], { attentionMask: mask, skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } });
-      const data = (y as unknown as Tensor).data;
-      rows.forEach((_, b) => {
-        const at = last[b];
-        for (let a = 0; a < H; a++) out[(s + b) * H + a] = data[at * H + a];
-      });
-      void T;
-    }
-  });
-  return out;
+  return lastTokenActivations(model, tok, prompts, `layers.${l}.mlp`, batchSize);
 }
 
 /**

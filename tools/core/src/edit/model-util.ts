@@ -180,3 +180,24 @@ export function pickRows(t: Tensor, idx: readonly number[], D: number): Tensor {
   idx.forEach((r, i) => out.set(t.data.subarray(r * D, (r + 1) * D), i * D));
   return fromData(out, [idx.length, D]);
 }
+
+/** The activation at hook site `site` (e.g. `layers.2.mlp`, `layers.2.resid_post`) at each prompt's last token, [n × H] float64. */
+export function lastTokenActivations(
+  model: CausalLM, tok: { encode(text: string): number[] }, prompts: readonly string[], site: string, batchSize = 32,
+): Float64Array {
+  const H = model.config.hidden;
+  const out = new Float64Array(prompts.length * H);
+  noGrad(() => {
+    for (let s = 0; s < prompts.length; s += batchSize) {
+      const rows = prompts.slice(s, s + batchSize).map((p) => tok.encode(p));
+      const { ids, mask, T, last } = padBatch(rows, padId(model));
+      let y: Tensor | null = null;
+      model.forward(ids, [rows.length, T], { attentionMask: mask, skipLogits: true, hooks: { [site]: { capture: (x) => (y = x) } } });
+      const data = (y as unknown as Tensor).data;
+      rows.forEach((_, b) => {
+        for (let a = 0; a < H; a++) out[(s + b) * H + a] = data[last[b] * H + a];
+      });
+    }
+  });
+  return out;
+}

@@ -19,28 +19,14 @@ import { InputError, UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
-import { fromData, noGrad, type Tensor } from '../tensor/index.js';
-import { middleLayer, mlpOutModule, padBatch, padId } from './model-util.js';
+import { fromData } from '../tensor/index.js';
+import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
 /** The residual stream after layer `l` at each prompt's last token, [n × H] float64. */
 export function residActivations(model: CausalLM, tok: Tokenizer, prompts: readonly string[], l: number, batchSize = 32): Float64Array {
-  const H = model.config.hidden;
-  const out = new Float64Array(prompts.length * H);
-  noGrad(() => {
-    for (let s = 0; s < prompts.length; s += batchSize) {
-      const rows = prompts.slice(s, s + batchSize).map((p) => tok.encode(p));
-      const { ids, mask, T, last } = padBatch(rows, padId(model));
-      let y: Tensor | null = null;
-      model.forward(ids, [rows.length, T], { attentionMask: mask, skipLogits: true, hooks: { [`layers.${l}.resid_post`]: { capture: (x) => (y = x) } } });
-      const data = (y as unknown as Tensor).data;
-      rows.forEach((_, b) => {
-        for (let a = 0; a < H; a++) out[(s + b) * H + a] = data[last[b] * H + a];
-      });
-    }
-  });
-  return out;
+  return lastTokenActivations(model, tok, prompts, `layers.${l}.resid_post`, batchSize);
 }
 
 /** mean(X[positive rows]) − mean(X[other rows]). */

@@ -173,13 +173,16 @@ export interface ApprovalRecord {
   bundle: string;
   adapter_id: string;
   adapter_version: number;
+  /** report_sha256 of the report the gate judges the bundle by (null: none counts, a forced promotion). */
   report: string | null;
   approver: string;
   key_id: string;
   public_key: string;
   when: string;
   note: string | null;
+  /** base64 ed25519 signature of the registry's signedPayload(). */
   signature: string;
+  /** sha256(previous approval's chain + canonical JSON of this line without chain). */
   chain?: string;
   [k: string]: unknown;
 }

@@ -14,6 +14,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { canonicalJson, sha256Hex } from '../adapters/fsio.js';
 import type { BundleManifest } from '../adapters/manifest.js';
+import type { ApprovalRecord } from '../records/schema.js';
 
 export const APPROVAL_PURPOSE = 'catechism-approval/1';
 
@@ -127,26 +128,8 @@ export function readPublicKey(pem: string): KeyObject {
 
 // ---------------------------------------------------------------- approvals
 
-/** One signed approval, as stored in `approvals/<ref>.ndjson`. */
-export interface Approval {
-  kind: 'approval';
-  ref: string;
-  bundle: string;
-  adapter_id: string;
-  adapter_version: number;
-  /** report_sha256 of the report the gate judges the bundle by (null: none counts, a forced promotion). */
-  report: string | null;
-  approver: string;
-  key_id: string;
-  public_key: string;
-  when: string;
-  note: string | null;
-  /** base64 ed25519 signature of signedPayload(). */
-  signature: string;
-  /** sha256(previous approval's chain + canonical JSON of this line without chain). */
-  chain: string;
-  [k: string]: unknown;
-}
+/** One signed approval, as stored in `approvals/<ref>.ndjson` (the record kind; stored lines always carry their chain). */
+export type Approval = ApprovalRecord & { chain: string };
 
 export type ApprovalContent = Pick<Approval, 'ref' | 'bundle' | 'report' | 'key_id' | 'when' | 'note'>;
 

@@ -57,6 +57,7 @@ import { atomicWriteFile, canonicalJson, fsyncDir, mkdirDurable, sha256File, sha
 import { MANIFEST_FILE, listingHash, readBundle, hashBundleDir, adapterRecord, type AdapterRecord, type FileEntry } from '../adapters/bundle.js';
 import { ManifestError, normaliseReport, reportProblems, validateManifest, isSha256, type BundleManifest, type ReportRecord } from '../adapters/manifest.js';
 import { withLock, type LockOptions } from './lock.js';
+import type { CanaryReport } from '../records/schema.js';
 import {
   approvalId, bundleRisk, defaultConfig, normaliseConfig, readPrivateKey, readPublicKey, publicKeyId, publicKeyPem, refNamespace, signApproval, signatureProblem,
   type Approval, type Approver, type RegistryConfig, type Risk,
@@ -175,20 +176,8 @@ export interface ApprovalStatus {
   invalid: { approval: Approval; problem: string }[];
 }
 
-/** A canary report: live vs candidate on logged traffic (stored in canary/<sha256>.ndjson). */
-export interface CanaryRecord {
-  kind: 'canary';
-  ref: string;
-  bundle: string;
-  adapter_id: string;
-  live: string | null;
-  metrics: Record<string, number>;
-  thresholds: Record<string, number>;
-  pass: boolean;
-  failures: string[];
-  chain?: string;
-  [k: string]: unknown;
-}
+/** A canary report: live vs candidate on logged traffic (stored in canary/<sha256>.ndjson, chained). */
+export type CanaryRecord = CanaryReport & { chain?: string };
 
 /** One drift-watch measurement of a ref's current version (stored in watch/<ref>.ndjson). */
 export interface WatchRecord {

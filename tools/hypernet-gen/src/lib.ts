@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, UsageError, type InputRecord } from '@catechism/core/records';
 import { fixturesDir } from '@catechism/core/fixtures';
-import { EditDataError, checkFact, loadTemplateBank, readCorpusLines, readNdjson, type EditFact, type Rec, type TemplateBank } from '@catechism/core/edit';
+import { EditDataError, checkFact, inputFacts as checkedInputFacts, loadTemplateBank, readCorpusLines, readNdjson, type EditFact, type Rec, type TemplateBank } from '@catechism/core/edit';
 
 export * from './hypernet.js';
 export * from './features.js';
@@ -43,30 +43,12 @@ export function readFacts(file: string | undefined): Rec[] {
   return file ? readNdjson(file) : [];
 }
 
-function fail(rec: InputRecord, field: string | undefined, detail: string): never {
-  throw new InputError(detail, { source: rec.source, record: rec.index, ...(field ? { field } : {}) });
-}
-
 /** The insert facts of the input, checked (record number and field on error); forget facts and duplicate ids are refused. */
 export function inputFacts(inputs: readonly InputRecord[]): EditFact[] {
-  const facts: EditFact[] = [];
-  const seen = new Map<string, InputRecord>();
-  for (const r of inputs) {
-    if (r.record.kind !== 'fact') continue;
-    let f: EditFact;
-    try {
-      f = checkFact(r.record as Rec);
-    } catch (e) {
-      if (e instanceof EditDataError) fail(r, e.where?.field, e.message);
-      throw e;
-    }
-    if (f.op !== 'insert') fail(r, 'op', `fact ${f.id}: hypernet-gen writes insert edits (H generates the value of target_new); forget it with lora-train`);
-    const dup = seen.get(f.id);
-    if (dup) fail(r, 'id', `fact id ${JSON.stringify(f.id)} already used by record ${dup.index} of ${dup.source}`);
-    seen.set(f.id, r);
-    facts.push(f);
-  }
-  return facts;
+  return checkedInputFacts(inputs, {
+    ops: ['insert'],
+    why: (f) => `fact ${f.id}: hypernet-gen writes insert edits (H generates the value of target_new); forget it with lora-train`,
+  }).map((x) => x.fact);
 }
 
 /** Training edits from a file of fact records (insert, with target_new); errors name the line. */

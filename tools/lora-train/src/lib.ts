@@ -12,8 +12,8 @@ import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { findModelDir, worldDefaults, type WorldDefaults } from '@catechism/core/cli';
 import {
-  EDIT_METHODS, EditDataError, EditRefusedError, checkFact, dataSha256, editMethod, loadTemplateBank, modelSha256, readCorpusLines, readNdjson,
-  testProbes, writeEditBundle, type EditBatch, type EditFact, type EditMethod, type EditResources, type Rec,
+  EDIT_METHODS, EditRefusedError, dataSha256, editMethod, inputFacts, loadTemplateBank, modelSha256, readCorpusLines, readNdjson,
+  testProbes, writeEditBundle, type EditBatch, type EditMethod, type EditResources, type Rec,
 } from '@catechism/core/edit';
 
 export { EditRefusedError };
@@ -100,22 +100,8 @@ function fail(rec: InputRecord, field: string | undefined, detail: string): neve
 
 /** Group facts into batches of `size` (0 = all) with their probes and loci. */
 export function planBatches(inputs: InputRecord[], size: number): EditBatch[] {
-  const facts: Array<{ fact: EditFact; at: number }> = [];
-  const seen = new Map<string, InputRecord>();
-  inputs.forEach((r, at) => {
-    if (r.record.kind !== 'fact') return;
-    let f: EditFact;
-    try {
-      f = checkFact(r.record as Rec);
-    } catch (e) {
-      if (e instanceof EditDataError) fail(r, e.where?.field, e.message);
-      throw e;
-    }
-    const dup = seen.get(f.id);
-    if (dup) fail(r, 'id', `fact id ${JSON.stringify(f.id)} already used by record ${dup.index} of ${dup.source}`);
-    seen.set(f.id, r);
-    facts.push({ fact: f, at });
-  });
+  const facts = inputFacts(inputs);
+  const seen = new Set(facts.map((x) => x.fact.id));
   for (const r of inputs) {
     const k = r.record.kind;
     if ((k === 'probe' || k === 'locus') && typeof r.record.fact_id === 'string' && !seen.has(r.record.fact_id) && r.record.role !== 'general') {

@@ -13,8 +13,8 @@ import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@cat
 import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
-  EditDataError, buildExamples, romeDefaultLayer, buildRetain, checkFact, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, statementInContext, type EditResources, testProbes, writeEditBundle, type EditFact, type Example, type Rec, type TemplateBank,
+  buildExamples, romeDefaultLayer, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
+  knownFactRetainPrompts, statementInContext, type EditResources, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { DISTILL_DEFAULTS, distill, exampleAlignment } from './distill.js';
@@ -128,24 +128,12 @@ export interface Batch {
 
 /** Facts in batches of `size` (0 = all) with their probes and loci; forget facts and duplicate ids are refused. */
 export function planBatches(inputs: readonly InputRecord[], size: number): Batch[] {
-  const facts: EditFact[] = [];
-  const seen = new Map<string, InputRecord>();
-  for (const r of inputs) {
-    if (r.record.kind !== 'fact') continue;
-    let f: EditFact;
-    try {
-      f = checkFact(r.record as Rec);
-    } catch (e) {
-      if (e instanceof EditDataError) fail(r, e.where?.field, e.message);
-      throw e;
-    }
-    // the teacher states the new fact in context: there is nothing to state for a fact to forget
-    if (f.op !== 'insert') fail(r, 'op', `fact ${f.id}: moe-route-distill distils insert facts (the teacher states target_new in context); forget it with lora-train`);
-    const dup = seen.get(f.id);
-    if (dup) fail(r, 'id', `fact id ${JSON.stringify(f.id)} already used by record ${dup.index} of ${dup.source}`);
-    seen.set(f.id, r);
-    facts.push(f);
-  }
+  // the teacher states the new fact in context: there is nothing to state for a fact to forget
+  const facts = inputFacts(inputs, {
+    ops: ['insert'],
+    why: (f) => `fact ${f.id}: moe-route-distill distils insert facts (the teacher states target_new in context); forget it with lora-train`,
+  }).map((x) => x.fact);
+  const seen = new Set(facts.map((f) => f.id));
   for (const r of inputs) {
     const rec = r.record;
     if (rec.kind === 'probe' && typeof rec.fact_id === 'string' && seen.has(rec.fact_id) && rec.split === 'train' && typeof rec.target !== 'string') {

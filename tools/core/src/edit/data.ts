@@ -10,6 +10,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
 import { encodePair } from '../metrics/scoring.js';
 import { InputError } from '../records/errors.js';
+import type { InputRecord } from '../records/reader.js';
 import { isFact, parseFactFields, type Fact } from '../records/schema.js';
 import { readTemplates } from '../records/templates.js';
 
@@ -75,6 +76,38 @@ export function checkFact(r: Rec): EditFact {
   }
   if (fact.subject.trim() !== fact.subject) throw new EditDataError(`${name}: subject has leading/trailing spaces`, { field: 'subject' });
   return { ...fact, op: fact.op ?? 'insert' };
+}
+
+/**
+ * The fact records of a tool's input, checked (checkFact), each with its input record and position:
+ * a bad fact, an op outside `onlyOps` (with `why(fact)` saying what to use instead) or a repeated
+ * id is an InputError naming the record and field.
+ */
+export function inputFacts(
+  inputs: readonly InputRecord[],
+  onlyOps?: { ops: ReadonlyArray<EditFact['op']>; why: (f: EditFact) => string },
+): Array<{ fact: EditFact; input: InputRecord; at: number }> {
+  const fail = (r: InputRecord, field: string | undefined, detail: string): never => {
+    throw new InputError(detail, { source: r.source, record: r.index, ...(field ? { field } : {}) });
+  };
+  const out: Array<{ fact: EditFact; input: InputRecord; at: number }> = [];
+  const seen = new Map<string, InputRecord>();
+  inputs.forEach((r, at) => {
+    if (r.record.kind !== 'fact') return;
+    let f: EditFact;
+    try {
+      f = checkFact(r.record as Rec);
+    } catch (e) {
+      if (e instanceof EditDataError) fail(r, e.where?.field, e.message);
+      throw e;
+    }
+    if (onlyOps && !onlyOps.ops.includes(f.op)) fail(r, 'op', onlyOps.why(f));
+    const dup = seen.get(f.id);
+    if (dup) fail(r, 'id', `fact id ${JSON.stringify(f.id)} already used by record ${dup.index} of ${dup.source}`);
+    seen.set(f.id, r);
+    out.push({ fact: f, input: r, at });
+  });
+  return out;
 }
 
 /** Token ids of `target` as the continuation of `prompt` (the model sees prompt + " " + target). */

@@ -82,8 +82,10 @@ t.test('a bad adapter in the inbox is quarantined; the rest reaches live; the ne
   t.equal(liveAnswer('edit-0003'), fact('edit-0003').target_new);
   const quarantined = parse(readFileSync(`${INBOX}.quarantine.ndjson`, 'utf8'));
   t.same(quarantined.map((x) => x.kind), ['adapter', 'report']);
-  t.match(quarantined[0], { sha256: badRec.sha256, quarantine: { ref: 'live', reason: /kl [0-9.]+ > 0\.05/ } });
+  // the reason quotes the report's failures, shortened (the efficacy gates come first); the report has them all
+  t.match(quarantined[0], { sha256: badRec.sha256, quarantine: { ref: 'live', reason: /^its latest validation report failed \(failures: / } });
   t.match(quarantined[1], { kind: 'report', pass: false, bundle_sha256: /^[0-9a-f]{64}$/, base_model_sha256: /^[0-9a-f]{64}$/, run: { tool: 'validate' } });
+  t.ok((quarantined[1].failures as string[]).some((f) => /^kl [0-9.]+ > 0\.05/.test(f)), 'its report fails the kl gate');
   t.notOk(readdirSync(dir).some((f) => f.includes('.pending-')), 'nothing left pending');
 
   // the next night: a new adapter reaches live although the bad one came before it

@@ -217,6 +217,16 @@ export class CausalLM {
     return loraLinear(x, w, b ?? null, layout, this.loraTerms.get(mod) ?? [], activation);
   }
 
+  /** forward's input check: ids fill [B, T], T > 0, every id inside the vocabulary. */
+  protected checkIds(ids: Int32Array, [B, T]: readonly [number, number]): void {
+    if (ids.length !== B * T) throw new RangeError(`forward: ${ids.length} ids do not fill a [${B}, ${T}] batch`);
+    if (T === 0) throw new RangeError('forward: empty sequence');
+    const V = this.config.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      if (!(ids[i] >= 0 && ids[i] < V)) throw new RangeError(`forward: token id ${ids[i]} at ${i} is outside the vocabulary [0, ${V})`);
+    }
+  }
+
   /**
    * Forward pass over ids [B × T] (row-major). Differentiable: LoRA weights
    * and hook values receive gradients when the result is backpropagated.
@@ -224,11 +234,7 @@ export class CausalLM {
   forward(ids: Int32Array, dims: readonly [number, number], opts: ForwardOptions = {}): ForwardResult {
     const c = this.config;
     const [B, T] = dims;
-    if (ids.length !== B * T) throw new RangeError(`forward: ${ids.length} ids do not fill a [${B}, ${T}] batch`);
-    if (T === 0) throw new RangeError('forward: empty sequence');
-    for (let i = 0; i < ids.length; i++) {
-      if (!(ids[i] >= 0 && ids[i] < c.vocabSize)) throw new RangeError(`forward: token id ${ids[i]} at ${i} is outside the vocabulary [0, ${c.vocabSize})`);
-    }
+    this.checkIds(ids, dims);
     const cache = opts.kvCache;
     if (cache && cache.batch !== B) throw new RangeError(`forward: KV cache holds ${cache.batch} rows, batch has ${B}`);
     const past = cache ? cache.length : 0;

@@ -250,11 +250,7 @@ export class OnnxLM extends CausalLM {
     if (opts.positions) throw new Error('--runtime onnx: explicit positions are not an input of the ONNX export (it counts them from the attention mask)');
     const c = this.config;
     const [B, T] = dims;
-    if (ids.length !== B * T) throw new RangeError(`forward: ${ids.length} ids do not fill a [${B}, ${T}] batch`);
-    if (T === 0) throw new RangeError('forward: empty sequence');
-    for (let i = 0; i < ids.length; i++) {
-      if (!(ids[i] >= 0 && ids[i] < c.vocabSize)) throw new RangeError(`forward: token id ${ids[i]} at ${i} is outside the vocabulary [0, ${c.vocabSize})`);
-    }
+    this.checkIds(ids, dims);
     const cache = opts.kvCache;
     const past = cache ? cache.length : 0;
     const S = past + T;

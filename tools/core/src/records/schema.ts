@@ -211,6 +211,7 @@ export interface WatchFigures {
   metrics: Record<string, number>;
   pass: boolean;
   failures: string[];
+  /** Set when this measurement made the watch roll back: the version restored. */
   rolled_back_to?: number | null;
   [k: string]: unknown;
 }

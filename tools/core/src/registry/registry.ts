@@ -57,7 +57,7 @@ import { atomicWriteFile, canonicalJson, fsyncDir, mkdirDurable, sha256File, sha
 import { MANIFEST_FILE, listingHash, readBundle, hashBundleDir, adapterRecord, type AdapterRecord, type FileEntry } from '../adapters/bundle.js';
 import { ManifestError, normaliseReport, reportProblems, validateManifest, isSha256, type BundleManifest, type ReportRecord } from '../adapters/manifest.js';
 import { withLock, type LockOptions } from './lock.js';
-import type { CanaryReport } from '../records/schema.js';
+import type { CanaryReport, WatchFigures } from '../records/schema.js';
 import {
   approvalId, bundleRisk, defaultConfig, normaliseConfig, readPrivateKey, readPublicKey, publicKeyId, publicKeyPem, refNamespace, signApproval, signatureProblem,
   type Approval, type Approver, type RegistryConfig, type Risk,
@@ -179,22 +179,8 @@ export interface ApprovalStatus {
 /** A canary report: live vs candidate on logged traffic (stored in canary/<sha256>.ndjson, chained). */
 export type CanaryRecord = CanaryReport & { chain?: string };
 
-/** One drift-watch measurement of a ref's current version (stored in watch/<ref>.ndjson). */
-export interface WatchRecord {
-  kind: 'watch';
-  ref: string;
-  version: number;
-  bundle: string;
-  adapter_id: string;
-  metrics: Record<string, number>;
-  pass: boolean;
-  failures: string[];
-  when?: string;
-  /** Set when this measurement made the watch roll back: the version restored. */
-  rolled_back_to?: number | null;
-  chain?: string;
-  [k: string]: unknown;
-}
+/** One drift-watch measurement of a ref's current version (stored in watch/<ref>.ndjson, chained). */
+export type WatchRecord = WatchFigures & { when?: string; chain?: string };
 
 export interface RegistryOptions extends LockOptions {
   /** Clock, for tests. */

@@ -129,13 +129,15 @@ t.test('a ref history cut at a line boundary, emptied or deleted is detected and
     const v = await reg.verify();
     t.equal(v.ok, false, 'verify fails');
     t.match(v.problems, [{ area: 'ref', target: 'live', problem: re }]);
-    for (const [what, p] of [
-      ['log', reg.log('live')],
-      ['resolve (explain, export, show)', reg.resolve('live')],
-      ['rollback', reg.rollback('live')],
-      ['promote', reg.promote('live', { id: (await reg.objects())[0] }, { force: true })],
+    // each call starts only when awaited: a promise made early would reject unhandled meanwhile
+    const id = (await reg.objects())[0];
+    for (const [what, call] of [
+      ['log', () => reg.log('live')],
+      ['resolve (explain, export, show)', () => reg.resolve('live')],
+      ['rollback', () => reg.rollback('live')],
+      ['promote', () => reg.promote('live', { id }, { force: true })],
     ] as const) {
-      const e = await rejection(p as Promise<unknown>);
+      const e = await rejection(call() as Promise<unknown>);
       t.equal(e.code, 'E_CORRUPT', `${what} refuses`);
       t.match(e.message, re);
     }

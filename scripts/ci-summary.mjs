@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Sums tap's closing lines (`# { total: N, pass: N, fail: N, ... }`) from every
 // workspace in a test log and prints one plain line `N passed, N failed`, so a
-// run that executed no test is visible to CI.
+// run that executed no test is visible to CI. Above it, each failed assertion
+// with the start of its diagnostics: CI keeps only the log's tail, and a
+// failure seen only as a count cannot be found again.
 import { readFileSync } from 'node:fs';
 
 const log = readFileSync(process.argv[2] ?? 0, 'utf8');
@@ -13,6 +15,25 @@ for (const m of log.matchAll(/#\s*\{\s*total:\s*(\d+)([^}]*)\}/g)) {
   pass += field('pass');
   fail += field('fail');
   skip += field('skip') + field('todo');
+}
+
+// turbo prefixes each line with "<package>:test: "; tap indents subtests by four spaces.
+const lines = log.split('\n').map((l) => /^(\S+?):test: ?(.*)$/.exec(l) ?? [l, '', l]);
+const failures = [];
+for (let i = 0; i < lines.length; i++) {
+  const [, pkg, text] = lines[i];
+  const m = /^(\s*)not ok \d+ - (.*?)(?: # time=.*)?$/.exec(text);
+  if (!m || /# (TODO|SKIP)\b/i.test(text)) continue;
+  // the diagnostics block of an assertion: indented YAML between --- and ...
+  const diag = [];
+  if (/^\s*---\s*$/.test(lines[i + 1]?.[2] ?? '')) {
+    for (let j = i + 2; j < lines.length && !/^\s*\.\.\.\s*$/.test(lines[j][2]); j++) diag.push(lines[j][2].trim());
+  }
+  failures.push(`${pkg || '?'}: ${'  '.repeat(m[1].length / 4)}not ok - ${m[2]}` + (diag.length ? '\n' + diag.slice(0, 12).map((d) => '      | ' + d.slice(0, 200)).join('\n') : ''));
+}
+if (failures.length) {
+  console.log(`\nfailed (${failures.length} lines, outermost last):`);
+  console.log(failures.slice(-40).join('\n'));
 }
 if (runs === 0) console.log('0 passed, 0 failed');
 else console.log(`${pass} passed, ${fail + Math.max(0, total - pass - fail - skip)} failed, ${skip} skipped`);

@@ -1,7 +1,8 @@
 /**
  * The worker thread behind ./runtime.ts: owns the onnxruntime-node
  * sessions (CPU execution provider), answers each request on the port it
- * was given, then wakes the caller blocked on the shared signal word.
+ * was given (tagged with the request's id), then counts the answer in the
+ * shared signal word and wakes the caller blocked on it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
@@ -12,18 +13,27 @@ const flag = new Int32Array(signal);
 const sessions = new Map<number, ort.InferenceSession>();
 let next = 1;
 
-type Req =
+type Req = { id: number } & (
   | { op: 'open'; file: string; threads: number }
   | { op: 'run'; session: number; ids: BigInt64Array; mask: BigInt64Array; dims: [number, number]; maskDims: [number, number]; extra: Record<string, { data: Float32Array; dims: number[] }> }
-  | { op: 'close'; session: number };
+  | { op: 'close'; session: number }
+);
 
-function reply(msg: unknown, transfer: ArrayBuffer[] = []): void {
-  port.postMessage(msg, transfer);
-  Atomics.store(flag, 0, 1);
-  Atomics.notify(flag, 0);
-}
+// For the bridge's test only: each answer posted this long late and signalled as long
+// after posting, as a thread descheduled between the two does on a loaded machine (the
+// caller finds the answer before its signal, and the signal comes during the next call).
+const delayMs = Number(process.env.CATECHISM_ONNX_TEST_DELAY_MS ?? 0);
+const later = (f: () => void): void => void (delayMs > 0 ? setTimeout(f, delayMs) : f());
 
 port.on('message', (req: Req) => {
+  const reply = (msg: object, transfer: ArrayBuffer[] = []): void =>
+    later(() => {
+      port.postMessage({ ...msg, id: req.id }, transfer);
+      later(() => {
+        Atomics.add(flag, 0, 1);
+        Atomics.notify(flag, 0);
+      });
+    });
   void (async () => {
     try {
       if (req.op === 'open') {

@@ -66,23 +66,31 @@ function getBridge(): Bridge {
   return bridge;
 }
 
-/** Send one request to the worker and wait for its answer (synchronously). */
-function call<T>(req: unknown, transfer: ArrayBuffer[] = []): T {
+let lastRequest = 0;
+
+/**
+ * Send one request to the worker and wait for its answer (synchronously).
+ * The shared word counts the worker's answers: read before looking at the
+ * port, so an answer that arrives between the look and the wait changes it
+ * and the wait returns at once. Answers carry their request's number: an
+ * answer found early (a wait that timed out under load) leaves its signal
+ * behind, which must not pass for the next request's answer.
+ */
+function call<T>(req: object, transfer: ArrayBuffer[] = []): T {
   const b = getBridge();
-  Atomics.store(b.flag, 0, 0);
-  b.port.postMessage(req, transfer);
+  const id = (lastRequest = (lastRequest % 0x7fffffff) + 1);
+  b.port.postMessage({ ...req, id }, transfer);
   const deadline = Date.now() + 30 * 60_000;
   for (;;) {
+    const answered = Atomics.load(b.flag, 0);
+    const msg = receiveMessageOnPort(b.port);
+    if (msg && (msg.message as { id?: number }).id === id) return unwrap<T>(msg.message);
+    if (msg) continue; // an answer to an earlier request that gave up waiting: not ours
     // short waits, so a worker that died (it can no longer wake us) is noticed
-    if (Atomics.wait(b.flag, 0, 0, 1000) !== 'timed-out') break;
-    const early = receiveMessageOnPort(b.port);
-    if (early) return unwrap<T>(early.message);
+    if (Atomics.wait(b.flag, 0, answered, 1000) !== 'timed-out') continue;
     if (Date.now() > deadline) throw new Error('onnx runtime: no answer from the onnxruntime worker after 30 minutes');
     if (b.worker.threadId < 0) throw new Error('onnx runtime: the onnxruntime worker stopped');
   }
-  const msg = receiveMessageOnPort(b.port);
-  if (!msg) throw new Error('onnx runtime: the worker signalled but sent no answer');
-  return unwrap<T>(msg.message);
 }
 
 function unwrap<T>(m: unknown): T {

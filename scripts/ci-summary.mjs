@@ -29,11 +29,13 @@ for (let i = 0; i < lines.length; i++) {
   if (/^\s*---\s*$/.test(lines[i + 1]?.[2] ?? '')) {
     for (let j = i + 2; j < lines.length && !/^\s*\.\.\.\s*$/.test(lines[j][2]); j++) diag.push(lines[j][2].trim());
   }
-  failures.push(`${pkg || '?'}: ${'  '.repeat(m[1].length / 4)}not ok - ${m[2]}` + (diag.length ? '\n' + diag.slice(0, 12).map((d) => '      | ' + d.slice(0, 200)).join('\n') : ''));
+  // an assertion's own diagnostics say what failed; a subtest's or a file's only where it is
+  const own = diag.some((d) => /^(stack|diff|found|wanted|expired|message):/.test(d)) && !diag.some((d) => /^externalID:/.test(d));
+  failures.push(`${pkg || '?'}: ${'  '.repeat(m[1].length / 4)}not ok - ${m[2].slice(0, 300)}` + (own ? '\n' + diag.slice(0, 6).map((d) => '      | ' + d.slice(0, 160)).join('\n') : ''));
 }
 if (failures.length) {
-  console.log(`\nfailed (${failures.length} lines, outermost last):`);
-  console.log(failures.slice(-40).join('\n'));
+  console.log(`\nfailed (${failures.length} lines${failures.length > 25 ? ', the first 25' : ''}; a subtest after its assertions):`);
+  console.log(failures.slice(0, 25).join('\n'));
 }
 if (runs === 0) console.log('0 passed, 0 failed');
 else console.log(`${pass} passed, ${fail + Math.max(0, total - pass - fail - skip)} failed, ${skip} skipped`);

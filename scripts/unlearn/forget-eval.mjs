@@ -13,6 +13,7 @@
 //   node scripts/unlearn/forget-eval.mjs [--world fixtures/world] [--model fixtures/models/dense]
 //     [--method rome|memit|lora] [--skip 0] [--count 8] [--relation R] [--seed 0]
 //     [--layer L]           lora-train --layer (default: ROME's candidates, the first that forgets)
+//     [--opt flag=json ...]   a lora-train method option by flag name, e.g. --opt rome-keep-facts=100
 //     [--set key=json ...]  ROME forget options (ROME_FORGET_DEFAULTS, rank-one-forget.ts), e.g. --set keepWeight=1
 //     [--keep DIR]          keep the adapters and records there (relearn.mjs reads them)
 //     [--label TEXT] [--header] [--json FILE]
@@ -32,7 +33,7 @@ const rof = await import(path.join(root, 'tools/core/dist/edit/rank-one-forget.j
 const { values: a } = parseArgs({ options: {
   world: { type: 'string', default: 'fixtures/world' }, model: { type: 'string' }, method: { type: 'string', default: 'rome' },
   skip: { type: 'string', default: '0' }, count: { type: 'string', default: '8' }, relation: { type: 'string' }, seed: { type: 'string', default: '0' },
-  layer: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, keep: { type: 'string' }, label: { type: 'string' }, header: { type: 'boolean', default: false }, json: { type: 'string' },
+  layer: { type: 'string' }, opt: { type: 'string', multiple: true, default: [] }, set: { type: 'string', multiple: true, default: [] }, keep: { type: 'string' }, label: { type: 'string' }, header: { type: 'boolean', default: false }, json: { type: 'string' },
 } });
 const world = path.resolve(a.world);
 const model = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
@@ -56,7 +57,7 @@ const recs = pg.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
 const inputs = recs.map((record, i) => ({ record, source: 'probes', index: i + 1 }));
 
 const res = lt.loadResources({ model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson') });
-const args = { ...lt.DEFAULT_ARGS, seed: Number(a.seed), out: path.join(dir, 'adapters'), method: a.method, batch: 0, options: {}, ...(a.layer !== undefined ? { layer: Number(a.layer) } : {}) };
+const args = { ...lt.DEFAULT_ARGS, seed: Number(a.seed), out: path.join(dir, 'adapters'), method: a.method, batch: 0, options: Object.fromEntries(a.opt.map((kv) => [kv.slice(0, kv.indexOf('=')), JSON.parse(kv.slice(kv.indexOf('=') + 1))])), ...(a.layer !== undefined ? { layer: Number(a.layer) } : {}) };
 const log = (m) => process.stderr.write(`  ${m}\n`);
 const t0 = Date.now();
 const records = [];
@@ -83,7 +84,7 @@ for (const k of keys) {
   agg[k] = { mean: xs.reduce((s, x) => s + x, 0) / Math.max(xs.length, 1), max: Math.max(...xs) };
 }
 const passes = reports.filter((r) => r.pass).length;
-const label = a.label ?? ([...(a.layer !== undefined ? [`layer=${a.layer}`] : []), ...a.set].join(' ') || 'defaults');
+const label = a.label ?? ([...(a.layer !== undefined ? [`layer=${a.layer}`] : []), ...a.opt, ...a.set].join(' ') || 'defaults');
 const f3 = (x) => (Number.isFinite(x) ? x.toFixed(3) : '–');
 if (a.header) {
   console.log(`| case | world | method | facts | ${keys.join(' | ')} | pass | refused | s |`);

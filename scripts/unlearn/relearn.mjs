@@ -64,7 +64,7 @@ function attack(base, train, others, seed) {
   const lora = model.createLora('relearn', modules, { r: Number(a.rank), seed });
   const rows = train.flatMap((f) => trainPrompts(f).map((p) => ({ ids: tok.encode(p), y: firstTok(f) })));
   const { ids, mask, T, last } = padBatch(rows.map((r) => r.ids), padId(model));
-  const at = Int32Array.from(rows.map((r, b) => b * T + last[b]));
+  const at = last; // padBatch: each row's last token as a flat index (b · T + length − 1)
   const y = Int32Array.from(rows.map((r) => r.y));
   const opt = new AdamW(lora.parameters(), { lr: Number(a.lr), weightDecay: 0 });
   model.setAdapters([...base, { adapter: lora }]);

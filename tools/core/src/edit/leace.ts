@@ -45,6 +45,10 @@ export interface LeaceEraser {
  * The LEACE eraser of `X` (n × d row-major) for class labels 0..k−1. `tol`:
  * eigenvalues of Σ below tol × the largest are its null space (no variance
  * there to erase), directions of W Σ_xz below tol × its largest too.
+ * `shrink` s ∈ [0, 1] whitens with (1 − s)Σ + s·tr(Σ)/d·I instead of Σ (0:
+ * LEACE; 1: the orthogonal projection off the class-mean differences); the
+ * fitted rows' class means are equal either way. It did not lower the
+ * held-out probe's reading on the fixture world (tools/lora-train/README.md).
  */
 export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLike<number>, k: number, tol = 1e-10, shrink = 0): LeaceEraser {
   if (!(shrink >= 0 && shrink <= 1)) throw new RangeError(`fitLeace: shrink ${shrink} is outside [0, 1]`);

@@ -41,6 +41,35 @@ t.test('fitLeace equals numpy\'s closed form (singular covariance included)', as
   t.throws(() => fitLeace(X, n, d, labels, 1), /two classes/);
 });
 
+t.test('fitLeace shrink: the class means are still equal; shrink 1 is the orthogonal projection off the class-mean differences', async (t) => {
+  const n = 60, d = 8, k = 3;
+  const X = new Float64Array(n * d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) X[i * d + j] = Math.sin(0.7 * i + 1.3 * j + 0.11 * i * j) * (1 + j) + (j < 3 ? (i % k) * (j + 1) : 0);
+  const labels = Int32Array.from({ length: n }, (_, i) => i % k);
+  const P = (e: ReturnType<typeof fitLeace>) => Float64Array.from({ length: d * d }, (_, ab) => {
+    let s = 0;
+    for (let j = 0; j < e.rank; j++) s += e.B[Math.floor(ab / d) * e.rank + j] * e.A[j * d + (ab % d)];
+    return s;
+  });
+  const exact = P(fitLeace(X, n, d, labels, k));
+  let asym = 0;
+  for (let a = 0; a < d; a++) for (let b = 0; b < d; b++) asym = Math.max(asym, Math.abs(exact[a * d + b] - exact[b * d + a]));
+  t.ok(asym > 1e-3, 'exact LEACE: an oblique projection here');
+  for (const s of [0.5, 1]) {
+    const e = fitLeace(X, n, d, labels, k, 1e-10, s);
+    t.ok(classMeanGap(applyEraser(e, X, n), n, d, labels, k) < 1e-9, `shrink ${s}: class means equal`);
+  }
+  const o = P(fitLeace(X, n, d, labels, k, 1e-10, 1));
+  let worst = 0;
+  for (let a = 0; a < d; a++) for (let b = 0; b < d; b++) {
+    let pp = 0;
+    for (let c = 0; c < d; c++) pp += o[a * d + c] * o[c * d + b];
+    worst = Math.max(worst, Math.abs(o[a * d + b] - o[b * d + a]), Math.abs(pp - o[a * d + b]));
+  }
+  t.ok(worst < 1e-9, `shrink 1: P symmetric and idempotent (${worst.toExponential(1)})`);
+  t.throws(() => fitLeace(X, n, d, labels, k, 1e-10, 2), /shrink/);
+});
+
 t.test('dense fixture model: the adapter (LoRA + lora_B bias on the MLP output projection) erases at the site', async (t) => {
   const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
   const tok = tokenizer!;

@@ -9,8 +9,8 @@ import { fixtureWorldOf, InputError, packageVersion, runTool, UsageError } from 
 import type { AnyRecord } from '@catechism/core/records';
 import { SpellingCheck } from '@catechism/core/models';
 import { modelsDir, worldDir } from '@catechism/core/fixtures';
-import { parseGate, resolveGates, type FactLike, type ProbeLike } from '@catechism/core/metrics';
-import { fileExists, loadAdapter, readProbeFile, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
+import { parseGate, resolveGates, type ConceptLike, type FactLike, type ProbeLike } from '@catechism/core/metrics';
+import { fileExists, loadAdapter, readConceptFile, readProbeFile, validateBaseline, validateLoaded, type AdapterResult, type LoadedAdapter, type ValidateContext } from './validate.js';
 import { resolveEvalSets } from './sets.js';
 import { appendHistory } from './history.js';
 import { hashBundleDir } from '@catechism/core/adapters';
@@ -38,6 +38,8 @@ interface Args {
   batchSize: number;
   runtime: 'engine' | 'onnx';
   onnxDir?: string;
+  concepts?: string;
+  erasureSite?: string;
 }
 
 await runTool<Args>({
@@ -71,6 +73,8 @@ await runTool<Args>({
     'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency, and the greedy answers of forget prompts)' },
     'batch-size': { type: 'number', default: 32, describe: 'sequences per forward pass' },
     runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node (CPU) on the ONNX export of each model state (base; base + adapter)' },
+    concepts: { type: 'string', describe: '`concept` records (NDJSON) for the erasure probe, besides those in the stream: a linear probe trained on half of the held-out (split test) examples reads the other half before and after each adapter (erasure_probe_acc, erasure_probe_chance; gate erasure_probe_gap<=0.03)' },
+    'erasure-site': { type: 'string', describe: 'the hook site the erasure probe reads (e.g. layers.2.mlp, layers.3.resid_post); default the site a LEACE adapter names, else the middle layer\'s MLP output' },
     'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json, e.g. from adapter-merge export --format onnx) and written; default a temporary directory' },
   },
   async run(ctx) {
@@ -85,12 +89,14 @@ await runTool<Args>({
     const adapters: Array<{ record: AnyRecord; source: string; index: number }> = [];
     const facts: FactLike[] = [];
     const probes: ProbeLike[] = [];
+    const concepts: ConceptLike[] = a.concepts !== undefined ? readConceptFile(a.concepts) : [];
     for await (const batch of ctx.readBatches()) {
       ctx.progress.tick(batch.length);
       for (const { record, source, index } of batch) {
         if (record.kind === 'adapter') adapters.push({ record, source, index });
         else if (isKind(record, 'fact')) facts.push(record);
         else if (isKind(record, 'probe')) probes.push(record);
+        else if (isKind(record, 'concept')) concepts.push(record);
       }
       // adapter records are re-emitted with their report (below): appending a report
       // to a plain bundle's manifest changes its content hash, and the record must
@@ -132,6 +138,7 @@ await runTool<Args>({
     const vctx: ValidateContext = {
       model, tokenizer, modelName: a.model ?? path.relative(process.cwd(), modelDir) ?? modelDir, modelSha256: modelSha, gates, shared,
       batchSize: a.batchSize, genTokens: a.genTokens, noGeneration: !a.fluency, log: ctx.log, notes: sets.notes, baseCache: new Map(),
+      concepts, probeModel: lm.model, ...(a.erasureSite !== undefined ? { erasureSite: a.erasureSite } : {}),
       run: { tool: 'validate', version: packageVersion(import.meta.url), id: randomUUID(), started_at: new Date().toISOString() },
     };
 

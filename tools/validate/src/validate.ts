@@ -13,8 +13,8 @@ import { withLock } from '@catechism/core/registry';
 import { historyTarget } from './history.js';
 import { Rng } from '@catechism/core';
 import {
-  buildSuite, checkGates, computeMetricsSe, encodeSuite, itemRows, observe, routingMetrics,
-  type FactLike, type Gate, type ItemRow, type ProbeLike, type SeqScore, type SharedSets,
+  buildSuite, checkGates, computeMetricsSe, encodeSuite, erasureProbeMetrics, erasureProbeRows, lastTokenActivations, itemRows, observe, routingMetrics,
+  type ConceptLike, type FactLike, type Gate, type ItemRow, type ProbeLike, type SeqScore, type SharedSets,
 } from '@catechism/core/metrics';
 
 export interface ValidateContext {
@@ -39,6 +39,16 @@ export interface ValidateContext {
   baseCache?: Map<string, SeqScore>;
   /** This run's identity: a report counts only for the bundle, base model and run it names. */
   run?: { tool: string; version: string; id: string; started_at: string };
+  /**
+   * `concept` records (stream, --concepts): an adapter that erases a concept
+   * (its hyperparameters name it, or the records hold one concept) gets the
+   * erasure probe's metrics, read at `erasureSite` (default: the site the
+   * adapter names, else the middle layer's MLP output). `probeModel`: the
+   * engine model the activations are read from (with --runtime onnx too).
+   */
+  concepts?: readonly ConceptLike[];
+  erasureSite?: string;
+  probeModel?: CausalLM;
 }
 
 /** The schema's `report` record as validate writes it: always with its thresholds. */
@@ -74,6 +84,28 @@ export function readProbeFile(file: string): ProbeLike[] {
     out.push(r as unknown as ProbeLike);
   });
   return out;
+}
+
+/** Read `concept` records (NDJSON) for the erasure probe (--concepts); other kinds are refused. */
+export function readConceptFile(file: string): ConceptLike[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InputError(`cannot read: ${(e as Error).message}`, { source: file });
+  }
+  return text.split('\n').flatMap((line, i) => {
+    if (line.trim() === '') return [];
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch (e) {
+      throw new InputError(`not valid JSON (${(e as Error).message})`, { source: file, record: i + 1 });
+    }
+    if (r === null || typeof r !== 'object' || r.kind !== 'concept') throw new InputError('expected a concept record (kind "concept")', { source: file, record: i + 1, field: 'kind' });
+    for (const f of ['concept', 'prompt', 'label']) if (typeof r[f] !== 'string') throw new InputError('missing required field (expected string)', { source: file, record: i + 1, field: f });
+    return [r as unknown as ConceptLike];
+  });
 }
 
 /** A seeded sample of n items (all when n ≥ length), in their original order. (validate's own sets use stratifiedSample with a fixed seed.) */
@@ -185,6 +217,8 @@ export interface LoadedAdapter {
   version: number | null;
   /** Checks overridden by --force (bundle hash, base model), one line each; the report records them. */
   forced: string[];
+  /** The manifest's hyperparameters (a LEACE bundle names its concept and site). */
+  hyperparameters?: Record<string, unknown>;
 }
 
 export interface LoadOptions {
@@ -239,7 +273,8 @@ export async function loadAdapter(input: AdapterInput, model: CausalLM, opts: Lo
   model.setAdapters([]);
   let bytes = 0;
   for (const f of bundle.files) bytes += f.size;
-  return { id, dir, sha256: bundle.sha256, bytes, facts: [...facts.values()], probes, active: [{ adapter: lora, scale }], version: m.version, forced };
+  const hp = m.hyperparameters !== null && typeof m.hyperparameters === 'object' ? { hyperparameters: m.hyperparameters as Record<string, unknown> } : {};
+  return { id, dir, sha256: bundle.sha256, bytes, facts: [...facts.values()], probes, active: [{ adapter: lora, scale }], version: m.version, forced, ...hp };
 }
 
 function logExclusions(ctx: ValidateContext, id: string, metrics: Record<string, number>): void {
@@ -250,8 +285,44 @@ function logExclusions(ctx: ValidateContext, id: string, metrics: Record<string,
   if ((metrics.n_unknown_target ?? 0) > 0) ctx.log?.(`${id}: ${metrics.n_unknown_target} probes have a target the tokenizer spells as its unknown token: never counted as a success`);
 }
 
+/**
+ * The erasure probe (core metrics/erasure.ts) for an adapter, when concept
+ * records are given: the concept the adapter names (LEACE's hyperparameters),
+ * else the only one in the records. Empty when there is nothing to measure.
+ */
+export function erasureMetrics(ctx: ValidateContext, a: Pick<LoadedAdapter, 'id' | 'active' | 'hyperparameters'>): Record<string, number> {
+  const recs = ctx.concepts ?? [];
+  if (recs.length === 0) return {};
+  const hp = a.hyperparameters ?? {};
+  const names = [...new Set(recs.map((r) => r.concept))];
+  const concept = typeof hp.concept === 'string' ? hp.concept : names.length === 1 ? names[0] : undefined;
+  if (concept === undefined) {
+    ctx.log?.(`${a.id}: concept records of ${names.length} concepts and the adapter names none: no erasure probe`);
+    return {};
+  }
+  const rows = erasureProbeRows(recs, concept);
+  if (rows === null) {
+    ctx.log?.(`${a.id}: concept ${concept}: fewer than 2 held-out (split test) examples of some label, or one label: no erasure probe`);
+    return {};
+  }
+  const model = ctx.probeModel ?? ctx.model;
+  const site = ctx.erasureSite ?? (typeof hp.site === 'string' ? hp.site : `layers.${Math.floor(model.config.layers / 2)}.mlp`);
+  const capture = (prompts: readonly string[], adapted: boolean): Float64Array => {
+    model.setAdapters(adapted ? a.active : []);
+    try {
+      return lastTokenActivations(model, ctx.tokenizer, prompts, site, ctx.batchSize ?? 32);
+    } finally {
+      model.setAdapters([]);
+    }
+  };
+  const m = erasureProbeMetrics(rows, model.config.hidden, capture);
+  ctx.log?.(`${a.id}: erasure probe of ${concept} at ${site}: ${m.erasure_probe_acc_before.toFixed(3)} → ${m.erasure_probe_acc.toFixed(3)} (chance ${m.erasure_probe_chance.toFixed(3)}, ${m.n_erasure_probe} held-out examples)`);
+  return m;
+}
+
 export function validateLoaded(ctx: ValidateContext, a: LoadedAdapter): AdapterResult {
   const { metrics, se, rows, skipped } = evaluate(ctx, a.facts, a.probes, a.active);
+  Object.assign(metrics, erasureMetrics(ctx, a));
   metrics.adapter_bytes = a.bytes;
   for (const s of skipped) ctx.log?.(`${a.id}: skipped ${s}`);
   logExclusions(ctx, a.id, metrics);

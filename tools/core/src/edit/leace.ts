@@ -45,8 +45,13 @@ export interface LeaceEraser {
  * The LEACE eraser of `X` (n × d row-major) for class labels 0..k−1. `tol`:
  * eigenvalues of Σ below tol × the largest are its null space (no variance
  * there to erase), directions of W Σ_xz below tol × its largest too.
+ * `shrink` s ∈ [0, 1] whitens with (1 − s)Σ + s·tr(Σ)/d·I instead of Σ (0:
+ * LEACE; 1: the orthogonal projection off the class-mean differences); the
+ * fitted rows' class means are equal either way. It did not lower the
+ * held-out probe's reading on the fixture world (tools/lora-train/README.md).
  */
-export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLike<number>, k: number, tol = 1e-10): LeaceEraser {
+export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLike<number>, k: number, tol = 1e-10, shrink = 0): LeaceEraser {
+  if (!(shrink >= 0 && shrink <= 1)) throw new RangeError(`fitLeace: shrink ${shrink} is outside [0, 1]`);
   if (X.length !== n * d) throw new RangeError(`fitLeace: X has ${X.length} values, expected ${n} × ${d}`);
   if (labels.length !== n) throw new RangeError(`fitLeace: ${labels.length} labels for ${n} rows`);
   if (k < 2) throw new RangeError('fitLeace: at least two classes are needed');
@@ -69,6 +74,13 @@ export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLik
     }
   }
   for (let a = 0; a < d; a++) for (let b = 0; b < a; b++) S[a * d + b] = S[b * d + a];
+  if (shrink > 0) {
+    // Σ ← (1 − s) Σ + s (tr Σ / d) I: the whitening (and so P's obliqueness) from a shrunk covariance
+    let tr = 0;
+    for (let a = 0; a < d; a++) tr += S[a * d + a];
+    for (let e = 0; e < d * d; e++) S[e] *= 1 - shrink;
+    for (let a = 0; a < d; a++) S[a * d + a] += (shrink * tr) / d;
+  }
   const { values, vectors } = symmetricEigen(S, d);
   const top = Math.max(...values);
   // W = V diag(λ^{-1/2}) Vᵀ, W⁺ = V diag(λ^{1/2}) Vᵀ on the eigenvalues above the tolerance

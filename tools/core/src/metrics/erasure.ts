@@ -8,6 +8,10 @@
  * descent on the mean cross-entropy + l2 · ‖W‖², float64, deterministic
  * (zero start, fixed steps). Accuracy is read on the test rows.
  */
+import { lastTokenActivations } from '../edit/model-util.js';
+
+/** The activation at a hook site at each prompt's last token (edit/model-util.ts), for the erasure probe. */
+export { lastTokenActivations };
 
 export interface ProbeResult {
   /** Accuracy on the test rows. */
@@ -81,4 +85,81 @@ export function linearProbe(
   const counts = new Array<number>(k).fill(0);
   for (let i = 0; i < nte; i++) counts[yte[i]]++;
   return { accuracy: acc(T, yte, nte), chance: nte ? Math.max(...counts) / nte : 0, trainAccuracy: acc(A, ytr, ntr) };
+}
+
+/** validate's erasure metrics (spread into METRICS, gates.ts). */
+export const ERASURE_METRICS = {
+  erasure_probe_acc: { describe: 'held-out `concept` records (split test): accuracy of a linear probe trained on half of them, read on the other half, at the erased site, with the adapter' },
+  erasure_probe_acc_before: { describe: 'the same probe on the base model\'s activations' },
+  erasure_probe_chance: { describe: 'the majority label\'s share of the probe\'s test rows (a constant guess)' },
+  erasure_probe_gap: { describe: '|erasure_probe_acc − erasure_probe_chance|: how far the probe is from chance after erasure', gate: { op: '<=' as const, value: 0.03 } },
+  n_erasure_probe: { describe: 'concept records the erasure probe used (train + test halves)' },
+};
+
+/** One labelled example of a concept, as validate reads it (records/schema.ts `concept`). */
+export interface ConceptLike {
+  concept: string;
+  prompt: string;
+  label: string;
+  split?: string;
+}
+
+export interface ProbeRows {
+  /** The probe's train and test prompts, with labels 0..k−1. */
+  train: { prompts: string[]; labels: Int32Array };
+  test: { prompts: string[]; labels: Int32Array };
+  classes: string[];
+}
+
+/**
+ * The probe's rows from a concept's held-out (`split: test`) examples: per
+ * label, alternately to the probe's train and test halves (deterministic, in
+ * input order). Null when a label has fewer than 2 examples or there are
+ * fewer than 2 labels.
+ */
+export function erasureProbeRows(records: readonly ConceptLike[], concept: string): ProbeRows | null {
+  // one row per (prompt, label): a pipe can carry the same records twice (lora-train passes them through)
+  const seen0 = new Set<string>();
+  const rows = records.filter((r) => {
+    if (r.concept !== concept || r.split !== 'test') return false;
+    const key = `${r.prompt}\u0000${r.label}`;
+    if (seen0.has(key)) return false;
+    seen0.add(key);
+    return true;
+  });
+  const classes = [...new Set(rows.map((r) => String(r.label)))].sort();
+  if (classes.length < 2) return null;
+  const seen = new Map<string, number>();
+  const tr: { p: string; y: number }[] = [], te: { p: string; y: number }[] = [];
+  for (const r of rows) {
+    const n = seen.get(r.label) ?? 0;
+    seen.set(r.label, n + 1);
+    (n % 2 === 0 ? tr : te).push({ p: r.prompt, y: classes.indexOf(String(r.label)) });
+  }
+  if ([...seen.values()].some((n) => n < 2)) return null;
+  return {
+    train: { prompts: tr.map((x) => x.p), labels: Int32Array.from(tr, (x) => x.y) },
+    test: { prompts: te.map((x) => x.p), labels: Int32Array.from(te, (x) => x.y) },
+    classes,
+  };
+}
+
+/**
+ * The erasure measure: the probe trained and read on `capture`'s activations
+ * (d wide) of the rows, once on the base model and once with the adapter;
+ * `capture(prompts, adapted)` reads the site. Returns ERASURE_METRICS.
+ */
+export function erasureProbeMetrics(
+  rows: ProbeRows, d: number, capture: (prompts: readonly string[], adapted: boolean) => Float64Array, o: ProbeOptions = {},
+): Record<string, number> {
+  const k = rows.classes.length;
+  const at = (adapted: boolean) => linearProbe(capture(rows.train.prompts, adapted), rows.train.labels, capture(rows.test.prompts, adapted), rows.test.labels, d, k, o);
+  const before = at(false), after = at(true);
+  return {
+    erasure_probe_acc: after.accuracy,
+    erasure_probe_acc_before: before.accuracy,
+    erasure_probe_chance: after.chance,
+    erasure_probe_gap: Math.abs(after.accuracy - after.chance),
+    n_erasure_probe: rows.train.prompts.length + rows.test.prompts.length,
+  };
 }

@@ -7,6 +7,7 @@
  */
 import { UsageError } from '../records/errors.js';
 import { ROUTING_METRICS } from './routing.js';
+import { ERASURE_METRICS } from './erasure.js';
 
 export type GateOp = '>=' | '<=' | '>' | '<';
 
@@ -69,6 +70,7 @@ export const METRICS: Readonly<Record<string, MetricInfo>> = {
   n_unknown_target: { describe: 'edit, paraphrase and forget probes whose target the tokenizer spells with its unknown token (never a success)' },
   n_generation: { describe: 'number of generation prompts (fluency)' },
   ...ROUTING_METRICS,
+  ...ERASURE_METRICS,
 };
 
 const GATE_RE = /^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$/;

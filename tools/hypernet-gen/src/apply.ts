@@ -16,7 +16,8 @@ import { cholSolve, cholesky, dataSha256, testProbes, writeEditBundle, type Edit
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { UsageError } from '@catechism/core/records';
 import { targetsHash, type LoadedHyper } from './hypernet.js';
-import { FactError, editRow, factPhrasings, featurize, type FactFeatures } from './features.js';
+import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type Row } from './features.js';
+import { refineDelta, type RefineOptions } from './refine.js';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
 export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
@@ -46,16 +47,21 @@ export interface Generated {
   deltaNorms: number[];
   phrasings: number[];
   ms: number;
+  /** With refine: each fact's target NLL at the last refinement step. */
+  refinedNll?: number[];
 }
 
 /** Features and δ of a group of facts (one model forward per fact, one H forward for the group). */
 export function generate(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  solve: 'lsq' | 'sum' = 'lsq',
+  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions,
 ): Generated {
   const t0 = performance.now();
   const c = h.config;
   const feats: FactFeatures[] = [];
+  const refining = refine !== undefined && refine.steps > 0;
+  const factRows: Row[][] = [];
+  const factS: Float32Array[][] = [];
   const nPhr: number[] = [];
   for (const f of facts) {
     let rows;
@@ -66,7 +72,10 @@ export function generate(
       throw new FactError(`fact ${f.id}: ${(e as Error).message}`, f.id, 'target_new');
     }
     nPhr.push(rows.length);
-    feats.push(featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, false).feats);
+    const fz = featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, refining);
+    feats.push(fz.feats);
+    factRows.push(rows);
+    factS.push(fz.s);
   }
   const n = facts.length;
   const H = c.hidden;
@@ -78,7 +87,12 @@ export function generate(
     zData.set(f.z, i * Z);
     sc[i] = f.oRms;
   });
-  const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
+  const delta = Float32Array.from(noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data); // [n, H]
+  const refinedNll: number[] = [];
+  if (refining) {
+    // each fact's δ alone, with its own rank-one key side (as it was trained); a batch then solves over the refined values
+    for (let i = 0; i < n; i++) refinedNll.push(refineDelta(model, c.layer, factRows[i], factS[i], delta.subarray(i * H, (i + 1) * H), refine!));
+  }
   // B [H, n] = Δᵀ
   const B = new Float32Array(H * n);
   const norms: number[] = [];
@@ -117,13 +131,15 @@ export function generate(
     }
   }
   const adapter = new LoraAdapter(name, n, n, new Map([[c.targets[0], { A: fromData(A, [n, D]), B: fromData(B, [H, n]) }]]), model.arch.fanInFanOut);
-  return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0 };
+  return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0, ...(refining ? { refinedNll } : {}) };
 }
 
 export interface ApplyArgs {
   /** Facts per adapter (1: one per fact). */
   batch: number;
   phrasings: number;
+  /** Gradient steps on each δ after H (0 or absent: H's δ as is, one forward per fact). */
+  refine?: RefineOptions;
   seed: number;
   out?: string;
   registry?: string;
@@ -144,15 +160,16 @@ export async function applyHyper(
     for (let s = 0; s < facts.length; s += a.batch) {
       const group = facts.slice(s, s + a.batch);
       const ids = new Set(group.map((f) => f.id));
-      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'));
+      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine);
+      const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: a.refine.maxNorm } : {};
       const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
       const rec = await writeEditBundle({
         adapter: g.adapter, method: 'hypernet', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: group, probes: testProbes({ facts: group, probes: mine }),
         dataSha256: dataSha256(mine), seed: a.seed,
         hyperparameters: {
-          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings,
+          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings, ...refined,
         },
-        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10 },
+        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10, ...(g.refinedNll ? { refined_nll: g.refinedNll.map((x) => Math.round(x * 1e4) / 1e4) } : {}) },
         ...(a.createdAt ? { createdAt: a.createdAt } : {}),
       }, { out: a.out, registry: a.registry });
       adapters.push(rec);

@@ -41,6 +41,7 @@ const { values: a } = parseArgs({
     batch: { type: 'string', default: '1' },
     solve: { type: 'string', default: 'lsq' },
     refine: { type: 'string', default: '0' },
+    phrasings: { type: 'string' },
     'refine-lr': { type: 'string' },
     'max-norm': { type: 'string' },
     'stats-facts': { type: 'string' },
@@ -73,8 +74,8 @@ const readback = readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).map((
   prompt: p.prompt, target: p.target, ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
 }));
 // warm-up (first-call costs: native kernels, allocations), not counted
-generate(h, model, tokenizer, facts.slice(0, 1), [], templates, h.config.training?.hyperparameters?.phrasings ?? 6, 'warm', 'lsq', refine);
-const phr = h.config.training?.hyperparameters?.phrasings ?? 6;
+generate(h, model, tokenizer, facts.slice(0, 1), [], templates, a.phrasings !== undefined ? Number(a.phrasings) : h.config.training?.hyperparameters?.phrasings ?? 6, 'warm', 'lsq', refine);
+const phr = a.phrasings !== undefined ? Number(a.phrasings) : h.config.training?.hyperparameters?.phrasings ?? 6;
 const groups = [];
 let genMs = 0;
 for (let s = 0; s < facts.length; s += batch) {
@@ -97,7 +98,7 @@ if (!(f.kl <= 0.05)) fails.push('kl');
 if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
 if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${refine.maxNorm})` : ''}`;
+const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${refine.maxNorm})` : ''}`;
 if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | validate gates | ms/adapter (generate; with bundle written) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|');

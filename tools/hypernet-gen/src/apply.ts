@@ -17,7 +17,7 @@ import type { AdapterRecord } from '@catechism/core/adapters';
 import { UsageError } from '@catechism/core/records';
 import { targetsHash, type LoadedHyper } from './hypernet.js';
 import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type Row } from './features.js';
-import { refineDelta, type RefineOptions } from './refine.js';
+import { refineBatch, refineDelta, type RefineOptions } from './refine.js';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
 export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
@@ -47,7 +47,7 @@ export interface Generated {
   deltaNorms: number[];
   phrasings: number[];
   ms: number;
-  /** With refine: each fact's target NLL at the last refinement step. */
+  /** With refine: the target NLL at the last refinement step (one fact: its own; a batch: one, the batch's mean). */
   refinedNll?: number[];
 }
 
@@ -72,7 +72,7 @@ export function generate(
       throw new FactError(`fact ${f.id}: ${(e as Error).message}`, f.id, 'target_new');
     }
     nPhr.push(rows.length);
-    const fz = featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, refining);
+    const fz = featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, refining && facts.length === 1);
     feats.push(fz.feats);
     factRows.push(rows);
     factS.push(fz.s);
@@ -89,21 +89,8 @@ export function generate(
   });
   const delta = Float32Array.from(noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data); // [n, H]
   const refinedNll: number[] = [];
-  if (refining) {
-    // each fact's δ alone, with its own rank-one key side (as it was trained); a batch then solves over the refined values
-    for (let i = 0; i < n; i++) refinedNll.push(refineDelta(model, c.layer, factRows[i], factS[i], delta.subarray(i * H, (i + 1) * H), refine!));
-  }
-  // B [H, n] = Δᵀ
-  const B = new Float32Array(H * n);
-  const norms: number[] = [];
-  for (let i = 0; i < n; i++) {
-    let s = 0;
-    for (let j = 0; j < H; j++) {
-      B[j * n + i] = delta[i * H + j];
-      s += delta[i * H + j] ** 2;
-    }
-    norms.push(Math.sqrt(s));
-  }
+  // one fact: its δ alone, with its own rank-one key side (as it was trained); a batch: below, once its key side is solved
+  if (refining && n === 1) refinedNll.push(refineDelta(model, c.layer, factRows[0], factS[0], delta, refine!));
   let A: Float32Array;
   if (n === 1) A = feats[0].A;
   else if (solve === 'sum') {
@@ -129,6 +116,21 @@ export function generate(
       const gi = cholSolve(L, n, e); // row i of G⁻¹
       for (let j = 0; j < n; j++) for (let d = 0; d < D; d++) A[i * D + d] += gi[j] * feats[j].cInvK[d];
     }
+  }
+  if (refining && n > 1) {
+    // MALMEN-style: the batch's values refined together under the batch's own solve (every edit active on every row)
+    refinedNll.push(refineBatch(model, c.layer, factRows, A, D, delta, refine!));
+  }
+  // B [H, n] = Δᵀ
+  const B = new Float32Array(H * n);
+  const norms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) {
+      B[j * n + i] = delta[i * H + j];
+      s += delta[i * H + j] ** 2;
+    }
+    norms.push(Math.sqrt(s));
   }
   const adapter = new LoraAdapter(name, n, n, new Map([[c.targets[0], { A: fromData(A, [n, D]), B: fromData(B, [H, n]) }]]), model.arch.fanInFanOut);
   return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0, ...(refining ? { refinedNll } : {}) };

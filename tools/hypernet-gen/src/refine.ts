@@ -9,9 +9,9 @@
  * steps with a norm clamp relative to the MLP output; this starts from H's
  * δ and takes ~10 steps. Deterministic (no randomness).
  */
-import { crossEntropy, fromData, matmul, reshape } from '@catechism/core/tensor';
+import { Tensor, crossEntropy, fromData, matmul, noGrad, reshape } from '@catechism/core/tensor';
 import type { CausalLM } from '@catechism/core/models';
-import { padBatch, padId } from '@catechism/core/edit';
+import { mlpInputFrom, mlpInputHooks, padBatch, padId } from '@catechism/core/edit';
 import type { Row } from './features.js';
 
 export interface RefineOptions {
@@ -72,6 +72,79 @@ export function refineDelta(model: CausalLM, layer: number, rows: readonly Row[]
     n = Math.sqrt(n);
     const cap = o.maxNorm * n0;
     if (n > cap) for (let i = 0; i < H; i++) delta[i] *= cap / n;
+  }
+  return last;
+}
+
+/**
+ * A batch's values refined together under the batch's own adapter (MALMEN's
+ * point: train on the solve that will be applied): every fact's rows run
+ * with all n edits active, S = K Aᵀ at every position (K the rows' keys, A
+ * the batch's n×D key side), N Adam steps on Δ [n, H] (changed in place) on
+ * the mean target NLL of all the facts, each δ_i held within maxNorm × its
+ * H norm. Returns the final NLL.
+ */
+export function refineBatch(model: CausalLM, layer: number, rowsPer: readonly (readonly Row[])[], A: Float32Array, D: number, delta: Float32Array, o: RefineOptions): number {
+  const n = rowsPer.length;
+  const H = delta.length / n;
+  if (o.steps <= 0) return NaN;
+  const rows = rowsPer.flat();
+  const R = rows.length;
+  const { ids, mask, T } = padBatch(rows.map((r) => r.ids), padId(model));
+  const S = new Float32Array(R * T * n);
+  noGrad(() => {
+    const got: { resid?: Tensor; attn?: Tensor } = {};
+    model.forward(ids, [R, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(layer, got) });
+    const k = mlpInputFrom(model, layer, got.resid!, got.attn!).data;
+    for (let p = 0; p < R * T; p++) {
+      if (!mask[p]) continue;
+      for (let j = 0; j < n; j++) {
+        let acc = 0;
+        for (let d = 0; d < D; d++) acc += A[j * D + d] * k[p * D + d];
+        S[p * n + j] = acc;
+      }
+    }
+  });
+  const at: number[] = [];
+  const tg: number[] = [];
+  rows.forEach((r, b) => {
+    for (const [p, id] of r.targets) {
+      at.push(b * T + p);
+      tg.push(id);
+    }
+  });
+  const n0 = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) s += delta[i * H + j] ** 2;
+    n0[i] = Math.sqrt(s);
+  }
+  const m = new Float32Array(n * H);
+  const v = new Float32Array(n * H);
+  let last = NaN;
+  for (let k = 0; k < o.steps; k++) {
+    const d = fromData(Float32Array.from(delta), [n, H], { requiresGrad: true });
+    const added = reshape(matmul(fromData(S, [R * T, n]), d), [R, T, H]);
+    const { logits } = model.forward(ids, [R, T], { attentionMask: mask, logitsAt: Int32Array.from(at), hooks: { [`layers.${layer}.mlp`]: { add: { value: added } } } });
+    const ce = crossEntropy(logits, Int32Array.from(tg));
+    last = ce.item();
+    ce.backward();
+    const g = d.grad!.data;
+    const c1 = 1 - 0.9 ** (k + 1);
+    const c2 = 1 - 0.999 ** (k + 1);
+    for (let i = 0; i < n; i++) {
+      const step = (o.lr * n0[i]) / Math.sqrt(H);
+      let nn = 0;
+      for (let j = i * H; j < (i + 1) * H; j++) {
+        m[j] = 0.9 * m[j] + 0.1 * g[j];
+        v[j] = 0.999 * v[j] + 0.001 * g[j] * g[j];
+        delta[j] -= (step * (m[j] / c1)) / (Math.sqrt(v[j] / c2) + 1e-8);
+        nn += delta[j] * delta[j];
+      }
+      nn = Math.sqrt(nn);
+      const cap = o.maxNorm * n0[i];
+      if (nn > cap) for (let j = i * H; j < (i + 1) * H; j++) delta[j] *= cap / nn;
+    }
   }
   return last;
 }

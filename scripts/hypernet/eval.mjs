@@ -15,7 +15,7 @@
 // Usage:
 //   node scripts/hypernet/eval.mjs [--world fixtures/world] [--model fixtures/models/dense]
 //     [--hypernet fixtures/hypernet/dense] [--skip 60] [--count 20] [--batch 1] [--solve lsq|sum] [--header] [--json FILE]
-//     [--refine N [--refine-lr 0.1] [--max-norm 0.4]]
+//     [--refine N [--refine-lr 0.1] [--max-norm 0.4] [--batch-max-norm 0.2]]
 //   --refine N: N gradient steps on each δ after H, ‖δ‖ ≤ max-norm × H's (hypernet-gen --refine)
 //   --solve sum: a batch adapter is the sum of the facts' rank-one edits (ROME's A each) instead of the least-squares solve
 // Build first (npm run build).
@@ -44,6 +44,7 @@ const { values: a } = parseArgs({
     phrasings: { type: 'string' },
     'refine-lr': { type: 'string' },
     'max-norm': { type: 'string' },
+    'batch-max-norm': { type: 'string' },
     'stats-facts': { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
@@ -56,7 +57,7 @@ const hdir = path.resolve(root, a.hypernet ?? `fixtures/hypernet/${path.basename
 const skip = Number(a.skip);
 const count = Number(a.count);
 const batch = Number(a.batch);
-const refine = { steps: Number(a.refine), lr: Number(a['refine-lr'] ?? REFINE_DEFAULTS.lr), maxNorm: Number(a['max-norm'] ?? REFINE_DEFAULTS.maxNorm) };
+const refine = { steps: Number(a.refine), lr: Number(a['refine-lr'] ?? REFINE_DEFAULTS.lr), maxNorm: Number(a['max-norm'] ?? REFINE_DEFAULTS.maxNorm), batchMaxNorm: Number(a['batch-max-norm'] ?? a['max-norm'] ?? REFINE_DEFAULTS.batchMaxNorm) };
 const { model, tokenizer } = loadModel(modelDir);
 const sha = modelSha256(modelDir);
 const h = loadHyper(hdir);
@@ -98,7 +99,7 @@ if (!(f.kl <= 0.05)) fails.push('kl');
 if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
 if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${refine.maxNorm})` : ''}`;
+const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
 if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | validate gates | ms/adapter (generate; with bundle written) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|');

@@ -163,7 +163,7 @@ export async function applyHyper(
       const group = facts.slice(s, s + a.batch);
       const ids = new Set(group.map((f) => f.id));
       const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine);
-      const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: a.refine.maxNorm } : {};
+      const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: group.length > 1 ? a.refine.batchMaxNorm : a.refine.maxNorm } : {};
       const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
       const rec = await writeEditBundle({
         adapter: g.adapter, method: 'hypernet', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: group, probes: testProbes({ facts: group, probes: mine }),

@@ -62,6 +62,7 @@ interface ApplyArgs {
   refine: number;
   'refine-lr': number;
   'max-norm': number;
+  'batch-max-norm': number;
   'created-at'?: string;
 }
 
@@ -179,6 +180,7 @@ if (argv[0] === 'train') {
       refine: { type: 'number', default: 0, describe: `after H, this many gradient steps on each fact's δ (its own target NLL; one forward + backward each). 0: H's δ as is, one forward per fact. ${REFINE_DEFAULTS.steps} is the measured setting (README)` },
       'refine-lr': { type: 'number', default: REFINE_DEFAULTS.lr, describe: 'refinement step size, as a share of ‖δ_H‖' },
       'max-norm': { type: 'number', default: REFINE_DEFAULTS.maxNorm, describe: 'with --refine: ‖δ‖ at most this times the norm H gave (the edit\'s reach into other prompts grows with ‖δ‖²)' },
+      'batch-max-norm': { type: 'number', default: REFINE_DEFAULTS.batchMaxNorm, describe: 'with --refine and --batch N > 1: the bound for each δ of a batch (refined together under the batch\'s solve; ten edits\' reaches add)' },
       'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
     },
     async run(ctx) {
@@ -188,6 +190,7 @@ if (argv[0] === 'train') {
       int('refine', a.refine, 0);
       pos('refine-lr', a['refine-lr']);
       pos('max-norm', a['max-norm']);
+      pos('batch-max-norm', a['batch-max-norm']);
       if (a['created-at'] !== undefined && Number.isNaN(Date.parse(a['created-at']))) throw new UsageError(`--created-at: not a timestamp: ${a['created-at']}`);
       if (a.out && a.registry) throw new UsageError('--out and --registry exclude each other: give one place for the adapter bundles');
       if (!a.out && !a.registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
@@ -210,7 +213,7 @@ if (argv[0] === 'train') {
       const facts = inputFacts(inputs);
       const { adapters, msPerAdapter } = await applyHyper(
         h, { model: tm.model, tokenizer: tm.tokenizer!, modelName: found.name, modelSha: tm.sha256(), templates: loadTemplates(tfile) },
-        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, refine: { steps: a.refine, lr: a['refine-lr'], maxNorm: a['max-norm'] }, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'] },
+        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, refine: { steps: a.refine, lr: a['refine-lr'], maxNorm: a['max-norm'], batchMaxNorm: a['batch-max-norm'] }, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'] },
         (m) => ctx.log(m),
       );
       if (msPerAdapter.length) ctx.log(`${adapters.length} adapter${adapters.length > 1 ? 's' : ''} from ${path.basename(h.dir)} (${h.config.id}), ${(msPerAdapter.reduce((s, x) => s + x, 0) / msPerAdapter.length).toFixed(1)} ms each to generate`);

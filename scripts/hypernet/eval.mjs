@@ -15,6 +15,8 @@
 // Usage:
 //   node scripts/hypernet/eval.mjs [--world fixtures/world] [--model fixtures/models/dense]
 //     [--hypernet fixtures/hypernet/dense] [--skip 60] [--count 20] [--batch 1] [--solve lsq|sum] [--header] [--json FILE]
+//     [--refine N [--refine-lr 0.1] [--max-norm 0.4] [--batch-max-norm 0.2]]
+//   --refine N: N gradient steps on each δ after H, ‖δ‖ ≤ max-norm × H's (hypernet-gen --refine)
 //   --solve sum: a batch adapter is the sum of the facts' rank-one edits (ROME's A each) instead of the least-squares solve
 // Build first (npm run build).
 import * as fs from 'node:fs';
@@ -27,7 +29,7 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const core = (p) => import(path.join(root, 'tools/core/dist', p));
 const { loadModel } = await core('models/index.js');
 const { readNdjson, checkFact, loadTemplateBank, editReadback, modelSha256 } = await core('edit/index.js');
-const { loadHyper, generate, applyHyper, checkCompatible } = await import(path.join(root, 'tools/hypernet-gen/dist/lib.js'));
+const { loadHyper, generate, applyHyper, checkCompatible, REFINE_DEFAULTS } = await import(path.join(root, 'tools/hypernet-gen/dist/lib.js'));
 
 const { values: a } = parseArgs({
   options: {
@@ -38,6 +40,11 @@ const { values: a } = parseArgs({
     count: { type: 'string', default: '20' },
     batch: { type: 'string', default: '1' },
     solve: { type: 'string', default: 'lsq' },
+    refine: { type: 'string', default: '0' },
+    phrasings: { type: 'string' },
+    'refine-lr': { type: 'string' },
+    'max-norm': { type: 'string' },
+    'batch-max-norm': { type: 'string' },
     'stats-facts': { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
@@ -50,6 +57,7 @@ const hdir = path.resolve(root, a.hypernet ?? `fixtures/hypernet/${path.basename
 const skip = Number(a.skip);
 const count = Number(a.count);
 const batch = Number(a.batch);
+const refine = { steps: Number(a.refine), lr: Number(a['refine-lr'] ?? REFINE_DEFAULTS.lr), maxNorm: Number(a['max-norm'] ?? REFINE_DEFAULTS.maxNorm), batchMaxNorm: Number(a['batch-max-norm'] ?? a['max-norm'] ?? REFINE_DEFAULTS.batchMaxNorm) };
 const { model, tokenizer } = loadModel(modelDir);
 const sha = modelSha256(modelDir);
 const h = loadHyper(hdir);
@@ -67,12 +75,12 @@ const readback = readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).map((
   prompt: p.prompt, target: p.target, ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
 }));
 // warm-up (first-call costs: native kernels, allocations), not counted
-generate(h, model, tokenizer, facts.slice(0, 1), [], templates, h.config.training?.hyperparameters?.phrasings ?? 6, 'warm');
-const phr = h.config.training?.hyperparameters?.phrasings ?? 6;
+generate(h, model, tokenizer, facts.slice(0, 1), [], templates, a.phrasings !== undefined ? Number(a.phrasings) : h.config.training?.hyperparameters?.phrasings ?? 6, 'warm', 'lsq', refine);
+const phr = a.phrasings !== undefined ? Number(a.phrasings) : h.config.training?.hyperparameters?.phrasings ?? 6;
 const groups = [];
 let genMs = 0;
 for (let s = 0; s < facts.length; s += batch) {
-  const g = generate(h, model, tokenizer, facts.slice(s, s + batch), [], templates, phr, `eval-${s}`, a.solve);
+  const g = generate(h, model, tokenizer, facts.slice(s, s + batch), [], templates, phr, `eval-${s}`, a.solve, refine);
   genMs += g.ms;
   groups.push({ adapters: [g.adapter], facts: g.facts });
 }
@@ -80,7 +88,7 @@ for (let s = 0; s < facts.length; s += batch) {
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hypernet-eval-'));
 const t0 = performance.now();
 const recs = facts.map((f) => ({ ...f, kind: 'fact' }));
-const { adapters } = await applyHyper(h, { model, tokenizer, modelName: a.model ?? 'fixtures/models/dense', modelSha: sha, templates }, facts, recs, { batch, phrasings: phr, seed: 0, out: tmp }, () => {});
+const { adapters } = await applyHyper(h, { model, tokenizer, modelName: a.model ?? 'fixtures/models/dense', modelSha: sha, templates }, facts, recs, { batch, phrasings: phr, refine, seed: 0, out: tmp }, () => {});
 const withIo = (performance.now() - t0) / adapters.length;
 fs.rmSync(tmp, { recursive: true, force: true });
 const f = editReadback(model, tokenizer, groups, { templates, readback });
@@ -91,10 +99,10 @@ if (!(f.kl <= 0.05)) fails.push('kl');
 if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
 if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}`;
+const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
 if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | validate gates | ms/adapter (generate; with bundle written) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|');
 }
 console.log(`| ${label} | ${path.basename(world)} | hypernet | ${facts.length} | ${pct(f.efficacy)} | ${pct(f.paraphrase)} | ${pct(f.neighbourhood)} | ${num(f.kl)} ± ${num(f.kl_se)} (max ${num(f.kl_max)}) | ${num(f.retain_drop)} ± ${num(f.retain_drop_se)} | ${fails.length ? `fail (${fails.join(', ')})` : 'pass'} | ${(genMs / groups.length).toFixed(1)}; ${withIo.toFixed(1)} |`);
-if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), hypernet: h.config.id, batch, figures: f, ms: genMs / groups.length, ms_io: withIo }) + '\n');
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), hypernet: h.config.id, batch, refine, figures: f, ms: genMs / groups.length, ms_io: withIo }) + '\n');

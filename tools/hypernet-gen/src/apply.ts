@@ -16,7 +16,8 @@ import { cholSolve, cholesky, dataSha256, testProbes, writeEditBundle, type Edit
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { UsageError } from '@catechism/core/records';
 import { targetsHash, type LoadedHyper } from './hypernet.js';
-import { FactError, editRow, factPhrasings, featurize, type FactFeatures } from './features.js';
+import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type Row } from './features.js';
+import { refineBatch, refineDelta, type RefineOptions } from './refine.js';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
 export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
@@ -46,16 +47,21 @@ export interface Generated {
   deltaNorms: number[];
   phrasings: number[];
   ms: number;
+  /** With refine: the target NLL at the last refinement step (one fact: its own; a batch: one, the batch's mean). */
+  refinedNll?: number[];
 }
 
 /** Features and δ of a group of facts (one model forward per fact, one H forward for the group). */
 export function generate(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  solve: 'lsq' | 'sum' = 'lsq',
+  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions,
 ): Generated {
   const t0 = performance.now();
   const c = h.config;
   const feats: FactFeatures[] = [];
+  const refining = refine !== undefined && refine.steps > 0;
+  const factRows: Row[][] = [];
+  const factS: Float32Array[][] = [];
   const nPhr: number[] = [];
   for (const f of facts) {
     let rows;
@@ -66,7 +72,10 @@ export function generate(
       throw new FactError(`fact ${f.id}: ${(e as Error).message}`, f.id, 'target_new');
     }
     nPhr.push(rows.length);
-    feats.push(featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, false).feats);
+    const fz = featurize(model, c.layer, h.net.shape, h.chol, f, rows[0].targets[0][1], rows, rows.length, refining && facts.length === 1);
+    feats.push(fz.feats);
+    factRows.push(rows);
+    factS.push(fz.s);
   }
   const n = facts.length;
   const H = c.hidden;
@@ -78,18 +87,10 @@ export function generate(
     zData.set(f.z, i * Z);
     sc[i] = f.oRms;
   });
-  const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
-  // B [H, n] = Δᵀ
-  const B = new Float32Array(H * n);
-  const norms: number[] = [];
-  for (let i = 0; i < n; i++) {
-    let s = 0;
-    for (let j = 0; j < H; j++) {
-      B[j * n + i] = delta[i * H + j];
-      s += delta[i * H + j] ** 2;
-    }
-    norms.push(Math.sqrt(s));
-  }
+  const delta = Float32Array.from(noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data); // [n, H]
+  const refinedNll: number[] = [];
+  // one fact: its δ alone, with its own rank-one key side (as it was trained); a batch: below, once its key side is solved
+  if (refining && n === 1) refinedNll.push(refineDelta(model, c.layer, factRows[0], factS[0], delta, refine!));
   let A: Float32Array;
   if (n === 1) A = feats[0].A;
   else if (solve === 'sum') {
@@ -116,14 +117,31 @@ export function generate(
       for (let j = 0; j < n; j++) for (let d = 0; d < D; d++) A[i * D + d] += gi[j] * feats[j].cInvK[d];
     }
   }
+  if (refining && n > 1) {
+    // MALMEN-style: the batch's values refined together under the batch's own solve (every edit active on every row)
+    refinedNll.push(refineBatch(model, c.layer, factRows, A, D, delta, refine!));
+  }
+  // B [H, n] = Δᵀ
+  const B = new Float32Array(H * n);
+  const norms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) {
+      B[j * n + i] = delta[i * H + j];
+      s += delta[i * H + j] ** 2;
+    }
+    norms.push(Math.sqrt(s));
+  }
   const adapter = new LoraAdapter(name, n, n, new Map([[c.targets[0], { A: fromData(A, [n, D]), B: fromData(B, [H, n]) }]]), model.arch.fanInFanOut);
-  return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0 };
+  return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0, ...(refining ? { refinedNll } : {}) };
 }
 
 export interface ApplyArgs {
   /** Facts per adapter (1: one per fact). */
   batch: number;
   phrasings: number;
+  /** Gradient steps on each δ after H (0 or absent: H's δ as is, one forward per fact). */
+  refine?: RefineOptions;
   seed: number;
   out?: string;
   registry?: string;
@@ -144,15 +162,16 @@ export async function applyHyper(
     for (let s = 0; s < facts.length; s += a.batch) {
       const group = facts.slice(s, s + a.batch);
       const ids = new Set(group.map((f) => f.id));
-      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'));
+      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine);
+      const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: group.length > 1 ? a.refine.batchMaxNorm : a.refine.maxNorm } : {};
       const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
       const rec = await writeEditBundle({
         adapter: g.adapter, method: 'hypernet', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: group, probes: testProbes({ facts: group, probes: mine }),
         dataSha256: dataSha256(mine), seed: a.seed,
         hyperparameters: {
-          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings,
+          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings, ...refined,
         },
-        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10 },
+        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10, ...(g.refinedNll ? { refined_nll: g.refinedNll.map((x) => Math.round(x * 1e4) / 1e4) } : {}) },
         ...(a.createdAt ? { createdAt: a.createdAt } : {}),
       }, { out: a.out, registry: a.registry });
       adapters.push(rec);

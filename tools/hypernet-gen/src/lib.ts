@@ -13,6 +13,7 @@ export * from './hypernet.js';
 export * from './features.js';
 export * from './train.js';
 export * from './apply.js';
+export * from './refine.js';
 
 /**
  * The shipped hypernetwork for a bundled fixture model (fixtures/hypernet/<model>),

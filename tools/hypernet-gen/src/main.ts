@@ -12,7 +12,7 @@ import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/
 import type { InputRecord } from '@catechism/core/records';
 import { romeDefaultLayer } from '@catechism/core/edit';
 import {
-  TRAIN_DEFAULTS, applyHyper, checkCompatible, counterfactuals, inputFacts, loadHyper, readFacts, readLines, loadTemplates, shippedHypernet, trainHyper, trainingFacts,
+  REFINE_DEFAULTS, TRAIN_DEFAULTS, applyHyper, checkCompatible, counterfactuals, inputFacts, loadHyper, readFacts, readLines, loadTemplates, shippedHypernet, trainHyper, trainingFacts,
   type TrainOptions, type ZPart,
 } from './lib.js';
 
@@ -59,6 +59,10 @@ interface ApplyArgs {
   targets?: string[];
   templates?: string;
   phrasings: number;
+  refine: number;
+  'refine-lr': number;
+  'max-norm': number;
+  'batch-max-norm': number;
   'created-at'?: string;
 }
 
@@ -164,6 +168,7 @@ if (argv[0] === 'train') {
       ['hypernet-gen --out adapters/ facts.ndjson | validate --no-record', 'one adapter per fact, each validated'],
       ['hypernet-gen --batch 10 --out adapters/ facts.ndjson', 'one adapter for every 10 facts'],
       ['probe-gen facts.ndjson | hypernet-gen --out adapters/ > out.ndjson', 'probes travel into each bundle as its tests'],
+      ['hypernet-gen --refine 10 --out adapters/ facts.ndjson', 'H\'s δ then 10 gradient steps each, norm at most 0.4 × H\'s (README: quality vs time)'],
     ],
     options: {
       hypernet: { type: 'string', describe: 'hypernetwork directory (hypernet.json + hypernet.safetensors; default: the shipped one for a bundled fixture model)' },
@@ -172,12 +177,20 @@ if (argv[0] === 'train') {
       targets: { type: 'array', string: true, describe: 'the module(s) the adapters must edit; refused unless the hypernetwork was trained for exactly these' },
       templates: { type: 'string', describe: 'templates.json whose training phrasings define each fact\'s key (default: the world\'s, when the hypernetwork was trained with them)' },
       phrasings: { type: 'number', default: d.phrasings, describe: 'phrasings per fact for its key' },
+      refine: { type: 'number', default: 0, describe: `after H, this many gradient steps on each fact's δ (its own target NLL; one forward + backward each). 0: H's δ as is, one forward per fact. ${REFINE_DEFAULTS.steps} is the measured setting (README)` },
+      'refine-lr': { type: 'number', default: REFINE_DEFAULTS.lr, describe: 'refinement step size, as a share of ‖δ_H‖' },
+      'max-norm': { type: 'number', default: REFINE_DEFAULTS.maxNorm, describe: 'with --refine: ‖δ‖ at most this times the norm H gave (the edit\'s reach into other prompts grows with ‖δ‖²)' },
+      'batch-max-norm': { type: 'number', default: REFINE_DEFAULTS.batchMaxNorm, describe: 'with --refine and --batch N > 1: the bound for each δ of a batch (refined together under the batch\'s solve; ten edits\' reaches add)' },
       'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
     },
     async run(ctx) {
       const a = ctx.args;
       int('batch', a.batch, 1);
       int('phrasings', a.phrasings, 1);
+      int('refine', a.refine, 0);
+      pos('refine-lr', a['refine-lr']);
+      pos('max-norm', a['max-norm']);
+      pos('batch-max-norm', a['batch-max-norm']);
       if (a['created-at'] !== undefined && Number.isNaN(Date.parse(a['created-at']))) throw new UsageError(`--created-at: not a timestamp: ${a['created-at']}`);
       if (a.out && a.registry) throw new UsageError('--out and --registry exclude each other: give one place for the adapter bundles');
       if (!a.out && !a.registry) throw new UsageError('give --out DIR or --registry DIR for the adapter bundles');
@@ -200,7 +213,7 @@ if (argv[0] === 'train') {
       const facts = inputFacts(inputs);
       const { adapters, msPerAdapter } = await applyHyper(
         h, { model: tm.model, tokenizer: tm.tokenizer!, modelName: found.name, modelSha: tm.sha256(), templates: loadTemplates(tfile) },
-        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'] },
+        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, refine: { steps: a.refine, lr: a['refine-lr'], maxNorm: a['max-norm'], batchMaxNorm: a['batch-max-norm'] }, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'] },
         (m) => ctx.log(m),
       );
       if (msPerAdapter.length) ctx.log(`${adapters.length} adapter${adapters.length > 1 ? 's' : ''} from ${path.basename(h.dir)} (${h.config.id}), ${(msPerAdapter.reduce((s, x) => s + x, 0) / msPerAdapter.length).toFixed(1)} ms each to generate`);

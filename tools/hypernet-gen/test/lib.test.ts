@@ -3,7 +3,8 @@
  * once): the shipped hypernetwork makes held-out facts; a tiny training run
  * lowers its loss and is deterministic; an interrupted run resumed from its
  * checkpoint ends with the same weights as one that ran through; a batch's
- * least-squares adapter maps every fact's key to exactly its own value.
+ * least-squares adapter maps every fact's key to exactly its own value;
+ * --refine makes a held-out fact H alone misses, within its norm bound.
  */
 import t from 'tap';
 import { createHash } from 'node:crypto';
@@ -11,9 +12,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadModel } from '@catechism/core/models';
+import { loadModel, type LoraAdapter } from '@catechism/core/models';
 import { checkFact, encodeTrainingPair, loadTemplateBank, modelSha256, readCorpusLines, readNdjson, top1 } from '@catechism/core/edit';
-import { TRAIN_DEFAULTS, counterfactuals, editRow, factPhrasings, featurize, generate, loadHyper, shippedHypernet, trainHyper, type TrainOptions, type TrainResources } from '../src/lib.js';
+import { REFINE_DEFAULTS, TRAIN_DEFAULTS, counterfactuals, editRow, factPhrasings, featurize, generate, loadHyper, shippedHypernet, trainHyper, type TrainOptions, type TrainResources } from '../src/lib.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DENSE = path.join(ROOT, 'fixtures/models/dense');
@@ -108,4 +109,26 @@ t.test('a batch adapter maps each fact\'s key to its own value (least squares ov
     }
   });
   t.equal(B.shape[1], 3);
+});
+
+t.test('--refine: a held-out fact H alone misses is made by 10 steps on its δ, within the norm bound', async (t) => {
+  const h = loadHyper(shippedHypernet(DENSE)!);
+  const f = heldOut[0]; // request 61: the shipped H alone does not make it (README: 9 of requests 61–80)
+  const { promptIds, targetIds } = encodeTrainingPair(tokenizer, f.prompt.replace('{}', f.subject), f.target_new!);
+  const answer = (g: { adapter: LoraAdapter }) => {
+    model.setAdapters([{ adapter: g.adapter }]);
+    const [a] = top1(model, [promptIds]);
+    model.setAdapters([]);
+    return a;
+  };
+  const plain = generate(h, model, tokenizer, [f], [], templates, 5, 'plain');
+  t.not(answer(plain), targetIds[0], 'H alone: not the new target');
+  t.notOk(plain.refinedNll, 'no refinement figures without --refine');
+  const one = generate(h, model, tokenizer, [f], [], templates, 5, 'r1', 'lsq', { ...REFINE_DEFAULTS, steps: 1 });
+  const ten = generate(h, model, tokenizer, [f], [], templates, 5, 'r10', 'lsq', REFINE_DEFAULTS);
+  t.equal(answer(ten), targetIds[0], 'refined: the new target');
+  t.ok(ten.refinedNll![0] < one.refinedNll![0] / 4, `target NLL ${one.refinedNll![0].toFixed(3)} (H's δ) → ${ten.refinedNll![0].toFixed(3)} (after 9 steps)`);
+  t.ok(ten.deltaNorms[0] <= REFINE_DEFAULTS.maxNorm * plain.deltaNorms[0] * (1 + 1e-5), `‖δ‖ ${ten.deltaNorms[0].toFixed(1)} ≤ ${REFINE_DEFAULTS.maxNorm} × ${plain.deltaNorms[0].toFixed(1)}`);
+  const again = generate(h, model, tokenizer, [f], [], templates, 5, 'r10', 'lsq', REFINE_DEFAULTS);
+  t.same(Array.from(again.adapter.modules.get(h.config.targets[0])!.B.data), Array.from(ten.adapter.modules.get(h.config.targets[0])!.B.data), 'deterministic');
 });

@@ -4,11 +4,13 @@
 // (fixtures/world/edits.ndjson, inserts, from --skip on, --count of them, one
 // train `edit` probe each, as lora-train's measureWorldEdits feeds them) go
 // into one adapter; then every fact the model knows is read back
-// (eval/facts-train.ndjson, core's editReadback) and the routing measured
+// (<world>/eval/facts-heldout.ndjson: two held-out phrasings per fact, no
+// training ever sees them, as validate's default retention set and
+// scripts/eval-edits.mjs; core's editReadback) and the routing measured
 // (core's routingMetrics, validate's route_* metrics), and one markdown table
 // row is printed:
 //
-//   case | n | efficacy | paraphrase | neighbourhood | kl | retain_drop | route_tv | route_load_shift | route_agree (before → after) | trainable params | seconds
+//   case | n | efficacy | paraphrase | neighbourhood | kl ± se | retain_drop | route_tv | route_load_shift | route_agree (before → after) | trainable params | seconds
 //
 // efficacy: target_new top-1 on the fact's prompt; paraphrase: the relation's
 // held-out templates (those the base model answers with target_true);
@@ -21,7 +23,12 @@
 //
 // Usage:
 //   node tools/moe-route-distill/scripts/measure.mjs [--skip 60] [--count 10] [--seed 0]
-//     [--tool moe-route-distill|lora-train] [--label TEXT] [--header] [--json FILE] -- [tool flags ...]
+//     [--tool moe-route-distill|lora-train] [--label TEXT] [--header] [--json FILE]
+//     [--world fixtures/world] [--model fixtures/models/moe] [--readback FILE] -- [tool flags ...]
+//   --readback: default <world>/eval/facts-heldout.ndjson; <world>/eval/facts-train.ndjson is
+//     the old read-back (one training phrasing per fact: what retention training fitted).
+//   --world: another world (its edits, templates, train.txt and facts go to the tool too);
+//     give its --model.
 // e.g.
 //   ... --tool moe-route-distill                       # router + experts (defaults)
 //   ... --tool moe-route-distill -- --experts-only     # the ablation
@@ -54,6 +61,9 @@ const { values: a } = parseArgs({
     label: { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
+    world: { type: 'string', default: 'fixtures/world' },
+    model: { type: 'string', default: 'fixtures/models/moe' },
+    readback: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -61,8 +71,13 @@ if (a.help) {
   console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
   process.exit(0);
 }
-const world = path.join(root, 'fixtures/world');
-const modelDir = path.join(root, 'fixtures/models/moe');
+const world = path.resolve(root, a.world);
+const modelDir = path.resolve(root, a.model);
+const readbackFile = a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-heldout.ndjson');
+// the world's side files for the tool when it is not the default world
+const worldFlags = path.resolve(root, 'fixtures/world') === world ? [] : [
+  '--templates', path.join(world, 'templates.json'), '--retain-corpus', path.join(world, 'train.txt'), '--known-facts', path.join(world, 'facts.ndjson'),
+];
 const { model, tokenizer } = loadModel(modelDir);
 const given = dash >= 0 ? argv.slice(dash + 1) : [];
 let extra = given;
@@ -84,7 +99,7 @@ for (const f of facts) {
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-measure-'));
 const bin = path.join(root, 'tools', a.tool, 'dist/main.js');
 const t0 = process.hrtime.bigint();
-const run = spawnSync(process.execPath, [bin, '--model', modelDir, '--seed', a.seed, '--out', tmp, '-q', ...extra], { input: lines.join('\n') + '\n', encoding: 'utf8', maxBuffer: 1 << 30 });
+const run = spawnSync(process.execPath, [bin, '--model', modelDir, '--seed', a.seed, '--out', tmp, '-q', ...worldFlags, ...extra], { input: lines.join('\n') + '\n', encoding: 'utf8', maxBuffer: 1 << 30 });
 const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
 if (run.status !== 0) {
   process.stderr.write(run.stderr);
@@ -96,7 +111,7 @@ const adapters = recs.map((r) => loadLora(r.path));
 const edited = recs.flatMap((r) => r.fact_ids.map((id) => byId.get(id)));
 let params = 0;
 for (const ad of adapters) for (const p of ad.parameters()) params += p.size;
-const readback = readNdjson(path.join(world, 'eval/facts-train.ndjson')).map((p) => ({ prompt: p.prompt, target: p.target, subject: p.subject, relation: p.relation }));
+const readback = readNdjson(readbackFile).map((p) => ({ prompt: p.prompt, target: p.target, subject: p.subject, relation: p.relation }));
 const templates = loadTemplateBank(path.join(world, 'templates.json'));
 const fig = editReadback(model, tokenizer, [{ adapters, facts: edited }], { templates, readback });
 const editedKeys = new Set(edited.map((f) => `${f.subject}\u0000${f.relation}`));
@@ -109,12 +124,12 @@ const m = routing.metrics;
 const pct = (v) => (Number.isNaN(v) ? 'n/a' : (100 * v).toFixed(1));
 const label = a.label ?? `${a.tool} ${given.join(' ')}`.trim();
 if (a.header) {
-  console.log('| case | n | efficacy | paraphrase | neighbourhood | kl | retain_drop | route_tv | route_load_shift | route_agree (before → after) | trainable params | seconds |');
+  console.log('| case | n | efficacy | paraphrase | neighbourhood | kl ± se | retain_drop | route_tv | route_load_shift | route_agree (before → after) | trainable params | seconds |');
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 }
 console.log(
-  `| ${label} | ${facts.length} | ${pct(fig.efficacy)} | ${pct(fig.paraphrase)} | ${pct(fig.neighbourhood)} | ${fig.kl.toFixed(3)} | ${fig.retain_drop.toFixed(3)} | ` +
+  `| ${label} | ${facts.length} | ${pct(fig.efficacy)} | ${pct(fig.paraphrase)} | ${pct(fig.neighbourhood)} | ${fig.kl.toFixed(3)} ± ${fig.kl_se.toFixed(3)} | ${fig.retain_drop.toFixed(3)} | ` +
   `${m.route_tv.toFixed(4)} | ${m.route_load_shift.toFixed(4)} | ${m.route_agree_before.toFixed(3)} → ${m.route_agree.toFixed(3)} | ${params} | ${seconds.toFixed(0)} |`,
 );
-if (a.json) fs.writeFileSync(a.json, JSON.stringify({ label, skip, count, seed: Number(a.seed), tool: a.tool, flags: extra, readback: fig, routing: m, routing_se: routing.se, params, seconds }, null, 2) + '\n');
+if (a.json) fs.writeFileSync(a.json, JSON.stringify({ label, world: path.relative(root, world), model: path.relative(root, modelDir), readback: path.relative(root, readbackFile), skip, count, seed: Number(a.seed), tool: a.tool, flags: extra, figures: fig, routing: m, routing_se: routing.se, params, seconds }, null, 2) + '\n');
 fs.rmSync(tmp, { recursive: true, force: true });

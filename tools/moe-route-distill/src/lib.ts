@@ -14,7 +14,7 @@ import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   buildExamples, romeDefaultLayer, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, statementInContext, type EditResources, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
+  knownFactRetainPrompts, statementInContext, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { DISTILL_DEFAULTS, distill, exampleAlignment } from './distill.js';
@@ -24,7 +24,7 @@ export interface DistillArgs {
   seed: number;
   registry?: string;
   out?: string;
-  /** Layers adapted (default: lora-train's default layer, ROME's: about 35% of the depth). */
+  /** Layers adapted (default: the one after lora-train's default layer, ROME's, about 35% of the depth). */
   layers?: number[];
   routerOnly: boolean;
   expertsOnly: boolean;
@@ -41,6 +41,16 @@ export interface DistillArgs {
   retainShare: number;
   retainWeight: number;
   routeRetainWeight: number;
+  /** Phase B learning-rate schedule (constant or lora-train's cosine), its warmup and the early-stop anneal. */
+  schedule: Schedule;
+  warmup: number;
+  annealSteps: number;
+  /** Training phrasings per known fact held to the base model. */
+  retainPhrasings: number;
+  /** General-text documents (of --retain-corpus) held to the base model at every position. */
+  retainDocuments: number;
+  /** At most this many neighbour prompts (seeded sample of neighbours × training phrasings). */
+  neighbourPrompts: number;
   retainCorpus?: string;
   knownFacts?: string;
   neighbours: number;
@@ -52,14 +62,15 @@ export interface DistillArgs {
 }
 
 /**
- * The default layers: lora-train's default LoRA layer (ROME's, about 35% of
- * the depth; layer 0 of the 4-layer fixture model). Measured on the MoE
- * fixture (tuning requests 1–10, README): every layer's router and two
- * experts each gave the same efficacy and paraphrases but kl 0.046–0.094 and
- * route_tv 0.034–0.058, layer 0 alone kl 0.023 and route_tv 0.040.
+ * The default layers: the one after lora-train's default LoRA layer (ROME's,
+ * about 35% of the depth), clamped to the model: layer 1 of the 4-layer
+ * fixture model. Measured on the MoE fixture (tuning requests 1–10, read
+ * back on held-out phrasings, README "Defaults"): layer 0 read kl 0.084,
+ * layer 1 0.041, layer 2 0.052 at the same efficacy and paraphrases; every
+ * layer together was worse than layer 0 even on the old read-back.
  */
 export function defaultLayers(layers: number): number[] {
-  return [romeDefaultLayer(layers)];
+  return [Math.min(layers - 1, romeDefaultLayer(layers) + 1)];
 }
 
 export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
@@ -78,6 +89,12 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   retainShare: DISTILL_DEFAULTS.retainShare,
   retainWeight: DISTILL_DEFAULTS.retainWeight,
   routeRetainWeight: DISTILL_DEFAULTS.routeRetainWeight,
+  schedule: DISTILL_DEFAULTS.schedule,
+  warmup: DISTILL_DEFAULTS.warmupSteps,
+  annealSteps: DISTILL_DEFAULTS.annealSteps,
+  retainPhrasings: 3,
+  retainDocuments: 128,
+  neighbourPrompts: 2048,
   neighbours: 40,
   retainFacts: 2000,
   useTemplates: true,
@@ -173,8 +190,8 @@ export function lociExperts(loci: readonly Rec[]): Array<{ layer: number; expert
 }
 
 /** Known facts of every relation (not the batch's subject + relation pairs), one seeded training phrasing each (never a held-out one). */
-export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number): string[] {
-  return knownFactRetainPrompts(res.known, res.templates, batch, n, seed);
+export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number, phrasings = 1): string[] {
+  return knownFactRetainPrompts(res.known, res.templates, batch, n, seed, phrasings);
 }
 
 /** The context the teacher reads for a fact: its `context` probe's, else the fact stated in the default frame (as buildExamples). */
@@ -326,9 +343,9 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
       else neighbourPrompts.push(n.prompt);
     }
-    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed) : [];
+    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed, args.retainPhrasings) : [];
     const retain = [
-      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: 32, maxPrompts: 512 }),
+      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ];
     const loci = lociExperts(batch.loci);
@@ -336,13 +353,15 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       layers, router: !args.expertsOnly, experts: !args.routerOnly, experts_per_layer: args.expertsPerLayer, loci_experts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phase_a_steps: args.phaseASteps, rows_per_step: args.rowsPerStep,
       router_weight: args.routerWeight, mse_weight: args.mseWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
-      route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, use_templates: args.useTemplates,
+      route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
+      use_templates: args.useTemplates,
+      ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup, anneal_steps: args.annealSteps } : {}),
     };
     const r = distill(model, examples, retain, {
       ...DISTILL_DEFAULTS, layers, router: !args.expertsOnly, experts: !args.routerOnly, expertsPerLayer: args.expertsPerLayer, lociExperts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phaseASteps: args.phaseASteps, batchSize: args.rowsPerStep, seed,
       routerWeight: args.routerWeight, mseWeight: args.mseWeight, retainShare: args.retainShare, retainWeight: args.retainWeight,
-      routeRetainWeight: args.routeRetainWeight, name: `batch-${bi}`, log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
+      routeRetainWeight: args.routeRetainWeight, schedule: args.schedule, warmupSteps: args.warmup, annealSteps: args.annealSteps, name: `batch-${bi}`, log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
     });
     // routing before/after on the train prompts (the manifest's record of what moved)
     const rs = routeSet(model, r.adapter, examples.map((e) => e.promptIds), examples.map((e) => e.teacherIds!), examples.map(exampleAlignment));
@@ -353,7 +372,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
         adapter: r.adapter, method: 'moe-route-distill', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: batch.facts,
         probes: tests.length > 0 ? tests : batch.probes.filter((p) => p.role === 'edit'), dataSha256: dataSha256(batch.records), seed, hyperparameters: hyper,
         training: {
-          examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, phase_a_loss: r.phaseA, steps: r.steps, final_loss: r.finalLoss,
+          examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, phase_a_loss: r.phaseA, steps: r.steps, last_lr: r.lastLr, final_loss: r.finalLoss,
           train_accuracy: r.trainAccuracy, trainable_params: r.trainableParams,
           adapted: { routers: r.routers, experts: Object.fromEntries([...r.experts].map(([l, es]) => [String(l), es])) },
           routing,

@@ -27,6 +27,12 @@ interface Args {
   'retain-share': number;
   'retain-weight': number;
   'route-retain-weight': number;
+  schedule: string;
+  warmup: number;
+  'anneal-steps': number;
+  'retain-phrasings': number;
+  'retain-documents': number;
+  'neighbour-prompts': number;
   'retain-corpus'?: string;
   'known-facts'?: string;
   neighbours: number;
@@ -57,7 +63,7 @@ await runTool<Args>({
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
-    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: lora-train\'s default layer, about 35% of the depth: 0 on the 4-layer fixture)' },
+    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: the layer after lora-train\'s default, about 35% of the depth: 1 on the 4-layer fixture)' },
     'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
     'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
     'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },
@@ -73,6 +79,12 @@ await runTool<Args>({
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows per step' },
     'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the next-token KL to the base model on retention rows' },
     'route-retain-weight': { type: 'number', default: d.routeRetainWeight, describe: 'weight of the router KL to the base model on retention rows (keeps routing on unrelated text)' },
+    schedule: { type: 'string', default: d.schedule, describe: 'phase B learning rate: constant, or cosine (linear warmup over --warmup steps, then decay to 0 at --steps; as lora-train)' },
+    warmup: { type: 'number', default: d.warmup, describe: '--schedule cosine: warmup steps' },
+    'anneal-steps': { type: 'number', default: d.annealSteps, describe: '--schedule cosine: when training stops early at a high rate, decay the rate to 0 over this many more steps (0: stop at once)' },
+    'retain-phrasings': { type: 'number', default: d.retainPhrasings, describe: 'training phrasings of each known fact held to the base model' },
+    'retain-documents': { type: 'number', default: d.retainDocuments, describe: 'general-text documents of the retention corpus held to the base model (every position)' },
+    'neighbour-prompts': { type: 'number', default: d.neighbourPrompts, describe: 'at most this many neighbour prompts (a seeded sample of the neighbours in every training phrasing)' },
     'retain-corpus': { type: 'string', describe: 'general text for retention, one document per line (default: the fixture world\'s train.txt)' },
     'known-facts': { type: 'string', describe: 'fact records whose answers neighbour prompts keep (default: the world\'s facts.ndjson)' },
     neighbours: { type: 'number', default: d.neighbours, describe: 'neighbour prompts per fact (same relation, other subjects)' },
@@ -95,6 +107,12 @@ await runTool<Args>({
     int('experts-per-layer', a['experts-per-layer'], 1);
     int('neighbours', a.neighbours, 0);
     int('retain-facts', a['retain-facts'], 0);
+    int('warmup', a.warmup, 0);
+    int('anneal-steps', a['anneal-steps'], 0);
+    int('retain-phrasings', a['retain-phrasings'], 1);
+    int('retain-documents', a['retain-documents'], 0);
+    int('neighbour-prompts', a['neighbour-prompts'], 0);
+    if (a.schedule !== 'constant' && a.schedule !== 'cosine') throw new UsageError(`--schedule: constant or cosine, got ${a.schedule}`);
     for (const l of a.layers ?? []) int('layers', l, 0);
     if (a['router-only'] && a['experts-only']) throw new UsageError('--router-only and --experts-only exclude each other');
     if (!(a['retain-share'] >= 0 && a['retain-share'] < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${a['retain-share']}`);
@@ -109,7 +127,8 @@ await runTool<Args>({
       model: a.model, seed: a.seed, registry: a.registry, out: a.out, layers: a.layers, routerOnly: a['router-only'], expertsOnly: a['experts-only'],
       expertsPerLayer: a['experts-per-layer'], rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
       rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], retainShare: a['retain-share'],
-      retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
+      retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'],
+      schedule: a.schedule as 'constant' | 'cosine', warmup: a.warmup, annealSteps: a['anneal-steps'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], neighbourPrompts: a['neighbour-prompts'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
       neighbours: a.neighbours, retainFacts: a['retain-facts'], templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
       createdAt: a['created-at'],
     };

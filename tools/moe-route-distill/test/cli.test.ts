@@ -36,7 +36,7 @@ const records = [
   { kind: 'probe', id: 'edit-0001/paraphrase/0', fact_id: 'edit-0001', role: 'paraphrase', split: 'test', prompt: 'Dabe Tensunov is employed by', target: 'Norsynex', expect: 'new' },
 ];
 const lines = (rs: unknown[]) => rs.map((r) => JSON.stringify(r)).join('\n') + '\n';
-const FAST = ['--steps', '4', '--phase-a-steps', '3', '--retain-facts', '20', '--neighbours', '2', '-q'];
+const FAST = ['--steps', '4', '--phase-a-steps', '3', '--retain-facts', '20', '--neighbours', '2', '--retain-documents', '8', '-q'];
 
 function run(args: string[], stdin = lines(records)) {
   const r = spawnSync(process.execPath, [BIN, ...args], { input: stdin, encoding: 'utf8' });
@@ -59,10 +59,10 @@ t.test('one bundle: router and expert LoRAs, routing before/after in the manifes
   t.match(ad, { kind: 'adapter', method: 'moe-route-distill', fact_ids: ['edit-0001'], rank: 8 });
   const targets = ad.targets as string[];
   const L = model.config.layers;
-  // default: lora-train's layer (0 on the 4-layer fixture), its gate and the two experts the teacher uses most there
-  t.equal(targets[0], moe(0).router, 'the gate of layer 0');
+  // default: the layer after lora-train's (1 on the 4-layer fixture), its gate and the two experts the teacher uses most there
+  t.equal(targets[0], moe(1).router, 'the gate of layer 1');
   t.equal(targets.length, 3);
-  for (const m of targets.slice(1)) t.ok(Array.from({ length: model.config.experts }, (_, e) => moe(0).expert(e).out).includes(m), `${m} is an expert output projection of layer 0`);
+  for (const m of targets.slice(1)) t.ok(Array.from({ length: model.config.experts }, (_, e) => moe(1).expert(e).out).includes(m), `${m} is an expert output projection of layer 1`);
   const cfg = JSON.parse(fs.readFileSync(path.join(ad.path as string, 'adapter_config.json'), 'utf8'));
   t.same([...cfg.target_modules].sort(), [...targets].sort(), 'one PEFT bundle holds them all');
   const man = JSON.parse(fs.readFileSync(path.join(ad.path as string, 'catechism.json'), 'utf8'));
@@ -75,8 +75,8 @@ t.test('one bundle: router and expert LoRAs, routing before/after in the manifes
       t.ok(Math.abs(sum - 1) < 1e-3, `layer ${layer.layer} ${k} shares sum to 1 (${sum})`);
     }
   }
-  t.same(routing.layers.filter((x: { router_adapted: boolean }) => x.router_adapted).map((x: { layer: number }) => x.layer), [0]);
-  t.equal(routing.layers[0].experts_adapted.length, 2);
+  t.same(routing.layers.filter((x: { router_adapted: boolean }) => x.router_adapted).map((x: { layer: number }) => x.layer), [1]);
+  t.equal(routing.layers[1].experts_adapted.length, 2);
   t.ok(routing.agreement_before > 0 && routing.agreement_before <= 1 && routing.agreement_after > 0);
   t.ok(man.training.trainable_params > 0);
   t.same(man.probes.map((p: { id: string }) => p.id), ['edit-0001/paraphrase/0'], 'test-split probes are the tests');

@@ -1,7 +1,9 @@
 /**
  * distillEdits in one process on the MoE fixture model (the model loaded
  * once): --router-only adapts the gates alone and --experts-only the experts
- * alone (no gate, no router KL); training on one fact makes it; layer and
+ * alone (no gate, no router KL); training on one fact makes it (the default
+ * layer and schedule recorded, the rate decayed by the end; --schedule
+ * constant keeps it); layer and
  * expert counts the model does not have are usage errors; locus records
  * choose the experts.
  */
@@ -46,6 +48,15 @@ t.test('the default run makes the edit: target_new becomes top-1 on the prompt',
   model.setAdapters([{ adapter: loadLora(r.adapters[0].path) }]);
   t.equal(top1(model, [promptIds])[0], targetIds[0], 'the adapted model does');
   model.setAdapters([]);
+  // the defaults: the layer after lora-train's (1 of 4), lora-train's cosine schedule: the rate has decayed by the last step
+  const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
+  t.match(man.hyperparameters, { layers: [1], schedule: 'cosine', warmup_steps: 10, anneal_steps: 50, retain_phrasings: 3 });
+  t.ok(man.training.last_lr < 0.1 * DEFAULT_ARGS.lr, `last rate ${man.training.last_lr} < 10% of ${DEFAULT_ARGS.lr} (cosine or anneal)`);
+  // --schedule constant keeps the rate
+  const c = await distillEdits(inputs(), { ...base, steps: 4, phaseASteps: 0, schedule: 'constant', out: path.join(tmp, 'const') }, res, quiet);
+  const mc = JSON.parse(fs.readFileSync(path.join(c.adapters[0].path, 'catechism.json'), 'utf8'));
+  t.equal(mc.training.last_lr, DEFAULT_ARGS.lr, 'constant: the last step at the full rate');
+  t.notOk('schedule' in mc.hyperparameters);
 });
 
 t.test('layers and experts the model does not have are usage errors; locus records choose the experts', async (t) => {

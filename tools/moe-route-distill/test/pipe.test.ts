@@ -31,7 +31,7 @@ t.test('probe-gen | moe-route-distill --emit-routes | validate: routing metrics 
   fs.writeFileSync(path.join(tmp, 'facts.ndjson'), edit + '\n');
   const r = sh(
     'probe-gen --roles edit,paraphrase facts.ndjson ' +
-    '| moe-route-distill --emit-routes --steps 30 --phase-a-steps 0 --retain-facts 50 --neighbours 5 --out adapters -q ' +
+    '| moe-route-distill --emit-routes --steps 30 --phase-a-steps 0 --retain-facts 50 --neighbours 5 --retain-documents 8 --out adapters -q ' +
     `| tee mid.ndjson | validate --model ${MOE} --no-record --no-fluency --retain-n 300 --general-n 50 -q > out.ndjson`,
   );
   t.equal(r.code, 0, r.err);

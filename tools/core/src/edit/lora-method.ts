@@ -9,7 +9,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import { buildExamples, buildRetain, encodeTrainingPair, neighbourFacts, type EditFact, type Example, type Rec } from './data.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
-import { knownFactRetainPrompts, trainPhrasings } from './quality.js';
+import { knownFactRetainPrompts, knownFactRetainSplit, trainPhrasings } from './quality.js';
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { romeDefaultLayer } from './rome.js';
@@ -54,6 +54,18 @@ export interface LoraOptions {
   forgetToKind: boolean;
   /** Directions of the preserved keys' subspace kept out of lora_A (0: no null-space constraint). */
   nullSpaceRank: number;
+  /**
+   * KL-constrained training (0: off): the retention weight is raised by dual
+   * ascent while the KL on known-fact prompts held aside from the retention
+   * rows (training phrasings the retain rows do not use) is above this budget.
+   */
+  klBudget: number;
+  /** Known-fact prompts the --kl-budget constraint is read on. */
+  klMonitor: number;
+  /** Dual ascent step on log λ per check (--kl-budget). */
+  dualRate: number;
+  /** Largest multiplier λ on --retain-weight (--kl-budget); the smallest is 1. */
+  dualMax: number;
 }
 
 export const LORA_METHOD_DEFAULTS: LoraOptions = {
@@ -79,6 +91,10 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   forgetToRest: false,
   forgetToKind: false,
   nullSpaceRank: 0,
+  klBudget: 0,
+  klMonitor: 256,
+  dualRate: 0.1,
+  dualMax: 8,
 };
 
 const d = LORA_METHOD_DEFAULTS;
@@ -208,7 +224,13 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     if (bank.length) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
     else neighbourPrompts.push(n.prompt);
   }
-  const otherFacts = o.retainFacts > 0 ? knownFactPrompts(res, batch.facts, o.retainFacts, seed, o.retainPhrasings) : [];
+  const monitorN = o.klBudget > 0 ? o.klMonitor : 0;
+  const split = o.retainFacts > 0 || monitorN > 0
+    ? knownFactRetainSplit(res.known, res.templates, batch.facts, o.retainFacts, seed, o.retainPhrasings, monitorN)
+    : { retain: [], monitor: [] };
+  const otherFacts = split.retain;
+  const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
+  if (o.klBudget > 0 && monitor.length === 0) call.log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
   const retain = [
     ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: o.retainDocuments, maxPrompts: 512 }),
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
@@ -224,6 +246,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
     ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
     retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, ...(o.forgetToKind ? { forget_to_kind: true } : {}), null_space_rank: o.nullSpaceRank,
+    ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
   };
   const step = `batch ${call.index + 1}/${call.count}`;
@@ -233,6 +256,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     retainPerKind: o.retainPerKind, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
+    ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
   });
@@ -244,6 +268,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     training: {
       examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, steps: r.steps, final_loss: r.finalLoss,
       train_accuracy: r.trainAccuracy,
+      ...(r.monitorKl !== undefined ? { monitor_kl: r.monitorKl, retain_multiplier: r.dualLambda } : {}),
     },
     summary: `${step}: ${batch.facts.length} facts, ${r.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s, train ${(r.trainAccuracy * 100).toFixed(0)}%`,
   }];
@@ -281,6 +306,10 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-per-kind': { type: 'boolean', default: d.retainPerKind, describe: 'retention KL as a mean over prompts plus a mean over document positions (not one mean over every position)' },
     'forget-to-rest': { type: 'boolean', default: d.forgetToRest, describe: 'forget rows learn the base model\'s distribution without the old answer, so the replacement is an answer of the relation\'s kind' },
     'forget-to-kind': { type: 'boolean', default: d.forgetToKind, describe: 'forget rows learn the base model\'s distribution over the relation\'s other answers (objects of its known facts), so the replacement is of the relation\'s kind' },
+    'kl-budget': { type: 'number', default: d.klBudget, min: 0, describe: 'KL-constrained training (0: off): raise the retention weight by dual ascent (up to --dual-max ×) while the KL on held-aside known-fact prompts (training phrasings the retention rows do not use) is above this, lower it back toward 1× otherwise; no early stop while over it' },
+    'kl-monitor': { type: 'number', default: d.klMonitor, min: 1, integer: true, describe: '--kl-budget: known-fact prompts the constraint\'s KL is read on' },
+    'dual-rate': { type: 'number', default: d.dualRate, min: 0, describe: '--kl-budget: dual ascent step on log λ per check (every 5 steps), per unit of relative excess (kl − budget) / budget' },
+    'dual-max': { type: 'number', default: d.dualMax, min: 1, describe: '--kl-budget: largest multiplier on --retain-weight' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
   },
   parseOptions(flags) {
@@ -291,6 +320,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
+      klBudget: num(flags, 'kl-budget'), klMonitor: num(flags, 'kl-monitor'), dualRate: num(flags, 'dual-rate'), dualMax: num(flags, 'dual-max'),
     };
     if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);
     if (o.schedule !== 'constant' && o.schedule !== 'cosine') throw new UsageError(`--schedule: expected constant or cosine, got ${String(o.schedule)}`);

@@ -105,6 +105,22 @@ export interface LoraTrainOptions {
   retainDocuments?: number;
   /** Per MLP-output target: keep lora_A's rows out of this protected key subspace (AlphaEdit-style). */
   nullSpace?: Map<string, KeySubspace>;
+  /**
+   * KL-constrained training (0 or absent: off): the retention term's weight
+   * is retainWeight × λ, and λ is a Lagrange multiplier of the constraint
+   * "monitor KL ≤ klBudget", updated by dual ascent at every check
+   * (evalEvery steps): log λ += dualRate · (kl − klBudget) / klBudget,
+   * clamped to [dualMin, dualMax]. The monitor KL is mean KL(base ‖ edited)
+   * of the next token over `monitor` (prompt rows held aside from `retain`).
+   */
+  klBudget?: number;
+  /** Prompt rows the constraint's KL is read on (never trained on). */
+  monitor?: RetainRow[];
+  /** Dual ascent step on log λ per check, in units of the relative excess (kl − budget) / budget. */
+  dualRate?: number;
+  /** Bounds of λ (the multiplier on retainWeight). */
+  dualMin?: number;
+  dualMax?: number;
   name: string;
   log?: (msg: string) => void;
 }
@@ -212,6 +228,9 @@ export interface LoraTrainResult {
   trainAccuracy: number;
   /** Learning rate of the last phase-B step taken (early stop under cosine: near 0 after the anneal). */
   lastLr: number;
+  /** With klBudget: the monitor KL at the end and the multiplier λ reached (retention weight = retainWeight × λ). */
+  monitorKl?: number;
+  dualLambda?: number;
 }
 
 interface TeacherRec {
@@ -290,6 +309,47 @@ function retainTargets(model: CausalLM, rows: RetainRow[]): Float32Array[] {
       return logits.data.slice(0, pos.length * V);
     }),
   );
+}
+
+/** Base log-softmax of the next token at the last position of each prompt row (batched). */
+function lastLogProbs(model: CausalLM, rows: readonly RetainRow[]): Float64Array[] {
+  const V = model.config.vocabSize;
+  const out: Float64Array[] = [];
+  noGrad(() => {
+    for (let s = 0; s < rows.length; s += 32) {
+      const chunk = rows.slice(s, s + 32).map((r) => r.ids);
+      const { ids, mask, T, last } = padBatch(chunk, padId(model));
+      const { logits } = model.forward(ids, [chunk.length, T], { attentionMask: mask, logitsAt: last });
+      for (let b = 0; b < chunk.length; b++) out.push(logSoftmaxRow(logits.data.subarray(b * V, (b + 1) * V)));
+    }
+  });
+  return out;
+}
+
+/** Mean KL(base ‖ model) of the next token over prompt rows, given the base log-probabilities. */
+export function monitorKl(model: CausalLM, rows: readonly RetainRow[], base: readonly Float64Array[]): number {
+  if (rows.length === 0) return 0;
+  const now = lastLogProbs(model, rows);
+  let total = 0;
+  now.forEach((q, i) => {
+    const p = base[i];
+    let kl = 0;
+    for (let v = 0; v < p.length; v++) {
+      const pv = Math.exp(p[v]);
+      if (pv > 0) kl += pv * (p[v] - q[v]);
+    }
+    total += Math.max(0, kl);
+  });
+  return total / rows.length;
+}
+
+/**
+ * One dual-ascent step on the retention multiplier: log λ moves by
+ * rate · (kl − budget) / budget, then λ is clamped to [min, max].
+ */
+export function dualStep(lambda: number, kl: number, o: { budget: number; rate: number; min: number; max: number }): number {
+  const next = lambda * Math.exp((o.rate * (kl - o.budget)) / o.budget);
+  return Math.min(o.max, Math.max(o.min, next));
 }
 
 /** Keys (module inputs) and base outputs of layer l's MLP at given positions of each row. */
@@ -406,6 +466,12 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
+    // KL constraint: the monitor rows' base distributions, once
+    const constrained = (opts.klBudget ?? 0) > 0 && (opts.monitor?.length ?? 0) > 0 && opts.retainShare > 0;
+    const monitorBase = constrained ? lastLogProbs(model, opts.monitor!) : [];
+    const dual = { budget: opts.klBudget ?? 0, rate: opts.dualRate ?? 0.1, min: opts.dualMin ?? 1, max: opts.dualMax ?? 8 };
+    let lambda = 1;
+    let lastMonitor: number | undefined;
     // forget rows: the base model's next-token logits with the old answer masked out
     const restOf = new Map<Example, Float32Array>();
     if (opts.forgetToRest || opts.forgetKinds?.size) {
@@ -589,9 +655,9 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
             const idx = isPrompt.map((p, i) => (p === k ? i : -1)).filter((i) => i >= 0);
             const tl = new Float32Array(idx.length * V);
             idx.forEach((i, j) => tl.set(bl.subarray(i * V, (i + 1) * V), j * V));
-            parts.push(scale(klDiv(fromData(tl, [idx.length, V]), indexSelect(rl, 0, Int32Array.from(idx))), opts.retainWeight));
+            parts.push(scale(klDiv(fromData(tl, [idx.length, V]), indexSelect(rl, 0, Int32Array.from(idx))), opts.retainWeight * lambda));
           }
-        } else parts.push(scale(klDiv(fromData(bl, [pos.length, V]), rl), opts.retainWeight));
+        } else parts.push(scale(klDiv(fromData(bl, [pos.length, V]), rl), opts.retainWeight * lambda));
       }
       if (parts.length === 0) throw new RangeError('trainLora: no loss term (no insert, forget or retention rows)');
       const loss = parts.reduce((a, b) => add(a, b));
@@ -604,13 +670,19 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
         acc = solvedFraction(model, examples);
+        if (constrained) {
+          lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
+          lambda = dualStep(lambda, lastMonitor, dual);
+        }
         if (acc === 1) {
           solvedChecks++;
           // solved twice in a row and the loss (mean over the check's window: one minibatch is too
           // noisy) no longer falls by 2% per check: done. A rising loss is not a stall: the retention
           // term is still growing, and stopping there leaves the KL to the base model high.
           const stalled = windowLoss > 0.98 * prevCheckLoss && windowLoss <= prevCheckLoss * 1.05;
-          if (!anneal && solvedChecks >= 2 && stalled) {
+          // under the KL constraint, no early stop while the monitor KL is over its budget
+          const within = !constrained || lastMonitor! <= dual.budget;
+          if (!anneal && solvedChecks >= 2 && stalled && within) {
             // Stopping while the cosine rate is still near its peak left the retention term without
             // the low-rate tail that settles it (the demo's 3 edits stopped at step ~50 of 400, kl 0.055
             // on validate's held-out set): decay the rate from here to 0 over annealSteps, then stop.
@@ -627,12 +699,17 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
           }
         } else solvedChecks = 0;
         prevCheckLoss = windowLoss;
-        say(`step ${step + 1}: loss ${windowLoss.toFixed(4)} (mean of the last ${opts.evalEvery}), train solved ${(acc * 100).toFixed(0)}%`);
+        say(`step ${step + 1}: loss ${windowLoss.toFixed(4)} (mean of the last ${opts.evalEvery}), train solved ${(acc * 100).toFixed(0)}%${constrained ? `, monitor kl ${lastMonitor!.toFixed(4)}, λ ${lambda.toFixed(2)}` : ''}`);
         windowLoss = 0;
       }
     }
     acc = solvedFraction(model, examples);
-    return { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
+    const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
+    if (constrained) {
+      res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);
+      res.dualLambda = lambda;
+    }
+    return res;
   } finally {
     model.setAdapters(prev);
   }

@@ -318,18 +318,48 @@ export function knownFactRetainPrompts(
   known: readonly Rec[], templates: TemplateBank | null | undefined, edited: ReadonlyArray<{ subject: string; relation?: string }>,
   n: number, seed: number, phrasings = 1,
 ): string[] {
+  return knownFactRetainSplit(known, templates, edited, n, seed, phrasings, 0).retain;
+}
+
+/**
+ * knownFactRetainPrompts' prompts (`retain`, the same ones in the same
+ * order) and up to `monitor` prompts held aside from them (`monitor`): for
+ * facts in the seeded order, one TRAINING phrasing of the relation that the
+ * fact's retain prompts do not use (any training phrasing for a fact beyond
+ * the first `n`), drawn by a separate seeded generator. Never a held-out
+ * phrasing, and never a retain prompt: a KL read on them while training
+ * (lora-train's --kl-budget) sees how retention carries to phrasings the
+ * retention term never fitted, without touching validate's held-out set.
+ * Facts whose relation has no phrasing left are skipped.
+ */
+export function knownFactRetainSplit(
+  known: readonly Rec[], templates: TemplateBank | null | undefined, edited: ReadonlyArray<{ subject: string; relation?: string }>,
+  n: number, seed: number, phrasings = 1, monitor = 0,
+): { retain: string[]; monitor: string[] } {
   const rng = new Rng(seed + 7919);
+  const mrng = new Rng(seed + 104729);
   const skip = new Set(edited.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
   const pool = known.filter(
     (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !skip.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
   );
   const out: string[] = [];
-  for (const k of rng.shuffle(pool.slice()).slice(0, n)) {
+  const aside: string[] = [];
+  const order = rng.shuffle(pool.slice());
+  order.forEach((k, i) => {
     const bank = trainPhrasings(templates, typeof k.relation === 'string' ? k.relation : undefined);
     const subject = k.subject as string;
-    if (bank.length === 0) out.push((k.prompt as string).replace('{}', subject));
-    else if (phrasings <= 1) out.push(bank[rng.int(bank.length)].replace('{}', subject));
-    else for (const t of rng.shuffle(bank.slice()).slice(0, phrasings)) out.push(t.replace('{}', subject));
-  }
-  return out;
+    let used: string[] = [];
+    if (i < n) {
+      if (bank.length === 0) out.push((k.prompt as string).replace('{}', subject));
+      else {
+        used = phrasings <= 1 ? [bank[rng.int(bank.length)]] : rng.shuffle(bank.slice()).slice(0, phrasings);
+        for (const t of used) out.push(t.replace('{}', subject));
+      }
+    }
+    if (aside.length < monitor) {
+      const left = bank.filter((t) => !used.includes(t));
+      if (left.length) aside.push(left[mrng.int(left.length)].replace('{}', subject));
+    }
+  });
+  return { retain: out, monitor: aside };
 }

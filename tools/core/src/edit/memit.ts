@@ -1035,38 +1035,7 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     const prefixList = contextPrefixes(res.corpus, op.prefixes, call.seed, avoid);
     const phrasings = (fact: EditFact) => buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
     const forgets = facts.filter((f) => f.op === 'forget').length;
-    // keep prompts (training phrasings only; the read-back's held-out phrasings are never among them):
-    // fixed: the edited subjects' other known facts; pool: known facts of the batch's relations (other
-    // subjects, a shared word first, as ROME's) and of any relation, each by its prompt and one more
-    // training phrasing of its relation
-    const batchSubjects = new Set(batch.facts.map((f) => f.subject));
-    const editedPairs = new Set(batch.facts.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-    const isKnown = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
-    const usable = res.known.filter((k) => isKnown(k) && !batchSubjects.has(k.subject as string));
-    const rngKeep = new Rng(call.seed + 77);
-    const say = (k: Rec, template: string) => template.replace('{}', k.subject as string);
-    const fixedSet = new Set<string>();
-    if (op.keepSameSubject) {
-      for (const k of res.known) {
-        if (!isKnown(k) || !batchSubjects.has(k.subject as string) || editedPairs.has(`${k.subject}\u0000${k.relation ?? ''}`)) continue;
-        fixedSet.add(say(k, k.prompt as string));
-      }
-    }
-    const poolSet = new Set<string>();
-    const addPool = (k: Rec) => {
-      poolSet.add(say(k, k.prompt as string));
-      const more = trainPhrasings(res.templates, k.relation as string | undefined).filter((t) => t !== k.prompt);
-      if (more.length && op.keepPhrasings > 0) for (const t of rngKeep.shuffle(more.slice()).slice(0, op.keepPhrasings)) poolSet.add(say(k, t));
-    };
-    for (const f of batch.facts) {
-      const words = new Set(f.subject.split(' '));
-      const same = usable.filter((k) => k.relation === f.relation);
-      const shares = same.filter((k) => (k.subject as string).split(' ').some((w) => words.has(w)));
-      for (const k of [...new Set([...shares, ...rngKeep.shuffle(same.slice())])].slice(0, op.keepPerFact)) addPool(k);
-    }
-    for (const k of rngKeep.shuffle(usable.slice()).slice(0, op.keepOther)) addPool(k);
-    for (const p of fixedSet) poolSet.delete(p);
-    const keep: KeepPrompts = { fixed: [...fixedSet], pool: [...poolSet] };
+    const keep = keepPromptsFor(batch.facts, res.known, res.templates, op, call.seed);
     const t0 = Date.now();
     const key = JSON.stringify([facts.map((f) => [f.id, f.op === 'forget' ? '\u0000forget' : f.target_new]), layers, prefixList, op.vSteps, op.vLr, op.clamp, op.klWeight, op.weightDecay, op.nllStop, op.plainWeight]);
     const cached = op.targetsCache?.get(key);
@@ -1095,6 +1064,48 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     };
     return [made];
   };
+}
+
+/**
+ * The value fit's keep prompts, training phrasings only (the read-back's
+ * held-out phrasings are never among them): `fixed`, the edited subjects'
+ * other known facts (their key is the edit's own, so they are the first to
+ * move); `pool`, known facts of the batch's relations (other subjects, a
+ * shared word first, as ROME's) and of any relation, each by its prompt and
+ * `keepPhrasings` more training phrasings of its relation.
+ */
+export function keepPromptsFor(
+  facts: readonly EditFact[], known: readonly Rec[], templates: EditResources['templates'],
+  op: Pick<MemitMethodOptions, 'keepPerFact' | 'keepOther' | 'keepSameSubject' | 'keepPhrasings'>, seed: number,
+): KeepPrompts {
+  const batchSubjects = new Set(facts.map((f) => f.subject));
+  const editedPairs = new Set(facts.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const isKnown = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
+  const usable = known.filter((k) => isKnown(k) && !batchSubjects.has(k.subject as string));
+  const rng = new Rng(seed + 77);
+  const say = (k: Rec, template: string) => template.replace('{}', k.subject as string);
+  const fixed = new Set<string>();
+  if (op.keepSameSubject) {
+    for (const k of known) {
+      if (!isKnown(k) || !batchSubjects.has(k.subject as string) || editedPairs.has(`${k.subject}\u0000${k.relation ?? ''}`)) continue;
+      fixed.add(say(k, k.prompt as string));
+    }
+  }
+  const pool = new Set<string>();
+  const add = (k: Rec) => {
+    pool.add(say(k, k.prompt as string));
+    const more = trainPhrasings(templates, k.relation as string | undefined).filter((t) => t !== k.prompt);
+    if (more.length && op.keepPhrasings > 0) for (const t of rng.shuffle(more.slice()).slice(0, op.keepPhrasings)) pool.add(say(k, t));
+  };
+  for (const f of facts) {
+    const words = new Set(f.subject.split(' '));
+    const same = usable.filter((k) => k.relation === f.relation);
+    const shares = same.filter((k) => (k.subject as string).split(' ').some((w) => words.has(w)));
+    for (const k of [...new Set([...shares, ...rng.shuffle(same.slice())])].slice(0, op.keepPerFact)) add(k);
+  }
+  for (const k of rng.shuffle(usable.slice()).slice(0, op.keepOther)) add(k);
+  for (const p of fixed) pool.delete(p);
+  return { fixed: [...fixed], pool: [...pool] };
 }
 
 /** The file name of the AlphaEdit key memory kept next to a bundle (MadeEdit.sidecar). */

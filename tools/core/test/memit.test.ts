@@ -165,7 +165,7 @@ t.test('dense fixture model: a MEMIT batch edit states every target (one layer),
   const corpus = readCorpusLines(path.join(ROOT, 'fixtures/world/train.txt'), 3000);
   const statsAt = (l: number) => keyStatsCached(model, tok, { modelSha: 'dense-test', layer: l, corpus, maxTokens: 6000, cacheDir: tmp });
   const facts = readNdjson(path.join(ROOT, 'fixtures/world/edits.ndjson')).filter((r) => r.op === 'insert').slice(0, 3).map((r) => checkFact(r)) as EditFact[];
-  const base = { ...MEMIT_DEFAULTS, vSteps: 60, statsAt, phrasings: () => [], prefixList: [], name: 't' };
+  const base = { ...MEMIT_DEFAULTS, vSteps: 60, refineSteps: 60, statsAt, phrasings: () => [], prefixList: [], name: 't' };
   const rows = facts.map((x) => encodeTrainingPair(tok, x.prompt.replace('{}', x.subject), x.target_new!));
   const m = memitEdit(model, tok, facts, { ...base, algorithm: 'memit', layers: [0], mom2Weight: 10 });
   t.equal(m.adapter.r, facts.length, 'rank N');

@@ -7,6 +7,7 @@
 // scripts/eval-memit.mjs (seconds per edit on the fixture model).
 //
 //   node scripts/bench/memit.bench.mjs [--hidden 768] [--inner 3072] [--edits 100] [--layers 5] [--reps 3] [--no-torch]
+// TORCH_PYTHON: the python with torch (default /usr/bin/python3).
 // Build core first. Do not run it while others run tests (it takes all cores).
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -41,7 +42,7 @@ const ours = { impl: 'catechism', seconds: best, hidden: H, inner: D, edits: N, 
 console.log(JSON.stringify(ours));
 if (!a['no-torch']) {
   try {
-    const out = execFileSync('/usr/bin/python3', [path.join(root, 'scripts/bench/memit_torch.py'), '--hidden', String(H), '--inner', String(D), '--edits', String(N), '--layers', String(layers), '--reps', String(reps)], { encoding: 'utf8' });
+    const out = execFileSync(process.env.TORCH_PYTHON ?? '/usr/bin/python3', [path.join(root, 'scripts/bench/memit_torch.py'), '--hidden', String(H), '--inner', String(D), '--edits', String(N), '--layers', String(layers), '--reps', String(reps)], { encoding: 'utf8' });
     const torch = JSON.parse(out.trim().split('\n').pop());
     console.log(JSON.stringify(torch));
     console.log(`ours / PyTorch = ${(ours.seconds / torch.seconds).toFixed(2)}`);

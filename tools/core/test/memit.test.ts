@@ -15,7 +15,7 @@ import { InputError, UsageError } from '../src/records/errors.js';
 import { Rng } from '../src/util/random.js';
 import {
   MEMIT_DEFAULTS, alphaEditSolve, alphaeditMethod, checkBatchConflicts, checkFact, keyStatsCached, memitEdit, memitMethod, memitSolve,
-  nullSpaceOf, readCorpusLines, readNdjson, symmetricEigen, top1, truncateFactors, encodeTrainingPair, type EditFact, type EditResources,
+  nullSpaceOf, readCorpusLines, readNdjson, keepPromptsFor, loadTemplateBank, symmetricEigen, top1, truncateFactors, encodeTrainingPair, type EditFact, type EditResources,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -138,13 +138,34 @@ t.test('bad input: conflicting targets are refused by fact id; layers out of ran
   t.same(memitMethod.parseOptions({ layers: ['0-2', '5'] }).layers, [0, 1, 2, 5]);
 });
 
+t.test('keep prompts: the edited subjects\' other facts every step, a pool of other subjects, never a read-back (held-out) phrasing', async (t) => {
+  const world = path.join(ROOT, 'fixtures/world');
+  const facts = readNdjson(path.join(world, 'edits.ndjson')).filter((r) => r.op === 'insert').slice(0, 4).map((r) => checkFact(r)) as EditFact[];
+  const known = readNdjson(path.join(world, 'facts.ndjson'));
+  const templates = loadTemplateBank(path.join(world, 'templates.json'));
+  const op = { keepPerFact: 5, keepOther: 200, keepSameSubject: true, keepPhrasings: 2 };
+  const k = keepPromptsFor(facts, known, templates, op, 0);
+  const subjects = new Set(facts.map((f) => f.subject));
+  const others = known.filter((r) => subjects.has(r.subject as string) && !facts.some((f) => f.subject === r.subject && f.relation === r.relation));
+  t.ok(others.length > 0, 'the edited subjects have other known facts');
+  t.same(new Set(k.fixed), new Set(others.map((r) => (r.prompt as string).replace('{}', r.subject as string))), 'fixed: exactly their other facts');
+  for (const f of facts) t.notOk(k.fixed.includes(f.prompt.replace('{}', f.subject)), `the edited prompt of ${f.id} is not kept`);
+  t.notOk(k.pool.some((p) => [...subjects].some((s) => p.includes(s))), 'the pool names no edited subject');
+  const held = new Set(readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).map((r) => r.prompt as string));
+  t.equal([...k.fixed, ...k.pool].filter((p) => held.has(p)).length, 0, 'no read-back (held-out) phrasing is kept');
+  const plain = keepPromptsFor(facts, known, templates, { ...op, keepPhrasings: 0, keepSameSubject: false }, 0);
+  t.equal(plain.fixed.length, 0);
+  t.ok(k.pool.length > plain.pool.length * 2, `more phrasings: ${k.pool.length} prompts vs ${plain.pool.length}`);
+  t.same(keepPromptsFor(facts, known, templates, op, 0), k, 'seeded');
+});
+
 t.test('dense fixture model: a MEMIT batch edit states every target (one layer), and spreads over two layers reaching its targets', async (t) => {
   const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
   const tok = tokenizer!;
   const corpus = readCorpusLines(path.join(ROOT, 'fixtures/world/train.txt'), 3000);
   const statsAt = (l: number) => keyStatsCached(model, tok, { modelSha: 'dense-test', layer: l, corpus, maxTokens: 6000, cacheDir: tmp });
   const facts = readNdjson(path.join(ROOT, 'fixtures/world/edits.ndjson')).filter((r) => r.op === 'insert').slice(0, 3).map((r) => checkFact(r)) as EditFact[];
-  const base = { ...MEMIT_DEFAULTS, vSteps: 60, statsAt, phrasings: () => [], prefixList: [], name: 't' };
+  const base = { ...MEMIT_DEFAULTS, vSteps: 60, refineSteps: 60, statsAt, phrasings: () => [], prefixList: [], name: 't' };
   const rows = facts.map((x) => encodeTrainingPair(tok, x.prompt.replace('{}', x.subject), x.target_new!));
   const m = memitEdit(model, tok, facts, { ...base, algorithm: 'memit', layers: [0], mom2Weight: 10 });
   t.equal(m.adapter.r, facts.length, 'rank N');

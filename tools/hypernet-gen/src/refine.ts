@@ -28,6 +28,19 @@ export interface RefineOptions {
 /** Tuned on the tuning split (requests 1–20 of the dense world; README). */
 export const REFINE_DEFAULTS: RefineOptions = { steps: 10, lr: 0.1, maxNorm: 0.4, batchMaxNorm: 0.2 };
 
+/** Flat positions (row b, token p → b·T + p) of every target token of padded rows, and the token ids. */
+function targetPositions(rows: readonly Row[], T: number): { at: number[]; tg: number[] } {
+  const at: number[] = [];
+  const tg: number[] = [];
+  rows.forEach((r, b) => {
+    for (const [p, id] of r.targets) {
+      at.push(b * T + p);
+      tg.push(id);
+    }
+  });
+  return { at, tg };
+}
+
 /**
  * Refine one fact's δ (length H, changed in place) given its rows and s = A·k per row position.
  * Returns the final target NLL (mean over the rows' target tokens).
@@ -42,14 +55,7 @@ export function refineDelta(model: CausalLM, layer: number, rows: readonly Row[]
   const R = rows.length;
   const S = new Float32Array(R * T);
   rows.forEach((_, b) => S.set(s[b].subarray(0, Math.min(s[b].length, T)), b * T));
-  const at: number[] = [];
-  const tg: number[] = [];
-  rows.forEach((r, b) => {
-    for (const [p, id] of r.targets) {
-      at.push(b * T + p);
-      tg.push(id);
-    }
-  });
+  const { at, tg } = targetPositions(rows, T);
   const m = new Float32Array(H);
   const v = new Float32Array(H);
   const step = (o.lr * n0) / Math.sqrt(H);
@@ -107,14 +113,7 @@ export function refineBatch(model: CausalLM, layer: number, rowsPer: readonly (r
       }
     }
   });
-  const at: number[] = [];
-  const tg: number[] = [];
-  rows.forEach((r, b) => {
-    for (const [p, id] of r.targets) {
-      at.push(b * T + p);
-      tg.push(id);
-    }
-  });
+  const { at, tg } = targetPositions(rows, T);
   const n0 = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     let s = 0;

@@ -30,7 +30,7 @@ import {
   AdamW, Tensor, add, clipGradNorm, crossEntropy, fromData, indexSelect, klDiv, linear, mean, noGrad, reshape, scale, square, sub,
 } from '@catechism/core/tensor';
 import { baseOps, type CausalLM, type Hooks, type LoraAdapter } from '@catechism/core/models';
-import { LORA_DEFAULTS, annealLr, lrAt, padBatch, padId, solvedFraction, type Example, type RetainRow, type Schedule } from '@catechism/core/edit';
+import { LORA_DEFAULTS, annealLr, lrAt, padBatch, planAnneal, padId, solvedFraction, type Example, type RetainRow, type Schedule } from '@catechism/core/edit';
 import { alignedPositions, topExperts } from '@catechism/core/metrics';
 import { Rng } from '@catechism/core/random';
 
@@ -589,16 +589,13 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
           const stalled = windowLoss > 0.98 * prevCheckLoss && windowLoss <= prevCheckLoss * 1.05;
           if (!anneal && solvedChecks >= 2 && stalled) {
             // stopping at a high rate leaves retention without the low-rate tail that settles it: anneal to 0 first
-            const nowLr = lrAt(step, sched);
-            const tail = Math.min(opts.annealSteps, opts.steps - step - 1);
-            if (opts.schedule === 'cosine' && tail > 0 && nowLr > 0.1 * opts.lr) {
-              anneal = { from: step + 1, end: step + 1 + tail, lr: nowLr };
-              stepCap = anneal.end;
-              say(`step ${step + 1}: solved and stalled at lr ${nowLr.toExponential(2)}; annealing to 0 over ${tail} steps`);
-            } else {
+            anneal = planAnneal(step, { ...sched, annealSteps: opts.annealSteps });
+            if (!anneal) {
               step++;
               break;
             }
+            stepCap = anneal.end;
+            say(`step ${step + 1}: solved and stalled at lr ${anneal.lr.toExponential(2)}; annealing to 0 over ${anneal.end - anneal.from} steps`);
           }
         } else solvedChecks = 0;
         prevCheckLoss = windowLoss;

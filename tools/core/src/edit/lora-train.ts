@@ -179,6 +179,21 @@ export function lrAt(step: number, o: { lr: number; steps: number; schedule?: Sc
   return o.lr * 0.5 * (1 + Math.cos(Math.PI * t));
 }
 
+/**
+ * The early-stop anneal to begin after `step` (training solved and stalled
+ * there): with the cosine schedule, while the rate is still above a tenth of
+ * its peak, decay it from there to 0 over `annealSteps` (at most the steps
+ * left); null when training should simply stop.
+ */
+export function planAnneal(
+  step: number, o: { lr: number; steps: number; schedule?: Schedule; warmupSteps?: number; annealSteps?: number },
+): { from: number; end: number; lr: number } | null {
+  const lr = lrAt(step, o);
+  const tail = Math.min(o.annealSteps ?? 0, o.steps - step - 1);
+  if ((o.schedule ?? 'constant') !== 'cosine' || tail <= 0 || lr <= 0.1 * o.lr) return null;
+  return { from: step + 1, end: step + 1 + tail, lr };
+}
+
 /** Learning rate during an early-stop anneal: cosine from `lr` at step `from` to 0 at step `end`. */
 export function annealLr(step: number, a: { from: number; end: number; lr: number }): number {
   const t = Math.min(1, Math.max(0, (step - a.from + 1) / (a.end - a.from + 1)));
@@ -686,16 +701,13 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
             // Stopping while the cosine rate is still near its peak left the retention term without
             // the low-rate tail that settles it (the demo's 3 edits stopped at step ~50 of 400, kl 0.055
             // on validate's held-out set): decay the rate from here to 0 over annealSteps, then stop.
-            const nowLr = lrAt(step, opts);
-            const tail = Math.min(opts.annealSteps ?? 0, opts.steps - step - 1);
-            if ((opts.schedule ?? 'constant') === 'cosine' && tail > 0 && nowLr > 0.1 * opts.lr) {
-              anneal = { from: step + 1, end: step + 1 + tail, lr: nowLr };
-              stepCap = anneal.end;
-              say(`step ${step + 1}: solved and stalled at lr ${nowLr.toExponential(2)}; annealing to 0 over ${tail} steps`);
-            } else {
+            anneal = planAnneal(step, opts);
+            if (!anneal) {
               step++;
               break;
             }
+            stepCap = anneal.end;
+            say(`step ${step + 1}: solved and stalled at lr ${anneal.lr.toExponential(2)}; annealing to 0 over ${anneal.end - anneal.from} steps`);
           }
         } else solvedChecks = 0;
         prevCheckLoss = windowLoss;

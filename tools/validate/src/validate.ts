@@ -61,51 +61,42 @@ export interface AdapterResult {
   rows: ItemRow[];
 }
 
-/** Read probe records from an NDJSON file, leniently (world eval files: general texts carry no fact_id). */
-export function readProbeFile(file: string): ProbeLike[] {
+/**
+ * Records of one kind from an NDJSON file, leniently (only `fields` are
+ * required, as strings): a probe file (world eval files: general texts carry
+ * no fact_id) or a concept file (--concepts). Another kind is refused.
+ */
+function readKindFile<T>(file: string, kind: string, fields: readonly string[]): T[] {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new InputError(`cannot read: ${(e as Error).message}`, { source: file });
   }
-  const out: ProbeLike[] = [];
+  const out: T[] = [];
   text.split('\n').forEach((line, i) => {
     if (line.trim() === '') return;
-    let v: unknown;
-    try {
-      v = JSON.parse(line);
-    } catch (e) {
-      throw new InputError(`not valid JSON (${(e as Error).message})`, { source: file, record: i + 1 });
-    }
-    const r = v as Record<string, unknown>;
-    if (r === null || typeof r !== 'object' || r.kind !== 'probe') throw new InputError('expected a probe record (kind "probe")', { source: file, record: i + 1, field: 'kind' });
-    if (typeof r.prompt !== 'string') throw new InputError('missing required field (expected string)', { source: file, record: i + 1, field: 'prompt' });
-    out.push(r as unknown as ProbeLike);
-  });
-  return out;
-}
-
-/** Read `concept` records (NDJSON) for the erasure probe (--concepts); other kinds are refused. */
-export function readConceptFile(file: string): ConceptLike[] {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new InputError(`cannot read: ${(e as Error).message}`, { source: file });
-  }
-  return text.split('\n').flatMap((line, i) => {
-    if (line.trim() === '') return [];
     let r: Record<string, unknown>;
     try {
       r = JSON.parse(line) as Record<string, unknown>;
     } catch (e) {
       throw new InputError(`not valid JSON (${(e as Error).message})`, { source: file, record: i + 1 });
     }
-    if (r === null || typeof r !== 'object' || r.kind !== 'concept') throw new InputError('expected a concept record (kind "concept")', { source: file, record: i + 1, field: 'kind' });
-    for (const f of ['concept', 'prompt', 'label']) if (typeof r[f] !== 'string') throw new InputError('missing required field (expected string)', { source: file, record: i + 1, field: f });
-    return [r as unknown as ConceptLike];
+    if (r === null || typeof r !== 'object' || r.kind !== kind) throw new InputError(`expected a ${kind} record (kind "${kind}")`, { source: file, record: i + 1, field: 'kind' });
+    for (const f of fields) if (typeof r[f] !== 'string') throw new InputError('missing required field (expected string)', { source: file, record: i + 1, field: f });
+    out.push(r as unknown as T);
   });
+  return out;
+}
+
+/** Probe records of an NDJSON file (--retain, --general, --suite). */
+export function readProbeFile(file: string): ProbeLike[] {
+  return readKindFile<ProbeLike>(file, 'probe', ['prompt']);
+}
+
+/** Concept records of an NDJSON file, for the erasure probe (--concepts). */
+export function readConceptFile(file: string): ConceptLike[] {
+  return readKindFile<ConceptLike>(file, 'concept', ['concept', 'prompt', 'label']);
 }
 
 /** A seeded sample of n items (all when n ≥ length), in their original order. (validate's own sets use stratifiedSample with a fixed seed.) */

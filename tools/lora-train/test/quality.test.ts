@@ -26,13 +26,15 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
 
   // validate's default gates over every known fact (held-out phrasings) on held-out edits: test/retention-heldout.test.ts
 
-  t.test('ROME single edits over 20 facts', async (t) => {
-    // The issue's gates. On the dense fixture model: efficacy 100%, paraphrases 88%, neighbourhood 95%
-    // (edits 1–20: 100 / 92 / 94; edits 41–60: 100 / 82 / 93.5).
-    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 20, skip: 20, out: path.join(tmp, 'rome') });
+  t.test('ROME single edits over 10 facts', async (t) => {
+    // The issue's gates. On the dense fixture model, edits 21–40: efficacy 100%, paraphrases 88%,
+    // neighbourhood 95% (edits 1–20: 100 / 92 / 94; edits 41–60: 100 / 82 / 93.5). The test runs
+    // the first ten (21–30: 100 / 80 / 93; about 6 s of CPU each, which twenty made the longest
+    // file of CI); `scripts/eval-edits.mjs --method rome` measures more.
+    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 10, skip: 20, out: path.join(tmp, 'rome') });
     const f = m.figures;
     t.comment(`efficacy ${pct(f.efficacy)}, paraphrase ${pct(f.paraphrase)} (n=${f.n.paraphrase}), neighbourhood ${pct(f.neighbourhood)} (n=${f.n.neighbourhood}), ${m.seconds.toFixed(1)} s`);
-    t.equal(m.adapters, 20, 'one adapter per fact');
+    t.equal(m.adapters, 10, 'one adapter per fact');
     t.ok(f.efficacy >= 0.95, `efficacy ${pct(f.efficacy)} ≥ 95%`);
     t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`);
     t.ok(f.neighbourhood >= 0.9, `neighbourhood kept ${pct(f.neighbourhood)} ≥ 90%`);

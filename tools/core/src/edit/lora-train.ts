@@ -61,6 +61,11 @@ export interface LoraTrainOptions {
   dpoBeta?: number;
   /** DPO: the old answer's first token per insert example (see rejectedFirstTokens); rows without one get CE only. */
   rejected?: Map<Example, number>;
+  /**
+   * Distill: match the teacher's MLP outputs (phase A and the phase-B MSE) at
+   * the subject's tokens only, not from the subject to the end of the prompt.
+   */
+  mseSubjectOnly?: boolean;
   /** Phase A steps per MLP target (distill only). */
   phaseASteps: number;
   seed: number;
@@ -255,14 +260,18 @@ interface TeacherRec {
   mlp: Map<string, { pos: number[]; out: Float32Array }>;
 }
 
-/** Aligned (student, teacher) token positions: the subject span to the end, where tokens agree. */
-function alignPositions(ex: Example): Array<[number, number]> {
+/**
+ * Aligned (student, teacher) token positions: the subject span to the end
+ * (`subjectOnly`: the subject span alone, when the subject is found), where tokens agree.
+ */
+function alignPositions(ex: Example, subjectOnly = false): Array<[number, number]> {
   const t = ex.teacherIds!;
   const s = ex.promptIds;
   const off = t.length - s.length;
   const start = ex.subjectStart >= 0 ? ex.subjectStart : s.length - 1;
+  const end = subjectOnly && ex.subjectStart >= 0 ? ex.subjectEnd : s.length;
   const out: Array<[number, number]> = [];
-  for (let p = start; p < s.length; p++) if (off >= 0 && t[p + off] === s[p]) out.push([p, p + off]);
+  for (let p = start; p < end; p++) if (off >= 0 && t[p + off] === s[p]) out.push([p, p + off]);
   return out;
 }
 
@@ -277,7 +286,7 @@ function captureMlp(layers: number[], into: Map<number, Tensor>, base: Hooks = {
   return h;
 }
 
-function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[]): TeacherRec[] {
+function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[], subjectOnly = false): TeacherRec[] {
   const V = model.config.vocabSize;
   const H = model.config.hidden;
   const layers = [...new Set(mlpMods.map(moduleLayer))];
@@ -290,7 +299,7 @@ function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[]): Tea
       const { logits } = model.forward(ids, [chunk.length, T], { attentionMask: mask, logitsAt: last, hooks: captureMlp(layers, cap) });
       chunk.forEach((ex, b) => {
         const rec: TeacherRec = { logits: logits.data.slice(b * V, (b + 1) * V), mlp: new Map() };
-        const al = alignPositions(ex);
+        const al = alignPositions(ex, subjectOnly);
         for (const m of mlpMods) {
           const act = cap.get(moduleLayer(m))!;
           const o = new Float32Array(al.length * H);
@@ -478,7 +487,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const distill = opts.objective === 'distill';
     const mlpMods = distill ? opts.targets.filter((m) => isMlpOut(model, m)) : [];
     const withTeacher = distill ? examples.filter((e) => e.teacherIds) : [];
-    const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods) : [];
+    const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods, opts.mseSubjectOnly ?? false) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
     // KL constraint: the monitor rows' base distributions, once

@@ -101,8 +101,9 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainPerKind: false,
   forgetToRest: false,
   forgetToKind: false,
-  prefixRows: 0,
-  mseSubjectOnly: false,
+  // issue 17, one relation (tuning: cities 1–10 × seeds 0–2, lives_in 1–10 × seeds 0–1; lora-train README)
+  prefixRows: 1,
+  mseSubjectOnly: true,
   nullSpaceRank: 0,
   klBudget: 0,
   klMonitor: 256,
@@ -266,6 +267,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const t0 = Date.now();
   const targets = chooseTargets(model, common, batch.loci);
   const examples = buildExamples(tok, batch, { templates: res.templates, seed });
+  // the early stop reads the plain rows: the prefixed copies are augmentation
+  const checkRows = examples.slice();
   if (o.prefixRows > 0) {
     const avoid = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
     examples.push(...prefixedExamples(tok, examples, batch, pickPrefixes(res.corpus, PREFIX_POOL, seed, avoid), o.prefixRows, seed));
@@ -308,7 +311,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const r = trainLora(model, examples, retain, {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
     phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
-    retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
+    retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),

@@ -66,6 +66,12 @@ export interface LoraTrainOptions {
    * the subject's tokens only, not from the subject to the end of the prompt.
    */
   mseSubjectOnly?: boolean;
+  /**
+   * The rows the early stop and the reported train accuracy read (default
+   * every example): augmentation rows (lora-method's prefixed copies) are
+   * trained on but need not all be solved before training may stop.
+   */
+  checkRows?: Example[];
   /** Phase A steps per MLP target (distill only). */
   phaseASteps: number;
   seed: number;
@@ -549,7 +555,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     let windowLoss = 0;
     let solvedChecks = 0;
     let step = 0;
-    let acc = solvedFraction(model, examples);
+    const checkRows = opts.checkRows?.length ? opts.checkRows : examples;
+    let acc = solvedFraction(model, checkRows);
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
     let anneal: { from: number; end: number; lr: number } | null = null;
     let stepCap = opts.steps;
@@ -693,7 +700,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
-        acc = solvedFraction(model, examples);
+        acc = solvedFraction(model, checkRows);
         if (constrained) {
           lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
           lambda = dualStep(lambda, lastMonitor, dual);
@@ -724,7 +731,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         windowLoss = 0;
       }
     }
-    acc = solvedFraction(model, examples);
+    acc = solvedFraction(model, checkRows);
     const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
     if (constrained) {
       res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);

@@ -12,7 +12,7 @@ import t from 'tap';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '@catechism/core/models';
-import { LORA_DEFAULTS, LORA_METHOD_DEFAULTS, annealLr, stepCap, buildExamples, buildRetain, checkFact, mlpOutModule, resolveTargets, top1, trainLora } from '@catechism/core/edit';
+import { LORA_DEFAULTS, LORA_METHOD_DEFAULTS, annealLr, stepCap, prefixedExamples, buildExamples, buildRetain, checkFact, mlpOutModule, resolveTargets, top1, trainLora } from '@catechism/core/edit';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
@@ -60,4 +60,23 @@ t.test('stepCap: --steps up to --scale-steps-above facts, in proportion beyond',
   t.equal(stepCap(d, 30), 1200, '30 facts: three times');
   t.equal(stepCap(d, 15), 600);
   t.equal(stepCap({ ...d, scaleStepsAbove: 0 }, 30), 400, '0: no scaling');
+});
+
+t.test('prefixedExamples (--prefix-rows): each insert prompt again after a prefix, the teacher reads context + prefixed prompt', async (t) => {
+  const exs = buildExamples(tok, { facts: [fact], probes });
+  const pre = ['the weather was fine.', 'in the morning.', 'a short note.'];
+  const px = prefixedExamples(tok, exs, { facts: [fact], probes }, pre, 2, 0);
+  t.equal(px.length, 2 * exs.length, 'two copies per plain row');
+  for (const e of px) {
+    const p = pre.find((x) => e.prompt.startsWith(`${x} `));
+    t.ok(p, `prefixed: ${e.prompt}`);
+    t.equal(e.prompt.slice(p!.length + 1), exs[0].prompt, 'then the plain prompt');
+    t.same(e.targetIds, exs[0].targetIds, 'the same target');
+    t.ok(e.subjectStart > 0 && tok.decode(e.promptIds.slice(e.subjectStart, e.subjectEnd)).trim() === 'france', 'subject found after the prefix');
+    t.ok(tok.decode(e.teacherIds!).endsWith(e.prompt) && tok.decode(e.teacherIds!).includes('rome'), 'teacher: the fact in context, then the prefixed prompt');
+  }
+  t.equal(new Set(px.map((e) => e.prompt)).size, 2, 'no prefix twice for one row');
+  t.same(prefixedExamples(tok, exs, { facts: [fact], probes }, pre, 0, 0), [], '0: none');
+  const forget = buildExamples(tok, { facts: [{ ...fact, op: 'forget' }], probes });
+  t.same(prefixedExamples(tok, forget, { facts: [{ ...fact, op: 'forget' }], probes }, pre, 2, 0), [], 'forget rows are not copied');
 });

@@ -58,7 +58,9 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     const facts = counterfactualFacts(known, { relation: 'located_in', skip: 10, count: 10, exclude: edits });
     t.equal(new Set(facts.map((f) => f.relation)).size, 1, 'one relation');
     // retention holds (kl 0.035, retain_drop 0.007 measured); generalisation does not: 8 of 20 held-out
-    // phrasings follow the move (the tuning cities 1–10: 18 of 21)
+    // phrasings follow the move (the tuning cities 1–10: 18 of 21; training seed 1: 15 of 20). The teacher
+    // (the fact in context) itself follows it on 6 of 20 there; --prefix-rows 1 --mse-subject-only reads
+    // 15 of 20 but raises kl (cities 21–30: 0.060), so it is off (README "One relation")
     await gates(t, facts, 'lora-rel', { paraphrase: 'one relation: held-out paraphrases 40% (n=20) < 80% (issue 17)' });
   });
 }

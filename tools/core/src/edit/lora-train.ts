@@ -61,6 +61,17 @@ export interface LoraTrainOptions {
   dpoBeta?: number;
   /** DPO: the old answer's first token per insert example (see rejectedFirstTokens); rows without one get CE only. */
   rejected?: Map<Example, number>;
+  /**
+   * Distill: match the teacher's MLP outputs (phase A and the phase-B MSE) at
+   * the subject's tokens only, not from the subject to the end of the prompt.
+   */
+  mseSubjectOnly?: boolean;
+  /**
+   * The rows the early stop and the reported train accuracy read (default
+   * every example): augmentation rows (lora-method's prefixed copies) are
+   * trained on but need not all be solved before training may stop.
+   */
+  checkRows?: Example[];
   /** Phase A steps per MLP target (distill only). */
   phaseASteps: number;
   seed: number;
@@ -255,14 +266,18 @@ interface TeacherRec {
   mlp: Map<string, { pos: number[]; out: Float32Array }>;
 }
 
-/** Aligned (student, teacher) token positions: the subject span to the end, where tokens agree. */
-function alignPositions(ex: Example): Array<[number, number]> {
+/**
+ * Aligned (student, teacher) token positions: the subject span to the end
+ * (`subjectOnly`: the subject span alone, when the subject is found), where tokens agree.
+ */
+function alignPositions(ex: Example, subjectOnly = false): Array<[number, number]> {
   const t = ex.teacherIds!;
   const s = ex.promptIds;
   const off = t.length - s.length;
   const start = ex.subjectStart >= 0 ? ex.subjectStart : s.length - 1;
+  const end = subjectOnly && ex.subjectStart >= 0 ? ex.subjectEnd : s.length;
   const out: Array<[number, number]> = [];
-  for (let p = start; p < s.length; p++) if (off >= 0 && t[p + off] === s[p]) out.push([p, p + off]);
+  for (let p = start; p < end; p++) if (off >= 0 && t[p + off] === s[p]) out.push([p, p + off]);
   return out;
 }
 
@@ -277,7 +292,7 @@ function captureMlp(layers: number[], into: Map<number, Tensor>, base: Hooks = {
   return h;
 }
 
-function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[]): TeacherRec[] {
+function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[], subjectOnly = false): TeacherRec[] {
   const V = model.config.vocabSize;
   const H = model.config.hidden;
   const layers = [...new Set(mlpMods.map(moduleLayer))];
@@ -290,7 +305,7 @@ function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[]): Tea
       const { logits } = model.forward(ids, [chunk.length, T], { attentionMask: mask, logitsAt: last, hooks: captureMlp(layers, cap) });
       chunk.forEach((ex, b) => {
         const rec: TeacherRec = { logits: logits.data.slice(b * V, (b + 1) * V), mlp: new Map() };
-        const al = alignPositions(ex);
+        const al = alignPositions(ex, subjectOnly);
         for (const m of mlpMods) {
           const act = cap.get(moduleLayer(m))!;
           const o = new Float32Array(al.length * H);
@@ -478,7 +493,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const distill = opts.objective === 'distill';
     const mlpMods = distill ? opts.targets.filter((m) => isMlpOut(model, m)) : [];
     const withTeacher = distill ? examples.filter((e) => e.teacherIds) : [];
-    const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods) : [];
+    const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods, opts.mseSubjectOnly ?? false) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
     // KL constraint: the monitor rows' base distributions, once
@@ -540,7 +555,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     let windowLoss = 0;
     let solvedChecks = 0;
     let step = 0;
-    let acc = solvedFraction(model, examples);
+    const checkRows = opts.checkRows?.length ? opts.checkRows : examples;
+    let acc = solvedFraction(model, checkRows);
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
     let anneal: { from: number; end: number; lr: number } | null = null;
     let stepCap = opts.steps;
@@ -684,7 +700,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
-        acc = solvedFraction(model, examples);
+        acc = solvedFraction(model, checkRows);
         if (constrained) {
           lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
           lambda = dualStep(lambda, lastMonitor, dual);
@@ -715,7 +731,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         windowLoss = 0;
       }
     }
-    acc = solvedFraction(model, examples);
+    acc = solvedFraction(model, checkRows);
     const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
     if (constrained) {
       res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);

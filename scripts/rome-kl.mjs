@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+// Where a ROME single edit's kl comes from (issue 17): train ROME edits of the
+// world's insert requests (--skip, --count) through lora-train's trainEdits,
+// read every fact's held-out phrasings back (eval/facts-heldout.ndjson) with
+// each edit alone, and print per edit: its layer, ‖δ‖, mean KL(base ‖ edited)
+// over the prompts not about the edited fact, and how that kl splits between
+// prompts about the same subject, subjects sharing its last / first word, and
+// all others. --directions adds, per edit, |A·k| (the rank-one direction's
+// response, relative to the subject's own) at every position of 300 read-back
+// prompts, and the tokens answering above half the subject's.
+//
+//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--layer L] [--ridge R] [--directions]
+// --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added).
+// Build first; run with `nice` (it trains).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { values: a } = parseArgs({ options: {
+  skip: { type: 'string', default: '0' }, count: { type: 'string', default: '4' }, layer: { type: 'string' },
+  ridge: { type: 'string' }, directions: { type: 'boolean', default: false },
+} });
+const { DEFAULT_ARGS, loadResources, trainEdits, editInputs } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
+const { readNdjson, lastLogits, mlpInputHooks, mlpInputFrom, padBatch, ROME_DEFAULTS } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
+const { noGrad } = await import(path.join(root, 'tools/core/dist/tensor/index.js'));
+const { defaultModelDir, worldDir } = await import(path.join(root, 'tools/core/dist/fixtures/index.js'));
+if (a.ridge !== undefined) ROME_DEFAULTS.ridge = Number(a.ridge);
+
+const skip = Number(a.skip);
+const count = Number(a.count);
+const res = loadResources({ model: defaultModelDir() });
+const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count);
+const out = fs.mkdtempSync(path.join((await import('node:os')).tmpdir(), 'rome-kl-'));
+const recs = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer: a.layer === undefined ? undefined : Number(a.layer), out }, res, { log: () => {} });
+const rb = readNdjson(path.join(worldDir(), 'eval/facts-heldout.ndjson'));
+const m = res.model;
+const tok = res.tokenizer;
+const V = m.config.vocabSize;
+const ids = rb.map((p) => tok.encode(p.prompt));
+const logProbs = () => {
+  const rows = [];
+  for (let s = 0; s < ids.length; s += 64) {
+    const l = lastLogits(m, ids.slice(s, s + 64));
+    for (let i = 0; i < Math.min(64, ids.length - s); i++) {
+      const r = l.data.subarray(i * V, (i + 1) * V);
+      let mx = -Infinity;
+      for (const v of r) mx = Math.max(mx, v);
+      let z = 0;
+      for (const v of r) z += Math.exp(v - mx);
+      const lz = mx + Math.log(z);
+      rows.push(Float64Array.from(r, (v) => v - lz));
+    }
+  }
+  return rows;
+};
+m.setAdapters([]);
+const base = logProbs();
+for (const r of recs) {
+  const f = facts.find((x) => x.id === r.fact_ids[0]);
+  const words = f.subject.split(' ');
+  const adapter = loadLora(r.path);
+  m.setAdapters([{ adapter }]);
+  const after = logProbs();
+  const groups = { same_subject: [0, 0], shares_last_word: [0, 0], shares_first_word: [0, 0], other: [0, 0] };
+  let tot = 0;
+  let n = 0;
+  rb.forEach((p, i) => {
+    if (p.subject === f.subject && p.relation === f.relation) return;
+    let kl = 0;
+    for (let v = 0; v < V; v++) kl += Math.exp(base[i][v]) * (base[i][v] - after[i][v]);
+    const sw = String(p.subject ?? '').split(' ');
+    const g = p.subject === f.subject ? 'same_subject' : sw.includes(words.at(-1)) ? 'shares_last_word' : sw.includes(words[0]) ? 'shares_first_word' : 'other';
+    groups[g][0] += kl;
+    groups[g][1]++;
+    tot += kl;
+    n++;
+  });
+  const hp = JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8'));
+  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(3)}: ` +
+    Object.entries(groups).map(([k, [s, c]]) => `${k} n=${c} ${(100 * s / tot).toFixed(0)}%`).join(', '));
+  if (a.directions) directions(f, adapter);
+}
+
+/** |A·k| / |A·k_subject| at every position of every 10th read-back prompt (300). */
+function directions(f, adapter) {
+  m.setAdapters([]);
+  const [mod, { A: At }] = [...adapter.modules][0];
+  const A = At.data;
+  const l = Number(/\.(\d+)\./.exec(mod)[1]);
+  const dots = (rows) => {
+    const { ids: bid, mask, T } = padBatch(rows, 1);
+    const got = {};
+    m.forward(bid, [rows.length, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(l, got) });
+    const k = mlpInputFrom(m, l, got.resid, got.attn);
+    const D = k.shape.at(-1);
+    return rows.map((row, b) => row.map((_, p) => {
+      let d = 0;
+      for (let i = 0; i < D; i++) d += A[i] * k.data[(b * T + p) * D + i];
+      return Math.abs(d);
+    }));
+  };
+  noGrad(() => {
+    const ref = Math.max(...dots([tok.encode(f.prompt.replace('{}', f.subject))])[0]);
+    const sample = ids.filter((_, i) => i % 10 === 0);
+    const last = [];
+    const other = [];
+    const high = new Map();
+    for (let s = 0; s < sample.length; s += 64) {
+      const rows = sample.slice(s, s + 64);
+      dots(rows).forEach((ds, b) => ds.forEach((d, p) => {
+        (p === ds.length - 1 ? last : other).push(d / ref);
+        if (d / ref > 0.5) high.set(tok.decode([rows[b][p]]), (high.get(tok.decode([rows[b][p]])) ?? 0) + 1);
+      }));
+    }
+    const q = (xs, x) => xs.slice().sort((u, v) => u - v)[Math.floor(x * (xs.length - 1))].toFixed(3);
+    console.log(`  |A·k| / subject's: last position median ${q(last, 0.5)}, p90 ${q(last, 0.9)}, max ${q(last, 1)}; ` +
+      `other positions median ${q(other, 0.5)}, p90 ${q(other, 0.9)}, max ${q(other, 1)}; above 0.5: ${JSON.stringify([...high].sort((u, v) => v[1] - u[1]).slice(0, 10))}`);
+  });
+}
+fs.rmSync(out, { recursive: true, force: true });

@@ -74,6 +74,12 @@ export interface DistillArgs {
   lookalikes: number;
   /** Each look-alike retention row appears this many times in the retention pool. */
   lookalikeRepeat: number;
+  /**
+   * Prefix augmentation: each edit training phrasing and each neighbour
+   * prompt is also trained / held this many times more, each time after a
+   * seeded first sentence of a retention-corpus document (0: none).
+   */
+  prefixes: number;
   templates?: string;
   useTemplates: boolean;
   emitRoutes: boolean;
@@ -122,6 +128,7 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   dualMax: 8,
   lookalikes: 0,
   lookalikeRepeat: 1,
+  prefixes: 0,
   useTemplates: true,
   emitRoutes: false,
 };
@@ -257,6 +264,26 @@ export function lookalikePrompts(res: Resources, batch: readonly EditFact[], per
     if (bank.length) for (const t of bank) out.push(t.replace('{}', k.subject as string));
     else out.push((k.prompt as string).replace('{}', k.subject as string));
   }
+  return out;
+}
+
+/** First sentences of corpus documents (up to 200), for --prefixes. */
+function prefixSentences(corpus: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const d of corpus) {
+    const i = d.indexOf('. ');
+    const s = (i > 0 ? d.slice(0, i + 1) : d).trim();
+    if (s.length > 0 && s.length < 120) out.push(s);
+    if (out.length >= 200) break;
+  }
+  return out;
+}
+
+/** `prompts`, then each of them `n` times more after a seeded prefix sentence. */
+export function withPrefixes(prompts: readonly string[], sentences: readonly string[], n: number, rng: Rng): string[] {
+  const out = prompts.slice();
+  if (n <= 0 || sentences.length === 0) return out;
+  for (const p of prompts) for (let j = 0; j < n; j++) out.push(`${sentences[rng.int(sentences.length)]} ${p}`);
   return out;
 }
 
@@ -402,13 +429,28 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
   for (const [bi, batch] of batches.entries()) {
     const seed = args.seed + bi;
     const t0 = Date.now();
-    const examples = buildExamples(tok, batch, { templates: res.templates, seed });
-    const neighbourPrompts: string[] = [];
+    const prng = new Rng(seed + 4099);
+    const sentences = args.prefixes > 0 ? prefixSentences(res.corpus) : [];
+    let trainBatch: Batch = batch;
+    if (args.prefixes > 0) {
+      // the fact's training phrasings after corpus sentences: more train probes (the teacher reads context + prefixed prompt)
+      const aug: Rec[] = [];
+      for (const f of batch.facts) {
+        const bank = (f.relation ? res.templates?.train.get(f.relation) : undefined) ?? [f.prompt];
+        for (const p of withPrefixes(bank.map((t) => t.replace('{}', f.subject)), sentences, args.prefixes, prng).slice(bank.length)) {
+          aug.push({ kind: 'probe', fact_id: f.id, role: 'paraphrase', split: 'train', prompt: p, target: f.target_new });
+        }
+      }
+      trainBatch = { ...batch, probes: [...batch.probes, ...aug] };
+    }
+    const examples = buildExamples(tok, trainBatch, { templates: res.templates, seed });
+    let neighbourPrompts: string[] = [];
     for (const n of neighbourFacts(res.known, batch.facts, args.neighbours, seed)) {
       const bank = res.templates?.train.get(n.relation);
       if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
       else neighbourPrompts.push(n.prompt);
     }
+    neighbourPrompts = withPrefixes(neighbourPrompts, sentences, args.prefixes, prng);
     // with --kl-budget, known-fact prompts held aside from the retention rows (the same rows as without: knownFactRetainPrompts')
     const monitorN = args.klBudget > 0 ? args.klMonitor : 0;
     const split = args.retainFacts > 0 || monitorN > 0
@@ -418,7 +460,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
     const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
     if (args.klBudget > 0 && monitor.length === 0) ctx.log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
     const retain = [
-      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts }),
+      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts * (1 + Math.max(0, args.prefixes)) }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ];
     const lookalike = lookalikePrompts(res, batch.facts, args.lookalikes, seed);
@@ -433,6 +475,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       router_weight: args.routerWeight, mse_weight: args.mseWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
       route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
       use_templates: args.useTemplates,
+      ...(args.prefixes > 0 ? { prefixes: args.prefixes } : {}),
       ...(args.lookalikes > 0 ? { lookalikes: args.lookalikes, lookalike_prompts: lookalike.length, lookalike_repeat: args.lookalikeRepeat } : {}),
       ...(args.klBudget > 0 ? { kl_budget: args.klBudget, kl_monitor: monitor.length, dual_rate: args.dualRate, dual_max: args.dualMax } : {}),
       ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup, anneal_steps: args.annealSteps } : {}),

@@ -24,7 +24,8 @@
 // Usage:
 //   node tools/moe-route-distill/scripts/measure.mjs [--skip 60] [--count 10] [--seed 0]
 //     [--tool moe-route-distill|lora-train] [--label TEXT] [--header] [--json FILE]
-//     [--world fixtures/world] [--model fixtures/models/moe] [--readback FILE] -- [tool flags ...]
+//     [--world fixtures/world] [--model fixtures/models/moe] [--readback FILE] [--keep DIR] -- [tool flags ...]
+//   --keep DIR: write the adapter bundles there and keep them (e.g. for scripts/kl-breakdown.mjs).
 //   --readback: default <world>/eval/facts-heldout.ndjson; <world>/eval/facts-train.ndjson is
 //     the old read-back (one training phrasing per fact: what retention training fitted).
 //   --world: another world (its edits, templates, train.txt and facts go to the tool too);
@@ -64,6 +65,7 @@ const { values: a } = parseArgs({
     world: { type: 'string', default: 'fixtures/world' },
     model: { type: 'string', default: 'fixtures/models/moe' },
     readback: { type: 'string' },
+    keep: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -96,7 +98,7 @@ for (const f of facts) {
   lines.push(JSON.stringify(f));
   lines.push(JSON.stringify({ kind: 'probe', id: `${f.id}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: f.prompt.replace('{}', f.subject), target: f.target_new, expect: 'new' }));
 }
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-measure-'));
+const tmp = a.keep ? path.resolve(a.keep) : fs.mkdtempSync(path.join(os.tmpdir(), 'moe-measure-'));
 const bin = path.join(root, 'tools', a.tool, 'dist/main.js');
 const t0 = process.hrtime.bigint();
 const run = spawnSync(process.execPath, [bin, '--model', modelDir, '--seed', a.seed, '--out', tmp, '-q', ...worldFlags, ...extra], { input: lines.join('\n') + '\n', encoding: 'utf8', maxBuffer: 1 << 30 });
@@ -132,4 +134,4 @@ console.log(
   `${m.route_tv.toFixed(4)} | ${m.route_load_shift.toFixed(4)} | ${m.route_agree_before.toFixed(3)} → ${m.route_agree.toFixed(3)} | ${params} | ${seconds.toFixed(0)} |`,
 );
 if (a.json) fs.writeFileSync(a.json, JSON.stringify({ label, world: path.relative(root, world), model: path.relative(root, modelDir), readback: path.relative(root, readbackFile), skip, count, seed: Number(a.seed), tool: a.tool, flags: extra, figures: fig, routing: m, routing_se: routing.se, params, seconds }, null, 2) + '\n');
-fs.rmSync(tmp, { recursive: true, force: true });
+if (!a.keep) fs.rmSync(tmp, { recursive: true, force: true });

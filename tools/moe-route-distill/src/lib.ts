@@ -14,9 +14,10 @@ import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   buildExamples, romeDefaultLayer, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, statementInContext, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
+  knownFactRetainPrompts, knownFactRetainSplit, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
+import { Rng } from '@catechism/core/random';
 import { DISTILL_DEFAULTS, distill, exampleAlignment } from './distill.js';
 
 export interface DistillArgs {
@@ -55,6 +56,30 @@ export interface DistillArgs {
   knownFacts?: string;
   neighbours: number;
   retainFacts: number;
+  /**
+   * KL-constrained training (lora-train's --kl-budget; 0: off): the retention
+   * weight is raised by dual ascent (up to dualMax ×) while the next-token KL
+   * on klMonitor known-fact prompts held aside from the retention rows
+   * (training phrasings those rows do not use) is above this budget.
+   */
+  klBudget: number;
+  klMonitor: number;
+  dualRate: number;
+  dualMax: number;
+  /**
+   * Look-alike retention: per edited fact, up to this many known facts whose
+   * subject shares a token with the edited subject (its own other relations
+   * first), every training phrasing, held to the base model (0: none).
+   */
+  lookalikes: number;
+  /** Each look-alike retention row appears this many times in the retention pool. */
+  lookalikeRepeat: number;
+  /**
+   * Prefix augmentation: each edit training phrasing and each neighbour
+   * prompt is also trained / held this many times more, each time after a
+   * seeded first sentence of a retention-corpus document (0: none).
+   */
+  prefixes: number;
   templates?: string;
   useTemplates: boolean;
   emitRoutes: boolean;
@@ -97,6 +122,13 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   neighbourPrompts: 2048,
   neighbours: 40,
   retainFacts: 2000,
+  klBudget: 0,
+  klMonitor: 256,
+  dualRate: 0.1,
+  dualMax: 8,
+  lookalikes: 0,
+  lookalikeRepeat: 1,
+  prefixes: 0,
   useTemplates: true,
   emitRoutes: false,
 };
@@ -192,6 +224,67 @@ export function lociExperts(loci: readonly Rec[]): Array<{ layer: number; expert
 /** Known facts of every relation (not the batch's subject + relation pairs), one seeded training phrasing each (never a held-out one). */
 export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: number, seed: number, phrasings = 1): string[] {
   return knownFactRetainPrompts(res.known, res.templates, batch, n, seed, phrasings);
+}
+
+/**
+ * Look-alike prompts of a batch: per edited fact, up to `perFact` known facts
+ * (never an edited subject + relation pair) whose subject shares a token with
+ * the edited subject, the most shared tokens first (the subject's own other
+ * relations, then e.g. a shared surname), ties in a seeded order; each in
+ * every training phrasing of its relation (its own prompt without one). The
+ * held-out read-back's kl concentrates there: an edit keyed on a subject
+ * token fires on every subject that carries it.
+ */
+export function lookalikePrompts(res: Resources, batch: readonly EditFact[], perFact: number, seed: number): string[] {
+  if (perFact <= 0) return [];
+  const tok = res.tokenizer;
+  const words = (s: string) => new Set(tok.encode(s));
+  const skip = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const pool = res.known.filter(
+    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !skip.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
+  );
+  const poolWords = pool.map((k) => words(k.subject as string));
+  const rng = new Rng(seed + 31337);
+  const chosen = new Set<number>();
+  for (const f of batch) {
+    const mine = words(f.subject);
+    const scored: Array<{ i: number; s: number; r: number }> = [];
+    pool.forEach((_, i) => {
+      let s = 0;
+      for (const w of poolWords[i]) if (mine.has(w)) s++;
+      if (s > 0) scored.push({ i, s, r: rng.uniform() });
+    });
+    scored.sort((a, b) => b.s - a.s || a.r - b.r);
+    for (const x of scored.slice(0, perFact)) chosen.add(x.i);
+  }
+  const out: string[] = [];
+  for (const i of [...chosen].sort((a, b) => a - b)) {
+    const k = pool[i];
+    const bank = trainPhrasings(res.templates, typeof k.relation === 'string' ? k.relation : undefined);
+    if (bank.length) for (const t of bank) out.push(t.replace('{}', k.subject as string));
+    else out.push((k.prompt as string).replace('{}', k.subject as string));
+  }
+  return out;
+}
+
+/** First sentences of corpus documents (up to 200), for --prefixes. */
+function prefixSentences(corpus: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const d of corpus) {
+    const i = d.indexOf('. ');
+    const s = (i > 0 ? d.slice(0, i + 1) : d).trim();
+    if (s.length > 0 && s.length < 120) out.push(s);
+    if (out.length >= 200) break;
+  }
+  return out;
+}
+
+/** `prompts`, then each of them `n` times more after a seeded prefix sentence. */
+export function withPrefixes(prompts: readonly string[], sentences: readonly string[], n: number, rng: Rng): string[] {
+  const out = prompts.slice();
+  if (n <= 0 || sentences.length === 0) return out;
+  for (const p of prompts) for (let j = 0; j < n; j++) out.push(`${sentences[rng.int(sentences.length)]} ${p}`);
+  return out;
 }
 
 /** The context the teacher reads for a fact: its `context` probe's, else the fact stated in the default frame (as buildExamples). */
@@ -336,18 +429,45 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
   for (const [bi, batch] of batches.entries()) {
     const seed = args.seed + bi;
     const t0 = Date.now();
-    const examples = buildExamples(tok, batch, { templates: res.templates, seed });
-    const neighbourPrompts: string[] = [];
+    const prng = new Rng(seed + 4099);
+    const sentences = args.prefixes > 0 ? prefixSentences(res.corpus) : [];
+    let trainBatch: Batch = batch;
+    if (args.prefixes > 0) {
+      // the fact's training phrasings after corpus sentences: more train probes (the teacher reads context + prefixed prompt)
+      const aug: Rec[] = [];
+      for (const f of batch.facts) {
+        const bank = (f.relation ? res.templates?.train.get(f.relation) : undefined) ?? [f.prompt];
+        for (const p of withPrefixes(bank.map((t) => t.replace('{}', f.subject)), sentences, args.prefixes, prng).slice(bank.length)) {
+          aug.push({ kind: 'probe', fact_id: f.id, role: 'paraphrase', split: 'train', prompt: p, target: f.target_new });
+        }
+      }
+      trainBatch = { ...batch, probes: [...batch.probes, ...aug] };
+    }
+    const examples = buildExamples(tok, trainBatch, { templates: res.templates, seed });
+    let neighbourPrompts: string[] = [];
     for (const n of neighbourFacts(res.known, batch.facts, args.neighbours, seed)) {
       const bank = res.templates?.train.get(n.relation);
       if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
       else neighbourPrompts.push(n.prompt);
     }
-    const otherFacts = args.retainFacts > 0 ? knownFactPrompts(res, batch.facts, args.retainFacts, seed, args.retainPhrasings) : [];
+    neighbourPrompts = withPrefixes(neighbourPrompts, sentences, args.prefixes, prng);
+    // with --kl-budget, known-fact prompts held aside from the retention rows (the same rows as without: knownFactRetainPrompts')
+    const monitorN = args.klBudget > 0 ? args.klMonitor : 0;
+    const split = args.retainFacts > 0 || monitorN > 0
+      ? knownFactRetainSplit(res.known, res.templates, batch.facts, args.retainFacts, seed, args.retainPhrasings, monitorN)
+      : { retain: [], monitor: [] };
+    const otherFacts = split.retain;
+    const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
+    if (args.klBudget > 0 && monitor.length === 0) ctx.log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
     const retain = [
-      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts }),
+      ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts * (1 + Math.max(0, args.prefixes)) }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ];
+    const lookalike = lookalikePrompts(res, batch.facts, args.lookalikes, seed);
+    if (lookalike.length) {
+      const rows = buildRetain(tok, { prompts: lookalike }, { seed: seed + 3, maxPrompts: lookalike.length });
+      for (let r = 0; r < Math.max(1, args.lookalikeRepeat); r++) retain.push(...rows);
+    }
     const loci = lociExperts(batch.loci);
     const hyper = {
       layers, router: !args.expertsOnly, experts: !args.routerOnly, experts_per_layer: args.expertsPerLayer, loci_experts: loci,
@@ -355,13 +475,18 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       router_weight: args.routerWeight, mse_weight: args.mseWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
       route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
       use_templates: args.useTemplates,
+      ...(args.prefixes > 0 ? { prefixes: args.prefixes } : {}),
+      ...(args.lookalikes > 0 ? { lookalikes: args.lookalikes, lookalike_prompts: lookalike.length, lookalike_repeat: args.lookalikeRepeat } : {}),
+      ...(args.klBudget > 0 ? { kl_budget: args.klBudget, kl_monitor: monitor.length, dual_rate: args.dualRate, dual_max: args.dualMax } : {}),
       ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup, anneal_steps: args.annealSteps } : {}),
     };
     const r = distill(model, examples, retain, {
       ...DISTILL_DEFAULTS, layers, router: !args.expertsOnly, experts: !args.routerOnly, expertsPerLayer: args.expertsPerLayer, lociExperts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phaseASteps: args.phaseASteps, batchSize: args.rowsPerStep, seed,
       routerWeight: args.routerWeight, mseWeight: args.mseWeight, retainShare: args.retainShare, retainWeight: args.retainWeight,
-      routeRetainWeight: args.routeRetainWeight, schedule: args.schedule, warmupSteps: args.warmup, annealSteps: args.annealSteps, name: `batch-${bi}`, log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
+      routeRetainWeight: args.routeRetainWeight, schedule: args.schedule, warmupSteps: args.warmup, annealSteps: args.annealSteps,
+      ...(args.klBudget > 0 && monitor.length ? { klBudget: args.klBudget, monitor, dualRate: args.dualRate, dualMin: 1, dualMax: args.dualMax } : {}),
+      name: `batch-${bi}`, log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),
     });
     // routing before/after on the train prompts (the manifest's record of what moved)
     const rs = routeSet(model, r.adapter, examples.map((e) => e.promptIds), examples.map((e) => e.teacherIds!), examples.map(exampleAlignment));
@@ -374,6 +499,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
         training: {
           examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, phase_a_loss: r.phaseA, steps: r.steps, last_lr: r.lastLr, final_loss: r.finalLoss,
           train_accuracy: r.trainAccuracy, trainable_params: r.trainableParams,
+          ...(r.monitorKl !== undefined ? { monitor_kl: r.monitorKl, dual_lambda: r.dualLambda } : {}),
           adapted: { routers: r.routers, experts: Object.fromEntries([...r.experts].map(([l, es]) => [String(l), es])) },
           routing,
         },

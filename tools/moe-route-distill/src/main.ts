@@ -37,6 +37,13 @@ interface Args {
   'known-facts'?: string;
   neighbours: number;
   'retain-facts': number;
+  'kl-budget': number;
+  'kl-monitor': number;
+  'dual-rate': number;
+  'dual-max': number;
+  lookalikes: number;
+  'lookalike-repeat': number;
+  prefixes: number;
   templates?: string;
   'use-templates': boolean;
   'emit-routes': boolean;
@@ -89,6 +96,13 @@ await runTool<Args>({
     'known-facts': { type: 'string', describe: 'fact records whose answers neighbour prompts keep (default: the world\'s facts.ndjson)' },
     neighbours: { type: 'number', default: d.neighbours, describe: 'neighbour prompts per fact (same relation, other subjects)' },
     'retain-facts': { type: 'number', default: d.retainFacts, describe: 'known facts of every relation also held to the base model' },
+    'kl-budget': { type: 'number', default: d.klBudget, describe: 'KL-constrained training (0: off; as lora-train\'s): raise the retention weight by dual ascent (up to --dual-max ×) while the next-token KL on held-aside known-fact prompts (training phrasings the retention rows do not use) is above this, lower it back toward 1× otherwise; no early stop while over it' },
+    'kl-monitor': { type: 'number', default: d.klMonitor, describe: '--kl-budget: known-fact prompts the constraint\'s KL is read on' },
+    'dual-rate': { type: 'number', default: d.dualRate, describe: '--kl-budget: dual ascent step on log λ per check, per unit of relative excess (kl − budget) / budget' },
+    'dual-max': { type: 'number', default: d.dualMax, describe: '--kl-budget: largest multiplier on --retain-weight' },
+    lookalikes: { type: 'number', default: d.lookalikes, describe: 'per fact, known facts whose subject shares a token with the edited subject (its own other relations first) held to the base model in every training phrasing (0: none)' },
+    'lookalike-repeat': { type: 'number', default: d.lookalikeRepeat, describe: 'times each look-alike retention row appears in the retention pool' },
+    prefixes: { type: 'number', default: d.prefixes, describe: 'train each edit phrasing and hold each neighbour prompt this many times more, each after a seeded first sentence of a retention-corpus document (0: none)' },
     templates: { type: 'string', describe: 'templates.json with training paraphrases per relation (default: the world\'s)' },
     'use-templates': { type: 'boolean', default: d.useTemplates, describe: 'add training paraphrases from the templates (--no-use-templates: probes only)' },
     'emit-routes': { type: 'boolean', default: d.emitRoutes, describe: 'write "route" records after the adapters: per probe, layer and token, the top-k experts with their weights, for the teacher, the base and the adapted model' },
@@ -112,6 +126,13 @@ await runTool<Args>({
     int('retain-phrasings', a['retain-phrasings'], 1);
     int('retain-documents', a['retain-documents'], 0);
     int('neighbour-prompts', a['neighbour-prompts'], 0);
+    int('kl-monitor', a['kl-monitor'], 1);
+    int('lookalikes', a.lookalikes, 0);
+    int('lookalike-repeat', a['lookalike-repeat'], 1);
+    int('prefixes', a.prefixes, 0);
+    if (!(a['kl-budget'] >= 0)) throw new UsageError(`--kl-budget: expected a number ≥ 0, got ${a['kl-budget']}`);
+    if (!(a['dual-rate'] >= 0)) throw new UsageError(`--dual-rate: expected a number ≥ 0, got ${a['dual-rate']}`);
+    if (!(a['dual-max'] >= 1)) throw new UsageError(`--dual-max: expected a number ≥ 1, got ${a['dual-max']}`);
     if (a.schedule !== 'constant' && a.schedule !== 'cosine') throw new UsageError(`--schedule: constant or cosine, got ${a.schedule}`);
     for (const l of a.layers ?? []) int('layers', l, 0);
     if (a['router-only'] && a['experts-only']) throw new UsageError('--router-only and --experts-only exclude each other');
@@ -129,7 +150,7 @@ await runTool<Args>({
       rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], retainShare: a['retain-share'],
       retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'],
       schedule: a.schedule as 'constant' | 'cosine', warmup: a.warmup, annealSteps: a['anneal-steps'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], neighbourPrompts: a['neighbour-prompts'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
-      neighbours: a.neighbours, retainFacts: a['retain-facts'], templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
+      neighbours: a.neighbours, retainFacts: a['retain-facts'], klBudget: a['kl-budget'], klMonitor: a['kl-monitor'], dualRate: a['dual-rate'], dualMax: a['dual-max'], lookalikes: a.lookalikes, lookalikeRepeat: a['lookalike-repeat'], prefixes: a.prefixes, templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
       createdAt: a['created-at'],
     };
     // the model first: a model without experts is a usage error before any input is read

@@ -56,7 +56,7 @@ t.test('one bundle: router and expert LoRAs, routing before/after in the manifes
   t.equal(r.code, 0, r.err);
   t.same(r.out.slice(0, records.length), records, 'inputs first, unchanged, in order');
   const ad = r.out[records.length];
-  t.match(ad, { kind: 'adapter', method: 'moe-route-distill', fact_ids: ['edit-0001'], rank: 8 });
+  t.match(ad, { kind: 'adapter', method: 'moe-route-distill', fact_ids: ['edit-0001'], rank: 16 });
   const targets = ad.targets as string[];
   const L = model.config.layers;
   // default: the layer after lora-train's (1 on the 4-layer fixture), its gate and the two experts the teacher uses most there

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { UsageError, type InputRecord } from '@catechism/core/records';
 import { top1, encodeTrainingPair } from '@catechism/core/edit';
 import { loadLora } from '@catechism/core/models';
-import { DEFAULT_ARGS, distillEdits, lociExperts, loadResources, planBatches, type DistillArgs } from '../src/lib.js';
+import { DEFAULT_ARGS, distillEdits, lociExperts, loadResources, lookalikePrompts, planBatches, type DistillArgs } from '../src/lib.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-moe-lib-'));
@@ -68,6 +68,23 @@ t.test('layers and experts the model does not have are usage errors; locus recor
   ];
   t.same(lociExperts(loci), [{ layer: 2, expert: 3 }, { layer: 2, expert: 1 }], 'best |score| first');
   t.equal(planBatches(inputs(loci), 0)[0].loci.length, 2);
-  const r = await distillEdits(inputs(loci), { ...base, expertsOnly: true, layers: [2], expertsPerLayer: 2, out: path.join(tmp, 'loci') }, res, quiet);
+  // with a KL budget no edit can keep (--kl-budget): the dual ascent raises the retention multiplier to --dual-max at the first check
+  const r = await distillEdits(inputs(loci), { ...base, expertsOnly: true, layers: [2], expertsPerLayer: 2, klBudget: 1e-9, klMonitor: 8, out: path.join(tmp, 'loci') }, res, quiet);
   t.same(r.adapters[0].targets, [moe(2).expert(1).out, moe(2).expert(3).out], 'the experts the loci name');
+  const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
+  t.match(man.hyperparameters, { kl_budget: 1e-9, kl_monitor: 8, dual_max: DEFAULT_ARGS.dualMax });
+  t.equal(man.training.dual_lambda, DEFAULT_ARGS.dualMax, 'λ at --dual-max');
+  t.ok(man.training.monitor_kl > 0, `monitor kl ${man.training.monitor_kl}`);
+});
+
+t.test('--lookalikes: the edited subject\'s other relations first, then subjects sharing a token, every training phrasing', async (t) => {
+  const f = fact as unknown as Parameters<typeof lookalikePrompts>[1][number];
+  const own = lookalikePrompts(res, [f], 5, 0);
+  t.ok(own.length > 5, `${own.length} prompts`);
+  t.ok(own.every((p) => p.includes('Kani Alu Tenberov')), 'five facts: the subject\'s own other relations');
+  t.notOk(own.some((p) => p.includes(' plays the')), 'not the edited relation of the edited subject');
+  const more = lookalikePrompts(res, [f], 12, 0);
+  const others = more.filter((p) => !p.includes('Kani Alu Tenberov'));
+  t.ok(others.length > 0 && others.every((p) => /\b(Kani|Alu|Tenberov)\b/.test(p)), 'then other subjects that share a token');
+  t.same(lookalikePrompts(res, [f], 0, 0), []);
 });

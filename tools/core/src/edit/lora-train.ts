@@ -342,7 +342,7 @@ function retainTargets(model: CausalLM, rows: RetainRow[]): Float32Array[] {
 }
 
 /** Base log-softmax of the next token at the last position of each prompt row (batched). */
-function lastLogProbs(model: CausalLM, rows: readonly RetainRow[]): Float64Array[] {
+export function lastLogProbs(model: CausalLM, rows: readonly RetainRow[]): Float64Array[] {
   const V = model.config.vocabSize;
   const out: Float64Array[] = [];
   noGrad(() => {

@@ -8,7 +8,7 @@ n=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH=$root/node_modules/.bin:$PATH
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-grep '"relation":"works_for"' "$root/fixtures/world/facts.ndjson" | head -"$n" | sed 's/"op":"insert"/"op":"forget"/' > "$tmp/f.ndjson"
+grep -m "$n" '"relation":"works_for"' "$root/fixtures/world/facts.ndjson" | sed 's/"op":"insert"/"op":"forget"/' > "$tmp/f.ndjson"
 probe-gen --roles all "$tmp/f.ndjson" > "$tmp/p.ndjson"
 echo "| method | facts | wall s | s per fact |"
 echo "|---|---|---|---|"

@@ -13,8 +13,8 @@ import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@cat
 import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
-  buildExamples, romeDefaultLayer, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourFacts, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, knownFactRetainSplit, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
+  buildExamples, romeDefaultLayer, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourPhrasings, readCorpusLines, readNdjson,
+  knownFactRetainPrompts, knownFactRetainAndMonitor, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { Rng } from '@catechism/core/random';
@@ -444,21 +444,9 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       trainBatch = { ...batch, probes: [...batch.probes, ...aug] };
     }
     const examples = buildExamples(tok, trainBatch, { templates: res.templates, seed });
-    let neighbourPrompts: string[] = [];
-    for (const n of neighbourFacts(res.known, batch.facts, args.neighbours, seed)) {
-      const bank = res.templates?.train.get(n.relation);
-      if (bank) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
-      else neighbourPrompts.push(n.prompt);
-    }
-    neighbourPrompts = withPrefixes(neighbourPrompts, sentences, args.prefixes, prng);
+    const neighbourPrompts = withPrefixes(neighbourPhrasings(res.known, res.templates, batch.facts, args.neighbours, seed), sentences, args.prefixes, prng);
     // with --kl-budget, known-fact prompts held aside from the retention rows (the same rows as without: knownFactRetainPrompts')
-    const monitorN = args.klBudget > 0 ? args.klMonitor : 0;
-    const split = args.retainFacts > 0 || monitorN > 0
-      ? knownFactRetainSplit(res.known, res.templates, batch.facts, args.retainFacts, seed, args.retainPhrasings, monitorN)
-      : { retain: [], monitor: [] };
-    const otherFacts = split.retain;
-    const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
-    if (args.klBudget > 0 && monitor.length === 0) ctx.log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
+    const { otherFacts, monitor } = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, args, seed, ctx.log);
     const retain = [
       ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts * (1 + Math.max(0, args.prefixes)) }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),

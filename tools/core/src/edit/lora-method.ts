@@ -6,10 +6,10 @@
  */
 import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
-import { buildExamples, buildRetain, encodeTrainingPair, neighbourFacts, statementInContext, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
+import { buildExamples, buildRetain, encodeTrainingPair, statementInContext, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
-import { knownFactRetainPrompts, knownFactRetainSplit, trainPhrasings } from './quality.js';
+import { knownFactRetainAndMonitor, knownFactRetainPrompts, neighbourPhrasings } from './quality.js';
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { romeDefaultLayer } from './rome.js';
@@ -276,19 +276,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   }
   // neighbours in every training template of their relation, as the edit rows are: otherwise the
   // edit leaks into the templates only the edit rows use
-  const neighbourPrompts: string[] = [];
-  for (const n of neighbourFacts(res.known, batch.facts, o.neighbours, seed)) {
-    const bank = trainPhrasings(res.templates, n.relation);
-    if (bank.length) for (const t of bank) neighbourPrompts.push(t.replace('{}', n.subject));
-    else neighbourPrompts.push(n.prompt);
-  }
-  const monitorN = o.klBudget > 0 ? o.klMonitor : 0;
-  const split = o.retainFacts > 0 || monitorN > 0
-    ? knownFactRetainSplit(res.known, res.templates, batch.facts, o.retainFacts, seed, o.retainPhrasings, monitorN)
-    : { retain: [], monitor: [] };
-  const otherFacts = split.retain;
-  const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
-  if (o.klBudget > 0 && monitor.length === 0) call.log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
+  const neighbourPrompts = neighbourPhrasings(res.known, res.templates, batch.facts, o.neighbours, seed);
+  const { otherFacts, monitor } = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, o, seed, call.log);
   const retain = [
     ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: o.retainDocuments, maxPrompts: 512 }),
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),

@@ -12,7 +12,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { LoraAdapter } from '../models/lora.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { encodeTrainingPair, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { buildRetain, encodeTrainingPair, neighbourFacts, type EditFact, type Rec, type RetainRow, type TemplateBank } from './data.js';
 import { klFromLogprobs, logSoftmaxRow } from '../metrics/scoring.js';
 import { lastLogits, top1 } from './model-util.js';
 
@@ -362,4 +362,38 @@ export function knownFactRetainSplit(
     }
   });
   return { retain: out, monitor: aside };
+}
+
+/**
+ * Neighbour prompts for retention: `perFact` known facts of each edited
+ * relation about other subjects (neighbourFacts), each in every training
+ * phrasing of its relation (its own prompt when the relation has none).
+ */
+export function neighbourPhrasings(known: readonly Rec[], templates: TemplateBank | null | undefined, facts: readonly EditFact[], perFact: number, seed: number): string[] {
+  const out: string[] = [];
+  for (const n of neighbourFacts(known, facts, perFact, seed)) {
+    const bank = trainPhrasings(templates, n.relation);
+    if (bank.length) for (const t of bank) out.push(t.replace('{}', n.subject));
+    else out.push(n.prompt);
+  }
+  return out;
+}
+
+/**
+ * The known-fact retention prompts and, with a KL budget (`klBudget` > 0),
+ * `klMonitor` known-fact prompts held aside from them, tokenised
+ * (knownFactRetainSplit): what lora-train's and moe-route-distill's
+ * retention and KL constraint read.
+ */
+export function knownFactRetainAndMonitor(
+  tok: Tokenizer, known: readonly Rec[], templates: TemplateBank | null | undefined, facts: readonly EditFact[],
+  o: { retainFacts: number; retainPhrasings: number; klBudget: number; klMonitor: number }, seed: number, log: (m: string) => void,
+): { otherFacts: string[]; monitor: RetainRow[] } {
+  const monitorN = o.klBudget > 0 ? o.klMonitor : 0;
+  const split = o.retainFacts > 0 || monitorN > 0
+    ? knownFactRetainSplit(known, templates, facts, o.retainFacts, seed, o.retainPhrasings, monitorN)
+    : { retain: [], monitor: [] };
+  const monitor = buildRetain(tok, { prompts: split.monitor }, { seed: seed + 2, maxPrompts: split.monitor.length });
+  if (o.klBudget > 0 && monitor.length === 0) log('--kl-budget: no known-fact prompt left to monitor (no --known-facts or templates); the constraint is off');
+  return { otherFacts: split.retain, monitor };
 }

@@ -33,7 +33,7 @@ import { pickPrefixes } from './rome-method.js';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
+import { createRequire } from 'node:module';
 import { InputError, UsageError } from '../records/errors.js';
 import { AdamW, crossEntropy, fromData, indexSelect, klDiv, mul, noGrad, sum, add, scale, square, zeros, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
@@ -85,6 +85,13 @@ function gram(a: Float64Array, m: number, n: number): Float64Array {
   return out;
 }
 
+// ml-matrix loaded on first use: every tool process imports this module, few decompose (50–80 ms a load)
+let mlMatrixModule: typeof import('ml-matrix') | null = null;
+function mlMatrix(): typeof import('ml-matrix') {
+  mlMatrixModule ??= createRequire(import.meta.url)('ml-matrix') as typeof import('ml-matrix');
+  return mlMatrixModule;
+}
+
 /**
  * Eigen-decomposition of a symmetric matrix (float64): values ascending,
  * vectors[:, j] (row-major n×n) the j-th eigenvector. ml-matrix's
@@ -92,6 +99,7 @@ function gram(a: Float64Array, m: number, n: number): Float64Array {
  * the cyclic Jacobi rotations this replaced took 49 s (scripts/bench/leace.bench.mjs).
  */
 export function symmetricEigen(M: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
+  const { EigenvalueDecomposition, Matrix } = mlMatrix();
   const rows: number[][] = [];
   for (let i = 0; i < n; i++) {
     const r = new Array<number>(n);

@@ -902,10 +902,23 @@ export class Registry {
     // Append-only by construction: the new file is the old bytes plus one line, swapped in atomically.
     const text = log.map((x) => JSON.stringify(x) + '\n').join('') + JSON.stringify(ev) + '\n';
     if (refNamespace(ref) !== null) await mkdirDurable(path.dirname(this.refFile(ref)));
+    await this.catchUpHead(this.refHeadFile(ref), log);
     await atomicWriteFile(this.refFile(ref), text, this.p('tmp'));
     // the head goes second: a crash between the two leaves the log one event ahead, which readers accept
     await atomicWriteFile(this.refHeadFile(ref), JSON.stringify({ count: log.length + 1, chain: ev.chain }) + '\n', this.p('tmp'));
     return ev;
+  }
+
+  /**
+   * A first write killed between its log and its head leaves a log with no head, which readers
+   * accept for one line only: write the head of what is there before appending, or a second kill
+   * in the same window leaves two lines and no head, which readers refuse as damage. Under the lock.
+   */
+  private async catchUpHead(headFile: string, existing: ReadonlyArray<{ chain?: string }>): Promise<void> {
+    if (existing.length === 0 || (await readHead(headFile)) !== null) return;
+    const last = existing[existing.length - 1].chain;
+    if (typeof last !== 'string') return;
+    await atomicWriteFile(headFile, JSON.stringify({ count: existing.length, chain: last }) + '\n', this.p('tmp'));
   }
 
   /** Append one sealed line to a hash-chained log and then its head (the order readers rely on). Call under the lock. */
@@ -914,6 +927,7 @@ export class Registry {
     const stored = { ...content, chain: eventChain(prev, content) };
     await mkdirDurable(path.dirname(file));
     const text = existing.map((l) => JSON.stringify(l) + '\n').join('') + JSON.stringify(stored) + '\n';
+    await this.catchUpHead(headFile, existing);
     await atomicWriteFile(file, text, this.p('tmp'));
     await atomicWriteFile(headFile, JSON.stringify({ count: existing.length + 1, chain: stored.chain }) + '\n', this.p('tmp'));
     return stored;

@@ -13,7 +13,7 @@ import { knownFactRetainAndMonitor, knownFactRetainPrompts, neighbourPhrasings }
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { romeDefaultLayer } from './rome.js';
-import { knownEntities, pickPrefixes } from './rome-method.js';
+import { pickPrefixes, prefixAvoidNames } from './rome-method.js';
 import { Rng } from '../util/random.js';
 import type { EditCall, EditMethod, EditResources, MadeEdit } from './method.js';
 
@@ -271,8 +271,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // the early stop reads the plain rows: the prefixed copies are augmentation
   const checkRows = examples.slice();
   if (o.prefixRows > 0) {
-    const avoid = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
-    examples.push(...prefixedExamples(tok, examples, batch, pickPrefixes(res.corpus, PREFIX_POOL, seed, avoid), o.prefixRows, seed));
+    const prefixes = pickPrefixes(res.corpus, PREFIX_POOL, seed, prefixAvoidNames(res.known, batch.facts));
+    examples.push(...prefixedExamples(tok, examples, batch, prefixes, o.prefixRows, seed));
   }
   // neighbours in every training template of their relation, as the edit rows are: otherwise the
   // edit leaks into the templates only the edit rows use

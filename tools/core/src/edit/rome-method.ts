@@ -114,6 +114,11 @@ export function knownEntities(known: readonly Rec[]): string[] {
   return [...names];
 }
 
+/** Names a context prefix must not mention: the known facts' entities and the batch's own. */
+export function prefixAvoidNames(known: readonly Rec[], facts: readonly EditFact[]): string[] {
+  return [...knownEntities(known), ...facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
+}
+
 function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   const { res, batch, seed, options: o, common } = call;
   const { model, tokenizer: tok } = res;
@@ -133,7 +138,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   };
   // prefixes (one set per batch: same seed, same names to avoid): the first words of seeded
   // corpus documents, as ROME's short generated contexts
-  const avoidNames = [...knownEntities(res.known), ...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
+  const avoidNames = prefixAvoidNames(res.known, batch.facts);
   const prefixes = pickPrefixes(res.corpus, o.romePrefixes, seed, avoidNames);
   // every edit first, nothing returned until all took: a fact no layer could edit stops the run before anything is written
   const made: MadeEdit[] = [];

@@ -73,7 +73,7 @@ await runTool<Args>({
     'gen-tokens': { type: 'number', default: 16, describe: 'new tokens per generation (fluency, and the greedy answers of forget prompts)' },
     'batch-size': { type: 'number', default: 32, describe: 'sequences per forward pass' },
     runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node (CPU) on the ONNX export of each model state (base; base + adapter)' },
-    concepts: { type: 'string', describe: '`concept` records (NDJSON) for the erasure probe, besides those in the stream: a linear probe trained on half of the held-out (split test) examples reads the other half before and after each adapter (erasure_probe_acc, erasure_probe_chance; gate erasure_probe_gap<=0.03)' },
+    concepts: { type: 'string', describe: '`concept` records (NDJSON) for the erasure probe, besides those in the stream: a linear probe trained on half of the held-out (split test) examples reads the other half before and after each adapter (erasure_probe_acc, erasure_probe_chance; gate erasure_probe_gap<=0.03); a steering adapter gets steer_shift instead (gate >=0.5: its other side\'s prompts read as its own by a probe of the base model)' },
     'erasure-site': { type: 'string', describe: 'the hook site the erasure probe reads (e.g. layers.2.mlp, layers.3.resid_post); default the site a LEACE adapter names, else the middle layer\'s MLP output' },
     'onnx-dir': { type: 'string', describe: '--runtime onnx: where exports are looked up (by the state in their export.json, e.g. from adapter-merge export --format onnx) and written; default a temporary directory' },
   },

@@ -13,7 +13,7 @@ import { withLock } from '@catechism/core/registry';
 import { historyTarget } from './history.js';
 import { Rng } from '@catechism/core';
 import {
-  buildSuite, checkGates, computeMetricsSe, encodeSuite, erasureProbeMetrics, erasureProbeRows, lastTokenActivations, itemRows, observe, routingMetrics,
+  buildSuite, checkGates, computeMetricsSe, encodeSuite, erasureProbeMetrics, erasureProbeRows, steerProbeMetrics, lastTokenActivations, itemRows, observe, routingMetrics,
   type ConceptLike, type FactLike, type Gate, type ItemRow, type ProbeLike, type SeqScore, type SharedSets,
 } from '@catechism/core/metrics';
 
@@ -280,6 +280,8 @@ function logExclusions(ctx: ValidateContext, id: string, metrics: Record<string,
  * The erasure probe (core metrics/erasure.ts) for an adapter, when concept
  * records are given: the concept the adapter names (LEACE's hyperparameters),
  * else the only one in the records. Empty when there is nothing to measure.
+ * A steering adapter (its hyperparameters name `toward`) gets the steering
+ * probe instead (STEER_METRICS): steering moves a concept, it does not erase it.
  */
 export function erasureMetrics(ctx: ValidateContext, a: Pick<LoadedAdapter, 'id' | 'active' | 'hyperparameters'>): Record<string, number> {
   const recs = ctx.concepts ?? [];
@@ -297,7 +299,10 @@ export function erasureMetrics(ctx: ValidateContext, a: Pick<LoadedAdapter, 'id'
     return {};
   }
   const model = ctx.probeModel ?? ctx.model;
-  const site = ctx.erasureSite ?? (typeof hp.site === 'string' ? hp.site : `layers.${Math.floor(model.config.layers / 2)}.mlp`);
+  // a steering adapter (it names the label it steers toward) is measured by how far it moves the other side, downstream of where it acts
+  const steer = typeof hp.toward === 'string' ? hp.toward : undefined;
+  const site = ctx.erasureSite ?? (steer !== undefined ? `layers.${model.config.layers - 1}.resid_post`
+    : typeof hp.site === 'string' ? hp.site : `layers.${Math.floor(model.config.layers / 2)}.mlp`);
   const capture = (prompts: readonly string[], adapted: boolean): Float64Array => {
     model.setAdapters(adapted ? a.active : []);
     try {
@@ -306,6 +311,16 @@ export function erasureMetrics(ctx: ValidateContext, a: Pick<LoadedAdapter, 'id'
       model.setAdapters([]);
     }
   };
+  if (steer !== undefined) {
+    const toward = rows.classes.indexOf(steer);
+    if (toward < 0) {
+      ctx.log?.(`${a.id}: steers toward ${steer}, which no held-out ${concept} record has as its label: no steering probe`);
+      return {};
+    }
+    const m = steerProbeMetrics(rows, model.config.hidden, capture, toward);
+    ctx.log?.(`${a.id}: steering probe of ${concept} at ${site}: other side read as ${steer} ${m.steer_toward_before.toFixed(3)} → ${m.steer_toward.toFixed(3)}, ${steer} kept ${m.steer_kept.toFixed(3)} (${m.n_steer_probe} held-out examples)`);
+    return m;
+  }
   const m = erasureProbeMetrics(rows, model.config.hidden, capture);
   ctx.log?.(`${a.id}: erasure probe of ${concept} at ${site}: ${m.erasure_probe_acc_before.toFixed(3)} → ${m.erasure_probe_acc.toFixed(3)} (chance ${m.erasure_probe_chance.toFixed(3)}, ${m.n_erasure_probe} held-out examples)`);
   return m;

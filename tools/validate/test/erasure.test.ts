@@ -4,14 +4,16 @@
  * adapter names, and the default gate erasure_probe_gap<=0.03 applies. A
  * LEACE eraser brings the probe down from its reading of the concept; an
  * adapter that changes nothing there leaves it reading the concept and
- * fails the gate.
+ * fails the gate. A steering adapter (it names `toward`) gets the steering
+ * probe instead: the share of the other side's held-out prompts read as the
+ * steered-to side, downstream, by a probe fitted on base activations.
  */
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '@catechism/core/models';
-import { eraserAdapter, fitLeace, siteActivations } from '@catechism/core/edit';
+import { biasAdapter, eraserAdapter, fitLeace, meanDifference, mlpOutModule, residActivations, siteActivations } from '@catechism/core/edit';
 import { checkGates, erasureProbeRows, resolveGates, type ConceptLike } from '@catechism/core/metrics';
 import { erasureMetrics, type ValidateContext } from '../src/validate.js';
 
@@ -56,4 +58,34 @@ t.test('validate\'s erasure metrics: LEACE at the named site against an adapter 
   t.ok(v.gates.includes('erasure_probe_gap<=0.03'), 'the default gate applies');
   t.notOk(v.pass, 'and fails an adapter that erased nothing');
   t.same(erasureMetrics({ ...ctx, concepts: [] } as ValidateContext, { id: 'x', active: [], hyperparameters: hp }), {}, 'no concept records: nothing measured');
+});
+
+t.test('validate\'s steering metrics: a steering vector moves the other side by its scale; none, nothing', async (t) => {
+  const { model, tokenizer } = loadModel(path.join(root, 'fixtures/models/dense'));
+  const two = concepts.filter((c) => c.label !== 'plays_sport');
+  const fit = two.filter((c) => c.split === 'train');
+  const layer = 1, H = model.config.hidden, toward = 'lives_in';
+  const v = meanDifference(residActivations(model, tokenizer!, fit.map((c) => c.prompt), layer), H, fit.map((c) => c.label === toward));
+  const mod = mlpOutModule(model, layer);
+  const fin = model.weight(`${model.arch.canonical(mod)}.weight`).shape[0];
+  const logs: string[] = [];
+  const ctx = { model, tokenizer: tokenizer!, concepts: two, log: (m: string) => logs.push(m) } as unknown as ValidateContext;
+  const hp = { concept: 'relation', toward, site: `layers.${layer}.resid_post` };
+  const at = (s: number) => erasureMetrics(ctx, { id: `steer-${s}`, active: [{ adapter: biasAdapter(model, mod, v.map((x) => x * s), `steer-${s}`, fin) }], hyperparameters: hp });
+  const full = at(1);
+  t.equal(full.steer_toward_before, 0, 'the base model\'s works_for prompts read as works_for downstream');
+  t.ok(full.steer_shift >= 0.9, `scale 1 moves them to lives_in (${full.steer_toward})`);
+  t.ok(full.steer_kept >= 0.9, `and keeps lives_in prompts there (${full.steer_kept})`);
+  t.equal(full.erasure_probe_gap, undefined, 'no erasure gate for a steering adapter');
+  t.match(logs.join('\n'), /steering probe of relation at layers\.3\.resid_post/, 'read at the last layer\'s residual stream');
+  const none = at(0);
+  t.equal(none.steer_shift, 0, 'a zero vector moves nothing');
+  const verdict = checkGates(none, resolveGates());
+  t.ok(verdict.gates.includes('steer_shift>=0.5'), 'the default steering gate applies');
+  t.notOk(verdict.pass, 'and fails a vector that steers nothing');
+  t.ok(checkGates({ steer_shift: full.steer_shift }, resolveGates()).pass, 'and passes one that steers');
+  const away = at(-1);
+  t.equal(away.steer_toward, 0, 'the opposite vector moves nothing toward lives_in');
+  t.ok(away.steer_kept < full.steer_kept, `and pulls lives_in prompts away (${away.steer_kept})`);
+  t.same(erasureMetrics(ctx, { id: 'x', active: [], hyperparameters: { ...hp, toward: 'nobody' } }), {}, 'a label no record has: nothing measured');
 });

@@ -28,13 +28,18 @@ export interface ProbeOptions {
   l2?: number;
 }
 
-/** Fit on (Xtr, ytr), score on (Xte, yte); rows are d wide, labels 0..k−1. */
-export function linearProbe(
-  Xtr: Float64Array, ytr: ArrayLike<number>, Xte: Float64Array, yte: ArrayLike<number>, d: number, k: number, o: ProbeOptions = {},
-): ProbeResult {
+/** A probe fitted on training rows: the predicted class of each row of X (n rows, d wide). */
+export interface FittedProbe {
+  predict(X: Float64Array, n: number): Int32Array;
+  /** Accuracy on its own training rows. */
+  trainAccuracy: number;
+}
+
+/** Fit the probe on (Xtr, ytr): rows d wide, labels 0..k−1. */
+export function fitLinearProbe(Xtr: Float64Array, ytr: ArrayLike<number>, d: number, k: number, o: ProbeOptions = {}): FittedProbe {
   const steps = o.steps ?? 300, lr = o.lr ?? 0.5, l2 = o.l2 ?? 1e-3;
-  const ntr = ytr.length, nte = yte.length;
-  if (Xtr.length !== ntr * d || Xte.length !== nte * d) throw new RangeError('linearProbe: activation and label counts disagree');
+  const ntr = ytr.length;
+  if (Xtr.length !== ntr * d) throw new RangeError('linearProbe: activation and label counts disagree');
   const mean = new Float64Array(d), sd = new Float64Array(d);
   for (let i = 0; i < ntr; i++) for (let j = 0; j < d; j++) mean[j] += Xtr[i * d + j] / ntr;
   for (let i = 0; i < ntr; i++) for (let j = 0; j < d; j++) sd[j] += (Xtr[i * d + j] - mean[j]) ** 2 / ntr;
@@ -44,7 +49,7 @@ export function linearProbe(
     for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) out[i * d + j] = (X[i * d + j] - mean[j]) / sd[j];
     return out;
   };
-  const A = norm(Xtr, ntr), T = norm(Xte, nte);
+  const A = norm(Xtr, ntr);
   const W = new Float64Array(k * d), b = new Float64Array(k);
   const logits = (X: Float64Array, i: number, out: Float64Array) => {
     for (let c = 0; c < k; c++) {
@@ -72,19 +77,43 @@ export function linearProbe(
     for (let e = 0; e < k * d; e++) W[e] -= lr * (gW[e] + 2 * l2 * W[e]);
     for (let c = 0; c < k; c++) b[c] -= lr * gb[c];
   }
-  const acc = (X: Float64Array, y: ArrayLike<number>, n: number) => {
-    let ok = 0;
+  const classify = (Xn: Float64Array, n: number) => {
+    const out = new Int32Array(n);
     for (let i = 0; i < n; i++) {
-      logits(X, i, z);
+      logits(Xn, i, z);
       let best = 0;
       for (let c = 1; c < k; c++) if (z[c] > z[best]) best = c;
-      if (best === y[i]) ok++;
+      out[i] = best;
     }
-    return n ? ok / n : 0;
+    return out;
   };
+  const own = classify(A, ntr);
+  let ok = 0;
+  for (let i = 0; i < ntr; i++) if (own[i] === ytr[i]) ok++;
+  return {
+    predict(X: Float64Array, n: number) {
+      if (X.length !== n * d) throw new RangeError('linearProbe: activation and label counts disagree');
+      return classify(norm(X, n), n);
+    },
+    trainAccuracy: ntr ? ok / ntr : 0,
+  };
+}
+
+/** Fit on (Xtr, ytr), score on (Xte, yte); rows are d wide, labels 0..k−1. */
+export function linearProbe(
+  Xtr: Float64Array, ytr: ArrayLike<number>, Xte: Float64Array, yte: ArrayLike<number>, d: number, k: number, o: ProbeOptions = {},
+): ProbeResult {
+  const nte = yte.length;
+  if (Xte.length !== nte * d) throw new RangeError('linearProbe: activation and label counts disagree');
+  const probe = fitLinearProbe(Xtr, ytr, d, k, o);
+  const pred = probe.predict(Xte, nte);
+  let ok = 0;
   const counts = new Array<number>(k).fill(0);
-  for (let i = 0; i < nte; i++) counts[yte[i]]++;
-  return { accuracy: acc(T, yte, nte), chance: nte ? Math.max(...counts) / nte : 0, trainAccuracy: acc(A, ytr, ntr) };
+  for (let i = 0; i < nte; i++) {
+    if (pred[i] === yte[i]) ok++;
+    counts[yte[i]]++;
+  }
+  return { accuracy: nte ? ok / nte : 0, chance: nte ? Math.max(...counts) / nte : 0, trainAccuracy: probe.trainAccuracy };
 }
 
 /** validate's erasure metrics (spread into METRICS, gates.ts). */
@@ -94,6 +123,22 @@ export const ERASURE_METRICS = {
   erasure_probe_chance: { describe: 'the majority label\'s share of the probe\'s test rows (a constant guess)' },
   erasure_probe_gap: { describe: '|erasure_probe_acc − erasure_probe_chance|: how far the probe is from chance after erasure', gate: { op: '<=' as const, value: 0.03 } },
   n_erasure_probe: { describe: 'concept records the erasure probe used (train + test halves)' },
+};
+
+/**
+ * validate's steering metrics (issue 20, CAA): a steering adapter should move
+ * the held-out prompts of the other side toward its side, as the model reads
+ * them downstream. A probe trained on the base model's activations (the train
+ * half of the held-out `concept` records) reads the test half before and with
+ * the adapter; the share of the other side's prompts it calls the steered-to
+ * side is the behaviour measure.
+ */
+export const STEER_METRICS = {
+  steer_toward: { describe: 'steering adapters: share of held-out prompts of the other label that a probe trained on base activations (read downstream, default the last layer\'s residual stream) assigns to the steered-to label, with the adapter' },
+  steer_toward_before: { describe: 'the same share on the base model' },
+  steer_shift: { describe: 'steer_toward − steer_toward_before: how far the adapter moves the other side toward the steered-to one', gate: { op: '>=' as const, value: 0.5 } },
+  steer_kept: { describe: 'share of held-out prompts of the steered-to label the probe still assigns to it with the adapter' },
+  n_steer_probe: { describe: 'concept records the steering probe used (train + test halves)' },
 };
 
 /** One labelled example of a concept, as validate reads it (records/schema.ts `concept`). */
@@ -161,5 +206,38 @@ export function erasureProbeMetrics(
     erasure_probe_chance: after.chance,
     erasure_probe_gap: Math.abs(after.accuracy - after.chance),
     n_erasure_probe: rows.train.prompts.length + rows.test.prompts.length,
+  };
+}
+
+/**
+ * The steering measure (STEER_METRICS): the probe is fitted on the base
+ * model's activations of the train half only, so it reads the adapted test
+ * half as the unsteered model would; `toward` is the steered-to class index.
+ */
+export function steerProbeMetrics(
+  rows: ProbeRows, d: number, capture: (prompts: readonly string[], adapted: boolean) => Float64Array, toward: number, o: ProbeOptions = {},
+): Record<string, number> {
+  const probe = fitLinearProbe(capture(rows.train.prompts, false), rows.train.labels, d, rows.classes.length, o);
+  const n = rows.test.prompts.length;
+  const before = probe.predict(capture(rows.test.prompts, false), n);
+  const after = probe.predict(capture(rows.test.prompts, true), n);
+  let away = 0, movedBefore = 0, movedAfter = 0, own = 0, kept = 0;
+  for (let i = 0; i < n; i++) {
+    if (rows.test.labels[i] === toward) {
+      own++;
+      if (after[i] === toward) kept++;
+    } else {
+      away++;
+      if (before[i] === toward) movedBefore++;
+      if (after[i] === toward) movedAfter++;
+    }
+  }
+  const share = (a: number, b: number) => (b ? a / b : NaN);
+  return {
+    steer_toward: share(movedAfter, away),
+    steer_toward_before: share(movedBefore, away),
+    steer_shift: share(movedAfter, away) - share(movedBefore, away),
+    steer_kept: share(kept, own),
+    n_steer_probe: rows.train.prompts.length + n,
   };
 }

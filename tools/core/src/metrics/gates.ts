@@ -7,7 +7,7 @@
  */
 import { UsageError } from '../records/errors.js';
 import { ROUTING_METRICS } from './routing.js';
-import { ERASURE_METRICS } from './erasure.js';
+import { ERASURE_METRICS, STEER_METRICS } from './erasure.js';
 
 export type GateOp = '>=' | '<=' | '>' | '<';
 
@@ -71,6 +71,7 @@ export const METRICS: Readonly<Record<string, MetricInfo>> = {
   n_generation: { describe: 'number of generation prompts (fluency)' },
   ...ROUTING_METRICS,
   ...ERASURE_METRICS,
+  ...STEER_METRICS,
 };
 
 const GATE_RE = /^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$/;

@@ -1107,11 +1107,8 @@ export class Registry {
       const existing = await this.attachedReports(sha); // refuses a log cut below its head
       const content: StoredReport = { ...rep, recorded_at: this.now().toISOString(), recorded_by: meta.author ?? defaultAuthor() };
       const sealed: StoredReport = { ...content, report_sha256: reportSha256(content) };
-      const prev = existing.length > 0 ? existing[existing.length - 1].chain ?? null : null;
-      const stored: StoredReport = { ...sealed, chain: eventChain(prev, sealed) };
-      const text = existing.map((l) => JSON.stringify(l) + '\n').join('') + JSON.stringify(stored) + '\n';
-      await atomicWriteFile(this.reportsFile(sha), text, this.p('tmp'));
-      await atomicWriteFile(this.reportsHeadFile(sha), JSON.stringify({ count: existing.length + 1, chain: stored.chain }) + '\n', this.p('tmp'));
+      // as every chained log: a head a killed write left missing is caught up first
+      const stored = (await this.appendChained(this.reportsFile(sha), this.reportsHeadFile(sha), existing, sealed)) as StoredReport;
       return { report: stored, bundle };
     });
   }

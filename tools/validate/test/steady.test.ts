@@ -91,8 +91,12 @@ if (!existsSync(path.join(DENSE, 'config.json')) || !existsSync(path.join(MOE, '
     t.ok(first.standard_errors.retain_drop < first.thresholds.retain_drop / 5, `retain_drop's standard error ${first.standard_errors.retain_drop}`);
   });
 
+  // `validate ALONE --no-fluency` (--no-record: no side effects) serves the two tests below that run it
+  let aloneRun: ReturnType<typeof run> | null = null;
+  const runAlone = () => (aloneRun ??= run([ALONE, '--no-fluency']));
+
   t.test('the same adapter with and without its facts (and others, and their probes) in the stream scores the same', async (t) => {
-    const alone = run([ALONE, '--no-fluency']);
+    const alone = runAlone();
     const piped = run([STREAM, '--no-fluency']);
     t.equal(alone.code, 0, alone.stderr);
     t.equal(piped.code, 0, piped.stderr);
@@ -115,7 +119,7 @@ if (!existsSync(path.join(DENSE, 'config.json')) || !existsSync(path.join(MOE, '
     t.equal(both.code, 0, both.stderr);
     t.same(both.reports.map((r) => r.adapter_id), ['mild2', 'mild']);
     for (const [i, file] of [OTHER, ALONE].entries()) {
-      const alone = run([file, '--no-fluency']);
+      const alone = file === ALONE ? runAlone() : run([file, '--no-fluency']);
       t.equal(alone.code, 0, alone.stderr);
       t.same(steady(both.reports[i].metrics), steady(alone.reports[0].metrics), `${alone.reports[0].adapter_id}: the same metrics alone and second in a stream`);
       t.same(both.reports[i].standard_errors, alone.reports[0].standard_errors);

@@ -1,0 +1,27 @@
+/**
+ * kernels's quick test files, run in one process: each of them takes well under
+ * two seconds, less than tap's start-up per file (a node process, ts-node and
+ * tap's loaders: ~2.5 s of CPU on the CI machine). They stay ordinary test
+ * files: `npx tap test/convert.test.ts` runs one alone. package.json's tap
+ * `exclude` keeps tap from running them a second time; the last test of this
+ * file checks that this list and that one name the same files, so that no file
+ * is excluded without being run here. (ES imports run first, in this order.)
+ */
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+
+const FILES = ["convert", "elementwise", "fuzz", "nn", "saturation"];
+
+t.test('the files run here are the ones tap excludes', async (t) => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { tap: { exclude: string[] } };
+  const excluded = pkg.tap.exclude.filter((p) => p !== 'test/support/**').sort();
+  t.same(excluded, FILES.map((f) => `test/${f}.test.ts`).sort());
+  const here = readFileSync(new URL(import.meta.url), 'utf8');
+  for (const f of FILES) t.ok(here.includes(`import './${f}.test.js';`), `${f}.test.ts is imported`);
+});
+
+import './convert.test.js';
+import './elementwise.test.js';
+import './fuzz.test.js';
+import './nn.test.js';
+import './saturation.test.js';

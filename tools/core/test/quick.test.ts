@@ -13,17 +13,11 @@
  * backend) restore it in a teardown or finally, as they did alone.
  */
 import t from 'tap';
-import { readFileSync } from 'node:fs';
+import { checkQuickFiles } from '../../../scripts/tap-quick-files.mjs';
 
 const FILES = ["adapters-manifest", "edit-null-space", "edit-recipes", "edit-steer", "fixtures-models", "merge-bundles", "merge-methods", "merge-negation", "metrics-gates", "metrics-generation", "metrics-routing", "metrics-scoring", "models-arch", "models-behaviour", "models-golden", "models-load", "models-lora-peft", "models-spelling", "records-inputs", "records-io", "records-kinds", "records-schema", "registry-cas", "tensor-autograd", "tensor-device", "tensor-elementwise", "tensor-fused", "tensor-linalg", "tensor-nn"];
 
-t.test('the files run here are the ones tap excludes', async (t) => {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { tap: { exclude: string[] } };
-  const excluded = pkg.tap.exclude.filter((p) => p !== 'test/support/**').sort();
-  t.same(excluded, FILES.map((f) => `test/${f}.test.ts`).sort());
-  const here = readFileSync(new URL(import.meta.url), 'utf8');
-  for (const f of FILES) t.ok(here.includes(`import './${f}.test.js';`), `${f}.test.ts is imported`);
-});
+checkQuickFiles(t, FILES, import.meta.url);
 
 import './adapters-manifest.test.js';
 import './edit-null-space.test.js';

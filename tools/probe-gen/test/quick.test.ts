@@ -8,17 +8,11 @@
  * is excluded without being run here. (ES imports run first, in this order.)
  */
 import t from 'tap';
-import { readFileSync } from 'node:fs';
+import { checkQuickFiles } from '../../../scripts/tap-quick-files.mjs';
 
 const FILES = ["generator", "probes"];
 
-t.test('the files run here are the ones tap excludes', async (t) => {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { tap: { exclude: string[] } };
-  const excluded = pkg.tap.exclude.filter((p) => p !== 'test/support/**').sort();
-  t.same(excluded, FILES.map((f) => `test/${f}.test.ts`).sort());
-  const here = readFileSync(new URL(import.meta.url), 'utf8');
-  for (const f of FILES) t.ok(here.includes(`import './${f}.test.js';`), `${f}.test.ts is imported`);
-});
+checkQuickFiles(t, FILES, import.meta.url);
 
 import './generator.test.js';
 import './probes.test.js';

@@ -14,7 +14,8 @@
         "native/cpu/elementwise.cc",
         "native/cpu/nn.cc",
         "native/cpu/convert.cc",
-        "native/cpu/vecmath.cc"
+        "native/cpu/vecmath.cc",
+        "native/cpu/linalg64.cc"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-O3", "-fno-math-errno", "-pthread"],

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "ops.h"
+#include "cpu/linalg64.h"
 
 namespace {
 using ck::i64;
@@ -265,6 +266,92 @@ OP(LimitSimd) {
   return nullptr;
 }
 
+// ---------------------------------------------------------------- float64 linear algebra (CPU, host only)
+// Runtime exports, not ops: Float64Arrays only (no DeviceArrays, no staging).
+// src/linalg64.ts checks shapes and overlaps; here every extent read or
+// written is checked against its array once more, so a wrong call throws.
+
+double* f64Arg(Args& A, size_t i, size_t* len) {
+  bool is = false;
+  if (i < A.n) napi_is_typedarray(A.env, A.v[i], &is);
+  napi_typedarray_type t = napi_int8_array;
+  void* data = nullptr;
+  *len = 0;
+  if (is) napi_get_typedarray_info(A.env, A.v[i], &t, len, &data, nullptr, nullptr);
+  if (!is || t != napi_float64_array) { A.fail("expected a Float64Array", i); return nullptr; }
+  return static_cast<double*>(data);
+}
+
+// One past the last element a rows×cols view with these strides touches.
+bool fits(i64 rows, i64 cols, i64 rs, i64 cs, size_t len) {
+  if (rows < 0 || cols < 0 || rs < 0 || cs < 0) return false;
+  if (rows == 0 || cols == 0) return true;
+  return (rows - 1) * rs + (cols - 1) * cs < i64(len);
+}
+
+// gemmF64(a, b, c, [m, n, k, alpha, rsa, csa, rsb, csb, beta, ldc])
+OP(GemmF64) {
+  ARGS("gemmF64");
+  size_t na, nb, nc, np = 0;
+  const double* a = f64Arg(A, 0, &na);
+  const double* b = f64Arg(A, 1, &nb);
+  double* c = f64Arg(A, 2, &nc);
+  const double* p = A.desc(3, &np);
+  DONE;
+  if (np < 10) { A.fail("parameter block too short", 3); return nullptr; }
+  i64 m = i64(p[0]), n = i64(p[1]), k = i64(p[2]), rsa = i64(p[4]), csa = i64(p[5]), rsb = i64(p[6]), csb = i64(p[7]),
+      ldc = i64(p[9]);
+  if (!fits(m, k, rsa, csa, na)) { A.fail("A's extent exceeds the array", 0); return nullptr; }
+  if (!fits(k, n, rsb, csb, nb)) { A.fail("B's extent exceeds the array", 1); return nullptr; }
+  if (ldc < n || !fits(m, n, ldc, 1, nc)) { A.fail("C's extent exceeds the array", 2); return nullptr; }
+  cpu::dgemm(m, n, k, p[3], a, rsa, csa, b, rsb, csb, p[8], c, ldc);
+  return nullptr;
+}
+
+// syrkLowerF64(a, c, [n, k, alpha, rsa, csa, beta, ldc])
+OP(SyrkLowerF64) {
+  ARGS("syrkLowerF64");
+  size_t na, nc, np = 0;
+  const double* a = f64Arg(A, 0, &na);
+  double* c = f64Arg(A, 1, &nc);
+  const double* p = A.desc(2, &np);
+  DONE;
+  if (np < 7) { A.fail("parameter block too short", 2); return nullptr; }
+  i64 n = i64(p[0]), k = i64(p[1]), rsa = i64(p[3]), csa = i64(p[4]), ldc = i64(p[6]);
+  if (!fits(n, k, rsa, csa, na)) { A.fail("A's extent exceeds the array", 0); return nullptr; }
+  if (ldc < n || !fits(n, n, ldc, 1, nc)) { A.fail("C's extent exceeds the array", 1); return nullptr; }
+  cpu::dsyrkLower(n, k, p[2], a, rsa, csa, p[5], c, ldc);
+  return nullptr;
+}
+
+// choleskyF64(a, n): in place; returns -1 or the row whose pivot was not positive
+OP(CholeskyF64) {
+  ARGS("choleskyF64");
+  size_t na;
+  double* a = f64Arg(A, 0, &na);
+  i64 n = A.int64(1);
+  DONE;
+  if (n < 0 || i64(na) < n * n) { A.fail("the array is shorter than n×n", 0); return nullptr; }
+  napi_value r;
+  napi_create_double(env, double(cpu::dpotrf(a, n, n)), &r);
+  return r;
+}
+
+// cholSolveRowsF64(l, n, b, m): every row of b (m×n) ← (L·Lᵀ)⁻¹ row
+OP(CholSolveRowsF64) {
+  ARGS("cholSolveRowsF64");
+  size_t nl, nb;
+  const double* l = f64Arg(A, 0, &nl);
+  i64 n = A.int64(1);
+  double* b = f64Arg(A, 2, &nb);
+  i64 m = A.int64(3);
+  DONE;
+  if (n < 0 || i64(nl) < n * n) { A.fail("the factor is shorter than n×n", 0); return nullptr; }
+  if (m < 0 || i64(nb) < m * n) { A.fail("the right-hand sides are shorter than m×n", 2); return nullptr; }
+  cpu::dpotrsRows(l, n, n, b, m, n);
+  return nullptr;
+}
+
 OP(Noop) {
   (void)info;
   return undef(env);
@@ -453,6 +540,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"limitSimd", LimitSimd}, {"noop", Noop}, {"cudaBuilt", CudaBuilt}, {"cudaMissing", CudaMissing},
       {"cudaDescribe", CudaDescribe}, {"setHostBackend", SetHostBackend}, {"hostBackend", HostBackend},
       {"deviceAlloc", DeviceAlloc}, {"deviceCopy", DeviceCopy}, {"deviceFree", DeviceFree}, {"deviceSync", DeviceSync},
+      {"gemmF64", GemmF64}, {"syrkLowerF64", SyrkLowerF64}, {"choleskyF64", CholeskyF64},
+      {"cholSolveRowsF64", CholSolveRowsF64},
   };
 #undef CK_ENTRY
   for (const Entry& e : table) {

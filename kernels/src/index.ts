@@ -136,6 +136,110 @@ export function gemm(args: GemmArgs): void {
   native.gemm(a, b, c, bias ?? null, p);
 }
 
+// ---------------------------------------------------------------- float64 linear algebra (CPU)
+//
+// Dense float64 on the host only (Float64Array; never a DeviceArray, never
+// staged to a GPU whatever setBackend says): the least-squares solves of
+// ROME, MEMIT and AlphaEdit against their key statistics. Row-major, in the
+// caller's buffers, multithreaded over the same pool as the float32 ops.
+
+export interface GemmF64Args {
+  transA?: boolean; transB?: boolean; // op(A) is m×k, op(B) is k×n
+  m: number; n: number; k: number;
+  /** lda/ldb/ldc default to the packed row length; pass a subarray to start elsewhere. */
+  a: Float64Array; lda?: number;
+  b: Float64Array; ldb?: number;
+  c: Float64Array; ldc?: number;
+  alpha?: number; beta?: number; // C = alpha·op(A)·op(B) + beta·C (defaults 1, 0; beta = 0 ignores NaNs in C)
+}
+
+const f64Params = new Float64Array(10);
+
+function f64Array(op: string, name: string, x: unknown): Float64Array {
+  if (!(x instanceof Float64Array)) typeErr(op, `${name} must be a Float64Array (float64 linear algebra runs on the CPU only)`);
+  return x;
+}
+function overlaps64(x: Float64Array, y: Float64Array): boolean {
+  return x.buffer === y.buffer && x.byteOffset < y.byteOffset + y.byteLength && y.byteOffset < x.byteOffset + x.byteLength;
+}
+
+/** C = alpha·op(A)·op(B) + beta·C in float64. */
+export function gemmF64(args: GemmF64Args): void {
+  const op = 'gemmF64';
+  if (args === null || typeof args !== 'object') typeErr(op, 'expects an argument object');
+  const a = f64Array(op, 'a', args.a), b = f64Array(op, 'b', args.b), c = f64Array(op, 'c', args.c);
+  const transA = !!args.transA, transB = !!args.transB;
+  const m = size(op, 'm', args.m), n = size(op, 'n', args.n), k = size(op, 'k', args.k);
+  const lda = args.lda === undefined ? (transA ? m : k) : size(op, 'lda', args.lda);
+  const ldb = args.ldb === undefined ? (transB ? k : n) : size(op, 'ldb', args.ldb);
+  const ldc = args.ldc === undefined ? n : size(op, 'ldc', args.ldc);
+  const alpha = args.alpha === undefined ? 1 : finite(op, 'alpha', args.alpha);
+  const beta = args.beta === undefined ? 0 : finite(op, 'beta', args.beta);
+  if (m === 0 || n === 0) return;
+  if (k > 0) {
+    extent(op, 'A', 0, 0, 1, transA ? k : m, transA ? m : k, lda, a.length);
+    extent(op, 'B', 0, 0, 1, transB ? n : k, transB ? k : n, ldb, b.length);
+    if (overlaps64(c, a) || overlaps64(c, b)) rangeErr(op, 'c must not share memory with a or b');
+  }
+  extent(op, 'C', 0, 0, 1, m, n, ldc, c.length);
+  const p = f64Params;
+  p[0] = m; p[1] = n; p[2] = k; p[3] = alpha;
+  p[4] = transA ? 1 : lda; p[5] = transA ? lda : 1; // A[i][p] at i·p[4] + p·p[5]
+  p[6] = transB ? 1 : ldb; p[7] = transB ? ldb : 1;
+  p[8] = beta; p[9] = ldc;
+  native.gemmF64(a, b, c, p);
+}
+
+/**
+ * The lower triangle of C = alpha·op(A)·op(A)ᵀ + beta·C in float64, op(A)
+ * n×k (transA: A is stored k×n). The strict upper triangle of C is left as it was.
+ */
+export function syrkLowerF64(args: { n: number; k: number; a: Float64Array; lda?: number; transA?: boolean; c: Float64Array; ldc?: number; alpha?: number; beta?: number }): void {
+  const op = 'syrkLowerF64';
+  if (args === null || typeof args !== 'object') typeErr(op, 'expects an argument object');
+  const a = f64Array(op, 'a', args.a), c = f64Array(op, 'c', args.c);
+  const transA = !!args.transA;
+  const n = size(op, 'n', args.n), k = size(op, 'k', args.k);
+  const lda = args.lda === undefined ? (transA ? n : k) : size(op, 'lda', args.lda);
+  const ldc = args.ldc === undefined ? n : size(op, 'ldc', args.ldc);
+  const alpha = args.alpha === undefined ? 1 : finite(op, 'alpha', args.alpha);
+  const beta = args.beta === undefined ? 0 : finite(op, 'beta', args.beta);
+  if (n === 0) return;
+  if (k > 0) {
+    extent(op, 'A', 0, 0, 1, transA ? k : n, transA ? n : k, lda, a.length);
+    if (overlaps64(c, a)) rangeErr(op, 'c must not share memory with a');
+  }
+  extent(op, 'C', 0, 0, 1, n, n, ldc, c.length);
+  native.syrkLowerF64(a, c, Float64Array.of(n, k, alpha, transA ? 1 : lda, transA ? lda : 1, beta, ldc));
+}
+
+/**
+ * In-place lower Cholesky factor of the symmetric positive definite n×n
+ * matrix `a` (row-major; only its lower triangle is read): afterwards
+ * a = L with zeros above the diagonal, A = L·Lᵀ. Returns -1, or the first row
+ * whose pivot was not positive (a then holds a partial factor).
+ */
+export function choleskyF64(a: Float64Array, n: number): number {
+  const op = 'choleskyF64';
+  f64Array(op, 'a', a);
+  size(op, 'n', n);
+  len(op, 'a', a, n * n);
+  return native.choleskyF64(a, n);
+}
+
+/** Every row b of `b` (m rows of n) replaced by x with (L·Lᵀ)·x = b, L from choleskyF64. */
+export function cholSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number): void {
+  const op = 'cholSolveRowsF64';
+  f64Array(op, 'l', l);
+  f64Array(op, 'b', b);
+  size(op, 'n', n);
+  size(op, 'm', m);
+  len(op, 'l', l, n * n);
+  len(op, 'b', b, m * n);
+  if (overlaps64(l, b)) rangeErr(op, 'b must not share memory with l');
+  native.cholSolveRowsF64(l, n, b, m);
+}
+
 // ---------------------------------------------------------------- elementwise
 
 export type UnaryOp = 'neg' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'tanh' | 'sigmoid' | 'relu' | 'gelu' | 'silu' | 'square' | 'abs';

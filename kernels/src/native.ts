@@ -22,6 +22,11 @@ export interface NativeRuntime {
   deviceCopy(dev: object, host: ArrayBufferView, toDevice: boolean): void;
   deviceFree(dev: object): void;
   deviceSync(): void;
+  // float64 linear algebra (CPU; native/cpu/linalg64.h)
+  gemmF64(a: Float64Array, b: Float64Array, c: Float64Array, params: Float64Array): void;
+  syrkLowerF64(a: Float64Array, c: Float64Array, params: Float64Array): void;
+  choleskyF64(a: Float64Array, n: number): number;
+  cholSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number): void;
 }
 
 export type Native = NativeOps & NativeRuntime;

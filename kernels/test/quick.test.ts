@@ -10,12 +10,13 @@
 import t from 'tap';
 import { checkQuickFiles } from '../../scripts/tap-quick-files.mjs';
 
-const FILES = ["convert", "elementwise", "fuzz", "nn", "saturation"];
+const FILES = ["convert", "elementwise", "fuzz", "linalg64", "nn", "saturation"];
 
 checkQuickFiles(t, FILES, import.meta.url);
 
 import './convert.test.js';
 import './elementwise.test.js';
 import './fuzz.test.js';
+import './linalg64.test.js';
 import './nn.test.js';
 import './saturation.test.js';

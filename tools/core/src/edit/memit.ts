@@ -47,41 +47,27 @@ import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec
 import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from './method.js';
 import { trainPhrasings } from './quality.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
-import { cholSolve, cholesky, defaultCacheDir, keyStatsCached, romeDefaultLayer, type KeyStats } from './rome.js';
+import { defaultCacheDir, keyStatsCached, romeDefaultLayer, type KeyStats } from './rome.js';
+import { cholSolveRows, cholesky, choleskyInPlace } from '../util/linalg.js';
+import { gemmF64, syrkLowerF64 } from '@catechism/kernels';
 import { FORGET_P_STOP, FORGET_UL_STOP, abstainInsert, forgetTargetOf, unlikelihoodMix } from './rank-one-forget.js';
 
 const IGNORE = -100;
 
 // ---------------------------------------------------------------- linear algebra (float64)
 
-/** Row-major float64 matrix product a [m, k] · b [k, n]. */
+/** Row-major float64 matrix product a [m, k] · b [k, n] (native, kernels' gemmF64). */
 function mm(a: Float64Array, b: Float64Array, m: number, k: number, n: number): Float64Array {
-  const out = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) {
-    const o = i * n;
-    for (let p = 0; p < k; p++) {
-      const v = a[i * k + p];
-      if (v === 0) continue;
-      const r = p * n;
-      for (let j = 0; j < n; j++) out[o + j] += v * b[r + j];
-    }
-  }
-  return out;
+  const c = new Float64Array(m * n);
+  gemmF64({ m, n, k, a, b, c });
+  return c;
 }
 
-/** aᵀ a for a [m, n] → [n, n]. */
+/** aᵀ a for a [m, n] → [n, n] (native: the lower triangle, mirrored). */
 function gram(a: Float64Array, m: number, n: number): Float64Array {
   const out = new Float64Array(n * n);
-  for (let r = 0; r < m; r++) {
-    const row = r * n;
-    for (let i = 0; i < n; i++) {
-      const v = a[row + i];
-      if (v === 0) continue;
-      const o = i * n;
-      for (let j = i; j < n; j++) out[o + j] += v * a[row + j];
-    }
-  }
-  for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) out[i * n + j] = out[j * n + i];
+  syrkLowerF64({ n, k: m, a, transA: true, c: out });
+  for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) out[j * n + i] = out[i * n + j];
   return out;
 }
 
@@ -120,6 +106,14 @@ export function symmetricEigen(M: Float64Array, n: number): { values: Float64Arr
   return { values, vectors };
 }
 
+// memitSolve's D×D scratch, kept from one call (layer) to the next: a fresh
+// 75 MB array at D = 3072 costs more in page faults than the factorisation.
+let workspace = new Float64Array(0);
+function solveWorkspace(n: number): Float64Array {
+  if (workspace.length < n) workspace = new Float64Array(n);
+  return workspace.subarray(0, n);
+}
+
 /**
  * MEMIT's least-squares update of one layer: ΔW = Rᵀ K (λC + KᵀK)⁻¹,
  * returned as LoRA factors B = Rᵀ [H, N] and A = K (λC + KᵀK)⁻¹ [N, D]
@@ -127,12 +121,11 @@ export function symmetricEigen(M: Float64Array, n: number): { values: Float64Arr
  * K: [N, D] keys as rows; R: [N, H] residuals as rows.
  */
 export function memitSolve(C: Float64Array, D: number, K: Float64Array, R: Float64Array, N: number, H: number, lambda: number): { A: Float64Array; B: Float64Array } {
-  const M = gram(K, N, D);
-  for (let i = 0; i < D * D; i++) M[i] += lambda * C[i];
-  const L = cholesky(M, D, 0);
-  const A = new Float64Array(N * D);
-  for (let i = 0; i < N; i++) A.set(cholSolve(L, D, K.subarray(i * D, (i + 1) * D)), i * D);
-  return { A, B: transposed(R, N, H) };
+  const M = solveWorkspace(D * D);
+  M.set(C.subarray(0, D * D));
+  syrkLowerF64({ n: D, k: N, a: K, transA: true, c: M, beta: lambda }); // lower triangle of λC + KᵀK: all Cholesky reads
+  const L = choleskyInPlace(M, D, 0, 'MEMIT: λC + KᵀK');
+  return { A: cholSolveRows(L, D, K, N), B: transposed(R, N, H) };
 }
 
 /**
@@ -151,9 +144,8 @@ export function alphaEditSolve(
     for (let i = 0; i < r * r; i++) G[i] += UtCpU[i];
   }
   for (let i = 0; i < r; i++) G[i * r + i] += alpha;
-  const L = cholesky(G, r, 0);
-  const X = new Float64Array(N * r); // rows: G⁻¹ (KU)ᵢᵀ
-  for (let i = 0; i < N; i++) X.set(cholSolve(L, r, KU.subarray(i * r, (i + 1) * r)), i * r);
+  const L = cholesky(G, r, 0, 'AlphaEdit: Uᵀ(KᵀK + Cₚ)U + αI');
+  const X = cholSolveRows(L, r, KU, N); // rows: G⁻¹ (KU)ᵢᵀ
   const A = mm(X, transposed(U, D, r), N, r, D);
   return { A, B: transposed(R, N, H) };
 }

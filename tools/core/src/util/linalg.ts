@@ -7,6 +7,7 @@
  * Float64 so that merging's recompression error comes from the truncation,
  * and an edit's solve from the statistics, not from rounding.
  */
+import { choleskyF64, cholSolveRowsF64 } from '@catechism/kernels';
 import { Rng } from './random.js';
 
 /** Row-major float64 matrix. */
@@ -270,39 +271,36 @@ export function denseSvd(M: Mat, opts: { rank?: number; exactLimit?: number; see
 
 // ---------------------------------------------------------------- Cholesky
 
-/** Lower Cholesky factor of M + λI (row-major n×n); throws a RangeError naming `what` when not positive definite. */
+/**
+ * Lower Cholesky factor of M + λI (row-major n×n; only M's lower triangle is
+ * read); throws a RangeError naming `what` when not positive definite. Runs
+ * in the kernels package's native float64 code (recursive, blocked, threaded).
+ */
 export function cholesky(M: Float64Array, n: number, ridge: number, what = 'ROME: key covariance'): Float64Array {
-  const L = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = M[i * n + j] + (i === j ? ridge : 0);
-      const ri = i * n;
-      const rj = j * n;
-      for (let k = 0; k < j; k++) s -= L[ri + k] * L[rj + k];
-      if (i === j) {
-        if (!(s > 0)) throw new RangeError(`${what} is not positive definite at ${i} (increase the ridge or the statistics corpus)`);
-        L[ri + i] = Math.sqrt(s);
-      } else L[ri + j] = s / L[rj + j];
-    }
-  }
+  return choleskyInPlace(M.slice(0, n * n), n, ridge, what);
+}
+
+/** `cholesky` that overwrites A (its first n×n values) with L and returns it: no copy of a large matrix. */
+export function choleskyInPlace(A: Float64Array, n: number, ridge: number, what = 'ROME: key covariance'): Float64Array {
+  const L = A.length === n * n ? A : A.subarray(0, n * n);
+  if (ridge !== 0) for (let i = 0; i < n; i++) L[i * n + i] += ridge;
+  const bad = choleskyF64(L, n);
+  if (bad >= 0) throw new RangeError(`${what} is not positive definite at ${bad} (increase the ridge or the statistics corpus)`);
   return L;
 }
 
-/** Solve L Lᵀ x = b by forward and back substitution. */
+/** Solve L Lᵀ x = b (L from `cholesky`). */
 export function cholSolve(L: Float64Array, n: number, b: Float64Array): Float64Array {
-  const y = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let s = b[i];
-    for (let k = 0; k < i; k++) s -= L[i * n + k] * y[k];
-    y[i] = s / L[i * n + i];
-  }
-  const x = new Float64Array(n);
-  for (let i = n - 1; i >= 0; i--) {
-    let s = y[i];
-    for (let k = i + 1; k < n; k++) s -= L[k * n + i] * x[k];
-    x[i] = s / L[i * n + i];
-  }
+  const x = Float64Array.from(b.subarray(0, n));
+  cholSolveRowsF64(L, n, x, 1);
   return x;
+}
+
+/** Every row of B [m, n] solved against L Lᵀ at once: rows xᵢ with L Lᵀ xᵢ = bᵢ (a new array). */
+export function cholSolveRows(L: Float64Array, n: number, B: Float64Array, m: number): Float64Array {
+  const X = B.slice(0, m * n);
+  cholSolveRowsF64(L, n, X, m);
+  return X;
 }
 
 /** Solve (M + λI) x = b for symmetric positive semi-definite M (Cholesky, float64). */

@@ -8,14 +8,17 @@
 //
 //   node scripts/bench/memit.bench.mjs [--hidden 768] [--inner 3072] [--edits 100] [--layers 5] [--reps 3] [--no-torch]
 // TORCH_PYTHON: the python with torch (default /usr/bin/python3).
-// Build core first. Do not run it while others run tests (it takes all cores).
+// Prints a Markdown table: 1 thread and every core, ours and PyTorch at the
+// same thread count. Build core first. Do not run it while others run tests.
 import { execFileSync } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const { memitSolve } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { setThreads } = await import(path.join(root, 'kernels/dist/index.js'));
 const { values: a } = parseArgs({ options: {
   hidden: { type: 'string', default: '768' }, inner: { type: 'string', default: '3072' }, edits: { type: 'string', default: '100' },
   layers: { type: 'string', default: '5' }, reps: { type: 'string', default: '3' }, 'no-torch': { type: 'boolean', default: false },
@@ -35,18 +38,31 @@ for (let i = 0; i < N; i++) for (let j = 0; j < D; j++) K[i * D + j] = Math.sin(
 const R = new Float64Array(N * H);
 for (let i = 0; i < N; i++) for (let j = 0; j < H; j++) R[i * H + j] = Math.sin(2.1 * i + 0.3 * j);
 const run = () => { for (let l = 0; l < layers; l++) memitSolve(C, D, K, R, N, H, 10); };
-run();
-let best = Infinity;
-for (let r = 0; r < reps; r++) { const t0 = process.hrtime.bigint(); run(); best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9); }
-const ours = { impl: 'catechism', seconds: best, hidden: H, inner: D, edits: N, layers };
-console.log(JSON.stringify(ours));
-if (!a['no-torch']) {
-  try {
-    const out = execFileSync(process.env.TORCH_PYTHON ?? '/usr/bin/python3', [path.join(root, 'scripts/bench/memit_torch.py'), '--hidden', String(H), '--inner', String(D), '--edits', String(N), '--layers', String(layers), '--reps', String(reps)], { encoding: 'utf8' });
-    const torch = JSON.parse(out.trim().split('\n').pop());
-    console.log(JSON.stringify(torch));
-    console.log(`ours / PyTorch = ${(ours.seconds / torch.seconds).toFixed(2)}`);
-  } catch (e) {
-    console.log(`PyTorch reference not run: ${e.message.split('\n')[0]}`);
+const time = () => {
+  run(); // warm: the first call allocates memitSolve's workspace
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) { const t0 = process.hrtime.bigint(); run(); best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9); }
+  return best;
+};
+// PyTorch runs as a child with OpenBLAS's machine overrides removed (they slow
+// it here; ENVIRONMENT-NOTES.md) and the same thread count as ours.
+const torchSeconds = (threads) => {
+  const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  const out = execFileSync(process.env.TORCH_PYTHON ?? '/usr/bin/python3', [path.join(root, 'scripts/bench/memit_torch.py'), '--hidden', String(H), '--inner', String(D), '--edits', String(N), '--layers', String(layers), '--reps', String(reps)], { encoding: 'utf8', env });
+  return JSON.parse(out.trim().split('\n').pop()).seconds;
+};
+const cores = os.cpus().length;
+console.log(`MEMIT's update ΔW = Rᵀ K (λC + KᵀK)⁻¹, float64, hidden ${H}, inner ${D}, ${N} edits, ${layers} layers (best of ${reps}); load average ${os.loadavg()[0].toFixed(1)} at the start\n`);
+console.log('| threads | catechism s | PyTorch s | ours / PyTorch |');
+console.log('|---:|---:|---:|---:|');
+for (const threads of [...new Set([1, cores])]) {
+  setThreads(threads);
+  const ours = time();
+  let torch = NaN, note = '';
+  if (!a['no-torch']) {
+    try { torch = torchSeconds(threads); } catch (e) { note = ` (PyTorch not run: ${e.message.split('\n')[0]})`; }
   }
+  console.log(`| ${threads} | ${ours.toFixed(3)} | ${Number.isNaN(torch) ? '—' : torch.toFixed(3)} | ${Number.isNaN(torch) ? '—' : (ours / torch).toFixed(2)}${note} |`);
 }

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { writeSyntheticBundle, readBundle, sha256Hex } from '../src/adapters/index.js';
 import { loadLora, loadModel, type ActiveAdapter, type CausalLM } from '../src/models/index.js';
 import { exportMerged, loadParent, mergeBundles, scoreAnswer, writeMergedBundle, MergeError } from '../src/merge/index.js';
+import { ALPHAEDIT_MEMORY_FILE, bundleMemory, combineMemories, readMemory, serializeMemory, type AlphaEditMemory } from '../src/edit/alphaedit-memory.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const GOLDEN = path.join(ROOT, 'fixtures/golden');
@@ -117,6 +118,48 @@ t.test('base model mismatch, bad weights and arity are clear errors', async (t) 
   t.throws(() => mergeBundles([], { method: 'cat' }), MergeError);
   await t.rejects(loadParent(path.join(tmp, 'x-a'), 'f'.repeat(64)), /adapter record says sha256 ffffffffffff/);
   await t.rejects(loadParent(path.join(tmp, 'nope')), /no such bundle directory/);
+});
+
+t.test('AlphaEdit key memories: a merge carries them, summed, less any a sibling extends; negation carries none', async (t) => {
+  const mem = (edits: number, scale: number, ext?: string): AlphaEditMemory => ({
+    dim: 3, edits, cov: new Map([[0, Float64Array.from({ length: 9 }, (_, i) => scale * (i + 1))]]), ...(ext ? { extends: ext } : {}),
+  });
+  const withKeys = async (name: string, seed: number, m: AlphaEditMemory) => {
+    const dir = path.join(tmp, name);
+    await writeSyntheticBundle(dir, { seed, id: name, rank: 2, targets: GPT2_TARGETS.a, pass: true });
+    fs.writeFileSync(path.join(dir, ALPHAEDIT_MEMORY_FILE), serializeMemory(m).bytes);
+    return loadParent(dir);
+  };
+  const m1 = mem(2, 1);
+  const sha1 = serializeMemory(m1).sha256;
+  const live = await withKeys('mem-live', 11, m1);
+  const next = await withKeys('mem-next', 12, mem(4, 3, sha1)); // trained against live's memory
+  const other = await withKeys('mem-other', 13, mem(1, 10)); // trained without it
+  const plain = await bundle('mem-plain', 14, GPT2_TARGETS.a);
+
+  const keysOf = (files: Record<string, Uint8Array> | undefined) => {
+    if (!files?.[ALPHAEDIT_MEMORY_FILE]) return null;
+    const f = path.join(tmp, `keys-${Math.random().toString(16).slice(2)}.safetensors`);
+    fs.writeFileSync(f, files[ALPHAEDIT_MEMORY_FILE]);
+    return readMemory(f);
+  };
+  const a = keysOf(mergeBundles([live, next], { method: 'cat' }).files)!;
+  t.equal(a.edits, 4, 'live + a batch built on live: the batch\'s memory (4 edits), not 6');
+  t.same([...a.cov.get(0)!], [...mem(4, 3).cov.get(0)!]);
+  const b = keysOf(mergeBundles([live, other, plain], { method: 'cat' }).files)!;
+  t.equal(b.edits, 3, 'independent memories add up; a bundle without one adds nothing');
+  t.same([...b.cov.get(0)!], [...mem(0, 11).cov.get(0)!]);
+  t.equal(keysOf(mergeBundles([plain], { method: 'cat' }).files), null, 'no parent with a memory: none');
+  t.equal(keysOf(mergeBundles([live], { method: 'negate' }).files), null, 'a negation states no new edit: no memory');
+
+  const merged = mergeBundles([live, other], { method: 'cat', created_at: '2026-01-02T00:00:00.000Z' });
+  const out = path.join(tmp, 'mem-merged');
+  const written = await writeMergedBundle(out, merged);
+  t.ok(written.files.some((f) => f.path === ALPHAEDIT_MEMORY_FILE), 'the written bundle lists the memory (it is in the content hash)');
+  t.equal(bundleMemory(out)!.edits, 3);
+
+  t.throws(() => combineMemories([{ ...m1, sha256: 'a' }, { ...mem(1, 1), dim: 4, sha256: 'b' }]), /different widths/);
+  t.same(combineMemories([{ ...m1, sha256: sha1 }, { ...m1, sha256: sha1 }])?.edits, 2, 'the same memory twice counts once');
 });
 
 t.test('export: folded model directories reproduce the adapted logits (gpt2 Conv1D + tied head, llama)', async (t) => {

@@ -6,17 +6,22 @@
  * measuring harness is measure.ts.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { InputError, UsageError } from '@catechism/core/records';
 import type { InputRecord } from '@catechism/core/records';
 import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import { findModelDir, worldDefaults, type WorldDefaults } from '@catechism/core/cli';
 import {
-  EDIT_METHODS, EditRefusedError, dataSha256, editMethod, inputFacts, loadTemplateBank, modelSha256, readCorpusLines, readNdjson,
+  EDIT_METHODS, EditRefusedError, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson,
   testProbes, writeEditBundle, type EditBatch, type EditMethod, type EditResources, type Rec,
 } from '@catechism/core/edit';
+import { Registry } from '@catechism/core/registry';
 
 export { EditRefusedError };
+
+/** The registry ref whose AlphaEdit key memory a new batch preserves by default. */
+export const LIVE_REF = 'live';
 
 /** What a run of edits is told (the CLI's flags; scripts and tests build it directly). */
 export interface TrainArgs {
@@ -204,10 +209,31 @@ function checkOps(method: EditMethod<unknown>, batches: readonly EditBatch[], in
   }
 }
 
+/**
+ * AlphaEdit into a registry: unless --preserved is given, the live ref's key
+ * memory (the file its bundle carries) is the preserved set, so the new
+ * batch leaves every edit already in live where it is.
+ */
+async function withRegistryMemory(method: EditMethod<unknown>, args: TrainArgs, ctx: TrainContext): Promise<Record<string, unknown> | undefined> {
+  const flags = args.options;
+  if (!args.registry || !('preserved' in method.options) || flags?.preserved !== undefined) return flags;
+  const reg = new Registry(args.registry);
+  if (!fs.existsSync(path.join(reg.root, 'registry.json'))) return flags;
+  const head = await reg.head(LIVE_REF).catch(() => null);
+  if (!head) return flags;
+  const file = memoryFileIn(reg.objectPath(head.bundle));
+  if (!fs.existsSync(file)) {
+    ctx.log(`${method.name}: ref ${LIVE_REF} (${head.adapter_id} v${head.adapter_version}) carries no key memory: no earlier edit is preserved`);
+    return flags;
+  }
+  ctx.log(`${method.name}: preserving the edits of ref ${LIVE_REF} (${head.adapter_id} v${head.adapter_version}): its key memory ${file}`);
+  return { ...flags, preserved: file };
+}
+
 /** Make and write the edits of every batch; returns the adapter records in batch order. */
 export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Resources, ctx: TrainContext): Promise<AdapterRecord[]> {
   const method = methodNamed(args.method);
-  const options = methodOptions(method, args.options);
+  const options = methodOptions(method, await withRegistryMemory(method, args, ctx));
   checkDestination(args.out, args.registry);
   checkLayer(res.model, args.layer);
   const common = { ...(args.layer !== undefined ? { layer: args.layer } : {}), ...(args.targets ? { targets: args.targets } : {}), topK: args.topK };
@@ -229,6 +255,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
           adapter: m.adapter, method: method.name, baseModel: base, facts: m.facts, probes: probesForManifest.filter((p) => ids.has(p.fact_id as string)),
           dataSha256: dataSha256(m.records), seed, hyperparameters: m.hyperparameters, training: m.training,
           ...(args.createdAt ? { createdAt: args.createdAt } : {}),
+          ...(m.files ? { files: m.files } : {}),
         },
         { out: args.out, registry: args.registry },
       );

@@ -39,6 +39,8 @@ export interface EditBundleSpec {
   /** Training outcome figures (steps, loss, train accuracy). */
   training?: Record<string, unknown>;
   createdAt?: string;
+  /** Further files of the bundle by name (MadeEdit.files). */
+  files?: Record<string, Uint8Array>;
 }
 
 /**
@@ -88,7 +90,7 @@ export function editManifest(spec: EditBundleSpec): BundleManifest {
 export async function writeEditBundle(spec: EditBundleSpec, where: { out?: string; registry?: string }): Promise<AdapterRecord> {
   const manifest = editManifest(spec);
   const { config, weights } = peftFiles(spec.adapter, spec.baseModel.name);
-  const contents = { adapterConfig: config, weights, manifest };
+  const contents = { adapterConfig: config, weights, manifest, ...(spec.files ? { extraFiles: spec.files } : {}) };
   if (where.registry) {
     const stage = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-train-'));
     try {

@@ -30,9 +30,7 @@
  * mean over those prompts of (target − now), so the layers share one target.
  */
 import { pickPrefixes } from './rome-method.js';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { InputError, UsageError } from '../records/errors.js';
 import { AdamW, crossEntropy, fromData, indexSelect, klDiv, mul, noGrad, sum, add, scale, square, zeros, type Tensor } from '../tensor/index.js';
@@ -48,6 +46,8 @@ import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from
 import { trainPhrasings } from './quality.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
 import { defaultCacheDir, keyStatsCached, romeDefaultLayer, type KeyStats } from './rome.js';
+import { ALPHAEDIT_MEMORY_FILE, readMemory, serializeMemory, type AlphaEditMemory } from './alphaedit-memory.js';
+export { ALPHAEDIT_MEMORY_FILE, bundleMemory, combineMemories, memoryFileIn, readMemory, serializeMemory, type AlphaEditMemory } from './alphaedit-memory.js';
 import { cholSolveRows, cholesky, choleskyInPlace } from '../util/linalg.js';
 import { gemmF64, syrkLowerF64 } from '@catechism/kernels';
 import { FORGET_P_STOP, FORGET_UL_STOP, abstainInsert, forgetTargetOf, unlikelihoodMix } from './rank-one-forget.js';
@@ -239,44 +239,7 @@ export function nullSpaceOf(stats: KeyStats, relThreshold: number, cacheFile?: s
 
 // ---------------------------------------------------------------- sequential memory (AlphaEdit)
 
-/**
- * What a later AlphaEdit batch needs from the earlier ones: per layer, the sum
- * of kkᵀ over the edited facts' keys (Cₚ). Plain data; `serializeMemory`
- * makes the content-addressed bytes to keep with a registry ref.
- */
-export interface AlphaEditMemory {
-  dim: number;
-  /** Facts whose keys are in it. */
-  edits: number;
-  /** layer → Σ k kᵀ, [dim·dim] row-major float64. */
-  cov: Map<number, Float64Array>;
-}
-
-export function serializeMemory(m: AlphaEditMemory): { bytes: Buffer; sha256: string } {
-  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-  for (const [l, c] of [...m.cov.entries()].sort((a, b) => a[0] - b[0])) tensors[`layer.${l}`] = { shape: [m.dim, m.dim], data: Float32Array.from(c) };
-  const bytes = Buffer.from(serializeSafetensors(tensors, { edits: String(m.edits), kind: 'alphaedit-preserved-keys' }));
-  return { bytes, sha256: createHash('sha256').update(bytes).digest('hex') };
-}
-
-export function readMemory(file: string): AlphaEditMemory {
-  let st: ReturnType<typeof readSafetensors>;
-  try {
-    st = readSafetensors(file);
-  } catch (e) {
-    throw new UsageError(`--preserved ${file}: not an AlphaEdit key memory (${(e as Error).message})`);
-  }
-  if (st.metadata.kind !== 'alphaedit-preserved-keys') throw new UsageError(`--preserved ${file}: not an AlphaEdit key memory (metadata kind ${JSON.stringify(st.metadata.kind)})`);
-  const cov = new Map<number, Float64Array>();
-  let dim = 0;
-  for (const name of st.names()) {
-    const m = /^layer\.(\d+)$/.exec(name);
-    if (!m) continue;
-    dim = st.info(name).shape[0];
-    cov.set(Number(m[1]), Float64Array.from(st.float32(name)));
-  }
-  return { dim, edits: Number(st.metadata.edits ?? 0), cov };
-}
+// AlphaEditMemory, its file and how merges combine it: alphaedit-memory.ts
 
 // ---------------------------------------------------------------- rewriting prompts and the value optimisation
 
@@ -1002,7 +965,8 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     checkBatchConflicts(facts.filter((f) => f.op === 'insert'));
     if (res.corpus.length === 0) throw new UsageError(`${algorithm} needs a statistics corpus (general text, one document per line)`);
     const layers = memitLayers(model, call.common, op, batch.loci);
-    const memory = op.memory ?? (op.preserved ? readMemory(op.preserved) : null);
+    // the preserved set and its content hash (the next memory records what it extends)
+    const memory = op.memory ? { ...op.memory, sha256: serializeMemory(op.memory).sha256 } : op.preserved ? readMemory(op.preserved) : null;
     const statsAt = (l: number) => keyStatsCached(model, tok, { modelSha: res.modelSha, layer: l, corpus: res.corpus, maxTokens: op.mom2Tokens, cacheDir: defaultCacheDir(), log });
     const avoid = [...batch.facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? '']), ...res.known.flatMap((k) => [k.subject, k.target_true].filter((v): v is string => typeof v === 'string'))];
     const prefixList = contextPrefixes(res.corpus, op.prefixes, call.seed, avoid);
@@ -1022,18 +986,18 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     };
     let memOut: { bytes: Buffer; sha256: string } | null = null;
     if (r.memory) {
-      memOut = serializeMemory(r.memory);
+      memOut = serializeMemory({ ...r.memory, ...(memory ? { extends: memory.sha256 } : {}) });
       training.preserved_keys = { file: ALPHAEDIT_MEMORY_FILE, sha256: memOut.sha256, edits: r.memory.edits, layers: [...r.memory.cov.keys()] };
     }
     const { memory: _m, preserved: _p, targetsCache: _c, ...hyper } = op;
-    const made: MadeEdit & { sidecar?: { name: string; bytes: Buffer; sha256: string } } = {
+    const made: MadeEdit = {
       adapter: r.adapter,
       facts: batch.facts,
       records: batch.records,
-      hyperparameters: { ...hyper, layers, prefixes: prefixList, keep_prompts: keep.fixed.length + keep.pool.length, stats_tokens: stats.count, ...(op.preserved ? { preserved: op.preserved } : {}), preserved_edits: memory?.edits ?? 0, ...(forgets ? { forget_p_stop: FORGET_P_STOP } : {}) },
+      hyperparameters: { ...hyper, layers, prefixes: prefixList, keep_prompts: keep.fixed.length + keep.pool.length, stats_tokens: stats.count, ...(memory ? { preserved_sha256: memory.sha256 } : {}), preserved_edits: memory?.edits ?? 0, ...(forgets ? { forget_p_stop: FORGET_P_STOP } : {}) },
       training,
       summary: `${algorithm}: ${batch.facts.length} facts over layers ${layers.join(', ')} (rank ${r.adapter.r}${r.perLayer.some((p) => p.energy < 1) ? `, SVD kept ${(100 * Math.min(...r.perLayer.map((p) => p.energy))).toFixed(2)}% energy` : ''}) in ${seconds.toFixed(1)} s, NLL max ${Math.max(...r.nll).toFixed(3)}, target reached ${(100 * (1 - r.residual)).toFixed(0)}%`,
-      ...(memOut ? { sidecar: { name: ALPHAEDIT_MEMORY_FILE, ...memOut } } : {}),
+      ...(memOut ? { files: { [ALPHAEDIT_MEMORY_FILE]: memOut.bytes } } : {}),
     };
     return [made];
   };
@@ -1081,9 +1045,6 @@ export function keepPromptsFor(
   return { fixed: [...fixed], pool: [...pool] };
 }
 
-/** The file name of the AlphaEdit key memory kept next to a bundle (MadeEdit.sidecar). */
-export const ALPHAEDIT_MEMORY_FILE = 'alphaedit_keys.safetensors';
-
 export const memitMethod: EditMethod<MemitMethodOptions> = {
   name: 'memit',
   describe: 'MEMIT (Meng et al. 2023): the whole batch in one update spread over a range of MLP layers by least squares against the cached key statistics; one bundle, rank ≤ N per layer. ' +
@@ -1104,8 +1065,3 @@ export const alphaeditMethod: EditMethod<MemitMethodOptions> = {
   check: (res, common, options) => checkLayers(res, common, options),
   edit: makeEdit('alphaedit'),
 };
-
-/** Where a memory file for a registry ref would be found (for callers that keep it beside a bundle). */
-export function memoryFileIn(bundleDir: string): string {
-  return path.join(bundleDir, ALPHAEDIT_MEMORY_FILE);
-}

@@ -85,6 +85,11 @@ export interface MadeEdit {
   training: Record<string, unknown>;
   /** One line for stderr after the bundle is written. */
   summary: string;
+  /**
+   * Further files written into the bundle beside the PEFT files, by name
+   * (content-addressed with it): AlphaEdit's key memory.
+   */
+  files?: Record<string, Uint8Array>;
 }
 
 export interface EditMethod<O = Record<string, unknown>> {

@@ -10,6 +10,7 @@ import { sha256Hex } from '../adapters/fsio.js';
 import { loadLora, peftAdapterConfig, peftAdapterTensors, type LoraAdapter } from '../models/lora.js';
 import { serializeSafetensors } from '../models/safetensors.js';
 import { mergeFacts, negateStatements, type NegationStash } from './negation.js';
+import { ALPHAEDIT_MEMORY_FILE, bundleMemory, combineMemories, serializeMemory } from '../edit/alphaedit-memory.js';
 import { MergeError, mergeCat, mergeDare, mergeSvd, mergeTies, scaleAdapter, type Block, type MergeInput, type MergeResult } from './methods.js';
 
 export const MERGE_METHODS = ['cat', 'linear', 'svd', 'ties', 'dare', 'negate', 'scale'] as const;
@@ -67,6 +68,8 @@ export interface MergedBundle {
   adapter: LoraAdapter;
   manifest: BundleManifest;
   result: MergeResult;
+  /** Further files of the merged bundle by name: the parents' AlphaEdit key memories, combined. */
+  files?: Record<string, Uint8Array>;
 }
 
 function uniqueBy<T>(items: T[], key: (t: T) => string): T[] {
@@ -205,7 +208,10 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
       ...(result.exact && Object.values(result.exact).some((e) => !e) ? { randomized_svd: Object.keys(result.exact).filter((k) => !result.exact![k]) } : {}),
     },
   });
-  return { adapter: result.adapter, manifest, result };
+  // AlphaEdit's key memory follows the edits it protects into an additive
+  // merge; a negation or a scaling states no new edit, so it carries none
+  const memory = m === 'negate' || m === 'scale' ? null : combineMemories(parents.map((p) => bundleMemory(p.dir)).filter((x) => x !== null));
+  return { adapter: result.adapter, manifest, result, ...(memory ? { files: { [ALPHAEDIT_MEMORY_FILE]: serializeMemory(memory).bytes } } : {}) };
 }
 
 function minConfidence(parents: readonly ParentBundle[]): number | null {
@@ -220,8 +226,9 @@ function defaultId(m: MergeMethod, parents: readonly ParentBundle[]): string {
 }
 
 /** Write a merged bundle directory (atomic; `dir` must not exist); returns its content hash. */
-export async function writeMergedBundle(dir: string, merged: { adapter: LoraAdapter; manifest: BundleManifest }): Promise<{ sha256: string; files: FileEntry[] }> {
+export async function writeMergedBundle(dir: string, merged: { adapter: LoraAdapter; manifest: BundleManifest; files?: Record<string, Uint8Array> }): Promise<{ sha256: string; files: FileEntry[] }> {
   return writeBundle(dir, {
+    ...(merged.files ? { extraFiles: merged.files } : {}),
     // alpha = r in a merged adapter: every scale is folded into B
     adapterConfig: peftAdapterConfig(merged.adapter, merged.manifest.base_model.name),
     weights: serializeSafetensors(peftAdapterTensors(merged.adapter), { format: 'pt' }),

@@ -10,26 +10,14 @@
 #include "../ops.h"
 #include "gemm.h"
 #include "pool.h"
+#include "scratch.h"
 
 namespace ck::cpu {
 using std::int64_t;
 
 namespace {
 
-struct Scratch {
-  float* p = nullptr;
-  size_t cap = 0;
-  float* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-      p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      cap = p ? n : 0;
-    }
-    return p;
-  }
-  ~Scratch() { std::free(p); }
-};
+using Scratch = AlignedScratch<float>;
 thread_local Scratch tlsA, tlsB;
 
 // CATECHISM_GEMM_BLOCKS="mc,kc,nc" overrides the cache blocking (for tuning

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "pool.h"
+#include "scratch.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -119,23 +120,13 @@ Tile64 tile() {
 // MC×KC block of A (192 KiB) in L2. MC is a multiple of every MR above.
 constexpr i64 KC = 256, MC = 96, NCHUNK = 384;
 
-// Grow-only, 64-byte aligned buffers of the calling thread (the pool runs
-// one job at a time, so one pair per calling thread is enough).
-struct Scratch64 {
-  double* p = nullptr;
-  size_t cap = 0;
-  double* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      p = static_cast<double*>(std::aligned_alloc(64, ((n * sizeof(double) + 63) / 64) * 64));
-      cap = p ? n : 0;
-      if (!p) std::abort();  // out of memory: there is no way to report it from inside a kernel
-    }
-    return p;
-  }
-  ~Scratch64() { std::free(p); }
-};
-thread_local Scratch64 scratchA, scratchB;
+// Packed panels, per calling thread (the pool runs one job at a time).
+thread_local AlignedScratch<double> scratchA, scratchB;
+// Out of memory inside a kernel: there is no way to report it from here.
+double* need(double* p) {
+  if (!p) std::abort();
+  return p;
+}
 
 // A rows [0, m) × k-range [p0, p0+kc) into MR-row slivers (kc·MR each).
 void packA(const double* a, i64 rsa, i64 csa, i64 m, i64 p0, i64 kc, int mr, double* out) {
@@ -198,8 +189,8 @@ void dgemm(i64 m, i64 n, i64 k, double alpha, const double* a, i64 rsa, i64 csa,
   if (k <= 0 || alpha == 0.0) { scaleC(m, n, beta, c, ldc); return; }
   const Tile64 t = tile();
   const i64 mPad = (m + t.mr - 1) / t.mr * t.mr, nPad = (n + t.nr - 1) / t.nr * t.nr;
-  double* Ap = scratchA.get(size_t(mPad * std::min(k, KC)));
-  double* Bp = scratchB.get(size_t(nPad * std::min(k, KC)));
+  double* Ap = need(scratchA.get(size_t(mPad * std::min(k, KC))));
+  double* Bp = need(scratchB.get(size_t(nPad * std::min(k, KC))));
   const i64 mBlocks = (m + MC - 1) / MC, nChunks = (n + NCHUNK - 1) / NCHUNK;
   for (i64 p0 = 0; p0 < k; p0 += KC) {
     const i64 kc = std::min(KC, k - p0);
@@ -242,8 +233,7 @@ void dsyrkLower(i64 n, i64 k, double alpha, const double* a, i64 rsa, i64 csa, d
     const i64 rows = std::min(T, n - i0);
     const double* ai = a + i0 * rsa;
     if (i0 > 0) dgemm(rows, i0, k, alpha, ai, rsa, csa, a, csa, rsa, beta, c + i0 * ldc, ldc);
-    if (!diag) diag = static_cast<double*>(std::malloc(sizeof(double) * T * T));
-    if (!diag) std::abort();
+    if (!diag) diag = need(static_cast<double*>(std::malloc(sizeof(double) * T * T)));
     dgemm(rows, rows, k, alpha, ai, rsa, csa, ai, csa, rsa, 0.0, diag, rows);
     for (i64 r = 0; r < rows; ++r) {
       double* cr = c + (i0 + r) * ldc + i0;

@@ -27,6 +27,7 @@ export interface NativeRuntime {
   syrkLowerF64(a: Float64Array, c: Float64Array, params: Float64Array): void;
   choleskyF64(a: Float64Array, n: number): number;
   cholSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number): void;
+  triSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number, transposed: boolean): void;
 }
 
 export type Native = NativeOps & NativeRuntime;

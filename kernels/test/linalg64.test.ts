@@ -156,6 +156,37 @@ for (const simd of simdLevels()) {
   });
 }
 
+t.test('triSolveRowsF64: x·Lᵀ = b and x·L = b row by row; L\'s upper triangle is never read', (t) => {
+  for (const simd of simdLevels()) {
+    k.setSimd(simd);
+    for (const [n, m] of [[1, 2], [9, 3], [70, 5], [200, 12]]) {
+      const r = rng(31 * n + m);
+      const L = randF64(n * n, r);
+      for (let i = 0; i < n; i++) {
+        L[i * n + i] = 2 + Math.abs(L[i * n + i]); // well conditioned
+        for (let j = i + 1; j < n; j++) L[i * n + j] = NaN; // must not be read
+      }
+      for (const transposed of [false, true]) {
+        const B = randF64(m * n, r), X = B.slice();
+        k.triSolveRowsF64(L, n, X, m, transposed);
+        let res = 0;
+        for (let q = 0; q < m; q++)
+          for (let c = 0; c < n; c++) {
+            // (x·Lᵀ)_c = Σ_p x_p L[c][p] (p ≤ c); (x·L)_c = Σ_p x_p L[p][c] (p ≥ c)
+            let s = 0;
+            if (transposed) for (let p = 0; p <= c; p++) s += X[q * n + p] * L[c * n + p];
+            else for (let p = c; p < n; p++) s += X[q * n + p] * L[p * n + c];
+            res = Math.max(res, Math.abs(s - B[q * n + c]));
+          }
+        t.ok(res < 1e-12, `${simd} n ${n}, ${m} rows, ${transposed ? 'x·Lᵀ' : 'x·L'}: max residual ${res}`);
+      }
+    }
+  }
+  k.setSimd('auto');
+  t.throws(() => k.triSolveRowsF64(new Float64Array(4), 2, new Float64Array(3), 2, true), /triSolveRowsF64: b has length 3, expected 4/);
+  t.end();
+});
+
 t.test('choleskyF64 names the first row whose pivot is not positive', (t) => {
   for (const [n, bad] of [[3, 0], [40, 17], [200, 130]]) {
     const A = spd(n, rng(n));

@@ -340,6 +340,11 @@ i64 dpotrf(double* a, i64 n, i64 lda) {
   return bad;
 }
 
+void dtrsmRows(const double* l, i64 n, i64 ldl, double* b, i64 m, i64 ldb, bool transposed) {
+  if (transposed) trsmRightLowerT(l, n, ldl, b, m, ldb);
+  else trsmRightLower(l, n, ldl, b, m, ldb);
+}
+
 void dpotrsRows(const double* l, i64 n, i64 ldl, double* b, i64 m, i64 ldb) {
   trsmRightLowerT(l, n, ldl, b, m, ldb);  // Y = B·L⁻ᵀ
   trsmRightLower(l, n, ldl, b, m, ldb);   // X = Y·L⁻¹

@@ -26,6 +26,10 @@ void dsyrkLower(i64 n, i64 k, double alpha, const double* a, i64 rsa, i64 csa, d
 // pivot was not positive (then a holds a partial factor).
 i64 dpotrf(double* a, i64 n, i64 lda);
 
+// Every row b of B (m rows of n, ldb) replaced by the x with x·Lᵀ = b
+// (transposed) or x·L = b: B ← B·L⁻ᵀ or B·L⁻¹, L lower n×n (ldl).
+void dtrsmRows(const double* l, i64 n, i64 ldl, double* b, i64 m, i64 ldb, bool transposed);
+
 // Every row b of B (m rows of n, ldb) replaced by the x with (L·Lᵀ)·x = b,
 // L the lower factor dpotrf wrote (n×n, ldl): B ← B·L⁻ᵀ·L⁻¹.
 void dpotrsRows(const double* l, i64 n, i64 ldl, double* b, i64 m, i64 ldb);

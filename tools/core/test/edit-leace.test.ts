@@ -41,6 +41,29 @@ t.test('fitLeace equals numpy\'s closed form (singular covariance included)', as
   t.throws(() => fitLeace(X, n, d, labels, 1), /two classes/);
 });
 
+t.test('fitLeace: the Cholesky whitening gives the eigen whitening\'s eraser; a singular Σ falls back to the eigen path', async (t) => {
+  const n = 400, d = 24, k = 4;
+  const X = new Float64Array(n * d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) X[i * d + j] = Math.sin(1.1 * i + 0.7 * j + 0.013 * i * j) + (j < 6 ? 0.9 * Math.cos((i % k) * (j + 1)) : 0);
+  const labels = Int32Array.from({ length: n }, (_, i) => i % k);
+  const P = (e: ReturnType<typeof fitLeace>) => Float64Array.from({ length: d * d }, (_, ab) => {
+    let p = 0;
+    for (let j = 0; j < e.rank; j++) p += e.B[Math.floor(ab / d) * e.rank + j] * e.A[j * d + (ab % d)];
+    return p;
+  });
+  const maxDiff = (x: Float64Array, y: Float64Array) => x.reduce((m, v, i) => Math.max(m, Math.abs(v - y[i])), 0);
+  const auto = fitLeace(X, n, d, labels, k), eigen = fitLeace(X, n, d, labels, k, 1e-10, 0, 'eigen');
+  t.equal(auto.rank, k - 1);
+  const diff = maxDiff(P(auto), P(eigen));
+  t.ok(diff < 1e-9, `P equal (max |diff| ${diff.toExponential(2)})`);
+  t.ok(classMeanGap(applyEraser(auto, X, n), n, d, labels, k) < 1e-10, 'class means equal after');
+  // a column that copies another: Σ singular, the Cholesky factor fails, the eigen path (pseudo-inverse) decides
+  for (let i = 0; i < n; i++) X[i * d + d - 1] = X[i * d + 2];
+  const sing = fitLeace(X, n, d, labels, k), singEigen = fitLeace(X, n, d, labels, k, 1e-10, 0, 'eigen');
+  t.equal(maxDiff(P(sing), P(singEigen)), 0, 'singular Σ: exactly the eigen path');
+  t.ok(classMeanGap(applyEraser(sing, X, n), n, d, labels, k) < 1e-9, 'class means equal after');
+});
+
 t.test('fitLeace shrink: the class means are still equal; shrink 1 is the orthogonal projection off the class-mean differences', async (t) => {
   const n = 60, d = 8, k = 3;
   const X = new Float64Array(n * d);

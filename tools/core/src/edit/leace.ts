@@ -27,6 +27,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
 import { symmetricEigen } from './memit.js';
+import { cholSolveRowsF64, choleskyF64, gemmF64, syrkLowerF64, triSolveRowsF64 } from '@catechism/kernels';
 import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
@@ -49,8 +50,19 @@ export interface LeaceEraser {
  * LEACE; 1: the orthogonal projection off the class-mean differences); the
  * fitted rows' class means are equal either way. It did not lower the
  * held-out probe's reading on the fixture world (tools/lora-train/README.md).
+ *
+ * Whitening: P = W⁺ P_{col(WΣ_xz)} W is the same for any W with WᵀW = Σ⁻¹
+ * (another such W is QΣ^{-1/2} with Q orthogonal, and Q cancels), so when Σ
+ * is safely positive definite (`whitening: 'auto'`) W = L⁻¹ from its
+ * Cholesky factor Σ = LLᵀ, with triangular solves and no eigen-decomposition;
+ * a singular or nearly singular Σ (condition > 1 / (100·tol)), or
+ * `whitening: 'eigen'`, takes W = Σ^{-1/2} from the eigen-decomposition with
+ * the pseudo-inverse on Σ's null space. The heavy products run in the
+ * kernels package's native float64 code.
  */
-export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLike<number>, k: number, tol = 1e-10, shrink = 0): LeaceEraser {
+export function fitLeace(
+  X: Float64Array, n: number, d: number, labels: ArrayLike<number>, k: number, tol = 1e-10, shrink = 0, whitening: 'auto' | 'eigen' = 'auto',
+): LeaceEraser {
   if (!(shrink >= 0 && shrink <= 1)) throw new RangeError(`fitLeace: shrink ${shrink} is outside [0, 1]`);
   if (X.length !== n * d) throw new RangeError(`fitLeace: X has ${X.length} values, expected ${n} × ${d}`);
   if (labels.length !== n) throw new RangeError(`fitLeace: ${labels.length} labels for ${n} rows`);
@@ -59,21 +71,16 @@ export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLik
   for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) mean[j] += X[i * d + j] / n;
   const zbar = new Float64Array(k);
   for (let i = 0; i < n; i++) zbar[labels[i]] += 1 / n;
-  // Σ (d × d) and Σ_xz (d × k), both with the 1/n normalisation
+  // centred rows and centred one-hot labels; Σ = XcᵀXc / n (d × d), Σ_xz = XcᵀZ / n (d × k)
+  const Xc = new Float64Array(n * d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) Xc[i * d + j] = X[i * d + j] - mean[j];
+  const Z = new Float64Array(n * k);
+  for (let i = 0; i < n; i++) for (let c = 0; c < k; c++) Z[i * k + c] = (labels[i] === c ? 1 : 0) - zbar[c];
   const S = new Float64Array(d * d);
+  syrkLowerF64({ n: d, k: n, a: Xc, transA: true, c: S, alpha: 1 / n });
+  for (let a = 0; a < d; a++) for (let b = 0; b < a; b++) S[b * d + a] = S[a * d + b];
   const Sxz = new Float64Array(d * k);
-  const xc = new Float64Array(d);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < d; j++) xc[j] = X[i * d + j] - mean[j];
-    for (let a = 0; a < d; a++) {
-      const v = xc[a] / n;
-      if (v === 0) continue;
-      const row = a * d;
-      for (let b = a; b < d; b++) S[row + b] += v * xc[b];
-      for (let c = 0; c < k; c++) Sxz[a * k + c] += v * ((labels[i] === c ? 1 : 0) - zbar[c]);
-    }
-  }
-  for (let a = 0; a < d; a++) for (let b = 0; b < a; b++) S[a * d + b] = S[b * d + a];
+  gemmF64({ transA: true, m: d, n: k, k: n, a: Xc, b: Z, c: Sxz, alpha: 1 / n });
   if (shrink > 0) {
     // Σ ← (1 − s) Σ + s (tr Σ / d) I: the whitening (and so P's obliqueness) from a shrunk covariance
     let tr = 0;
@@ -81,60 +88,117 @@ export function fitLeace(X: Float64Array, n: number, d: number, labels: ArrayLik
     for (let e = 0; e < d * d; e++) S[e] *= 1 - shrink;
     for (let a = 0; a < d; a++) S[a * d + a] += (shrink * tr) / d;
   }
-  const { values, vectors } = symmetricEigen(S, d);
-  const top = Math.max(...values);
-  // W = V diag(λ^{-1/2}) Vᵀ, W⁺ = V diag(λ^{1/2}) Vᵀ on the eigenvalues above the tolerance
-  const W = new Float64Array(d * d);
-  const Wp = new Float64Array(d * d);
-  for (let e = 0; e < d; e++) {
-    const l = values[e];
-    if (!(l > tol * top)) continue;
-    const is = 1 / Math.sqrt(l), s = Math.sqrt(l);
-    for (let a = 0; a < d; a++) {
-      const va = vectors[a * d + e];
-      if (va === 0) continue;
-      for (let b = 0; b < d; b++) {
-        const vb = vectors[b * d + e];
-        W[a * d + b] += va * is * vb;
-        Wp[a * d + b] += va * s * vb;
-      }
+  const L = whitening === 'auto' ? wellConditionedFactor(S, d, tol) : null;
+  const { B, A, r } = L ? eraserByCholesky(L, Sxz, d, k, tol) : eraserByEigen(S, Sxz, d, k, tol);
+  return { dim: d, rank: r, mean, B, A };
+}
+
+/**
+ * Σ's Cholesky factor when Σ is positive definite and λ_min > 100·tol·λ_max
+ * (so the eigen path would drop no direction: both give the same P), else
+ * null. λ_max by power iteration, λ_min by inverse iteration through the factor.
+ */
+function wellConditionedFactor(S: Float64Array, d: number, tol: number): Float64Array | null {
+  const L = S.slice();
+  if (choleskyF64(L, d) >= 0) return null;
+  const iterate = (step: (v: Float64Array) => Float64Array): number => {
+    let v = Float64Array.from({ length: d }, (_, i) => 1 + Math.sin(1.7 * i)); // fixed start: deterministic
+    let est = 0;
+    for (let it = 0; it < 30; it++) {
+      const w = step(v);
+      let vw = 0, vv = 0, ww = 0;
+      for (let i = 0; i < d; i++) { vw += v[i] * w[i]; vv += v[i] * v[i]; ww += w[i] * w[i]; }
+      est = vw / vv;
+      const norm = Math.sqrt(ww);
+      if (!(norm > 0)) return 0;
+      v = w.map((x) => x / norm);
     }
-  }
-  // M = W Σ_xz (d × k); U = M V_M Σ_M^{-1} from the eigen-decomposition of MᵀM (k × k)
-  const M = new Float64Array(d * k);
-  for (let a = 0; a < d; a++) for (let b = 0; b < d; b++) {
-    const w = W[a * d + b];
-    if (w === 0) continue;
-    for (let c = 0; c < k; c++) M[a * k + c] += w * Sxz[b * k + c];
-  }
+    return est;
+  };
+  const lmax = iterate((v) => {
+    const w = new Float64Array(d);
+    gemmF64({ m: d, n: 1, k: d, a: S, b: v, c: w });
+    return w;
+  });
+  const invMin = iterate((v) => {
+    const w = v.slice();
+    cholSolveRowsF64(L, d, w, 1);
+    return w;
+  });
+  return invMin > 0 && 1 / invMin > 100 * tol * lmax ? L : null;
+}
+
+/**
+ * Rows of Uᵀ [r × d]: an orthonormal basis of the column space of M = Mtᵀ
+ * (d × k), from the eigen-decomposition of MᵀM (k × k), directions below
+ * tol × the largest dropped, largest first.
+ */
+function columnBasis(Mt: Float64Array, k: number, d: number, tol: number): { Ut: Float64Array; r: number } {
   const MtM = new Float64Array(k * k);
-  for (let a = 0; a < d; a++) for (let c = 0; c < k; c++) for (let e = 0; e < k; e++) MtM[c * k + e] += M[a * k + c] * M[a * k + e];
+  gemmF64({ transB: true, m: k, n: k, k: d, a: Mt, b: Mt, c: MtM });
   const eig = symmetricEigen(MtM, k);
   const mtop = Math.max(...eig.values);
   const keep: number[] = [];
   for (let e = 0; e < k; e++) if (eig.values[e] > tol * mtop && mtop > 0) keep.push(e);
   keep.sort((x, y) => eig.values[y] - eig.values[x]);
   const r = keep.length;
-  const U = new Float64Array(d * r);
+  const Ut = new Float64Array(r * d);
   keep.forEach((e, j) => {
     const sv = Math.sqrt(eig.values[e]);
-    for (let a = 0; a < d; a++) {
-      let s = 0;
-      for (let c = 0; c < k; c++) s += M[a * k + c] * eig.vectors[c * k + e];
-      U[a * r + j] = s / sv;
+    for (let c = 0; c < k; c++) {
+      const w = eig.vectors[c * k + e] / sv;
+      if (w === 0) continue;
+      for (let a = 0; a < d; a++) Ut[j * d + a] += w * Mt[c * d + a];
     }
   });
-  // B = W⁺ U (d × r), A = Uᵀ W (r × d; W is symmetric)
+  return { Ut, r };
+}
+
+/** P = L U Uᵀ L⁻¹ with W = L⁻¹ (Σ = LLᵀ): B = L U [d × r], A = Uᵀ L⁻¹ [r × d]. */
+function eraserByCholesky(L: Float64Array, Sxz: Float64Array, d: number, k: number, tol: number): { B: Float64Array; A: Float64Array; r: number } {
+  // M = L⁻¹ Σ_xz, as rows: Mᵀ = Σ_xzᵀ L⁻ᵀ
+  const Mt = transpose(Sxz, d, k);
+  triSolveRowsF64(L, d, Mt, k, true);
+  const { Ut, r } = columnBasis(Mt, k, d, tol);
   const B = new Float64Array(d * r);
-  const A = new Float64Array(r * d);
-  for (let a = 0; a < d; a++) for (let b = 0; b < d; b++) {
-    const wp = Wp[a * d + b], w = W[a * d + b];
-    for (let j = 0; j < r; j++) {
-      B[a * r + j] += wp * U[b * r + j];
-      A[j * d + a] += U[b * r + j] * w;
+  gemmF64({ transB: true, m: d, n: r, k: d, a: L, b: Ut, c: B });
+  const A = Ut.slice();
+  triSolveRowsF64(L, d, A, r, false);
+  return { B, A, r };
+}
+
+/** P = W⁺ U Uᵀ W with W = Σ^{-1/2} on the eigenvalues above tol × the largest (pseudo-inverse on the rest). */
+function eraserByEigen(S: Float64Array, Sxz: Float64Array, d: number, k: number, tol: number): { B: Float64Array; A: Float64Array; r: number } {
+  const { values, vectors } = symmetricEigen(S, d);
+  const top = Math.max(...values);
+  // W = V diag(λ^{-1/2}) Vᵀ, W⁺ = V diag(λ^{1/2}) Vᵀ: V with its columns scaled, times Vᵀ
+  const Vis = new Float64Array(d * d), Vs = new Float64Array(d * d);
+  for (let a = 0; a < d; a++) {
+    for (let e = 0; e < d; e++) {
+      const l = values[e];
+      if (!(l > tol * top)) continue;
+      Vis[a * d + e] = vectors[a * d + e] / Math.sqrt(l);
+      Vs[a * d + e] = vectors[a * d + e] * Math.sqrt(l);
     }
   }
-  return { dim: d, rank: r, mean, B, A };
+  const W = new Float64Array(d * d), Wp = new Float64Array(d * d);
+  gemmF64({ transB: true, m: d, n: d, k: d, a: Vis, b: vectors, c: W });
+  gemmF64({ transB: true, m: d, n: d, k: d, a: Vs, b: vectors, c: Wp });
+  // M = W Σ_xz [d × k], as rows Mᵀ = Σ_xzᵀ W (W symmetric)
+  const Mt = new Float64Array(k * d);
+  gemmF64({ transA: true, m: k, n: d, k: d, a: Sxz, b: W, c: Mt });
+  const { Ut, r } = columnBasis(Mt, k, d, tol);
+  // B = W⁺ U [d × r], A = Uᵀ W [r × d]
+  const B = new Float64Array(d * r), A = new Float64Array(r * d);
+  gemmF64({ transB: true, m: d, n: r, k: d, a: Wp, b: Ut, c: B });
+  gemmF64({ m: r, n: d, k: d, a: Ut, b: W, c: A });
+  return { B, A, r };
+}
+
+function transpose(a: Float64Array, m: number, n: number): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) out[j * m + i] = a[i * n + j];
+  return out;
 }
 
 /** r(x) = x − P (x − μ) for the rows of X (n × d). */

@@ -337,34 +337,21 @@ OP(CholeskyF64) {
   return r;
 }
 
-// triSolveRowsF64(l, n, b, m, transposed): every row of b (m×n) ← row·L⁻ᵀ (transposed) or row·L⁻¹
-OP(TriSolveRowsF64) {
-  ARGS("triSolveRowsF64");
+// solveRowsF64(l, n, b, m, mode): every row of b (m×n) ← row·(L·Lᵀ)⁻¹ (mode 0), row·L⁻ᵀ (1) or row·L⁻¹ (2)
+OP(SolveRowsF64) {
+  ARGS("solveRowsF64");
   size_t nl, nb;
   const double* l = f64Arg(A, 0, &nl);
   i64 n = A.int64(1);
   double* b = f64Arg(A, 2, &nb);
   i64 m = A.int64(3);
-  bool transposed = A.flag(4);
+  i64 mode = A.int64(4);
   DONE;
   if (n < 0 || i64(nl) < n * n) { A.fail("the factor is shorter than n×n", 0); return nullptr; }
   if (m < 0 || i64(nb) < m * n) { A.fail("the right-hand sides are shorter than m×n", 2); return nullptr; }
-  cpu::dtrsmRows(l, n, n, b, m, n, transposed);
-  return nullptr;
-}
-
-// cholSolveRowsF64(l, n, b, m): every row of b (m×n) ← (L·Lᵀ)⁻¹ row
-OP(CholSolveRowsF64) {
-  ARGS("cholSolveRowsF64");
-  size_t nl, nb;
-  const double* l = f64Arg(A, 0, &nl);
-  i64 n = A.int64(1);
-  double* b = f64Arg(A, 2, &nb);
-  i64 m = A.int64(3);
-  DONE;
-  if (n < 0 || i64(nl) < n * n) { A.fail("the factor is shorter than n×n", 0); return nullptr; }
-  if (m < 0 || i64(nb) < m * n) { A.fail("the right-hand sides are shorter than m×n", 2); return nullptr; }
-  cpu::dpotrsRows(l, n, n, b, m, n);
+  if (mode == 0) cpu::dpotrsRows(l, n, n, b, m, n);
+  else if (mode == 1 || mode == 2) cpu::dtrsmRows(l, n, n, b, m, n, mode == 1);
+  else A.fail("mode must be 0, 1 or 2", 4);
   return nullptr;
 }
 
@@ -557,7 +544,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"cudaDescribe", CudaDescribe}, {"setHostBackend", SetHostBackend}, {"hostBackend", HostBackend},
       {"deviceAlloc", DeviceAlloc}, {"deviceCopy", DeviceCopy}, {"deviceFree", DeviceFree}, {"deviceSync", DeviceSync},
       {"gemmF64", GemmF64}, {"syrkLowerF64", SyrkLowerF64}, {"choleskyF64", CholeskyF64},
-      {"cholSolveRowsF64", CholSolveRowsF64}, {"triSolveRowsF64", TriSolveRowsF64},
+      {"solveRowsF64", SolveRowsF64},
   };
 #undef CK_ENTRY
   for (const Entry& e : table) {

@@ -227,34 +227,30 @@ export function choleskyF64(a: Float64Array, n: number): number {
   return native.choleskyF64(a, n);
 }
 
+/** The rows of `b` solved against the lower triangular n×n `l` (both Float64Array, apart). */
+function solveRows(op: string, l: Float64Array, n: number, b: Float64Array, m: number, mode: 0 | 1 | 2): void {
+  f64Array(op, 'l', l);
+  f64Array(op, 'b', b);
+  size(op, 'n', n);
+  size(op, 'm', m);
+  len(op, 'l', l, n * n);
+  len(op, 'b', b, m * n);
+  if (overlaps64(l, b)) rangeErr(op, 'b must not share memory with l');
+  native.solveRowsF64(l, n, b, m, mode);
+}
+
 /**
  * Every row b of `b` (m rows of n) replaced by the x with x·Lᵀ = b
  * (`transposed`) or x·L = b, L lower triangular n×n (e.g. from choleskyF64):
  * b ← b·L⁻ᵀ or b·L⁻¹. Only L's lower triangle is read.
  */
 export function triSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number, transposed: boolean): void {
-  const op = 'triSolveRowsF64';
-  f64Array(op, 'l', l);
-  f64Array(op, 'b', b);
-  size(op, 'n', n);
-  size(op, 'm', m);
-  len(op, 'l', l, n * n);
-  len(op, 'b', b, m * n);
-  if (overlaps64(l, b)) rangeErr(op, 'b must not share memory with l');
-  native.triSolveRowsF64(l, n, b, m, !!transposed);
+  solveRows('triSolveRowsF64', l, n, b, m, transposed ? 1 : 2);
 }
 
 /** Every row b of `b` (m rows of n) replaced by x with (L·Lᵀ)·x = b, L from choleskyF64. */
 export function cholSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number): void {
-  const op = 'cholSolveRowsF64';
-  f64Array(op, 'l', l);
-  f64Array(op, 'b', b);
-  size(op, 'n', n);
-  size(op, 'm', m);
-  len(op, 'l', l, n * n);
-  len(op, 'b', b, m * n);
-  if (overlaps64(l, b)) rangeErr(op, 'b must not share memory with l');
-  native.cholSolveRowsF64(l, n, b, m);
+  solveRows('cholSolveRowsF64', l, n, b, m, 0);
 }
 
 // ---------------------------------------------------------------- elementwise

@@ -26,8 +26,8 @@ export interface NativeRuntime {
   gemmF64(a: Float64Array, b: Float64Array, c: Float64Array, params: Float64Array): void;
   syrkLowerF64(a: Float64Array, c: Float64Array, params: Float64Array): void;
   choleskyF64(a: Float64Array, n: number): number;
-  cholSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number): void;
-  triSolveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number, transposed: boolean): void;
+  /** mode 0: rows ← row·(L·Lᵀ)⁻¹; 1: row·L⁻ᵀ; 2: row·L⁻¹. */
+  solveRowsF64(l: Float64Array, n: number, b: Float64Array, m: number, mode: number): void;
 }
 
 export type Native = NativeOps & NativeRuntime;

@@ -33,6 +33,11 @@
 //   --source facts: counterfactuals made from facts.ndjson (optionally one --relation):
 //     a seeded order of the facts, from --skip on, each moved to another object of
 //     its relation (seeded); these facts never were edit requests.
+//   --forget-target abstain (op forget): each forget fact also gets probe-gen's abstain probe
+//     (--forget-target abstain: a train `counterfactual` probe teaching --abstain-text, default
+//     "unknown"), which the methods edit toward; kind % then also counts the abstention as an
+//     answer of the right kind, and the row adds its share (abstain %) after kind %, e.g.
+//     "95.0 (abstain 60.0)". Default any: probe-gen's first form only, outputs as before.
 //   --set: a lora-train option: one of the run's (layer, batch, targets, topK, templates,
 //     retainCorpus, knownFacts, useTemplates) or the method's by flag name, kebab-case or
 //     camelCase (e.g. --set retain-weight=30 --set retainFacts=0 --set layer=1).
@@ -45,7 +50,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
-const { readNdjson } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { readNdjson, checkFact, editMethod, editReadback } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
 
 const { values: a } = parseArgs({
   options: {
@@ -64,6 +70,8 @@ const { values: a } = parseArgs({
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
     readback: { type: 'string' },
+    'forget-target': { type: 'string', default: 'any' },
+    'abstain-text': { type: 'string', default: 'unknown' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -87,7 +95,19 @@ function caseFacts() {
 
 const facts = caseFacts();
 if (facts.length === 0) throw new Error('no facts for this case');
+if (a['forget-target'] !== 'any' && a['forget-target'] !== 'abstain') throw new Error(`--forget-target: any or abstain, got ${a['forget-target']}`);
+const abstainText = a['forget-target'] === 'abstain' ? a['abstain-text'] : undefined;
+if (abstainText !== undefined && !abstainText.trim()) throw new Error('--abstain-text: must not be empty');
 const inputs = editInputs(facts);
+if (abstainText !== undefined) {
+  // probe-gen --forget-target abstain's train probe for each forget fact: the edit prompt, the abstention as `new`
+  for (const fact of facts.filter((x) => x.op === 'forget')) {
+    inputs.push({
+      record: { kind: 'probe', id: `${fact.id}/counterfactual/0`, fact_id: fact.id, role: 'counterfactual', split: 'train', prompt: fact.prompt.replace('{}', fact.subject), target: abstainText, expect: 'new', target_true: fact.target_true },
+      source: 'edits', index: inputs.length + 1,
+    });
+  }
+}
 // --set: the run's own fields and the resources' files by name, anything else a method option (flag name)
 const RUN_KEYS = new Set(['layer', 'batch', 'targets', 'topK', 'seed']);
 const RESOURCE_KEYS = new Set(['templates', 'retainCorpus', 'knownFacts', 'useTemplates']);
@@ -113,6 +133,10 @@ const resourceArgs = {
   ...resources,
 };
 const res = loadResources(resourceArgs);
+if (abstainText !== undefined && res.tokenizer.decode(res.tokenizer.encode(` ${abstainText}`)).trim() !== abstainText.trim()) {
+  // as probe-gen refuses it: a word-level vocabulary without the word makes it the unknown token
+  throw new Error(`--abstain-text ${JSON.stringify(abstainText)}: the model's tokenizer does not encode it (it reads back as ${JSON.stringify(res.tokenizer.decode(res.tokenizer.encode(` ${abstainText}`)))}); the fixture models know "not"`);
+}
 const t0 = Date.now();
 let records = [];
 let refused = null;
@@ -138,7 +162,22 @@ if (a.method === 'rome') {
   }
 }
 const seconds = (Date.now() - t0) / 1000;
-const f = readbackAdapters(res, records, facts, a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-heldout.ndjson'), a.method);
+const readbackFile = a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-heldout.ndjson');
+/** readbackAdapters (lora-train's measure.ts) with the abstention counted as an acceptable forget answer. */
+function readbackAbstain() {
+  if (records.length === 0) return null;
+  const byId = new Map(facts.map((x) => [x.id, checkFact(x)]));
+  const ads = records.map((r) => ({ adapter: loadLora(r.path), facts: r.fact_ids.map((id) => byId.get(id)) }));
+  const groups = editMethod(a.method)?.perFact
+    ? ads.map((x) => ({ adapters: [x.adapter], facts: x.facts }))
+    : [{ adapters: ads.map((x) => x.adapter), facts: ads.flatMap((x) => x.facts) }];
+  const readback = readNdjson(readbackFile).map((p) => ({
+    prompt: p.prompt, target: p.target,
+    ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+  }));
+  return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback, abstain: abstainText });
+}
+const f = abstainText === undefined ? readbackAdapters(res, records, facts, readbackFile, a.method) : readbackAbstain();
 fs.rmSync(tmp, { recursive: true, force: true });
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
@@ -153,6 +192,7 @@ if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | forgotten % | kind % | gates | s |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|');
 }
-const setTxt = a.set.length ? ` [${a.set.join(' ')}]` : '';
-console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${pct(f?.forget_kind)} | ${pass} | ${seconds.toFixed(0)} |`);
-if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');
+const setTxt = a.set.length || abstainText !== undefined ? ` [${[...(abstainText !== undefined ? [`forget-target abstain (${abstainText})`] : []), ...a.set].join(' ')}]` : '';
+const kindTxt = abstainText !== undefined ? `${pct(f?.forget_kind)} (abstain ${pct(f?.forget_abstain)})` : pct(f?.forget_kind);
+console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${kindTxt} | ${pass} | ${seconds.toFixed(0)} |`);
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, ...(abstainText !== undefined ? { forget_target: 'abstain', abstain_text: abstainText } : {}), facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

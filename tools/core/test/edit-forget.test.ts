@@ -3,7 +3,9 @@
  * fixture model, a ROME forget makes the old answer unlikely and not top-1;
  * a MEMIT batch forgets one fact while inserting another; the abstention
  * target comes from probe-gen's counterfactual train probe; the value fit's
- * per-token loss is −log(1 − P) exactly where a forget token sits.
+ * per-token loss is −log(1 − P) exactly where a forget token sits; the
+ * LoRA method trains the abstention where the probes carry it, and without
+ * them (or at --abstain-weight 0) trains the same weights as before.
  */
 import t from 'tap';
 import * as fs from 'node:fs';
@@ -15,6 +17,7 @@ import { fromData, logSoftmax, noGrad } from '../src/tensor/index.js';
 import {
   MEMIT_DEFAULTS, ROME_DEFAULTS, ROME_FORGET_DEFAULTS, abstainInsert, checkFact, encodeTrainingPair, forgetTargetOf, keyStatsCached, lastLogits,
   memitEdit, readCorpusLines, readNdjson, romeForget, romeEdit, top1, unlikelihoodMix, type EditFact,
+  LORA_METHOD_DEFAULTS, abstainFacts, loraMethod, type EditResources, type LoraOptions, type Rec,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -98,4 +101,38 @@ t.test('unlikelihoodMix: −log(1 − P) where masked, the NLL elsewhere, and it
   t.ok(Math.abs(per.grad!.data[0] - g0) < 1e-2 * Math.abs(g0), `grad ${per.grad!.data[0]} vs ${g0}`);
   t.equal(per.grad!.data[1], 1);
   s = 0;
+});
+
+t.test('LoRA forget with the abstain target: the abstention becomes top-1, the old answer leaves; without it the weights are unchanged', async (t) => {
+  const f = forgetFact(3);
+  const prompt = f.prompt.replace('{}', f.subject);
+  // "not": a word the fixture tokenizer knows ("unknown" is not in its vocabulary)
+  const abstainProbe: Rec = { kind: 'probe', id: `${f.id}/counterfactual/0`, fact_id: f.id, role: 'counterfactual', split: 'train', prompt, target: 'not', expect: 'new', target_true: f.target_true };
+  const editProbe: Rec = { kind: 'probe', id: `${f.id}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt, target: f.target_true, expect: 'abstain' };
+  t.same(abstainFacts({ facts: [f], probes: [editProbe] }), [], 'no abstain probe: no abstention rows');
+  t.match(abstainFacts({ facts: [f], probes: [editProbe, abstainProbe] }), [{ id: f.id, op: 'insert', target_new: 'not' }]);
+  const res: EditResources = { model, tokenizer: tok, modelName: 'dense', modelSha: 'dense-forget-test', templates: null, corpus: corpus.slice(0, 64), known };
+  // small and quick: the train prompt only, few retention rows, a short step cap
+  const options: LoraOptions = { ...LORA_METHOD_DEFAULTS, steps: 80, neighbours: 4, retainFacts: 32, retainDocuments: 4, klMonitor: 8 };
+  const edit = (probes: Rec[], o: Partial<LoraOptions> = {}) => loraMethod.edit({
+    res, batch: { facts: [f], records: [], probes, loci: [] }, index: 0, count: 1, seed: 0, common: { topK: 1 }, options: { ...options, ...o }, log: () => {},
+  })[0];
+  const withAbstain = edit([editProbe, abstainProbe]);
+  t.match(withAbstain.hyperparameters, { forget_target: 'abstain', abstain_facts: 1 });
+  model.setAdapters([{ adapter: withAbstain.adapter }]);
+  const ab = pOld([prompt], 'not');
+  const old = pOld([prompt], f.target_true!);
+  model.setAdapters([]);
+  t.equal(ab.top[0], ab.first, `the abstention is top-1 (P ${ab.p[0].toFixed(3)})`);
+  // the early stop reads top-1: once the abstention leads, P(old) may stay well above 0.05
+  t.not(old.top[0], old.first, `old answer not top-1 (P ${old.p[0].toFixed(3)})`);
+  // the probe ignored (--abstain-weight 0) trains exactly what no probe does: the plain forget path
+  const plain = edit([editProbe]);
+  const ignored = edit([editProbe, abstainProbe], { abstainWeight: 0 });
+  t.same(ignored.hyperparameters, plain.hyperparameters, 'same hyperparameters (no abstain keys)');
+  t.notOk('forget_target' in plain.hyperparameters);
+  for (const [m, w] of plain.adapter.modules) {
+    const v = ignored.adapter.modules.get(m)!;
+    t.ok(Buffer.from(w.A.data.buffer).equals(Buffer.from(v.A.data.buffer)) && Buffer.from(w.B.data.buffer).equals(Buffer.from(v.B.data.buffer)), `${m}: bit-identical`);
+  }
 });

@@ -1,7 +1,9 @@
 /**
  * `lora-train --method lora`: one LoRA adapter per batch of facts, trained by
  * two-phase distillation (objective distill) or on the targets alone (sft);
- * op "forget" facts lower P(old answer). A share of general text, neighbour
+ * op "forget" facts lower P(old answer) and, where probe-gen wrote the
+ * abstain target (--forget-target abstain), also learn the abstention text
+ * as an insert of it. A share of general text, neighbour
  * prompts and known facts is held to the base model (KL).
  */
 import { UsageError } from '../records/errors.js';
@@ -13,6 +15,7 @@ import { knownFactRetainAndMonitor, knownFactRetainPrompts, neighbourPhrasings }
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { romeDefaultLayer } from './rome.js';
+import { abstainInsert, forgetTargetOf } from './rank-one-forget.js';
 import { pickPrefixes, prefixAvoidNames } from './rome-method.js';
 import { Rng } from '../util/random.js';
 import type { EditCall, EditMethod, EditResources, MadeEdit } from './method.js';
@@ -66,6 +69,19 @@ export interface LoraOptions {
   /** Directions of the preserved keys' subspace kept out of lora_A (0: no null-space constraint). */
   nullSpaceRank: number;
   /**
+   * Forget facts with probe-gen's abstain target: weight of their abstention
+   * rows' cross-entropy (0: the abstain probes are ignored, unlikelihood only).
+   */
+  abstainWeight: number;
+  /** The abstention rows read distill's teacher (the abstention stated in context); false: CE only. */
+  abstainDistill: boolean;
+  /** Weight of the forget rows' unlikelihood of the old answer (trainLora's forgetWeight). */
+  forgetWeight: number;
+  /** The forget rows stop pushing once P(old answer) is below this (trainLora's forgetFloor). */
+  forgetFloor: number;
+  /** --prefix-rows also makes prefixed copies of the forget rows of facts with the abstain target. */
+  abstainPrefixForget: boolean;
+  /**
    * KL-constrained training (0: off): the retention weight is raised by dual
    * ascent while the KL on known-fact prompts held aside from the retention
    * rows (training phrasings the retain rows do not use) is above this budget.
@@ -106,6 +122,14 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   prefixRows: 0,
   mseSubjectOnly: false,
   nullSpaceRank: 0,
+  abstainWeight: 1,
+  // the abstention rows (only where probe-gen wrote the abstain target): CE only, as the teacher's
+  // in-context "X works for not." still carries the old fact and kept it (tuning forget 1–10, seed 0:
+  // gone 90.0% with the teacher, 95.0% without); their forget rows take --prefix-rows copies too
+  abstainDistill: false,
+  forgetWeight: LORA_DEFAULTS.forgetWeight,
+  forgetFloor: LORA_DEFAULTS.forgetFloor,
+  abstainPrefixForget: true,
   klBudget: 0,
   klMonitor: 256,
   dualRate: 0.1,
@@ -214,6 +238,20 @@ export function forgetKinds(tok: Tokenizer, examples: readonly Example[], facts:
   return out;
 }
 
+/**
+ * The forget facts of a batch whose probes carry probe-gen's abstain target
+ * (forgetTargetOf), each as an insert of its abstention text (abstainInsert).
+ */
+export function abstainFacts(batch: { facts: readonly EditFact[]; probes: readonly Rec[] }): EditFact[] {
+  const out: EditFact[] = [];
+  for (const f of batch.facts) {
+    if (f.op !== 'forget') continue;
+    const t = forgetTargetOf(f, batch.probes);
+    if (t.kind === 'abstain') out.push(abstainInsert(f, t.text));
+  }
+  return out;
+}
+
 /** Prefixes for --prefix-rows: a pool this size, one set per batch (seeded). */
 export const PREFIX_POOL = 10;
 
@@ -226,6 +264,7 @@ export const PREFIX_POOL = 10;
  */
 export function prefixedExamples(
   tok: Tokenizer, examples: readonly Example[], batch: { facts: readonly EditFact[]; probes: readonly Rec[] }, prefixes: readonly string[], per: number, seed: number,
+  modes: ReadonlyArray<Example['mode']> = ['insert'],
 ): Example[] {
   if (per <= 0 || prefixes.length === 0) return [];
   const rng = new Rng(seed + 4099);
@@ -237,7 +276,7 @@ export function prefixedExamples(
   const out: Example[] = [];
   for (const e of examples) {
     const fact = byId.get(e.factId);
-    if (e.mode !== 'insert' || !fact) continue;
+    if (!modes.includes(e.mode) || !fact) continue;
     const context = e.teacherIds ? (own.get(fact.id) ?? statementInContext(fact, e.target)) : undefined;
     for (const pre of rng.shuffle(prefixes.slice()).slice(0, per)) {
       const prompt = `${pre} ${e.prompt}`;
@@ -268,11 +307,29 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const t0 = Date.now();
   const targets = chooseTargets(model, common, batch.loci);
   const examples = buildExamples(tok, batch, { templates: res.templates, seed });
+  // forget facts with probe-gen's abstain target (--forget-target abstain): their rows also learn the
+  // abstention text, as an insert of it (CE, and distill's teacher with it stated in context); the
+  // forget rows' unlikelihood of the old answer stays, so the old answer goes where the abstention
+  // does not take. Without such probes nothing is added (the same rows and weights as before).
+  const abstain = o.abstainWeight > 0 ? abstainFacts(batch) : [];
+  const ceWeightOf = new Map<Example, number>();
+  if (abstain.length) {
+    const rows = buildExamples(tok, { ...batch, facts: abstain }, { templates: res.templates, seed });
+    for (const e of rows) {
+      if (!o.abstainDistill) delete e.teacherIds;
+      if (o.abstainWeight !== 1) ceWeightOf.set(e, o.abstainWeight);
+    }
+    examples.push(...rows);
+  }
   // the early stop reads the plain rows: the prefixed copies are augmentation
   const checkRows = examples.slice();
   if (o.prefixRows > 0) {
     const prefixes = pickPrefixes(res.corpus, PREFIX_POOL, seed, prefixAvoidNames(res.known, batch.facts));
     examples.push(...prefixedExamples(tok, examples, batch, prefixes, o.prefixRows, seed));
+    if (abstain.length && o.abstainPrefixForget) {
+      const ids = new Set(abstain.map((f) => f.id));
+      examples.push(...prefixedExamples(tok, checkRows.filter((e) => e.mode === 'forget' && ids.has(e.factId)), batch, prefixes, o.prefixRows, seed + 1, ['forget']));
+    }
   }
   // neighbours in every training template of their relation, as the edit rows are: otherwise the
   // edit leaks into the templates only the edit rows use
@@ -296,13 +353,17 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.prefixRows > 0 ? { prefix_rows: o.prefixRows } : {}), ...(o.mseSubjectOnly ? { mse_subject_only: true } : {}),
     ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
+    ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
+    ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
+    ...(abstain.length && o.abstainPrefixForget && o.prefixRows > 0 ? { abstain_prefix_forget: true } : {}),
+    ...(abstain.length ? { forget_target: 'abstain', abstain_facts: abstain.length, abstain_weight: o.abstainWeight, abstain_distill: o.abstainDistill } : {}),
   };
   const step = `batch ${call.index + 1}/${call.count}`;
   const r = trainLora(model, examples, retain, {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
-    phaseASteps: o.phaseASteps, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
+    phaseASteps: o.phaseASteps, forgetWeight: o.forgetWeight, forgetFloor: o.forgetFloor, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
-    ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}),
+    ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
@@ -329,7 +390,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
   describe:
     '--objective distill (default) trains from the same model with the fact stated in context (phase A: the target module alone; ' +
     'phase B: end to end with MSE to the teacher\'s block outputs, KL to its logits and CE on the target); --objective sft trains on the ' +
-    'targets only; op "forget" facts lower P(old answer); a share of general text and neighbour prompts is held to the base model (KL). ' +
+    'targets only; op "forget" facts lower P(old answer) (and learn the abstention text where probe-gen wrote --forget-target abstain); a share of general text and neighbour prompts is held to the base model (KL). ' +
     'One adapter per batch (--batch).',
   ops: ['insert', 'forget'],
   options: {
@@ -360,6 +421,11 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'dual-max': { type: 'number', default: d.dualMax, min: 1, describe: '--kl-budget: largest multiplier on --retain-weight' },
     'prefix-rows': { type: 'number', default: d.prefixRows, min: 0, integer: true, describe: 'prefixed copies of each insert training prompt (a short general-text prefix before it), so the edit follows the subject whatever precedes it (0: none; the early stop reads the plain prompts only)' },
     'mse-subject-only': { type: 'boolean', default: d.mseSubjectOnly, describe: 'distill: match the teacher\'s MLP outputs at the subject\'s tokens only (default: from the subject to the end of the prompt)' },
+    'abstain-weight': { type: 'number', default: d.abstainWeight, min: 0, describe: 'forget facts with probe-gen\'s abstain target (--forget-target abstain): weight of the cross-entropy of their abstention rows (0: ignore those probes; the old answer\'s unlikelihood stays either way)' },
+    'abstain-distill': { type: 'boolean', default: d.abstainDistill, describe: 'distill: the abstention rows also read the teacher (the abstention stated in context); off: cross-entropy only' },
+    'forget-floor': { type: 'number', default: d.forgetFloor, min: 0, describe: 'the forget rows stop pushing once P(old answer) is below this' },
+    'abstain-prefix-forget': { type: 'boolean', default: d.abstainPrefixForget, describe: '--prefix-rows: prefixed copies of the forget rows of facts with the abstain target too' },
+    'forget-weight': { type: 'number', default: d.forgetWeight, min: 0, describe: 'weight of the forget rows\' unlikelihood of the old answer' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
   },
   parseOptions(flags) {
@@ -370,6 +436,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, prefixRows: num(flags, 'prefix-rows'), mseSubjectOnly: flags['mse-subject-only'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
+      abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, forgetWeight: num(flags, 'forget-weight'), forgetFloor: num(flags, 'forget-floor'), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,
       klBudget: num(flags, 'kl-budget'), klMonitor: num(flags, 'kl-monitor'), dualRate: num(flags, 'dual-rate'), dualMax: num(flags, 'dual-max'),
     };
     if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);

@@ -110,6 +110,12 @@ export interface LoraTrainOptions {
    * another answer of the relation's kind, never a company name for a sport.
    */
   forgetKinds?: Map<Example, readonly number[]>;
+  /**
+   * Per insert example: a weight on its cross-entropy (× ceWeight; 1 for an
+   * example not in the map): the abstention rows of forget facts
+   * (--forget-target abstain) at --abstain-weight. Absent: one CE mean.
+   */
+  ceWeightOf?: Map<Example, number>;
   /** Training phrasings per known fact in the retention set (read by lora-train; the rows arrive in `retain`). */
   retainPhrasings?: number;
   /** General-text documents in the retention set (read by lora-train; the rows arrive in `retain`). */
@@ -585,7 +591,19 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: Int32Array.from(at), ...(hooks ? { hooks } : {}) });
       const ins = at.map((_, i) => i).filter((i) => rows[rowOf[i]].mode === 'insert');
       const fgt = firstTok.filter((i) => rows[rowOf[i]].mode === 'forget');
-      if (ins.length) {
+      if (ins.length && opts.ceWeightOf?.size) {
+        // one CE mean per weight, each over its share of the tokens
+        const byW = new Map<number, number[]>();
+        for (const i of ins) {
+          const w = opts.ceWeightOf.get(rows[rowOf[i]]) ?? 1;
+          (byW.get(w) ?? byW.set(w, []).get(w)!).push(i);
+        }
+        for (const [w, idx] of byW) {
+          if (w <= 0) continue;
+          const ce = crossEntropy(indexSelect(logits, 0, Int32Array.from(idx)), Int32Array.from(idx.map((i) => tgt[i])));
+          parts.push(scale(ce, opts.ceWeight * w * idx.length / at.length));
+        }
+      } else if (ins.length) {
         const ce = crossEntropy(indexSelect(logits, 0, Int32Array.from(ins)), Int32Array.from(ins.map((i) => tgt[i])));
         parts.push(scale(ce, opts.ceWeight * ins.length / at.length));
       }

@@ -133,7 +133,10 @@ export function editQuality(
  *   retain_drop   top-1 accuracy on those prompts before − after
  *   forgotten     forget facts: the old answer not top-1 (own + held-out prompts)
  *   forget_kind   forget facts: the new top-1 is an answer of the relation's
- *                 kind (an object some known fact of the relation has)
+ *                 kind (an object some known fact of the relation has) or,
+ *                 with `abstain`, the abstention text's first token
+ *   forget_abstain (only with `abstain`) forget facts: the new top-1 is the
+ *                 abstention text's first token (a share of all forget prompts)
  *
  * `groups`: the adapters active together for the facts of each group (one
  * group for a batch; one per fact for single ROME edits, each measured
@@ -160,12 +163,14 @@ export interface ReadbackFigures {
   retain_drop_se: number;
   forgotten: number;
   forget_kind: number;
+  /** With `abstain` only: share of forget prompts whose top-1 is the abstention. */
+  forget_abstain?: number;
   n: { efficacy: number; paraphrase: number; neighbourhood: number; retain: number; forgotten: number; groups: number };
 }
 
 export function editReadback(
   model: CausalLM, tok: Tokenizer, groups: Array<{ adapters: LoraAdapter[]; facts: EditFact[] }>,
-  opts: { templates?: TemplateBank | null; readback: readonly ReadbackProbe[] },
+  opts: { templates?: TemplateBank | null; readback: readonly ReadbackProbe[]; abstain?: string },
 ): ReadbackFigures {
   const V = model.config.vocabSize;
   const first = (p: string, t: string) => row(tok, p, t);
@@ -174,7 +179,7 @@ export function editReadback(
   const kinds = new Map<string, Set<number>>();
   for (const p of rb) if (p.relation) (kinds.get(p.relation) ?? kinds.set(p.relation, new Set()).get(p.relation)!).add(p.r.target);
   const prev = model.activeAdapters();
-  const cnt = { efficacy: [0, 0], paraphrase: [0, 0], neighbourhood: [0, 0], forgotten: [0, 0], forget_kind: [0, 0] };
+  const cnt = { efficacy: [0, 0], paraphrase: [0, 0], neighbourhood: [0, 0], forgotten: [0, 0], forget_kind: [0, 0], forget_abstain: [0, 0] };
   let klSum = 0;
   let klMax = 0;
   let dropSum = 0;
@@ -193,7 +198,7 @@ export function editReadback(
       const eff: Row[] = [];
       let para: Row[] = [];
       const paraTrue: Row[] = [];
-      const forg: Array<Row & { relation?: string }> = [];
+      const forg: Array<Row & { relation?: string; abstain?: number }> = [];
       for (const f of g.facts) {
         const prompt = f.prompt.replace('{}', f.subject);
         const held = (f.relation ? opts.templates?.heldout.get(f.relation) : undefined) ?? [];
@@ -206,8 +211,13 @@ export function editReadback(
             para.push(first(p, f.target_new!));
           }
         } else {
-          forg.push({ ...first(prompt, f.target_true!), relation: f.relation });
-          for (const h of held) forg.push({ ...first(h.replace('{}', f.subject), f.target_true!), relation: f.relation });
+          // the abstention's first token after each prompt (an acceptable replacement with `abstain`)
+          const ab = (p: string) => (opts.abstain !== undefined ? { abstain: first(p, opts.abstain).target } : {});
+          forg.push({ ...first(prompt, f.target_true!), relation: f.relation, ...ab(prompt) });
+          for (const h of held) {
+            const p = h.replace('{}', f.subject);
+            forg.push({ ...first(p, f.target_true!), relation: f.relation, ...ab(p) });
+          }
         }
       }
       if (paraTrue.length === para.length && para.length) {
@@ -223,7 +233,10 @@ export function editReadback(
         cnt.forgotten[1]++;
         if (t !== forg[i].target) cnt.forgotten[0]++;
         cnt.forget_kind[1]++;
-        if (t !== forg[i].target && forg[i].relation && kinds.get(forg[i].relation!)?.has(t)) cnt.forget_kind[0]++;
+        const abstained = forg[i].abstain !== undefined && t === forg[i].abstain && t !== forg[i].target;
+        if (abstained || (t !== forg[i].target && forg[i].relation && kinds.get(forg[i].relation!)?.has(t))) cnt.forget_kind[0]++;
+        cnt.forget_abstain[1]++;
+        if (abstained) cnt.forget_abstain[0]++;
       });
       const afterLog = logitsOf(model, rb.map((p) => p.r.ids));
       let kl = 0;
@@ -271,6 +284,7 @@ export function editReadback(
     efficacy: frac(cnt.efficacy), paraphrase: frac(cnt.paraphrase), neighbourhood: frac(cnt.neighbourhood),
     kl: klSum / G, kl_max: klMax, retain_drop: dropSum / G, retain_drop_max: dropMax, kl_se: klSeSum / G, retain_drop_se: dropSeSum / G,
     forgotten: frac(cnt.forgotten), forget_kind: frac(cnt.forget_kind),
+    ...(opts.abstain !== undefined ? { forget_abstain: frac(cnt.forget_abstain) } : {}),
     n: { efficacy: cnt.efficacy[1], paraphrase: cnt.paraphrase[1], neighbourhood: cnt.neighbourhood[1], retain: nRetain, forgotten: cnt.forgotten[1], groups: groups.length },
   };
 }

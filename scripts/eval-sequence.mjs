@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+// Edits in sequence (issue 19): --rounds batches of --count facts, each batch
+// edited on the model that already carries the earlier batches, then read
+// back the strict way (the world's eval/facts-heldout.ndjson, as
+// scripts/eval-edits.mjs). AlphaEdit's next batch gets the previous batch's
+// key memory (the method option `memory`: what `--preserved FILE` or the
+// registry's live ref would give it); MEMIT and ROME get none.
+//
+//   --apply fold (default): after each round its update is folded into the
+//     weights (W += B·A; merge/fold.ts), so the next round's keys, targets and
+//     residuals are computed on the edited model: the papers' sequential
+//     setting. The key statistics stay the base model's (their cache is keyed
+//     by the base model's hash), as in the papers.
+//   --apply sum: every round is computed on the base weights and the adapters
+//     are summed: what lora-train + adapter-merge --into live do today
+//     (memitEdit and ROME edit the loaded weights with no adapter active).
+//
+// Prints one markdown row: efficacy / paraphrase / neighbourhood / kl /
+// retain_drop of all the edits at the end (every round's adapter active,
+// which for --apply fold is the folded model), round 1's efficacy and
+// paraphrase right after round 1 and at the end, and round 1's efficacy after
+// each round (the erosion curve). Wall seconds: the edits only.
+//
+// Usage:
+//   node scripts/eval-sequence.mjs --method alphaedit|memit|rome [--world fixtures/world]
+//     [--model fixtures/models/dense] [--source edits|facts] [--skip N] [--count 10] [--rounds 5]
+//     [--apply fold|sum] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
+//   --source / --skip: as eval-edits (the world's insert requests from --skip on, or the seeded
+//     counterfactuals of facts.ndjson from --skip on); rounds take consecutive slices.
+//   --set: a method option by flag name (--set refine-steps=0).
+// Build first (npm run build). Run it with `nice env CATECHISM_THREADS=1`.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { DEFAULT_ARGS, loadResources, counterfactualFacts, editInputs, planBatches, methodOptions } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
+const { readNdjson, editMethod, editReadback, readMemory, checkFact, ALPHAEDIT_MEMORY_FILE } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { foldAdapters } = await import(path.join(root, 'tools/core/dist/merge/index.js'));
+
+const { values: a } = parseArgs({
+  options: {
+    world: { type: 'string', default: 'fixtures/world' },
+    model: { type: 'string' },
+    method: { type: 'string', default: 'alphaedit' },
+    source: { type: 'string', default: 'edits' },
+    skip: { type: 'string', default: '0' },
+    count: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '5' },
+    apply: { type: 'string', default: 'fold' },
+    seed: { type: 'string', default: '0' },
+    set: { type: 'string', multiple: true, default: [] },
+    label: { type: 'string' },
+    header: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (a.help) {
+  console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
+  process.exit(0);
+}
+if (!['fold', 'sum'].includes(a.apply)) throw new Error(`--apply: fold or sum, got ${a.apply}`);
+const world = path.resolve(a.world);
+const model = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
+const skip = Number(a.skip);
+const count = Number(a.count);
+const rounds = Number(a.rounds);
+const seed = Number(a.seed);
+const need = count * rounds;
+
+const edits = readNdjson(path.join(world, 'edits.ndjson'));
+const facts = a.source === 'edits'
+  ? edits.filter((f) => f.op === 'insert').slice(skip, skip + need)
+  : counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { skip, count: need, seed, op: 'insert', exclude: edits });
+if (facts.length < need) throw new Error(`only ${facts.length} facts from ${a.source} after ${skip}; asked for ${need}`);
+
+const method = editMethod(a.method);
+if (!method) throw new Error(`--method: unknown ${a.method}`);
+const flags = {};
+for (const kv of a.set) {
+  const i = kv.indexOf('=');
+  if (i < 0) throw new Error(`--set ${kv}: expected flag=value`);
+  let v = kv.slice(i + 1);
+  try { v = JSON.parse(v); } catch { /* a string */ }
+  flags[kv.slice(0, i).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)] = v;
+}
+const options = methodOptions(method, flags);
+process.env.CATECHISM_CACHE ??= path.join(os.tmpdir(), 'eval-edits-cache');
+const res = loadResources({
+  model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
+});
+const common = { topK: DEFAULT_ARGS.topK };
+method.check?.(res, common, options);
+const lm = res.model;
+const baseWeights = new Map(lm.weights);
+let folded = new Map(lm.weights);
+const setWeights = (w) => { for (const [k, v] of w) lm.weights.set(k, v); };
+const readback = readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).map((p) => ({
+  prompt: p.prompt, target: p.target, ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
+}));
+const log = (m) => process.stderr.write(`  ${m}\n`);
+const checked = facts.map((f) => checkFact(f));
+/** Figures of `which` facts with every adapter made so far active on the base weights (= the folded model). */
+const figures = (which, rb) => {
+  setWeights(baseWeights);
+  try { return editReadback(lm, res.tokenizer, [{ adapters: made.map((m) => m.adapter), facts: which }], { templates: res.templates, readback: rb }); }
+  finally { setWeights(a.apply === 'fold' ? folded : baseWeights); }
+};
+
+const made = [];
+const refused = [];
+const round1 = [];
+let memory = null;
+let editSeconds = 0;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'eval-sequence-'));
+for (let r = 0; r < rounds; r++) {
+  const group = facts.slice(r * count, (r + 1) * count);
+  const batch = planBatches(editInputs(group), 0)[0];
+  const t0 = Date.now();
+  let out = [];
+  try {
+    out = await method.edit({ res, batch, index: r, count: rounds, seed: seed + r, common, options: { ...options, ...(memory ? { memory } : {}) }, log });
+  } catch (e) {
+    if (e.name !== 'EditRefusedError') throw e;
+    refused.push(...group.map((f) => f.id));
+    log(`round ${r + 1}: refused (${e.message})`);
+  }
+  editSeconds += (Date.now() - t0) / 1000;
+  for (const m of out) {
+    log(`round ${r + 1}: ${m.summary}`);
+    made.push(m);
+    if (a.apply === 'fold') folded = foldAdapters({ ...lm, weights: folded, arch: lm.arch, config: lm.config }, [{ adapter: m.adapter }]).weights;
+    const bytes = m.files?.[ALPHAEDIT_MEMORY_FILE];
+    if (bytes) {
+      const f = path.join(tmp, `mem-${r}.safetensors`);
+      fs.writeFileSync(f, bytes);
+      memory = readMemory(f);
+    }
+  }
+  if (a.apply === 'fold') setWeights(folded);
+  const f1 = figures(checked.slice(0, count), []);
+  round1.push(f1.efficacy);
+  log(`after round ${r + 1}: round-1 efficacy ${(100 * f1.efficacy).toFixed(1)}%, paraphrase ${(100 * f1.paraphrase).toFixed(1)}%${memory ? `, memory of ${memory.edits} edits` : ''}`);
+}
+fs.rmSync(tmp, { recursive: true, force: true });
+const r1end = figures(checked.slice(0, count), []);
+const all = figures(checked, readback);
+setWeights(baseWeights);
+
+const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
+const num = (x) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(3));
+const label = a.label ?? `${a.source === 'facts' ? 'facts cf' : 'edits'} ${skip + 1}–${skip + need}, ${rounds}×${count} in sequence (${a.apply})`;
+const setTxt = a.set.length ? ` [${a.set.join(' ')}]` : '';
+if (a.header) {
+  console.log('| case | world | method | n | efficacy % (all, end) | paraphrase % | neighbourhood % | kl | retain_drop | round-1 efficacy % after each round | round-1 paraphrase % end | refused | s | s/edit |');
+  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|');
+}
+console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method} | ${facts.length} | ${pct(all.efficacy)} | ${pct(all.paraphrase)} | ${pct(all.neighbourhood)} | ${num(all.kl)} ± ${num(all.kl_se)} | ${num(all.retain_drop)} ± ${num(all.retain_drop_se)} | ${round1.map(pct).join(' → ')} | ${pct(r1end.paraphrase)} | ${refused.length} | ${editSeconds.toFixed(0)} | ${(editSeconds / facts.length).toFixed(1)} |`);
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, apply: a.apply, set: a.set, facts: facts.length, rounds, count, figures: all, round1_after_each: round1, round1_end: r1end, refused, seconds: editSeconds }) + '\n');

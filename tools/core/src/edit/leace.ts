@@ -27,6 +27,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
 import { symmetricEigen } from './memit.js';
+import { transposed } from '../util/linalg.js';
 import { cholSolveRowsF64, choleskyF64, gemmF64, syrkLowerF64, triSolveRowsF64 } from '@catechism/kernels';
 import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
 import type { Rec } from './data.js';
@@ -157,7 +158,7 @@ function columnBasis(Mt: Float64Array, k: number, d: number, tol: number): { Ut:
 /** P = L U Uᵀ L⁻¹ with W = L⁻¹ (Σ = LLᵀ): B = L U [d × r], A = Uᵀ L⁻¹ [r × d]. */
 function eraserByCholesky(L: Float64Array, Sxz: Float64Array, d: number, k: number, tol: number): { B: Float64Array; A: Float64Array; r: number } {
   // M = L⁻¹ Σ_xz, as rows: Mᵀ = Σ_xzᵀ L⁻ᵀ
-  const Mt = transpose(Sxz, d, k);
+  const Mt = transposed(Sxz, d, k);
   triSolveRowsF64(L, d, Mt, k, true);
   const { Ut, r } = columnBasis(Mt, k, d, tol);
   const B = new Float64Array(d * r);
@@ -195,11 +196,6 @@ function eraserByEigen(S: Float64Array, Sxz: Float64Array, d: number, k: number,
   return { B, A, r };
 }
 
-function transpose(a: Float64Array, m: number, n: number): Float64Array {
-  const out = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) out[j * m + i] = a[i * n + j];
-  return out;
-}
 
 /** r(x) = x − P (x − μ) for the rows of X (n × d). */
 export function applyEraser(e: LeaceEraser, X: Float64Array, n: number): Float64Array {

@@ -48,7 +48,7 @@ import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './mo
 import { defaultCacheDir, keyStatsCached, romeDefaultLayer, type KeyStats } from './rome.js';
 import { ALPHAEDIT_MEMORY_FILE, readMemory, serializeMemory, type AlphaEditMemory } from './alphaedit-memory.js';
 export { ALPHAEDIT_MEMORY_FILE, bundleMemory, combineMemories, memoryFileIn, readMemory, serializeMemory, type AlphaEditMemory } from './alphaedit-memory.js';
-import { cholSolveRows, cholesky, choleskyInPlace } from '../util/linalg.js';
+import { cholSolveRows, cholesky, choleskyInPlace, transposed } from '../util/linalg.js';
 import { gemmF64, syrkLowerF64 } from '@catechism/kernels';
 import { FORGET_P_STOP, FORGET_UL_STOP, abstainInsert, forgetTargetOf, unlikelihoodMix } from './rank-one-forget.js';
 
@@ -150,11 +150,6 @@ export function alphaEditSolve(
   return { A, B: transposed(R, N, H) };
 }
 
-function transposed(a: Float64Array, m: number, n: number): Float64Array {
-  const out = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) out[j * m + i] = a[i * n + j];
-  return out;
-}
 
 /**
  * LoRA factors B [H, n] · A [n, D] re-factored to rank ≤ maxRank by SVD

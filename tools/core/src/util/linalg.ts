@@ -26,10 +26,15 @@ export function mat(rows: number, cols: number, data?: ArrayLike<number>): Mat {
   return { rows, cols, data: d };
 }
 
+/** The transpose of a row-major m×n array, as a new n×m array. */
+export function transposed(a: Float64Array, m: number, n: number): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) out[j * m + i] = a[i * n + j];
+  return out;
+}
+
 export function transpose64(a: Mat): Mat {
-  const t = mat(a.cols, a.rows);
-  for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) t.data[j * a.rows + i] = a.data[i * a.cols + j];
-  return t;
+  return { rows: a.cols, cols: a.rows, data: transposed(a.data, a.rows, a.cols) };
 }
 
 /** a·b (i-k-j loop order: contiguous inner loop). */

@@ -23,7 +23,8 @@
 //   node scripts/eval-edits.mjs [--world fixtures/world] [--model fixtures/models/dense]
 //     [--method lora|rome] [--op insert|forget] [--source edits|facts] [--relation R]
 //     [--skip 60] [--count 10] [--batch 0] [--seed 0] [--set key=json ...] [--label TEXT]
-//     [--header] [--json FILE] [--readback FILE]
+//     [--header] [--json FILE] [--readback FILE] [--keep DIR]
+//   --keep: move the trained bundles to DIR (new) instead of deleting them.
 //   --readback: the probes read back (default <world>/eval/facts-heldout.ndjson, phrasings no
 //     training ever saw, two per fact, as validate's default retention set; lora-train's
 //     retention KL trains on training phrasings only, so the two never share a prompt;
@@ -70,6 +71,7 @@ const { values: a } = parseArgs({
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
     readback: { type: 'string' },
+    keep: { type: 'string' },
     'forget-target': { type: 'string', default: 'any' },
     'abstain-text': { type: 'string', default: 'unknown' },
     help: { type: 'boolean', default: false },
@@ -178,7 +180,10 @@ function readbackAbstain() {
   return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback, abstain: abstainText });
 }
 const f = abstainText === undefined ? readbackAdapters(res, records, facts, readbackFile, a.method) : readbackAbstain();
-fs.rmSync(tmp, { recursive: true, force: true });
+if (a.keep) {
+  fs.mkdirSync(path.dirname(path.resolve(a.keep)), { recursive: true });
+  fs.renameSync(tmp, a.keep);
+} else fs.rmSync(tmp, { recursive: true, force: true });
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
 const num = (x) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(3));

@@ -18,3 +18,4 @@ export * from './memit.js';
 export * from './rank-one-forget.js';
 export * from './leace.js';
 export * from './steer.js';
+export * from './patcher.js';

@@ -10,6 +10,7 @@ import { romeMethod } from './rome-method.js';
 import { alphaeditMethod, memitMethod } from './memit.js';
 import { leaceMethod } from './leace.js';
 import { steerMethod } from './steer.js';
+import { patcherMethod } from './patcher.js';
 
 export const EDIT_METHODS: ReadonlyArray<EditMethod<unknown>> = [
   loraMethod,
@@ -18,6 +19,7 @@ export const EDIT_METHODS: ReadonlyArray<EditMethod<unknown>> = [
   alphaeditMethod,
   leaceMethod as EditMethod<unknown>,
   steerMethod as EditMethod<unknown>,
+  patcherMethod,
 ];
 
 /** The method registered under `name`, or undefined. */

@@ -1,0 +1,568 @@
+/**
+ * `lora-train --method patcher`: one gated neuron per fact, after
+ * Transformer-Patcher (Huang et al. 2023, "One Mistake Worth One Neuron"),
+ * written in the one LoRA bundle form.
+ *
+ * Why: ROME/MEMIT's rank-one update ΔW = δ·Aᵀ answers every key linearly.
+ * On the fixture models the edited layer's keys do not separate one subject
+ * from the rest, so A·k is 0.03–0.12 at every unrelated token, and times the
+ * large δ an early-layer edit needs, that moves every other fact (kl 0.2–0.45
+ * a fact, lora-train README "ROME single edits"). A neuron has a threshold:
+ * GELU(κ(w·x − τ)) is ~0 wherever w·x < τ, so the edit can be as large as
+ * the fact needs and stay silent elsewhere.
+ *
+ * Per fact j, at layer l (ROME's default layer; --layer fixes it):
+ *  1. Gate: a logistic regression w_j on x = the MLP's input (after its
+ *     norm) — positives: the subject's last token in every rewriting prompt
+ *     (the fact's phrasings × context prefixes) and in its known facts'
+ *     prompts; negatives: every other position of the known facts' prompts
+ *     and of general-text documents. τ_j halfway between the negatives'
+ *     `gateQuantile` score and the positives' 10th percentile; κ_j puts the
+ *     mean positive at `gateSharpness`.
+ *  2. Neuron: the least-used neuron of the layer not taken by an earlier
+ *     fact of the batch (E[GELU(pre)²]·‖its output row‖² over the documents),
+ *     repurposed: its pre-activation becomes κ_j(w_j·x + b_j − τ_j). That is
+ *     a LoRA on the MLP's input projection: A row = κ_j w_j − W_in[:, i],
+ *     B column = e_i, PEFT lora_B bias κ_j(b_j − τ_j) − b_in[i]. The neuron's
+ *     old output is lost (the least-used ones carry ~0.1% of the layer's
+ *     output energy for ten facts on the fixture model).
+ *  3. Value: a LoRA on the output projection with A row = e_iᵀ and B column
+ *     u_j fitted through the model with the patch in place, as ROME fits δ:
+ *     target NLL on the rewriting prompts + KL on "<subject> is a" and on
+ *     kept prompts (the subject's other known facts, whose key the gate
+ *     also opens for, and ten of the relation's) + weight decay.
+ *
+ * One bundle per batch (rank = facts in the batch on both modules, r = α).
+ * Two patch bundles that repurpose the same neuron must not be summed:
+ * the manifest records the neurons (`training.neurons`).
+ */
+import {
+  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, reshape, scale, sum, square, transpose, zeros,
+} from '../tensor/index.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { Tokenizer } from '../models/loader.js';
+import { LoraAdapter } from '../models/lora.js';
+import { baseOps } from '../models/arch/index.js';
+import { UsageError } from '../records/errors.js';
+import { Rng } from '../util/random.js';
+import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { mlpInputHooks, padBatch, padId, top1 } from './model-util.js';
+import { romeDefaultLayer, subjectKey } from './rome.js';
+import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
+import type { EditCall, EditMethod, MadeEdit } from './method.js';
+
+export interface PatcherOptions {
+  /** Context prefixes of the rewriting prompts (and of the gate's positives). */
+  patchPrefixes: number;
+  /** General-text documents whose positions are the gate's negatives (with every known fact's prompt). */
+  gateDocs: number;
+  /** Adam steps of the gates' logistic regressions. */
+  gateSteps: number;
+  /** Pre-activation at the mean positive. */
+  gateSharpness: number;
+  /** Share of negatives the threshold is placed above (with the positives' 10th percentile). */
+  gateQuantile: number;
+  /**
+   * Weight of the hard negatives — other subjects sharing a word of the
+   * fact's subject, at their last token, in their facts' phrasings × the
+   * prefixes — against the rest (the threshold also sits above all of them).
+   */
+  hardShare: number;
+  /** Adam steps on the values. */
+  valueSteps: number;
+  /** Adam rate on the values, × the RMS of the MLP output at the subjects. */
+  valueLr: number;
+  /** Stop fitting a chunk's values when its NLL is below this. */
+  nllStop: number;
+  /** KL weight on "<subject> is a". */
+  klWeight: number;
+  /** KL weight on the kept prompts. */
+  keepWeight: number;
+  /** Weight decay on ‖u‖²/‖o‖². */
+  weightDecay: number;
+  /** Share of the NLL on the prompts without a prefix (as ROME's plainWeight). */
+  plainWeight: number;
+  /** Facts whose values are fitted together (their gates keep them apart). */
+  chunk: number;
+}
+
+export const PATCHER_DEFAULTS: PatcherOptions = {
+  patchPrefixes: 5,
+  gateDocs: 300,
+  gateSteps: 300,
+  gateSharpness: 4,
+  gateQuantile: 0.999,
+  hardShare: 0.5,
+  valueSteps: 200,
+  valueLr: 2,
+  nllStop: 0.05,
+  klWeight: 0.0625,
+  keepWeight: 0.25,
+  weightDecay: 0.01,
+  plainWeight: 0.3,
+  chunk: 8,
+};
+
+const IGNORE = -100;
+
+/** The MLP's input after its norm (what the input projection reads) at every real token of each row: [Σ len, H]. */
+export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly number[][], batchSize = 64): { X: Float32Array; offsets: number[] } {
+  const H = model.config.hidden;
+  const arch = model.arch;
+  const L = arch.layer(l);
+  const ops = baseOps(arch, model.weights);
+  const offsets: number[] = [];
+  let total = 0;
+  for (const r of rows) {
+    offsets.push(total);
+    total += r.length;
+  }
+  const X = new Float32Array(total * H);
+  noGrad(() => {
+    for (let s = 0; s < rows.length; s += batchSize) {
+      const rr = rows.slice(s, s + batchSize);
+      const { ids, mask, T } = padBatch(rr, padId(model));
+      const into: { resid?: Tensor; attn?: Tensor } = {};
+      model.forward(ids, [rr.length, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(l, into) });
+      const h = add(into.resid!, into.attn!);
+      const x = arch.norm(ops, L.mlpNorm, reshape(h, [rr.length * T, H]), model.config.normEps);
+      rr.forEach((r, b) => X.set(x.data.subarray(b * T * H, (b * T + r.length) * H), offsets[s + b] * H));
+    }
+  });
+  return { X, offsets };
+}
+
+/** The input projection of a GELU MLP (one `in` module); other families are refused by name. */
+function denseMlp(model: CausalLM, l: number): { inMod: string; outMod: string } {
+  const mlp = model.arch.layer(l).mlp;
+  if (!mlp) throw new UsageError(`--method patcher: layer ${l} of this ${model.config.modelType} model is a sparse MoE layer; patcher edits dense MLPs`);
+  if (mlp.in.length !== 1) {
+    throw new UsageError(`--method patcher: this ${model.config.modelType} model's MLP is gated (${mlp.in.join(', ')}); patcher supports single-projection GELU MLPs (GPT-2 family)`);
+  }
+  return { inMod: mlp.in[0], outMod: mlp.out };
+}
+
+/** W_in as [H, I] (column i = neuron i's input weights) and b_in [I], whatever the module's layout. */
+function inputProjection(model: CausalLM, inMod: string): { W: Float32Array; b: Float32Array; I: number } {
+  const H = model.config.hidden;
+  const w = model.weight(`${inMod}.weight`);
+  const I = w.size / H;
+  const inOut = model.arch.layout(model.arch.canonical(inMod)) === 'in_out';
+  const W = new Float32Array(H * I);
+  for (let a = 0; a < H; a++) for (let i = 0; i < I; i++) W[a * I + i] = inOut ? w.data[a * I + i] : w.data[i * H + a];
+  const bias = model.weights.get(`${inMod}.bias`);
+  return { W, b: bias ? Float32Array.from(bias.data) : new Float32Array(I), I };
+}
+
+/**
+ * Neurons ordered from least to most used: E[GELU(pre)²] over the rows of X
+ * times the squared norm of the neuron's output weights.
+ */
+export function neuronUse(model: CausalLM, l: number, X: Float32Array): number[] {
+  const H = model.config.hidden;
+  const { inMod, outMod } = denseMlp(model, l);
+  const M = X.length / H;
+  const keys = noGrad(() => model.arch.mlpKeys(baseOps(model.arch, model.weights), { in: [inMod], out: outMod }, fromData(X, [M, H])));
+  const I = keys.size / M;
+  const use = new Float64Array(I);
+  for (let m = 0; m < M; m++) for (let i = 0; i < I; i++) use[i] += keys.data[m * I + i] ** 2;
+  const wo = model.weight(`${outMod}.weight`);
+  const outInOut = model.arch.layout(model.arch.canonical(outMod)) === 'in_out';
+  for (let i = 0; i < I; i++) {
+    let n = 0;
+    for (let a = 0; a < H; a++) n += (outInOut ? wo.data[i * H + a] : wo.data[a * I + i]) ** 2;
+    use[i] = (use[i] / M) * n;
+  }
+  return [...use.keys()].sort((p, q) => use[p] - use[q] || p - q);
+}
+
+export interface NeuronGate {
+  /** Direction w and offset b of the logistic score s(x) = w·x + b. */
+  w: Float32Array;
+  b: number;
+  /** Threshold and sharpness: pre-activation κ(s − τ). */
+  tau: number;
+  kappa: number;
+  /** Scores: the negatives' quantile, the positives' mean and 10th percentile, negatives above τ. */
+  negQuantile: number;
+  posMean: number;
+  posLow: number;
+  leaks: number;
+}
+
+/**
+ * One gate per fact, fitted together: a balanced logistic regression of
+ * each fact's positives against the shared negatives (minus those the fact
+ * excludes: its own subject's positions). Adam on [w; b].
+ */
+export function fitGates(
+  Xneg: Float32Array, H: number, positives: Float32Array[], exclude: Set<number>[], hard: Float32Array[],
+  o: Pick<PatcherOptions, 'gateSteps' | 'gateSharpness' | 'gateQuantile' | 'hardShare'>,
+): NeuronGate[] {
+  const M = Xneg.length / H;
+  const N = positives.length;
+  const W = new Float32Array(H * N);
+  const B = new Float32Array(N);
+  const mW = new Float64Array(H * N), vW = new Float64Array(H * N), mB = new Float64Array(N), vB = new Float64Array(N);
+  const l2 = 1e-4;
+  const lr = 0.05;
+  const Xt = noGrad(() => transpose(fromData(Xneg, [M, H]), 0, 1));
+  const Xn = fromData(Xneg, [M, H]);
+  const negCount = exclude.map((e) => M - e.size);
+  const scores = (): Float32Array => noGrad(() => matmul(Xn, fromData(W, [H, N]))).data;
+  for (let it = 1; it <= o.gateSteps; it++) {
+    const S = scores();
+    const E = new Float32Array(M * N);
+    const gB = new Float64Array(N);
+    for (let m = 0; m < M; m++) {
+      for (let j = 0; j < N; j++) {
+        if (exclude[j].has(m)) continue;
+        const p = 1 / (1 + Math.exp(-(S[m * N + j] + B[j])));
+        const e = (p / negCount[j]) * (hard[j].length ? 1 - o.hardShare : 1);
+        E[m * N + j] = e;
+        gB[j] += e;
+      }
+    }
+    const G = noGrad(() => matmul(Xt, fromData(E, [M, N]))).data;
+    const gW = Float64Array.from(G);
+    // the positives (label 1) and the fact's hard negatives (label 0, hardShare of the negatives' weight)
+    const rowGrad = (j: number, X: Float32Array, label: number, weight: number) => {
+      const n = X.length / H;
+      for (let r = 0; r < n; r++) {
+        let s = B[j];
+        for (let a = 0; a < H; a++) s += W[a * N + j] * X[r * H + a];
+        const e = ((1 / (1 + Math.exp(-s)) - label) * weight) / n;
+        for (let a = 0; a < H; a++) gW[a * N + j] += e * X[r * H + a];
+        gB[j] += e;
+      }
+    };
+    for (let j = 0; j < N; j++) {
+      rowGrad(j, positives[j], 1, 1);
+      if (hard[j].length) rowGrad(j, hard[j], 0, o.hardShare);
+    }
+    const c1 = 1 - 0.9 ** it, c2 = 1 - 0.999 ** it;
+    for (let k = 0; k < H * N; k++) {
+      const g = gW[k] + l2 * W[k];
+      mW[k] = 0.9 * mW[k] + 0.1 * g;
+      vW[k] = 0.999 * vW[k] + 0.001 * g * g;
+      W[k] -= (lr * mW[k] / c1) / (Math.sqrt(vW[k] / c2) + 1e-8);
+    }
+    for (let j = 0; j < N; j++) {
+      mB[j] = 0.9 * mB[j] + 0.1 * gB[j];
+      vB[j] = 0.999 * vB[j] + 0.001 * gB[j] * gB[j];
+      B[j] -= (lr * mB[j] / c1) / (Math.sqrt(vB[j] / c2) + 1e-8);
+    }
+  }
+  const S = scores();
+  return positives.map((P, j) => {
+    const w = new Float32Array(H);
+    for (let a = 0; a < H; a++) w[a] = W[a * N + j];
+    const neg: number[] = [];
+    for (let m = 0; m < M; m++) if (!exclude[j].has(m)) neg.push(S[m * N + j] + B[j]);
+    neg.sort((p, q) => p - q);
+    const n = P.length / H;
+    const pos: number[] = [];
+    for (let r = 0; r < n; r++) {
+      let s = B[j];
+      for (let a = 0; a < H; a++) s += w[a] * P[r * H + a];
+      pos.push(s);
+    }
+    pos.sort((p, q) => p - q);
+    const hs: number[] = [];
+    for (let r = 0; r < hard[j].length / H; r++) {
+      let s = B[j];
+      for (let a = 0; a < H; a++) s += w[a] * hard[j][r * H + a];
+      hs.push(s);
+    }
+    const negQuantile = Math.max(neg[Math.min(neg.length - 1, Math.floor(o.gateQuantile * neg.length))], ...hs);
+    const posLow = pos[Math.floor(0.1 * (pos.length - 1))];
+    const posMean = pos.reduce((s, v) => s + v, 0) / pos.length;
+    const tau = (negQuantile + posLow) / 2;
+    const kappa = o.gateSharpness / Math.max(posMean - tau, 1e-3);
+    return { w, b: B[j], tau, kappa, negQuantile, posMean, posLow, leaks: neg.filter((v) => v > tau).length + hs.filter((v) => v > tau).length };
+  });
+}
+
+interface PatchRow { promptIds: number[]; targetIds: number[]; plain: boolean }
+
+function patchAdapter(
+  name: string, inMod: string, outMod: string, H: number, I: number, Win: Float32Array, bIn: Float32Array,
+  gates: readonly NeuronGate[], neurons: readonly number[], U: Tensor,
+): LoraAdapter {
+  const n = gates.length;
+  const A1 = new Float32Array(n * H);
+  const B1 = new Float32Array(I * n);
+  const bias = new Float32Array(I);
+  gates.forEach((g, j) => {
+    const i = neurons[j];
+    for (let a = 0; a < H; a++) A1[j * H + a] = g.kappa * g.w[a] - Win[a * I + i];
+    B1[i * n + j] = 1;
+    bias[i] = g.kappa * (g.b - g.tau) - bIn[i];
+  });
+  const A2 = new Float32Array(n * I);
+  neurons.forEach((i, j) => (A2[j * I + i] = 1));
+  return new LoraAdapter(name, n, n, new Map([
+    [inMod, { A: fromData(A1, [n, H]), B: fromData(B1, [I, n]), bias: fromData(bias, [I]) }],
+    [outMod, { A: fromData(A2, [n, I]), B: U }],
+  ]));
+}
+
+/** A known fact's prompt and its relation's training phrasings, subject filled in. */
+function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
+  const subject = k.subject as string;
+  const bank = typeof k.relation === 'string' ? templates?.train.get(k.relation) ?? [] : [];
+  return [...new Set([(k.prompt as string).replace('{}', subject), ...bank.map((t) => t.replace('{}', subject))])];
+}
+
+/**
+ * The prompts a fact's value must keep: ten of its relation's other
+ * subjects, and every phrasing of the subject's other known facts (the gate
+ * opens on them too: the key at the subject's last token is the same).
+ */
+function keepPromptsOf(known: readonly Rec[], fact: EditFact, templates: TemplateBank | null): string[] {
+  const own = known.filter((k) => k.subject === fact.subject && k.relation !== fact.relation && typeof k.prompt === 'string')
+    .flatMap((k) => phrasingsOf(k, templates));
+  return [...romeKeepPrompts(known, fact, ROME_KEEP_PROMPTS), ...own];
+}
+
+/** Known facts of other subjects that share a word with `subject` (their early-layer keys lie near its own). */
+function lookalikes(known: readonly Rec[], subject: string): Rec[] {
+  const words = new Set(subject.split(' '));
+  return known.filter((k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && k.subject !== subject &&
+    k.subject.split(' ').some((w) => words.has(w)));
+}
+
+function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
+  const { res, batch, seed, options: o, common } = call;
+  const { model, tokenizer: tok } = res;
+  const t0 = Date.now();
+  const H = model.config.hidden;
+  const l = common.layer ?? romeDefaultLayer(model.config.layers);
+  const { inMod, outMod } = denseMlp(model, l);
+  const { W: Win, b: bIn, I } = inputProjection(model, inMod);
+  const facts = batch.facts;
+  if (facts.length > I) throw new UsageError(`--method patcher: ${facts.length} facts in one batch, but layer ${l} has ${I} neurons; use --batch`);
+  const prev = model.activeAdapters();
+  model.setAdapters([]);
+  try {
+    // rewriting prompts: the fact's probes and relation phrasings × context prefixes
+    const prefixes = [''].concat(pickPrefixes(res.corpus, o.patchPrefixes, seed, prefixAvoidNames(res.known, facts)));
+    const rowsOf = facts.map((fact): PatchRow[] => {
+      const phrasings = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
+      return [...new Set(phrasings)].flatMap((text) => prefixes.map((pre) => {
+        const prompt = pre ? `${pre} ${text}` : text;
+        return { ...encodeTrainingPair(tok, prompt, fact.target_new!), plain: !pre };
+      }));
+    });
+    const subjectEnd = (ids: readonly number[], subject: string) => subjectSpan(tok, ids, subject)[1] - 1;
+
+    // gate positives: the subject's last token in its rewriting prompts and its known facts' prompts
+    const posRows = facts.map((f, j) => [
+      ...rowsOf[j].map((r) => r.promptIds),
+      ...res.known.filter((k) => k.subject === f.subject && typeof k.prompt === 'string').map((k) => tok.encode((k.prompt as string).replace('{}', f.subject))),
+    ].filter((ids) => subjectEnd(ids, f.subject) >= 0));
+    const positives = posRows.map((rows, j) => {
+      const { X, offsets } = mlpNormedInputs(model, l, rows);
+      const P = new Float32Array(rows.length * H);
+      rows.forEach((ids, r) => P.set(X.subarray((offsets[r] + subjectEnd(ids, facts[j].subject)) * H, (offsets[r] + subjectEnd(ids, facts[j].subject) + 1) * H), r * H));
+      return P;
+    });
+
+    // gate negatives: every position of the known facts' prompts and of general-text documents
+    // (documents naming a batch subject are left out; a batch subject's own last token is excluded per fact)
+    const knownRows = res.known.filter((k) => typeof k.prompt === 'string' && typeof k.subject === 'string')
+      .map((k) => ({ subject: k.subject as string, ids: tok.encode((k.prompt as string).replace('{}', k.subject as string)) }));
+    const docs = new Rng(seed + 7).shuffle(res.corpus.filter((d) => !facts.some((f) => d.includes(f.subject)))).slice(0, o.gateDocs)
+      .map((d) => tok.encode(d).slice(0, Math.min(64, model.config.maxPositions)));
+    const negRows = [...knownRows.map((k) => k.ids), ...docs].filter((r) => r.length > 0);
+    const { X: Xneg, offsets } = mlpNormedInputs(model, l, negRows);
+    const exclude = facts.map((f) => {
+      const s = new Set<number>();
+      knownRows.forEach((k, r) => {
+        if (k.subject !== f.subject) return;
+        const e = subjectEnd(k.ids, f.subject);
+        if (e >= 0) s.add(offsets[r] + e);
+      });
+      return s;
+    });
+    // hard negatives: look-alike subjects at their last token, every phrasing × prefix
+    const hard = facts.map((f) => {
+      const rows = lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
+        prefixes.map((pre) => ({ ids: tok.encode(pre ? `${pre} ${text}` : text), subject: k.subject as string }))))
+        .map((r) => ({ ...r, at: subjectEnd(r.ids, r.subject) })).filter((r) => r.at >= 0);
+      if (rows.length === 0) return new Float32Array(0);
+      const { X, offsets: off } = mlpNormedInputs(model, l, rows.map((r) => r.ids));
+      const out = new Float32Array(rows.length * H);
+      rows.forEach((r, k) => out.set(X.subarray((off[k] + r.at) * H, (off[k] + r.at + 1) * H), k * H));
+      return out;
+    });
+    const gates = fitGates(Xneg, H, positives, exclude, hard, o);
+
+    // neurons: the least used, one per fact, in batch order
+    const neurons = neuronUse(model, l, Xneg).slice(0, facts.length);
+
+    // values, a chunk of facts at a time (each chunk its own adapter while fitting)
+    const Ufinal = new Float32Array(H * facts.length);
+    const nlls: number[] = [];
+    let steps = 0;
+    for (let c0 = 0; c0 < facts.length; c0 += o.chunk) {
+      const idx = facts.map((_, j) => j).slice(c0, c0 + o.chunk);
+      const U = zeros([H, idx.length], { requiresGrad: true });
+      const adapter = patchAdapter('fit', inMod, outMod, H, I, Win, bIn, idx.map((j) => gates[j]), idx.map((j) => neurons[j]), U);
+      const rows = idx.flatMap((j) => rowsOf[j].map((r) => ({ ...r, j })));
+      const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds.concat(r.targetIds.slice(0, -1))), padId(model));
+      const at: number[] = [], tgPlain: number[] = [], tgPre: number[] = [];
+      rows.forEach((r, b) => r.targetIds.forEach((t, k) => {
+        at.push(b * T + r.promptIds.length - 1 + k);
+        tgPlain.push(r.plain ? t : IGNORE);
+        tgPre.push(r.plain ? IGNORE : t);
+      }));
+      const targetAt = Int32Array.from(at);
+      const plainWeight = prefixes.length > 1 ? o.plainWeight : 1;
+      // kept prompts: "<subject> is a" (ROME's essence, klWeight) and the others (keepWeight)
+      const essence = new Set(idx.map((j) => `${facts[j].subject} is a`));
+      const kept = [...new Set(idx.flatMap((j) => [`${facts[j].subject} is a`, ...keepPromptsOf(res.known, facts[j], res.templates)]))]
+        .map((text) => ({ ids: tok.encode(text), w: essence.has(text) ? o.klWeight : o.keepWeight }))
+        .filter((k) => k.ids.length > 0);
+      const keepRows = kept.map((k) => k.ids);
+      const keep = padBatch(keepRows, padId(model));
+      const keepAt = Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1));
+      const wKeep = Float32Array.from(kept, (k) => k.w);
+      const keepBase = noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits);
+      // the MLP output's size at the subjects sets the rate and the decay's scale; the open gate
+      // multiplies u by about gateSharpness (GELU(4) ≈ 4), so both are per unit of g·u
+      const subjAt = rows.map((r, b) => [b, subjectSpan(tok, r.promptIds, facts[r.j].subject)[1] - 1] as const);
+      const { oNorm } = subjectKey(model, l, ids, [rows.length, T], mask, subjAt);
+      const g = o.gateSharpness;
+      const opt = new AdamW([U], { lr: (o.valueLr * oNorm) / Math.sqrt(H) / g, weightDecay: 0 });
+      model.setAdapters([{ adapter }]);
+      let nll = Infinity;
+      let step = 0;
+      // per-fact NLL (plain and prefixed rows weighted as in the loss); a fact leaves the NLL term once
+      // it is below nllStop (its gate keeps the others' values out of its rows, so each is its own fit)
+      const V = model.config.vocabSize;
+      const rowFact = rows.flatMap((r) => r.targetIds.map(() => r.j));
+      const rowPlain = rows.flatMap((r) => r.targetIds.map(() => r.plain));
+      const factNll = (logits: Tensor): Map<number, number> => {
+        const acc = new Map<number, [number, number, number, number]>();
+        for (let k = 0; k < rowFact.length; k++) {
+          const row = logits.data.subarray(k * V, (k + 1) * V);
+          let mx = -Infinity;
+          for (const v of row) mx = Math.max(mx, v);
+          let z = 0;
+          for (const v of row) z += Math.exp(v - mx);
+          const t = rowPlain[k] ? tgPlain[k] : tgPre[k];
+          const a = acc.get(rowFact[k]) ?? [0, 0, 0, 0];
+          const nllRow = mx + Math.log(z) - row[t];
+          if (rowPlain[k]) { a[0] += nllRow; a[1]++; } else { a[2] += nllRow; a[3]++; }
+          acc.set(rowFact[k], a);
+        }
+        return new Map([...acc].map(([j, a]) => [j, a[3] ? plainWeight * (a[0] / a[1]) + (1 - plainWeight) * (a[2] / a[3]) : a[0] / a[1]]));
+      };
+      const openTargets = (tg: number[], open: Set<number>) => Int32Array.from(tg, (t, k) => (open.has(rowFact[k]) ? t : IGNORE));
+      let perFact = new Map<number, number>();
+      for (step = 0; step < o.valueSteps; step++) {
+        const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt });
+        perFact = factNll(logits);
+        nll = Math.max(...perFact.values());
+        const open = new Set([...perFact].filter(([, v]) => v >= o.nllStop).map(([j]) => j));
+        if (open.size === 0) break;
+        let loss = scale(crossEntropy(logits, openTargets(tgPlain, open), IGNORE), plainWeight);
+        if (plainWeight < 1) loss = add(loss, scale(crossEntropy(logits, openTargets(tgPre, open), IGNORE), 1 - plainWeight));
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits;
+        loss = add(loss, weightedKl(keepBase, kl, wKeep));
+        loss = add(loss, scale(sum(square(U)), (o.weightDecay * g * g) / Math.max(oNorm * oNorm, 1e-12)));
+        opt.zeroGrad();
+        loss.backward();
+        opt.step();
+      }
+      model.setAdapters([]);
+      steps += step;
+      nlls.push(nll);
+      idx.forEach((j, k) => {
+        for (let a = 0; a < H; a++) Ufinal[a * facts.length + j] = U.data[a * idx.length + k];
+      });
+      call.log(`patcher: facts ${c0 + 1}–${c0 + idx.length} of ${facts.length}: ${step} value steps, NLL ${nll.toFixed(3)}`);
+    }
+    const adapter = patchAdapter(batch.facts.map((f) => f.id).join('+').slice(0, 200), inMod, outMod, H, I, Win, bIn, gates, neurons, fromData(Ufinal, [H, facts.length]));
+
+    // what the edit answers: each fact's train probes (its own prompt when it has none)
+    const checks = buildExamples(tok, { facts, probes: batch.probes });
+    model.setAdapters([{ adapter }]);
+    const got = top1(model, checks.map((c) => c.promptIds));
+    model.setAdapters([]);
+    const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
+    const leaks = gates.reduce((s, g) => s + g.leaks, 0);
+    return [{
+      adapter,
+      facts,
+      records: batch.records,
+      hyperparameters: { ...o, layer: l, prefixes, negatives: Xneg.length / H },
+      training: {
+        layer: l,
+        neurons: neurons.map((i, j) => ({ fact_id: facts[j].id, module: inMod, neuron: i })),
+        gates: gates.map((g, j) => ({ fact_id: facts[j].id, tau: g.tau, kappa: g.kappa, neg_quantile: g.negQuantile, pos_mean: g.posMean, pos_low: g.posLow, leaks: g.leaks })),
+        nll: nlls, value_steps: steps, train_prompts: checks.length, train_prompts_solved: solved,
+      },
+      summary: `patcher: ${facts.length} fact${facts.length > 1 ? 's' : ''} at layer ${l}, ${((Date.now() - t0) / 1000).toFixed(1)} s, ` +
+        `${solved}/${checks.length} train prompts solved, gate leaks ${leaks} of ${(Xneg.length / H) * facts.length} negative positions`,
+    }];
+  } finally {
+    model.setAdapters(prev);
+  }
+}
+
+/** Σ_k w_k · KL(base_k ‖ edited_k) / n over the rows, one klDiv (a row mean) per distinct weight. */
+function weightedKl(base: Tensor, edited: Tensor, w: Float32Array): Tensor {
+  const n = w.length;
+  let total: Tensor | null = null;
+  for (const wt of new Set(w)) {
+    const rows = Int32Array.from([...w.keys()].filter((k) => w[k] === wt));
+    if (wt === 0) continue;
+    const part = scale(klDiv(indexSelect(base, 0, rows), indexSelect(edited, 0, rows)), (wt * rows.length) / n);
+    total = total ? add(total, part) : part;
+  }
+  return total ?? scale(sum(edited), 0);
+}
+
+const d = PATCHER_DEFAULTS;
+
+export const patcherMethod: EditMethod<PatcherOptions> = {
+  name: 'patcher',
+  describe:
+    'one gated neuron per fact (Transformer-Patcher), one bundle per batch: the least-used neuron of the layer (default ROME\'s) is repurposed to fire ' +
+    'only on the subject (a logistic gate fitted against every other position of the known facts and general text) and to write a value fitted like ROME\'s δ. ' +
+    'GELU-MLP (GPT-2 family) models only.',
+  ops: ['insert'],
+  options: {
+    'patch-prefixes': { type: 'number', default: d.patchPrefixes, min: 0, integer: true, describe: 'context prefixes of the rewriting prompts' },
+    'gate-docs': { type: 'number', default: d.gateDocs, min: 0, integer: true, describe: 'general-text documents whose positions are the gates\' negatives (beside every known fact\'s prompt)' },
+    'gate-steps': { type: 'number', default: d.gateSteps, min: 1, integer: true, describe: 'steps of each gate\'s logistic regression' },
+    'gate-sharpness': { type: 'number', default: d.gateSharpness, describe: 'neuron pre-activation at the mean positive' },
+    'gate-quantile': { type: 'number', default: d.gateQuantile, describe: 'share of negative positions the threshold sits above (with the positives\' 10th percentile)' },
+    'value-steps': { type: 'number', default: d.valueSteps, min: 1, integer: true, describe: 'Adam steps fitting the values' },
+    'value-lr': { type: 'number', default: d.valueLr, describe: 'Adam rate on the values, × the RMS of the MLP output at the subjects' },
+    'value-keep-weight': { type: 'number', default: d.keepWeight, describe: 'KL weight on the subject\'s other facts and the relation\'s neighbours' },
+  },
+  parseOptions(flags) {
+    const q = flags['gate-quantile'] as number;
+    if (!(q > 0 && q < 1)) throw new UsageError(`--gate-quantile ${q}: must be between 0 and 1`);
+    return {
+      ...PATCHER_DEFAULTS,
+      patchPrefixes: flags['patch-prefixes'] as number,
+      gateDocs: flags['gate-docs'] as number,
+      gateSteps: flags['gate-steps'] as number,
+      gateSharpness: flags['gate-sharpness'] as number,
+      gateQuantile: q,
+      valueSteps: flags['value-steps'] as number,
+      valueLr: flags['value-lr'] as number,
+      keepWeight: flags['value-keep-weight'] as number,
+    };
+  },
+  check(res, common) {
+    const l = common.layer ?? romeDefaultLayer(res.model.config.layers);
+    denseMlp(res.model, l);
+    if (l === res.model.config.layers - 1) throw new UsageError(`--layer ${l}: the last layer's MLP at the subject cannot reach the prediction; choose 0–${res.model.config.layers - 2}`);
+  },
+  edit: patcherBatch,
+};

@@ -39,6 +39,18 @@
 //     "unknown"), which the methods edit toward; kind % then also counts the abstention as an
 //     answer of the right kind, and the row adds its share (abstain %) after kind %, e.g.
 //     "95.0 (abstain 60.0)". Default any: probe-gen's first form only, outputs as before.
+//   --detail (op forget): one stderr line per forget prompt (own + held-out): P(old), the top-1
+//     answer and whether it is of the relation's kind (use it on the tuning split).
+//   Forget rows also print P(old) (the old answer's first token after each forget prompt, own +
+//   held-out, adapters on): its mean (validate's forget_p_true, gate ≤ 0.1), its largest value and
+//   how many prompts are above 0.1; and gone % / kind % over only the prompts whose base-model
+//   top-1 is the old answer (as paraphrase % counts only prompts the base model answers; a
+//   phrasing the base model never answers with an object of the relation, e.g. world-b's
+//   "{} can speak" → "the" for 141 of 142 known facts, cannot show the kind). The JSON has them
+//   as figures.forget_p_old{,_max,_over,_n}, forgotten_known, forget_kind_known, forget_known_n.
+//   --base-phrasings: no training; per held-out phrasing of the read-back file, the base model's
+//     top-1 over the known facts: right %, of the relation's kind %, the commonest other answers
+//     (which phrasings the base model itself never answers in kind); then exits.
 //   --set: a lora-train option: one of the run's (layer, batch, targets, topK, templates,
 //     retainCorpus, knownFacts, useTemplates) or the method's by flag name, kebab-case or
 //     camelCase (e.g. --set retain-weight=30 --set retainFacts=0 --set layer=1).
@@ -51,7 +63,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { DEFAULT_ARGS, loadResources, trainEdits, counterfactualFacts, editInputs, readbackAdapters, readbackFailures } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
-const { readNdjson, checkFact, editMethod, editReadback } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { readNdjson, checkFact, editMethod, editReadback, lastLogits, encodeTrainingPair, top1 } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
 
 const { values: a } = parseArgs({
@@ -74,6 +86,8 @@ const { values: a } = parseArgs({
     keep: { type: 'string' },
     'forget-target': { type: 'string', default: 'any' },
     'abstain-text': { type: 'string', default: 'unknown' },
+    detail: { type: 'boolean', default: false },
+    'base-phrasings': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -95,6 +109,36 @@ function caseFacts() {
   return counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { relation: a.relation, skip, count, seed, op: a.op, exclude: edits });
 }
 
+if (a['base-phrasings']) {
+  const res = loadResources({ model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson') });
+  const tok = res.tokenizer;
+  const rb = readNdjson(a.readback ? path.resolve(a.readback) : path.join(world, 'eval/facts-heldout.ndjson')).filter((p) => typeof p.relation === 'string');
+  const kinds = new Map();
+  const byT = new Map();
+  for (const p of rb) {
+    const ids = encodeTrainingPair(tok, p.prompt, p.target);
+    (kinds.get(p.relation) ?? kinds.set(p.relation, new Set()).get(p.relation)).add(ids.targetIds[0]);
+    const tpl = `${p.relation}\t${JSON.stringify(typeof p.template === 'string' ? p.template : p.prompt.replace(p.subject, '{}'))}`;
+    (byT.get(tpl) ?? byT.set(tpl, []).get(tpl)).push(ids);
+  }
+  res.model.setAdapters([]);
+  const pct = (x) => (100 * x).toFixed(1);
+  console.log('relation\tphrasing\tn\tright %\tof the kind %\tother answers');
+  for (const [tpl, ids] of [...byT].sort((x, y) => (x[0] < y[0] ? -1 : 1))) {
+    const rel = tpl.split('\t')[0];
+    const pred = top1(res.model, ids.map((x) => x.promptIds));
+    let right = 0;
+    let kind = 0;
+    const other = new Map();
+    pred.forEach((t, i) => {
+      if (t === ids[i].targetIds[0]) right++;
+      if (kinds.get(rel).has(t)) kind++;
+      else other.set(tok.decode([t]), (other.get(tok.decode([t])) ?? 0) + 1);
+    });
+    console.log(`${tpl}\t${ids.length}\t${pct(right / ids.length)}\t${pct(kind / ids.length)}\t${[...other].sort((x, y) => y[1] - x[1]).slice(0, 3).map(([w, c]) => `${JSON.stringify(w)}: ${c}`).join(', ')}`);
+  }
+  process.exit(0);
+}
 const facts = caseFacts();
 if (facts.length === 0) throw new Error('no facts for this case');
 if (a['forget-target'] !== 'any' && a['forget-target'] !== 'abstain') throw new Error(`--forget-target: any or abstain, got ${a['forget-target']}`);
@@ -180,6 +224,70 @@ function readbackAbstain() {
   return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback, abstain: abstainText });
 }
 const f = abstainText === undefined ? readbackAdapters(res, records, facts, readbackFile, a.method) : readbackAbstain();
+/**
+ * P(old answer's first token) after each forget prompt (the fact's own prompt and its relation's
+ * held-out phrasings, as the read-back's forgotten %), every adapter of the run active
+ * (ROME: each fact's own). Mean (validate's forget_p_true), max, and the count above 0.1.
+ */
+function forgetPOld() {
+  if (a.op !== 'forget' || records.length === 0) return null;
+  const tok = res.tokenizer;
+  const kinds = new Map();
+  for (const p of readNdjson(readbackFile)) {
+    if (typeof p.relation !== 'string') continue;
+    const t = encodeTrainingPair(tok, p.prompt, p.target).targetIds[0];
+    (kinds.get(p.relation) ?? kinds.set(p.relation, new Set()).get(p.relation)).add(t);
+  }
+  const ads = records.map((r) => ({ adapter: loadLora(r.path), ids: new Set(r.fact_ids) }));
+  const prev = res.model.activeAdapters();
+  const ps = [];
+  // the same prompts with the adapters off: where the base model itself answered the old answer
+  const known = [];
+  const kindOk = [];
+  try {
+    for (const fact of facts.filter((x) => x.op === 'forget')) {
+      const mine = editMethod(a.method)?.perFact ? ads.filter((x) => x.ids.has(fact.id)) : ads;
+      res.model.setAdapters(mine.map((x) => ({ adapter: x.adapter })));
+      const prompts = [fact.prompt, ...(res.templates?.heldout.get(fact.relation) ?? [])].map((t) => t.replace('{}', fact.subject));
+      // --detail also shows the relation's training phrasings (marked train; not in the figures)
+      const train = a.detail ? (res.templates?.train.get(fact.relation) ?? []).map((t) => t.replace('{}', fact.subject)).filter((p) => !prompts.includes(p)) : [];
+      for (const prompt of [...prompts, ...train]) {
+        const isTrain = !prompts.includes(prompt);
+        const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, fact.target_true);
+        const row = lastLogits(res.model, [promptIds]).data.subarray(0, res.model.config.vocabSize);
+        let m = -Infinity;
+        let best = 0;
+        for (let i = 0; i < row.length; i++) if (row[i] > m) { m = row[i]; best = i; }
+        let z = 0;
+        for (let i = 0; i < row.length; i++) z += Math.exp(row[i] - m);
+        const p = Math.exp(row[targetIds[0]] - m) / z;
+        if (!isTrain) {
+          ps.push(p);
+          res.model.setAdapters([]);
+          const b = top1(res.model, [promptIds])[0];
+          res.model.setAdapters(mine.map((x) => ({ adapter: x.adapter })));
+          if (b === targetIds[0]) {
+            known.push(best !== targetIds[0]);
+            kindOk.push(best !== targetIds[0] && !!kinds.get(fact.relation)?.has(best));
+          }
+        }
+        if (a.detail) {
+          const kind = best !== targetIds[0] && kinds.get(fact.relation)?.has(best);
+          process.stderr.write(`  forget${isTrain ? ' train' : ''} ${fact.id} ${JSON.stringify(prompt)} old ${JSON.stringify(fact.target_true)} P(old) ${p.toFixed(3)} top-1 ${JSON.stringify(tok.decode([best]))}${best === targetIds[0] ? ' (old)' : kind ? ' (kind)' : ''}\n`);
+        }
+      }
+    }
+  } finally {
+    res.model.setAdapters(prev);
+  }
+  const share = (xs) => xs.filter(Boolean).length / xs.length;
+  return {
+    forget_p_old: ps.reduce((x, y) => x + y, 0) / ps.length, forget_p_old_max: Math.max(...ps), forget_p_old_over: ps.filter((p) => p > 0.1).length, forget_p_old_n: ps.length,
+    forgotten_known: share(known), forget_kind_known: share(kindOk), forget_known_n: known.length,
+  };
+}
+const pOld = forgetPOld();
+if (f && pOld) Object.assign(f, pOld);
 if (a.keep) {
   fs.mkdirSync(path.dirname(path.resolve(a.keep)), { recursive: true });
   fs.renameSync(tmp, a.keep);
@@ -200,4 +308,5 @@ if (a.header) {
 const setTxt = a.set.length || abstainText !== undefined ? ` [${[...(abstainText !== undefined ? [`forget-target abstain (${abstainText})`] : []), ...a.set].join(' ')}]` : '';
 const kindTxt = abstainText !== undefined ? `${pct(f?.forget_kind)} (abstain ${pct(f?.forget_abstain)})` : pct(f?.forget_kind);
 console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${kindTxt} | ${pass} | ${seconds.toFixed(0)} |`);
+if (pOld) console.log(`|   P(old): mean ${pOld.forget_p_old.toFixed(3)} (validate's forget_p_true gate ≤ 0.1), max ${pOld.forget_p_old_max.toFixed(3)}, above 0.1 on ${pOld.forget_p_old_over} of ${pOld.forget_p_old_n} prompts; on the ${pOld.forget_known_n} the base model answered with the old answer: gone ${pct(pOld.forgotten_known)}, of the kind ${pct(pOld.forget_kind_known)} (not counting the abstention) |`);
 if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, ...(abstainText !== undefined ? { forget_target: 'abstain', abstain_text: abstainText } : {}), facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

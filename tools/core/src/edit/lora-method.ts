@@ -81,6 +81,10 @@ export interface LoraOptions {
   forgetFloor: number;
   /** --prefix-rows also makes prefixed copies of the forget rows of facts with the abstain target. */
   abstainPrefixForget: boolean;
+  /** The early stop reads a forget row solved only when P(old answer) is also below this (0: top-1 rule only; trainLora's forgetStopP). */
+  forgetStopP: number;
+  /** The forget rows' loss on the old answer (trainLora's forgetLoss). */
+  forgetLoss: 'unlikelihood' | 'log';
   /**
    * KL-constrained training (0: off): the retention weight is raised by dual
    * ascent while the KL on known-fact prompts held aside from the retention
@@ -130,6 +134,8 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   forgetWeight: LORA_DEFAULTS.forgetWeight,
   forgetFloor: LORA_DEFAULTS.forgetFloor,
   abstainPrefixForget: true,
+  forgetStopP: 0,
+  forgetLoss: 'unlikelihood',
   klBudget: 0,
   klMonitor: 256,
   dualRate: 0.1,
@@ -355,13 +361,15 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     use_templates: res.useTemplates ?? true,
     ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
+    ...(o.forgetStopP > 0 ? { forget_stop_p: o.forgetStopP } : {}),
+    ...(o.forgetLoss !== 'unlikelihood' ? { forget_loss: o.forgetLoss } : {}),
     ...(abstain.length && o.abstainPrefixForget && o.prefixRows > 0 ? { abstain_prefix_forget: true } : {}),
     ...(abstain.length ? { forget_target: 'abstain', abstain_facts: abstain.length, abstain_weight: o.abstainWeight, abstain_distill: o.abstainDistill } : {}),
   };
   const step = `batch ${call.index + 1}/${call.count}`;
   const r = trainLora(model, examples, retain, {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
-    phaseASteps: o.phaseASteps, forgetWeight: o.forgetWeight, forgetFloor: o.forgetFloor, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
+    phaseASteps: o.phaseASteps, forgetWeight: o.forgetWeight, forgetFloor: o.forgetFloor, forgetStopP: o.forgetStopP, forgetLoss: o.forgetLoss, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
@@ -426,6 +434,8 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'forget-floor': { type: 'number', default: d.forgetFloor, min: 0, describe: 'the forget rows stop pushing once P(old answer) is below this' },
     'abstain-prefix-forget': { type: 'boolean', default: d.abstainPrefixForget, describe: '--prefix-rows: prefixed copies of the forget rows of facts with the abstain target too' },
     'forget-weight': { type: 'number', default: d.forgetWeight, min: 0, describe: 'weight of the forget rows\' unlikelihood of the old answer' },
+    'forget-stop-p': { type: 'number', default: d.forgetStopP, min: 0, describe: 'the early stop reads a forget row as solved only when P(old answer) is also below this (0: the old answer no longer top-1 suffices)' },
+    'forget-loss': { type: 'string', choices: ['unlikelihood', 'log'], default: d.forgetLoss, describe: 'the forget rows\' loss on the old answer: unlikelihood −log(1 − p), or log: log p down to --forget-floor (its push does not fade as p gets small)' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
   },
   parseOptions(flags) {
@@ -437,9 +447,11 @@ export const loraMethod: EditMethod<LoraOptions> = {
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, prefixRows: num(flags, 'prefix-rows'), mseSubjectOnly: flags['mse-subject-only'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
       abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, forgetWeight: num(flags, 'forget-weight'), forgetFloor: num(flags, 'forget-floor'), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,
+      forgetStopP: num(flags, 'forget-stop-p'), forgetLoss: flags['forget-loss'] as 'unlikelihood' | 'log',
       klBudget: num(flags, 'kl-budget'), klMonitor: num(flags, 'kl-monitor'), dualRate: num(flags, 'dual-rate'), dualMax: num(flags, 'dual-max'),
     };
     if (o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);
+    if (o.forgetLoss !== 'unlikelihood' && o.forgetLoss !== 'log') throw new UsageError(`--forget-loss: expected unlikelihood or log, got ${String(o.forgetLoss)}`);
     if (o.schedule !== 'constant' && o.schedule !== 'cosine') throw new UsageError(`--schedule: expected constant or cosine, got ${String(o.schedule)}`);
     if (!(o.dpoBeta > 0)) throw new UsageError(`--dpo-beta: expected a positive number, got ${o.dpoBeta}`);
     if (!(o.retainShare >= 0 && o.retainShare < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${o.retainShare}`);

@@ -26,7 +26,7 @@ import type { LoraAdapter } from '../models/lora.js';
 import { Rng } from '../util/random.js';
 import type { Example, RetainRow } from './data.js';
 import { projectOut, type KeySubspace } from './null-space.js';
-import { isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
+import { isMlpOut, lastLogits, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
 
 export type Objective = 'distill' | 'sft' | 'dpo';
 
@@ -87,6 +87,18 @@ export interface LoraTrainOptions {
   forgetWeight: number;
   /** Forget rows stop pushing once P(old answer) is below this. */
   forgetFloor: number;
+  /**
+   * The early stop reads a forget row as solved only when P(old answer) is
+   * also below this (0 or absent: the old answer no longer top-1 suffices).
+   */
+  forgetStopP?: number;
+  /**
+   * The forget rows' loss on the old answer: 'unlikelihood' −log(1 − p)
+   * (default), or 'log': log p − log forgetFloor (gradient ascent on the old
+   * answer's log-probability down to the floor, whose push does not fade as
+   * p gets small). Both only on rows above the floor, × forgetWeight.
+   */
+  forgetLoss?: 'unlikelihood' | 'log';
   /** Evaluate the train rows every this many steps (early stop). */
   evalEvery: number;
   /**
@@ -464,14 +476,33 @@ function phaseA(model: CausalLM, adapter: LoraAdapter, mod: string, exs: Example
   return last;
 }
 
-/** Fraction of rows solved: insert → target's first token is top-1; forget → the old answer is not. */
-export function solvedFraction(model: CausalLM, exs: Example[]): number {
+/**
+ * Fraction of rows solved: insert → target's first token is top-1; forget → the old answer is not
+ * (and, with `forgetStopP` > 0, its probability is below that too).
+ */
+export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0): number {
   if (exs.length === 0) return 1;
   const pred = top1(model, exs.map((e) => e.promptIds));
   let ok = 0;
   exs.forEach((e, i) => {
     if ((e.mode === 'insert') === (pred[i] === e.targetIds[0])) ok++;
   });
+  if (forgetStopP > 0) {
+    const V = model.config.vocabSize;
+    const fr = exs.map((e, i) => ({ e, i })).filter(({ e, i }) => e.mode === 'forget' && pred[i] !== e.targetIds[0]);
+    for (let s = 0; s < fr.length; s += 32) {
+      const part = fr.slice(s, s + 32);
+      const l = lastLogits(model, part.map(({ e }) => e.promptIds)).data;
+      part.forEach(({ e }, b) => {
+        const row = l.subarray(b * V, (b + 1) * V);
+        let m = -Infinity;
+        for (let k = 0; k < V; k++) if (row[k] > m) m = row[k];
+        let z = 0;
+        for (let k = 0; k < V; k++) z += Math.exp(row[k] - m);
+        if (Math.exp(row[e.targetIds[0]] - m) / z >= forgetStopP) ok--;
+      });
+    }
+  }
   return ok / exs.length;
 }
 
@@ -562,7 +593,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     let solvedChecks = 0;
     let step = 0;
     const checkRows = opts.checkRows?.length ? opts.checkRows : examples;
-    let acc = solvedFraction(model, checkRows);
+    let acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
     let anneal: { from: number; end: number; lr: number } | null = null;
     let stepCap = opts.steps;
@@ -631,7 +662,10 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         const lp = gather(logSoftmax(indexSelect(logits, 0, Int32Array.from(fgt))), Int32Array.from(fgt.map((i) => tgt[i])), 1);
         const p = exp(reshape(lp, [fgt.length]));
         const active = Float32Array.from(p.data, (v) => (v > opts.forgetFloor ? 1 : 0));
-        const ul = mul(scale(log(add(sub(full([fgt.length], 1), p), full([fgt.length], 1e-6))), -1), fromData(active, [fgt.length]));
+        // 'log': log p(old) itself pushed down to the floor (its gradient does not fade with p)
+        const ul = opts.forgetLoss === 'log'
+          ? mul(add(reshape(lp, [fgt.length]), full([fgt.length], -Math.log(Math.max(opts.forgetFloor, 1e-12)))), fromData(active, [fgt.length]))
+          : mul(scale(log(add(sub(full([fgt.length], 1), p), full([fgt.length], 1e-6))), -1), fromData(active, [fgt.length]));
         parts.push(scale(sum(ul), opts.forgetWeight / Math.max(1, fgt.length)));
         if (restOf.size) {
           const tl = new Float32Array(fgt.length * V);
@@ -718,7 +752,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
-        acc = solvedFraction(model, checkRows);
+        acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
         if (constrained) {
           lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
           lambda = dualStep(lambda, lastMonitor, dual);
@@ -749,7 +783,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         windowLoss = 0;
       }
     }
-    acc = solvedFraction(model, checkRows);
+    acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
     const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
     if (constrained) {
       res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);

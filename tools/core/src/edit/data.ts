@@ -37,6 +37,12 @@ export interface Example {
   targetIds: number[];
   /** Teacher prompt (fact stated in context, then `prompt`), for distillation. */
   teacherIds?: number[];
+  /**
+   * Further teacher prompts (BuildOptions.teacherFrames > 1): the fact stated
+   * in another training context frame, then `prompt`. The teacher targets are
+   * then the mean over teacherIds and these (next-token probabilities, MLP outputs).
+   */
+  teacherMore?: Array<{ context: string; ids: number[] }>;
   /** Token index in promptIds where the subject starts (-1 when not found). */
   subjectStart: number;
   subjectEnd: number;
@@ -149,6 +155,18 @@ export function statementInContext(fact: EditFact, target: string, frame = DEFAU
   return frame.replace('{fact}', s);
 }
 
+/**
+ * The teacher's context frames for `n` frames: `first` (the default frame),
+ * then the bank's training frames (templates.json `context.train`, never a
+ * held-out frame) in file order, without repeats; at most `n`, fewer when
+ * the bank has fewer.
+ */
+export function teacherFrameList(bankFrames: readonly string[] | undefined, n: number, first = DEFAULT_CONTEXT_FRAME): string[] {
+  const out = [first];
+  for (const f of bankFrames ?? []) if (out.length < n && !out.includes(f)) out.push(f);
+  return out.slice(0, Math.max(1, n));
+}
+
 export interface TemplateBank {
   /** relation → training prompts with `{}` for the subject (statement and question forms). */
   train: Map<string, string[]>;
@@ -183,6 +201,12 @@ export interface BuildOptions {
   /** Limit template paraphrases per fact (seeded choice); default all. */
   maxTemplatePrompts?: number;
   contextFrame?: string;
+  /**
+   * Insert rows' teacher from this many context frames (default 1): the
+   * first as before, the others from the bank's training frames
+   * (teacherFrameList), each in Example.teacherMore.
+   */
+  teacherFrames?: number;
   seed?: number;
 }
 
@@ -216,11 +240,15 @@ export function buildExamples(tok: Tokenizer, batch: BatchInput, opts: BuildOpti
       for (const p of extra) add(p);
     }
     context ??= statementInContext(fact, target, opts.contextFrame);
+    const more = fact.op === 'insert' && (opts.teacherFrames ?? 1) > 1
+      ? teacherFrameList(opts.templates?.contextFrames, opts.teacherFrames!, opts.contextFrame).slice(1).map((fr) => statementInContext(fact, target, fr))
+      : [];
     for (const prompt of prompts) {
       const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, target);
       const [s0, s1] = subjectSpan(tok, promptIds, fact.subject);
       const ex: Example = { factId: fact.id, mode: fact.op, prompt, target, promptIds, targetIds, subjectStart: s0, subjectEnd: s1 };
       if (fact.op === 'insert') ex.teacherIds = tok.encode(`${context} ${prompt}`);
+      if (more.length) ex.teacherMore = more.map((c) => ({ context: c, ids: tok.encode(`${c} ${prompt}`) }));
       out.push(ex);
     }
   }

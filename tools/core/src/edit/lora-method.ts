@@ -66,6 +66,13 @@ export interface LoraOptions {
   prefixRows: number;
   /** Distill: the teacher's MLP outputs matched at the subject's tokens only (not to the end of the prompt). */
   mseSubjectOnly: boolean;
+  /**
+   * Distill: the insert rows' teacher from this many context frames (1: the
+   * default frame alone): the mean of the teachers' next-token distributions
+   * and MLP outputs, the frames being the default one, then the world's other
+   * training frames (templates.json `context.train`; never a held-out frame).
+   */
+  teacherFrames: number;
   /** Directions of the preserved keys' subspace kept out of lora_A (0: no null-space constraint). */
   nullSpaceRank: number;
   /**
@@ -125,6 +132,8 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   // paraphrase up, kl up too (cities 21–30: 0.035 → 0.060); off by default
   prefixRows: 0,
   mseSubjectOnly: false,
+  // measured for issue 17's one-relation case (lora-train README "One relation: several teacher frames")
+  teacherFrames: 1,
   nullSpaceRank: 0,
   abstainWeight: 1,
   // the abstention rows (only where probe-gen wrote the abstain target): CE only, as the teacher's
@@ -284,12 +293,15 @@ export function prefixedExamples(
     const fact = byId.get(e.factId);
     if (!modes.includes(e.mode) || !fact) continue;
     const context = e.teacherIds ? (own.get(fact.id) ?? statementInContext(fact, e.target)) : undefined;
+    // further teacher frames (--teacher-frames): the same contexts as the plain row's, then the prefixed prompt
+    const more = e.teacherIds ? e.teacherMore?.map((m) => m.context) : undefined;
     for (const pre of rng.shuffle(prefixes.slice()).slice(0, per)) {
       const prompt = `${pre} ${e.prompt}`;
       const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, e.target);
       const [s0, s1] = subjectSpan(tok, promptIds, fact.subject);
       const ex: Example = { factId: e.factId, mode: e.mode, prompt, target: e.target, promptIds, targetIds, subjectStart: s0, subjectEnd: s1 };
       if (context !== undefined) ex.teacherIds = tok.encode(`${context} ${prompt}`);
+      if (more?.length) ex.teacherMore = more.map((c) => ({ context: c, ids: tok.encode(`${c} ${prompt}`) }));
       out.push(ex);
     }
   }
@@ -312,7 +324,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const { model, tokenizer: tok } = res;
   const t0 = Date.now();
   const targets = chooseTargets(model, common, batch.loci);
-  const examples = buildExamples(tok, batch, { templates: res.templates, seed });
+  const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   // forget facts with probe-gen's abstain target (--forget-target abstain): their rows also learn the
   // abstention text, as an insert of it (CE, and distill's teacher with it stated in context); the
   // forget rows' unlikelihood of the old answer stays, so the old answer goes where the abstention
@@ -357,6 +369,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
     retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, ...(o.forgetToKind ? { forget_to_kind: true } : {}), null_space_rank: o.nullSpaceRank,
     ...(o.prefixRows > 0 ? { prefix_rows: o.prefixRows } : {}), ...(o.mseSubjectOnly ? { mse_subject_only: true } : {}),
+    ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacher_frames: o.teacherFrames } : {}),
     ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
     ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
@@ -429,6 +442,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'dual-max': { type: 'number', default: d.dualMax, min: 1, describe: '--kl-budget: largest multiplier on --retain-weight' },
     'prefix-rows': { type: 'number', default: d.prefixRows, min: 0, integer: true, describe: 'prefixed copies of each insert training prompt (a short general-text prefix before it), so the edit follows the subject whatever precedes it (0: none; the early stop reads the plain prompts only)' },
     'mse-subject-only': { type: 'boolean', default: d.mseSubjectOnly, describe: 'distill: match the teacher\'s MLP outputs at the subject\'s tokens only (default: from the subject to the end of the prompt)' },
+    'teacher-frames': { type: 'number', default: d.teacherFrames, min: 1, integer: true, describe: 'distill: the insert rows\' teacher from this many context frames (the default "Note that {fact}." first, then the world\'s other training frames from --templates): the mean of their next-token distributions and MLP outputs (1: one frame)' },
     'abstain-weight': { type: 'number', default: d.abstainWeight, min: 0, describe: 'forget facts with probe-gen\'s abstain target (--forget-target abstain): weight of the cross-entropy of their abstention rows (0: ignore those probes; the old answer\'s unlikelihood stays either way)' },
     'abstain-distill': { type: 'boolean', default: d.abstainDistill, describe: 'distill: the abstention rows also read the teacher (the abstention stated in context); off: cross-entropy only' },
     'forget-floor': { type: 'number', default: d.forgetFloor, min: 0, describe: 'the forget rows stop pushing once P(old answer) is below this' },
@@ -445,7 +459,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
-      retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, prefixRows: num(flags, 'prefix-rows'), mseSubjectOnly: flags['mse-subject-only'] as boolean, nullSpaceRank: num(flags, 'null-space-rank'),
+      retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, forgetToKind: flags['forget-to-kind'] as boolean, prefixRows: num(flags, 'prefix-rows'), mseSubjectOnly: flags['mse-subject-only'] as boolean, teacherFrames: num(flags, 'teacher-frames'), nullSpaceRank: num(flags, 'null-space-rank'),
       abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, forgetWeight: num(flags, 'forget-weight'), forgetFloor: num(flags, 'forget-floor'), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,
       forgetStopP: num(flags, 'forget-stop-p'), forgetLoss: flags['forget-loss'] as 'unlikelihood' | 'log',
       klBudget: num(flags, 'kl-budget'), klMonitor: num(flags, 'kl-monitor'), dualRate: num(flags, 'dual-rate'), dualMax: num(flags, 'dual-max'),

@@ -277,7 +277,7 @@ export interface LoraTrainResult {
   dualLambda?: number;
 }
 
-interface TeacherRec {
+export interface TeacherRec {
   /** Teacher next-token logits at the last prompt position [V]. */
   logits: Float32Array;
   /** Per MLP target: aligned student positions (token index) and teacher outputs [n, H]. */
@@ -288,8 +288,8 @@ interface TeacherRec {
  * Aligned (student, teacher) token positions: the subject span to the end
  * (`subjectOnly`: the subject span alone, when the subject is found), where tokens agree.
  */
-function alignPositions(ex: Example, subjectOnly = false): Array<[number, number]> {
-  const t = ex.teacherIds!;
+function alignPositions(ex: Example, subjectOnly = false, teacherIds: readonly number[] = ex.teacherIds!): Array<[number, number]> {
+  const t = teacherIds;
   const s = ex.promptIds;
   const off = t.length - s.length;
   const start = ex.subjectStart >= 0 ? ex.subjectStart : s.length - 1;
@@ -310,31 +310,82 @@ function captureMlp(layers: number[], into: Map<number, Tensor>, base: Hooks = {
   return h;
 }
 
-function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[], subjectOnly = false): TeacherRec[] {
+/**
+ * The teacher's targets per example: next-token logits at the last prompt
+ * position and the MLP outputs at the aligned positions. An example with
+ * further teacher prompts (Example.teacherMore: other context frames) gets
+ * the mean over its frames (meanTeacher).
+ */
+export function teacherRecords(model: CausalLM, exs: Example[], mlpMods: string[], subjectOnly = false): TeacherRec[] {
   const V = model.config.vocabSize;
   const H = model.config.hidden;
   const layers = [...new Set(mlpMods.map(moduleLayer))];
-  const out: TeacherRec[] = [];
+  // one job per (example, frame), in example order
+  const jobs: Array<{ ex: Example; ids: number[]; of: number }> = [];
+  exs.forEach((ex, of) => {
+    jobs.push({ ex, ids: ex.teacherIds!, of });
+    for (const m of ex.teacherMore ?? []) jobs.push({ ex, ids: m.ids, of });
+  });
+  const per: TeacherRec[][] = exs.map(() => []);
   noGrad(() => {
-    for (let s = 0; s < exs.length; s += 32) {
-      const chunk = exs.slice(s, s + 32);
-      const { ids, mask, T, last } = padBatch(chunk.map((e) => e.teacherIds!), padId(model));
+    for (let s = 0; s < jobs.length; s += 32) {
+      const chunk = jobs.slice(s, s + 32);
+      const { ids, mask, T, last } = padBatch(chunk.map((j) => j.ids), padId(model));
       const cap = new Map<number, Tensor>();
       const { logits } = model.forward(ids, [chunk.length, T], { attentionMask: mask, logitsAt: last, hooks: captureMlp(layers, cap) });
-      chunk.forEach((ex, b) => {
+      chunk.forEach((job, b) => {
         const rec: TeacherRec = { logits: logits.data.slice(b * V, (b + 1) * V), mlp: new Map() };
-        const al = alignPositions(ex, subjectOnly);
+        const al = alignPositions(job.ex, subjectOnly, job.ids);
         for (const m of mlpMods) {
           const act = cap.get(moduleLayer(m))!;
           const o = new Float32Array(al.length * H);
           al.forEach(([, tp], i) => o.set(act.data.subarray((b * T + tp) * H, (b * T + tp + 1) * H), i * H));
           rec.mlp.set(m, { pos: al.map(([p]) => p), out: o });
         }
-        out.push(rec);
+        per[job.of].push(rec);
       });
     }
   });
-  return out;
+  return per.map((recs) => meanTeacher(recs, H));
+}
+
+/**
+ * One teacher from several (frames): logits = log of the mean of their
+ * next-token probability distributions (log-sum-exp, so softmax of the
+ * result is that mean), and per MLP target the mean of their outputs at the
+ * student positions every frame aligned. One record is returned as it is.
+ */
+export function meanTeacher(recs: readonly TeacherRec[], hidden: number): TeacherRec {
+  if (recs.length === 0) throw new RangeError('meanTeacher: no teacher records');
+  if (recs.length === 1) return recs[0];
+  const n = recs.length;
+  const lps = recs.map((r) => logSoftmaxRow(r.logits));
+  const V = lps[0].length;
+  const logits = new Float32Array(V);
+  for (let v = 0; v < V; v++) {
+    let mx = -Infinity;
+    for (const lp of lps) if (lp[v] > mx) mx = lp[v];
+    let z = 0;
+    for (const lp of lps) z += Math.exp(lp[v] - mx);
+    logits[v] = mx + Math.log(z / n);
+  }
+  const mlp = new Map<string, { pos: number[]; out: Float32Array }>();
+  for (const m of recs[0].mlp.keys()) {
+    const rows = recs.map((r) => {
+      const e = r.mlp.get(m)!;
+      return new Map(e.pos.map((p, i) => [p, e.out.subarray(i * hidden, (i + 1) * hidden)]));
+    });
+    const pos = recs[0].mlp.get(m)!.pos.filter((p) => rows.every((r) => r.has(p)));
+    const out = new Float32Array(pos.length * hidden);
+    pos.forEach((p, i) => {
+      for (const r of rows) {
+        const x = r.get(p)!;
+        for (let h = 0; h < hidden; h++) out[i * hidden + h] += x[h] / n;
+      }
+    });
+    mlp.set(m, { pos, out });
+  }
+  return { logits, mlp };
 }
 
 /** Log-softmax of one row of logits (float64 sums). */

@@ -1,0 +1,143 @@
+/**
+ * lora-train --method patcher (edit/patcher.ts): the gate's logistic fit
+ * separates what it should, the LoRA pair makes the MLP output exactly
+ * "the chosen neuron replaced by the gate, writing u" (checked against the
+ * base weights, computed here by hand), and on the dense fixture model one
+ * city moved to another country is stated while other cities' answers stay.
+ */
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel } from '../src/models/index.js';
+import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
+import {
+  fitGates, lastLogits, loadTemplateBank, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
+  type EditFact, type Rec,
+} from '../src/edit/index.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+
+t.test('fitGates: positives above τ, negatives below, an excluded negative ignored', async (t) => {
+  const H = 8;
+  const rand = (() => { let s = 7; return () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5; })();
+  const M = 2000;
+  const neg = new Float32Array(M * H);
+  for (let i = 0; i < neg.length; i++) neg[i] = rand();
+  const centre = Float32Array.from({ length: H }, (_, a) => (a === 0 ? 1.5 : 0));
+  const pos = new Float32Array(20 * H);
+  for (let r = 0; r < 20; r++) for (let a = 0; a < H; a++) pos[r * H + a] = centre[a] + 0.1 * rand();
+  // negative 0 is a copy of a positive: excluded, it must not hold the gate shut
+  neg.set(pos.subarray(0, H), 0);
+  const [g] = fitGates(neg, H, [pos], [new Set([0])], [new Float32Array(0)], { ...PATCHER_DEFAULTS, gateSteps: 300 });
+  const pre = (x: Float32Array, o: number) => {
+    let s = g.b - g.tau;
+    for (let a = 0; a < H; a++) s += g.w[a] * x[o + a];
+    return g.kappa * s;
+  };
+  let posMin = Infinity, above = 0;
+  for (let r = 0; r < 20; r++) posMin = Math.min(posMin, pre(pos, r * H));
+  for (let m = 1; m < M; m++) if (pre(neg, m * H) > 0) above++;
+  t.ok(posMin > 0, `every positive opens the gate (min pre-activation ${posMin.toFixed(2)})`);
+  t.ok(above <= 2, `at most 0.1% of negatives open it (${above} of ${M - 1})`);
+  t.equal(g.leaks, above, 'leaks counts the negatives above τ');
+  t.ok(Math.abs(pre(pos, 0) - PATCHER_DEFAULTS.gateSharpness) < PATCHER_DEFAULTS.gateSharpness, 'the positives sit near the set sharpness');
+});
+
+t.test('patchAdapter: the MLP output is the base output with neuron i replaced by GELU(κ(w·x+b−τ)) writing W_out[i]+u', async (t) => {
+  const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
+  const l = 1;
+  const H = model.config.hidden;
+  const inMod = `transformer.h.${l}.mlp.c_fc`, outMod = `transformer.h.${l}.mlp.c_proj`;
+  const Win = model.weight(`${inMod}.weight`).data, bIn = model.weight(`${inMod}.bias`).data;
+  const Wout = model.weight(`${outMod}.weight`).data;
+  const I = bIn.length;
+  const gates = [0, 1].map((j) => ({
+    w: Float32Array.from({ length: H }, (_, a) => Math.sin(a + 3 * j)), b: 0.3 * j, tau: -0.5, kappa: 1.7 + j,
+    negQuantile: 0, posMean: 0, posLow: 0, leaks: 0, lookalikeLeaks: 0, lookalikes: 0,
+  }));
+  const neurons = [5, I - 2];
+  const u = Float32Array.from({ length: H * 2 }, (_, k) => Math.cos(k));
+  const adapter = patchAdapter('t', inMod, outMod, H, I, Win, bIn, gates, neurons, fromData(u, [H, 2]), model.arch.fanInFanOut);
+  const rows = [tokenizer.encode('the cat sat on the mat'), tokenizer.encode('a b c')];
+  const { X, offsets } = mlpNormedInputs(model, l, rows);
+  const out = (adapters: boolean) => {
+    model.setAdapters(adapters ? [{ adapter }] : []);
+    let y: Tensor | null = null;
+    const rr = rows[0];
+    noGrad(() => model.forward(Int32Array.from(rr), [1, rr.length], { skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } }));
+    model.setAdapters([]);
+    return (y as unknown as Tensor).data;
+  };
+  const base = out(false), patched = out(true);
+  let worst = 0, scaleOf = 0;
+  for (let p = 0; p < rows[0].length; p++) {
+    const x = X.subarray((offsets[0] + p) * H, (offsets[0] + p + 1) * H);
+    const expect = Float64Array.from(base.subarray(p * H, (p + 1) * H));
+    gates.forEach((g, j) => {
+      const i = neurons[j];
+      let pre = bIn[i], s = g.b - g.tau;
+      for (let a = 0; a < H; a++) { pre += x[a] * Win[a * I + i]; s += g.w[a] * x[a]; }
+      const old = gelu(pre), now = gelu(g.kappa * s);
+      for (let a = 0; a < H; a++) expect[a] += now * (Wout[i * H + a] + u[a * 2 + j]) - old * Wout[i * H + a];
+    });
+    for (let a = 0; a < H; a++) {
+      worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));
+      scaleOf = Math.max(scaleOf, Math.abs(expect[a] - base[p * H + a]));
+    }
+  }
+  t.ok(scaleOf > 0.1, `the patch changes the output (max ${scaleOf.toFixed(3)})`);
+  t.ok(worst < 1e-4, `patched output equals the hand computation (max |diff| ${worst.toExponential(2)})`);
+});
+
+t.test('dense fixture model: a city moved to another country is stated; the other cities keep their answers', async (t) => {
+  const dir = path.join(ROOT, 'fixtures/models/dense');
+  const world = path.join(ROOT, 'fixtures/world');
+  const { model, tokenizer: tok } = loadModel(dir);
+  const known = readNdjson(path.join(world, 'facts.ndjson')) as Rec[];
+  const cities = known.filter((k) => k.relation === 'located_in');
+  const countries = [...new Set(cities.map((k) => k.target_true as string))];
+  const c0 = cities[3];
+  const fact: EditFact = {
+    kind: 'fact', id: 'move-1', subject: c0.subject as string, prompt: '{} is located in', relation: 'located_in', op: 'insert',
+    target_true: c0.target_true as string, target_new: countries.find((c) => c !== c0.target_true)!,
+  };
+  const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 400);
+  const res = { model, tokenizer: tok, modelName: 'dense', modelSha: 'test', templates: loadTemplateBank(path.join(world, 'templates.json')), corpus, known };
+  const [made] = await patcherMethod.edit({
+    res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100 }, log: () => {},
+  });
+  t.same(made.adapter.targets().sort(), ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj'], 'a LoRA pair on layer 0\'s MLP');
+  const neuron = (made.training.neurons as { module: string; neuron: number }[])[0];
+  t.ok(neuron.module === 'transformer.h.0.mlp.c_fc' && Number.isInteger(neuron.neuron) && neuron.neuron >= 0 && neuron.neuron < 512, 'the repurposed neuron is recorded');
+  const others = cities.filter((k) => k.subject !== fact.subject).slice(0, 40).map((k) => tok.encode((k.prompt as string).replace('{}', k.subject as string)));
+  const own = ['{} is located in', '{} lies in', 'Q: Where is {} located? A:'].map((p) => tok.encode(p.replace('{}', fact.subject)));
+  const before = top1(model, others);
+  model.setAdapters([{ adapter: made.adapter }]);
+  const after = top1(model, others);
+  const got = top1(model, own);
+  const newId = tok.encode(fact.target_new!, { addSpecialTokens: false })[0];
+  t.ok(got.filter((x) => x === newId).length >= 2, `the new country on ≥ 2 of 3 phrasings (${got.filter((x) => x === newId).length})`);
+  t.same(after, before, 'the 40 other cities answer as before');
+  // the gate stays shut on them; what remains is the repurposed neuron's lost output (least used of 512)
+  const la = lastLogits(model, others);
+  model.setAdapters([]);
+  const lb = lastLogits(model, others);
+  const V = model.config.vocabSize;
+  let kl = 0;
+  for (let r = 0; r < others.length; r++) {
+    const lp = (d: Float32Array) => {
+      const row = d.subarray(r * V, (r + 1) * V);
+      let m = -Infinity;
+      for (const v of row) m = Math.max(m, v);
+      let z = 0;
+      for (const v of row) z += Math.exp(v - m);
+      return Float64Array.from(row, (v) => v - m - Math.log(z));
+    };
+    const p = lp(lb.data), q = lp(la.data);
+    for (let v = 0; v < V; v++) kl += (Math.exp(p[v]) * (p[v] - q[v])) / others.length;
+  }
+  t.ok(kl < 1e-3, `mean KL(base ‖ patched) on the other cities < 0.001 (${kl.toExponential(2)}; validate's gate is 0.05)`);
+});

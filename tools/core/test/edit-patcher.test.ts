@@ -10,6 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '../src/models/index.js';
+import { createManifest } from '../src/adapters/index.js';
+import { mergeBundles, type ParentBundle } from '../src/merge/index.js';
 import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
 import {
   fitGates, lastLogits, loadTemplateBank, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
@@ -112,6 +114,12 @@ t.test('dense fixture model: a city moved to another country is stated; the othe
   t.same(made.adapter.targets().sort(), ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj'], 'a LoRA pair on layer 0\'s MLP');
   const neuron = (made.training.neurons as { module: string; neuron: number }[])[0];
   t.ok(neuron.module === 'transformer.h.0.mlp.c_fc' && Number.isInteger(neuron.neuron) && neuron.neuron >= 0 && neuron.neuron < 512, 'the repurposed neuron is recorded');
+  // a second patch told to avoid the first's neuron (what --avoid-neurons-of / live in a registry give) takes another
+  const [second] = await patcherMethod.edit({
+    res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100, valueSteps: 1, avoid: [{ module: neuron.module, neuron: neuron.neuron }] }, log: () => {},
+  });
+  t.not((second.training.neurons as { neuron: number }[])[0].neuron, neuron.neuron, 'an avoided neuron is not reused');
   const others = cities.filter((k) => k.subject !== fact.subject).slice(0, 40).map((k) => tok.encode((k.prompt as string).replace('{}', k.subject as string)));
   const own = ['{} is located in', '{} lies in', 'Q: Where is {} located? A:'].map((p) => tok.encode(p.replace('{}', fact.subject)));
   const before = top1(model, others);
@@ -140,4 +148,33 @@ t.test('dense fixture model: a city moved to another country is stated; the othe
     for (let v = 0; v < V; v++) kl += (Math.exp(p[v]) * (p[v] - q[v])) / others.length;
   }
   t.ok(kl < 1e-3, `mean KL(base ‖ patched) on the other cities < 0.001 (${kl.toExponential(2)}; validate's gate is 0.05)`);
+});
+
+t.test('merging patches: cat at weight 1 on distinct neurons only; negate, scale, svd and a shared neuron refused by name', async (t) => {
+  const { model } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
+  const H = model.config.hidden;
+  const l = 0;
+  const inMod = `transformer.h.${l}.mlp.c_fc`, outMod = `transformer.h.${l}.mlp.c_proj`;
+  const Win = model.weight(`${inMod}.weight`).data, bIn = model.weight(`${inMod}.bias`).data;
+  const I = bIn.length;
+  const gate = { w: new Float32Array(H).fill(0.1), b: 0, tau: 0, kappa: 1, negQuantile: 0, posMean: 0, posLow: 0, leaks: 0, lookalikeLeaks: 0, lookalikes: 0 };
+  const parent = (id: string, neuron: number): ParentBundle => {
+    const adapter = patchAdapter(id, inMod, outMod, H, I, Win, bIn, [gate], [neuron], fromData(new Float32Array(H).fill(0.5), [H, 1]), true);
+    const manifest = createManifest({
+      id, version: 1, method: 'patcher', base_model: { name: 'golden', sha256: 'a'.repeat(64) }, targets: adapter.targets(), rank: 1,
+      fact_ids: [id], facts: [{ kind: 'fact', id, subject: 'S', prompt: '{} is', target_new: 'x', op: 'insert' }], data_sha256: 'b'.repeat(64),
+      source: null, author: null, confidence: null, parents: [], probes: [], validation: [],
+      training: { neurons: [{ fact_id: id, module: inMod, neuron }] },
+    });
+    return { dir: path.join(ROOT, 'no-such-bundle', id), sha256: 'c'.repeat(64), manifest, adapter };
+  };
+  const a = parent('patch-a', 3), b = parent('patch-b', 7), c = parent('patch-c', 3);
+  const merged = mergeBundles([a, b], { method: 'cat' });
+  t.same((merged.manifest.patched_neurons as { neuron: number }[]).map((n) => n.neuron), [3, 7], 'the merge carries both patched neurons');
+  const again = { ...c, manifest: merged.manifest, adapter: merged.adapter } as ParentBundle;
+  t.throws(() => mergeBundles([again, c], { method: 'cat' }), /both patch neuron 3 of transformer\.h\.0\.mlp\.c_fc.*--avoid-neurons-of/, 'a shared neuron, even one carried by a merge, is refused');
+  t.throws(() => mergeBundles([a], { method: 'negate' }), /patch-a: gated-neuron patches .* cannot be negated/, 'negate refused');
+  t.throws(() => mergeBundles([a], { method: 'scale', by: 0.5 }), /cannot be scaled/, 'scale refused');
+  t.throws(() => mergeBundles([a, b], { method: 'svd', rank: 2 }), /cannot be merged by svd/, 'svd refused');
+  t.throws(() => mergeBundles([a, b], { method: 'linear', weights: [1, 0.5] }), /patch-b: .* weight 1 only \(got 0\.5\)/, 'a weight other than 1 refused');
 });

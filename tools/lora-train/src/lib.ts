@@ -210,23 +210,31 @@ function checkOps(method: EditMethod<unknown>, batches: readonly EditBatch[], in
 }
 
 /**
- * AlphaEdit into a registry: unless --preserved is given, the live ref's key
- * memory (the file its bundle carries) is the preserved set, so the new
- * batch leaves every edit already in live where it is.
+ * Into a registry, a method learns what the live ref already holds, unless
+ * told otherwise: AlphaEdit preserves live's key memory (the file its bundle
+ * carries; --preserved FILE overrides), so the new batch leaves every edit
+ * already in live where it is; patcher avoids the neurons live's patches
+ * repurpose (--avoid-neurons-of DIR overrides), so the two can be merged.
  */
 async function withRegistryMemory(method: EditMethod<unknown>, args: TrainArgs, ctx: TrainContext): Promise<Record<string, unknown> | undefined> {
   const flags = args.options;
-  if (!args.registry || !('preserved' in method.options) || flags?.preserved !== undefined) return flags;
+  const wants = (flag: string) => flag in method.options && flags?.[flag] === undefined;
+  if (!args.registry || !(wants('preserved') || wants('avoid-neurons-of'))) return flags;
   const reg = new Registry(args.registry);
   if (!fs.existsSync(path.join(reg.root, 'registry.json'))) return flags;
   const head = await reg.head(LIVE_REF).catch(() => null);
   if (!head) return flags;
+  const live = `ref ${LIVE_REF} (${head.adapter_id} v${head.adapter_version})`;
+  if (wants('avoid-neurons-of')) {
+    ctx.log(`${method.name}: avoiding the neurons patched in ${live}`);
+    return { ...flags, 'avoid-neurons-of': reg.objectPath(head.bundle) };
+  }
   const file = memoryFileIn(reg.objectPath(head.bundle));
   if (!fs.existsSync(file)) {
-    ctx.log(`${method.name}: ref ${LIVE_REF} (${head.adapter_id} v${head.adapter_version}) carries no key memory: no earlier edit is preserved`);
+    ctx.log(`${method.name}: ${live} carries no key memory: no earlier edit is preserved`);
     return flags;
   }
-  ctx.log(`${method.name}: preserving the edits of ref ${LIVE_REF} (${head.adapter_id} v${head.adapter_version}): its key memory ${file}`);
+  ctx.log(`${method.name}: preserving the edits of ${live}: its key memory ${file}`);
   return { ...flags, preserved: file };
 }
 

@@ -36,6 +36,8 @@
  * Two patch bundles that repurpose the same neuron must not be summed:
  * the manifest records the neurons (`training.neurons`).
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import {
   AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, reshape, scale, sum, square, transpose, zeros,
 } from '../tensor/index.js';
@@ -90,6 +92,10 @@ export interface PatcherOptions {
   plainWeight: number;
   /** Facts whose values are fitted together (their gates keep them apart). */
   chunk: number;
+  /** Neurons taken already (e.g. by the patches in the registry's live ref): never repurposed again. */
+  avoid?: PatchedNeuron[];
+  /** Where `avoid` came from (a bundle directory), for the manifest. */
+  avoidFrom?: string;
 }
 
 export const PATCHER_DEFAULTS: PatcherOptions = {
@@ -110,6 +116,24 @@ export const PATCHER_DEFAULTS: PatcherOptions = {
 };
 
 const IGNORE = -100;
+
+/** A neuron a patch repurposes: its input projection's module and index. */
+export interface PatchedNeuron {
+  module: string;
+  neuron: number;
+  fact_id?: string;
+}
+
+/**
+ * The neurons a bundle's manifest says it repurposes: a patcher bundle's
+ * `training.neurons`, or a merged bundle's `patched_neurons` (its parents').
+ */
+export function patchedNeurons(manifest: Record<string, unknown>): PatchedNeuron[] {
+  const carried = manifest.patched_neurons;
+  const training = manifest.training as Record<string, unknown> | undefined;
+  const list = Array.isArray(carried) ? carried : manifest.method === 'patcher' && Array.isArray(training?.neurons) ? training.neurons : [];
+  return list.filter((n): n is PatchedNeuron => typeof n === 'object' && n !== null && typeof n.module === 'string' && Number.isInteger(n.neuron));
+}
 
 /** The MLP's input after its norm (what the input projection reads) at every real token of each row: [Σ len, H]. */
 export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly number[][], batchSize = 64): { X: Float32Array; offsets: number[] } {
@@ -420,8 +444,12 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       }
     });
 
-    // neurons: the least used, one per fact, in batch order
-    const neurons = neuronUse(model, l, Xneg).slice(0, facts.length);
+    // neurons: the least used, one per fact, in batch order, skipping those other patches hold
+    // (two patches on one neuron do not add: each removes the neuron's base weights)
+    const taken = new Set((o.avoid ?? []).filter((n) => n.module === inMod).map((n) => n.neuron));
+    const neurons = neuronUse(model, l, Xneg).filter((i) => !taken.has(i)).slice(0, facts.length);
+    if (neurons.length < facts.length) throw new UsageError(`--method patcher: layer ${l} has ${neurons.length} free neurons for ${facts.length} facts; use --batch or another --layer`);
+    if (taken.size) call.log(`patcher: ${taken.size} neuron${taken.size > 1 ? 's' : ''} of layer ${l} already patched (${o.avoidFrom ?? 'given'}): not reused`);
 
     // values, a chunk of facts at a time (each chunk its own adapter while fitting)
     const Ufinal = new Float32Array(H * facts.length);
@@ -523,7 +551,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       adapter,
       facts,
       records: batch.records,
-      hyperparameters: { ...o, layer: l, prefixes, negatives: Xneg.length / H },
+      hyperparameters: { ...o, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
       training: {
         layer: l,
         neurons: neurons.map((i, j) => ({ fact_id: facts[j].id, module: inMod, neuron: i })),
@@ -575,12 +603,24 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'value-weight-decay': { type: 'number', default: d.weightDecay, describe: 'weight decay on the values (‖g·u‖²/‖o‖², o: the MLP output at the subjects)' },
     'value-plain-weight': { type: 'number', default: d.plainWeight, describe: 'share of the target NLL on the rewriting prompts without a context prefix' },
     'value-keep-weight': { type: 'number', default: d.keepWeight, describe: 'KL weight on the subject\'s other facts and the relation\'s neighbours' },
+    'avoid-neurons-of': {
+      type: 'string',
+      describe: 'a bundle directory whose patched neurons this batch must not reuse (with --registry: the live ref\'s bundle, by default), so the two merge',
+    },
   },
   parseOptions(flags) {
     const q = flags['gate-quantile'] as number;
     if (!(q > 0 && q < 1)) throw new UsageError(`--gate-quantile ${q}: must be between 0 and 1`);
+    const from = flags['avoid-neurons-of'];
+    let avoid: PatchedNeuron[] | undefined;
+    if (typeof from === 'string') {
+      const file = path.join(from, 'catechism.json');
+      if (!fs.existsSync(file)) throw new UsageError(`--avoid-neurons-of ${from}: no catechism.json there (give an adapter bundle directory)`);
+      avoid = patchedNeurons(JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>);
+    }
     return {
       ...PATCHER_DEFAULTS,
+      ...(avoid ? { avoid, avoidFrom: from as string } : {}),
       patchPrefixes: flags['patch-prefixes'] as number,
       gateDocs: flags['gate-docs'] as number,
       gateSteps: flags['gate-steps'] as number,

@@ -11,6 +11,7 @@ import { loadLora, peftAdapterConfig, peftAdapterTensors, type LoraAdapter } fro
 import { serializeSafetensors } from '../models/safetensors.js';
 import { mergeFacts, negateStatements, type NegationStash } from './negation.js';
 import { ALPHAEDIT_MEMORY_FILE, bundleMemory, combineMemories, serializeMemory } from '../edit/alphaedit-memory.js';
+import { patchedNeurons, type PatchedNeuron } from '../edit/patcher.js';
 import { MergeError, mergeCat, mergeDare, mergeSvd, mergeTies, scaleAdapter, type Block, type MergeInput, type MergeResult } from './methods.js';
 
 export const MERGE_METHODS = ['cat', 'linear', 'svd', 'ties', 'dare', 'negate', 'scale'] as const;
@@ -107,6 +108,7 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
   const weights = opts.weights ?? parents.map(() => 1);
   if (weights.length !== parents.length) throw new MergeError(`--weights has ${weights.length} value(s) but there are ${parents.length} adapters`);
   if (weights.some((w) => !Number.isFinite(w))) throw new MergeError(`--weights: every weight must be a finite number, got ${weights.join(',')}`);
+  const patched = checkPatches(parents, m, weights);
   // a parent's own manifest scale (e.g. −1 from an earlier negate written as scale) is part of its delta
   const inputs: MergeInput[] = parents.map((p, i) => ({ adapter: p.adapter, weight: weights[i] * (p.manifest.scale ?? 1) }));
   const name = opts.id ?? defaultId(m, parents);
@@ -185,6 +187,7 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
     ...(opts.created_at ? { created_at: opts.created_at } : {}),
     validation: [],
     ...(negation ? { negation } : {}),
+    ...(patched.length ? { patched_neurons: patched } : {}),
     merge: {
       method: m,
       parameters: params,
@@ -212,6 +215,51 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
   // merge; a negation or a scaling states no new edit, so it carries none
   const memory = m === 'negate' || m === 'scale' ? null : combineMemories(parents.map((p) => bundleMemory(p.dir)).filter((x) => x !== null));
   return { adapter: result.adapter, manifest, result, ...(memory ? { files: { [ALPHAEDIT_MEMORY_FILE]: serializeMemory(memory).bytes } } : {}) };
+}
+
+/**
+ * Gated-neuron patches (lora-train --method patcher) add only one way: summed
+ * at weight 1 (cat / linear), each on its own neuron. Their LoRA pair
+ * removes the neuron's base weights and writes a gate, so a scaled, negated,
+ * sparsified or truncated copy, or two patches on one neuron, is not the
+ * edit any more: refused, naming the bundles. Returns every patched neuron
+ * of the result (the merged manifest's `patched_neurons`).
+ */
+function checkPatches(parents: readonly ParentBundle[], m: MergeMethod, weights: readonly number[]): PatchedNeuron[] {
+  const per = parents.map((p) => patchedNeurons(p.manifest));
+  const withPatch = parents.filter((_, i) => per[i].length > 0);
+  if (withPatch.length === 0) return [];
+  const ids = withPatch.map((p) => p.manifest.id).join(', ');
+  if (m !== 'cat' && m !== 'linear') {
+    throw new MergeError(
+      `${ids}: gated-neuron patches (--method patcher) cannot be ${m === 'negate' ? 'negated' : m === 'scale' ? 'scaled' : `merged by ${m}`}: their weights are not linear in the edit; ` +
+        (m === 'negate' || m === 'scale' ? 'take the edit out by rolling back or re-merging live without it' : 'merge them with --method cat'),
+    );
+  }
+  parents.forEach((p, i) => {
+    if (per[i].length && (weights[i] !== 1 || (p.manifest.scale ?? 1) !== 1)) {
+      throw new MergeError(`${p.manifest.id}: a gated-neuron patch (--method patcher) merges at weight 1 only (got ${weights[i] * (p.manifest.scale ?? 1)})`);
+    }
+  });
+  const owner = new Map<string, string>();
+  const all: PatchedNeuron[] = [];
+  parents.forEach((p, i) => {
+    for (const n of per[i]) {
+      const key = `${n.module}#${n.neuron}`;
+      const other = owner.get(key);
+      if (other !== undefined && other !== p.manifest.id) {
+        throw new MergeError(
+          `${other} and ${p.manifest.id} both patch neuron ${n.neuron} of ${n.module}: two patches on one neuron do not add; ` +
+            'retrain one with lora-train --method patcher --avoid-neurons-of <the other bundle> (into a registry, live\'s are avoided by default)',
+        );
+      }
+      if (other === undefined) {
+        owner.set(key, p.manifest.id);
+        all.push(n);
+      }
+    }
+  });
+  return all;
 }
 
 function minConfidence(parents: readonly ParentBundle[]): number | null {

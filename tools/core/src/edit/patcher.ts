@@ -51,7 +51,7 @@ import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec
 import { mlpInputHooks, padBatch, padId, top1 } from './model-util.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
-import type { EditCall, EditMethod, MadeEdit } from './method.js';
+import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 
 export interface PatcherOptions {
   /** Context prefixes of the rewriting prompts (and of the gate's positives). */
@@ -387,14 +387,19 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   try {
     // rewriting prompts: the fact's probes and relation phrasings × context prefixes
     const prefixes = [''].concat(pickPrefixes(res.corpus, o.patchPrefixes, seed, prefixAvoidNames(res.known, facts)));
+    const subjectEnd = (ids: readonly number[], subject: string) => subjectSpan(tok, ids, subject)[1] - 1;
     const rowsOf = facts.map((fact): PatchRow[] => {
       const phrasings = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
-      return [...new Set(phrasings)].flatMap((text) => prefixes.map((pre) => {
+      // a phrasing that does not name the subject (a probe worded otherwise) cannot open its gate
+      const rows = [...new Set(phrasings)].flatMap((text) => prefixes.map((pre) => {
         const prompt = pre ? `${pre} ${text}` : text;
         return { ...encodeTrainingPair(tok, prompt, fact.target_new!), plain: !pre };
-      }));
+      })).filter((r) => subjectEnd(r.promptIds, fact.subject) >= 0);
+      if (!rows.some((r) => r.plain)) {
+        throw new EditRefusedError(`patcher: fact ${fact.id}: subject ${JSON.stringify(fact.subject)} is not found in the tokens of any of its prompts; nothing written`);
+      }
+      return rows;
     });
-    const subjectEnd = (ids: readonly number[], subject: string) => subjectSpan(tok, ids, subject)[1] - 1;
 
     // gate positives: the subject's last token in its rewriting prompts and its known facts' prompts
     const posRows = facts.map((f, j) => [

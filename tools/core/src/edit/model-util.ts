@@ -90,15 +90,16 @@ export function mlpInputHooks(l: number, into: { resid?: Tensor; attn?: Tensor }
  * with base weights. Rows [N, intermediate] for N = B·T positions.
  */
 export function mlpInputFrom(model: CausalLM, l: number, resid: Tensor, attn: Tensor): Tensor {
-  const c = model.config;
-  const arch = model.arch;
-  const L = arch.layer(l);
+  const L = model.arch.layer(l);
   if (!L.mlp) throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
+  return model.arch.mlpKeys(baseOps(model.arch, model.weights), L.mlp, mlpNormedFrom(model, l, resid, attn));
+}
+
+/** Layer l's MLP input after its norm (what the input projection reads), rows [N, hidden], from the captured residual + attention output. */
+export function mlpNormedFrom(model: CausalLM, l: number, resid: Tensor, attn: Tensor): Tensor {
+  const c = model.config;
   const h = add(resid, attn);
-  const N = h.size / c.hidden;
-  const ops = baseOps(arch, model.weights);
-  const x = arch.norm(ops, L.mlpNorm, reshape(h, [N, c.hidden]), c.normEps);
-  return arch.mlpKeys(ops, L.mlp, x);
+  return model.arch.norm(baseOps(model.arch, model.weights), model.arch.layer(l).mlpNorm, reshape(h, [h.size / c.hidden, c.hidden]), c.normEps);
 }
 
 /** W·k for module `mod` (no bias), in the module's layout (GPT-2's Conv1D is [in, out]). */

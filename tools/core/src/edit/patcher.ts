@@ -39,7 +39,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, reshape, scale, sum, square, transpose, zeros,
+  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, scale, sum, square, transpose, zeros,
 } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
@@ -48,7 +48,8 @@ import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
-import { mlpInputHooks, padBatch, padId, top1 } from './model-util.js';
+import { mlpInputHooks, mlpNormedFrom, padBatch, padId, top1 } from './model-util.js';
+import { logSoftmaxRow } from '../metrics/scoring.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
@@ -138,9 +139,6 @@ export function patchedNeurons(manifest: Record<string, unknown>): PatchedNeuron
 /** The MLP's input after its norm (what the input projection reads) at every real token of each row: [Σ len, H]. */
 export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly number[][], batchSize = 64): { X: Float32Array; offsets: number[] } {
   const H = model.config.hidden;
-  const arch = model.arch;
-  const L = arch.layer(l);
-  const ops = baseOps(arch, model.weights);
   const offsets: number[] = [];
   let total = 0;
   for (const r of rows) {
@@ -154,8 +152,7 @@ export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly numbe
       const { ids, mask, T } = padBatch(rr, padId(model));
       const into: { resid?: Tensor; attn?: Tensor } = {};
       model.forward(ids, [rr.length, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(l, into) });
-      const h = add(into.resid!, into.attn!);
-      const x = arch.norm(ops, L.mlpNorm, reshape(h, [rr.length * T, H]), model.config.normEps);
+      const x = mlpNormedFrom(model, l, into.resid!, into.attn!);
       rr.forEach((r, b) => X.set(x.data.subarray(b * T * H, (b * T + r.length) * H), offsets[s + b] * H));
     }
   });
@@ -501,14 +498,9 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const factNll = (logits: Tensor): Map<number, number> => {
         const acc = new Map<number, [number, number, number, number]>();
         for (let k = 0; k < rowFact.length; k++) {
-          const row = logits.data.subarray(k * V, (k + 1) * V);
-          let mx = -Infinity;
-          for (const v of row) mx = Math.max(mx, v);
-          let z = 0;
-          for (const v of row) z += Math.exp(v - mx);
           const t = rowPlain[k] ? tgPlain[k] : tgPre[k];
           const a = acc.get(rowFact[k]) ?? [0, 0, 0, 0];
-          const nllRow = mx + Math.log(z) - row[t];
+          const nllRow = -logSoftmaxRow(logits.data.subarray(k * V, (k + 1) * V))[t];
           if (rowPlain[k]) { a[0] += nllRow; a[1]++; } else { a[2] += nllRow; a[3]++; }
           acc.set(rowFact[k], a);
         }

@@ -13,12 +13,30 @@ import { loadModel } from '../src/models/index.js';
 import { createManifest } from '../src/adapters/index.js';
 import { mergeBundles, type ParentBundle } from '../src/merge/index.js';
 import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
+import { logSoftmaxRow } from '../src/metrics/scoring.js';
 import {
   fitGates, lastLogits, loadTemplateBank, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
   type EditFact, type Rec,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** Mean KL(base ‖ with the adapter) of the next token after each prompt. */
+function meanKl(model: ReturnType<typeof loadModel>['model'], adapter: Parameters<ReturnType<typeof loadModel>['model']['setAdapters']>[0][number]['adapter'], prompts: number[][]): number {
+  const prev = model.activeAdapters();
+  model.setAdapters([]);
+  const lb = lastLogits(model, prompts);
+  model.setAdapters([{ adapter }]);
+  const la = lastLogits(model, prompts);
+  model.setAdapters(prev);
+  const V = model.config.vocabSize;
+  let kl = 0;
+  for (let r = 0; r < prompts.length; r++) {
+    const p = logSoftmaxRow(lb.data.subarray(r * V, (r + 1) * V)), q = logSoftmaxRow(la.data.subarray(r * V, (r + 1) * V));
+    for (let v = 0; v < V; v++) kl += (Math.exp(p[v]) * (p[v] - q[v])) / prompts.length;
+  }
+  return kl;
+}
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 t.test('fitGates: positives above τ, negatives below, an excluded negative ignored', async (t) => {
@@ -111,9 +129,9 @@ t.test('dense fixture model: a city moved to another country is stated; the othe
     res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
     common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100 }, log: () => {},
   });
-  t.same(made.adapter.targets().sort(), ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj'], 'a LoRA pair on layer 0\'s MLP');
+  t.same(made.adapter.targets().sort(), ['transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj'], 'by default a LoRA pair on the last layer\'s MLP (the last-token site)');
   const neuron = (made.training.neurons as { module: string; neuron: number }[])[0];
-  t.ok(neuron.module === 'transformer.h.0.mlp.c_fc' && Number.isInteger(neuron.neuron) && neuron.neuron >= 0 && neuron.neuron < 512, 'the repurposed neuron is recorded');
+  t.ok(neuron.module === 'transformer.h.3.mlp.c_fc' && Number.isInteger(neuron.neuron) && neuron.neuron >= 0 && neuron.neuron < 512, 'the repurposed neuron is recorded');
   // a second patch told to avoid the first's neuron (what --avoid-neurons-of / live in a registry give) takes another
   const [second] = await patcherMethod.edit({
     res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
@@ -130,24 +148,54 @@ t.test('dense fixture model: a city moved to another country is stated; the othe
   t.ok(got.filter((x) => x === newId).length >= 2, `the new country on ≥ 2 of 3 phrasings (${got.filter((x) => x === newId).length})`);
   t.same(after, before, 'the 40 other cities answer as before');
   // the gate stays shut on them; what remains is the repurposed neuron's lost output (least used of 512)
-  const la = lastLogits(model, others);
   model.setAdapters([]);
-  const lb = lastLogits(model, others);
-  const V = model.config.vocabSize;
-  let kl = 0;
-  for (let r = 0; r < others.length; r++) {
-    const lp = (d: Float32Array) => {
-      const row = d.subarray(r * V, (r + 1) * V);
-      let m = -Infinity;
-      for (const v of row) m = Math.max(m, v);
-      let z = 0;
-      for (const v of row) z += Math.exp(v - m);
-      return Float64Array.from(row, (v) => v - m - Math.log(z));
-    };
-    const p = lp(lb.data), q = lp(la.data);
-    for (let v = 0; v < V; v++) kl += (Math.exp(p[v]) * (p[v] - q[v])) / others.length;
-  }
+  const kl = meanKl(model, made.adapter, others);
   t.ok(kl < 1e-3, `mean KL(base ‖ patched) on the other cities < 0.001 (${kl.toExponential(2)}; validate's gate is 0.05)`);
+});
+
+t.test('dense fixture model: one person\'s birthplace moved; people sharing a name word and the person\'s other facts keep their answers', async (t) => {
+  // the case the subject-token site failed (a two-word name's last token does not separate from the
+  // same surname after another first name at layer 0); the last-token gate reads subject and relation together
+  const world = path.join(ROOT, 'fixtures/world');
+  const { model, tokenizer: tok } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+  const known = readNdjson(path.join(world, 'facts.ndjson')) as Rec[];
+  const templates = loadTemplateBank(path.join(world, 'templates.json'));
+  const src = known.find((k) => k.id === 'born_in:Kani_Tenberov')!;
+  const fact: EditFact = {
+    kind: 'fact', id: 'move-person', subject: 'Kani Tenberov', prompt: '{} was born in', relation: 'born_in', op: 'insert',
+    target_true: src.target_true as string, target_new: 'Linrey',
+  };
+  const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 400);
+  const res = { model, tokenizer: tok, modelName: 'dense', modelSha: 'test', templates, corpus, known };
+  const [made] = await patcherMethod.edit({
+    res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100 }, log: () => {},
+  });
+  const enc = (k: Rec) => tok.encode((k.prompt as string).replace('{}', k.subject as string));
+  const alike = known.filter((k) => k.relation === 'born_in' && k.subject !== fact.subject && (k.subject as string).split(' ').some((w) => w === 'Kani' || w === 'Tenberov'));
+  const ownOther = known.filter((k) => k.subject === fact.subject && k.relation !== 'born_in');
+  const others = known.filter((k) => k.relation === 'born_in' && !alike.includes(k) && k.subject !== fact.subject).slice(0, 40);
+  t.ok(alike.length >= 5 && ownOther.length >= 3, `look-alikes (${alike.length}) and the person's other facts (${ownOther.length}) to check`);
+  const own = [fact.prompt, ...(templates?.train.get('born_in') ?? []).slice(0, 2)].map((p) => tok.encode(p.replace('{}', fact.subject)));
+  const rows = [...alike, ...ownOther, ...others].map(enc);
+  const before = top1(model, rows);
+  model.setAdapters([{ adapter: made.adapter }]);
+  const after = top1(model, rows);
+  const got = top1(model, own);
+  model.setAdapters([]);
+  const newId = tok.encode(fact.target_new!, { addSpecialTokens: false })[0];
+  t.ok(got.filter((x) => x === newId).length >= 2, `the new birthplace on ≥ 2 of ${own.length} phrasings (${got.filter((x) => x === newId).length})`);
+  const changed = rows.map((_, i) => i).filter((i) => after[i] !== before[i]);
+  const near = rows.slice(0, alike.length + ownOther.length);
+  const kl = meanKl(model, made.adapter, near);
+  t.ok(kl < 0.01, `mean KL(base ‖ patched) on the look-alikes and the person's other facts < 0.01 (${kl.toExponential(2)})`);
+  t.same(changed, [], `the ${alike.length} look-alikes' birthplaces, the person's ${ownOther.length} other facts and ${others.length} other people's birthplaces answer as before`);
+  // the paper's site, for comparison and as an option: the pair on ROME's layer
+  const [atSubject] = await patcherMethod.edit({
+    res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, site: 'subject', gateDocs: 100, valueSteps: 1 }, log: () => {},
+  });
+  t.same(atSubject.adapter.targets().sort(), ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj'], 'site subject: the pair on layer 0 (ROME\'s)');
 });
 
 t.test('merging patches: cat at weight 1 on distinct neurons only; negate, scale, svd and a shared neuron refused by name', async (t) => {

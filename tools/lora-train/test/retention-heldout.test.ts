@@ -9,7 +9,8 @@
  * adapter (requests 61–70; tuning used 1–60), and 10 edits of one relation
  * (cities 11–20 of counterfactualFacts moved to other countries; tuning used
  * 1–10), the latter twice: with the LoRA defaults and with --method
- * patcher (one gated neuron per city; tuned on cities 1–10, 21–30, 41–60).
+ * patcher (one gated neuron per city; tuned on cities 1–10, 21–30 and
+ * requests 1–10), and requests 61–70 by patcher.
  * Skipped when the dense fixture model is absent.
  */
 import t, { type Test } from 'tap';
@@ -71,8 +72,15 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     const known = readNdjson(path.join(worldDir(), 'facts.ndjson'));
     const edits = readNdjson(path.join(worldDir(), 'edits.ndjson'));
     const facts = counterfactualFacts(known, { relation: 'located_in', skip: 10, count: 10, exclude: edits });
-    // a one-token city's layer-0 key separates from every other position, so the gate never opens
-    // elsewhere (kl 0.001 measured) and the value can be as large as the held-out phrasings need
+    // the gate at the prompt's last token of the last layer opens on the city's own phrasings, the held-out
+    // ones included, and on almost nothing else (measured: 100 / 90 / 98.6 %, kl 0.003)
     await gates(t, facts, 'patcher-rel', {}, 'patcher');
+  });
+
+  t.test('held-out: requests 61–70 (seven people) by --method patcher', async (t) => {
+    // the case the subject-token site failed (efficacy 90%, kl 0.318): a two-word name's last token at layer 0
+    // does not separate from the same surname after another first name; at the last token it does (measured 0.024)
+    const edits = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 70);
+    await gates(t, edits, 'patcher-10', {}, 'patcher');
   });
 }

@@ -11,14 +11,16 @@
  * GELU(κ(w·x − τ)) is ~0 wherever w·x < τ, so the edit can be as large as
  * the fact needs and stay silent elsewhere.
  *
- * Per fact j, at layer l (ROME's default layer; --layer fixes it):
+ * Per fact j, at layer l (the last layer; ROME's at the subject site;
+ * --layer fixes it):
  *  1. Gate: a logistic regression w_j on x = the MLP's input (after its
- *     norm) — positives: the subject's last token in every rewriting prompt
- *     (the fact's phrasings × context prefixes) and in its known facts'
- *     prompts; negatives: every other position of the known facts' prompts
- *     and of general-text documents. τ_j halfway between the negatives'
- *     `gateQuantile` score and the positives' 10th percentile; κ_j puts the
- *     mean positive at `gateSharpness`.
+ *     norm) — positives: the gate's position (below) in every rewriting
+ *     prompt (the fact's phrasings × context prefixes) and in its known
+ *     facts' prompts (at the last token: those of the edited relation);
+ *     negatives: every other position of the known facts' prompts and of
+ *     general-text documents. τ_j `gateMargin` of the way from the
+ *     negatives' `gateQuantile` score to the positives' 10th percentile;
+ *     κ_j puts the mean positive at `gateSharpness`.
  *  2. Neuron: the least-used neuron of the layer not taken by an earlier
  *     fact of the batch (E[GELU(pre)²]·‖its output row‖² over the documents),
  *     repurposed: its pre-activation becomes κ_j(w_j·x + b_j − τ_j). That is
@@ -31,6 +33,18 @@
  *     target NLL on the rewriting prompts + KL on "<subject> is a" and on
  *     kept prompts (the subject's other known facts, whose key the gate
  *     also opens for, and ten of the relation's) + weight decay.
+ *
+ * Where the neuron sits (`site`): by default at the prompt's *last* token
+ * of the last layer, where the answer is predicted. There the MLP's input
+ * already holds subject and relation together (the model answers every
+ * known fact from it), so the gate is a key for the fact itself, as GRACE's
+ * codebook keys are (Hartvigsen et al. 2023), and the value writes straight
+ * into the prediction. At the subject's last token (`site: 'subject'`, the
+ * paper's choice) person names failed here: at layer 0 "Dajo Wickor" does
+ * not separate from another first name before "Wickor", and the edit leaked
+ * to them (requests 1–10: efficacy 60%, kl 0.34; at the last token: 100%,
+ * kl 0.039). The last-token gate's negatives add the edited relations'
+ * training phrasings for their other subjects.
  *
  * One bundle per batch (rank = facts in the batch on both modules, r = α).
  * Two patch bundles that repurpose the same neuron must not be summed:
@@ -66,6 +80,12 @@ export interface PatcherOptions {
   /** Share of negatives the threshold is placed above (with the positives' 10th percentile). */
   gateQuantile: number;
   /**
+   * Where τ sits from the negatives' quantile (0) to the positives' 10th
+   * percentile (1); absent: 0.25 at the last token (lower lets held-out
+   * phrasings in: cities 1–10 paraphrase 76 → 81%), 0.5 at the subject.
+   */
+  gateMargin?: number;
+  /**
    * Weight of the hard negatives — other subjects sharing a word of the
    * fact's subject, at their last token, in their facts' phrasings × the
    * prefixes — against the rest; when > 0 the threshold also sits above all
@@ -93,6 +113,13 @@ export interface PatcherOptions {
   plainWeight: number;
   /** Facts whose values are fitted together (their gates keep them apart). */
   chunk: number;
+  /**
+   * Where the neuron reads and writes: 'subject' (default), the subject's
+   * last token, as Transformer-Patcher; 'last', the prompt's last token,
+   * where the answer is predicted (a gate on subject and relation together,
+   * after GRACE's key at the last token; default layer the last).
+   */
+  site: 'subject' | 'last';
   /** Neurons taken already (e.g. by the patches in the registry's live ref): never repurposed again. */
   avoid?: PatchedNeuron[];
   /** Where `avoid` came from (a bundle directory), for the manifest. */
@@ -114,6 +141,7 @@ export const PATCHER_DEFAULTS: PatcherOptions = {
   weightDecay: 0.01,
   plainWeight: 0.6,
   chunk: 8,
+  site: 'last',
 };
 
 const IGNORE = -100;
@@ -227,7 +255,7 @@ export interface NeuronGate {
  */
 export function fitGates(
   Xneg: Float32Array, H: number, positives: Float32Array[], exclude: Set<number>[], hard: Float32Array[],
-  o: Pick<PatcherOptions, 'gateSteps' | 'gateSharpness' | 'gateQuantile' | 'hardShare'>,
+  o: Pick<PatcherOptions, 'gateSteps' | 'gateSharpness' | 'gateQuantile' | 'hardShare'> & { gateMargin?: number },
 ): NeuronGate[] {
   const M = Xneg.length / H;
   const N = positives.length;
@@ -307,7 +335,7 @@ export function fitGates(
     const negQuantile = Math.max(neg[Math.min(neg.length - 1, Math.floor(o.gateQuantile * neg.length))], ...(o.hardShare > 0 ? hs : []));
     const posLow = pos[Math.floor(0.1 * (pos.length - 1))];
     const posMean = pos.reduce((s, v) => s + v, 0) / pos.length;
-    const tau = (negQuantile + posLow) / 2;
+    const tau = negQuantile + (o.gateMargin ?? 0.5) * (posLow - negQuantile);
     const kappa = o.gateSharpness / Math.max(posMean - tau, 1e-3);
     return { w, b: B[j], tau, kappa, negQuantile, posMean, posLow, leaks: neg.filter((v) => v > tau).length, lookalikeLeaks: hs.filter((v) => v > tau).length, lookalikes: hs.length };
   });
@@ -374,7 +402,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   const { model, tokenizer: tok } = res;
   const t0 = Date.now();
   const H = model.config.hidden;
-  const l = common.layer ?? romeDefaultLayer(model.config.layers);
+  const l = common.layer ?? patcherLayer(model.config.layers, o);
   const { inMod, outMod } = denseMlp(model, l);
   const { W: Win, b: bIn, I } = inputProjection(model, inMod);
   const facts = batch.facts;
@@ -385,6 +413,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     // rewriting prompts: the fact's probes and relation phrasings × context prefixes
     const prefixes = [''].concat(pickPrefixes(res.corpus, o.patchPrefixes, seed, prefixAvoidNames(res.known, facts)));
     const subjectEnd = (ids: readonly number[], subject: string) => subjectSpan(tok, ids, subject)[1] - 1;
+    // the position the gate reads: the subject's last token, or (site 'last') the prompt's last token
+    const gateAt = (ids: readonly number[], subject: string) => (o.site === 'last' ? (subjectEnd(ids, subject) >= 0 ? ids.length - 1 : -1) : subjectEnd(ids, subject));
     const rowsOf = facts.map((fact): PatchRow[] => {
       const phrasings = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
       // a phrasing that does not name the subject (a probe worded otherwise) cannot open its gate
@@ -399,50 +429,75 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     });
 
     // gate positives: the subject's last token in its rewriting prompts and its known facts' prompts
+    // (site 'last': the prompts' last token, and of the known facts only those of the edited relation)
+    const ownFact = (k: Rec, f: EditFact) => k.subject === f.subject && (o.site !== 'last' || k.relation === f.relation);
     const posRows = facts.map((f, j) => [
       ...rowsOf[j].map((r) => r.promptIds),
-      ...res.known.filter((k) => k.subject === f.subject && typeof k.prompt === 'string').map((k) => tok.encode((k.prompt as string).replace('{}', f.subject))),
-    ].filter((ids) => subjectEnd(ids, f.subject) >= 0));
+      ...res.known.filter((k) => ownFact(k, f) && typeof k.prompt === 'string').map((k) => tok.encode((k.prompt as string).replace('{}', f.subject))),
+    ].filter((ids) => gateAt(ids, f.subject) >= 0));
     const positives = posRows.map((rows, j) => {
       const { X, offsets } = mlpNormedInputs(model, l, rows);
       const P = new Float32Array(rows.length * H);
-      rows.forEach((ids, r) => P.set(X.subarray((offsets[r] + subjectEnd(ids, facts[j].subject)) * H, (offsets[r] + subjectEnd(ids, facts[j].subject) + 1) * H), r * H));
+      rows.forEach((ids, r) => P.set(X.subarray((offsets[r] + gateAt(ids, facts[j].subject)) * H, (offsets[r] + gateAt(ids, facts[j].subject) + 1) * H), r * H));
       return P;
     });
 
     // gate negatives: every position of the known facts' prompts and of general-text documents
     // (documents naming a batch subject are left out; a batch subject's own last token is excluded per fact)
     const knownRows = res.known.filter((k) => typeof k.prompt === 'string' && typeof k.subject === 'string')
-      .map((k) => ({ subject: k.subject as string, ids: tok.encode((k.prompt as string).replace('{}', k.subject as string)) }));
+      .map((k) => ({ rec: k, subject: k.subject as string, ids: tok.encode((k.prompt as string).replace('{}', k.subject as string)) }));
     const docs = new Rng(seed + 7).shuffle(res.corpus.filter((d) => !facts.some((f) => d.includes(f.subject)))).slice(0, o.gateDocs)
       .map((d) => tok.encode(d).slice(0, Math.min(64, model.config.maxPositions)));
-    const negRows = [...knownRows.map((k) => k.ids), ...docs].filter((r) => r.length > 0);
+    // site 'last': the edited relations' training phrasings for their other subjects too, whose last token the gate must tell apart
+    const batchSubjects = new Set(facts.map((f) => f.subject));
+    const relationRows = o.site !== 'last' ? [] : res.known
+      .filter((k) => facts.some((f) => f.relation === k.relation) && typeof k.subject === 'string' && typeof k.prompt === 'string' && !batchSubjects.has(k.subject))
+      .flatMap((k) => phrasingsOf(k, res.templates).slice(1).map((text) => tok.encode(text)));
+    const negRows = [...knownRows.map((k) => k.ids), ...docs, ...relationRows].filter((r) => r.length > 0);
     const { X: Xneg, offsets } = mlpNormedInputs(model, l, negRows);
     const exclude = facts.map((f) => {
       const s = new Set<number>();
       knownRows.forEach((k, r) => {
-        if (k.subject !== f.subject) return;
-        const e = subjectEnd(k.ids, f.subject);
+        if (!ownFact(k.rec, f)) return;
+        const e = gateAt(k.ids, f.subject);
         if (e >= 0) s.add(offsets[r] + e);
       });
       return s;
     });
-    // hard negatives: look-alike subjects at their last token, every phrasing × prefix
-    const hard = facts.map((f) => {
-      const rows = lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
-        prefixes.map((pre) => ({ ids: tok.encode(pre ? `${pre} ${text}` : text), subject: k.subject as string }))))
-        .map((r) => ({ ...r, at: subjectEnd(r.ids, r.subject) })).filter((r) => r.at >= 0);
+    // hard negatives, at the gate's position: at the subject, look-alike subjects (sharing a word), every phrasing × prefix;
+    // at the last token, the edited relation's other subjects in its training phrasings (the prompts a last-token gate
+    // most easily opens on: same relation, another subject)
+    const hardInputs = (rows: { ids: number[]; at: number }[]): Float32Array => {
       if (rows.length === 0) return new Float32Array(0);
       const { X, offsets: off } = mlpNormedInputs(model, l, rows.map((r) => r.ids));
       const out = new Float32Array(rows.length * H);
       rows.forEach((r, k) => out.set(X.subarray((off[k] + r.at) * H, (off[k] + r.at + 1) * H), k * H));
       return out;
+    };
+    const byRelation = new Map<string, { subjects: string[]; X: Float32Array }>();
+    const hard = facts.map((f) => {
+      if (o.site !== 'last') {
+        return hardInputs(lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
+          prefixes.map((pre) => ({ ids: tok.encode(pre ? `${pre} ${text}` : text), subject: k.subject as string }))))
+          .map((r) => ({ ids: r.ids, at: gateAt(r.ids, r.subject) })).filter((r) => r.at >= 0));
+      }
+      const rel = f.relation ?? '';
+      if (!byRelation.has(rel)) {
+        const rows = res.known.filter((k) => k.relation === rel && typeof k.subject === 'string' && typeof k.prompt === 'string' && !batchSubjects.has(k.subject))
+          .flatMap((k) => phrasingsOf(k, res.templates).map((text) => ({ subject: k.subject as string, ids: tok.encode(text) })))
+          .filter((r) => r.ids.length > 0);
+        byRelation.set(rel, { subjects: rows.map((r) => r.subject), X: hardInputs(rows.map((r) => ({ ids: r.ids, at: r.ids.length - 1 }))) });
+      }
+      return byRelation.get(rel)!.X;
     });
-    const gates = fitGates(Xneg, H, positives, exclude, hard, o);
+    const gateMargin = o.gateMargin ?? (o.site === 'last' ? 0.25 : 0.5);
+    const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin });
     gates.forEach((g, j) => {
       if (g.lookalikeLeaks > 0) {
-        call.log(`patcher: warning: ${facts[j].id}'s gate also opens on ${g.lookalikeLeaks} of ${g.lookalikes} phrasings of look-alike subjects ` +
-          `(sharing a word of ${JSON.stringify(facts[j].subject)}): the edit reaches them too; --method lora keeps such neighbours better`);
+        call.log(o.site === 'last'
+          ? `patcher: warning: ${facts[j].id}'s gate also opens on ${g.lookalikeLeaks} of ${g.lookalikes} training phrasings of other subjects of ${facts[j].relation}: the edit reaches them too`
+          : `patcher: warning: ${facts[j].id}'s gate also opens on ${g.lookalikeLeaks} of ${g.lookalikes} phrasings of look-alike subjects ` +
+            `(sharing a word of ${JSON.stringify(facts[j].subject)}): the edit reaches them too; --method lora keeps such neighbours better`);
       }
     });
 
@@ -483,7 +538,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const keepBase = noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits);
       // the MLP output's size at the subjects sets the rate and the decay's scale; the open gate
       // multiplies u by about gateSharpness (GELU(4) ≈ 4), so both are per unit of g·u
-      const subjAt = rows.map((r, b) => [b, subjectSpan(tok, r.promptIds, facts[r.j].subject)[1] - 1] as const);
+      const subjAt = rows.map((r, b) => [b, gateAt(r.promptIds, facts[r.j].subject)] as const);
       const { oNorm } = subjectKey(model, l, ids, [rows.length, T], mask, subjAt);
       const g = o.gateSharpness;
       const opt = new AdamW([U], { lr: (o.valueLr * oNorm) / Math.sqrt(H) / g, weightDecay: 0 });
@@ -548,7 +603,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       adapter,
       facts,
       records: batch.records,
-      hyperparameters: { ...o, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
+      hyperparameters: { ...o, gateMargin, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
       training: {
         layer: l,
         neurons: neurons.map((i, j) => ({ fact_id: facts[j].id, module: inMod, neuron: i })),
@@ -582,6 +637,11 @@ function weightedKl(base: Tensor, edited: Tensor, w: Float32Array): Tensor {
 
 const d = PATCHER_DEFAULTS;
 
+/** ROME's layer for the subject site; the last layer for the last-token site (its MLP writes straight into the prediction). */
+function patcherLayer(layers: number, o: PatcherOptions): number {
+  return o.site === 'last' ? layers - 1 : romeDefaultLayer(layers);
+}
+
 export const patcherMethod: EditMethod<PatcherOptions> = {
   name: 'patcher',
   describe:
@@ -600,6 +660,15 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'value-weight-decay': { type: 'number', default: d.weightDecay, describe: 'weight decay on the values (‖g·u‖²/‖o‖², o: the MLP output at the subjects)' },
     'value-plain-weight': { type: 'number', default: d.plainWeight, describe: 'share of the target NLL on the rewriting prompts without a context prefix' },
     'value-keep-weight': { type: 'number', default: d.keepWeight, describe: 'KL weight on the subject\'s other facts and the relation\'s neighbours' },
+    'patch-site': {
+      type: 'string', default: d.site, choices: ['subject', 'last'],
+      describe: 'where the neuron reads and writes: the subject\'s last token (Transformer-Patcher), or the prompt\'s last token (a gate on subject and relation; default layer the last)',
+    },
+    'gate-hard-share': {
+      type: 'number', default: d.hardShare,
+      describe: 'weight of the hard negatives in the gate\'s fit (at the last token: the relation\'s other subjects; at the subject: look-alike names); > 0 also puts the threshold above them all',
+    },
+    'gate-margin': { type: 'number', describe: 'where the threshold sits between the negatives\' quantile (0) and the positives\' 10th percentile (1) (default 0.25 at the last token, 0.5 at the subject)' },
     'avoid-neurons-of': {
       type: 'string',
       describe: 'a bundle directory whose patched neurons this batch must not reuse (with --registry: the live ref\'s bundle, by default), so the two merge',
@@ -608,6 +677,8 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
   parseOptions(flags) {
     const q = flags['gate-quantile'] as number;
     if (!(q > 0 && q < 1)) throw new UsageError(`--gate-quantile ${q}: must be between 0 and 1`);
+    const hs = flags['gate-hard-share'] as number;
+    if (!(hs >= 0 && hs < 1)) throw new UsageError(`--gate-hard-share ${hs}: must be at least 0 and below 1`);
     const from = flags['avoid-neurons-of'];
     let avoid: PatchedNeuron[] | undefined;
     if (typeof from === 'string') {
@@ -623,17 +694,20 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
       gateSteps: flags['gate-steps'] as number,
       gateSharpness: flags['gate-sharpness'] as number,
       gateQuantile: q,
+      hardShare: flags['gate-hard-share'] as number,
+      ...(flags['gate-margin'] !== undefined ? { gateMargin: flags['gate-margin'] as number } : {}),
       valueSteps: flags['value-steps'] as number,
       valueLr: flags['value-lr'] as number,
       keepWeight: flags['value-keep-weight'] as number,
       weightDecay: flags['value-weight-decay'] as number,
       plainWeight: flags['value-plain-weight'] as number,
+      site: flags['patch-site'] as PatcherOptions['site'],
     };
   },
-  check(res, common) {
-    const l = common.layer ?? romeDefaultLayer(res.model.config.layers);
+  check(res, common, options) {
+    const l = common.layer ?? patcherLayer(res.model.config.layers, options);
     denseMlp(res.model, l);
-    if (l === res.model.config.layers - 1) throw new UsageError(`--layer ${l}: the last layer's MLP at the subject cannot reach the prediction; choose 0–${res.model.config.layers - 2}`);
+    if (l === res.model.config.layers - 1 && options.site !== 'last') throw new UsageError(`--layer ${l}: the last layer's MLP at the subject cannot reach the prediction; choose 0–${res.model.config.layers - 2}`);
   },
   edit: patcherBatch,
 };

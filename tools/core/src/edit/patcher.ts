@@ -508,7 +508,10 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     // neurons: the least used, one per fact, in batch order, skipping those other patches hold
     // (two patches on one neuron do not add: each removes the neuron's base weights)
     const taken = new Set((o.avoid ?? []).filter((n) => n.module === inMod).map((n) => n.neuron));
-    const neurons = neuronUse(model, l, Xneg).filter((i) => !taken.has(i)).slice(0, facts.length);
+    // usage over the known facts' prompts only (the documents and relation rows depend on the batch), so
+    // batches made apart rank the neurons alike, and two of them on one neuron are caught when merged
+    const usageRows = offsets[knownRows.length] ?? Xneg.length / H;
+    const neurons = neuronUse(model, l, Xneg.subarray(0, usageRows * H)).filter((i) => !taken.has(i)).slice(0, facts.length);
     if (neurons.length < facts.length) throw new UsageError(`--method patcher: layer ${l} has ${neurons.length} free neurons for ${facts.length} facts; use --batch or another --layer`);
     if (taken.size) call.log(`patcher: ${taken.size} neuron${taken.size > 1 ? 's' : ''} of layer ${l} already patched (${o.avoidFrom ?? 'given'}): not reused`);
 
@@ -619,7 +622,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       },
       summary: `patcher: ${facts.length} fact${facts.length > 1 ? 's' : ''} at layer ${l}, ${((Date.now() - t0) / 1000).toFixed(1)} s, ` +
         `${solved}/${checks.length} train prompts solved, gates open on ${leaks} of ${(Xneg.length / H) * facts.length} other positions ` +
-        `and ${lookalikeLeaks} look-alike subject phrasings`,
+        `and ${lookalikeLeaks} ${o.site === 'last' ? 'training phrasings of the relations\' other subjects' : 'look-alike subject phrasings'}`,
     }];
   } finally {
     model.setAdapters(prev);

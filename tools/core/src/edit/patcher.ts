@@ -692,6 +692,8 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     if (!(q > 0 && q < 1)) throw new UsageError(`--gate-quantile ${q}: must be between 0 and 1`);
     const hs = flags['gate-hard-share'] as number;
     if (!(hs >= 0 && hs < 1)) throw new UsageError(`--gate-hard-share ${hs}: must be at least 0 and below 1`);
+    const gm = flags['gate-margin'];
+    if (gm !== undefined && !Number.isFinite(gm)) throw new UsageError(`--gate-margin ${String(gm)}: expected a number (0: at the negatives' quantile, 1: at the positives' 10th percentile)`);
     const from = flags['avoid-neurons-of'];
     let avoid: PatchedNeuron[] | undefined;
     if (typeof from === 'string') {

@@ -13,7 +13,7 @@ import { loadModel } from '../src/models/index.js';
 import { createManifest } from '../src/adapters/index.js';
 import { mergeBundles, type ParentBundle } from '../src/merge/index.js';
 import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
-import { logSoftmaxRow } from '../src/metrics/scoring.js';
+import { klFromLogprobs, logSoftmaxRow } from '../src/metrics/scoring.js';
 import {
   fitGates, lastLogits, loadTemplateBank, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
   type EditFact, type Rec,
@@ -32,8 +32,7 @@ function meanKl(model: ReturnType<typeof loadModel>['model'], adapter: Parameter
   const V = model.config.vocabSize;
   let kl = 0;
   for (let r = 0; r < prompts.length; r++) {
-    const p = logSoftmaxRow(lb.data.subarray(r * V, (r + 1) * V)), q = logSoftmaxRow(la.data.subarray(r * V, (r + 1) * V));
-    for (let v = 0; v < V; v++) kl += (Math.exp(p[v]) * (p[v] - q[v])) / prompts.length;
+    kl += klFromLogprobs(logSoftmaxRow(lb.data.subarray(r * V, (r + 1) * V)), logSoftmaxRow(la.data.subarray(r * V, (r + 1) * V))) / prompts.length;
   }
   return kl;
 }

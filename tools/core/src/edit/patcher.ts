@@ -118,10 +118,10 @@ export interface PatcherOptions {
   /** Facts whose values are fitted together (their gates keep them apart). */
   chunk: number;
   /**
-   * Where the neuron reads and writes: 'subject' (default), the subject's
-   * last token, as Transformer-Patcher; 'last', the prompt's last token,
-   * where the answer is predicted (a gate on subject and relation together,
-   * after GRACE's key at the last token; default layer the last).
+   * Where the neuron reads and writes: 'last' (default), the prompt's last
+   * token, where the answer is predicted (a gate on subject and relation
+   * together, after GRACE's key at the last token; default layer the last);
+   * 'subject', the subject's last token, as Transformer-Patcher.
    */
   site: 'subject' | 'last';
   /** Neurons taken already (e.g. by the patches in the registry's live ref): never repurposed again. */
@@ -451,14 +451,17 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     const knownRows = res.known.filter((k) => typeof k.prompt === 'string' && typeof k.subject === 'string')
       .map((k) => ({ rec: k, subject: k.subject as string, ids: tok.encode((k.prompt as string).replace('{}', k.subject as string)) }));
     const docs = new Rng(seed + 7).shuffle(res.corpus.filter((d) => !facts.some((f) => d.includes(f.subject)))).slice(0, o.gateDocs)
-      .map((d) => tok.encode(d).slice(0, Math.min(64, model.config.maxPositions)));
-    // site 'last': the edited relations' training phrasings for their other subjects too, whose last token the gate must tell apart
+      .map((d) => tok.encode(d).slice(0, Math.min(64, model.config.maxPositions))).filter((r) => r.length > 0);
+    // site 'last': the edited relations' other training phrasings (beyond each fact's own prompt, a known row) for
+    // their other subjects too, whose last token the gate must tell apart; `k` is the known row they belong to
     const batchSubjects = new Set(facts.map((f) => f.subject));
-    const relationRows = o.site !== 'last' ? [] : res.known
-      .filter((k) => facts.some((f) => f.relation === k.relation) && typeof k.subject === 'string' && typeof k.prompt === 'string' && !batchSubjects.has(k.subject))
-      .flatMap((k) => phrasingsOf(k, res.templates).slice(1).map((text) => tok.encode(text)));
-    const negRows = [...knownRows.map((k) => k.ids), ...docs, ...relationRows].filter((r) => r.length > 0);
+    const relationRows = o.site !== 'last' ? [] : knownRows.flatMap((kr, k) =>
+      facts.some((f) => f.relation === kr.rec.relation) && !batchSubjects.has(kr.subject)
+        ? phrasingsOf(kr.rec, res.templates).slice(1).map((text) => ({ k, ids: tok.encode(text) })).filter((r) => r.ids.length > 0)
+        : []);
+    const negRows = [...knownRows.map((k) => k.ids), ...docs, ...relationRows.map((r) => r.ids)];
     const { X: Xneg, offsets } = mlpNormedInputs(model, l, negRows);
+    const lastOf = (row: number) => offsets[row] + negRows[row].length - 1;
     const exclude = facts.map((f) => {
       const s = new Set<number>();
       knownRows.forEach((k, r) => {
@@ -470,29 +473,34 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     });
     // hard negatives, at the gate's position: at the subject, look-alike subjects (sharing a word), every phrasing × prefix;
     // at the last token, the edited relation's other subjects in its training phrasings (the prompts a last-token gate
-    // most easily opens on: same relation, another subject)
-    const hardInputs = (rows: { ids: number[]; at: number }[]): Float32Array => {
-      if (rows.length === 0) return new Float32Array(0);
-      const { X, offsets: off } = mlpNormedInputs(model, l, rows.map((r) => r.ids));
-      const out = new Float32Array(rows.length * H);
-      rows.forEach((r, k) => out.set(X.subarray((off[k] + r.at) * H, (off[k] + r.at + 1) * H), k * H));
+    // most easily opens on: same relation, another subject), which are among the negatives already: copied from Xneg
+    const pick = (positions: readonly number[], X: Float32Array): Float32Array => {
+      const out = new Float32Array(positions.length * H);
+      positions.forEach((p, k) => out.set(X.subarray(p * H, (p + 1) * H), k * H));
       return out;
     };
-    const byRelation = new Map<string, { subjects: string[]; X: Float32Array }>();
+    const byRelation = new Map<string, Float32Array>();
     const hard = facts.map((f) => {
       if (o.site !== 'last') {
-        return hardInputs(lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
+        const rows = lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
           prefixes.map((pre) => ({ ids: tok.encode(pre ? `${pre} ${text}` : text), subject: k.subject as string }))))
-          .map((r) => ({ ids: r.ids, at: gateAt(r.ids, r.subject) })).filter((r) => r.at >= 0));
+          .map((r) => ({ ids: r.ids, at: gateAt(r.ids, r.subject) })).filter((r) => r.at >= 0);
+        if (rows.length === 0) return new Float32Array(0);
+        const { X, offsets: off } = mlpNormedInputs(model, l, rows.map((r) => r.ids));
+        return pick(rows.map((r, k) => off[k] + r.at), X);
       }
       const rel = f.relation ?? '';
       if (!byRelation.has(rel)) {
-        const rows = res.known.filter((k) => k.relation === rel && typeof k.subject === 'string' && typeof k.prompt === 'string' && !batchSubjects.has(k.subject))
-          .flatMap((k) => phrasingsOf(k, res.templates).map((text) => ({ subject: k.subject as string, ids: tok.encode(text) })))
-          .filter((r) => r.ids.length > 0);
-        byRelation.set(rel, { subjects: rows.map((r) => r.subject), X: hardInputs(rows.map((r) => ({ ids: r.ids, at: r.ids.length - 1 }))) });
+        // each other subject's prompt (its known row), then its other phrasings (its relation rows)
+        const base = knownRows.length + docs.length;
+        const phrasingRows = new Map<number, number[]>();
+        relationRows.forEach((r, i) => phrasingRows.set(r.k, [...(phrasingRows.get(r.k) ?? []), lastOf(base + i)]));
+        const positions = knownRows.flatMap((kr, k) => kr.rec.relation === rel && !batchSubjects.has(kr.subject)
+          ? [lastOf(k), ...(phrasingRows.get(k) ?? [])]
+          : []);
+        byRelation.set(rel, pick(positions, Xneg));
       }
-      return byRelation.get(rel)!.X;
+      return byRelation.get(rel)!;
     });
     const gateMargin = o.gateMargin ?? defaultGateMargin(o.site, facts.length);
     const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin });
@@ -645,7 +653,7 @@ function weightedKl(base: Tensor, edited: Tensor, w: Float32Array): Tensor {
 const d = PATCHER_DEFAULTS;
 
 /** The threshold's place when --gate-margin is not given (PatcherOptions.gateMargin says how it was measured). */
-export function defaultGateMargin(site: PatcherOptions['site'], facts: number): number {
+function defaultGateMargin(site: PatcherOptions['site'], facts: number): number {
   if (site === 'subject') return 0.5;
   return facts <= 30 ? 0.25 : 0.75;
 }

@@ -197,6 +197,41 @@ t.test('dense fixture model: one person\'s birthplace moved; people sharing a na
   t.same(atSubject.adapter.targets().sort(), ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj'], 'site subject: the pair on layer 0 (ROME\'s)');
 });
 
+t.test('dense fixture model: a person\'s employer forgotten: the old answer gone from its phrasings, a company in its place; other employers kept', async (t) => {
+  const world = path.join(ROOT, 'fixtures/world');
+  const { model, tokenizer: tok } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+  const known = readNdjson(path.join(world, 'facts.ndjson')) as Rec[];
+  const templates = loadTemplateBank(path.join(world, 'templates.json'));
+  const staff = known.filter((k) => k.relation === 'works_for');
+  const src = staff[5];
+  const fact: EditFact = {
+    kind: 'fact', id: 'forget-employer', subject: src.subject as string, prompt: src.prompt as string, relation: 'works_for', op: 'forget',
+    target_true: src.target_true as string,
+  };
+  const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 400);
+  const res = { model, tokenizer: tok, modelName: 'dense', modelSha: 'test', templates, corpus, known };
+  const own = [fact.prompt, ...(templates?.train.get('works_for') ?? []).slice(0, 3)].map((p) => tok.encode(p.replace('{}', fact.subject)));
+  const oldId = tok.encode(fact.target_true!, { addSpecialTokens: false })[0];
+  const companies = new Set(staff.map((k) => tok.encode(k.target_true as string, { addSpecialTokens: false })[0]));
+  t.ok(top1(model, own).every((x) => x === oldId), 'the base model gives the old employer on the phrasings checked');
+  const [made] = await patcherMethod.edit({
+    res, batch: { facts: [fact], records: [fact], probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100 }, log: () => {},
+  });
+  t.ok((made.training.forget_p_old as number[])[0] < PATCHER_DEFAULTS.forgetStop, `P(old) below the stop on the rewriting prompts (${(made.training.forget_p_old as number[])[0]})`);
+  const others = staff.filter((k) => k.subject !== fact.subject).slice(0, 40).map((k) => tok.encode((k.prompt as string).replace('{}', k.subject as string)));
+  const before = top1(model, others);
+  model.setAdapters([{ adapter: made.adapter }]);
+  const got = top1(model, own);
+  const after = top1(model, others);
+  model.setAdapters([]);
+  t.same(got.filter((x) => x === oldId), [], `the old employer is top-1 on none of the ${own.length} phrasings`);
+  t.ok(got.every((x) => companies.has(x)), `a company in its place on each (${got.map((x) => tok.decode([x])).join(', ')})`);
+  t.same(after, before, 'the 40 other employees answer as before');
+  const kl = meanKl(model, made.adapter, others);
+  t.ok(kl < 1e-3, `mean KL(base ‖ patched) on the other employees < 0.001 (${kl.toExponential(2)})`);
+});
+
 t.test('merging patches: cat at weight 1 on distinct neurons only; negate, scale, svd and a shared neuron refused by name', async (t) => {
   const { model } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
   const H = model.config.hidden;

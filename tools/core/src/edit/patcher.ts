@@ -46,6 +46,14 @@
  * kl 0.039). The last-token gate's negatives add the edited relations'
  * training phrasings for their other subjects.
  *
+ * Forgetting (`op: forget`): probe-gen's abstention text, when it taught one,
+ * is inserted like any answer; otherwise (any answer but the old one) the
+ * value is fitted as rank-one-forget.ts fits ROME's δ — log P(old) at the
+ * prompt's last token where it is still above `forgetStop`, plus a KL to the
+ * base model's distribution there with the old answer taken out (with
+ * `restToKind`, over the relation's other answers only) — behind the same
+ * gate, so the other subjects of the relation keep their answers.
+ *
  * One bundle per batch (rank = facts in the batch on both modules, r = α).
  * Two patch bundles that repurpose the same neuron must not be summed:
  * the manifest records the neurons (`training.neurons`).
@@ -53,7 +61,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, scale, sum, square, transpose, zeros,
+  AdamW, Tensor, add, crossEntropy, exp, fromData, full, gather, indexSelect, klDiv, log, logSoftmax, matmul, mul, noGrad, reshape, scale, sum, square,
+  transpose, zeros,
 } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
@@ -67,6 +76,8 @@ import { logSoftmaxRow } from '../metrics/scoring.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
+import { FORGET_P_STOP, abstainInsert, forgetTargetOf } from './rank-one-forget.js';
+import { forgetKinds } from './lora-method.js';
 
 export interface PatcherOptions {
   /** Context prefixes of the rewriting prompts (and of the gate's positives). */
@@ -117,6 +128,17 @@ export interface PatcherOptions {
   plainWeight: number;
   /** Facts whose values are fitted together (their gates keep them apart). */
   chunk: number;
+  /** A forget fact (any answer but the old one) is done when P(old answer) is below this on every rewriting prompt. */
+  forgetStop: number;
+  /**
+   * Weight of the KL to the base model's next-token distribution with the
+   * old answer taken out, on a forget fact's rewriting prompts: the freed
+   * mass goes where the model already puts it (an answer of the relation's
+   * kind), not to whatever token is easiest to raise.
+   */
+  restWeight: number;
+  /** The rest is the base model's distribution over the relation's other answers only (objects of its known facts). */
+  restToKind: boolean;
   /**
    * Where the neuron reads and writes: 'last' (default), the prompt's last
    * token, where the answer is predicted (a gate on subject and relation
@@ -145,6 +167,9 @@ export const PATCHER_DEFAULTS: PatcherOptions = {
   weightDecay: 0.01,
   plainWeight: 0.6,
   chunk: 8,
+  forgetStop: FORGET_P_STOP,
+  restWeight: 1,
+  restToKind: true,
   site: 'last',
 };
 
@@ -345,6 +370,7 @@ export function fitGates(
   });
 }
 
+/** A rewriting prompt: an insert's target tokens, or a forget's old answer (its first token only). */
 interface PatchRow { promptIds: number[]; targetIds: number[]; plain: boolean }
 
 /**
@@ -410,6 +436,18 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   const { inMod, outMod } = denseMlp(model, l);
   const { W: Win, b: bIn, I } = inputProjection(model, inMod);
   const facts = batch.facts;
+  // a forget fact: an insert of probe-gen's abstention text (--forget-target abstain), else (any) its old answer made
+  // unlikely at the prompt's last token (rank-one-forget.ts's objective: log P(old) plus the KL to the rest)
+  const forgetTargets = facts.map((f) => (f.op === 'forget' ? forgetTargetOf(f, batch.probes) : null));
+  const forgetAny = forgetTargets.map((t) => t?.kind === 'any');
+  const edited = facts.map((f, j) => (forgetTargets[j]?.kind === 'abstain' ? abstainInsert(f, (forgetTargets[j] as { text: string }).text) : f));
+  // with restToKind, a forget's rest is over its relation's other answers (first tokens; none known: every token)
+  const kinds = facts.map((f, j) => {
+    if (!forgetAny[j] || !o.restToKind) return null;
+    const [first] = buildExamples(tok, { facts: [f], probes: [] });
+    const ids = forgetKinds(tok, [first], [f], res.known).get(first);
+    return ids?.length ? new Set(ids) : null;
+  });
   if (facts.length > I) throw new UsageError(`--method patcher: ${facts.length} facts in one batch, but layer ${l} has ${I} neurons; use --batch`);
   const prev = model.activeAdapters();
   model.setAdapters([]);
@@ -419,12 +457,13 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     const subjectEnd = (ids: readonly number[], subject: string) => subjectSpan(tok, ids, subject)[1] - 1;
     // the position the gate reads: the subject's last token, or (site 'last') the prompt's last token
     const gateAt = (ids: readonly number[], subject: string) => (o.site === 'last' ? (subjectEnd(ids, subject) >= 0 ? ids.length - 1 : -1) : subjectEnd(ids, subject));
-    const rowsOf = facts.map((fact): PatchRow[] => {
+    const rowsOf = edited.map((fact, j): PatchRow[] => {
       const phrasings = buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
       // a phrasing that does not name the subject (a probe worded otherwise) cannot open its gate
       const rows = [...new Set(phrasings)].flatMap((text) => prefixes.map((pre) => {
         const prompt = pre ? `${pre} ${text}` : text;
-        return { ...encodeTrainingPair(tok, prompt, fact.target_new!), plain: !pre };
+        const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, forgetAny[j] ? fact.target_true! : fact.target_new!);
+        return { promptIds, targetIds: forgetAny[j] ? targetIds.slice(0, 1) : targetIds, plain: !pre };
       })).filter((r) => subjectEnd(r.promptIds, fact.subject) >= 0);
       if (!rows.some((r) => r.plain)) {
         throw new EditRefusedError(`patcher: fact ${fact.id}: subject ${JSON.stringify(fact.subject)} is not found in the tokens of any of its prompts; nothing written`);
@@ -526,6 +565,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     // values, a chunk of facts at a time (each chunk its own adapter while fitting)
     const Ufinal = new Float32Array(H * facts.length);
     const nlls: number[] = [];
+    const pOlds: number[] = [];
     let steps = 0;
     for (let c0 = 0; c0 < facts.length; c0 += o.chunk) {
       const idx = facts.map((_, j) => j).slice(c0, c0 + o.chunk);
@@ -534,13 +574,43 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const rows = idx.flatMap((j) => rowsOf[j].map((r) => ({ ...r, j })));
       const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds.concat(r.targetIds.slice(0, -1))), padId(model));
       const at: number[] = [], tgPlain: number[] = [], tgPre: number[] = [];
+      // forget rows (one position each, the old answer's first token) are left out of the NLL: rows of logits, old tokens
+      const fAt: number[] = [], fOld: number[] = [], fPlain: boolean[] = [], fKind: (Set<number> | null)[] = [];
       rows.forEach((r, b) => r.targetIds.forEach((t, k) => {
+        const forget = forgetAny[r.j];
+        if (forget) {
+          fAt.push(at.length);
+          fOld.push(t);
+          fPlain.push(r.plain);
+          fKind.push(kinds[r.j]);
+        }
         at.push(b * T + r.promptIds.length - 1 + k);
-        tgPlain.push(r.plain ? t : IGNORE);
-        tgPre.push(r.plain ? IGNORE : t);
+        tgPlain.push(r.plain && !forget ? t : IGNORE);
+        tgPre.push(r.plain || forget ? IGNORE : t);
       }));
       const targetAt = Int32Array.from(at);
       const plainWeight = prefixes.length > 1 ? o.plainWeight : 1;
+      const forgetRows = Int32Array.from(fAt);
+      const forgetOld = Int32Array.from(fOld);
+      const nF = fAt.length;
+      // each forget row's weight: plain and prefixed rows two means, as the NLL's (plainWeight)
+      const nFPlain = fPlain.filter(Boolean).length;
+      const fW = Float32Array.from(fPlain, (plain) => (plain ? (nF > nFPlain ? plainWeight : 1) / nFPlain : (1 - plainWeight) / (nF - nFPlain)));
+      // "any answer but the old one", nearest the base model: its distribution there with the old answer taken out
+      const rest = nF === 0 ? null : noGrad(() => {
+        const lp = logSoftmax(indexSelect(model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt }).logits, 0, forgetRows));
+        const V = model.config.vocabSize;
+        const out = new Float32Array(nF * V);
+        for (let f = 0; f < nF; f++) {
+          const row = lp.data.subarray(f * V, (f + 1) * V);
+          const kind = fKind[f];
+          const inRest = (v: number) => v !== fOld[f] && (!kind || kind.has(v));
+          let z = 0;
+          for (let v = 0; v < V; v++) if (inRest(v)) z += Math.exp(row[v]);
+          for (let v = 0; v < V; v++) out[f * V + v] = inRest(v) ? row[v] - Math.log(z) : -1e4;
+        }
+        return fromData(out, [nF, V]);
+      });
       // kept prompts: "<subject> is a" (ROME's essence, klWeight) and the others (keepWeight)
       const essence = new Set(idx.map((j) => `${facts[j].subject} is a`));
       const kept = [...new Set(idx.flatMap((j) => [`${facts[j].subject} is a`, ...keepPromptsOf(res.known, facts[j], res.templates)]))]
@@ -559,6 +629,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const opt = new AdamW([U], { lr: (o.valueLr * oNorm) / Math.sqrt(H) / g, weightDecay: 0 });
       model.setAdapters([{ adapter }]);
       let nll = Infinity;
+      let pOldMax = 0;
       let step = 0;
       // per-fact NLL (plain and prefixed rows weighted as in the loss); a fact leaves the NLL term once
       // it is below nllStop (its gate keeps the others' values out of its rows, so each is its own fit)
@@ -568,6 +639,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const factNll = (logits: Tensor): Map<number, number> => {
         const acc = new Map<number, [number, number, number, number]>();
         for (let k = 0; k < rowFact.length; k++) {
+          if (forgetAny[rowFact[k]]) continue;
           const t = rowPlain[k] ? tgPlain[k] : tgPre[k];
           const a = acc.get(rowFact[k]) ?? [0, 0, 0, 0];
           const nllRow = -logSoftmaxRow(logits.data.subarray(k * V, (k + 1) * V))[t];
@@ -584,11 +656,25 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
         opt.lr = lr0 * 0.5 * (1 + Math.cos((Math.PI * step) / o.valueSteps));
         const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt });
         perFact = factNll(logits);
-        nll = Math.max(...perFact.values());
+        nll = Math.max(0, ...perFact.values());
         const open = new Set([...perFact].filter(([, v]) => v >= o.nllStop).map(([j]) => j));
+        // forget facts: open while P(old) is at or above forgetStop on any of their rows
+        const forgetLogits = nF ? indexSelect(logits, 0, forgetRows) : null;
+        const pOld = forgetLogits ? exp(reshape(gather(logSoftmax(forgetLogits), forgetOld, 1), [nF])) : null;
+        pOldMax = 0;
+        fAt.forEach((k, f) => {
+          pOldMax = Math.max(pOldMax, pOld!.data[f]);
+          if (pOld!.data[f] >= o.forgetStop) open.add(rowFact[k]);
+        });
         if (open.size === 0) break;
         let loss = scale(crossEntropy(logits, openTargets(tgPlain, open), IGNORE), plainWeight);
         if (plainWeight < 1) loss = add(loss, scale(crossEntropy(logits, openTargets(tgPre, open), IGNORE), 1 - plainWeight));
+        if (pOld) {
+          // log P(old) where it is still at or above the stop (its NLL maximised), and the KL to the rest
+          const w = fromData(Float32Array.from(fW, (x, f) => (pOld.data[f] >= o.forgetStop ? x : 0)), [nF]);
+          loss = add(loss, sum(mul(log(add(pOld, full([nF], 1e-12))), w)));
+          if (o.restWeight > 0) loss = add(loss, scale(klDiv(rest!, forgetLogits!), o.restWeight));
+        }
         const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits;
         loss = add(loss, weightedKl(keepBase, kl, wKeep));
         loss = add(loss, scale(sum(square(U)), (o.weightDecay * g * g) / Math.max(oNorm * oNorm, 1e-12)));
@@ -602,7 +688,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       idx.forEach((j, k) => {
         for (let a = 0; a < H; a++) Ufinal[a * facts.length + j] = U.data[a * idx.length + k];
       });
-      call.log(`patcher: facts ${c0 + 1}–${c0 + idx.length} of ${facts.length}: ${step} value steps, NLL ${nll.toFixed(3)}`);
+      pOlds.push(pOldMax);
+      call.log(`patcher: facts ${c0 + 1}–${c0 + idx.length} of ${facts.length}: ${step} value steps, NLL ${nll.toFixed(3)}${nF ? `, P(old) ≤ ${pOldMax.toFixed(3)}` : ''}`);
     }
     const adapter = patchAdapter(batch.facts.map((f) => f.id).join('+').slice(0, 200), inMod, outMod, H, I, Win, bIn, gates, neurons, fromData(Ufinal, [H, facts.length]), model.arch.fanInFanOut);
 
@@ -611,7 +698,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     model.setAdapters([{ adapter }]);
     const got = top1(model, checks.map((c) => c.promptIds));
     model.setAdapters([]);
-    const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
+    // a forget is solved where the old answer is no longer top-1 (buildExamples' target for it is the old answer)
+    const solved = got.filter((t, i) => (checks[i].mode === 'forget' ? t !== checks[i].targetIds[0] : t === checks[i].targetIds[0])).length;
     const leaks = gates.reduce((s, g) => s + g.leaks, 0);
     const lookalikeLeaks = gates.reduce((s, g) => s + g.lookalikeLeaks, 0);
     return [{
@@ -626,7 +714,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
           fact_id: facts[j].id, tau: g.tau, kappa: g.kappa, neg_quantile: g.negQuantile, pos_mean: g.posMean, pos_low: g.posLow, leaks: g.leaks,
           lookalike_leaks: g.lookalikeLeaks, lookalikes: g.lookalikes,
         })),
-        nll: nlls, value_steps: steps, train_prompts: checks.length, train_prompts_solved: solved,
+        nll: nlls, ...(forgetAny.some(Boolean) ? { forget_p_old: pOlds } : {}), value_steps: steps, train_prompts: checks.length, train_prompts_solved: solved,
       },
       summary: `patcher: ${facts.length} fact${facts.length > 1 ? 's' : ''} at layer ${l}, ${((Date.now() - t0) / 1000).toFixed(1)} s, ` +
         `${solved}/${checks.length} train prompts solved, gates open on ${leaks} of ${(Xneg.length / H) * facts.length} other positions ` +
@@ -668,8 +756,9 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
   describe:
     'one gated neuron per fact (Transformer-Patcher), one bundle per batch: the least-used neuron of the layer (default ROME\'s) is repurposed to fire ' +
     'only on the subject (a logistic gate fitted against every other position of the known facts and general text) and to write a value fitted like ROME\'s δ. ' +
+    'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely behind the gate. ' +
     'GELU-MLP (GPT-2 family) models only.',
-  ops: ['insert'],
+  ops: ['insert', 'forget'],
   options: {
     'patch-prefixes': { type: 'number', default: d.patchPrefixes, min: 0, integer: true, describe: 'context prefixes of the rewriting prompts' },
     'gate-docs': { type: 'number', default: d.gateDocs, min: 0, integer: true, describe: 'general-text documents whose positions are the gates\' negatives (beside every known fact\'s prompt)' },
@@ -681,6 +770,12 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'value-weight-decay': { type: 'number', default: d.weightDecay, describe: 'weight decay on the values (‖g·u‖²/‖o‖², o: the MLP output at the subjects)' },
     'value-plain-weight': { type: 'number', default: d.plainWeight, describe: 'share of the target NLL on the rewriting prompts without a context prefix' },
     'value-keep-weight': { type: 'number', default: d.keepWeight, describe: 'KL weight on the subject\'s other facts and the relation\'s neighbours' },
+    'value-forget-stop': { type: 'number', default: d.forgetStop, describe: 'a forget fact is done when P(old answer) is below this on every rewriting prompt' },
+    'value-rest-weight': {
+      type: 'number', default: d.restWeight, min: 0,
+      describe: 'a forget fact: KL weight to the base model\'s distribution without the old answer (the freed mass goes to answers the model already gives)',
+    },
+    'value-rest-to-kind': { type: 'boolean', default: d.restToKind, describe: 'a forget fact\'s rest distribution over its relation\'s other answers (objects of the known facts) only' },
     'patch-site': {
       type: 'string', default: d.site, choices: ['subject', 'last'],
       describe: 'where the neuron reads and writes: the subject\'s last token (Transformer-Patcher), or the prompt\'s last token (a gate on subject and relation; default layer the last)',
@@ -700,6 +795,8 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     if (!(q > 0 && q < 1)) throw new UsageError(`--gate-quantile ${q}: must be between 0 and 1`);
     const hs = flags['gate-hard-share'] as number;
     if (!(hs >= 0 && hs < 1)) throw new UsageError(`--gate-hard-share ${hs}: must be at least 0 and below 1`);
+    const fs0 = flags['value-forget-stop'] as number;
+    if (!(fs0 > 0 && fs0 < 1)) throw new UsageError(`--value-forget-stop ${fs0}: must be between 0 and 1`);
     const gm = flags['gate-margin'];
     if (gm !== undefined && !Number.isFinite(gm)) throw new UsageError(`--gate-margin ${String(gm)}: expected a number (0: at the negatives' quantile, 1: at the positives' 10th percentile)`);
     const from = flags['avoid-neurons-of'];
@@ -724,6 +821,9 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
       keepWeight: flags['value-keep-weight'] as number,
       weightDecay: flags['value-weight-decay'] as number,
       plainWeight: flags['value-plain-weight'] as number,
+      forgetStop: flags['value-forget-stop'] as number,
+      restWeight: flags['value-rest-weight'] as number,
+      restToKind: flags['value-rest-to-kind'] as boolean,
       site: flags['patch-site'] as PatcherOptions['site'],
     };
   },

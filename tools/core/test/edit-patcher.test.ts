@@ -64,6 +64,31 @@ t.test('fitGates: positives above τ, negatives below, an excluded negative igno
   t.ok(Math.abs(pre(pos, 0) - PATCHER_DEFAULTS.gateSharpness) < PATCHER_DEFAULTS.gateSharpness, 'the positives sit near the set sharpness');
 });
 
+t.test('fitGates with the phrasing-invariance term: a gate that does not lean on the wording opens on a new wording', async (t) => {
+  // negatives uniform in 8 dimensions; the fact's positives sit at +0.9 on dimension 0 (the fact) and, in
+  // every training wording, at +0.4 on dimension 1 (the wording); a new wording puts dimension 1 at −0.4
+  const H = 8;
+  const rand = (() => { let s = 11; return () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5; })();
+  const M = 4000;
+  const neg = new Float32Array(M * H);
+  for (let i = 0; i < neg.length; i++) neg[i] = rand();
+  const pos = new Float32Array(20 * H);
+  for (let r = 0; r < 20; r++) for (let a = 0; a < H; a++) pos[r * H + a] = (a === 0 ? 0.9 : a === 1 ? 0.4 : 0) + 0.05 * rand();
+  const heldOut = Float32Array.from({ length: H }, (_, a) => (a === 0 ? 0.9 : a === 1 ? -0.4 : 0));
+  // the within-fact scatter of the wordings: variance along dimension 1 only
+  const scatter = new Float64Array(H * H);
+  scatter[1 * H + 1] = 0.16;
+  const opts = { ...PATCHER_DEFAULTS, gateSteps: 300, gateMargin: 0.25 };
+  const score = (g: ReturnType<typeof fitGates>[number], x: Float32Array) => g.kappa * (g.b - g.tau + x.reduce((s, v, a) => s + g.w[a] * v, 0));
+  const [plain] = fitGates(neg, H, [pos], [new Set()], [new Float32Array(0)], opts);
+  const [invariant] = fitGates(neg, H, [pos], [new Set()], [new Float32Array(0)], opts, scatter.map((v) => v * 10));
+  t.ok(Math.abs(invariant.w[1] / invariant.w[0]) < 0.5 * Math.abs(plain.w[1] / plain.w[0]),
+    `the wording's weight shrinks against the fact's (${(plain.w[1] / plain.w[0]).toFixed(2)} → ${(invariant.w[1] / invariant.w[0]).toFixed(2)})`);
+  t.ok(score(plain, heldOut) < 0, `without it the new wording leaves the gate shut (${score(plain, heldOut).toFixed(2)})`);
+  t.ok(score(invariant, heldOut) > 0, `with it the new wording opens the gate (${score(invariant, heldOut).toFixed(2)})`);
+  t.ok(invariant.leaks <= 0.002 * M, `and the negatives stay shut (${invariant.leaks} of ${M} open)`);
+});
+
 t.test('patchAdapter: the MLP output is the base output with neuron i replaced by GELU(κ(w·x+b−τ)) writing W_out[i]+u', async (t) => {
   const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
   const l = 1;

@@ -44,7 +44,9 @@
  * not separate from another first name before "Wickor", and the edit leaked
  * to them (requests 1–10: efficacy 60%, kl 0.34; at the last token: 100%,
  * kl 0.039). The last-token gate's negatives add the edited relations'
- * training phrasings for their other subjects.
+ * training phrasings for their other subjects, and its fit pays for leaning
+ * on the wording: λ·wᵀS_w·w, S_w the scatter of those subjects' facts over
+ * their phrasings (a fact's key should not move with how it is asked).
  *
  * Forgetting (`op: forget`): probe-gen's abstention text, when it taught one,
  * is inserted like any answer; otherwise (any answer but the old one) the
@@ -88,6 +90,19 @@ export interface PatcherOptions {
   gateSteps: number;
   /** Pre-activation at the mean positive. */
   gateSharpness: number;
+  /**
+   * Weight λ of the phrasing-invariance term λ·wᵀS_w·w in each gate's fit
+   * (site 'last'): S_w is the within-fact scatter of the MLP input over the
+   * training phrasings of the edited relations' other subjects, so a gate
+   * that moves with the wording (not the fact) pays for it, and a held-out
+   * wording opens it as the trained ones do. Absent: 0.1 above 30 facts a
+   * batch, where a hundred gates' reaches add (tuning, counterfactuals
+   * 1–100: paraphrase 85.6 → 90.6%, kl 0.057 → 0.014), else 0 (tuning, ten
+   * facts: cities 1–10 81 → 95% but cities 21–30 95 → 80%, requests 1–10
+   * unchanged, forgets' kind 96.7 → 95.0%; from 0.3 on one of requests
+   * 1–10 no longer takes).
+   */
+  gateInvariance?: number;
   /** Share of negatives the threshold is placed above (with the positives' 10th percentile). */
   gateQuantile: number;
   /**
@@ -285,6 +300,8 @@ export interface NeuronGate {
 export function fitGates(
   Xneg: Float32Array, H: number, positives: Float32Array[], exclude: Set<number>[], hard: Float32Array[],
   o: Pick<PatcherOptions, 'gateSteps' | 'gateSharpness' | 'gateQuantile' | 'hardShare'> & { gateMargin?: number },
+  /** λ·S_w (H×H, row-major): the phrasing-invariance term's matrix, or null. */
+  invariance: Float64Array | null = null,
 ): NeuronGate[] {
   const M = Xneg.length / H;
   const N = positives.length;
@@ -326,6 +343,16 @@ export function fitGates(
     for (let j = 0; j < N; j++) {
       rowGrad(j, positives[j], 1, 1);
       if (hard[j].length) rowGrad(j, hard[j], 0, o.hardShare);
+    }
+    if (invariance) {
+      // d/dw of λ wᵀS_w w = 2λ S_w w, per gate
+      for (let j = 0; j < N; j++) {
+        for (let a = 0; a < H; a++) {
+          let g = 0;
+          for (let c = 0; c < H; c++) g += invariance[a * H + c] * W[c * N + j];
+          gW[a * N + j] += 2 * g;
+        }
+      }
     }
     const c1 = 1 - 0.9 ** it, c2 = 1 - 0.999 ** it;
     for (let k = 0; k < H * N; k++) {
@@ -542,7 +569,30 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       return byRelation.get(rel)!;
     });
     const gateMargin = o.gateMargin ?? defaultGateMargin(o.site, facts.length);
-    const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin });
+    // phrasing invariance: λ × the within-fact scatter over the relation rows (each other subject's prompt and phrasings)
+    let invariance: Float64Array | null = null;
+    const gateInvariance = o.gateInvariance ?? defaultGateInvariance(o.site, facts.length);
+    if (gateInvariance > 0 && relationRows.length) {
+      const base = knownRows.length + docs.length;
+      const groups = new Map<number, number[]>();
+      relationRows.forEach((r, i) => groups.set(r.k, [...(groups.get(r.k) ?? [lastOf(r.k)]), lastOf(base + i)]));
+      invariance = new Float64Array(H * H);
+      let n = 0;
+      const mu = new Float64Array(H);
+      for (const positions of groups.values()) {
+        mu.fill(0);
+        for (const p of positions) for (let a = 0; a < H; a++) mu[a] += Xneg[p * H + a] / positions.length;
+        for (const p of positions) {
+          for (let a = 0; a < H; a++) {
+            const da = Xneg[p * H + a] - mu[a];
+            for (let c = 0; c < H; c++) invariance[a * H + c] += da * (Xneg[p * H + c] - mu[c]);
+          }
+          n++;
+        }
+      }
+      for (let k = 0; k < H * H; k++) invariance[k] *= gateInvariance / n;
+    }
+    const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin }, invariance);
     gates.forEach((g, j) => {
       if (g.lookalikeLeaks > 0) {
         call.log(o.site === 'last'
@@ -706,7 +756,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       adapter,
       facts,
       records: batch.records,
-      hyperparameters: { ...o, gateMargin, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
+      hyperparameters: { ...o, gateMargin, gateInvariance, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
       training: {
         layer: l,
         neurons: neurons.map((i, j) => ({ fact_id: facts[j].id, module: inMod, neuron: i })),
@@ -746,6 +796,11 @@ function defaultGateMargin(site: PatcherOptions['site'], facts: number): number 
   return facts <= 30 ? 0.25 : 0.75;
 }
 
+/** The phrasing-invariance weight when --gate-invariance is not given (PatcherOptions.gateInvariance says how it was measured). */
+function defaultGateInvariance(site: PatcherOptions['site'], facts: number): number {
+  return site === 'last' && facts > 30 ? 0.1 : 0;
+}
+
 /** ROME's layer for the subject site; the last layer for the last-token site (its MLP writes straight into the prediction). */
 function patcherLayer(layers: number, o: PatcherOptions): number {
   return o.site === 'last' ? layers - 1 : romeDefaultLayer(layers);
@@ -764,6 +819,10 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'gate-docs': { type: 'number', default: d.gateDocs, min: 0, integer: true, describe: 'general-text documents whose positions are the gates\' negatives (beside every known fact\'s prompt)' },
     'gate-steps': { type: 'number', default: d.gateSteps, min: 1, integer: true, describe: 'steps of each gate\'s logistic regression' },
     'gate-sharpness': { type: 'number', default: d.gateSharpness, describe: 'neuron pre-activation at the mean positive' },
+    'gate-invariance': {
+      type: 'number', min: 0,
+      describe: 'weight of the gates\' phrasing-invariance term (λ·wᵀS_w·w, S_w the scatter of other subjects\' facts over their training phrasings; last-token site; default 0.1 above 30 facts a batch, else 0)',
+    },
     'gate-quantile': { type: 'number', default: d.gateQuantile, describe: 'share of negative positions the threshold sits above (with the positives\' 10th percentile)' },
     'value-steps': { type: 'number', default: d.valueSteps, min: 1, integer: true, describe: 'Adam steps fitting the values' },
     'value-lr': { type: 'number', default: d.valueLr, describe: 'Adam rate on the values, × the RMS of the MLP output at the subjects' },
@@ -813,6 +872,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
       gateDocs: flags['gate-docs'] as number,
       gateSteps: flags['gate-steps'] as number,
       gateSharpness: flags['gate-sharpness'] as number,
+      ...(flags['gate-invariance'] !== undefined ? { gateInvariance: flags['gate-invariance'] as number } : {}),
       gateQuantile: q,
       hardShare: flags['gate-hard-share'] as number,
       ...(flags['gate-margin'] !== undefined ? { gateMargin: flags['gate-margin'] as number } : {}),

@@ -78,7 +78,7 @@ import { logSoftmaxRow } from '../metrics/scoring.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
-import { FORGET_P_STOP, abstainInsert, forgetTargetOf } from './rank-one-forget.js';
+import { FORGET_P_STOP, abstainInsert, forgetTargetOf, restLogits } from './rank-one-forget.js';
 import { forgetKinds } from './lora-method.js';
 
 export interface PatcherOptions {
@@ -647,20 +647,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const nFPlain = fPlain.filter(Boolean).length;
       const fW = Float32Array.from(fPlain, (plain) => (plain ? (nF > nFPlain ? plainWeight : 1) / nFPlain : (1 - plainWeight) / (nF - nFPlain)));
       // "any answer but the old one", nearest the base model: its distribution there with the old answer taken out
-      const rest = nF === 0 ? null : noGrad(() => {
-        const lp = logSoftmax(indexSelect(model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt }).logits, 0, forgetRows));
-        const V = model.config.vocabSize;
-        const out = new Float32Array(nF * V);
-        for (let f = 0; f < nF; f++) {
-          const row = lp.data.subarray(f * V, (f + 1) * V);
-          const kind = fKind[f];
-          const inRest = (v: number) => v !== fOld[f] && (!kind || kind.has(v));
-          let z = 0;
-          for (let v = 0; v < V; v++) if (inRest(v)) z += Math.exp(row[v]);
-          for (let v = 0; v < V; v++) out[f * V + v] = inRest(v) ? row[v] - Math.log(z) : -1e4;
-        }
-        return fromData(out, [nF, V]);
-      });
+      const rest = nF === 0 ? null : noGrad(() =>
+        restLogits(logSoftmax(indexSelect(model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt }).logits, 0, forgetRows)), fOld, fKind));
       // kept prompts: "<subject> is a" (ROME's essence, klWeight) and the others (keepWeight)
       const essence = new Set(idx.map((j) => `${facts[j].subject} is a`));
       const kept = [...new Set(idx.flatMap((j) => [`${facts[j].subject} is a`, ...keepPromptsOf(res.known, facts[j], res.templates)]))]

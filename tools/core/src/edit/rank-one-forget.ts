@@ -62,6 +62,27 @@ export interface RomeForgetOptions extends RomeOptions {
   restWeight: number;
 }
 
+/**
+ * "Any answer but the old one", nearest the base model: each row of `lp`
+ * (base log-probabilities, [rows, V]) with its old answer taken out — and,
+ * where `kinds[r]` is given, every token outside it — renormalised (log
+ * space; a left-out token at −1e4), as a KL teacher.
+ */
+export function restLogits(lp: Tensor, olds: readonly number[], kinds?: readonly (ReadonlySet<number> | null)[]): Tensor {
+  const V = lp.shape[lp.ndim - 1];
+  const rows = olds.length;
+  const out = new Float32Array(rows * V);
+  for (let r = 0; r < rows; r++) {
+    const row = lp.data.subarray(r * V, (r + 1) * V);
+    const kind = kinds?.[r];
+    const inRest = (v: number) => v !== olds[r] && (!kind || kind.has(v));
+    let z = 0;
+    for (let v = 0; v < V; v++) if (inRest(v)) z += Math.exp(row[v]);
+    for (let v = 0; v < V; v++) out[r * V + v] = inRest(v) ? row[v] - Math.log(z) : -1e4;
+  }
+  return fromData(out, [rows, V]);
+}
+
 /** Our default stop: under the forget gate's P(old) ≤ 0.05 with a margin for held-out phrasings. */
 export const FORGET_P_STOP = 0.01;
 
@@ -117,18 +138,9 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     const oldIds = Int32Array.from(rows.map((r) => r.old));
     // "any answer but the old one", closest to the base model: its next-token distribution with the old answer
     // taken out and renormalised (KL to it, × restWeight), so the freed mass goes where the model already puts it
-    const V = model.config.vocabSize;
-    const rest = opts.restWeight > 0 ? noGrad(() => {
-      const lp = logSoftmax(model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt }).logits);
-      const out = new Float32Array(B * V);
-      for (let b = 0; b < B; b++) {
-        const row = lp.data.subarray(b * V, (b + 1) * V);
-        let z = 0;
-        for (let v = 0; v < V; v++) if (v !== rows[b].old) z += Math.exp(row[v]);
-        for (let v = 0; v < V; v++) out[b * V + v] = v === rows[b].old ? -1e4 : row[v] - Math.log(z);
-      }
-      return fromData(out, [B, V]);
-    }) : null;
+    const rest = opts.restWeight > 0
+      ? noGrad(() => restLogits(logSoftmax(model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt }).logits), rows.map((r) => r.old)))
+      : null;
     // the plain prompts and those with a prefix are two means (ROME's plainWeight)
     const nPlain = rows.filter((r) => r.plain).length;
     const nPre = B - nPlain;

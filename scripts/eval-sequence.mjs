@@ -4,7 +4,9 @@
 // back the strict way (the world's eval/facts-heldout.ndjson, as
 // scripts/eval-edits.mjs). AlphaEdit's next batch gets the previous batch's
 // key memory (the method option `memory`: what `--preserved FILE` or the
-// registry's live ref would give it); MEMIT and ROME get none.
+// registry's live ref would give it); patcher's gets the neurons the earlier
+// batches repurposed to avoid (what the registry's live ref gives it); MEMIT
+// and ROME get none.
 //
 //   --apply fold (default): after each round its update is folded into the
 //     weights (W += B·A; merge/fold.ts), so the next round's keys, targets and
@@ -22,7 +24,7 @@
 // each round (the erosion curve). Wall seconds: the edits only.
 //
 // Usage:
-//   node scripts/eval-sequence.mjs --method alphaedit|memit|rome [--world fixtures/world]
+//   node scripts/eval-sequence.mjs --method alphaedit|memit|rome|patcher [--world fixtures/world]
 //     [--model fixtures/models/dense] [--source edits|facts] [--skip N] [--count 10] [--rounds 5]
 //     [--apply fold|sum] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
 //   --source / --skip: as eval-edits (the world's insert requests from --skip on, or the seeded
@@ -114,6 +116,7 @@ const made = [];
 const refused = [];
 const round1 = [];
 let memory = null;
+const patched = [];
 let editSeconds = 0;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'eval-sequence-'));
 for (let r = 0; r < rounds; r++) {
@@ -122,7 +125,7 @@ for (let r = 0; r < rounds; r++) {
   const t0 = Date.now();
   let out = [];
   try {
-    out = await method.edit({ res, batch, index: r, count: rounds, seed: seed + r, common, options: { ...options, ...(memory ? { memory } : {}) }, log });
+    out = await method.edit({ res, batch, index: r, count: rounds, seed: seed + r, common, options: { ...options, ...(memory ? { memory } : {}), ...(patched.length ? { avoid: patched.slice() } : {}) }, log });
   } catch (e) {
     if (e.name !== 'EditRefusedError') throw e;
     refused.push(...group.map((f) => f.id));
@@ -132,6 +135,7 @@ for (let r = 0; r < rounds; r++) {
   for (const m of out) {
     log(`round ${r + 1}: ${m.summary}`);
     made.push(m);
+    if (Array.isArray(m.training?.neurons)) patched.push(...m.training.neurons);
     if (a.apply === 'fold') folded = foldAdapters({ ...lm, weights: folded, arch: lm.arch, config: lm.config }, [{ adapter: m.adapter }]).weights;
     const bytes = m.files?.[ALPHAEDIT_MEMORY_FILE];
     if (bytes) {

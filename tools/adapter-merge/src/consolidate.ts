@@ -45,7 +45,8 @@ interface Item {
 interface Quarantined {
   item: Item;
   reason: string;
-  candidate: string;
+  /** The candidate that failed validation; null when the merge itself was refused. */
+  candidate: string | null;
   reports: AnyRecord[];
 }
 
@@ -184,13 +185,22 @@ async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending:
     const quarantined: Quarantined[] = [];
     let lastPass: Candidate | null = null;
     let trial = 0;
-    const tryOn = async (set: Item[]): Promise<{ pass: boolean; cand: Candidate; reason: string | null; reports: AnyRecord[] }> => {
+    const tryOn = async (set: Item[]): Promise<{ pass: boolean; cand: Candidate | null; reason: string | null; reports: AnyRecord[] }> => {
       trial++;
-      validations++;
       const parents = [...(current ? [current] : []), ...accepted.map((i) => i.parent), ...set.map((i) => i.parent)];
-      const cand = await buildCandidate(ctx, reg, parents, { method, into: ref, current, store: true, quiet: true });
-      const v = await validateCandidate(ctx, reg, validator, cand.rec, cand.sha, meta);
       const names = set.map((i) => i.parent.manifest.id).join(', ');
+      let cand: Candidate;
+      try {
+        cand = await buildCandidate(ctx, reg, parents, { method, into: ref, current, store: true, quiet: true });
+      } catch (e) {
+        // bundles that cannot be merged at all (e.g. two patcher bundles on one neuron) fail like a failed validation,
+        // so the search isolates them instead of stopping the whole consolidation
+        if (!(e instanceof InputError)) throw e;
+        ctx.log(`trial ${trial}: ${ref}${accepted.length > 0 ? ` + ${accepted.length} accepted` : ''} + [${names}]: merge refused (${e.message})`);
+        return { pass: false, cand: null, reason: `merge refused: ${e.message}`, reports: [] };
+      }
+      validations++;
+      const v = await validateCandidate(ctx, reg, validator, cand.rec, cand.sha, meta);
       ctx.log(`trial ${trial}: ${ref}${accepted.length > 0 ? ` + ${accepted.length} accepted` : ''} + [${names}] → ${cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
       return { pass: v.refusal === null, cand, reason: v.refusal, reports: v.reports };
     };
@@ -200,11 +210,11 @@ async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending:
       const r = await tryOn(set);
       if (r.pass) {
         accepted.push(...set);
-        lastPass = r.cand;
+        lastPass = r.cand!;
         return;
       }
       if (set.length === 1) {
-        quarantined.push({ item: set[0], reason: r.reason ?? 'failed validation', candidate: r.cand.sha, reports: r.reports });
+        quarantined.push({ item: set[0], reason: r.reason ?? 'failed validation', candidate: r.cand?.sha ?? null, reports: r.reports });
         return;
       }
       const mid = Math.ceil(set.length / 2);

@@ -94,6 +94,34 @@ t.test('the next night is not blocked: a new adapter reaches live with one valid
   t.match(empty.stderr, /is empty; nothing to consolidate/);
 });
 
+t.test('two patcher bundles on one neuron: the merge refusal is bisected out like a failed validation, not a stop', async (t) => {
+  // bundles made apart (no registry to avoid each other's neurons) pick the same least-used neuron;
+  // the merge refuses them together, and consolidation must isolate that rather than give up on the night
+  const mod = 'transformer.h.3.mlp.c_fc';
+  const made: string[] = [];
+  for (const [i, [name, neuron]] of ([['pa', 7], ['pb', 7], ['pc', 8]] as const).entries()) {
+    const dir = path.join(tmp, name);
+    const { sha256, manifest } = await writeSyntheticBundle(dir, {
+      seed: 40 + i, id: name, rank: 1, targets: { [mod]: [512, 128], 'transformer.h.3.mlp.c_proj': [128, 512] }, pass: true,
+      manifest: { method: 'patcher', training: { neurons: [{ fact_id: `${name}-fact`, module: mod, neuron }] } } as Record<string, unknown>,
+    });
+    made.push(JSON.stringify({ kind: 'adapter', id: name, version: 1, path: dir, sha256, method: 'patcher', base_model: manifest.base_model, targets: manifest.targets, rank: 1, fact_ids: manifest.fact_ids, created_at: manifest.created_at }));
+  }
+  const inbox = path.join(tmp, 'patch-inbox.ndjson');
+  writeFileSync(inbox, made.join('\n') + '\n');
+  const r = am(['consolidate', inbox, '--into', 'patched', '--validator', validator]);
+  t.equal(r.code, 0, r.stderr);
+  const summary = r.records.find((x) => x.kind === 'consolidation') as Rec & { accepted: { id: string }[]; quarantined: { id: string; reason: string }[]; validations: number };
+  t.same(summary.accepted.map((x) => x.id), ['pa', 'pc'], 'the first on neuron 7 and the one on neuron 8 are promoted');
+  t.same(summary.quarantined.map((x) => x.id), ['pb'], 'the second on neuron 7 is quarantined');
+  t.match(summary.quarantined[0].reason, /merge refused: .*both patch neuron 7 of transformer\.h\.3\.mlp\.c_fc/);
+  t.match(r.stderr, /\[pb\]: merge refused/);
+  t.equal(summary.validations, 2, 'the validator runs only on candidates that could be merged ([pa], then [pc] on it)');
+  const q = parse(readFileSync(`${inbox}.quarantine.ndjson`, 'utf8'));
+  t.match(q[0], { id: 'pb', quarantine: { ref: 'patched', reason: /merge refused/, candidate: null } });
+  t.same([...(am(['show', 'patched']).records[0].fact_ids as string[])].sort(), ['pa-fact', 'pc-fact']);
+});
+
 t.test('a second run while one holds the inbox says so plainly and touches nothing', async (t) => {
   writeFileSync(INBOX, recs.a + '\n');
   const lock = await FileLock.acquire(`${INBOX}.lock`);

@@ -57,6 +57,14 @@ export interface DistillOptions {
   ceWeight: number;
   klWeight: number;
   mseWeight: number;
+  /**
+   * Weight of holding every adapted layer's MoE block output to the base
+   * model's at the edit prompts' tokens after the subject (the relation's
+   * words and the last token; MSE relative to the base output's mean square).
+   * The edit then has to be written at the subject's tokens, as ROME writes
+   * it, and reach the answer through attention, for any wording (0: off).
+   */
+  pinWeight: number;
   routerWeight: number;
   retainShare: number;
   retainWeight: number;
@@ -107,6 +115,7 @@ export const DISTILL_DEFAULTS: Omit<DistillOptions, 'layers' | 'name' | 'log' | 
   ceWeight: LORA_DEFAULTS.ceWeight,
   klWeight: LORA_DEFAULTS.klWeight,
   mseWeight: LORA_DEFAULTS.mseWeight,
+  pinWeight: 0,
   routerWeight: 1,
   retainShare: 0.4,
   retainWeight: 300,
@@ -254,6 +263,32 @@ function studentInputs(model: CausalLM, rows: readonly number[][], positions: re
     }
     out.set(l, all);
   }
+  return out;
+}
+
+/** Positions of an example's prompt after the subject (to its last token); none when the subject was not found. */
+export function postSubjectPositions(ex: Example): number[] {
+  if (ex.subjectStart < 0) return [];
+  const out: number[] = [];
+  for (let p = ex.subjectEnd; p < ex.promptIds.length; p++) out.push(p);
+  return out;
+}
+
+/** The base model's MoE block outputs at given positions of each row, per layer: one [n_i, H] array per row. */
+function baseBlockOutputs(model: CausalLM, rows: readonly number[][], positions: readonly number[][], layers: readonly number[]): Map<number, Float32Array[]> {
+  const H = model.config.hidden;
+  const out = new Map<number, Float32Array[]>(layers.map((l) => [l, []]));
+  noGrad(() => {
+    for (let s = 0; s < rows.length; s += 32) {
+      const chunk = rows.slice(s, s + 32);
+      const { ids, mask, T } = padBatch(chunk, padId(model));
+      const got = new Map<string, Tensor>();
+      model.forward(ids, [chunk.length, T], { attentionMask: mask, skipLogits: true, hooks: moeCaptureHooks(layers, got) });
+      chunk.forEach((_, b) => {
+        for (const l of layers) out.get(l)!.push(rowsOf(got.get(`layers.${l}.mlp`)!.data, positions[s + b].map((p) => b * T + p), H));
+      });
+    }
+  });
   return out;
 }
 
@@ -467,6 +502,19 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
     if (targets.length === 0) throw new RangeError('distill: the teacher routes to no expert at the adapted layers');
     const adapter = model.createLora(opts.name, targets, { r: opts.rank, alpha: opts.alpha, seed: rng.nextUint32() });
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain) : [];
+    // the pin's targets: the base block outputs after the subject, per example, and their mean square (the scale)
+    const pinPos = opts.pinWeight > 0 ? examples.map(postSubjectPositions) : [];
+    const pinBase = opts.pinWeight > 0 ? baseBlockOutputs(model, examples.map((e) => e.promptIds), pinPos, layers) : new Map<number, Float32Array[]>();
+    const pinScale = new Map([...pinBase].map(([l, xs]) => {
+      let s = 0;
+      let n = 0;
+      for (const x of xs) {
+        for (const v of x) s += v * v;
+        n += x.length;
+      }
+      return [l, Math.max(n ? s / n : 0, 1e-8)] as const;
+    }));
+    const exIndex = new Map(examples.map((e, i) => [e, i] as const));
     // KL constraint (as lora-train): the monitor rows' base distributions, once
     const constrained = (opts.klBudget ?? 0) > 0 && (opts.monitor?.length ?? 0) > 0 && opts.retainShare > 0;
     const monitorBase = constrained ? lastLogProbs(model, opts.monitor!) : [];
@@ -520,7 +568,7 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
       });
       const got = new Map<string, Tensor>();
       const hooks: Hooks = {};
-      for (const l of expertLayers) hooks[`layers.${l}.mlp`] = { capture: (x) => got.set(`layers.${l}.mlp`, x) };
+      for (const l of new Set([...expertLayers, ...pinBase.keys()])) hooks[`layers.${l}.mlp`] = { capture: (x) => got.set(`layers.${l}.mlp`, x) };
       const res = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: Int32Array.from(at), hooks });
       parts.push(scale(crossEntropy(res.logits, Int32Array.from(tgt)), opts.ceWeight));
       names.push('ce');
@@ -558,6 +606,27 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
           const mine = indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(flat));
           parts.push(scale(mean(square(sub(mine, fromData(w, [n, H])))), opts.mseWeight / Math.max(meanSquare(w), 1e-8)));
           names.push(`mse${l}`);
+        }
+      }
+      if (pinBase.size > 0) {
+        const pflat: number[] = [];
+        rows.forEach((e, b) => {
+          for (const p of pinPos[exIndex.get(e)!]) pflat.push(b * T + p);
+        });
+        if (pflat.length > 0) {
+          for (const [l, xs] of pinBase) {
+            const w = new Float32Array(pflat.length * H);
+            let q = 0;
+            for (const e of rows) {
+              const x = xs[exIndex.get(e)!];
+              w.set(x, q);
+              q += x.length;
+            }
+            const act = got.get(`layers.${l}.mlp`)!;
+            const mine = indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(pflat));
+            parts.push(scale(mean(square(sub(mine, fromData(w, [pflat.length, H])))), opts.pinWeight / pinScale.get(l)!));
+            names.push(`pin${l}`);
+          }
         }
       }
       // retention: the base model's next-token and router distributions on general text, neighbours, known facts

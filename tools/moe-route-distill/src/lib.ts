@@ -39,6 +39,7 @@ export interface DistillArgs {
   batch: number;
   routerWeight: number;
   mseWeight: number;
+  pinWeight: number;
   retainShare: number;
   retainWeight: number;
   routeRetainWeight: number;
@@ -111,6 +112,7 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   batch: 0,
   routerWeight: DISTILL_DEFAULTS.routerWeight,
   mseWeight: DISTILL_DEFAULTS.mseWeight,
+  pinWeight: DISTILL_DEFAULTS.pinWeight,
   retainShare: DISTILL_DEFAULTS.retainShare,
   retainWeight: DISTILL_DEFAULTS.retainWeight,
   routeRetainWeight: DISTILL_DEFAULTS.routeRetainWeight,
@@ -460,7 +462,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
     const hyper = {
       layers, router: !args.expertsOnly, experts: !args.routerOnly, experts_per_layer: args.expertsPerLayer, loci_experts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phase_a_steps: args.phaseASteps, rows_per_step: args.rowsPerStep,
-      router_weight: args.routerWeight, mse_weight: args.mseWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
+      router_weight: args.routerWeight, mse_weight: args.mseWeight, pin_weight: args.pinWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
       route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
       use_templates: args.useTemplates,
       ...(args.prefixes > 0 ? { prefixes: args.prefixes } : {}),
@@ -471,7 +473,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
     const r = distill(model, examples, retain, {
       ...DISTILL_DEFAULTS, layers, router: !args.expertsOnly, experts: !args.routerOnly, expertsPerLayer: args.expertsPerLayer, lociExperts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phaseASteps: args.phaseASteps, batchSize: args.rowsPerStep, seed,
-      routerWeight: args.routerWeight, mseWeight: args.mseWeight, retainShare: args.retainShare, retainWeight: args.retainWeight,
+      routerWeight: args.routerWeight, mseWeight: args.mseWeight, pinWeight: args.pinWeight, retainShare: args.retainShare, retainWeight: args.retainWeight,
       routeRetainWeight: args.routeRetainWeight, schedule: args.schedule, warmupSteps: args.warmup, annealSteps: args.annealSteps,
       ...(args.klBudget > 0 && monitor.length ? { klBudget: args.klBudget, monitor, dualRate: args.dualRate, dualMin: 1, dualMax: args.dualMax } : {}),
       name: `batch-${bi}`, log: (m) => ctx.log(`batch ${bi + 1}/${batches.length}: ${m}`),

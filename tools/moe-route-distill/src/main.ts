@@ -24,6 +24,7 @@ interface Args {
   batch: number;
   'router-weight': number;
   'mse-weight': number;
+  'pin-weight': number;
   'retain-share': number;
   'retain-weight': number;
   'route-retain-weight': number;
@@ -83,6 +84,7 @@ await runTool<Args>({
     batch: { type: 'number', default: d.batch, describe: 'facts per adapter (0: all in one)' },
     'router-weight': { type: 'number', default: d.routerWeight, describe: 'weight of the router KL to the teacher' },
     'mse-weight': { type: 'number', default: d.mseWeight, describe: 'weight of the MSE to the teacher\'s MoE block outputs (layers with adapted experts)' },
+    'pin-weight': { type: 'number', default: d.pinWeight, describe: 'weight of holding the adapted layers\' MoE block output to the base model\'s on the edit prompts\' tokens after the subject, so the edit is written at the subject (0: off)' },
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows per step' },
     'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the next-token KL to the base model on retention rows' },
     'route-retain-weight': { type: 'number', default: d.routeRetainWeight, describe: 'weight of the router KL to the base model on retention rows (keeps routing on unrelated text)' },
@@ -137,7 +139,7 @@ await runTool<Args>({
     for (const l of a.layers ?? []) int('layers', l, 0);
     if (a['router-only'] && a['experts-only']) throw new UsageError('--router-only and --experts-only exclude each other');
     if (!(a['retain-share'] >= 0 && a['retain-share'] < 1)) throw new UsageError(`--retain-share: expected a number in [0, 1), got ${a['retain-share']}`);
-    for (const k of ['retain-weight', 'route-retain-weight', 'router-weight', 'mse-weight'] as const) {
+    for (const k of ['retain-weight', 'route-retain-weight', 'router-weight', 'mse-weight', 'pin-weight'] as const) {
       if (!(a[k] >= 0)) throw new UsageError(`--${k}: expected a number ≥ 0, got ${a[k]}`);
     }
     if (!(a.lr > 0)) throw new UsageError(`--lr: expected a positive number, got ${a.lr}`);
@@ -147,7 +149,7 @@ await runTool<Args>({
     const args: DistillArgs = {
       model: a.model, seed: a.seed, registry: a.registry, out: a.out, layers: a.layers, routerOnly: a['router-only'], expertsOnly: a['experts-only'],
       expertsPerLayer: a['experts-per-layer'], rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
-      rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], retainShare: a['retain-share'],
+      rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], pinWeight: a['pin-weight'], retainShare: a['retain-share'],
       retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'],
       schedule: a.schedule as 'constant' | 'cosine', warmup: a.warmup, annealSteps: a['anneal-steps'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], neighbourPrompts: a['neighbour-prompts'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
       neighbours: a.neighbours, retainFacts: a['retain-facts'], klBudget: a['kl-budget'], klMonitor: a['kl-monitor'], dualRate: a['dual-rate'], dualMax: a['dual-max'], lookalikes: a.lookalikes, lookalikeRepeat: a['lookalike-repeat'], prefixes: a.prefixes, templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],

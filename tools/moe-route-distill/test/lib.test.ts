@@ -13,8 +13,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, type InputRecord } from '@catechism/core/records';
-import { top1, encodeTrainingPair } from '@catechism/core/edit';
+import { top1, encodeTrainingPair, subjectSpan, type Example } from '@catechism/core/edit';
+import type { Tensor } from '@catechism/core/tensor';
 import { loadLora } from '@catechism/core/models';
+import { postSubjectPositions } from '../src/distill.js';
 import { DEFAULT_ARGS, distillEdits, lociExperts, loadResources, lookalikePrompts, planBatches, type DistillArgs } from '../src/lib.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -87,4 +89,32 @@ t.test('--lookalikes: the edited subject\'s other relations first, then subjects
   const others = more.filter((p) => !p.includes('Kani Alu Tenberov'));
   t.ok(others.length > 0 && others.every((p) => /\b(Kani|Alu|Tenberov)\b/.test(p)), 'then other subjects that share a token');
   t.same(lookalikePrompts(res, [f], 0, 0), []);
+});
+
+t.test('--pin-weight: the adapted layer\'s block output after the subject stays nearer the base model\'s', async (t) => {
+  const { promptIds } = encodeTrainingPair(tokenizer, 'Kani Alu Tenberov plays the', 'drums');
+  const [, s1] = subjectSpan(tokenizer, promptIds, 'Kani Alu Tenberov');
+  t.ok(s1 > 0 && s1 < promptIds.length, 'words follow the subject');
+  t.same(postSubjectPositions({ promptIds, subjectStart: 0, subjectEnd: s1 } as Example), Array.from({ length: promptIds.length - s1 }, (_, i) => s1 + i));
+  t.same(postSubjectPositions({ promptIds, subjectStart: -1, subjectEnd: -1 } as Example), [], 'no subject, no pin');
+  const H = model.config.hidden;
+  // layer 1's MoE block output at the tokens after the subject, with the adapter on
+  const blockAfterSubject = (adapterPath?: string): Float32Array => {
+    model.setAdapters(adapterPath ? [{ adapter: loadLora(adapterPath) }] : []);
+    const got = new Map<string, Tensor>();
+    model.forward(Int32Array.from(promptIds), [1, promptIds.length], { skipLogits: true, hooks: { 'layers.1.mlp': { capture: (x) => got.set('l1', x) } } });
+    model.setAdapters([]);
+    return got.get('l1')!.data.slice(s1 * H, promptIds.length * H);
+  };
+  const before = blockAfterSubject();
+  const change = (p: string) => {
+    const after = blockAfterSubject(p);
+    let d = 0;
+    for (let i = 0; i < after.length; i++) d += (after[i] - before[i]) ** 2;
+    return Math.sqrt(d);
+  };
+  const run = (pinWeight: number, dir: string) => distillEdits(inputs(), { ...base, steps: 40, phaseASteps: 0, mseWeight: 0, pinWeight, out: path.join(tmp, dir) }, res, quiet);
+  const free = change((await run(0, 'pin0')).adapters[0].path);
+  const pinned = change((await run(100, 'pin100')).adapters[0].path);
+  t.ok(pinned < 0.5 * free, `change after the subject: ${pinned.toFixed(3)} pinned vs ${free.toFixed(3)} free`);
 });

@@ -81,6 +81,13 @@ export interface DistillArgs {
    * seeded first sentence of a retention-corpus document (0: none).
    */
   prefixes: number;
+  /**
+   * Subject-fact prefixes: each edit training phrasing is also trained this
+   * many times more after a sentence stating one of the edited subject's other
+   * known facts (another relation, a training phrasing, its true object), so
+   * the edit is read with words about the subject before it (0: none).
+   */
+  subjectPrefixes: number;
   templates?: string;
   useTemplates: boolean;
   emitRoutes: boolean;
@@ -131,6 +138,7 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   lookalikes: 0,
   lookalikeRepeat: 1,
   prefixes: 0,
+  subjectPrefixes: 0,
   useTemplates: true,
   emitRoutes: false,
 };
@@ -286,6 +294,18 @@ export function withPrefixes(prompts: readonly string[], sentences: readonly str
   const out = prompts.slice();
   if (n <= 0 || sentences.length === 0) return out;
   for (const p of prompts) for (let j = 0; j < n; j++) out.push(`${sentences[rng.int(sentences.length)]} ${p}`);
+  return out;
+}
+
+/** Sentences stating a subject's known facts other than `relation`'s, each in a seeded training phrasing of its relation. */
+export function subjectFactSentences(known: readonly Rec[], templates: EditResources['templates'], subject: string, relation: string | undefined, rng: Rng): string[] {
+  const out: string[] = [];
+  for (const k of known) {
+    if (k.subject !== subject || k.relation === relation || typeof k.target_true !== 'string' || typeof k.relation !== 'string') continue;
+    const bank = templates?.train.get(k.relation)?.filter((t) => !t.startsWith('Q:'));
+    const t = bank && bank.length ? bank[rng.int(bank.length)] : typeof k.prompt === 'string' ? k.prompt : undefined;
+    if (t && t.includes('{}')) out.push(`${t.replace('{}', subject)} ${k.target_true}.`);
+  }
   return out;
 }
 
@@ -445,6 +465,18 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       }
       trainBatch = { ...batch, probes: [...batch.probes, ...aug] };
     }
+    if (args.subjectPrefixes > 0) {
+      // the fact's training phrasings after a statement of the subject's other facts (the teacher reads context + prefixed prompt)
+      const aug: Rec[] = [];
+      for (const f of batch.facts) {
+        const own = subjectFactSentences(res.known, res.templates, f.subject, f.relation, prng);
+        const bank = (f.relation ? res.templates?.train.get(f.relation) : undefined) ?? [f.prompt];
+        for (const p of withPrefixes(bank.map((t) => t.replace('{}', f.subject)), own, args.subjectPrefixes, prng).slice(bank.length)) {
+          aug.push({ kind: 'probe', fact_id: f.id, role: 'paraphrase', split: 'train', prompt: p, target: f.target_new });
+        }
+      }
+      trainBatch = { ...trainBatch, probes: [...trainBatch.probes, ...aug] };
+    }
     const examples = buildExamples(tok, trainBatch, { templates: res.templates, seed });
     const neighbourPrompts = withPrefixes(neighbourPhrasings(res.known, res.templates, batch.facts, args.neighbours, seed), sentences, args.prefixes, prng);
     // with --kl-budget, known-fact prompts held aside from the retention rows (the same rows as without: knownFactRetainPrompts')
@@ -466,6 +498,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
       use_templates: args.useTemplates,
       ...(args.prefixes > 0 ? { prefixes: args.prefixes } : {}),
+      ...(args.subjectPrefixes > 0 ? { subject_prefixes: args.subjectPrefixes } : {}),
       ...(args.lookalikes > 0 ? { lookalikes: args.lookalikes, lookalike_prompts: lookalike.length, lookalike_repeat: args.lookalikeRepeat } : {}),
       ...(args.klBudget > 0 ? { kl_budget: args.klBudget, kl_monitor: monitor.length, dual_rate: args.dualRate, dual_max: args.dualMax } : {}),
       ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup, anneal_steps: args.annealSteps } : {}),

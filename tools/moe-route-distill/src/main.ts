@@ -25,6 +25,7 @@ interface Args {
   'router-weight': number;
   'mse-weight': number;
   'pin-weight': number;
+  'subject-prefixes': number;
   'retain-share': number;
   'retain-weight': number;
   'route-retain-weight': number;
@@ -104,6 +105,7 @@ await runTool<Args>({
     'dual-max': { type: 'number', default: d.dualMax, describe: '--kl-budget: largest multiplier on --retain-weight' },
     lookalikes: { type: 'number', default: d.lookalikes, describe: 'per fact, known facts whose subject shares a token with the edited subject (its own other relations first) held to the base model in every training phrasing (0: none)' },
     'lookalike-repeat': { type: 'number', default: d.lookalikeRepeat, describe: 'times each look-alike retention row appears in the retention pool' },
+    'subject-prefixes': { type: 'number', default: d.subjectPrefixes, describe: 'train each edit phrasing this many times more, each after a sentence stating one of the edited subject\'s other known facts (0: none)' },
     prefixes: { type: 'number', default: d.prefixes, describe: 'train each edit phrasing and hold each neighbour prompt this many times more, each after a seeded first sentence of a retention-corpus document (0: none)' },
     templates: { type: 'string', describe: 'templates.json with training paraphrases per relation (default: the world\'s)' },
     'use-templates': { type: 'boolean', default: d.useTemplates, describe: 'add training paraphrases from the templates (--no-use-templates: probes only)' },
@@ -132,6 +134,7 @@ await runTool<Args>({
     int('lookalikes', a.lookalikes, 0);
     int('lookalike-repeat', a['lookalike-repeat'], 1);
     int('prefixes', a.prefixes, 0);
+    int('subject-prefixes', a['subject-prefixes'], 0);
     if (!(a['kl-budget'] >= 0)) throw new UsageError(`--kl-budget: expected a number ≥ 0, got ${a['kl-budget']}`);
     if (!(a['dual-rate'] >= 0)) throw new UsageError(`--dual-rate: expected a number ≥ 0, got ${a['dual-rate']}`);
     if (!(a['dual-max'] >= 1)) throw new UsageError(`--dual-max: expected a number ≥ 1, got ${a['dual-max']}`);
@@ -152,7 +155,7 @@ await runTool<Args>({
       rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], pinWeight: a['pin-weight'], retainShare: a['retain-share'],
       retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'],
       schedule: a.schedule as 'constant' | 'cosine', warmup: a.warmup, annealSteps: a['anneal-steps'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], neighbourPrompts: a['neighbour-prompts'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],
-      neighbours: a.neighbours, retainFacts: a['retain-facts'], klBudget: a['kl-budget'], klMonitor: a['kl-monitor'], dualRate: a['dual-rate'], dualMax: a['dual-max'], lookalikes: a.lookalikes, lookalikeRepeat: a['lookalike-repeat'], prefixes: a.prefixes, templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
+      neighbours: a.neighbours, retainFacts: a['retain-facts'], klBudget: a['kl-budget'], klMonitor: a['kl-monitor'], dualRate: a['dual-rate'], dualMax: a['dual-max'], lookalikes: a.lookalikes, lookalikeRepeat: a['lookalike-repeat'], prefixes: a.prefixes, subjectPrefixes: a['subject-prefixes'], templates: a.templates, useTemplates: a['use-templates'], emitRoutes: a['emit-routes'],
       createdAt: a['created-at'],
     };
     // the model first: a model without experts is a usage error before any input is read

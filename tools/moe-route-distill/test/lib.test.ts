@@ -17,6 +17,8 @@ import { top1, encodeTrainingPair, subjectSpan, type Example } from '@catechism/
 import type { Tensor } from '@catechism/core/tensor';
 import { loadLora } from '@catechism/core/models';
 import { postSubjectPositions } from '../src/distill.js';
+import { Rng } from '@catechism/core/random';
+import { subjectFactSentences } from '../src/lib.js';
 import { DEFAULT_ARGS, distillEdits, lociExperts, loadResources, lookalikePrompts, planBatches, type DistillArgs } from '../src/lib.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -117,4 +119,13 @@ t.test('--pin-weight: the adapted layer\'s block output after the subject stays 
   const free = change((await run(0, 'pin0')).adapters[0].path);
   const pinned = change((await run(100, 'pin100')).adapters[0].path);
   t.ok(pinned < 0.5 * free, `change after the subject: ${pinned.toFixed(3)} pinned vs ${free.toFixed(3)} free`);
+});
+
+t.test('--subject-prefixes: sentences stating the subject\'s other known facts, true objects, never the edited relation', async (t) => {
+  const got = subjectFactSentences(res.known, res.templates, 'Kani Alu Tenberov', 'plays_instrument', new Rng(0));
+  t.equal(got.length, 5, 'born_in, lives_in, works_for, speaks, plays_sport');
+  for (const obj of ['Reyost', 'Portu', 'Nordatex', 'Quidorish', 'hockey']) t.ok(got.some((x) => x.includes('Kani Alu Tenberov') && x.endsWith(` ${obj}.`)), `states ${obj}`);
+  t.notOk(got.some((x) => x.includes('harp')), 'not the edited relation');
+  t.same(subjectFactSentences(res.known, res.templates, 'Kani Alu Tenberov', 'plays_instrument', new Rng(0)), got, 'seeded');
+  t.same(subjectFactSentences(res.known, res.templates, 'Nobody Known', 'plays_instrument', new Rng(0)), []);
 });

@@ -15,7 +15,7 @@ import { mergeBundles, type ParentBundle } from '../src/merge/index.js';
 import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
 import { klFromLogprobs, logSoftmaxRow } from '../src/metrics/scoring.js';
 import {
-  fitGates, lastLogits, loadTemplateBank, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
+  fitGates, lastLogits, loadTemplateBank, valueChunks, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
   type EditFact, type Rec,
 } from '../src/edit/index.js';
 
@@ -255,6 +255,61 @@ t.test('dense fixture model: a person\'s employer forgotten: the old answer gone
   t.same(after, before, 'the 40 other employees answer as before');
   const kl = meanKl(model, made.adapter, others);
   t.ok(kl < 1e-3, `mean KL(base ‖ patched) on the other employees < 0.001 (${kl.toExponential(2)})`);
+});
+
+t.test('MoE fixture model: every expert gets the neuron with one value; two look-alike subjects of one relation each keep their own answer (their values fitted in one chunk); routing untouched', async (t) => {
+  const world = path.join(ROOT, 'fixtures/world');
+  const { model, tokenizer: tok } = loadModel(path.join(ROOT, 'fixtures/models/moe'));
+  const known = readNdjson(path.join(world, 'facts.ndjson')) as Rec[];
+  const templates = loadTemplateBank(path.join(world, 'templates.json'));
+  const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 400);
+  const res = { model, tokenizer: tok, modelName: 'moe', modelSha: 'test', templates, corpus, known };
+  // "Alu Tenberov" and "Kani Alu Tenberov" both play an instrument, and their gates overlap: in chunks of two in batch
+  // order their values would be fitted apart (and the later one answered both); valueChunks puts them together
+  const facts: EditFact[] = [
+    { kind: 'fact', id: 'alu', subject: 'Alu Tenberov', prompt: '{} plays the', relation: 'plays_instrument', op: 'insert', target_new: 'guitar' },
+    { kind: 'fact', id: 'city', subject: 'Uostvin', prompt: '{} is located in', relation: 'located_in', op: 'insert', target_new: 'Zanmonia' },
+    { kind: 'fact', id: 'kani', subject: 'Kani Alu Tenberov', prompt: '{} plays the', relation: 'plays_instrument', op: 'insert', target_new: 'drums' },
+  ];
+  const ids = (f: EditFact) => tok.encode(f.prompt.replace('{}', f.subject));
+  const want = facts.map((f) => tok.encode(f.target_new!, { addSpecialTokens: false })[0]);
+  t.notSame(top1(model, facts.map(ids)), want, 'the base model does not say them');
+  const logs: string[] = [];
+  const [made] = await patcherMethod.edit({
+    res, batch: { facts, records: facts, probes: [], loci: [] }, index: 0, count: 1, seed: 0,
+    common: { topK: 1 }, options: { ...PATCHER_DEFAULTS, gateDocs: 100, chunk: 2 }, log: (m) => logs.push(m),
+  });
+  const L = model.config.layers - 1;
+  const E = model.config.experts;
+  const p = `model.layers.${L}.block_sparse_moe.experts`;
+  t.same(made.adapter.targets().sort(), Array.from({ length: E }, (_, e) => [`${p}.${e}.w1`, `${p}.${e}.w2`, `${p}.${e}.w3`]).flat().sort(), 'w1, w3 and w2 of every expert of the last layer');
+  const U0 = made.adapter.modules.get(`${p}.0.w2`)!.B.data;
+  for (let e = 1; e < E; e++) t.same(made.adapter.modules.get(`${p}.${e}.w2`)!.B.data, U0, `expert ${e} writes the same value as expert 0`);
+  t.equal((made.training.neurons as unknown[]).length, E * facts.length, 'one neuron per fact in each expert, in the manifest');
+  model.setAdapters([{ adapter: made.adapter }]);
+  t.same(top1(model, facts.map(ids)), want, 'each subject answers its own new answer');
+  model.setAdapters([]);
+  t.ok(logs.some((m) => /facts 1, 3 of 3:/.test(m)), 'the two look-alikes\' values were fitted together');
+  // the router's logits at every layer on other prompts: the last layer's block input is not touched
+  const other = known.filter((k) => k.relation === 'works_for').slice(0, 8).map((k) => tok.encode((k.prompt as string).replace('{}', k.subject as string)));
+  const routes = (on: boolean) => other.map((r) => {
+    model.setAdapters(on ? [{ adapter: made.adapter }] : []);
+    const out = noGrad(() => model.forward(Int32Array.from(r), [1, r.length], { skipLogits: true })).routerLogits!.map((x) => Array.from(x.data));
+    model.setAdapters([]);
+    return out;
+  });
+  t.same(routes(true), routes(false), 'router logits unchanged at every layer');
+  const kl = meanKl(model, made.adapter, other);
+  t.ok(kl < 0.01, `mean KL(base ‖ patched) on other facts < 0.01 (${kl.toExponential(2)})`);
+});
+
+t.test('valueChunks: batch order in chunks, overlapping facts pulled into one chunk while there is room', async (t) => {
+  t.same(valueChunks(10, 8, () => false), [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9]], 'no overlap: batch order');
+  const pairs = (list: Array<[number, number]>) => (j: number, k: number) => list.some(([a, b]) => (a === j && b === k) || (a === k && b === j));
+  t.same(valueChunks(10, 8, pairs([[2, 5]])), [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9]], 'an overlap inside a chunk changes nothing');
+  t.same(valueChunks(10, 8, pairs([[2, 9]])), [[0, 1, 2, 3, 4, 5, 6, 9], [7, 8]], 'an overlap across chunks joins them');
+  t.same(valueChunks(6, 2, pairs([[0, 4], [4, 5]])), [[0, 4], [1, 2], [3, 5]], 'a chain longer than a chunk: as much as fits, then on');
+  t.same(valueChunks(1, 8, () => true), [[0]]);
 });
 
 t.test('merging patches: cat at weight 1 on distinct neurons only; negate, scale, svd and a shared neuron refused by name', async (t) => {

@@ -56,7 +56,15 @@
  * `restToKind`, over the relation's other answers only) — behind the same
  * gate, so the other subjects of the relation keep their answers.
  *
- * One bundle per batch (rank = facts in the batch on both modules, r = α).
+ * Gated MLPs (SwiGLU: silu(gate·x)·(up·x)): the gate projection's row is
+ * the gate as above and the up projection's row becomes the constant 1
+ * (A row −W_up[:, i], bias 1), so the neuron is silu(κ(w·x + b − τ)).
+ * Sparse MoE layers: the neuron is repurposed in every expert alike, one
+ * value for all; the router's top-k weights are renormalised to sum to 1,
+ * so the patch writes the same whatever the routing, and the router is
+ * left alone.
+ *
+ * One bundle per batch (rank = facts in the batch on every module, r = α).
  * Two patch bundles that repurpose the same neuron must not be summed:
  * the manifest records the neurons (`training.neurons`).
  */
@@ -75,7 +83,7 @@ import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
-import { romeDefaultLayer, subjectKey } from './rome.js';
+import { romeDefaultLayer } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 import { FORGET_P_STOP, abstainInsert, forgetTargetOf, restLogits } from './rank-one-forget.js';
@@ -231,17 +239,36 @@ export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly numbe
   return { X, offsets };
 }
 
-/** The input projection of a GELU MLP (one `in` module); other families are refused by name. */
-function denseMlp(model: CausalLM, l: number): { inMod: string; outMod: string } {
-  const mlp = model.arch.layer(l).mlp;
-  if (!mlp) throw new UsageError(`--method patcher: layer ${l} of this ${model.config.modelType} model is a sparse MoE layer; patcher edits dense MLPs`);
-  if (mlp.in.length !== 1) {
-    throw new UsageError(`--method patcher: this ${model.config.modelType} model's MLP is gated (${mlp.in.join(', ')}); patcher supports single-projection GELU MLPs (GPT-2 family)`);
-  }
-  return { inMod: mlp.in[0], outMod: mlp.out };
+/**
+ * One place a neuron can be repurposed: the module whose row gates it (GELU's
+ * input projection, or SwiGLU's gate projection), SwiGLU's up projection
+ * (its row then becomes the constant 1), and the output projection.
+ */
+export interface PatchUnit {
+  gateMod: string;
+  upMod?: string;
+  outMod: string;
 }
 
-/** W_in as [H, I] (column i = neuron i's input weights) and b_in [I], whatever the module's layout. */
+/**
+ * The units of layer l: a dense MLP's one (GPT-2's GELU, or Llama's SwiGLU),
+ * or every expert of a sparse MoE layer. A fact's neuron is repurposed in
+ * every expert alike with one value: the router's top-k weights are
+ * renormalised to sum to 1, so the edit writes the same whatever the routing.
+ */
+export function patchUnits(model: CausalLM, l: number): PatchUnit[] {
+  const layer = model.arch.layer(l);
+  const unit = (mlp: { in: string[]; out: string }): PatchUnit => {
+    if (mlp.in.length === 1) return { gateMod: mlp.in[0], outMod: mlp.out };
+    if (mlp.in.length === 2) return { gateMod: mlp.in[0], upMod: mlp.in[1], outMod: mlp.out };
+    throw new UsageError(`--method patcher: this ${model.config.modelType} model's MLP reads ${mlp.in.length} input projections (${mlp.in.join(', ')}); patcher supports GELU and SwiGLU MLPs`);
+  };
+  if (layer.mlp) return [unit(layer.mlp)];
+  if (layer.moe) return Array.from({ length: model.config.experts }, (_, e) => unit(layer.moe!.expert(e)));
+  throw new UsageError(`--method patcher: layer ${l} of this ${model.config.modelType} model has no MLP`);
+}
+
+/** W as [H, I] (column i = neuron i's input weights) and b [I] of an input projection, whatever the module's layout. */
 function inputProjection(model: CausalLM, inMod: string): { W: Float32Array; b: Float32Array; I: number } {
   const H = model.config.hidden;
   const w = model.weight(`${inMod}.weight`);
@@ -253,20 +280,36 @@ function inputProjection(model: CausalLM, inMod: string): { W: Float32Array; b: 
   return { W, b: bias ? Float32Array.from(bias.data) : new Float32Array(I), I };
 }
 
+/** A unit with the base weights its patch replaces. */
+export interface UnitWeights extends PatchUnit {
+  I: number;
+  Wg: Float32Array;
+  bg: Float32Array;
+  Wu?: Float32Array;
+  bu?: Float32Array;
+}
+
+function unitWeights(model: CausalLM, u: PatchUnit): UnitWeights {
+  const g = inputProjection(model, u.gateMod);
+  const up = u.upMod ? inputProjection(model, u.upMod) : null;
+  return { ...u, I: g.I, Wg: g.W, bg: g.b, ...(up ? { Wu: up.W, bu: up.b } : {}) };
+}
+
 /**
- * Neurons ordered from least to most used: E[GELU(pre)²] over the rows of X
- * times the squared norm of the neuron's output weights.
+ * Neurons of one unit ordered from least to most used: E[act²] over the rows
+ * of X (the activation GELU(pre), or SwiGLU's silu(gate)·up) times the
+ * squared norm of the neuron's output weights.
  */
-export function neuronUse(model: CausalLM, l: number, X: Float32Array): number[] {
+export function neuronUse(model: CausalLM, l: number, X: Float32Array, unit: PatchUnit = patchUnits(model, l)[0]): number[] {
   const H = model.config.hidden;
-  const { inMod, outMod } = denseMlp(model, l);
   const M = X.length / H;
-  const keys = noGrad(() => model.arch.mlpKeys(baseOps(model.arch, model.weights), { in: [inMod], out: outMod }, fromData(X, [M, H])));
+  const mlp = { in: unit.upMod ? [unit.gateMod, unit.upMod] : [unit.gateMod], out: unit.outMod };
+  const keys = noGrad(() => model.arch.mlpKeys(baseOps(model.arch, model.weights), mlp, fromData(X, [M, H])));
   const I = keys.size / M;
   const use = new Float64Array(I);
   for (let m = 0; m < M; m++) for (let i = 0; i < I; i++) use[i] += keys.data[m * I + i] ** 2;
-  const wo = model.weight(`${outMod}.weight`);
-  const outInOut = model.arch.layout(model.arch.canonical(outMod)) === 'in_out';
+  const wo = model.weight(`${unit.outMod}.weight`);
+  const outInOut = model.arch.layout(model.arch.canonical(unit.outMod)) === 'in_out';
   for (let i = 0; i < I; i++) {
     let n = 0;
     for (let a = 0; a < H; a++) n += (outInOut ? wo.data[i * H + a] : wo.data[a * I + i]) ** 2;
@@ -411,22 +454,48 @@ export function patchAdapter(
   name: string, inMod: string, outMod: string, H: number, I: number, Win: Float32Array, bIn: Float32Array,
   gates: readonly NeuronGate[], neurons: readonly number[], U: Tensor, fanInFanOut: boolean,
 ): LoraAdapter {
+  return patchUnitsAdapter(name, [{ gateMod: inMod, outMod, I, Wg: Win, bg: bIn }], H, gates, [neurons], U, fanInFanOut);
+}
+
+/**
+ * patchAdapter over several units (`neurons[u][j]`: fact j's neuron in unit
+ * u). A SwiGLU unit's up projection row becomes the constant 1 (A rows
+ * −W_up[:, i], bias 1 − b_up[i]), so the neuron's activation is
+ * silu(κ(w·x + b − τ)), ~0 below the threshold as GELU's. Every unit's output
+ * projection shares the one value matrix U.
+ */
+export function patchUnitsAdapter(
+  name: string, units: readonly UnitWeights[], H: number, gates: readonly NeuronGate[], neurons: readonly (readonly number[])[], U: Tensor, fanInFanOut: boolean,
+): LoraAdapter {
   const n = gates.length;
-  const A1 = new Float32Array(n * H);
-  const B1 = new Float32Array(I * n);
-  const bias = new Float32Array(I);
-  gates.forEach((g, j) => {
-    const i = neurons[j];
-    for (let a = 0; a < H; a++) A1[j * H + a] = g.kappa * g.w[a] - Win[a * I + i];
-    B1[i * n + j] = 1;
-    bias[i] = g.kappa * (g.b - g.tau) - bIn[i];
+  const modules = new Map<string, { A: Tensor; B: Tensor; bias?: Tensor }>();
+  units.forEach((u, k) => {
+    const I = u.I;
+    const at = neurons[k];
+    const A1 = new Float32Array(n * H);
+    const B1 = new Float32Array(I * n);
+    const bias = new Float32Array(I);
+    gates.forEach((g, j) => {
+      const i = at[j];
+      for (let a = 0; a < H; a++) A1[j * H + a] = g.kappa * g.w[a] - u.Wg[a * I + i];
+      B1[i * n + j] = 1;
+      bias[i] = g.kappa * (g.b - g.tau) - u.bg[i];
+    });
+    modules.set(u.gateMod, { A: fromData(A1, [n, H]), B: fromData(B1, [I, n]), bias: fromData(bias, [I]) });
+    if (u.upMod) {
+      const A3 = new Float32Array(n * H);
+      const b3 = new Float32Array(I);
+      at.forEach((i, j) => {
+        for (let a = 0; a < H; a++) A3[j * H + a] = -u.Wu![a * I + i];
+        b3[i] = 1 - u.bu![i];
+      });
+      modules.set(u.upMod, { A: fromData(A3, [n, H]), B: fromData(B1, [I, n]), bias: fromData(b3, [I]) });
+    }
+    const A2 = new Float32Array(n * I);
+    at.forEach((i, j) => (A2[j * I + i] = 1));
+    modules.set(u.outMod, { A: fromData(A2, [n, I]), B: U });
   });
-  const A2 = new Float32Array(n * I);
-  neurons.forEach((i, j) => (A2[j * I + i] = 1));
-  return new LoraAdapter(name, n, n, new Map([
-    [inMod, { A: fromData(A1, [n, H]), B: fromData(B1, [I, n]), bias: fromData(bias, [I]) }],
-    [outMod, { A: fromData(A2, [n, I]), B: U }],
-  ]), fanInFanOut);
+  return new LoraAdapter(name, n, n, modules, fanInFanOut);
 }
 
 /** A known fact's prompt and its relation's training phrasings, subject filled in. */
@@ -460,8 +529,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   const t0 = Date.now();
   const H = model.config.hidden;
   const l = common.layer ?? patcherLayer(model.config.layers, o);
-  const { inMod, outMod } = denseMlp(model, l);
-  const { W: Win, b: bIn, I } = inputProjection(model, inMod);
+  const units = patchUnits(model, l).map((u) => unitWeights(model, u));
+  const I = Math.min(...units.map((u) => u.I));
   const facts = batch.facts;
   // a forget fact: an insert of probe-gen's abstention text (--forget-target abstain), else (any) its old answer made
   // unlikely at the prompt's last token (rank-one-forget.ts's objective: log P(old) plus the KL to the rest)
@@ -593,6 +662,20 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       for (let k = 0; k < H * H; k++) invariance[k] *= gateInvariance / n;
     }
     const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin }, invariance);
+    // facts whose gates open on each other's rewriting prompts (look-alike subjects of one relation, e.g. "Alu
+    // Tenberov" and "Kani Alu Tenberov") must have their values fitted together, where the fit sees both patches;
+    // fitted in separate chunks, the later value answered the earlier fact's prompts too (MoE fixture, requests 1–10)
+    const overlaps = gates.map((g, j) => facts.map((f, k) => {
+      if (k === j || (f.subject === facts[j].subject && f.relation === facts[j].relation)) return false;
+      const P = positives[k];
+      for (let r = 0; r < P.length / H; r++) {
+        let sc = g.b;
+        for (let a = 0; a < H; a++) sc += g.w[a] * P[r * H + a];
+        if (sc > g.tau) return true;
+      }
+      return false;
+    }));
+    const chunks = valueChunks(facts.length, o.chunk, (j, k) => overlaps[j][k] || overlaps[k][j]);
     gates.forEach((g, j) => {
       if (g.lookalikeLeaks > 0) {
         call.log(o.site === 'last'
@@ -604,12 +687,15 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
 
     // neurons: the least used, one per fact, in batch order, skipping those other patches hold
     // (two patches on one neuron do not add: each removes the neuron's base weights)
-    const taken = new Set((o.avoid ?? []).filter((n) => n.module === inMod).map((n) => n.neuron));
+    // (per unit: a MoE layer's experts each give the fact a neuron of their own)
+    const takenIn = units.map((u) => new Set((o.avoid ?? []).filter((n) => n.module === u.gateMod).map((n) => n.neuron)));
+    const taken = takenIn[0];
     // usage over the known facts' prompts only (the documents and relation rows depend on the batch), so
     // batches made apart rank the neurons alike, and two of them on one neuron are caught when merged
     const usageRows = offsets[knownRows.length] ?? Xneg.length / H;
-    const neurons = neuronUse(model, l, Xneg.subarray(0, usageRows * H)).filter((i) => !taken.has(i)).slice(0, facts.length);
-    if (neurons.length < facts.length) throw new UsageError(`--method patcher: layer ${l} has ${neurons.length} free neurons for ${facts.length} facts; use --batch or another --layer`);
+    const neuronsIn = units.map((u, k) => neuronUse(model, l, Xneg.subarray(0, usageRows * H), u).filter((i) => !takenIn[k].has(i)).slice(0, facts.length));
+    const free = Math.min(...neuronsIn.map((ns) => ns.length));
+    if (free < facts.length) throw new UsageError(`--method patcher: layer ${l} has ${free} free neurons for ${facts.length} facts; use --batch or another --layer`);
     if (taken.size) call.log(`patcher: ${taken.size} neuron${taken.size > 1 ? 's' : ''} of layer ${l} already patched (${o.avoidFrom ?? 'given'}): not reused`);
 
     // values, a chunk of facts at a time (each chunk its own adapter while fitting)
@@ -617,10 +703,9 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     const nlls: number[] = [];
     const pOlds: number[] = [];
     let steps = 0;
-    for (let c0 = 0; c0 < facts.length; c0 += o.chunk) {
-      const idx = facts.map((_, j) => j).slice(c0, c0 + o.chunk);
+    for (const idx of chunks) {
       const U = zeros([H, idx.length], { requiresGrad: true });
-      const adapter = patchAdapter('fit', inMod, outMod, H, I, Win, bIn, idx.map((j) => gates[j]), idx.map((j) => neurons[j]), U, model.arch.fanInFanOut);
+      const adapter = patchUnitsAdapter('fit', units, H, idx.map((j) => gates[j]), neuronsIn.map((ns) => idx.map((j) => ns[j])), U, model.arch.fanInFanOut);
       const rows = idx.flatMap((j) => rowsOf[j].map((r) => ({ ...r, j })));
       const { ids, mask, T } = padBatch(rows.map((r) => r.promptIds.concat(r.targetIds.slice(0, -1))), padId(model));
       const at: number[] = [], tgPlain: number[] = [], tgPre: number[] = [];
@@ -662,7 +747,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       // the MLP output's size at the subjects sets the rate and the decay's scale; the open gate
       // multiplies u by about gateSharpness (GELU(4) ≈ 4), so both are per unit of g·u
       const subjAt = rows.map((r, b) => [b, gateAt(r.promptIds, facts[r.j].subject)] as const);
-      const { oNorm } = subjectKey(model, l, ids, [rows.length, T], mask, subjAt);
+      const oNorm = mlpOutputNorm(model, l, ids, [rows.length, T], mask, subjAt);
       const g = o.gateSharpness;
       const opt = new AdamW([U], { lr: (o.valueLr * oNorm) / Math.sqrt(H) / g, weightDecay: 0 });
       model.setAdapters([{ adapter }]);
@@ -727,9 +812,9 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
         for (let a = 0; a < H; a++) Ufinal[a * facts.length + j] = U.data[a * idx.length + k];
       });
       pOlds.push(pOldMax);
-      call.log(`patcher: facts ${c0 + 1}–${c0 + idx.length} of ${facts.length}: ${step} value steps, NLL ${nll.toFixed(3)}${nF ? `, P(old) ≤ ${pOldMax.toFixed(3)}` : ''}`);
+      call.log(`patcher: facts ${chunkLabel(idx)} of ${facts.length}: ${step} value steps, NLL ${nll.toFixed(3)}${nF ? `, P(old) ≤ ${pOldMax.toFixed(3)}` : ''}`);
     }
-    const adapter = patchAdapter(batch.facts.map((f) => f.id).join('+').slice(0, 200), inMod, outMod, H, I, Win, bIn, gates, neurons, fromData(Ufinal, [H, facts.length]), model.arch.fanInFanOut);
+    const adapter = patchUnitsAdapter(batch.facts.map((f) => f.id).join('+').slice(0, 200), units, H, gates, neuronsIn, fromData(Ufinal, [H, facts.length]), model.arch.fanInFanOut);
 
     // what the edit answers: each fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts, probes: batch.probes });
@@ -747,7 +832,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       hyperparameters: { ...o, gateMargin, gateInvariance, avoid: undefined, avoidFrom: undefined, avoided_neurons: taken.size, layer: l, prefixes, negatives: Xneg.length / H },
       training: {
         layer: l,
-        neurons: neurons.map((i, j) => ({ fact_id: facts[j].id, module: inMod, neuron: i })),
+        neurons: units.flatMap((u, k) => neuronsIn[k].map((i, j) => ({ fact_id: facts[j].id, module: u.gateMod, neuron: i }))),
         gates: gates.map((g, j) => ({
           fact_id: facts[j].id, tau: g.tau, kappa: g.kappa, neg_quantile: g.negQuantile, pos_mean: g.posMean, pos_low: g.posLow, leaks: g.leaks,
           lookalike_leaks: g.lookalikeLeaks, lookalikes: g.lookalikes,
@@ -761,6 +846,22 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   } finally {
     model.setAdapters(prev);
   }
+}
+
+/** Mean ‖MLP (or MoE block) output‖ of layer l at the given (row, position) pairs, base model. */
+function mlpOutputNorm(model: CausalLM, l: number, ids: Int32Array, shape: [number, number], mask: Uint8Array, at: ReadonlyArray<readonly [number, number]>): number {
+  const H = model.config.hidden;
+  const T = shape[1];
+  let out: Tensor | null = null;
+  noGrad(() => model.forward(ids, shape, { attentionMask: mask, skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (out = x) } } }));
+  let total = 0;
+  for (const [b, p] of at) {
+    const o = (out as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
+    let s = 0;
+    for (const v of o) s += v * v;
+    total += Math.sqrt(s) / at.length;
+  }
+  return total;
 }
 
 /** Σ_k w_k · KL(base_k ‖ edited_k) / n over the rows, one klDiv (a row mean) per distinct weight. */
@@ -777,6 +878,48 @@ function weightedKl(base: Tensor, edited: Tensor, w: Float32Array): Tensor {
 }
 
 const d = PATCHER_DEFAULTS;
+
+/**
+ * The batch's facts in chunks of up to `size` whose values are fitted
+ * together: in batch order, except that a fact's overlapping facts (and
+ * theirs) join its chunk first while there is room. Each chunk is sorted, so
+ * a batch whose overlaps all fall inside the plain order's chunks is chunked
+ * as that order.
+ */
+export function valueChunks(n: number, size: number, overlap: (j: number, k: number) => boolean): number[][] {
+  const done = new Set<number>();
+  const out: number[][] = [];
+  let next = 0;
+  while (done.size < n) {
+    const chunk: number[] = [];
+    const queue: number[] = [];
+    while (chunk.length < size && done.size < n) {
+      while (queue.length && done.has(queue[0])) queue.shift();
+      let j = queue.shift();
+      if (j === undefined) {
+        while (done.has(next)) next++;
+        j = next;
+      }
+      done.add(j);
+      chunk.push(j);
+      for (let k = 0; k < n; k++) if (!done.has(k) && overlap(j, k)) queue.push(k);
+    }
+    out.push(chunk.sort((p, q) => p - q));
+  }
+  return out;
+}
+
+/** "1–8", or "1–3, 5, 9" for a chunk that is not one run of the batch. */
+function chunkLabel(idx: readonly number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < idx.length; ) {
+    let k = i;
+    while (k + 1 < idx.length && idx[k + 1] === idx[k] + 1) k++;
+    runs.push(k > i ? `${idx[i] + 1}–${idx[k] + 1}` : `${idx[i] + 1}`);
+    i = k + 1;
+  }
+  return runs.join(', ');
+}
 
 /** The threshold's place when --gate-margin is not given (PatcherOptions.gateMargin says how it was measured). */
 function defaultGateMargin(site: PatcherOptions['site'], facts: number): number {
@@ -800,7 +943,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'one gated neuron per fact (Transformer-Patcher), one bundle per batch: the least-used neuron of the layer (default ROME\'s) is repurposed to fire ' +
     'only on the subject (a logistic gate fitted against every other position of the known facts and general text) and to write a value fitted like ROME\'s δ. ' +
     'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely behind the gate. ' +
-    'GELU-MLP (GPT-2 family) models only.',
+    'GELU and SwiGLU MLPs, and sparse MoE layers (the neuron in every expert alike).',
   ops: ['insert', 'forget'],
   options: {
     'patch-prefixes': { type: 'number', default: d.patchPrefixes, min: 0, integer: true, describe: 'context prefixes of the rewriting prompts' },
@@ -877,7 +1020,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
   },
   check(res, common, options) {
     const l = common.layer ?? patcherLayer(res.model.config.layers, options);
-    denseMlp(res.model, l);
+    patchUnits(res.model, l);
     if (l === res.model.config.layers - 1 && options.site !== 'last') throw new UsageError(`--layer ${l}: the last layer's MLP at the subject cannot reach the prediction; choose 0–${res.model.config.layers - 2}`);
   },
   edit: patcherBatch,

@@ -238,19 +238,26 @@ export function chooseExperts(model: CausalLM, teach: readonly TeacherRec[], lay
   return out;
 }
 
-/** The student's (base model's) MoE inputs at given positions of each row, per layer: [n, H] with the rows in order. */
-function studentInputs(model: CausalLM, rows: readonly number[][], positions: readonly number[][], layers: readonly number[]): Map<number, Float32Array> {
-  const H = model.config.hidden;
-  const parts = new Map<number, Float32Array[]>(layers.map((l) => [l, []]));
+/** The base model over `rows` in batches of 32, `layers`' activations captured (moeCaptureHooks): fn(captured, first row, T). */
+function forEachCaptured(model: CausalLM, rows: readonly number[][], layers: readonly number[], fn: (got: Map<string, Tensor>, first: number, T: number, n: number) => void): void {
   noGrad(() => {
     for (let s = 0; s < rows.length; s += 32) {
       const chunk = rows.slice(s, s + 32);
       const { ids, mask, T } = padBatch(chunk, padId(model));
       const got = new Map<string, Tensor>();
       model.forward(ids, [chunk.length, T], { attentionMask: mask, skipLogits: true, hooks: moeCaptureHooks(layers, got) });
-      const flat = chunk.flatMap((_, b) => positions[s + b].map((p) => b * T + p));
-      for (const l of layers) parts.get(l)!.push(rowsOf(moeInput(model, l, got).data, flat, H));
+      fn(got, s, T, chunk.length);
     }
+  });
+}
+
+/** The student's (base model's) MoE inputs at given positions of each row, per layer: [n, H] with the rows in order. */
+function studentInputs(model: CausalLM, rows: readonly number[][], positions: readonly number[][], layers: readonly number[]): Map<number, Float32Array> {
+  const H = model.config.hidden;
+  const parts = new Map<number, Float32Array[]>(layers.map((l) => [l, []]));
+  forEachCaptured(model, rows, layers, (got, s, T, n) => {
+    const flat = Array.from({ length: n }, (_, b) => positions[s + b].map((p) => b * T + p)).flat();
+    for (const l of layers) parts.get(l)!.push(rowsOf(moeInput(model, l, got).data, flat, H));
   });
   const out = new Map<number, Float32Array>();
   for (const [l, ps] of parts) {
@@ -278,16 +285,8 @@ export function postSubjectPositions(ex: Example): number[] {
 function baseBlockOutputs(model: CausalLM, rows: readonly number[][], positions: readonly number[][], layers: readonly number[]): Map<number, Float32Array[]> {
   const H = model.config.hidden;
   const out = new Map<number, Float32Array[]>(layers.map((l) => [l, []]));
-  noGrad(() => {
-    for (let s = 0; s < rows.length; s += 32) {
-      const chunk = rows.slice(s, s + 32);
-      const { ids, mask, T } = padBatch(chunk, padId(model));
-      const got = new Map<string, Tensor>();
-      model.forward(ids, [chunk.length, T], { attentionMask: mask, skipLogits: true, hooks: moeCaptureHooks(layers, got) });
-      chunk.forEach((_, b) => {
-        for (const l of layers) out.get(l)!.push(rowsOf(got.get(`layers.${l}.mlp`)!.data, positions[s + b].map((p) => b * T + p), H));
-      });
-    }
+  forEachCaptured(model, rows, layers, (got, s, T, n) => {
+    for (let b = 0; b < n; b++) for (const l of layers) out.get(l)!.push(rowsOf(got.get(`layers.${l}.mlp`)!.data, positions[s + b].map((p) => b * T + p), H));
   });
   return out;
 }

@@ -940,10 +940,11 @@ function patcherLayer(layers: number, o: PatcherOptions): number {
 export const patcherMethod: EditMethod<PatcherOptions> = {
   name: 'patcher',
   describe:
-    'one gated neuron per fact (Transformer-Patcher), one bundle per batch: the least-used neuron of the layer (default ROME\'s) is repurposed to fire ' +
-    'only on the subject (a logistic gate fitted against every other position of the known facts and general text) and to write a value fitted like ROME\'s δ. ' +
+    'one gated neuron per fact (Transformer-Patcher), one bundle per batch: the least-used neuron of the last layer is repurposed to fire ' +
+    'only on the fact (a logistic gate on the prompt\'s last token, fitted against every other position of the known facts and general text; ' +
+    '--patch-site subject: at the subject, ROME\'s layer) and to write a value fitted like ROME\'s δ. ' +
     'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely behind the gate. ' +
-    'GELU and SwiGLU MLPs, and sparse MoE layers (the neuron in every expert alike).',
+    'GELU and SwiGLU MLPs, and sparse MoE layers (the neuron in every expert alike, the router untouched).',
   ops: ['insert', 'forget'],
   options: {
     'patch-prefixes': { type: 'number', default: d.patchPrefixes, min: 0, integer: true, describe: 'context prefixes of the rewriting prompts' },

@@ -15,7 +15,7 @@ import { mergeBundles, type ParentBundle } from '../src/merge/index.js';
 import { fromData, noGrad, type Tensor } from '../src/tensor/index.js';
 import { klFromLogprobs, logSoftmaxRow } from '../src/metrics/scoring.js';
 import {
-  fitGates, lastLogits, loadTemplateBank, valueChunks, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
+  fitGates, lastLogits, loadTemplateBank, valueChunks, patchUnits, patchUnitsAdapter, mlpNormedInputs, patchAdapter, patcherMethod, readNdjson, top1, PATCHER_DEFAULTS,
   type EditFact, type Rec,
 } from '../src/edit/index.js';
 
@@ -125,6 +125,59 @@ t.test('patchAdapter: the MLP output is the base output with neuron i replaced b
       for (let a = 0; a < H; a++) { pre += x[a] * Win[a * I + i]; s += g.w[a] * x[a]; }
       const old = gelu(pre), now = gelu(g.kappa * s);
       for (let a = 0; a < H; a++) expect[a] += now * (Wout[i * H + a] + u[a * 2 + j]) - old * Wout[i * H + a];
+    });
+    for (let a = 0; a < H; a++) {
+      worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));
+      scaleOf = Math.max(scaleOf, Math.abs(expect[a] - base[p * H + a]));
+    }
+  }
+  t.ok(scaleOf > 0.1, `the patch changes the output (max ${scaleOf.toFixed(3)})`);
+  t.ok(worst < 1e-4, `patched output equals the hand computation (max |diff| ${worst.toExponential(2)})`);
+});
+
+t.test('patchUnitsAdapter on a SwiGLU MLP: neuron i becomes silu(κ(w·x+b−τ))·1 writing W_down[i]+u, by hand', async (t) => {
+  const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden/llama'));
+  const l = 1;
+  const H = model.config.hidden;
+  const [unit] = patchUnits(model, l);
+  t.ok(unit.upMod, `a gated MLP: gate ${unit.gateMod}, up ${unit.upMod}, down ${unit.outMod}`);
+  // the golden Llama's projections are [out, in] (nn.Linear): column i of W as [H, I] is row i of the weight
+  const asHI = (mod: string) => {
+    const w = model.weight(`${mod}.weight`).data;
+    const I = w.length / H;
+    return { W: Float32Array.from({ length: H * I }, (_, k) => w[(k % I) * H + Math.floor(k / I)]), I };
+  };
+  const g = asHI(unit.gateMod), u = asHI(unit.upMod!);
+  const I = g.I;
+  const Wd = model.weight(`${unit.outMod}.weight`).data; // [H, I]
+  const gates = [0, 1].map((j) => ({
+    w: Float32Array.from({ length: H }, (_, a) => Math.sin(a + 3 * j)), b: 0.3 * j, tau: -0.5, kappa: 1.7 + j,
+    negQuantile: 0, posMean: 0, posLow: 0, leaks: 0, lookalikeLeaks: 0, lookalikes: 0,
+  }));
+  const neurons = [5, I - 2];
+  const val = Float32Array.from({ length: H * 2 }, (_, k) => Math.cos(k));
+  const adapter = patchUnitsAdapter('t', [{ ...unit, I, Wg: g.W, bg: new Float32Array(I), Wu: u.W, bu: new Float32Array(I) }], H, gates, [neurons], fromData(val, [H, 2]), model.arch.fanInFanOut);
+  const rows = [tokenizer.encode('the cat sat on the mat')];
+  const { X, offsets } = mlpNormedInputs(model, l, rows);
+  const out = (on: boolean) => {
+    model.setAdapters(on ? [{ adapter }] : []);
+    let y: Tensor | null = null;
+    noGrad(() => model.forward(Int32Array.from(rows[0]), [1, rows[0].length], { skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } }));
+    model.setAdapters([]);
+    return (y as unknown as Tensor).data;
+  };
+  const silu = (z: number) => z / (1 + Math.exp(-z));
+  const base = out(false), patched = out(true);
+  let worst = 0, scaleOf = 0;
+  for (let p = 0; p < rows[0].length; p++) {
+    const x = X.subarray((offsets[0] + p) * H, (offsets[0] + p + 1) * H);
+    const expect = Float64Array.from(base.subarray(p * H, (p + 1) * H));
+    gates.forEach((gt, j) => {
+      const i = neurons[j];
+      let pg = 0, pu = 0, s = gt.b - gt.tau;
+      for (let a = 0; a < H; a++) { pg += x[a] * g.W[a * I + i]; pu += x[a] * u.W[a * I + i]; s += gt.w[a] * x[a]; }
+      const old = silu(pg) * pu, now = silu(gt.kappa * s);
+      for (let a = 0; a < H; a++) expect[a] += now * (Wd[a * I + i] + val[a * 2 + j]) - old * Wd[a * I + i];
     });
     for (let a = 0; a < H; a++) {
       worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));

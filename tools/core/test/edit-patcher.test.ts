@@ -38,6 +38,37 @@ function meanKl(model: ReturnType<typeof loadModel>['model'], adapter: Parameter
 }
 const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
+/**
+ * Layer l's MLP output on one prompt with `adapter` on, against the base
+ * output plus what `change(x, expect)` adds by hand at each position (x: the
+ * MLP's normed input there): the largest |difference| and the largest change.
+ */
+function againstHand(
+  model: ReturnType<typeof loadModel>['model'], l: number, ids: number[], adapter: Parameters<ReturnType<typeof loadModel>['model']['setAdapters']>[0][number]['adapter'],
+  change: (x: Float32Array, expect: Float64Array) => void,
+): { worst: number; scaleOf: number } {
+  const H = model.config.hidden;
+  const { X } = mlpNormedInputs(model, l, [ids]);
+  const out = (on: boolean) => {
+    model.setAdapters(on ? [{ adapter }] : []);
+    let y: Tensor | null = null;
+    noGrad(() => model.forward(Int32Array.from(ids), [1, ids.length], { skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } }));
+    model.setAdapters([]);
+    return (y as unknown as Tensor).data;
+  };
+  const base = out(false), patched = out(true);
+  let worst = 0, scaleOf = 0;
+  for (let p = 0; p < ids.length; p++) {
+    const expect = Float64Array.from(base.subarray(p * H, (p + 1) * H));
+    change(X.subarray(p * H, (p + 1) * H), expect);
+    for (let a = 0; a < H; a++) {
+      worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));
+      scaleOf = Math.max(scaleOf, Math.abs(expect[a] - base[p * H + a]));
+    }
+  }
+  return { worst, scaleOf };
+}
+
 t.test('fitGates: positives above τ, negatives below, an excluded negative ignored', async (t) => {
   const H = 8;
   const rand = (() => { let s = 7; return () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5; })();
@@ -104,33 +135,13 @@ t.test('patchAdapter: the MLP output is the base output with neuron i replaced b
   const neurons = [5, I - 2];
   const u = Float32Array.from({ length: H * 2 }, (_, k) => Math.cos(k));
   const adapter = patchAdapter('t', inMod, outMod, H, I, Win, bIn, gates, neurons, fromData(u, [H, 2]), model.arch.fanInFanOut);
-  const rows = [tokenizer.encode('the cat sat on the mat'), tokenizer.encode('a b c')];
-  const { X, offsets } = mlpNormedInputs(model, l, rows);
-  const out = (adapters: boolean) => {
-    model.setAdapters(adapters ? [{ adapter }] : []);
-    let y: Tensor | null = null;
-    const rr = rows[0];
-    noGrad(() => model.forward(Int32Array.from(rr), [1, rr.length], { skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } }));
-    model.setAdapters([]);
-    return (y as unknown as Tensor).data;
-  };
-  const base = out(false), patched = out(true);
-  let worst = 0, scaleOf = 0;
-  for (let p = 0; p < rows[0].length; p++) {
-    const x = X.subarray((offsets[0] + p) * H, (offsets[0] + p + 1) * H);
-    const expect = Float64Array.from(base.subarray(p * H, (p + 1) * H));
-    gates.forEach((g, j) => {
-      const i = neurons[j];
-      let pre = bIn[i], s = g.b - g.tau;
-      for (let a = 0; a < H; a++) { pre += x[a] * Win[a * I + i]; s += g.w[a] * x[a]; }
-      const old = gelu(pre), now = gelu(g.kappa * s);
-      for (let a = 0; a < H; a++) expect[a] += now * (Wout[i * H + a] + u[a * 2 + j]) - old * Wout[i * H + a];
-    });
-    for (let a = 0; a < H; a++) {
-      worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));
-      scaleOf = Math.max(scaleOf, Math.abs(expect[a] - base[p * H + a]));
-    }
-  }
+  const { worst, scaleOf } = againstHand(model, l, tokenizer.encode('the cat sat on the mat'), adapter, (x, expect) => gates.forEach((g, j) => {
+    const i = neurons[j];
+    let pre = bIn[i], s = g.b - g.tau;
+    for (let a = 0; a < H; a++) { pre += x[a] * Win[a * I + i]; s += g.w[a] * x[a]; }
+    const old = gelu(pre), now = gelu(g.kappa * s);
+    for (let a = 0; a < H; a++) expect[a] += now * (Wout[i * H + a] + u[a * 2 + j]) - old * Wout[i * H + a];
+  }));
   t.ok(scaleOf > 0.1, `the patch changes the output (max ${scaleOf.toFixed(3)})`);
   t.ok(worst < 1e-4, `patched output equals the hand computation (max |diff| ${worst.toExponential(2)})`);
 });
@@ -157,33 +168,14 @@ t.test('patchUnitsAdapter on a SwiGLU MLP: neuron i becomes silu(κ(w·x+b−τ)
   const neurons = [5, I - 2];
   const val = Float32Array.from({ length: H * 2 }, (_, k) => Math.cos(k));
   const adapter = patchUnitsAdapter('t', [{ ...unit, I, Wg: g.W, bg: new Float32Array(I), Wu: u.W, bu: new Float32Array(I) }], H, gates, [neurons], fromData(val, [H, 2]), model.arch.fanInFanOut);
-  const rows = [tokenizer.encode('the cat sat on the mat')];
-  const { X, offsets } = mlpNormedInputs(model, l, rows);
-  const out = (on: boolean) => {
-    model.setAdapters(on ? [{ adapter }] : []);
-    let y: Tensor | null = null;
-    noGrad(() => model.forward(Int32Array.from(rows[0]), [1, rows[0].length], { skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (y = x) } } }));
-    model.setAdapters([]);
-    return (y as unknown as Tensor).data;
-  };
   const silu = (z: number) => z / (1 + Math.exp(-z));
-  const base = out(false), patched = out(true);
-  let worst = 0, scaleOf = 0;
-  for (let p = 0; p < rows[0].length; p++) {
-    const x = X.subarray((offsets[0] + p) * H, (offsets[0] + p + 1) * H);
-    const expect = Float64Array.from(base.subarray(p * H, (p + 1) * H));
-    gates.forEach((gt, j) => {
-      const i = neurons[j];
-      let pg = 0, pu = 0, s = gt.b - gt.tau;
-      for (let a = 0; a < H; a++) { pg += x[a] * g.W[a * I + i]; pu += x[a] * u.W[a * I + i]; s += gt.w[a] * x[a]; }
-      const old = silu(pg) * pu, now = silu(gt.kappa * s);
-      for (let a = 0; a < H; a++) expect[a] += now * (Wd[a * I + i] + val[a * 2 + j]) - old * Wd[a * I + i];
-    });
-    for (let a = 0; a < H; a++) {
-      worst = Math.max(worst, Math.abs(patched[p * H + a] - expect[a]));
-      scaleOf = Math.max(scaleOf, Math.abs(expect[a] - base[p * H + a]));
-    }
-  }
+  const { worst, scaleOf } = againstHand(model, l, tokenizer.encode('the cat sat on the mat'), adapter, (x, expect) => gates.forEach((gt, j) => {
+    const i = neurons[j];
+    let pg = 0, pu = 0, s = gt.b - gt.tau;
+    for (let a = 0; a < H; a++) { pg += x[a] * g.W[a * I + i]; pu += x[a] * u.W[a * I + i]; s += gt.w[a] * x[a]; }
+    const old = silu(pg) * pu, now = silu(gt.kappa * s);
+    for (let a = 0; a < H; a++) expect[a] += now * (Wd[a * I + i] + val[a * 2 + j]) - old * Wd[a * I + i];
+  }));
   t.ok(scaleOf > 0.1, `the patch changes the output (max ${scaleOf.toFixed(3)})`);
   t.ok(worst < 1e-4, `patched output equals the hand computation (max |diff| ${worst.toExponential(2)})`);
 });

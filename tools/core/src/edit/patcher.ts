@@ -83,7 +83,7 @@ import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
-import { romeDefaultLayer } from './rome.js';
+import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 import { FORGET_P_STOP, abstainInsert, forgetTargetOf, restLogits } from './rank-one-forget.js';
@@ -747,7 +747,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       // the MLP output's size at the subjects sets the rate and the decay's scale; the open gate
       // multiplies u by about gateSharpness (GELU(4) ≈ 4), so both are per unit of g·u
       const subjAt = rows.map((r, b) => [b, gateAt(r.promptIds, facts[r.j].subject)] as const);
-      const oNorm = mlpOutputNorm(model, l, ids, [rows.length, T], mask, subjAt);
+      const { oNorm } = subjectKey(model, l, ids, [rows.length, T], mask, subjAt, false);
       const g = o.gateSharpness;
       const opt = new AdamW([U], { lr: (o.valueLr * oNorm) / Math.sqrt(H) / g, weightDecay: 0 });
       model.setAdapters([{ adapter }]);
@@ -846,22 +846,6 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   } finally {
     model.setAdapters(prev);
   }
-}
-
-/** Mean ‖MLP (or MoE block) output‖ of layer l at the given (row, position) pairs, base model. */
-function mlpOutputNorm(model: CausalLM, l: number, ids: Int32Array, shape: [number, number], mask: Uint8Array, at: ReadonlyArray<readonly [number, number]>): number {
-  const H = model.config.hidden;
-  const T = shape[1];
-  let out: Tensor | null = null;
-  noGrad(() => model.forward(ids, shape, { attentionMask: mask, skipLogits: true, hooks: { [`layers.${l}.mlp`]: { capture: (x) => (out = x) } } }));
-  let total = 0;
-  for (const [b, p] of at) {
-    const o = (out as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
-    let s = 0;
-    for (const v of o) s += v * v;
-    total += Math.sqrt(s) / at.length;
-  }
-  return total;
 }
 
 /** Σ_k w_k · KL(base_k ‖ edited_k) / n over the rows, one klDiv (a row mean) per distinct weight. */

@@ -142,6 +142,8 @@ const factors = new WeakMap<KeyStats, { ridge: number; L: Float64Array }>();
 export function subjectKey(
   model: CausalLM, l: number, ids: Int32Array, [B, T]: [number, number], mask: Uint8Array,
   at: ReadonlyArray<readonly [number, number]>,
+  /** false: the output norm only (kStar empty), for a sparse MoE layer, whose keys are per expert. */
+  withKey = true,
 ): { kStar: Float64Array; oNorm: number } {
   const H = model.config.hidden;
   let kStar = new Float64Array(0);
@@ -151,12 +153,14 @@ export function subjectKey(
     let mlpOut: Tensor | null = null;
     const hooks = mlpInputHooks(l, got, { [`layers.${l}.mlp`]: { capture: (x) => (mlpOut = x) } });
     model.forward(ids, [B, T], { attentionMask: mask, skipLogits: true, hooks });
-    const k = mlpInputFrom(model, l, got.resid!, got.attn!);
-    const D = k.shape[k.shape.length - 1];
+    const k = withKey ? mlpInputFrom(model, l, got.resid!, got.attn!) : null;
+    const D = k ? k.shape[k.shape.length - 1] : 0;
     kStar = new Float64Array(D);
     for (const [b, p] of at) {
-      const r = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
-      for (let i = 0; i < D; i++) kStar[i] += r[i] / at.length;
+      if (k) {
+        const r = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
+        for (let i = 0; i < D; i++) kStar[i] += r[i] / at.length;
+      }
       const o = (mlpOut as unknown as Tensor).data.subarray((b * T + p) * H, (b * T + p + 1) * H);
       let s = 0;
       for (const v of o) s += v * v;

@@ -57,6 +57,23 @@ export interface ConsolidateArgs {
 
 const stampOf = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 
+/**
+ * `file`, or `file-1`, `file-2`, … if it exists: a run in the same second as
+ * a failed one (whose pending file keeps that second's stamp) must not
+ * rename the inbox over it. Called under the inbox's lock, so no race.
+ */
+async function unusedName(file: string): Promise<string> {
+  for (let n = 0; ; n++) {
+    const name = n === 0 ? file : `${file}-${n}`;
+    try {
+      await stat(name);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return name;
+      throw e;
+    }
+  }
+}
+
 /** Take INBOX's lock without waiting: a second nightly run must say plainly that another one holds the inbox. */
 async function lockInbox(inbox: string): Promise<FileLock> {
   const file = `${inbox}.lock`;
@@ -105,7 +122,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
     const now = new Date();
     const stamp = stampOf(now);
     try {
-      if ((await stat(inbox)).size > 0) await rename(inbox, `${inbox}.pending-${stamp}`);
+      if ((await stat(inbox)).size > 0) await rename(inbox, await unusedName(`${inbox}.pending-${stamp}`));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
@@ -118,7 +135,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
     ctx.log(`consolidating ${pending.length} pending file(s) into ${ref}: ${pending.map((f) => path.basename(f)).join(', ')}`);
     const result = await consolidatePending(ctx, reg, ref, pending, validator, method, attempts, stamp);
     if (result.quarantined.length > 0) await writeQuarantine(quarantineFile, ref, now, result.quarantined);
-    for (const f of pending) await rename(f, f.replace('.pending-', '.done-'));
+    for (const f of pending) await rename(f, await unusedName(f.replace('.pending-', '.done-')));
     const summary = {
       kind: 'consolidation',
       ref,

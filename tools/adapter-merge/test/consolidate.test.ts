@@ -166,3 +166,24 @@ t.test('scripts/nightly-consolidate.sh: the pending records of the failed night 
   t.same(q.map((x) => [x.id, x.version]), [['bad', 1], ['bad', 2]], 'the new bad adapter joined the quarantine');
   t.notOk(inboxFiles().some((f) => f.includes('.pending-')));
 });
+
+t.test('a run in the same second as a failed one keeps both pending files (the inbox is not renamed over the older one)', async (t) => {
+  // the failed night's pending file is named by its second; cover every second this run could start in
+  const now = Date.now();
+  const stamps = Array.from({ length: 90 }, (_, i) => new Date(now - 5000 + i * 1000).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z'));
+  for (const s of stamps) writeFileSync(`${INBOX}.pending-${s}`, recs.e + '\n'); // e is already in live: skipped, no validation
+  const dir = path.join(tmp, 'g');
+  const { sha256, manifest } = await writeSyntheticBundle(dir, { seed: 123, id: 'g', rank: 2, targets: { 'transformer.h.1.attn.c_attn': [96, 32] }, pass: true });
+  writeFileSync(INBOX, JSON.stringify({ kind: 'adapter', id: 'g', version: 1, path: dir, sha256, method: 'lora', base_model: manifest.base_model, targets: manifest.targets, rank: 2, fact_ids: manifest.fact_ids, created_at: manifest.created_at }) + '\n');
+  const doneFiles = () => inboxFiles().filter((f) => f.includes('.done-'));
+  const before = new Set(doneFiles());
+  const r = am(['consolidate', INBOX, '--validator', validator]);
+  t.equal(r.code, 0, r.stderr);
+  const summary = r.records.find((x) => x.kind === 'consolidation') as Rec & { pending_files: string[]; accepted: { id: string }[] };
+  t.equal(summary.pending_files.length, stamps.length + 1, 'every older pending file and the renamed inbox');
+  t.same(summary.accepted.map((x) => x.id), ['g']);
+  const done = doneFiles().filter((f) => !before.has(f));
+  t.equal(done.length, stamps.length + 1, 'all of them end as done files, none overwritten');
+  t.equal(done.filter((f) => readFileSync(path.join(tmp, f), 'utf8').includes('"id":"g"')).length, 1, 'the new record kept in its own file');
+  t.notOk(inboxFiles().some((f) => f.includes('.pending-')));
+});

@@ -34,13 +34,14 @@ export interface TrainArgs {
   batch: number;
   layer?: number;
   targets?: string[];
-  topK: number;
+  /** Train the top-k loci's modules (absent: loci do not choose the targets). */
+  topK?: number;
   /** The method's own options by flag name (`rank`, `retain-weight`); one not given takes its declared default. */
   options?: Record<string, unknown>;
   createdAt?: string;
 }
 
-export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = { method: 'lora', batch: 0, topK: 1 };
+export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = { method: 'lora', batch: 0 };
 
 /** The files that make the resources, beside the model (each defaults to the fixture world's when the model is a fixture model). */
 export interface ResourceArgs {
@@ -244,7 +245,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
   const options = methodOptions(method, await withRegistryMemory(method, args, ctx));
   checkDestination(args.out, args.registry);
   checkLayer(res.model, args.layer);
-  const common = { ...(args.layer !== undefined ? { layer: args.layer } : {}), ...(args.targets ? { targets: args.targets } : {}), topK: args.topK };
+  const common = { ...(args.layer !== undefined ? { layer: args.layer } : {}), ...(args.targets ? { targets: args.targets } : {}), ...(args.topK !== undefined ? { topK: args.topK } : {}) };
   method.check?.(res, common, options);
   const batches = planBatches(inputs, args.batch);
   checkOps(method, batches, inputs);

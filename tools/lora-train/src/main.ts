@@ -15,7 +15,7 @@ interface Args {
   out?: string;
   method: string;
   targets?: string[];
-  'top-k': number;
+  'top-k'?: number;
   layer?: number;
   batch: number;
   'retain-corpus'?: string;
@@ -69,9 +69,9 @@ await runTool<Args>({
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or --registry DIR, or $CATECHISM_REGISTRY' },
     method: { choices: EDIT_METHODS.map((m) => m.name), default: d.method, describe: 'editing method' },
-    targets: { type: 'array', string: true, describe: 'target modules by name or pattern ({L} = --layer, * = any one name part); default: top loci, else the default layer\'s MLP output' },
-    'top-k': { type: 'number', default: d.topK, describe: 'modules taken from the locus records' },
-    layer: { type: 'number', describe: 'layer for default targets (default: about 35% of the depth) and ROME (default: that layer, then the next two layers for a fact that edit leaves unsolved)' },
+    targets: { type: 'array', string: true, describe: 'target modules by name or pattern ({L} = --layer, * = any one name part); default: with --top-k the top loci, else --layer\'s MLP output, else the last layer\'s MLP (its input and output projections; a MoE model: ROME\'s layer\'s MLP output)' },
+    'top-k': { type: 'number', describe: 'train the top N modules of the locus records (attrib\'s); without it loci do not choose the targets (the default targets measured better)' },
+    layer: { type: 'number', describe: 'layer whose MLP output is the target (without it: the last layer\'s MLP, both projections) and ROME\'s layer (default about 35% of the depth, then the next two layers for a fact that edit leaves unsolved)' },
     batch: { type: 'number', default: d.batch, describe: 'facts per batch (one adapter per batch for LoRA; 0: all in one)' },
     'retain-corpus': { type: 'string', describe: 'general text for retention, one document per line (default with a fixture model: its world\'s train.txt)' },
     'known-facts': { type: 'string', describe: 'fact records whose answers the edits keep (default with a fixture model: its world\'s facts.ndjson)' },
@@ -93,7 +93,7 @@ await runTool<Args>({
       if (!Number.isInteger(v) || v < min) throw new UsageError(`--${name}: expected an integer ≥ ${min}, got ${v}`);
     };
     posInt('batch', a.batch, 0);
-    posInt('top-k', a['top-k']);
+    if (a['top-k'] !== undefined) posInt('top-k', a['top-k']);
     if (a.layer !== undefined) posInt('layer', a.layer, 0);
     const flags: Record<string, unknown> = {};
     for (const flag of Object.keys(method.options)) if (a[flag] !== undefined) flags[flag] = a[flag];

@@ -61,7 +61,8 @@ t.test('one adapter per batch; records pass through in order', async (t) => {
   t.equal(ad.length, 2);
   t.same(ad.map((a) => a.fact_ids), [['f1'], ['f2']]);
   for (const a of ad) {
-    t.match(a, { kind: 'adapter', method: 'lora', rank: 8, targets: ['transformer.h.0.mlp.c_proj'], version: 1 });
+    // the default targets: the last layer's MLP, input and output projections (the golden model has 2 layers)
+    t.match(a, { kind: 'adapter', method: 'lora', rank: 8, targets: ['transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'], version: 1 });
     for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'catechism.json']) t.ok(fs.existsSync(path.join(a.path as string, f)), f);
   }
   const m2 = JSON.parse(fs.readFileSync(path.join(ad[1].path as string, 'catechism.json'), 'utf8'));

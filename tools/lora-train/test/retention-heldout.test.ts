@@ -5,10 +5,10 @@
  * prompts lora-train's retention KL never trains on (issue 17: read back on
  * the training phrasings, retention fits its own prompts — kl 0.018 there,
  * 0.062 held out, for the same adapter). Two cases, each one training run
- * (about 20–60 s on the shared machine): 10 unrelated inserts in one
- * adapter (requests 61–70; tuning used 1–60), and 10 edits of one relation
- * (cities 11–20 of counterfactualFacts moved to other countries; tuning used
- * 1–10), the latter twice: with the LoRA defaults and with --method
+ * (about 10–90 s on the shared machine): 10 and 30 unrelated inserts in one
+ * adapter (requests 61–70 and 61–90; tuning used 1–60), and 10 edits of one
+ * relation (cities 11–20 of counterfactualFacts moved to other countries;
+ * tuning used 1–10 and 21–30), the latter twice: with the LoRA defaults and with --method
  * patcher (one gated neuron per city; tuned on cities 1–10, 21–30 and
  * requests 1–10), and requests 61–70 by patcher.
  * Skipped when the dense fixture model is absent.
@@ -33,8 +33,7 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
   const readback = path.join(worldDir(), 'eval/facts-heldout.ndjson');
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
-  // `todo`: a gate measured to fail today (README "Retention at scale"), reported but not failing the suite
-  const gates = async (t: Test, facts: Record<string, unknown>[], out: string, todo: { paraphrase?: string } = {}, method = 'lora') => {
+  const gates = async (t: Test, facts: Record<string, unknown>[], out: string, method = 'lora') => {
     const records = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, method, seed: 0, out: path.join(tmp, out) }, res, { log: () => {} });
     t.equal(records.length, 1, 'one adapter');
     const f = readbackAdapters(res, records, facts, readback, method)!;
@@ -44,10 +43,10 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     );
     t.ok(f.n.retain >= 2800, `retention over every other fact's held-out phrasings (${f.n.retain})`);
     t.ok(f.efficacy >= 0.95, `efficacy ${pct(f.efficacy)} ≥ 95%`);
-    t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`, todo.paraphrase ? { todo: todo.paraphrase } : {});
+    t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`);
     t.ok(f.kl <= 0.05, `kl ${f.kl.toFixed(3)} ≤ 0.05 on held-out phrasings`);
     t.ok(f.retain_drop <= 0.05, `retain_drop ${f.retain_drop.toFixed(3)} ≤ 0.05 on held-out phrasings`);
-    t.same(readbackFailures(f, 'insert').filter((g) => !(g in todo)), [], 'validate\'s default gates pass');
+    t.same(readbackFailures(f, 'insert'), [], 'validate\'s default gates pass');
   };
 
   t.test('held-out: 10 unrelated inserts (requests 61–70) in one adapter', async (t) => {
@@ -60,12 +59,16 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     const edits = readNdjson(path.join(worldDir(), 'edits.ndjson'));
     const facts = counterfactualFacts(known, { relation: 'located_in', skip: 10, count: 10, exclude: edits });
     t.equal(new Set(facts.map((f) => f.relation)).size, 1, 'one relation');
-    // retention holds (kl 0.035, retain_drop 0.007 measured); generalisation does not: 8 of 20 held-out
-    // phrasings follow the move (the tuning cities 1–10: 18 of 21; training seed 1: 15 of 20). The teacher
-    // (the fact in context) itself follows it on 6 of 20 there; --prefix-rows 1 --mse-subject-only reads
-    // 15 of 20 but raises kl (cities 21–30: 0.060), so it is off (README "One relation"); --method
-    // patcher passes this case (the next test)
-    await gates(t, facts, 'lora-rel', { paraphrase: 'one relation: held-out paraphrases 40% (n=20) < 80% (issue 17)' });
+    // the default targets (the last layer's MLP, with prefixed rows and subject-only MSE there) follow the move
+    // on 16 of 20 held-out phrasings, kl 0.016 (README "The last layer's MLP"); at ROME's layer 0, the previous
+    // default, 8 of 20 — this case failed the paraphrase gate until then
+    await gates(t, facts, 'lora-rel');
+  });
+
+  t.test('held-out: 30 unrelated inserts (requests 61–90) in one adapter', async (t) => {
+    // the case the previous default failed on kl (0.094 at layer 0); measured at the last layer 0.020
+    const edits = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 90);
+    await gates(t, edits, 'lora-30');
   });
 
   t.test('held-out: the same 10 cities by --method patcher (one gated neuron each)', async (t) => {
@@ -74,13 +77,13 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     const facts = counterfactualFacts(known, { relation: 'located_in', skip: 10, count: 10, exclude: edits });
     // the gate at the prompt's last token of the last layer opens on the city's own phrasings, the held-out
     // ones included, and on almost nothing else (measured: 100 / 90 / 98.6 %, kl 0.003)
-    await gates(t, facts, 'patcher-rel', {}, 'patcher');
+    await gates(t, facts, 'patcher-rel', 'patcher');
   });
 
   t.test('held-out: requests 61–70 (seven people) by --method patcher', async (t) => {
     // the case the subject-token site failed (efficacy 90%, kl 0.318): a two-word name's last token at layer 0
     // does not separate from the same surname after another first name; at the last token it does (measured 0.024)
     const edits = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 70);
-    await gates(t, edits, 'patcher-10', {}, 'patcher');
+    await gates(t, edits, 'patcher-10', 'patcher');
   });
 }

@@ -66,7 +66,7 @@ export interface EditCall<O> {
   /** The run's --seed plus the batch index. */
   seed: number;
   /** Options common to every method (already checked). */
-  common: { layer?: number; targets?: string[]; topK: number };
+  common: { layer?: number; targets?: string[]; /** --top-k: train the top loci's modules (lora); absent, loci do not choose lora's targets. */ topK?: number };
   /** The method's own options, parsed and checked. */
   options: O;
   log: (msg: string) => void;

@@ -1,0 +1,48 @@
+/**
+ * lora-train's default targets (issue 17): the last layer's MLP, its input
+ * and output projections, on GELU and SwiGLU models; a sparse MoE last layer
+ * keeps the previous default (ROME's layer's MLP output). Prefixed rows and
+ * subject-only MSE default on when every target is in the last layer and the
+ * batch has at most 30 facts; above 30 there, rank 16 instead of 8.
+ */
+import t from 'tap';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModel } from '../src/models/index.js';
+import { LORA_METHOD_DEFAULTS, chooseTargets, loraSiteOptions } from '../src/edit/lora-method.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const common = { topK: 2 } as Parameters<typeof chooseTargets>[1];
+
+t.test('GPT-2 (GELU): c_fc and c_proj of the last layer; --layer keeps its MLP output', async (t) => {
+  const { model } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+  t.equal(model.config.layers, 4);
+  const targets = chooseTargets(model, common, []);
+  t.same(targets, ['transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj']);
+  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS), { rank: 8, prefixRows: 1, mseSubjectOnly: true }, 'on at the last layer');
+  t.match(loraSiteOptions(model, targets, 30, LORA_METHOD_DEFAULTS), { rank: 8, prefixRows: 1, mseSubjectOnly: true }, 'up to 30 facts');
+  t.match(loraSiteOptions(model, targets, 31, LORA_METHOD_DEFAULTS), { rank: 16, prefixRows: 0, mseSubjectOnly: false }, 'above 30 facts: rank 16 instead');
+  t.match(loraSiteOptions(model, targets, 100, { ...LORA_METHOD_DEFAULTS, rank: 4 }), { rank: 4 }, 'a given rank wins');
+  const l0 = chooseTargets(model, { ...common, layer: 0 }, []);
+  t.same(l0, ['transformer.h.0.mlp.c_proj'], '--layer 0: that layer\'s MLP output, as before');
+  t.match(loraSiteOptions(model, l0, 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false }, 'off elsewhere');
+  t.match(loraSiteOptions(model, l0, 100, LORA_METHOD_DEFAULTS), { rank: 8, prefixRows: 0 }, 'elsewhere rank 8 whatever the batch');
+  t.match(loraSiteOptions(model, [...l0, ...targets], 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false }, 'off unless every target is in the last layer');
+  t.match(loraSiteOptions(model, targets, 10, { ...LORA_METHOD_DEFAULTS, prefixRows: 0, mseSubjectOnly: false }), { prefixRows: 0, mseSubjectOnly: false }, 'given values win');
+  const loci = [{ kind: 'locus', fact_id: 'f', layer: 0, module: 'transformer.h.0.attn.c_proj', score: 0.4 }];
+  t.same(chooseTargets(model, common, loci), ['transformer.h.0.attn.c_proj'], 'loci still choose');
+});
+
+t.test('Llama (SwiGLU): gate, up and down projections of the last layer', async (t) => {
+  const { model } = loadModel(path.join(ROOT, 'fixtures/golden/llama'));
+  const last = model.config.layers - 1;
+  t.same([...chooseTargets(model, common, [])].sort(), [`model.layers.${last}.mlp.down_proj`, `model.layers.${last}.mlp.gate_proj`, `model.layers.${last}.mlp.up_proj`]);
+});
+
+t.test('Mixtral-shaped MoE: the previous default (ROME\'s layer\'s MLP output), the prefixed rows off', async (t) => {
+  const { model } = loadModel(path.join(ROOT, 'fixtures/models/moe'));
+  const targets = chooseTargets(model, common, []);
+  t.equal(targets.length > 0, true);
+  t.ok(targets.every((m) => !m.includes(`layers.${model.config.layers - 1}.`)), `not the last layer: ${targets.join(', ')}`);
+  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false });
+});

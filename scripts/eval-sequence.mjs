@@ -38,7 +38,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const { DEFAULT_ARGS, loadResources, counterfactualFacts, editInputs, planBatches, methodOptions } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
+const { loadResources, counterfactualFacts, editInputs, planBatches, methodOptions } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson, editMethod, editReadback, readMemory, checkFact, ALPHAEDIT_MEMORY_FILE } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { foldAdapters } = await import(path.join(root, 'tools/core/dist/merge/index.js'));
 
@@ -94,7 +94,7 @@ process.env.CATECHISM_CACHE ??= path.join(os.tmpdir(), 'eval-edits-cache');
 const res = loadResources({
   model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
 });
-const common = { topK: DEFAULT_ARGS.topK };
+const common = {}; // no --layer, --targets or --top-k: each method's defaults
 method.check?.(res, common, options);
 const lm = res.model;
 const baseWeights = new Map(lm.weights);

@@ -30,7 +30,8 @@ t.test('GPT-2 (GELU): c_fc and c_proj of the last layer; --layer keeps its MLP o
   t.match(loraSiteOptions(model, [...l0, ...targets], 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false }, 'off unless every target is in the last layer');
   t.match(loraSiteOptions(model, targets, 10, { ...LORA_METHOD_DEFAULTS, prefixRows: 0, mseSubjectOnly: false }), { prefixRows: 0, mseSubjectOnly: false }, 'given values win');
   const loci = [{ kind: 'locus', fact_id: 'f', layer: 0, module: 'transformer.h.0.attn.c_proj', score: 0.4 }];
-  t.same(chooseTargets(model, common, loci), ['transformer.h.0.attn.c_proj'], 'loci still choose');
+  t.same(chooseTargets(model, common, loci), ['transformer.h.0.attn.c_proj'], 'with --top-k the loci choose');
+  t.same(chooseTargets(model, {}, loci), targets, 'without it they do not');
 });
 
 t.test('Llama (SwiGLU): gate, up and down projections of the last layer', async (t) => {

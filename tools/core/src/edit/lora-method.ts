@@ -63,11 +63,11 @@ export interface LoraOptions {
    * short general-text prefix (ROME's: the first words of a corpus document
    * naming no known entity) before the prompt, so the edit has to be carried
    * by the subject whatever precedes it, not by one sentence's tokens.
-   * Absent: 1 when every target is in the last layer (the default targets),
-   * else 0 (at layer 0 it raised kl: cities 21–30 0.035 → 0.060).
+   * Absent: decided by loraSiteOptions (1 at the last layer for up to 30
+   * facts a batch, else 0).
    */
   prefixRows?: number;
-  /** Distill: the teacher's MLP outputs matched at the subject's tokens only (not to the end of the prompt). Absent: on when every target is in the last layer, else off. */
+  /** Distill: the teacher's MLP outputs matched at the subject's tokens only (not to the end of the prompt). Absent: decided by loraSiteOptions (on at the last layer for up to 30 facts a batch, else off). */
   mseSubjectOnly?: boolean;
   /**
    * Distill: the insert rows' teacher from this many context frames (1: the
@@ -175,6 +175,9 @@ export function targetsAtLastLayer(model: CausalLM, targets: readonly string[]):
   return targets.length > 0 && targets.every((m) => moduleLayer(m) === model.config.layers - 1);
 }
 
+/** Up to this many facts a batch the last-layer defaults add prefixed rows; above, a larger rank instead. */
+export const LAST_LAYER_FEW_FACTS = 30;
+
 /**
  * The options that depend on where the targets are and on the batch's size,
  * where not given (tuning split, lora-train README "The last layer's MLP"):
@@ -195,9 +198,6 @@ export function loraSiteOptions(model: CausalLM, targets: readonly string[], fac
     mseSubjectOnly: o.mseSubjectOnly ?? (last && few),
   };
 }
-
-/** Up to this many facts a batch the last-layer defaults add prefixed rows; above, a larger rank instead. */
-export const LAST_LAYER_FEW_FACTS = 30;
 
 /**
  * Target modules for a batch: --targets, else with --top-k the top-k loci's
@@ -484,8 +484,8 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'kl-monitor': { type: 'number', default: d.klMonitor, min: 1, integer: true, describe: '--kl-budget: known-fact prompts the constraint\'s KL is read on' },
     'dual-rate': { type: 'number', default: d.dualRate, min: 0, describe: '--kl-budget: dual ascent step on log λ per check (every 5 steps), per unit of relative excess (kl − budget) / budget' },
     'dual-max': { type: 'number', default: d.dualMax, min: 1, describe: '--kl-budget: largest multiplier on --retain-weight' },
-    'prefix-rows': { type: 'number', min: 0, integer: true, describe: 'prefixed copies of each insert training prompt (a short general-text prefix before it), so the edit follows the subject whatever precedes it (0: none; the early stop reads the plain prompts only; default 1 when every target is in the last layer, as the default targets are, else 0)' },
-    'mse-subject-only': { type: 'boolean', describe: 'distill: match the teacher\'s MLP outputs at the subject\'s tokens only, not from the subject to the end of the prompt (default: on when every target is in the last layer, else off)' },
+    'prefix-rows': { type: 'number', min: 0, integer: true, describe: `prefixed copies of each insert training prompt (a short general-text prefix before it), so the edit follows the subject whatever precedes it (0: none; the early stop reads the plain prompts only; default 1 when every target is in the last layer, as the default targets are, and the batch has at most ${LAST_LAYER_FEW_FACTS} facts, else 0)` },
+    'mse-subject-only': { type: 'boolean', describe: `distill: match the teacher's MLP outputs at the subject's tokens only, not from the subject to the end of the prompt (default: on when every target is in the last layer and the batch has at most ${LAST_LAYER_FEW_FACTS} facts, else off)` },
     'teacher-frames': { type: 'number', default: d.teacherFrames, min: 1, integer: true, describe: 'distill: the insert rows\' teacher from this many context frames (the default "Note that {fact}." first, then the world\'s other training frames from --templates): the mean of their next-token distributions and MLP outputs (1: one frame)' },
     'abstain-weight': { type: 'number', default: d.abstainWeight, min: 0, describe: 'forget facts with probe-gen\'s abstain target (--forget-target abstain): weight of the cross-entropy of their abstention rows (0: ignore those probes; the old answer\'s unlikelihood stays either way)' },
     'abstain-distill': { type: 'boolean', default: d.abstainDistill, describe: 'distill: the abstention rows also read the teacher (the abstention stated in context); off: cross-entropy only' },

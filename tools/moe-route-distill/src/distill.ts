@@ -45,6 +45,10 @@ export interface DistillOptions {
   experts: boolean;
   /** Experts per layer given a LoRA (the most teacher routing mass, or the loci's). */
   expertsPerLayer: number;
+  /** Rows whose teacher does not state the target (top-1 at the answer) get no teacher terms (next-token KL, router KL, block MSE): CE only. */
+  dropTeacherMisses: boolean;
+  /** Also adapt the chosen experts' input projections (gate and up: w1, w3), not only their output projection. */
+  expertInputs: boolean;
   /** (layer, expert) pairs preferred by locus records, best first. */
   lociExperts?: Array<{ layer: number; expert: number }>;
   rank: number;
@@ -96,6 +100,8 @@ export const DISTILL_DEFAULTS: Omit<DistillOptions, 'layers' | 'name' | 'log' | 
   router: true,
   experts: true,
   expertsPerLayer: 2,
+  expertInputs: false,
+  dropTeacherMisses: false,
   // rank 16 (alpha 16: scale 1) and retainWeight 300: chosen on the tuning requests 1–40 (four sets of ten, README
   // "Tuning on requests 1–40"): lora-train's rank 8 / weight 60 read kl 0.037–0.081 on held-out phrasings there, these
   // 0.033–0.045 with every set's paraphrase ≥ 85% (weight 400 read less kl but paraphrase 80%; rank 32 likewise)
@@ -130,6 +136,8 @@ export const DISTILL_DEFAULTS: Omit<DistillOptions, 'layers' | 'name' | 'log' | 
 export interface TeacherRec {
   /** Next-token logits at the teacher's last position [V]. */
   logits: Float32Array;
+  /** Whether the teacher's top-1 there is the target's first token (it read the fact from its context). */
+  states: boolean;
   /** Aligned student and teacher positions. */
   pos: number[];
   tpos: number[];
@@ -193,7 +201,7 @@ export function teacherRecords(model: CausalLM, exs: readonly Example[], layers:
         const al = exampleAlignment(ex);
         const flat = al.map(([, tp]) => b * T + tp);
         const rec: TeacherRec = {
-          logits: r.logits.data.slice(b * V, (b + 1) * V), pos: al.map(([p]) => p), tpos: al.map(([, tp]) => tp),
+          logits: r.logits.data.slice(b * V, (b + 1) * V), states: argmax(r.logits.data, b * V, V) === ex.targetIds[0], pos: al.map(([p]) => p), tpos: al.map(([, tp]) => tp),
           router: r.routerLogits!.map((t) => rowsOf(t.data, flat, E)), x: new Map(), block: new Map(),
         };
         for (const l of layers) {
@@ -205,6 +213,13 @@ export function teacherRecords(model: CausalLM, exs: readonly Example[], layers:
     }
   });
   return out;
+}
+
+/** Index of the largest of data[off .. off + n). */
+function argmax(data: Float32Array, off: number, n: number): number {
+  let best = 0;
+  for (let i = 1; i < n; i++) if (data[off + i] > data[off + best]) best = i;
+  return best;
 }
 
 /** Renormalised top-k routing weights of a logits row (what the MoE block mixes with). */
@@ -471,6 +486,8 @@ export interface DistillResult {
   finalLoss: number;
   trainAccuracy: number;
   trainableParams: number;
+  /** Training rows whose teacher states the target (top-1 at the answer with the fact in context). */
+  teacherStated: number;
   /** The learning rate of the last phase-B step. */
   lastLr: number;
   /** With klBudget: the monitor KL at the end and the multiplier λ reached (retention weight = retainWeight × λ). */
@@ -496,7 +513,10 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
     const routers = opts.router ? layers : [];
     const targets = [
       ...routers.map((l) => model.arch.layer(l).moe!.router),
-      ...[...experts].flatMap(([l, es]) => es.map((e) => model.arch.layer(l).moe!.expert(e).out)),
+      ...[...experts].flatMap(([l, es]) => es.flatMap((e) => {
+        const ex = model.arch.layer(l).moe!.expert(e);
+        return opts.expertInputs ? [...ex.in, ex.out] : [ex.out];
+      })),
     ];
     if (targets.length === 0) throw new RangeError('distill: the teacher routes to no expert at the adapted layers');
     const adapter = model.createLora(opts.name, targets, { r: opts.rank, alpha: opts.alpha, seed: rng.nextUint32() });
@@ -572,22 +592,26 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
       parts.push(scale(crossEntropy(res.logits, Int32Array.from(tgt)), opts.ceWeight));
       names.push('ce');
       // next-token KL to the teacher at the first target token
-      if (opts.klWeight > 0) {
-        const tl = new Float32Array(rows.length * V);
-        rows.forEach((e, b) => tl.set(teach.get(e)!.logits, b * V));
-        parts.push(scale(klDiv(fromData(tl, [rows.length, V]), indexSelect(res.logits, 0, Int32Array.from(firstTok))), opts.klWeight));
+      // with dropTeacherMisses, rows whose teacher did not state the target learn from CE alone
+      const taught = rows.map((e) => !opts.dropTeacherMisses || teach.get(e)!.states);
+      const klRows = rows.flatMap((e, b) => (taught[b] ? [b] : []));
+      if (opts.klWeight > 0 && klRows.length > 0) {
+        const tl = new Float32Array(klRows.length * V);
+        klRows.forEach((b, i) => tl.set(teach.get(rows[b])!.logits, i * V));
+        parts.push(scale(klDiv(fromData(tl, [klRows.length, V]), indexSelect(res.logits, 0, Int32Array.from(klRows.map((b) => firstTok[b])))), opts.klWeight));
         names.push('kl');
       }
       // aligned positions of the batch, with the teacher's router logits and block outputs there
       const flat: number[] = [];
       const tRouter = new Map<number, Float32Array>();
       const tBlock = new Map<number, Float32Array>();
-      const n = rows.reduce((a, e) => a + teach.get(e)!.pos.length, 0);
+      const n = rows.reduce((a, e, b) => a + (taught[b] ? teach.get(e)!.pos.length : 0), 0);
       const E = model.config.experts;
       for (const l of routers) tRouter.set(l, new Float32Array(n * E));
       for (const l of expertLayers) tBlock.set(l, new Float32Array(n * H));
       let o = 0;
       rows.forEach((e, b) => {
+        if (!taught[b]) return;
         const tr = teach.get(e)!;
         for (const l of routers) tRouter.get(l)!.set(tr.router[l], o * E);
         for (const l of expertLayers) tBlock.get(l)!.set(tr.block.get(l)!, o * H);
@@ -707,7 +731,8 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
     }
     acc = solvedFraction(model, examples);
     const trainableParams = params.reduce((a, p) => a + p.size, 0);
-    const out: DistillResult = { adapter, experts, routers, phaseA: phaseALoss, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, trainableParams, lastLr: opt.lr };
+    const out: DistillResult = { adapter, experts, routers, phaseA: phaseALoss, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, trainableParams, lastLr: opt.lr,
+      teacherStated: teachArr.filter((t) => t.states).length };
     if (constrained) {
       out.monitorKl = monitorKl(model, opts.monitor!, monitorBase);
       out.dualLambda = lambda;

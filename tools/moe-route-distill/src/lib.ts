@@ -30,6 +30,8 @@ export interface DistillArgs {
   routerOnly: boolean;
   expertsOnly: boolean;
   expertsPerLayer: number;
+  expertInputs: boolean;
+  dropTeacherMisses: boolean;
   rank: number;
   alpha: number;
   lr: number;
@@ -110,6 +112,8 @@ export const DEFAULT_ARGS: Omit<DistillArgs, 'seed'> = {
   routerOnly: false,
   expertsOnly: false,
   expertsPerLayer: DISTILL_DEFAULTS.expertsPerLayer,
+  expertInputs: DISTILL_DEFAULTS.expertInputs,
+  dropTeacherMisses: DISTILL_DEFAULTS.dropTeacherMisses,
   rank: DISTILL_DEFAULTS.rank,
   alpha: DISTILL_DEFAULTS.alpha,
   lr: DISTILL_DEFAULTS.lr,
@@ -492,7 +496,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
     }
     const loci = lociExperts(batch.loci);
     const hyper = {
-      layers, router: !args.expertsOnly, experts: !args.routerOnly, experts_per_layer: args.expertsPerLayer, loci_experts: loci,
+      layers, router: !args.expertsOnly, experts: !args.routerOnly, experts_per_layer: args.expertsPerLayer, expert_inputs: args.expertInputs, drop_teacher_misses: args.dropTeacherMisses, loci_experts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phase_a_steps: args.phaseASteps, rows_per_step: args.rowsPerStep,
       router_weight: args.routerWeight, mse_weight: args.mseWeight, pin_weight: args.pinWeight, retain_share: args.retainShare, retain_weight: args.retainWeight,
       route_retain_weight: args.routeRetainWeight, neighbours_per_fact: args.neighbours, retain_facts: args.retainFacts, retain_phrasings: args.retainPhrasings, retain_documents: args.retainDocuments, neighbour_prompts: args.neighbourPrompts,
@@ -504,7 +508,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       ...(args.schedule !== 'constant' ? { schedule: args.schedule, warmup_steps: args.warmup, anneal_steps: args.annealSteps } : {}),
     };
     const r = distill(model, examples, retain, {
-      ...DISTILL_DEFAULTS, layers, router: !args.expertsOnly, experts: !args.routerOnly, expertsPerLayer: args.expertsPerLayer, lociExperts: loci,
+      ...DISTILL_DEFAULTS, layers, router: !args.expertsOnly, experts: !args.routerOnly, expertsPerLayer: args.expertsPerLayer, expertInputs: args.expertInputs, dropTeacherMisses: args.dropTeacherMisses, lociExperts: loci,
       rank: args.rank, alpha: args.alpha, lr: args.lr, steps: args.steps, phaseASteps: args.phaseASteps, batchSize: args.rowsPerStep, seed,
       routerWeight: args.routerWeight, mseWeight: args.mseWeight, pinWeight: args.pinWeight, retainShare: args.retainShare, retainWeight: args.retainWeight,
       routeRetainWeight: args.routeRetainWeight, schedule: args.schedule, warmupSteps: args.warmup, annealSteps: args.annealSteps,
@@ -521,7 +525,7 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
         probes: tests.length > 0 ? tests : batch.probes.filter((p) => p.role === 'edit'), dataSha256: dataSha256(batch.records), seed, hyperparameters: hyper,
         training: {
           examples: examples.length, retain_rows: retain.length, phase_a_steps: r.phaseASteps, phase_a_loss: r.phaseA, steps: r.steps, last_lr: r.lastLr, final_loss: r.finalLoss,
-          train_accuracy: r.trainAccuracy, trainable_params: r.trainableParams,
+          train_accuracy: r.trainAccuracy, trainable_params: r.trainableParams, teacher_stated: r.teacherStated,
           ...(r.monitorKl !== undefined ? { monitor_kl: r.monitorKl, dual_lambda: r.dualLambda } : {}),
           adapted: { routers: r.routers, experts: Object.fromEntries([...r.experts].map(([l, es]) => [String(l), es])) },
           routing,

@@ -15,6 +15,8 @@ interface Args {
   'router-only': boolean;
   'experts-only': boolean;
   'experts-per-layer': number;
+  'expert-inputs': boolean;
+  'drop-teacher-misses': boolean;
   rank: number;
   alpha: number;
   lr: number;
@@ -76,6 +78,8 @@ await runTool<Args>({
     'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
     'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
     'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },
+    'expert-inputs': { type: 'boolean', default: d.expertInputs, describe: 'also adapt the chosen experts\' input projections (gate and up), not only their output projection' },
+    'drop-teacher-misses': { type: 'boolean', default: d.dropTeacherMisses, describe: 'training rows whose teacher does not answer the target (top-1) with the fact in context learn from the target\'s CE alone (no next-token KL, router KL or block MSE to that teacher)' },
     rank: { type: 'number', default: d.rank, describe: 'LoRA rank' },
     alpha: { type: 'number', default: d.alpha, describe: 'LoRA alpha (scale = alpha / rank)' },
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
@@ -151,7 +155,7 @@ await runTool<Args>({
     checkDestination(a.out, a.registry);
     const args: DistillArgs = {
       model: a.model, seed: a.seed, registry: a.registry, out: a.out, layers: a.layers, routerOnly: a['router-only'], expertsOnly: a['experts-only'],
-      expertsPerLayer: a['experts-per-layer'], rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
+      expertsPerLayer: a['experts-per-layer'], expertInputs: a['expert-inputs'], dropTeacherMisses: a['drop-teacher-misses'], rank: a.rank, alpha: a.alpha, lr: a.lr, steps: a.steps, phaseASteps: a['phase-a-steps'],
       rowsPerStep: a['rows-per-step'], batch: a.batch, routerWeight: a['router-weight'], mseWeight: a['mse-weight'], pinWeight: a['pin-weight'], retainShare: a['retain-share'],
       retainWeight: a['retain-weight'], routeRetainWeight: a['route-retain-weight'],
       schedule: a.schedule as 'constant' | 'cosine', warmup: a.warmup, annealSteps: a['anneal-steps'], retainPhrasings: a['retain-phrasings'], retainDocuments: a['retain-documents'], neighbourPrompts: a['neighbour-prompts'], retainCorpus: a['retain-corpus'], knownFacts: a['known-facts'],

@@ -129,3 +129,40 @@ t.test('--subject-prefixes: sentences stating the subject\'s other known facts, 
   t.same(subjectFactSentences(res.known, res.templates, 'Kani Alu Tenberov', 'plays_instrument', new Rng(0)), got, 'seeded');
   t.same(subjectFactSentences(res.known, res.templates, 'Nobody Known', 'plays_instrument', new Rng(0)), []);
 });
+
+t.test('--expert-inputs: the chosen experts\' gate and up projections get a LoRA too, and train', async (t) => {
+  const r = await distillEdits(inputs(), { ...base, expertsOnly: true, expertInputs: true, layers: [3], expertsPerLayer: 1, steps: 10, phaseASteps: 0, out: path.join(tmp, 'inputs') }, res, quiet);
+  const tg = r.adapters[0].targets;
+  const e = Array.from({ length: model.config.experts }, (_, i) => i).find((i) => tg.includes(moe(3).expert(i).out))!;
+  t.same([...tg].sort(), [...moe(3).expert(e).in, moe(3).expert(e).out].sort(), 'w1, w3 and w2 of one expert');
+  const ad = loadLora(r.adapters[0].path);
+  for (const name of moe(3).expert(e).in) {
+    const B = ad.modules.get(name)!.B.data;
+    t.ok(B.some((v) => v !== 0), `${name}: lora_B moved from its zero start`);
+  }
+  const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
+  t.match(man.hyperparameters, { expert_inputs: true });
+});
+
+t.test('--drop-teacher-misses: rows whose teacher does not state the target learn from CE alone', async (t) => {
+  // a city as the instrument: the teacher does not repeat it from its context on any training row
+  const odd = { ...fact, id: 'odd', target_new: 'Tamport' };
+  const run = async (drop: boolean, dir: string) => {
+    const logs: string[] = [];
+    const r = await distillEdits(inputs().map((x) => ({ ...x, record: odd as InputRecord['record'] })), { ...base, steps: 60, phaseASteps: 0, dropTeacherMisses: drop, out: path.join(tmp, dir) }, res, { log: (m: string) => logs.push(m) });
+    const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
+    return { man, terms: logs.filter((m) => m.includes('mean of the last')).join('\n'), path: r.adapters[0].path };
+  };
+  const kept = await run(false, 'teach-all');
+  t.equal(kept.man.training.teacher_stated, 0, 'the teacher states the target on no row');
+  t.match(kept.terms, /\bkl \d/, 'without the flag the wrong teacher is still distilled (next-token KL)');
+  t.match(kept.terms, /\brouter \d/);
+  const dropped = await run(true, 'teach-none');
+  t.match(dropped.man.hyperparameters, { drop_teacher_misses: true });
+  t.notMatch(dropped.terms, /\bkl \d|\brouter \d|\bmse\d/, 'with it: no teacher term at all');
+  t.match(dropped.terms, /\bce \d/);
+  const { promptIds, targetIds } = encodeTrainingPair(tokenizer, 'Kani Alu Tenberov plays the', 'Tamport');
+  model.setAdapters([{ adapter: loadLora(dropped.path) }]);
+  t.equal(top1(model, [promptIds])[0], targetIds[0], 'CE alone makes the edit');
+  model.setAdapters([]);
+});

@@ -29,7 +29,8 @@
 //     [--apply fold|sum] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
 //   --source / --skip: as eval-edits (the world's insert requests from --skip on, or the seeded
 //     counterfactuals of facts.ndjson from --skip on); rounds take consecutive slices.
-//   --set: a method option by flag name (--set refine-steps=0).
+//   --set: a method option by flag name (--set refine-steps=0), or one of the run's fields
+//     as eval-edits takes them (layer, targets, topK: --set layer=0).
 // Build first (npm run build). Run it with `nice env CATECHISM_THREADS=1`.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -82,19 +83,21 @@ if (facts.length < need) throw new Error(`only ${facts.length} facts from ${a.so
 const method = editMethod(a.method);
 if (!method) throw new Error(`--method: unknown ${a.method}`);
 const flags = {};
+const RUN_KEYS = new Set(['layer', 'targets', 'topK']);
+const common = {}; // the run's fields; without them each method's defaults
 for (const kv of a.set) {
   const i = kv.indexOf('=');
   if (i < 0) throw new Error(`--set ${kv}: expected flag=value`);
   let v = kv.slice(i + 1);
   try { v = JSON.parse(v); } catch { /* a string */ }
-  flags[kv.slice(0, i).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)] = v;
+  if (RUN_KEYS.has(kv.slice(0, i))) common[kv.slice(0, i)] = v;
+  else flags[kv.slice(0, i).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)] = v;
 }
 const options = methodOptions(method, flags);
 process.env.CATECHISM_CACHE ??= path.join(os.tmpdir(), 'eval-edits-cache');
 const res = loadResources({
   model, templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
 });
-const common = {}; // no --layer, --targets or --top-k: each method's defaults
 method.check?.(res, common, options);
 const lm = res.model;
 const baseWeights = new Map(lm.weights);

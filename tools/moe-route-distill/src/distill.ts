@@ -29,7 +29,7 @@
 import {
   AdamW, Tensor, add, clipGradNorm, crossEntropy, fromData, indexSelect, klDiv, linear, mean, noGrad, reshape, scale, square, sub,
 } from '@catechism/core/tensor';
-import { baseOps, type CausalLM, type Hooks, type LoraAdapter } from '@catechism/core/models';
+import { argmax, baseOps, type CausalLM, type Hooks, type LoraAdapter } from '@catechism/core/models';
 import {
   LORA_DEFAULTS, annealLr, dualStep, lastLogProbs, lrAt, monitorKl, padBatch, planAnneal, padId, solvedFraction, type Example, type RetainRow, type Schedule,
 } from '@catechism/core/edit';
@@ -201,7 +201,7 @@ export function teacherRecords(model: CausalLM, exs: readonly Example[], layers:
         const al = exampleAlignment(ex);
         const flat = al.map(([, tp]) => b * T + tp);
         const rec: TeacherRec = {
-          logits: r.logits.data.slice(b * V, (b + 1) * V), states: argmax(r.logits.data, b * V, V) === ex.targetIds[0], pos: al.map(([p]) => p), tpos: al.map(([, tp]) => tp),
+          logits: r.logits.data.slice(b * V, (b + 1) * V), states: argmax(r.logits.data.subarray(b * V, (b + 1) * V)) === ex.targetIds[0], pos: al.map(([p]) => p), tpos: al.map(([, tp]) => tp),
           router: r.routerLogits!.map((t) => rowsOf(t.data, flat, E)), x: new Map(), block: new Map(),
         };
         for (const l of layers) {
@@ -213,13 +213,6 @@ export function teacherRecords(model: CausalLM, exs: readonly Example[], layers:
     }
   });
   return out;
-}
-
-/** Index of the largest of data[off .. off + n). */
-function argmax(data: Float32Array, off: number, n: number): number {
-  let best = 0;
-  for (let i = 1; i < n; i++) if (data[off + i] > data[off + best]) best = i;
-  return best;
 }
 
 /** Renormalised top-k routing weights of a logits row (what the MoE block mixes with). */
@@ -594,7 +587,7 @@ export function distill(model: CausalLM, examples: Example[], retain: RetainRow[
       // next-token KL to the teacher at the first target token
       // with dropTeacherMisses, rows whose teacher did not state the target learn from CE alone
       const taught = rows.map((e) => !opts.dropTeacherMisses || teach.get(e)!.states);
-      const klRows = rows.flatMap((e, b) => (taught[b] ? [b] : []));
+      const klRows = rows.flatMap((_, b) => (taught[b] ? [b] : []));
       if (opts.klWeight > 0 && klRows.length > 0) {
         const tl = new Float32Array(klRows.length * V);
         klRows.forEach((b, i) => tl.set(teach.get(rows[b])!.logits, i * V));

@@ -51,27 +51,35 @@ function train(id: string): string {
 // refusal of a good adapter), a smaller general-text sample; specificity opened: neighbourhood probes of
 // one-fact adapters on the small fixture model are not what this test is about
 const VALIDATOR = [bin('validate'), '--quiet', '--general-n', '10', '--no-fluency', '--gate', 'specificity>=0'].map(q).join(' ');
-const nightly = () => sh(`${q(join(root, 'scripts/nightly-consolidate.sh'))} ${q(INBOX)} live --validator ${q(VALIDATOR)}`);
+const nightly = (inbox = INBOX, ref = 'live', ...more: string[]) =>
+  sh(`${q(join(root, 'scripts/nightly-consolidate.sh'))} ${q(inbox)} ${q(ref)} --validator ${q(VALIDATOR)} ${more.map(q).join(' ')}`);
 
-function liveFacts(): string[] {
-  const r = sh(`${q(bin('adapter-merge'))} show live`);
-  return ((parse(r.stdout)[0]?.fact_ids as string[] | undefined) ?? []).slice().sort();
-}
+const show = (ref: string): Rec => parse(sh(`${q(bin('adapter-merge'))} show ${q(ref)}`).stdout)[0] ?? {};
+/** The adapters a ref's bundle was merged from (its manifest's merge.parents). */
+const mergedFrom = (ref: string): Rec[] => (show(ref).manifest as { merge: { parents: Rec[] } }).merge.parents;
+const liveFacts = (ref = 'live'): string[] => ((show(ref).fact_ids as string[] | undefined) ?? []).slice().sort();
 
-function liveAnswer(id: string): string {
+function liveAnswer(id: string, ref = 'live'): string {
   const f = fact(id);
-  const r = sh(`${q(bin('adapter-merge'))} explain --ref live ${q(String(f.prompt).replace('{}', String(f.subject)))}`);
+  const r = sh(`${q(bin('adapter-merge'))} explain --ref ${q(ref)} ${q(String(f.prompt).replace('{}', String(f.subject)))}`);
   return String((parse(r.stdout)[0]?.adapted as { top1?: string } | undefined)?.top1 ?? '').trim();
 }
 
+// the adapter records both tests use (the second reuses the first's, to train less)
+let good1 = '';
+let good2 = '';
+let badLine = '';
+let next = '';
+
 t.test('a bad adapter in the inbox is quarantined; the rest reaches live; the next night is not blocked', async (t) => {
-  const good1 = train('edit-0001');
-  const good2 = train('edit-0003');
+  good1 = train('edit-0001');
+  good2 = train('edit-0003');
   // the bad one: a real adapter scaled ×30
   const bad = sh(`echo ${q(train('edit-0005'))} | ${q(bin('adapter-merge'))} --method scale --by 30 --out ${q(join(dir, 'bad'))}`);
   t.equal(bad.code, 0, bad.stderr);
   const badRec = parse(bad.stdout).find((x) => x.kind === 'adapter')!;
-  writeFileSync(INBOX, [good1, JSON.stringify(badRec), good2].join('\n') + '\n');
+  badLine = JSON.stringify(badRec);
+  writeFileSync(INBOX, [good1, badLine, good2].join('\n') + '\n');
 
   const night1 = nightly();
   t.equal(night1.code, 0, night1.stderr);
@@ -91,7 +99,8 @@ t.test('a bad adapter in the inbox is quarantined; the rest reaches live; the ne
   t.notOk(readdirSync(dir).some((f) => f.includes('.pending-')), 'nothing left pending');
 
   // the next night: a new adapter reaches live although the bad one came before it
-  appendFileSync(INBOX, train('edit-0007') + '\n');
+  next = train('edit-0007');
+  appendFileSync(INBOX, next + '\n');
   const night2 = nightly();
   t.equal(night2.code, 0, night2.stderr);
   t.match(night2.stdout, /live: promoted [0-9a-f]{12} \(v2\); 1 adapter\(s\) consolidated, 0 quarantined; 1 validation\(s\)/);
@@ -100,4 +109,32 @@ t.test('a bad adapter in the inbox is quarantined; the rest reaches live; the ne
   const v = sh(`${q(bin('adapter-merge'))} verify`);
   t.equal(v.code, 0, v.stderr);
   t.ok(existsSync(`${INBOX}.quarantine.ndjson`));
+});
+
+t.test('--retrain: the night trains one adapter on every fact; a failing trainer falls back to the sum', async (t) => {
+  const inbox = join(dir, 'inbox-retrain.ndjson');
+  const TRAINER = [bin('lora-train'), '--seed', '1', '--quiet'].map(q).join(' ');
+  // the same inbox as above, the ×30 adapter included: retraining learns its fact anew from the statement and
+  // never uses its weights, so the one candidate passes and nothing is quarantined
+  writeFileSync(inbox, [good1, badLine, good2].join('\n') + '\n');
+  const night1 = nightly(inbox, 'retrained', '--retrain', TRAINER);
+  t.equal(night1.code, 0, night1.stderr);
+  t.match(night1.stdout, /retrained: promoted [0-9a-f]{12} \(v1\), retrained from 3 fact\(s\); 3 adapter\(s\) consolidated, 0 quarantined; 1 validation\(s\)/);
+  t.match(night1.stderr, /retraining 3 fact\(s\) \(\d+ probes\) of 3 pending adapter\(s\)/);
+  t.same(liveFacts('retrained'), ['edit-0001', 'edit-0003', 'edit-0005']);
+  const parents1 = mergedFrom('retrained');
+  t.equal(parents1.length, 1, 'one trained adapter, not the three summed');
+  t.match(parents1[0], { method: 'lora', fact_ids: ['edit-0001', 'edit-0005', 'edit-0003'] });
+  for (const id of ['edit-0001', 'edit-0003', 'edit-0005']) t.equal(liveAnswer(id, 'retrained'), fact(id).target_new, `${id} answered by the retrained adapter`);
+  t.notOk(existsSync(`${inbox}.quarantine.ndjson`), 'nothing quarantined');
+
+  // the next night's trainer fails: the night still promotes, by the sum of the ref and the new adapter
+  appendFileSync(inbox, next + '\n');
+  const night2 = nightly(inbox, 'retrained', '--retrain', 'exit 3');
+  t.equal(night2.code, 0, night2.stderr);
+  t.match(night2.stderr, /retraining failed: trainer "exit 3" exited with status 3/);
+  t.match(night2.stdout, /retrained: promoted [0-9a-f]{12} \(v2\), retraining refused; 1 adapter\(s\) consolidated, 0 quarantined; 1 validation\(s\)/);
+  t.same(liveFacts('retrained'), ['edit-0001', 'edit-0003', 'edit-0005', 'edit-0007']);
+  t.equal(mergedFrom('retrained').length, 2, 'the ref and the new adapter, summed');
+  t.equal(liveAnswer('edit-0007', 'retrained'), fact('edit-0007').target_new);
 });

@@ -23,15 +23,26 @@
  *    to `.done-<time>`. When the validator itself fails (non-zero exit,
  *    --validator-timeout) nothing is quarantined or promoted and the pending
  *    files stay for the next run.
+ *
+ * With `--retrain CMD` the first candidate is not the sum of the adapters:
+ * CMD (e.g. `lora-train --kl-budget 0.005`) trains one adapter on every fact
+ * REF and the pending adapters state (with their probes), on the base model,
+ * and that adapter replaces REF's. Summed adapters add their drifts (five
+ * last-layer LoRA batches read kl 0.103 where the same 25 facts in one
+ * adapter read 0.027), so a ref that only ever grows by sums soon fails the
+ * kl gate and bisection starts refusing good adapters. When the retrained
+ * candidate fails validation, or CMD fails, the night falls back to the
+ * sum-and-bisect above.
  */
-import { appendFile, open, readdir, readFile, rename, stat } from 'node:fs/promises';
+import { appendFile, mkdtemp, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError, UsageError } from '@catechism/core/cli';
 import { readRecords } from '@catechism/core/records';
 import type { AnyRecord } from '@catechism/core/records';
 import { FileLock, LockTimeoutError, Registry, RegistryError, defaultRegistryDir } from './core.js';
-import type { ParentBundle } from './merge-lib.js';
-import { buildCandidate, checkMethod, checkRankOptions, findValidator, libError, parentOf, promoteCas, readInto, validateCandidate, validatorTimeout, type Candidate } from './merge.js';
+import { mergeStatements, type ParentBundle } from './merge-lib.js';
+import { buildCandidate, checkMethod, checkRankOptions, findValidator, libError, parentOf, promoteCas, readInto, runRecordCommand, validateCandidate, validatorTimeout, type Candidate } from './merge.js';
 import type { Ctx } from './commands.js';
 
 const text = (s: string) => new Promise<void>((resolve, reject) => process.stdout.write(s, (err) => (err ? reject(err) : resolve())));
@@ -53,6 +64,8 @@ interface Quarantined {
 export interface ConsolidateArgs {
   quarantine?: string;
   attempts?: number;
+  retrain?: string;
+  'retrain-timeout'?: number;
 }
 
 const stampOf = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -109,6 +122,10 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
   const attempts = a.attempts ?? 3;
   if (!Number.isInteger(attempts) || attempts < 1) throw new UsageError(`--attempts: expected a whole number ≥ 1, got ${String(attempts)}`);
   const quarantineFile = path.resolve(a.quarantine ?? `${inbox}.quarantine.ndjson`);
+  const retrainTimeout = a['retrain-timeout'] ?? 3600;
+  if (!(Number.isFinite(retrainTimeout) && retrainTimeout >= 0)) throw new UsageError(`--retrain-timeout: expected seconds ≥ 0, got ${String(retrainTimeout)}`);
+  if (a.retrain !== undefined && (typeof a.retrain !== 'string' || a.retrain.trim() === '')) throw new UsageError('--retrain: expected a trainer command (e.g. "lora-train --kl-budget 0.005")');
+  const retrain = a.retrain !== undefined ? { trainer: a.retrain, timeoutS: retrainTimeout } : null;
   const validator = findValidator(a.validator);
   if (validator === null) throw new UsageError('consolidate: no validator (no --validator CMD and no `validate` on PATH); consolidation never promotes unvalidated');
   try {
@@ -133,7 +150,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
     }
     const reg = new Registry(a.registry ?? defaultRegistryDir(), { timeoutMs: a['lock-timeout'] * 1000 });
     ctx.log(`consolidating ${pending.length} pending file(s) into ${ref}: ${pending.map((f) => path.basename(f)).join(', ')}`);
-    const result = await consolidatePending(ctx, reg, ref, pending, validator, method, attempts, stamp);
+    const result = await consolidatePending(ctx, reg, ref, pending, validator, method, attempts, stamp, retrain);
     if (result.quarantined.length > 0) await writeQuarantine(quarantineFile, ref, now, result.quarantined);
     for (const f of pending) await rename(f, await unusedName(f.replace('.pending-', '.done-')));
     const summary = {
@@ -146,11 +163,12 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
       quarantined: result.quarantined.map((q) => ({ id: q.item.parent.manifest.id, version: q.item.parent.manifest.version, sha256: q.item.parent.sha256, reason: q.reason })),
       quarantine_file: result.quarantined.length > 0 ? quarantineFile : null,
       validations: result.validations,
+      retrained: result.retrained,
     };
     for (const q of result.quarantined) ctx.log(`quarantined ${q.item.parent.manifest.id} (${q.item.parent.sha256.slice(0, 12)}): ${q.reason} → ${quarantineFile}`);
     ctx.log(`${ref}: ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined, ${result.validations} validation(s)`);
     if (a.text) {
-      await text(`${ref}: ${result.promoted ? `promoted ${result.promoted.bundle.slice(0, 12)} (v${result.promoted.version})` : 'nothing promoted'}; ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined${result.quarantined.length > 0 ? ` (${quarantineFile})` : ''}; ${result.validations} validation(s)\n`);
+      await text(`${ref}: ${result.promoted ? `promoted ${result.promoted.bundle.slice(0, 12)} (v${result.promoted.version})` : 'nothing promoted'}${result.retrained ? (result.retrained.pass ? `, retrained from ${result.retrained.facts} fact(s)` : ', retraining refused') : ''}; ${result.accepted.length} adapter(s) consolidated, ${result.quarantined.length} quarantined${result.quarantined.length > 0 ? ` (${quarantineFile})` : ''}; ${result.validations} validation(s)\n`);
     } else await ctx.out.write(summary);
   } finally {
     await lock.release();
@@ -180,9 +198,66 @@ interface Outcome {
   quarantined: Quarantined[];
   promoted: { bundle: string; version: number; id: string } | null;
   validations: number;
+  retrained: RetrainOutcome | null;
 }
 
-async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending: string[], validator: string, method: ReturnType<typeof checkMethod>, attempts: number, stamp: string): Promise<Outcome> {
+/** What --retrain did this night (the `consolidation` record's `retrained`). */
+interface RetrainOutcome {
+  /** The candidate made from the retrained adapter(s), null when the trainer failed. */
+  candidate: string | null;
+  /** The trainer's own bundle(s), stored in the registry. */
+  trained: string[];
+  facts: number;
+  probes: number;
+  pass: boolean;
+  reason: string | null;
+}
+
+/**
+ * Train one adapter on every fact REF and the pending adapters state, with
+ * the trainer command, on the base model, and make it REF's next candidate.
+ * The trainer stores into a fresh, empty registry (so nothing it reads from
+ * a registry, such as live's neurons or key memory, makes it work around
+ * the adapters it replaces); its bundles are then added to ours.
+ */
+async function retrainCandidate(ctx: Ctx, reg: Registry, ref: string, current: ParentBundle | null, items: Item[], trainer: string, timeoutS: number): Promise<{ cand: Candidate; trained: string[]; facts: number; probes: number }> {
+  const manifests = [...(current ? [current.manifest] : []), ...items.map((i) => i.parent.manifest)];
+  const { facts, probes } = mergeStatements(manifests);
+  const base = items[0].parent.manifest.base_model;
+  ctx.log(`retraining ${facts.length} fact(s) (${probes.length} probes) of ${current ? `${ref} and ` : ''}${items.length} pending adapter(s) with: ${trainer}`);
+  const scratch = await mkdtemp(path.join(os.tmpdir(), 'adapter-merge-retrain-'));
+  try {
+    const scratchReg = path.join(scratch, 'registry');
+    const input = [...facts, ...probes].map((r) => JSON.stringify(r)).join('\n') + '\n';
+    const out = await runRecordCommand(trainer, input, { role: 'trainer', timeoutFlag: '--retrain-timeout', timeoutS, env: { ...process.env, CATECHISM_REGISTRY: scratchReg } });
+    const records = out.filter((r) => r.kind === 'adapter');
+    if (records.length === 0) throw new InputError(`trainer "${trainer}" wrote no adapter records`);
+    const trained: ParentBundle[] = [];
+    for (const [i, r] of records.entries()) trained.push(await parentOf(r, `trainer output, adapter record ${i + 1}`, new Registry(scratchReg)));
+    for (const t of trained) {
+      if (t.manifest.base_model.sha256 !== base.sha256) {
+        throw new InputError(`trainer "${trainer}" trained ${t.manifest.id} for ${t.manifest.base_model.name} (sha256 ${t.manifest.base_model.sha256.slice(0, 12)}…), but ${ref}'s adapters are for ${base.name} (sha256 ${base.sha256.slice(0, 12)}…): give the trainer --model`);
+      }
+    }
+    const covered = new Set(trained.flatMap((t) => t.manifest.fact_ids));
+    const missing = facts.map((f) => String(f.id)).filter((id) => !covered.has(id));
+    if (missing.length > 0) throw new InputError(`trainer "${trainer}" left out ${missing.length} fact(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
+    const stored: ParentBundle[] = [];
+    for (const t of trained) {
+      const r = await reg.add(t.dir).catch((e) => { throw libError(e); });
+      stored.push({ ...t, dir: r.bundle.path, sha256: r.bundle.sha256 });
+    }
+    const cand = await buildCandidate(ctx, reg, stored, { method: 'cat', into: ref, current, store: true, quiet: true });
+    return { cand, trained: stored.map((t) => t.sha256), facts: facts.length, probes: probes.length };
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+async function consolidatePending(
+  ctx: Ctx, reg: Registry, ref: string, pending: string[], validator: string, method: ReturnType<typeof checkMethod>, attempts: number, stamp: string,
+  retrain: { trainer: string; timeoutS: number } | null,
+): Promise<Outcome> {
   const a = ctx.args;
   const all = await readItems(ctx, reg, pending);
   const meta = { message: a.message ?? `nightly consolidation ${stamp}`, author: a.author ?? null };
@@ -196,7 +271,7 @@ async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending:
     });
     if (items.length === 0) {
       ctx.log(`no new adapters for ${ref}; nothing to do`);
-      return { accepted: [], quarantined: [], promoted: null, validations };
+      return { accepted: [], quarantined: [], promoted: null, validations, retrained: null };
     }
     const accepted: Item[] = [];
     const quarantined: Quarantined[] = [];
@@ -238,9 +313,32 @@ async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending:
       await solve(set.slice(0, mid));
       await solve(set.slice(mid));
     };
-    await solve(items);
+    let retrained: RetrainOutcome | null = null;
+    if (retrain !== null) {
+      retrained = { candidate: null, trained: [], facts: 0, probes: 0, pass: false, reason: null };
+      try {
+        const r = await retrainCandidate(ctx, reg, ref, current, items, retrain.trainer, retrain.timeoutS);
+        Object.assign(retrained, { candidate: r.cand.sha, trained: r.trained, facts: r.facts, probes: r.probes });
+        validations++;
+        const v = await validateCandidate(ctx, reg, validator, r.cand.rec, r.cand.sha, meta);
+        ctx.log(`retrained: ${r.facts} fact(s) in one adapter → ${r.cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
+        retrained.pass = v.refusal === null;
+        retrained.reason = v.refusal;
+        if (v.refusal === null) {
+          accepted.push(...items);
+          lastPass = r.cand;
+        }
+      } catch (e) {
+        // a trainer that fails must not stop the night: the adapters as they are still get their chance
+        if (!(e instanceof InputError || (e instanceof RegistryError && e.code !== 'E_MOVED'))) throw e;
+        retrained.reason = `retraining failed: ${e.message}`;
+        ctx.log(`retraining failed: ${e.message}`);
+      }
+      if (!retrained.pass) ctx.log(`${ref}: the retrained candidate was not promoted; merging the pending adapters as they are`);
+    }
+    if (lastPass === null) await solve(items);
     const passing = lastPass as Candidate | null;
-    if (passing === null) return { accepted, quarantined, promoted: null, validations };
+    if (passing === null) return { accepted, quarantined, promoted: null, validations, retrained };
     try {
       await promoteCas(ctx, reg, ref, passing.rec, passing.sha, current?.sha256 ?? null, meta);
     } catch (e) {
@@ -250,7 +348,7 @@ async function consolidatePending(ctx: Ctx, reg: Registry, ref: string, pending:
       }
       throw libError(e);
     }
-    return { accepted, quarantined, promoted: { bundle: passing.sha, version: Number(passing.rec.version), id: String(passing.rec.id) }, validations };
+    return { accepted, quarantined, promoted: { bundle: passing.sha, version: Number(passing.rec.version), id: String(passing.rec.id) }, validations, retrained };
   }
 }
 

@@ -45,6 +45,8 @@ const O: Record<string, Options> = {
   target: { type: 'string', describe: 'the answer to score (default: the adapted model\'s top-1 next token)' },
   quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
   attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
+  retrain: { type: 'string', describe: 'trainer command (reads fact and probe records, writes adapter records, e.g. "lora-train --kl-budget 0.005"): the first candidate is one adapter it trains on every fact of REF and the inbox, replacing REF\'s; if it fails, the adapters are merged as they are' },
+  'retrain-timeout': { type: 'number', default: 3600, describe: 'seconds the --retrain trainer may run; then it is stopped and the night merges the adapters as they are (0: no limit)' },
   'export-format': { choices: ['hf', 'onnx'], default: 'hf', hidden: true }, // given as --format hf|onnx (onnx.ts exportFormatArgs)
   'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
   runtime: { choices: ['engine', 'onnx'], default: 'engine', describe: 'score with our engine, or with onnxruntime-node on ONNX exports of each adapter state' },
@@ -124,13 +126,16 @@ const COMMANDS: Record<string, Command> = {
       'validations for one bad adapter among n), promotes the rest (compare-and-swap; again when another writer moved REF, up to ' +
       '--attempts), and appends each failing adapter\'s record (with a `quarantine` field saying why) and its failing report to ' +
       'the quarantine file. Pending files become INBOX.done-<time>. A validator that fails or outlives --validator-timeout ' +
-      'quarantines nothing: the pending files stay for the next run (exit 1). Writes one `consolidation` record (what was promoted, accepted, quarantined).',
-    options: pick(['into', 'quarantine', 'validator', 'validator-timeout', 'method', 'rank', 'attempts', 'message', 'author', 'lock-timeout', 'text'], {
+      'quarantines nothing: the pending files stay for the next run (exit 1). Writes one `consolidation` record (what was promoted, accepted, quarantined). ' +
+      'With --retrain CMD, the first candidate is one adapter CMD trains on every fact REF and the pending adapters state (with their probes) on the base model, ' +
+      'replacing REF\'s adapter: summed adapters add their drifts, a retrained one does not. If it fails validation (or CMD fails), the night merges and bisects as above.',
+    options: pick(['into', 'quarantine', 'validator', 'validator-timeout', 'retrain', 'retrain-timeout', 'method', 'rank', 'attempts', 'message', 'author', 'lock-timeout', 'text'], {
       into: { describe: 'the ref to consolidate into', default: 'live' },
     }),
     examples: [
       ['adapter-merge consolidate inbox.ndjson --into live', 'what scripts/nightly-consolidate.sh runs'],
       ['adapter-merge consolidate inbox.ndjson --validator "validate --quiet --retain-n 50"', 'with validate\'s options'],
+      ['adapter-merge consolidate inbox.ndjson --retrain "lora-train --kl-budget 0.005"', 'live retrained as one adapter from all its facts'],
     ],
     reads: false,
     run: async (ctx, rest) => (await import('./consolidate.js')).runConsolidate(ctx, rest),

@@ -106,8 +106,23 @@ export function energyLine(manifest: BundleManifest): string | null {
  */
 export async function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx, timeoutS: number): Promise<AnyRecord[]> {
   ctx.log(`validating with: ${cmd}`);
+  const out = await runRecordCommand(cmd, JSON.stringify(rec) + '\n', { role: 'validator', timeoutFlag: '--validator-timeout', timeoutS });
+  return out.filter((v) => v.kind === 'report');
+}
+
+/**
+ * Run a shell command that reads NDJSON records on stdin and writes NDJSON
+ * records on stdout (the validator; consolidate's --retrain trainer); returns
+ * what it wrote. It runs in its own process group, killed with everything it
+ * started when it outlives `timeoutS` (0: no limit) or when we exit.
+ */
+export async function runRecordCommand(
+  cmd: string,
+  input: string,
+  o: { role: string; timeoutFlag: string; timeoutS: number; env?: NodeJS.ProcessEnv },
+): Promise<AnyRecord[]> {
   const stdout = await new Promise<string>((resolve, reject) => {
-    const child = spawn('sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
+    const child = spawn('sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], detached: true, ...(o.env ? { env: o.env } : {}) });
     const killGroup = () => {
       try {
         if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
@@ -115,35 +130,35 @@ export async function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx, timeou
         /* already gone */
       }
     };
-    process.once('exit', killGroup); // the validator never outlives us
+    process.once('exit', killGroup); // the command never outlives us
     let timedOut = false;
-    const timer = timeoutS > 0 ? setTimeout(() => ((timedOut = true), killGroup()), timeoutS * 1000) : null;
+    const timer = o.timeoutS > 0 ? setTimeout(() => ((timedOut = true), killGroup()), o.timeoutS * 1000) : null;
     const chunks: Buffer[] = [];
     child.stdout!.on('data', (d: Buffer) => chunks.push(d));
-    child.stdin!.on('error', () => undefined); // a validator need not read its input
+    child.stdin!.on('error', () => undefined); // a command need not read its input
     child.on('error', (e) => {
       if (timer) clearTimeout(timer);
       process.removeListener('exit', killGroup);
-      reject(new RegistryError(`validator "${cmd}" did not run: ${e.message}`, 1));
+      reject(new RegistryError(`${o.role} "${cmd}" did not run: ${e.message}`, 1));
     });
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
       process.removeListener('exit', killGroup);
       killGroup(); // anything it left running in its group
-      if (timedOut) reject(new RegistryError(`validator "${cmd}" did not finish within ${timeoutS} s (--validator-timeout); it was stopped and nothing was promoted`, 1, 'E_TIMEOUT'));
-      else if (code !== 0) reject(new RegistryError(`validator "${cmd}" exited with status ${code ?? signal}; nothing promoted`, 1));
+      if (timedOut) reject(new RegistryError(`${o.role} "${cmd}" did not finish within ${o.timeoutS} s (${o.timeoutFlag}); it was stopped and nothing was promoted`, 1, 'E_TIMEOUT'));
+      else if (code !== 0) reject(new RegistryError(`${o.role} "${cmd}" exited with status ${code ?? signal}; nothing promoted`, 1));
       else resolve(Buffer.concat(chunks).toString('utf8'));
     });
-    child.stdin!.end(JSON.stringify(rec) + '\n');
+    child.stdin!.end(input);
   });
   const out: AnyRecord[] = [];
   for (const line of stdout.split('\n')) {
     if (line.trim() === '') continue;
     try {
       const v = JSON.parse(line) as AnyRecord;
-      if (v && v.kind === 'report') out.push(v);
+      if (v && typeof v === 'object') out.push(v);
     } catch {
-      throw new RegistryError(`validator "${cmd}" wrote a line that is not JSON: ${line.slice(0, 80)}`, 1);
+      throw new RegistryError(`${o.role} "${cmd}" wrote a line that is not JSON: ${line.slice(0, 80)}`, 1);
     }
   }
   return out;

@@ -97,6 +97,24 @@ export function commonBase(parents: readonly ParentBundle[]): BundleManifest['ba
   return base;
 }
 
+/**
+ * What several bundles state together: one fact per id (a later bundle's
+ * other op replacing an earlier one) and the probes of the facts that won.
+ * A merge's manifest carries these, and consolidation by retraining trains on them.
+ */
+export function mergeStatements(manifests: readonly Pick<BundleManifest, 'facts' | 'probes'>[]): { facts: Record<string, unknown>[]; probes: Record<string, unknown>[] } {
+  const facts = mergeFacts(manifests.map((m) => m.facts));
+  const won = new Map(facts.map((f) => [String(f.id), f]));
+  const probes = uniqueBy(
+    manifests.flatMap((m) => m.probes.filter((q) => {
+      const f = won.get(String(q.fact_id));
+      return !f || m.facts.includes(f) || !m.facts.some((g) => String(g.id) === String(q.fact_id));
+    })),
+    (x) => JSON.stringify(x),
+  );
+  return { facts, probes };
+}
+
 /** Merge parent bundles into one adapter and its manifest. */
 export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOptions): MergedBundle {
   if (parents.length === 0) throw new MergeError('no adapter records in the input: nothing to merge');
@@ -156,15 +174,7 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
   if (m === 'negate') {
     ({ facts, probes, negation } = negateStatements(parents[0].manifest));
   } else {
-    facts = mergeFacts(parents.map((p) => p.manifest.facts));
-    const won = new Map(facts.map((f) => [String(f.id), f]));
-    probes = uniqueBy(
-      parents.flatMap((p) => p.manifest.probes.filter((q) => {
-        const f = won.get(String(q.fact_id));
-        return !f || p.manifest.facts.includes(f) || !p.manifest.facts.some((g) => String(g.id) === String(q.fact_id));
-      })),
-      (x) => JSON.stringify(x),
-    );
+    ({ facts, probes } = mergeStatements(parents.map((p) => p.manifest)));
   }
   const factIds = uniqueBy(parents.flatMap((p) => p.manifest.fact_ids), (x) => x);
   const blocks: (Block | undefined)[] = result.blocks ?? parents.map(() => undefined);

@@ -17,7 +17,11 @@
 #   the inbox again to retry);
 # - pending files become INBOX.done-<time>; when the validator fails or hangs
 #   (--validator-timeout, default 300 s) they stay pending for the next night;
-# - a run that finds REF moved by another writer starts again (--attempts 3).
+# - a run that finds REF moved by another writer starts again (--attempts 3);
+# - --retrain CMD (e.g. --retrain "lora-train --kl-budget 0.005"): the night
+#   first tries one adapter CMD trains on every fact of REF and the inbox, in
+#   place of the sum (summed adapters add their drifts); if that fails it
+#   merges and bisects as above.
 # Exit status: 0 done (including when adapters were quarantined), 1 failure
 # (nothing promoted or quarantined), 2 bad input.
 #

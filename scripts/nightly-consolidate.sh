@@ -18,7 +18,7 @@
 # - pending files become INBOX.done-<time>; when the validator fails or hangs
 #   (--validator-timeout, default 300 s) they stay pending for the next night;
 # - a run that finds REF moved by another writer starts again (--attempts 3);
-# - --retrain CMD (e.g. --retrain "lora-train --kl-budget 0.005"): the night
+# - --retrain CMD (e.g. --retrain "lora-train"): the night
 #   first tries one adapter CMD trains on every fact of REF and the inbox, in
 #   place of the sum (summed adapters add their drifts); if that fails it
 #   merges and bisects as above.

@@ -25,7 +25,7 @@
  *    files stay for the next run.
  *
  * With `--retrain CMD` the first candidate is not the sum of the adapters:
- * CMD (e.g. `lora-train --kl-budget 0.005`) trains one adapter on every fact
+ * CMD (e.g. `lora-train`) trains one adapter on every fact
  * REF and the pending adapters state (with their probes), on the base model,
  * and that adapter replaces REF's. Summed adapters add their drifts (five
  * last-layer LoRA batches read kl 0.103 where the same 25 facts in one
@@ -124,7 +124,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
   const quarantineFile = path.resolve(a.quarantine ?? `${inbox}.quarantine.ndjson`);
   const retrainTimeout = a['retrain-timeout'] ?? 3600;
   if (!(Number.isFinite(retrainTimeout) && retrainTimeout >= 0)) throw new UsageError(`--retrain-timeout: expected seconds ≥ 0, got ${String(retrainTimeout)}`);
-  if (a.retrain !== undefined && (typeof a.retrain !== 'string' || a.retrain.trim() === '')) throw new UsageError('--retrain: expected a trainer command (e.g. "lora-train --kl-budget 0.005")');
+  if (a.retrain !== undefined && (typeof a.retrain !== 'string' || a.retrain.trim() === '')) throw new UsageError('--retrain: expected a trainer command (e.g. "lora-train")');
   const retrain = a.retrain !== undefined ? { trainer: a.retrain, timeoutS: retrainTimeout } : null;
   const validator = findValidator(a.validator);
   if (validator === null) throw new UsageError('consolidate: no validator (no --validator CMD and no `validate` on PATH); consolidation never promotes unvalidated');
@@ -229,7 +229,7 @@ async function retrainCandidate(ctx: Ctx, reg: Registry, ref: string, current: P
   try {
     const scratchReg = path.join(scratch, 'registry');
     const input = [...facts, ...probes].map((r) => JSON.stringify(r)).join('\n') + '\n';
-    const out = await runRecordCommand(trainer, input, { role: 'trainer', timeoutFlag: '--retrain-timeout', timeoutS, env: { ...process.env, CATECHISM_REGISTRY: scratchReg } });
+    const out = await runRecordCommand(trainer, input, { role: 'trainer', timeoutFlag: '--retrain-timeout', timeoutS, env: { ...process.env, CATECHISM_REGISTRY: scratchReg }, then: 'no retrained candidate' });
     const records = out.filter((r) => r.kind === 'adapter');
     if (records.length === 0) throw new InputError(`trainer "${trainer}" wrote no adapter records`);
     const trained: ParentBundle[] = [];
@@ -316,10 +316,19 @@ async function consolidatePending(
     let retrained: RetrainOutcome | null = null;
     if (retrain !== null) {
       retrained = { candidate: null, trained: [], facts: 0, probes: 0, pass: false, reason: null };
+      let r: Awaited<ReturnType<typeof retrainCandidate>> | null = null;
       try {
-        const r = await retrainCandidate(ctx, reg, ref, current, items, retrain.trainer, retrain.timeoutS);
+        r = await retrainCandidate(ctx, reg, ref, current, items, retrain.trainer, retrain.timeoutS);
+      } catch (e) {
+        // a trainer that fails must not stop the night: the adapters as they are still get their chance
+        if (!(e instanceof InputError || e instanceof RegistryError)) throw e;
+        retrained.reason = `retraining failed: ${e.message}`;
+        ctx.log(`retraining failed: ${e.message}`);
+      }
+      if (r !== null) {
         Object.assign(retrained, { candidate: r.cand.sha, trained: r.trained, facts: r.facts, probes: r.probes });
         validations++;
+        // a validator that fails stops the night here as it does below (nothing promoted, pending kept)
         const v = await validateCandidate(ctx, reg, validator, r.cand.rec, r.cand.sha, meta);
         ctx.log(`retrained: ${r.facts} fact(s) in one adapter → ${r.cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
         retrained.pass = v.refusal === null;
@@ -328,11 +337,6 @@ async function consolidatePending(
           accepted.push(...items);
           lastPass = r.cand;
         }
-      } catch (e) {
-        // a trainer that fails must not stop the night: the adapters as they are still get their chance
-        if (!(e instanceof InputError || (e instanceof RegistryError && e.code !== 'E_MOVED'))) throw e;
-        retrained.reason = `retraining failed: ${e.message}`;
-        ctx.log(`retraining failed: ${e.message}`);
       }
       if (!retrained.pass) ctx.log(`${ref}: the retrained candidate was not promoted; merging the pending adapters as they are`);
     }

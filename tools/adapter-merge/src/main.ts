@@ -45,7 +45,7 @@ const O: Record<string, Options> = {
   target: { type: 'string', describe: 'the answer to score (default: the adapted model\'s top-1 next token)' },
   quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
   attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
-  retrain: { type: 'string', describe: 'trainer command (reads fact and probe records, writes adapter records, e.g. "lora-train --kl-budget 0.005"): the first candidate is one adapter it trains on every fact of REF and the inbox, replacing REF\'s; if it fails, the adapters are merged as they are' },
+  retrain: { type: 'string', describe: 'trainer command (reads fact and probe records, writes adapter records, e.g. "lora-train"): the first candidate is one adapter it trains on every fact of REF and the inbox, replacing REF\'s; if it fails, the adapters are merged as they are' },
   'retrain-timeout': { type: 'number', default: 3600, describe: 'seconds the --retrain trainer may run; then it is stopped and the night merges the adapters as they are (0: no limit)' },
   'export-format': { choices: ['hf', 'onnx'], default: 'hf', hidden: true }, // given as --format hf|onnx (onnx.ts exportFormatArgs)
   'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
@@ -135,7 +135,7 @@ const COMMANDS: Record<string, Command> = {
     examples: [
       ['adapter-merge consolidate inbox.ndjson --into live', 'what scripts/nightly-consolidate.sh runs'],
       ['adapter-merge consolidate inbox.ndjson --validator "validate --quiet --retain-n 50"', 'with validate\'s options'],
-      ['adapter-merge consolidate inbox.ndjson --retrain "lora-train --kl-budget 0.005"', 'live retrained as one adapter from all its facts'],
+      ['adapter-merge consolidate inbox.ndjson --retrain "lora-train"', 'live retrained as one adapter from all its facts'],
     ],
     reads: false,
     run: async (ctx, rest) => (await import('./consolidate.js')).runConsolidate(ctx, rest),

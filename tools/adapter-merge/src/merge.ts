@@ -106,7 +106,7 @@ export function energyLine(manifest: BundleManifest): string | null {
  */
 export async function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx, timeoutS: number): Promise<AnyRecord[]> {
   ctx.log(`validating with: ${cmd}`);
-  const out = await runRecordCommand(cmd, JSON.stringify(rec) + '\n', { role: 'validator', timeoutFlag: '--validator-timeout', timeoutS });
+  const out = await runRecordCommand(cmd, JSON.stringify(rec) + '\n', { role: 'validator', timeoutFlag: '--validator-timeout', timeoutS, then: 'nothing promoted' });
   return out.filter((v) => v.kind === 'report');
 }
 
@@ -119,7 +119,7 @@ export async function runValidator(cmd: string, rec: AnyRecord, ctx: Ctx, timeou
 export async function runRecordCommand(
   cmd: string,
   input: string,
-  o: { role: string; timeoutFlag: string; timeoutS: number; env?: NodeJS.ProcessEnv },
+  o: { role: string; timeoutFlag: string; timeoutS: number; env?: NodeJS.ProcessEnv; then: string },
 ): Promise<AnyRecord[]> {
   const stdout = await new Promise<string>((resolve, reject) => {
     const child = spawn('sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'], detached: true, ...(o.env ? { env: o.env } : {}) });
@@ -145,8 +145,8 @@ export async function runRecordCommand(
       if (timer) clearTimeout(timer);
       process.removeListener('exit', killGroup);
       killGroup(); // anything it left running in its group
-      if (timedOut) reject(new RegistryError(`${o.role} "${cmd}" did not finish within ${o.timeoutS} s (${o.timeoutFlag}); it was stopped and nothing was promoted`, 1, 'E_TIMEOUT'));
-      else if (code !== 0) reject(new RegistryError(`${o.role} "${cmd}" exited with status ${code ?? signal}; nothing promoted`, 1));
+      if (timedOut) reject(new RegistryError(`${o.role} "${cmd}" did not finish within ${o.timeoutS} s (${o.timeoutFlag}); it was stopped; ${o.then}`, 1, 'E_TIMEOUT'));
+      else if (code !== 0) reject(new RegistryError(`${o.role} "${cmd}" exited with status ${code ?? signal}; ${o.then}`, 1));
       else resolve(Buffer.concat(chunks).toString('utf8'));
     });
     child.stdin!.end(input);

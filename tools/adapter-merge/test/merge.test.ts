@@ -274,7 +274,7 @@ t.test('--validator-timeout: a validator that hangs is stopped, nothing is promo
   const t0 = Date.now();
   const r = am(['--into', 'live', '--validator', `sleep 300 & ${fake('pass', '--hang', '--pidfile', pidfile)}`, '--validator-timeout', '3'], rec('d'));
   const secs = (Date.now() - t0) / 1000;
-  fails(t, r, 1, /validator ".*" did not finish within 3 s \(--validator-timeout\); it was stopped and nothing was promoted/);
+  fails(t, r, 1, /validator ".*" did not finish within 3 s \(--validator-timeout\); it was stopped; nothing promoted/);
   t.ok(secs < 30, `it gave up after the timeout, not after the validator (${secs.toFixed(1)} s)`);
   t.equal(am(['log', 'live']).records.length, before, 'live did not move');
   const pid = Number(readFileSync(pidfile, 'utf8').trim());

@@ -264,9 +264,14 @@ async function consolidatePending(
   let validations = 0;
   for (let attempt = 1; ; attempt++) {
     const { current, held } = await readInto(ctx, reg, ref);
+    // a retrained ref descends from the trained bundle, not from the adapters it was trained from, so an adapter
+    // is also held when REF already states each of its facts as it does (the same record)
+    const stated = new Set((current?.manifest.facts ?? []).map((f) => JSON.stringify(f)));
     const items = all.filter((i) => {
-      if (!held.has(i.parent.sha256)) return true;
-      ctx.log(`${i.where}: ${i.parent.manifest.id} (${i.parent.sha256.slice(0, 12)}) is already in ${ref}; skipped`);
+      const facts = i.parent.manifest.facts;
+      if (held.has(i.parent.sha256)) ctx.log(`${i.where}: ${i.parent.manifest.id} (${i.parent.sha256.slice(0, 12)}) is already in ${ref}; skipped`);
+      else if (facts.length > 0 && facts.every((f) => stated.has(JSON.stringify(f)))) ctx.log(`${i.where}: ${i.parent.manifest.id} (${i.parent.sha256.slice(0, 12)}): ${ref} already states its fact(s); skipped`);
+      else return true;
       return false;
     });
     if (items.length === 0) {

@@ -77,6 +77,14 @@ t.test('the next night trains on live\'s facts and the new ones', async (t) => {
   t.same(live().manifest.merge.parents.map((p) => p.id), ['retrained-3']);
 });
 
+t.test('an adapter appended again after a retrained night is known by its facts: nothing to do', async (t) => {
+  const r = night(['a'], '--retrain', trainer());
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /a \([0-9a-f]{12}\): live already states its fact\(s\); skipped/);
+  t.match(r.summary, { promoted: null, validations: 0, accepted: [], retrained: null });
+  t.same(live().manifest.merge.parents.map((p) => p.id), ['retrained-3'], 'live unchanged');
+});
+
 t.test('a retrained candidate that fails validation: the night merges and bisects the adapters as they are', async (t) => {
   const r = night(['d', 'bad'], '--retrain', trainer());
   t.equal(r.code, 0, r.stderr);

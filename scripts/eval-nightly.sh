@@ -8,7 +8,7 @@
 # and the gate metrics of live's latest passing report.
 #
 #   scripts/eval-nightly.sh [--world fixtures/world] [--model fixtures/models/dense]
-#     [--skip 60] [--count 5] [--rounds 5] [--retrain "lora-train ..."] [--train "lora-train ..."]
+#     [--skip 60] [--count 5] [--rounds 5] [--retrain "lora-train ..." [--retrain-when failed]] [--train "lora-train ..."]
 #
 #   --skip N: start at the world's edit request N+1 (requests 61–100 are held out from tuning)
 #   --train CMD: the day's trainer (default `lora-train --seed 0 --quiet`; --model is added)
@@ -17,7 +17,7 @@
 # Build first (npm run build). Run it with `nice env CATECHISM_THREADS=1`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-world=fixtures/world model=fixtures/models/dense skip=60 count=5 rounds=5 retrain='' train='lora-train --seed 0 --quiet'
+world=fixtures/world model=fixtures/models/dense skip=60 count=5 rounds=5 retrain='' when=always train='lora-train --seed 0 --quiet'
 while [ $# -gt 0 ]; do
   case "$1" in
     --world) world=$2; shift 2 ;;
@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
     --count) count=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --retrain) retrain=$2; shift 2 ;;
+    --retrain-when) when=$2; shift 2 ;;
     --train) train=$2; shift 2 ;;
     *) echo "eval-nightly.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -39,9 +40,9 @@ export CATECHISM_REGISTRY="$work/registry"
 inbox="$work/inbox.ndjson"
 validator="validate --quiet --model $model --world $world"
 retrain_args=()
-[ -n "$retrain" ] && retrain_args=(--retrain "$retrain --model $model")
+[ -n "$retrain" ] && retrain_args=(--retrain "$retrain --model $model" --retrain-when "$when")
 
-echo "nightly flow: $world, $model; requests $((skip + 1))–$((skip + count * rounds)), $rounds nights × $count; $([ -n "$retrain" ] && echo "retrained by: $retrain" || echo 'adapters summed')"
+echo "nightly flow: $world, $model; requests $((skip + 1))–$((skip + count * rounds)), $rounds nights × $count; $([ -n "$retrain" ] && echo "retrained ($when) by: $retrain" || echo 'adapters summed')"
 for night in $(seq 1 "$rounds"); do
   from=$((skip + (night - 1) * count + 1)) to=$((skip + night * count))
   t0=$(date +%s)

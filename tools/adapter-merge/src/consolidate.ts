@@ -32,7 +32,8 @@
  * adapter read 0.027), so a ref that only ever grows by sums soon fails the
  * kl gate and bisection starts refusing good adapters. When the retrained
  * candidate fails validation, or CMD fails, the night falls back to the
- * sum-and-bisect above.
+ * sum-and-bisect above. `--retrain-when failed` tries the sum first and
+ * retrains only when it fails (cheaper nights; the retrain resets the drift).
  */
 import { appendFile, mkdtemp, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import * as os from 'node:os';
@@ -66,6 +67,7 @@ export interface ConsolidateArgs {
   attempts?: number;
   retrain?: string;
   'retrain-timeout'?: number;
+  'retrain-when'?: string;
 }
 
 const stampOf = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -125,7 +127,10 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
   const retrainTimeout = a['retrain-timeout'] ?? 3600;
   if (!(Number.isFinite(retrainTimeout) && retrainTimeout >= 0)) throw new UsageError(`--retrain-timeout: expected seconds ≥ 0, got ${String(retrainTimeout)}`);
   if (a.retrain !== undefined && (typeof a.retrain !== 'string' || a.retrain.trim() === '')) throw new UsageError('--retrain: expected a trainer command (e.g. "lora-train")');
-  const retrain = a.retrain !== undefined ? { trainer: a.retrain, timeoutS: retrainTimeout } : null;
+  const when = (a['retrain-when'] ?? 'always') as 'always' | 'failed';
+  if (when !== 'always' && when !== 'failed') throw new UsageError(`--retrain-when: expected always or failed, got ${String(when)}`);
+  if (a['retrain-when'] !== undefined && a.retrain === undefined) throw new UsageError('--retrain-when needs --retrain CMD');
+  const retrain = a.retrain !== undefined ? { trainer: a.retrain, timeoutS: retrainTimeout, when } : null;
   const validator = findValidator(a.validator);
   if (validator === null) throw new UsageError('consolidate: no validator (no --validator CMD and no `validate` on PATH); consolidation never promotes unvalidated');
   try {
@@ -256,7 +261,7 @@ async function retrainCandidate(ctx: Ctx, reg: Registry, ref: string, current: P
 
 async function consolidatePending(
   ctx: Ctx, reg: Registry, ref: string, pending: string[], validator: string, method: ReturnType<typeof checkMethod>, attempts: number, stamp: string,
-  retrain: { trainer: string; timeoutS: number } | null,
+  retrain: { trainer: string; timeoutS: number; when: 'always' | 'failed' } | null,
 ): Promise<Outcome> {
   const a = ctx.args;
   const all = await readItems(ctx, reg, pending);
@@ -302,9 +307,9 @@ async function consolidatePending(
       return { pass: v.refusal === null, cand, reason: v.refusal, reports: v.reports };
     };
     // Adaptive group testing: accept a set that passes whole, split one that fails, quarantine a single failure.
-    const solve = async (set: Item[]): Promise<void> => {
+    const solve = async (set: Item[], tried?: Awaited<ReturnType<typeof tryOn>>): Promise<void> => {
       if (set.length === 0) return;
-      const r = await tryOn(set);
+      const r = tried ?? (await tryOn(set));
       if (r.pass) {
         accepted.push(...set);
         lastPass = r.cand!;
@@ -319,7 +324,16 @@ async function consolidatePending(
       await solve(set.slice(mid));
     };
     let retrained: RetrainOutcome | null = null;
-    if (retrain !== null) {
+    // --retrain-when failed: the sum first, the retrain only when the sum fails (then the sum's trial is not repeated)
+    let whole: Awaited<ReturnType<typeof tryOn>> | undefined;
+    if (retrain !== null && retrain.when === 'failed') {
+      whole = await tryOn(items);
+      if (whole.pass) {
+        accepted.push(...items);
+        lastPass = whole.cand!;
+      } else ctx.log(`${ref}: the sum failed; retraining`);
+    }
+    if (retrain !== null && lastPass === null) {
       retrained = { candidate: null, trained: [], facts: 0, probes: 0, pass: false, reason: null };
       let r: Awaited<ReturnType<typeof retrainCandidate>> | null = null;
       try {
@@ -345,7 +359,7 @@ async function consolidatePending(
       }
       if (!retrained.pass) ctx.log(`${ref}: the retrained candidate was not promoted; merging the pending adapters as they are`);
     }
-    if (lastPass === null) await solve(items);
+    if (lastPass === null) await solve(items, whole);
     const passing = lastPass as Candidate | null;
     if (passing === null) return { accepted, quarantined, promoted: null, validations, retrained };
     try {

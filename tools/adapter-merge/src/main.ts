@@ -46,6 +46,7 @@ const O: Record<string, Options> = {
   quarantine: { type: 'string', describe: 'file the failing adapters and their reports are appended to (default INBOX.quarantine.ndjson)' },
   attempts: { type: 'number', default: 3, describe: 'start again this many times when another writer moves REF meanwhile' },
   retrain: { type: 'string', describe: 'trainer command (reads fact and probe records, writes adapter records, e.g. "lora-train"): the first candidate is one adapter it trains on every fact of REF and the inbox, replacing REF\'s; if it fails, the adapters are merged as they are' },
+  'retrain-when': { choices: ['always', 'failed'], describe: 'with --retrain: retrain every night (always, the default), or only when the sum of REF and the inbox fails validation (failed: cheaper nights; a retrain then resets the drift)' },
   'retrain-timeout': { type: 'number', default: 3600, describe: 'seconds the --retrain trainer may run; then it is stopped and the night merges the adapters as they are (0: no limit)' },
   'export-format': { choices: ['hf', 'onnx'], default: 'hf', hidden: true }, // given as --format hf|onnx (onnx.ts exportFormatArgs)
   'kv-cache': { type: 'boolean', default: false, describe: 'with --format onnx: past key/values in (past_key_values.{i}.key/.value) and out (present.{i}.key/.value), for generation' },
@@ -128,8 +129,9 @@ const COMMANDS: Record<string, Command> = {
       'the quarantine file. Pending files become INBOX.done-<time>. A validator that fails or outlives --validator-timeout ' +
       'quarantines nothing: the pending files stay for the next run (exit 1). Writes one `consolidation` record (what was promoted, accepted, quarantined). ' +
       'With --retrain CMD, the first candidate is one adapter CMD trains on every fact REF and the pending adapters state (with their probes) on the base model, ' +
-      'replacing REF\'s adapter: summed adapters add their drifts, a retrained one does not. If it fails validation (or CMD fails), the night merges and bisects as above.',
-    options: pick(['into', 'quarantine', 'validator', 'validator-timeout', 'retrain', 'retrain-timeout', 'method', 'rank', 'attempts', 'message', 'author', 'lock-timeout', 'text'], {
+      'replacing REF\'s adapter: summed adapters add their drifts, a retrained one does not. If it fails validation (or CMD fails), the night merges and bisects as above. ' +
+      'With --retrain-when failed the sum is tried first and the retrain only when the sum fails.',
+    options: pick(['into', 'quarantine', 'validator', 'validator-timeout', 'retrain', 'retrain-when', 'retrain-timeout', 'method', 'rank', 'attempts', 'message', 'author', 'lock-timeout', 'text'], {
       into: { describe: 'the ref to consolidate into', default: 'live' },
     }),
     examples: [

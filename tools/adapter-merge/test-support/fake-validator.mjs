@@ -2,8 +2,9 @@
 // A stand-in validator for adapter-merge's tests: reads the adapter record on
 // stdin and writes one report bound to it (bundle_sha256, base_model_sha256,
 // run), as catechism's validate does.
-//   fake-validator.mjs pass|fail [--unbound] [--other-bundle] [--hang [--pidfile F]] [--fail-if-fact ID] [--log FILE]
+//   fake-validator.mjs pass|fail [--unbound] [--other-bundle] [--hang [--pidfile F]] [--fail-if-fact ID] [--max-parents N] [--log FILE]
 // --fail-if-fact ID: fail when the bundle's manifest carries that fact (a bad adapter in a merge).
+// --max-parents N: fail a merge of more than N adapters (summed drift, as a real validator reads it).
 import { appendFileSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 const args = process.argv.slice(2);
@@ -26,6 +27,15 @@ process.stdin.on('data', (d) => (input += d)).on('end', () => {
     if (m.fact_ids.includes(bad)) {
       pass = false;
       failures.push(`kl 0.9 > 0.05 (gate kl<=0.05): ${bad} is in the candidate`);
+    }
+  }
+  const most = opt('--max-parents');
+  if (most !== undefined) {
+    const m = JSON.parse(readFileSync(path.join(r.path, 'catechism.json'), 'utf8'));
+    const n = m.merge?.parents?.length ?? 1;
+    if (n > Number(most)) {
+      pass = false;
+      failures.push(`kl 0.07 > 0.05 (gate kl<=0.05): ${n} adapters summed`);
     }
   }
   if (!pass && failures.length === 0) failures.push('efficacy 0.1 < 0.9');

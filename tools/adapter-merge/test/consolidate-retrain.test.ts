@@ -117,6 +117,29 @@ t.test('a trainer that fails, claims another base model or leaves a fact out: sa
   t.notOk(existsSync(path.join(tmp, 'inbox.ndjson')), 'the inbox was consumed');
 });
 
+t.test('--retrain-when failed: the sum while it passes, the retrain when it fails', async (t) => {
+  // a fresh ref; this validator fails any sum of more than one adapter (the drift summed adapters add)
+  const drift = [process.execPath, FAKE_VALIDATOR, 'pass', '--max-parents', '1'].map(q).join(' ');
+  const trainedBefore = readFileSync(TLOG, 'utf8').trim().split('\n').length;
+  const go = (names: string[]) => {
+    writeFileSync(INBOX, names.map((n) => recs[n]).join('\n') + '\n');
+    return am(['consolidate', INBOX, '--into', 'cheap', '--validator', drift, '--retrain', trainer(), '--retrain-when', 'failed']);
+  };
+  const first = go(['a']);
+  t.equal(first.code, 0, first.stderr);
+  t.match(first.summary, { promoted: { version: 1 }, validations: 1, retrained: null }, 'one adapter: the sum passes, no retrain');
+  t.equal(readFileSync(TLOG, 'utf8').trim().split('\n').length, trainedBefore, 'the trainer did not run');
+  const second = go(['b']);
+  t.equal(second.code, 0, second.stderr);
+  t.match(second.stderr, /trial 1: cheap \+ \[b\] → [0-9a-f]{12}: FAIL .*2 adapters summed.*the sum failed; retraining/s);
+  t.match(second.summary, { promoted: { version: 2 }, validations: 2, retrained: { pass: true, facts: 2 } });
+  t.same(lastTrained(), ['a-fact', 'b-fact']);
+  // the retrain's refusal falls back to the bisection without trying the whole sum twice
+  const third = go(['c', 'bad']);
+  t.equal(third.code, 0, third.stderr);
+  t.equal((third.stderr.match(/trial 1:/g) ?? []).length, 1, 'the sum is tried once');
+});
+
 t.test('bad --retrain options are usage errors', async (t) => {
   const r = am(['consolidate', INBOX, '--into', 'live', '--validator', validator, '--retrain', ' ']);
   t.equal(r.code, 2);
@@ -124,4 +147,7 @@ t.test('bad --retrain options are usage errors', async (t) => {
   const s = am(['consolidate', INBOX, '--into', 'live', '--validator', validator, '--retrain', 'x', '--retrain-timeout', '-1']);
   t.equal(s.code, 2);
   t.match(s.stderr, /--retrain-timeout: expected seconds ≥ 0/);
+  const w = am(['consolidate', INBOX, '--into', 'live', '--validator', validator, '--retrain-when', 'failed']);
+  t.equal(w.code, 2);
+  t.match(w.stderr, /--retrain-when needs --retrain CMD/);
 });

@@ -127,8 +127,7 @@ export async function runConsolidate(ctx: Ctx, rest: string[]): Promise<void> {
   const retrainTimeout = a['retrain-timeout'] ?? 3600;
   if (!(Number.isFinite(retrainTimeout) && retrainTimeout >= 0)) throw new UsageError(`--retrain-timeout: expected seconds ≥ 0, got ${String(retrainTimeout)}`);
   if (a.retrain !== undefined && (typeof a.retrain !== 'string' || a.retrain.trim() === '')) throw new UsageError('--retrain: expected a trainer command (e.g. "lora-train")');
-  const when = (a['retrain-when'] ?? 'always') as 'always' | 'failed';
-  if (when !== 'always' && when !== 'failed') throw new UsageError(`--retrain-when: expected always or failed, got ${String(when)}`);
+  const when = (a['retrain-when'] ?? 'always') as 'always' | 'failed'; // yargs' choices checked the value
   if (a['retrain-when'] !== undefined && a.retrain === undefined) throw new UsageError('--retrain-when needs --retrain CMD');
   const retrain = a.retrain !== undefined ? { trainer: a.retrain, timeoutS: retrainTimeout, when } : null;
   const validator = findValidator(a.validator);
@@ -238,7 +237,8 @@ async function retrainCandidate(ctx: Ctx, reg: Registry, ref: string, current: P
     const records = out.filter((r) => r.kind === 'adapter');
     if (records.length === 0) throw new InputError(`trainer "${trainer}" wrote no adapter records`);
     const trained: ParentBundle[] = [];
-    for (const [i, r] of records.entries()) trained.push(await parentOf(r, `trainer output, adapter record ${i + 1}`, new Registry(scratchReg)));
+    const scratchRegistry = new Registry(scratchReg);
+    for (const [i, r] of records.entries()) trained.push(await parentOf(r, `trainer output, adapter record ${i + 1}`, scratchRegistry));
     for (const t of trained) {
       if (t.manifest.base_model.sha256 !== base.sha256) {
         throw new InputError(`trainer "${trainer}" trained ${t.manifest.id} for ${t.manifest.base_model.name} (sha256 ${t.manifest.base_model.sha256.slice(0, 12)}…), but ${ref}'s adapters are for ${base.name} (sha256 ${base.sha256.slice(0, 12)}…): give the trainer --model`);
@@ -257,6 +257,30 @@ async function retrainCandidate(ctx: Ctx, reg: Registry, ref: string, current: P
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
+}
+
+/**
+ * The retrained candidate and its verdict. A trainer that fails does not stop
+ * the night (the adapters as they are still get their chance); a validator
+ * that fails does, as it does for a summed candidate.
+ */
+async function retrainAndValidate(
+  ctx: Ctx, reg: Registry, ref: string, current: ParentBundle | null, items: Item[], retrain: { trainer: string; timeoutS: number },
+  validator: string, meta: { message: string | null; author: string | null },
+): Promise<{ outcome: RetrainOutcome; cand: Candidate | null }> {
+  const outcome: RetrainOutcome = { candidate: null, trained: [], facts: 0, probes: 0, pass: false, reason: null };
+  let r: Awaited<ReturnType<typeof retrainCandidate>>;
+  try {
+    r = await retrainCandidate(ctx, reg, ref, current, items, retrain.trainer, retrain.timeoutS);
+  } catch (e) {
+    if (!(e instanceof InputError || e instanceof RegistryError)) throw e;
+    ctx.log(`retraining failed: ${e.message}`);
+    return { outcome: { ...outcome, reason: `retraining failed: ${e.message}` }, cand: null };
+  }
+  Object.assign(outcome, { candidate: r.cand.sha, trained: r.trained, facts: r.facts, probes: r.probes });
+  const v = await validateCandidate(ctx, reg, validator, r.cand.rec, r.cand.sha, meta);
+  ctx.log(`retrained: ${r.facts} fact(s) in one adapter → ${r.cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
+  return { outcome: { ...outcome, pass: v.refusal === null, reason: v.refusal }, cand: r.cand };
 }
 
 async function consolidatePending(
@@ -334,30 +358,13 @@ async function consolidatePending(
       } else ctx.log(`${ref}: the sum failed; retraining`);
     }
     if (retrain !== null && lastPass === null) {
-      retrained = { candidate: null, trained: [], facts: 0, probes: 0, pass: false, reason: null };
-      let r: Awaited<ReturnType<typeof retrainCandidate>> | null = null;
-      try {
-        r = await retrainCandidate(ctx, reg, ref, current, items, retrain.trainer, retrain.timeoutS);
-      } catch (e) {
-        // a trainer that fails must not stop the night: the adapters as they are still get their chance
-        if (!(e instanceof InputError || e instanceof RegistryError)) throw e;
-        retrained.reason = `retraining failed: ${e.message}`;
-        ctx.log(`retraining failed: ${e.message}`);
-      }
-      if (r !== null) {
-        Object.assign(retrained, { candidate: r.cand.sha, trained: r.trained, facts: r.facts, probes: r.probes });
-        validations++;
-        // a validator that fails stops the night here as it does below (nothing promoted, pending kept)
-        const v = await validateCandidate(ctx, reg, validator, r.cand.rec, r.cand.sha, meta);
-        ctx.log(`retrained: ${r.facts} fact(s) in one adapter → ${r.cand.sha.slice(0, 12)}: ${v.refusal === null ? 'pass' : `FAIL (${v.refusal})`}`);
-        retrained.pass = v.refusal === null;
-        retrained.reason = v.refusal;
-        if (v.refusal === null) {
-          accepted.push(...items);
-          lastPass = r.cand;
-        }
-      }
-      if (!retrained.pass) ctx.log(`${ref}: the retrained candidate was not promoted; merging the pending adapters as they are`);
+      const r = await retrainAndValidate(ctx, reg, ref, current, items, retrain, validator, meta);
+      retrained = r.outcome;
+      if (r.cand !== null) validations++;
+      if (r.outcome.pass) {
+        accepted.push(...items);
+        lastPass = r.cand;
+      } else ctx.log(`${ref}: the retrained candidate was not promoted; merging the pending adapters as they are`);
     }
     if (lastPass === null) await solve(items, whole);
     const passing = lastPass as Candidate | null;

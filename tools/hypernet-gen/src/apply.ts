@@ -18,6 +18,9 @@ import { UsageError } from '@catechism/core/records';
 import { targetsHash, type LoadedHyper } from './hypernet.js';
 import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type Row } from './features.js';
 import { refineBatch, refineDelta, type RefineOptions } from './refine.js';
+import { featurizeLast, lastUnits } from './last-site.js';
+import { prefixedRows } from './train.js';
+import { patchUnitsAdapter, type NeuronGate } from '@catechism/core/edit';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
 export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
@@ -49,13 +52,72 @@ export interface Generated {
   ms: number;
   /** With refine: the target NLL at the last refinement step (one fact: its own; a batch: one, the batch's mean). */
   refinedNll?: number[];
+  /** site 'last': each fact's gate and neuron. */
+  gates?: NeuronGate[];
+  neurons?: Array<{ fact_id: string; module: string; neuron: number }>;
+}
+
+/**
+ * site 'last': one gated neuron of the last layer per fact (last-site.ts),
+ * the neurons `neuronOffset`… of H's least-used list, so the adapters of one
+ * run can be summed (two patches on one neuron do not add).
+ */
+function generateLast(
+  h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
+  neuronOffset: number,
+): Generated {
+  const t0 = performance.now();
+  const st = h.gate!;
+  const n = facts.length;
+  if (neuronOffset + n > st.neurons.length) throw new UsageError(`hypernetwork ${h.config.id} has ${st.neurons.length} neurons to repurpose; this run asks for ${neuronOffset + n} (give fewer facts a run)`);
+  const feats = facts.map((f) => {
+    let rows;
+    try {
+      rows = prefixedRows(tok, f, factPhrasings(f, probes, templates, phrasings), st.prefixes);
+    } catch (e) {
+      if (e instanceof FactError) throw e;
+      throw new FactError(`fact ${f.id}: ${(e as Error).message}`, f.id, 'target_new');
+    }
+    return { f: featurizeLast(model, st, f.subject, f.relation, rows.rows[0].targets[0][1], rows.rows, rows.rows.length, rows.plain), phr: rows.rows.length };
+  });
+  const H = h.config.hidden;
+  const Z = feats[0].f.z.length;
+  const zData = new Float32Array(n * Z);
+  const sc = new Float32Array(n);
+  feats.forEach((x, i) => {
+    zData.set(x.f.z, i * Z);
+    sc[i] = x.f.oRms;
+  });
+  const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
+  const U = new Float32Array(H * n);
+  const norms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) {
+      U[j * n + i] = delta[i * H + j];
+      s += delta[i * H + j] ** 2;
+    }
+    norms.push(Math.sqrt(s));
+  }
+  const units = lastUnits(model);
+  const neurons = st.neurons.slice(neuronOffset, neuronOffset + n);
+  const gates = feats.map((x) => x.f.gate);
+  const adapter = patchUnitsAdapter(name, units, H, gates, units.map(() => neurons), fromData(U, [H, n]), model.arch.fanInFanOut);
+  return {
+    adapter, facts: facts.slice(), deltaNorms: norms, phrasings: feats.map((x) => x.phr), ms: performance.now() - t0, gates,
+    neurons: units.flatMap((u) => neurons.map((i, j) => ({ fact_id: facts[j].id, module: u.gateMod, neuron: i }))),
+  };
 }
 
 /** Features and δ of a group of facts (one model forward per fact, one H forward for the group). */
 export function generate(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions,
+  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions, neuronOffset = 0,
 ): Generated {
+  if (h.config.site === 'last') {
+    if (refine && refine.steps > 0) throw new UsageError(`--refine: hypernetwork ${h.config.id} writes gated neurons at the last token (site "last"); refinement is for the subject site`);
+    return generateLast(h, model, tok, facts, probes, templates, phrasings, name, neuronOffset);
+  }
   const t0 = performance.now();
   const c = h.config;
   const feats: FactFeatures[] = [];
@@ -162,16 +224,24 @@ export async function applyHyper(
     for (let s = 0; s < facts.length; s += a.batch) {
       const group = facts.slice(s, s + a.batch);
       const ids = new Set(group.map((f) => f.id));
-      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine);
+      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine, s);
       const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: group.length > 1 ? a.refine.batchMaxNorm : a.refine.maxNorm } : {};
       const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
       const rec = await writeEditBundle({
         adapter: g.adapter, method: 'hypernet', baseModel: { name: res.modelName, sha256: res.modelSha }, facts: group, probes: testProbes({ facts: group, probes: mine }),
         dataSha256: dataSha256(mine), seed: a.seed,
         hyperparameters: {
-          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, batch_solve: group.length > 1 ? 'least-squares' : 'rome-key', phrasings: a.phrasings, ...refined,
+          hypernet: h.config.id, hypernet_sha256: h.config.sha256, layer: h.config.layer, site: h.config.site ?? 'subject', phrasings: a.phrasings, ...refined,
+          ...(g.gates ? {} : { batch_solve: group.length > 1 ? 'least-squares' : 'rome-key' }),
         },
-        training: { hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10, ...(g.refinedNll ? { refined_nll: g.refinedNll.map((x) => Math.round(x * 1e4) / 1e4) } : {}) },
+        training: {
+          hypernet: h.config.id, hypernet_sha256: h.config.sha256, delta_norms: g.deltaNorms, phrasings: g.phrasings, generate_ms: Math.round(g.ms * 10) / 10,
+          ...(g.refinedNll ? { refined_nll: g.refinedNll.map((x) => Math.round(x * 1e4) / 1e4) } : {}),
+          ...(g.gates ? {
+            layer: h.config.layer, neurons: g.neurons,
+            gates: g.gates.map((x, j) => ({ fact_id: group[j].id, tau: x.tau, kappa: x.kappa, neg_quantile: x.negQuantile, pos_mean: x.posMean, pos_low: x.posLow, leaks: x.leaks })),
+          } : {}),
+        },
         ...(a.createdAt ? { createdAt: a.createdAt } : {}),
       }, { out: a.out, registry: a.registry });
       adapters.push(rec);

@@ -24,6 +24,7 @@ import { Tensor, add, fromData, gelu, linear, mul } from '@catechism/core/tensor
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '@catechism/core/models';
 import { UsageError } from '@catechism/core/records';
 import { Rng } from '@catechism/core/random';
+import type { GateSettings, GateStats } from './last-site.js';
 
 export const HYPERNET_FORMAT = 'catechism-hypernet';
 export const HYPERNET_FORMAT_VERSION = 1;
@@ -66,6 +67,14 @@ export interface HyperConfig extends HyperShape {
   templates: boolean;
   /** Everything that went into training (hyperparameters, data hash, outcome). */
   training: Record<string, unknown>;
+  /**
+   * Where the edit is written: 'subject' (absent in older files): a rank-one
+   * δA at the subject's last token of `layer` (ROME's key side); 'last': one
+   * gated neuron of the last layer at the prompt's last token (last-site.ts).
+   */
+  site?: 'subject' | 'last';
+  /** site 'last': the gate's settings, and the names behind the stored statistics' indices. */
+  gate?: { settings: GateSettings; relations: string[]; subjects: string[]; prefixes: string[]; neurons: number[] };
 }
 
 export class HyperNet {
@@ -120,8 +129,10 @@ export interface LoadedHyper {
   dir: string;
   config: HyperConfig;
   net: HyperNet;
-  /** Lower-triangular L with L Lᵀ = C + λI, [keyDim²] row-major. */
+  /** Lower-triangular L with L Lᵀ = C + λI, [keyDim²] row-major (site 'subject'; empty for 'last'). */
   chol: Float64Array;
+  /** site 'last': what places each fact's gate. */
+  gate?: GateStats;
 }
 
 export function sha256Hex(b: Uint8Array | string): string {
@@ -134,15 +145,41 @@ export function targetsHash(targets: readonly string[]): string {
 }
 
 /** Write H (weights + factor, then the config naming their sha256) into `dir`. */
-export function saveHyper(dir: string, net: HyperNet, chol: Float64Array, cfg: Omit<HyperConfig, 'id' | 'sha256' | 'format' | 'format_version' | keyof HyperShape>): HyperConfig {
+export function saveHyper(
+  dir: string, net: HyperNet, side: { chol: Float64Array } | { gate: GateStats }, cfg: Omit<HyperConfig, 'id' | 'sha256' | 'format' | 'format_version' | 'gate' | keyof HyperShape>,
+): HyperConfig {
   fs.mkdirSync(dir, { recursive: true });
   const D = net.shape.keyDim;
-  const bytes = serializeSafetensors(
-    { ...net.tensors(), chol: { shape: [D, D], data: Float32Array.from(chol) } },
-    { format: 'pt', base_model_sha256: cfg.base_model.sha256 },
-  );
+  const extra: Record<string, { shape: number[]; data: Float32Array }> = {};
+  let gateCfg: HyperConfig['gate'];
+  if ('chol' in side) extra.chol = { shape: [D, D], data: Float32Array.from(side.chol) };
+  else {
+    const g = side.gate;
+    const H = g.negMean.length;
+    const R = g.relations.length;
+    const cat = (xs: Float64Array[]) => {
+      const out = new Float32Array(xs.reduce((n, x) => n + x.length, 0));
+      let at = 0;
+      for (const x of xs) {
+        out.set(x, at);
+        at += x.length;
+      }
+      return out;
+    };
+    Object.assign(extra, {
+      neg_mean: { shape: [H], data: Float32Array.from(g.negMean) },
+      neg_cov: { shape: [H, H], data: Float32Array.from(g.negCov) },
+      rel_mean: { shape: [R, H], data: cat(g.relMean) },
+      rel_cov: { shape: [R, H, H], data: cat(g.relCov) },
+      sample: { shape: [g.sample.length / H, H], data: g.sample },
+      sample_subject: { shape: [g.sampleSubject.length], data: Float32Array.from(g.sampleSubject) },
+      sample_relation: { shape: [g.sampleRelation.length], data: Float32Array.from(g.sampleRelation) },
+    });
+    gateCfg = { settings: g.settings, relations: g.relations, subjects: g.subjects, prefixes: g.prefixes, neurons: g.neurons };
+  }
+  const bytes = serializeSafetensors({ ...net.tensors(), ...extra }, { format: 'pt', base_model_sha256: cfg.base_model.sha256 });
   const sha256 = sha256Hex(bytes);
-  const config: HyperConfig = { format: HYPERNET_FORMAT, format_version: HYPERNET_FORMAT_VERSION, id: `hypernet-${sha256.slice(0, 16)}`, sha256, ...net.shape, ...cfg };
+  const config: HyperConfig = { format: HYPERNET_FORMAT, format_version: HYPERNET_FORMAT_VERSION, id: `hypernet-${sha256.slice(0, 16)}`, sha256, ...net.shape, ...cfg, ...(gateCfg ? { gate: gateCfg } : {}) };
   writeFileAtomic(path.join(dir, WEIGHTS_FILE), bytes);
   writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
   return config;
@@ -172,5 +209,21 @@ export function loadHyper(dir: string, flag = '--hypernet'): LoadedHyper {
   if (net.W1.shape[1] !== Z || net.W2.shape[0] !== shape.hidden || net.W1.shape[0] !== shape.width) {
     throw new UsageError(`${flag} ${dir}: weights [${net.W1.shape.join(', ')}] / [${net.W2.shape.join(', ')}] do not match the configuration (z ${Z}, width ${shape.width}, hidden ${shape.hidden})`);
   }
-  return { dir, config, net, chol: Float64Array.from(st.float32('chol')) };
+  if (config.site !== 'last') return { dir, config, net, chol: Float64Array.from(st.float32('chol')) };
+  const g = config.gate;
+  if (!g) throw new UsageError(`${flag} ${cfile}: site "last" but no gate settings`);
+  const H = config.hidden;
+  const f64 = (name: string) => Float64Array.from(st.float32(name));
+  const relMean = f64('rel_mean');
+  const relCov = f64('rel_cov');
+  const gate: GateStats = {
+    settings: g.settings, relations: g.relations, subjects: g.subjects, prefixes: g.prefixes, neurons: g.neurons,
+    negMean: f64('neg_mean'), negCov: f64('neg_cov'),
+    relMean: g.relations.map((_, i) => relMean.slice(i * H, (i + 1) * H)),
+    relCov: g.relations.map((_, i) => relCov.slice(i * H * H, (i + 1) * H * H)),
+    sample: Float32Array.from(st.float32('sample')),
+    sampleSubject: Int32Array.from(st.float32('sample_subject')),
+    sampleRelation: Int32Array.from(st.float32('sample_relation')),
+  };
+  return { dir, config, net, chol: new Float64Array(0), gate };
 }

@@ -14,6 +14,7 @@ export * from './features.js';
 export * from './train.js';
 export * from './apply.js';
 export * from './refine.js';
+export * from './last-site.js';
 
 /**
  * The shipped hypernetwork for a bundled fixture model (fixtures/hypernet/<model>),

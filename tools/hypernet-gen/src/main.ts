@@ -36,6 +36,7 @@ interface TrainArgs {
   corpus?: string;
   'stats-cache'?: string;
   'stats-tokens': number;
+  site: 'subject' | 'last';
   layer?: number;
   width: number;
   z: string[];
@@ -95,7 +96,11 @@ if (argv[0] === 'train') {
       corpus: { type: 'string', describe: 'text for the key statistics, one document per line (default: the world\'s train.txt)' },
       'stats-cache': { type: 'string', describe: 'key statistics cache directory (default: $CATECHISM_CACHE or ~/.cache/catechism; shared with ROME)' },
       'stats-tokens': { type: 'number', default: d.statsTokens, describe: 'corpus tokens for the key covariance (ROME\'s default, so the cache is shared)' },
-      layer: { type: 'number', describe: 'edited layer (default: ROME\'s, about 35% of the depth)' },
+      site: {
+        type: 'string', default: d.site, choices: ['subject', 'last'],
+        describe: 'where H writes: "subject", a rank-one δA at the subject\'s last token of --layer (ROME\'s key side); "last", one gated neuron of the last layer at the prompt\'s last token (the gate in closed form, H the value)',
+      },
+      layer: { type: 'number', describe: 'edited layer (default: ROME\'s, about 35% of the depth; --site last: the last layer)' },
       width: { type: 'number', default: d.width, describe: 'hidden width of H' },
       z: { type: 'array', string: true, default: d.z, choices: ['key', 'out', 'target', 'rel'], describe: 'what H is conditioned on: the subject\'s key, the MLP output there, the target\'s embedding, the last layer\'s residual where the answer is predicted (rel)' },
       steps: { type: 'number', default: d.steps, describe: 'training steps' },
@@ -132,9 +137,9 @@ if (argv[0] === 'train') {
       const corpus = a.corpus ?? w.need('train.txt', '--corpus', 'corpus for the key statistics');
       const tm = await ctx.model();
       const model = tm.model;
-      const layer = a.layer ?? romeDefaultLayer(model.config.layers);
+      const layer = a.layer ?? (a.site === 'last' ? model.config.layers - 1 : romeDefaultLayer(model.config.layers));
       int('layer', layer, 0);
-      if (layer >= model.config.layers - 1) throw new UsageError(`--layer ${layer}: choose 0–${model.config.layers - 2} (the last layer's MLP output at the subject cannot reach the prediction)`);
+      if (a.site === 'subject' && layer >= model.config.layers - 1) throw new UsageError(`--layer ${layer}: choose 0–${model.config.layers - 2} (the last layer's MLP output at the subject cannot reach the prediction)`);
       const knownRecs = readFacts(known);
       const facts = a.facts ? trainingFacts(a.facts) : [];
       if (a.counterfactuals > 0) {
@@ -145,7 +150,7 @@ if (argv[0] === 'train') {
         ctx.log(`${a.counterfactuals} counterfactual training edits from ${known ?? '(no known facts)'}, ${exclude.size} held-out subjects excluded`);
       }
       const o: TrainOptions = {
-        ...d, layer, seed: a.seed, width: a.width, z: a.z as ZPart[], steps: a.steps, factsPerStep: a['facts-per-step'], lr: a.lr, klWeight: a['kl-weight'],
+        ...d, site: a.site, layer, seed: a.seed, width: a.width, z: a.z as ZPart[], steps: a.steps, factsPerStep: a['facts-per-step'], lr: a.lr, klWeight: a['kl-weight'],
         l2Weight: a['l2-weight'], statsTokens: a['stats-tokens'], keepSame: a['keep-same'], keepOther: a['keep-other'], phrasings: a.phrasings,
       };
       await trainHyper(

@@ -23,8 +23,11 @@ import { Rng } from '@catechism/core/random';
 import { UsageError } from '@catechism/core/records';
 import { HyperNet, saveHyper, type HyperConfig, type HyperShape, type ZPart } from './hypernet.js';
 import { FactError, editRow, factPhrasings, featurize, type Row } from './features.js';
+import { GATE_DEFAULTS, featurizeLast, gateStats, type GateSettings, type GateStats } from './last-site.js';
 
 export interface TrainOptions {
+  /** Where the edit is written: the subject (rank-one δA at `layer`) or the prompt's last token (a gated neuron of the last layer). */
+  site: 'subject' | 'last';
   layer: number;
   width: number;
   z: ZPart[];
@@ -52,11 +55,21 @@ export interface TrainOptions {
   statsFacts: number;
   /** ridge · mean(diag C) added to C. */
   ridge: number;
+  /** site 'last': the gates' settings, documents behind their statistics, the stored negative sample's size, context prefixes. */
+  gate: GateSettings;
+  gateDocs: number;
+  gateSample: number;
+  prefixes: number;
   statsTokens: number;
   seed: number;
 }
 
 export const TRAIN_DEFAULTS: Omit<TrainOptions, 'layer' | 'seed'> = {
+  site: 'subject',
+  gate: GATE_DEFAULTS,
+  gateDocs: 300,
+  gateSample: 8192,
+  prefixes: 5,
   width: 256,
   z: ['key', 'out', 'target'],
   steps: 500,
@@ -145,17 +158,39 @@ export function keyFactor(
   return { chol: cholesky(moment, D, ridgeAbs), ridgeAbs, tokens: st.count };
 }
 
-function prepare(res: TrainResources, shape: HyperShape, chol: Float64Array, o: TrainOptions, facts: readonly EditFact[], log: (m: string) => void): Prepared[] {
+/** A fact's phrasings, each also after every context prefix (site 'last': the gate must open whatever came before). */
+export function prefixedRows(tok: Tokenizer, fact: EditFact, phrasings: readonly string[], prefixes: readonly string[]): { rows: Row[]; plain: boolean[] } {
+  const rows: Row[] = [];
+  const plain: boolean[] = [];
+  for (const p of phrasings) {
+    for (const pre of ['', ...prefixes]) {
+      rows.push(editRow(tok, fact, pre ? `${pre} ${p}` : p));
+      plain.push(!pre);
+    }
+  }
+  return { rows, plain };
+}
+
+function prepare(
+  res: TrainResources, shape: HyperShape, side: { chol: Float64Array } | { gate: GateStats }, o: TrainOptions, facts: readonly EditFact[], log: (m: string) => void,
+): Prepared[] {
   const { model, tokenizer: tok } = res;
   const V = model.config.vocabSize;
   const out: Prepared[] = [];
   const t0 = Date.now();
   facts.forEach((fact, i) => {
-    const edit = factPhrasings(fact, [], res.templates, o.phrasings).map((p) => editRow(tok, fact, p));
+    const phr = factPhrasings(fact, [], res.templates, o.phrasings);
+    const pr = 'gate' in side ? prefixedRows(tok, fact, phr, side.gate.prefixes) : { rows: phr.map((p) => editRow(tok, fact, p)), plain: [] };
+    const edit = pr.rows;
     const keepPrompts = [...romeKeepPrompts(res.known, fact, o.keepSame), ...otherSubjects(res.known, fact, o.keepOther, o.seed + i)];
     const keep: Row[] = keepPrompts.map((p) => ({ ids: tok.encode(p), subj: -1, targets: [] })).filter((r) => r.ids.length > 0);
     const targetId = edit[0].targets[0][1];
-    const { feats, s } = featurize(model, o.layer, shape, chol, fact, targetId, [...edit, ...keep], edit.length, true);
+    const { feats, s } = 'gate' in side
+      ? (() => {
+        const f = featurizeLast(model, side.gate, fact.subject, fact.relation, targetId, [...edit, ...keep], edit.length, pr.plain);
+        return { feats: { z: f.z, oRms: f.oRms }, s: f.s };
+      })()
+      : featurize(model, o.layer, shape, side.chol, fact, targetId, [...edit, ...keep], edit.length, true);
     let keepBase = new Float32Array(0);
     if (keep.length) {
       noGrad(() => {
@@ -367,12 +402,26 @@ export async function trainHyper(res: TrainResources, facts: readonly EditFact[]
   const { model } = res;
   if (facts.length === 0) throw new UsageError('no training edits: give --facts FILE or --counterfactuals N');
   const mod = mlpOutModule(model, o.layer);
-  const { chol, ridgeAbs, tokens } = keyFactor(res, o.layer, o.ridge, o.statsTokens, o.statsFacts, o.seed, run.log);
-  const D = Math.round(Math.sqrt(chol.length));
-  const shape: HyperShape = { keyDim: D, hidden: model.config.hidden, width: o.width, z: o.z };
+  let side: { chol: Float64Array } | { gate: GateStats };
+  let shape: HyperShape;
+  let ridgeAbs = 0;
+  let tokens = 0;
+  if (o.site === 'last') {
+    if (o.layer !== model.config.layers - 1) throw new UsageError(`--site last edits the last layer (${model.config.layers - 1}), not --layer ${o.layer}`);
+    if (res.corpus.length === 0) throw new UsageError('hypernet-gen train --site last needs a corpus for the gate statistics and prefixes: give --corpus FILE (one document per line)');
+    side = { gate: gateStats(model, res.tokenizer, res.known, res.corpus, res.templates, o.layer, { docs: o.gateDocs, sample: o.gateSample, prefixes: o.prefixes, seed: o.seed, settings: o.gate }, run.log) };
+    // z = [x̄ (the MLP input at the last token), h̄ (the residual after the last layer there), e_t]
+    shape = { keyDim: model.config.hidden, hidden: model.config.hidden, width: o.width, z: ['key', 'rel', 'target'] };
+  } else {
+    const kf = keyFactor(res, o.layer, o.ridge, o.statsTokens, o.statsFacts, o.seed, run.log);
+    ({ ridgeAbs, tokens } = kf);
+    side = { chol: kf.chol };
+    shape = { keyDim: Math.round(Math.sqrt(kf.chol.length)), hidden: model.config.hidden, width: o.width, z: o.z };
+  }
+  const chol = 'chol' in side ? side.chol : new Float64Array(0);
   let prepared: Prepared[];
   try {
-    prepared = prepare(res, shape, chol, o, facts, run.log);
+    prepared = prepare(res, shape, side, o, facts, run.log);
   } catch (e) {
     if (e instanceof FactError) throw new UsageError(e.message);
     throw e;
@@ -416,8 +465,8 @@ export async function trainHyper(res: TrainResources, facts: readonly EditFact[]
   if (run.out && step >= o.steps) {
     const last = history.slice(-50);
     const m = (k: keyof StepResult) => (last.length ? last.reduce((s, x) => s + x[k], 0) / last.length : NaN);
-    config = saveHyper(run.out, net, chol, {
-      base_model: { name: res.modelName, sha256: res.modelSha }, targets: [mod], layer: o.layer, ridge: ridgeAbs, stats_tokens: tokens,
+    config = saveHyper(run.out, net, side, {
+      site: o.site, base_model: { name: res.modelName, sha256: res.modelSha }, targets: [mod], layer: o.layer, ridge: ridgeAbs, stats_tokens: tokens,
       templates: res.templates !== null,
       training: {
         hyperparameters: { ...o }, edits: facts.length, data_sha256: dataSha, seconds: Math.round(seconds),

@@ -83,6 +83,7 @@ import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
+import { cholSolve, cholesky } from '../util/linalg.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
 import { pickPrefixes, prefixAvoidNames, romeKeepPrompts, ROME_KEEP_PROMPTS } from './rome-method.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
@@ -96,6 +97,8 @@ export interface PatcherOptions {
   gateDocs: number;
   /** Adam steps of the gates' logistic regressions. */
   gateSteps: number;
+  /** How each gate's direction is found: a logistic regression (Adam, gateSteps), or Fisher's discriminant in closed form. */
+  gateFit?: 'logistic' | 'discriminant';
   /** Pre-activation at the mean positive. */
   gateSharpness: number;
   /**
@@ -212,7 +215,7 @@ export interface PatchedNeuron {
 export function patchedNeurons(manifest: Record<string, unknown>): PatchedNeuron[] {
   const carried = manifest.patched_neurons;
   const training = manifest.training as Record<string, unknown> | undefined;
-  const list = Array.isArray(carried) ? carried : manifest.method === 'patcher' && Array.isArray(training?.neurons) ? training.neurons : [];
+  const list = Array.isArray(carried) ? carried : (manifest.method === 'patcher' || manifest.method === 'hypernet') && Array.isArray(training?.neurons) ? training.neurons : [];
   return list.filter((n): n is PatchedNeuron => typeof n === 'object' && n !== null && typeof n.module === 'string' && Number.isInteger(n.neuron));
 }
 
@@ -289,7 +292,7 @@ export interface UnitWeights extends PatchUnit {
   bu?: Float32Array;
 }
 
-function unitWeights(model: CausalLM, u: PatchUnit): UnitWeights {
+export function unitWeights(model: CausalLM, u: PatchUnit): UnitWeights {
   const g = inputProjection(model, u.gateMod);
   const up = u.upMod ? inputProjection(model, u.upMod) : null;
   return { ...u, I: g.I, Wg: g.W, bg: g.b, ...(up ? { Wu: up.W, bu: up.b } : {}) };
@@ -416,28 +419,80 @@ export function fitGates(
     for (let a = 0; a < H; a++) w[a] = W[a * N + j];
     const neg: number[] = [];
     for (let m = 0; m < M; m++) if (!exclude[j].has(m)) neg.push(S[m * N + j] + B[j]);
-    neg.sort((p, q) => p - q);
-    const n = P.length / H;
-    const pos: number[] = [];
-    for (let r = 0; r < n; r++) {
-      let s = B[j];
-      for (let a = 0; a < H; a++) s += w[a] * P[r * H + a];
-      pos.push(s);
-    }
-    pos.sort((p, q) => p - q);
-    const hs: number[] = [];
-    for (let r = 0; r < hard[j].length / H; r++) {
-      let s = B[j];
-      for (let a = 0; a < H; a++) s += w[a] * hard[j][r * H + a];
-      hs.push(s);
-    }
-    const negQuantile = Math.max(neg[Math.min(neg.length - 1, Math.floor(o.gateQuantile * neg.length))], ...(o.hardShare > 0 ? hs : []));
-    const posLow = pos[Math.floor(0.1 * (pos.length - 1))];
-    const posMean = pos.reduce((s, v) => s + v, 0) / pos.length;
-    const tau = negQuantile + (o.gateMargin ?? 0.5) * (posLow - negQuantile);
-    const kappa = o.gateSharpness / Math.max(posMean - tau, 1e-3);
-    return { w, b: B[j], tau, kappa, negQuantile, posMean, posLow, leaks: neg.filter((v) => v > tau).length, lookalikeLeaks: hs.filter((v) => v > tau).length, lookalikes: hs.length };
+    return placeGate(w, B[j], neg, P, hard[j], H, o);
   });
+}
+
+/**
+ * The threshold and sharpness of a gate whose score w·x + b is given: τ
+ * `gateMargin` of the way from the negatives' `gateQuantile` score (and, with
+ * hardShare > 0, above every hard negative) to the positives' 10th
+ * percentile; κ puts the mean positive at `gateSharpness`.
+ */
+export function placeGate(
+  w: Float32Array, b: number, negScores: number[], P: Float32Array, hard: Float32Array, H: number,
+  o: Pick<PatcherOptions, 'gateSharpness' | 'gateQuantile' | 'hardShare'> & { gateMargin?: number },
+): NeuronGate {
+  const neg = negScores.slice().sort((p, q) => p - q);
+  const score = (X: Float32Array) => {
+    const out: number[] = [];
+    for (let r = 0; r < X.length / H; r++) {
+      let s = b;
+      for (let a = 0; a < H; a++) s += w[a] * X[r * H + a];
+      out.push(s);
+    }
+    return out;
+  };
+  const pos = score(P).sort((p, q) => p - q);
+  const hs = score(hard);
+  const negQuantile = Math.max(neg[Math.min(neg.length - 1, Math.floor(o.gateQuantile * neg.length))], ...(o.hardShare > 0 ? hs : []));
+  const posLow = pos[Math.floor(0.1 * (pos.length - 1))];
+  const posMean = pos.reduce((s, v) => s + v, 0) / pos.length;
+  const tau = negQuantile + (o.gateMargin ?? 0.5) * (posLow - negQuantile);
+  const kappa = o.gateSharpness / Math.max(posMean - tau, 1e-3);
+  return { w, b, tau, kappa, negQuantile, posMean, posLow, leaks: neg.filter((v) => v > tau).length, lookalikeLeaks: hs.filter((v) => v > tau).length, lookalikes: hs.length };
+}
+
+/** Mean and covariance (Float64, H×H row-major) of the rows of X [n, H]. */
+export function meanCov(X: Float32Array, H: number): { mean: Float64Array; cov: Float64Array } {
+  const n = X.length / H;
+  const mean = new Float64Array(H);
+  for (let r = 0; r < n; r++) for (let a = 0; a < H; a++) mean[a] += X[r * H + a] / n;
+  const Xc = new Float32Array(X.length);
+  for (let r = 0; r < n; r++) for (let a = 0; a < H; a++) Xc[r * H + a] = X[r * H + a] - mean[a];
+  const G = noGrad(() => matmul(transpose(fromData(Xc, [n, H]), 0, 1), fromData(Xc, [n, H]))).data;
+  const cov = Float64Array.from(G, (v) => v / Math.max(n - 1, 1));
+  return { mean, cov };
+}
+
+/**
+ * A gate in closed form (Fisher's linear discriminant): w = Σ⁻¹(μ_p − μ_h),
+ * μ_p the mean of the fact's positives, μ_h of its hard negatives (at the
+ * last token: the relation's other subjects in its phrasings; none: every
+ * negative), Σ their scatter plus every negative's, ridged. No iterations,
+ * so a hypernetwork can place a gate per fact in about a millisecond; the
+ * threshold is placed as the logistic gate's (placeGate).
+ */
+export function discriminantGate(
+  P: Float32Array, H: number, hardStats: { mean: Float64Array; cov: Float64Array }, negStats: { mean: Float64Array; cov: Float64Array },
+  negScoresOf: (w: Float32Array, b: number) => number[], hard: Float32Array,
+  o: Pick<PatcherOptions, 'gateSharpness' | 'gateQuantile' | 'hardShare'> & { gateMargin?: number; ownWeight?: number; ridge?: number },
+): NeuronGate {
+  const S = new Float64Array(H * H);
+  let tr = 0;
+  const own = P.length >= 2 * H ? meanCov(P, H).cov : null;
+  const ownWeight = o.ownWeight ?? 3;
+  for (let k = 0; k < H * H; k++) S[k] = hardStats.cov[k] + negStats.cov[k] + (own ? ownWeight * own[k] : 0);
+  for (let a = 0; a < H; a++) tr += S[a * H + a];
+  const L = cholesky(S, H, ((o.ridge ?? 1e-3) * tr) / H, 'patcher: discriminant gate scatter');
+  const n = P.length / H;
+  const d = new Float64Array(H);
+  for (let r = 0; r < n; r++) for (let a = 0; a < H; a++) d[a] += P[r * H + a] / n;
+  for (let a = 0; a < H; a++) d[a] -= hardStats.mean[a];
+  const w = Float32Array.from(cholSolve(L, H, d));
+  let b = 0;
+  for (let a = 0; a < H; a++) b -= w[a] * hardStats.mean[a];
+  return placeGate(w, b, negScoresOf(w, b), P, hard, H, o);
 }
 
 /** A rewriting prompt: an insert's target tokens, or a forget's old answer (its first token only). */
@@ -661,7 +716,22 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       }
       for (let k = 0; k < H * H; k++) invariance[k] *= gateInvariance / n;
     }
-    const gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin }, invariance);
+    let gates: NeuronGate[];
+    if (o.gateFit === 'discriminant') {
+      const negStats = meanCov(Xneg, H);
+      const Xt = fromData(Xneg, [Xneg.length / H, H]);
+      const statsOf = new Map<Float32Array, { mean: Float64Array; cov: Float64Array }>();
+      gates = positives.map((P, j) => {
+        if (!statsOf.has(hard[j])) statsOf.set(hard[j], hard[j].length >= 2 * H ? meanCov(hard[j], H) : negStats);
+        const negScoresOf = (w: Float32Array, b: number) => {
+          const s = noGrad(() => matmul(Xt, fromData(w, [H, 1]))).data;
+          const out: number[] = [];
+          for (let m = 0; m < s.length; m++) if (!exclude[j].has(m)) out.push(s[m] + b);
+          return out;
+        };
+        return discriminantGate(P, H, statsOf.get(hard[j])!, negStats, negScoresOf, hard[j], { ...o, gateMargin });
+      });
+    } else gates = fitGates(Xneg, H, positives, exclude, hard, { ...o, gateMargin }, invariance);
     // facts whose gates open on each other's rewriting prompts (look-alike subjects of one relation, e.g. "Alu
     // Tenberov" and "Kani Alu Tenberov") must have their values fitted together, where the fit sees both patches;
     // fitted in separate chunks, the later value answered the earlier fact's prompts too (MoE fixture, requests 1–10)
@@ -934,6 +1004,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     'patch-prefixes': { type: 'number', default: d.patchPrefixes, min: 0, integer: true, describe: 'context prefixes of the rewriting prompts' },
     'gate-docs': { type: 'number', default: d.gateDocs, min: 0, integer: true, describe: 'general-text documents whose positions are the gates\' negatives (beside every known fact\'s prompt)' },
     'gate-steps': { type: 'number', default: d.gateSteps, min: 1, integer: true, describe: 'steps of each gate\'s logistic regression' },
+    'gate-fit': { type: 'string', default: 'logistic', choices: ['logistic', 'discriminant'], describe: 'each gate\'s direction: a logistic regression, or Fisher\'s discriminant in closed form' },
     'gate-sharpness': { type: 'number', default: d.gateSharpness, describe: 'neuron pre-activation at the mean positive' },
     'gate-invariance': {
       type: 'number', min: 0,
@@ -987,6 +1058,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
       patchPrefixes: flags['patch-prefixes'] as number,
       gateDocs: flags['gate-docs'] as number,
       gateSteps: flags['gate-steps'] as number,
+      gateFit: flags['gate-fit'] as PatcherOptions['gateFit'],
       gateSharpness: flags['gate-sharpness'] as number,
       ...(flags['gate-invariance'] !== undefined ? { gateInvariance: flags['gate-invariance'] as number } : {}),
       gateQuantile: q,

@@ -76,15 +76,18 @@ if (argv[0] === 'train') {
     usage: 'hypernet-gen train --out DIR [options]',
     readsRecords: false,
     describe:
-      'Trains the hypernetwork H for one base model (default: the dense fixture model) and one MLP output projection (ROME\'s layer, about 35% of the depth). ' +
+      'Trains the hypernetwork H for one base model (default: the dense fixture model). --site last (default): H gives the value of one gated neuron of the last ' +
+      'layer at the prompt\'s last token, the gate placed in closed form from statistics of the known facts and general text, stored with H. --site subject: ' +
+      'H gives the value change δ of one MLP output projection at the subject (ROME\'s layer, about 35% of the depth), A from ROME\'s key covariance. ' +
       'Training edits: --facts FILE (insert facts) and/or --counterfactuals N made from the known facts (another object of the same relation), never of a ' +
-      'subject in the --holdout files (default: every request of the world\'s edits.ndjson). H learns the value change δ at the subject from z = [key, MLP output, ' +
-      'target embedding], end to end through the frozen model: target NLL on the relation\'s training phrasings + KL to the base model on prompts of other subjects. ' +
+      'subject in the --holdout files (default: every request of the world\'s edits.ndjson). H learns end to end through the frozen model: target NLL on the ' +
+      'relation\'s training phrasings + KL to the base model on prompts of other subjects. ' +
       'Saves hypernet.safetensors + hypernet.json (content-addressed: its id is the weights\' sha256; base model sha256 and target module recorded). Progress with ETA on stderr; ' +
       '--checkpoint FILE is written as it goes and --resume continues from it (the same run, bit for bit).',
     examples: [
-      ['hypernet-gen train --counterfactuals 16 --steps 4 --facts-per-step 4 --stats-tokens 2000 --out hnet/', 'a tiny run: 16 generated edits, 4 steps'],
-      ['hypernet-gen train --counterfactuals 16 --steps 4 --facts-per-step 4 --stats-tokens 2000 --checkpoint h.ckpt --resume --out hnet/', 'resume from (or start) a checkpoint'],
+      ['hypernet-gen train --counterfactuals 16 --steps 4 --facts-per-step 4 --out hnet/', 'a tiny run: 16 generated edits, 4 steps'],
+      ['hypernet-gen train --counterfactuals 16 --steps 4 --facts-per-step 4 --checkpoint h.ckpt --resume --out hnet/', 'resume from (or start) a checkpoint'],
+      ['hypernet-gen train --site subject --counterfactuals 16 --steps 4 --facts-per-step 4 --stats-tokens 2000 --out hnet-subject/', 'the subject site (ROME\'s layer and key side)'],
     ],
     options: {
       out: { type: 'string', describe: 'directory for hypernet.safetensors and hypernet.json' },
@@ -102,7 +105,7 @@ if (argv[0] === 'train') {
       },
       layer: { type: 'number', describe: 'edited layer (default: ROME\'s, about 35% of the depth; --site last: the last layer)' },
       width: { type: 'number', default: d.width, describe: 'hidden width of H' },
-      z: { type: 'array', string: true, default: d.z, choices: ['key', 'out', 'target', 'rel'], describe: 'what H is conditioned on: the subject\'s key, the MLP output there, the target\'s embedding, the last layer\'s residual where the answer is predicted (rel)' },
+      z: { type: 'array', string: true, default: d.z, choices: ['key', 'out', 'target', 'rel'], describe: '--site subject: what H is conditioned on (--site last: the MLP input and the residual at the last token, the target\'s embedding): the subject\'s key, the MLP output there, the target\'s embedding, the last layer\'s residual where the answer is predicted (rel)' },
       steps: { type: 'number', default: d.steps, describe: 'training steps' },
       'facts-per-step': { type: 'number', default: d.factsPerStep, describe: 'training edits per step' },
       lr: { type: 'number', default: d.lr, describe: 'peak learning rate (Adam, warmup then cosine)' },
@@ -165,24 +168,27 @@ if (argv[0] === 'train') {
     name: 'hypernet-gen',
     version,
     describe:
-      'Turns facts into adapters with a trained hypernetwork (default: the one shipped for the dense fixture model, fixtures/hypernet/dense): per fact one forward ' +
-      'pass of the base model gives ROME\'s key k* (and A = C⁻¹k* ÷ (k*ᵀC⁻¹k*)) and H gives the value change δ; the adapter is the rank-one LoRA δA on the MLP output ' +
-      'projection H was trained for. --batch N writes one adapter per N facts, solved as least squares over their keys (rank N). Input records pass through in order, ' +
-      'then one "adapter" record per bundle (method hypernet, the hypernetwork\'s id and sha256 in the manifest). Train one with `hypernet-gen train`.',
+      'Turns facts into adapters with a trained hypernetwork (default: the one shipped for the dense fixture model, fixtures/hypernet/dense), one forward pass ' +
+      'of the base model and of H per fact, no optimisation. The shipped H writes one gated neuron of the last layer per fact: the gate, in closed form from the ' +
+      'fact\'s phrasings at their last token (Fisher\'s discriminant against statistics stored in H), opens only on that fact; H gives the value it writes. ' +
+      'Each fact of a run takes its own neuron, so a run\'s adapters can be summed. A subject-site H (hypernet-gen train --site subject; ' +
+      'fixtures/hypernet/dense-subject) writes ROME\'s rank-one δA instead, and --batch N there is solved as least squares over the facts\' keys. ' +
+      'Input records pass through in order, then one "adapter" record per bundle (method hypernet, the hypernetwork\'s id and sha256 in the manifest). ' +
+      'Train one with `hypernet-gen train`.',
     examples: [
       ['hypernet-gen --out adapters/ facts.ndjson | validate --no-record', 'one adapter per fact, each validated'],
       ['hypernet-gen --batch 10 --out adapters/ facts.ndjson', 'one adapter for every 10 facts'],
       ['probe-gen facts.ndjson | hypernet-gen --out adapters/ > out.ndjson', 'probes travel into each bundle as its tests'],
-      ['hypernet-gen --refine 10 --out adapters/ facts.ndjson', 'H\'s δ then 10 gradient steps each, norm at most 0.4 × H\'s (README: quality vs time)'],
+      ['hypernet-gen --hypernet fixtures/hypernet/dense-subject --refine 10 --out adapters/ facts.ndjson', 'the subject site: H\'s δ then 10 gradient steps each, norm at most 0.4 × H\'s'],
     ],
     options: {
       hypernet: { type: 'string', describe: 'hypernetwork directory (hypernet.json + hypernet.safetensors; default: the shipped one for a bundled fixture model)' },
       out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
-      batch: { type: 'number', default: 1, describe: 'facts per adapter (least-squares solve over their keys)' },
+      batch: { type: 'number', default: 1, describe: 'facts per adapter (last-token site: one neuron each; subject site: a least-squares solve over their keys)' },
       targets: { type: 'array', string: true, describe: 'the module(s) the adapters must edit; refused unless the hypernetwork was trained for exactly these' },
       templates: { type: 'string', describe: 'templates.json whose training phrasings define each fact\'s key (default: the world\'s, when the hypernetwork was trained with them)' },
       phrasings: { type: 'number', default: d.phrasings, describe: 'phrasings per fact for its key' },
-      refine: { type: 'number', default: 0, describe: `after H, this many gradient steps on each fact's δ (its own target NLL; one forward + backward each). 0: H's δ as is, one forward per fact. ${REFINE_DEFAULTS.steps} is the measured setting (README)` },
+      refine: { type: 'number', default: 0, describe: `subject-site hypernetworks only: after H, this many gradient steps on each fact's δ (its own target NLL; one forward + backward each). 0: H's δ as is, one forward per fact. ${REFINE_DEFAULTS.steps} is the measured setting (README)` },
       'refine-lr': { type: 'number', default: REFINE_DEFAULTS.lr, describe: 'refinement step size, as a share of ‖δ_H‖' },
       'max-norm': { type: 'number', default: REFINE_DEFAULTS.maxNorm, describe: 'with --refine: ‖δ‖ at most this times the norm H gave (the edit\'s reach into other prompts grows with ‖δ‖²)' },
       'batch-max-norm': { type: 'number', default: REFINE_DEFAULTS.batchMaxNorm, describe: 'with --refine and --batch N > 1: the bound for each δ of a batch (refined together under the batch\'s solve; ten edits\' reaches add)' },

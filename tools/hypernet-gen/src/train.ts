@@ -65,7 +65,7 @@ export interface TrainOptions {
 }
 
 export const TRAIN_DEFAULTS: Omit<TrainOptions, 'layer' | 'seed'> = {
-  site: 'subject',
+  site: 'last',
   gate: GATE_DEFAULTS,
   gateDocs: 300,
   gateSample: 8192,

@@ -46,6 +46,10 @@ t.test('one adapter per fact, records passed through, the hypernetwork named in 
     t.equal(m.base_model.sha256, modelSha256(path.join(ROOT, 'fixtures/models/dense')));
     t.ok(fs.existsSync(path.join(a.path, 'adapter_model.safetensors')) && fs.existsSync(path.join(a.path, 'adapter_config.json')), 'PEFT files');
   }
+  // the shipped H writes gated neurons: each adapter of a run its own, recorded so that merges can check
+  const neurons = ads.map((a) => JSON.parse(fs.readFileSync(path.join(a.path, 'catechism.json'), 'utf8')).training.neurons.map((n: { neuron: number }) => n.neuron));
+  t.equal(neurons.flat().length, 2);
+  t.not(neurons[0][0], neurons[1][0], 'two facts of one run: two neurons');
   const b = run(['--out', 'b', '-q', '--batch', '2'], lines([f1, f2]));
   t.equal(b.status, 0, b.stderr);
   const bads = b.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.kind === 'adapter');
@@ -64,7 +68,7 @@ t.test('a hypernetwork for another base model or other targets is refused, both 
   t.notOk(fs.existsSync(path.join(tmp, 'x')), 'nothing written');
   const g = run(['--out', 'x', '--targets', 'transformer.h.1.mlp.c_proj'], lines([f1]));
   t.equal(g.status, 2, g.stderr);
-  t.match(g.stderr, /transformer\.h\.0\.mlp\.c_proj \(targets hash [0-9a-f]{12}\).*transformer\.h\.1\.mlp\.c_proj \(targets hash [0-9a-f]{12}\)/);
+  t.match(g.stderr, /transformer\.h\.3\.mlp\.c_proj \(targets hash [0-9a-f]{12}\).*transformer\.h\.1\.mlp\.c_proj \(targets hash [0-9a-f]{12}\)/);
 });
 
 t.test('an answer the tokenizer cannot spell is refused by name', async (t) => {

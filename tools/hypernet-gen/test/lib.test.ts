@@ -32,7 +32,7 @@ t.test('the shipped hypernetwork makes two held-out facts in one forward each', 
   t.ok(dir, 'fixtures/hypernet/dense is found for the dense fixture model');
   const h = loadHyper(dir!);
   t.equal(h.config.base_model.sha256, modelSha256(DENSE), 'trained for this model');
-  // requests 63 and 65: the shipped H makes 9 of requests 61–80 (README), these two among them
+  // requests 63 and 65 (the shipped H makes all of requests 61–80, README)
   const facts = [heldOut[2], heldOut[4]];
   for (const f of facts) {
     const { promptIds, targetIds } = encodeTrainingPair(tokenizer, f.prompt.replace('{}', f.subject), f.target_new!);
@@ -55,7 +55,7 @@ const tinyRes: TrainResources = {
 };
 const tinyFacts = counterfactuals(known, 6, 3, new Set(heldOut.map((f) => f.subject)));
 const tiny: TrainOptions = {
-  ...TRAIN_DEFAULTS, layer: 0, seed: 5, width: 16, steps: 6, factsPerStep: 6, lr: 0.01, warmup: 1, keepSame: 2, keepOther: 1, phrasings: 3, statsTokens: 3000,
+  ...TRAIN_DEFAULTS, site: 'subject', layer: 0, seed: 5, width: 16, steps: 6, factsPerStep: 6, lr: 0.01, warmup: 1, keepSame: 2, keepOther: 1, phrasings: 3, statsTokens: 3000,
 };
 const quiet = { checkpointEvery: 100, resume: false, log: () => {}, logEvery: 100 };
 // a digest of every weight's bytes (tap's deep comparison of 100k-number arrays takes minutes)
@@ -92,8 +92,11 @@ t.test('resume from a checkpoint equals the uninterrupted run', async (t) => {
   await t.rejects(trainHyper(tinyRes, tinyFacts, { ...tiny, lr: 0.02 }, { ...quiet, checkpoint: ck, resume: true }), /another run/, 'a checkpoint of other flags is refused');
 });
 
+// the subject site's hypernetwork (fixtures/hypernet/dense-subject): its batch solve and refinement
+const SUBJECT = path.join(ROOT, 'fixtures/hypernet/dense-subject');
+
 t.test('a batch adapter maps each fact\'s key to its own value (least squares over the keys)', async (t) => {
-  const h = loadHyper(shippedHypernet(DENSE)!);
+  const h = loadHyper(SUBJECT);
   const facts = heldOut.slice(2, 5);
   const g = generate(h, model, tokenizer, facts, [], templates, 5, 'batch');
   t.equal(g.adapter.r, 3);
@@ -112,7 +115,7 @@ t.test('a batch adapter maps each fact\'s key to its own value (least squares ov
 });
 
 t.test('--refine: a held-out fact H alone misses is made by 10 steps on its δ, within the norm bound', async (t) => {
-  const h = loadHyper(shippedHypernet(DENSE)!);
+  const h = loadHyper(SUBJECT);
   const f = heldOut[0]; // request 61: the shipped H alone does not make it (README: 9 of requests 61–80)
   const { promptIds, targetIds } = encodeTrainingPair(tokenizer, f.prompt.replace('{}', f.subject), f.target_new!);
   const answer = (g: { adapter: LoraAdapter }) => {

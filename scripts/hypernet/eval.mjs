@@ -99,7 +99,7 @@ if (!(f.kl <= 0.05)) fails.push('kl');
 if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
 if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
+const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${h.config.site === 'last' ? ', one neuron each' : a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
 if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | validate gates | ms/adapter (generate; with bundle written) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|');

@@ -46,6 +46,7 @@ const { values: a } = parseArgs({
     'max-norm': { type: 'string' },
     'batch-max-norm': { type: 'string' },
     'stats-facts': { type: 'string' },
+    'gate-margin': { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
     label: { type: 'string' },
@@ -62,6 +63,8 @@ const { model, tokenizer } = loadModel(modelDir);
 const sha = modelSha256(modelDir);
 const h = loadHyper(hdir);
 checkCompatible(h, model, sha, modelDir);
+// last-token site: another place for the gates' thresholds than H's (0: the negatives' quantile, 1: the positives' 10th percentile)
+if (a['gate-margin'] !== undefined) h.gate.settings = { ...h.gate.settings, margin: Number(a['gate-margin']) };
 const templates = loadTemplateBank(path.join(world, 'templates.json'));
 if (a['stats-facts'] !== undefined) {
   // another key covariance than the one H was trained with (an ablation of the key side alone)
@@ -99,7 +102,7 @@ if (!(f.kl <= 0.05)) fails.push('kl');
 if (!(f.retain_drop <= 0.05)) fails.push('retain_drop');
 if (!(f.efficacy >= 0.95)) fails.push('efficacy');
 if (!(f.paraphrase >= 0.8)) fails.push('paraphrase');
-const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${h.config.site === 'last' ? ', one neuron each' : a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
+const label = a.label ?? `edits ${skip + 1}–${skip + count}${batch > 1 ? ` (batches of ${batch}${h.config.site === 'last' ? ', one neuron each' : a.solve === 'sum' ? ', deltas summed' : ', least squares'})` : ''}${a.phrasings !== undefined ? `, ${phr} phrasings` : ''}${a["gate-margin"] !== undefined ? `, gate margin ${a["gate-margin"]}` : ""}${refine.steps > 0 ? `, refine ${refine.steps} (lr ${refine.lr}, max norm ${batch > 1 ? refine.batchMaxNorm : refine.maxNorm})` : ''}`;
 if (a.header) {
   console.log('| case | world | method | n | efficacy % | paraphrase % | neighbourhood % | kl | retain_drop | validate gates | ms/adapter (generate; with bundle written) |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|');

@@ -37,6 +37,7 @@ interface TrainArgs {
   'stats-cache'?: string;
   'stats-tokens': number;
   site: 'subject' | 'last';
+  'gate-margin': number;
   layer?: number;
   width: number;
   z: string[];
@@ -103,6 +104,10 @@ if (argv[0] === 'train') {
         type: 'string', default: d.site, choices: ['subject', 'last'],
         describe: 'where H writes: "subject", a rank-one δA at the subject\'s last token of --layer (ROME\'s key side); "last", one gated neuron of the last layer at the prompt\'s last token (the gate in closed form, H the value)',
       },
+      'gate-margin': {
+        type: 'number', default: d.gate.margin,
+        describe: '--site last: where each gate\'s threshold sits between the negatives\' 99.9% quantile (0) and the fact\'s phrasings\' 10th percentile (1); stored with H',
+      },
       layer: { type: 'number', describe: 'edited layer (default: ROME\'s, about 35% of the depth; --site last: the last layer)' },
       width: { type: 'number', default: d.width, describe: 'hidden width of H' },
       z: { type: 'array', string: true, default: d.z, choices: ['key', 'out', 'target', 'rel'], describe: '--site subject: what H is conditioned on (--site last: the MLP input and the residual at the last token, the target\'s embedding): the subject\'s key, the MLP output there, the target\'s embedding, the last layer\'s residual where the answer is predicted (rel)' },
@@ -153,7 +158,7 @@ if (argv[0] === 'train') {
         ctx.log(`${a.counterfactuals} counterfactual training edits from ${known ?? '(no known facts)'}, ${exclude.size} held-out subjects excluded`);
       }
       const o: TrainOptions = {
-        ...d, site: a.site, layer, seed: a.seed, width: a.width, z: a.z as ZPart[], steps: a.steps, factsPerStep: a['facts-per-step'], lr: a.lr, klWeight: a['kl-weight'],
+        ...d, site: a.site, gate: { ...d.gate, margin: a['gate-margin'] }, layer, seed: a.seed, width: a.width, z: a.z as ZPart[], steps: a.steps, factsPerStep: a['facts-per-step'], lr: a.lr, klWeight: a['kl-weight'],
         l2Weight: a['l2-weight'], statsTokens: a['stats-tokens'], keepSame: a['keep-same'], keepOther: a['keep-other'], phrasings: a.phrasings,
       };
       await trainHyper(

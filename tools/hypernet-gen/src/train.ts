@@ -408,6 +408,7 @@ export async function trainHyper(res: TrainResources, facts: readonly EditFact[]
   let tokens = 0;
   if (o.site === 'last') {
     if (o.layer !== model.config.layers - 1) throw new UsageError(`--site last edits the last layer (${model.config.layers - 1}), not --layer ${o.layer}`);
+    if (!model.arch.layer(o.layer).mlp) throw new UsageError(`--site last: layer ${o.layer} is a sparse MoE layer; a hypernetwork writes one dense MLP's neuron (for experts use lora-train --method patcher)`);
     if (res.corpus.length === 0) throw new UsageError('hypernet-gen train --site last needs a corpus for the gate statistics and prefixes: give --corpus FILE (one document per line)');
     side = { gate: gateStats(model, res.tokenizer, res.known, res.corpus, res.templates, o.layer, { docs: o.gateDocs, sample: o.gateSample, prefixes: o.prefixes, seed: o.seed, settings: o.gate }, run.log) };
     // z = [x̄ (the MLP input at the last token), h̄ (the residual after the last layer there), e_t]

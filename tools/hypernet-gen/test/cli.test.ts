@@ -79,3 +79,10 @@ t.test('an answer the tokenizer cannot spell is refused by name', async (t) => {
   t.match(r.stderr, /target_new/);
   t.notOk(fs.existsSync(path.join(tmp, 'y')), 'nothing written');
 });
+
+t.test('train --site last on a sparse MoE model is refused, naming the layer', async (t) => {
+  const r = spawnSync(process.execPath, [BIN, 'train', '--model', path.join(ROOT, 'fixtures/models/moe'), '--counterfactuals', '4', '--steps', '1', '--out', 'moe-h'], { encoding: 'utf8', cwd: tmp });
+  t.equal(r.status, 2, r.stderr);
+  t.match(r.stderr, /layer 3 is a sparse MoE layer/);
+  t.notOk(fs.existsSync(path.join(tmp, 'moe-h')), 'nothing written');
+});

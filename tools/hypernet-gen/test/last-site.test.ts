@@ -52,6 +52,8 @@ t.test('a tiny training run at the last token lowers the NLL and saves its gate 
   t.equal(h.gate!.prefixes.length, 2);
   t.equal(h.gate!.relations.length, h.gate!.relMean.length);
   t.ok(h.gate!.neurons.length >= 16 && new Set(h.gate!.neurons).size === h.gate!.neurons.length, 'a ranking of distinct neurons');
+  const again = await trainHyper(res, facts, tiny, { checkpointEvery: 100, resume: false, log: () => {}, logEvery: 100, out: path.join(tmp, 'h2') });
+  t.equal(again.config!.sha256, h.config.sha256, 'same seed, same hypernetwork (weights and gate statistics)');
   await t.rejects(trainHyper(res, facts, { ...tiny, layer: 1 }, { checkpointEvery: 100, resume: false, log: () => {}, logEvery: 100 }), /last layer/, 'another layer is refused');
 });
 

@@ -57,6 +57,21 @@ export interface Generated {
   neurons?: Array<{ fact_id: string; module: string; neuron: number }>;
 }
 
+/** The values [n, H] as LoRA B columns [H, n] (B = Δᵀ), and each value's norm. */
+function valueColumns(delta: Float32Array, n: number, H: number): { B: Float32Array; norms: number[] } {
+  const B = new Float32Array(H * n);
+  const norms: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < H; j++) {
+      B[j * n + i] = delta[i * H + j];
+      s += delta[i * H + j] ** 2;
+    }
+    norms.push(Math.sqrt(s));
+  }
+  return { B, norms };
+}
+
 /**
  * site 'last': one gated neuron of the last layer per fact (last-site.ts),
  * the neurons `neuronOffset`… of H's least-used list, so the adapters of one
@@ -89,16 +104,7 @@ function generateLast(
     sc[i] = x.f.oRms;
   });
   const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
-  const U = new Float32Array(H * n);
-  const norms: number[] = [];
-  for (let i = 0; i < n; i++) {
-    let s = 0;
-    for (let j = 0; j < H; j++) {
-      U[j * n + i] = delta[i * H + j];
-      s += delta[i * H + j] ** 2;
-    }
-    norms.push(Math.sqrt(s));
-  }
+  const { B: U, norms } = valueColumns(delta, n, H);
   const units = lastUnits(model);
   const neurons = st.neurons.slice(neuronOffset, neuronOffset + n);
   const gates = feats.map((x) => x.f.gate);
@@ -183,17 +189,7 @@ export function generate(
     // MALMEN-style: the batch's values refined together under the batch's own solve (every edit active on every row)
     refinedNll.push(refineBatch(model, c.layer, factRows, A, D, delta, refine!));
   }
-  // B [H, n] = Δᵀ
-  const B = new Float32Array(H * n);
-  const norms: number[] = [];
-  for (let i = 0; i < n; i++) {
-    let s = 0;
-    for (let j = 0; j < H; j++) {
-      B[j * n + i] = delta[i * H + j];
-      s += delta[i * H + j] ** 2;
-    }
-    norms.push(Math.sqrt(s));
-  }
+  const { B, norms } = valueColumns(delta, n, H);
   const adapter = new LoraAdapter(name, n, n, new Map([[c.targets[0], { A: fromData(A, [n, D]), B: fromData(B, [H, n]) }]]), model.arch.fanInFanOut);
   return { adapter, facts: facts.slice(), deltaNorms: norms, phrasings: nPhr, ms: performance.now() - t0, ...(refining ? { refinedNll } : {}) };
 }

@@ -36,8 +36,8 @@
 import { Tensor, fromData, matmul, noGrad } from '@catechism/core/tensor';
 import type { CausalLM, Hooks, Tokenizer } from '@catechism/core/models';
 import {
-  discriminantGate, knownEntities, meanCov, mlpInputHooks, mlpNormedFrom, mlpNormedInputs, neuronUse, padBatch, padId, patchUnits, pickPrefixes,
-  trainPhrasings, unitWeights, type NeuronGate, type Rec, type TemplateBank,
+  discriminantGate, knownEntities, meanCov, mlpInputHooks, mlpNormedFrom, mlpNormedInputs, neuronUse, padBatch, padId, patchUnits, phrasingsOf, pickPrefixes,
+  unitWeights, type NeuronGate, type Rec, type TemplateBank,
 } from '@catechism/core/edit';
 import { Rng } from '@catechism/core/random';
 import type { Row } from './features.js';
@@ -76,13 +76,6 @@ export interface GateStats {
   prefixes: string[];
   /** The layer's neurons, least used first. */
   neurons: number[];
-}
-
-/** A known fact's prompt and its relation's training phrasings, subject filled in. */
-function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
-  const subject = k.subject as string;
-  const bank = typeof k.relation === 'string' ? trainPhrasings(templates, k.relation) : [];
-  return [...new Set([(k.prompt as string).replace('{}', subject), ...bank.map((t) => t.replace('{}', subject))])];
 }
 
 /**

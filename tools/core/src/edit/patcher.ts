@@ -554,7 +554,7 @@ export function patchUnitsAdapter(
 }
 
 /** A known fact's prompt and its relation's training phrasings, subject filled in. */
-function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
+export function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
   const subject = k.subject as string;
   const bank = typeof k.relation === 'string' ? templates?.train.get(k.relation) ?? [] : [];
   return [...new Set([(k.prompt as string).replace('{}', subject), ...bank.map((t) => t.replace('{}', subject))])];

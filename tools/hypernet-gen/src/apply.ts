@@ -20,7 +20,7 @@ import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type R
 import { refineBatch, refineDelta, type RefineOptions } from './refine.js';
 import { featurizeLast, lastUnits } from './last-site.js';
 import { prefixedRows } from './train.js';
-import { patchUnitsAdapter, type NeuronGate } from '@catechism/core/edit';
+import { patchUnitsAdapter, type NeuronGate, type PatchedNeuron } from '@catechism/core/edit';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
 export function checkCompatible(h: LoadedHyper, model: CausalLM, modelSha: string, modelName: string, targets?: readonly string[]): void {
@@ -74,17 +74,18 @@ function valueColumns(delta: Float32Array, n: number, H: number): { B: Float32Ar
 
 /**
  * site 'last': one gated neuron of the last layer per fact (last-site.ts),
- * the neurons `neuronOffset`… of H's least-used list, so the adapters of one
- * run can be summed (two patches on one neuron do not add).
+ * the neurons `neuronOffset`… of `free` (H's least-used list less those other
+ * patches hold), so the adapters of one run can be summed (two patches on
+ * one neuron do not add).
  */
 function generateLast(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  neuronOffset: number,
+  neuronOffset: number, free: readonly number[],
 ): Generated {
   const t0 = performance.now();
   const st = h.gate!;
   const n = facts.length;
-  if (neuronOffset + n > st.neurons.length) throw new UsageError(`hypernetwork ${h.config.id} has ${st.neurons.length} neurons to repurpose; this run asks for ${neuronOffset + n} (give fewer facts a run)`);
+  if (neuronOffset + n > free.length) throw new UsageError(`hypernetwork ${h.config.id} has ${free.length} free neurons to repurpose; this run asks for ${neuronOffset + n} (give fewer facts a run)`);
   const feats = facts.map((f) => {
     let rows;
     try {
@@ -106,7 +107,7 @@ function generateLast(
   const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
   const { B: U, norms } = valueColumns(delta, n, H);
   const units = lastUnits(model);
-  const neurons = st.neurons.slice(neuronOffset, neuronOffset + n);
+  const neurons = free.slice(neuronOffset, neuronOffset + n);
   const gates = feats.map((x) => x.f.gate);
   const adapter = patchUnitsAdapter(name, units, H, gates, units.map(() => neurons), fromData(U, [H, n]), model.arch.fanInFanOut);
   return {
@@ -118,11 +119,12 @@ function generateLast(
 /** Features and δ of a group of facts (one model forward per fact, one H forward for the group). */
 export function generate(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions, neuronOffset = 0,
+  solve: 'lsq' | 'sum' = 'lsq', refine?: RefineOptions, neuronOffset = 0, avoid: readonly PatchedNeuron[] = [],
 ): Generated {
   if (h.config.site === 'last') {
     if (refine && refine.steps > 0) throw new UsageError(`--refine: hypernetwork ${h.config.id} writes gated neurons at the last token (site "last"); refinement is for the subject site`);
-    return generateLast(h, model, tok, facts, probes, templates, phrasings, name, neuronOffset);
+    const taken = new Set(avoid.filter((x) => lastUnits(model).some((u) => u.gateMod === x.module)).map((x) => x.neuron));
+    return generateLast(h, model, tok, facts, probes, templates, phrasings, name, neuronOffset, h.gate!.neurons.filter((i) => !taken.has(i)));
   }
   const t0 = performance.now();
   const c = h.config;
@@ -204,6 +206,8 @@ export interface ApplyArgs {
   out?: string;
   registry?: string;
   createdAt?: string;
+  /** Neurons other patches hold (e.g. the registry's live ref): a last-site H does not repurpose them. */
+  avoid?: PatchedNeuron[];
 }
 
 /** Generate and write the adapters; returns their records (in input order of facts). */
@@ -220,7 +224,7 @@ export async function applyHyper(
     for (let s = 0; s < facts.length; s += a.batch) {
       const group = facts.slice(s, s + a.batch);
       const ids = new Set(group.map((f) => f.id));
-      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine, s);
+      const g = generate(h, res.model, res.tokenizer, group, probes, res.templates, a.phrasings, group.map((f) => f.id).join('+'), 'lsq', a.refine, s, a.avoid);
       const refined = a.refine && a.refine.steps > 0 ? { refine_steps: a.refine.steps, refine_lr: a.refine.lr, refine_max_norm: group.length > 1 ? a.refine.batchMaxNorm : a.refine.maxNorm } : {};
       const mine = records.filter((r) => (r.kind === 'fact' && ids.has(r.id as string)) || (r.kind === 'probe' && ids.has(r.fact_id as string)));
       const rec = await writeEditBundle({

@@ -7,10 +7,12 @@
  * hypernet-gen train: learns the hypernetwork (no records read; training
  * edits from --facts and/or --counterfactuals N of the known facts).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
 import type { InputRecord } from '@catechism/core/records';
-import { romeDefaultLayer } from '@catechism/core/edit';
+import { patchedNeurons, romeDefaultLayer, type PatchedNeuron } from '@catechism/core/edit';
+import { Registry } from '@catechism/core/registry';
 import {
   REFINE_DEFAULTS, TRAIN_DEFAULTS, applyHyper, checkCompatible, counterfactuals, inputFacts, loadHyper, readFacts, readLines, loadTemplates, shippedHypernet, trainHyper, trainingFacts,
   type TrainOptions, type ZPart,
@@ -66,9 +68,31 @@ interface ApplyArgs {
   'max-norm': number;
   'batch-max-norm': number;
   'created-at'?: string;
+  'avoid-neurons-of'?: string;
 }
 
 const d = TRAIN_DEFAULTS;
+
+/**
+ * The neurons a last-site hypernetwork must not repurpose: those patched in
+ * --avoid-neurons-of DIR, or, into a registry, in its live ref's bundle (so
+ * the new adapters merge into live, as lora-train's patcher does).
+ */
+async function neuronsToAvoid(dir: string | undefined, registry: string | undefined, log: (m: string) => void): Promise<PatchedNeuron[]> {
+  let from = dir;
+  if (from === undefined && registry && fs.existsSync(path.join(registry, 'registry.json'))) {
+    const reg = new Registry(registry);
+    const head = await reg.head('live').catch(() => null);
+    if (head) {
+      from = reg.objectPath(head.bundle);
+      log(`avoiding the neurons patched in ref live (${head.adapter_id} v${head.adapter_version})`);
+    }
+  }
+  if (from === undefined) return [];
+  const file = path.join(from, 'catechism.json');
+  if (!fs.existsSync(file)) throw new UsageError(`--avoid-neurons-of ${from}: no catechism.json there (give an adapter bundle directory)`);
+  return patchedNeurons(JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>);
+}
 
 if (argv[0] === 'train') {
   await runTool<TrainArgs>({
@@ -198,6 +222,10 @@ if (argv[0] === 'train') {
       'max-norm': { type: 'number', default: REFINE_DEFAULTS.maxNorm, describe: 'with --refine: ‖δ‖ at most this times the norm H gave (the edit\'s reach into other prompts grows with ‖δ‖²)' },
       'batch-max-norm': { type: 'number', default: REFINE_DEFAULTS.batchMaxNorm, describe: 'with --refine and --batch N > 1: the bound for each δ of a batch (refined together under the batch\'s solve; ten edits\' reaches add)' },
       'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
+      'avoid-neurons-of': {
+        type: 'string',
+        describe: 'a bundle directory whose patched neurons a last-site hypernetwork must not reuse, so the two merge (with --registry: the live ref\'s bundle, by default)',
+      },
     },
     async run(ctx) {
       const a = ctx.args;
@@ -227,9 +255,10 @@ if (argv[0] === 'train') {
       const inputs = read.filter((r) => screen.keep(r));
       screen.finish();
       const facts = inputFacts(inputs);
+      const avoid = h.config.site === 'last' ? await neuronsToAvoid(a['avoid-neurons-of'], a.registry ? ctx.registry() : undefined, (m) => ctx.log(m)) : [];
       const { adapters, msPerAdapter } = await applyHyper(
         h, { model: tm.model, tokenizer: tm.tokenizer!, modelName: found.name, modelSha: tm.sha256(), templates: loadTemplates(tfile) },
-        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, refine: { steps: a.refine, lr: a['refine-lr'], maxNorm: a['max-norm'], batchMaxNorm: a['batch-max-norm'] }, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'] },
+        facts, inputs.map((r) => r.record as Record<string, unknown>), { batch: a.batch, phrasings: a.phrasings, refine: { steps: a.refine, lr: a['refine-lr'], maxNorm: a['max-norm'], batchMaxNorm: a['batch-max-norm'] }, seed: a.seed, out: a.out, registry: a.registry ? ctx.registry() : undefined, createdAt: a['created-at'], avoid },
         (m) => ctx.log(m),
       );
       if (msPerAdapter.length) ctx.log(`${adapters.length} adapter${adapters.length > 1 ? 's' : ''} from ${path.basename(h.dir)} (${h.config.id}), ${(msPerAdapter.reduce((s, x) => s + x, 0) / msPerAdapter.length).toFixed(1)} ms each to generate`);

@@ -86,3 +86,27 @@ t.test('train --site last on a sparse MoE model is refused, naming the layer', a
   t.match(r.stderr, /layer 3 is a sparse MoE layer/);
   t.notOk(fs.existsSync(path.join(tmp, 'moe-h')), 'nothing written');
 });
+
+t.test('--avoid-neurons-of: a second run takes other neurons than an earlier bundle\'s, so the two merge', async (t) => {
+  const first = run(['--out', 'n1', '-q'], lines([f1]));
+  t.equal(first.status, 0, first.stderr);
+  const a1 = JSON.parse(first.stdout.trim().split('\n').pop()!);
+  const used = (p: string) => JSON.parse(fs.readFileSync(path.join(p, 'catechism.json'), 'utf8')).training.neurons.map((n: { neuron: number }) => n.neuron);
+  const plain = run(['--out', 'n2', '-q'], lines([f2]));
+  const again = JSON.parse(plain.stdout.trim().split('\n').pop()!);
+  t.same(used(again.path), used(a1.path), 'without it, a second run starts from the same neuron');
+  const second = run(['--out', 'n3', '-q', '--avoid-neurons-of', a1.path], lines([f2]));
+  t.equal(second.status, 0, second.stderr);
+  const a2 = JSON.parse(second.stdout.trim().split('\n').pop()!);
+  t.not(used(a2.path)[0], used(a1.path)[0], 'with it, another neuron');
+  // adapter-merge sums the two that avoid each other, and refuses the two on one neuron
+  const MERGE = path.resolve(HERE, '../../adapter-merge/dist/main.js');
+  const merge = (recs: unknown[], out: string) => spawnSync(process.execPath, [MERGE, '--out', out, '-q'], { input: lines(recs), encoding: 'utf8', cwd: tmp });
+  t.equal(merge([a1, a2], 'merged').status, 0, 'merged');
+  const clash = merge([a1, again], 'clash');
+  t.equal(clash.status, 2);
+  t.match(clash.stderr, /both patch neuron .* make it again with hypernet-gen --avoid-neurons-of/);
+  const bad = run(['--out', 'n4', '--avoid-neurons-of', 'nowhere'], lines([f2]));
+  t.equal(bad.status, 2);
+  t.match(bad.stderr, /--avoid-neurons-of nowhere: no catechism.json/);
+});

@@ -260,7 +260,7 @@ function checkPatches(parents: readonly ParentBundle[], m: MergeMethod, weights:
       if (other !== undefined && other !== p.manifest.id) {
         throw new MergeError(
           `${other} and ${p.manifest.id} both patch neuron ${n.neuron} of ${n.module}: two patches on one neuron do not add; ` +
-            'retrain one with lora-train --method patcher --avoid-neurons-of <the other bundle> (into a registry, live\'s are avoided by default)',
+            `make ${p.manifest.method === 'hypernet' ? 'it again with hypernet-gen' : 'one again with lora-train --method patcher'} --avoid-neurons-of <the other bundle> (into a registry, live\'s are avoided by default)`,
         );
       }
       if (other === undefined) {

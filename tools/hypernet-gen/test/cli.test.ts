@@ -110,3 +110,19 @@ t.test('--avoid-neurons-of: a second run takes other neurons than an earlier bun
   t.equal(bad.status, 2);
   t.match(bad.stderr, /--avoid-neurons-of nowhere: no catechism.json/);
 });
+
+t.test('into a registry, the neurons of the live ref are avoided by default', async (t) => {
+  const MERGE = path.resolve(HERE, '../../adapter-merge/dist/main.js');
+  const reg = path.join(tmp, 'reg');
+  const first = run(['--registry', reg, '-q'], lines([f1]));
+  t.equal(first.status, 0, first.stderr);
+  const a1 = JSON.parse(first.stdout.trim().split('\n').pop()!);
+  const promote = spawnSync(process.execPath, [MERGE, 'promote', 'live', a1.path, '--force', '-m', 'test'], { encoding: 'utf8', cwd: tmp, env: { ...process.env, CATECHISM_REGISTRY: reg } });
+  t.equal(promote.status, 0, promote.stderr);
+  const second = run(['--registry', reg], lines([f2]));
+  t.equal(second.status, 0, second.stderr);
+  t.match(second.stderr, /avoiding the neurons patched in ref live/);
+  const a2 = JSON.parse(second.stdout.trim().split('\n').pop()!);
+  const used = (p: string) => JSON.parse(fs.readFileSync(path.join(p, 'catechism.json'), 'utf8')).training.neurons.map((n: { neuron: number }) => n.neuron);
+  t.not(used(a2.path)[0], used(a1.path)[0], 'not live\'s neuron');
+});

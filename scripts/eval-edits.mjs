@@ -25,6 +25,7 @@
 //     [--skip 60] [--count 10] [--batch 0] [--seed 0] [--set key=json ...] [--label TEXT]
 //     [--header] [--json FILE] [--readback FILE] [--keep DIR]
 //   --keep: move the trained bundles to DIR (new) instead of deleting them.
+//   --each: read every adapter back alone (with --batch 1: single-fact adapters), not their sum.
 //   --readback: the probes read back (default <world>/eval/facts-heldout.ndjson, phrasings no
 //     training ever saw, two per fact, as validate's default retention set; lora-train's
 //     retention KL trains on training phrasings only, so the two never share a prompt;
@@ -84,6 +85,7 @@ const { values: a } = parseArgs({
     json: { type: 'string' },
     readback: { type: 'string' },
     keep: { type: 'string' },
+    each: { type: 'boolean', default: false },
     'forget-target': { type: 'string', default: 'any' },
     'abstain-text': { type: 'string', default: 'unknown' },
     detail: { type: 'boolean', default: false },
@@ -214,7 +216,7 @@ function readbackAbstain() {
   if (records.length === 0) return null;
   const byId = new Map(facts.map((x) => [x.id, checkFact(x)]));
   const ads = records.map((r) => ({ adapter: loadLora(r.path), facts: r.fact_ids.map((id) => byId.get(id)) }));
-  const groups = editMethod(a.method)?.perFact
+  const groups = editMethod(a.method)?.perFact || a.each
     ? ads.map((x) => ({ adapters: [x.adapter], facts: x.facts }))
     : [{ adapters: ads.map((x) => x.adapter), facts: ads.flatMap((x) => x.facts) }];
   const readback = readNdjson(readbackFile).map((p) => ({
@@ -223,7 +225,8 @@ function readbackAbstain() {
   }));
   return editReadback(res.model, res.tokenizer, groups, { templates: res.templates, readback, abstain: abstainText });
 }
-const f = abstainText === undefined ? readbackAdapters(res, records, facts, readbackFile, a.method) : readbackAbstain();
+// --each: every adapter read back alone (kl, retain_drop: means over them), as ROME's always are
+const f = abstainText === undefined && !a.each ? readbackAdapters(res, records, facts, readbackFile, a.method) : readbackAbstain();
 /**
  * P(old answer's first token) after each forget prompt (the fact's own prompt and its relation's
  * held-out phrasings, as the read-back's forgotten %), every adapter of the run active
@@ -295,7 +298,7 @@ if (a.keep) {
 
 const pct = (x) => (x === undefined || Number.isNaN(x) ? '—' : (100 * x).toFixed(1));
 const num = (x) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(3));
-const label = a.label ?? `${a.source === 'facts' ? `${a.relation ?? 'facts'} cf` : 'edits'} ${skip + 1}–${skip + count}${Number(a.batch) ? ` (batches of ${a.batch})` : ''}`;
+const label = a.label ?? `${a.source === 'facts' ? `${a.relation ?? 'facts'} cf` : 'edits'} ${skip + 1}–${skip + count}${Number(a.batch) ? ` (batches of ${a.batch}${a.each ? ', each alone' : ''})` : ''}`;
 let pass = refused ?? 'refused';
 if (f) {
   const fails = readbackFailures(f, a.op);

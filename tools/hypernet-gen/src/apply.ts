@@ -1,9 +1,12 @@
 /**
- * Applying H: facts (+ probes) in, one rank-one adapter per fact, or one
- * adapter per batch of facts, out — one forward of the base model per fact
- * and one of H per batch, no optimisation.
+ * Applying H: facts (+ probes) in, one adapter per fact, or one adapter per
+ * batch of facts, out — one forward of the base model per fact and one of H
+ * per batch, no optimisation.
  *
- * A batch (--batch N) is solved MALMEN-style: with K = [k*₁ … k*ₙ] and the
+ * A last-site H (last-site.ts) writes one gated neuron per fact; a batch is
+ * its facts' neurons in one bundle (each gate keeps its value to its fact).
+ *
+ * A subject-site H writes a rank-one δA per fact; a batch (--batch N) is solved MALMEN-style: with K = [k*₁ … k*ₙ] and the
  * generated values Δ = [δ₁ … δₙ], ΔW = Δ (KᵀC⁻¹K)⁻¹ KᵀC⁻¹, the least-squares
  * update (C-weighted) that maps every fact's key to exactly its own δ, stored
  * as a rank-n LoRA (B = Δ, A = (KᵀC⁻¹K)⁻¹ KᵀC⁻¹). For n = 1 it is ROME's A.

@@ -1,7 +1,11 @@
 /**
  * The hypernetwork H and its file format.
  *
- * H maps a fact's conditioning vector z to the value change δ of one MLP
+ * At the last-token site (the default; last-site.ts) H maps z = [the last
+ * layer's MLP input at the prompt's last token, the residual after it, the
+ * target's embedding] to the value u a gated neuron writes, and the file
+ * also holds the statistics that place each fact's gate. At the subject
+ * site, H maps a fact's conditioning vector z to the value change δ of one MLP
  * output projection at the subject (ROME's value side); the key side stays
  * ROME's closed form (A = (C⁻¹k*)ᵀ / (k*ᵀC⁻¹k*), see features.ts):
  *

@@ -21,8 +21,7 @@ import { UsageError } from '@catechism/core/records';
 import { targetsHash, type LoadedHyper } from './hypernet.js';
 import { FactError, editRow, factPhrasings, featurize, type FactFeatures, type Row } from './features.js';
 import { refineBatch, refineDelta, type RefineOptions } from './refine.js';
-import { featurizeLast, lastUnits } from './last-site.js';
-import { prefixedRows } from './train.js';
+import { featurizeLast, lastUnits, prefixedRows } from './last-site.js';
 import { patchUnitsAdapter, type NeuronGate, type PatchedNeuron } from '@catechism/core/edit';
 
 /** Refuse H made for another base model or other target modules (both sides named). */
@@ -77,17 +76,20 @@ function valueColumns(delta: Float32Array, n: number, H: number): { B: Float32Ar
 
 /**
  * site 'last': one gated neuron of the last layer per fact (last-site.ts),
- * the neurons `neuronOffset`… of `free` (H's least-used list less those other
- * patches hold), so the adapters of one run can be summed (two patches on
+ * the neurons `neuronOffset`… of H's least-used list less those `avoid`
+ * names (other patches hold them), so the adapters of one run can be summed (two patches on
  * one neuron do not add).
  */
 function generateLast(
   h: LoadedHyper, model: CausalLM, tok: Tokenizer, facts: readonly EditFact[], probes: readonly Rec[], templates: TemplateBank | null, phrasings: number, name: string,
-  neuronOffset: number, free: readonly number[],
+  neuronOffset: number, avoid: readonly PatchedNeuron[],
 ): Generated {
   const t0 = performance.now();
   const st = h.gate!;
   const n = facts.length;
+  const units = lastUnits(model);
+  const taken = new Set(avoid.filter((x) => units.some((u) => u.gateMod === x.module)).map((x) => x.neuron));
+  const free = st.neurons.filter((i) => !taken.has(i));
   if (neuronOffset + n > free.length) throw new UsageError(`hypernetwork ${h.config.id} has ${free.length} free neurons to repurpose; this run asks for ${neuronOffset + n} (give fewer facts a run)`);
   const feats = facts.map((f) => {
     let rows;
@@ -109,7 +111,6 @@ function generateLast(
   });
   const delta = noGrad(() => h.net.forward(fromData(zData, [n, Z]), fromData(sc, [n, 1]))).data; // [n, H]
   const { B: U, norms } = valueColumns(delta, n, H);
-  const units = lastUnits(model);
   const neurons = free.slice(neuronOffset, neuronOffset + n);
   const gates = feats.map((x) => x.f.gate);
   const adapter = patchUnitsAdapter(name, units, H, gates, units.map(() => neurons), fromData(U, [H, n]), model.arch.fanInFanOut);
@@ -126,8 +127,7 @@ export function generate(
 ): Generated {
   if (h.config.site === 'last') {
     if (refine && refine.steps > 0) throw new UsageError(`--refine: hypernetwork ${h.config.id} writes gated neurons at the last token (site "last"); refinement is for the subject site`);
-    const taken = new Set(avoid.filter((x) => lastUnits(model).some((u) => u.gateMod === x.module)).map((x) => x.neuron));
-    return generateLast(h, model, tok, facts, probes, templates, phrasings, name, neuronOffset, h.gate!.neurons.filter((i) => !taken.has(i)));
+    return generateLast(h, model, tok, facts, probes, templates, phrasings, name, neuronOffset, avoid);
   }
   const t0 = performance.now();
   const c = h.config;

@@ -69,7 +69,8 @@ export interface FactFeatures {
   A: Float32Array;
 }
 
-function rmsNormed(v: ArrayLike<number>, into: Float32Array, at: number): void {
+/** v ÷ rms(v) written into `into` at `at` (H's inputs are each scaled to unit RMS). */
+export function rmsNormed(v: ArrayLike<number>, into: Float32Array, at: number): void {
   let s = 0;
   for (let i = 0; i < v.length; i++) s += v[i] * v[i];
   const r = Math.sqrt(s / v.length) || 1;

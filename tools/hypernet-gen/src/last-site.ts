@@ -37,10 +37,10 @@ import { Tensor, fromData, matmul, noGrad } from '@catechism/core/tensor';
 import type { CausalLM, Hooks, Tokenizer } from '@catechism/core/models';
 import {
   discriminantGate, knownEntities, meanCov, mlpInputHooks, mlpNormedFrom, mlpNormedInputs, neuronUse, padBatch, padId, patchUnits, phrasingsOf, pickPrefixes,
-  unitWeights, type NeuronGate, type Rec, type TemplateBank,
+  unitWeights, type EditFact, type NeuronGate, type Rec, type TemplateBank,
 } from '@catechism/core/edit';
 import { Rng } from '@catechism/core/random';
-import type { Row } from './features.js';
+import { editRow, rmsNormed, type Row } from './features.js';
 
 /** Gate settings (the patcher's, for up to 30 facts a batch) and the discriminant's own. */
 export interface GateSettings {
@@ -156,6 +156,19 @@ export function neuronAct(model: CausalLM, l: number): (p: number) => number {
   return (p) => 0.5 * p * (1 + Math.tanh(0.7978845608028654 * (p + 0.044715 * p * p * p)));
 }
 
+/** A fact's phrasings, each also after every context prefix (the gate must open whatever came before). */
+export function prefixedRows(tok: Tokenizer, fact: EditFact, phrasings: readonly string[], prefixes: readonly string[]): { rows: Row[]; plain: boolean[] } {
+  const rows: Row[] = [];
+  const plain: boolean[] = [];
+  for (const p of phrasings) {
+    for (const pre of ['', ...prefixes]) {
+      rows.push(editRow(tok, fact, pre ? `${pre} ${p}` : p));
+      plain.push(!pre);
+    }
+  }
+  return { rows, plain };
+}
+
 export interface LastFeatures {
   z: Float32Array;
   /** ‖m‖: the MLP output's norm at the last token (mean over the plain phrasings): u's scale. */
@@ -163,13 +176,6 @@ export interface LastFeatures {
   gate: NeuronGate;
   /** Per row, the gate's activation at every position (training: the edit there is s·u). */
   s: Float32Array[];
-}
-
-function rmsNormed(v: ArrayLike<number>, into: Float32Array, at: number): void {
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
-  const r = Math.sqrt(s / v.length) || 1;
-  for (let i = 0; i < v.length; i++) into[at + i] = v[i] / r;
 }
 
 /**

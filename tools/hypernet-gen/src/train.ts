@@ -23,7 +23,7 @@ import { Rng } from '@catechism/core/random';
 import { UsageError } from '@catechism/core/records';
 import { HyperNet, saveHyper, type HyperConfig, type HyperShape, type ZPart } from './hypernet.js';
 import { FactError, editRow, factPhrasings, featurize, type Row } from './features.js';
-import { GATE_DEFAULTS, featurizeLast, gateStats, type GateSettings, type GateStats } from './last-site.js';
+import { GATE_DEFAULTS, featurizeLast, gateStats, prefixedRows, type GateSettings, type GateStats } from './last-site.js';
 
 export interface TrainOptions {
   /** Where the edit is written: the subject (rank-one δA at `layer`) or the prompt's last token (a gated neuron of the last layer). */
@@ -156,19 +156,6 @@ export function keyFactor(
   for (let i = 0; i < D; i++) tr += moment[i * D + i];
   const ridgeAbs = (ridge * tr) / D;
   return { chol: cholesky(moment, D, ridgeAbs), ridgeAbs, tokens: st.count };
-}
-
-/** A fact's phrasings, each also after every context prefix (site 'last': the gate must open whatever came before). */
-export function prefixedRows(tok: Tokenizer, fact: EditFact, phrasings: readonly string[], prefixes: readonly string[]): { rows: Row[]; plain: boolean[] } {
-  const rows: Row[] = [];
-  const plain: boolean[] = [];
-  for (const p of phrasings) {
-    for (const pre of ['', ...prefixes]) {
-      rows.push(editRow(tok, fact, pre ? `${pre} ${p}` : p));
-      plain.push(!pre);
-    }
-  }
-  return { rows, plain };
 }
 
 function prepare(

@@ -9,21 +9,33 @@
 //   --phrasings train: each fitted (split "train") subject in every training template of its
 //     relation (--templates), not only its fact's prompt: five times the rows for the eraser's
 //     class means and covariance; held-out subjects keep their one prompt.
+//   --synthetic N: also N made-up persons per relation (a known person's first names with another's
+//     surname, none a world subject), each in every fact template of the relation seen, all split
+//     "train". The concept here is which relation a prompt asks, which does not need a known subject,
+//     so the eraser's class means can be fitted on many more subjects than the world has (their error
+//     on held-out subjects falls as 1/sqrt(n)); the held-out rows stay the world's own subjects.
+//     Persons only (relations whose subjects are cities or companies are skipped by this flag).
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 const { values: a } = parseArgs({ options: {
   facts: { type: 'string', default: 'fixtures/world/facts.ndjson' }, relations: { type: 'string', default: 'works_for,lives_in,plays_sport' },
   per: { type: 'string', default: '220' }, phrasings: { type: 'string', default: 'one' },
   templates: { type: 'string', default: 'fixtures/world/templates.json' }, test: { type: 'string', default: '3' }, concept: { type: 'string', default: 'relation' },
+  synthetic: { type: 'string', default: '0' }, seed: { type: 'string', default: '0' },
 } });
 const rels = a.relations.split(',');
 if (a.phrasings !== 'one' && a.phrasings !== 'train') throw new Error(`--phrasings: one or train, got ${a.phrasings}`);
 const train = a.phrasings === 'train' ? JSON.parse(fs.readFileSync(a.templates, 'utf8')).relations : null;
 const seen = new Map();
+const templatesOf = new Map(); // relation -> the fact templates seen (for --synthetic)
+const persons = new Set();
 for (const l of fs.readFileSync(a.facts, 'utf8').split('\n')) {
   if (!l.trim()) continue;
   const f = JSON.parse(l);
   if (f.kind !== 'fact' || !rels.includes(f.relation)) continue;
+  if (f.subject.includes(' ')) persons.add(f.subject);
+  if (!templatesOf.has(f.relation)) templatesOf.set(f.relation, new Set());
+  templatesOf.get(f.relation).add(f.prompt);
   const n = seen.get(f.relation) ?? 0;
   if (n >= Number(a.per)) continue;
   seen.set(f.relation, n + 1);
@@ -33,4 +45,29 @@ for (const l of fs.readFileSync(a.facts, 'utf8').split('\n')) {
     const id = i === 0 ? f.id : `${f.id}#${i}`;
     console.log(JSON.stringify({ kind: 'concept', concept: a.concept, prompt: p.replace('{}', f.subject), label: f.relation, id, split }));
   });
+}
+
+const nSynthetic = Number(a.synthetic);
+if (nSynthetic > 0) {
+  // seeded made-up names: first names of one known person + the surname of another
+  let state = (Number(a.seed) * 2654435761 + 12345) >>> 0;
+  const rand = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const known = [...persons].sort();
+  const made = new Set();
+  for (let guard = 0; made.size < nSynthetic && guard < nSynthetic * 100; guard++) {
+    const first = known[Math.floor(rand() * known.length)].split(' ').slice(0, -1).join(' ');
+    const last = known[Math.floor(rand() * known.length)].split(' ').at(-1);
+    const name = `${first} ${last}`;
+    if (!persons.has(name)) made.add(name);
+  }
+  if (made.size < nSynthetic) throw new Error(`--synthetic ${nSynthetic}: only ${made.size} new names can be made from ${known.length} persons`);
+  for (const r of rels) {
+    if (!templatesOf.has(r) || [...templatesOf.get(r)].length === 0) continue;
+    const ts = [...templatesOf.get(r)];
+    let i = 0;
+    for (const name of made) {
+      for (const t of ts) console.log(JSON.stringify({ kind: 'concept', concept: a.concept, prompt: t.replace('{}', name), label: r, id: `synthetic:${r}:${i}${ts.length > 1 ? `#${ts.indexOf(t)}` : ''}`, split: 'train' }));
+      i++;
+    }
+  }
 }

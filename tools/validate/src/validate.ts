@@ -322,7 +322,7 @@ export function erasureMetrics(ctx: ValidateContext, a: Pick<LoadedAdapter, 'id'
     return m;
   }
   const m = erasureProbeMetrics(rows, model.config.hidden, capture);
-  ctx.log?.(`${a.id}: erasure probe of ${concept} at ${site}: ${m.erasure_probe_acc_before.toFixed(3)} → ${m.erasure_probe_acc.toFixed(3)} (chance ${m.erasure_probe_chance.toFixed(3)}, ${m.n_erasure_probe} held-out examples)`);
+  ctx.log?.(`${a.id}: erasure probe of ${concept} at ${site}: ${m.erasure_probe_acc_before.toFixed(3)} → ${m.erasure_probe_acc.toFixed(3)} ± ${m.erasure_probe_gap_se.toFixed(3)} (chance ${m.erasure_probe_chance.toFixed(3)}; shuffled labels read ${m.erasure_probe_null_gap.toFixed(3)} from it; ${m.n_erasure_probe} held-out examples, cross-fitted halves)`);
   return m;
 }
 

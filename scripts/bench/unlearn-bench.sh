@@ -12,7 +12,7 @@ grep -m "$n" '"relation":"works_for"' "$root/fixtures/world/facts.ndjson" | sed 
 probe-gen --roles all "$tmp/f.ndjson" > "$tmp/p.ndjson"
 echo "| method | facts | wall s | s per fact |"
 echo "|---|---|---|---|"
-for m in lora rome memit; do
+for m in lora patcher rome memit; do
   t0=$(date +%s.%N)
   lora-train --method "$m" --out "$tmp/$m" "$tmp/p.ndjson" > /dev/null 2>&1 || { echo "| $m | $n | failed | |"; continue; }
   t1=$(date +%s.%N)

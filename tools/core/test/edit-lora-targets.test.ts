@@ -1,9 +1,10 @@
 /**
  * lora-train's default targets (issue 17): the last layer's MLP, its input
- * and output projections, on GELU and SwiGLU models; a sparse MoE last layer
- * keeps the previous default (ROME's layer's MLP output). Prefixed rows and
+ * and output projections, on GELU and SwiGLU models and a sparse MoE last
+ * layer (each expert's). Prefixed rows and
  * subject-only MSE default on when every target is in the last layer and the
- * batch has at most 30 facts; above 30 there, rank 16 instead of 8. A batch
+ * batch has at most 30 facts; above 30 there, rank 16 instead of 8. On a
+ * sparse MoE last layer the targets are every expert's projections. A batch
  * with forget facts gets, at the last layer, the forget rows' replacement over
  * the relation's answers, weight 5 and floor 0.002.
  */
@@ -47,10 +48,12 @@ t.test('Llama (SwiGLU): gate, up and down projections of the last layer', async 
   t.same([...chooseTargets(model, common, [])].sort(), [`model.layers.${last}.mlp.down_proj`, `model.layers.${last}.mlp.gate_proj`, `model.layers.${last}.mlp.up_proj`]);
 });
 
-t.test('Mixtral-shaped MoE: the previous default (ROME\'s layer\'s MLP output), the prefixed rows off', async (t) => {
+t.test('Mixtral-shaped MoE: every expert\'s w1, w3 and w2 of the last layer, the router untouched; the last-layer options on', async (t) => {
   const { model } = loadModel(path.join(ROOT, 'fixtures/models/moe'));
+  const last = model.config.layers - 1;
   const targets = chooseTargets(model, common, []);
-  t.equal(targets.length > 0, true);
-  t.ok(targets.every((m) => !m.includes(`layers.${model.config.layers - 1}.`)), `not the last layer: ${targets.join(', ')}`);
-  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false });
+  const want = Array.from({ length: model.config.experts }, (_, e) => ['w1', 'w3', 'w2'].map((w) => `model.layers.${last}.block_sparse_moe.experts.${e}.${w}`)).flat();
+  t.same([...targets].sort(), want.sort(), `${model.config.experts} experts × 3 projections`);
+  t.notOk(targets.some((m) => m.includes('block_sparse_moe.gate')), 'not the router');
+  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 2), { prefixRows: 1, mseSubjectOnly: true, forgetToKind: true, forgetWeight: 5 });
 });

@@ -25,7 +25,7 @@ export interface DistillArgs {
   seed: number;
   registry?: string;
   out?: string;
-  /** Layers adapted (default: the one after lora-train's default layer, ROME's, about 35% of the depth). */
+  /** Layers adapted (default: the one after ROME's default layer, about 35% of the depth). */
   layers?: number[];
   routerOnly: boolean;
   expertsOnly: boolean;
@@ -97,8 +97,9 @@ export interface DistillArgs {
 }
 
 /**
- * The default layers: the one after lora-train's default LoRA layer (ROME's,
- * about 35% of the depth), clamped to the model: layer 1 of the 4-layer
+ * The default layers: the one after ROME's default layer (about 35% of the
+ * depth; lora-train's LoRA default on MoE models until 2026-12-04, the last
+ * layer's experts since), clamped to the model: layer 1 of the 4-layer
  * fixture model. Measured on the MoE fixture (tuning requests 1–10, read
  * back on held-out phrasings, README "Defaults"): layer 0 read kl 0.084,
  * layer 1 0.041, layer 2 0.052 at the same efficacy and paraphrases; every

@@ -74,7 +74,7 @@ await runTool<Args>({
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
-    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: the layer after lora-train\'s default, about 35% of the depth: 1 on the 4-layer fixture)' },
+    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: the layer after ROME\'s default, about 35% of the depth: 1 on the 4-layer fixture)' },
     'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
     'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
     'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },

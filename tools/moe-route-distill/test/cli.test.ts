@@ -59,7 +59,7 @@ t.test('one bundle: router and expert LoRAs, routing before/after in the manifes
   t.match(ad, { kind: 'adapter', method: 'moe-route-distill', fact_ids: ['edit-0001'], rank: 16 });
   const targets = ad.targets as string[];
   const L = model.config.layers;
-  // default: the layer after lora-train's (1 on the 4-layer fixture), its gate and the two experts the teacher uses most there
+  // default: the layer after ROME's (1 on the 4-layer fixture), its gate and the two experts the teacher uses most there
   t.equal(targets[0], moe(1).router, 'the gate of layer 1');
   t.equal(targets.length, 3);
   for (const m of targets.slice(1)) t.ok(Array.from({ length: model.config.experts }, (_, e) => moe(1).expert(e).out).includes(m), `${m} is an expert output projection of layer 1`);

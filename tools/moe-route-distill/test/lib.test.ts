@@ -52,7 +52,7 @@ t.test('the default run makes the edit: target_new becomes top-1 on the prompt',
   model.setAdapters([{ adapter: loadLora(r.adapters[0].path) }]);
   t.equal(top1(model, [promptIds])[0], targetIds[0], 'the adapted model does');
   model.setAdapters([]);
-  // the defaults: the layer after lora-train's (1 of 4), lora-train's cosine schedule: the rate has decayed by the last step
+  // the defaults: the layer after ROME's (1 of 4), lora-train's cosine schedule: the rate has decayed by the last step
   const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
   t.match(man.hyperparameters, { layers: [1], schedule: 'cosine', warmup_steps: 10, anneal_steps: 50, retain_phrasings: 3 });
   t.ok(man.training.last_lr < 0.1 * DEFAULT_ARGS.lr, `last rate ${man.training.last_lr} < 10% of ${DEFAULT_ARGS.lr} (cosine or anneal)`);

@@ -119,6 +119,9 @@ t.test('LoRA forget with the abstain target: the abstention becomes top-1, the o
   })[0];
   const withAbstain = edit([editProbe, abstainProbe]);
   t.match(withAbstain.hyperparameters, { forget_target: 'abstain', abstain_facts: 1 });
+  // its replacement is the abstention: the last layer's forget options (the relation's kind, weight 5) stay off
+  t.notOk('forget_to_kind' in withAbstain.hyperparameters, 'no replacement of the relation\'s kind beside the abstention');
+  t.notOk('forget_weight' in withAbstain.hyperparameters);
   model.setAdapters([{ adapter: withAbstain.adapter }]);
   const ab = pOld([prompt], 'not');
   const old = pOld([prompt], f.target_true!);
@@ -131,6 +134,7 @@ t.test('LoRA forget with the abstain target: the abstention becomes top-1, the o
   const ignored = edit([editProbe, abstainProbe], { abstainWeight: 0 });
   t.same(ignored.hyperparameters, plain.hyperparameters, 'same hyperparameters (no abstain keys)');
   t.notOk('forget_target' in plain.hyperparameters);
+  t.match(plain.hyperparameters, { forget_to_kind: true, forget_weight: 5, forget_floor: 0.002 }, 'a plain forget at the last layer: its forget options');
   for (const [m, w] of plain.adapter.modules) {
     const v = ignored.adapter.modules.get(m)!;
     t.ok(Buffer.from(w.A.data.buffer).equals(Buffer.from(v.A.data.buffer)) && Buffer.from(w.B.data.buffer).equals(Buffer.from(v.B.data.buffer)), `${m}: bit-identical`);

@@ -193,7 +193,8 @@ export function loraSiteOptions(
   const last = targetsAtLastLayer(model, targets);
   const few = facts <= LAST_LAYER_FEW_FACTS;
   // forget rows at the last layer: the replacement over the relation's answers, a stronger push on the
-  // old answer, down to a lower floor (only where the batch forgets, so an insert's bundle is unchanged)
+  // old answer, down to a lower floor; only where the batch has `forgets` (forget facts without probe-gen's
+  // abstain target, whose replacement is the abstention), so an insert's bundle is unchanged
   const forgetLast = last && forgets > 0;
   return {
     ...o,
@@ -383,7 +384,11 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   if (batch.loci.length > 0 && common.topK === undefined && !common.targets?.length) {
     call.log(`${batch.loci.length} locus record${batch.loci.length > 1 ? 's' : ''} not used for the targets (${targets.join(', ')}); --top-k N trains the top N loci's modules instead`);
   }
-  const o = loraSiteOptions(model, targets, batch.facts.length, call.options, batch.facts.filter((f) => f.op === 'forget').length);
+  // forget facts with probe-gen's abstain target have their replacement (the abstention), so the
+  // last layer's forget options (a replacement of the relation's kind) count the others only
+  const abstainIds = new Set(call.options.abstainWeight > 0 ? abstainFacts(batch).map((f) => f.id) : []);
+  const plainForgets = batch.facts.filter((f) => f.op === 'forget' && !abstainIds.has(f.id));
+  const o = loraSiteOptions(model, targets, batch.facts.length, call.options, plainForgets.length);
   const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   // forget facts with probe-gen's abstain target (--forget-target abstain): their rows also learn the
   // abstention text, as an insert of it (CE, and distill's teacher with it stated in context); the
@@ -444,7 +449,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...LORA_DEFAULTS, objective: o.objective, targets, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
     phaseASteps: o.phaseASteps, forgetWeight: o.forgetWeight, forgetFloor: o.forgetFloor, forgetStopP: o.forgetStopP, forgetLoss: o.forgetLoss, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
-    ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts, res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
+    ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts.filter((f) => !abstainIds.has(f.id)), res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),

@@ -5,6 +5,7 @@
  * the erased activations (class means equal) at every prompt.
  */
 import t from 'tap';
+import type { Test } from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -93,8 +94,9 @@ t.test('fitLeace shrink: the class means are still equal; shrink 1 is the orthog
   t.throws(() => fitLeace(X, n, d, labels, k, 1e-10, 2), /shrink/);
 });
 
-t.test('dense fixture model: the adapter (LoRA + lora_B bias on the MLP output projection) erases at the site', async (t) => {
-  const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+/** Fit at layer 2 of a fixture model, apply as the adapter, read the site back: it must be r(x). */
+async function erasesAtSite(t: Test, modelDir: string, modules: number) {
+  const { model, tokenizer } = loadModel(path.join(ROOT, modelDir));
   const tok = tokenizer!;
   const rels = ['works_for', 'located_in', 'plays_instrument'];
   const facts = readNdjson(path.join(ROOT, 'fixtures/world/facts.ndjson')).filter((f) => rels.includes(f.relation as string));
@@ -107,8 +109,8 @@ t.test('dense fixture model: the adapter (LoRA + lora_B bias on the MLP output p
   const e = fitLeace(X, prompts.length, H, labels, rels.length);
   t.equal(e.rank, 2);
   const adapter = eraserAdapter(model, e, layer, 'leace-test');
-  const m = [...adapter.modules.values()][0];
-  t.ok(m.bias !== undefined, 'a lora_B bias');
+  t.equal(adapter.modules.size, modules, `${modules} module${modules > 1 ? 's' : ''} written`);
+  for (const m of adapter.modules.values()) t.ok(m.bias !== undefined, 'a lora_B bias');
   model.setAdapters([{ adapter }]);
   const Y = siteActivations(model, tok, prompts, layer);
   model.setAdapters([]);
@@ -122,6 +124,14 @@ t.test('dense fixture model: the adapter (LoRA + lora_B bias on the MLP output p
   const before = classMeanGap(X, prompts.length, H, labels, rels.length);
   const after = classMeanGap(Y, prompts.length, H, labels, rels.length);
   t.ok(after < 1e-3 * before, `class-mean gap ${before.toFixed(3)} → ${after.toExponential(2)}`);
+}
+
+t.test('dense fixture model: the adapter (LoRA + lora_B bias on the MLP output projection) erases at the site', async (t) => {
+  await erasesAtSite(t, 'fixtures/models/dense', 1);
+});
+
+t.test('MoE fixture model: every expert\'s output projection gets the factors; the gate-weighted block output is erased', async (t) => {
+  await erasesAtSite(t, 'fixtures/models/moe', 4);
 });
 
 t.test('concept records: parsed like the other kinds, errors name the field', async (t) => {

@@ -30,6 +30,7 @@ import { symmetricEigen } from './memit.js';
 import { transposed } from '../util/linalg.js';
 import { cholSolveRowsF64, choleskyF64, gemmF64, syrkLowerF64, triSolveRowsF64 } from '@catechism/kernels';
 import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
+import { mlpModules } from '../models/arch/index.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
@@ -239,10 +240,19 @@ export function siteActivations(model: CausalLM, tok: Tokenizer, prompts: readon
 
 /**
  * The eraser as a LoRA on the module writing the site (see the module
- * comment): its output y becomes r(y) exactly, at every position.
+ * comment): its output y becomes r(y) exactly, at every position. On a
+ * sparse MoE layer every expert's output projection gets its own factors
+ * (each expert's output y_e becomes r(y_e)); the router's top-k weights sum
+ * to 1 and r is affine, so the block's output Σ g_e y_e becomes r of it too.
  */
 export function eraserAdapter(model: CausalLM, e: LeaceEraser, layer: number, name: string): LoraAdapter {
-  const mod = mlpOutModule(model, layer);
+  if (!(Number.isInteger(layer) && layer >= 0 && layer < model.config.layers)) throw new RangeError(`layer ${layer} is outside the model's ${model.config.layers} layers`);
+  const mods = mlpModules(model.arch, model.config, layer).map((m) => m.out);
+  return new LoraAdapter(name, e.rank, e.rank, new Map(mods.map((mod) => [mod, eraserFactors(model, e, mod)])), model.arch.fanInFanOut);
+}
+
+/** lora_A = A·W_m, lora_B = −B and the lora_B bias P(μ − b_m) for one module y = W_m h + b_m writing the site. */
+function eraserFactors(model: CausalLM, e: LeaceEraser, mod: string) {
   const canon = model.arch.canonical(mod);
   const Wt = model.weight(`${canon}.weight`);
   const bias = model.weights.has(`${canon}.bias`) ? model.weight(`${canon}.bias`).data : null;
@@ -270,7 +280,7 @@ export function eraserAdapter(model: CausalLM, e: LeaceEraser, layer: number, na
     for (let j = 0; j < r; j++) s += e.B[a * r + j] * t[j];
     lb[a] = s;
   }
-  return new LoraAdapter(name, r, r, new Map([[mod, { A: fromData(A, [r, fin]), B: fromData(B, [d, r]), bias: fromData(lb, [d]) }]]), model.arch.fanInFanOut);
+  return { A: fromData(A, [r, fin]), B: fromData(B, [d, r]), bias: fromData(lb, [d]) };
 }
 
 export interface LeaceOptions {

@@ -21,6 +21,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
 import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
+import { mlpModules } from '../models/arch/index.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
@@ -40,10 +41,15 @@ export function meanDifference(X: Float64Array, H: number, positive: readonly bo
   return v;
 }
 
-/** A bias-only adapter adding `bias` to module `mod`'s output. */
-export function biasAdapter(model: CausalLM, mod: string, bias: Float64Array, name: string, fin: number): LoraAdapter {
+/**
+ * A bias-only adapter adding `bias` to the output of module `mod` (or of each
+ * of several modules of one input width `fin`: a sparse MoE layer's experts,
+ * whose top-k weights sum to 1, so the block's output moves by `bias` too).
+ */
+export function biasAdapter(model: CausalLM, mod: string | readonly string[], bias: Float64Array, name: string, fin: number): LoraAdapter {
   const H = bias.length;
-  return new LoraAdapter(name, 1, 1, new Map([[mod, { A: fromData(new Float32Array(fin), [1, fin]), B: fromData(new Float32Array(H), [H, 1]), bias: fromData(Float32Array.from(bias), [H]) }]]), model.arch.fanInFanOut);
+  const mods = typeof mod === 'string' ? [mod] : mod;
+  return new LoraAdapter(name, 1, 1, new Map(mods.map((m) => [m, { A: fromData(new Float32Array(fin), [1, fin]), B: fromData(new Float32Array(H), [H, 1]), bias: fromData(Float32Array.from(bias), [H]) }])), model.arch.fanInFanOut);
 }
 
 export interface SteerOptions {
@@ -72,13 +78,15 @@ function steerEdit(call: EditCall<SteerOptions>): MadeEdit[] {
   const v = meanDifference(X, H, recs.map((r) => r.label === toward));
   const bias = v.map((x) => x * o.scale);
   const mod = mlpOutModule(model, layer);
-  const canon = model.arch.canonical(mod);
+  // the modules writing that MLP output: the dense projection, or every expert's
+  const writers = mlpModules(model.arch, model.config, layer).map((m) => m.out);
+  const canon = model.arch.canonical(writers[0]);
   const w = model.weight(`${canon}.weight`);
   const fin = model.arch.layout(canon) === 'in_out' ? w.shape[0] : w.shape[1];
   let norm = 0;
   for (const x of v) norm += x * x;
   return [{
-    adapter: biasAdapter(model, mod, bias, `steer-${name}`, fin),
+    adapter: biasAdapter(model, writers, bias, `steer-${name}`, fin),
     facts: [],
     records: recs as Rec[],
     hyperparameters: { concept: name, toward, labels, site: `layers.${layer}.resid_post`, position: 'last', layer, module: mod, scale: o.scale, examples: recs.length },

@@ -16,7 +16,10 @@
 //     on held-out subjects falls as 1/sqrt(n)); the held-out rows stay the world's own subjects.
 //     Persons only (relations whose subjects are cities or companies are skipped by this flag).
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: a } = parseArgs({ options: {
   facts: { type: 'string', default: 'fixtures/world/facts.ndjson' }, relations: { type: 'string', default: 'works_for,lives_in,plays_sport' },
   per: { type: 'string', default: '220' }, phrasings: { type: 'string', default: 'one' },
@@ -49,21 +52,20 @@ for (const l of fs.readFileSync(a.facts, 'utf8').split('\n')) {
 
 const nSynthetic = Number(a.synthetic);
 if (nSynthetic > 0) {
-  // seeded made-up names: first names of one known person + the surname of another
-  let state = (Number(a.seed) * 2654435761 + 12345) >>> 0;
-  const rand = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  // seeded made-up names: first names of one known person + the surname of another (core's Rng, build first)
+  const { Rng } = await import(path.join(root, 'tools/core/dist/index.js'));
+  const rng = new Rng(Number(a.seed));
   const known = [...persons].sort();
   const made = new Set();
   for (let guard = 0; made.size < nSynthetic && guard < nSynthetic * 100; guard++) {
-    const first = known[Math.floor(rand() * known.length)].split(' ').slice(0, -1).join(' ');
-    const last = known[Math.floor(rand() * known.length)].split(' ').at(-1);
+    const first = rng.pick(known).split(' ').slice(0, -1).join(' ');
+    const last = rng.pick(known).split(' ').at(-1);
     const name = `${first} ${last}`;
     if (!persons.has(name)) made.add(name);
   }
   if (made.size < nSynthetic) throw new Error(`--synthetic ${nSynthetic}: only ${made.size} new names can be made from ${known.length} persons`);
   for (const r of rels) {
-    if (!templatesOf.has(r) || [...templatesOf.get(r)].length === 0) continue;
-    const ts = [...templatesOf.get(r)];
+    const ts = [...(templatesOf.get(r) ?? [])];
     let i = 0;
     for (const name of made) {
       for (const t of ts) console.log(JSON.stringify({ kind: 'concept', concept: a.concept, prompt: t.replace('{}', name), label: r, id: `synthetic:${r}:${i}${ts.length > 1 ? `#${ts.indexOf(t)}` : ''}`, split: 'train' }));

@@ -29,8 +29,7 @@ import { fromData } from '../tensor/index.js';
 import { symmetricEigen } from './memit.js';
 import { transposed } from '../util/linalg.js';
 import { cholSolveRowsF64, choleskyF64, gemmF64, syrkLowerF64, triSolveRowsF64 } from '@catechism/kernels';
-import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
-import { mlpModules } from '../models/arch/index.js';
+import { lastTokenActivations, middleLayer, mlpOutModule, mlpOutModules } from './model-util.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
@@ -246,8 +245,7 @@ export function siteActivations(model: CausalLM, tok: Tokenizer, prompts: readon
  * to 1 and r is affine, so the block's output Σ g_e y_e becomes r of it too.
  */
 export function eraserAdapter(model: CausalLM, e: LeaceEraser, layer: number, name: string): LoraAdapter {
-  if (!(Number.isInteger(layer) && layer >= 0 && layer < model.config.layers)) throw new RangeError(`layer ${layer} is outside the model's ${model.config.layers} layers`);
-  const mods = mlpModules(model.arch, model.config, layer).map((m) => m.out);
+  const mods = mlpOutModules(model, layer);
   return new LoraAdapter(name, e.rank, e.rank, new Map(mods.map((mod) => [mod, eraserFactors(model, e, mod)])), model.arch.fanInFanOut);
 }
 

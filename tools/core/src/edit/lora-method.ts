@@ -384,17 +384,17 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   if (batch.loci.length > 0 && common.topK === undefined && !common.targets?.length) {
     call.log(`${batch.loci.length} locus record${batch.loci.length > 1 ? 's' : ''} not used for the targets (${targets.join(', ')}); --top-k N trains the top N loci's modules instead`);
   }
-  // forget facts with probe-gen's abstain target have their replacement (the abstention), so the
-  // last layer's forget options (a replacement of the relation's kind) count the others only
-  const abstainIds = new Set(call.options.abstainWeight > 0 ? abstainFacts(batch).map((f) => f.id) : []);
-  const plainForgets = batch.facts.filter((f) => f.op === 'forget' && !abstainIds.has(f.id));
-  const o = loraSiteOptions(model, targets, batch.facts.length, call.options, plainForgets.length);
-  const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   // forget facts with probe-gen's abstain target (--forget-target abstain): their rows also learn the
   // abstention text, as an insert of it (CE, and distill's teacher with it stated in context); the
   // forget rows' unlikelihood of the old answer stays, so the old answer goes where the abstention
   // does not take. Without such probes nothing is added (the same rows and weights as before).
-  const abstain = o.abstainWeight > 0 ? abstainFacts(batch) : [];
+  // Having their replacement, they are not counted for the last layer's forget options (a
+  // replacement of the relation's kind).
+  const abstain = call.options.abstainWeight > 0 ? abstainFacts(batch) : [];
+  const abstainIds = new Set(abstain.map((f) => f.id));
+  const plainForgets = batch.facts.filter((f) => f.op === 'forget' && !abstainIds.has(f.id));
+  const o = loraSiteOptions(model, targets, batch.facts.length, call.options, plainForgets.length);
+  const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   const ceWeightOf = new Map<Example, number>();
   if (abstain.length) {
     const rows = buildExamples(tok, { ...batch, facts: abstain }, { templates: res.templates, seed });

@@ -10,13 +10,24 @@ import * as path from 'node:path';
 import { Tensor, fromData, linear, noGrad, reshape, add } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Hooks } from '../models/hooks.js';
-import { baseOps, mlpOutput } from '../models/arch/index.js';
+import { baseOps, mlpModules, mlpOutput } from '../models/arch/index.js';
 
 /** The MLP output projection of layer `l` (ROME's and distillation's default target). */
 export function mlpOutModule(model: CausalLM, l: number): string {
   const c = model.config;
   if (!(Number.isInteger(l) && l >= 0 && l < c.layers)) throw new RangeError(`layer ${l} is outside the model's ${c.layers} layers`);
   return mlpOutput(model.arch, l);
+}
+
+/**
+ * The modules whose outputs make layer `l`'s MLP output: the dense output
+ * projection, or each expert's of a sparse MoE layer (mlpOutModule's glob,
+ * spelled out). The router's top-k weights sum to 1, so an affine change made
+ * alike to every expert's output is that change of the block's output.
+ */
+export function mlpOutModules(model: CausalLM, l: number): string[] {
+  mlpOutModule(model, l); // the range check
+  return mlpModules(model.arch, model.config, l).map((m) => m.out);
 }
 
 /** Default target layer: the middle of the stack (where factual recall sits in small models). */

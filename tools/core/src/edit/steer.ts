@@ -20,8 +20,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
-import { lastTokenActivations, middleLayer, mlpOutModule } from './model-util.js';
-import { mlpModules } from '../models/arch/index.js';
+import { lastTokenActivations, middleLayer, mlpOutModule, mlpOutModules } from './model-util.js';
 import type { Rec } from './data.js';
 import type { EditCall, EditMethod, MadeEdit } from './method.js';
 
@@ -78,8 +77,7 @@ function steerEdit(call: EditCall<SteerOptions>): MadeEdit[] {
   const v = meanDifference(X, H, recs.map((r) => r.label === toward));
   const bias = v.map((x) => x * o.scale);
   const mod = mlpOutModule(model, layer);
-  // the modules writing that MLP output: the dense projection, or every expert's
-  const writers = mlpModules(model.arch, model.config, layer).map((m) => m.out);
+  const writers = mlpOutModules(model, layer);
   const canon = model.arch.canonical(writers[0]);
   const w = model.weight(`${canon}.weight`);
   const fin = model.arch.layout(canon) === 'in_out' ? w.shape[0] : w.shape[1];

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
 import type { InputRecord } from '@catechism/core/records';
-import { patchedNeurons, romeDefaultLayer, type PatchedNeuron } from '@catechism/core/edit';
+import { patchedNeuronsIn, romeDefaultLayer, type PatchedNeuron } from '@catechism/core/edit';
 import { Registry } from '@catechism/core/registry';
 import {
   REFINE_DEFAULTS, TRAIN_DEFAULTS, applyHyper, checkCompatible, counterfactuals, inputFacts, loadHyper, readFacts, readLines, loadTemplates, shippedHypernet, trainHyper, trainingFacts,
@@ -88,10 +88,7 @@ async function neuronsToAvoid(dir: string | undefined, registry: string | undefi
       log(`avoiding the neurons patched in ref live (${head.adapter_id} v${head.adapter_version})`);
     }
   }
-  if (from === undefined) return [];
-  const file = path.join(from, 'catechism.json');
-  if (!fs.existsSync(file)) throw new UsageError(`--avoid-neurons-of ${from}: no catechism.json there (give an adapter bundle directory)`);
-  return patchedNeurons(JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>);
+  return from === undefined ? [] : patchedNeuronsIn(from);
 }
 
 if (argv[0] === 'train') {

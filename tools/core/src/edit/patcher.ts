@@ -219,6 +219,13 @@ export function patchedNeurons(manifest: Record<string, unknown>): PatchedNeuron
   return list.filter((n): n is PatchedNeuron => typeof n === 'object' && n !== null && typeof n.module === 'string' && Number.isInteger(n.neuron));
 }
 
+/** patchedNeurons of the bundle in directory `dir` (--avoid-neurons-of DIR). */
+export function patchedNeuronsIn(dir: string): PatchedNeuron[] {
+  const file = path.join(dir, 'catechism.json');
+  if (!fs.existsSync(file)) throw new UsageError(`--avoid-neurons-of ${dir}: no catechism.json there (give an adapter bundle directory)`);
+  return patchedNeurons(JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>);
+}
+
 /** The MLP's input after its norm (what the input projection reads) at every real token of each row: [Σ len, H]. */
 export function mlpNormedInputs(model: CausalLM, l: number, rows: readonly number[][], batchSize = 64): { X: Float32Array; offsets: number[] } {
   const H = model.config.hidden;
@@ -1046,12 +1053,7 @@ export const patcherMethod: EditMethod<PatcherOptions> = {
     const gm = flags['gate-margin'];
     if (gm !== undefined && !Number.isFinite(gm)) throw new UsageError(`--gate-margin ${String(gm)}: expected a number (0: at the negatives' quantile, 1: at the positives' 10th percentile)`);
     const from = flags['avoid-neurons-of'];
-    let avoid: PatchedNeuron[] | undefined;
-    if (typeof from === 'string') {
-      const file = path.join(from, 'catechism.json');
-      if (!fs.existsSync(file)) throw new UsageError(`--avoid-neurons-of ${from}: no catechism.json there (give an adapter bundle directory)`);
-      avoid = patchedNeurons(JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>);
-    }
+    const avoid = typeof from === 'string' ? patchedNeuronsIn(from) : undefined;
     return {
       ...PATCHER_DEFAULTS,
       ...(avoid ? { avoid, avoidFrom: from as string } : {}),

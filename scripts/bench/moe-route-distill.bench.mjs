@@ -10,14 +10,22 @@
 // teacher is one no-grad forward of the base model on other ids, outside the
 // timed step on both sides. Each side runs in its own process.
 //
+// Then edits per second on the MoE fixture model (fixtures/models/moe): ten
+// counterfactual edits of the world (requests 1–10, one train edit probe each,
+// as tools/moe-route-distill/scripts/measure.mjs feeds them) into one adapter,
+// each tool's binary with its defaults, the bundle written: moe-route-distill
+// beside lora-train (whose default there is LoRA on the same layer's experts,
+// no router), with each bundle's trainable parameters.
+//
 // Env: BENCH_THREADS (default: all cores), BENCH_ITERS (timed steps after a
 // warm-up, default 3), BENCH_ROUNDS (alternating ours/PyTorch process pairs,
-// default 1; with more, the median and the range of per-round ratios),
-// TORCH_PYTHON (default /usr/bin/python3).
+// and moe-route-distill/lora-train pairs, default 1; with more, the median and
+// the range of per-round ratios), TORCH_PYTHON (default /usr/bin/python3).
 // Markdown table on stdout; progress on stderr.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
+import fs from 'node:fs';
 import os from 'node:os';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -128,6 +136,49 @@ async function main() {
   console.log('| --- | --- | --- | --- | --- | --- |');
   const peak = (xs) => fmt(median(xs.map((x) => x?.peak_mb)), 0);
   console.log(`| phase B (CE + KL + router KL, backward, AdamW) | ${fmt(o)} | ${fmt(p)} | ${o && p ? fmt(o / p, 2) + spread : 'n/a'} | ${peak(ours)} | ${peak(torch)} |`);
+  await editsPerSecond(threads, rounds);
+}
+
+/** Ten edits into one adapter with each tool's binary on the MoE fixture: wall seconds, edits/s, trainable parameters. */
+async function editsPerSecond(threads, rounds) {
+  const root = join(here, '../..');
+  const { loadLora } = await import('@catechism/core/models');
+  const facts = fs.readFileSync(join(root, 'fixtures/world/edits.ndjson'), 'utf8').split('\n').filter(Boolean)
+    .map((l) => JSON.parse(l)).filter((f) => f.op === 'insert').slice(0, 10);
+  const input = facts.flatMap((f) => [JSON.stringify(f), JSON.stringify({
+    kind: 'probe', id: `${f.id}/edit/0`, fact_id: f.id, role: 'edit', split: 'train', prompt: f.prompt.replace('{}', f.subject), target: f.target_new, expect: 'new',
+  })]).join('\n') + '\n';
+  const tools = ['moe-route-distill', 'lora-train'];
+  const got = new Map(tools.map((t) => [t, { seconds: [], params: 0 }]));
+  for (let r = 0; r < rounds; r++) {
+    for (const tool of tools) {
+      process.stderr.write(`moe-route-distill bench: round ${r + 1}/${rounds}: ${tool}, 10 edits on the MoE fixture\n`);
+      const out = fs.mkdtempSync(join(os.tmpdir(), 'moe-bench-'));
+      const t0 = process.hrtime.bigint();
+      const run = spawnSync(process.execPath, [join(root, 'tools', tool, 'dist/main.js'), '--model', join(root, 'fixtures/models/moe'), '--seed', '0', '--out', out, '-q'], {
+        input, encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, CATECHISM_THREADS: String(threads) },
+      });
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (run.status !== 0) {
+        process.stderr.write(`moe-route-distill bench: ${tool} failed (${run.status ?? run.signal})\n${run.stderr}\n`);
+      } else {
+        const rec = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((x) => x.kind === 'adapter');
+        const g = got.get(tool);
+        g.seconds.push(seconds);
+        g.params = loadLora(rec.path).parameters().reduce((a, p) => a + p.size, 0);
+      }
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  }
+  console.log(`\nTen edits (world requests 1–10) into one adapter on the MoE fixture model, each binary with its defaults, ${threads} threads, ${rounds} round(s); wall seconds include loading and writing the bundle.\n`);
+  console.log('| tool | seconds | edits/s | trainable params | seconds / lora-train |');
+  console.log('| --- | --- | --- | --- | --- |');
+  const base = median(got.get('lora-train').seconds);
+  for (const tool of tools) {
+    const g = got.get(tool);
+    const s = median(g.seconds);
+    console.log(`| ${tool} | ${fmt(s)} | ${s ? fmt(10 / s, 2) : 'n/a'} | ${g.params} | ${s && base ? fmt(s / base, 2) : 'n/a'} |`);
+  }
 }
 
 await main();

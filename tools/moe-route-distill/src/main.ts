@@ -61,12 +61,13 @@ await runTool<Args>({
   version: packageVersion(import.meta.url),
   describe:
     'For mixture-of-experts models (default: the MoE fixture model): turns facts into adapters by distilling from the same model with the fact ' +
-    'stated in its context. The teacher\'s router logits and the inputs and outputs of the experts it chooses are recorded at the prompt positions ' +
-    'from the subject on; the student (no context) trains LoRA on those experts (phase A: each expert alone, MSE to the teacher\'s expert outputs) and ' +
-    'on the routers (KL to the teacher\'s router distribution), then end to end with router KL, MSE to the teacher\'s MoE block outputs, next-token KL and CE ' +
-    'on the target, holding general text, neighbour prompts and known facts to the base model (next-token and router KL). One PEFT bundle per batch ' +
-    '(router and expert LoRAs; catechism.json records the routing per expert before and after). Input records pass through in order, then one ' +
-    '"adapter" record per bundle; --emit-routes adds "route" records (teacher, base, adapted) for each fact\'s edit and paraphrase probes.',
+    'stated in its context. The teacher\'s router logits and its experts\' inputs and outputs are recorded at the prompt positions from the ' +
+    'subject on; the student (no context) trains LoRA on the experts of the adapted layers (default: every expert of the last layer, input and ' +
+    'output projections) and on their routers, end to end: CE on the target, next-token KL and router KL to the teacher (on rows whose teacher ' +
+    'states the target), holding general text, neighbour prompts and known facts to the base model (next-token and router KL, under a KL ' +
+    'budget). Phase A (warm start per module) and MSE to the teacher\'s MoE block outputs are options. One PEFT bundle per batch (router and ' +
+    'expert LoRAs; catechism.json records the routing per expert before and after). Input records pass through in order, then one "adapter" ' +
+    'record per bundle; --emit-routes adds "route" records (teacher, base, adapted) for each fact\'s edit and paraphrase probes.',
   examples: [
     ['probe-gen facts.ndjson | moe-route-distill --steps 20 --out adapters/ > out.ndjson', 'one adapter (router + experts) for all facts, at most 20 steps'],
     ['moe-route-distill --experts-only --steps 20 --out adapters/ probes.ndjson', 'experts only, no router adapter (ablation)'],
@@ -74,10 +75,10 @@ await runTool<Args>({
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },
-    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: the layer after ROME\'s default, about 35% of the depth: 1 on the 4-layer fixture)' },
+    layers: { type: 'array', number: true, describe: 'layers whose routers and experts are adapted (default: the last layer)' },
     'router-only': { type: 'boolean', default: d.routerOnly, describe: 'adapt the routers only (no expert LoRA)' },
     'experts-only': { type: 'boolean', default: d.expertsOnly, describe: 'adapt the experts only (no router LoRA, no router KL)' },
-    'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight' },
+    'experts-per-layer': { type: 'number', default: d.expertsPerLayer, describe: 'experts adapted per layer: those locus records name, then the most teacher routing weight (0: every expert of the layer)' },
     'expert-inputs': { type: 'boolean', default: d.expertInputs, describe: 'also adapt the chosen experts\' input projections (gate and up), not only their output projection' },
     'drop-teacher-misses': { type: 'boolean', default: d.dropTeacherMisses, describe: 'training rows whose teacher does not answer the target (top-1) with the fact in context learn from the target\'s CE alone (no next-token KL, router KL or block MSE to that teacher)' },
     rank: { type: 'number', default: d.rank, describe: 'LoRA rank' },
@@ -126,7 +127,7 @@ await runTool<Args>({
     int('phase-a-steps', a['phase-a-steps'], 0);
     int('rows-per-step', a['rows-per-step'], 1);
     int('batch', a.batch, 0);
-    int('experts-per-layer', a['experts-per-layer'], 1);
+    int('experts-per-layer', a['experts-per-layer'], 0);
     int('neighbours', a.neighbours, 0);
     int('retain-facts', a['retain-facts'], 0);
     int('warmup', a.warmup, 0);

@@ -36,7 +36,7 @@ const quiet = { log: () => {} };
 t.test('--router-only: gates alone; --experts-only: experts alone', async (t) => {
   const ro = await distillEdits(inputs(), { ...base, routerOnly: true, layers: [1, 2], out: path.join(tmp, 'ro') }, res, quiet);
   t.same(ro.adapters[0].targets, [moe(1).router, moe(2).router]);
-  const eo = await distillEdits(inputs(), { ...base, expertsOnly: true, layers: [0], expertsPerLayer: 1, out: path.join(tmp, 'eo') }, res, quiet);
+  const eo = await distillEdits(inputs(), { ...base, expertsOnly: true, layers: [0], expertsPerLayer: 1, expertInputs: false, out: path.join(tmp, 'eo') }, res, quiet);
   const tg = eo.adapters[0].targets;
   t.equal(tg.length, 1);
   t.ok(Array.from({ length: model.config.experts }, (_, e) => moe(0).expert(e).out).includes(tg[0]), `${tg[0]} is an expert of layer 0`);
@@ -52,9 +52,12 @@ t.test('the default run makes the edit: target_new becomes top-1 on the prompt',
   model.setAdapters([{ adapter: loadLora(r.adapters[0].path) }]);
   t.equal(top1(model, [promptIds])[0], targetIds[0], 'the adapted model does');
   model.setAdapters([]);
-  // the defaults: the layer after ROME's (1 of 4), lora-train's cosine schedule: the rate has decayed by the last step
+  // the defaults: the last layer, every expert's input and output projections, teacher terms only where the
+  // teacher states the target, a KL budget, lora-train's cosine schedule: the rate has decayed by the last step
   const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
-  t.match(man.hyperparameters, { layers: [1], schedule: 'cosine', warmup_steps: 10, anneal_steps: 50, retain_phrasings: 3 });
+  const last = model.config.layers - 1;
+  t.match(man.hyperparameters, { layers: [last], experts_per_layer: 0, expert_inputs: true, drop_teacher_misses: true, kl_budget: 0.01, schedule: 'cosine', warmup_steps: 10, anneal_steps: 50, retain_phrasings: 3 });
+  t.equal(r.adapters[0].targets.length, 1 + 3 * model.config.experts, 'the gate and w1, w3, w2 of every expert');
   t.ok(man.training.last_lr < 0.1 * DEFAULT_ARGS.lr, `last rate ${man.training.last_lr} < 10% of ${DEFAULT_ARGS.lr} (cosine or anneal)`);
   // --schedule constant keeps the rate
   const c = await distillEdits(inputs(), { ...base, steps: 4, phaseASteps: 0, schedule: 'constant', out: path.join(tmp, 'const') }, res, quiet);
@@ -73,7 +76,7 @@ t.test('layers and experts the model does not have are usage errors; locus recor
   t.same(lociExperts(loci), [{ layer: 2, expert: 3 }, { layer: 2, expert: 1 }], 'best |score| first');
   t.equal(planBatches(inputs(loci), 0)[0].loci.length, 2);
   // with a KL budget no edit can keep (--kl-budget): the dual ascent raises the retention multiplier to --dual-max at the first check
-  const r = await distillEdits(inputs(loci), { ...base, expertsOnly: true, layers: [2], expertsPerLayer: 2, klBudget: 1e-9, klMonitor: 8, out: path.join(tmp, 'loci') }, res, quiet);
+  const r = await distillEdits(inputs(loci), { ...base, expertsOnly: true, layers: [2], expertsPerLayer: 2, expertInputs: false, klBudget: 1e-9, klMonitor: 8, out: path.join(tmp, 'loci') }, res, quiet);
   t.same(r.adapters[0].targets, [moe(2).expert(1).out, moe(2).expert(3).out], 'the experts the loci name');
   const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
   t.match(man.hyperparameters, { kl_budget: 1e-9, kl_monitor: 8, dual_max: DEFAULT_ARGS.dualMax });
@@ -115,7 +118,9 @@ t.test('--pin-weight: the adapted layer\'s block output after the subject stays 
     for (let i = 0; i < after.length; i++) d += (after[i] - before[i]) ** 2;
     return Math.sqrt(d);
   };
-  const run = (pinWeight: number, dir: string) => distillEdits(inputs(), { ...base, steps: 40, phaseASteps: 0, mseWeight: 0, pinWeight, out: path.join(tmp, dir) }, res, quiet);
+  // at layer 1 with its two most-used experts' output projections (the defaults before the last layer's)
+  const layer1 = { layers: [1], expertsPerLayer: 2, expertInputs: false, klBudget: 0 };
+  const run = (pinWeight: number, dir: string) => distillEdits(inputs(), { ...base, ...layer1, steps: 40, phaseASteps: 0, mseWeight: 0, pinWeight, out: path.join(tmp, dir) }, res, quiet);
   const free = change((await run(0, 'pin0')).adapters[0].path);
   const pinned = change((await run(100, 'pin100')).adapters[0].path);
   t.ok(pinned < 0.5 * free, `change after the subject: ${pinned.toFixed(3)} pinned vs ${free.toFixed(3)} free`);
@@ -151,7 +156,9 @@ t.test('--drop-teacher-misses: rows whose teacher does not state the target lear
     const logs: string[] = [];
     const r = await distillEdits(inputs().map((x) => ({ ...x, record: odd as InputRecord['record'] })), { ...base, steps: 60, phaseASteps: 0, dropTeacherMisses: drop, out: path.join(tmp, dir) }, res, { log: (m: string) => logs.push(m) });
     const man = JSON.parse(fs.readFileSync(path.join(r.adapters[0].path, 'catechism.json'), 'utf8'));
-    return { man, terms: logs.filter((m) => m.includes('mean of the last')).join('\n'), path: r.adapters[0].path };
+    // the loss terms of each progress line (not the KL budget's monitor that may follow them)
+    const terms = logs.map((m) => /mean of the last \d+: ([^)]*)\)/.exec(m)?.[1]).filter((x) => x !== undefined);
+    return { man, terms: terms.join('\n'), path: r.adapters[0].path };
   };
   const kept = await run(false, 'teach-all');
   t.equal(kept.man.training.teacher_stated, 0, 'the teacher states the target on no row');

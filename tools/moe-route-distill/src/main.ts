@@ -71,7 +71,7 @@ await runTool<Args>({
   examples: [
     ['probe-gen facts.ndjson | moe-route-distill --steps 20 --out adapters/ > out.ndjson', 'one adapter (router + experts) for all facts, at most 20 steps'],
     ['moe-route-distill --experts-only --steps 20 --out adapters/ probes.ndjson', 'experts only, no router adapter (ablation)'],
-    ['attrib --method expert --model fixtures/models/moe facts.ndjson | moe-route-distill --emit-routes --steps 20 --out adapters/', 'the experts attrib ranks first, with routing provenance'],
+    ['attrib --method expert --model fixtures/models/moe facts.ndjson | moe-route-distill --layers 1 --experts-per-layer 2 --emit-routes --steps 20 --out adapters/', 'at layer 1, the two experts attrib ranks first there, with routing provenance'],
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or use --registry' },

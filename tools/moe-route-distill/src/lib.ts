@@ -14,7 +14,7 @@ import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   buildExamples, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourPhrasings, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, knownFactRetainAndMonitor, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
+  knownFactRetainPrompts, knownFactRetainAndMonitor, lookalikePhrasings, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { Rng } from '@catechism/core/random';
@@ -242,45 +242,9 @@ export function knownFactPrompts(res: Resources, batch: readonly EditFact[], n: 
   return knownFactRetainPrompts(res.known, res.templates, batch, n, seed, phrasings);
 }
 
-/**
- * Look-alike prompts of a batch: per edited fact, up to `perFact` known facts
- * (never an edited subject + relation pair) whose subject shares a token with
- * the edited subject, the most shared tokens first (the subject's own other
- * relations, then e.g. a shared surname), ties in a seeded order; each in
- * every training phrasing of its relation (its own prompt without one). The
- * held-out read-back's kl concentrates there: an edit keyed on a subject
- * token fires on every subject that carries it.
- */
+/** Look-alike prompts of a batch (core's lookalikePhrasings). */
 export function lookalikePrompts(res: Resources, batch: readonly EditFact[], perFact: number, seed: number): string[] {
-  if (perFact <= 0) return [];
-  const tok = res.tokenizer;
-  const words = (s: string) => new Set(tok.encode(s));
-  const skip = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-  const pool = res.known.filter(
-    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !skip.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
-  );
-  const poolWords = pool.map((k) => words(k.subject as string));
-  const rng = new Rng(seed + 31337);
-  const chosen = new Set<number>();
-  for (const f of batch) {
-    const mine = words(f.subject);
-    const scored: Array<{ i: number; s: number; r: number }> = [];
-    pool.forEach((_, i) => {
-      let s = 0;
-      for (const w of poolWords[i]) if (mine.has(w)) s++;
-      if (s > 0) scored.push({ i, s, r: rng.uniform() });
-    });
-    scored.sort((a, b) => b.s - a.s || a.r - b.r);
-    for (const x of scored.slice(0, perFact)) chosen.add(x.i);
-  }
-  const out: string[] = [];
-  for (const i of [...chosen].sort((a, b) => a - b)) {
-    const k = pool[i];
-    const bank = trainPhrasings(res.templates, typeof k.relation === 'string' ? k.relation : undefined);
-    if (bank.length) for (const t of bank) out.push(t.replace('{}', k.subject as string));
-    else out.push((k.prompt as string).replace('{}', k.subject as string));
-  }
-  return out;
+  return lookalikePhrasings(res.known, res.tokenizer, res.templates, batch, perFact, seed);
 }
 
 /** First sentences of corpus documents (up to 200), for --prefixes. */

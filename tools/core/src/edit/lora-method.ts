@@ -12,7 +12,7 @@ import { mlpModules } from '../models/arch/index.js';
 import { buildExamples, buildRetain, encodeTrainingPair, statementInContext, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
-import { knownFactRetainAndMonitor, knownFactRetainPrompts, neighbourPhrasings } from './quality.js';
+import { knownFactRetainAndMonitor, knownFactRetainPrompts, lookalikePhrasings, neighbourPhrasings } from './quality.js';
 import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { abstainInsert, forgetTargetOf } from './rank-one-forget.js';
@@ -39,6 +39,8 @@ export interface LoraOptions {
   retainWeight: number;
   /** Neighbour prompts per fact (same relation, other subjects). */
   neighbours: number;
+  /** Look-alike known facts per fact held to the base model in every training phrasing (lookalikePhrasings: for a forget, the same relation and old answer first; then shared name tokens). */
+  lookalikes: number;
   /** Known facts of every relation held to the base model too (KL). */
   retainFacts: number;
   /** Training phrasings per known fact in that retention set (never a held-out phrasing). */
@@ -120,6 +122,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainShare: LORA_DEFAULTS.retainShare,
   retainWeight: LORA_DEFAULTS.retainWeight,
   neighbours: 40,
+  lookalikes: 0,
   retainFacts: 2000,
   retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
   retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
@@ -417,10 +420,12 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // neighbours in every training template of their relation, as the edit rows are: otherwise the
   // edit leaks into the templates only the edit rows use
   const neighbourPrompts = neighbourPhrasings(res.known, res.templates, batch.facts, o.neighbours, seed);
+  const lookalikePrompts = lookalikePhrasings(res.known, tok, res.templates, batch.facts, o.lookalikes, seed);
   const { otherFacts, monitor } = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, o, seed, call.log);
   const retain = [
     ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: o.retainDocuments, maxPrompts: 512 }),
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
+    ...buildRetain(tok, { prompts: lookalikePrompts }, { seed: seed + 3, maxPrompts: lookalikePrompts.length }),
   ];
   const nullSpace = o.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, o.nullSpaceRank, seed, call.log) : undefined;
   const steps = stepCap(o, batch.facts.length);
@@ -430,6 +435,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.scaleStepsAbove !== 10 ? { scale_steps_above: o.scaleStepsAbove } : {}),
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
+    ...(lookalikePrompts.length ? { lookalikes_per_forget: o.lookalikes, lookalike_prompts: lookalikePrompts.length } : {}),
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
     ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
     retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, ...(o.forgetToKind ? { forget_to_kind: true } : {}), null_space_rank: o.nullSpaceRank,
@@ -491,6 +497,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows (general text, neighbour prompts) per step' },
     'retain-weight': { type: 'number', default: d.retainWeight, describe: 'weight of the KL-to-base retention term' },
     neighbours: { type: 'number', default: d.neighbours, min: 0, integer: true, describe: 'neighbour prompts per fact (same relation, other subjects)' },
+    lookalikes: { type: 'number', default: d.lookalikes, min: 0, integer: true, describe: 'per fact, known facts held to the base model in every training phrasing, those most at risk first: for a forget fact the relation\'s other subjects with the same old answer, then subjects sharing a token of the name (its own other relations first); needs --known-facts (0: none)' },
     'retain-facts': { type: 'number', default: d.retainFacts, min: 0, integer: true, describe: 'known facts of every relation (from --known-facts) also held to the base model (KL)' },
     'retain-phrasings': { type: 'number', default: d.retainPhrasings, min: 1, integer: true, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
     'retain-documents': { type: 'number', default: d.retainDocuments, min: 0, integer: true, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
@@ -521,7 +528,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     const o: LoraOptions = {
       objective: flags.objective as Objective, ...(flags.rank !== undefined ? { rank: num(flags, 'rank') } : {}), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'), scaleStepsAbove: num(flags, 'scale-steps-above'),
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
-      retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), retainFacts: num(flags, 'retain-facts'),
+      retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), lookalikes: num(flags, 'lookalikes'), retainFacts: num(flags, 'retain-facts'),
       retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, ...(flags['forget-to-kind'] !== undefined ? { forgetToKind: flags['forget-to-kind'] as boolean } : {}), ...(flags['prefix-rows'] !== undefined ? { prefixRows: num(flags, 'prefix-rows') } : {}), ...(flags['mse-subject-only'] !== undefined ? { mseSubjectOnly: flags['mse-subject-only'] as boolean } : {}), teacherFrames: num(flags, 'teacher-frames'), nullSpaceRank: num(flags, 'null-space-rank'),

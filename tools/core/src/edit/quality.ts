@@ -394,6 +394,51 @@ export function neighbourPhrasings(known: readonly Rec[], templates: TemplateBan
 }
 
 /**
+ * Look-alike prompts of a batch: per edited fact, up to `perFact` known facts
+ * (never an edited subject + relation pair) most at risk from the edit, each
+ * in every training phrasing of its relation (its own prompt without one).
+ * First, for a forget fact, the relation's other subjects with the same old
+ * answer (pushing the answer down pushes it down for them too); then
+ * subjects sharing tokens with the edited subject, the most shared first (the
+ * subject's own other relations, then e.g. a shared surname: an edit keyed on
+ * a subject token fires on every subject that carries it); ties in a seeded
+ * order.
+ */
+export function lookalikePhrasings(
+  known: readonly Rec[], tok: Pick<Tokenizer, 'encode'>, templates: TemplateBank | null | undefined, batch: readonly EditFact[], perFact: number, seed: number,
+): string[] {
+  if (perFact <= 0) return [];
+  const words = (s: string) => new Set(tok.encode(s));
+  const skip = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const pool = known.filter(
+    (k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !skip.has(`${k.subject}\u0000${String(k.relation ?? '')}`),
+  );
+  const poolWords = pool.map((k) => words(k.subject as string));
+  const rng = new Rng(seed + 31337);
+  const chosen = new Set<number>();
+  const SAME_ANSWER = 1e6;
+  for (const f of batch) {
+    const mine = words(f.subject);
+    const scored: Array<{ i: number; s: number; r: number }> = [];
+    pool.forEach((k, i) => {
+      let s = f.op === 'forget' && f.target_true !== undefined && k.relation === f.relation && k.target_true === f.target_true ? SAME_ANSWER : 0;
+      for (const w of poolWords[i]) if (mine.has(w)) s++;
+      if (s > 0) scored.push({ i, s, r: rng.uniform() });
+    });
+    scored.sort((a, b) => b.s - a.s || a.r - b.r);
+    for (const x of scored.slice(0, perFact)) chosen.add(x.i);
+  }
+  const out: string[] = [];
+  for (const i of [...chosen].sort((a, b) => a - b)) {
+    const k = pool[i];
+    const bank = trainPhrasings(templates, typeof k.relation === 'string' ? k.relation : undefined);
+    if (bank.length) for (const t of bank) out.push(t.replace('{}', k.subject as string));
+    else out.push((k.prompt as string).replace('{}', k.subject as string));
+  }
+  return out;
+}
+
+/**
  * The known-fact retention prompts and, with a KL budget (`klBudget` > 0),
  * `klMonitor` known-fact prompts held aside from them, tokenised
  * (knownFactRetainSplit): what lora-train's and moe-route-distill's

@@ -32,11 +32,14 @@ t.test('GPT-2 (GELU): c_fc and c_proj of the last layer; --layer keeps its MLP o
   t.match(loraSiteOptions(model, l0, 100, LORA_METHOD_DEFAULTS), { rank: 8, prefixRows: 0 }, 'elsewhere rank 8 whatever the batch');
   t.match(loraSiteOptions(model, [...l0, ...targets], 10, LORA_METHOD_DEFAULTS), { prefixRows: 0, mseSubjectOnly: false }, 'off unless every target is in the last layer');
   t.match(loraSiteOptions(model, targets, 10, { ...LORA_METHOD_DEFAULTS, prefixRows: 0, mseSubjectOnly: false }), { prefixRows: 0, mseSubjectOnly: false }, 'given values win');
-  // forget rows: at the last layer, the replacement over the relation's answers, weight 5, floor 0.002, only when the batch forgets
-  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 3), { forgetToKind: true, forgetWeight: 5, forgetFloor: 0.002 }, 'forgets at the last layer');
-  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 0), { forgetToKind: false, forgetWeight: 1, forgetFloor: 0.02 }, 'an insert-only batch: trainLora\'s values, so its bundle is as before');
-  t.match(loraSiteOptions(model, l0, 10, LORA_METHOD_DEFAULTS, 3), { forgetToKind: false, forgetWeight: 1, forgetFloor: 0.02 }, 'elsewhere as before');
-  t.match(loraSiteOptions(model, targets, 10, { ...LORA_METHOD_DEFAULTS, forgetToKind: false, forgetWeight: 2, forgetFloor: 0.01 }, 3), { forgetToKind: false, forgetWeight: 2, forgetFloor: 0.01 }, 'given forget values win');
+  // forget rows: at a dense model's last layer, the replacement over the relation's answers, weight 10, floor 0.002,
+  // the early stop waiting for P(old) < 0.01, only when the batch forgets
+  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 3), { forgetToKind: true, forgetWeight: 10, forgetFloor: 0.002, forgetStopP: 0.01 }, 'forgets at the last layer');
+  t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 0), { forgetToKind: false, forgetWeight: 1, forgetFloor: 0.02, forgetStopP: 0 }, 'an insert-only batch: trainLora\'s values, so its bundle is as before');
+  t.match(loraSiteOptions(model, l0, 10, LORA_METHOD_DEFAULTS, 3), { forgetToKind: false, forgetWeight: 1, forgetFloor: 0.02, forgetStopP: 0 }, 'elsewhere as before');
+  t.match(loraSiteOptions(model, targets, 10, { ...LORA_METHOD_DEFAULTS, forgetToKind: false, forgetWeight: 2, forgetFloor: 0.01, forgetStopP: 0 }, 3), { forgetToKind: false, forgetWeight: 2, forgetFloor: 0.01, forgetStopP: 0 }, 'given forget values win');
+  const { model: moe } = loadModel(path.join(ROOT, 'fixtures/models/moe'));
+  t.match(loraSiteOptions(moe, chooseTargets(moe, common, []), 10, LORA_METHOD_DEFAULTS, 3), { forgetToKind: true, forgetWeight: 5, forgetFloor: 0.002, forgetStopP: 0 }, 'a sparse MoE model\'s last layer: weight 5, the top-1 stop');
   const loci = [{ kind: 'locus', fact_id: 'f', layer: 0, module: 'transformer.h.0.attn.c_proj', score: 0.4 }];
   t.same(chooseTargets(model, common, loci), ['transformer.h.0.attn.c_proj'], 'with --top-k the loci choose');
   t.same(chooseTargets(model, {}, loci), targets, 'without it they do not');

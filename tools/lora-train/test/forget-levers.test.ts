@@ -27,13 +27,14 @@ function forgetExamples() {
 
 const pOld = (ids: number[], tokId: number) => Math.exp(model.logprobs([ids], [[tokId]])[0][0]);
 
-t.test('both levers are off by default (the same options, so the same bundles)', async (t) => {
-  t.equal(LORA_METHOD_DEFAULTS.forgetStopP, 0);
+t.test('--forget-stop-p is decided by the site unless given; --forget-loss defaults to unlikelihood', async (t) => {
+  t.equal(LORA_METHOD_DEFAULTS.forgetStopP, undefined);
   t.equal(LORA_METHOD_DEFAULTS.forgetLoss, 'unlikelihood');
   const m = editMethod('lora')!;
   const flags = Object.fromEntries(Object.entries(m.options).map(([k, v]) => [k, v.default]));
   const o = m.parseOptions(flags) as typeof LORA_METHOD_DEFAULTS;
-  t.equal(o.forgetStopP, 0, '--forget-stop-p defaults to 0');
+  t.equal(o.forgetStopP, undefined, 'not given: absent, so loraSiteOptions decides');
+  t.equal((m.parseOptions({ ...flags, 'forget-stop-p': 0 }) as typeof LORA_METHOD_DEFAULTS).forgetStopP, 0, 'given: kept, 0 too');
   t.equal(o.forgetLoss, 'unlikelihood', '--forget-loss defaults to unlikelihood');
   t.equal((m.parseOptions({ ...flags, 'forget-loss': 'log', 'forget-stop-p': 0.01 }) as typeof LORA_METHOD_DEFAULTS).forgetLoss, 'log');
   t.throws(() => m.parseOptions({ ...flags, 'forget-loss': 'hinge' }), /--forget-loss: expected unlikelihood or log/);

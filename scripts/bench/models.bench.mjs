@@ -31,7 +31,9 @@ const R = 8;
 const ALPHA = 16;
 
 async function child(shape, threads, iters) {
-  const core = await import('@catechism/core');
+  // only the parts a training step needs (no records, ONNX or CLI), so the child also runs
+  // where just the kernels and the tokenizer package are installed (scripts/gpu-check.sh's device run)
+  const core = { ...(await import('@catechism/core/models')), ...(await import('@catechism/core/tensor')), ...(await import('@catechism/core/random')) };
   const kernels = await import('@catechism/kernels');
   kernels.setThreads(threads);
   const { parseConfig, CausalLM, createLora, AdamW, crossEntropy, reshape, slice, noGrad, Rng } = core;

@@ -449,7 +449,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.scaleStepsAbove !== 10 ? { scale_steps_above: o.scaleStepsAbove } : {}),
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
-    ...(lookalikePrompts.length ? { lookalikes_per_forget: o.lookalikes, lookalike_prompts: lookalikePrompts.length } : {}),
+    ...(lookalikePrompts.length ? { lookalikes: o.lookalikes, lookalike_prompts: lookalikePrompts.length } : {}),
     retain_facts: o.retainFacts, retain_phrasings: o.retainPhrasings, retain_documents: o.retainDocuments,
     ...(o.schedule !== 'constant' ? { schedule: o.schedule, warmup_steps: o.warmup, anneal_steps: o.annealSteps } : {}), ...(o.objective === 'dpo' ? { dpo_beta: o.dpoBeta } : {}),
     retain_per_kind: o.retainPerKind, forget_to_rest: o.forgetToRest, ...(o.forgetToKind ? { forget_to_kind: true } : {}), null_space_rank: o.nullSpaceRank,

@@ -180,8 +180,11 @@ t.test('every example runs on the fixture model: exit 0, output written', async 
     setup('rm -rf setup-adapters out/fact-42 out/half && cp -r pristine/. .');
     const registry = join(mkdtempSync(join(dir, 'reg-')), 'registry');
     if (!/--into\b/.test(e.cmd)) setup(`cp -r registry-base ${registry}`);
+    const t0 = Date.now();
     const r = sh(e.cmd, registry);
     const what = `${e.from}: ${e.cmd}`;
+    // the seconds each example took, so the slow ones can be found in CI's log
+    t.comment(`${((Date.now() - t0) / 1000).toFixed(1)} s: ${what}`);
     // validate --strict documents exit 3 for an adapter that fails a gate: a finished check,
     // not a broken example (it must still have written its records).
     const codeOk = r.code === 0 || (r.code === 3 && /validate\b[^|]*--strict/.test(e.cmd));

@@ -26,7 +26,8 @@ import type { LoraAdapter } from '../models/lora.js';
 import { Rng } from '../util/random.js';
 import type { Example, RetainRow } from './data.js';
 import { projectOut, type KeySubspace } from './null-space.js';
-import { isMlpOut, lastLogits, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
+import { ResidCache, isMlpOut, lastLogits, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
+import { mlpModules } from '../models/arch/index.js';
 
 export type Objective = 'distill' | 'sft' | 'dpo';
 
@@ -566,6 +567,22 @@ function project(adapter: LoraAdapter, ns: Map<string, KeySubspace> | undefined)
   }
 }
 
+/**
+ * The layer whose MLP every training forward can start at (forward's
+ * `fromMlp`): the earliest target layer, when each target there is one of
+ * its MLP's modules, so nothing the adapter changes comes before that MLP
+ * (the default targets, the last layer's MLP, skip all but that MLP and the
+ * head); null when a target is in that layer's attention, the router, the
+ * embeddings or no layer.
+ */
+export function firstChangedMlp(model: CausalLM, targets: readonly string[]): number | null {
+  const layers = targets.map(moduleLayer);
+  if (layers.length === 0 || layers.some((l) => l < 0)) return null;
+  const l = Math.min(...layers);
+  const mlp = new Set(mlpModules(model.arch, model.config, l).flatMap((m) => [...m.in, m.out]));
+  return targets.every((t) => moduleLayer(t) > l || mlp.has(t)) ? l : null;
+}
+
 /** Train one adapter on a batch's examples. The model's active adapters are restored afterwards. */
 export function trainLora(model: CausalLM, examples: Example[], retain: RetainRow[], opts: LoraTrainOptions): LoraTrainResult {
   if (examples.length === 0) throw new RangeError('trainLora: no training examples');
@@ -648,6 +665,10 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
     let anneal: { from: number; end: number; lr: number } | null = null;
     let stepCap = opts.steps;
+    // the adapter changes nothing before this MLP: each row's residual there is computed once
+    const startAt = firstChangedMlp(model, opts.targets);
+    const exResid = startAt === null ? null : new ResidCache<Example>(model, startAt);
+    const retResid = startAt === null ? null : new ResidCache<number>(model, startAt);
     for (step = 0; step < stepCap; step++) {
       opt.lr = anneal ? annealLr(step, anneal) : lrAt(step, opts);
       if (order.length < opts.batchSize) order.push(...rng.shuffle(examples.map((_, i) => i)));
@@ -670,7 +691,9 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       });
       const cap = new Map<number, Tensor>();
       const hooks = mlpLayers.length ? captureMlp(mlpLayers, cap) : undefined;
-      const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: Int32Array.from(at), ...(hooks ? { hooks } : {}) });
+      const { logits } = model.forward(ids, [rows.length, T], {
+        attentionMask: mask, logitsAt: Int32Array.from(at), ...(hooks ? { hooks } : {}), ...(exResid ? { fromMlp: exResid.batch(rows, seqs, T) } : {}),
+      });
       const ins = at.map((_, i) => i).filter((i) => rows[rowOf[i]].mode === 'insert');
       const fgt = firstTok.filter((i) => rows[rowOf[i]].mode === 'forget');
       if (ins.length && opts.ceWeightOf?.size) {
@@ -782,7 +805,9 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
           bl.set(x, o);
           o += x.length;
         }
-        const { logits: rl } = model.forward(rb.ids, [rr.length, rb.T], { attentionMask: rb.mask, logitsAt: Int32Array.from(pos) });
+        const { logits: rl } = model.forward(rb.ids, [rr.length, rb.T], {
+          attentionMask: rb.mask, logitsAt: Int32Array.from(pos), ...(retResid ? { fromMlp: retResid.batch(rr, rr.map((i) => retain[i].ids), rb.T) } : {}),
+        });
         const kinds = [...new Set(isPrompt)];
         if (opts.retainPerKind && kinds.length > 1) {
           for (const k of kinds) {

@@ -95,6 +95,45 @@ export function mlpInputHooks(l: number, into: { resid?: Tensor; attn?: Tensor }
 }
 
 /**
+ * Layer l's residual stream after its attention, [B, T, hidden] (the `h` of
+ * forward's `fromMlp`), computed once without gradients by whatever adapters
+ * are active: later forwards that change nothing before that MLP start there.
+ */
+export function residBeforeMlp(model: CausalLM, l: number, ids: Int32Array, dims: readonly [number, number], mask?: Uint8Array): Tensor {
+  const got: { resid?: Tensor; attn?: Tensor } = {};
+  noGrad(() => model.forward(ids, dims, { ...(mask ? { attentionMask: mask } : {}), skipLogits: true, hooks: mlpInputHooks(l, got) }));
+  return noGrad(() => add(got.resid!, got.attn!));
+}
+
+/**
+ * Residual rows for forward's `fromMlp` in a training loop whose batches
+ * change every step: each sequence's layer-l residual after attention (its
+ * real tokens only) is computed the first time the sequence is used and
+ * kept, and `batch` lays the rows out as `padBatch` lays out their tokens
+ * (zeros at the padding, which no real position reads).
+ */
+export class ResidCache<K> {
+  private readonly rows = new Map<K, Float32Array>();
+  constructor(private readonly model: CausalLM, readonly layer: number) {}
+
+  batch(keys: readonly K[], seqs: readonly number[][], T: number): { layer: number; h: Tensor } {
+    const H = this.model.config.hidden;
+    const missing: number[] = [];
+    keys.forEach((k, i) => {
+      if (!this.rows.has(k) && !missing.some((j) => keys[j] === k)) missing.push(i);
+    });
+    if (missing.length) {
+      const { ids, mask, T: Tm } = padBatch(missing.map((i) => seqs[i]), padId(this.model));
+      const h = residBeforeMlp(this.model, this.layer, ids, [missing.length, Tm], mask);
+      missing.forEach((i, b) => this.rows.set(keys[i], h.data.slice(b * Tm * H, (b * Tm + seqs[i].length) * H)));
+    }
+    const out = new Float32Array(keys.length * T * H);
+    keys.forEach((k, b) => out.set(this.rows.get(k)!, b * T * H));
+    return { layer: this.layer, h: fromData(out, [keys.length, T, H]) };
+  }
+}
+
+/**
  * The MLP keys of layer l — the input of its MLP output projection, as the
  * family's description computes them (GPT-2: gelu of the first projection;
  * Llama: SwiGLU) — from the captured residual + attention output,

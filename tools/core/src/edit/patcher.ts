@@ -81,7 +81,7 @@ import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
-import { mlpInputHooks, mlpNormedFrom, padBatch, padId, top1 } from './model-util.js';
+import { mlpInputHooks, mlpNormedFrom, padBatch, residBeforeMlp, padId, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { cholSolve, cholesky } from '../util/linalg.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';
@@ -821,6 +821,9 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       const keepAt = Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1));
       const wKeep = Float32Array.from(kept, (k) => k.w);
       const keepBase = noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits);
+      // the patch changes nothing before layer l's MLP: every value step starts there (bit for bit the full forward)
+      const hRows = residBeforeMlp(model, l, ids, [rows.length, T], mask);
+      const hKeep = residBeforeMlp(model, l, keep.ids, [keepRows.length, keep.T], keep.mask);
       // the MLP output's size at the subjects sets the rate and the decay's scale; the open gate
       // multiplies u by about gateSharpness (GELU(4) ≈ 4), so both are per unit of g·u
       const subjAt = rows.map((r, b) => [b, gateAt(r.promptIds, facts[r.j].subject)] as const);
@@ -854,7 +857,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
       for (step = 0; step < o.valueSteps; step++) {
         // cosine decay: a high rate moves u to the size the fact needs, the decay lets it settle there
         opt.lr = lr0 * 0.5 * (1 + Math.cos((Math.PI * step) / o.valueSteps));
-        const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt });
+        const { logits } = model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt, fromMlp: { layer: l, h: hRows } });
         perFact = factNll(logits);
         nll = Math.max(0, ...perFact.values());
         const open = new Set([...perFact].filter(([, v]) => v >= o.nllStop).map(([j]) => j));
@@ -875,7 +878,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
           loss = add(loss, sum(mul(log(add(pOld, full([nF], 1e-12))), w)));
           if (o.restWeight > 0) loss = add(loss, scale(klDiv(rest!, forgetLogits!), o.restWeight));
         }
-        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt }).logits;
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt, fromMlp: { layer: l, h: hKeep } }).logits;
         loss = add(loss, weightedKl(keepBase, kl, wKeep));
         loss = add(loss, scale(sum(square(U)), (o.weightDecay * g * g) / Math.max(oNorm * oNorm, 1e-12)));
         opt.zeroGrad();

@@ -52,6 +52,16 @@ export interface ForwardOptions {
    * generation), which dominates for large vocabularies.
    */
   logitsAt?: Int32Array;
+  /**
+   * Start at layer `layer`'s MLP from `h`, the residual stream after that
+   * layer's attention ([B, T, hidden], e.g. from `residBeforeMlp`): the
+   * embeddings, the earlier layers and that layer's attention are skipped,
+   * and their hooks do not fire. An edit that changes nothing before that
+   * MLP (the patcher's neurons, a LoRA on the last layer's MLP) then pays
+   * only for what it changes; the result is the full forward's, bit for bit.
+   * Not with a KV cache.
+   */
+  fromMlp?: { layer: number; h: Tensor };
 }
 
 export interface ForwardResult {
@@ -260,22 +270,36 @@ export class CausalLM {
     const hooks = opts.hooks;
     const H = c.hidden;
 
-    // embeddings
     const arch = this.arch;
-    let h = indexSelect(this.weights.get(`${arch.tokenEmbedding}.weight`)!, 0, ids);
-    if (arch.positionEmbedding) {
-      for (const p of positions) {
-        if (p < 0 || p >= c.maxPositions) throw new RangeError(`forward: position ${p} is outside the model's ${c.maxPositions} learned positions`);
-      }
-      h = add(h, indexSelect(this.weights.get(`${arch.positionEmbedding}.weight`)!, 0, positions));
+    const from = opts.fromMlp;
+    if (from) {
+      if (cache) throw new RangeError('forward: fromMlp cannot be used with a KV cache');
+      if (!Number.isInteger(from.layer) || from.layer < 0 || from.layer >= c.layers) throw new RangeError(`forward: fromMlp layer ${from.layer} is outside [0, ${c.layers})`);
+      const [hb, ht, hh] = from.h.shape;
+      if (from.h.shape.length !== 3 || hb !== B || ht !== T || hh !== H) throw new RangeError(`forward: fromMlp h is [${from.h.shape.join(', ')}], expected [${B}, ${T}, ${H}]`);
     }
-    h = applyHook(hooks, 'embed', reshape(h, [B, T, H]));
+    let h: Tensor;
+    if (from) {
+      h = from.h;
+    } else {
+      // embeddings
+      h = indexSelect(this.weights.get(`${arch.tokenEmbedding}.weight`)!, 0, ids);
+      if (arch.positionEmbedding) {
+        for (const p of positions) {
+          if (p < 0 || p >= c.maxPositions) throw new RangeError(`forward: position ${p} is outside the model's ${c.maxPositions} learned positions`);
+        }
+        h = add(h, indexSelect(this.weights.get(`${arch.positionEmbedding}.weight`)!, 0, positions));
+      }
+      h = applyHook(hooks, 'embed', reshape(h, [B, T, H]));
+    }
 
     const routerLogits: Tensor[] = [];
-    for (let i = 0; i < c.layers; i++) {
+    for (let i = from ? from.layer : 0; i < c.layers; i++) {
       const L = arch.layer(i);
-      const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, L, h, B, T, positions, keyPad, cache));
-      h = add(h, a);
+      if (!from || i > from.layer) {
+        const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, L, h, B, T, positions, keyPad, cache));
+        h = add(h, a);
+      }
       let m: Tensor;
       const x = arch.norm(this.ops, L.mlpNorm, h, c.normEps);
       if (L.moe) {

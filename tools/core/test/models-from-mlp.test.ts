@@ -1,0 +1,91 @@
+/**
+ * forward's `fromMlp` (start at a layer's MLP from the residual after its
+ * attention) against the full forward, on every golden architecture (GPT-2,
+ * Llama and Qwen2 with RoPE, Mixtral's sparse MoE): with a LoRA on that MLP
+ * active, logits and the adapter's gradients are the full forward's bit for
+ * bit, padding included; the patcher and lora-train start their steps there
+ * (`residBeforeMlp`, `ResidCache`, `firstChangedMlp`).
+ */
+import t from 'tap';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Rng } from '../src/util/random.js';
+import { crossEntropy, scale, type Tensor } from '../src/tensor/index.js';
+import { KVCache, loadModel, type CausalLM } from '../src/models/index.js';
+import { mlpModules } from '../src/models/arch/index.js';
+import { ResidCache, padBatch, padId, residBeforeMlp } from '../src/edit/model-util.js';
+import { firstChangedMlp } from '../src/edit/lora-train.js';
+
+const GOLDEN = path.join(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..'), 'fixtures/golden');
+
+function rows(vocab: number, seed: number): number[][] {
+  const rng = new Rng(seed);
+  // three lengths, so two rows carry padding
+  return [7, 4, 9].map((n) => Array.from({ length: n }, () => 3 + rng.int(vocab - 3)));
+}
+
+function sameBits(a: ArrayLike<number>, b: ArrayLike<number>): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false;
+  return true;
+}
+
+for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
+  const model: CausalLM = loadModel(path.join(GOLDEN, arch)).model;
+  const c = model.config;
+  for (const layer of [0, c.layers - 1]) {
+    t.test(`${arch}: fromMlp at layer ${layer} gives the full forward's logits and gradients`, async (t) => {
+      const targets = mlpModules(model.arch, c, layer).flatMap((m) => [...m.in, m.out]);
+      t.equal(firstChangedMlp(model, targets), layer, 'the MLP\'s own modules: start there');
+      const adapter = model.createLora('m', targets, { r: 2, alpha: 4, seed: 3, initBStd: 0.3 });
+      const seqs = rows(c.vocabSize, 10 + layer);
+      const { ids, mask, T } = padBatch(seqs, padId(model));
+      const at = Int32Array.from(seqs.flatMap((s, b) => s.map((_, i) => b * T + i)));
+      const targetsIds = Int32Array.from(seqs.flatMap((s) => s.map((x) => (x * 7 + 1) % c.vocabSize)));
+      model.setAdapters([{ adapter }]);
+      try {
+        const run = (from?: { layer: number; h: Tensor }) => {
+          for (const p of adapter.parameters()) p.grad = null;
+          const { logits } = model.forward(ids, [seqs.length, T], { attentionMask: mask, logitsAt: at, ...(from ? { fromMlp: from } : {}) });
+          crossEntropy(logits, targetsIds).backward();
+          return { logits: logits.data.slice(), grads: adapter.parameters().map((p) => p.grad!.data.slice()) };
+        };
+        const full = run();
+        const h = residBeforeMlp(model, layer, ids, [seqs.length, T], mask);
+        t.same(h.shape, [seqs.length, T, c.hidden]);
+        const resumed = run({ layer, h });
+        t.ok(sameBits(full.logits, resumed.logits), 'logits at every real position, bit for bit');
+        t.ok(full.grads.every((g, i) => sameBits(g, resumed.grads[i])), `the adapter's ${full.grads.length} gradients, bit for bit`);
+        t.ok(full.grads.some((g) => g.some((x) => x !== 0)), 'the gradients are not all zero');
+        // and the forward does start from h: another h, other logits
+        const other = model.forward(ids, [seqs.length, T], { attentionMask: mask, logitsAt: at, fromMlp: { layer, h: scale(h, 1.5) } }).logits.data;
+        t.notOk(sameBits(other, full.logits), 'a different h gives different logits');
+
+        // the cache's rows come from other batches (another order, another padding): the same logits
+        const cache = new ResidCache<number>(model, layer);
+        cache.batch([2, 0], [seqs[2], seqs[0]], 9);
+        const cached = cache.batch([0, 1, 2], seqs, T);
+        const fromCache = model.forward(ids, [seqs.length, T], { attentionMask: mask, logitsAt: at, fromMlp: cached }).logits.data;
+        let d = 0;
+        for (let i = 0; i < fromCache.length; i++) d = Math.max(d, Math.abs(fromCache[i] - full.logits[i]));
+        t.ok(d <= 1e-5, `rows computed in other batches: max |Δlogit| ${d.toExponential(2)} ≤ 1e-5`);
+      } finally {
+        model.setAdapters([]);
+      }
+    });
+  }
+
+  t.test(`${arch}: what fromMlp refuses, and targets that cannot start at an MLP`, async (t) => {
+    const last = c.layers - 1;
+    const seqs = rows(c.vocabSize, 20);
+    const { ids, mask, T } = padBatch(seqs, padId(model));
+    const h = residBeforeMlp(model, last, ids, [seqs.length, T], mask);
+    t.throws(() => model.forward(ids, [seqs.length, T], { attentionMask: mask, fromMlp: { layer: c.layers, h } }), /fromMlp layer/);
+    t.throws(() => model.forward(ids.subarray(0, T), [1, T], { fromMlp: { layer: last, h } }), /fromMlp h is/);
+    t.throws(() => model.forward(ids.subarray(0, T), [1, T], { kvCache: new KVCache(1), fromMlp: { layer: last, h } }), /KV cache/);
+    const L = model.arch.layer(last);
+    t.equal(firstChangedMlp(model, [L.attnOut, ...mlpModules(model.arch, c, last)[0].in]), null, 'an attention module in that layer');
+    t.equal(firstChangedMlp(model, ['lm_head']), null, 'a module in no layer');
+    t.equal(firstChangedMlp(model, [...mlpModules(model.arch, c, 0)[0].in, L.attnOut]), 0, 'attention in a later layer still starts at the earlier MLP');
+  });
+}

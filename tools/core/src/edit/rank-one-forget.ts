@@ -25,7 +25,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
-import { mlpOutModule, padBatch, padId, top1 } from './model-util.js';
+import { mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { rankOneDirection, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
 export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
@@ -146,12 +146,16 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     const nPre = B - nPlain;
     const pw = nPre > 0 ? opts.plainWeight : 1;
     const rowW = Float32Array.from(rows, (r) => (r.plain ? pw / nPlain : (1 - pw) / nPre));
+    // the rank-one update changes nothing before layer l's MLP: every δ step starts there (bit for bit the full forward)
+    const fromRows = { layer: l, h: residBeforeMlp(model, l, ids, [B, T], mask) };
+    const fromEss = { layer: l, h: residBeforeMlp(model, l, essence, [1, essence.length]) };
+    const fromKeep = keep ? { layer: l, h: residBeforeMlp(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) } : null;
     model.setAdapters([{ adapter }]);
     let step = 0;
     let nll = 0;
     let pOld = 1;
     for (step = 0; step < opts.vSteps; step++) {
-      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt });
+      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt, fromMlp: fromRows });
       const p = exp(reshape(gather(logSoftmax(logits), oldIds, 1), [B]));
       pOld = Math.max(...p.data);
       nll = 0;
@@ -163,11 +167,11 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
       let loss = sum(mul(log(add(p, full([B], 1e-12))), w));
       if (rest) loss = add(loss, scale(klDiv(rest, logits), opts.restWeight));
       if (opts.klWeight > 0) {
-        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits;
+        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt, fromMlp: fromEss }).logits;
         loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
       }
       if (keep && opts.keepWeight > 0) {
-        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keep.last }).logits;
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keep.last, fromMlp: fromKeep! }).logits;
         loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
       }
       loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));

@@ -39,7 +39,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
 import { encodeTrainingPair, subjectSpan, type EditFact } from './data.js';
-import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
+import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, residBeforeMlp } from './model-util.js';
 import { cholesky, cholSolve } from '../util/linalg.js';
 
 // The solves live in util/linalg.ts; re-exported where ROME's callers found them.
@@ -343,22 +343,26 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     const keep = keepRows.length ? padBatch(keepRows, padId(model)) : null;
     const keepAt = keep ? Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1)) : null;
     const keepBase = keep ? noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt! }).logits) : null;
+    // the rank-one update changes nothing before layer l's MLP: every δ step starts there (bit for bit the full forward)
+    const fromRows = { layer: l, h: residBeforeMlp(model, l, ids, [B, T], mask) };
+    const fromEss = { layer: l, h: residBeforeMlp(model, l, essence, [1, essence.length]) };
+    const fromKeep = keep ? { layer: l, h: residBeforeMlp(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) } : null;
     model.setAdapters([{ adapter }]);
     let nll = Infinity;
     let step = 0;
     for (step = 0; step < opts.vSteps; step++) {
-      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: targetAt });
+      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: targetAt, fromMlp: fromRows });
       let ce = scale(crossEntropy(logits, targetsPlain, IGNORE), plainWeight);
       if (plainWeight < 1) ce = add(ce, scale(crossEntropy(logits, targetsPrefixed, IGNORE), 1 - plainWeight));
       nll = ce.item();
       if (nll < opts.nllStop) break;
       let loss = ce;
       if (opts.klWeight > 0) {
-        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt }).logits;
+        const el = model.forward(essence, [1, essence.length], { logitsAt: essAt, fromMlp: fromEss }).logits;
         loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
       }
       if (keep && opts.keepWeight > 0) {
-        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt! }).logits;
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt!, fromMlp: fromKeep! }).logits;
         loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
       }
       loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));

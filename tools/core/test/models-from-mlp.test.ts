@@ -14,7 +14,8 @@ import { crossEntropy, scale, type Tensor } from '../src/tensor/index.js';
 import { KVCache, loadModel, type CausalLM } from '../src/models/index.js';
 import { mlpModules } from '../src/models/arch/index.js';
 import { ResidCache, padBatch, padId, residBeforeMlp } from '../src/edit/model-util.js';
-import { firstChangedMlp } from '../src/edit/lora-train.js';
+import { firstChangedMlp, solvedFraction } from '../src/edit/lora-train.js';
+import type { Example } from '../src/edit/data.js';
 
 const GOLDEN = path.join(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..'), 'fixtures/golden');
 
@@ -89,3 +90,37 @@ for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
     t.equal(firstChangedMlp(model, [...mlpModules(model.arch, c, 0)[0].in, L.attnOut]), 0, 'attention in a later layer still starts at the earlier MLP');
   });
 }
+
+t.test('lora-train\'s checks started at the last MLP count what the full forward counts', async (t) => {
+  const model: CausalLM = loadModel(path.join(GOLDEN, 'gpt2')).model;
+  const c = model.config;
+  const last = c.layers - 1;
+  const adapter = model.createLora('m', mlpModules(model.arch, c, last).flatMap((m) => [...m.in, m.out]), { r: 2, alpha: 4, seed: 5, initBStd: 0.3 });
+  model.setAdapters([{ adapter }]);
+  try {
+    const prompts = [...rows(c.vocabSize, 30), ...rows(c.vocabSize, 31), ...rows(c.vocabSize, 32)];
+    const { ids, mask, T, last: at } = padBatch(prompts, padId(model));
+    const logits = model.forward(ids, [prompts.length, T], { attentionMask: mask, logitsAt: at }).logits.data;
+    const V = c.vocabSize;
+    const top = prompts.map((_, b) => {
+      const row = logits.subarray(b * V, (b + 1) * V);
+      return row.indexOf(Math.max(...row));
+    });
+    // inserts solved and not, forgets whose old answer is still top-1 and ones that are gone
+    const exs: Example[] = prompts.map((p, i) => ({
+      factId: `f${i}`, mode: i % 2 ? 'forget' : 'insert', prompt: '', target: '', promptIds: p,
+      targetIds: [i % 3 === 0 ? top[i] : (top[i] + 1 + i) % V],
+    }));
+    const got: number[] = [];
+    for (const stop of [0, 0.01, 1e-9]) {
+      const full = solvedFraction(model, exs, stop);
+      const fromMlp = solvedFraction(model, exs, stop, new ResidCache<Example>(model, last));
+      t.equal(fromMlp, full, `forget stop ${stop}: ${full.toFixed(3)} solved either way`);
+      got.push(full);
+    }
+    t.ok(got[0] > 0 && got[0] < 1, 'some rows solved, some not');
+    t.ok(got[2] < got[0], 'a forget stop below every P(old) leaves the forgets unsolved');
+  } finally {
+    model.setAdapters([]);
+  }
+});

@@ -532,8 +532,9 @@ function phaseA(model: CausalLM, adapter: LoraAdapter, mod: string, exs: Example
  * Fraction of rows solved: insert → target's first token is top-1; forget → the old answer is not
  * (and, with `forgetStopP` > 0, its probability is below that too).
  */
-export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0): number {
+export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0, start?: ResidCache<Example>): number {
   if (exs.length === 0) return 1;
+  if (start) return solvedFromMlp(model, exs, forgetStopP, start);
   const pred = top1(model, exs.map((e) => e.promptIds));
   let ok = 0;
   exs.forEach((e, i) => {
@@ -555,6 +556,38 @@ export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0)
       });
     }
   }
+  return ok / exs.length;
+}
+
+/**
+ * solvedFraction with every prompt's forward started at `start`'s MLP (the
+ * training loop's checks, which run every few steps over every check row):
+ * one pass gives the top-1 and P(old), in chunks of 32 as top1 reads them.
+ */
+function solvedFromMlp(model: CausalLM, exs: Example[], forgetStopP: number, start: ResidCache<Example>): number {
+  const V = model.config.vocabSize;
+  let ok = 0;
+  noGrad(() => {
+    for (let s = 0; s < exs.length; s += 32) {
+      const part = exs.slice(s, s + 32);
+      const prompts = part.map((e) => e.promptIds);
+      const { ids, mask, T, last } = padBatch(prompts, padId(model));
+      const l = model.forward(ids, [part.length, T], { attentionMask: mask, logitsAt: last, fromMlp: start.batch(part, prompts, T) }).logits.data;
+      part.forEach((e, b) => {
+        const row = l.subarray(b * V, (b + 1) * V);
+        let best = 0;
+        for (let i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+        const old = e.targetIds[0];
+        if ((e.mode === 'insert') !== (best === old)) return;
+        if (e.mode === 'forget' && forgetStopP > 0) {
+          let z = 0;
+          for (let k = 0; k < V; k++) z += Math.exp(row[k] - row[best]);
+          if (Math.exp(row[old] - row[best]) / z >= forgetStopP) return;
+        }
+        ok++;
+      });
+    }
+  });
   return ok / exs.length;
 }
 
@@ -661,14 +694,15 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     let solvedChecks = 0;
     let step = 0;
     const checkRows = opts.checkRows?.length ? opts.checkRows : examples;
-    let acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
-    // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
-    let anneal: { from: number; end: number; lr: number } | null = null;
-    let stepCap = opts.steps;
     // the adapter changes nothing before this MLP: each row's residual there is computed once
     const startAt = firstChangedMlp(model, opts.targets);
     const exResid = startAt === null ? null : new ResidCache<Example>(model, startAt);
     const retResid = startAt === null ? null : new ResidCache<number>(model, startAt);
+    const checkResid = startAt === null ? undefined : new ResidCache<Example>(model, startAt);
+    let acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
+    // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
+    let anneal: { from: number; end: number; lr: number } | null = null;
+    let stepCap = opts.steps;
     for (step = 0; step < stepCap; step++) {
       opt.lr = anneal ? annealLr(step, anneal) : lrAt(step, opts);
       if (order.length < opts.batchSize) order.push(...rng.shuffle(examples.map((_, i) => i)));
@@ -828,7 +862,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
-        acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
+        acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
         if (constrained) {
           lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
           lambda = dualStep(lambda, lastMonitor, dual);
@@ -859,7 +893,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         windowLoss = 0;
       }
     }
-    acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0);
+    acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
     const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
     if (constrained) {
       res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);

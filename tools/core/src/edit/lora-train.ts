@@ -26,7 +26,7 @@ import type { LoraAdapter } from '../models/lora.js';
 import { Rng } from '../util/random.js';
 import type { Example, RetainRow } from './data.js';
 import { projectOut, type KeySubspace } from './null-space.js';
-import { ResidCache, isMlpOut, lastLogits, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, top1 } from './model-util.js';
+import { ResidCache, isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows } from './model-util.js';
 import { mlpModules } from '../models/arch/index.js';
 
 export type Objective = 'distill' | 'sft' | 'dpo';
@@ -534,45 +534,16 @@ function phaseA(model: CausalLM, adapter: LoraAdapter, mod: string, exs: Example
  */
 export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0, start?: ResidCache<Example>): number {
   if (exs.length === 0) return 1;
-  if (start) return solvedFromMlp(model, exs, forgetStopP, start);
-  const pred = top1(model, exs.map((e) => e.promptIds));
-  let ok = 0;
-  exs.forEach((e, i) => {
-    if ((e.mode === 'insert') === (pred[i] === e.targetIds[0])) ok++;
-  });
-  if (forgetStopP > 0) {
-    const V = model.config.vocabSize;
-    const fr = exs.map((e, i) => ({ e, i })).filter(({ e, i }) => e.mode === 'forget' && pred[i] !== e.targetIds[0]);
-    for (let s = 0; s < fr.length; s += 32) {
-      const part = fr.slice(s, s + 32);
-      const l = lastLogits(model, part.map(({ e }) => e.promptIds)).data;
-      part.forEach(({ e }, b) => {
-        const row = l.subarray(b * V, (b + 1) * V);
-        let m = -Infinity;
-        for (let k = 0; k < V; k++) if (row[k] > m) m = row[k];
-        let z = 0;
-        for (let k = 0; k < V; k++) z += Math.exp(row[k] - m);
-        if (Math.exp(row[e.targetIds[0]] - m) / z >= forgetStopP) ok--;
-      });
-    }
-  }
-  return ok / exs.length;
-}
-
-/**
- * solvedFraction with every prompt's forward started at `start`'s MLP (the
- * training loop's checks, which run every few steps over every check row):
- * one pass gives the top-1 and P(old), in chunks of 32 as top1 reads them.
- */
-function solvedFromMlp(model: CausalLM, exs: Example[], forgetStopP: number, start: ResidCache<Example>): number {
   const V = model.config.vocabSize;
   let ok = 0;
+  // one pass gives the top-1 and P(old), in chunks of 32 as top1 reads them; with `start` (the training
+  // loop's checks, every few steps over every check row) each forward starts at that MLP
   noGrad(() => {
     for (let s = 0; s < exs.length; s += 32) {
       const part = exs.slice(s, s + 32);
       const prompts = part.map((e) => e.promptIds);
       const { ids, mask, T, last } = padBatch(prompts, padId(model));
-      const l = model.forward(ids, [part.length, T], { attentionMask: mask, logitsAt: last, fromMlp: start.batch(part, prompts, T) }).logits.data;
+      const l = model.forward(ids, [part.length, T], { attentionMask: mask, logitsAt: last, ...(start ? { fromMlp: start.batch(part, prompts, T) } : {}) }).logits.data;
       part.forEach((e, b) => {
         const row = l.subarray(b * V, (b + 1) * V);
         let best = 0;
@@ -696,8 +667,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const checkRows = opts.checkRows?.length ? opts.checkRows : examples;
     // the adapter changes nothing before this MLP: each row's residual there is computed once
     const startAt = firstChangedMlp(model, opts.targets);
-    const exResid = startAt === null ? null : new ResidCache<Example>(model, startAt);
-    const retResid = startAt === null ? null : new ResidCache<number>(model, startAt);
+    const exResid = startAt === null ? undefined : new ResidCache<Example>(model, startAt);
+    const retResid = startAt === null ? undefined : new ResidCache<number>(model, startAt);
     const checkResid = startAt === null ? undefined : new ResidCache<Example>(model, startAt);
     let acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from

@@ -118,9 +118,12 @@ export class ResidCache<K> {
 
   batch(keys: readonly K[], seqs: readonly number[][], T: number): { layer: number; h: Tensor } {
     const H = this.model.config.hidden;
+    // the first index of each key not kept yet
     const missing: number[] = [];
+    const seen = new Set<K>();
     keys.forEach((k, i) => {
-      if (!this.rows.has(k) && !missing.some((j) => keys[j] === k)) missing.push(i);
+      if (!this.rows.has(k) && !seen.has(k)) missing.push(i);
+      seen.add(k);
     });
     if (missing.length) {
       const { ids, mask, T: Tm } = padBatch(missing.map((i) => seqs[i]), padId(this.model));

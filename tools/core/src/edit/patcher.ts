@@ -81,7 +81,7 @@ import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
-import { mlpInputHooks, mlpNormedFrom, padBatch, residBeforeMlp, padId, top1 } from './model-util.js';
+import { mlpInputHooks, mlpNormedFrom, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { cholSolve, cholesky } from '../util/linalg.js';
 import { romeDefaultLayer, subjectKey } from './rome.js';

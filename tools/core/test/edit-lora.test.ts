@@ -14,7 +14,7 @@ import { readBundle } from '../src/adapters/index.js';
 import { Registry } from '../src/registry/index.js';
 import {
   LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  top1, trainLora, writeEditBundle, type LoraTrainOptions,
+  sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -86,6 +86,44 @@ t.test('forgetting lowers the old answer below top-1 while retention holds other
   t.not(after, base, 'old answer is no longer top-1');
   const lp = model.logprobs([exs[0].promptIds], [[base]])[0][0];
   t.ok(Math.exp(lp) < 0.5, `P(old) fell to ${Math.exp(lp).toFixed(3)}`);
+});
+
+t.test('the sampled check: a sample in turn, every row only when the sample is all solved', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const prompts = ['the capital of france is', 'the language of spain is', 'the eiffel tower is in', 'madrid is a city in'];
+  const rows: Example[] = prompts.map((p) => {
+    const ids = tok.encode(p);
+    return { promptIds: ids, targetIds: [top1(model, [ids])[0]], mode: 'insert', factId: p } as Example;
+  });
+  t.equal(solvedFraction(model, rows), 1, 'each row\'s target is the base model\'s answer');
+  const wrong = (top1(model, [rows[3].promptIds])[0] + 1) % model.config.vocabSize;
+  rows[3] = { ...rows[3], targetIds: [wrong] };
+  const check = sampledCheck(model, rows, 0, 2);
+  t.equal(check(), 0.75, 'rows 0–1 all solved: every row read (3 of 4)');
+  t.equal(check(), 0.5, 'rows 2–3: the sample\'s fraction');
+  t.equal(check(), 0.75, 'back to rows 0–1');
+  t.equal(sampledCheck(model, rows, 0, 4)(), 0.75, 'no more rows than the sample: every row');
+  t.equal(sampledCheck(model, rows.slice(0, 3), 0, 2)(), 1, 'all solved reads 1');
+});
+
+t.test('training with a sampled check stops where a full check stops, with the same weights', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const facts = [
+    fact,
+    checkFact({ kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the language of {} is', target_new: 'rome', target_true: 'spanish', op: 'insert' }),
+    checkFact({ kind: 'fact', id: 'f3', subject: 'madrid', prompt: '{} is a city in', target_new: 'france', target_true: 'spain', op: 'insert' }),
+  ];
+  const exs = buildExamples(tok, { facts, probes: [] });
+  const retain = buildRetain(tok, { documents: docs }, { seed: 1 });
+  const full = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 200, checkSample: Infinity }));
+  const sampled = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 200, checkSample: 1 }));
+  t.ok(full.solved && full.steps < 200, `the full check stopped it early (step ${full.steps})`);
+  t.equal(sampled.steps, full.steps, 'the same stopping step');
+  t.equal(sampled.trainAccuracy, 1);
+  const w = (a: typeof full.adapter) => a.parameters().map((p) => Array.from(p.data));
+  t.same(w(sampled.adapter), w(full.adapter), 'identical weights');
 });
 
 t.test('data hash: canonical, order-sensitive, value-sensitive', async (t) => {

@@ -103,6 +103,14 @@ export interface LoraTrainOptions {
   /** Evaluate the train rows every this many steps (early stop). */
   evalEvery: number;
   /**
+   * A check over more rows than this first reads this many of them (the
+   * next ones in turn) and reads every row only when those are all solved,
+   * so the early stop decides as a full check would, while a large batch
+   * (1,000 facts: ~5,000 rows every 5 steps) no longer spends most of its
+   * time checking. The logged "train solved" is then the sample's.
+   */
+  checkSample?: number;
+  /**
    * Retention KL as two means, one over prompt rows (last position) and one
    * over document positions, each × retainWeight; otherwise one mean over
    * every position (a 20-token document then outweighs 20 fact prompts).
@@ -187,6 +195,7 @@ export const LORA_DEFAULTS: Omit<LoraTrainOptions, 'targets' | 'name' | 'log'> =
   forgetWeight: 1,
   forgetFloor: 0.02,
   evalEvery: 5,
+  checkSample: 256,
   retainPhrasings: 3,
   retainDocuments: 32,
   schedule: 'cosine',
@@ -562,6 +571,23 @@ export function solvedFraction(model: CausalLM, exs: Example[], forgetStopP = 0,
   return ok / exs.length;
 }
 
+/**
+ * The training loop's check: solvedFraction over every row, or, above
+ * `sample` rows, over the next `sample` rows in turn first and over every
+ * row only when those are all solved. It reads 1 exactly when a full check
+ * would; below 1 it is the sample's fraction.
+ */
+export function sampledCheck(model: CausalLM, rows: Example[], forgetStopP: number, sample: number, start?: ResidCache<Example>): () => number {
+  let next = 0;
+  return () => {
+    if (rows.length <= sample) return solvedFraction(model, rows, forgetStopP, start);
+    const part = Array.from({ length: sample }, (_, i) => rows[(next + i) % rows.length]);
+    next = (next + sample) % rows.length;
+    const f = solvedFraction(model, part, forgetStopP, start);
+    return f < 1 ? f : solvedFraction(model, rows, forgetStopP, start);
+  };
+}
+
 /** Keep each constrained module's lora_A out of its protected key subspace. */
 function project(adapter: LoraAdapter, ns: Map<string, KeySubspace> | undefined): void {
   if (!ns) return;
@@ -670,7 +696,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const exResid = startAt === null ? undefined : new ResidCache<Example>(model, startAt);
     const retResid = startAt === null ? undefined : new ResidCache<number>(model, startAt);
     const checkResid = startAt === null ? undefined : new ResidCache<Example>(model, startAt);
-    let acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
+    const check = sampledCheck(model, checkRows, opts.forgetStopP ?? 0, opts.checkSample ?? Infinity, checkResid);
+    let acc = check();
     // early stop under a decaying schedule: the anneal's first step, its end and the rate it decays from
     let anneal: { from: number; end: number; lr: number } | null = null;
     let stepCap = opts.steps;
@@ -833,7 +860,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       lossVal = loss.item();
       windowLoss += lossVal / opts.evalEvery;
       if ((step + 1) % opts.evalEvery === 0) {
-        acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
+        acc = check();
         if (constrained) {
           lastMonitor = monitorKl(model, opts.monitor!, monitorBase);
           lambda = dualStep(lambda, lastMonitor, dual);

@@ -23,8 +23,14 @@
 // layer); the ratio uses the median of the later edits vs PyTorch's median
 // (which solves each time, as ROME does).
 //
+// Check (check): the training loop on 1,000 counterfactuals of the world's
+// known facts (sft, the last two layers' MLPs at rank 32, BENCH_CHECK_STEPS steps,
+// default 100), its early-stop check reading a 256-row sample in turn (the
+// default, checkSample) against reading every row (checkSample Infinity,
+// what it did before): the same steps and weights, seconds side by side.
+//
 // Env: BENCH_EDIT_MODEL (model dir), BENCH_EDIT_ONLY (comma list of rows:
-// distill,sft,forget,rome,rome-small), BENCH_EDIT_ROME_FACTS (default 20),
+// distill,sft,forget,rome,rome-small,check), BENCH_EDIT_ROME_FACTS (default 20),
 // BENCH_ROME_STEPS (default 20), BENCH_THREADS (default: all cores),
 // TORCH_PYTHON (default /usr/bin/python3).
 // Markdown table on stdout; progress on stderr.
@@ -40,7 +46,7 @@ if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
   console.error(`lora-train bench: no model at ${modelDir} (train the fixture model or set BENCH_EDIT_MODEL)`);
   process.exit(1);
 }
-const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome,rome-small').split(',');
+const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome,rome-small,check').split(',');
 const romeFacts = Number(process.env.BENCH_EDIT_ROME_FACTS ?? 20);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-lora-train-'));
 const cache = path.join(tmp, 'cache');
@@ -133,6 +139,30 @@ if (only.includes('rome-small')) {
   }
 }
 
+const check = [];
+if (only.includes('check')) {
+  const { counterfactualFacts } = await import('@catechism/lora-train');
+  const edit = await import('@catechism/core/edit');
+  const steps = Number(process.env.BENCH_CHECK_STEPS ?? 100);
+  process.stderr.write(`lora-train bench: check (1,000 facts, ${steps} steps, sampled vs full)\n`);
+  const facts = counterfactualFacts(res.known, { count: 1000 }).map((f) => edit.checkFact(f));
+  const exs = edit.buildExamples(res.tokenizer, { facts, probes: [] }, { templates: res.templates });
+  const retain = edit.buildRetain(res.tokenizer, { documents: res.corpus }, { maxDocuments: 32 });
+  const { mlpModules } = await import('@catechism/core/models');
+  const L = res.model.config.layers;
+  // the last two layers' MLPs, both projections (the 1,000-edit recipe in the lora-train README)
+  const targets = [L - 2, L - 1].flatMap((l) => mlpModules(res.model.arch, res.model.config, l).flatMap((m) => [...m.in, m.out]));
+  const run = (checkSample) => {
+    const t0 = process.hrtime.bigint();
+    const r = edit.trainLora(res.model, exs, retain, { ...edit.LORA_DEFAULTS, objective: 'sft', rank: 32, alpha: 16, steps, targets, name: 'check', checkSample });
+    return { s: Number(process.hrtime.bigint() - t0) / 1e9, w: r.adapter.parameters().map((p) => Array.from(p.data)).flat() };
+  };
+  const sampled = run(256);
+  const full = run(Infinity);
+  const same = sampled.w.length === full.w.length && sampled.w.every((v, i) => v === full.w[i]);
+  check.push(`| LoRA, 1,000 facts (${exs.length} check rows), ${steps} sft steps, last two layers' MLPs, rank 32 | ${sampled.s.toFixed(1)} | ${full.s.toFixed(1)} | ${(sampled.s / full.s).toFixed(2)} | ${same ? 'yes' : 'NO'} |`);
+}
+
 console.log(`### lora-train on ${path.relative(process.cwd(), modelDir) || modelDir} (${res.model.config.layers} layers, hidden ${res.model.config.hidden})\n`);
 console.log('| run | facts | adapters | seconds | edits/s | KiB/adapter | quality | specificity | figure / gate (eff 95%, para 80%, neigh 90%; forget 90%, kept 90%) |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |');
@@ -142,5 +172,11 @@ if (speed.length) {
   console.log('| case | ours s/edit | PyTorch s/edit | ours / PyTorch |');
   console.log('| --- | ---: | ---: | ---: |');
   for (const r of speed) console.log(r);
+}
+if (check.length) {
+  console.log('\n### The early-stop check on a large batch (sampled vs every row)\n');
+  console.log('| case | sampled check s | full check s | sampled / full | same weights |');
+  console.log('| --- | ---: | ---: | ---: | --- |');
+  for (const r of check) console.log(r);
 }
 fs.rmSync(tmp, { recursive: true, force: true });

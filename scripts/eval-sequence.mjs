@@ -14,8 +14,17 @@
 //     setting. The key statistics stay the base model's (their cache is keyed
 //     by the base model's hash), as in the papers.
 //   --apply sum: every round is computed on the base weights and the adapters
-//     are summed: what lora-train + adapter-merge --into live do today
-//     (memitEdit and ROME edit the loaded weights with no adapter active).
+//     are summed (what lora-train + adapter-merge --into live do without
+//     --over).
+//   --apply tools: through the binaries, as a user's cron would run it: each
+//     round is `lora-train --registry R --over live … | adapter-merge --into
+//     live --validator 'validate … --gate …'` on a fresh registry, so every
+//     round is made on the model live serves and promoted only when the
+//     merged live passes the validator (--gate, repeatable: validate's gates
+//     replaced; the issue-19 sequential row's by default). A refused round
+//     never reaches live; its facts count as failed. The figures read live's
+//     adapter on the base weights. Seconds: the whole pipe (process starts,
+//     training, merge, validation).
 //
 // Prints one markdown row: efficacy / paraphrase / neighbourhood / kl /
 // retain_drop of all the edits at the end (every round's adapter active,
@@ -26,12 +35,13 @@
 // Usage:
 //   node scripts/eval-sequence.mjs --method alphaedit|memit|rome|patcher [--world fixtures/world]
 //     [--model fixtures/models/dense] [--source edits|facts] [--skip N] [--count 10] [--rounds 5]
-//     [--apply fold|sum] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
+//     [--apply fold|sum|tools] [--gate METRIC<=N ...] [--seed 0] [--set flag=value ...] [--label TEXT] [--header] [--json FILE]
 //   --source / --skip: as eval-edits (the world's insert requests from --skip on, or the seeded
 //     counterfactuals of facts.ndjson from --skip on); rounds take consecutive slices.
 //   --set: a method option by flag name (--set refine-steps=0), or one of the run's fields
 //     as eval-edits takes them (layer, targets, topK: --set layer=0).
 // Build first (npm run build). Run it with `nice env CATECHISM_THREADS=1`.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -42,6 +52,8 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { loadResources, counterfactualFacts, editInputs, planBatches, methodOptions } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson, editMethod, editReadback, readMemory, checkFact, ALPHAEDIT_MEMORY_FILE } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { foldAdapters } = await import(path.join(root, 'tools/core/dist/merge/index.js'));
+const { Registry } = await import(path.join(root, 'tools/core/dist/registry/index.js'));
+const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
 
 const { values: a } = parseArgs({
   options: {
@@ -58,6 +70,7 @@ const { values: a } = parseArgs({
     label: { type: 'string' },
     header: { type: 'boolean', default: false },
     json: { type: 'string' },
+    gate: { type: 'string', multiple: true, default: ['efficacy>=0.9', 'generalisation>=0.75', 'specificity>=0.85', 'retain_drop<=0.05', 'kl<=1'] },
     help: { type: 'boolean', default: false },
   },
 });
@@ -65,7 +78,7 @@ if (a.help) {
   console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
   process.exit(0);
 }
-if (!['fold', 'sum'].includes(a.apply)) throw new Error(`--apply: fold or sum, got ${a.apply}`);
+if (!['fold', 'sum', 'tools'].includes(a.apply)) throw new Error(`--apply: fold, sum or tools, got ${a.apply}`);
 const world = path.resolve(a.world);
 const model = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
 const skip = Number(a.skip);
@@ -111,12 +124,43 @@ const checked = facts.map((f) => checkFact(f));
 /** Figures of `which` facts with every adapter made so far active on the base weights (= the folded model). */
 const figures = (which, rb) => {
   setWeights(baseWeights);
-  try { return editReadback(lm, res.tokenizer, [{ adapters: made.map((m) => m.adapter), facts: which }], { templates: res.templates, readback: rb }); }
+  const adapters = a.apply === 'tools' ? (live ? [live] : []) : made.map((m) => m.adapter);
+  try { return editReadback(lm, res.tokenizer, [{ adapters, facts: which }], { templates: res.templates, readback: rb }); }
   finally { setWeights(a.apply === 'fold' ? folded : baseWeights); }
 };
 
+// --apply tools: a fresh registry, and one pipe of the binaries per round
+const bin = (tool) => path.join(root, `tools/${tool}/dist/main.js`);
+const q = (x) => `'${String(x).replace(/'/g, `'\\''`)}'`;
+const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'eval-sequence-tools-'));
+const regDir = path.join(runDir, 'registry');
+const registry = new Registry(regDir);
+const worldFlags = ['--model', model, '--templates', path.join(world, 'templates.json'), '--retain-corpus', path.join(world, 'train.txt'), '--known-facts', path.join(world, 'facts.ndjson')];
+const methodArgs = [];
+for (const kv of a.set) {
+  const i = kv.indexOf('=');
+  let v = kv.slice(i + 1);
+  try { v = JSON.parse(v); } catch { /* a string */ }
+  const flag = kv.slice(0, i) === 'topK' ? 'top-k' : kv.slice(0, i).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  methodArgs.push(`--${flag}`, ...(Array.isArray(v) ? v.map(String) : [String(v)]));
+}
+/** One round through lora-train --over live | adapter-merge --into live; true when live was promoted. */
+function roundThroughTools(r, group) {
+  const input = path.join(runDir, `round-${r + 1}.ndjson`);
+  fs.writeFileSync(input, editInputs(group).map((x) => JSON.stringify(x.record)).join('\n') + '\n');
+  const validator = ['node', bin('validate'), '--model', model, ...a.gate.flatMap((g) => ['--gate', g]), '-q'].map(q).join(' ');
+  const train = ['node', bin('lora-train'), ...worldFlags, '--registry', regDir, '--over', 'live', '--method', a.method, '--seed', seed + r, ...methodArgs, '-q', input].map(q).join(' ');
+  const merge = ['node', bin('adapter-merge'), '--registry', regDir, '--model', model, '--into', 'live', '--validator', validator, '--message', `round ${r + 1}`, '-q'].map(q).join(' ');
+  const p = spawnSync('bash', ['-o', 'pipefail', '-c', `${train} | ${merge}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
+  if (p.status !== 0) log(`round ${r + 1}: exit ${p.status}: ${p.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  const report = p.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((x) => x.kind === 'report');
+  if (report) log(`round ${r + 1}: validator ${report.pass ? 'pass' : 'FAIL'}: ${Object.entries(report.metrics ?? {}).filter(([k]) => ['efficacy', 'generalisation', 'specificity', 'kl', 'retain_drop'].includes(k)).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(', ')}`);
+  return p.status === 0;
+}
+
 const made = [];
 const refused = [];
+let live = null; // --apply tools: live's adapter after the last round
 const round1 = [];
 let memory = null;
 const patched = [];
@@ -126,6 +170,20 @@ for (let r = 0; r < rounds; r++) {
   const group = facts.slice(r * count, (r + 1) * count);
   const batch = planBatches(editInputs(group), 0)[0];
   const t0 = Date.now();
+  if (a.apply === 'tools') {
+    const promoted = roundThroughTools(r, group);
+    editSeconds += (Date.now() - t0) / 1000;
+    if (!promoted) {
+      refused.push(...group.map((f) => f.id));
+      log(`round ${r + 1}: refused by the validator; live unchanged`);
+    }
+    const head = await registry.head('live');
+    if (head) live = loadLora(registry.objectPath(head.bundle), 'live');
+    const f1 = figures(checked.slice(0, count), []);
+    round1.push(f1.efficacy);
+    log(`after round ${r + 1}: round-1 efficacy ${(100 * f1.efficacy).toFixed(1)}%, paraphrase ${(100 * f1.paraphrase).toFixed(1)}%, live ${head ? `v${head.adapter_version}` : 'empty'}`);
+    continue;
+  }
   let out = [];
   try {
     out = await method.edit({ res, batch, index: r, count: rounds, seed: seed + r, common, options: { ...options, ...(memory ? { memory } : {}), ...(patched.length ? { avoid: patched.slice() } : {}) }, log });
@@ -153,6 +211,7 @@ for (let r = 0; r < rounds; r++) {
   log(`after round ${r + 1}: round-1 efficacy ${(100 * f1.efficacy).toFixed(1)}%, paraphrase ${(100 * f1.paraphrase).toFixed(1)}%${memory ? `, memory of ${memory.edits} edits` : ''}`);
 }
 fs.rmSync(tmp, { recursive: true, force: true });
+fs.rmSync(runDir, { recursive: true, force: true });
 const r1end = figures(checked.slice(0, count), []);
 const all = figures(checked, readback);
 setWeights(baseWeights);

@@ -194,6 +194,19 @@ export async function readInto(ctx: Ctx, reg: Registry, ref: string): Promise<In
   return { current, held };
 }
 
+/**
+ * An adapter made by `lora-train --over` is a delta on the model it was
+ * trained over: merged into REF when REF holds something else, the result is
+ * not the model the edit was made for. Said on stderr (the validator still
+ * judges the merged result); the cure is training again over REF.
+ */
+export function warnTrainedOver(ctx: Ctx, p: ParentBundle, ref: string, current: ParentBundle | null, where: string): void {
+  const over = (p.manifest.hyperparameters as { trained_over?: { id?: unknown; version?: unknown; sha256?: unknown } } | undefined)?.trained_over;
+  if (!over || typeof over.sha256 !== 'string' || over.sha256 === current?.sha256) return;
+  const now = current ? `${current.manifest.id} v${current.manifest.version} (${current.sha256.slice(0, 12)})` : 'nothing';
+  ctx.log(`warning: ${where}: ${p.manifest.id} was trained over ${String(over.id)} v${String(over.version)} (${over.sha256.slice(0, 12)}), but ${ref} holds ${now}: the merge is not the model it was trained for (train it again with lora-train --over ${ref})`);
+}
+
 export interface Candidate {
   /** The merged bundle's adapter record (path in the registry when stored). */
   rec: AnyRecord;
@@ -293,6 +306,7 @@ export async function runMerge(ctx: Ctx, files: string[]): Promise<void> {
     }
     seen.add(p.sha256);
     parents.push(p);
+    if (a.into !== undefined) warnTrainedOver(ctx, p, a.into, current, `${source}: record ${index}`);
   }
   if (parents.length === 0 && readCount === 0) {
     // empty input is not an error in any tool (issue 18): say so and exit 0

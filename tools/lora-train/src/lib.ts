@@ -11,12 +11,14 @@ import { InputError, UsageError } from '@catechism/core/records';
 import type { InputRecord } from '@catechism/core/records';
 import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
 import type { AdapterRecord } from '@catechism/core/adapters';
+import type { LoraAdapter } from '@catechism/core/models';
 import { findModelDir, worldDefaults, type WorldDefaults } from '@catechism/core/cli';
 import {
   EDIT_METHODS, EditRefusedError, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson,
   testProbes, writeEditBundle, type EditBatch, type EditMethod, type EditResources, type Rec,
 } from '@catechism/core/edit';
-import { Registry } from '@catechism/core/registry';
+import { Registry, RegistryError } from '@catechism/core/registry';
+import { foldAdapters, loadParent } from '@catechism/core/merge';
 
 export { EditRefusedError };
 
@@ -39,6 +41,13 @@ export interface TrainArgs {
   /** The method's own options by flag name (`rank`, `retain-weight`); one not given takes its declared default. */
   options?: Record<string, unknown>;
   createdAt?: string;
+  /**
+   * Train over this adapter (--over): a bundle directory, or with a registry
+   * a ref, hash or adapter id. Its update is folded into the weights first, so
+   * the edits are made on the model as it is served; the new adapter is a
+   * delta on top of it (merge the two, e.g. `adapter-merge --into REF`).
+   */
+  over?: string;
 }
 
 export const DEFAULT_ARGS: Omit<TrainArgs, 'seed'> = { method: 'lora', batch: 0 };
@@ -239,8 +248,83 @@ async function withRegistryMemory(method: EditMethod<unknown>, args: TrainArgs, 
   return { ...flags, preserved: file };
 }
 
+/** What --over names: the bundle the new edits are made on top of. */
+export interface OverBundle {
+  id: string;
+  version: number;
+  sha256: string;
+  dir: string;
+  adapter: LoraAdapter;
+}
+
+/**
+ * Find the bundle --over names: a bundle directory, else (with a registry) a
+ * ref, `REF@N`, hash prefix or adapter id. In a registry with no ref yet, or
+ * a ref with no history (the first batch ever into `live`), a ref name is
+ * null: there is nothing to train over. Any other name that matches nothing
+ * is a usage error, and a bundle made for another base model is refused.
+ */
+export async function findOver(over: string, registry: string | undefined, modelSha: string): Promise<OverBundle | null> {
+  let dir = over;
+  let sha: string | undefined;
+  if (!(fs.existsSync(over) && fs.statSync(over).isDirectory())) {
+    if (!registry) throw new UsageError(`--over ${over}: no such bundle directory (a ref, hash or adapter id needs --registry DIR)`);
+    const reg = new Registry(registry);
+    const refs = fs.existsSync(path.join(reg.root, 'registry.json')) ? await reg.refs() : [];
+    if (refs.includes(over)) {
+      const head = await reg.head(over);
+      if (!head) return null;
+      sha = head.bundle;
+    } else {
+      try {
+        sha = await reg.resolve(over);
+      } catch (e) {
+        if (!(e instanceof RegistryError)) throw e;
+        if (refs.length === 0 && e.code === 'E_NOT_FOUND') return null;
+        throw new UsageError(`--over ${over}: ${e.message}${refs.length ? ` (refs: ${refs.join(', ')})` : ''}`);
+      }
+    }
+    dir = reg.objectPath(sha);
+  }
+  const b = await loadParent(dir, sha);
+  if (b.manifest.base_model.sha256 !== modelSha) {
+    throw new UsageError(`--over ${over}: bundle ${b.manifest.id} v${b.manifest.version} is an adapter of base model ${b.manifest.base_model.name} (${b.manifest.base_model.sha256.slice(0, 12)}…), not of the model loaded (${modelSha.slice(0, 12)}…)`);
+  }
+  return { id: b.manifest.id, version: b.manifest.version, sha256: b.sha256, dir, adapter: b.adapter };
+}
+
+/**
+ * Fold `over`'s update into the model's weights (W += B·A, as
+ * `adapter-merge export` does); returns the function that puts the base
+ * weights back. A bundle that trains a tied output head cannot be folded
+ * into a model that reads its head from the embeddings: refused.
+ */
+export function foldOver(model: CausalLM, over: OverBundle): () => void {
+  const base = new Map(model.weights);
+  const { weights, untied } = foldAdapters(model, [{ adapter: over.adapter }]);
+  if (untied) throw new UsageError(`--over: bundle ${over.id} v${over.version} changes the tied output head; it cannot be folded into this model's weights to train over`);
+  for (const [k, v] of weights) model.weights.set(k, v);
+  return () => {
+    model.weights.clear();
+    for (const [k, v] of base) model.weights.set(k, v);
+  };
+}
+
 /** Make and write the edits of every batch; returns the adapter records in batch order. */
 export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Resources, ctx: TrainContext): Promise<AdapterRecord[]> {
+  const over = args.over === undefined ? null : await findOver(args.over, args.registry, res.modelSha);
+  if (args.over !== undefined && !over) ctx.log(`--over ${args.over}: nothing promoted there yet; training on the base model`);
+  if (!over) return trainEditsOn(inputs, args, res, ctx, null);
+  ctx.log(`training over ${over.id} v${over.version} (${over.sha256.slice(0, 12)}): its update is folded into the weights; the new adapters are deltas on top of it`);
+  const restore = foldOver(res.model, over);
+  try {
+    return await trainEditsOn(inputs, args, res, ctx, over);
+  } finally {
+    restore();
+  }
+}
+
+async function trainEditsOn(inputs: InputRecord[], args: TrainArgs, res: Resources, ctx: TrainContext, over: OverBundle | null): Promise<AdapterRecord[]> {
   const method = methodNamed(args.method);
   const options = methodOptions(method, await withRegistryMemory(method, args, ctx));
   checkDestination(args.out, args.registry);
@@ -262,7 +346,9 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
       const rec = await writeEditBundle(
         {
           adapter: m.adapter, method: method.name, baseModel: base, facts: m.facts, probes: probesForManifest.filter((p) => ids.has(p.fact_id as string)),
-          dataSha256: dataSha256(m.records), seed, hyperparameters: m.hyperparameters, training: m.training,
+          dataSha256: dataSha256(m.records), seed, training: m.training,
+          // what the delta was trained on top of: part of the bundle id, and what --into must merge it with
+          hyperparameters: over ? { ...m.hyperparameters, trained_over: { id: over.id, version: over.version, sha256: over.sha256 } } : m.hyperparameters,
           ...(args.createdAt ? { createdAt: args.createdAt } : {}),
           ...(m.files ? { files: m.files } : {}),
         },

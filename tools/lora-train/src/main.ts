@@ -23,6 +23,7 @@ interface Args {
   templates?: string;
   'use-templates': boolean;
   'created-at'?: string;
+  over?: string;
   [methodFlag: string]: unknown;
 }
 
@@ -65,6 +66,7 @@ await runTool<Args>({
     ['lora-train --objective sft --batch 10 --rank 4 --out adapters/ probes.ndjson', 'SFT, one adapter per 10 facts'],
     ['lora-train --method rome --registry reg/ probes.ndjson', 'ROME edits stored in a registry'],
     ['attrib probes.ndjson | lora-train --top-k 2 --out adapters/', 'targets from the top-2 loci'],
+    ['lora-train --registry reg/ --over live probes.ndjson | adapter-merge --into live', 'edit the model as live serves it, then consolidate'],
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or --registry DIR, or $CATECHISM_REGISTRY' },
@@ -78,6 +80,7 @@ await runTool<Args>({
     templates: { type: 'string', describe: 'templates.json with training paraphrases per relation (default with a fixture model: its world\'s)' },
     'use-templates': { type: 'boolean', default: true, describe: 'add training paraphrases from the templates (--no-use-templates: probes only)' },
     'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
+    over: { type: 'string', describe: 'make the edits on top of this adapter (a bundle directory; with --registry a ref such as live, a hash or an adapter id): its update is folded into the weights first, and the new adapter is a delta to merge with it (adapter-merge --into); a ref nothing was promoted to yet: the base model' },
     ...methodFlags,
   },
   async run(ctx) {
@@ -104,7 +107,7 @@ await runTool<Args>({
     checkDestination(a.out, registry);
     const args: TrainArgs = {
       seed: a.seed, out: a.out, registry, method: method.name, batch: a.batch, layer: a.layer, targets: a.targets, topK: a['top-k'],
-      options: flags, createdAt: a['created-at'],
+      options: flags, createdAt: a['created-at'], ...(a.over !== undefined ? { over: a.over } : {}),
     };
     // every record is needed before training (a batch's probes may come after its facts)
     const read: InputRecord[] = [];

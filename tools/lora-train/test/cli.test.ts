@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Registry } from '@catechism/core/registry';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../../..');
@@ -218,4 +219,65 @@ t.test('issue 16: the fixture world\'s files are not defaults for another model;
   });
   t.equal(rome.status, 2, rome.stderr);
   t.match(rome.stderr, /give --stats-corpus FILE/);
+});
+
+t.test('issue 19: --over trains on top of an adapter, as if it were folded into the model', async (t) => {
+  const reg = path.join(tmp, 'over-reg');
+  const MERGE = path.resolve(HERE, '../../adapter-merge/dist/main.js');
+  // no `validate` on PATH: --into --force promotes unvalidated (this test is about training, not gates)
+  const merge = (args: string[], stdin = '', quiet = true) => spawnSync(process.execPath, [MERGE, '--registry', reg, '--model', GPT2, ...(quiet ? ['-q'] : []), ...args], {
+    input: stdin, encoding: 'utf8', env: { ...process.env, CATECHISM_REGISTRY: undefined, PATH: path.dirname(process.execPath) },
+  });
+  const only = (id: string) => records.filter((r) => r.id === id || r.fact_id === id).map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const fixed = ['--objective', 'sft', '--created-at', '2026-01-01T00:00:00Z', '--seed', '3', '-q'];
+
+  // nothing promoted yet: --over live trains on the base model (the first batch of a sequence)
+  const first = run([...fixed.filter((x) => x !== '-q'), '--registry', reg, '--over', 'live'], only('f1'));
+  t.equal(first.code, 0, first.err);
+  t.match(first.err, /--over live: nothing promoted there yet; training on the base model/);
+  const a = first.out.find((x) => x.kind === 'adapter')!;
+  const into = merge(['--into', 'live', '--force'], JSON.stringify(a) + '\n');
+  t.equal(into.status, 0, into.stderr);
+
+  // the second batch over live, and the same batch on a model directory with live folded in by adapter-merge export
+  const over = run([...fixed, '--registry', reg, '--over', 'live'], only('f2'));
+  t.equal(over.code, 0, over.err);
+  const exported = path.join(tmp, 'over-exported');
+  const ex = merge(['export', '--ref', 'live', exported]);
+  t.equal(ex.status, 0, ex.stderr);
+  const onFolded = spawnSync(process.execPath, [BIN, '--model', exported, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', '40', ...fixed, '--out', path.join(tmp, 'over-folded')], {
+    input: only('f2'), encoding: 'utf8', env: { ...process.env, CATECHISM_REGISTRY: undefined },
+  });
+  t.equal(onFolded.status, 0, onFolded.stderr);
+  const onBase = run([...fixed, '--out', path.join(tmp, 'over-base')], only('f2'));
+  const rec = (out: Record<string, unknown>[]) => out.find((x) => x.kind === 'adapter')! as { path: string };
+  const weights = (r: { path: string }) => fs.readFileSync(path.join(r.path, 'adapter_model.safetensors'));
+  const foldedRec = rec(onFolded.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)));
+  t.ok(weights(rec(over.out)).equals(weights(foldedRec)), 'the same weights, byte for byte, as training on the exported folded model');
+  t.notOk(weights(rec(over.out)).equals(weights(rec(onBase.out))), 'not the weights trained on the base model');
+  const m = JSON.parse(fs.readFileSync(path.join(rec(over.out).path, 'catechism.json'), 'utf8'));
+  const head = (await new Registry(reg).head('live'))!;
+  t.same(m.hyperparameters.trained_over, { id: head.adapter_id, version: head.adapter_version, sha256: head.bundle }, 'the manifest names what it was trained over');
+
+  // merged into the ref it was trained over: no warning; into a ref that holds something else: a warning naming both
+  const overLine = JSON.stringify(over.out.find((x) => x.kind === 'adapter')) + '\n';
+  const good = merge(['--into', 'live', '--force'], overLine, false);
+  t.equal(good.status, 0, good.stderr);
+  t.notMatch(good.stderr, /was trained over/);
+  const elsewhere = merge(['--into', 'staging', '--force'], overLine, false);
+  t.equal(elsewhere.status, 0, elsewhere.stderr);
+  t.match(elsewhere.stderr, /warning: .* was trained over .* v1 \([0-9a-f]{12}\), but staging holds nothing: the merge is not the model it was trained for \(train it again with lora-train --over staging\)/);
+
+  // a name that matches nothing once refs exist is a usage error naming the refs; a bundle of another model is refused
+  const typo = run([...fixed, '--registry', reg, '--over', 'lvie'], only('f2'));
+  t.equal(typo.code, 2);
+  t.match(typo.err, /--over lvie: .*\(refs: live, staging\)/);
+  const noReg = run([...fixed, '--out', path.join(tmp, 'x-over'), '--over', 'live'], only('f2'));
+  t.equal(noReg.code, 2);
+  t.match(noReg.err, /--over live: no such bundle directory \(a ref, hash or adapter id needs --registry DIR\)/);
+  const other = spawnSync(process.execPath, [BIN, '--model', exported, '--retain-corpus', corpus, '--known-facts', '/dev/null', '--no-use-templates', '--steps', '40', ...fixed, '--out', path.join(tmp, 'x-other'), '--over', rec(over.out).path], {
+    input: only('f2'), encoding: 'utf8', env: { ...process.env, CATECHISM_REGISTRY: undefined },
+  });
+  t.equal(other.status, 2);
+  t.match(other.stderr, /is an adapter of base model .*not of the model loaded/);
 });

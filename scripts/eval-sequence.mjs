@@ -154,7 +154,7 @@ function roundThroughTools(r, group) {
   const p = spawnSync('bash', ['-o', 'pipefail', '-c', `${train} | ${merge}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
   if (p.status !== 0) log(`round ${r + 1}: exit ${p.status}: ${p.stderr.trim().split('\n').slice(-3).join(' | ')}`);
   const report = p.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((x) => x.kind === 'report');
-  if (report) log(`round ${r + 1}: validator ${report.pass ? 'pass' : 'FAIL'}: ${Object.entries(report.metrics ?? {}).filter(([k]) => ['efficacy', 'generalisation', 'specificity', 'kl', 'retain_drop'].includes(k)).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(', ')}`);
+  if (report) log(`round ${r + 1}: validator ${report.pass ? 'pass' : 'FAIL'}: ${Object.entries(report.metrics ?? {}).filter(([k]) => ['efficacy', 'specificity', 'kl', 'retain_drop', 'ppl_delta'].includes(k)).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(', ')}`);
   return p.status === 0;
 }
 

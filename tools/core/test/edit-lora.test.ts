@@ -12,9 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { loadLora, loadModel, readSafetensors } from '../src/models/index.js';
 import { readBundle } from '../src/adapters/index.js';
 import { Registry } from '../src/registry/index.js';
+import { foldAdapters } from '../src/merge/index.js';
 import {
   LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
+  retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -124,6 +125,28 @@ t.test('training with a sampled check stops where a full check stops, with the s
   t.equal(sampled.trainAccuracy, 1);
   const w = (a: typeof full.adapter) => a.parameters().map((p) => Array.from(p.data));
   t.same(w(sampled.adapter), w(full.adapter), 'identical weights');
+});
+
+t.test('retention targets: general text read with documentWeights (the base model under --over), prompts with the model\'s own', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const rows = [
+    ...buildRetain(tok, { prompts: ['the capital of france is'] }, { seed: 1 }),
+    ...buildRetain(tok, { documents: ['the eiffel tower is in paris .'] }, { seed: 1 }),
+  ];
+  t.same(rows.map((r) => r.lastOnly), [true, false], 'one prompt row, one document row');
+  const base = new Map(model.weights);
+  const onBase = retainTargets(model, rows);
+  // the model as lora-train --over leaves it: another adapter's update folded into its weights
+  const other = model.createLora('other', [mlpOutModule(model, 0)], { r: 2, seed: 7, initBStd: 0.5 });
+  for (const [k, v] of foldAdapters(model, [{ adapter: other }]).weights) model.weights.set(k, v);
+  const carried = new Map(model.weights);
+  const onFolded = retainTargets(model, rows);
+  t.notSame(Array.from(onFolded[1]), Array.from(onBase[1]), 'the folded update changes the document\'s logits (else the test says nothing)');
+  const mixed = retainTargets(model, rows, base);
+  t.same(Array.from(mixed[0]), Array.from(onFolded[0]), 'the prompt row: the model as it is');
+  t.same(Array.from(mixed[1]), Array.from(onBase[1]), 'the document row: the given weights');
+  t.ok(model.weights.size === carried.size && [...carried].every(([k, v]) => model.weights.get(k) === v), 'the model\'s own weights put back');
 });
 
 t.test('data hash: canonical, order-sensitive, value-sensitive', async (t) => {

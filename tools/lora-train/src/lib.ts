@@ -316,9 +316,10 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
   if (args.over !== undefined && !over) ctx.log(`--over ${args.over}: nothing promoted there yet; training on the base model`);
   if (!over) return trainEditsOn(inputs, args, res, ctx, null);
   ctx.log(`training over ${over.id} v${over.version} (${over.sha256.slice(0, 12)}): its update is folded into the weights; the new adapters are deltas on top of it`);
+  const baseWeights = new Map(res.model.weights);
   const restore = foldOver(res.model, over);
   try {
-    return await trainEditsOn(inputs, args, res, ctx, over);
+    return await trainEditsOn(inputs, args, { ...res, baseWeights }, ctx, over);
   } finally {
     restore();
   }

@@ -66,7 +66,7 @@ await runTool<Args>({
     ['lora-train --objective sft --batch 10 --rank 4 --out adapters/ probes.ndjson', 'SFT, one adapter per 10 facts'],
     ['lora-train --method rome --registry reg/ probes.ndjson', 'ROME edits stored in a registry'],
     ['attrib probes.ndjson | lora-train --top-k 2 --out adapters/', 'targets from the top-2 loci'],
-    ['lora-train --registry reg/ --over live probes.ndjson | adapter-merge --into live', 'edit the model as live serves it, then consolidate'],
+    ['lora-train --over live probes.ndjson | adapter-merge --into live', 'edit the model as live serves it, then consolidate (both in $CATECHISM_REGISTRY)'],
   ],
   options: {
     out: { type: 'string', describe: 'directory for the bundles (one subdirectory each); or --registry DIR, or $CATECHISM_REGISTRY' },

@@ -471,6 +471,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts.filter((f) => !abstainIds.has(f.id)), res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
+    ...(res.baseWeights ? { documentWeights: res.baseWeights } : {}),
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),

@@ -15,6 +15,7 @@
  */
 import type { CausalLM, Tokenizer } from '../models/index.js';
 import type { LoraAdapter } from '../models/lora.js';
+import type { Tensor } from '../tensor/index.js';
 import type { EditFact, Rec, TemplateBank } from './data.js';
 
 /** One option a method adds to lora-train (yargs' option shape, kept small). */
@@ -46,6 +47,13 @@ export interface EditResources {
    * false: probes only). Recorded in a method's hyperparameters; unset: true.
    */
   useTemplates?: boolean;
+  /**
+   * The base model's weights when `model`'s carry a folded adapter
+   * (lora-train --over): general text has nothing to do with the facts that
+   * adapter carries, so its retention is read from these, and drift does
+   * not pile up over rounds of edits made one on top of another.
+   */
+  baseWeights?: ReadonlyMap<string, Tensor>;
 }
 
 /** One batch of the input: the facts to edit and their records. */

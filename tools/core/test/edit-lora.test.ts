@@ -15,7 +15,7 @@ import { Registry } from '../src/registry/index.js';
 import { foldAdapters } from '../src/merge/index.js';
 import {
   LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
+  plainDocuments, retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -127,14 +127,11 @@ t.test('training with a sampled check stops where a full check stops, with the s
   t.same(w(sampled.adapter), w(full.adapter), 'identical weights');
 });
 
-t.test('retention targets: general text read with documentWeights (the base model under --over), prompts with the model\'s own', async (t) => {
+t.test('retention targets: rows marked fromBase are read with baseWeights (the base model under --over), the rest with the model\'s own', async (t) => {
   const { model, tokenizer } = loadModel(GPT2);
   const tok = tokenizer!;
-  const rows = [
-    ...buildRetain(tok, { prompts: ['the capital of france is'] }, { seed: 1 }),
-    ...buildRetain(tok, { documents: ['the eiffel tower is in paris .'] }, { seed: 1 }),
-  ];
-  t.same(rows.map((r) => r.lastOnly), [true, false], 'one prompt row, one document row');
+  const doc = buildRetain(tok, { documents: ['the eiffel tower is in paris .'] }, { seed: 1 });
+  const rows = [...buildRetain(tok, { prompts: ['the capital of france is'] }, { seed: 1 }), ...doc, ...doc.map((r) => ({ ...r, fromBase: true }))];
   const base = new Map(model.weights);
   const onBase = retainTargets(model, rows);
   // the model as lora-train --over leaves it: another adapter's update folded into its weights
@@ -143,10 +140,16 @@ t.test('retention targets: general text read with documentWeights (the base mode
   const carried = new Map(model.weights);
   const onFolded = retainTargets(model, rows);
   t.notSame(Array.from(onFolded[1]), Array.from(onBase[1]), 'the folded update changes the document\'s logits (else the test says nothing)');
+  t.same(Array.from(onFolded[2]), Array.from(onFolded[1]), 'without baseWeights the mark changes nothing');
   const mixed = retainTargets(model, rows, base);
   t.same(Array.from(mixed[0]), Array.from(onFolded[0]), 'the prompt row: the model as it is');
-  t.same(Array.from(mixed[1]), Array.from(onBase[1]), 'the document row: the given weights');
+  t.same(Array.from(mixed[1]), Array.from(onFolded[1]), 'the unmarked document: the model as it is');
+  t.same(Array.from(mixed[2]), Array.from(onBase[2]), 'the marked document: the base weights');
   t.ok(model.weights.size === carried.size && [...carried].every(([k, v]) => model.weights.get(k) === v), 'the model\'s own weights put back');
+});
+
+t.test('plain documents: those that name no known entity', async (t) => {
+  t.same(plainDocuments(['Rika Tenberov lives in Wensel.', 'A bear can run.', 'Count to 3: 1 2 3.', 'The cello of Wensel.'], ['Rika Tenberov', 'Wensel', '']), ['A bear can run.', 'Count to 3: 1 2 3.']);
 });
 
 t.test('data hash: canonical, order-sensitive, value-sensitive', async (t) => {

@@ -53,6 +53,8 @@ export interface RetainRow {
   ids: number[];
   /** Only the last position (a prompt), or every position (a document). */
   lastOnly: boolean;
+  /** Held to the base model's weights (LoraTrainOptions.baseWeights), not the model's own. */
+  fromBase?: boolean;
 }
 
 export class EditDataError extends Error {

@@ -47,6 +47,8 @@ export interface LoraOptions {
   retainPhrasings: number;
   /** General-text documents (from the retention corpus) held to the base model at every position. */
   retainDocuments: number;
+  /** Trained over a folded adapter (lora-train --over): documents that name nothing the world knows, held to the base weights. */
+  baseDocuments: number;
   /** Phase-B learning-rate schedule and its warmup steps (cosine). */
   schedule: Schedule;
   warmup: number;
@@ -126,6 +128,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainFacts: 2000,
   retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
   retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
+  baseDocuments: 256,
   schedule: LORA_DEFAULTS.schedule ?? 'constant',
   warmup: LORA_DEFAULTS.warmupSteps ?? 0,
   annealSteps: LORA_DEFAULTS.annealSteps ?? 0,
@@ -341,6 +344,12 @@ export function abstainFacts(batch: { facts: readonly EditFact[]; probes: readon
   return out;
 }
 
+/** The documents that contain none of `names` (general text about nothing the world knows). */
+export function plainDocuments(docs: readonly string[], names: readonly string[]): string[] {
+  const named = names.filter((n) => n.length > 0);
+  return docs.filter((d) => !named.some((n) => d.includes(n)));
+}
+
 /** Prefixes for --prefix-rows: a pool this size, one set per batch (seeded). */
 export const PREFIX_POOL = 10;
 
@@ -441,6 +450,13 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ...buildRetain(tok, { prompts: lookalikePrompts }, { seed: seed + 3, maxPrompts: lookalikePrompts.length }),
   ];
+  // over a folded adapter (lora-train --over), general text that names no known entity is held to the
+  // base model: nothing the adapter carries is about it, and held to the model of the round before, its
+  // drift would pile up round after round (validate's ppl gate stopped promoting after five rounds of 50)
+  const plainDocs = res.baseWeights && o.baseDocuments > 0 ? plainDocuments(res.corpus, prefixAvoidNames(res.known, batch.facts)) : [];
+  if (plainDocs.length) {
+    retain.push(...buildRetain(tok, { documents: plainDocs }, { seed: seed + 5, maxDocuments: o.baseDocuments }).map((r) => ({ ...r, fromBase: true })));
+  }
   const nullSpace = o.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, o.nullSpaceRank, seed, call.log) : undefined;
   const steps = stepCap(o, batch.facts.length);
   // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
@@ -457,6 +473,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacher_frames: o.teacherFrames } : {}),
     ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
+    ...(plainDocs.length ? { base_documents: o.baseDocuments } : {}),
     ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
     ...((o.forgetStopP ?? 0) > 0 ? { forget_stop_p: o.forgetStopP } : {}),
@@ -471,7 +488,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts.filter((f) => !abstainIds.has(f.id)), res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
     schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
-    ...(res.baseWeights ? { documentWeights: res.baseWeights } : {}),
+    ...(res.baseWeights ? { baseWeights: res.baseWeights } : {}),
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
@@ -516,6 +533,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-facts': { type: 'number', default: d.retainFacts, min: 0, integer: true, describe: 'known facts of every relation (from --known-facts) also held to the base model (KL)' },
     'retain-phrasings': { type: 'number', default: d.retainPhrasings, min: 1, integer: true, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
     'retain-documents': { type: 'number', default: d.retainDocuments, min: 0, integer: true, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
+    'base-documents': { type: 'number', default: d.baseDocuments, min: 0, integer: true, describe: 'with --over: general-text documents that name no known entity, held to the base model at every position (not to the model --over gives), so general text does not drift round after round (0: none)' },
     schedule: { type: 'string', choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
     warmup: { type: 'number', default: d.warmup, min: 0, integer: true, describe: 'warmup steps of --schedule cosine' },
     'anneal-steps': { type: 'number', default: d.annealSteps, min: 0, integer: true, describe: '--schedule cosine: when training stops early at a high rate, decay the rate to 0 over this many more steps (0: stop at once)' },
@@ -544,7 +562,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       objective: flags.objective as Objective, ...(flags.rank !== undefined ? { rank: num(flags, 'rank') } : {}), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'), scaleStepsAbove: num(flags, 'scale-steps-above'),
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), lookalikes: num(flags, 'lookalikes'), retainFacts: num(flags, 'retain-facts'),
-      retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), schedule: flags.schedule as Schedule,
+      retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), baseDocuments: num(flags, 'base-documents'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, ...(flags['forget-to-kind'] !== undefined ? { forgetToKind: flags['forget-to-kind'] as boolean } : {}), ...(flags['prefix-rows'] !== undefined ? { prefixRows: num(flags, 'prefix-rows') } : {}), ...(flags['mse-subject-only'] !== undefined ? { mseSubjectOnly: flags['mse-subject-only'] as boolean } : {}), teacherFrames: num(flags, 'teacher-frames'), nullSpaceRank: num(flags, 'null-space-rank'),
       abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, ...(flags['forget-weight'] !== undefined ? { forgetWeight: num(flags, 'forget-weight') } : {}), ...(flags['forget-floor'] !== undefined ? { forgetFloor: num(flags, 'forget-floor') } : {}), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,

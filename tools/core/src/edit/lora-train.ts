@@ -111,11 +111,11 @@ export interface LoraTrainOptions {
    */
   checkSample?: number;
   /**
-   * Read the general-text retention rows' targets with these weights, not
-   * the model's: the base model's when the model carries a folded adapter
+   * The weights the retention rows marked `fromBase` are held to: the base
+   * model's when the model's weights carry a folded adapter
    * (EditResources.baseWeights, lora-train --over).
    */
-  documentWeights?: ReadonlyMap<string, Tensor>;
+  baseWeights?: ReadonlyMap<string, Tensor>;
   /**
    * Retention KL as two means, one over prompt rows (last position) and one
    * over document positions, each × retainWeight; otherwise one mean over
@@ -415,22 +415,23 @@ function logSoftmaxRow(x: Float32Array): Float64Array {
 }
 
 /**
- * Base-model logits on retention rows, at the rows' scored positions. With
- * `documentWeights`, the document rows (every position scored) are read with
- * those weights in place of the model's (then put back).
+ * Base-model logits on retention rows, at the rows' scored positions. Rows
+ * marked `fromBase` are read with `baseWeights` in place of the model's
+ * weights (then put back).
  */
-export function retainTargets(model: CausalLM, rows: RetainRow[], documentWeights?: ReadonlyMap<string, Tensor>): Float32Array[] {
+export function retainTargets(model: CausalLM, rows: RetainRow[], baseWeights?: ReadonlyMap<string, Tensor>): Float32Array[] {
   const V = model.config.vocabSize;
   const read = (r: RetainRow) => {
     const pos = r.lastOnly ? [r.ids.length - 1] : r.ids.map((_, i) => i);
     const { logits } = model.forward(Int32Array.from(r.ids), [1, r.ids.length], { logitsAt: Int32Array.from(pos) });
     return logits.data.slice(0, pos.length * V);
   };
-  const out = noGrad(() => rows.map((r) => (documentWeights && !r.lastOnly ? null : read(r))));
-  if (!documentWeights || out.every((x) => x !== null)) return out as Float32Array[];
+  const later = (r: RetainRow) => baseWeights !== undefined && r.fromBase === true;
+  const out = noGrad(() => rows.map((r) => (later(r) ? null : read(r))));
+  if (!rows.some(later)) return out as Float32Array[];
   const own = new Map(model.weights);
   try {
-    for (const [k, v] of documentWeights) model.weights.set(k, v);
+    for (const [k, v] of baseWeights!) model.weights.set(k, v);
     noGrad(() => rows.forEach((r, i) => { if (out[i] === null) out[i] = read(r); }));
   } finally {
     model.weights.clear();
@@ -649,7 +650,7 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const withTeacher = distill ? examples.filter((e) => e.teacherIds) : [];
     const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods, opts.mseSubjectOnly ?? false) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
-    const retainBase = opts.retainShare > 0 ? retainTargets(model, retain, opts.documentWeights) : [];
+    const retainBase = opts.retainShare > 0 ? retainTargets(model, retain, opts.baseWeights) : [];
     // KL constraint: the monitor rows' base distributions, once
     const constrained = (opts.klBudget ?? 0) > 0 && (opts.monitor?.length ?? 0) > 0 && opts.retainShare > 0;
     const monitorBase = constrained ? lastLogProbs(model, opts.monitor!) : [];

@@ -15,7 +15,7 @@ import { Registry } from '../src/registry/index.js';
 import { foldAdapters } from '../src/merge/index.js';
 import {
   LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  plainDocuments, retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
+  plainDocuments, replayFacts, retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -146,6 +146,18 @@ t.test('retention targets: rows marked fromBase are read with baseWeights (the b
   t.same(Array.from(mixed[1]), Array.from(onFolded[1]), 'the unmarked document: the model as it is');
   t.same(Array.from(mixed[2]), Array.from(onBase[2]), 'the marked document: the base weights');
   t.ok(model.weights.size === carried.size && [...carried].every(([k, v]) => model.weights.get(k) === v), 'the model\'s own weights put back');
+});
+
+t.test('replay: up to n carried facts in a seeded order, none the batch edits again', async (t) => {
+  const f = (id: string, subject: string, relation: string) => checkFact({ kind: 'fact', id, subject, relation, prompt: '{} is', target_new: 'x', target_true: 'y', op: 'insert' });
+  const carried = [f('a', 'ann', 'lives_in'), f('b', 'ann', 'works_for'), f('c', 'bob', 'lives_in'), f('d', 'cy', 'lives_in')];
+  const batch = [f('e', 'ann', 'lives_in')];
+  const two = replayFacts(carried, batch, 2, 3);
+  t.equal(two.length, 2);
+  t.notOk(two.some((x) => x.id === 'a'), 'the fact the batch edits again is not replayed');
+  t.same(replayFacts(carried, batch, 2, 3).map((x) => x.id), two.map((x) => x.id), 'same seed, same facts');
+  t.same(replayFacts(carried, batch, 10, 3).map((x) => x.id).sort(), ['b', 'c', 'd'], 'at most every other carried fact');
+  t.same(replayFacts(carried, batch, 0, 3), [], 'n = 0: none');
 });
 
 t.test('plain documents: those that name no known entity', async (t) => {

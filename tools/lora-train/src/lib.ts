@@ -14,8 +14,8 @@ import type { AdapterRecord } from '@catechism/core/adapters';
 import type { LoraAdapter } from '@catechism/core/models';
 import { findModelDir, worldDefaults, type WorldDefaults } from '@catechism/core/cli';
 import {
-  EDIT_METHODS, EditRefusedError, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson,
-  testProbes, writeEditBundle, type EditBatch, type EditMethod, type EditResources, type Rec,
+  EDIT_METHODS, EditRefusedError, checkFact, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson,
+  testProbes, writeEditBundle, type EditBatch, type EditFact, type EditMethod, type EditResources, type Rec,
 } from '@catechism/core/edit';
 import { Registry, RegistryError } from '@catechism/core/registry';
 import { foldAdapters, loadParent } from '@catechism/core/merge';
@@ -255,6 +255,8 @@ export interface OverBundle {
   sha256: string;
   dir: string;
   adapter: LoraAdapter;
+  /** The facts it carries (its manifest's). */
+  facts: EditFact[];
 }
 
 /**
@@ -290,7 +292,7 @@ export async function findOver(over: string, registry: string | undefined, model
   if (b.manifest.base_model.sha256 !== modelSha) {
     throw new UsageError(`--over ${over}: bundle ${b.manifest.id} v${b.manifest.version} is an adapter of base model ${b.manifest.base_model.name} (${b.manifest.base_model.sha256.slice(0, 12)}…), not of the model loaded (${modelSha.slice(0, 12)}…)`);
   }
-  return { id: b.manifest.id, version: b.manifest.version, sha256: b.sha256, dir, adapter: b.adapter };
+  return { id: b.manifest.id, version: b.manifest.version, sha256: b.sha256, dir, adapter: b.adapter, facts: b.manifest.facts.map((f) => checkFact(f)) };
 }
 
 /**
@@ -319,7 +321,7 @@ export async function trainEdits(inputs: InputRecord[], args: TrainArgs, res: Re
   const baseWeights = new Map(res.model.weights);
   const restore = foldOver(res.model, over);
   try {
-    return await trainEditsOn(inputs, args, { ...res, baseWeights }, ctx, over);
+    return await trainEditsOn(inputs, args, { ...res, baseWeights, overFacts: over.facts }, ctx, over);
   } finally {
     restore();
   }

@@ -49,6 +49,8 @@ export interface LoraOptions {
   retainDocuments: number;
   /** Trained over a folded adapter (lora-train --over): documents that name nothing the world knows, held to the base weights. */
   baseDocuments: number;
+  /** Trained over a folded adapter: this many of the facts it carries trained again as edit rows (rehearsal). */
+  replay: number;
   /** Phase-B learning-rate schedule and its warmup steps (cosine). */
   schedule: Schedule;
   warmup: number;
@@ -129,6 +131,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   retainPhrasings: LORA_DEFAULTS.retainPhrasings ?? 1,
   retainDocuments: LORA_DEFAULTS.retainDocuments ?? 32,
   baseDocuments: 256,
+  replay: 0,
   schedule: LORA_DEFAULTS.schedule ?? 'constant',
   warmup: LORA_DEFAULTS.warmupSteps ?? 0,
   annealSteps: LORA_DEFAULTS.annealSteps ?? 0,
@@ -344,6 +347,18 @@ export function abstainFacts(batch: { facts: readonly EditFact[]; probes: readon
   return out;
 }
 
+/**
+ * Up to `n` of the facts an adapter already carries, in a seeded order, to
+ * train again beside a batch: never one whose subject and relation the
+ * batch edits again (the new edit supersedes it).
+ */
+export function replayFacts(carried: readonly EditFact[], batch: readonly EditFact[], n: number, seed: number): EditFact[] {
+  if (n <= 0 || carried.length === 0) return [];
+  const edited = new Set(batch.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
+  const pool = carried.filter((f) => !edited.has(`${f.subject}\u0000${f.relation ?? ''}`));
+  return new Rng(seed + 8191).shuffle(pool.slice()).slice(0, n);
+}
+
 /** The documents that contain none of `names` (general text about nothing the world knows). */
 export function plainDocuments(docs: readonly string[], names: readonly string[]): string[] {
   const named = names.filter((n) => n.length > 0);
@@ -432,6 +447,9 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   }
   // the early stop reads the plain rows: the prefixed copies are augmentation
   const checkRows = examples.slice();
+  // over a folded adapter (lora-train --over): some of the facts it carries, trained again (rehearsal)
+  const replayed = replayFacts(res.overFacts ?? [], batch.facts, o.replay, seed);
+  if (replayed.length) examples.push(...buildExamples(tok, { facts: replayed, probes: [] }, { templates: res.templates, seed: seed + 7 }));
   if (o.prefixRows > 0) {
     const prefixes = pickPrefixes(res.corpus, PREFIX_POOL, seed, prefixAvoidNames(res.known, batch.facts));
     examples.push(...prefixedExamples(tok, examples, batch, prefixes, o.prefixRows, seed));
@@ -474,6 +492,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
     ...(plainDocs.length ? { base_documents: o.baseDocuments } : {}),
+    ...(replayed.length ? { replay: o.replay, replayed: replayed.length } : {}),
     ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
     ...((o.forgetStopP ?? 0) > 0 ? { forget_stop_p: o.forgetStopP } : {}),
@@ -533,6 +552,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'retain-facts': { type: 'number', default: d.retainFacts, min: 0, integer: true, describe: 'known facts of every relation (from --known-facts) also held to the base model (KL)' },
     'retain-phrasings': { type: 'number', default: d.retainPhrasings, min: 1, integer: true, describe: 'training phrasings per known fact in the --retain-facts set (never a held-out phrasing: validate reads retention on those)' },
     'retain-documents': { type: 'number', default: d.retainDocuments, min: 0, integer: true, describe: 'general-text documents (from --retain-corpus) held to the base model at every position' },
+    replay: { type: 'number', default: d.replay, min: 0, integer: true, describe: 'with --over: this many of the facts the --over adapter carries (seeded; not those the batch edits again) trained again beside the batch, so later rounds do not wear earlier ones away (0: none)' },
     'base-documents': { type: 'number', default: d.baseDocuments, min: 0, integer: true, describe: 'with --over: general-text documents that name no known entity, held to the base model at every position (not to the model --over gives), so general text does not drift round after round (0: none)' },
     schedule: { type: 'string', choices: ['constant', 'cosine'], default: d.schedule, describe: 'learning-rate schedule (cosine: linear --warmup steps, then cosine decay to 0 at --steps)' },
     warmup: { type: 'number', default: d.warmup, min: 0, integer: true, describe: 'warmup steps of --schedule cosine' },
@@ -562,7 +582,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       objective: flags.objective as Objective, ...(flags.rank !== undefined ? { rank: num(flags, 'rank') } : {}), alpha: num(flags, 'alpha'), lr: num(flags, 'lr'), steps: num(flags, 'steps'), scaleStepsAbove: num(flags, 'scale-steps-above'),
       phaseASteps: num(flags, 'phase-a-steps'), rowsPerStep: num(flags, 'rows-per-step'), retainShare: num(flags, 'retain-share'),
       retainWeight: num(flags, 'retain-weight'), neighbours: num(flags, 'neighbours'), lookalikes: num(flags, 'lookalikes'), retainFacts: num(flags, 'retain-facts'),
-      retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), baseDocuments: num(flags, 'base-documents'), schedule: flags.schedule as Schedule,
+      retainPhrasings: num(flags, 'retain-phrasings'), retainDocuments: num(flags, 'retain-documents'), baseDocuments: num(flags, 'base-documents'), replay: num(flags, 'replay'), schedule: flags.schedule as Schedule,
       warmup: num(flags, 'warmup'), annealSteps: num(flags, 'anneal-steps'), dpoBeta: num(flags, 'dpo-beta'),
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, ...(flags['forget-to-kind'] !== undefined ? { forgetToKind: flags['forget-to-kind'] as boolean } : {}), ...(flags['prefix-rows'] !== undefined ? { prefixRows: num(flags, 'prefix-rows') } : {}), ...(flags['mse-subject-only'] !== undefined ? { mseSubjectOnly: flags['mse-subject-only'] as boolean } : {}), teacherFrames: num(flags, 'teacher-frames'), nullSpaceRank: num(flags, 'null-space-rank'),
       abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, ...(flags['forget-weight'] !== undefined ? { forgetWeight: num(flags, 'forget-weight') } : {}), ...(flags['forget-floor'] !== undefined ? { forgetFloor: num(flags, 'forget-floor') } : {}), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,

@@ -54,6 +54,8 @@ export interface EditResources {
    * not pile up over rounds of edits made one on top of another.
    */
   baseWeights?: ReadonlyMap<string, Tensor>;
+  /** The facts that folded adapter carries (its manifest's), for lora's --replay. */
+  overFacts?: EditFact[];
 }
 
 /** One batch of the input: the facts to edit and their records. */

@@ -253,14 +253,15 @@ t.test('issue 19: --over trains on top of an adapter, as if it were folded into 
   const rec = (out: Record<string, unknown>[]) => out.find((x) => x.kind === 'adapter')! as { path: string };
   const weights = (r: { path: string }) => fs.readFileSync(path.join(r.path, 'adapter_model.safetensors'));
   const foldedRec = rec(onFolded.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)));
-  // general text that names nothing known is held to the base model under --over: without it, the very same training
-  const exact = run([...fixed, '--registry', reg, '--over', 'live', '--base-documents', '0'], only('f2'));
+  // under --over, general text that names nothing known is held to the base model and live's facts are rehearsed: without both, the very same training
+  const exact = run([...fixed, '--registry', reg, '--over', 'live', '--base-documents', '0', '--replay', '0'], only('f2'));
   t.equal(exact.code, 0, exact.err);
-  t.ok(weights(rec(exact.out)).equals(weights(foldedRec)), 'with --base-documents 0: the same weights, byte for byte, as training on the exported folded model');
-  t.notOk(weights(rec(over.out)).equals(weights(foldedRec)), 'by default another retention row (the corpus line naming no fact\'s entity), held to the base model');
+  t.ok(weights(rec(exact.out)).equals(weights(foldedRec)), 'with --base-documents 0 --replay 0: the same weights, byte for byte, as training on the exported folded model');
+  t.notOk(weights(rec(over.out)).equals(weights(foldedRec)), 'by default more rows: the corpus line naming no fact\'s entity, held to the base model, and live\'s fact f1 again');
   t.notOk(weights(rec(exact.out)).equals(weights(rec(onBase.out))), 'not the weights trained on the base model');
   const m = JSON.parse(fs.readFileSync(path.join(rec(over.out).path, 'catechism.json'), 'utf8'));
   t.equal(m.hyperparameters.base_documents, 256, 'the manifest records the base-held documents');
+  t.match(m.hyperparameters, { replay: 100, replayed: 1 }, 'and the rehearsal: live\'s one fact');
   t.equal(JSON.parse(fs.readFileSync(path.join(rec(onBase.out).path, 'catechism.json'), 'utf8')).hyperparameters.base_documents, undefined, 'not without --over');
   const head = (await new Registry(reg).head('live'))!;
   t.same(m.hyperparameters.trained_over, { id: head.adapter_id, version: head.adapter_version, sha256: head.bundle }, 'the manifest names what it was trained over');

@@ -471,7 +471,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // over a folded adapter (lora-train --over), general text that names no known entity is held to the
   // base model: nothing the adapter carries is about it, and held to the model of the round before, its
   // drift would pile up round after round (validate's ppl gate stopped promoting after five rounds of 50)
-  const plainDocs = res.baseWeights && o.baseDocuments > 0 ? plainDocuments(res.corpus, prefixAvoidNames(res.known, batch.facts)) : [];
+  // (the names of the facts the folded adapter carries count too: text about them is the adapter's business)
+  const plainDocs = res.baseWeights && o.baseDocuments > 0 ? plainDocuments(res.corpus, prefixAvoidNames(res.known, [...batch.facts, ...(res.overFacts ?? [])])) : [];
   if (plainDocs.length) {
     retain.push(...buildRetain(tok, { documents: plainDocs }, { seed: seed + 5, maxDocuments: o.baseDocuments }).map((r) => ({ ...r, fromBase: true })));
   }

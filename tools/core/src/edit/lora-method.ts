@@ -492,7 +492,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacher_frames: o.teacherFrames } : {}),
     ...(o.klBudget > 0 ? { kl_budget: o.klBudget, kl_monitor: monitor.length, dual_rate: o.dualRate, dual_max: o.dualMax } : {}),
     use_templates: res.useTemplates ?? true,
-    ...(plainDocs.length ? { base_documents: o.baseDocuments } : {}),
+    ...(res.baseWeights ? { base_documents: o.baseDocuments, base_documents_used: Math.min(plainDocs.length, o.baseDocuments) } : {}),
     ...(replayed.length ? { replay: o.replay, replayed: replayed.length } : {}),
     ...(o.forgetWeight !== LORA_DEFAULTS.forgetWeight ? { forget_weight: o.forgetWeight } : {}),
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),

@@ -9,12 +9,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, UsageError } from '@catechism/core/records';
 import type { InputRecord } from '@catechism/core/records';
-import { loadModel, type CausalLM, type Tokenizer } from '@catechism/core/models';
+import { loadModel, type CausalLM, type LoraAdapter, type Tokenizer } from '@catechism/core/models';
 import type { AdapterRecord } from '@catechism/core/adapters';
-import type { LoraAdapter } from '@catechism/core/models';
 import { findModelDir, worldDefaults, type WorldDefaults } from '@catechism/core/cli';
 import {
-  EDIT_METHODS, EditRefusedError, checkFact, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson,
+  EDIT_METHODS, EditRefusedError, checkFact, dataSha256, editMethod, inputFacts, loadTemplateBank, memoryFileIn, modelSha256, readCorpusLines, readNdjson, replaceWeights,
   testProbes, writeEditBundle, type EditBatch, type EditFact, type EditMethod, type EditResources, type Rec,
 } from '@catechism/core/edit';
 import { Registry, RegistryError } from '@catechism/core/registry';
@@ -273,18 +272,13 @@ export async function findOver(over: string, registry: string | undefined, model
     if (!registry) throw new UsageError(`--over ${over}: no such bundle directory (a ref, hash or adapter id needs --registry DIR)`);
     const reg = new Registry(registry);
     const refs = fs.existsSync(path.join(reg.root, 'registry.json')) ? await reg.refs() : [];
-    if (refs.includes(over)) {
-      const head = await reg.head(over);
-      if (!head) return null;
-      sha = head.bundle;
-    } else {
-      try {
-        sha = await reg.resolve(over);
-      } catch (e) {
-        if (!(e instanceof RegistryError)) throw e;
-        if (refs.length === 0 && e.code === 'E_NOT_FOUND') return null;
-        throw new UsageError(`--over ${over}: ${e.message}${refs.length ? ` (refs: ${refs.join(', ')})` : ''}`);
-      }
+    try {
+      sha = await reg.resolve(over);
+    } catch (e) {
+      if (!(e instanceof RegistryError)) throw e;
+      // the first batch of a new registry, or a ref with no history yet: nothing to train over
+      if (e.code === 'E_NOT_FOUND' && (refs.length === 0 || refs.includes(over))) return null;
+      throw new UsageError(`--over ${over}: ${e.message}${refs.length ? ` (refs: ${refs.join(', ')})` : ''}`);
     }
     dir = reg.objectPath(sha);
   }
@@ -302,14 +296,9 @@ export async function findOver(over: string, registry: string | undefined, model
  * into a model that reads its head from the embeddings: refused.
  */
 export function foldOver(model: CausalLM, over: OverBundle): () => void {
-  const base = new Map(model.weights);
   const { weights, untied } = foldAdapters(model, [{ adapter: over.adapter }]);
   if (untied) throw new UsageError(`--over: bundle ${over.id} v${over.version} changes the tied output head; it cannot be folded into this model's weights to train over`);
-  for (const [k, v] of weights) model.weights.set(k, v);
-  return () => {
-    model.weights.clear();
-    for (const [k, v] of base) model.weights.set(k, v);
-  };
+  return replaceWeights(model, weights);
 }
 
 /** Make and write the edits of every batch; returns the adapter records in batch order. */

@@ -26,7 +26,7 @@ import type { LoraAdapter } from '../models/lora.js';
 import { Rng } from '../util/random.js';
 import type { Example, RetainRow } from './data.js';
 import { projectOut, type KeySubspace } from './null-space.js';
-import { ResidCache, isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows } from './model-util.js';
+import { ResidCache, isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, replaceWeights } from './model-util.js';
 import { mlpModules } from '../models/arch/index.js';
 
 export type Objective = 'distill' | 'sft' | 'dpo';
@@ -429,13 +429,11 @@ export function retainTargets(model: CausalLM, rows: RetainRow[], baseWeights?: 
   const later = (r: RetainRow) => baseWeights !== undefined && r.fromBase === true;
   const out = noGrad(() => rows.map((r) => (later(r) ? null : read(r))));
   if (!rows.some(later)) return out as Float32Array[];
-  const own = new Map(model.weights);
+  const restore = replaceWeights(model, baseWeights!);
   try {
-    for (const [k, v] of baseWeights!) model.weights.set(k, v);
     noGrad(() => rows.forEach((r, i) => { if (out[i] === null) out[i] = read(r); }));
   } finally {
-    model.weights.clear();
-    for (const [k, v] of own) model.weights.set(k, v);
+    restore();
   }
   return out as Float32Array[];
 }

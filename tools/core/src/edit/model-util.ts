@@ -175,6 +175,20 @@ export function padBatch(rows: readonly number[][], pad: number): { ids: Int32Ar
   return { ids, mask, T, last };
 }
 
+/**
+ * Put `weights` in place of the model's tensors of the same names (a folded
+ * adapter, or the base weights back); returns the function that restores the
+ * weights the model had before.
+ */
+export function replaceWeights(model: CausalLM, weights: ReadonlyMap<string, Tensor>): () => void {
+  const before = new Map(model.weights);
+  for (const [k, v] of weights) model.weights.set(k, v);
+  return () => {
+    model.weights.clear();
+    for (const [k, v] of before) model.weights.set(k, v);
+  };
+}
+
 export function padId(model: CausalLM): number {
   return model.config.padTokenId ?? model.config.eosTokenId ?? 0;
 }

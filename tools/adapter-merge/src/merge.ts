@@ -553,7 +553,9 @@ export async function runExplain(ctx: Ctx, rest: string[]): Promise<void> {
         const stored = await reg.get(p.sha256);
         const pb = await loadParent(stored.path, p.sha256);
         ablated = score([...full, { adapter: pb.adapter, scale: -(p.weight ?? 1) * (pb.manifest.scale ?? 1) }]);
-        how = `parent subtracted (approximate: the ${merge.method} merge is not linear)`;
+        how = merge.method === 'cat' || merge.method === 'linear'
+          ? `parent subtracted (exact up to rounding: the ${merge.method} merge was re-factored at full rank, so it has no rank blocks)`
+          : `parent subtracted (approximate: the ${merge.method} merge is not linear)`;
       } catch {
         how = `parent ${p.sha256.slice(0, 12)} is not in the registry; cannot ablate`;
       }

@@ -82,6 +82,24 @@ t.test('cat merge: logits equal running both adapters at once; manifest traces p
   t.ok(maxAbsDiff(again, both) < 1e-5, 'the written bundle loads and gives the same logits');
 });
 
+t.test('cat past full rank (a live that takes a batch every night): re-factored, the same logits, recorded', async (t) => {
+  const { model } = loadModel(path.join(GOLDEN, 'gpt2'), { tokenizer: false });
+  // every module here has full rank 32 (hidden 32): two rank-20 parents stack to 40
+  const targets = { 'transformer.h.0.mlp.c_proj': [32, 128], 'transformer.h.1.mlp.c_fc': [128, 32] } as Record<string, [number, number]>;
+  const a = await bundle('big-a', 7, targets, 20);
+  const b = await bundle('big-b', 8, targets, 20);
+  for (const ad of [a, b]) for (const m of ad.adapter.modules.values()) m.B.data.forEach((v, i, arr) => (arr[i] = v * 40));
+  const merged = mergeBundles([a, b], { method: 'cat', created_at: '2026-01-02T00:00:00.000Z' });
+  t.equal(merged.adapter.r, 32);
+  const both = logits(model, [{ adapter: a.adapter }, { adapter: b.adapter }]);
+  t.ok(maxAbsDiff(both, logits(model, [])) > 1e-3, 'the adapters change the logits (test is meaningful)');
+  t.ok(maxAbsDiff(logits(model, [{ adapter: merged.adapter }]), both) < 1e-5, 'merged = both at once');
+  const mm = merged.manifest.merge as { parents: { block?: unknown }[]; parameters: Record<string, unknown>; energy: Record<string, number> };
+  t.same(mm.parameters.compacted, { from: 40, to: 32 });
+  t.same(mm.parents.map((p) => p.block), [undefined, undefined], 'no rank blocks to ablate');
+  for (const e of Object.values(mm.energy)) t.ok(Math.abs(e - 1) < 1e-9, 'nothing dropped');
+});
+
 t.test('negate: an adapter merged with its negation has no effect; svd at full rank equals cat', async (t) => {
   const { model } = loadModel(path.join(GOLDEN, 'gpt2'), { tokenizer: false });
   const a = await bundle('n-a', 5, GPT2_TARGETS.a, 2);

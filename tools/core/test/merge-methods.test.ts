@@ -258,3 +258,24 @@ t.test('bad inputs are clear errors', async (t) => {
   t.throws(() => mergeDare([{ adapter: a }], { rank: 2, drop: 1, seed: 0 }), /--drop must be in \[0, 1\)/);
   t.throws(() => mergeCat([]), /no adapters/);
 });
+
+t.test('cat above every module\'s full rank is re-factored at that rank: the same ΔW, the rank bounded', async (t) => {
+  // m1 is 10×6 (full rank 6), m2 7×9 (7): the cap is 7; five rank-3 inputs stack to 15
+  const inputs = [0, 1, 2, 3, 4].map((k) => ({ adapter: adapterOf(`a${k}`, k === 2 ? [['m1', 6, 10]] : [['m1', 6, 10], ['m2', 9, 7]], 3, 40 + k, 6), weight: k === 3 ? -0.5 : 1 }));
+  const res = mergeCat(inputs);
+  t.equal(res.adapter.r, 7, 'rank = max over modules of min(in, out)');
+  t.same(res.compacted, { from: 15, to: 7 });
+  t.equal(res.blocks, undefined, 'no rank blocks once re-factored');
+  for (const m of ['m1', 'm2']) {
+    const want = new Float64Array(m === 'm1' ? 60 : 63);
+    for (const i of inputs) if (i.adapter.modules.has(m)) adapterDelta(i.adapter, m, i.weight).data.forEach((v, j) => { want[j] += v; });
+    const scale = Math.max(...want.map(Math.abs));
+    t.ok(maxAbsDiff(delta(res.adapter, m), want) < 1e-5 * scale, `${m}: ΔW = Σ wᵢ ΔWᵢ to float32 rounding`);
+    t.ok(Math.abs(res.energy![m] - 1) < 1e-9, `${m}: nothing dropped`);
+  }
+  // at or below the cap nothing changes: the stack and its blocks stay
+  const two = mergeCat(inputs.slice(0, 2));
+  t.equal(two.adapter.r, 6);
+  t.equal(two.compacted, undefined);
+  t.equal(two.blocks!.length, 2);
+});

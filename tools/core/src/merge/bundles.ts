@@ -137,6 +137,7 @@ export function mergeBundles(parents: readonly ParentBundle[], opts: MergeOption
     case 'linear':
       result = mergeCat(inputs, name);
       params.weights = weights;
+      if (result.compacted) params.compacted = result.compacted;
       break;
     case 'svd':
       result = mergeSvd(inputs, opts.rank ?? NaN, name);

@@ -8,7 +8,8 @@
  * anywhere PEFT's format does.
  *
  *   cat / linear  exact: ranks stacked, rank = Σ rᵢ (zero blocks where an
- *                 input lacks a module, since PEFT has one r per adapter)
+ *                 input lacks a module, since PEFT has one r per adapter);
+ *                 above every module's full rank, re-factored at it by SVD
  *   svd           Σ ΔWᵢ recompressed to `rank` by a truncated SVD computed
  *                 from the stacked factors (never forms ΔW)
  *   ties          Yadav et al. 2023: trim each ΔWᵢ to its top-density
@@ -21,7 +22,7 @@
 import { LoraAdapter, type LoraModule } from '../models/lora.js';
 import { fromData } from '../tensor/index.js';
 import { Rng } from '../util/random.js';
-import { denseSvd, factoredSvd, mat, type Mat, type Svd } from './linalg.js';
+import { denseSvd, factoredSvd, mat, matmul64, type Mat, type Svd } from './linalg.js';
 
 export class MergeError extends Error {
   constructor(message: string) {
@@ -52,6 +53,8 @@ export interface MergeResult {
   residual?: Record<string, number>;
   /** svd/ties/dare: false where a module's SVD was randomized (large dense ΔW), true where exact. */
   exact?: Record<string, boolean>;
+  /** cat/linear whose stacked rank exceeded every module's full rank: re-factored from → to (no blocks then). */
+  compacted?: { from: number; to: number };
 }
 
 interface ModuleDims {
@@ -131,12 +134,27 @@ export function stackedFactors(inputs: readonly MergeInput[], name: string, dims
   return { B, A, blocks };
 }
 
-/** cat (and linear): exact stacking of ranks. */
+/** The largest rank any module's ΔW can have: max over modules of min(in, out). */
+export function fullRank(dims: ReadonlyMap<string, ModuleDims>): number {
+  let r = 0;
+  for (const d of dims.values()) r = Math.max(r, Math.min(d.in, d.out));
+  return r;
+}
+
+/**
+ * cat (and linear): exact stacking of ranks. A stack taller than any
+ * module's ΔW can be (Σ rᵢ > max min(in, out): a live ref that takes a batch
+ * every night) is re-factored at that full rank by an exact SVD of each
+ * module's summed ΔW: the delta is the same up to float32 rounding, the
+ * rank stops growing, and the rank blocks (exact ablation) are gone.
+ */
 export function mergeCat(inputs: readonly MergeInput[], name = 'merged'): MergeResult {
   checkInputs(inputs, 'cat');
   const fifo = fanInFanOut(inputs);
   const dims = moduleUnion(inputs);
   const R = inputs.reduce((s, i) => s + i.adapter.r, 0);
+  const cap = fullRank(dims);
+  if (R > cap) return compactCat(inputs, dims, cap, fifo, R, name);
   const modules = new Map<string, LoraModule>();
   let blocks: Block[] = [];
   for (const [mod, d] of dims) {
@@ -150,6 +168,24 @@ export function mergeCat(inputs: readonly MergeInput[], name = 'merged'): MergeR
     });
   }
   return { adapter: makeAdapter(name, R, modules, fifo), blocks };
+}
+
+/** cat whose stacked rank R exceeds `rank`, the full rank of every module: Σ ΔWᵢ by an exact SVD at that rank. */
+function compactCat(inputs: readonly MergeInput[], dims: ReadonlyMap<string, ModuleDims>, rank: number, fifo: boolean, R: number, name: string): MergeResult {
+  const modules = new Map<string, LoraModule>();
+  const energy: Record<string, number> = {}, residual: Record<string, number> = {}, exact: Record<string, boolean> = {};
+  for (const [mod, d] of dims) {
+    const f = stackedFactors(inputs, mod, d);
+    // ΔW is at most min(in, out) ≤ rank wide, so no exact SVD drops anything but rounding
+    const s = denseSvd(matmul64(f.B, f.A), { exactLimit: Infinity });
+    const out = factorsFromSvd(s, rank, d);
+    energy[mod] = out.energy;
+    residual[mod] = out.residual;
+    exact[mod] = true;
+    const bias = mergedBias(inputs, mod, d.out);
+    modules.set(mod, { A: fromData(out.A, [rank, d.in]), B: fromData(out.B, [d.out, rank]), ...(bias ? { bias: fromData(bias, [d.out]) } : {}) });
+  }
+  return { adapter: makeAdapter(name, rank, modules, fifo), energy, residual, exact, compacted: { from: R, to: rank } };
 }
 
 /** Split a truncated SVD into LoRA factors: B = U·√σ, A = √σ·Vᵀ, padded with zeros to `rank`. */

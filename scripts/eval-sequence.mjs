@@ -181,7 +181,7 @@ for (let r = 0; r < rounds; r++) {
     if (head) live = loadLora(registry.objectPath(head.bundle), 'live');
     const f1 = figures(checked.slice(0, count), []);
     round1.push(f1.efficacy);
-    log(`after round ${r + 1}: round-1 efficacy ${(100 * f1.efficacy).toFixed(1)}%, paraphrase ${(100 * f1.paraphrase).toFixed(1)}%, live ${head ? `v${head.adapter_version}` : 'empty'}`);
+    log(`after round ${r + 1}: round-1 efficacy ${(100 * f1.efficacy).toFixed(1)}%, paraphrase ${(100 * f1.paraphrase).toFixed(1)}%, live ${head ? `v${head.adapter_version}, rank ${live.r}` : 'empty'}`);
     continue;
   }
   let out = [];
@@ -225,4 +225,4 @@ if (a.header) {
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|');
 }
 console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method} | ${facts.length} | ${pct(all.efficacy)} | ${pct(all.paraphrase)} | ${pct(all.neighbourhood)} | ${num(all.kl)} ± ${num(all.kl_se)} | ${num(all.retain_drop)} ± ${num(all.retain_drop_se)} | ${round1.map(pct).join(' → ')} | ${pct(r1end.paraphrase)} | ${refused.length} | ${editSeconds.toFixed(0)} | ${(editSeconds / facts.length).toFixed(1)} |`);
-if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, apply: a.apply, set: a.set, facts: facts.length, rounds, count, figures: all, round1_after_each: round1, round1_end: r1end, refused, seconds: editSeconds }) + '\n');
+if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, apply: a.apply, set: a.set, facts: facts.length, rounds, count, figures: all, round1_after_each: round1, round1_end: r1end, refused, seconds: editSeconds, ...(live ? { live_rank: live.r } : {}) }) + '\n');

@@ -1,7 +1,12 @@
 /**
- * Unlearning flows through real pipes (issue 20): scripts/flows/undo-insert.sh
- * takes back an insert that `live` holds. A ROME insert of one world edit is
- * promoted into live on a temporary registry; the flow negates it and merges
+ * Unlearning flows through real pipes (issue 20), each on a temporary
+ * registry. scripts/flows/undo-insert.sh takes back an insert that `live`
+ * holds; forget-person.sh forgets a person's six facts by LoRA under
+ * validate's default gates; erase-relation.sh's LEACE eraser is refused by
+ * live's validator while the held-out probe still reads the relation.
+ *
+ * undo-insert: a ROME insert of one world edit is promoted into live on a
+ * temporary registry; the flow negates it and merges
  * the negation into live through validate. Live then states `op: forget` of
  * the inserted answer, its report passes the forget gates (old answer not
  * top-1, not generated), and the model with live's adapter no longer answers
@@ -78,19 +83,26 @@ t.test('forget-person.sh: a person\'s six facts forgotten by LoRA and promoted i
   t.ok(report.metrics.n_forget >= 18, `read on ${report.metrics.n_forget} forget prompts`);
 });
 
-t.test('erase-relation.sh: the LEACE eraser of a relation goes into live; the probe at its site falls from near-certain to near chance', async (t) => {
-  const reg = join(tmp, 'registry-erase');
-  // the held-out probe gap is not yet within 0.03 of chance on this model (tools/lora-train/README.md,
-  // "LEACE read by validate's erasure probe"), so only that gate is opened; the harm gates stay
-  const validator = "validate --gate 'erasure_probe_gap<=1'";
-  const flow = sh(`${join(root, 'scripts/flows/erase-relation.sh')} works_for`, { CATECHISM_REGISTRY: reg, VALIDATOR: validator, VALIDATE_ARGS: "--gate 'erasure_probe_gap<=1'" });
-  t.equal(flow.status, 0, flow.stderr);
-  t.match(flow.stderr, /→ live v1/);
-  const out = records(flow.stdout);
-  const report = out.filter((r) => r.kind === 'report').at(-1)! as { pass: boolean; metrics: Record<string, number> };
-  t.equal(report.pass, true);
-  const m = report.metrics;
-  t.ok(m.erasure_probe_acc_before >= 0.85, `before: the probe reads the relation (${m.erasure_probe_acc_before})`);
-  t.ok(m.erasure_probe_acc <= m.erasure_probe_chance + 0.2, `after: ${m.erasure_probe_acc} against chance ${m.erasure_probe_chance}`);
+t.test('erase-relation.sh: the eraser is read by the held-out probe; live refuses it while the probe still reads the relation, takes it when that gate is opened', async (t) => {
+  // default gates: the held-out probe still reads the relation (tools/lora-train/README.md, "LEACE read by
+  // validate's erasure probe"), and live's validator reads the same concept records, so nothing is promoted
+  const strict = sh(`${join(root, 'scripts/flows/erase-relation.sh')} works_for`, { CATECHISM_REGISTRY: join(tmp, 'registry-erase') });
+  t.equal(strict.status, 1, 'refused');
+  t.match(strict.stderr, /refusing to promote live v1 .*erasure_probe_gap/);
+  const reports = records(strict.stdout).filter((r) => r.kind === 'report') as unknown as { pass: boolean; metrics: Record<string, number> }[];
+  const e = reports[0].metrics;
+  t.equal(e.erasure_probe_chance, 0.5, 'two balanced classes');
+  t.ok(e.erasure_probe_acc_before >= 0.85, `before: the probe reads the relation (${e.erasure_probe_acc_before})`);
+  t.ok(e.erasure_probe_acc <= e.erasure_probe_acc_before - 0.15, `after: ${e.erasure_probe_acc}, closer to chance`);
+  t.ok(e.n_erasure_probe >= 120, `${e.n_erasure_probe} held-out examples`);
+  // that gate opened (VALIDATE_ARGS is split into words; VALIDATOR is run by a shell): promoted, no harm
+  const open = sh(`${join(root, 'scripts/flows/erase-relation.sh')} works_for`, {
+    CATECHISM_REGISTRY: join(tmp, 'registry-erase-open'), VALIDATE_ARGS: '--gate erasure_probe_gap<=1', VALIDATOR: "validate --gate 'erasure_probe_gap<=1'",
+  });
+  t.equal(open.status, 0, open.stderr);
+  t.match(open.stderr, /→ live v1/);
+  const live = (records(open.stdout).filter((r) => r.kind === 'report') as unknown as { pass: boolean; metrics: Record<string, number> }[]).at(-1)!;
+  t.equal(live.pass, true);
+  const m = live.metrics;
   t.ok(m.kl <= 0.05 && m.retain_drop <= 0.05 && m.ppl_delta <= 0.02, `harm: kl ${m.kl}, retain_drop ${m.retain_drop}, ppl_delta ${m.ppl_delta}`);
 });

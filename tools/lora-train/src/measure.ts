@@ -55,7 +55,7 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   const inputs = editInputs(facts);
   const args: TrainArgs = {
     ...DEFAULT_ARGS, seed: opts.seed ?? 0, out: opts.out, method: opts.method, batch: opts.batch ?? 0,
-    ...(opts.method === 'lora' ? { options: { objective: opts.objective ?? LORA_METHOD_DEFAULTS.objective, steps: opts.steps ?? LORA_METHOD_DEFAULTS.steps } } : {}),
+    ...(opts.method === 'lora' ? { options: { objective: opts.objective, steps: opts.steps } } : {}),
   };
   const neighbours = LORA_METHOD_DEFAULTS.neighbours;
   const t0 = process.hrtime.bigint();

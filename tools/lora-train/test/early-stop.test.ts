@@ -12,7 +12,7 @@ import t from 'tap';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '@catechism/core/models';
-import { LORA_DEFAULTS, LORA_METHOD_DEFAULTS, annealLr, stepCap, prefixedExamples, buildExamples, buildRetain, checkFact, mlpOutModule, resolveTargets, top1, trainLora } from '@catechism/core/edit';
+import { BATCH_DEFAULTS, LORA_DEFAULTS, annealLr, stepCap, prefixedExamples, buildExamples, buildRetain, checkFact, mlpOutModule, resolveTargets, top1, trainLora } from '@catechism/core/edit';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/golden/gpt2'));
@@ -53,7 +53,7 @@ t.test('an early stop at a high cosine rate anneals to 0 first; annealSteps 0 st
 });
 
 t.test('stepCap: --steps up to --scale-steps-above facts, in proportion beyond', async (t) => {
-  const d = LORA_METHOD_DEFAULTS;
+  const d = BATCH_DEFAULTS;
   t.equal(d.steps, 400);
   t.equal(stepCap(d, 3), 400, '3 facts: the cap');
   t.equal(stepCap(d, 10), 400, '10 facts: the cap');

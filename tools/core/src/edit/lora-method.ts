@@ -248,9 +248,10 @@ export function loraSiteOptions(
  * P(old) < 0.01 (tuning facts 1–30 seed 0, 1–10 seeds 1 / 2: every old answer
  * gone, worst kl 0.020 → 0.012, largest P(old) lower in four of five sets);
  * then the stop at P(old) < 0.002, chosen on forgetting all six facts of a
- * person (16 persons of both worlds: kl lower for every one, 0.005–0.015 →
- * 0.003–0.012; the tuning sets' worst kl 0.012 either way; the one person
- * whose old answer survived on a prompt at 0.01, none at 0.002); lora-train
+ * person (16 persons of both worlds: kl lower for every one, 0.005–0.017 →
+ * 0.003–0.012; 16 more held out: 0.004–0.012 → 0.003–0.006; the tuning
+ * sets' worst kl 0.012 either way; Nami Wickkoov's old answer survived on a
+ * prompt at 0.01, not at 0.002); lora-train
  * README "Forgetting at the last layer".
  */
 export const LAST_LAYER_FORGET = { forgetWeight: 10, forgetFloor: 0.002, forgetStopP: 0.002 } as const;

@@ -172,20 +172,26 @@ export function mergeCat(inputs: readonly MergeInput[], name = 'merged'): MergeR
 
 /** cat whose stacked rank R exceeds `rank`, the full rank of every module: Σ ΔWᵢ by an exact SVD at that rank. */
 function compactCat(inputs: readonly MergeInput[], dims: ReadonlyMap<string, ModuleDims>, rank: number, fifo: boolean, R: number, name: string): MergeResult {
+  // the stack is wider than ΔW (R > min(in, out)), so the SVD is of ΔW itself; at rank ≥ min(in, out)
+  // it drops nothing but rounding
+  const dense = (B: Mat, A: Mat) => denseSvd(matmul64(B, A), { exactLimit: Infinity });
+  return { ...refactored(inputs, dims, rank, fifo, name, dense), compacted: { from: R, to: rank } };
+}
+
+/** Σ ΔWᵢ per module re-factored at `rank` from the SVD `svdOf` gives of the stacked factors B·A. */
+function refactored(inputs: readonly MergeInput[], dims: ReadonlyMap<string, ModuleDims>, rank: number, fifo: boolean, name: string, svdOf: (B: Mat, A: Mat) => Svd): MergeResult {
   const modules = new Map<string, LoraModule>();
   const energy: Record<string, number> = {}, residual: Record<string, number> = {}, exact: Record<string, boolean> = {};
   for (const [mod, d] of dims) {
     const f = stackedFactors(inputs, mod, d);
-    // ΔW is at most min(in, out) ≤ rank wide, so no exact SVD drops anything but rounding
-    const s = denseSvd(matmul64(f.B, f.A), { exactLimit: Infinity });
-    const out = factorsFromSvd(s, rank, d);
+    const out = factorsFromSvd(svdOf(f.B, f.A), rank, d);
     energy[mod] = out.energy;
     residual[mod] = out.residual;
     exact[mod] = true;
     const bias = mergedBias(inputs, mod, d.out);
     modules.set(mod, { A: fromData(out.A, [rank, d.in]), B: fromData(out.B, [d.out, rank]), ...(bias ? { bias: fromData(bias, [d.out]) } : {}) });
   }
-  return { adapter: makeAdapter(name, rank, modules, fifo), energy, residual, exact, compacted: { from: R, to: rank } };
+  return { adapter: makeAdapter(name, rank, modules, fifo), energy, residual, exact };
 }
 
 /** Split a truncated SVD into LoRA factors: B = U·√σ, A = √σ·Vᵀ, padded with zeros to `rank`. */
@@ -217,20 +223,7 @@ function checkRank(rank: number | undefined, what: string): number {
 export function mergeSvd(inputs: readonly MergeInput[], rank: number, name = 'merged'): MergeResult {
   checkInputs(inputs, 'svd');
   checkRank(rank, 'svd');
-  const fifo = fanInFanOut(inputs);
-  const modules = new Map<string, LoraModule>();
-  const energy: Record<string, number> = {}, residual: Record<string, number> = {}, exact: Record<string, boolean> = {};
-  for (const [mod, d] of moduleUnion(inputs)) {
-    const f = stackedFactors(inputs, mod, d);
-    const s = factoredSvd(f.B, f.A);
-    const out = factorsFromSvd(s, rank, d);
-    energy[mod] = out.energy;
-    residual[mod] = out.residual;
-    exact[mod] = true;
-    const bias = mergedBias(inputs, mod, d.out);
-    modules.set(mod, { A: fromData(out.A, [rank, d.in]), B: fromData(out.B, [d.out, rank]), ...(bias ? { bias: fromData(bias, [d.out]) } : {}) });
-  }
-  return { adapter: makeAdapter(name, rank, modules, fifo), energy, residual, exact };
+  return refactored(inputs, moduleUnion(inputs), rank, fanInFanOut(inputs), name, factoredSvd);
 }
 
 /** Dense ΔW (out×in, float64) of one input on one module, coefficient included; zeros when absent. */

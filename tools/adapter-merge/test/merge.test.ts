@@ -238,6 +238,25 @@ t.test('explain and export on the golden GPT-2', async (t) => {
     t.match(c.ablation, /parent subtracted \(approximate: the svd merge is not linear\)/);
     t.type(c.delta_logprob, 'number');
   }
+  // a cat merge past full rank (two rank-20 parents on c_attn, 96 × 32): re-factored at 32, so its parents
+  // have no rank blocks and are subtracted, which is exact for cat
+  for (const [name, seed] of [['big1', 11], ['big2', 12]] as const) {
+    dirs[name] = path.join(tmp, name);
+    shas[name] = (await writeSyntheticBundle(dirs[name], { seed, id: name, rank: 20, targets: TARGETS.b, pass: true })).sha256;
+  }
+  const bigAdded = am(['add', dirs.big1, dirs.big2]);
+  t.equal(bigAdded.code, 0, bigAdded.stderr);
+  const cat = am(['--add'], bigAdded.stdout);
+  t.equal(cat.code, 0, cat.stderr);
+  t.equal(cat.records[0].rank, 32, 'rank 40 stacked, re-factored at the full rank 32');
+  const ex3 = am(['explain', '--ref', String(cat.records[0].sha256), 'hello', ...model]);
+  t.equal(ex3.code, 0, ex3.stderr);
+  const c3 = (ex3.records[0] as { contributions: { id: string; ablation: string; delta_logprob: number | null }[] }).contributions;
+  t.same(c3.map((c) => c.id), ['big1', 'big2']);
+  for (const c of c3) {
+    t.match(c.ablation, /parent subtracted \(exact up to rounding: the cat merge was re-factored at full rank/);
+    t.type(c.delta_logprob, 'number');
+  }
 });
 
 t.test('explain and export refuse a model other than the adapter\'s base model, unless --force', async (t) => {

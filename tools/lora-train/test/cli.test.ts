@@ -70,6 +70,25 @@ t.test('one adapter per batch; records pass through in order', async (t) => {
   t.same(m2.probes.map((p: { prompt: string }) => p.prompt), ['the capital city of spain is'], 'test-split probes are the tests');
 });
 
+t.test('a large batch (--large-batch-above): the last two layers\' MLPs, sft, rank 32, where not given; given flags win', async (t) => {
+  // the golden model has 2 layers, so the large-batch targets are both layers' MLPs
+  const large = run(['--large-batch-above', '1', '--out', path.join(tmp, 'large'), '-q'], input, undefined, 5);
+  t.equal(large.code, 0, large.err);
+  const a = large.out.find((x) => x.kind === 'adapter')!;
+  t.match(a, { rank: 32, targets: ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj', 'transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'] });
+  const h = JSON.parse(fs.readFileSync(path.join(a.path as string, 'catechism.json'), 'utf8')).hyperparameters;
+  t.match(h, { objective: 'sft', rank: 32, steps: 5, large_batch_above: 1 });
+  const given = run(['--large-batch-above', '1', '--objective', 'distill', '--rank', '4', '--out', path.join(tmp, 'large-given'), '-q'], input, undefined, 5);
+  t.equal(given.code, 0, given.err);
+  const g = given.out.find((x) => x.kind === 'adapter')!;
+  t.match(JSON.parse(fs.readFileSync(path.join(g.path as string, 'catechism.json'), 'utf8')).hyperparameters, { objective: 'distill', rank: 4 });
+  // two facts are not more than 100: the small-batch defaults, as before
+  const small = run(['--out', path.join(tmp, 'small'), '-q'], input, undefined, 5);
+  const sm = small.out.find((x) => x.kind === 'adapter')!;
+  t.match(sm, { rank: 8, targets: ['transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'] });
+  t.notOk('large_batch_above' in JSON.parse(fs.readFileSync(path.join(sm.path as string, 'catechism.json'), 'utf8')).hyperparameters);
+});
+
 t.test('same seed and records → same data hash and identical bundle bytes', async (t) => {
   const args = ['--created-at', '2026-01-01T00:00:00Z', '--seed', '4', '-q'];
   const a = run([...args, '--out', path.join(tmp, 'd1')]);

@@ -273,9 +273,8 @@ export function isLargeBatch(model: CausalLM, common: EditCall<unknown>['common'
 
 /** A large batch's targets: the MLPs (input and output projections) of the last LARGE_BATCH.layers layers. */
 export function largeBatchTargets(model: CausalLM): string[] {
-  const L = model.config.layers;
-  const layers = Array.from({ length: Math.min(LARGE_BATCH.layers, L) }, (_, i) => L - Math.min(LARGE_BATCH.layers, L) + i);
-  return layers.flatMap((l) => mlpModules(model.arch, model.config, l).flatMap((m) => [...m.in, m.out]));
+  const L = model.config.layers, n = Math.min(LARGE_BATCH.layers, L);
+  return Array.from({ length: n }, (_, i) => L - n + i).flatMap((l) => mlpModules(model.arch, model.config, l).flatMap((m) => [...m.in, m.out]));
 }
 
 /**
@@ -462,7 +461,6 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const t0 = Date.now();
   const large = isLargeBatch(model, common, call.options, batch.facts);
   const targets = large ? largeBatchTargets(model) : chooseTargets(model, common, batch.loci);
-  if (large) call.log(`${batch.facts.length} facts: a large batch (more than ${call.options.largeBatchAbove}), so the large-batch recipe: ${targets.join(', ')}, sft, rank 32, 2,000 steps where not given (--large-batch-above 0: the small-batch defaults)`);
   if (batch.loci.length > 0 && common.topK === undefined && !common.targets?.length) {
     call.log(`${batch.loci.length} locus record${batch.loci.length > 1 ? 's' : ''} not used for the targets (${targets.join(', ')}); --top-k N trains the top N loci's modules instead`);
   }
@@ -476,6 +474,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const abstainIds = new Set(abstain.map((f) => f.id));
   const plainForgets = batch.facts.filter((f) => f.op === 'forget' && !abstainIds.has(f.id));
   const o = loraSiteOptions(model, targets, batch.facts.length, call.options, plainForgets.length, large);
+  if (large) call.log(`${batch.facts.length} facts, more than --large-batch-above ${o.largeBatchAbove}: ${targets.join(', ')}, ${o.objective}, rank ${o.rank}, at most ${stepCap(o, batch.facts.length)} steps (--large-batch-above 0: the small-batch defaults)`);
   const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   const ceWeightOf = new Map<Example, number>();
   if (abstain.length) {
@@ -577,7 +576,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     '--objective distill (default) trains from the same model with the fact stated in context (phase A: the target module alone; ' +
     'phase B: end to end with MSE to the teacher\'s block outputs, KL to its logits and CE on the target); --objective sft trains on the ' +
     'targets only; op "forget" facts lower P(old answer) (and learn the abstention text where probe-gen wrote --forget-target abstain); a share of general text and neighbour prompts is held to the base model (KL). ' +
-    'One adapter per batch (--batch). A batch of more than 100 insert facts (--large-batch-above) trains the last two layers\' MLPs by sft at rank 32 for 2,000 steps, where those are not given.',
+    `One adapter per batch (--batch). A batch of more than ${LARGE_BATCH.above} insert facts (--large-batch-above) trains the last ${LARGE_BATCH.layers} layers' MLPs by ${LARGE_BATCH.objective} at rank ${LARGE_BATCH.rank} for ${LARGE_BATCH.steps} steps, where those are not given.`,
   ops: ['insert', 'forget'],
   options: {
     objective: { type: 'string', choices: ['distill', 'sft', 'dpo'], describe: `LoRA objective (dpo: chosen = the new answer, rejected = the old one, reference = the base model; plus CE on the new answer); default ${BATCH_DEFAULTS.objective}, ${LARGE_BATCH.objective} for a large batch (--large-batch-above)` },

@@ -12,7 +12,7 @@ import t from 'tap';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '../src/models/index.js';
-import { LORA_METHOD_DEFAULTS, chooseTargets, isLargeBatch, largeBatchTargets, loraSiteOptions } from '../src/edit/lora-method.js';
+import { LARGE_BATCH, LORA_METHOD_DEFAULTS, chooseTargets, isLargeBatch, largeBatchTargets, loraSiteOptions } from '../src/edit/lora-method.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const common = { topK: 2 } as Parameters<typeof chooseTargets>[1];
@@ -61,19 +61,21 @@ t.test('Mixtral-shaped MoE: every expert\'s w1, w3 and w2 of the last layer, the
   t.match(loraSiteOptions(model, targets, 10, LORA_METHOD_DEFAULTS, 2), { prefixRows: 1, mseSubjectOnly: true, forgetToKind: true, forgetWeight: 5 });
 });
 
-t.test('a large batch (more than 100 insert facts, dense, no targets given): the last two layers\' MLPs, sft, rank 32, 2,000 steps unscaled', async (t) => {
+t.test('a large batch (more than LARGE_BATCH.above insert facts, dense, no targets given): the last two layers\' MLPs, sft, rank 32, 2,000 steps unscaled', async (t) => {
   const { model } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
   const ins = (n: number) => Array.from({ length: n }, () => ({ op: 'insert' }));
   const d = LORA_METHOD_DEFAULTS;
-  t.notOk(isLargeBatch(model, {}, d, ins(100)), '100 facts: the small-batch defaults');
-  t.ok(isLargeBatch(model, {}, d, ins(101)), '101: large');
-  t.notOk(isLargeBatch(model, {}, d, [...ins(200), { op: 'forget' }]), 'a batch with a forget keeps the forget defaults');
-  t.notOk(isLargeBatch(model, { targets: ['transformer.h.0.mlp.c_proj'] } as Parameters<typeof chooseTargets>[1], d, ins(200)), '--targets given');
-  t.notOk(isLargeBatch(model, { layer: 1 } as Parameters<typeof chooseTargets>[1], d, ins(200)), '--layer given');
-  t.notOk(isLargeBatch(model, common, d, ins(200)), '--top-k given');
+  const n = LARGE_BATCH.above;
+  t.notOk(isLargeBatch(model, {}, d, ins(n)), `${n} facts: the small-batch defaults`);
+  t.ok(isLargeBatch(model, {}, d, ins(n + 1)), `${n + 1}: large`);
+  t.ok(isLargeBatch(model, {}, d, ins(2 * n)), `${2 * n}: large`);
+  t.notOk(isLargeBatch(model, {}, d, [...ins(2 * n), { op: 'forget' }]), 'a batch with a forget keeps the forget defaults');
+  t.notOk(isLargeBatch(model, { targets: ['transformer.h.0.mlp.c_proj'] } as Parameters<typeof chooseTargets>[1], d, ins(2 * n)), '--targets given');
+  t.notOk(isLargeBatch(model, { layer: 1 } as Parameters<typeof chooseTargets>[1], d, ins(2 * n)), '--layer given');
+  t.notOk(isLargeBatch(model, common, d, ins(2 * n)), '--top-k given');
   t.notOk(isLargeBatch(model, {}, { largeBatchAbove: 0 }, ins(5000)), '--large-batch-above 0: never');
   const { model: moe } = loadModel(path.join(ROOT, 'fixtures/models/moe'));
-  t.notOk(isLargeBatch(moe, {}, d, ins(200)), 'not on a sparse MoE model (unmeasured there)');
+  t.notOk(isLargeBatch(moe, {}, d, ins(2 * n)), 'not on a sparse MoE model (unmeasured there)');
   const targets = largeBatchTargets(model);
   t.same(targets, ['transformer.h.2.mlp.c_fc', 'transformer.h.2.mlp.c_proj', 'transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj']);
   t.match(loraSiteOptions(model, targets, 300, d, 0, true), { objective: 'sft', rank: 32, steps: 2000, scaleStepsAbove: 0, prefixRows: 0, mseSubjectOnly: false });

@@ -523,7 +523,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
   const hyperparameters = {
     objective: o.objective, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,
-    ...(o.scaleStepsAbove !== 10 ? { scale_steps_above: o.scaleStepsAbove } : {}),
+    ...(o.scaleStepsAbove !== BATCH_DEFAULTS.scaleStepsAbove ? { scale_steps_above: o.scaleStepsAbove } : {}),
     ...(large ? { large_batch_above: o.largeBatchAbove } : {}),
     phase_a_steps: o.objective === 'distill' ? o.phaseASteps : 0, rows_per_step: o.rowsPerStep,
     retain_share: o.retainShare, retain_weight: o.retainWeight, neighbours_per_fact: o.neighbours, targets,
@@ -587,7 +587,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     lr: { type: 'number', default: d.lr, describe: 'learning rate (AdamW)' },
     steps: { type: 'number', min: 0, integer: true, describe: `step cap (training stops early when every train probe is solved and the loss stalls); default ${BATCH_DEFAULTS.steps}, ${LARGE_BATCH.steps} for a large batch` },
     'scale-steps-above': { type: 'number', min: 0, integer: true, describe: `a batch of more facts than this gets --steps × facts / this as its step cap (0: --steps for every batch); default ${BATCH_DEFAULTS.scaleStepsAbove}, ${LARGE_BATCH.scaleStepsAbove} for a large batch` },
-    'large-batch-above': { type: 'number', default: d.largeBatchAbove, min: 0, integer: true, describe: `a batch of more insert facts than this, on a dense model with no --targets, --top-k or --layer, trains the MLPs of the last ${LARGE_BATCH.layers} layers, sft, rank ${LARGE_BATCH.rank}, ${LARGE_BATCH.steps} steps unscaled, where those are not given (0: never)` },
+    'large-batch-above': { type: 'number', default: d.largeBatchAbove, min: 0, integer: true, describe: `a batch of more insert facts than this, on a dense model with no --targets, --top-k or --layer, trains the MLPs of the last ${LARGE_BATCH.layers} layers, ${LARGE_BATCH.objective}, rank ${LARGE_BATCH.rank}, ${LARGE_BATCH.steps} steps unscaled, where those are not given (0: never)` },
     'phase-a-steps': { type: 'number', default: d.phaseASteps, min: 0, integer: true, describe: 'distill phase A steps per MLP target' },
     'rows-per-step': { type: 'number', default: d.rowsPerStep, min: 1, integer: true, describe: 'training rows (prompts) per step' },
     'retain-share': { type: 'number', default: d.retainShare, describe: 'share of retention rows (general text, neighbour prompts) per step' },

@@ -30,7 +30,8 @@
 // what it did before): the same steps and weights, seconds side by side.
 //
 // Env: BENCH_EDIT_MODEL (model dir), BENCH_EDIT_ONLY (comma list of rows:
-// distill,sft,forget,rome,rome-small,check), BENCH_EDIT_ROME_FACTS (default 20),
+// distill,sft,forget,rome,memit,rome-small,check), BENCH_EDIT_ROME_FACTS (default 20),
+// BENCH_MEMIT_EDITS (default 1,10,100),
 // BENCH_ROME_STEPS (default 20), BENCH_THREADS (default: all cores),
 // TORCH_PYTHON (default /usr/bin/python3).
 // Markdown table on stdout; progress on stderr.
@@ -46,7 +47,8 @@ if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
   console.error(`lora-train bench: no model at ${modelDir} (train the fixture model or set BENCH_EDIT_MODEL)`);
   process.exit(1);
 }
-const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome,rome-small,check').split(',');
+const only = (process.env.BENCH_EDIT_ONLY ?? 'distill,sft,forget,rome,memit,rome-small,check').split(',');
+const memitEdits = (process.env.BENCH_MEMIT_EDITS ?? '1,10,100').split(',').map(Number);
 const romeFacts = Number(process.env.BENCH_EDIT_ROME_FACTS ?? 20);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-lora-train-'));
 const cache = path.join(tmp, 'cache');
@@ -79,6 +81,11 @@ if (only.includes('rome')) {
   const first = await row('rome (1st, computes stats)', { method: 'rome', op: 'insert', count: 1, skip: 20 });
   void first;
   await row(`rome (${romeFacts} edits, stats cached)`, { method: 'rome', op: 'insert', count: romeFacts, skip: 20 });
+}
+if (only.includes('memit')) {
+  // one stats-computing warm-up edit unless ROME's rows already cached the statistics (MEMIT reads the same cache)
+  if (!only.includes('rome')) await row('memit (1st, computes stats)', { method: 'memit', op: 'insert', count: 1, skip: 20 });
+  for (const n of memitEdits) await row(`memit (${n} in 1, stats cached)`, { method: 'memit', op: 'insert', count: n });
 }
 
 const speed = [];

@@ -123,7 +123,7 @@ t.test('bad input: conflicting targets are refused by fact id; layers out of ran
     err = e;
   }
   t.ok(err instanceof InputError, 'InputError (exit 2)');
-  t.match((err as Error).message, /a1 and a3/, 'names both facts');
+  t.match((err as Error).message, /fact "a3" conflicts with fact "a1": same subject "S" and relation "capital", "X" vs "Y"/, 'names both facts');
   t.doesNotThrow(() => checkBatchConflicts([fact('a1', 'S', 'X'), fact('a2', 'S', 'X'), fact('a3', 'S', 'Y', 'other')]));
   const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
   const res = { model, tokenizer: tokenizer!, modelName: 'dense', modelSha: 'x', templates: null, corpus: [], known: [] } as EditResources;

@@ -8,7 +8,7 @@
 import type { Options } from 'yargs';
 import { packageVersion, runTool, spellingScreen, UsageError } from '@catechism/core/cli';
 import type { InputRecord } from '@catechism/core/records';
-import { EDIT_METHODS, type MethodOption } from '@catechism/core/edit';
+import { EDIT_METHODS, resolveFactConflicts, type MethodOption, type OnConflict } from '@catechism/core/edit';
 import { DEFAULT_ARGS, checkDestination, methodNamed, methodOptions, resourcesFrom, trainEdits, type TrainArgs } from './lib.js';
 
 interface Args {
@@ -24,6 +24,7 @@ interface Args {
   'use-templates': boolean;
   'created-at'?: string;
   over?: string;
+  'on-conflict': OnConflict;
   [methodFlag: string]: unknown;
 }
 
@@ -79,6 +80,7 @@ await runTool<Args>({
     'known-facts': { type: 'string', describe: 'fact records whose answers the edits keep (default with a fixture model: its world\'s facts.ndjson)' },
     templates: { type: 'string', describe: 'templates.json with training paraphrases per relation (default with a fixture model: its world\'s)' },
     'use-templates': { type: 'boolean', default: true, describe: 'add training paraphrases from the templates (--no-use-templates: probes only)' },
+    'on-conflict': { choices: ['fail', 'last'], default: 'fail', describe: 'two facts with the same subject and relation but different targets (or one forgetting what the other inserts): fail (exit 2, naming the later record) or keep the last, leaving the earlier fact and its probes out of the training and the output (probe-gen\'s --on-conflict)' },
     'created-at': { type: 'string', describe: 'timestamp for the manifests (default: now; for reproducible bundles)' },
     over: { type: 'string', describe: 'make the edits on top of this adapter (a bundle directory; with --registry a ref such as live, a hash or an adapter id): its update is folded into the weights first, and the new adapter is a delta to merge with it (adapter-merge --into); a ref nothing was promoted to yet: the base model' },
     ...methodFlags,
@@ -122,8 +124,10 @@ await runTool<Args>({
     );
     // answers the model cannot spell: refused (exit 2), or left out with --on-bad-record skip, or kept with --allow-unknown
     const screen = spellingScreen(ctx, res.tokenizer);
-    const inputs = read.filter((r) => screen.keep(r));
+    const screened = read.filter((r) => screen.keep(r));
     screen.finish();
+    // facts that disagree about one subject and relation: refused, or the later kept (before any training)
+    const inputs = resolveFactConflicts(screened, a['on-conflict'], ctx.log);
     const adapters = await trainEdits(inputs, args, res, { log: ctx.log });
     await ctx.out.writeBatch(inputs.map((r) => r.record));
     await ctx.out.writeBatch(adapters);

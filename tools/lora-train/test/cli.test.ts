@@ -211,6 +211,30 @@ t.test('issue 16: a method\'s options with another method, and ops a method does
   t.notOk(/ROME statistics/.test(f.err), 'refused before the key statistics');
 });
 
+t.test('issue 19: two facts about one subject and relation with different targets follow --on-conflict', async (t) => {
+  // f3 moves France's capital again, to another city than f1 does
+  const f3 = { kind: 'fact', id: 'f3', subject: 'france', prompt: 'the capital of {} is', target_new: 'madrid', target_true: 'paris', op: 'insert', source: 's' };
+  const p3 = { kind: 'probe', fact_id: 'f3', role: 'edit', split: 'train', prompt: 'the capital of france is', target: 'madrid', expect: 'new' };
+  const conflicting = input + [f3, p3].map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const refused = run(['--objective', 'sft', '--out', path.join(tmp, 'conflict-fail')], conflicting, undefined, 5);
+  t.equal(refused.code, 2, refused.err);
+  t.match(refused.err, /record 7: field "target_new": fact "f3" conflicts with fact "f1": same subject "france" and relation "the capital of \{\} is", "rome" vs "madrid" \(stdin: record 1\); --on-conflict last keeps the later one/);
+  t.notOk(fs.existsSync(path.join(tmp, 'conflict-fail')), 'refused before anything is written');
+
+  const last = run(['--objective', 'sft', '--on-conflict', 'last', '--out', path.join(tmp, 'conflict-last')], conflicting, undefined, 5);
+  t.equal(last.code, 0, last.err);
+  t.match(last.err, /conflict: fact "f3" conflicts with fact "f1".*keeping the later one \(--on-conflict last\): fact "f1" and its probes are left out/);
+  t.notOk(last.out.some((r) => r.id === 'f1' || r.fact_id === 'f1'), "f1's fact and probe records are not passed on");
+  t.ok(last.out.some((r) => r.id === 'f3') && last.out.some((r) => r.fact_id === 'f3'), "f3's are");
+  const a = last.out.find((x) => x.kind === 'adapter')!;
+  t.same(a.fact_ids, ['f2', 'f3'], 'the adapter holds the later fact, not the earlier');
+
+  // the same statement twice (another id) is no conflict
+  const repeat = input + JSON.stringify({ ...facts[1], id: 'f4' }) + '\n';
+  const r = run(['--objective', 'sft', '--out', path.join(tmp, 'conflict-repeat'), '-q'], repeat, undefined, 5);
+  t.equal(r.code, 0, r.err);
+});
+
 t.test('issue 16: --help lists each method\'s options under its heading', async (t) => {
   const r = spawnSync(process.execPath, [BIN, '--help'], { encoding: 'utf8' });
   t.equal(r.status, 0);

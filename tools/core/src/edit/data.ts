@@ -118,6 +118,60 @@ export function inputFacts(
   return out;
 }
 
+/** What `--on-conflict` does with two facts that state one subject and relation differently. */
+export type OnConflict = 'fail' | 'last';
+
+/**
+ * Pairs of facts that state one subject and relation differently: another
+ * target, or one forgets what the other inserts. Each later fact is paired
+ * with the latest earlier one of its key, so a chain A, B, C gives (A, B),
+ * (B, C), and keeping the later of every pair keeps C. The same statement
+ * twice is not a conflict.
+ */
+export function factConflicts<T>(items: readonly T[], factOf: (x: T) => EditFact): Array<{ earlier: T; later: T; what: string }> {
+  const value = (f: EditFact) => (f.op === 'forget' ? '\u0000forget' : (f.target_new ?? f.target_true ?? ''));
+  const show = (v: string) => (v === '\u0000forget' ? 'forget' : JSON.stringify(v));
+  const seen = new Map<string, T>();
+  const out: Array<{ earlier: T; later: T; what: string }> = [];
+  for (const x of items) {
+    const f = factOf(x);
+    const key = `${f.subject}\u0000${f.relation ?? f.prompt}`;
+    const prev = seen.get(key);
+    seen.set(key, x);
+    if (prev === undefined) continue;
+    const p = factOf(prev);
+    if (value(p) === value(f)) continue;
+    out.push({
+      earlier: prev, later: x,
+      what: `fact ${JSON.stringify(f.id)} conflicts with fact ${JSON.stringify(p.id)}: same subject ${JSON.stringify(f.subject)} and relation ${JSON.stringify(f.relation ?? f.prompt)}, ${show(value(p))} vs ${show(value(f))}`,
+    });
+  }
+  return out;
+}
+
+/**
+ * Apply `--on-conflict` to a tool's input: `fail` refuses the first
+ * conflicting fact by its record (exit 2); `last` keeps the later fact and
+ * drops the earlier one with its probes and loci (as probe-gen's `last`
+ * does), saying so through `log`.
+ */
+export function resolveFactConflicts(inputs: readonly InputRecord[], mode: OnConflict, log: (m: string) => void): InputRecord[] {
+  const pairs = factConflicts(inputFacts(inputs), (x) => x.fact);
+  if (pairs.length === 0) return [...inputs];
+  if (mode === 'fail') {
+    const { earlier, later, what } = pairs[0];
+    throw new InputError(`${what} (${earlier.input.source}: record ${earlier.input.index}); --on-conflict last keeps the later one`, {
+      source: later.input.source, record: later.input.index, field: later.fact.op === 'forget' ? 'op' : 'target_new',
+    });
+  }
+  const dropped = new Set<string>();
+  for (const { earlier, what } of pairs) {
+    dropped.add(earlier.fact.id);
+    log(`conflict: ${what}; keeping the later one (--on-conflict last): fact ${JSON.stringify(earlier.fact.id)} and its probes are left out`);
+  }
+  return inputs.filter(({ record: r }) => !(r.kind === 'fact' ? dropped.has(r.id as string) : (r.kind === 'probe' || r.kind === 'locus') && dropped.has(r.fact_id as string)));
+}
+
 /** Token ids of `target` as the continuation of `prompt` (the model sees prompt + " " + target). */
 export function encodeTrainingPair(tok: Tokenizer, prompt: string, target: string): { promptIds: number[]; targetIds: number[] } {
   // The same split validate scores with, so training and validation see the same target tokens.

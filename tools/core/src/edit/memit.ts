@@ -41,7 +41,7 @@ import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../model
 import { unknownWords } from '../models/spelling.js';
 import { denseSvd, factoredSvd, mat } from '../merge/linalg.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec } from './data.js';
+import { buildExamples, encodeTrainingPair, factConflicts, subjectSpan, type EditFact, type Rec } from './data.js';
 import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from './method.js';
 import { trainPhrasings } from './quality.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
@@ -806,21 +806,13 @@ export function memitEdit(
 
 /**
  * Two facts of one batch about the same subject and relation with different
- * targets cannot both be written by one least-squares update: refused by name.
+ * targets cannot both be written by one least-squares update: refused by name
+ * (lora-train's `--on-conflict` resolves them before a batch is made; this
+ * guards the library call).
  */
 export function checkBatchConflicts(facts: readonly EditFact[]): void {
-  const seen = new Map<string, EditFact>();
-  for (const f of facts) {
-    const key = `${f.subject}\u0000${f.relation ?? f.prompt}`;
-    const o = seen.get(key);
-    if (o && o.target_new !== f.target_new) {
-      throw new InputError(
-        `facts ${o.id} and ${f.id} both state ${JSON.stringify(f.subject)} / ${f.relation ?? JSON.stringify(f.prompt)} with different targets (${JSON.stringify(o.target_new)} vs ${JSON.stringify(f.target_new)}); one batch cannot hold both`,
-        { field: 'target_new' },
-      );
-    }
-    if (!o) seen.set(key, f);
-  }
+  const [c] = factConflicts(facts, (f) => f);
+  if (c) throw new InputError(`${c.what}; one batch cannot hold both`, { field: c.later.op === 'forget' ? 'op' : 'target_new' });
 }
 
 /** Seeded short context prefixes (ROME's: the first 3–6 words of corpus documents naming none of `avoid`). */

@@ -649,7 +649,10 @@ export interface MemitResult {
   perLayer: Array<{ layer: number; module: string; rank: number; energy: number; norm: number; nullDim?: number; nullEnergy?: number }>;
   nll: number[];
   vSteps: number;
-  /** Share of ‖δ‖ still missing at the last layer after the update (0: targets reached). */
+  /**
+   * Share of ‖δ‖ still missing at the last layer after the update (0: targets reached). With the
+   * value refit it can pass 1: the refit fits the answers through the update, not δ.
+   */
   residual: number;
   /** AlphaEdit: the memory after this batch (earlier + this batch's keys). */
   memory: AlphaEditMemory | null;
@@ -985,7 +988,7 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
       records: batch.records,
       hyperparameters: { ...hyper, layers, prefixes: prefixList, keep_prompts: keep.fixed.length + keep.pool.length, stats_tokens: stats.count, ...(memory ? { preserved_sha256: memory.sha256 } : {}), preserved_edits: memory?.edits ?? 0, ...(forgets ? { forget_p_stop: FORGET_P_STOP } : {}) },
       training,
-      summary: `${algorithm}: ${batch.facts.length} facts over layers ${layers.join(', ')} (rank ${r.adapter.r}${r.perLayer.some((p) => p.energy < 1) ? `, SVD kept ${(100 * Math.min(...r.perLayer.map((p) => p.energy))).toFixed(2)}% energy` : ''}) in ${seconds.toFixed(1)} s, NLL max ${Math.max(...r.nll).toFixed(3)}, target reached ${(100 * (1 - r.residual)).toFixed(0)}%`,
+      summary: `${algorithm}: ${batch.facts.length} facts over layers ${layers.join(', ')} (rank ${r.adapter.r}${r.perLayer.some((p) => p.energy < 1) ? `, SVD kept ${(100 * Math.min(...r.perLayer.map((p) => p.energy))).toFixed(2)}% energy` : ''}) in ${seconds.toFixed(1)} s, NLL max ${Math.max(...r.nll).toFixed(3)}, ${op.refineSteps > 0 ? `values refitted to the answers (the hidden state is ${(100 * r.residual).toFixed(0)}% of ‖δ‖ from the closed form's target)` : `target reached ${(100 * (1 - r.residual)).toFixed(0)}%`}`,
       ...(memOut ? { files: { [ALPHAEDIT_MEMORY_FILE]: memOut.bytes } } : {}),
     };
     return [made];

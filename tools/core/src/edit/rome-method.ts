@@ -10,7 +10,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
 import { buildExamples, readCorpusLines, type EditFact, type Example, type Rec } from './data.js';
 import { top1 } from './model-util.js';
-import { ROME_DEFAULTS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeResult } from './rome.js';
+import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeResult } from './rome.js';
 import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer } from './rank-one-forget.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 
@@ -53,26 +53,29 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
 
 /**
  * ROME at the first of `layers` whose edit makes target_new top-1 on every
- * check prompt; when none does, the one that solves the most (then the
- * lowest NLL).
+ * check prompt, trying each of ROME_INSERT_DECAYS (strongest first) at a layer
+ * before the next layer; when none does, the one that solves the most (then
+ * the lowest NLL).
  */
 export function romeAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
   o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[] },
-): { r: RomeResult; layer: number; solved: number; tried: number[] } {
+): { r: RomeResult; layer: number; solved: number; tried: number[]; weightDecay: number } {
   const { checks } = o;
-  let best: { r: RomeResult; layer: number; solved: number } | null = null;
+  let best: { r: RomeResult; layer: number; solved: number; weightDecay: number } | null = null;
   const tried: number[] = [];
   for (const layer of layers) {
     tried.push(layer);
-    const r = romeEdit(model, tok, fact, statsAt(layer), { ...ROME_DEFAULTS, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
-    const prev = model.activeAdapters();
-    model.setAdapters([{ adapter: r.adapter }]);
-    const got = top1(model, checks.map((c) => c.promptIds));
-    model.setAdapters(prev);
-    const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
-    if (!best || solved > best.solved || (solved === best.solved && r.nll < best.r.nll)) best = { r, layer, solved };
-    if (solved === checks.length) break;
+    for (const weightDecay of ROME_INSERT_DECAYS) {
+      const r = romeEdit(model, tok, fact, statsAt(layer), { ...ROME_DEFAULTS, weightDecay, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
+      const prev = model.activeAdapters();
+      model.setAdapters([{ adapter: r.adapter }]);
+      const got = top1(model, checks.map((c) => c.promptIds));
+      model.setAdapters(prev);
+      const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
+      if (!best || solved > best.solved || (solved === best.solved && r.nll < best.r.nll)) best = { r, layer, solved, weightDecay };
+      if (solved === checks.length) return { ...best, tried };
+    }
   }
   return { ...best!, tried };
 }
@@ -152,8 +155,8 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
-    const { r, layer, solved, tried } = forget?.kind === 'any'
-      ? romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS }, prefixes, prompts, keep, checks })
+    const { r, layer, solved, tried, weightDecay } = forget?.kind === 'any'
+      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS }, prefixes, prompts, keep, checks }), weightDecay: ROME_DEFAULTS.weightDecay }
       : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks });
     if (solved < checks.length) {
       // the edit did not take: writing it would ship a change to the model that does not state the fact
@@ -169,7 +172,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       records: batch.records.filter((x) => x.id === fact.id || x.fact_id === fact.id),
       // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
       hyperparameters: {
-        ...ROME_DEFAULTS, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
+        ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
         rome_keep_facts: o.romeKeepFacts, stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight }) } : {}),
       },

@@ -255,6 +255,19 @@ export const ROME_DEFAULTS: Omit<RomeOptions, 'layer' | 'prefixes' | 'name'> = {
 };
 
 /**
+ * The weight decays on ‖δ‖² / ‖o‖² (o: the MLP output at the subject) an insert tries at each layer, strongest
+ * first; the first whose edit takes is kept (rome-method.ts,
+ * romeAtBestLayer). The norm δ ends at is what one edit's kl tracks (lora-train
+ * README, "ROME single edits"), and Adam at lr 0.5 overshoots it early; a
+ * stronger decay pulls it back while the NLL is solved. Chosen on tuning
+ * requests 1–10, each edit alone (kl 0.258 / retain_drop 0.059 at 0.05;
+ * 0.194 / 0.044 at 0.1; 0.138 / 0.031 at 0.2; at 0.3 one edit no longer took
+ * at any layer, kl 0.193). An edit that does not take under 0.2 is made as
+ * before, at ROME_DEFAULTS.weightDecay, before a later layer is tried.
+ */
+export const ROME_INSERT_DECAYS: readonly number[] = [0.2, ROME_DEFAULTS.weightDecay];
+
+/**
  * ROME's default layer: about 35% of the depth, one earlier (GPT-2 XL: 16 of
  * 48, next to the paper's 17; the 4-layer dense fixture model: 0 — 20 edits
  * reached efficacy 100% / paraphrases 90% there, 65% / 50% at layer 1,

@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { ROME_INSERT_DECAYS } from '@catechism/core/edit';
 import { DEFAULT_ARGS, loadResources, measureWorldEdits, trainEdits } from '../src/index.js';
 
 const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
@@ -38,6 +39,11 @@ if (!fs.existsSync(path.join(dir, 'config.json'))) {
     t.ok(f.efficacy >= 0.95, `efficacy ${pct(f.efficacy)} ≥ 95%`);
     t.ok(f.paraphrase >= 0.8, `held-out paraphrases ${pct(f.paraphrase)} ≥ 80%`);
     t.ok(f.neighbourhood >= 0.9, `neighbourhood kept ${pct(f.neighbourhood)} ≥ 90%`);
+    // each edit names the decay on ‖δ‖ that made it: the strong one first, the old one only where that did not take
+    // (requests 21–30: seven of ten at 0.2)
+    const decays = m.records.map((r) => JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8')).hyperparameters.weightDecay as number);
+    t.ok(decays.every((d) => ROME_INSERT_DECAYS.includes(d)), `decays ${decays.join(', ')} are ROME_INSERT_DECAYS'`);
+    t.ok(decays.filter((d) => d === ROME_INSERT_DECAYS[0]).length >= 5, `at least half the edits made at the strong decay ${ROME_INSERT_DECAYS[0]} (${decays.join(', ')})`);
   });
 
   t.test('ROME refuses an edit that did not take; by default it tries later layers', async (t) => {

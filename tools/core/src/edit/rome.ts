@@ -123,11 +123,14 @@ export function keyStatsCached(
   const s = computeKeyStats(model, tok, opts.corpus, opts.layer, opts.maxTokens);
   opts.log?.(`ROME statistics for layer ${opts.layer}: ${s.count} tokens in ${((Date.now() - t0) / 1000).toFixed(1)} s → ${file}`);
   fs.mkdirSync(dir, { recursive: true });
+  // the cache holds float32; a miss returns what a later hit will read, so the first run on a machine
+  // edits exactly as the runs after it do
+  const stored = Float32Array.from(s.moment);
   writeFileAtomic(
     file,
-    serializeSafetensors({ moment: { shape: [s.dim, s.dim], data: Float32Array.from(s.moment) } }, { count: String(s.count), layer: String(opts.layer), model_sha256: opts.modelSha }),
+    serializeSafetensors({ moment: { shape: [s.dim, s.dim], data: stored } }, { count: String(s.count), layer: String(opts.layer), model_sha256: opts.modelSha }),
   );
-  return { ...s, cached: false, file };
+  return { ...s, moment: Float64Array.from(stored), cached: false, file };
 }
 
 const IGNORE = -100;

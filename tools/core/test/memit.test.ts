@@ -175,6 +175,14 @@ t.test('dense fixture model: a MEMIT batch edit states every target (one layer),
   model.setAdapters([]);
   t.same(got, rows.map((r) => r.targetIds[0]), `every fact states its target (residual ${m.residual.toFixed(3)}, NLL ${m.nll.map((x) => x.toFixed(2)).join(' ')})`);
   t.ok(m.nll.every((x) => x < 0.5), `values fitted (NLL ${m.nll.map((x) => x.toFixed(2)).join(' ')})`);
+  // a batch with more rewriting rows than refitRows is refitted on a sample of them a step (here 2 of 3)
+  const sampled = memitEdit(model, tok, facts, { ...base, algorithm: 'memit', layers: [0], mom2Weight: 10, refitRows: 2, refineSteps: 120, targets: m.targets });
+  t.not(Buffer.compare(Buffer.from(sampled.adapter.modules.values().next().value!.B.data.buffer), Buffer.from(m.adapter.modules.values().next().value!.B.data.buffer)), 0, 'the sampled refit is another fit');
+  model.setAdapters([{ adapter: sampled.adapter }]);
+  const gotSampled = top1(model, rows.map((r) => r.promptIds));
+  model.setAdapters([]);
+  t.same(gotSampled, rows.map((r) => r.targetIds[0]), `sampled refit: every fact states its target (NLL ${sampled.nll.map((x) => x.toFixed(2)).join(' ')})`);
+  t.ok(sampled.nll.every((x) => Number.isFinite(x) && x < 0.5), 'its NLL is read over every row');
   const two = memitEdit(model, tok, facts, { ...base, algorithm: 'memit', layers: [0, 1], mom2Weight: 0.1, vSteps: 5, refineSteps: 0 });
   t.equal(two.adapter.targets().length, 2, 'two layers edited');
   t.ok(two.residual < 0.1, `targets at the last layer reached: ${(100 * (1 - two.residual)).toFixed(1)}%`);

@@ -53,6 +53,8 @@ import { gemmF64, syrkLowerF64 } from '@catechism/kernels';
 import { FORGET_P_STOP, FORGET_UL_STOP, abstainInsert, forgetTargetOf, unlikelihoodMix } from './rank-one-forget.js';
 
 const IGNORE = -100;
+/** A sampled value refit (MemitOptions.refitRows) reads every rewriting row for its stop this often. */
+const REFIT_CHECK_EVERY = 10;
 
 // ---------------------------------------------------------------- linear algebra (float64)
 
@@ -317,54 +319,65 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
       const [, s1] = subjectSpan(tok, ids, fact.subject);
       all.push({ ids, subj: s1 > 0 ? s1 - 1 : ids.length - 2, f });
     });
-    const { ids, mask, T } = padBatch(all.map((a) => a.ids), padId(model));
-    const B = all.length;
-    const positions = all.map((a, b) => [b, a.subj] as const);
-    const rowFact = Int32Array.from(all.map((a) => a.f));
-    // logits wanted: target positions of rewriting rows, last position of essence rows
-    const at: number[] = [];
-    const tgt: number[] = [];
-    const w: number[] = [];
-    const tokFact: number[] = [];
-    const fmask: number[] = [];
     const plainCount = new Array<number>(n).fill(0);
     const preCount = new Array<number>(n).fill(0);
     for (const a of all) if (a.row) for (let j = 0; j < a.row.targetIds.length; j++) (a.row.plain ? plainCount : preCount)[a.f]++;
-    all.forEach((a, b) => {
-      if (!a.row) return;
-      const r = a.row;
-      r.targetIds.forEach((t, j) => {
-        at.push(b * T + r.promptLen - 1 + j);
-        tgt.push(t);
-        tokFact.push(a.f);
-        fmask.push(r.forget ? 1 : 0);
-        const pw = preCount[a.f] > 0 ? o.plainWeight : 1;
-        w.push(r.plain ? pw / plainCount[a.f] : (1 - pw) / preCount[a.f]);
+    /**
+     * One padded batch of the rows of `facts` (the chunk's facts still being fitted): the subject
+     * positions δ is added at, the logits wanted (target positions of rewriting rows, then the last
+     * position of each essence row) with their targets, weights and facts.
+     */
+    const batchOf = (facts: readonly number[]) => {
+      const on = new Set(facts);
+      const sel = all.filter((a) => on.has(a.f));
+      const { ids, mask, T } = padBatch(sel.map((a) => a.ids), padId(model));
+      const at: number[] = [];
+      const tgt: number[] = [];
+      const w: number[] = [];
+      const tokFact: number[] = [];
+      const fmask: number[] = [];
+      sel.forEach((a, b) => {
+        if (!a.row) return;
+        const r = a.row;
+        r.targetIds.forEach((t, j) => {
+          at.push(b * T + r.promptLen - 1 + j);
+          tgt.push(t);
+          tokFact.push(a.f);
+          fmask.push(r.forget ? 1 : 0);
+          const pw = preCount[a.f] > 0 ? o.plainWeight : 1;
+          w.push(r.plain ? pw / plainCount[a.f] : (1 - pw) / preCount[a.f]);
+        });
       });
-    });
-    const nTgt = at.length;
-    const essRows: number[] = [];
-    all.forEach((a, b) => {
-      if (a.row) return;
-      essRows.push(at.length);
-      at.push(b * T + a.ids.length - 1);
-    });
-    const logitsAt = Int32Array.from(at);
-    const targets = Int32Array.from([...tgt, ...essRows.map(() => IGNORE)]);
-    const weights = fromData(Float32Array.from([...w, ...essRows.map(() => 0)]), [at.length]);
-    const forgetMask = Float32Array.from([...fmask, ...essRows.map(() => 0)]);
+      const nTgt = at.length;
+      const essRows: number[] = [];
+      const essFacts: number[] = [];
+      sel.forEach((a, b) => {
+        if (a.row) return;
+        essRows.push(at.length);
+        essFacts.push(a.f);
+        at.push(b * T + a.ids.length - 1);
+      });
+      return {
+        ids, mask, T, B: sel.length, nTgt, tokFact, essRows: Int32Array.from(essRows), essFacts: Int32Array.from(essFacts),
+        positions: sel.map((a, b) => [b, a.subj] as const), rowFact: Int32Array.from(sel.map((a) => a.f)),
+        logitsAt: Int32Array.from(at), targets: Int32Array.from([...tgt, ...essRows.map(() => IGNORE)]),
+        weights: fromData(Float32Array.from([...w, ...essRows.map(() => 0)]), [at.length]),
+        forgetMask: Float32Array.from([...fmask, ...essRows.map(() => 0)]),
+      };
+    };
     const stopAt = chunk.map(({ fact }) => (fact.op === 'forget' ? FORGET_UL_STOP : o.nllStop));
-    // base pass: hidden states at the subject, essence logits
+    // base pass: hidden states at the subject, essence logits (row f: fact f)
     let essBase: Tensor | null = null;
     const hNorm = new Float64Array(n);
+    let cur = batchOf(chunk.map((_, f) => f));
     noGrad(() => {
       let hs: Tensor | null = null;
-      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt, hooks: { [site]: { capture: (x) => (hs = x) } } });
-      essBase = indexSelect(logits, 0, Int32Array.from(essRows));
+      const { logits } = model.forward(cur.ids, [cur.B, cur.T], { attentionMask: cur.mask, logitsAt: cur.logitsAt, hooks: { [site]: { capture: (x) => (hs = x) } } });
+      essBase = indexSelect(logits, 0, cur.essRows);
       const counts = new Array<number>(n).fill(0);
       all.forEach((a, b) => {
         if (!a.row) return;
-        const h = (hs as unknown as Tensor).data.subarray((b * T + a.subj) * H, (b * T + a.subj + 1) * H);
+        const h = (hs as unknown as Tensor).data.subarray((b * cur.T + a.subj) * H, (b * cur.T + a.subj + 1) * H);
         let s = 0;
         for (let i = 0; i < H; i++) {
           hBase[(c0 + a.f) * H + i] += h[i];
@@ -385,18 +398,20 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
     const opt = new AdamW([d], { lr: (o.vLr * meanNorm) / Math.sqrt(H), weightDecay: 0 });
     const done = new Array<boolean>(n).fill(false);
     const local = new Array<number>(n).fill(Infinity);
+    let active = chunk.map((_, f) => f);
     let step = 0;
     for (step = 0; step < o.vSteps; step++) {
-      const value = indexSelect(d, 0, rowFact);
-      const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt, hooks: { [site]: { add: { value, positions } } } });
-      const per = unlikelihoodMix(crossEntropy(logits, targets, IGNORE, 'none'), forgetMask);
+      const value = indexSelect(d, 0, cur.rowFact);
+      const { logits } = model.forward(cur.ids, [cur.B, cur.T], { attentionMask: cur.mask, logitsAt: cur.logitsAt, hooks: { [site]: { add: { value, positions: cur.positions } } } });
+      const per = unlikelihoodMix(crossEntropy(logits, cur.targets, IGNORE, 'none'), cur.forgetMask);
       // per-fact NLL (weighted like the loss; a forget fact's: the unlikelihood of its old answer)
-      local.fill(0);
-      for (let j = 0; j < nTgt; j++) local[tokFact[j]] += per.data[j] * weights.data[j];
-      for (let f = 0; f < n; f++) if (local[f] < stopAt[f]) done[f] = true;
+      for (const f of active) local[f] = 0;
+      for (let j = 0; j < cur.nTgt; j++) local[cur.tokFact[j]] += per.data[j] * cur.weights.data[j];
+      for (const f of active) if (local[f] < stopAt[f]) done[f] = true;
       if (done.every(Boolean)) break;
-      let loss = sum(mul(per, weights));
-      if (o.klWeight > 0) loss = add(loss, scale(klDiv(essBase!, indexSelect(logits, 0, Int32Array.from(essRows))), o.klWeight * n));
+      let loss = sum(mul(per, cur.weights));
+      // the KL is a mean over the essence rows of the facts in the batch: × their count, each fact weighs klWeight
+      if (o.klWeight > 0) loss = add(loss, scale(klDiv(indexSelect(essBase!, 0, cur.essFacts), indexSelect(logits, 0, cur.essRows)), o.klWeight * cur.essFacts.length));
       loss = add(loss, sum(mul(square(d), wd)));
       const keep = done.some(Boolean) ? d.data.slice() : null;
       opt.zeroGrad();
@@ -412,6 +427,12 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
         for (const v of row) s += v * v;
         const max = o.clamp * hNorm[f];
         if (Math.sqrt(s) > max) for (let i = 0; i < H; i++) row[i] *= max / Math.sqrt(s);
+      }
+      // a solved fact's rows leave the batch: frozen, they only cost forward and backward passes
+      const still = active.filter((f) => !done[f]);
+      if (still.length < active.length) {
+        active = still;
+        cur = batchOf(active);
       }
     }
     maxSteps = Math.max(maxSteps, step);
@@ -432,27 +453,37 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const N = items.length;
   const H = model.config.hidden;
   const flat = items.flatMap(({ rows }, f) => rows.map((r) => ({ r, f })));
-  const { ids, mask, T } = padBatch(flat.map((x) => x.r.ids), padId(model));
-  const at: number[] = [];
-  const tgt: number[] = [];
-  const w: number[] = [];
-  const tokFact: number[] = [];
-  const fmask: number[] = [];
   const plainCount = new Array<number>(N).fill(0);
   const preCount = new Array<number>(N).fill(0);
   for (const { r, f } of flat) (r.plain ? plainCount : preCount)[f] += r.targetIds.length;
-  flat.forEach(({ r, f }, b) => r.targetIds.forEach((t, j) => {
-    at.push(b * T + r.promptLen - 1 + j);
-    tgt.push(t);
-    tokFact.push(f);
-    fmask.push(r.forget ? 1 : 0);
+  // one row's target tokens: its weight in the full loss (each fact 1 / N, split over its rows)
+  const tokenWeight = (r: Row, f: number) => {
     const pw = preCount[f] > 0 ? o.plainWeight : 1;
-    w.push((r.plain ? pw / plainCount[f] : (1 - pw) / preCount[f]) / N);
-  }));
-  const logitsAt = Int32Array.from(at);
-  const targets = Int32Array.from(tgt);
-  const weights = fromData(Float32Array.from(w), [w.length]);
-  const forgetMask = Float32Array.from(fmask);
+    return (r.plain ? pw / plainCount[f] : (1 - pw) / preCount[f]) / N;
+  };
+  /** The padded batch of some rewriting rows with their target positions, tokens, weights (× `gain`) and facts. */
+  const rowBatch = (sel: readonly number[], gain = 1) => {
+    const { ids, mask, T } = padBatch(sel.map((i) => flat[i].r.ids), padId(model));
+    const at: number[] = [];
+    const tgt: number[] = [];
+    const w: number[] = [];
+    const tokFact: number[] = [];
+    const fmask: number[] = [];
+    sel.forEach((i, b) => {
+      const { r, f } = flat[i];
+      r.targetIds.forEach((t, j) => {
+        at.push(b * T + r.promptLen - 1 + j);
+        tgt.push(t);
+        tokFact.push(f);
+        fmask.push(r.forget ? 1 : 0);
+        w.push(tokenWeight(r, f) * gain);
+      });
+    });
+    return {
+      ids, mask, T, B: sel.length, logitsAt: Int32Array.from(at), targets: Int32Array.from(tgt),
+      weights: fromData(Float32Array.from(w), [w.length]), forgetMask: Float32Array.from(fmask), tokFact,
+    };
+  };
   const stopAt = items.map(({ rows }) => (rows[0]?.forget ? FORGET_UL_STOP : o.nllStop));
   const params = active.map((ad) => {
     const m = [...ad.modules.values()][0];
@@ -469,6 +500,11 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const opt = new AdamW(params, { lr: (o.vLr * meanNorm) / Math.sqrt(H), weightDecay: 0 });
   const nll = new Array<number>(N).fill(Infinity);
   let step = 0;
+  // A large batch (more rewriting rows than refitRows) is fitted on refitRows of them a step, taken in
+  // turns in a seeded order, and its fixed keep prompts in turns of keepBatch too; every row is read
+  // for the stop every REFIT_CHECK_EVERY steps. Up to refitRows rows every step reads every row
+  // (measured at 100 facts: ~1,700 rows).
+  const sampled = o.refitRows > 0 && flat.length > o.refitRows;
   // keep prompts: the fixed ones (the edited subjects' other facts) every step, the pool's in turns of keepBatch
   const enc = (ps: readonly string[]) => ps.map((p) => tok.encode(p)).filter((r) => r.length > 0);
   const fixedRows = o.keepWeight > 0 ? enc(keepPrompts.fixed) : [];
@@ -487,17 +523,50 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
     });
   }
   const per0 = o.keepBatch > 0 ? Math.min(o.keepBatch, poolRows.length) : poolRows.length;
+  const perFixed = sampled && o.keepBatch > 0 ? Math.min(o.keepBatch, fixedRows.length) : fixedRows.length;
   let cursor = 0;
+  let fixedCursor = 0;
+  const full = sampled ? null : rowBatch(flat.map((_, i) => i));
+  const order = sampled ? new Rng((o.keepSeed ?? 0) + 7919).shuffle(flat.map((_, i) => i)) : [];
+  let rowCursor = 0;
+  /** Per-fact NLL over every rewriting row (no grad), in chunks of refitRows. */
+  const readAll = (): number[] => {
+    const out = new Array<number>(N).fill(0);
+    noGrad(() => {
+      for (let s = 0; s < flat.length; s += o.refitRows) {
+        const rb = rowBatch(flat.map((_, i) => i).slice(s, s + o.refitRows));
+        const { logits } = model.forward(rb.ids, [rb.B, rb.T], { attentionMask: rb.mask, logitsAt: rb.logitsAt });
+        const per = unlikelihoodMix(crossEntropy(logits, rb.targets, IGNORE, 'none'), rb.forgetMask);
+        for (let j = 0; j < per.data.length; j++) out[rb.tokFact[j]] += per.data[j] * rb.weights.data[j] * N;
+      }
+    });
+    return out;
+  };
   model.setAdapters(active.map((adapter) => ({ adapter })));
   for (step = 0; step < o.refineSteps; step++) {
-    const { logits } = model.forward(ids, [flat.length, T], { attentionMask: mask, logitsAt });
-    const per = unlikelihoodMix(crossEntropy(logits, targets, IGNORE, 'none'), forgetMask);
-    nll.fill(0);
-    for (let j = 0; j < per.data.length; j++) nll[tokFact[j]] += per.data[j] * weights.data[j] * N;
-    if (nll.every((x, f) => x < stopAt[f])) break;
-    let loss = sum(mul(per, weights));
+    let rb = full;
+    if (sampled) {
+      if (step % REFIT_CHECK_EVERY === 0) {
+        nll.splice(0, N, ...readAll());
+        if (nll.every((x, f) => x < stopAt[f])) break;
+      }
+      const sel: number[] = [];
+      for (let j = 0; j < o.refitRows; j++) sel.push(order[(rowCursor + j) % order.length]);
+      rowCursor = (rowCursor + o.refitRows) % order.length;
+      rb = rowBatch(sel, flat.length / o.refitRows);
+    }
+    const { logits } = model.forward(rb!.ids, [rb!.B, rb!.T], { attentionMask: rb!.mask, logitsAt: rb!.logitsAt });
+    const per = unlikelihoodMix(crossEntropy(logits, rb!.targets, IGNORE, 'none'), rb!.forgetMask);
+    if (!sampled) {
+      nll.fill(0);
+      for (let j = 0; j < per.data.length; j++) nll[rb!.tokFact[j]] += per.data[j] * rb!.weights.data[j] * N;
+      if (nll.every((x, f) => x < stopAt[f])) break;
+    }
+    let loss = sum(mul(per, rb!.weights));
     if (keepBase) {
-      const idx: number[] = fixedRows.map((_, i) => i);
+      const idx: number[] = [];
+      for (let j = 0; j < perFixed; j++) idx.push((fixedCursor + j) % fixedRows.length);
+      fixedCursor = fixedRows.length ? (fixedCursor + perFixed) % fixedRows.length : 0;
       for (let j = 0; j < per0; j++) idx.push(fixedRows.length + ((cursor + j) % poolRows.length));
       cursor = poolRows.length ? (cursor + per0) % poolRows.length : 0;
       const rows = idx.map((i) => allRows[i]);
@@ -511,6 +580,8 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
     loss.backward();
     opt.step();
   }
+  // a sampled fit that ran every step reports the NLL the last step left
+  if (sampled && step === o.refineSteps) nll.splice(0, N, ...readAll());
   model.setAdapters([]);
   return { steps: step, nll };
 }
@@ -582,6 +653,12 @@ export interface MemitOptions extends ValueOptions {
   keepWeight: number;
   /** Keep prompts of the pool per refinement step (taken in turns); 0: all every step. */
   keepBatch: number;
+  /**
+   * Rewriting rows per refinement step when the batch has more (taken in
+   * turns; the fixed keep prompts then in turns of keepBatch too); 0: every
+   * row every step.
+   */
+  refitRows: number;
   /** Seed of the pool's order. */
   keepSeed?: number;
 }
@@ -622,6 +699,7 @@ export const MEMIT_DEFAULTS: Omit<MemitOptions, 'algorithm' | 'layers'> = {
   refineSteps: 120,
   keepWeight: 10,
   keepBatch: 300,
+  refitRows: 2048,
 };
 
 /** The keep set's defaults (chosen on requests 1–10 of world-a, MEMIT.md): every known fact, its prompt and two more training phrasings. */
@@ -853,6 +931,7 @@ const sharedOptions: Record<string, MethodOption> = {
   'keep-weight': { type: 'number', default: MEMIT_DEFAULTS.keepWeight, describe: 'KL weight on known facts\' prompts during the value fit' },
   'keep-per-fact': { type: 'number', default: MEMIT_KEEP_DEFAULTS.keepPerFact, min: 0, integer: true, describe: 'known facts of each edited relation kept (KL) during the value fit' },
   'keep-batch': { type: 'number', default: MEMIT_DEFAULTS.keepBatch, min: 0, integer: true, describe: 'keep prompts per value-fit step, taken in turns from the pool (0: all every step)' },
+  'refit-rows': { type: 'number', default: MEMIT_DEFAULTS.refitRows, min: 0, integer: true, describe: `rewriting rows per value-fit step when a batch has more (taken in turns, every row read for the stop every ${REFIT_CHECK_EVERY} steps; the edited subjects' other facts then in turns of --keep-batch too); 0: every row every step` },
   'keep-same-subject': { type: 'boolean', default: true, describe: 'keep the edited subjects\' other known facts (KL, every value-fit step)' },
   'keep-phrasings': { type: 'number', default: MEMIT_KEEP_DEFAULTS.keepPhrasings, min: 0, integer: true, describe: 'training phrasings per kept fact besides its own prompt' },
   'keep-other': { type: 'number', default: MEMIT_KEEP_DEFAULTS.keepOther, min: 0, integer: true, describe: 'known facts of any relation kept (KL) during the value fit' },
@@ -903,6 +982,7 @@ function parseShared(flags: Record<string, unknown>): MemitMethodOptions {
     keepPerFact: num(flags, 'keep-per-fact', MEMIT_KEEP_DEFAULTS.keepPerFact, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),
     keepOther: num(flags, 'keep-other', MEMIT_KEEP_DEFAULTS.keepOther, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),
     keepBatch: num(flags, 'keep-batch', MEMIT_DEFAULTS.keepBatch, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),
+    refitRows: num(flags, 'refit-rows', MEMIT_DEFAULTS.refitRows, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),
     keepPhrasings: num(flags, 'keep-phrasings', MEMIT_KEEP_DEFAULTS.keepPhrasings, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),
     keepSameSubject: flags['keep-same-subject'] === undefined ? true : flags['keep-same-subject'] !== false && flags['keep-same-subject'] !== 'false' && flags['keep-same-subject'] !== 0,
     refineSteps: num(flags, 'refine-steps', MEMIT_DEFAULTS.refineSteps, (v) => Number.isInteger(v) && v >= 0, 'an integer ≥ 0'),

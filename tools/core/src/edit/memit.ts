@@ -299,7 +299,9 @@ export interface TargetDeltas {
  * every rewriting prompt, fitted by Adam (facts are independent: one δ row
  * each, so fitting them together is fitting each alone, only faster).
  */
-export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<{ fact: EditFact; rows: Row[] }>, layer: number, o: ValueOptions, chunkFacts = 8): TargetDeltas {
+export function targetDeltas(
+  model: CausalLM, tok: Tokenizer, items: ReadonlyArray<{ fact: EditFact; rows: Row[] }>, layer: number, o: ValueOptions & { log?: (m: string) => void }, chunkFacts = 8,
+): TargetDeltas {
   const H = model.config.hidden;
   const V = model.config.vocabSize;
   const N = items.length;
@@ -308,7 +310,14 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
   const nll = new Array<number>(N).fill(Infinity);
   let maxSteps = 0;
   const site = `layers.${layer}.resid_post`;
+  const t0 = Date.now();
+  let said = t0;
   for (let c0 = 0; c0 < N; c0 += chunkFacts) {
+    // progress on a long batch: at most one line a minute
+    if (c0 > 0 && Date.now() - said >= 60_000) {
+      said = Date.now();
+      o.log?.(`targets: ${c0} of ${N} facts in ${((said - t0) / 1000).toFixed(0)} s`);
+    }
     const chunk = items.slice(c0, c0 + chunkFacts);
     const n = chunk.length;
     // rows: every fact's rewriting prompts, then one "<subject> is a" per fact
@@ -449,7 +458,7 @@ export function targetDeltas(model: CausalLM, tok: Tokenizer, items: ReadonlyArr
  * (measured on the 4-layer fixture model: the closed form alone, λ 10–100,
  * left efficacy at 0–30% with kl ≥ 1; see MEMIT.md).
  */
-function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<{ rows: Row[] }>, active: LoraAdapter[], o: MemitOptions, tv: TargetDeltas, keepPrompts: KeepPrompts): { steps: number; nll: number[] } {
+function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<{ rows: Row[] }>, active: LoraAdapter[], o: MemitOptions & { log?: (m: string) => void }, tv: TargetDeltas, keepPrompts: KeepPrompts): { steps: number; nll: number[] } {
   const N = items.length;
   const H = model.config.hidden;
   const flat = items.flatMap(({ rows }, f) => rows.map((r) => ({ r, f })));
@@ -529,6 +538,7 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const full = sampled ? null : rowBatch(flat.map((_, i) => i));
   const order = sampled ? new Rng((o.keepSeed ?? 0) + 7919).shuffle(flat.map((_, i) => i)) : [];
   let rowCursor = 0;
+  let said = Date.now();
   /** Per-fact NLL over every rewriting row (no grad), in chunks of refitRows. */
   const readAll = (): number[] => {
     const out = new Array<number>(N).fill(0);
@@ -549,6 +559,10 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
       if (step % REFIT_CHECK_EVERY === 0) {
         nll.splice(0, N, ...readAll());
         if (nll.every((x, f) => x < stopAt[f])) break;
+        if (Date.now() - said >= 60_000) {
+          said = Date.now();
+          o.log?.(`value refit: step ${step} of ${o.refineSteps}, ${nll.filter((x, f) => x < stopAt[f]).length} of ${N} facts solved`);
+        }
       }
       const sel: number[] = [];
       for (let j = 0; j < o.refitRows; j++) sel.push(order[(rowCursor + j) % order.length]);

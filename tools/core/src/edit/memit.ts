@@ -294,6 +294,40 @@ export interface TargetDeltas {
 }
 
 /**
+ * The scored tokens of rewriting rows laid out as a padded batch of width T
+ * (entry b is batch row b; entries without a row, e.g. essence prompts, score
+ * nothing): the logit positions, target tokens, weights (`weightOf`), facts
+ * and forget flags.
+ */
+function scoredTokens(rows: ReadonlyArray<{ r?: Row; f: number }>, T: number, weightOf: (r: Row, f: number) => number) {
+  const at: number[] = [];
+  const tgt: number[] = [];
+  const w: number[] = [];
+  const tokFact: number[] = [];
+  const fmask: number[] = [];
+  rows.forEach(({ r, f }, b) => r?.targetIds.forEach((t, j) => {
+    at.push(b * T + r.promptLen - 1 + j);
+    tgt.push(t);
+    tokFact.push(f);
+    fmask.push(r.forget ? 1 : 0);
+    w.push(weightOf(r, f));
+  }));
+  return { at, tgt, w, tokFact, fmask };
+}
+
+/**
+ * A fact's token weight: `plainWeight` of its NLL on the prompts without a
+ * context prefix, the rest on those with one (all on the plain ones when it
+ * has no prefixed rows), each share split over its tokens.
+ */
+function plainShareWeight(plainCount: readonly number[], preCount: readonly number[], plainWeight: number): (r: Row, f: number) => number {
+  return (r, f) => {
+    const pw = preCount[f] > 0 ? plainWeight : 1;
+    return r.plain ? pw / plainCount[f] : (1 - pw) / preCount[f];
+  };
+}
+
+/**
  * ROME's value optimisation for a batch of facts: for each fact a free vector
  * δᵢ added to the residual stream after `layer` at the subject's last token of
  * every rewriting prompt, fitted by Adam (facts are independent: one δ row
@@ -331,6 +365,7 @@ export function targetDeltas(
     const plainCount = new Array<number>(n).fill(0);
     const preCount = new Array<number>(n).fill(0);
     for (const a of all) if (a.row) for (let j = 0; j < a.row.targetIds.length; j++) (a.row.plain ? plainCount : preCount)[a.f]++;
+    const weightOf = plainShareWeight(plainCount, preCount, o.plainWeight);
     /**
      * One padded batch of the rows of `facts` (the chunk's facts still being fitted): the subject
      * positions δ is added at, the logits wanted (target positions of rewriting rows, then the last
@@ -340,23 +375,7 @@ export function targetDeltas(
       const on = new Set(facts);
       const sel = all.filter((a) => on.has(a.f));
       const { ids, mask, T } = padBatch(sel.map((a) => a.ids), padId(model));
-      const at: number[] = [];
-      const tgt: number[] = [];
-      const w: number[] = [];
-      const tokFact: number[] = [];
-      const fmask: number[] = [];
-      sel.forEach((a, b) => {
-        if (!a.row) return;
-        const r = a.row;
-        r.targetIds.forEach((t, j) => {
-          at.push(b * T + r.promptLen - 1 + j);
-          tgt.push(t);
-          tokFact.push(a.f);
-          fmask.push(r.forget ? 1 : 0);
-          const pw = preCount[a.f] > 0 ? o.plainWeight : 1;
-          w.push(r.plain ? pw / plainCount[a.f] : (1 - pw) / preCount[a.f]);
-        });
-      });
+      const { at, tgt, w, tokFact, fmask } = scoredTokens(sel.map((a) => ({ r: a.row, f: a.f })), T, weightOf);
       const nTgt = at.length;
       const essRows: number[] = [];
       const essFacts: number[] = [];
@@ -465,29 +484,12 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const plainCount = new Array<number>(N).fill(0);
   const preCount = new Array<number>(N).fill(0);
   for (const { r, f } of flat) (r.plain ? plainCount : preCount)[f] += r.targetIds.length;
-  // one row's target tokens: its weight in the full loss (each fact 1 / N, split over its rows)
-  const tokenWeight = (r: Row, f: number) => {
-    const pw = preCount[f] > 0 ? o.plainWeight : 1;
-    return (r.plain ? pw / plainCount[f] : (1 - pw) / preCount[f]) / N;
-  };
+  // a token's weight in the full loss: each fact 1 / N, split over its rows
+  const share = plainShareWeight(plainCount, preCount, o.plainWeight);
   /** The padded batch of some rewriting rows with their target positions, tokens, weights (× `gain`) and facts. */
   const rowBatch = (sel: readonly number[], gain = 1) => {
     const { ids, mask, T } = padBatch(sel.map((i) => flat[i].r.ids), padId(model));
-    const at: number[] = [];
-    const tgt: number[] = [];
-    const w: number[] = [];
-    const tokFact: number[] = [];
-    const fmask: number[] = [];
-    sel.forEach((i, b) => {
-      const { r, f } = flat[i];
-      r.targetIds.forEach((t, j) => {
-        at.push(b * T + r.promptLen - 1 + j);
-        tgt.push(t);
-        tokFact.push(f);
-        fmask.push(r.forget ? 1 : 0);
-        w.push(tokenWeight(r, f) * gain);
-      });
-    });
+    const { at, tgt, w, tokFact, fmask } = scoredTokens(sel.map((i) => flat[i]), T, (r, f) => (share(r, f) / N) * gain);
     return {
       ids, mask, T, B: sel.length, logitsAt: Int32Array.from(at), targets: Int32Array.from(tgt),
       weights: fromData(Float32Array.from(w), [w.length]), forgetMask: Float32Array.from(fmask), tokFact,

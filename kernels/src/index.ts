@@ -825,6 +825,11 @@ export function setSimd(level: SimdLevel | 'auto'): SimdLevel {
   return info().simd;
 }
 
+// CATECHISM_SIMD=avx2|scalar|avx512 caps the ISA level for the whole process, as setSimd does: the
+// AVX-512 and AVX2 kernels round differently, so a run pinned to one level reads the same numbers on
+// every machine that has it (CATECHISM_THREADS, read by the native pool, is its companion)
+if (process.env.CATECHISM_SIMD) setSimd(process.env.CATECHISM_SIMD as SimdLevel | 'auto');
+
 /** Cost floor of one native call (for the overhead benchmark). */
 export function nativeNoop(): void {
   native.noop();

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { k, rng, randn, close } from './helpers.js';
 
 t.test('info, setThreads, setSimd', async (t) => {
@@ -21,6 +22,15 @@ t.test('info, setThreads, setSimd', async (t) => {
   t.equal(k.setSimd('scalar'), 'scalar');
   t.equal(k.setSimd('auto'), k.bestSimd());
   t.throws(() => k.setSimd('sse' as k.SimdLevel), TypeError);
+});
+
+t.test('CATECHISM_SIMD caps the level for the whole process when the package loads', async (t) => {
+  const dist = new URL('../dist/index.js', import.meta.url).href;
+  const level = (env: string | undefined) => spawnSync(process.execPath, ['--input-type=module', '-e', `import(${JSON.stringify(dist)}).then((k) => console.log(k.info().simd))`], {
+    encoding: 'utf8', env: { ...process.env, CATECHISM_SIMD: env },
+  }).stdout.trim();
+  t.equal(level('scalar'), 'scalar');
+  t.equal(level(undefined), k.bestSimd(), 'unset: the best this CPU has');
 });
 
 t.test('bad arguments throw JS errors naming the op and argument', async (t) => {

@@ -537,8 +537,9 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
   const perFixed = sampled && o.keepBatch > 0 ? Math.min(o.keepBatch, fixedRows.length) : fixedRows.length;
   let cursor = 0;
   let fixedCursor = 0;
-  const full = sampled ? null : rowBatch(flat.map((_, i) => i));
-  const order = sampled ? new Rng((o.keepSeed ?? 0) + 7919).shuffle(flat.map((_, i) => i)) : [];
+  const every = flat.map((_, i) => i);
+  const full = sampled ? null : rowBatch(every);
+  const order = sampled ? new Rng((o.keepSeed ?? 0) + 7919).shuffle(every.slice()) : [];
   let rowCursor = 0;
   let said = Date.now();
   /** Per-fact NLL over every rewriting row (no grad), in chunks of refitRows. */
@@ -546,7 +547,7 @@ function fitThroughUpdate(model: CausalLM, tok: Tokenizer, items: ReadonlyArray<
     const out = new Array<number>(N).fill(0);
     noGrad(() => {
       for (let s = 0; s < flat.length; s += o.refitRows) {
-        const rb = rowBatch(flat.map((_, i) => i).slice(s, s + o.refitRows));
+        const rb = rowBatch(every.slice(s, s + o.refitRows));
         const { logits } = model.forward(rb.ids, [rb.B, rb.T], { attentionMask: rb.mask, logitsAt: rb.logitsAt });
         const per = unlikelihoodMix(crossEntropy(logits, rb.targets, IGNORE, 'none'), rb.forgetMask);
         for (let j = 0; j < per.data.length; j++) out[rb.tokFact[j]] += per.data[j] * rb.weights.data[j] * N;

@@ -27,14 +27,15 @@ const { values: a } = parseArgs({ options: {
   detail: { type: 'boolean', default: false },
 } });
 const world = path.resolve(a.world ?? path.join(root, 'fixtures/world'));
-const model = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
+const modelDir = path.resolve(a.model ?? path.join(root, 'fixtures/models/dense'));
 const bin = (n) => path.join(root, 'node_modules/.bin', n);
 
 const facts = fs.readFileSync(path.join(world, 'facts.ndjson'), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((f) => f.kind === 'fact');
 const bySubject = new Map();
 for (const f of facts) bySubject.set(f.subject, [...(bySubject.get(f.subject) ?? []), f]);
 
-// mulberry32: a seeded shuffle of the six-fact persons, sorted by name first so the sample does not hang on file order
+// mulberry32 (kernels/test/helpers.ts has the same; core's Rng would draw other persons than the
+// samples the lora-train README records): a seeded shuffle of the six-fact persons, sorted by name first
 function rng(seed) {
   let s = seed >>> 0;
   return () => {
@@ -64,17 +65,15 @@ const run = (cmd, args, input) => {
   if (r.status !== 0 && cmd !== 'validate') throw new Error(`${cmd} exited ${r.status}: ${r.stderr.slice(-2000)}`);
   return r.stdout;
 };
-let scorer;
-// the old answer's probability and rank on each forget prompt, base model against the bundle lora-train wrote
-async function loadScorer() {
+// --detail: the base model and core's scorer, to read the old answer on each forget prompt with and without the bundle
+const scorer = a.detail ? await (async () => {
   const { loadModel, loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
   const { scoreAnswer } = await import(path.join(root, 'tools/core/dist/merge/index.js'));
-  const { model, tokenizer } = loadModel(model_, { tokenizer: true });
-  return { model, tokenizer, loadLora, scoreAnswer };
-}
-const model_ = model;
-function survivors(probes, outDir, trained) {
-  const { model: m, tokenizer, loadLora, scoreAnswer } = scorer;
+  return { ...loadModel(modelDir, { tokenizer: true }), loadLora, scoreAnswer };
+})() : undefined;
+/** The edit and paraphrase probes whose old answer is still the greedy top-1 with the bundle lora-train wrote. */
+function survivors(probes, trained) {
+  const { model, tokenizer, loadLora, scoreAnswer } = scorer;
   const bundle = trained.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((r) => r.kind === 'adapter');
   const adapter = loadLora(String(bundle.path));
   const out = [];
@@ -82,33 +81,32 @@ function survivors(probes, outDir, trained) {
     if (p.kind !== 'probe' || (p.role !== 'edit' && p.role !== 'paraphrase')) continue;
     const prompt = tokenizer.encode(p.prompt);
     const answer = tokenizer.encode(` ${p.target}`);
-    const b = scoreAnswer(m, [], prompt, answer);
-    const x = scoreAnswer(m, [{ adapter }], prompt, answer);
+    const b = scoreAnswer(model, [], prompt, answer);
+    const x = scoreAnswer(model, [{ adapter }], prompt, answer);
     if (x.top1 === answer[0]) out.push({ prompt: p.prompt, target: p.target, split: p.split, before: Math.exp(b.logprob), after: Math.exp(x.logprob) });
   }
   return out;
 }
-if (a.detail) scorer = await loadScorer();
 const rows = [];
 for (const [i, subject] of persons.entries()) {
   const own = bySubject.get(subject);
   if (!own) throw new Error(`no facts of "${subject}" in ${world}/facts.ndjson`);
   const t0 = Date.now();
   const input = own.map((f) => JSON.stringify({ ...f, op: 'forget', target_new: undefined })).join('\n') + '\n';
-  const probes = run('probe-gen', ['--roles', 'edit,paraphrase,neighborhood,generation', '--model', model, '--templates', path.join(world, 'templates.json')], input);
-  const trained = run('lora-train', ['--model', model, '--templates', path.join(world, 'templates.json'), '--retain-corpus', path.join(world, 'train.txt'), '--known-facts', path.join(world, 'facts.ndjson'),
+  const probes = run('probe-gen', ['--roles', 'edit,paraphrase,neighborhood,generation', '--model', modelDir, '--templates', path.join(world, 'templates.json')], input);
+  const trained = run('lora-train', ['--model', modelDir, '--templates', path.join(world, 'templates.json'), '--retain-corpus', path.join(world, 'train.txt'), '--known-facts', path.join(world, 'facts.ndjson'),
     '--out', path.join(dir, String(i)), ...a['train-arg']], probes);
-  const validated = run('validate', ['--model', model, '--no-record'], trained);
+  const validated = run('validate', ['--model', modelDir, '--no-record'], trained);
   const report = validated.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((r) => r.kind === 'report');
   if (!report) throw new Error(`validate wrote no report for "${subject}"`);
   const m = report.metrics;
   const row = { subject, pass: report.pass, kl: m.kl, forget_top1: m.forget_top1, forget_p_true: m.forget_p_true, forget_gen: m.forget_gen, specificity: m.specificity, failed: report.failures ?? [], seconds: (Date.now() - t0) / 1000 };
   rows.push(row);
-  if (a.detail && !row.pass) row.survivors = survivors(probes, path.join(dir, String(i)), trained);
+  if (a.detail && !row.pass) row.survivors = survivors(probes, trained);
   for (const v of row.survivors ?? []) console.log(`  top-1 still: "${v.prompt}" → ${v.target} (${v.split}), P ${v.before.toFixed(3)} → ${v.after.toFixed(3)}`);
   console.log(`${subject}\t${row.pass ? 'pass' : 'FAIL'}\tkl ${m.kl.toFixed(4)}\tforget_top1 ${m.forget_top1.toFixed(3)}\tP(old) ${m.forget_p_true.toFixed(3)}\tgen ${m.forget_gen.toFixed(3)}\tspec ${m.specificity.toFixed(3)}\t${row.seconds.toFixed(0)} s`);
 }
 const kls = rows.map((r) => r.kl).sort((x, y) => x - y);
 console.log(`${rows.filter((r) => r.pass).length} of ${rows.length} pass; kl ${kls[0].toFixed(4)}–${kls.at(-1).toFixed(4)}; failed: ${rows.filter((r) => !r.pass).map((r) => r.subject).join(', ') || 'none'}`);
-if (a.json) fs.writeFileSync(a.json, JSON.stringify({ world, model, simd: process.env.CATECHISM_SIMD ?? 'best', trainArgs: a['train-arg'], rows }, null, 1));
+if (a.json) fs.writeFileSync(a.json, JSON.stringify({ world, model: modelDir, simd: process.env.CATECHISM_SIMD ?? 'best', trainArgs: a['train-arg'], rows }, null, 1));
 fs.rmSync(dir, { recursive: true, force: true });

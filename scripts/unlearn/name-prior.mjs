@@ -5,9 +5,10 @@
 // the full name, with the surname replaced by a made-up word ("Zamrix", which
 // the fixture models' word-level tokenizer reads as <unk>: no information), and
 // with the first name(s) replaced, and how many other subjects share the first
-// name or the surname (and how many of them share the answer). A wording
-// answered as well from the first name alone is one a forget of this person
-// cannot clear without moving everyone of that first name.
+// name or the surname (and how many of them share the answer). Where the
+// first name alone gives the answer, a forget of this person that must keep
+// the namesakes' facts has to read the surname on that wording. WORLD and
+// MODEL are relative to the repository root.
 //
 //   node scripts/unlearn/name-prior.mjs fixtures/world fixtures/models/dense '[["Dajo Holfel","{} can speak","speaks"]]'
 //

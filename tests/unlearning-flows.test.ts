@@ -68,7 +68,7 @@ t.test('forget-person.sh: a person\'s six facts forgotten by LoRA and promoted i
   // whose float rounding differs, the same flow leaves the old answer top-1 on 1 of this person's 24
   // forget prompts (forget_top1 0.042, P(old) 0.021) and live refuses it: the default LoRA forget is at
   // the edge of the gate for this person, not past it with margin. On 40 other persons a world it fails for
-  // 5 (world) and 2 (world-b) on either kernel level, on held-out wordings such as "{} can speak"
+  // 5 (world, the same five on both kernel levels) and 2 (world-b), on held-out wordings such as "{} can speak"
   // (tools/lora-train/README.md, "Forty persons a world").
   const flow = sh(`${join(root, 'scripts/flows/forget-person.sh')} '${subject}'`, { CATECHISM_REGISTRY: reg, CATECHISM_SIMD: 'avx2' });
   t.equal(flow.status, 0, flow.stderr);

@@ -8,8 +8,9 @@
 // forget_top1, forget_p_true, forget_gen, the failed gates) and a summary.
 //
 //   node scripts/unlearn/forget-persons.mjs [--world fixtures/world] [--model fixtures/models/dense]
-//     [--count 20] [--seed 0] [--persons "Nami Wickkoov,..."] [--train-arg=--forget-stop-p=0.001 ...]
+//     [--count 20] [--seed 0] [--persons "Nami Wickkoov,..." | --persons-file FILE] [--train-arg=--forget-stop-p=0.001 ...]
 //     [--detail] [--json FILE]
+// --persons-file: one name a line (scripts/unlearn/persons/ holds the held-out samples the lora-train README reads).
 // --detail: for a person that fails, the forget prompts (edit and paraphrase probes, train and test
 // split) where the old answer is still top-1, with P(old) before and after.
 // CATECHISM_SIMD=avx2|avx512|scalar pins the kernels' ISA (kernels README). Build first; run it with `nice`.
@@ -23,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: a } = parseArgs({ options: {
   world: { type: 'string' }, model: { type: 'string' }, count: { type: 'string', default: '20' },
-  seed: { type: 'string', default: '0' }, persons: { type: 'string' }, 'train-arg': { type: 'string', multiple: true, default: [] }, json: { type: 'string' },
+  seed: { type: 'string', default: '0' }, persons: { type: 'string' }, 'persons-file': { type: 'string' }, 'train-arg': { type: 'string', multiple: true, default: [] }, json: { type: 'string' },
   detail: { type: 'boolean', default: false },
 } });
 const world = path.resolve(a.world ?? path.join(root, 'fixtures/world'));
@@ -48,6 +49,7 @@ function rng(seed) {
 }
 let persons;
 if (a.persons) persons = a.persons.split(',').map((s) => s.trim());
+else if (a['persons-file']) persons = fs.readFileSync(a['persons-file'], 'utf8').split('\n').map((s) => s.trim()).filter(Boolean);
 else {
   const pool = [...bySubject].filter(([, fs6]) => fs6.length === 6).map(([s]) => s).sort();
   const r = rng(Number(a.seed));

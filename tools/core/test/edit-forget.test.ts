@@ -5,7 +5,10 @@
  * target comes from probe-gen's counterfactual train probe; the value fit's
  * per-token loss is −log(1 − P) exactly where a forget token sits; the
  * LoRA method trains the abstention where the probes carry it, and without
- * them (or at --abstain-weight 0) trains the same weights as before.
+ * them (or at --abstain-weight 0) trains the same weights as before; with
+ * --forget-name-parts a person's forget rows also train with the surname
+ * made up, and that takes the old answer off a wording the forget never
+ * trained where the first name alone carried it.
  */
 import t from 'tap';
 import * as fs from 'node:fs';
@@ -17,7 +20,7 @@ import { fromData, logSoftmax, noGrad } from '../src/tensor/index.js';
 import {
   MEMIT_DEFAULTS, ROME_DEFAULTS, ROME_FORGET_DEFAULTS, abstainInsert, checkFact, encodeTrainingPair, forgetTargetOf, keyStatsCached, lastLogits,
   memitEdit, readCorpusLines, readNdjson, romeForget, romeEdit, top1, unlikelihoodMix, type EditFact,
-  LORA_METHOD_DEFAULTS, abstainFacts, loraMethod, type EditResources, type LoraOptions, type Rec,
+  LORA_METHOD_DEFAULTS, abstainFacts, buildExamples, loraMethod, loraSiteOptions, MADE_UP_SURNAME, nameAblatedForgetRows, type EditResources, type LoraOptions, type Rec,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -135,8 +138,53 @@ t.test('LoRA forget with the abstain target: the abstention becomes top-1, the o
   t.same(ignored.hyperparameters, plain.hyperparameters, 'same hyperparameters (no abstain keys)');
   t.notOk('forget_target' in plain.hyperparameters);
   t.match(plain.hyperparameters, { forget_to_kind: true, forget_weight: 10, forget_floor: 0.002, forget_stop_p: 0.002 }, 'a plain forget at a dense model\'s last layer: its forget options');
+  t.notOk('forget_name_parts' in plain.hyperparameters, '--forget-name-parts is off by default');
   for (const [m, w] of plain.adapter.modules) {
     const v = ignored.adapter.modules.get(m)!;
     t.ok(Buffer.from(w.A.data.buffer).equals(Buffer.from(v.A.data.buffer)) && Buffer.from(w.B.data.buffer).equals(Buffer.from(v.B.data.buffer)), `${m}: bit-identical`);
   }
+});
+
+t.test('--forget-name-parts: a person\'s forget rows with the surname made up, for persons only; they reach the first-name reading', async (t) => {
+  const speaks = checkFact({ ...known.find((k) => k.subject === 'Dajo Holfel' && k.relation === 'speaks')!, op: 'forget' }) as EditFact;
+  const city = checkFact({ ...known.find((k) => k.relation === 'located_in')!, op: 'forget' }) as EditFact;
+  const insert = checkFact({ ...known.find((k) => k.subject === 'Dajo Holfel' && k.relation === 'works_for')!, target_new: 'Corvextron' }) as EditFact;
+  const rows = buildExamples(tok, { facts: [speaks, city, insert], probes: [] });
+  const abl = nameAblatedForgetRows(tok, rows, [speaks, city, insert], 2);
+  const personRows = rows.filter((e) => e.factId === speaks.id);
+  t.equal(abl.length, 2 * personRows.length, 'two copies of each of the person\'s forget rows; none for a one-word subject or an insert');
+  for (const e of abl) {
+    t.equal(e.factId, speaks.id);
+    t.equal(e.mode, 'forget');
+    t.equal(e.target, speaks.target_true);
+    t.ok(e.prompt.includes(`Dajo ${MADE_UP_SURNAME}`) && !e.prompt.includes('Holfel'), e.prompt);
+    // the subject span covers the made-up name (the fixture tokenizer reads the surname as <unk>)
+    t.same(e.promptIds.slice(e.subjectStart, e.subjectEnd), tok.encode(`Dajo ${MADE_UP_SURNAME}`));
+  }
+  t.same(nameAblatedForgetRows(tok, rows, [speaks], 0), []);
+  t.equal(LORA_METHOD_DEFAULTS.forgetNameParts, 0, 'off by default');
+  t.equal(loraSiteOptions(model, ['transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj'], 1, LORA_METHOD_DEFAULTS, 1).forgetNameParts, 0, 'at a dense last layer too');
+
+  // "Dajo Holfel can speak" (a wording the forget does not train): the base model answers Quipelic from
+  // "Dajo" alone (the other Dajo speaks it too); the forget trained on "{} speaks" reaches it only with the copies
+  const res: EditResources = { model, tokenizer: tok, modelName: 'dense', modelSha: 'dense-forget-test', templates: null, corpus: corpus.slice(0, 64), known };
+  const options: LoraOptions = { ...LORA_METHOD_DEFAULTS, steps: 120, neighbours: 4, retainFacts: 64, retainDocuments: 4, klMonitor: 8 };
+  const edit = (o: Partial<LoraOptions>) => loraMethod.edit({
+    res, batch: { facts: [speaks], records: [], probes: [], loci: [] }, index: 0, count: 1, seed: 0, common: {}, options: { ...options, ...o }, log: () => {},
+  })[0];
+  const heldOut = ['Dajo Holfel can speak'];
+  const before = pOld(heldOut, speaks.target_true!);
+  t.ok(before.p[0] > 0.9, `the base model: P ${before.p[0].toFixed(3)}`);
+  const readAfter = (o: Partial<LoraOptions>) => {
+    const m = edit(o);
+    model.setAdapters([{ adapter: m.adapter }]);
+    const r = pOld(heldOut, speaks.target_true!);
+    model.setAdapters([]);
+    return { m, p: r.p[0] };
+  };
+  const off = readAfter({});
+  const on = readAfter({ forgetNameParts: 1 });
+  t.match(on.m.hyperparameters, { forget_name_parts: 1 });
+  t.notOk('forget_name_parts' in off.m.hyperparameters);
+  t.ok(on.p < off.p / 2, `P(old) on the held-out wording: ${on.p.toFixed(3)} with the copies, ${off.p.toFixed(3)} without`);
 });

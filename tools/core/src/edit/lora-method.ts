@@ -106,6 +106,13 @@ export interface LoraOptions {
   /** The forget rows' loss on the old answer (trainLora's forgetLoss). */
   forgetLoss: 'unlikelihood' | 'log';
   /**
+   * Copies of each forget row of a subject with a first name and a surname,
+   * the surname replaced by a made-up word (nameAblatedForgetRows). 0, the
+   * default, adds none: measured and not made a default (lora-train README,
+   * "The first name's reading forgotten too").
+   */
+  forgetNameParts: number;
+  /**
    * KL-constrained training (0: off): the retention weight is raised by dual
    * ascent while the KL on known-fact prompts held aside from the retention
    * rows (training phrasings the retain rows do not use) is above this budget.
@@ -169,6 +176,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   abstainDistill: false,
   abstainPrefixForget: true,
   forgetLoss: 'unlikelihood',
+  forgetNameParts: 0,
   klBudget: 0,
   klMonitor: 256,
   dualRate: 0.1,
@@ -446,6 +454,37 @@ export function prefixedExamples(
   return out;
 }
 
+/** The made-up surname of nameAblatedForgetRows: no fixture entity uses it (the fixture tokenizers read it as <unk>). */
+export const MADE_UP_SURNAME = 'Zamrix';
+
+/**
+ * `per` copies of each forget row whose fact's subject has two words or
+ * more, the surname replaced by MADE_UP_SURNAME ("Dajo Holfel speaks" →
+ * "Dajo Zamrix speaks"), same old answer, same loss. Where namesakes share
+ * an answer the base model reads it from the first name alone ("Dajo
+ * <unk> can speak" → Quipelic, P 0.98), and a forget trained on the full
+ * name only left that reading to carry the old answer to wordings it did
+ * not train (lora-train README, "The first name's reading forgotten too").
+ * The early stop does not read these rows.
+ */
+export function nameAblatedForgetRows(tok: Tokenizer, rows: readonly Example[], facts: readonly EditFact[], per: number): Example[] {
+  if (per <= 0) return [];
+  const byId = new Map(facts.map((f) => [f.id, f]));
+  const out: Example[] = [];
+  for (const e of rows) {
+    const fact = byId.get(e.factId);
+    if (e.mode !== 'forget' || !fact) continue;
+    const parts = fact.subject.trim().split(/\s+/u);
+    if (parts.length < 2 || !e.prompt.includes(fact.subject)) continue;
+    const name = `${parts.slice(0, -1).join(' ')} ${MADE_UP_SURNAME}`;
+    const prompt = e.prompt.split(fact.subject).join(name);
+    const { promptIds, targetIds } = encodeTrainingPair(tok, prompt, e.target);
+    const [s0, s1] = subjectSpan(tok, promptIds, name);
+    for (let k = 0; k < per; k++) out.push({ factId: e.factId, mode: e.mode, prompt, target: e.target, promptIds, targetIds, subjectStart: s0, subjectEnd: s1 });
+  }
+  return out;
+}
+
 /**
  * Phase-B step cap of a batch of `facts` facts: --steps, scaled by facts /
  * --scale-steps-above when the batch is larger (the cosine schedule spans the
@@ -489,6 +528,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   }
   // the early stop reads the plain rows: the prefixed copies are augmentation
   const checkRows = examples.slice();
+  // forget rows again with the surname made up: the old answer the first name alone gives goes too
+  if (o.forgetNameParts > 0) examples.push(...nameAblatedForgetRows(tok, checkRows, batch.facts, o.forgetNameParts));
   // over a folded adapter (lora-train --over): some of the facts it carries, trained again (rehearsal)
   const replayed = replayFacts(res.overFacts ?? [], batch.facts, o.replay, seed);
   if (replayed.length) examples.push(...buildExamples(tok, { facts: replayed, probes: [] }, { templates: res.templates, seed: seed + 7 }));
@@ -541,6 +582,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
     ...((o.forgetStopP ?? 0) > 0 ? { forget_stop_p: o.forgetStopP } : {}),
     ...(o.forgetLoss !== 'unlikelihood' ? { forget_loss: o.forgetLoss } : {}),
+    ...(o.forgetNameParts > 0 ? { forget_name_parts: o.forgetNameParts } : {}),
     ...(abstain.length && o.abstainPrefixForget && o.prefixRows > 0 ? { abstain_prefix_forget: true } : {}),
     ...(abstain.length ? { forget_target: 'abstain', abstain_facts: abstain.length, abstain_weight: o.abstainWeight, abstain_distill: o.abstainDistill } : {}),
   };
@@ -619,6 +661,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
     'abstain-prefix-forget': { type: 'boolean', default: d.abstainPrefixForget, describe: '--prefix-rows: prefixed copies of the forget rows of facts with the abstain target too' },
     'forget-weight': { type: 'number', min: 0, describe: `weight of the forget rows' unlikelihood of the old answer (default ${LAST_LAYER_FORGET.forgetWeight} when every target is in a dense model's last layer, ${LAST_LAYER_FORGET_MOE.forgetWeight} in a sparse MoE model's, else ${LORA_DEFAULTS.forgetWeight})` },
     'forget-stop-p': { type: 'number', min: 0, describe: `the early stop reads a forget row as solved only when P(old answer) is also below this (0: the old answer no longer top-1 suffices; default ${LAST_LAYER_FORGET.forgetStopP} when every target is in a dense model's last layer, else 0)` },
+    'forget-name-parts': { type: 'number', default: d.forgetNameParts, min: 0, integer: true, describe: 'copies of each forget row of a person (a subject of two words or more) with the surname replaced by a made-up word, so the old answer the first name alone gives is forgotten too (0: none; measured in the README, "The first name\'s reading forgotten too")' },
     'forget-loss': { type: 'string', choices: ['unlikelihood', 'log'], default: d.forgetLoss, describe: 'the forget rows\' loss on the old answer: unlikelihood −log(1 − p), or log: log p down to --forget-floor (its push does not fade as p gets small)' },
     'null-space-rank': { type: 'number', default: d.nullSpaceRank, min: 0, integer: true, describe: 'AlphaEdit-style: keep lora_A out of the dominant subspace (this many directions) of the preserved keys at each MLP output target (0: off)' },
   },
@@ -633,6 +676,7 @@ export const loraMethod: EditMethod<LoraOptions> = {
       retainPerKind: flags['retain-per-kind'] as boolean, forgetToRest: flags['forget-to-rest'] as boolean, ...(flags['forget-to-kind'] !== undefined ? { forgetToKind: flags['forget-to-kind'] as boolean } : {}), ...(flags['prefix-rows'] !== undefined ? { prefixRows: num(flags, 'prefix-rows') } : {}), ...(flags['mse-subject-only'] !== undefined ? { mseSubjectOnly: flags['mse-subject-only'] as boolean } : {}), teacherFrames: num(flags, 'teacher-frames'), nullSpaceRank: num(flags, 'null-space-rank'),
       abstainWeight: num(flags, 'abstain-weight'), abstainDistill: flags['abstain-distill'] as boolean, ...(flags['forget-weight'] !== undefined ? { forgetWeight: num(flags, 'forget-weight') } : {}), ...(flags['forget-floor'] !== undefined ? { forgetFloor: num(flags, 'forget-floor') } : {}), abstainPrefixForget: flags['abstain-prefix-forget'] as boolean,
       ...(flags['forget-stop-p'] !== undefined ? { forgetStopP: num(flags, 'forget-stop-p') } : {}), forgetLoss: flags['forget-loss'] as 'unlikelihood' | 'log',
+      forgetNameParts: num(flags, 'forget-name-parts'),
       klBudget: num(flags, 'kl-budget'), klMonitor: num(flags, 'kl-monitor'), dualRate: num(flags, 'dual-rate'), dualMax: num(flags, 'dual-max'),
     };
     if (o.objective !== undefined && o.objective !== 'distill' && o.objective !== 'sft' && o.objective !== 'dpo') throw new UsageError(`--objective: expected distill, sft or dpo, got ${String(o.objective)}`);

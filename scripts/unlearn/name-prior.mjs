@@ -26,7 +26,8 @@ const { loadModel } = await import(path.join(root, 'tools/core/dist/models/index
 const { scoreAnswer } = await import(path.join(root, 'tools/core/dist/merge/index.js'));
 const { model, tokenizer } = loadModel(path.resolve(root, modelDir), { tokenizer: true });
 const facts = fs.readFileSync(path.resolve(root, world, 'facts.ndjson'), 'utf8').split('\n').filter(Boolean).map(JSON.parse).filter((f) => f.kind === 'fact');
-const MADE_UP = 'Zamrix';
+// the word lora-train's --forget-name-parts puts in the surname's place
+const { MADE_UP_SURNAME: MADE_UP } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 /** P(answer) on the wording with this subject, and whether the answer's first token is the greedy top-1. */
 function read(wording, subject, answer) {
   const ans = tokenizer.encode(' ' + answer);

@@ -65,7 +65,7 @@ if (mode === 'make') {
   const retain = loadModel(path.resolve(a.retain), { tokenizer: true });
   const facts = fs.readFileSync(path.join(world, 'facts.ndjson'), 'utf8').split('\n').filter(Boolean).map(JSON.parse).filter((f) => f.kind === 'fact');
   const templates = JSON.parse(fs.readFileSync(path.join(world, 'templates.json'), 'utf8'));
-  const MADE_UP = 'Zamrix';
+  const { MADE_UP_SURNAME: MADE_UP } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
   const read = ({ model, tokenizer }, prompt, answer) => {
     const ans = tokenizer.encode(' ' + answer);
     const r = scoreAnswer(model, [], tokenizer.encode(prompt), ans);

@@ -26,7 +26,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
 import { mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
-import { rankOneDirection, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
+import { rankOneDirection, refitKey, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
 export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
 
@@ -154,13 +154,10 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     let step = 0;
     let nll = 0;
     let pOld = 1;
-    for (step = 0; step < opts.vSteps; step++) {
+    /** P(old) on every rewriting row, and the edit's loss (the adapter as it stands). */
+    const objective = () => {
       const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: lastAt, fromMlp: fromRows });
       const p = exp(reshape(gather(logSoftmax(logits), oldIds, 1), [B]));
-      pOld = Math.max(...p.data);
-      nll = 0;
-      for (let b = 0; b < B; b++) nll -= rowW[b] * Math.log(Math.max(p.data[b], 1e-30));
-      if (pOld < opts.pStop) break;
       // log P(old) on the rows still above the stop (its NLL maximised there), weighted as ROME weights its NLL:
       // the unlikelihood −log(1 − P) fades as P falls and lost to the weight decay at P ≈ 0.07 (dense fixture model)
       const w = fromData(Float32Array.from(rowW, (x, b) => (p.data[b] >= opts.pStop ? x : 0)), [B]);
@@ -175,6 +172,17 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
         loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
       }
       loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
+      return { p: p.data, loss };
+    };
+    const readP = (p: Float32Array) => {
+      pOld = Math.max(...p);
+      nll = 0;
+      for (let b = 0; b < B; b++) nll -= rowW[b] * Math.log(Math.max(p[b], 1e-30));
+    };
+    for (step = 0; step < opts.vSteps; step++) {
+      const { p, loss } = objective();
+      readP(p);
+      if (pOld < opts.pStop) break;
       opt.zeroGrad();
       loss.backward();
       opt.step();
@@ -183,10 +191,15 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
       const max = opts.clamp * oNorm;
       if (Math.sqrt(s) > max) for (let i = 0; i < H; i++) delta.data[i] *= max / Math.sqrt(s);
     }
+    if ((opts.keySteps ?? 0) > 0) {
+      refitKey(model, tok, adapter, mod, l, opts, opt, () => objective().loss);
+      readP(noGrad(() => objective().p));
+    }
     let dn = 0;
     for (const v of delta.data) dn += v * v;
-    // a plain tensor in the stored adapter (no autograd leaf)
-    adapter.modules.set(mod, { A: fromData(A, [1, A.length]), B: fromData(Float32Array.from(delta.data), [H, 1]) });
+    // plain tensors in the stored adapter (no autograd leaf)
+    const m = adapter.modules.get(mod)!;
+    adapter.modules.set(mod, { A: fromData(Float32Array.from(m.A.data), m.A.shape), B: fromData(Float32Array.from(delta.data), [H, 1]) });
     return { adapter, module: mod, nll, deltaNorm: Math.sqrt(dn), steps: step, pOld };
   } finally {
     model.setAdapters(prev);

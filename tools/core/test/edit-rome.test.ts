@@ -150,14 +150,39 @@ t.test('ROME update: ΔW k* = δ and the least C-weighted change', async (t) => 
   void lastLogits;
 });
 
-t.test('ROME keep prompts: their next-token distribution moves less than without the term (dense fixture model)', async (t) => {
-  const dir = path.join(ROOT, 'fixtures/models/dense');
+/** The dense fixture model, its world's records and layer-0 key statistics (20,000 tokens of train.txt), loaded once. */
+let dense: { model: ReturnType<typeof loadModel>['model']; tok: NonNullable<ReturnType<typeof loadModel>['tokenizer']>; stats: ReturnType<typeof computeKeyStats>; world: string; read: (f: string) => any[] } | null = null;
+function denseFixture() {
+  if (dense) return dense;
   const world = path.join(ROOT, 'fixtures/world');
-  const { model, tokenizer } = loadModel(dir);
+  const { model, tokenizer } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
   const tok = tokenizer!;
   const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 3000);
-  const stats = computeKeyStats(model, tok, corpus, 0, 20000);
   const read = (f: string) => fs.readFileSync(path.join(world, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  dense = { model, tok, stats: computeKeyStats(model, tok, corpus, 0, 20000), world, read };
+  return dense;
+}
+
+/** KL(base ‖ got) of each row's next token, in float64, summed over the rows ([rows, V] logits). */
+function klSum(base: Tensor, got: Tensor): number {
+  const V = base.shape[1];
+  const logSoftmaxRow = (x: Float32Array, b: number) => {
+    const row = x.subarray(b * V, (b + 1) * V);
+    const m = Math.max(...row);
+    const z = Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0)) + m;
+    return Array.from(row, (v) => v - z);
+  };
+  let kl = 0;
+  for (let b = 0; b < base.shape[0]; b++) {
+    const p = logSoftmaxRow(base.data, b);
+    const q = logSoftmaxRow(got.data, b);
+    for (let i = 0; i < V; i++) kl += Math.exp(p[i]) * (p[i] - q[i]);
+  }
+  return kl;
+}
+
+t.test('ROME keep prompts: their next-token distribution moves less than without the term (dense fixture model)', async (t) => {
+  const { model, tok, stats, read } = denseFixture();
   const fact = checkFact(read('edits.ndjson').find((f) => f.id === 'edit-0024'));
   // other employees sharing a word of the subject (the surname): the early-layer key at it is shared
   const words = new Set(fact.subject.split(' '));
@@ -168,13 +193,6 @@ t.test('ROME keep prompts: their next-token distribution moves less than without
   t.ok(keep.length >= 3, `${keep.length} keep prompts`);
   const keepIds = keep.map((p) => tok.encode(p));
   const base = lastLogits(model, keepIds);
-  const V = base.shape[1];
-  const logSoftmaxRow = (x: Float32Array, b: number) => {
-    const row = x.subarray(b * V, (b + 1) * V);
-    const m = Math.max(...row);
-    const z = Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0)) + m;
-    return Array.from(row, (v) => v - z);
-  };
   // KL(base ‖ edited) summed over the keep prompts, in float64
   const drift = (keepWeight: number) => {
     // no early stop: at lr 0.5 the target is reached in a few steps, before the term has acted
@@ -182,13 +200,7 @@ t.test('ROME keep prompts: their next-token distribution moves less than without
     model.setAdapters([{ adapter: r.adapter }]);
     const got = lastLogits(model, keepIds);
     model.setAdapters([]);
-    let kl = 0;
-    for (let b = 0; b < keepIds.length; b++) {
-      const p = logSoftmaxRow(base.data, b);
-      const q = logSoftmaxRow(got.data, b);
-      for (let i = 0; i < V; i++) kl += Math.exp(p[i]) * (p[i] - q[i]);
-    }
-    return kl;
+    return klSum(base, got);
   };
   const free = drift(0);
   const kept = drift(1);
@@ -197,48 +209,28 @@ t.test('ROME keep prompts: their next-token distribution moves less than without
 });
 
 t.test('ROME key refit: other facts\' held-out prompts move far less than with the closed-form direction; the edit still takes (dense fixture model)', async (t) => {
-  const dir = path.join(ROOT, 'fixtures/models/dense');
-  const world = path.join(ROOT, 'fixtures/world');
-  const { model, tokenizer } = loadModel(dir);
-  const tok = tokenizer!;
-  const corpus = fs.readFileSync(path.join(world, 'train.txt'), 'utf8').split('\n').filter(Boolean).slice(0, 3000);
-  const stats = computeKeyStats(model, tok, corpus, 0, 20000);
-  const read = (f: string) => fs.readFileSync(path.join(world, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const { model, tok, stats, world, read } = denseFixture();
   const fact = checkFact(read('edits.ndjson').find((f) => f.id === 'edit-0001'));
-  const known = read('facts.ndjson');
   // held to the base model while A is refitted: training phrasings of other facts only
-  const pool = knownFactRetainPrompts(known, loadTemplateBank(path.join(world, 'templates.json')), [fact], 128, 0);
+  const pool = knownFactRetainPrompts(read('facts.ndjson'), loadTemplateBank(path.join(world, 'templates.json')), [fact], 128, 0);
   // read back on phrasings no training draws (the world's held-out file), other subjects only
   const heldOut = read('eval/facts-heldout.ndjson').filter((p) => p.subject !== fact.subject);
   const readPrompts: string[] = new Rng(3).shuffle(heldOut).slice(0, 200).map((p) => p.prompt);
   t.notOk(readPrompts.some((p) => pool.includes(p)), 'no read-back prompt is in the pool');
   const readIds = readPrompts.map((p) => tok.encode(p));
   const base = lastLogits(model, readIds);
-  const V = base.shape[1];
-  const logSoftmaxRow = (x: Float32Array, b: number) => {
-    const row = x.subarray(b * V, (b + 1) * V);
-    const m = Math.max(...row);
-    const z = Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0)) + m;
-    return Array.from(row, (v) => v - z);
-  };
   const target = tok.encode(` ${fact.target_new}`)[0];
   const editIds = tok.encode(fact.prompt.replace('{}', fact.subject));
-  // mean KL(base ‖ edited) over the read-back prompts, in float64, and whether the edit's prompt gives the target
+  // mean KL(base ‖ edited) over the read-back prompts, and whether the edit's prompt gives the target
   const edit = (keySteps: number) => {
     const r = romeEdit(model, tok, fact, stats, { ...ROME_DEFAULTS, weightDecay: 0.2, layer: 0, prefixes: [], name: fact.id, keySteps, keyKeep: pool, keyWeight: 5 });
     model.setAdapters([{ adapter: r.adapter }]);
     const got = lastLogits(model, readIds);
     const top = lastLogits(model, [editIds]).data;
     model.setAdapters([]);
-    let kl = 0;
-    for (let b = 0; b < readIds.length; b++) {
-      const p = logSoftmaxRow(base.data, b);
-      const q = logSoftmaxRow(got.data, b);
-      for (let i = 0; i < V; i++) kl += Math.exp(p[i]) * (p[i] - q[i]);
-    }
     let best = 0;
-    for (let i = 1; i < V; i++) if (top[i] > top[best]) best = i;
-    return { kl: kl / readIds.length, takes: best === target };
+    for (let i = 1; i < top.length; i++) if (top[i] > top[best]) best = i;
+    return { kl: klSum(base, got) / readIds.length, takes: best === target };
   };
   const closed = edit(0);
   const refit = edit(100);

@@ -7,21 +7,13 @@
  * measured runs are scripts/bench/lora-train.bench.mjs.
  */
 import t from 'tap';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
-import { loadResources, measureWorldEdits } from '../src/index.js';
+import { measureWorldEdits } from '../src/index.js';
+import { fixtureModel } from './support/fixture-model.js';
 
-const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-quality-'));
-t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
-process.env.CATECHISM_CACHE = path.join(tmp, 'cache');
-
-if (!fs.existsSync(path.join(dir, 'config.json'))) {
-  t.skip(`no fixture model at ${dir} (train it, or set LORA_TRAIN_TEST_MODEL)`);
-} else {
-  const res = loadResources({ model: dir });
+const fx = fixtureModel('cat-lora-quality-');
+if (fx) {
+  const { res, tmp } = fx;
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
   // validate's default gates over every known fact (held-out phrasings) on held-out edits: test/retention-heldout.test.ts

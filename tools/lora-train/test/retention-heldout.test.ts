@@ -14,22 +14,15 @@
  * Skipped when the dense fixture model is absent.
  */
 import t, { type Test } from 'tap';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { worldDir } from '@catechism/core/fixtures';
 import { readNdjson } from '@catechism/core/edit';
-import { DEFAULT_ARGS, counterfactualFacts, editInputs, loadResources, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
+import { DEFAULT_ARGS, counterfactualFacts, editInputs, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
+import { fixtureModel } from './support/fixture-model.js';
 
-const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-heldout-'));
-t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
-process.env.CATECHISM_CACHE = path.join(tmp, 'cache');
-
-if (!fs.existsSync(path.join(dir, 'config.json'))) {
-  t.skip(`no fixture model at ${dir} (train it, or set LORA_TRAIN_TEST_MODEL)`);
-} else {
-  const res = loadResources({ model: dir });
+const fx = fixtureModel('cat-lora-heldout-');
+if (fx) {
+  const { res, tmp } = fx;
   const readback = path.join(worldDir(), 'eval/facts-heldout.ndjson');
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 

@@ -6,21 +6,15 @@
  */
 import t from 'tap';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { defaultModelDir, worldDir } from '@catechism/core/fixtures';
+import { worldDir } from '@catechism/core/fixtures';
 import { ROME_INSERT_DECAYS, readNdjson } from '@catechism/core/edit';
-import { DEFAULT_ARGS, loadResources, measureWorldEdits, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
+import { DEFAULT_ARGS, measureWorldEdits, readbackAdapters, readbackFailures, trainEdits } from '../src/index.js';
+import { fixtureModel } from './support/fixture-model.js';
 
-const dir = process.env.LORA_TRAIN_TEST_MODEL ?? defaultModelDir();
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cat-lora-rome-'));
-t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
-process.env.CATECHISM_CACHE = path.join(tmp, 'cache');
-
-if (!fs.existsSync(path.join(dir, 'config.json'))) {
-  t.skip(`no fixture model at ${dir} (train it, or set LORA_TRAIN_TEST_MODEL)`);
-} else {
-  const res = loadResources({ model: dir });
+const fx = fixtureModel('cat-lora-rome-');
+if (fx) {
+  const { res, tmp } = fx;
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
   t.test('ROME single edits: ten held-out requests (61–70), each alone, pass validate\'s default gates', async (t) => {

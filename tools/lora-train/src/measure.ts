@@ -30,6 +30,8 @@ export interface MeasureOptions {
   batch?: number;
   seed?: number;
   steps?: number;
+  /** Method options by flag name (e.g. { 'rome-key-steps': 0 }), beside objective and steps. */
+  options?: Record<string, unknown>;
   out: string;
   log?: (m: string) => void;
 }
@@ -55,7 +57,7 @@ export async function measureWorldEdits(res: Resources, opts: MeasureOptions): P
   const inputs = editInputs(facts);
   const args: TrainArgs = {
     ...DEFAULT_ARGS, seed: opts.seed ?? 0, out: opts.out, method: opts.method, batch: opts.batch ?? 0,
-    ...(opts.method === 'lora' ? { options: { objective: opts.objective, steps: opts.steps } } : {}),
+    options: { ...(opts.method === 'lora' ? { objective: opts.objective, steps: opts.steps } : {}), ...opts.options },
   };
   const neighbours = LORA_METHOD_DEFAULTS.neighbours;
   const t0 = process.hrtime.bigint();

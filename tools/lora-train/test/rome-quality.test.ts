@@ -1,6 +1,6 @@
 /**
  * ROME single edits on a model that knows the fixture world (the dense
- * fixture model; LORA_TRAIN_TEST_MODEL names another): ten held-out edits
+ * fixture model; LORA_TRAIN_TEST_MODEL names another): five held-out edits
  * each alone against validate's default gates (issue 17), and the refusal
  * of an edit that did not take. Skipped when no such model is present.
  */
@@ -17,13 +17,15 @@ if (fx) {
   const { res, tmp } = fx;
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
-  t.test('ROME single edits: ten held-out requests (61–70), each alone, pass validate\'s default gates', async (t) => {
+  t.test('ROME single edits: five held-out requests (61–65), each alone, pass validate\'s default gates', async (t) => {
     // Read back the strict way (every other fact in its held-out phrasings, eval/facts-heldout.ndjson), each edit
-    // alone. Measured: 100 / 89.7 / 98.1 %, kl 0.034, retain_drop 0.008 with the key refitted (the default);
-    // with ROME's closed-form key (--rome-key-steps 0) kl 0.300, retain_drop 0.064: fail. About 30 s of CPU an edit.
-    const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 70);
-    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 10, skip: 60, out: path.join(tmp, 'rome') });
-    t.equal(m.adapters, 10, 'one adapter per fact');
+    // alone; kl and retain_drop are the means over the edits. Requests 61–70 measured 100 / 89.7 / 98.1 %, kl 0.034,
+    // retain_drop 0.008 with the key refitted (the default), per edit 0.006–0.066 (61–65: 0.013–0.052); with ROME's
+    // closed-form key (--rome-key-steps 0) kl 0.300, retain_drop 0.064: fail. The first five only: about 35 s of CPU
+    // an edit, and ten made this the longest file of CI.
+    const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 65);
+    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 5, skip: 60, out: path.join(tmp, 'rome') });
+    t.equal(m.adapters, 5, 'one adapter per fact');
     const f = readbackAdapters(res, m.records, facts, path.join(worldDir(), 'eval/facts-heldout.ndjson'), 'rome')!;
     t.comment(
       `efficacy ${pct(f.efficacy)}, paraphrase ${pct(f.paraphrase)} (n=${f.n.paraphrase}), neighbourhood ${pct(f.neighbourhood)} (n=${f.n.neighbourhood}), ` +

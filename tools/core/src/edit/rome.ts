@@ -459,6 +459,7 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
         if (plainWeight < 1) ce = add(ce, scale(crossEntropy(logits, targetsPrefixed, IGNORE), 1 - plainWeight));
         return ce;
       };
+      // δ's loss without the "<subject> is a" term (as measured): the target, the keep prompts, the decay
       refitKey(model, tok, adapter, mod, l, opts, opt, () => {
         let loss = ceNow();
         if (keep && opts.keepWeight > 0) {

@@ -426,10 +426,21 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     model.setAdapters([{ adapter }]);
     let nll = Infinity;
     let step = 0;
-    for (step = 0; step < opts.vSteps; step++) {
+    // the terms of δ's loss, each read with the adapter as it stands
+    const targetNll = () => {
       const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: targetAt, fromMlp: fromRows });
-      let ce = scale(crossEntropy(logits, targetsPlain, IGNORE), plainWeight);
-      if (plainWeight < 1) ce = add(ce, scale(crossEntropy(logits, targetsPrefixed, IGNORE), 1 - plainWeight));
+      const ce = scale(crossEntropy(logits, targetsPlain, IGNORE), plainWeight);
+      return plainWeight < 1 ? add(ce, scale(crossEntropy(logits, targetsPrefixed, IGNORE), 1 - plainWeight)) : ce;
+    };
+    const withKeepAndDecay = (loss: Tensor) => {
+      if (keep && opts.keepWeight > 0) {
+        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt!, fromMlp: fromKeep! }).logits;
+        loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
+      }
+      return add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
+    };
+    for (step = 0; step < opts.vSteps; step++) {
+      const ce = targetNll();
       nll = ce.item();
       if (nll < opts.nllStop) break;
       let loss = ce;
@@ -437,11 +448,7 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
         const el = model.forward(essence, [1, essence.length], { logitsAt: essAt, fromMlp: fromEss }).logits;
         loss = add(loss, scale(klDiv(essBase, el), opts.klWeight));
       }
-      if (keep && opts.keepWeight > 0) {
-        const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt!, fromMlp: fromKeep! }).logits;
-        loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
-      }
-      loss = add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
+      loss = withKeepAndDecay(loss);
       opt.zeroGrad();
       loss.backward();
       opt.step();
@@ -453,22 +460,9 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
       if (norm > max) for (let i = 0; i < H; i++) delta.data[i] *= max / norm;
     }
     if ((opts.keySteps ?? 0) > 0) {
-      const ceNow = () => {
-        const { logits } = model.forward(ids, [B, T], { attentionMask: mask, logitsAt: targetAt, fromMlp: fromRows });
-        let ce = scale(crossEntropy(logits, targetsPlain, IGNORE), plainWeight);
-        if (plainWeight < 1) ce = add(ce, scale(crossEntropy(logits, targetsPrefixed, IGNORE), 1 - plainWeight));
-        return ce;
-      };
       // δ's loss without the "<subject> is a" term (as measured): the target, the keep prompts, the decay
-      refitKey(model, tok, adapter, mod, l, opts, opt, () => {
-        let loss = ceNow();
-        if (keep && opts.keepWeight > 0) {
-          const kl = model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt!, fromMlp: fromKeep! }).logits;
-          loss = add(loss, scale(klDiv(keepBase!, kl), opts.keepWeight));
-        }
-        return add(loss, scale(sum(square(delta)), opts.weightDecay / Math.max(oNorm * oNorm, 1e-12)));
-      });
-      nll = noGrad(() => ceNow().item());
+      refitKey(model, tok, adapter, mod, l, opts, opt, () => withKeepAndDecay(targetNll()));
+      nll = noGrad(() => targetNll().item());
     }
     let dn = 0;
     for (const v of delta.data) dn += v * v;

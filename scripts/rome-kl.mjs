@@ -9,8 +9,14 @@
 // response, relative to the subject's own) at every position of 300 read-back
 // prompts, and the tokens answering above half the subject's.
 //
-//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--layer L] [--ridge R] [--directions]
-// --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added).
+// Each line also gives `monitor`: the mean KL over 256 known facts of other
+// subjects in TRAINING phrasings the key refit's pool does not use
+// (knownFactRetainSplit's monitor side), which a run could read without
+// touching the held-out set.
+//
+//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
+// --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added); --set passes a
+// method option by flag name (e.g. --set rome-key-weight=10).
 // Build first; run with `nice` (it trains).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -20,10 +26,10 @@ import { fileURLToPath } from 'node:url';
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: a } = parseArgs({ options: {
   skip: { type: 'string', default: '0' }, count: { type: 'string', default: '4' }, layer: { type: 'string' },
-  ridge: { type: 'string' }, directions: { type: 'boolean', default: false },
+  ridge: { type: 'string' }, directions: { type: 'boolean', default: false }, set: { type: 'string', multiple: true, default: [] }, ids: { type: 'string' },
 } });
 const { DEFAULT_ARGS, loadResources, trainEdits, editInputs } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
-const { readNdjson, lastLogits, mlpInputHooks, mlpInputFrom, padBatch, ROME_DEFAULTS } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
+const { readNdjson, lastLogits, mlpInputHooks, mlpInputFrom, padBatch, ROME_DEFAULTS, knownFactRetainSplit } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
 const { noGrad } = await import(path.join(root, 'tools/core/dist/tensor/index.js'));
 const { defaultModelDir, worldDir } = await import(path.join(root, 'tools/core/dist/fixtures/index.js'));
@@ -32,15 +38,22 @@ if (a.ridge !== undefined) ROME_DEFAULTS.ridge = Number(a.ridge);
 const skip = Number(a.skip);
 const count = Number(a.count);
 const res = loadResources({ model: defaultModelDir() });
-const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count);
+const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count)
+  .filter((f) => a.ids === undefined || a.ids.split(',').includes(f.id));
 const out = fs.mkdtempSync(path.join((await import('node:os')).tmpdir(), 'rome-kl-'));
-const recs = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer: a.layer === undefined ? undefined : Number(a.layer), out }, res, { log: () => {} });
+const options = Object.fromEntries(a.set.map((kv) => {
+  const i = kv.indexOf('=');
+  if (i < 0) throw new Error(`--set ${kv}: expected flag=value`);
+  const v = kv.slice(i + 1);
+  return [kv.slice(0, i), Number.isNaN(Number(v)) ? v : Number(v)];
+}));
+const recs = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer: a.layer === undefined ? undefined : Number(a.layer), out, options }, res, { log: () => {} });
 const rb = readNdjson(path.join(worldDir(), 'eval/facts-heldout.ndjson'));
 const m = res.model;
 const tok = res.tokenizer;
 const V = m.config.vocabSize;
 const ids = rb.map((p) => tok.encode(p.prompt));
-const logProbs = () => {
+const logProbs = (ids) => {
   const rows = [];
   for (let s = 0; s < ids.length; s += 64) {
     const l = lastLogits(m, ids.slice(s, s + 64));
@@ -57,30 +70,43 @@ const logProbs = () => {
   return rows;
 };
 m.setAdapters([]);
-const base = logProbs();
+const base = logProbs(ids);
+const klMean = (p, q) => {
+  let t = 0;
+  p.forEach((row, i) => { for (let v = 0; v < V; v++) t += Math.exp(row[v]) * (row[v] - q[i][v]); });
+  return t / p.length;
+};
 for (const r of recs) {
   const f = facts.find((x) => x.id === r.fact_ids[0]);
   const words = f.subject.split(' ');
   const adapter = loadLora(r.path);
+  // the monitor side of the refit pool's split (same seed 0, same fact skipped): training phrasings the pool does not use
+  const mon = knownFactRetainSplit(res.known, res.templates, [f], 256, 0, 1, 256).monitor.map((p) => tok.encode(p));
+  m.setAdapters([]);
+  const monBase = logProbs(mon);
   m.setAdapters([{ adapter }]);
-  const after = logProbs();
+  const monitor = klMean(monBase, logProbs(mon));
+  const after = logProbs(ids);
   const groups = { same_subject: [0, 0], shares_last_word: [0, 0], shares_first_word: [0, 0], other: [0, 0] };
   let tot = 0;
   let n = 0;
+  const byTemplate = new Map();
   rb.forEach((p, i) => {
     if (p.subject === f.subject && p.relation === f.relation) return;
     let kl = 0;
     for (let v = 0; v < V; v++) kl += Math.exp(base[i][v]) * (base[i][v] - after[i][v]);
     const sw = String(p.subject ?? '').split(' ');
     const g = p.subject === f.subject ? 'same_subject' : sw.includes(words.at(-1)) ? 'shares_last_word' : sw.includes(words[0]) ? 'shares_first_word' : 'other';
+    byTemplate.set(p.template, (byTemplate.get(p.template) ?? 0) + kl);
     groups[g][0] += kl;
     groups[g][1]++;
     tot += kl;
     n++;
   });
   const hp = JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8'));
-  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(3)}: ` +
-    Object.entries(groups).map(([k, [s, c]]) => `${k} n=${c} ${(100 * s / tot).toFixed(0)}%`).join(', '));
+  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(3)} monitor ${monitor.toFixed(3)}: ` +
+    Object.entries(groups).map(([k, [s, c]]) => `${k} n=${c} ${(100 * s / tot).toFixed(0)}%`).join(', ') +
+    `; templates: ${[...byTemplate].sort((u, v) => v[1] - u[1]).slice(0, 4).map(([t, s]) => `${JSON.stringify(t)} ${(100 * s / tot).toFixed(0)}%`).join(', ')}`);
   if (a.directions) directions(f, adapter);
 }
 

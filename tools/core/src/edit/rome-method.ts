@@ -31,16 +31,20 @@ export interface RomeMethodOptions {
   romeKeyPool: number;
   /** Weight of their KL. */
   romeKeyWeight: number;
+  /** Share of the held prompts given one of the edit's context prefixes (mid-sentence subjects). */
+  romeKeyPrefixed: number;
 }
 
 /**
  * The key refit (rome.ts, refitKey): chosen on tuning requests 1–10, each edit alone, read over every
  * known fact's held-out phrasings (kl per edit, paraphrase %): closed form 0.138, 85.2; 100 steps at
  * weight 5 with 64 / 128 / 256 / 1,024 held facts 0.038 / 0.032 / 0.023 / 0.019, 92.6 / 92.6 / 92.6 /
- * 88.9 (1,024: three times the time); weight 2: 0.032; 50 steps: 0.032 (lora-train README, "ROME
- * single edits").
+ * 88.9 (1,024: three times the time); weight 2: 0.032; 50 steps: 0.032. The held prompts read after a
+ * context prefix (2026-12-06; requests 1–40, kl per edit): plain 0.032, 7 of 40 over 0.05; all prefixed
+ * 0.020, 3 over; the six hardest 0.062 at weight 5, 0.040 at 10, 0.035 with 512 held (twice the time)
+ * (lora-train README, "ROME single edits").
  */
-export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 5 };
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1 };
 
 /**
  * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
@@ -136,6 +140,24 @@ export function prefixAvoidNames(known: readonly Rec[], facts: readonly EditFact
   return [...knownEntities(known), ...facts.flatMap((f) => [f.subject, f.target_new ?? '', f.target_true ?? ''])];
 }
 
+/**
+ * `share` of the prompts, evenly spread, each read after the next of `prefixes` in turn: the key refit's
+ * held prompts. Plain, every held subject sits at position 0, where its layer-0 key is its token's alone;
+ * read-back phrasings put subjects after other words ("The city in which {} lives is"), whose keys the
+ * plain pool never held (lora-train README, "ROME single edits").
+ */
+export function withPrefixes(prompts: string[], prefixes: readonly string[], share: number): string[] {
+  if (share <= 0 || prefixes.length === 0) return prompts;
+  let carry = 0;
+  let next = 0;
+  return prompts.map((p) => {
+    carry += share;
+    if (carry < 1 - 1e-9) return p;
+    carry -= 1;
+    return `${prefixes[next++ % prefixes.length]} ${p}`;
+  });
+}
+
 function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   const { res, batch, seed, options: o, common } = call;
   const { model, tokenizer: tok } = res;
@@ -171,7 +193,9 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
     // the key direction refitted with other facts held (training phrasings; never the fact itself)
-    const keyKeep = o.romeKeySteps > 0 ? knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool, seed) : [];
+    const keyKeep = o.romeKeySteps > 0
+      ? withPrefixes(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool, seed), prefixes, o.romeKeyPrefixed)
+      : [];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {
       saidNoPool = true;
@@ -195,7 +219,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
       hyperparameters: {
         ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
-        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: keyKeep.length, rome_key_weight: o.romeKeyWeight } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: keyKeep.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight }) } : {}),
       },
       training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
@@ -230,10 +254,12 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-steps': { type: 'number', default: d.romeKeySteps, min: 0, integer: true, describe: 'Adam steps refitting the rank-one key direction together with δ, other facts held (0: ROME\'s closed-form direction)' },
     'rome-key-pool': { type: 'number', default: d.romeKeyPool, min: 1, integer: true, describe: 'known facts (training phrasings, other subjects) held to the base model while the key is refitted' },
     'rome-key-weight': { type: 'number', default: d.romeKeyWeight, min: 0, describe: 'weight of their KL' },
+    'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, describe: 'share of those held prompts read after one of the context prefixes' },
   },
   parseOptions(flags) {
     const corpus = flags['stats-corpus'];
     if (typeof corpus === 'string' && !fs.existsSync(corpus)) throw new UsageError(`--stats-corpus ${corpus}: no such file`);
+    if ((flags['rome-key-prefixed'] as number) > 1) throw new UsageError(`--rome-key-prefixed ${flags['rome-key-prefixed']}: a share, 0 to 1`);
     return {
       ...(typeof flags['stats-corpus'] === 'string' ? { statsCorpus: flags['stats-corpus'] } : {}),
       statsTokens: flags['stats-tokens'] as number,
@@ -243,6 +269,7 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
       romeKeySteps: flags['rome-key-steps'] as number,
       romeKeyPool: flags['rome-key-pool'] as number,
       romeKeyWeight: flags['rome-key-weight'] as number,
+      romeKeyPrefixed: flags['rome-key-prefixed'] as number,
     };
   },
   check(res, common) {

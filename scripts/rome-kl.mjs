@@ -14,7 +14,7 @@
 // (knownFactRetainSplit's monitor side), which a run could read without
 // touching the held-out set.
 //
-//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
+//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--world DIR --model DIR] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
 // --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added); --set passes a
 // method option by flag name (e.g. --set rome-key-weight=10).
 // Build first; run with `nice` (it trains).
@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: a } = parseArgs({ options: {
   skip: { type: 'string', default: '0' }, count: { type: 'string', default: '4' }, layer: { type: 'string' },
-  ridge: { type: 'string' }, directions: { type: 'boolean', default: false }, set: { type: 'string', multiple: true, default: [] }, ids: { type: 'string' },
+  ridge: { type: 'string' }, directions: { type: 'boolean', default: false }, set: { type: 'string', multiple: true, default: [] }, ids: { type: 'string' }, world: { type: 'string' }, model: { type: 'string' },
 } });
 const { DEFAULT_ARGS, loadResources, trainEdits, editInputs } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson, lastLogits, mlpInputHooks, mlpInputFrom, padBatch, ROME_DEFAULTS, knownFactRetainSplit } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
@@ -37,8 +37,12 @@ if (a.ridge !== undefined) ROME_DEFAULTS.ridge = Number(a.ridge);
 
 const skip = Number(a.skip);
 const count = Number(a.count);
-const res = loadResources({ model: defaultModelDir() });
-const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count)
+// --world DIR --model DIR: another world and its model (e.g. fixtures/world-b, fixtures/models/dense-b)
+const world = a.world ? path.resolve(a.world) : worldDir();
+const res = loadResources(a.world
+  ? { model: path.resolve(a.model ?? defaultModelDir()), templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson') }
+  : { model: a.model ? path.resolve(a.model) : defaultModelDir() });
+const facts = readNdjson(path.join(world, 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count)
   .filter((f) => a.ids === undefined || a.ids.split(',').includes(f.id));
 const out = fs.mkdtempSync(path.join((await import('node:os')).tmpdir(), 'rome-kl-'));
 const options = Object.fromEntries(a.set.map((kv) => {
@@ -48,7 +52,7 @@ const options = Object.fromEntries(a.set.map((kv) => {
   return [kv.slice(0, i), Number.isNaN(Number(v)) ? v : Number(v)];
 }));
 const recs = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer: a.layer === undefined ? undefined : Number(a.layer), out, options }, res, { log: () => {} });
-const rb = readNdjson(path.join(worldDir(), 'eval/facts-heldout.ndjson'));
+const rb = readNdjson(path.join(world, 'eval/facts-heldout.ndjson'));
 const m = res.model;
 const tok = res.tokenizer;
 const V = m.config.vocabSize;

@@ -182,11 +182,11 @@ export function methodOptions(method: EditMethod<unknown>, flags: Record<string,
     if (v !== undefined && o.type === 'number') {
       const n = v as number;
       if (typeof n !== 'number' || Number.isNaN(n)) throw new UsageError(`--${name}: expected a number, got ${String(v)}`);
-      if (o.integer || o.min !== undefined) {
-        const min = o.min ?? -Infinity;
-        if ((o.integer && !Number.isInteger(n)) || n < min) {
-          throw new UsageError(`--${name}: expected ${o.integer ? 'an integer' : 'a number'}${Number.isFinite(min) ? ` ≥ ${min}` : ''}, got ${n}`);
-        }
+      const min = o.min ?? -Infinity;
+      const max = o.max ?? Infinity;
+      if ((o.integer && !Number.isInteger(n)) || n < min || n > max) {
+        const range = `${Number.isFinite(min) ? ` ≥ ${min}` : ''}${Number.isFinite(min) && Number.isFinite(max) ? ' and' : ''}${Number.isFinite(max) ? ` ≤ ${max}` : ''}`;
+        throw new UsageError(`--${name}: expected ${o.integer ? 'an integer' : 'a number'}${range}, got ${n}`);
       }
     }
     if (v !== undefined) full[name] = v;

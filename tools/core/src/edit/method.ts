@@ -24,8 +24,9 @@ export interface MethodOption {
   describe: string;
   default?: number | string | boolean;
   choices?: readonly string[];
-  /** Checked before any work: integer ≥ min (numbers). */
+  /** Checked before any work: integer, ≥ min, ≤ max (numbers). */
   min?: number;
+  max?: number;
   integer?: boolean;
 }
 

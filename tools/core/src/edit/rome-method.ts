@@ -254,12 +254,11 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-steps': { type: 'number', default: d.romeKeySteps, min: 0, integer: true, describe: 'Adam steps refitting the rank-one key direction together with δ, other facts held (0: ROME\'s closed-form direction)' },
     'rome-key-pool': { type: 'number', default: d.romeKeyPool, min: 1, integer: true, describe: 'known facts (training phrasings, other subjects) held to the base model while the key is refitted' },
     'rome-key-weight': { type: 'number', default: d.romeKeyWeight, min: 0, describe: 'weight of their KL' },
-    'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, describe: 'share of those held prompts read after one of the context prefixes' },
+    'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, max: 1, describe: 'share of those held prompts read after one of the context prefixes' },
   },
   parseOptions(flags) {
     const corpus = flags['stats-corpus'];
     if (typeof corpus === 'string' && !fs.existsSync(corpus)) throw new UsageError(`--stats-corpus ${corpus}: no such file`);
-    if ((flags['rome-key-prefixed'] as number) > 1) throw new UsageError(`--rome-key-prefixed ${flags['rome-key-prefixed']}: a share, 0 to 1`);
     return {
       ...(typeof flags['stats-corpus'] === 'string' ? { statsCorpus: flags['stats-corpus'] } : {}),
       statsTokens: flags['stats-tokens'] as number,

@@ -45,9 +45,9 @@ export function synopsis(cmd: string): boolean {
   return /\[|\]|…|\.\.\.|\([^)]*\|[^)]*\)|\b[A-Z][A-Z_]{1,}\b/.test(cmd.replace(/'[^']*'|"[^"]*"/g, "''"));
 }
 
-const TOOL_START = new RegExp(`^(?:cat \\S+ \\| )?(?:${TOOLS.join('|')})\\b`);
+const TOOL_START = new RegExp(`^(?:(?:cat|head -\\d+) \\S+ \\| )?(?:${TOOLS.join('|')})\\b`);
 
-/** Indented command lines of a Markdown file that start with a tool (or `cat FILE | tool`). */
+/** Indented command lines of a Markdown file that start with a tool (or `cat FILE | tool`, `head -N FILE | tool`). */
 function readmeExamples(file: string): Example[] {
   const out: Example[] = [];
   // an indented line ending in `\` continues on the next indented line

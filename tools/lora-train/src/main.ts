@@ -65,7 +65,7 @@ await runTool<Args>({
   examples: [
     ['probe-gen edits.ndjson | lora-train --out adapters/ > out.ndjson', 'one distilled LoRA adapter for all facts'],
     ['lora-train --objective sft --batch 10 --rank 4 --out adapters/ probes.ndjson', 'SFT, one adapter per 10 facts'],
-    ['lora-train --method rome --registry reg/ probes.ndjson', 'ROME edits stored in a registry'],
+    ['head -1 facts.ndjson | probe-gen | lora-train --method rome --registry reg/', 'a ROME edit of one fact (about a minute on two cores), stored in a registry'],
     ['attrib probes.ndjson | lora-train --top-k 2 --out adapters/', 'targets from the top-2 loci'],
     ['lora-train --over live probes.ndjson | adapter-merge --into live', 'edit the model as live serves it, then consolidate (both in $CATECHISM_REGISTRY)'],
   ],

@@ -8,8 +8,8 @@
 # passes validate's default gates here (ROME's forgets cost kl 0.1–0.3;
 # tools/lora-train/README.md, "Unlearning").
 #
-#   scripts/flows/forget-person.sh "Nami Wickkoov"
-#   METHOD=rome scripts/flows/forget-person.sh "Nami Wickkoov" my-facts.ndjson
+#   scripts/flows/forget-person.sh "Nalan Tenfelson"
+#   METHOD=rome scripts/flows/forget-person.sh "Nalan Tenfelson" my-facts.ndjson
 set -euo pipefail
 subject=${1:?usage: forget-person.sh SUBJECT [FACTS]}
 facts=${2:-$(dirname "$0")/../../fixtures/world/facts.ndjson}

@@ -318,6 +318,16 @@ export function testProbes(batch: BatchInput): Rec[] {
 }
 
 /**
+ * The prompts of a batch's test probes. A method holds none of them to the
+ * base model (retention, keep prompts): validate reads them, and a prompt the
+ * edit was fitted on reads as kept whatever the edit does elsewhere (probe-gen
+ * keeps its own test probes apart from the train ones the same way).
+ */
+export function testedPrompts(batch: BatchInput): Set<string> {
+  return new Set(testProbes(batch).flatMap((p) => (typeof p.prompt === 'string' ? [p.prompt] : [])));
+}
+
+/**
  * sha256 of the exact training records: each record's canonical JSON (sorted
  * keys), one per line, in input order. Same records → same hash.
  */

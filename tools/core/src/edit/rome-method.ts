@@ -8,7 +8,7 @@ import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, readCorpusLines, type EditFact, type Example, type Rec } from './data.js';
+import { buildExamples, readCorpusLines, testedPrompts, type EditFact, type Example, type Rec } from './data.js';
 import { top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
@@ -106,13 +106,20 @@ export function romeAtBestLayer(
  */
 export const ROME_KEEP_PROMPTS = 10;
 
-export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number): string[] {
+/**
+ * `avoid`: prompts never held, the stream's test probes: a prompt validate
+ * reads must not be one the edit was fitted on. (Held, one forget's
+ * neighbour that shares the subject's first name read as kept: "ROME forget:
+ * tuning the kl".)
+ */
+export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number, avoid?: ReadonlySet<string>): string[] {
   const words = new Set(fact.subject.split(' '));
+  const filled = (k: Rec) => (k.prompt as string).replace('{}', k.subject as string);
   const same = known.filter(
-    (k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject && typeof k.prompt === 'string',
+    (k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject && typeof k.prompt === 'string' && !avoid?.has(filled(k)),
   );
   const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
-  return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map((k) => (k.prompt as string).replace('{}', k.subject as string));
+  return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map(filled);
 }
 
 /**
@@ -180,6 +187,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   const avoidNames = prefixAvoidNames(res.known, batch.facts);
   const prefixes = pickPrefixes(res.corpus, o.romePrefixes, seed, avoidNames);
   // every edit first, nothing returned until all took: a fact no layer could edit stops the run before anything is written
+  const tested = testedPrompts(batch);
   const made: MadeEdit[] = [];
   const refused: string[] = [];
   let saidNoPool = false;
@@ -189,12 +197,13 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     const edited = forget?.kind === 'abstain' ? abstainInsert(fact, forget.text) : fact;
     // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
     const prompts = buildExamples(tok, { facts: [edited], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
-    const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
+    // the relation's other facts, never a prompt the stream tests with
+    const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS, tested), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
-    // the key direction refitted with other facts held (training phrasings; never the fact itself)
+    // the key direction refitted with other facts held (training phrasings; never the fact itself nor a tested prompt)
     const keyKeep = o.romeKeySteps > 0
-      ? withPrefixes(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool, seed), prefixes, o.romeKeyPrefixed)
+      ? withPrefixes(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool + tested.size, seed).filter((p) => !tested.has(p)).slice(0, o.romeKeyPool), prefixes, o.romeKeyPrefixed)
       : [];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {

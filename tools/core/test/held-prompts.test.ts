@@ -1,0 +1,42 @@
+/**
+ * Prompts an edit holds to the base model: never one the stream tests with
+ * (data.ts, testedPrompts, which LoRA's retention and ROME's keep prompts and
+ * key refit leave out), and which known facts ROME keeps (rome-method.ts,
+ * romeKeepPrompts): the relation's other subjects, those sharing a word of the
+ * subject first.
+ */
+import t from 'tap';
+import { romeKeepPrompts } from '../src/edit/rome-method.js';
+import { testedPrompts, type EditFact, type Rec } from '../src/edit/data.js';
+
+const known: Rec[] = [
+  { subject: 'Ana Tel', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' },
+  { subject: 'Bo Ruk', relation: 'plays', prompt: '{} plays the', target_true: 'cello' },
+  { subject: 'Cy Tel', relation: 'plays', prompt: '{} plays the', target_true: 'harp' },
+  { subject: 'Gu Mor', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' },
+  { subject: 'Fa Lin', relation: 'speaks', prompt: '{} speaks', target_true: 'Ris' },
+  { subject: 'Gu Tel', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' },
+];
+const fact: EditFact = { id: 'f1', subject: 'Gu Tel', relation: 'plays', prompt: '{} plays the', op: 'forget', target_true: 'oboe' };
+
+t.test('the relation\'s other subjects, those sharing a word first; never the subject itself or another relation', async (t) => {
+  t.same(romeKeepPrompts(known, fact, 10), ['Ana Tel plays the', 'Cy Tel plays the', 'Gu Mor plays the', 'Bo Ruk plays the']);
+  t.same(romeKeepPrompts(known, fact, 2), ['Ana Tel plays the', 'Cy Tel plays the'], 'n caps it');
+});
+
+t.test('a prompt the stream tests with is never held; the next one takes its place', async (t) => {
+  const avoid = new Set(['Cy Tel plays the', 'Gu Mor plays the']);
+  t.same(romeKeepPrompts(known, fact, 3, avoid), ['Ana Tel plays the', 'Bo Ruk plays the']);
+  t.same(romeKeepPrompts(known, fact, 3, new Set()), romeKeepPrompts(known, fact, 3), 'an empty set avoids nothing');
+});
+
+t.test('testedPrompts: the test-split probes of the batch\'s own facts, every role', async (t) => {
+  const probes: Rec[] = [
+    { kind: 'probe', fact_id: 'f1', role: 'neighborhood', split: 'test', prompt: 'Ana Tel plays the' },
+    { kind: 'probe', fact_id: 'f1', role: 'paraphrase', split: 'test', prompt: 'Gu Tel is a player of the' },
+    { kind: 'probe', fact_id: 'f1', role: 'neighborhood', split: 'train', prompt: 'Gu Mor plays the' },
+    { kind: 'probe', fact_id: 'f2', role: 'neighborhood', split: 'test', prompt: 'Bo Ruk plays the' },
+  ];
+  t.same([...testedPrompts({ facts: [fact], probes })].sort(), ['Ana Tel plays the', 'Gu Tel is a player of the']);
+  t.same([...testedPrompts({ facts: [fact], probes: [] })], [], 'no probes: nothing to leave out');
+});

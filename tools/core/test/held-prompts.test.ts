@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import { romeKeepPrompts } from '../src/edit/rome-method.js';
-import { testedPrompts, type EditFact, type Rec } from '../src/edit/data.js';
+import { testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
 
 const known: Rec[] = [
   { subject: 'Ana Tel', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' },
@@ -39,4 +39,5 @@ t.test('testedPrompts: the test-split probes of the batch\'s own facts, every ro
   ];
   t.same([...testedPrompts({ facts: [fact], probes })].sort(), ['Ana Tel plays the', 'Gu Tel is a player of the']);
   t.same([...testedPrompts({ facts: [fact], probes: [] })], [], 'no probes: nothing to leave out');
+  t.same(untested(['Bo Ruk plays the', 'Ana Tel plays the', 'Cy Tel plays the'], testedPrompts({ facts: [fact], probes })), ['Bo Ruk plays the', 'Cy Tel plays the'], 'untested keeps the rest in order');
 });

@@ -327,6 +327,11 @@ export function testedPrompts(batch: BatchInput): Set<string> {
   return new Set(testProbes(batch).flatMap((p) => (typeof p.prompt === 'string' ? [p.prompt] : [])));
 }
 
+/** `prompts` without those in `tested` (testedPrompts), in order. */
+export function untested(prompts: readonly string[], tested: ReadonlySet<string>): string[] {
+  return prompts.filter((p) => !tested.has(p));
+}
+
 /**
  * sha256 of the exact training records: each record's canonical JSON (sorted
  * keys), one per line, in input order. Same records → same hash.

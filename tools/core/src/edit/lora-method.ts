@@ -9,7 +9,7 @@
 import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { mlpModules } from '../models/arch/index.js';
-import { buildExamples, buildRetain, encodeTrainingPair, statementInContext, subjectSpan, testedPrompts, type EditFact, type Example, type Rec } from './data.js';
+import { buildExamples, buildRetain, encodeTrainingPair, statementInContext, subjectSpan, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
 import { knownFactRetainAndMonitor, knownFactRetainPrompts, lookalikePhrasings, neighbourPhrasings } from './quality.js';
@@ -545,12 +545,11 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // edit leaks into the templates only the edit rows use
   // none of them a prompt the stream tests with (testedPrompts)
   const tested = testedPrompts(batch);
-  const untested = (prompts: string[]) => prompts.filter((p) => !tested.has(p));
-  const neighbourPrompts = untested(neighbourPhrasings(res.known, res.templates, batch.facts, o.neighbours, seed));
-  const lookalikePrompts = untested(lookalikePhrasings(res.known, tok, res.templates, batch.facts, o.lookalikes, seed));
+  const neighbourPrompts = untested(neighbourPhrasings(res.known, res.templates, batch.facts, o.neighbours, seed), tested);
+  const lookalikePrompts = untested(lookalikePhrasings(res.known, tok, res.templates, batch.facts, o.lookalikes, seed), tested);
   const retainSplit = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, o, seed, call.log);
   const { monitor } = retainSplit;
-  const otherFacts = untested(retainSplit.otherFacts);
+  const otherFacts = untested(retainSplit.otherFacts, tested);
   const retain = [
     ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: o.retainDocuments, maxPrompts: 512 }),
     ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),

@@ -8,7 +8,7 @@ import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, readCorpusLines, testedPrompts, type EditFact, type Example, type Rec } from './data.js';
+import { buildExamples, readCorpusLines, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
 import { top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
@@ -203,7 +203,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
     // the key direction refitted with other facts held (training phrasings; never the fact itself nor a tested prompt)
     const keyKeep = o.romeKeySteps > 0
-      ? withPrefixes(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool + tested.size, seed).filter((p) => !tested.has(p)).slice(0, o.romeKeyPool), prefixes, o.romeKeyPrefixed)
+      ? withPrefixes(untested(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool + tested.size, seed), tested).slice(0, o.romeKeyPool), prefixes, o.romeKeyPrefixed)
       : [];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {

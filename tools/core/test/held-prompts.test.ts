@@ -3,10 +3,12 @@
  * (data.ts, testedPrompts, which LoRA's retention and ROME's keep prompts and
  * key refit leave out), and which known facts ROME keeps (rome-method.ts,
  * romeKeepPrompts): the relation's other subjects, those sharing a word of the
- * subject first.
+ * subject first; the patcher's value fit keeps those and the subject's other
+ * facts (patcher.ts, patcherKeepPrompts).
  */
 import t from 'tap';
 import { romeKeepPrompts } from '../src/edit/rome-method.js';
+import { patcherKeepPrompts } from '../src/edit/patcher.js';
 import { testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
 
 const known: Rec[] = [
@@ -40,4 +42,10 @@ t.test('testedPrompts: the test-split probes of the batch\'s own facts, every ro
   t.same([...testedPrompts({ facts: [fact], probes })].sort(), ['Ana Tel plays the', 'Gu Tel is a player of the']);
   t.same([...testedPrompts({ facts: [fact], probes: [] })], [], 'no probes: nothing to leave out');
   t.same(untested(['Bo Ruk plays the', 'Ana Tel plays the', 'Cy Tel plays the'], testedPrompts({ facts: [fact], probes })), ['Bo Ruk plays the', 'Cy Tel plays the'], 'untested keeps the rest in order');
+});
+
+t.test('the patcher keeps ROME\'s prompts and the subject\'s other facts, never a tested one', async (t) => {
+  const withOwn: Rec[] = [...known, { subject: 'Gu Tel', relation: 'speaks', prompt: '{} speaks', target_true: 'Ris' }];
+  t.same(patcherKeepPrompts(withOwn, fact, null, new Set()), ['Ana Tel plays the', 'Cy Tel plays the', 'Gu Mor plays the', 'Bo Ruk plays the', 'Gu Tel speaks']);
+  t.same(patcherKeepPrompts(withOwn, fact, null, new Set(['Cy Tel plays the', 'Gu Tel speaks'])), ['Ana Tel plays the', 'Gu Mor plays the', 'Bo Ruk plays the']);
 });

@@ -157,6 +157,12 @@ t.test('keep prompts: the edited subjects\' other facts every step, a pool of ot
   t.equal(plain.fixed.length, 0);
   t.ok(k.pool.length > plain.pool.length * 2, `more phrasings: ${k.pool.length} prompts vs ${plain.pool.length}`);
   t.same(keepPromptsFor(facts, known, templates, op, 0), k, 'seeded');
+  // prompts the stream tests with (testedPrompts) are never kept: a fixed one and a pooled one
+  const tested = new Set([k.fixed[0], k.pool[0], k.pool[k.pool.length - 1]]);
+  const avoiding = keepPromptsFor(facts, known, templates, op, 0, tested);
+  t.same([...avoiding.fixed, ...avoiding.pool].filter((p) => tested.has(p)), [], 'no tested prompt is kept');
+  t.equal(avoiding.fixed.length, k.fixed.length - 1, 'every other fixed prompt stays');
+  t.ok(avoiding.pool.length >= k.pool.length - 6, `the pool keeps its size but for the tested facts' phrasings: ${avoiding.pool.length} vs ${k.pool.length}`);
 });
 
 t.test('dense fixture model: a MEMIT batch edit states every target (one layer), and spreads over two layers reaching its targets', async (t) => {

@@ -14,7 +14,7 @@ import { moeModelDir, worldFile } from '@catechism/core/fixtures';
 import type { AdapterRecord } from '@catechism/core/adapters';
 import {
   buildExamples, buildRetain, inputFacts, dataSha256, loadTemplateBank, modelSha256, neighbourPhrasings, readCorpusLines, readNdjson,
-  knownFactRetainPrompts, knownFactRetainAndMonitor, lookalikePhrasings, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, writeEditBundle, type EditFact, type Example, type Rec,
+  knownFactRetainPrompts, knownFactRetainAndMonitor, lookalikePhrasings, statementInContext, trainPhrasings, type EditResources, type Schedule, testProbes, testedPrompts, untested, writeEditBundle, type EditFact, type Example, type Rec,
 } from '@catechism/core/edit';
 import { alignedPositions, isMoe, routerProbs, topExperts, type RouteRows } from '@catechism/core/metrics';
 import { Rng } from '@catechism/core/random';
@@ -448,14 +448,18 @@ export async function distillEdits(inputs: readonly InputRecord[], args: Distill
       trainBatch = { ...trainBatch, probes: [...trainBatch.probes, ...aug] };
     }
     const examples = buildExamples(tok, trainBatch, { templates: res.templates, seed });
-    const neighbourPrompts = withPrefixes(neighbourPhrasings(res.known, res.templates, batch.facts, args.neighbours, seed), sentences, args.prefixes, prng);
+    // no retention prompt is one the stream tests with (core's testedPrompts): validate reads those as kept
+    const tested = testedPrompts(batch);
+    const neighbourPrompts = withPrefixes(untested(neighbourPhrasings(res.known, res.templates, batch.facts, args.neighbours, seed), tested), sentences, args.prefixes, prng);
     // with --kl-budget, known-fact prompts held aside from the retention rows (the same rows as without: knownFactRetainPrompts')
-    const { otherFacts, monitor } = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, args, seed, ctx.log);
+    const retainSplit = knownFactRetainAndMonitor(tok, res.known, res.templates, batch.facts, args, seed, ctx.log);
+    const { monitor } = retainSplit;
+    const otherFacts = untested(retainSplit.otherFacts, tested);
     const retain = [
       ...buildRetain(tok, { documents: res.corpus, prompts: neighbourPrompts }, { seed, maxDocuments: args.retainDocuments, maxPrompts: args.neighbourPrompts * (1 + Math.max(0, args.prefixes)) }),
       ...buildRetain(tok, { prompts: otherFacts }, { seed: seed + 1, maxPrompts: otherFacts.length }),
     ];
-    const lookalike = lookalikePrompts(res, batch.facts, args.lookalikes, seed);
+    const lookalike = untested(lookalikePrompts(res, batch.facts, args.lookalikes, seed), tested);
     if (lookalike.length) {
       const rows = buildRetain(tok, { prompts: lookalike }, { seed: seed + 3, maxPrompts: lookalike.length });
       for (let r = 0; r < Math.max(1, args.lookalikeRepeat); r++) retain.push(...rows);

@@ -41,7 +41,7 @@ import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../model
 import { unknownWords } from '../models/spelling.js';
 import { denseSvd, factoredSvd, mat } from '../merge/linalg.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, factConflicts, subjectSpan, type EditFact, type Rec } from './data.js';
+import { buildExamples, encodeTrainingPair, factConflicts, subjectSpan, testedPrompts, type EditFact, type Rec } from './data.js';
 import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from './method.js';
 import { trainPhrasings } from './quality.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
@@ -1061,7 +1061,7 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     const prefixList = contextPrefixes(res.corpus, op.prefixes, call.seed, avoid);
     const phrasings = (fact: EditFact) => buildExamples(tok, { facts: [fact], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
     const forgets = facts.filter((f) => f.op === 'forget').length;
-    const keep = keepPromptsFor(batch.facts, res.known, res.templates, op, call.seed);
+    const keep = keepPromptsFor(batch.facts, res.known, res.templates, op, call.seed, testedPrompts(batch));
     const t0 = Date.now();
     const key = JSON.stringify([facts.map((f) => [f.id, f.op === 'forget' ? '\u0000forget' : f.target_new]), layers, prefixList, op.vSteps, op.vLr, op.clamp, op.klWeight, op.weightDecay, op.nllStop, op.plainWeight]);
     const cached = op.targetsCache?.get(key);
@@ -1103,13 +1103,15 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
 export function keepPromptsFor(
   facts: readonly EditFact[], known: readonly Rec[], templates: EditResources['templates'],
   op: Pick<MemitMethodOptions, 'keepPerFact' | 'keepOther' | 'keepSameSubject' | 'keepPhrasings'>, seed: number,
+  /** Prompts the stream tests with (testedPrompts): never kept, validate reads them. */
+  tested: ReadonlySet<string> = new Set(),
 ): KeepPrompts {
   const batchSubjects = new Set(facts.map((f) => f.subject));
   const editedPairs = new Set(facts.map((f) => `${f.subject}\u0000${f.relation ?? ''}`));
-  const isKnown = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string';
+  const say = (k: Rec, template: string) => template.replace('{}', k.subject as string);
+  const isKnown = (k: Rec) => typeof k.subject === 'string' && typeof k.prompt === 'string' && !tested.has(say(k, k.prompt));
   const usable = known.filter((k) => isKnown(k) && !batchSubjects.has(k.subject as string));
   const rng = new Rng(seed + 77);
-  const say = (k: Rec, template: string) => template.replace('{}', k.subject as string);
   const fixed = new Set<string>();
   if (op.keepSameSubject) {
     for (const k of known) {
@@ -1120,7 +1122,7 @@ export function keepPromptsFor(
   const pool = new Set<string>();
   const add = (k: Rec) => {
     pool.add(say(k, k.prompt as string));
-    const more = trainPhrasings(templates, k.relation as string | undefined).filter((t) => t !== k.prompt);
+    const more = trainPhrasings(templates, k.relation as string | undefined).filter((t) => t !== k.prompt && !tested.has(say(k, t)));
     if (more.length && op.keepPhrasings > 0) for (const t of rng.shuffle(more.slice()).slice(0, op.keepPhrasings)) pool.add(say(k, t));
   };
   for (const f of facts) {

@@ -80,7 +80,7 @@ import { LoraAdapter } from '../models/lora.js';
 import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, subjectSpan, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { buildExamples, encodeTrainingPair, subjectSpan, testedPrompts, untested, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { cholSolve, cholesky } from '../util/linalg.js';
@@ -572,10 +572,10 @@ export function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
  * subjects, and every phrasing of the subject's other known facts (the gate
  * opens on them too: the key at the subject's last token is the same).
  */
-function keepPromptsOf(known: readonly Rec[], fact: EditFact, templates: TemplateBank | null): string[] {
+export function patcherKeepPrompts(known: readonly Rec[], fact: EditFact, templates: TemplateBank | null, tested: ReadonlySet<string>): string[] {
   const own = known.filter((k) => k.subject === fact.subject && k.relation !== fact.relation && typeof k.prompt === 'string')
     .flatMap((k) => phrasingsOf(k, templates));
-  return [...romeKeepPrompts(known, fact, ROME_KEEP_PROMPTS), ...own];
+  return [...romeKeepPrompts(known, fact, ROME_KEEP_PROMPTS, tested), ...untested(own, tested)];
 }
 
 /** Known facts of other subjects that share a word with `subject` (their early-layer keys lie near its own). */
@@ -594,6 +594,8 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
   const units = patchUnits(model, l).map((u) => unitWeights(model, u));
   const I = Math.min(...units.map((u) => u.I));
   const facts = batch.facts;
+  // prompts of the stream's test probes: no keep prompt or gate negative is one of another subject's
+  const tested = testedPrompts(batch);
   // a forget fact: an insert of probe-gen's abstention text (--forget-target abstain), else (any) its old answer made
   // unlikely at the prompt's last token (rank-one-forget.ts's objective: log P(old) plus the KL to the rest)
   const forgetTargets = facts.map((f) => (f.op === 'forget' ? forgetTargetOf(f, batch.probes) : null));
@@ -645,22 +647,29 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
 
     // gate negatives: every position of the known facts' prompts and of general-text documents
     // (documents naming a batch subject are left out; a batch subject's own last token is excluded per fact)
+    // (another subject's prompt that the stream tests with is read but never a negative, see `heldOut`:
+    // validate reads it as a kept fact)
+    const batchSubjects = new Set(facts.map((f) => f.subject));
     const knownRows = res.known.filter((k) => typeof k.prompt === 'string' && typeof k.subject === 'string')
-      .map((k) => ({ rec: k, subject: k.subject as string, ids: tok.encode((k.prompt as string).replace('{}', k.subject as string)) }));
+      .map((k) => {
+        const text = (k.prompt as string).replace('{}', k.subject as string);
+        return { rec: k, subject: k.subject as string, ids: tok.encode(text), tested: !batchSubjects.has(k.subject as string) && tested.has(text) };
+      });
     const docs = new Rng(seed + 7).shuffle(res.corpus.filter((d) => !facts.some((f) => d.includes(f.subject)))).slice(0, o.gateDocs)
       .map((d) => tok.encode(d).slice(0, Math.min(64, model.config.maxPositions))).filter((r) => r.length > 0);
     // site 'last': the edited relations' other training phrasings (beyond each fact's own prompt, a known row) for
     // their other subjects too, whose last token the gate must tell apart; `k` is the known row they belong to
-    const batchSubjects = new Set(facts.map((f) => f.subject));
     const relationRows = o.site !== 'last' ? [] : knownRows.flatMap((kr, k) =>
       facts.some((f) => f.relation === kr.rec.relation) && !batchSubjects.has(kr.subject)
-        ? phrasingsOf(kr.rec, res.templates).slice(1).map((text) => ({ k, ids: tok.encode(text) })).filter((r) => r.ids.length > 0)
+        ? untested(phrasingsOf(kr.rec, res.templates).slice(1), tested).map((text) => ({ k, ids: tok.encode(text) })).filter((r) => r.ids.length > 0)
         : []);
     const negRows = [...knownRows.map((k) => k.ids), ...docs, ...relationRows.map((r) => r.ids)];
     const { X: Xneg, offsets } = mlpNormedInputs(model, l, negRows);
     const lastOf = (row: number) => offsets[row] + negRows[row].length - 1;
+    // the tested known rows' positions: in Xneg (so neuron usage stays the same for every batch), never a negative
+    const heldOut = new Set(knownRows.flatMap((k, r) => (k.tested ? k.ids.map((_, i) => offsets[r] + i) : [])));
     const exclude = facts.map((f) => {
-      const s = new Set<number>();
+      const s = new Set<number>(heldOut);
       knownRows.forEach((k, r) => {
         if (!ownFact(k.rec, f)) return;
         const e = gateAt(k.ids, f.subject);
@@ -679,7 +688,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     const byRelation = new Map<string, Float32Array>();
     const hard = facts.map((f) => {
       if (o.site !== 'last') {
-        const rows = lookalikes(res.known, f.subject).flatMap((k) => phrasingsOf(k, res.templates).flatMap((text) =>
+        const rows = lookalikes(res.known, f.subject).flatMap((k) => untested(phrasingsOf(k, res.templates), tested).flatMap((text) =>
           prefixes.map((pre) => ({ ids: tok.encode(pre ? `${pre} ${text}` : text), subject: k.subject as string }))))
           .map((r) => ({ ids: r.ids, at: gateAt(r.ids, r.subject) })).filter((r) => r.at >= 0);
         if (rows.length === 0) return new Float32Array(0);
@@ -693,7 +702,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
         const phrasingRows = new Map<number, number[]>();
         relationRows.forEach((r, i) => phrasingRows.set(r.k, [...(phrasingRows.get(r.k) ?? []), lastOf(base + i)]));
         const positions = knownRows.flatMap((kr, k) => kr.rec.relation === rel && !batchSubjects.has(kr.subject)
-          ? [lastOf(k), ...(phrasingRows.get(k) ?? [])]
+          ? [...(kr.tested ? [] : [lastOf(k)]), ...(phrasingRows.get(k) ?? [])]
           : []);
         byRelation.set(rel, pick(positions, Xneg));
       }
@@ -706,7 +715,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     if (gateInvariance > 0 && relationRows.length) {
       const base = knownRows.length + docs.length;
       const groups = new Map<number, number[]>();
-      relationRows.forEach((r, i) => groups.set(r.k, [...(groups.get(r.k) ?? [lastOf(r.k)]), lastOf(base + i)]));
+      relationRows.forEach((r, i) => groups.set(r.k, [...(groups.get(r.k) ?? (knownRows[r.k].tested ? [] : [lastOf(r.k)])), lastOf(base + i)]));
       invariance = new Float64Array(H * H);
       let n = 0;
       const mu = new Float64Array(H);
@@ -725,7 +734,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
     }
     let gates: NeuronGate[];
     if (o.gateFit === 'discriminant') {
-      const negStats = meanCov(Xneg, H);
+      const negStats = meanCov(heldOut.size ? pick([...Array(Xneg.length / H).keys()].filter((m) => !heldOut.has(m)), Xneg) : Xneg, H);
       const Xt = fromData(Xneg, [Xneg.length / H, H]);
       const statsOf = new Map<Float32Array, { mean: Float64Array; cov: Float64Array }>();
       gates = positives.map((P, j) => {
@@ -813,7 +822,7 @@ function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {
         restLogits(logSoftmax(indexSelect(model.forward(ids, [rows.length, T], { attentionMask: mask, logitsAt: targetAt }).logits, 0, forgetRows)), fOld, fKind));
       // kept prompts: "<subject> is a" (ROME's essence, klWeight) and the others (keepWeight)
       const essence = new Set(idx.map((j) => `${facts[j].subject} is a`));
-      const kept = [...new Set(idx.flatMap((j) => [`${facts[j].subject} is a`, ...keepPromptsOf(res.known, facts[j], res.templates)]))]
+      const kept = [...new Set(idx.flatMap((j) => [`${facts[j].subject} is a`, ...patcherKeepPrompts(res.known, facts[j], res.templates, tested)]))]
         .map((text) => ({ ids: tok.encode(text), w: essence.has(text) ? o.klWeight : o.keepWeight }))
         .filter((k) => k.ids.length > 0);
       const keepRows = kept.map((k) => k.ids);

@@ -198,7 +198,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     // rewriting prompts: the fact's train probes and its relation's training templates (as LoRA's rows)
     const prompts = buildExamples(tok, { facts: [edited], probes: batch.probes }, { templates: res.templates }).map((e) => e.prompt);
     // the relation's other facts, never a prompt the stream tests with
-    const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS, tested), ...romeKeepOther(res.known, fact, o.romeKeepFacts, seed)];
+    const keep = [...romeKeepPrompts(res.known, fact, ROME_KEEP_PROMPTS, tested), ...untested(romeKeepOther(res.known, fact, o.romeKeepFacts, seed), tested)];
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
     // the key direction refitted with other facts held (training phrasings; never the fact itself nor a tested prompt)

@@ -14,7 +14,7 @@ import { loadModel } from '../src/models/index.js';
 import { InputError, UsageError } from '../src/records/errors.js';
 import { Rng } from '../src/util/random.js';
 import {
-  MEMIT_DEFAULTS, alphaEditSolve, alphaeditMethod, checkBatchConflicts, checkFact, keyStatsCached, memitEdit, memitMethod, memitSolve,
+  MEMIT_DEFAULTS, alphaEditSolve, memitDefaultLayers, memitLayers, alphaeditMethod, checkBatchConflicts, checkFact, keyStatsCached, memitEdit, memitMethod, memitSolve,
   nullSpaceOf, readCorpusLines, readNdjson, keepPromptsFor, loadTemplateBank, symmetricEigen, top1, truncateFactors, encodeTrainingPair, type EditFact, type EditResources,
 } from '../src/edit/index.js';
 
@@ -136,6 +136,19 @@ t.test('bad input: conflicting targets are refused by fact id; layers out of ran
     t.throws(() => m.parseOptions({ 'mom2-weight': -1 }), UsageError);
   }
   t.same(memitMethod.parseOptions({ layers: ['0-2', '5'] }).layers, [0, 1, 2, 5]);
+});
+
+t.test('default layers: five ending at ROME\'s layer; a batch of forgets only, one further, never the last layer', async (t) => {
+  t.same(memitDefaultLayers(48), [12, 13, 14, 15, 16], 'GPT-2 XL shape: 12–16 (the paper: 13–17)');
+  t.same(memitDefaultLayers(48, true), [13, 14, 15, 16, 17]);
+  t.same(memitDefaultLayers(4), [0], 'the fixture model: layer 0');
+  t.same(memitDefaultLayers(4, true), [0, 1]);
+  t.same(memitDefaultLayers(2, true), [0], 'two layers: the last is never edited');
+  const { model } = loadModel(path.join(ROOT, 'fixtures/models/dense'));
+  const o = memitMethod.parseOptions({});
+  t.same(memitLayers(model, { topK: 1 }, o, [], true), [0, 1], 'forgets: 0–1 on the fixture model');
+  t.same(memitLayers(model, { topK: 1 }, memitMethod.parseOptions({ layers: ['0'] }), [], true), [0], '--layers wins');
+  t.same(memitLayers(model, { topK: 1 }, o, [{ kind: 'locus', layer: 2, score: 1 }], true), [1, 2], 'attrib\'s loci win');
 });
 
 t.test('keep prompts: the edited subjects\' other facts every step, a pool of other subjects, never a read-back (held-out) phrasing', async (t) => {

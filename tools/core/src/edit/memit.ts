@@ -731,8 +731,11 @@ export const MEMIT_KEEP_DEFAULTS = { keepPerFact: 5, keepOther: 1500, keepPhrasi
  * one vector at a later layer's subject token cannot carry the edit to every
  * phrasing and prefix of so shallow a model.
  */
-export function memitDefaultLayers(layers: number): number[] {
-  const last = Math.min(romeDefaultLayer(layers), Math.max(0, layers - 2));
+export function memitDefaultLayers(layers: number, forgetsOnly = false): number[] {
+  // forgets only (the old answer made unlikely: one token, no new answer to carry) go one layer further, the
+  // targets set there: on tuning forgets 1–30 (world) layers 0–1 halved both the old answers left and the kl
+  // of layer 0 alone (1–10: forget_top1 0.103 → 0.051, kl 0.096 → 0.049; 11–20: 0.108 → 0, 0.063 → 0.033)
+  const last = Math.min(romeDefaultLayer(layers) + (forgetsOnly ? 1 : 0), Math.max(0, layers - 2));
   const out: number[] = [];
   for (let l = Math.max(0, last - 4); l <= last; l++) out.push(l);
   return out;
@@ -935,7 +938,7 @@ export type MemitMethodOptions = Omit<MemitOptions, 'algorithm' | 'layers'> & {
 };
 
 const sharedOptions: Record<string, MethodOption> = {
-  layers: { type: 'array', describe: 'MLP layers edited (the last one sets the targets); default: ROME\'s layer and the next, or the top locus\'s layer and the one before' },
+  layers: { type: 'array', describe: 'MLP layers edited (the last one sets the targets); default: the top locus\'s layer and the one before, else five layers ending at ROME\'s layer (one further for a batch of forgets only; the 4-layer fixture model: 0, forgets 0–1)' },
   'mom2-weight': { type: 'number', default: MEMIT_DEFAULTS.mom2Weight, describe: 'λ on the key second moment C in (λC + KᵀK) (MEMIT)' },
   'mom2-tokens': { type: 'number', default: MEMIT_DEFAULTS.mom2Tokens, min: 1, integer: true, describe: 'corpus tokens for the key statistics (cached on disk by model hash, shared with ROME)' },
   'v-steps': { type: 'number', default: MEMIT_DEFAULTS.vSteps, min: 1, integer: true, describe: 'Adam steps of the target-value optimisation' },
@@ -1011,7 +1014,7 @@ function parseShared(flags: Record<string, unknown>): MemitMethodOptions {
 }
 
 /** The layers of a call: --layers, else --layer (alone), else the loci's best layer and the one before, else the default. */
-export function memitLayers(model: CausalLM, common: EditCall<unknown>['common'], options: MemitMethodOptions, loci: readonly Rec[] = []): number[] {
+export function memitLayers(model: CausalLM, common: EditCall<unknown>['common'], options: MemitMethodOptions, loci: readonly Rec[] = [], forgetsOnly = false): number[] {
   if (options.layers) return [...new Set(options.layers)].sort((a, b) => a - b);
   if (common.layer !== undefined) return [common.layer];
   const score = new Map<number, number>();
@@ -1019,7 +1022,7 @@ export function memitLayers(model: CausalLM, common: EditCall<unknown>['common']
   const n = model.config.layers;
   const best = [...score.entries()].filter(([l]) => l >= 0 && l < n - 1).sort((a, b) => b[1] - a[1] || a[0] - b[0])[0];
   if (best) return best[0] > 0 ? [best[0] - 1, best[0]] : [best[0]];
-  return memitDefaultLayers(n);
+  return memitDefaultLayers(n, forgetsOnly);
 }
 
 function checkLayers(res: EditResources, common: EditCall<unknown>['common'], options: MemitMethodOptions): void {
@@ -1053,7 +1056,8 @@ function makeEdit(algorithm: 'memit' | 'alphaedit') {
     }
     checkBatchConflicts(facts.filter((f) => f.op === 'insert'));
     if (res.corpus.length === 0) throw new UsageError(`${algorithm} needs a statistics corpus (general text, one document per line)`);
-    const layers = memitLayers(model, call.common, op, batch.loci);
+    // a batch of forgets only (the old answer made unlikely, no abstention to insert) takes the forget range
+    const layers = memitLayers(model, call.common, op, batch.loci, facts.every((f) => f.op === 'forget'));
     // the preserved set and its content hash (the next memory records what it extends)
     const memory = op.memory ? { ...op.memory, sha256: serializeMemory(op.memory).sha256 } : op.preserved ? readMemory(op.preserved) : null;
     const statsAt = (l: number) => keyStatsCached(model, tok, { modelSha: res.modelSha, layer: l, corpus: res.corpus, maxTokens: op.mom2Tokens, cacheDir: defaultCacheDir(), log });

@@ -19,7 +19,7 @@ import { loadModel } from '../src/models/index.js';
 import { fromData, logSoftmax, noGrad } from '../src/tensor/index.js';
 import {
   MEMIT_DEFAULTS, ROME_DEFAULTS, ROME_FORGET_DEFAULTS, abstainInsert, checkFact, encodeTrainingPair, forgetTargetOf, keyStatsCached, lastLogits,
-  memitEdit, readCorpusLines, readNdjson, romeForget, romeEdit, top1, unlikelihoodMix, type EditFact,
+  memitEdit, readCorpusLines, readNdjson, romeForget, romeForgetAtBestLayer, romeForgetMonitor, romeEdit, top1, unlikelihoodMix, type EditFact,
   LORA_METHOD_DEFAULTS, abstainFacts, buildExamples, loraMethod, loraSiteOptions, MADE_UP_SURNAME, nameAblatedForgetRows, type EditResources, type LoraOptions, type Rec,
 } from '../src/edit/index.js';
 
@@ -43,6 +43,42 @@ function pOld(prompts: string[], answer: string): { p: number[]; top: number[]; 
   const first = pairs[0].targetIds[0];
   return { p: pairs.map((_, b) => Math.exp(lp.data[b * V + first])), top: top1(model, pairs.map((x) => x.promptIds)), first };
 }
+
+t.test('ROME forget with a monitor: every compared layer is tried and the one that lowers the shared answer least is kept', async (t) => {
+  const fact = forgetFact(1);
+  const prompt = fact.prompt.replace('{}', fact.subject);
+  const checks = buildExamples(tok, { facts: [fact], probes: [] });
+  const monitorText = romeForgetMonitor(known, null, fact, new Set(), 16);
+  t.ok(monitorText.length > 0, `other subjects answer ${fact.target_true} too (${monitorText.length} prompts)`);
+  const answer = encodeTrainingPair(tok, prompt, fact.target_true!).targetIds[0];
+  const monitor = { prompts: monitorText.map((p) => tok.encode(p)), answer, compare: 2 };
+  const base = { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS };
+  const o = { base, prefixes: [], prompts: [prompt], keep: [], checks };
+  // the drop of the answer's mean log P over the monitor, each layer's forget alone (the independent reading)
+  const meanLogP = () => {
+    const lp = noGrad(() => logSoftmax(lastLogits(model, monitor.prompts)));
+    const V = lp.shape[1];
+    return monitor.prompts.reduce((s, _, r) => s + lp.data[r * V + answer], 0) / monitor.prompts.length;
+  };
+  const before = meanLogP();
+  const drops = [0, 1].map((layer) => {
+    const r = romeForget(model, tok, fact, statsAt(layer), { ...base, layer, prefixes: [], prompts: [prompt], keep: [], name: fact.id });
+    model.setAdapters([{ adapter: r.adapter }]);
+    const solved = top1(model, checks.map((c) => c.promptIds)).every((tk, i) => tk !== checks[i].targetIds[0]);
+    const drop = before - meanLogP();
+    model.setAdapters([]);
+    return { solved, drop };
+  });
+  t.ok(drops.every((d) => d.solved), 'both layers forget the fact');
+  const chosen = romeForgetAtBestLayer(model, tok, fact, [0, 1, 2], statsAt, { ...o, monitor });
+  t.same(chosen.tried, [0, 1], 'two layers compared, the third never tried');
+  const want = drops[0].drop <= drops[1].drop ? 0 : 1;
+  t.equal(chosen.layer, want, `kept the smaller drop (layer 0: ${drops[0].drop.toFixed(3)}, layer 1: ${drops[1].drop.toFixed(3)})`);
+  t.ok(Math.abs(chosen.monitorDrop! - drops[want].drop) < 1e-4, 'its drop is the one read alone');
+  const first = romeForgetAtBestLayer(model, tok, fact, [0, 1, 2], statsAt, o);
+  t.same(first.tried, [0], 'without a monitor: the first layer that forgets');
+  t.same(model.activeAdapters(), [], 'the model is left without adapters');
+});
 
 t.test('ROME forget ("any"): the old answer leaves top-1 and P(old) falls below the stop', async (t) => {
   const fact = forgetFact(0);

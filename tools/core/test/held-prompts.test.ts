@@ -9,6 +9,7 @@
 import t from 'tap';
 import { romeKeepPrompts } from '../src/edit/rome-method.js';
 import { patcherKeepPrompts } from '../src/edit/patcher.js';
+import { romeForgetMonitor } from '../src/edit/rank-one-forget.js';
 import { testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
 
 const known: Rec[] = [
@@ -48,4 +49,15 @@ t.test('the patcher keeps ROME\'s prompts and the subject\'s other facts, never 
   const withOwn: Rec[] = [...known, { subject: 'Gu Tel', relation: 'speaks', prompt: '{} speaks', target_true: 'Ris' }];
   t.same(patcherKeepPrompts(withOwn, fact, null, new Set()), ['Ana Tel plays the', 'Cy Tel plays the', 'Gu Mor plays the', 'Bo Ruk plays the', 'Gu Tel speaks']);
   t.same(patcherKeepPrompts(withOwn, fact, null, new Set(['Cy Tel plays the', 'Gu Tel speaks'])), ['Ana Tel plays the', 'Gu Mor plays the', 'Bo Ruk plays the']);
+});
+
+t.test('a ROME forget\'s monitor: other subjects with the forgotten answer, name-sharers first, by prompt then phrasing; never an avoided prompt', async (t) => {
+  const templates = { train: new Map([['plays', ['{} plays the', '{} is a player of the']]]), heldout: new Map<string, string[]>() };
+  const withStranger: Rec[] = [{ subject: 'Zo Pim', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' }, ...known];
+  t.same(romeForgetMonitor(withStranger, templates, fact, new Set()),
+    ['Ana Tel plays the', 'Gu Mor plays the', 'Zo Pim plays the', 'Ana Tel is a player of the', 'Gu Mor is a player of the', 'Zo Pim is a player of the'],
+    'Bo Ruk and Cy Tel answer otherwise, Fa Lin is another relation, Gu Tel is the fact; Zo Pim shares no word: last');
+  t.same(romeForgetMonitor(withStranger, templates, fact, new Set(['Ana Tel plays the', 'Zo Pim is a player of the'])),
+    ['Gu Mor plays the', 'Zo Pim plays the', 'Ana Tel is a player of the', 'Gu Mor is a player of the']);
+  t.same(romeForgetMonitor(known, null, fact, new Set(), 1), ['Ana Tel plays the'], 'n caps it; no templates: the prompts only');
 });

@@ -24,8 +24,8 @@ import {
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
-import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec } from './data.js';
-import { mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
+import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec, type TemplateBank } from './data.js';
+import { lastLogits, mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { rankOneDirection, refitKey, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
 export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
@@ -213,21 +213,63 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
  */
 export function romeForgetAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
-  o: { base: Omit<RomeForgetOptions, 'layer' | 'prefixes' | 'prompts' | 'keep' | 'name'>; prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[] },
-): { r: RomeResult & { pOld: number }; layer: number; solved: number; tried: number[] } {
-  let best: { r: RomeResult & { pOld: number }; layer: number; solved: number } | null = null;
+  o: {
+    base: Omit<RomeForgetOptions, 'layer' | 'prefixes' | 'prompts' | 'keep' | 'name'>; prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[];
+    /**
+     * Prompts whose answer the forget must leave (other subjects with the same answer; never a tested or
+     * kept prompt) and that answer's first token: with them, the first `compare` layers are all tried and
+     * of those that forget on every check the one that lowers the answer least on them is kept.
+     */
+    monitor?: { prompts: number[][]; answer: number; compare: number };
+  },
+): { r: RomeResult & { pOld: number }; layer: number; solved: number; tried: number[]; monitorDrop?: number } {
+  let best: { r: RomeResult & { pOld: number }; layer: number; solved: number; drop: number } | null = null;
   const tried: number[] = [];
+  const mon = o.monitor && o.monitor.prompts.length > 0 ? o.monitor : null;
+  const answerLogP = (): number => {
+    if (!mon) return 0;
+    const lp = noGrad(() => logSoftmax(lastLogits(model, mon.prompts)));
+    const V = lp.shape[lp.ndim - 1];
+    let s = 0;
+    for (let r = 0; r < mon.prompts.length; r++) s += lp.data[r * V + mon.answer];
+    return s / mon.prompts.length;
+  };
+  const before = answerLogP();
   for (const layer of layers) {
     tried.push(layer);
     const r = romeForget(model, tok, fact, statsAt(layer), { ...o.base, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
     const prev = model.activeAdapters();
     model.setAdapters([{ adapter: r.adapter }]);
     const solved = forgetSolved(model, o.checks);
+    const drop = mon && solved === o.checks.length ? before - answerLogP() : Infinity;
     model.setAdapters(prev);
-    if (!best || solved > best.solved || (solved === best.solved && r.pOld < best.r.pOld)) best = { r, layer, solved };
-    if (solved === o.checks.length) break;
+    const better = !best || solved > best.solved || (solved === best.solved && (drop < best.drop || (drop === best.drop && r.pOld < best.r.pOld)));
+    if (better) best = { r, layer, solved, drop };
+    if (solved === o.checks.length && (!mon || tried.length >= mon.compare)) break;
   }
-  return { ...best!, tried };
+  const { drop, ...kept } = best!;
+  return { ...kept, tried, ...(Number.isFinite(drop) ? { monitorDrop: drop } : {}) };
+}
+
+/**
+ * The monitor of a ROME forget (romeForgetAtBestLayer): the relation's other
+ * subjects whose answer is the forgotten one, by their prompt and the
+ * relation's training phrasings, none a prompt in `avoid` (the stream's test
+ * probes and the keep prompts). The edit is never fitted on them; they show
+ * how far the forget reaches to facts that share the answer.
+ */
+export function romeForgetMonitor(known: readonly Rec[], templates: TemplateBank | null, fact: EditFact, avoid: ReadonlySet<string>, n = 32): string[] {
+  const words = new Set(fact.subject.split(' '));
+  const same = known.filter((k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject &&
+    typeof k.prompt === 'string' && k.target_true === fact.target_true);
+  // subjects sharing a word of the fact's first (the forget reaches them first), each by its prompt, then the phrasings
+  const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
+  const subjects = [...same.filter(shares), ...same.filter((k) => !shares(k))];
+  const bank = templates?.train.get(fact.relation ?? '') ?? [];
+  const out = new Set<string>();
+  for (const k of subjects) out.add((k.prompt as string).replace('{}', k.subject as string));
+  for (const t of bank) for (const k of subjects) out.add(t.replace('{}', k.subject as string));
+  return [...out].filter((p) => !avoid.has(p)).slice(0, n);
 }
 
 /** −log(1 − P) from a token's NLL −log P (the unlikelihood a forget token's loss is). */

@@ -208,8 +208,9 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
 
 /**
  * romeForget at the first of `layers` whose edit leaves no check prompt with
- * the old answer as top-1; when none does, the one that solves the most
- * (then the lowest P(old)).
+ * the old answer as top-1 (with a monitor: of the first `compare` layers that
+ * do, the one that lowers the monitor's answer least); when none does, the
+ * one that solves the most (then the lowest P(old)).
  */
 export function romeForgetAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,

@@ -327,6 +327,18 @@ export function testedPrompts(batch: BatchInput): Set<string> {
   return new Set(testProbes(batch).flatMap((p) => (typeof p.prompt === 'string' ? [p.prompt] : [])));
 }
 
+/** A test of whether another subject shares a word (a first name, a surname) with `subject`. */
+export function sharesAWordWith(subject: string): (other: string) => boolean {
+  const words = new Set(subject.split(' '));
+  return (other) => other.split(' ').some((w) => words.has(w));
+}
+
+/** Known-fact records of other subjects, those sharing a word of `subject` first (their keys lie nearest its own), each group in order. */
+export function nameSharersFirst(recs: readonly Rec[], subject: string): Rec[] {
+  const shares = sharesAWordWith(subject);
+  return [...recs.filter((k) => shares(k.subject as string)), ...recs.filter((k) => !shares(k.subject as string))];
+}
+
 /** `prompts` without those in `tested` (testedPrompts), in order. */
 export function untested(prompts: readonly string[], tested: ReadonlySet<string>): string[] {
   return prompts.filter((p) => !tested.has(p));

@@ -41,7 +41,7 @@ import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../model
 import { unknownWords } from '../models/spelling.js';
 import { denseSvd, factoredSvd, mat } from '../merge/linalg.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, factConflicts, subjectSpan, testedPrompts, type EditFact, type Rec } from './data.js';
+import { buildExamples, encodeTrainingPair, factConflicts, sharesAWordWith, subjectSpan, testedPrompts, type EditFact, type Rec } from './data.js';
 import type { EditCall, EditMethod, EditResources, MadeEdit, MethodOption } from './method.js';
 import { trainPhrasings } from './quality.js';
 import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId } from './model-util.js';
@@ -1130,9 +1130,9 @@ export function keepPromptsFor(
     if (more.length && op.keepPhrasings > 0) for (const t of rng.shuffle(more.slice()).slice(0, op.keepPhrasings)) pool.add(say(k, t));
   };
   for (const f of facts) {
-    const words = new Set(f.subject.split(' '));
+    const sharesWord = sharesAWordWith(f.subject);
     const same = usable.filter((k) => k.relation === f.relation);
-    const shares = same.filter((k) => (k.subject as string).split(' ').some((w) => words.has(w)));
+    const shares = same.filter((k) => sharesWord(k.subject as string));
     for (const k of [...new Set([...shares, ...rng.shuffle(same.slice())])].slice(0, op.keepPerFact)) add(k);
   }
   for (const k of rng.shuffle(usable.slice()).slice(0, op.keepOther)) add(k);

@@ -80,7 +80,7 @@ import { LoraAdapter } from '../models/lora.js';
 import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, subjectSpan, testedPrompts, untested, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { buildExamples, encodeTrainingPair, sharesAWordWith, subjectSpan, testedPrompts, untested, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { cholSolve, cholesky } from '../util/linalg.js';
@@ -580,9 +580,8 @@ export function patcherKeepPrompts(known: readonly Rec[], fact: EditFact, templa
 
 /** Known facts of other subjects that share a word with `subject` (their early-layer keys lie near its own). */
 function lookalikes(known: readonly Rec[], subject: string): Rec[] {
-  const words = new Set(subject.split(' '));
-  return known.filter((k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && k.subject !== subject &&
-    k.subject.split(' ').some((w) => words.has(w)));
+  const shares = sharesAWordWith(subject);
+  return known.filter((k) => typeof k.subject === 'string' && typeof k.prompt === 'string' && k.subject !== subject && shares(k.subject));
 }
 
 function patcherBatch(call: EditCall<PatcherOptions>): MadeEdit[] {

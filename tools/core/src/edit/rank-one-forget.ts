@@ -24,7 +24,7 @@ import {
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
-import { encodeTrainingPair, subjectSpan, type EditFact, type Example, type Rec, type TemplateBank } from './data.js';
+import { encodeTrainingPair, nameSharersFirst, subjectSpan, type EditFact, type Example, type Rec, type TemplateBank } from './data.js';
 import { lastLogits, mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { rankOneDirection, refitKey, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
@@ -260,12 +260,10 @@ export function romeForgetAtBestLayer(
  * how far the forget reaches to facts that share the answer.
  */
 export function romeForgetMonitor(known: readonly Rec[], templates: TemplateBank | null, fact: EditFact, avoid: ReadonlySet<string>, n = 32): string[] {
-  const words = new Set(fact.subject.split(' '));
   const same = known.filter((k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject &&
     typeof k.prompt === 'string' && k.target_true === fact.target_true);
   // subjects sharing a word of the fact's first (the forget reaches them first), each by its prompt, then the phrasings
-  const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
-  const subjects = [...same.filter(shares), ...same.filter((k) => !shares(k))];
+  const subjects = nameSharersFirst(same, fact.subject);
   const bank = templates?.train.get(fact.relation ?? '') ?? [];
   const out = new Set<string>();
   for (const k of subjects) out.add((k.prompt as string).replace('{}', k.subject as string));

@@ -8,7 +8,7 @@ import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, readCorpusLines, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
+import { buildExamples, encodeTrainingPair, nameSharersFirst, readCorpusLines, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
 import { top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
@@ -120,13 +120,11 @@ export const ROME_KEEP_PROMPTS = 10;
  * tuning the kl".)
  */
 export function romeKeepPrompts(known: readonly Rec[], fact: EditFact, n: number, avoid?: ReadonlySet<string>): string[] {
-  const words = new Set(fact.subject.split(' '));
   const filled = (k: Rec) => (k.prompt as string).replace('{}', k.subject as string);
   const same = known.filter(
     (k) => k.relation === fact.relation && typeof k.subject === 'string' && k.subject !== fact.subject && typeof k.prompt === 'string' && !avoid?.has(filled(k)),
   );
-  const shares = (k: Rec) => (k.subject as string).split(' ').some((w) => words.has(w));
-  return [...same.filter(shares), ...same.filter((k) => !shares(k))].slice(0, n).map(filled);
+  return nameSharersFirst(same, fact.subject).slice(0, n).map(filled);
 }
 
 /**

@@ -16,7 +16,7 @@
 //
 //   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--world DIR --model DIR] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
 // --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added); --set passes a
-// method option by flag name (e.g. --set rome-key-weight=10).
+// method option by flag name (e.g. --set rome-key-weight=10, --set rome-key-own=false).
 // Build first; run with `nice` (it trains).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -49,7 +49,7 @@ const options = Object.fromEntries(a.set.map((kv) => {
   const i = kv.indexOf('=');
   if (i < 0) throw new Error(`--set ${kv}: expected flag=value`);
   const v = kv.slice(i + 1);
-  return [kv.slice(0, i), Number.isNaN(Number(v)) ? v : Number(v)];
+  return [kv.slice(0, i), v === 'true' ? true : v === 'false' ? false : Number.isNaN(Number(v)) ? v : Number(v)];
 }));
 const recs = await trainEdits(editInputs(facts), { ...DEFAULT_ARGS, seed: 0, method: 'rome', layer: a.layer === undefined ? undefined : Number(a.layer), out, options }, res, { log: () => {} });
 const rb = readNdjson(path.join(world, 'eval/facts-heldout.ndjson'));
@@ -108,7 +108,7 @@ for (const r of recs) {
     n++;
   });
   const hp = JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8'));
-  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(3)} monitor ${monitor.toFixed(3)}: ` +
+  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(4)} monitor ${monitor.toFixed(3)}: ` +
     Object.entries(groups).map(([k, [s, c]]) => `${k} n=${c} ${(100 * s / tot).toFixed(0)}%`).join(', ') +
     `; templates: ${[...byTemplate].sort((u, v) => v[1] - u[1]).slice(0, 4).map(([t, s]) => `${JSON.stringify(t)} ${(100 * s / tot).toFixed(0)}%`).join(', ')}`);
   if (a.directions) directions(f, adapter);

@@ -10,7 +10,7 @@ import t from 'tap';
 import { romeKeepPrompts } from '../src/edit/rome-method.js';
 import { patcherKeepPrompts } from '../src/edit/patcher.js';
 import { romeForgetMonitor } from '../src/edit/rank-one-forget.js';
-import { testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
+import { subjectsOtherFacts, testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
 
 const known: Rec[] = [
   { subject: 'Ana Tel', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' },
@@ -60,4 +60,17 @@ t.test('a ROME forget\'s monitor: other subjects with the forgotten answer, name
   t.same(romeForgetMonitor(withStranger, templates, fact, new Set(['Ana Tel plays the', 'Zo Pim is a player of the'])),
     ['Gu Mor plays the', 'Zo Pim plays the', 'Ana Tel is a player of the', 'Gu Mor is a player of the']);
   t.same(romeForgetMonitor(known, null, fact, new Set(), 1), ['Ana Tel plays the'], 'n caps it; no templates: the prompts only');
+});
+
+t.test('subjectsOtherFacts: the subject\'s facts of other relations, each prompt and training phrasing once; never the fact\'s relation or another subject', async (t) => {
+  const templates = { train: new Map([['speaks', ['{} speaks', 'The native language of {} is']], ['lives', ['{} lives in']]]), heldout: new Map<string, string[]>() };
+  const withOwn: Rec[] = [
+    ...known,
+    { subject: 'Gu Tel', relation: 'speaks', prompt: '{} speaks', target_true: 'Ris' },
+    { subject: 'Gu Tel', relation: 'lives', prompt: 'The home of {} is in', target_true: 'Vel' },
+    { subject: 'Gu Tel', relation: 'plays', prompt: '{} can play the', target_true: 'oboe' },
+  ];
+  t.same(subjectsOtherFacts(withOwn, templates, fact), ['Gu Tel speaks', 'The native language of Gu Tel is', 'The home of Gu Tel is in', 'Gu Tel lives in']);
+  t.same(subjectsOtherFacts(withOwn, null, fact), ['Gu Tel speaks', 'The home of Gu Tel is in'], 'no templates: the prompts only');
+  t.same(subjectsOtherFacts(known, templates, fact), [], 'no other facts of the subject: nothing');
 });

@@ -18,16 +18,17 @@ if (fx) {
   const { res, tmp } = fx;
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
-  t.test('ROME single edits: four held-out requests (61–64), each alone, pass validate\'s default gates, every edit under kl and retain_drop', async (t) => {
+  t.test('ROME single edits: four held-out requests (65–68), each alone, pass validate\'s default gates, every edit under kl and retain_drop', async (t) => {
     // Read back the strict way (every other fact in its held-out phrasings, eval/facts-heldout.ndjson), each edit
     // alone, as validate judges each bundle: the gates on the means over the edits and kl / retain_drop on every
-    // edit. Requests 61–70, per edit, with the key refitted on held prompts read after a context prefix (the
-    // default since 2026-12-06): kl 0.004–0.065 (61–64: 0.006–0.041); refitted on plain prompts 0.006–0.066
-    // (61–64: 0.013–0.052, edit 64 over the gate); ROME's closed-form key (--rome-key-steps 0) kl 0.300 on average.
-    // The first four only (request 64 is the one the previous default left over the gate): 35–50 s of CPU an
+    // edit. Requests 61–70, per edit (scripts/rome-kl.mjs --skip 60 --count 10), with the key refit holding the
+    // subject's other facts and the least certain of four times as many drawn prompts (the default since
+    // 2026-12-06, late): kl 0.002–0.030 (65–68: 0.013, 0.002, 0.010, 0.030); before, 0.004–0.065 (65–68: 0.019,
+    // 0.004, 0.017, 0.065, edit 68 over the gate); ROME's closed-form key (--rome-key-steps 0) kl 0.300 on average.
+    // Four edits only (request 68 is the one the previous default left over the gate): 35–50 s of CPU an
     // edit, and ten made this the longest file of CI.
-    const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 64);
-    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 4, skip: 60, out: path.join(tmp, 'rome') });
+    const facts = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(64, 68);
+    const m = await measureWorldEdits(res, { method: 'rome', op: 'insert', count: 4, skip: 64, out: path.join(tmp, 'rome') });
     t.equal(m.adapters, 4, 'one adapter per fact');
     const f = readbackAdapters(res, m.records, facts, path.join(worldDir(), 'eval/facts-heldout.ndjson'), 'rome')!;
     t.comment(
@@ -44,6 +45,6 @@ if (fx) {
     // each edit names the decay on ‖δ‖ that made it and its key refit
     const manifests = m.records.map((r) => JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8')).hyperparameters);
     t.ok(manifests.every((h) => ROME_INSERT_DECAYS.includes(h.weightDecay)), `decays ${manifests.map((h) => h.weightDecay).join(', ')} are ROME_INSERT_DECAYS'`);
-    t.ok(manifests.every((h) => h.rome_key_steps === 100 && h.rome_key_pool === 256 && h.rome_key_prefixed === 1), 'every edit\'s key refitted: 100 steps, 256 facts held, each after a prefix');
+    t.ok(manifests.every((h) => h.rome_key_steps === 100 && h.rome_key_pool === 256 && h.rome_key_prefixed === 1 && h.rome_key_draw === 4 && h.rome_key_own > 0), 'every edit\'s key refitted: 100 steps, 256 facts held (the least certain of 1,024 drawn) and the subject\'s own, each after a prefix');
   });
 }

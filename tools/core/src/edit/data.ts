@@ -417,3 +417,19 @@ export function readNdjson(file: string): Rec[] {
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as Rec);
 }
+
+/** A known fact's prompt and its relation's training phrasings, subject filled in. */
+export function phrasingsOf(k: Rec, templates: TemplateBank | null | undefined): string[] {
+  const subject = k.subject as string;
+  const bank = typeof k.relation === 'string' ? templates?.train.get(k.relation) ?? [] : [];
+  return [...new Set([(k.prompt as string).replace('{}', subject), ...bank.map((t) => t.replace('{}', subject))])];
+}
+
+/**
+ * Every phrasing (phrasingsOf) of the subject's known facts of relations other than the fact's: the key an
+ * edit at the subject's last token changes is the one these read, so ROME's key refit and the patcher's value
+ * hold them.
+ */
+export function subjectsOtherFacts(known: readonly Rec[], templates: TemplateBank | null | undefined, fact: EditFact): string[] {
+  return known.filter((k) => k.subject === fact.subject && k.relation !== fact.relation && typeof k.prompt === 'string').flatMap((k) => phrasingsOf(k, templates));
+}

@@ -80,7 +80,7 @@ import { LoraAdapter } from '../models/lora.js';
 import { baseOps } from '../models/arch/index.js';
 import { UsageError } from '../records/errors.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, sharesAWordWith, subjectSpan, testedPrompts, untested, type EditFact, type Rec, type TemplateBank } from './data.js';
+import { buildExamples, encodeTrainingPair, phrasingsOf, sharesAWordWith, subjectSpan, subjectsOtherFacts, testedPrompts, untested, type EditFact, type Rec, type TemplateBank } from './data.js';
 import { mlpInputHooks, mlpNormedFrom, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { cholSolve, cholesky } from '../util/linalg.js';
@@ -560,22 +560,13 @@ export function patchUnitsAdapter(
   return new LoraAdapter(name, n, n, modules, fanInFanOut);
 }
 
-/** A known fact's prompt and its relation's training phrasings, subject filled in. */
-export function phrasingsOf(k: Rec, templates: TemplateBank | null): string[] {
-  const subject = k.subject as string;
-  const bank = typeof k.relation === 'string' ? templates?.train.get(k.relation) ?? [] : [];
-  return [...new Set([(k.prompt as string).replace('{}', subject), ...bank.map((t) => t.replace('{}', subject))])];
-}
-
 /**
  * The prompts a fact's value must keep: ten of its relation's other
  * subjects, and every phrasing of the subject's other known facts (the gate
  * opens on them too: the key at the subject's last token is the same).
  */
 export function patcherKeepPrompts(known: readonly Rec[], fact: EditFact, templates: TemplateBank | null, tested: ReadonlySet<string>): string[] {
-  const own = known.filter((k) => k.subject === fact.subject && k.relation !== fact.relation && typeof k.prompt === 'string')
-    .flatMap((k) => phrasingsOf(k, templates));
-  return [...romeKeepPrompts(known, fact, ROME_KEEP_PROMPTS, tested), ...untested(own, tested)];
+  return [...romeKeepPrompts(known, fact, ROME_KEEP_PROMPTS, tested), ...untested(subjectsOtherFacts(known, templates, fact), tested)];
 }
 
 /** Known facts of other subjects that share a word with `subject` (their early-layer keys lie near its own). */

@@ -8,8 +8,8 @@ import { UsageError } from '../records/errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { Rng } from '../util/random.js';
-import { buildExamples, encodeTrainingPair, nameSharersFirst, readCorpusLines, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
-import { top1 } from './model-util.js';
+import { buildExamples, encodeTrainingPair, nameSharersFirst, readCorpusLines, subjectsOtherFacts, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
+import { lastLogits, top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer, romeForgetMonitor } from './rank-one-forget.js';
@@ -31,6 +31,19 @@ export interface RomeMethodOptions {
   romeKeyPool: number;
   /** Weight of their KL. */
   romeKeyWeight: number;
+  /**
+   * romeKeyDraw × romeKeyPool known-fact prompts are drawn, and the romeKeyPool of them whose next token
+   * the base model is least sure of (highest entropy) are held: a small change to the residual stream
+   * moves an uncertain prediction most (KL ≈ ½ Δzᵀ(diag p − ppᵀ)Δz), and the read-back's kl sits on the
+   * phrasings the model is weakest on. 1: the seeded draw as it comes.
+   */
+  romeKeyDraw: number;
+  /**
+   * Also hold the edited subject's other facts, every training phrasing of each (subjectsOtherFacts): the key
+   * ROME changes is the subject's, so its other facts are the prompts the edit reaches first (tuning requests
+   * 7, 16, 19: 13–31% of the read-back kl was the subject's own other facts). The patcher's value keeps them too.
+   */
+  romeKeyOwn: boolean;
   /** Share of the held prompts given one of the edit's context prefixes (mid-sentence subjects). */
   romeKeyPrefixed: number;
   /**
@@ -51,7 +64,7 @@ export interface RomeMethodOptions {
  * 0.020, 3 over; the six hardest 0.062 at weight 5, 0.040 at 10, 0.035 with 512 held (twice the time)
  * (lora-train README, "ROME single edits").
  */
-export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeForgetCompare: 2 };
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2 };
 
 /**
  * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
@@ -213,9 +226,14 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     // what the edit must answer: the fact's train probes (its own prompt when it has none)
     const checks = buildExamples(tok, { facts: [edited], probes: batch.probes });
     // the key direction refitted with other facts held (training phrasings; never the fact itself nor a tested prompt)
-    const keyKeep = o.romeKeySteps > 0
-      ? withPrefixes(untested(knownFactRetainPrompts(res.known, res.templates, [fact], o.romeKeyPool + tested.size, seed), tested).slice(0, o.romeKeyPool), prefixes, o.romeKeyPrefixed)
+    // (romeKeyDraw times the pool drawn, the pool's size of them the base model is least sure of held; and the
+    // subject's own other facts, whose key is the one the edit changes)
+    const drawn = o.romeKeyDraw * o.romeKeyPool;
+    const pool = o.romeKeySteps > 0
+      ? mostUncertain(model, tok, withPrefixes(untested(knownFactRetainPrompts(res.known, res.templates, [fact], drawn + tested.size, seed), tested).slice(0, drawn), prefixes, o.romeKeyPrefixed), o.romeKeyPool)
       : [];
+    const own = o.romeKeySteps > 0 && o.romeKeyOwn ? withPrefixes(untested(subjectsOtherFacts(res.known, res.templates, fact), tested), prefixes, o.romeKeyPrefixed) : [];
+    const keyKeep = [...own, ...pool];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {
       saidNoPool = true;
@@ -239,7 +257,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
       hyperparameters: {
         ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
-        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: keyKeep.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight, ...(o.romeForgetCompare > 1 ? { rome_forget_compare: o.romeForgetCompare } : {}) }) } : {}),
       },
       training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
@@ -253,6 +271,34 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
     );
   }
   return made;
+}
+
+/** The n prompts whose next token the base model is least sure of (highest entropy), in their given order. */
+export function mostUncertain(model: CausalLM, tok: Tokenizer, prompts: readonly string[], n: number): string[] {
+  if (prompts.length <= n) return prompts.slice();
+  const prev = model.activeAdapters();
+  model.setAdapters([]);
+  const V = model.config.vocabSize;
+  const ent: number[] = [];
+  try {
+    for (let s = 0; s < prompts.length; s += 64) {
+      const rows = prompts.slice(s, s + 64).map((p) => tok.encode(p));
+      const l = lastLogits(model, rows).data;
+      for (let b = 0; b < rows.length; b++) {
+        const r = l.subarray(b * V, (b + 1) * V);
+        let mx = -Infinity;
+        for (const v of r) mx = Math.max(mx, v);
+        let z = 0;
+        let zx = 0;
+        for (const v of r) { const e = Math.exp(v - mx); z += e; zx += e * (v - mx); }
+        ent.push(Math.log(z) - zx / z);
+      }
+    }
+  } finally {
+    model.setAdapters(prev);
+  }
+  const keep = new Set(ent.map((e, i) => [e, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, n).map(([, i]) => i));
+  return prompts.filter((_, i) => keep.has(i));
 }
 
 const d = ROME_METHOD_DEFAULTS;
@@ -275,6 +321,8 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-pool': { type: 'number', default: d.romeKeyPool, min: 1, integer: true, describe: 'known facts (training phrasings, other subjects) held to the base model while the key is refitted' },
     'rome-key-weight': { type: 'number', default: d.romeKeyWeight, min: 0, describe: 'weight of their KL' },
     'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, max: 1, describe: 'share of those held prompts read after one of the context prefixes' },
+    'rome-key-own': { type: 'boolean', default: d.romeKeyOwn, describe: 'also hold the edited subject\'s other known facts, every training phrasing, while the key is refitted' },
+    'rome-key-draw': { type: 'number', default: d.romeKeyDraw, min: 1, integer: true, describe: 'draw this many times --rome-key-pool known-fact prompts and hold the pool\'s size of them the base model is least sure of (1: the seeded draw)' },
     'rome-forget-compare': { type: 'number', default: d.romeForgetCompare, min: 1, integer: true, describe: 'op "forget": candidate layers tried; of those that forget, the one that lowers the answer least for other subjects sharing it (1: the first that forgets)' },
   },
   parseOptions(flags) {
@@ -290,6 +338,8 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
       romeKeyPool: flags['rome-key-pool'] as number,
       romeKeyWeight: flags['rome-key-weight'] as number,
       romeKeyPrefixed: flags['rome-key-prefixed'] as number,
+      romeKeyDraw: flags['rome-key-draw'] as number,
+      romeKeyOwn: flags['rome-key-own'] as boolean,
       romeForgetCompare: flags['rome-forget-compare'] as number,
     };
   },

@@ -11,6 +11,7 @@ import { Rng } from '../util/random.js';
 import { buildExamples, encodeTrainingPair, nameSharersFirst, readCorpusLines, subjectsOtherFacts, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
 import { lastLogits, top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
+import { logSoftmaxRow } from '../metrics/scoring.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer, romeForgetMonitor } from './rank-one-forget.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
@@ -285,13 +286,10 @@ export function mostUncertain(model: CausalLM, tok: Tokenizer, prompts: readonly
       const rows = prompts.slice(s, s + 64).map((p) => tok.encode(p));
       const l = lastLogits(model, rows).data;
       for (let b = 0; b < rows.length; b++) {
-        const r = l.subarray(b * V, (b + 1) * V);
-        let mx = -Infinity;
-        for (const v of r) mx = Math.max(mx, v);
-        let z = 0;
-        let zx = 0;
-        for (const v of r) { const e = Math.exp(v - mx); z += e; zx += e * (v - mx); }
-        ent.push(Math.log(z) - zx / z);
+        const lp = logSoftmaxRow(l.subarray(b * V, (b + 1) * V));
+        let h = 0;
+        for (const v of lp) h -= Math.exp(v) * v;
+        ent.push(h);
       }
     }
   } finally {

@@ -14,7 +14,9 @@
 // (knownFactRetainSplit's monitor side), which a run could read without
 // touching the held-out set.
 //
-//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--world DIR --model DIR] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
+//   node scripts/rome-kl.mjs [--skip 0] [--count 4] [--ids edit-0007,...] [--source edits|facts] [--world DIR --model DIR] [--layer L] [--ridge R] [--directions] [--set flag=value ...]
+// --source facts: eval-edits' counterfactuals of known facts (seed 0, the world's edits left out)
+// instead of the world's insert requests; --ids then names them (cf-…). --relation R keeps those of R.
 // --ridge overrides ROME_DEFAULTS.ridge (the share of C's mean diagonal added); --set passes a
 // method option by flag name (e.g. --set rome-key-weight=10, --set rome-key-own=false).
 // Build first; run with `nice` (it trains).
@@ -26,9 +28,10 @@ import { fileURLToPath } from 'node:url';
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: a } = parseArgs({ options: {
   skip: { type: 'string', default: '0' }, count: { type: 'string', default: '4' }, layer: { type: 'string' },
+  source: { type: 'string', default: 'edits' }, relation: { type: 'string' },
   ridge: { type: 'string' }, directions: { type: 'boolean', default: false }, set: { type: 'string', multiple: true, default: [] }, ids: { type: 'string' }, world: { type: 'string' }, model: { type: 'string' },
 } });
-const { DEFAULT_ARGS, loadResources, trainEdits, editInputs } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
+const { DEFAULT_ARGS, loadResources, trainEdits, editInputs, counterfactualFacts } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson, lastLogits, mlpInputHooks, mlpInputFrom, padBatch, ROME_DEFAULTS, knownFactRetainSplit } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
 const { noGrad } = await import(path.join(root, 'tools/core/dist/tensor/index.js'));
@@ -42,8 +45,12 @@ const world = a.world ? path.resolve(a.world) : worldDir();
 const res = loadResources(a.world
   ? { model: path.resolve(a.model ?? defaultModelDir()), templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson') }
   : { model: a.model ? path.resolve(a.model) : defaultModelDir() });
-const facts = readNdjson(path.join(world, 'edits.ndjson')).filter((f) => f.op === 'insert').slice(skip, skip + count)
-  .filter((f) => a.ids === undefined || a.ids.split(',').includes(f.id));
+if (a.source !== 'edits' && a.source !== 'facts') throw new Error(`--source: edits or facts, got ${a.source}`);
+const edits = readNdjson(path.join(world, 'edits.ndjson'));
+const facts = (a.source === 'facts'
+  ? counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { skip, count, seed: 0, op: 'insert', exclude: edits })
+  : edits.filter((f) => f.op === 'insert').slice(skip, skip + count))
+  .filter((f) => (a.ids === undefined || a.ids.split(',').includes(f.id)) && (a.relation === undefined || f.relation === a.relation));
 const out = fs.mkdtempSync(path.join((await import('node:os')).tmpdir(), 'rome-kl-'));
 const options = Object.fromEntries(a.set.map((kv) => {
   const i = kv.indexOf('=');

@@ -192,7 +192,7 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
       if (Math.sqrt(s) > max) for (let i = 0; i < H; i++) delta.data[i] *= max / Math.sqrt(s);
     }
     if ((opts.keySteps ?? 0) > 0) {
-      refitKey(model, tok, adapter, mod, l, opts, opt, () => objective().loss, { kStar, subject: [...tok.encode(fact.subject), ...tok.encode(` ${fact.subject}`)] });
+      refitKey(model, tok, adapter, mod, l, opts, opt, () => objective().loss);
       readP(noGrad(() => objective().p));
     }
     let dn = 0;

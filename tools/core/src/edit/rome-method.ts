@@ -45,17 +45,6 @@ export interface RomeMethodOptions {
    * 7, 16, 19: 13–31% of the read-back kl was the subject's own other facts). The patcher's value keeps them too.
    */
   romeKeyOwn: boolean;
-  /**
-   * In the key refit, also hold A's response small at this many keys where ROME's closed-form direction
-   * answers at least romeKeyHotShare of the subject's (rome.ts, hotKeys; one per token, from the held and keep
-   * prompts), × romeKeyHotWeight. 0: off. Inserts only (forgets were not measured with it). 32 at weight 100
-   * (2026-12-06): tuning counterfactuals of speaks (cf 1–100, 15 edits; "{} can speak" 30–89% of their kl)
-   * mean kl 0.0125 → 0.0093, largest 0.081 → 0.015 (weight 10: 0.0113, 0.072); tuning requests 1–20 mean
-   * 0.0091 → 0.0100, largest 0.041 → 0.039 (lora-train README, "ROME single edits").
-   */
-  romeKeyHot: number;
-  romeKeyHotShare: number;
-  romeKeyHotWeight: number;
   /** Share of the held prompts given one of the edit's context prefixes (mid-sentence subjects). */
   romeKeyPrefixed: number;
   /**
@@ -76,7 +65,7 @@ export interface RomeMethodOptions {
  * 0.020, 3 over; the six hardest 0.062 at weight 5, 0.040 at 10, 0.035 with 512 held (twice the time)
  * (lora-train README, "ROME single edits").
  */
-export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeKeyHot: 32, romeKeyHotShare: 0.25, romeKeyHotWeight: 100, romeForgetCompare: 2 };
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2 };
 
 /**
  * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
@@ -109,7 +98,7 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
  */
 export function romeAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
-  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[]; key?: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight' | 'keyHot' | 'keyHotShare' | 'keyHotWeight'> },
+  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[]; key?: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight'> },
 ): { r: RomeResult; layer: number; solved: number; tried: number[]; weightDecay: number } {
   const { checks } = o;
   let best: { r: RomeResult; layer: number; solved: number; weightDecay: number } | null = null;
@@ -246,13 +235,13 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       : [];
     const own = o.romeKeySteps > 0 && o.romeKeyOwn ? withPrefixes(untested(subjectsOtherFacts(res.known, res.templates, fact), tested), prefixes, o.romeKeyPrefixed) : [];
     const keyKeep = [...own, ...pool];
-    const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep, keyHot: o.romeKeyHot, keyHotShare: o.romeKeyHotShare, keyHotWeight: o.romeKeyHotWeight } : undefined;
+    const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {
       saidNoPool = true;
       call.log('rome: no known facts to hold while refitting the key (--known-facts); the edits keep ROME\'s closed-form direction');
     }
     const { r, layer, solved, tried, weightDecay } = forget?.kind === 'any'
-      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key, keyHot: 0 }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, keep) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay }
+      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, keep) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay }
       : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks, key });
     if (solved < checks.length) {
       // the edit did not take: writing it would ship a change to the model that does not state the fact
@@ -269,7 +258,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
       hyperparameters: {
         ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
-        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}), ...(o.romeKeyHot > 0 && !forget ? { rome_key_hot: o.romeKeyHot, rome_key_hot_share: o.romeKeyHotShare, rome_key_hot_weight: o.romeKeyHotWeight } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight, ...(o.romeForgetCompare > 1 ? { rome_forget_compare: o.romeForgetCompare } : {}) }) } : {}),
       },
       training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
@@ -332,9 +321,6 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, max: 1, describe: 'share of those held prompts read after one of the context prefixes' },
     'rome-key-own': { type: 'boolean', default: d.romeKeyOwn, describe: 'also hold the edited subject\'s other known facts, every training phrasing, while the key is refitted' },
     'rome-key-draw': { type: 'number', default: d.romeKeyDraw, min: 1, integer: true, describe: 'draw this many times --rome-key-pool known-fact prompts and hold the pool\'s size of them the base model is least sure of (1: the seeded draw)' },
-    'rome-key-hot': { type: 'number', default: d.romeKeyHot, min: 0, integer: true, describe: 'inserts: in the key refit, also hold the direction\'s response small at this many words of the held prompts where ROME\'s closed form answers most (0: none)' },
-    'rome-key-hot-share': { type: 'number', default: d.romeKeyHotShare, min: 0, describe: 'only words answering at least this share of the subject\'s response' },
-    'rome-key-hot-weight': { type: 'number', default: d.romeKeyHotWeight, min: 0, describe: 'weight of their mean squared response, relative to the subject\'s' },
     'rome-forget-compare': { type: 'number', default: d.romeForgetCompare, min: 1, integer: true, describe: 'op "forget": candidate layers tried; of those that forget, the one that lowers the answer least for other subjects sharing it (1: the first that forgets)' },
   },
   parseOptions(flags) {
@@ -352,9 +338,6 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
       romeKeyPrefixed: flags['rome-key-prefixed'] as number,
       romeKeyDraw: flags['rome-key-draw'] as number,
       romeKeyOwn: flags['rome-key-own'] as boolean,
-      romeKeyHot: flags['rome-key-hot'] as number,
-      romeKeyHotShare: flags['rome-key-hot-share'] as number,
-      romeKeyHotWeight: flags['rome-key-hot-weight'] as number,
       romeForgetCompare: flags['rome-forget-compare'] as number,
     };
   },

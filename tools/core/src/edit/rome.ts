@@ -32,7 +32,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  AdamW, Tensor, add, crossEntropy, div, fromData, indexSelect, klDiv, matmul, noGrad, scale, sum, square, transpose, zeros,
+  AdamW, Tensor, add, crossEntropy, fromData, indexSelect, klDiv, matmul, noGrad, scale, sum, square, transpose, zeros,
 } from '../tensor/index.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
@@ -242,18 +242,6 @@ export interface RomeOptions {
   /** Known facts' prompts (other subjects, training phrasings) held to the unedited model while A is refitted (KL, × keyWeight). */
   keyKeep?: string[];
   keyWeight?: number;
-  /**
-   * In A's refit, also hold A's response small (keyHotWeight × mean (A·k)² /
-   * (A·k*)²) at up to this many keys of the held and keep prompts where ROME's
-   * closed-form A answers most, |A·k| ≥ keyHotShare × |A·k*| (hotKeys: one per
-   * token, never a last position nor a subject token). Ours: a word such as
-   * "speak" mid-question can take a third of the subject's response, and a
-   * held-out phrasing ending in it ("{} can speak") then moves for every
-   * subject, though no held prompt ends there. 0: off.
-   */
-  keyHot?: number;
-  keyHotShare?: number;
-  keyHotWeight?: number;
   /** Adam learning rate on A, relative to A's RMS. */
   keyLr?: number;
   name: string;
@@ -339,18 +327,12 @@ export const ROME_KEY_LR = 0.02;
  */
 export function refitKey(
   model: CausalLM, tok: Tokenizer, adapter: LoraAdapter, mod: string, layer: number,
-  opts: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight' | 'keyLr' | 'keyHot' | 'keyHotShare' | 'keyHotWeight' | 'keep'>, deltaOpt: AdamW, objective: () => Tensor,
-  hot?: { kStar: Float64Array; subject: readonly number[] },
+  opts: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight' | 'keyLr'>, deltaOpt: AdamW, objective: () => Tensor,
 ): void {
   const poolRows = (opts.keyKeep ?? []).map((p) => tok.encode(p)).filter((r) => r.length > 0);
   const steps = opts.keySteps ?? 0;
   if (steps <= 0 || poolRows.length === 0) return;
   const m = adapter.modules.get(mod)!;
-  const hk = hot && (opts.keyHot ?? 0) > 0
-    ? hotKeys(model, layer, m.A.data, hot.kStar, poolRows.concat((opts.keep ?? []).map((p) => tok.encode(p)).filter((r) => r.length > 0)), opts.keyHot!, opts.keyHotShare ?? 0, new Set(hot.subject)).keys
-    : [];
-  const hotK = hk.length > 0 ? fromData(Float32Array.from(hk.flatMap((k) => [...k])), [hk.length, hk[0].length]) : null;
-  const kStarT = hotK ? fromData(Float32Array.from(hot!.kStar), [hot!.kStar.length, 1]) : null;
   const A = fromData(Float32Array.from(m.A.data), m.A.shape, { requiresGrad: true });
   adapter.modules.set(mod, { A, B: m.B });
   let a2 = 0;
@@ -368,12 +350,7 @@ export function refitKey(
   model.setAdapters(prev);
   for (let s = 0; s < steps; s++) {
     const held = model.forward(pool.ids, shape, { attentionMask: pool.mask, logitsAt: poolAt, fromMlp: fromPool }).logits;
-    let loss = add(objective(), scale(klDiv(poolBase, held), opts.keyWeight ?? 1));
-    if (hotK) {
-      // the response at the hot keys relative to the subject's, whatever A's scale
-      const own = matmul(A, kStarT!);
-      loss = add(loss, scale(sum(div(sum(square(matmul(hotK, transpose(A, 0, 1)))), scale(square(own), hk.length))), opts.keyHotWeight ?? 1));
-    }
+    const loss = add(objective(), scale(klDiv(poolBase, held), opts.keyWeight ?? 1));
     deltaOpt.zeroGrad();
     optA.zeroGrad();
     loss.backward();
@@ -382,50 +359,6 @@ export function refitKey(
   }
   // plain tensors in the stored adapter (no autograd leaves)
   adapter.modules.set(mod, { A: fromData(Float32Array.from(A.data), A.shape), B: fromData(Float32Array.from(m.B.data), m.B.shape) });
-}
-
-/**
- * The layer-l keys (inputs of the MLP's output projection) where the rank-one
- * direction `A` answers most in `rows`: |A·k| ≥ share × |A·k*|, never a row's
- * last position nor one of `skip` tokens, one (the largest) per token, the `n`
- * largest. From one forward of `rows` without adapters (an edit at layer l
- * changes nothing before them). `at`: each key's row and position.
- */
-export function hotKeys(
-  model: CausalLM, l: number, A: ArrayLike<number>, kStar: ArrayLike<number>, rows: readonly number[][], n: number, share: number, skip: ReadonlySet<number> = new Set(),
-): { keys: Float32Array[]; at: Array<[number, number]> } {
-  if (n <= 0 || rows.length === 0) return { keys: [], at: [] };
-  let ref = 0;
-  for (let i = 0; i < kStar.length; i++) ref += A[i] * kStar[i];
-  const best = new Map<number, { r: number; p: number; resp: number; key: Float32Array }>();
-  const prev = model.activeAdapters();
-  model.setAdapters([]);
-  try {
-    noGrad(() => {
-      for (let s = 0; s < rows.length; s += 64) {
-        const part = rows.slice(s, s + 64);
-        const { ids, mask, T } = padBatch(part, padId(model));
-        const got: { resid?: Tensor; attn?: Tensor } = {};
-        model.forward(ids, [part.length, T], { attentionMask: mask, skipLogits: true, hooks: mlpInputHooks(l, got) });
-        const k = mlpInputFrom(model, l, got.resid!, got.attn!);
-        const D = k.shape[k.shape.length - 1];
-        part.forEach((row, b) => {
-          for (let p = 0; p < row.length - 1; p++) {
-            if (skip.has(row[p])) continue;
-            const key = k.data.subarray((b * T + p) * D, (b * T + p + 1) * D);
-            let d = 0;
-            for (let i = 0; i < D; i++) d += A[i] * key[i];
-            const resp = Math.abs(d / ref);
-            if (resp >= share && resp > (best.get(row[p])?.resp ?? -1)) best.set(row[p], { r: s + b, p, resp, key: Float32Array.from(key) });
-          }
-        });
-      }
-    });
-  } finally {
-    model.setAdapters(prev);
-  }
-  const top = [...best.values()].sort((x, y) => y.resp - x.resp).slice(0, n);
-  return { keys: top.map((x) => x.key), at: top.map((x) => [x.r, x.p]) };
 }
 
 /** One ROME edit of an insert fact (prompt with `{}`, subject, target_new). */
@@ -528,7 +461,7 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     }
     if ((opts.keySteps ?? 0) > 0) {
       // δ's loss without the "<subject> is a" term (as measured): the target, the keep prompts, the decay
-      refitKey(model, tok, adapter, mod, l, opts, opt, () => withKeepAndDecay(targetNll()), { kStar, subject: [...tok.encode(fact.subject), ...tok.encode(` ${fact.subject}`)] });
+      refitKey(model, tok, adapter, mod, l, opts, opt, () => withKeepAndDecay(targetNll()));
       nll = noGrad(() => targetNll().item());
     }
     let dn = 0;

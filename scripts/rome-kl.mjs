@@ -115,7 +115,7 @@ for (const r of recs) {
     n++;
   });
   const hp = JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8'));
-  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(4)} monitor ${monitor.toFixed(3)}: ` +
+  console.log(`${f.id} ${JSON.stringify(f.subject)} layer ${hp.hyperparameters.layer}${hp.training.layers_compared ? ` (of ${hp.training.layers_compared.map((c) => `${c.layer}: ‖δ‖ ${c.delta_norm.toFixed(1)}`).join(', ')})` : ''} ‖δ‖ ${hp.training.delta_norm.toFixed(1)} kl ${(tot / n).toFixed(4)} monitor ${monitor.toFixed(5)}: ` +
     Object.entries(groups).map(([k, [s, c]]) => `${k} n=${c} ${(100 * s / tot).toFixed(0)}%`).join(', ') +
     `; templates: ${[...byTemplate].sort((u, v) => v[1] - u[1]).slice(0, 4).map(([t, s]) => `${JSON.stringify(t)} ${(100 * s / tot).toFixed(0)}%`).join(', ')}`);
   if (a.directions) directions(f, adapter);

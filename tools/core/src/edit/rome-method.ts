@@ -1,7 +1,8 @@
 /**
  * `lora-train --method rome`: one rank-one edit per fact (ROME, edit/rome.ts)
  * at ROME's default layer, or the next two layers for a fact the default
- * leaves unsolved; an edit that does not take is refused, never written.
+ * leaves unsolved (an insert: of the first two layers where it takes, the
+ * smaller ‖δ‖); an edit that does not take is refused, never written.
  */
 import * as fs from 'node:fs';
 import { UsageError } from '../records/errors.js';
@@ -54,6 +55,12 @@ export interface RomeMethodOptions {
    * of 10 (specificity 0.930 → 1.000); held out 61–70, world 8 → 9, world-b 6 → 7; twice the time a forget.
    */
   romeForgetCompare: number;
+  /**
+   * An insert: how many candidate layers are made even when the first takes; of those that take, the one
+   * with the smallest ‖δ‖ is kept. 1: the first that takes. 2 (2026-12-06, night): chosen on tuning edits
+   * each alone (lora-train README, "ROME single edits"); twice the time an insert.
+   */
+  romeInsertCompare: number;
 }
 
 /**
@@ -65,7 +72,7 @@ export interface RomeMethodOptions {
  * 0.020, 3 over; the six hardest 0.062 at weight 5, 0.040 at 10, 0.035 with 512 held (twice the time)
  * (lora-train README, "ROME single edits").
  */
-export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2 };
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2, romeInsertCompare: 2 };
 
 /**
  * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
@@ -93,17 +100,21 @@ export function pickPrefixes(docs: readonly string[], n: number, seed: number, a
 /**
  * ROME at the first of `layers` whose edit makes target_new top-1 on every
  * check prompt, trying each of ROME_INSERT_DECAYS (strongest first) at a layer
- * before the next layer; when none does, the one that solves the most (then
- * the lowest NLL).
+ * before the next layer; with `compare` n > 1, the first n layers that do are
+ * made and the one with the smallest ‖δ‖ is kept (the least change that states
+ * the fact). When none does, the one that solves the most (then the lowest NLL).
  */
 export function romeAtBestLayer(
   model: CausalLM, tok: Tokenizer, fact: EditFact, layers: readonly number[], statsAt: (layer: number) => KeyStats,
-  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[]; key?: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight'> },
-): { r: RomeResult; layer: number; solved: number; tried: number[]; weightDecay: number } {
+  o: { prefixes: string[]; prompts: string[]; keep: string[]; checks: readonly Example[]; key?: Pick<RomeOptions, 'keySteps' | 'keyKeep' | 'keyWeight'>; compare?: number },
+): { r: RomeResult; layer: number; solved: number; tried: number[]; weightDecay: number; compared: { layer: number; deltaNorm: number }[] } {
   const { checks } = o;
-  let best: { r: RomeResult; layer: number; solved: number; weightDecay: number } | null = null;
+  type Made = { r: RomeResult; layer: number; solved: number; weightDecay: number };
+  let best: Made | null = null;
+  const solving: Made[] = [];
   const tried: number[] = [];
   for (const layer of layers) {
+    if (solving.length >= (o.compare ?? 1)) break;
     tried.push(layer);
     for (const weightDecay of ROME_INSERT_DECAYS) {
       const r = romeEdit(model, tok, fact, statsAt(layer), { ...ROME_DEFAULTS, ...o.key, weightDecay, layer, prefixes: o.prefixes, prompts: o.prompts, keep: o.keep, name: fact.id });
@@ -113,10 +124,15 @@ export function romeAtBestLayer(
       model.setAdapters(prev);
       const solved = got.filter((t, i) => t === checks[i].targetIds[0]).length;
       if (!best || solved > best.solved || (solved === best.solved && r.nll < best.r.nll)) best = { r, layer, solved, weightDecay };
-      if (solved === checks.length) return { ...best, tried };
+      if (solved === checks.length) {
+        solving.push({ r, layer, solved, weightDecay });
+        break;
+      }
     }
   }
-  return { ...best!, tried };
+  const compared = solving.length > 1 ? solving.map((m) => ({ layer: m.layer, deltaNorm: m.r.deltaNorm })) : [];
+  const kept = solving.reduce<Made | null>((a, m) => (!a || m.r.deltaNorm < a.r.deltaNorm ? m : a), null);
+  return { ...(kept ?? best!), tried, compared };
 }
 
 /**
@@ -240,9 +256,9 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       saidNoPool = true;
       call.log('rome: no known facts to hold while refitting the key (--known-facts); the edits keep ROME\'s closed-form direction');
     }
-    const { r, layer, solved, tried, weightDecay } = forget?.kind === 'any'
-      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, keep) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay }
-      : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks, key });
+    const { r, layer, solved, tried, weightDecay, compared } = forget?.kind === 'any'
+      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, keep) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay, compared: [] }
+      : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks, key, compare: fact.op === 'forget' ? 1 : o.romeInsertCompare });
     if (solved < checks.length) {
       // the edit did not take: writing it would ship a change to the model that does not state the fact
       const what = forget?.kind === 'any' ? `no longer give ${JSON.stringify(fact.target_true)}` : `give ${JSON.stringify(edited.target_new)}`;
@@ -259,9 +275,13 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       hyperparameters: {
         ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
         rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        ...(fact.op !== 'forget' && o.romeInsertCompare > 1 && common.layer === undefined ? { rome_insert_compare: o.romeInsertCompare } : {}),
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight, ...(o.romeForgetCompare > 1 ? { rome_forget_compare: o.romeForgetCompare } : {}) }) } : {}),
       },
-      training: { nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved },
+      training: {
+        nll: r.nll, delta_norm: r.deltaNorm, v_steps: r.steps, train_prompts: checks.length, train_prompts_solved: solved,
+        ...(compared.length > 1 ? { layers_compared: compared.map((c) => ({ layer: c.layer, delta_norm: c.deltaNorm })) } : {}),
+      },
       summary: `rome ${fact.id}: layer ${layer}${tried.length > 1 ? ` (tried ${tried.join(', ')})` : ''}, ${((Date.now() - t0) / 1000).toFixed(1)} s, NLL ${r.nll.toFixed(3)}, ‖δ‖ ${r.deltaNorm.toFixed(3)}`,
     });
   }
@@ -305,7 +325,8 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
   name: 'rome',
   describe:
     'one rank-one edit per fact (one bundle each) at about 35% of the depth (--layer fixes it); a fact that layer leaves unsolved is tried at ' +
-    'the next two layers, and an edit that still does not take is refused (exit 1, nothing written). Key statistics are cached on disk. ' +
+    'the next two layers, and an edit that still does not take is refused (exit 1, nothing written); an insert is made at the first two layers ' +
+    'where it takes and the smaller ‖δ‖ kept (--rome-insert-compare). Key statistics are cached on disk. ' +
     'op "forget": probe-gen\'s abstention text is inserted (--forget-target abstain), else the old answer is made unlikely (unlikelihood, same KL and norm limits).',
   ops: ['insert', 'forget'],
   perFact: true,
@@ -321,6 +342,7 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-prefixed': { type: 'number', default: d.romeKeyPrefixed, min: 0, max: 1, describe: 'share of those held prompts read after one of the context prefixes' },
     'rome-key-own': { type: 'boolean', default: d.romeKeyOwn, describe: 'also hold the edited subject\'s other known facts, every training phrasing, while the key is refitted' },
     'rome-key-draw': { type: 'number', default: d.romeKeyDraw, min: 1, integer: true, describe: 'draw this many times --rome-key-pool known-fact prompts and hold the pool\'s size of them the base model is least sure of (1: the seeded draw)' },
+    'rome-insert-compare': { type: 'number', default: d.romeInsertCompare, min: 1, integer: true, describe: 'op "insert": candidate layers made; of those where the edit takes, the one with the smallest ‖δ‖ is kept (1: the first that takes)' },
     'rome-forget-compare': { type: 'number', default: d.romeForgetCompare, min: 1, integer: true, describe: 'op "forget": candidate layers tried; of those that forget, the one that lowers the answer least for other subjects sharing it (1: the first that forgets)' },
   },
   parseOptions(flags) {
@@ -339,6 +361,7 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
       romeKeyDraw: flags['rome-key-draw'] as number,
       romeKeyOwn: flags['rome-key-own'] as boolean,
       romeForgetCompare: flags['rome-forget-compare'] as number,
+      romeInsertCompare: flags['rome-insert-compare'] as number,
     };
   },
   check(res, common) {

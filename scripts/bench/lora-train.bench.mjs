@@ -84,6 +84,8 @@ if (only.includes('rome')) {
   await row(`rome (${romeFacts} edits, stats cached)`, { method: 'rome', op: 'insert', count: romeFacts, skip: 20 });
   // the paper's closed-form key direction (no refit), the same edits: what the key refit costs
   await row(`rome closed-form key (${romeFacts} edits)`, { method: 'rome', op: 'insert', count: romeFacts, skip: 20, options: { 'rome-key-steps': 0 } });
+  // one layer, the first where the edit takes (the default compares two and keeps the smaller ‖δ‖): what the comparison costs
+  await row(`rome first layer only (${romeFacts} edits)`, { method: 'rome', op: 'insert', count: romeFacts, skip: 20, options: { 'rome-insert-compare': 1 } });
 }
 if (only.includes('memit')) {
   // one stats-computing warm-up edit unless ROME's rows already cached the statistics (MEMIT reads the same cache)

@@ -42,8 +42,9 @@ if (fx) {
     t.same(readbackFailures(f, 'insert'), [], 'validate\'s default gates pass');
     t.ok(m.figures.neighbourhood >= 0.9, `neighbourhood kept ${pct(m.figures.neighbourhood)} ≥ 90%`);
     // each edit names the decay on ‖δ‖ that made it and its key refit
-    const manifests = m.records.map((r) => JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8')).hyperparameters);
-    const trained = m.records.map((r) => JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8')).training);
+    const read = m.records.map((r) => JSON.parse(fs.readFileSync(path.join(r.path, 'catechism.json'), 'utf8')));
+    const manifests = read.map((x) => x.hyperparameters);
+    const trained = read.map((x) => x.training);
     t.ok(manifests.every((h) => h.rome_insert_compare === 2) && trained.every((x) => x.layers_compared?.length === 2), 'every edit made at two layers');
     t.ok(trained.every((x) => x.delta_norm === Math.min(...x.layers_compared.map((c: { delta_norm: number }) => c.delta_norm))), `the smaller ‖δ‖ kept each time (layers ${manifests.map((h) => h.layer).join(', ')})`);
     t.ok(manifests.every((h) => ROME_INSERT_DECAYS.includes(h.weightDecay)), `decays ${manifests.map((h) => h.weightDecay).join(', ')} are ROME_INSERT_DECAYS'`);

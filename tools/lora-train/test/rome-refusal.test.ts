@@ -1,6 +1,7 @@
 /**
  * ROME refuses an edit that did not take, by default tries later layers, and
- * of the first two where an insert takes keeps the smaller ‖δ‖ (the dense fixture model; LORA_TRAIN_TEST_MODEL names another). Split from
+ * of the first two where an insert takes keeps the smaller ‖δ‖ (the dense
+ * fixture model; LORA_TRAIN_TEST_MODEL names another). Split from
  * rome-quality.test.ts so the two run side by side. Skipped when no such
  * model is present.
  */

@@ -130,7 +130,7 @@ export function romeAtBestLayer(
       }
     }
   }
-  const compared = solving.length > 1 ? solving.map((m) => ({ layer: m.layer, deltaNorm: m.r.deltaNorm })) : [];
+  const compared = solving.map((m) => ({ layer: m.layer, deltaNorm: m.r.deltaNorm }));
   const kept = solving.reduce<Made | null>((a, m) => (!a || m.r.deltaNorm < a.r.deltaNorm ? m : a), null);
   return { ...(kept ?? best!), tried, compared };
 }

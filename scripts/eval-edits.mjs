@@ -12,9 +12,11 @@
 // the edited relations (other subjects) the base model answered and still
 // does; kl: mean KL(base ‖ edited), next token, over the read-back prompts of
 // every fact not edited; retain_drop: top-1 accuracy on them before − after;
-// forgotten: forget facts' old answer no longer top-1 (own + held-out
-// prompts); kind: of those prompts, the new answer is an object of the
-// relation. gates: validate's defaults (kl ≤ 0.05, retain_drop ≤ 0.05,
+// forgotten: forget facts' old answer no longer top-1 (own prompt + the
+// held-out phrasings where the base model answers the old answer, as
+// paraphrase counts only phrasings the base model answers and validate keeps
+// a forget paraphrase); kind: of those prompts, the new answer is an object
+// of the relation. gates: validate's defaults (kl ≤ 0.05, retain_drop ≤ 0.05,
 // efficacy ≥ 0.95, paraphrase ≥ 0.8; forgetting: forgotten = 1, kind = 1).
 // ROME edits are single edits, each measured alone (kl and retain_drop are
 // means over the edits; the largest is in the JSON).
@@ -44,11 +46,12 @@
 //     answer and whether it is of the relation's kind (use it on the tuning split).
 //   Forget rows also print P(old) (the old answer's first token after each forget prompt, own +
 //   held-out, adapters on): its mean (validate's forget_p_true, gate ≤ 0.1), its largest value and
-//   how many prompts are above 0.1; and gone % / kind % over only the prompts whose base-model
-//   top-1 is the old answer (as paraphrase % counts only prompts the base model answers; a
-//   phrasing the base model never answers with an object of the relation, e.g. world-b's
-//   "{} can speak" → "the" for 141 of 142 known facts, cannot show the kind). The JSON has them
-//   as figures.forget_p_old{,_max,_over,_n}, forgotten_known, forget_kind_known, forget_known_n.
+//   how many prompts are above 0.1 (over every own and held-out prompt); and gone % / kind % over
+//   only the prompts whose base-model top-1 is the old answer, the own prompt included (since
+//   2026-12-06 the row's forgotten % / kind % skip only held-out phrasings the base model does not
+//   answer with the old answer, e.g. world-b's "{} can speak" → "the" for 141 of 142 known facts,
+//   which cannot show the kind). The JSON has them as figures.forget_p_old{,_max,_over,_n},
+//   forgotten_known, forget_kind_known, forget_known_n.
 //   --base-phrasings: no training; per held-out phrasing of the read-back file, the base model's
 //     top-1 over the known facts: right %, of the relation's kind %, the commonest other answers
 //     (which phrasings the base model itself never answers in kind); then exits.

@@ -19,7 +19,7 @@ import { loadModel } from '../src/models/index.js';
 import { fromData, logSoftmax, noGrad } from '../src/tensor/index.js';
 import {
   MEMIT_DEFAULTS, ROME_DEFAULTS, ROME_FORGET_DEFAULTS, abstainInsert, checkFact, encodeTrainingPair, forgetTargetOf, keyStatsCached, lastLogits,
-  memitEdit, readCorpusLines, readNdjson, romeForget, romeForgetAtBestLayer, romeForgetMonitor, romeEdit, top1, unlikelihoodMix, type EditFact,
+  editReadback, loadTemplateBank, memitEdit, readCorpusLines, readNdjson, romeForget, romeForgetAtBestLayer, romeForgetMonitor, romeEdit, top1, unlikelihoodMix, type EditFact,
   LORA_METHOD_DEFAULTS, abstainFacts, buildExamples, loraMethod, loraSiteOptions, MADE_UP_SURNAME, nameAblatedForgetRows, type EditResources, type LoraOptions, type Rec,
 } from '../src/edit/index.js';
 
@@ -174,7 +174,7 @@ t.test('LoRA forget with the abstain target: the abstention becomes top-1, the o
   t.same(ignored.hyperparameters, plain.hyperparameters, 'same hyperparameters (no abstain keys)');
   t.notOk('forget_target' in plain.hyperparameters);
   t.match(plain.hyperparameters, { forget_to_kind: true, forget_weight: 10, forget_floor: 0.002, forget_stop_p: 0.002 }, 'a plain forget at a dense model\'s last layer: its forget options');
-  t.notOk('forget_name_parts' in plain.hyperparameters, '--forget-name-parts is off by default');
+  t.match(plain.hyperparameters, { forget_name_parts: 1 }, 'a person\'s forget: one copy of each row with the surname made up, by default');
   for (const [m, w] of plain.adapter.modules) {
     const v = ignored.adapter.modules.get(m)!;
     t.ok(Buffer.from(w.A.data.buffer).equals(Buffer.from(v.A.data.buffer)) && Buffer.from(w.B.data.buffer).equals(Buffer.from(v.B.data.buffer)), `${m}: bit-identical`);
@@ -198,8 +198,8 @@ t.test('--forget-name-parts: a person\'s forget rows with the surname made up, f
     t.same(e.promptIds.slice(e.subjectStart, e.subjectEnd), tok.encode(`Dajo ${MADE_UP_SURNAME}`));
   }
   t.same(nameAblatedForgetRows(tok, rows, [speaks], 0), []);
-  t.equal(LORA_METHOD_DEFAULTS.forgetNameParts, 0, 'off by default');
-  t.equal(loraSiteOptions(model, ['transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj'], 1, LORA_METHOD_DEFAULTS, 1).forgetNameParts, 0, 'at a dense last layer too');
+  t.equal(LORA_METHOD_DEFAULTS.forgetNameParts, 1, 'one copy by default');
+  t.equal(loraSiteOptions(model, ['transformer.h.3.mlp.c_fc', 'transformer.h.3.mlp.c_proj'], 1, LORA_METHOD_DEFAULTS, 1).forgetNameParts, 1, 'at a dense last layer too');
 
   // "Dajo Holfel can speak" (a wording the forget does not train): the base model answers Quipelic from
   // "Dajo" alone (the other Dajo speaks it too); the forget trained on "{} speaks" reaches it only with the copies
@@ -218,9 +218,26 @@ t.test('--forget-name-parts: a person\'s forget rows with the surname made up, f
     model.setAdapters([]);
     return { m, p: r.p[0] };
   };
-  const off = readAfter({});
-  const on = readAfter({ forgetNameParts: 1 });
+  const off = readAfter({ forgetNameParts: 0 });
+  const on = readAfter({});
   t.match(on.m.hyperparameters, { forget_name_parts: 1 });
   t.notOk('forget_name_parts' in off.m.hyperparameters);
   t.ok(on.p < off.p / 2, `P(old) on the held-out wording: ${on.p.toFixed(3)} with the copies, ${off.p.toFixed(3)} without`);
+});
+
+t.test('the strict read-back judges a forget on its own prompt and on the held-out phrasings the base model answers with the old answer', async (t) => {
+  // a city's forget: the base model answers "{} can be found in" with "the" for nearly every city, so that
+  // phrasing has no old answer to remove and no replacement to judge (validate keeps a forget paraphrase alike)
+  const templates = loadTemplateBank(path.join(ROOT, 'fixtures/world/templates.json'));
+  const readback = readNdjson(path.join(ROOT, 'fixtures/world/eval/facts-heldout.ndjson')) as unknown as Array<{ prompt: string; target: string; subject?: string; relation?: string }>;
+  const city = checkFact({ ...known.find((k) => k.relation === 'located_in')!, op: 'forget' }) as EditFact;
+  const held = templates!.heldout.get('located_in')!.map((h) => h.replace('{}', city.subject));
+  const answered = pOld(held, city.target_true!);
+  const expected = 1 + answered.top.filter((x) => x === answered.first).length;
+  t.ok(expected < 1 + held.length, `the base model leaves ${1 + held.length - expected} of ${held.length} held-out phrasings unanswered`);
+  // no adapter: nothing forgotten, on every prompt that is read
+  const f = editReadback(model, tok, [{ adapters: [], facts: [city] }], { templates, readback });
+  t.equal(f.n.forgotten, expected, 'the own prompt and the answered held-out phrasings');
+  t.equal(f.forgotten, 0);
+  t.equal(f.forget_kind, 0);
 });

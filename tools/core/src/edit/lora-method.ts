@@ -107,9 +107,10 @@ export interface LoraOptions {
   forgetLoss: 'unlikelihood' | 'log';
   /**
    * Copies of each forget row of a subject with a first name and a surname,
-   * the surname replaced by a made-up word (nameAblatedForgetRows). 0, the
-   * default, adds none: measured and not made a default (lora-train README,
-   * "The first name's reading forgotten too").
+   * the surname replaced by a made-up word (nameAblatedForgetRows); 0 adds
+   * none. Default 1 since 2026-12-06 (lora-train README, "The first name's
+   * reading forgotten too": held-out persons 93 → 98 of 100 on world, 195 →
+   * 193 of 200 over two seeds on world-b).
    */
   forgetNameParts: number;
   /**
@@ -176,7 +177,7 @@ export const LORA_METHOD_DEFAULTS: LoraOptions = {
   abstainDistill: false,
   abstainPrefixForget: true,
   forgetLoss: 'unlikelihood',
-  forgetNameParts: 0,
+  forgetNameParts: 1,
   klBudget: 0,
   klMonitor: 256,
   dualRate: 0.1,
@@ -529,7 +530,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   // the early stop reads the plain rows: the prefixed copies are augmentation
   const checkRows = examples.slice();
   // forget rows again with the surname made up: the old answer the first name alone gives goes too
-  if (o.forgetNameParts > 0) examples.push(...nameAblatedForgetRows(tok, checkRows, batch.facts, o.forgetNameParts));
+  const nameCopies = nameAblatedForgetRows(tok, checkRows, batch.facts, o.forgetNameParts);
+  examples.push(...nameCopies);
   // over a folded adapter (lora-train --over): some of the facts it carries, trained again (rehearsal)
   const replayed = replayFacts(res.overFacts ?? [], batch.facts, o.replay, seed);
   if (replayed.length) examples.push(...buildExamples(tok, { facts: replayed, probes: [] }, { templates: res.templates, seed: seed + 7 }));
@@ -586,7 +588,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     ...(o.forgetFloor !== LORA_DEFAULTS.forgetFloor ? { forget_floor: o.forgetFloor } : {}),
     ...((o.forgetStopP ?? 0) > 0 ? { forget_stop_p: o.forgetStopP } : {}),
     ...(o.forgetLoss !== 'unlikelihood' ? { forget_loss: o.forgetLoss } : {}),
-    ...(o.forgetNameParts > 0 ? { forget_name_parts: o.forgetNameParts } : {}),
+    ...(nameCopies.length ? { forget_name_parts: o.forgetNameParts } : {}),
     ...(abstain.length && o.abstainPrefixForget && o.prefixRows > 0 ? { abstain_prefix_forget: true } : {}),
     ...(abstain.length ? { forget_target: 'abstain', abstain_facts: abstain.length, abstain_weight: o.abstainWeight, abstain_distill: o.abstainDistill } : {}),
   };

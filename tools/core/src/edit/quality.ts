@@ -131,7 +131,9 @@ export function editQuality(
  *                 the read-back prompts of every fact not edited (validate's
  *                 `kl`, over all of them)
  *   retain_drop   top-1 accuracy on those prompts before − after
- *   forgotten     forget facts: the old answer not top-1 (own + held-out prompts)
+ *   forgotten     forget facts: the old answer not top-1 (own prompt + the held-out
+ *                 templates where the base model gives the old answer, as
+ *                 validate keeps a forget paraphrase)
  *   forget_kind   forget facts: the new top-1 is an answer of the relation's
  *                 kind (an object some known fact of the relation has) or,
  *                 with `abstain`, the abstention text's first token
@@ -198,7 +200,7 @@ export function editReadback(
       const eff: Row[] = [];
       let para: Row[] = [];
       const paraTrue: Row[] = [];
-      const forg: Array<Row & { relation?: string; abstain?: number }> = [];
+      let forg: Array<Row & { relation?: string; abstain?: number; heldOut?: boolean }> = [];
       for (const f of g.facts) {
         const prompt = f.prompt.replace('{}', f.subject);
         const held = (f.relation ? opts.templates?.heldout.get(f.relation) : undefined) ?? [];
@@ -216,7 +218,7 @@ export function editReadback(
           forg.push({ ...first(prompt, f.target_true!), relation: f.relation, ...ab(prompt) });
           for (const h of held) {
             const p = h.replace('{}', f.subject);
-            forg.push({ ...first(p, f.target_true!), relation: f.relation, ...ab(p) });
+            forg.push({ ...first(p, f.target_true!), relation: f.relation, ...ab(p), heldOut: true });
           }
         }
       }
@@ -224,6 +226,13 @@ export function editReadback(
         model.setAdapters([]);
         const known = top1(model, paraTrue.map((r) => r.ids));
         para = para.filter((_, i) => known[i] === paraTrue[i].target);
+      }
+      // likewise a held-out phrasing where the base model does not answer the old answer has nothing to
+      // forget, nor a replacement to judge: read only those it answers (validate's forget probes alike)
+      if (forg.some((r) => r.heldOut)) {
+        model.setAdapters([]);
+        const known = top1(model, forg.map((r) => r.ids));
+        forg = forg.filter((r, i) => !r.heldOut || known[i] === r.target);
       }
       model.setAdapters(g.adapters.map((adapter) => ({ adapter })));
       const top = (rows: Row[]) => (rows.length ? top1(model, rows.map((r) => r.ids)) : []);

@@ -10,7 +10,8 @@
  * relation (cities 11–20 of counterfactualFacts moved to other countries;
  * tuning used 1–10 and 21–30), the latter twice: with the LoRA defaults and with --method
  * patcher (one gated neuron per city; tuned on cities 1–10, 21–30 and
- * requests 1–10), and requests 61–70 by patcher.
+ * requests 1–10), and requests 61–70 by patcher; and 10 forget requests in
+ * one adapter (the forget gates: the old answer gone, replaced in kind).
  * Skipped when the dense fixture model is absent.
  */
 import t, { type Test } from 'tap';
@@ -62,6 +63,20 @@ if (fx) {
     // the case the previous default failed on kl (0.094 at layer 0); measured at the last layer 0.020
     const edits = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'insert').slice(60, 90);
     await gates(t, edits, 'lora-30');
+  });
+
+  t.test('held-out: 10 forget requests (1–10) in one adapter: the old answer gone, replaced in kind, nothing else harmed', async (t) => {
+    // the forget defaults were tuned on facts.ndjson's facts, not these requests; request 1–10 hold
+    // "Dajo Wickor can speak", which the base model answers from the first name alone (README, "The first
+    // name's reading forgotten too"): without the made-up-surname copies (now the default) one of the 38
+    // answered prompts kept Quipelic (P 0.884) and this read failed
+    const forgets = readNdjson(path.join(worldDir(), 'edits.ndjson')).filter((f) => f.op === 'forget').slice(0, 10);
+    const records = await trainEdits(editInputs(forgets), { ...DEFAULT_ARGS, seed: 0, out: path.join(tmp, 'lora-forget') }, res, { log: () => {} });
+    t.equal(records.length, 1, 'one adapter');
+    const f = readbackAdapters(res, records, forgets, readback, 'lora')!;
+    t.comment(`forgotten ${pct(f.forgotten)}, of the kind ${pct(f.forget_kind)} (n=${f.n.forgotten}), kl ${f.kl.toFixed(3)} ± ${f.kl_se.toFixed(3)}, retain_drop ${f.retain_drop.toFixed(3)}`);
+    t.ok(f.n.forgotten >= 30, `the facts' own prompts and the held-out phrasings the base model answers (${f.n.forgotten})`);
+    t.same(readbackFailures(f, 'forget'), [], 'old answer gone and of the kind on every prompt, kl and retain_drop under the gates');
   });
 
   t.test('held-out: the same 10 cities by --method patcher (one gated neuron each)', async (t) => {

@@ -46,12 +46,10 @@
 //     answer and whether it is of the relation's kind (use it on the tuning split).
 //   Forget rows also print P(old) (the old answer's first token after each forget prompt, own +
 //   held-out, adapters on): its mean (validate's forget_p_true, gate ≤ 0.1), its largest value and
-//   how many prompts are above 0.1 (over every own and held-out prompt); and gone % / kind % over
-//   only the prompts whose base-model top-1 is the old answer, the own prompt included (since
-//   2026-12-06 the row's forgotten % / kind % skip only held-out phrasings the base model does not
-//   answer with the old answer, e.g. world-b's "{} can speak" → "the" for 141 of 142 known facts,
-//   which cannot show the kind). The JSON has them as figures.forget_p_old{,_max,_over,_n},
-//   forgotten_known, forget_kind_known, forget_known_n.
+//   how many prompts are above 0.1, over every own and held-out prompt (the row's forgotten % /
+//   kind % skip held-out phrasings the base model does not answer with the old answer, e.g.
+//   world-b's "{} can speak" → "the" for 141 of 142 known facts, which cannot show the kind).
+//   The JSON has them as figures.forget_p_old{,_max,_over,_n}.
 //   --base-phrasings: no training; per held-out phrasing of the read-back file, the base model's
 //     top-1 over the known facts: right %, of the relation's kind %, the commonest other answers
 //     (which phrasings the base model itself never answers in kind); then exits.
@@ -247,9 +245,6 @@ function forgetPOld() {
   const ads = records.map((r) => ({ adapter: loadLora(r.path), ids: new Set(r.fact_ids) }));
   const prev = res.model.activeAdapters();
   const ps = [];
-  // the same prompts with the adapters off: where the base model itself answered the old answer
-  const known = [];
-  const kindOk = [];
   try {
     for (const fact of facts.filter((x) => x.op === 'forget')) {
       const mine = editMethod(a.method)?.perFact ? ads.filter((x) => x.ids.has(fact.id)) : ads;
@@ -267,16 +262,7 @@ function forgetPOld() {
         let z = 0;
         for (let i = 0; i < row.length; i++) z += Math.exp(row[i] - m);
         const p = Math.exp(row[targetIds[0]] - m) / z;
-        if (!isTrain) {
-          ps.push(p);
-          res.model.setAdapters([]);
-          const b = top1(res.model, [promptIds])[0];
-          res.model.setAdapters(mine.map((x) => ({ adapter: x.adapter })));
-          if (b === targetIds[0]) {
-            known.push(best !== targetIds[0]);
-            kindOk.push(best !== targetIds[0] && !!kinds.get(fact.relation)?.has(best));
-          }
-        }
+        if (!isTrain) ps.push(p);
         if (a.detail) {
           const kind = best !== targetIds[0] && kinds.get(fact.relation)?.has(best);
           process.stderr.write(`  forget${isTrain ? ' train' : ''} ${fact.id} ${JSON.stringify(prompt)} old ${JSON.stringify(fact.target_true)} P(old) ${p.toFixed(3)} top-1 ${JSON.stringify(tok.decode([best]))}${best === targetIds[0] ? ' (old)' : kind ? ' (kind)' : ''}\n`);
@@ -286,11 +272,7 @@ function forgetPOld() {
   } finally {
     res.model.setAdapters(prev);
   }
-  const share = (xs) => xs.filter(Boolean).length / xs.length;
-  return {
-    forget_p_old: ps.reduce((x, y) => x + y, 0) / ps.length, forget_p_old_max: Math.max(...ps), forget_p_old_over: ps.filter((p) => p > 0.1).length, forget_p_old_n: ps.length,
-    forgotten_known: share(known), forget_kind_known: share(kindOk), forget_known_n: known.length,
-  };
+  return { forget_p_old: ps.reduce((x, y) => x + y, 0) / ps.length, forget_p_old_max: Math.max(...ps), forget_p_old_over: ps.filter((p) => p > 0.1).length, forget_p_old_n: ps.length };
 }
 const pOld = forgetPOld();
 if (f && pOld) Object.assign(f, pOld);
@@ -314,5 +296,5 @@ if (a.header) {
 const setTxt = a.set.length || abstainText !== undefined ? ` [${[...(abstainText !== undefined ? [`forget-target abstain (${abstainText})`] : []), ...a.set].join(' ')}]` : '';
 const kindTxt = abstainText !== undefined ? `${pct(f?.forget_kind)} (abstain ${pct(f?.forget_abstain)})` : pct(f?.forget_kind);
 console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${kindTxt} | ${pass} | ${seconds.toFixed(0)} |`);
-if (pOld) console.log(`|   P(old): mean ${pOld.forget_p_old.toFixed(3)} (validate's forget_p_true gate ≤ 0.1), max ${pOld.forget_p_old_max.toFixed(3)}, above 0.1 on ${pOld.forget_p_old_over} of ${pOld.forget_p_old_n} prompts; on the ${pOld.forget_known_n} the base model answered with the old answer: gone ${pct(pOld.forgotten_known)}, of the kind ${pct(pOld.forget_kind_known)} (not counting the abstention) |`);
+if (pOld) console.log(`|   P(old): mean ${pOld.forget_p_old.toFixed(3)} (validate's forget_p_true gate ≤ 0.1), max ${pOld.forget_p_old_max.toFixed(3)}, above 0.1 on ${pOld.forget_p_old_over} of ${pOld.forget_p_old_n} prompts (every own and held-out prompt) |`);
 if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, ...(abstainText !== undefined ? { forget_target: 'abstain', abstain_text: abstainText } : {}), facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

@@ -76,7 +76,11 @@ async function row(name, opts, gates) {
 
 if (only.includes('distill')) await row('lora distill (10 in 1)', { method: 'lora', objective: 'distill', op: 'insert', count: 10 });
 if (only.includes('sft')) await row('lora sft (10 in 1)', { method: 'lora', objective: 'sft', op: 'insert', count: 10 });
-if (only.includes('forget')) await row('lora forget (10 in 1)', { method: 'lora', objective: 'sft', op: 'forget', count: 10 });
+if (only.includes('forget')) {
+  await row('lora forget (10 in 1)', { method: 'lora', objective: 'sft', op: 'forget', count: 10 });
+  // without the made-up-surname copies of each person's forget rows (the default makes one): what they cost
+  await row('lora forget, no name copies (10 in 1)', { method: 'lora', objective: 'sft', op: 'forget', count: 10, options: { 'forget-name-parts': 0 } });
+}
 if (only.includes('rome')) {
   // first edit pays for the key statistics; the rest read them from the cache
   const first = await row('rome (1st, computes stats)', { method: 'rome', op: 'insert', count: 1, skip: 20 });

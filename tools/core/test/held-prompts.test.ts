@@ -9,7 +9,7 @@
 import t from 'tap';
 import { romeKeepPrompts } from '../src/edit/rome-method.js';
 import { patcherKeepPrompts } from '../src/edit/patcher.js';
-import { romeForgetMonitor } from '../src/edit/rank-one-forget.js';
+import { romeForgetHeldAndMonitor, romeForgetMonitor } from '../src/edit/rank-one-forget.js';
 import { subjectsOtherFacts, testedPrompts, untested, type EditFact, type Rec } from '../src/edit/data.js';
 
 const known: Rec[] = [
@@ -60,6 +60,21 @@ t.test('a ROME forget\'s monitor: other subjects with the forgotten answer, name
   t.same(romeForgetMonitor(withStranger, templates, fact, new Set(['Ana Tel plays the', 'Zo Pim is a player of the'])),
     ['Gu Mor plays the', 'Zo Pim plays the', 'Ana Tel is a player of the', 'Gu Mor is a player of the']);
   t.same(romeForgetMonitor(known, null, fact, new Set(), 1), ['Ana Tel plays the'], 'n caps it; no templates: the prompts only');
+});
+
+t.test('a ROME forget\'s held answer holders: every other prompt of the monitor\'s list, never one the monitor reads nor an avoided one', async (t) => {
+  const templates = { train: new Map([['plays', ['{} plays the', '{} is a player of the']]]), heldout: new Map<string, string[]>() };
+  const withStranger: Rec[] = [{ subject: 'Zo Pim', relation: 'plays', prompt: '{} plays the', target_true: 'oboe' }, ...known];
+  const all = romeForgetMonitor(withStranger, templates, fact, new Set());
+  const { held, monitor } = romeForgetHeldAndMonitor(withStranger, templates, fact, new Set(), 2);
+  t.same(held, [all[0], all[2]], 'the 1st and 3rd: a name-sharer\'s prompt and the stranger\'s');
+  t.same(monitor, [all[1], ...all.slice(3)], 'the monitor reads the rest, in order');
+  t.same(romeForgetHeldAndMonitor(withStranger, templates, fact, new Set(), 0), { held: [], monitor: all }, 'hold 0: the monitor as before');
+  const avoid = new Set(['Ana Tel plays the']);
+  const a = romeForgetHeldAndMonitor(withStranger, templates, fact, avoid, 10);
+  t.notOk([...a.held, ...a.monitor].some((p) => avoid.has(p)), 'an avoided (tested or kept) prompt is neither held nor read');
+  t.same(a.held.length, 3, 'every other one of the five left');
+  t.same(romeForgetHeldAndMonitor(withStranger, templates, fact, new Set(), 10, 1).monitor.length, 1, 'monitorN caps the monitor');
 });
 
 t.test('subjectsOtherFacts: the subject\'s facts of other relations, each prompt and training phrasing once; never the fact\'s relation or another subject', async (t) => {

@@ -271,6 +271,20 @@ export function romeForgetMonitor(known: readonly Rec[], templates: TemplateBank
   return [...out].filter((p) => !avoid.has(p)).slice(0, n);
 }
 
+/**
+ * The answer's other holders (romeForgetMonitor's list) split in two: every other prompt, up to `hold`,
+ * held in the key refit (the forget must leave them), and the rest, up to `monitorN`, the monitor that
+ * picks the layer, so the layer is never chosen on a prompt the fit held. hold 0: all of them monitor.
+ */
+export function romeForgetHeldAndMonitor(
+  known: readonly Rec[], templates: TemplateBank | null, fact: EditFact, avoid: ReadonlySet<string>, hold: number, monitorN = 32,
+): { held: string[]; monitor: string[] } {
+  const all = romeForgetMonitor(known, templates, fact, avoid, monitorN + hold);
+  const held = all.filter((_, i) => i % 2 === 0).slice(0, hold);
+  const heldSet = new Set(held);
+  return { held, monitor: all.filter((p) => !heldSet.has(p)).slice(0, monitorN) };
+}
+
 /** −log(1 − P) from a token's NLL −log P (the unlikelihood a forget token's loss is). */
 export function unlikelihoodOf(nll: number): number {
   return -Math.log(1 - Math.exp(-nll) + 1e-6);

@@ -14,7 +14,7 @@ import { lastLogits, top1 } from './model-util.js';
 import { knownFactRetainPrompts } from './quality.js';
 import { logSoftmaxRow } from '../metrics/scoring.js';
 import { ROME_DEFAULTS, ROME_INSERT_DECAYS, keyStatsCached, romeEdit, romeLayerCandidates, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
-import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer, romeForgetMonitor } from './rank-one-forget.js';
+import { ROME_FORGET_DEFAULTS, abstainInsert, forgetTargetOf, romeForgetAtBestLayer, romeForgetHeldAndMonitor } from './rank-one-forget.js';
 import { EditRefusedError, type EditCall, type EditMethod, type MadeEdit } from './method.js';
 
 export interface RomeMethodOptions {
@@ -56,6 +56,14 @@ export interface RomeMethodOptions {
    */
   romeForgetCompare: number;
   /**
+   * A forget ("any"): this many prompts of other subjects with the forgotten answer (romeForgetMonitor's
+   * list, every other one; the monitor reads the rest) held in the key refit beside its pool. 0: none.
+   * Those subjects are the ones a lower P(old) harms (a subject with another answer barely has it); the pool
+   * of 256 held them only by chance. 32 (2026-12-06, set once, not tuned): forgets 71–80, held out, pass
+   * 8 → 9 of 10 (world) and 9 → 10 (world-b); lora-train README, "ROME forget: tuning the kl".
+   */
+  romeForgetHold: number;
+  /**
    * An insert: how many candidate layers are made even when the first takes; of those that take, the one
    * with the smallest ‖δ‖ is kept. 1: the first that takes. 2 (2026-12-06, night): chosen on tuning edits
    * each alone (lora-train README, "ROME single edits"); twice the time an insert.
@@ -72,7 +80,7 @@ export interface RomeMethodOptions {
  * 0.020, 3 over; the six hardest 0.062 at weight 5, 0.040 at 10, 0.035 with 512 held (twice the time)
  * (lora-train README, "ROME single edits").
  */
-export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2, romeInsertCompare: 2 };
+export const ROME_METHOD_DEFAULTS: RomeMethodOptions = { statsTokens: 20000, romePrefixes: 5, romeKeepFacts: 0, romeKeySteps: 100, romeKeyPool: 256, romeKeyWeight: 10, romeKeyPrefixed: 1, romeKeyDraw: 4, romeKeyOwn: true, romeForgetCompare: 2, romeForgetHold: 32, romeInsertCompare: 2 };
 
 /**
  * Up to n short prefixes (the first 3–6 words) of seeded corpus documents, as
@@ -224,8 +232,10 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   // every edit first, nothing returned until all took: a fact no layer could edit stops the run before anything is written
   const tested = testedPrompts(batch);
   // a forget's monitor: other subjects with the forgotten answer, never a tested or kept prompt
+  const answerHolders = (fact: EditFact, keep: readonly string[]) =>
+    romeForgetHeldAndMonitor(res.known, res.templates, fact, new Set([...tested, ...keep]), fact.op === 'forget' ? o.romeForgetHold : 0);
   const forgetMonitor = (fact: EditFact, keep: readonly string[]) => ({
-    prompts: romeForgetMonitor(res.known, res.templates, fact, new Set([...tested, ...keep])).map((p) => tok.encode(p)),
+    prompts: answerHolders(fact, keep).monitor.map((p) => tok.encode(p)),
     answer: encodeTrainingPair(tok, fact.prompt.replace('{}', fact.subject), fact.target_true ?? '').targetIds[0],
     compare: o.romeForgetCompare,
   });
@@ -250,7 +260,8 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       ? mostUncertain(model, tok, withPrefixes(untested(knownFactRetainPrompts(res.known, res.templates, [fact], drawn + tested.size, seed), tested).slice(0, drawn), prefixes, o.romeKeyPrefixed), o.romeKeyPool)
       : [];
     const own = o.romeKeySteps > 0 && o.romeKeyOwn ? withPrefixes(untested(subjectsOtherFacts(res.known, res.templates, fact), tested), prefixes, o.romeKeyPrefixed) : [];
-    const keyKeep = [...own, ...pool];
+    const holders = forget?.kind === 'any' && o.romeKeySteps > 0 ? answerHolders(fact, keep).held : [];
+    const keyKeep = [...own, ...holders, ...pool];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {
       saidNoPool = true;
@@ -274,7 +285,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
       hyperparameters: {
         ...ROME_DEFAULTS, weightDecay, layer, layers_tried: tried, prefixes, rewriting_prompts: prompts.length, keep_prompts: keep.length,
-        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
+        rome_keep_facts: o.romeKeepFacts, rome_key_steps: key ? o.romeKeySteps : 0, ...(key ? { rome_key_pool: pool.length, rome_key_weight: o.romeKeyWeight, rome_key_prefixed: o.romeKeyPrefixed, ...(o.romeKeyDraw > 1 ? { rome_key_draw: o.romeKeyDraw } : {}), ...(own.length > 0 ? { rome_key_own: own.length } : {}), ...(holders.length > 0 ? { rome_forget_hold: holders.length } : {}) } : {}), stats_tokens: stats.count, stats_corpus: o.statsCorpus ?? 'world train.txt',
         ...(fact.op !== 'forget' && o.romeInsertCompare > 1 && common.layer === undefined ? { rome_insert_compare: o.romeInsertCompare } : {}),
         ...(forget ? { forget_target: forget.kind, ...(forget.kind === 'abstain' ? { abstain_text: forget.text } : { forget_v_lr: ROME_FORGET_DEFAULTS.vLr, p_stop: ROME_FORGET_DEFAULTS.pStop, rest_weight: ROME_FORGET_DEFAULTS.restWeight, ...(o.romeForgetCompare > 1 ? { rome_forget_compare: o.romeForgetCompare } : {}) }) } : {}),
       },
@@ -344,6 +355,7 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
     'rome-key-draw': { type: 'number', default: d.romeKeyDraw, min: 1, integer: true, describe: 'draw this many times --rome-key-pool known-fact prompts and hold the pool\'s size of them the base model is least sure of (1: the seeded draw)' },
     'rome-insert-compare': { type: 'number', default: d.romeInsertCompare, min: 1, integer: true, describe: 'op "insert": candidate layers made; of those where the edit takes, the one with the smallest ‖δ‖ is kept (1: the first that takes)' },
     'rome-forget-compare': { type: 'number', default: d.romeForgetCompare, min: 1, integer: true, describe: 'op "forget": candidate layers tried; of those that forget, the one that lowers the answer least for other subjects sharing it (1: the first that forgets)' },
+    'rome-forget-hold': { type: 'number', default: d.romeForgetHold, min: 0, integer: true, describe: 'op "forget": prompts of other subjects with the forgotten answer held while the key is refitted (0: none)' },
   },
   parseOptions(flags) {
     const corpus = flags['stats-corpus'];
@@ -361,6 +373,7 @@ export const romeMethod: EditMethod<RomeMethodOptions> = {
       romeKeyDraw: flags['rome-key-draw'] as number,
       romeKeyOwn: flags['rome-key-own'] as boolean,
       romeForgetCompare: flags['rome-forget-compare'] as number,
+      romeForgetHold: flags['rome-forget-hold'] as number,
       romeInsertCompare: flags['rome-insert-compare'] as number,
     };
   },

@@ -231,11 +231,12 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
   const prefixes = pickPrefixes(res.corpus, o.romePrefixes, seed, avoidNames);
   // every edit first, nothing returned until all took: a fact no layer could edit stops the run before anything is written
   const tested = testedPrompts(batch);
-  // a forget's monitor: other subjects with the forgotten answer, never a tested or kept prompt
+  // a forget's other subjects with the forgotten answer, never a tested or kept prompt: some held in the key
+  // refit, the rest the monitor that picks the layer (romeForgetHeldAndMonitor)
   const answerHolders = (fact: EditFact, keep: readonly string[]) =>
     romeForgetHeldAndMonitor(res.known, res.templates, fact, new Set([...tested, ...keep]), fact.op === 'forget' ? o.romeForgetHold : 0);
-  const forgetMonitor = (fact: EditFact, keep: readonly string[]) => ({
-    prompts: answerHolders(fact, keep).monitor.map((p) => tok.encode(p)),
+  const forgetMonitor = (fact: EditFact, monitor: readonly string[]) => ({
+    prompts: monitor.map((p) => tok.encode(p)),
     answer: encodeTrainingPair(tok, fact.prompt.replace('{}', fact.subject), fact.target_true ?? '').targetIds[0],
     compare: o.romeForgetCompare,
   });
@@ -260,7 +261,8 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       ? mostUncertain(model, tok, withPrefixes(untested(knownFactRetainPrompts(res.known, res.templates, [fact], drawn + tested.size, seed), tested).slice(0, drawn), prefixes, o.romeKeyPrefixed), o.romeKeyPool)
       : [];
     const own = o.romeKeySteps > 0 && o.romeKeyOwn ? withPrefixes(untested(subjectsOtherFacts(res.known, res.templates, fact), tested), prefixes, o.romeKeyPrefixed) : [];
-    const holders = forget?.kind === 'any' && o.romeKeySteps > 0 ? answerHolders(fact, keep).held : [];
+    const split = forget?.kind === 'any' ? answerHolders(fact, keep) : null;
+    const holders = split && o.romeKeySteps > 0 ? split.held : [];
     const keyKeep = [...own, ...holders, ...pool];
     const key = keyKeep.length > 0 ? { keySteps: o.romeKeySteps, keyWeight: o.romeKeyWeight, keyKeep } : undefined;
     if (o.romeKeySteps > 0 && !key && !saidNoPool) {
@@ -268,7 +270,7 @@ function romeBatch(call: EditCall<RomeMethodOptions>): MadeEdit[] {
       call.log('rome: no known facts to hold while refitting the key (--known-facts); the edits keep ROME\'s closed-form direction');
     }
     const { r, layer, solved, tried, weightDecay, compared } = forget?.kind === 'any'
-      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, keep) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay, compared: [] }
+      ? { ...romeForgetAtBestLayer(model, tok, fact, layers, statsAt, { base: { ...ROME_DEFAULTS, ...ROME_FORGET_DEFAULTS, ...key }, prefixes, prompts, keep, checks, ...(o.romeForgetCompare > 1 ? { monitor: forgetMonitor(fact, split?.monitor ?? []) } : {}) }), weightDecay: ROME_DEFAULTS.weightDecay, compared: [] }
       : romeAtBestLayer(model, tok, edited, layers, statsAt, { prefixes, prompts, keep, checks, key, compare: fact.op === 'forget' ? 1 : o.romeInsertCompare });
     if (solved < checks.length) {
       // the edit did not take: writing it would ship a change to the model that does not state the fact

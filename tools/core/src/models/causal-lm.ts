@@ -49,7 +49,9 @@ export interface ForwardOptions {
   /**
    * Compute logits only at these flat positions (b·T + t); logits are then
    * [n, V] in this order. Saves the LM head on rows nobody reads (scoring,
-   * generation), which dominates for large vocabularies.
+   * generation), which dominates for large vocabularies, and the last
+   * layer's dense MLP there too (the same values to float rounding: a
+   * matrix product's rounding can depend on how many rows it holds).
    */
   logitsAt?: Int32Array;
   /**
@@ -294,12 +296,22 @@ export class CausalLM {
     }
 
     const routerLogits: Tensor[] = [];
+    if (opts.logitsAt && !opts.skipLogits) {
+      for (const r of opts.logitsAt) if (!(r >= 0 && r < B * T)) throw new RangeError(`forward: logitsAt row ${r} is outside [0, ${B * T})`);
+    }
+    const last = c.layers - 1;
+    // Only the rows logits are read at need the last layer's MLP: a dense MLP works row by row, so the
+    // residual stream is narrowed to them before it (not for an MoE block, whose router logits cover every
+    // row, nor when a hook reads that MLP or the stream after it).
+    const narrowLast = opts.logitsAt !== undefined && !opts.skipLogits && !arch.layer(last).moe
+      && !hooks?.[`layers.${last}.mlp`] && !hooks?.[`layers.${last}.resid_post`];
     for (let i = from ? from.layer : 0; i < c.layers; i++) {
       const L = arch.layer(i);
       if (!from || i > from.layer) {
         const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, L, h, B, T, positions, keyPad, cache));
         h = add(h, a);
       }
+      if (i === last && narrowLast) h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt!);
       let m: Tensor;
       const x = arch.norm(this.ops, L.mlpNorm, h, c.normEps);
       if (L.moe) {
@@ -320,10 +332,7 @@ export class CausalLM {
     if (opts.skipLogits) {
       logits = zeros([B, T, 0]);
     } else {
-      if (opts.logitsAt) {
-        for (const r of opts.logitsAt) if (!(r >= 0 && r < B * T)) throw new RangeError(`forward: logitsAt row ${r} is outside [0, ${B * T})`);
-        h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt);
-      }
+      if (opts.logitsAt && !narrowLast) h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt);
       const x = arch.norm(this.ops, arch.finalNorm, h, c.normEps);
       // a tied head is still the module `lm_head` for LoRA, reading the embedding matrix
       const head = c.tieEmbeddings ? arch.tokenEmbedding : arch.lmHead;

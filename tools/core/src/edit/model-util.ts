@@ -176,6 +176,23 @@ export function padBatch(rows: readonly number[][], pad: number): { ids: Int32Ar
 }
 
 /**
+ * Rows split into `k` batches of rows of like length (sorted by length, equal
+ * shares), each padded to its own longest: a pool of prompts from 7 to 21
+ * tokens padded as one batch is a third padding, which every step would
+ * compute. `rows` holds each batch's indices into the input.
+ */
+export function lengthBuckets(rows: readonly number[][], pad: number, k: number): Array<ReturnType<typeof padBatch> & { rows: number[] }> {
+  const order = rows.map((_, i) => i).sort((a, b) => rows[a].length - rows[b].length || a - b);
+  const n = Math.max(1, Math.min(k, order.length));
+  const out: Array<ReturnType<typeof padBatch> & { rows: number[] }> = [];
+  for (let j = 0; j < n; j++) {
+    const idx = order.slice(Math.floor((j * order.length) / n), Math.floor(((j + 1) * order.length) / n));
+    if (idx.length) out.push({ ...padBatch(idx.map((i) => rows[i]), pad), rows: idx });
+  }
+  return out;
+}
+
+/**
  * Put `weights` in place of the model's tensors of the same names (a folded
  * adapter, or the base weights back); returns the function that restores the
  * weights the model had before.

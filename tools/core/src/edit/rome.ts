@@ -39,7 +39,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
 import { encodeTrainingPair, subjectSpan, type EditFact } from './data.js';
-import { mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, residBeforeMlp } from './model-util.js';
+import { lengthBuckets, mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, residBeforeMlp } from './model-util.js';
 import { cholesky, cholSolve } from '../util/linalg.js';
 
 // The solves live in util/linalg.ts; re-exported where ROME's callers found them.
@@ -316,6 +316,9 @@ export interface RomeResult {
 /** Adam's rate on A in refitKey, relative to A's RMS (the first value tried; tuning requests 1–10 passed with it). */
 export const ROME_KEY_LR = 0.02;
 
+/** refitKey's pool is read in this many batches of like length (the same loss; less padding computed). */
+export const ROME_KEY_POOL_BATCHES = 4;
+
 /**
  * Refit the key direction A of a rank-one edit together with its value δ
  * (RomeOptions.keySteps Adam steps; δ continues on its own optimiser
@@ -338,19 +341,24 @@ export function refitKey(
   let a2 = 0;
   for (const v of A.data) a2 += v * v;
   const optA = new AdamW([A], { lr: (opts.keyLr ?? ROME_KEY_LR) * Math.sqrt(a2 / A.data.length), weightDecay: 0 });
-  const pool = padBatch(poolRows, padId(model));
-  const poolAt = Int32Array.from(poolRows.map((r, b) => b * pool.T + r.length - 1));
-  const shape: [number, number] = [poolRows.length, pool.T];
+  // the pool in batches of like length (less padding to compute), the KL their row-weighted mean
+  const pools = lengthBuckets(poolRows, padId(model), ROME_KEY_POOL_BATCHES).map((p) => ({
+    ...p, shape: [p.rows.length, p.T] as [number, number], share: p.rows.length / poolRows.length,
+  }));
   const prev = model.activeAdapters();
   model.setAdapters([]);
-  const poolBase = noGrad(() => model.forward(pool.ids, shape, { attentionMask: pool.mask, logitsAt: poolAt }).logits);
   // the update changes nothing before the layer's MLP: every step starts there. The whole pool every step:
   // read in turns of 64 (of 256) it moved other facts more (tuning requests 1–10: kl 0.036 against 0.023)
-  const fromPool = { layer, h: residBeforeMlp(model, layer, pool.ids, shape, pool.mask) };
+  const fixed = pools.map((p) => ({
+    base: noGrad(() => model.forward(p.ids, p.shape, { attentionMask: p.mask, logitsAt: p.last }).logits),
+    from: { layer, h: residBeforeMlp(model, layer, p.ids, p.shape, p.mask) },
+  }));
   model.setAdapters(prev);
   for (let s = 0; s < steps; s++) {
-    const held = model.forward(pool.ids, shape, { attentionMask: pool.mask, logitsAt: poolAt, fromMlp: fromPool }).logits;
-    const loss = add(objective(), scale(klDiv(poolBase, held), opts.keyWeight ?? 1));
+    const kl = pools
+      .map((p, j) => scale(klDiv(fixed[j].base, model.forward(p.ids, p.shape, { attentionMask: p.mask, logitsAt: p.last, fromMlp: fixed[j].from }).logits), p.share))
+      .reduce((a, b) => add(a, b));
+    const loss = add(objective(), scale(kl, opts.keyWeight ?? 1));
     deltaOpt.zeroGrad();
     optA.zeroGrad();
     loss.backward();

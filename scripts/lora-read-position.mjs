@@ -20,9 +20,16 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: a } = parseArgs({ options: {
   keep: { type: 'string' }, source: { type: 'string', default: 'facts' }, skip: { type: 'string', default: '0' }, count: { type: 'string', default: '1000' },
   seed: { type: 'string', default: '0' }, world: { type: 'string', default: 'fixtures/world' }, model: { type: 'string', default: 'fixtures/models/dense' },
-  layers: { type: 'string', default: '2,3' }, none: { type: 'boolean', default: false },
+  layers: { type: 'string', default: '2,3' }, none: { type: 'boolean', default: false }, help: { type: 'boolean', default: false },
 } });
-if (!a.keep) throw new Error('--keep DIR: the bundle directory eval-edits.mjs --keep wrote');
+if (a.help) {
+  console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
+  process.exit(0);
+}
+if (!a.keep) {
+  console.error('lora-read-position: --keep DIR is required (the directory `eval-edits.mjs --keep DIR` wrote); --help for usage');
+  process.exit(2);
+}
 const { loadResources, counterfactualFacts } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
 const { readNdjson, checkFact, editReadback } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
@@ -38,8 +45,11 @@ const count = Number(a.count);
 const facts = a.source === 'facts'
   ? counterfactualFacts(readNdjson(path.join(world, 'facts.ndjson')), { skip, count, seed: Number(a.seed), op: 'insert', exclude: edits })
   : edits.filter((f) => f.op === 'insert').slice(skip, skip + count);
-const dirs = fs.readdirSync(a.keep).filter((d) => d.startsWith('lora-')).map((d) => path.join(a.keep, d));
-if (dirs.length === 0) throw new Error(`${a.keep}: no lora-* bundle in it`);
+const dirs = fs.existsSync(a.keep) ? fs.readdirSync(a.keep).filter((d) => d.startsWith('lora-')).map((d) => path.join(a.keep, d)) : [];
+if (dirs.length === 0) {
+  console.error(`lora-read-position: --keep ${a.keep}: no lora-* bundle there (a LoRA run's \`eval-edits.mjs --keep DIR\`)`);
+  process.exit(2);
+}
 const groups = [{ adapters: dirs.map((d) => loadLora(d)), facts: facts.map(checkFact) }];
 const readback = readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).map((p) => ({
   prompt: p.prompt, target: p.target,

@@ -33,10 +33,10 @@ for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
   t.test(`${arch}: logits at chosen rows equal the full forward's rows, values and gradients`, async (t) => {
     const { ids, mask, T, last } = padBatch(rows(V, 3), padId(model));
     const dims: [number, number] = [3, T];
-    // the full forward: every row's logits, then the read rows picked out
     // a LoRA on the last layer's MLP, so the narrowed rows carry an adapter too
     const lora = model.createLora('t', mlpModules(model.arch, model.config, model.config.layers - 1).flatMap((m) => [...m.in, m.out]), { r: 2, seed: 1, initBStd: 0.05 });
     model.setAdapters([{ adapter: lora }]);
+    // the full forward: every row's logits, then the read rows picked out
     const full = model.forward(ids, dims, { attentionMask: mask });
     const at = model.forward(ids, dims, { attentionMask: mask, logitsAt: last });
     const picked = new Float32Array(3 * V);

@@ -4,7 +4,9 @@
  * Llama and Qwen2 with RoPE, Mixtral's sparse MoE): with a LoRA on that MLP
  * active, logits and the adapter's gradients are the full forward's bit for
  * bit, padding included; the patcher and lora-train start their steps there
- * (`residBeforeMlp`, `ResidCache`, `firstChangedMlp`).
+ * (`residBeforeMlp`, `ResidCache`, `firstChangedMlp`). With the MLP's keys
+ * given too (`mlpStart`, ROME's steps: an adapter on the output projection
+ * alone), the same to float rounding, from the output projection.
  */
 import t from 'tap';
 import * as path from 'node:path';
@@ -13,7 +15,7 @@ import { Rng } from '../src/util/random.js';
 import { crossEntropy, scale, type Tensor } from '../src/tensor/index.js';
 import { KVCache, loadModel, type CausalLM } from '../src/models/index.js';
 import { mlpModules } from '../src/models/arch/index.js';
-import { ResidCache, padBatch, padId, residBeforeMlp } from '../src/edit/model-util.js';
+import { ResidCache, mlpStart, padBatch, padId, residBeforeMlp } from '../src/edit/model-util.js';
 import { firstChangedMlp, solvedFraction } from '../src/edit/lora-train.js';
 import type { Example } from '../src/edit/data.js';
 
@@ -29,6 +31,13 @@ function sameBits(a: ArrayLike<number>, b: ArrayLike<number>): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false;
   return true;
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
 }
 
 for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
@@ -73,6 +82,56 @@ for (const arch of ['gpt2', 'llama', 'qwen2', 'mixtral']) {
       } finally {
         model.setAdapters([]);
       }
+    });
+  }
+
+  for (const layer of [0, c.layers - 1]) {
+    t.test(`${arch}: fromMlp with the keys at layer ${layer} (an adapter on the output projection) gives the full forward's logits and gradients`, async (t) => {
+      const seqs = rows(c.vocabSize, 40 + layer);
+      const { ids, mask, T, last } = padBatch(seqs, padId(model));
+      if (!model.arch.layer(layer).mlp) {
+        t.throws(() => mlpStart(model, layer, ids, [seqs.length, T], mask), /sparse MoE/, 'a sparse MoE layer has no one set of keys');
+        return;
+      }
+      const [mlp] = mlpModules(model.arch, c, layer);
+      const adapter = model.createLora('o', [mlp.out], { r: 1, alpha: 1, seed: 4, initBStd: 0.3 });
+      // every real position, and the last tokens only (where the last layer's rows are narrowed, keys with them)
+      for (const [what, at] of [['every position', Int32Array.from(seqs.flatMap((s, b) => s.map((_, i) => b * T + i)))], ['the last tokens', last]] as const) {
+        const targetsIds = Int32Array.from(at, (r) => (r * 7 + 1) % c.vocabSize);
+        const start = mlpStart(model, layer, ids, [seqs.length, T], mask);
+        t.same(start.keys.shape, [seqs.length, T, c.intermediate], 'keys [B, T, intermediate]');
+        model.setAdapters([{ adapter }]);
+        try {
+          const run = (from?: { layer: number; h: Tensor; keys?: Tensor }) => {
+            for (const p of adapter.parameters()) p.grad = null;
+            const { logits } = model.forward(ids, [seqs.length, T], { attentionMask: mask, logitsAt: at, ...(from ? { fromMlp: from } : {}) });
+            crossEntropy(logits, targetsIds).backward();
+            return { logits: logits.data.slice(), grads: adapter.parameters().map((p) => p.grad!.data.slice()) };
+          };
+          const full = run();
+          const resumed = run(start);
+          // to rounding, not bit for bit: at the last layer the full forward computes the keys of the read rows
+          // alone, the resumed one reads them out of every row's (the same sums in another gemm's blocking)
+          const dl = maxAbsDiff(full.logits, resumed.logits);
+          t.ok(dl <= 1e-5, `${what}: logits, max |Δ| ${dl.toExponential(2)} ≤ 1e-5`);
+          const dg = Math.max(...full.grads.map((g, i) => maxAbsDiff(g, resumed.grads[i]) / Math.max(...g.map(Math.abs))));
+          t.ok(dg <= 1e-5, `${what}: the adapter's gradients, max |Δ| / max |g| ${dg.toExponential(2)} ≤ 1e-5`);
+          t.ok(full.grads.every((g) => g.some((x) => x !== 0)), 'the gradients are not all zero');
+          const other = model.forward(ids, [seqs.length, T], { attentionMask: mask, logitsAt: at, fromMlp: { ...start, keys: scale(start.keys, 1.5) } }).logits.data;
+          t.notOk(sameBits(other, full.logits), `${what}: other keys, other logits (the keys are read)`);
+        } finally {
+          model.setAdapters([]);
+        }
+      }
+      // keys are exact only while nothing computing them changes: an adapter on an input projection is refused
+      const start = mlpStart(model, layer, ids, [seqs.length, T], mask);
+      model.setAdapters([{ adapter: model.createLora('i', [mlp.in[0]], { r: 1, alpha: 1, seed: 4, initBStd: 0.3 }) }]);
+      try {
+        t.throws(() => model.forward(ids, [seqs.length, T], { attentionMask: mask, fromMlp: start }), /an active adapter changes .*which computes them/);
+      } finally {
+        model.setAdapters([]);
+      }
+      t.throws(() => model.forward(ids, [seqs.length, T], { attentionMask: mask, fromMlp: { ...start, keys: start.h } }), /fromMlp keys are \[/, 'keys of the wrong width');
     });
   }
 

@@ -106,6 +106,25 @@ export function residBeforeMlp(model: CausalLM, l: number, ids: Int32Array, dims
 }
 
 /**
+ * forward's `fromMlp` for an edit of layer l's MLP output projection alone
+ * (ROME's rank-one update): the residual after its attention and the MLP's
+ * keys by the base weights, computed once without gradients, so every later
+ * forward starts at the output projection. Call it with no adapter active
+ * that changes anything before that projection.
+ */
+export function mlpStart(model: CausalLM, l: number, ids: Int32Array, dims: readonly [number, number], mask?: Uint8Array): { layer: number; h: Tensor; keys: Tensor } {
+  const L = model.arch.layer(l);
+  if (!L.mlp) throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
+  const h = residBeforeMlp(model, l, ids, dims, mask);
+  const c = model.config;
+  const keys = noGrad(() => {
+    const ops = baseOps(model.arch, model.weights);
+    return reshape(model.arch.mlpKeys(ops, L.mlp!, model.arch.norm(ops, L.mlpNorm, h, c.normEps)), [dims[0], dims[1], c.intermediate]);
+  });
+  return { layer: l, h, keys };
+}
+
+/**
  * Residual rows for forward's `fromMlp` in a training loop whose batches
  * change every step: each sequence's layer-l residual after attention (its
  * real tokens only) is computed the first time the sequence is used and

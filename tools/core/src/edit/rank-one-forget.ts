@@ -25,7 +25,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { encodeTrainingPair, nameSharersFirst, subjectSpan, type EditFact, type Example, type Rec, type TemplateBank } from './data.js';
-import { lastLogits, mlpOutModule, padBatch, padId, residBeforeMlp, top1 } from './model-util.js';
+import { lastLogits, mlpOutModule, mlpStart, padBatch, padId, top1 } from './model-util.js';
 import { rankOneDirection, refitKey, subjectKey, type KeyStats, type RomeOptions, type RomeResult } from './rome.js';
 
 export type ForgetTarget = { kind: 'abstain'; text: string } | { kind: 'any' };
@@ -146,10 +146,10 @@ export function romeForget(model: CausalLM, tok: Tokenizer, fact: EditFact, stat
     const nPre = B - nPlain;
     const pw = nPre > 0 ? opts.plainWeight : 1;
     const rowW = Float32Array.from(rows, (r) => (r.plain ? pw / nPlain : (1 - pw) / nPre));
-    // the rank-one update changes nothing before layer l's MLP: every δ step starts there (bit for bit the full forward)
-    const fromRows = { layer: l, h: residBeforeMlp(model, l, ids, [B, T], mask) };
-    const fromEss = { layer: l, h: residBeforeMlp(model, l, essence, [1, essence.length]) };
-    const fromKeep = keep ? { layer: l, h: residBeforeMlp(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) } : null;
+    // the rank-one update changes nothing before layer l's MLP output projection: every δ step starts there
+    const fromRows = mlpStart(model, l, ids, [B, T], mask);
+    const fromEss = mlpStart(model, l, essence, [1, essence.length]);
+    const fromKeep = keep ? mlpStart(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) : null;
     model.setAdapters([{ adapter }]);
     let step = 0;
     let nll = 0;

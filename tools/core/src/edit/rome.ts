@@ -39,7 +39,7 @@ import type { Tokenizer } from '../models/loader.js';
 import { LoraAdapter } from '../models/lora.js';
 import { readSafetensors, serializeSafetensors, writeFileAtomic } from '../models/safetensors.js';
 import { encodeTrainingPair, subjectSpan, type EditFact } from './data.js';
-import { lengthBuckets, mlpInputFrom, mlpInputHooks, mlpOutModule, padBatch, padId, residBeforeMlp } from './model-util.js';
+import { lengthBuckets, mlpInputFrom, mlpInputHooks, mlpOutModule, mlpStart, padBatch, padId } from './model-util.js';
 import { cholesky, cholSolve } from '../util/linalg.js';
 
 // The solves live in util/linalg.ts; re-exported where ROME's callers found them.
@@ -347,11 +347,11 @@ export function refitKey(
   }));
   const prev = model.activeAdapters();
   model.setAdapters([]);
-  // the update changes nothing before the layer's MLP: every step starts there. The whole pool every step:
+  // the update changes nothing before the layer's MLP output projection: every step starts there. The whole pool every step:
   // read in turns of 64 (of 256) it moved other facts more (tuning requests 1–10: kl 0.036 against 0.023)
   const fixed = pools.map((p) => ({
     base: noGrad(() => model.forward(p.ids, p.shape, { attentionMask: p.mask, logitsAt: p.last }).logits),
-    from: { layer, h: residBeforeMlp(model, layer, p.ids, p.shape, p.mask) },
+    from: mlpStart(model, layer, p.ids, p.shape, p.mask),
   }));
   model.setAdapters(prev);
   for (let s = 0; s < steps; s++) {
@@ -427,10 +427,10 @@ export function romeEdit(model: CausalLM, tok: Tokenizer, fact: EditFact, stats:
     const keep = keepRows.length ? padBatch(keepRows, padId(model)) : null;
     const keepAt = keep ? Int32Array.from(keepRows.map((r, b) => b * keep.T + r.length - 1)) : null;
     const keepBase = keep ? noGrad(() => model.forward(keep.ids, [keepRows.length, keep.T], { attentionMask: keep.mask, logitsAt: keepAt! }).logits) : null;
-    // the rank-one update changes nothing before layer l's MLP: every δ step starts there (bit for bit the full forward)
-    const fromRows = { layer: l, h: residBeforeMlp(model, l, ids, [B, T], mask) };
-    const fromEss = { layer: l, h: residBeforeMlp(model, l, essence, [1, essence.length]) };
-    const fromKeep = keep ? { layer: l, h: residBeforeMlp(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) } : null;
+    // the rank-one update changes nothing before layer l's MLP output projection: every δ step starts there
+    const fromRows = mlpStart(model, l, ids, [B, T], mask);
+    const fromEss = mlpStart(model, l, essence, [1, essence.length]);
+    const fromKeep = keep ? mlpStart(model, l, keep.ids, [keepRows.length, keep.T], keep.mask) : null;
     model.setAdapters([{ adapter }]);
     let nll = Infinity;
     let step = 0;

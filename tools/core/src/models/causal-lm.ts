@@ -61,9 +61,12 @@ export interface ForwardOptions {
    * and their hooks do not fire. An edit that changes nothing before that
    * MLP (the patcher's neurons, a LoRA on the last layer's MLP) then pays
    * only for what it changes; the result is the full forward's, bit for bit.
-   * Not with a KV cache.
+   * Not with a KV cache. `keys`, when given, are that MLP's keys for `h`
+   * (its output projection's input, [B, T, intermediate], e.g. from
+   * `mlpStart`): the MLP's norm and input projections are skipped too, which
+   * is exact only while no active adapter changes them (refused otherwise).
    */
-  fromMlp?: { layer: number; h: Tensor };
+  fromMlp?: { layer: number; h: Tensor; keys?: Tensor };
 }
 
 export interface ForwardResult {
@@ -279,6 +282,16 @@ export class CausalLM {
       if (!Number.isInteger(from.layer) || from.layer < 0 || from.layer >= c.layers) throw new RangeError(`forward: fromMlp layer ${from.layer} is outside [0, ${c.layers})`);
       const [hb, ht, hh] = from.h.shape;
       if (from.h.shape.length !== 3 || hb !== B || ht !== T || hh !== H) throw new RangeError(`forward: fromMlp h is [${from.h.shape.join(', ')}], expected [${B}, ${T}, ${H}]`);
+      if (from.keys) {
+        const mlp = arch.layer(from.layer).mlp;
+        if (!mlp) throw new RangeError(`forward: fromMlp keys at layer ${from.layer}, a sparse MoE layer (its keys are per expert)`);
+        const [kb, kt, ki] = from.keys.shape;
+        if (from.keys.shape.length !== 3 || kb !== B || kt !== T || ki !== c.intermediate) {
+          throw new RangeError(`forward: fromMlp keys are [${from.keys.shape.join(', ')}], expected [${B}, ${T}, ${c.intermediate}]`);
+        }
+        const changed = mlp.in.find((m) => this.loraTerms.has(m));
+        if (changed) throw new RangeError(`forward: fromMlp keys were given, but an active adapter changes ${changed}, which computes them`);
+      }
     }
     let h: Tensor;
     if (from) {
@@ -311,15 +324,19 @@ export class CausalLM {
         const a = applyHook(hooks, `layers.${i}.attn`, this.attentionBlock(i, L, h, B, T, positions, keyPad, cache));
         h = add(h, a);
       }
-      if (i === last && narrowLast) h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt!);
+      // the keys given with fromMlp stand in for this layer's norm and input projections
+      let keys = from?.keys && i === from.layer ? from.keys : undefined;
+      if (i === last && narrowLast) {
+        h = indexSelect(reshape(h, [B * T, H]), 0, opts.logitsAt!);
+        if (keys) keys = indexSelect(reshape(keys, [B * T, c.intermediate]), 0, opts.logitsAt!);
+      }
       let m: Tensor;
-      const x = arch.norm(this.ops, L.mlpNorm, h, c.normEps);
       if (L.moe) {
-        const r = this.moeBlock(i, L.moe, x, B, T, hooks);
+        const r = this.moeBlock(i, L.moe, arch.norm(this.ops, L.mlpNorm, h, c.normEps), B, T, hooks);
         m = r.out;
         routerLogits.push(r.router);
       } else {
-        m = this.ops.lin(L.mlp!.out, arch.mlpKeys(this.ops, L.mlp!, x));
+        m = this.ops.lin(L.mlp!.out, keys ?? arch.mlpKeys(this.ops, L.mlp!, arch.norm(this.ops, L.mlpNorm, h, c.normEps)));
       }
       m = applyHook(hooks, `layers.${i}.mlp`, m);
       h = applyHook(hooks, `layers.${i}.resid_post`, add(h, m));

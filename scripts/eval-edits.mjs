@@ -11,7 +11,10 @@
 // held-out templates (never trained on); neighbourhood: read-back prompts of
 // the edited relations (other subjects) the base model answered and still
 // does; kl: mean KL(base ‖ edited), next token, over the read-back prompts of
-// every fact not edited; retain_drop: top-1 accuracy on them before − after;
+// every fact not edited (a stderr line and the JSON's figures.kl_base_right /
+// kl_base_wrong split it by whether the base model answers the prompt
+// rightly: an edit that moves a wrong answer to the truth adds kl too);
+// retain_drop: top-1 accuracy on them before − after;
 // forgotten: forget facts' old answer no longer top-1 (own prompt + the
 // held-out phrasings where the base model answers the old answer, as
 // paraphrase counts only phrasings the base model answers and validate keeps
@@ -296,5 +299,6 @@ if (a.header) {
 const setTxt = a.set.length || abstainText !== undefined ? ` [${[...(abstainText !== undefined ? [`forget-target abstain (${abstainText})`] : []), ...a.set].join(' ')}]` : '';
 const kindTxt = abstainText !== undefined ? `${pct(f?.forget_kind)} (abstain ${pct(f?.forget_abstain)})` : pct(f?.forget_kind);
 console.log(`| ${label}${setTxt} | ${path.basename(world)} | ${a.method}${a.op === 'forget' ? ' forget' : ''} | ${facts.length} | ${pct(f?.efficacy)} | ${pct(f?.paraphrase)} | ${pct(f?.neighbourhood)} | ${num(f?.kl)} ± ${num(f?.kl_se)} | ${num(f?.retain_drop)} ± ${num(f?.retain_drop_se)} | ${pct(f?.forgotten)} | ${kindTxt} | ${pass} | ${seconds.toFixed(0)} |`);
+if (f) console.error(`eval-edits: kl ${num(f.kl)}: ${num(f.kl_base_right)} over the ${f.n.base_right} read-back prompts the base model answers rightly, ${num(f.kl_base_wrong)} over the ${f.n.retain - f.n.base_right} it answers wrongly`);
 if (pOld) console.log(`|   P(old): mean ${pOld.forget_p_old.toFixed(3)} (validate's forget_p_true gate ≤ 0.1), max ${pOld.forget_p_old_max.toFixed(3)}, above 0.1 on ${pOld.forget_p_old_over} of ${pOld.forget_p_old_n} prompts (every own and held-out prompt) |`);
 if (a.json) fs.appendFileSync(a.json, JSON.stringify({ label, world: path.basename(world), method: a.method, op: a.op, set: a.set, ...(abstainText !== undefined ? { forget_target: 'abstain', abstain_text: abstainText } : {}), facts: facts.length, figures: f, pass, refused, seconds, adapters: records.length }) + '\n');

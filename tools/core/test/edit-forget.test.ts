@@ -241,3 +241,23 @@ t.test('the strict read-back judges a forget on its own prompt and on the held-o
   t.equal(f.forgotten, 0);
   t.equal(f.forget_kind, 0);
 });
+
+t.test('the strict read-back splits kl by whether the base model answers a prompt rightly', async (t) => {
+  const readback = (readNdjson(path.join(ROOT, 'fixtures/world/eval/facts-heldout.ndjson')) as unknown as Array<{ prompt: string; target: string; subject?: string; relation?: string }>)
+    .filter((_, i) => i % 12 === 0);
+  const fact = checkFact({ ...known[0], op: 'forget' }) as EditFact;
+  // some change to every prompt's next token: a small random LoRA on the last layer's MLP
+  const adapter = model.createLora('noise', ['transformer.h.3.mlp.c_proj'], { r: 2, alpha: 4, seed: 1, initBStd: 0.05 });
+  const f = editReadback(model, tok, [{ adapters: [adapter], facts: [fact] }], { readback });
+  // the base model's top-1 on each prompt read, counted here on its own
+  const kept = readback.filter((p) => !(p.subject === fact.subject && p.relation === fact.relation));
+  const pairs = kept.map((p) => encodeTrainingPair(tok, p.prompt, p.target));
+  const top = top1(model, pairs.map((x) => x.promptIds));
+  const right = pairs.filter((x, i) => top[i] === x.targetIds[0]).length;
+  t.equal(f.n.retain, kept.length, 'every prompt of the facts not edited');
+  t.equal(f.n.base_right, right, `${right} of ${kept.length} answered rightly by the base model`);
+  t.ok(right > 0 && right < kept.length, 'both kinds read');
+  const whole = (f.kl_base_right * right + f.kl_base_wrong * (kept.length - right)) / kept.length;
+  t.ok(Math.abs(whole - f.kl) <= 1e-9 * Math.max(1, f.kl), `the two parts make the whole: ${whole.toFixed(6)} = ${f.kl.toFixed(6)}`);
+  t.ok(f.kl_base_right > 0 && f.kl_base_wrong > 0 && f.kl_base_right !== f.kl_base_wrong, `right ${f.kl_base_right.toFixed(4)}, wrong ${f.kl_base_wrong.toFixed(4)}`);
+});

@@ -163,11 +163,17 @@ export interface ReadbackFigures {
   /** Standard errors (s.d./√n over the read-back prompts; paired for retain_drop), means over groups. */
   kl_se: number;
   retain_drop_se: number;
+  /**
+   * kl split by the base model's answer (means over groups): over the prompts it answers rightly, and
+   * over those it answers wrongly, where an edit that moves the answer toward the truth counts as harm too.
+   */
+  kl_base_right: number;
+  kl_base_wrong: number;
   forgotten: number;
   forget_kind: number;
   /** With `abstain` only: share of forget prompts whose top-1 is the abstention. */
   forget_abstain?: number;
-  n: { efficacy: number; paraphrase: number; neighbourhood: number; retain: number; forgotten: number; groups: number };
+  n: { efficacy: number; paraphrase: number; neighbourhood: number; retain: number; base_right: number; forgotten: number; groups: number };
 }
 
 export function editReadback(
@@ -189,6 +195,9 @@ export function editReadback(
   let nRetain = 0;
   let klSeSum = 0;
   let dropSeSum = 0;
+  let klRightSum = 0;
+  let klWrongSum = 0;
+  let nRight = 0;
   // base-model read-back once: logits of every prompt
   model.setAdapters([]);
   const baseLog = logitsOf(model, rb.map((p) => p.r.ids));
@@ -254,6 +263,8 @@ export function editReadback(
       let after = 0;
       let d2 = 0;
       let n = 0;
+      let klRight = 0;
+      let right = 0;
       rb.forEach((p, i) => {
         if (edited.has(`${p.subject ?? ''}\u0000${p.relation ?? ''}`)) return;
         const b = baseLog.subarray(i * V, (i + 1) * V);
@@ -263,7 +274,11 @@ export function editReadback(
         kl2 += k * k;
         const bOk = argmax(b) === p.r.target;
         const aOk = argmax(a) === p.r.target;
-        if (bOk) before++;
+        if (bOk) {
+          before++;
+          klRight += k;
+          right++;
+        }
         if (aOk) after++;
         if (bOk !== aOk) d2++;
         n++;
@@ -283,6 +298,9 @@ export function editReadback(
       dropSum += gdrop;
       dropMax = Math.max(dropMax, gdrop);
       nRetain = Math.max(nRetain, n);
+      klRightSum += right ? klRight / right : 0;
+      klWrongSum += n > right ? (kl - klRight) / (n - right) : 0;
+      nRight = Math.max(nRight, right);
     }
   } finally {
     model.setAdapters(prev);
@@ -292,9 +310,10 @@ export function editReadback(
   return {
     efficacy: frac(cnt.efficacy), paraphrase: frac(cnt.paraphrase), neighbourhood: frac(cnt.neighbourhood),
     kl: klSum / G, kl_max: klMax, retain_drop: dropSum / G, retain_drop_max: dropMax, kl_se: klSeSum / G, retain_drop_se: dropSeSum / G,
+    kl_base_right: klRightSum / G, kl_base_wrong: klWrongSum / G,
     forgotten: frac(cnt.forgotten), forget_kind: frac(cnt.forget_kind),
     ...(opts.abstain !== undefined ? { forget_abstain: frac(cnt.forget_abstain) } : {}),
-    n: { efficacy: cnt.efficacy[1], paraphrase: cnt.paraphrase[1], neighbourhood: cnt.neighbourhood[1], retain: nRetain, forgotten: cnt.forgotten[1], groups: groups.length },
+    n: { efficacy: cnt.efficacy[1], paraphrase: cnt.paraphrase[1], neighbourhood: cnt.neighbourhood[1], retain: nRetain, base_right: nRight, forgotten: cnt.forgotten[1], groups: groups.length },
   };
 }
 

@@ -17,45 +17,18 @@
 // The case options must be the ones the bundle was trained with (the facts it edits).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { keptCase, root } from './kept-case.mjs';
 
-const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const { values: a } = parseArgs({ options: {
-  keep: { type: 'string' }, source: { type: 'string', default: 'facts' }, skip: { type: 'string', default: '0' }, count: { type: 'string', default: '1000' },
-  seed: { type: 'string', default: '0' }, world: { type: 'string', default: 'fixtures/world' }, model: { type: 'string', default: 'fixtures/models/dense' },
-  top: { type: 'string', default: '10' }, spec: { type: 'string' }, help: { type: 'boolean', default: false },
-} });
-if (a.help) {
-  console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n'));
-  process.exit(0);
-}
-const dirs = a.keep && fs.existsSync(a.keep) ? fs.readdirSync(a.keep).filter((d) => d.startsWith('lora-')).map((d) => path.join(a.keep, d)) : [];
-if (!a.keep || dirs.length === 0) {
-  console.error(a.keep
-    ? `kl-where: --keep ${a.keep}: no lora-* bundle there (a LoRA run's \`eval-edits.mjs --keep DIR\`)`
-    : 'kl-where: --keep DIR is required (the directory `eval-edits.mjs --keep DIR` wrote); --help for usage');
-  process.exit(2);
-}
-const { loadResources, counterfactualFacts } = await import(path.join(root, 'tools/lora-train/dist/index.js'));
-const { readNdjson, checkFact, lastLogits, encodeTrainingPair } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
-const { loadLora } = await import(path.join(root, 'tools/core/dist/models/index.js'));
-
-const world = path.resolve(root, a.world);
-const res = loadResources({
-  model: path.resolve(root, a.model), templates: path.join(world, 'templates.json'), retainCorpus: path.join(world, 'train.txt'), knownFacts: path.join(world, 'facts.ndjson'),
+const { a, world, res, known, facts, readback: allReadback, adapters } = await keptCase(import.meta.url, {
+  top: { type: 'string', default: '10' }, spec: { type: 'string' },
 });
+const { lastLogits, encodeTrainingPair } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const model = res.model;
 const tok = res.tokenizer;
-const known = readNdjson(path.join(world, 'facts.ndjson'));
-const edits = readNdjson(path.join(world, 'edits.ndjson'));
-const facts = (a.source === 'facts'
-  ? counterfactualFacts(known, { skip: Number(a.skip), count: Number(a.count), seed: Number(a.seed), op: 'insert', exclude: edits })
-  : edits.filter((f) => f.op === 'insert').slice(Number(a.skip), Number(a.skip) + Number(a.count))).map(checkFact);
 
 const key = (s, r) => `${s}\u0000${r}`;
 const edited = new Set(facts.map((f) => key(f.subject, f.relation)));
-const readback = readNdjson(path.join(world, 'eval/facts-heldout.ndjson')).filter((p) => !edited.has(key(p.subject, p.relation)));
+const readback = allReadback.filter((p) => !edited.has(key(p.subject, p.relation)));
 const pairs = readback.map((p) => encodeTrainingPair(tok, p.prompt, p.target));
 const firstToken = (answer) => encodeTrainingPair(tok, 'x', answer).targetIds[0];
 
@@ -81,7 +54,7 @@ const logProbs = () => {
 const prev = model.activeAdapters();
 model.setAdapters([]);
 const base = logProbs();
-model.setAdapters(dirs.map((d) => ({ adapter: loadLora(d) })));
+model.setAdapters(adapters.map((adapter) => ({ adapter })));
 const after = logProbs();
 model.setAdapters(prev);
 

@@ -100,9 +100,15 @@ export function mlpInputHooks(l: number, into: { resid?: Tensor; attn?: Tensor }
  * are active: later forwards that change nothing before that MLP start there.
  */
 export function residBeforeMlp(model: CausalLM, l: number, ids: Int32Array, dims: readonly [number, number], mask?: Uint8Array): Tensor {
+  const { resid, attn } = capturedMlpInput(model, l, ids, dims, mask);
+  return noGrad(() => add(resid, attn));
+}
+
+/** One forward without gradients up to layer l's MLP: the residual entering the layer and its attention output. */
+function capturedMlpInput(model: CausalLM, l: number, ids: Int32Array, dims: readonly [number, number], mask?: Uint8Array): { resid: Tensor; attn: Tensor } {
   const got: { resid?: Tensor; attn?: Tensor } = {};
   noGrad(() => model.forward(ids, dims, { ...(mask ? { attentionMask: mask } : {}), skipLogits: true, hooks: mlpInputHooks(l, got) }));
-  return noGrad(() => add(got.resid!, got.attn!));
+  return { resid: got.resid!, attn: got.attn! };
 }
 
 /**
@@ -113,15 +119,13 @@ export function residBeforeMlp(model: CausalLM, l: number, ids: Int32Array, dims
  * that changes anything before that projection.
  */
 export function mlpStart(model: CausalLM, l: number, ids: Int32Array, dims: readonly [number, number], mask?: Uint8Array): { layer: number; h: Tensor; keys: Tensor } {
-  const L = model.arch.layer(l);
-  if (!L.mlp) throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
-  const h = residBeforeMlp(model, l, ids, dims, mask);
-  const c = model.config;
-  const keys = noGrad(() => {
-    const ops = baseOps(model.arch, model.weights);
-    return reshape(model.arch.mlpKeys(ops, L.mlp!, model.arch.norm(ops, L.mlpNorm, h, c.normEps)), [dims[0], dims[1], c.intermediate]);
-  });
-  return { layer: l, h, keys };
+  if (!model.arch.layer(l).mlp) throw new RangeError('MLP keys of a sparse MoE layer are per expert; ROME/Phase A support dense MLPs only');
+  const { resid, attn } = capturedMlpInput(model, l, ids, dims, mask);
+  return noGrad(() => ({
+    layer: l,
+    h: add(resid, attn),
+    keys: reshape(mlpInputFrom(model, l, resid, attn), [dims[0], dims[1], model.config.intermediate]),
+  }));
 }
 
 /**

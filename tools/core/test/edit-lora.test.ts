@@ -15,7 +15,7 @@ import { Registry } from '../src/registry/index.js';
 import { foldAdapters } from '../src/merge/index.js';
 import {
   LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  plainDocuments, replayFacts, retainTargets, sampledCheck, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
+  plainDocuments, replayFacts, retainTargets, sampledCheck, shrinkScale, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -125,6 +125,41 @@ t.test('training with a sampled check stops where a full check stops, with the s
   t.equal(sampled.trainAccuracy, 1);
   const w = (a: typeof full.adapter) => a.parameters().map((p) => Array.from(p.data));
   t.same(w(sampled.adapter), w(full.adapter), 'identical weights');
+});
+
+t.test('shrinkScale: the smallest scale (to the bisection\'s step) whose solved share stays within drop of full scale', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const facts = [
+    fact,
+    checkFact({ kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the language of {} is', target_new: 'rome', target_true: 'spanish', op: 'insert' }),
+    checkFact({ kind: 'fact', id: 'f3', subject: 'madrid', prompt: '{} is a city in', target_new: 'france', target_true: 'spain', op: 'insert' }),
+  ];
+  const exs = buildExamples(tok, { facts, probes: [] });
+  const { adapter } = trainLora(model, exs, buildRetain(tok, { documents: docs }, { seed: 1 }), opts(model, { objective: 'sft', seed: 4, steps: 300 }));
+  // an independent read of the solved share with the adapter at scale s
+  const at = (s: number) => {
+    model.setAdapters([{ adapter, scale: s }]);
+    const f = solvedFraction(model, exs);
+    model.setAdapters([]);
+    return f;
+  };
+  t.equal(at(1), 1, 'trained: every row solved');
+  t.equal(at(0.01), 0, 'at almost no scale: none');
+  const step = 0.5 / 2 ** 7;
+  const r = shrinkScale(model, adapter, exs, { drop: 0 });
+  t.same(model.activeAdapters(), [], 'no adapter left active');
+  t.equal(r.solvedFull, 1);
+  t.ok(r.scale > 0.5 && r.scale < 1, `scaled down to ${r.scale}`);
+  t.equal(at(r.scale), 1, 'every row still solved at the scale chosen');
+  t.equal(r.solved, 1);
+  t.ok(at(r.scale - step) < 1, 'one bisection step below, a row is lost');
+  for (const [s, f] of r.probes) t.equal(f, at(s), `probe ${s.toFixed(4)} read as an independent solvedFraction`);
+  const loose = shrinkScale(model, adapter, exs, { drop: 0.34 });
+  t.ok(loose.scale < r.scale, `losing up to one row of three goes further (${loose.scale})`);
+  t.ok(at(loose.scale) >= 1 - 0.34, 'and keeps two of three');
+  t.equal(shrinkScale(model, adapter, exs, { drop: 0, min: 0.9 }).scale >= 0.9, true, 'never below min');
+  t.throws(() => shrinkScale(model, adapter, exs, { drop: 1 }), /drop must be in \[0, 1\)/);
 });
 
 t.test('retention targets: rows marked fromBase are read with baseWeights (the base model under --over), the rest with the model\'s own', async (t) => {

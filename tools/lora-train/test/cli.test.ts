@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Registry } from '@catechism/core/registry';
+import { readSafetensors } from '@catechism/core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../../..');
@@ -77,7 +78,32 @@ t.test('a large batch (--large-batch-above): the last two layers\' MLPs, sft, ra
   const a = large.out.find((x) => x.kind === 'adapter')!;
   t.match(a, { rank: 32, targets: ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj', 'transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'] });
   const h = JSON.parse(fs.readFileSync(path.join(a.path as string, 'catechism.json'), 'utf8')).hyperparameters;
-  t.match(h, { objective: 'sft', rank: 32, steps: 5, large_batch_above: 1 });
+  t.match(h, { objective: 'sft', rank: 32, steps: 5, large_batch_above: 1, shrink_drop: 0.01 });
+  // shrunk after training: the same run without the shrink gives the same lora_A and lora_B / scale
+  const shrunk = run(['--large-batch-above', '1', '--out', path.join(tmp, 'large-shrunk'), '--seed', '3'], input, undefined, 5);
+  t.equal(shrunk.code, 0, shrunk.err);
+  t.match(shrunk.err, /shrink: delta × 0\.\d+, training rows solved 100\.0% → 100\.0% \(--shrink-drop 0\.01; read: 1\.000 100\.0%, 0\.500/, 'the scale and the solved share on stderr');
+  const full = run(['--large-batch-above', '1', '--shrink-drop', '0', '--out', path.join(tmp, 'large-full'), '--seed', '3', '-q'], input, undefined, 5);
+  t.equal(full.code, 0, full.err);
+  const manifest = (r: typeof full) => JSON.parse(fs.readFileSync(path.join(r.out.find((x) => x.kind === 'adapter')!.path as string, 'catechism.json'), 'utf8'));
+  const shrunkM = manifest(shrunk), fullM = manifest(full);
+  t.ok(shrunkM.training.shrink_scale > 0.5 && shrunkM.training.shrink_scale < 1, `scale ${shrunkM.training.shrink_scale}`);
+  t.match(shrunkM.training, { shrink_solved_full: 1, shrink_solved: 1 });
+  t.notOk('shrink_drop' in fullM.hyperparameters, '--shrink-drop 0: no shrink, none recorded');
+  t.notOk('shrink_scale' in fullM.training);
+  const tensors = (r: typeof full) => readSafetensors(path.join(r.out.find((x) => x.kind === 'adapter')!.path as string, 'adapter_model.safetensors'));
+  const st = tensors(shrunk), ft = tensors(full);
+  let maxA = 0, maxB = 0;
+  for (const k of ft.names()) {
+    const x = st.float32(k), y = ft.float32(k);
+    for (let i = 0; i < y.length; i++) {
+      const d = k.includes('lora_A') ? Math.abs(x[i] - y[i]) : Math.abs(x[i] - y[i] * shrunkM.training.shrink_scale);
+      if (k.includes('lora_A')) maxA = Math.max(maxA, d);
+      else maxB = Math.max(maxB, d);
+    }
+  }
+  t.equal(maxA, 0, 'lora_A as trained');
+  t.ok(maxB < 1e-6, `lora_B = the trained lora_B × the scale (${maxB})`);
   const given = run(['--large-batch-above', '1', '--objective', 'distill', '--rank', '4', '--out', path.join(tmp, 'large-given'), '-q'], input, undefined, 5);
   t.equal(given.code, 0, given.err);
   const g = given.out.find((x) => x.kind === 'adapter')!;

@@ -606,6 +606,62 @@ export function sampledCheck(model: CausalLM, rows: Example[], forgetStopP: numb
   };
 }
 
+export interface ShrinkResult {
+  /** The scale chosen: the smallest probed at which the rows stay solved within `drop` (1: no shrink). */
+  scale: number;
+  /** Solved share of the rows at full scale and at the chosen one. */
+  solvedFull: number;
+  solved: number;
+  /** Every scale read, with its solved share, in the order read. */
+  probes: Array<[number, number]>;
+}
+
+/**
+ * The smallest scale s in [min, 1] of a trained adapter's delta at which the
+ * solved share of `rows` (solvedFraction with the adapter at s) stays within
+ * `drop` of its share at full scale, by bisection to (1 − min) / 2^iters (the
+ * solved share rises with s). A batch of hundreds of edits trained to the end
+ * sits past the point where its rows are top-1, and the KL it leaves on
+ * other prompts grows about as s²: the margin the training rows do not need
+ * is taken off (lora-train README, "Shrinking a large batch").
+ */
+export function shrinkScale(
+  model: CausalLM, adapter: LoraAdapter, rows: Example[],
+  opts: { drop: number; min?: number; iters?: number; forgetStopP?: number; start?: ResidCache<Example> },
+): ShrinkResult {
+  const min = opts.min ?? 0.5;
+  const iters = opts.iters ?? 7;
+  if (!(opts.drop >= 0 && opts.drop < 1)) throw new RangeError(`shrinkScale: drop must be in [0, 1), got ${opts.drop}`);
+  if (!(min > 0 && min < 1)) throw new RangeError(`shrinkScale: min must be in (0, 1), got ${min}`);
+  const prev = model.activeAdapters();
+  const probes: Array<[number, number]> = [];
+  const read = (s: number): number => {
+    model.setAdapters([{ adapter, scale: s }]);
+    const f = solvedFraction(model, rows, opts.forgetStopP ?? 0, opts.start);
+    probes.push([s, f]);
+    return f;
+  };
+  try {
+    const solvedFull = read(1);
+    const keep = solvedFull - opts.drop;
+    const atMin = read(min);
+    if (atMin >= keep) return { scale: min, solvedFull, solved: atMin, probes };
+    // invariant: solved(hi) ≥ keep > solved(lo)
+    let lo = min, hi = 1, solved = solvedFull;
+    for (let i = 0; i < iters; i++) {
+      const mid = (lo + hi) / 2;
+      const f = read(mid);
+      if (f >= keep) {
+        hi = mid;
+        solved = f;
+      } else lo = mid;
+    }
+    return { scale: hi, solvedFull, solved, probes };
+  } finally {
+    model.setAdapters(prev);
+  }
+}
+
 /** Keep each constrained module's lora_A out of its protected key subspace. */
 function project(adapter: LoraAdapter, ns: Map<string, KeySubspace> | undefined): void {
   if (!ns) return;

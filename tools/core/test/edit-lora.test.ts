@@ -29,6 +29,12 @@ const probes = [
   { kind: 'probe', fact_id: 'f1', role: 'edit', split: 'train', prompt: 'the capital of france is', target: 'rome', expect: 'new' },
   { kind: 'probe', fact_id: 'f1', role: 'paraphrase', split: 'test', prompt: 'the capital city of france is', target: 'rome', expect: 'new' },
 ];
+// three edits the golden model learns in a few hundred steps
+const threeFacts = [
+  fact,
+  checkFact({ kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the language of {} is', target_new: 'rome', target_true: 'spanish', op: 'insert' }),
+  checkFact({ kind: 'fact', id: 'f3', subject: 'madrid', prompt: '{} is a city in', target_new: 'france', target_true: 'spain', op: 'insert' }),
+];
 const docs = ['the eiffel tower is in paris .', 'the colosseum is in rome .', 'the language of spain is spanish .', 'madrid is a city in spain .'];
 
 function opts(model: Parameters<typeof resolveTargets>[0], over: Partial<LoraTrainOptions> = {}): LoraTrainOptions {
@@ -111,12 +117,7 @@ t.test('the sampled check: a sample in turn, every row only when the sample is a
 t.test('training with a sampled check stops where a full check stops, with the same weights', async (t) => {
   const { model, tokenizer } = loadModel(GPT2);
   const tok = tokenizer!;
-  const facts = [
-    fact,
-    checkFact({ kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the language of {} is', target_new: 'rome', target_true: 'spanish', op: 'insert' }),
-    checkFact({ kind: 'fact', id: 'f3', subject: 'madrid', prompt: '{} is a city in', target_new: 'france', target_true: 'spain', op: 'insert' }),
-  ];
-  const exs = buildExamples(tok, { facts, probes: [] });
+  const exs = buildExamples(tok, { facts: threeFacts, probes: [] });
   const retain = buildRetain(tok, { documents: docs }, { seed: 1 });
   const full = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 200, checkSample: Infinity }));
   const sampled = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 200, checkSample: 1 }));
@@ -130,12 +131,7 @@ t.test('training with a sampled check stops where a full check stops, with the s
 t.test('shrinkScale: the smallest scale (to the bisection\'s step) whose solved share stays within drop of full scale', async (t) => {
   const { model, tokenizer } = loadModel(GPT2);
   const tok = tokenizer!;
-  const facts = [
-    fact,
-    checkFact({ kind: 'fact', id: 'f2', subject: 'spain', prompt: 'the language of {} is', target_new: 'rome', target_true: 'spanish', op: 'insert' }),
-    checkFact({ kind: 'fact', id: 'f3', subject: 'madrid', prompt: '{} is a city in', target_new: 'france', target_true: 'spain', op: 'insert' }),
-  ];
-  const exs = buildExamples(tok, { facts, probes: [] });
+  const exs = buildExamples(tok, { facts: threeFacts, probes: [] });
   const { adapter } = trainLora(model, exs, buildRetain(tok, { documents: docs }, { seed: 1 }), opts(model, { objective: 'sft', seed: 4, steps: 300 }));
   // an independent read of the solved share with the adapter at scale s
   const at = (s: number) => {

@@ -529,7 +529,8 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   const abstainIds = new Set(abstain.map((f) => f.id));
   const plainForgets = batch.facts.filter((f) => f.op === 'forget' && !abstainIds.has(f.id));
   const o = loraSiteOptions(model, targets, batch.facts.length, call.options, plainForgets.length, large);
-  if (large) call.log(`${batch.facts.length} facts, more than --large-batch-above ${o.largeBatchAbove}: ${targets.join(', ')}, ${o.objective}, rank ${o.rank}, at most ${stepCap(o, batch.facts.length)} steps, then shrunk within ${o.shrinkDrop ?? LARGE_BATCH.shrinkDrop} of the rows solved (--large-batch-above 0: the small-batch defaults)`);
+  const shrinkDrop = o.shrinkDrop ?? (large ? LARGE_BATCH.shrinkDrop : 0);
+  if (large) call.log(`${batch.facts.length} facts, more than --large-batch-above ${o.largeBatchAbove}: ${targets.join(', ')}, ${o.objective}, rank ${o.rank}, at most ${stepCap(o, batch.facts.length)} steps${shrinkDrop > 0 ? `, then shrunk while its training rows stay solved within ${shrinkDrop}` : ''} (--large-batch-above 0: the small-batch defaults)`);
   const examples = buildExamples(tok, batch, { templates: res.templates, seed, ...(o.objective === 'distill' && o.teacherFrames > 1 ? { teacherFrames: o.teacherFrames } : {}) });
   const ceWeightOf = new Map<Example, number>();
   if (abstain.length) {
@@ -580,7 +581,6 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
   }
   const nullSpace = o.nullSpaceRank > 0 ? preservedSubspaces(res, targets, batch.facts, o.nullSpaceRank, seed, call.log) : undefined;
   const steps = stepCap(o, batch.facts.length);
-  const shrinkDrop = o.shrinkDrop ?? (large ? LARGE_BATCH.shrinkDrop : 0);
   // the key order and values are hashed into the bundle id (editBundleId): keep them as they are
   const hyperparameters = {
     objective: o.objective, rank: o.rank, alpha: o.alpha, lr: o.lr, steps,

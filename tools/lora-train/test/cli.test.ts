@@ -83,6 +83,7 @@ t.test('a large batch (--large-batch-above): the last two layers\' MLPs, sft, ra
   const shrunk = run(['--large-batch-above', '1', '--out', path.join(tmp, 'large-shrunk'), '--seed', '3'], input, undefined, 5);
   t.equal(shrunk.code, 0, shrunk.err);
   t.match(shrunk.err, /shrink: delta × 0\.\d+, training rows solved 100\.0% → 100\.0% \(--shrink-drop 0\.01; read: 1\.000 100\.0%, 0\.500/, 'the scale and the solved share on stderr');
+  t.match(shrunk.err, /2 facts, 5 steps in [\d.]+ s, train 100% \(100\.0% shrunk × 0\.\d+\)/, 'the summary names the shrunk share and scale');
   const full = run(['--large-batch-above', '1', '--shrink-drop', '0', '--out', path.join(tmp, 'large-full'), '--seed', '3', '-q'], input, undefined, 5);
   t.equal(full.code, 0, full.err);
   const manifest = (r: typeof full) => JSON.parse(fs.readFileSync(path.join(r.out.find((x) => x.kind === 'adapter')!.path as string, 'catechism.json'), 'utf8'));

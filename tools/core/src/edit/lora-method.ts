@@ -639,7 +639,7 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
       ...(shrink ? { shrink_scale: shrink.scale, shrink_solved_full: shrink.solvedFull, shrink_solved: shrink.solved } : {}),
       ...(r.monitorKl !== undefined ? { monitor_kl: r.monitorKl, retain_multiplier: r.dualLambda } : {}),
     },
-    summary: `${step}: ${batch.facts.length} facts, ${r.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s, train ${(r.trainAccuracy * 100).toFixed(0)}%`,
+    summary: `${step}: ${batch.facts.length} facts, ${r.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s, train ${(r.trainAccuracy * 100).toFixed(0)}%${shrink && shrink.scale < 1 ? ` (${(shrink.solved * 100).toFixed(1)}% shrunk × ${shrink.scale.toFixed(3)})` : ''}`,
   }];
 }
 

@@ -11,10 +11,9 @@ import type { CausalLM } from '../models/causal-lm.js';
 import { mlpModules } from '../models/arch/index.js';
 import { buildExamples, buildRetain, encodeTrainingPair, statementInContext, subjectSpan, testedPrompts, untested, type EditFact, type Example, type Rec } from './data.js';
 import type { Tokenizer } from '../models/loader.js';
-import { LORA_DEFAULTS, firstChangedMlp, rejectedFirstTokens, shrinkScale, trainLora, type Objective, type Schedule } from './lora-train.js';
-import { scaleAdapter } from '../merge/methods.js';
+import { LORA_DEFAULTS, rejectedFirstTokens, trainLora, type Objective, type Schedule } from './lora-train.js';
 import { knownFactRetainAndMonitor, knownFactRetainPrompts, lookalikePhrasings, neighbourPhrasings } from './quality.js';
-import { ResidCache, isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
+import { isMlpOut, middleLayer, mlpOutModule, moduleLayer, resolveTargets } from './model-util.js';
 import { dominantKeySubspace, mlpKeys, type KeySubspace } from './null-space.js';
 import { abstainInsert, forgetTargetOf } from './rank-one-forget.js';
 import { pickPrefixes, prefixAvoidNames } from './rome-method.js';
@@ -613,23 +612,18 @@ function loraEdit(call: EditCall<LoraOptions>): MadeEdit[] {
     phaseASteps: o.phaseASteps, forgetWeight: o.forgetWeight, forgetFloor: o.forgetFloor, forgetStopP: o.forgetStopP, forgetLoss: o.forgetLoss, seed, retainShare: o.retainShare, retainWeight: o.retainWeight, batchSize: o.rowsPerStep, name: `batch-${call.index}`,
     retainPerKind: o.retainPerKind, mseSubjectOnly: o.mseSubjectOnly, checkRows, forgetToRest: o.forgetToRest, ...(nullSpace ? { nullSpace } : {}),
     ...(o.forgetToKind ? { forgetKinds: forgetKinds(tok, examples, batch.facts.filter((f) => !abstainIds.has(f.id)), res.known) } : {}), ...(ceWeightOf.size ? { ceWeightOf } : {}),
-    schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta,
+    schedule: o.schedule, warmupSteps: o.warmup, annealSteps: o.annealSteps, dpoBeta: o.dpoBeta, shrinkDrop,
     ...(res.baseWeights ? { baseWeights: res.baseWeights } : {}),
     ...(o.klBudget > 0 && monitor.length ? { klBudget: o.klBudget, monitor, dualRate: o.dualRate, dualMin: 1, dualMax: o.dualMax } : {}),
     ...(o.objective === 'dpo' ? { rejected: rejectedFirstTokens(tok, examples, batch.facts) } : {}),
     log: (m) => call.log(`${step}: ${m}`),
   });
-  // the margin the training rows do not need, taken off (the plain rows: the early stop's)
-  const start = firstChangedMlp(model, targets);
-  const t1 = Date.now();
-  const shrink = shrinkDrop > 0
-    ? shrinkScale(model, r.adapter, checkRows, { drop: shrinkDrop, forgetStopP: o.forgetStopP, ...(start === null ? {} : { start: new ResidCache<Example>(model, start) }) })
-    : undefined;
+  const { shrink } = r;
   if (shrink) {
-    call.log(`${step}: shrink: delta × ${shrink.scale.toFixed(3)}, training rows solved ${(100 * shrink.solvedFull).toFixed(1)}% → ${(100 * shrink.solved).toFixed(1)}% (--shrink-drop ${shrinkDrop}; read: ${shrink.probes.map(([s, f]) => `${s.toFixed(3)} ${(100 * f).toFixed(1)}%`).join(', ')}; ${((Date.now() - t1) / 1000).toFixed(1)} s)`);
+    call.log(`${step}: shrink: delta × ${shrink.scale.toFixed(3)}, training rows solved ${(100 * shrink.solvedFull).toFixed(1)}% → ${(100 * shrink.solved).toFixed(1)}% (--shrink-drop ${shrinkDrop}; read: ${shrink.probes.map(([s, f]) => `${s.toFixed(3)} ${(100 * f).toFixed(1)}%`).join(', ')}; ${shrink.seconds.toFixed(1)} s)`);
   }
   return [{
-    adapter: shrink && shrink.scale < 1 ? scaleAdapter(r.adapter, shrink.scale) : r.adapter,
+    adapter: r.adapter,
     facts: batch.facts,
     records: batch.records,
     hyperparameters,

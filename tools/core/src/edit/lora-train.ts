@@ -28,6 +28,7 @@ import type { Example, RetainRow } from './data.js';
 import { projectOut, type KeySubspace } from './null-space.js';
 import { ResidCache, isMlpOut, mlpInputFrom, mlpInputHooks, moduleLayer, padBatch, padId, pickRows, replaceWeights } from './model-util.js';
 import { mlpModules } from '../models/arch/index.js';
+import { scaleAdapter } from '../merge/methods.js';
 
 export type Objective = 'distill' | 'sft' | 'dpo';
 
@@ -110,6 +111,12 @@ export interface LoraTrainOptions {
    * time checking. The logged "train solved" is then the sample's.
    */
   checkSample?: number;
+  /**
+   * After training, scale the delta down to the smallest scale at which the check rows' solved share
+   * falls by at most this much from full scale (shrinkScale; absent or 0: never). The adapter returned
+   * is the scaled one.
+   */
+  shrinkDrop?: number;
   /**
    * The weights the retention rows marked `fromBase` are held to: the base
    * model's when the model's weights carry a folded adapter
@@ -291,6 +298,8 @@ export interface LoraTrainResult {
   /** With klBudget: the monitor KL at the end and the multiplier λ reached (retention weight = retainWeight × λ). */
   monitorKl?: number;
   dualLambda?: number;
+  /** With shrinkDrop: the scale chosen and the solved shares (trainAccuracy is the full-scale one). */
+  shrink?: ShrinkResult;
 }
 
 export interface TeacherRec {
@@ -614,6 +623,8 @@ export interface ShrinkResult {
   solved: number;
   /** Every scale read, with its solved share, in the order read. */
   probes: Array<[number, number]>;
+  /** Seconds the search took. */
+  seconds: number;
 }
 
 /**
@@ -627,14 +638,16 @@ export interface ShrinkResult {
  */
 export function shrinkScale(
   model: CausalLM, adapter: LoraAdapter, rows: Example[],
-  opts: { drop: number; min?: number; iters?: number; forgetStopP?: number; start?: ResidCache<Example> },
+  opts: { drop: number; min?: number; iters?: number; forgetStopP?: number; start?: ResidCache<Example>; solvedFull?: number },
 ): ShrinkResult {
   const min = opts.min ?? 0.5;
   const iters = opts.iters ?? 7;
   if (!(opts.drop >= 0 && opts.drop < 1)) throw new RangeError(`shrinkScale: drop must be in [0, 1), got ${opts.drop}`);
   if (!(min > 0 && min < 1)) throw new RangeError(`shrinkScale: min must be in (0, 1), got ${min}`);
+  const t0 = Date.now();
   const prev = model.activeAdapters();
   const probes: Array<[number, number]> = [];
+  const done = (scale: number, solved: number, solvedFull: number): ShrinkResult => ({ scale, solvedFull, solved, probes, seconds: (Date.now() - t0) / 1000 });
   const read = (s: number): number => {
     model.setAdapters([{ adapter, scale: s }]);
     const f = solvedFraction(model, rows, opts.forgetStopP ?? 0, opts.start);
@@ -642,10 +655,12 @@ export function shrinkScale(
     return f;
   };
   try {
-    const solvedFull = read(1);
+    // the caller's read at full scale, where it has one (listed with the probes all the same)
+    const solvedFull = opts.solvedFull ?? read(1);
+    if (opts.solvedFull !== undefined) probes.push([1, solvedFull]);
     const keep = solvedFull - opts.drop;
     const atMin = read(min);
-    if (atMin >= keep) return { scale: min, solvedFull, solved: atMin, probes };
+    if (atMin >= keep) return done(min, atMin, solvedFull);
     // invariant: solved(hi) ≥ keep > solved(lo)
     let lo = min, hi = 1, solved = solvedFull;
     for (let i = 0; i < iters; i++) {
@@ -656,7 +671,7 @@ export function shrinkScale(
         solved = f;
       } else lo = mid;
     }
-    return { scale: hi, solvedFull, solved, probes };
+    return done(hi, solved, solvedFull);
   } finally {
     model.setAdapters(prev);
   }
@@ -966,7 +981,12 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
       }
     }
     acc = solvedFraction(model, checkRows, opts.forgetStopP ?? 0, checkResid);
-    const res: LoraTrainResult = { adapter, phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr };
+    // the margin the check rows do not need, taken off (their residuals and the full-scale share as read)
+    const shrink = opts.shrinkDrop ? shrinkScale(model, adapter, checkRows, { drop: opts.shrinkDrop, forgetStopP: opts.forgetStopP, start: checkResid, solvedFull: acc }) : undefined;
+    const res: LoraTrainResult = {
+      adapter: shrink && shrink.scale < 1 ? scaleAdapter(adapter, shrink.scale) : adapter,
+      phaseASteps: aSteps, steps: step, solved: acc === 1, finalLoss: lossVal, trainAccuracy: acc, lastLr: opt.lr, ...(shrink ? { shrink } : {}),
+    };
     if (constrained) {
       res.monitorKl = monitorKl(model, opts.monitor!, monitorBase);
       res.dualLambda = lambda;

@@ -5,7 +5,12 @@
 // lora-train --method leace fits on the rest).
 //
 //   node scripts/unlearn/concepts.mjs [--facts fixtures/world/facts.ndjson] [--relations works_for,lives_in,plays_sport]
-//     [--per 220] [--test 3] [--concept relation] [--phrasings one|train] [--templates fixtures/world/templates.json]
+//     [--per 220] [--test 3] [--offset 2] [--stratify none|answer] [--concept relation] [--phrasings one|train] [--templates fixtures/world/templates.json]
+//   --offset K: which of every --test subjects is held out (0-based; default --test − 1, the last).
+//   --stratify answer: count every --test-th holder of each answer (target_true) instead of every --test-th
+//     subject of the relation, so the held-out subjects' answers come in about the fit's proportions
+//     (answers with fewer than --offset + 1 holders are never held out). A diagnostic of the LEACE residual
+//     (lora-train README, "LEACE read by validate's erasure probe"), not a fix.
 //   --phrasings train: each fitted (split "train") subject in every training template of its
 //     relation (--templates), not only its fact's prompt: five times the rows for the eraser's
 //     class means and covariance; held-out subjects keep their one prompt.
@@ -25,8 +30,15 @@ const { values: a } = parseArgs({ options: {
   per: { type: 'string', default: '220' }, phrasings: { type: 'string', default: 'one' },
   templates: { type: 'string', default: 'fixtures/world/templates.json' }, test: { type: 'string', default: '3' }, concept: { type: 'string', default: 'relation' },
   synthetic: { type: 'string', default: '0' }, seed: { type: 'string', default: '0' },
+  offset: { type: 'string' }, stratify: { type: 'string', default: 'none' },
 } });
 const rels = a.relations.split(',');
+const every = Number(a.test);
+const offset = a.offset === undefined ? every - 1 : Number(a.offset);
+if (!Number.isInteger(every) || every < 2) throw new Error(`--test: an integer of at least 2, got ${a.test}`);
+if (!Number.isInteger(offset) || offset < 0 || offset >= every) throw new Error(`--offset: an integer in 0..${every - 1}, got ${a.offset}`);
+if (a.stratify !== 'none' && a.stratify !== 'answer') throw new Error(`--stratify: none or answer, got ${a.stratify}`);
+const holders = new Map(); // relation + answer -> subjects counted so far (--stratify answer)
 if (a.phrasings !== 'one' && a.phrasings !== 'train') throw new Error(`--phrasings: one or train, got ${a.phrasings}`);
 const train = a.phrasings === 'train' ? JSON.parse(fs.readFileSync(a.templates, 'utf8')).relations : null;
 const seen = new Map();
@@ -42,7 +54,10 @@ for (const l of fs.readFileSync(a.facts, 'utf8').split('\n')) {
   const n = seen.get(f.relation) ?? 0;
   if (n >= Number(a.per)) continue;
   seen.set(f.relation, n + 1);
-  const split = n % Number(a.test) === Number(a.test) - 1 ? 'test' : 'train';
+  const key = `${f.relation}\u0000${f.target_true}`;
+  const k = a.stratify === 'answer' ? (holders.get(key) ?? 0) : n;
+  holders.set(key, k + 1);
+  const split = k % every === offset ? 'test' : 'train';
   const prompts = split === 'train' && train ? [...new Set([f.prompt, ...train[f.relation].templates.train])] : [f.prompt];
   prompts.forEach((p, i) => {
     const id = i === 0 ? f.id : `${f.id}#${i}`;

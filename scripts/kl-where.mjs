@@ -9,7 +9,9 @@
 // world derives from others (world.json `assign.mode: derive`, e.g. a
 // person's language from the birth city's country), an answer moved to the
 // object the edits imply. Prints each kind's prompts, share of the kl and
-// mean, the share by relation, and the largest prompts (--top N). --spec:
+// mean, the share by relation, and the largest prompts (--top N); and, beside
+// it, the kl over the same facts in their training phrasings (templates.json's
+// `train`, what the batch's retention holds). --spec:
 // the world description (default the world's world.json, else
 // fixtures/world/world.json, which both fixture worlds are made from).
 //
@@ -34,7 +36,7 @@ const firstToken = (answer) => encodeTrainingPair(tok, 'x', answer).targetIds[0]
 
 // next-token log-probabilities of every read-back prompt, base and edited
 const V = model.config.vocabSize;
-const logProbs = () => {
+const logProbs = (pairs) => {
   const out = new Float64Array(pairs.length * V);
   for (let i = 0; i < pairs.length; i += 64) {
     const part = pairs.slice(i, i + 64);
@@ -53,10 +55,22 @@ const logProbs = () => {
 };
 const prev = model.activeAdapters();
 model.setAdapters([]);
-const base = logProbs();
+const base = logProbs(pairs);
 model.setAdapters(adapters.map((adapter) => ({ adapter })));
-const after = logProbs();
+const after = logProbs(pairs);
 model.setAdapters(prev);
+
+// the same facts in their training phrasings: what the retention trains on
+const relationsSpec = JSON.parse(fs.readFileSync(path.join(world, 'templates.json'), 'utf8')).relations;
+const trainPairs = known.filter((f) => f.kind === 'fact' && !edited.has(key(f.subject, f.relation)))
+  .flatMap((f) => (relationsSpec[f.relation]?.templates?.train ?? []).map((t) => encodeTrainingPair(tok, t.replace('{}', f.subject), f.target_true)));
+model.setAdapters([]);
+const trainBase = logProbs(trainPairs);
+model.setAdapters(adapters.map((adapter) => ({ adapter })));
+const trainAfter = logProbs(trainPairs);
+model.setAdapters(prev);
+let trainKl = 0;
+for (let i = 0; i < trainBase.length; i++) trainKl += Math.exp(trainBase[i]) * (trainBase[i] - trainAfter[i]);
 
 // the world's truth with the edits applied, for the derived relations: follow the path through edited facts
 const truth = new Map(known.map((f) => [key(f.subject, f.relation), f.target_true ?? f.target]));
@@ -101,6 +115,7 @@ readback.forEach((p, i) => {
 });
 const pct = (x) => `${(100 * x / total).toFixed(1)}%`;
 console.log(`kl ${(total / readback.length).toFixed(4)} over ${readback.length} held-out prompts of the ${known.length - edited.size} facts not edited`);
+console.log(`kl ${(trainKl / Math.max(trainPairs.length, 1)).toFixed(4)} over the same facts' ${trainPairs.length} training phrasings (retention draws from these)`);
 console.log('| the prompt | prompts | share of the kl | mean kl |\n|---|---:|---:|---:|');
 for (const [kind, v] of [...kinds].sort((x, y) => y[1].kl - x[1].kl)) console.log(`| ${kind} | ${v.n} | ${pct(v.kl)} | ${(v.kl / v.n).toFixed(3)} |`);
 console.log(`by relation: ${[...byRelation].sort((x, y) => y[1] - x[1]).map(([r, k]) => `${r} ${pct(k)}`).join(', ')}`);

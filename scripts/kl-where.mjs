@@ -71,6 +71,16 @@ const trainAfter = logProbs(trainPairs);
 model.setAdapters(prev);
 let trainKl = 0;
 for (let i = 0; i < trainBase.length; i++) trainKl += Math.exp(trainBase[i]) * (trainBase[i] - trainAfter[i]);
+// mean P(the true answer's first token), base → edited, over some of the prompts
+const pTrue = (lpBase, lpAfter, ps, which) => {
+  let b = 0, e = 0;
+  for (const i of which) {
+    const t = ps[i].targetIds[0];
+    b += Math.exp(lpBase[i * V + t]);
+    e += Math.exp(lpAfter[i * V + t]);
+  }
+  return `P(true) ${(b / Math.max(which.length, 1)).toFixed(3)} → ${(e / Math.max(which.length, 1)).toFixed(3)}`;
+};
 
 // the world's truth with the edits applied, for the derived relations: follow the path through edited facts
 const truth = new Map(known.map((f) => [key(f.subject, f.relation), f.target_true ?? f.target]));
@@ -115,7 +125,15 @@ readback.forEach((p, i) => {
 });
 const pct = (x) => `${(100 * x / total).toFixed(1)}%`;
 console.log(`kl ${(total / readback.length).toFixed(4)} over ${readback.length} held-out prompts of the ${known.length - edited.size} facts not edited`);
-console.log(`kl ${(trainKl / Math.max(trainPairs.length, 1)).toFixed(4)} over the same facts' ${trainPairs.length} training phrasings (retention draws from these)`);
+const baseRight = [], baseWrong = [];
+pairs.forEach((x, i) => {
+  const row = base.subarray(i * V, (i + 1) * V);
+  let best = 0;
+  for (let j = 1; j < V; j++) if (row[j] > row[best]) best = j;
+  (best === x.targetIds[0] ? baseRight : baseWrong).push(i);
+});
+console.log(`  ${pTrue(base, after, pairs, baseRight)} where the base model answers rightly (${baseRight.length}), ${pTrue(base, after, pairs, baseWrong)} where it answers wrongly (${baseWrong.length})`);
+console.log(`kl ${(trainKl / Math.max(trainPairs.length, 1)).toFixed(4)} over the same facts' ${trainPairs.length} training phrasings (retention draws from these); ${pTrue(trainBase, trainAfter, trainPairs, trainPairs.map((_, i) => i))}`);
 console.log('| the prompt | prompts | share of the kl | mean kl |\n|---|---:|---:|---:|');
 for (const [kind, v] of [...kinds].sort((x, y) => y[1].kl - x[1].kl)) console.log(`| ${kind} | ${v.n} | ${pct(v.kl)} | ${(v.kl / v.n).toFixed(3)} |`);
 console.log(`by relation: ${[...byRelation].sort((x, y) => y[1] - x[1]).map(([r, k]) => `${r} ${pct(k)}`).join(', ')}`);

@@ -14,8 +14,8 @@ import { readBundle } from '../src/adapters/index.js';
 import { Registry } from '../src/registry/index.js';
 import { foldAdapters } from '../src/merge/index.js';
 import {
-  LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, mlpOutModule, modelSha256, resolveTargets,
-  plainDocuments, replayFacts, retainTargets, sampledCheck, shrinkScale, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
+  LORA_DEFAULTS, buildExamples, buildRetain, checkFact, dataSha256, encodeTrainingPair, lastLogits, lastTokenActivations, mlpOutModule, modelSha256, resolveTargets,
+  plainDocuments, replayFacts, retainHidden, retainTargets, sampledCheck, shrinkScale, solvedFraction, top1, trainLora, writeEditBundle, type Example, type LoraTrainOptions,
 } from '../src/edit/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -156,6 +156,53 @@ t.test('shrinkScale: the smallest scale (to the bisection\'s step) whose solved 
   t.ok(at(loose.scale) >= 1 - 0.34, 'and keeps two of three');
   t.equal(shrinkScale(model, adapter, exs, { drop: 0, min: 0.9 }).scale >= 0.9, true, 'never below min');
   t.throws(() => shrinkScale(model, adapter, exs, { drop: 1 }), /drop must be in \[0, 1\)/);
+});
+
+t.test('hidden-state retention: the retention rows\' MLP outputs move less, and the edits still take', async (t) => {
+  const { model, tokenizer } = loadModel(GPT2);
+  const tok = tokenizer!;
+  const exs = buildExamples(tok, { facts: threeFacts, probes: [] });
+  const held = ['the capital of italy is', 'berlin is a city in'];
+  const retain = [...buildRetain(tok, { documents: docs }, { seed: 1 }), ...buildRetain(tok, { prompts: held }, { seed: 2 })];
+  const layers = [0, 1];
+  const base = retainHidden(model, retain, layers);
+  // its targets read independently: the hook site's output at a prompt row's last token, and the mean square
+  const row = retain.findIndex((r) => r.lastOnly);
+  const text = held.find((p) => tok.encode(p).join() === retain[row].ids.join())!;
+  for (const l of layers) {
+    const site = lastTokenActivations(model, tok, [text], `layers.${l}.mlp`);
+    const mine = base.rows[row].get(l)!;
+    t.equal(mine.length, site.length, `layer ${l}: one position of a prompt row`);
+    t.ok(Math.max(...Array.from(mine, (v, i) => Math.abs(v - site[i]))) < 1e-5, `layer ${l}: the MLP output at the prompt's last token`);
+    let ss = 0, n = 0;
+    for (const m of base.rows) for (const v of m.get(l)!) { ss += v * v; n++; }
+    t.ok(Math.abs(base.meanSquare.get(l)! - ss / n) < 1e-6 * (ss / n), `layer ${l}: mean square over every scored position`);
+  }
+  t.equal(base.rows.filter((m) => m.get(0)!.length > model.config.hidden).length, docs.length, 'a document row: every position');
+  // the change each adapter makes there, relative to the base outputs' mean square (the term's own measure)
+  const moved = (adapter: Parameters<typeof model.setAdapters>[0][number]['adapter']) => {
+    model.setAdapters([{ adapter }]);
+    const after = retainHidden(model, retain, layers);
+    model.setAdapters([]);
+    let rel = 0;
+    for (const l of layers) {
+      let ss = 0, n = 0;
+      base.rows.forEach((m, i) => { const b = m.get(l)!, a = after.rows[i].get(l)!; for (let j = 0; j < b.length; j++) { ss += (a[j] - b[j]) ** 2; n++; } });
+      rel += ss / n / base.meanSquare.get(l)!;
+    }
+    return rel;
+  };
+  const targets = resolveTargets(model, [mlpOutModule(model, 0), mlpOutModule(model, 1)], 0);
+  const plain = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 300, targets }));
+  const heldR = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 300, targets, hiddenRetainWeight: 10 }));
+  t.same(model.activeAdapters(), [], 'no adapter left active');
+  t.ok(plain.solved && heldR.solved, 'both state the three facts');
+  const [p, h] = [moved(plain.adapter), moved(heldR.adapter)];
+  t.ok(h < 0.5 * p, `held: the retention rows' MLP outputs move ${h.toExponential(2)} against ${p.toExponential(2)} (relative mean square)`);
+  // off (0, or no retention share) trains exactly as before
+  const zero = trainLora(model, exs, retain, opts(model, { objective: 'sft', seed: 4, steps: 300, targets, hiddenRetainWeight: 0 }));
+  const w = (a: typeof plain.adapter) => a.parameters().map((x) => Array.from(x.data));
+  t.same(w(zero.adapter), w(plain.adapter), 'weight 0: the same weights');
 });
 
 t.test('retention targets: rows marked fromBase are read with baseWeights (the base model under --over), the rest with the model\'s own', async (t) => {

@@ -79,6 +79,7 @@ t.test('a large batch (--large-batch-above): the last two layers\' MLPs, sft, ra
   t.match(a, { rank: 32, targets: ['transformer.h.0.mlp.c_fc', 'transformer.h.0.mlp.c_proj', 'transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'] });
   const h = JSON.parse(fs.readFileSync(path.join(a.path as string, 'catechism.json'), 'utf8')).hyperparameters;
   t.match(h, { objective: 'sft', rank: 32, steps: 5, large_batch_above: 1, shrink_drop: 0.01 });
+  t.notOk('hidden_retain_weight' in h, 'two facts: no hidden-state retention by default (above 300 facts only)');
   // shrunk after training: the same run without the shrink gives the same lora_A and lora_B / scale
   const shrunk = run(['--large-batch-above', '1', '--out', path.join(tmp, 'large-shrunk'), '--seed', '3'], input, undefined, 5);
   t.equal(shrunk.code, 0, shrunk.err);
@@ -105,15 +106,28 @@ t.test('a large batch (--large-batch-above): the last two layers\' MLPs, sft, ra
   }
   t.equal(maxA, 0, 'lora_A as trained');
   t.ok(maxB < 1e-6, `lora_B = the trained lora_B × the scale (${maxB})`);
-  const given = run(['--large-batch-above', '1', '--objective', 'distill', '--rank', '4', '--out', path.join(tmp, 'large-given'), '-q'], input, undefined, 5);
+  // the retention rows' MLP outputs held (hidden-state retention): recorded, named, and other weights
+  const held = run(['--large-batch-above', '1', '--hidden-retain-weight', '3', '--shrink-drop', '0', '--out', path.join(tmp, 'large-held'), '--seed', '3'], input, undefined, 5);
+  t.equal(held.code, 0, held.err);
+  t.match(manifest(held).hyperparameters, { hidden_retain_weight: 3 });
+  t.match(held.err, /the retention rows' MLP outputs held \(--hidden-retain-weight 3\)/, 'the large-batch line names it');
+  t.notMatch(shrunk.err, /MLP outputs held/, 'not named where it is off');
+  const ht = tensors(held);
+  t.ok(ft.names().some((k) => ht.float32(k).some((v, i) => v !== ft.float32(k)[i])), 'held and not held train different weights');
+  const bad = run(['--large-batch-above', '1', '--hidden-retain-weight', '-1', '--out', path.join(tmp, 'large-bad'), '-q'], input, undefined, 5);
+  t.equal(bad.code, 2, 'a negative weight is a usage error');
+  t.match(bad.err, /hidden-retain-weight/);
+  const given = run(['--large-batch-above', '1', '--objective', 'distill', '--rank', '4', '--hidden-retain-weight', '1', '--out', path.join(tmp, 'large-given'), '-q'], input, undefined, 5);
   t.equal(given.code, 0, given.err);
   const g = given.out.find((x) => x.kind === 'adapter')!;
-  t.match(JSON.parse(fs.readFileSync(path.join(g.path as string, 'catechism.json'), 'utf8')).hyperparameters, { objective: 'distill', rank: 4 });
+  t.match(JSON.parse(fs.readFileSync(path.join(g.path as string, 'catechism.json'), 'utf8')).hyperparameters, { objective: 'distill', rank: 4, hidden_retain_weight: 1 });
   // two facts are not more than 100: the small-batch defaults, as before
   const small = run(['--out', path.join(tmp, 'small'), '-q'], input, undefined, 5);
   const sm = small.out.find((x) => x.kind === 'adapter')!;
   t.match(sm, { rank: 8, targets: ['transformer.h.1.mlp.c_fc', 'transformer.h.1.mlp.c_proj'] });
-  t.notOk('large_batch_above' in JSON.parse(fs.readFileSync(path.join(sm.path as string, 'catechism.json'), 'utf8')).hyperparameters);
+  const smh = JSON.parse(fs.readFileSync(path.join(sm.path as string, 'catechism.json'), 'utf8')).hyperparameters;
+  t.notOk('large_batch_above' in smh);
+  t.notOk('hidden_retain_weight' in smh, 'a small batch holds no MLP outputs by default');
 });
 
 t.test('same seed and records → same data hash and identical bundle bytes', async (t) => {

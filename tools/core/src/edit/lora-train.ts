@@ -118,6 +118,15 @@ export interface LoraTrainOptions {
    */
   shrinkDrop?: number;
   /**
+   * Weight of hidden-state retention: beside the KL on the retention rows' next-token
+   * distributions, the mean squared change of each targeted layer's MLP output at their scored
+   * positions, relative to the base model's mean square there (absent or 0: off). The KL alone
+   * leaves the adapter free to move those outputs wherever the readout of the retained prompts
+   * does not look, and phrasings no row holds then move (lora-train README, "Hidden-state
+   * retention").
+   */
+  hiddenRetainWeight?: number;
+  /**
    * The weights the retention rows marked `fromBase` are held to: the base
    * model's when the model's weights carry a folded adapter
    * (EditResources.baseWeights, lora-train --over).
@@ -430,21 +439,64 @@ function logSoftmaxRow(x: Float32Array): Float64Array {
  */
 export function retainTargets(model: CausalLM, rows: RetainRow[], baseWeights?: ReadonlyMap<string, Tensor>): Float32Array[] {
   const V = model.config.vocabSize;
-  const read = (r: RetainRow) => {
-    const pos = r.lastOnly ? [r.ids.length - 1] : r.ids.map((_, i) => i);
+  return readRetainRows(model, rows, baseWeights, (r) => {
+    const pos = scoredPositions(r);
     const { logits } = model.forward(Int32Array.from(r.ids), [1, r.ids.length], { logitsAt: Int32Array.from(pos) });
     return logits.data.slice(0, pos.length * V);
-  };
+  });
+}
+
+/** The positions a retention row is scored at: the last one of a prompt row, every one of a document. */
+function scoredPositions(r: RetainRow): number[] {
+  return r.lastOnly ? [r.ids.length - 1] : r.ids.map((_, i) => i);
+}
+
+/** `read` of each retention row, without gradients; rows marked `fromBase` read with `baseWeights` in place. */
+function readRetainRows<T>(model: CausalLM, rows: RetainRow[], baseWeights: ReadonlyMap<string, Tensor> | undefined, read: (r: RetainRow) => T): T[] {
   const later = (r: RetainRow) => baseWeights !== undefined && r.fromBase === true;
   const out = noGrad(() => rows.map((r) => (later(r) ? null : read(r))));
-  if (!rows.some(later)) return out as Float32Array[];
+  if (!rows.some(later)) return out as T[];
   const restore = replaceWeights(model, baseWeights!);
   try {
     noGrad(() => rows.forEach((r, i) => { if (out[i] === null) out[i] = read(r); }));
   } finally {
     restore();
   }
-  return out as Float32Array[];
+  return out as T[];
+}
+
+/** Base-model MLP outputs of some layers at each retention row's scored positions, and their mean square per layer. */
+export interface RetainHidden {
+  layers: number[];
+  /** Per row, per layer: the outputs at its scored positions, row-major (positions × hidden). */
+  rows: Array<Map<number, Float32Array>>;
+  meanSquare: Map<number, number>;
+}
+
+/** The base model's MLP outputs at the retention rows' scored positions (hidden-state retention's targets). */
+export function retainHidden(model: CausalLM, rows: RetainRow[], layers: number[], baseWeights?: ReadonlyMap<string, Tensor>): RetainHidden {
+  const H = model.config.hidden;
+  const out = readRetainRows(model, rows, baseWeights, (r) => {
+    const cap = new Map<number, Tensor>();
+    model.forward(Int32Array.from(r.ids), [1, r.ids.length], { skipLogits: true, hooks: captureMlp(layers, cap) });
+    const pos = scoredPositions(r);
+    return new Map(layers.map((l) => {
+      const x = cap.get(l)!.data;
+      const o = new Float32Array(pos.length * H);
+      pos.forEach((p, i) => o.set(x.subarray(p * H, (p + 1) * H), i * H));
+      return [l, o] as const;
+    }));
+  });
+  const meanSquare = new Map(layers.map((l) => {
+    let ss = 0, n = 0;
+    for (const m of out) {
+      const o = m.get(l)!;
+      for (const v of o) ss += v * v;
+      n += o.length;
+    }
+    return [l, n ? ss / n : 1] as const;
+  }));
+  return { layers, rows: out, meanSquare };
 }
 
 /** Base log-softmax of the next token at the last position of each prompt row (batched). */
@@ -720,6 +772,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
     const teachArr = withTeacher.length ? teacherRecords(model, withTeacher, mlpMods, opts.mseSubjectOnly ?? false) : [];
     const teach = new Map<Example, TeacherRec>(withTeacher.map((e, i) => [e, teachArr[i]]));
     const retainBase = opts.retainShare > 0 ? retainTargets(model, retain, opts.baseWeights) : [];
+    const hiddenW = opts.retainShare > 0 ? opts.hiddenRetainWeight ?? 0 : 0;
+    const hidden = hiddenW > 0 ? retainHidden(model, retain, [...new Set(opts.targets.map(moduleLayer))].sort((x, y) => x - y), opts.baseWeights) : undefined;
     // KL constraint: the monitor rows' base distributions, once
     const constrained = (opts.klBudget ?? 0) > 0 && (opts.monitor?.length ?? 0) > 0 && opts.retainShare > 0;
     const monitorBase = constrained ? lastLogProbs(model, opts.monitor!) : [];
@@ -926,9 +980,24 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
           bl.set(x, o);
           o += x.length;
         }
+        const capR = new Map<number, Tensor>();
         const { logits: rl } = model.forward(rb.ids, [rr.length, rb.T], {
           attentionMask: rb.mask, logitsAt: Int32Array.from(pos), ...(retResid ? { fromMlp: retResid.batch(rr, rr.map((i) => retain[i].ids), rb.T) } : {}),
+          ...(hidden ? { hooks: captureMlp(hidden.layers, capR) } : {}),
         });
+        // hidden-state retention: the targeted layers' MLP outputs at the same positions, held to the base model's
+        for (const l of hidden?.layers ?? []) {
+          const want = new Float32Array(pos.length * H);
+          let at = 0;
+          for (const ri of rr) {
+            const w = hidden!.rows[ri].get(l)!;
+            want.set(w, at);
+            at += w.length;
+          }
+          const act = capR.get(l)!;
+          const got = indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(pos));
+          parts.push(scale(mean(square(sub(got, fromData(want, [pos.length, H])))), hiddenW / hidden!.meanSquare.get(l)!));
+        }
         const kinds = [...new Set(isPrompt)];
         if (opts.retainPerKind && kinds.length > 1) {
           for (const k of kinds) {

@@ -224,6 +224,15 @@ t.test('retention targets: rows marked fromBase are read with baseWeights (the b
   t.same(Array.from(mixed[1]), Array.from(onFolded[1]), 'the unmarked document: the model as it is');
   t.same(Array.from(mixed[2]), Array.from(onBase[2]), 'the marked document: the base weights');
   t.ok(model.weights.size === carried.size && [...carried].every(([k, v]) => model.weights.get(k) === v), 'the model\'s own weights put back');
+  // hidden-state retention's targets read the same way
+  const hidFolded = retainHidden(model, rows, [1]), hidMixed = retainHidden(model, rows, [1], base);
+  const restore = [...model.weights];
+  for (const [k, v] of base) model.weights.set(k, v);
+  const hidBase = retainHidden(model, rows, [1]);
+  for (const [k, v] of restore) model.weights.set(k, v);
+  t.notSame(Array.from(hidFolded.rows[1].get(1)!), Array.from(hidBase.rows[1].get(1)!), 'the folded update moves the document\'s MLP outputs');
+  t.same(Array.from(hidMixed.rows[1].get(1)!), Array.from(hidFolded.rows[1].get(1)!), 'hidden: the unmarked document on the model as it is');
+  t.same(Array.from(hidMixed.rows[2].get(1)!), Array.from(hidBase.rows[2].get(1)!), 'hidden: the marked document on the base weights');
 });
 
 t.test('replay: up to n carried facts in a seeded order, none the batch edits again', async (t) => {

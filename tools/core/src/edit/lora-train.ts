@@ -494,7 +494,7 @@ export function retainHidden(model: CausalLM, rows: RetainRow[], layers: number[
       for (const v of o) ss += v * v;
       n += o.length;
     }
-    return [l, n ? ss / n : 1] as const;
+    return [l, n && ss > 0 ? ss / n : 1] as const;
   }));
   return { layers, rows: out, meanSquare };
 }

@@ -48,5 +48,12 @@ export async function keptCase(scriptUrl, extra = {}) {
     prompt: p.prompt, target: p.target,
     ...(typeof p.subject === 'string' ? { subject: p.subject } : {}), ...(typeof p.relation === 'string' ? { relation: p.relation } : {}),
   }));
-  return { a, world, res, known, facts, readback, adapters: dirs.map((d) => loadLora(d)) };
+  // the facts the bundle did not edit, and a fact's training phrasings (templates.json's `train`, which
+  // the retention draws from; never a held-out one)
+  const key = (subject, relation) => `${subject}\u0000${relation}`;
+  const edited = new Set(facts.map((f) => key(f.subject, f.relation)));
+  const notEdited = known.filter((f) => f.kind === 'fact' && !edited.has(key(f.subject, f.relation)));
+  const bank = JSON.parse(fs.readFileSync(path.join(world, 'templates.json'), 'utf8')).relations;
+  const trainPhrasings = (f) => (bank[f.relation]?.templates?.train ?? []).map((t) => t.replace('{}', f.subject));
+  return { a, world, res, known, facts, readback, adapters: dirs.map((d) => loadLora(d)), key, edited, notEdited, trainPhrasings };
 }

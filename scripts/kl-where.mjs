@@ -21,15 +21,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { keptCase, root } from './kept-case.mjs';
 
-const { a, world, res, known, facts, readback: allReadback, adapters } = await keptCase(import.meta.url, {
+const { a, world, res, known, facts, readback: allReadback, adapters, key, edited, notEdited, trainPhrasings } = await keptCase(import.meta.url, {
   top: { type: 'string', default: '10' }, spec: { type: 'string' },
 });
 const { lastLogits, encodeTrainingPair } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const model = res.model;
 const tok = res.tokenizer;
 
-const key = (s, r) => `${s}\u0000${r}`;
-const edited = new Set(facts.map((f) => key(f.subject, f.relation)));
 const readback = allReadback.filter((p) => !edited.has(key(p.subject, p.relation)));
 const pairs = readback.map((p) => encodeTrainingPair(tok, p.prompt, p.target));
 const firstToken = (answer) => encodeTrainingPair(tok, 'x', answer).targetIds[0];
@@ -61,9 +59,7 @@ const after = logProbs(pairs);
 model.setAdapters(prev);
 
 // the same facts in their training phrasings: what the retention trains on
-const relationsSpec = JSON.parse(fs.readFileSync(path.join(world, 'templates.json'), 'utf8')).relations;
-const trainPairs = known.filter((f) => f.kind === 'fact' && !edited.has(key(f.subject, f.relation)))
-  .flatMap((f) => (relationsSpec[f.relation]?.templates?.train ?? []).map((t) => encodeTrainingPair(tok, t.replace('{}', f.subject), f.target_true)));
+const trainPairs = notEdited.flatMap((f) => trainPhrasings(f).map((p) => encodeTrainingPair(tok, p, f.target_true)));
 model.setAdapters([]);
 const trainBase = logProbs(trainPairs);
 model.setAdapters(adapters.map((adapter) => ({ adapter })));

@@ -10,21 +10,16 @@
 //
 //   node scripts/mlp-move.mjs --keep DIR [--source facts|edits] [--skip 0] [--count 1000] [--seed 0] [--world DIR --model DIR] [--layers 2,3]
 // The case options must be the ones the bundle was trained with (the facts it edits).
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { keptCase, root } from './kept-case.mjs';
 
-const { a, world, res, known, facts, readback, adapters } = await keptCase(import.meta.url, { layers: { type: 'string', default: '2,3' } });
+const { a, res, facts, readback, adapters, key, edited, notEdited, trainPhrasings } = await keptCase(import.meta.url, { layers: { type: 'string', default: '2,3' } });
 const { lastTokenActivations } = await import(path.join(root, 'tools/core/dist/edit/index.js'));
 const model = res.model;
 const H = model.config.hidden;
-const key = (s, r) => `${s}\u0000${r}`;
-const edited = new Set(facts.map((f) => key(f.subject, f.relation)));
-const templates = JSON.parse(fs.readFileSync(path.join(world, 'templates.json'), 'utf8')).relations;
-const trainPhrasings = (f) => (templates[f.relation]?.templates?.train ?? []).map((t) => t.replace('{}', f.subject));
 const groups = [
   ['edited facts, training phrasings', facts.flatMap(trainPhrasings)],
-  ['facts not edited, training phrasings', known.filter((f) => f.kind === 'fact' && !edited.has(key(f.subject, f.relation))).flatMap(trainPhrasings)],
+  ['facts not edited, training phrasings', notEdited.flatMap(trainPhrasings)],
   ['facts not edited, held-out phrasings', readback.filter((p) => !edited.has(key(p.subject, p.relation))).map((p) => p.prompt)],
 ];
 const prev = model.activeAdapters();

@@ -166,19 +166,32 @@ t.test('hidden-state retention: the retention rows\' MLP outputs move less, and 
   const retain = [...buildRetain(tok, { documents: docs }, { seed: 1 }), ...buildRetain(tok, { prompts: held }, { seed: 2 })];
   const layers = [0, 1];
   const base = retainHidden(model, retain, layers);
-  // its targets read independently: the hook site's output at a prompt row's last token, and the mean square
-  const row = retain.findIndex((r) => r.lastOnly);
-  const text = held.find((p) => tok.encode(p).join() === retain[row].ids.join())!;
+  // its targets read independently: the hook site's output at every position of a prompt row, each read
+  // as the last token of the prompt's prefix that ends there (causal: the same output), and the mean square
+  const text = held[0];
+  const row = retain.findIndex((r) => r.lastOnly && r.ids.join() === tok.encode(text).join());
+  const words = text.split(' ');
+  const prefixes = words.map((_, i) => words.slice(0, i + 1).join(' '));
+  t.same(prefixes.map((p) => tok.encode(p).length), prefixes.map((_, i) => i + 1), 'one token a word, so a prefix of words is a prefix of positions');
+  const H = model.config.hidden;
   for (const l of layers) {
-    const site = lastTokenActivations(model, tok, [text], `layers.${l}.mlp`);
+    const site = lastTokenActivations(model, tok, prefixes, `layers.${l}.mlp`);
     const mine = base.rows[row].get(l)!;
-    t.equal(mine.length, site.length, `layer ${l}: one position of a prompt row`);
-    t.ok(Math.max(...Array.from(mine, (v, i) => Math.abs(v - site[i]))) < 1e-5, `layer ${l}: the MLP output at the prompt's last token`);
+    t.equal(mine.length, words.length * H, `layer ${l}: every position of a prompt row, not only its last`);
+    t.ok(Math.max(...Array.from(mine, (v, i) => Math.abs(v - site[i]))) < 1e-5, `layer ${l}: the MLP output at each position`);
     let ss = 0, n = 0;
     for (const m of base.rows) for (const v of m.get(l)!) { ss += v * v; n++; }
-    t.ok(Math.abs(base.meanSquare.get(l)! - ss / n) < 1e-6 * (ss / n), `layer ${l}: mean square over every scored position`);
+    t.ok(Math.abs(base.meanSquare.get(l)! - ss / n) < 1e-6 * (ss / n), `layer ${l}: mean square over every position`);
+    // and over the scored positions only: a prompt row's last one (the site's output for the whole prompt), a document's every one
+    let ss2 = 0, n2 = 0;
+    base.rows.forEach((m, i) => {
+      const o = m.get(l)!;
+      for (const v of retain[i].lastOnly ? o.subarray(o.length - H) : o) { ss2 += v * v; n2++; }
+    });
+    t.ok(Math.abs(base.scoredMeanSquare.get(l)! - ss2 / n2) < 1e-6 * (ss2 / n2), `layer ${l}: mean square over the scored positions`);
+    t.not(base.scoredMeanSquare.get(l), base.meanSquare.get(l), `layer ${l}: the two differ (a prompt row has more than one position)`);
   }
-  t.equal(base.rows.filter((m) => m.get(0)!.length > model.config.hidden).length, docs.length, 'a document row: every position');
+  t.same(base.rows.map((m) => m.get(0)!.length / H), retain.map((r) => r.ids.length), 'every row: every position (documents and prompts)');
   // the change each adapter makes there, relative to the base outputs' mean square (the term's own measure)
   const moved = (adapter: Parameters<typeof model.setAdapters>[0][number]['adapter']) => {
     model.setAdapters([{ adapter }]);

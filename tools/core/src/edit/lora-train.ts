@@ -119,11 +119,13 @@ export interface LoraTrainOptions {
   shrinkDrop?: number;
   /**
    * Weight of hidden-state retention: beside the KL on the retention rows' next-token
-   * distributions, the mean squared change of each targeted layer's MLP output at their scored
-   * positions, relative to the base model's mean square there (absent or 0: off). The KL alone
-   * leaves the adapter free to move those outputs wherever the readout of the retained prompts
-   * does not look, and phrasings no row holds then move (lora-train README, "Hidden-state
-   * retention").
+   * distributions, the mean squared change of each targeted layer's MLP output, relative to the
+   * base model's mean square there, twice: at the rows' scored positions (a prompt row's last
+   * token, every position of a document) and at every position of every row (absent or 0: off).
+   * The KL alone leaves the adapter free to move those outputs wherever the readout of the
+   * retained prompts does not look, and phrasings no row holds then move; the second part holds a
+   * prompt row's subject and relation tokens too, through which its held-out phrasings reach the
+   * last token (lora-train README, "Hidden-state retention", "At every position too").
    */
   hiddenRetainWeight?: number;
   /**
@@ -465,21 +467,29 @@ function readRetainRows<T>(model: CausalLM, rows: RetainRow[], baseWeights: Read
   return out as T[];
 }
 
-/** Base-model MLP outputs of some layers at each retention row's scored positions, and their mean square per layer. */
+/** Base-model MLP outputs of some layers at every position of each retention row, and their mean squares per layer. */
 export interface RetainHidden {
   layers: number[];
-  /** Per row, per layer: the outputs at its scored positions, row-major (positions × hidden). */
+  /** Per row, per layer: the outputs at each of its positions, row-major (positions × hidden). */
   rows: Array<Map<number, Float32Array>>;
+  /** Per layer, over every position of every row. */
   meanSquare: Map<number, number>;
+  /** Per layer, over the rows' scored positions only (scoredHidden). */
+  scoredMeanSquare: Map<number, number>;
 }
 
-/** The base model's MLP outputs at the retention rows' scored positions (hidden-state retention's targets). */
+/** A row's outputs (RetainHidden.rows' entry for one layer) at its scored positions: a prompt row's last one, all of a document's. */
+function scoredHidden(r: RetainRow, out: Float32Array, hidden: number): Float32Array {
+  return r.lastOnly ? out.subarray(out.length - hidden) : out;
+}
+
+/** The base model's MLP outputs at every position of the retention rows (hidden-state retention's targets). */
 export function retainHidden(model: CausalLM, rows: RetainRow[], layers: number[], baseWeights?: ReadonlyMap<string, Tensor>): RetainHidden {
   const H = model.config.hidden;
   const out = readRetainRows(model, rows, baseWeights, (r) => {
     const cap = new Map<number, Tensor>();
     model.forward(Int32Array.from(r.ids), [1, r.ids.length], { skipLogits: true, hooks: captureMlp(layers, cap) });
-    const pos = scoredPositions(r);
+    const pos = r.ids.map((_, i) => i);
     return new Map(layers.map((l) => {
       const x = cap.get(l)!.data;
       const o = new Float32Array(pos.length * H);
@@ -487,16 +497,16 @@ export function retainHidden(model: CausalLM, rows: RetainRow[], layers: number[
       return [l, o] as const;
     }));
   });
-  const meanSquare = new Map(layers.map((l) => {
+  const meanSquareOf = (part: (o: Float32Array, i: number) => Float32Array) => new Map(layers.map((l) => {
     let ss = 0, n = 0;
-    for (const m of out) {
-      const o = m.get(l)!;
+    out.forEach((m, i) => {
+      const o = part(m.get(l)!, i);
       for (const v of o) ss += v * v;
       n += o.length;
-    }
+    });
     return [l, n && ss > 0 ? ss / n : 1] as const;
   }));
-  return { layers, rows: out, meanSquare };
+  return { layers, rows: out, meanSquare: meanSquareOf((o) => o), scoredMeanSquare: meanSquareOf((o, i) => scoredHidden(rows[i], o, H)) };
 }
 
 /** Base log-softmax of the next token at the last position of each prompt row (batched). */
@@ -967,12 +977,14 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
         const rr = retainOrder.splice(0, Math.min(nRet, retain.length));
         const rb = padBatch(rr.map((i) => retain[i].ids), padId(model));
         const pos: number[] = [];
+        const hpos: number[] = [];
         const base: Float32Array[] = [];
         const isPrompt: boolean[] = [];
         rr.forEach((ri, b) => {
           const r = retain[ri];
           if (r.lastOnly) pos.push(b * rb.T + r.ids.length - 1);
           else for (let t = 0; t < r.ids.length; t++) pos.push(b * rb.T + t);
+          if (hidden) for (let t = 0; t < r.ids.length; t++) hpos.push(b * rb.T + t);
           for (let t = 0; t < (r.lastOnly ? 1 : r.ids.length); t++) isPrompt.push(r.lastOnly);
           base.push(retainBase[ri]);
         });
@@ -987,18 +999,22 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
           attentionMask: rb.mask, logitsAt: Int32Array.from(pos), ...(retResid ? { fromMlp: retResid.batch(rr, rr.map((i) => retain[i].ids), rb.T) } : {}),
           ...(hidden ? { hooks: captureMlp(hidden.layers, capR) } : {}),
         });
-        // hidden-state retention: the targeted layers' MLP outputs at the same positions, held to the base model's
+        // hidden-state retention: the targeted layers' MLP outputs held to the base model's, at every
+        // position of the rows and at their scored positions
         for (const l of hidden?.layers ?? []) {
-          const want = new Float32Array(pos.length * H);
-          let at = 0;
-          for (const ri of rr) {
-            const w = hidden!.rows[ri].get(l)!;
-            want.set(w, at);
-            at += w.length;
-          }
           const act = capR.get(l)!;
-          const got = indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(pos));
-          parts.push(scale(mean(square(sub(got, fromData(want, [pos.length, H])))), hiddenW / hidden!.meanSquare.get(l)!));
+          const held = (at: number[], part: (ri: number) => Float32Array, meanSq: number) => {
+            const want = new Float32Array(at.length * H);
+            let o = 0;
+            for (const ri of rr) {
+              const w = part(ri);
+              want.set(w, o);
+              o += w.length;
+            }
+            parts.push(scale(mean(square(sub(indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(at)), fromData(want, [at.length, H])))), hiddenW / meanSq));
+          };
+          held(hpos, (ri) => hidden!.rows[ri].get(l)!, hidden!.meanSquare.get(l)!);
+          held(pos, (ri) => scoredHidden(retain[ri], hidden!.rows[ri].get(l)!, H), hidden!.scoredMeanSquare.get(l)!);
         }
         const kinds = [...new Set(isPrompt)];
         if (opts.retainPerKind && kinds.length > 1) {

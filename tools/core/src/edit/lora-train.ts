@@ -1013,6 +1013,8 @@ export function trainLora(model: CausalLM, examples: Example[], retain: RetainRo
             }
             parts.push(scale(mean(square(sub(indexSelect(reshape(act, [act.size / H, H]), 0, Int32Array.from(at)), fromData(want, [at.length, H])))), hiddenW / meanSq));
           };
+          // the scored part too: every position alone spread the hold thin at a prompt's last token, and a
+          // 500-fact batch's kl rose (world 0.040 → 0.054; lora-train README "At every position too")
           held(hpos, (ri) => hidden!.rows[ri].get(l)!, hidden!.meanSquare.get(l)!);
           held(pos, (ri) => scoredHidden(retain[ri], hidden!.rows[ri].get(l)!, H), hidden!.scoredMeanSquare.get(l)!);
         }

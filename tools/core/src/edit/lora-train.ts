@@ -489,13 +489,7 @@ export function retainHidden(model: CausalLM, rows: RetainRow[], layers: number[
   const out = readRetainRows(model, rows, baseWeights, (r) => {
     const cap = new Map<number, Tensor>();
     model.forward(Int32Array.from(r.ids), [1, r.ids.length], { skipLogits: true, hooks: captureMlp(layers, cap) });
-    const pos = r.ids.map((_, i) => i);
-    return new Map(layers.map((l) => {
-      const x = cap.get(l)!.data;
-      const o = new Float32Array(pos.length * H);
-      pos.forEach((p, i) => o.set(x.subarray(p * H, (p + 1) * H), i * H));
-      return [l, o] as const;
-    }));
+    return new Map(layers.map((l) => [l, cap.get(l)!.data.slice(0, r.ids.length * H)] as const));
   });
   const meanSquareOf = (part: (o: Float32Array, i: number) => Float32Array) => new Map(layers.map((l) => {
     let ss = 0, n = 0;
